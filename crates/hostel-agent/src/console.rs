@@ -1,0 +1,138 @@
+//! A VM's serial console: one connection to QEMU's serial socket, fanned out to any
+//! number of watchers, with a scrollback buffer and a size-bounded log file.
+
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::{broadcast, mpsc};
+
+/// How much recent output a new watcher is shown.
+pub const SCROLLBACK: usize = 64 * 1024;
+/// The console log is rotated (to `console.log.1`) past this size.
+pub const LOG_LIMIT: u64 = 1024 * 1024;
+
+pub struct ConsoleHub {
+    scrollback: Mutex<VecDeque<u8>>,
+    out: broadcast::Sender<Bytes>,
+    input: Mutex<Option<mpsc::Sender<Bytes>>>,
+    log: PathBuf,
+}
+
+impl ConsoleHub {
+    /// `log` keeps the output across daemon restarts; its tail seeds the scrollback.
+    pub fn new(log: &Path) -> ConsoleHub {
+        let mut scrollback = VecDeque::with_capacity(SCROLLBACK);
+        if let Ok(bytes) = std::fs::read(log) {
+            let start = bytes.len().saturating_sub(SCROLLBACK);
+            scrollback.extend(&bytes[start..]);
+        }
+        ConsoleHub {
+            scrollback: Mutex::new(scrollback),
+            out: broadcast::channel(1024).0,
+            input: Mutex::new(None),
+            log: log.to_path_buf(),
+        }
+    }
+
+    /// The scrollback and a receiver of everything after it, taken atomically.
+    pub fn subscribe(&self) -> (Vec<u8>, broadcast::Receiver<Bytes>) {
+        let sb = self.scrollback.lock().unwrap();
+        let rx = self.out.subscribe();
+        (sb.iter().copied().collect(), rx)
+    }
+
+    /// Everything currently in the scrollback, as text.
+    pub fn scrollback_text(&self) -> String {
+        let sb = self.scrollback.lock().unwrap();
+        String::from_utf8_lossy(&sb.iter().copied().collect::<Vec<u8>>()).into_owned()
+    }
+
+    /// Queues keystrokes for the guest. Fails when no QEMU is connected.
+    pub async fn send(&self, data: Bytes) -> anyhow::Result<()> {
+        let tx = self.input.lock().unwrap().clone();
+        match tx {
+            Some(tx) => tx
+                .send(data)
+                .await
+                .map_err(|_| anyhow::anyhow!("the VM's console is not connected")),
+            None => anyhow::bail!("the VM is not running, so its console is not connected"),
+        }
+    }
+
+    fn record(&self, data: &[u8]) {
+        {
+            let mut sb = self.scrollback.lock().unwrap();
+            sb.extend(data);
+            let excess = sb.len().saturating_sub(SCROLLBACK);
+            sb.drain(..excess);
+        }
+        self.append_log(data);
+        let _ = self.out.send(Bytes::copy_from_slice(data));
+    }
+
+    fn append_log(&self, data: &[u8]) {
+        if let Ok(meta) = std::fs::metadata(&self.log) {
+            if meta.len() > LOG_LIMIT {
+                let _ = std::fs::rename(&self.log, self.log.with_extension("log.1"));
+            }
+        }
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+        {
+            let _ = f.write_all(data);
+        }
+    }
+
+    /// Connects to QEMU's serial socket and pumps it until QEMU closes it.
+    pub async fn attach(self: &std::sync::Arc<Self>, socket: &Path) -> anyhow::Result<()> {
+        let stream = UnixStream::connect(socket).await?;
+        let (mut rd, mut wr) = stream.into_split();
+        let (tx, mut rx) = mpsc::channel::<Bytes>(256);
+        *self.input.lock().unwrap() = Some(tx);
+        let hub = self.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 8192];
+            loop {
+                match rd.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => hub.record(&buf[..n]),
+                }
+            }
+            *hub.input.lock().unwrap() = None;
+        });
+        tokio::spawn(async move {
+            while let Some(data) = rx.recv().await {
+                if wr.write_all(&data).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Waits until `needle` appears in output produced after this call started, or in
+    /// the scrollback if `include_scrollback`.
+    pub async fn wait_for(&self, needle: &str, include_scrollback: bool) {
+        let (sb, mut rx) = self.subscribe();
+        let mut seen = if include_scrollback { sb } else { Vec::new() };
+        loop {
+            if String::from_utf8_lossy(&seen).contains(needle) {
+                return;
+            }
+            match rx.recv().await {
+                Ok(b) => seen.extend_from_slice(&b),
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => return,
+            }
+            if seen.len() > 2 * SCROLLBACK {
+                seen.drain(..SCROLLBACK);
+            }
+        }
+    }
+}

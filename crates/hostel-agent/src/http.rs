@@ -1,0 +1,404 @@
+//! The agent API over HTTPS. Only clients with a certificate from the cluster CA (the
+//! controller) get through the TLS handshake.
+
+use crate::{AgentError, Shared};
+use axum::body::Body;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::{SinkExt, StreamExt};
+use hostel_api::agent::*;
+use hostel_api::ErrorBody;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+impl IntoResponse for AgentError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            AgentError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
+            AgentError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
+            AgentError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            AgentError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            AgentError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        let message = self.to_string();
+        let field = match &self {
+            AgentError::Invalid(_) => message.split(':').next().map(|f| f.to_string()),
+            _ => None,
+        };
+        (
+            status,
+            Json(ErrorBody {
+                error: code.into(),
+                message,
+                field,
+            }),
+        )
+            .into_response()
+    }
+}
+
+type S = State<Arc<Shared>>;
+type R<T> = Result<Json<T>, AgentError>;
+
+pub struct TlsFiles {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    /// Client certificates must chain to this CA.
+    pub client_ca_pem: Vec<u8>,
+}
+
+fn server_config(tls: &TlsFiles) -> anyhow::Result<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer> =
+        CertificateDer::pem_slice_iter(&tls.cert_pem).collect::<Result<_, _>>()?;
+    let key = PrivateKeyDer::from_pem_slice(&tls.key_pem)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(&tls.client_ca_pem) {
+        roots.add(ca?)?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots)).build()?;
+    Ok(rustls::ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)?)
+}
+
+/// Serves the agent API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    shared: Arc<Shared>,
+    listener: std::net::TcpListener,
+    tls: TlsFiles,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let config = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(server_config(&tls)?));
+    let handle = axum_server::Handle::new();
+    let h = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        h.graceful_shutdown(Some(Duration::from_secs(2)));
+    });
+    listener.set_nonblocking(true)?;
+    axum_server::from_tcp_rustls(listener, config)
+        .handle(handle)
+        .serve(router(shared).into_make_service_with_connect_info::<SocketAddr>())
+        .await?;
+    Ok(())
+}
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/host", get(host))
+        .route("/v1/events", get(events))
+        .route("/v1/vms", get(list))
+        .route("/v1/vms/{id}", get(status))
+        .route("/v1/vms/{id}/start", post(start))
+        .route("/v1/vms/{id}/destroy", post(destroy))
+        .route("/v1/vms/{id}/shutdown", post(shutdown))
+        .route("/v1/vms/{id}/reboot", post(reboot))
+        .route("/v1/vms/{id}/pause", post(pause))
+        .route("/v1/vms/{id}/unpause", post(unpause))
+        .route("/v1/vms/{id}/balloon", post(balloon))
+        .route("/v1/vms/{id}/vcpus", post(vcpus))
+        .route("/v1/vms/{id}/save", post(save))
+        .route("/v1/vms/{id}/forget", post(forget))
+        .route("/v1/vms/{id}/console", get(console))
+        .route("/v1/vms/{id}/console-log", get(console_log))
+        .route("/v1/save-header", post(save_header))
+        .route("/v1/disks", post(create_disk))
+        .route("/v1/disks/delete", post(delete_disk))
+        .route("/v1/images/build", post(build_image))
+        .route("/v1/images/import", post(import_image))
+        .route("/v1/images/delete", post(delete_image))
+        .with_state(shared)
+}
+
+async fn host(State(s): S) -> Json<HostFacts> {
+    Json(s.facts().await)
+}
+
+async fn list(State(s): S) -> Json<Vec<VmStatus>> {
+    let vms: Vec<_> = s.vms.lock().unwrap().values().cloned().collect();
+    let mut out = Vec::new();
+    for vm in vms {
+        out.push(vm.status(&s).await);
+    }
+    Json(out)
+}
+
+fn find(s: &Shared, id: &str) -> Result<Arc<crate::vm::VmRuntime>, AgentError> {
+    s.vm(id)
+        .ok_or_else(|| AgentError::NotFound(format!("no VM {id} on this host")))
+}
+
+async fn status(State(s): S, Path(id): Path<String>) -> R<VmStatus> {
+    Ok(Json(find(&s, &id)?.status(&s).await))
+}
+
+/// A stream of JSON lines, one per state change, for the controller to follow.
+async fn events(State(s): S) -> Response {
+    let rx = s.subscribe();
+    let stream = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(|ev| async move {
+        let ev = ev.ok()?;
+        let mut line = serde_json::to_vec(&ev).ok()?;
+        line.push(b'\n');
+        Some(Ok::<_, std::convert::Infallible>(bytes::Bytes::from(line)))
+    });
+    // A first empty line tells the client the subscription is in place.
+    let hello = futures::stream::once(async { Ok(bytes::Bytes::from_static(b"\n")) });
+    Response::builder()
+        .header("content-type", "application/x-ndjson")
+        .body(Body::from_stream(hello.chain(stream)))
+        .unwrap()
+}
+
+async fn start(State(s): S, Path(id): Path<String>, Json(req): Json<StartRequest>) -> R<VmStatus> {
+    if req.spec.id != id {
+        return Err(AgentError::Invalid(anyhow::anyhow!(
+            "spec: id does not match the path"
+        )));
+    }
+    let vm = s.vm_or_new(&req.spec);
+    let _g = vm.op.lock().await;
+    vm.start(&s, req.spec, req.restore_from.as_deref()).await?;
+    Ok(Json(vm.status(&s).await))
+}
+
+async fn destroy(State(s): S, Path(id): Path<String>) -> R<VmStatus> {
+    let vm = find(&s, &id)?;
+    // Destroy does not wait for a running operation: it is how a stuck one is ended.
+    vm.destroy(&s).await?;
+    Ok(Json(vm.status(&s).await))
+}
+
+async fn shutdown(
+    State(s): S,
+    Path(id): Path<String>,
+    Json(req): Json<ShutdownRequest>,
+) -> R<VmStatus> {
+    let vm = find(&s, &id)?;
+    let _g = vm.op.lock().await;
+    vm.shutdown(&s, Duration::from_secs(req.timeout_secs), req.force)
+        .await?;
+    Ok(Json(vm.status(&s).await))
+}
+
+async fn reboot(State(s): S, Path(id): Path<String>) -> R<VmStatus> {
+    let vm = find(&s, &id)?;
+    {
+        let _g = vm.op.lock().await;
+        vm.reboot(&s, Duration::from_secs(60)).await?;
+    }
+    Ok(Json(vm.status(&s).await))
+}
+
+async fn pause(State(s): S, Path(id): Path<String>) -> R<VmStatus> {
+    let vm = find(&s, &id)?;
+    let _g = vm.op.lock().await;
+    vm.pause(&s).await?;
+    Ok(Json(vm.status(&s).await))
+}
+
+async fn unpause(State(s): S, Path(id): Path<String>) -> R<VmStatus> {
+    let vm = find(&s, &id)?;
+    let _g = vm.op.lock().await;
+    vm.unpause(&s).await?;
+    Ok(Json(vm.status(&s).await))
+}
+
+async fn balloon(
+    State(s): S,
+    Path(id): Path<String>,
+    Json(req): Json<BalloonRequest>,
+) -> R<VmStatus> {
+    let vm = find(&s, &id)?;
+    let _g = vm.op.lock().await;
+    vm.balloon(req.memory_mib).await?;
+    Ok(Json(vm.status(&s).await))
+}
+
+async fn vcpus(State(s): S, Path(id): Path<String>, Json(req): Json<VcpusRequest>) -> R<VmStatus> {
+    let vm = find(&s, &id)?;
+    let _g = vm.op.lock().await;
+    vm.set_vcpus(&s, req.vcpus).await?;
+    Ok(Json(vm.status(&s).await))
+}
+
+async fn save(State(s): S, Path(id): Path<String>, Json(req): Json<SaveRequest>) -> R<VmStatus> {
+    let vm = find(&s, &id)?;
+    let _g = vm.op.lock().await;
+    vm.save(&s, &req.path, &req.header).await?;
+    Ok(Json(vm.status(&s).await))
+}
+
+#[derive(Deserialize)]
+struct PathBody {
+    path: String,
+}
+
+async fn save_header(Json(req): Json<PathBody>) -> R<SaveHeader> {
+    Ok(Json(crate::vm::read_save_header(&req.path)?.0))
+}
+
+/// Drops what the agent knows of a VM that is being deleted, runtime dir included.
+async fn forget(State(s): S, Path(id): Path<String>) -> R<()> {
+    if let Some(vm) = s.vm(&id) {
+        if vm.state().has_process() {
+            return Err(AgentError::Conflict(
+                "the VM is running; destroy it first".into(),
+            ));
+        }
+        let _ = std::fs::remove_dir_all(&vm.paths.dir);
+        s.vms.lock().unwrap().remove(&id);
+    } else {
+        let dir = hostel_qemu::RuntimePaths::new(&s.run_dir(), &id).dir;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    Ok(Json(()))
+}
+
+async fn console(
+    State(s): S,
+    Path(id): Path<String>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, AgentError> {
+    let vm = find(&s, &id)?;
+    Ok(ws.on_upgrade(move |socket| pump_console(socket, vm)))
+}
+
+async fn pump_console(socket: WebSocket, vm: Arc<crate::vm::VmRuntime>) {
+    let (mut tx, mut rx) = socket.split();
+    let (scrollback, mut out) = vm.console.subscribe();
+    if !scrollback.is_empty() && tx.send(Message::Binary(scrollback.into())).await.is_err() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            data = out.recv() => match data {
+                Ok(b) => if tx.send(Message::Binary(b)).await.is_err() { break },
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => break,
+            },
+            msg = rx.next() => match msg {
+                Some(Ok(Message::Binary(b))) => { let _ = vm.console.send(b).await; }
+                Some(Ok(Message::Text(t))) => {
+                    let _ = vm.console.send(bytes::Bytes::copy_from_slice(t.as_bytes())).await;
+                }
+                Some(Ok(_)) => {}
+                _ => break,
+            },
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    #[serde(default)]
+    bytes: Option<usize>,
+}
+
+async fn console_log(
+    State(s): S,
+    Path(id): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> Result<String, AgentError> {
+    let vm = find(&s, &id)?;
+    let text = vm.console.scrollback_text();
+    let n = q.bytes.unwrap_or(usize::MAX).min(text.len());
+    let mut start = text.len() - n;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    Ok(text[start..].to_string())
+}
+
+async fn create_disk(State(s): S, Json(req): Json<CreateDiskRequest>) -> R<DiskCreated> {
+    let path = s
+        .disks_dir()
+        .join(format!("{}-{}.qcow2", req.vm_id, req.index));
+    let p = path.clone();
+    let backing = req.backing.clone();
+    let size = req.size_mib;
+    tokio::task::spawn_blocking(move || match backing {
+        Some(b) => {
+            hostel_storage::disk::create_overlay(&p, std::path::Path::new(&b.path), &b.format, size)
+        }
+        None => hostel_storage::disk::create_blank(&p, size),
+    })
+    .await
+    .map_err(|e| AgentError::Internal(e.into()))?
+    .map_err(AgentError::Invalid)?;
+    s.give_to_qemu(&path)?;
+    Ok(Json(DiskCreated {
+        path: path.display().to_string(),
+        format: "qcow2".into(),
+        size_mib: req.size_mib,
+    }))
+}
+
+async fn delete_disk(State(s): S, Json(req): Json<DeleteDiskRequest>) -> R<()> {
+    let p = std::path::Path::new(&req.path);
+    if !p.starts_with(s.disks_dir()) {
+        return Err(AgentError::Invalid(anyhow::anyhow!(
+            "path: {} is not in this host's disk store; refusing to delete it",
+            req.path
+        )));
+    }
+    match std::fs::remove_file(p) {
+        Ok(()) => Ok(Json(())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Json(())),
+        Err(e) => Err(AgentError::Internal(e.into())),
+    }
+}
+
+/// Builds an image, streaming progress as JSON lines: `{"progress":0.5,"message":"..."}`,
+/// then `{"done":{...}}` or `{"error":"..."}`.
+async fn build_image(State(s): S, Json(req): Json<BuildImageRequest>) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
+    tokio::task::spawn_blocking(move || {
+        let t = tx.clone();
+        let r = s.build_image(&req.recipe, &req.name, &mut |p, m| {
+            let _ = t.send(serde_json::json!({"progress": p, "message": m}));
+        });
+        let _ = tx.send(match r {
+            Ok(img) => serde_json::json!({"done": img}),
+            Err(e) => serde_json::json!({"error": format!("{e:#}")}),
+        });
+    });
+    ndjson(rx)
+}
+
+async fn import_image(State(s): S, Json(req): Json<ImportImageRequest>) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
+    tokio::task::spawn_blocking(move || {
+        let _ = tx.send(serde_json::json!({"progress": 0.1, "message": "converting to qcow2"}));
+        let _ = tx.send(match s.import_image(&req.name, &req.source) {
+            Ok(img) => serde_json::json!({"done": img}),
+            Err(e) => serde_json::json!({"error": format!("{e:#}")}),
+        });
+    });
+    ndjson(rx)
+}
+
+fn ndjson(rx: tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>) -> Response {
+    let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(|v| {
+        let mut line = serde_json::to_vec(&v).unwrap_or_default();
+        line.push(b'\n');
+        Ok::<_, std::convert::Infallible>(bytes::Bytes::from(line))
+    });
+    Response::builder()
+        .header("content-type", "application/x-ndjson")
+        .body(Body::from_stream(stream))
+        .unwrap()
+}
+
+async fn delete_image(State(s): S, Json(req): Json<PathBody>) -> R<()> {
+    s.delete_image_files(&req.path)
+        .map_err(AgentError::Invalid)?;
+    Ok(Json(()))
+}

@@ -1,0 +1,456 @@
+//! The host agent: runs the QEMU processes of one host, re-adopts them after a restart,
+//! and serves the agent API (HTTPS with mutual TLS) to the controller.
+
+pub mod console;
+mod http;
+pub mod vm;
+
+use anyhow::{anyhow, Context};
+use hostel_api::agent::{Event, HostFacts, ImageFiles};
+use hostel_model::{Accel, ImageKind};
+use hostel_qemu::argv::{HostOptions, RuntimePaths};
+use hostel_qemu::process::RunAs;
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{broadcast, OnceCell};
+use vm::VmRuntime;
+
+pub use http::{serve, TlsFiles};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccelChoice {
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+impl std::str::FromStr for AccelChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(AccelChoice::Auto),
+            "kvm" => Ok(AccelChoice::Kvm),
+            "tcg" => Ok(AccelChoice::Tcg),
+            _ => Err(format!("{s:?} is not an accelerator: use auto, kvm or tcg")),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Holds `images/`, `disks/` and `run/` (one directory per running VM).
+    pub data_dir: PathBuf,
+    pub host_name: String,
+    pub qemu_binary: String,
+    pub accel: AccelChoice,
+    /// When the agent runs as root, QEMU runs as this user.
+    pub qemu_user: String,
+    /// Where the KVM probe's answer is cached (per host boot).
+    pub probe_cache: PathBuf,
+}
+
+/// Errors of the agent API, each mapped to an HTTP status.
+#[derive(Debug)]
+pub enum AgentError {
+    Invalid(anyhow::Error),
+    NotFound(String),
+    Conflict(String),
+    Timeout(String),
+    Internal(anyhow::Error),
+}
+
+impl std::fmt::Display for AgentError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AgentError::Invalid(e) | AgentError::Internal(e) => write!(f, "{e:#}"),
+            AgentError::NotFound(m) | AgentError::Conflict(m) | AgentError::Timeout(m) => {
+                f.write_str(m)
+            }
+        }
+    }
+}
+
+impl From<hostel_qemu::QmpError> for AgentError {
+    fn from(e: hostel_qemu::QmpError) -> Self {
+        match e {
+            hostel_qemu::QmpError::Closed => {
+                AgentError::Conflict("the VM's QEMU exited during the operation".into())
+            }
+            e => AgentError::Internal(anyhow!(e)),
+        }
+    }
+}
+
+impl From<anyhow::Error> for AgentError {
+    fn from(e: anyhow::Error) -> Self {
+        AgentError::Internal(e)
+    }
+}
+
+/// State shared by the agent's handlers.
+pub struct Shared {
+    pub cfg: AgentConfig,
+    pub vms: Mutex<HashMap<String, Arc<VmRuntime>>>,
+    events: broadcast::Sender<Event>,
+    pub run_as: Option<RunAs>,
+    accel: OnceCell<(Accel, String)>,
+    pub qemu_version: String,
+}
+
+impl Shared {
+    pub fn emit(&self, ev: Event) {
+        let _ = self.events.send(ev);
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    pub fn run_dir(&self) -> PathBuf {
+        self.cfg.data_dir.join("run")
+    }
+    pub fn images_dir(&self) -> PathBuf {
+        self.cfg.data_dir.join("images")
+    }
+    pub fn disks_dir(&self) -> PathBuf {
+        self.cfg.data_dir.join("disks")
+    }
+
+    /// The accelerator, decided by a real probe the first time it is needed.
+    pub async fn accel(&self) -> (Accel, String) {
+        self.accel
+            .get_or_init(|| async {
+                match self.cfg.accel {
+                    AccelChoice::Kvm => (Accel::Kvm, "chosen with --accel kvm".to_string()),
+                    AccelChoice::Tcg => (Accel::Tcg, "chosen with --accel tcg".to_string()),
+                    AccelChoice::Auto => self.probe().await,
+                }
+            })
+            .await
+            .clone()
+    }
+
+    async fn probe(&self) -> (Accel, String) {
+        if std::fs::File::options()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_err()
+        {
+            return (
+                Accel::Tcg,
+                "KVM unavailable: /dev/kvm cannot be opened".into(),
+            );
+        }
+        if let Some(r) = hostel_qemu::probe::cached(&self.cfg.probe_cache, &self.qemu_version) {
+            return (r.accel, r.reason);
+        }
+        let dir = self.cfg.data_dir.join("probe-guest");
+        let guest = if dir.join("vmlinuz").exists() {
+            Ok(hostel_storage::tiny::TinyImage {
+                kernel: dir.join("vmlinuz"),
+                initrd: dir.join("initrd.img"),
+                cmdline: std::fs::read_to_string(dir.join("cmdline")).unwrap_or_default(),
+                kernel_version: String::new(),
+            })
+        } else {
+            let d = dir.clone();
+            tokio::task::spawn_blocking(move || {
+                let img = hostel_storage::tiny::build_tiny(
+                    &hostel_storage::tiny::TinyBuildOptions {
+                        out_dir: d.clone(),
+                        kernel: None,
+                        busybox: None,
+                    },
+                    &mut |_| {},
+                )?;
+                std::fs::write(d.join("cmdline"), &img.cmdline)?;
+                Ok::<_, anyhow::Error>(img)
+            })
+            .await
+            .map_err(|e| anyhow!(e))
+            .and_then(|r| r)
+        };
+        let guest = match guest {
+            Ok(g) => g,
+            Err(e) => {
+                return (
+                    Accel::Tcg,
+                    format!("KVM not probed (no probe guest: {e:#}); using TCG"),
+                )
+            }
+        };
+        let r = hostel_qemu::probe::probe_cached(
+            &self.cfg.probe_cache,
+            &self.cfg.qemu_binary,
+            &self.qemu_version,
+            &hostel_qemu::probe::ProbeGuest {
+                kernel: guest.kernel,
+                initrd: guest.initrd,
+                cmdline: guest.cmdline,
+                ready_marker: hostel_storage::tiny::READY_MARKER.to_string(),
+            },
+            std::time::Duration::from_secs(15),
+        )
+        .await;
+        (r.accel, r.reason)
+    }
+
+    pub async fn host_opts(&self) -> HostOptions {
+        HostOptions {
+            qemu_binary: self.cfg.qemu_binary.clone(),
+            accel: self.accel().await.0,
+            strict_sandbox: true,
+        }
+    }
+
+    pub async fn facts(&self) -> HostFacts {
+        let (accel, accel_reason) = self.accel().await;
+        HostFacts {
+            name: self.cfg.host_name.clone(),
+            cpus: std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1),
+            memory_total_mib: host_memory_mib(),
+            accel,
+            accel_reason,
+            qemu_version: self.qemu_version.clone(),
+            kernel: nix::sys::utsname::uname()
+                .map(|u| u.release().to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Makes a VM's runtime directory, private to the QEMU user, without stale sockets.
+    pub fn prepare_runtime_dir(&self, paths: &RuntimePaths) -> Result<(), AgentError> {
+        std::fs::create_dir_all(&paths.dir)
+            .with_context(|| format!("creating {}", paths.dir.display()))?;
+        for stale in [
+            paths.qmp(),
+            paths.serial(),
+            paths.vnc(),
+            paths.pidfile(),
+            paths.state(),
+        ] {
+            let _ = std::fs::remove_file(stale);
+        }
+        std::fs::set_permissions(&paths.dir, std::fs::Permissions::from_mode(0o700))
+            .context("chmod runtime dir")?;
+        self.give_to_qemu(&paths.dir)?;
+        Ok(())
+    }
+
+    /// Hands a file or directory to the QEMU user (when QEMU runs as one).
+    pub fn give_to_qemu(&self, path: &Path) -> anyhow::Result<()> {
+        if let Some(u) = self.run_as {
+            nix::unistd::chown(
+                path,
+                Some(nix::unistd::Uid::from_raw(u.uid)),
+                Some(nix::unistd::Gid::from_raw(u.gid)),
+            )
+            .with_context(|| format!("chown {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    pub fn vm(&self, id: &str) -> Option<Arc<VmRuntime>> {
+        self.vms.lock().unwrap().get(id).cloned()
+    }
+
+    pub fn vm_or_new(&self, spec: &hostel_api::agent::VmSpec) -> Arc<VmRuntime> {
+        let mut vms = self.vms.lock().unwrap();
+        vms.entry(spec.id.clone())
+            .or_insert_with(|| {
+                VmRuntime::new(spec.clone(), RuntimePaths::new(&self.run_dir(), &spec.id))
+            })
+            .clone()
+    }
+
+    pub fn build_image(
+        &self,
+        recipe: &str,
+        name: &str,
+        progress: &mut dyn FnMut(f64, &str),
+    ) -> anyhow::Result<ImageFiles> {
+        if recipe != "tiny" {
+            anyhow::bail!("recipe: {recipe:?} is not a recipe this host can build: use \"tiny\"");
+        }
+        let dir = self.images_dir().join(name);
+        if dir.exists() {
+            anyhow::bail!("{} exists already; delete the image first", dir.display());
+        }
+        progress(
+            0.05,
+            "building the tiny image (Debian cloud kernel + busybox initramfs)",
+        );
+        let img = hostel_storage::tiny::build_tiny(
+            &hostel_storage::tiny::TinyBuildOptions {
+                out_dir: dir.clone(),
+                kernel: None,
+                busybox: None,
+            },
+            &mut |m| progress(0.5, m),
+        )?;
+        progress(0.9, "recording checksums");
+        let sha256 = hostel_storage::disk::sha256_files(&[&img.kernel, &img.initrd])?;
+        let size_bytes =
+            std::fs::metadata(&img.kernel)?.len() + std::fs::metadata(&img.initrd)?.len();
+        for p in [&dir, &img.kernel, &img.initrd] {
+            let mode = if p.is_dir() { 0o755 } else { 0o644 };
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))?;
+        }
+        Ok(ImageFiles {
+            name: name.to_string(),
+            kind: ImageKind::DirectKernel,
+            format: "kernel".into(),
+            path: img.kernel.display().to_string(),
+            initrd: Some(img.initrd.display().to_string()),
+            cmdline: Some(img.cmdline),
+            size_bytes,
+            virtual_size_mib: 0,
+            sha256,
+        })
+    }
+
+    pub fn import_image(&self, name: &str, source: &str) -> anyhow::Result<ImageFiles> {
+        let src = Path::new(source);
+        if !src.is_absolute() {
+            anyhow::bail!(
+                "path: {source:?} is not absolute: give the image file's full path on the host"
+            );
+        }
+        let dir = self.images_dir();
+        std::fs::create_dir_all(&dir)?;
+        let dest = dir.join(format!("{name}.qcow2"));
+        hostel_storage::disk::import(src, &dest)?;
+        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o644))?;
+        let info = hostel_storage::disk::info(&dest)?;
+        Ok(ImageFiles {
+            name: name.to_string(),
+            kind: ImageKind::Disk,
+            format: "qcow2".into(),
+            path: dest.display().to_string(),
+            initrd: None,
+            cmdline: None,
+            size_bytes: std::fs::metadata(&dest)?.len(),
+            virtual_size_mib: info.virtual_size.div_ceil(1 << 20),
+            sha256: hostel_storage::disk::sha256_file(&dest)?,
+        })
+    }
+
+    /// Removes an image's files; only ever under this host's images directory.
+    pub fn delete_image_files(&self, path: &str) -> anyhow::Result<()> {
+        let p = Path::new(path);
+        let images = self.images_dir();
+        let target = if p.file_name().map(|n| n == "vmlinuz").unwrap_or(false) {
+            p.parent().unwrap_or(p).to_path_buf()
+        } else {
+            p.to_path_buf()
+        };
+        if !target.starts_with(&images) || target == images {
+            anyhow::bail!("{} is not in this host's image store", target.display());
+        }
+        if target.is_dir() {
+            std::fs::remove_dir_all(&target)?;
+        } else if target.exists() {
+            std::fs::remove_file(&target)?;
+        }
+        Ok(())
+    }
+}
+
+pub fn host_memory_mib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb / 1024)
+        .unwrap_or(0)
+}
+
+/// Checks that the QEMU user can reach `dir` (every ancestor searchable by it).
+fn check_reachable(dir: &Path, user: &str, u: RunAs) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let mut p = Some(dir);
+    while let Some(d) = p {
+        let m = std::fs::metadata(d)?;
+        let ok = if m.uid() == u.uid {
+            m.mode() & 0o100 != 0
+        } else if m.gid() == u.gid {
+            m.mode() & 0o010 != 0
+        } else {
+            m.mode() & 0o001 != 0
+        };
+        if !ok {
+            anyhow::bail!(
+                "QEMU runs as user {user}, which cannot reach {} because {} has mode {:o}: \
+                 `chmod o+x {}` or choose another --data-dir",
+                dir.display(),
+                d.display(),
+                m.mode() & 0o7777,
+                d.display()
+            );
+        }
+        p = d.parent();
+    }
+    Ok(())
+}
+
+/// Creates the agent: makes its directories, and re-adopts every QEMU that an earlier
+/// agent left running.
+pub async fn start(cfg: AgentConfig) -> anyhow::Result<Arc<Shared>> {
+    let root = nix::unistd::Uid::effective().is_root();
+    let run_as = if root {
+        Some(hostel_qemu::process::lookup_user(&cfg.qemu_user)?)
+    } else {
+        None
+    };
+    for d in ["", "run", "disks", "images"] {
+        let p = cfg.data_dir.join(d);
+        std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
+        let mode = if d == "images" { 0o755 } else { 0o711 };
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))?;
+    }
+    if let Some(u) = run_as {
+        check_reachable(&cfg.data_dir.join("disks"), &cfg.qemu_user, u)?;
+    }
+    let qemu_version = hostel_qemu::probe::qemu_version(&cfg.qemu_binary).await?;
+    let shared = Arc::new(Shared {
+        cfg,
+        vms: Mutex::new(HashMap::new()),
+        events: broadcast::channel(1024).0,
+        run_as,
+        accel: OnceCell::new(),
+        qemu_version,
+    });
+    adopt_all(&shared).await;
+    Ok(shared)
+}
+
+async fn adopt_all(shared: &Arc<Shared>) {
+    let Ok(entries) = std::fs::read_dir(shared.run_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let id = e.file_name().to_string_lossy().into_owned();
+        let paths = RuntimePaths::new(&shared.run_dir(), &id);
+        let Some(rt) = vm::read_runtime_file(&paths) else {
+            continue;
+        };
+        let vm = shared.vm_or_new(&rt.spec);
+        let pid = rt.pid;
+        if vm.adopt(shared, rt).await {
+            tracing::info!(vm = %vm.spec().name, pid, "re-adopted a running QEMU");
+        } else {
+            tracing::warn!(vm = %vm.spec().name, pid, "its QEMU is gone; not re-adopted");
+            let _ = std::fs::remove_file(paths.state());
+            shared.vms.lock().unwrap().remove(&id);
+        }
+    }
+}

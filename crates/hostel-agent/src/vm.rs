@@ -1,0 +1,863 @@
+//! One VM's QEMU process: start, supervise, operate, and re-adopt after a restart.
+//!
+//! QEMU's own events (SHUTDOWN, RESET, STOP, RESUME, GUEST_PANICKED) and the end of its
+//! process decide the state at once; nothing polls.
+
+use crate::console::ConsoleHub;
+use crate::{AgentError, Shared};
+use anyhow::anyhow;
+use hostel_api::agent::{Event, SaveHeader, VmSpec, VmStatus, SAVE_MAGIC};
+use hostel_model::{Policy, VmState};
+use hostel_qemu::argv::{cpu_id, cpu_type, RuntimePaths};
+use hostel_qemu::process::{self, Launch, INCOMING_FD};
+use hostel_qemu::Qmp;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::io::{BufRead, Write};
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What the agent itself asked of QEMU, so that its exit can be told apart from a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Intent {
+    None,
+    Destroy,
+    Shutdown,
+    Reboot,
+    Save,
+}
+
+/// What a running QEMU was started with; written next to its sockets for re-adoption.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RuntimeFile {
+    pub spec: VmSpec,
+    pub argv: Vec<String>,
+    pub pid: u32,
+}
+
+struct Live {
+    state: VmState,
+    reason: Option<String>,
+    pid: Option<u32>,
+    argv: Vec<String>,
+    qmp: Option<Arc<Qmp>>,
+    intent: Intent,
+    /// The last SHUTDOWN event's reason, and whether a panic was reported.
+    shutdown_reason: Option<String>,
+    panicked: bool,
+    /// Bumped at every QEMU start, so a stale supervisor never touches a newer process.
+    generation: u64,
+}
+
+pub struct VmRuntime {
+    pub id: String,
+    pub paths: RuntimePaths,
+    pub console: Arc<ConsoleHub>,
+    spec: Mutex<VmSpec>,
+    live: Mutex<Live>,
+    state_watch: tokio::sync::watch::Sender<VmState>,
+    /// Serializes operations on this VM.
+    pub op: tokio::sync::Mutex<()>,
+}
+
+impl VmRuntime {
+    pub fn new(spec: VmSpec, paths: RuntimePaths) -> Arc<VmRuntime> {
+        Arc::new(VmRuntime {
+            id: spec.id.clone(),
+            console: Arc::new(ConsoleHub::new(&paths.console_log())),
+            paths,
+            spec: Mutex::new(spec),
+            live: Mutex::new(Live {
+                state: VmState::Stopped,
+                reason: None,
+                pid: None,
+                argv: Vec::new(),
+                qmp: None,
+                intent: Intent::None,
+                shutdown_reason: None,
+                panicked: false,
+                generation: 0,
+            }),
+            state_watch: tokio::sync::watch::channel(VmState::Stopped).0,
+            op: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn spec(&self) -> VmSpec {
+        self.spec.lock().unwrap().clone()
+    }
+
+    pub fn state(&self) -> VmState {
+        self.live.lock().unwrap().state
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.live.lock().unwrap().pid
+    }
+
+    fn qmp(&self) -> Result<Arc<Qmp>, AgentError> {
+        self.live
+            .lock()
+            .unwrap()
+            .qmp
+            .clone()
+            .ok_or_else(|| AgentError::Conflict("the VM has no running QEMU".into()))
+    }
+
+    pub async fn status(&self, shared: &Shared) -> VmStatus {
+        let (state, reason, pid, argv, qmp) = {
+            let l = self.live.lock().unwrap();
+            (
+                l.state,
+                l.reason.clone(),
+                l.pid,
+                l.argv.clone(),
+                l.qmp.clone(),
+            )
+        };
+        let spec = self.spec();
+        let mut balloon_mib = None;
+        if let Some(q) = &qmp {
+            if let Ok(v) = q
+                .execute_timeout("query-balloon", json!({}), Duration::from_secs(2))
+                .await
+            {
+                balloon_mib = v["actual"].as_u64().map(|b| b >> 20);
+            }
+        }
+        VmStatus {
+            id: self.id.clone(),
+            name: spec.name.clone(),
+            state,
+            reason,
+            pid,
+            argv: if argv.is_empty() {
+                hostel_qemu::render(&spec, &self.paths, &shared.host_opts().await, None)
+            } else {
+                argv
+            },
+            accel: shared.host_opts().await.accel,
+            balloon_mib,
+            vcpus: spec.vcpus,
+        }
+    }
+
+    fn set_state(&self, shared: &Shared, state: VmState, reason: Option<String>) {
+        let pid = {
+            let mut l = self.live.lock().unwrap();
+            l.state = state;
+            l.reason = reason.clone();
+            l.pid
+        };
+        self.state_watch.send_replace(state);
+        tracing::info!(vm = %self.spec().name, %state, reason = reason.as_deref().unwrap_or(""), "VM state");
+        shared.emit(Event {
+            vm_id: self.id.clone(),
+            state,
+            reason,
+            pid: if state.has_process() { pid } else { None },
+        });
+    }
+
+    /// Starts QEMU from `spec` (rendered now), or resumes it from a saved state file.
+    pub async fn start(
+        self: &Arc<Self>,
+        shared: &Arc<Shared>,
+        spec: VmSpec,
+        restore_from: Option<&str>,
+    ) -> Result<(), AgentError> {
+        if self.state().has_process() {
+            return Err(AgentError::Conflict(format!(
+                "the VM is already running (QEMU pid {})",
+                self.pid().unwrap_or(0)
+            )));
+        }
+        // No VM ever runs twice: a QEMU from an earlier agent life may still hold the dir.
+        if let Some(pid) = process::read_pidfile(&self.paths.pidfile()) {
+            if process::is_our_qemu(pid, &self.paths.qmp().display().to_string()) {
+                return Err(AgentError::Conflict(format!(
+                    "a QEMU for this VM is still running (pid {pid}); destroy it first"
+                )));
+            }
+        }
+        *self.spec.lock().unwrap() = spec.clone();
+        self.paths.check().map_err(AgentError::Invalid)?;
+        let incoming = match restore_from {
+            Some(path) => Some(open_saved(path, &spec.id)?),
+            None => None,
+        };
+        shared.prepare_runtime_dir(&self.paths)?;
+        let host = shared.host_opts().await;
+        let argv = hostel_qemu::render(
+            &spec,
+            &self.paths,
+            &host,
+            incoming.as_ref().map(|_| INCOMING_FD),
+        );
+        let generation = {
+            let mut l = self.live.lock().unwrap();
+            l.generation += 1;
+            l.intent = Intent::None;
+            l.shutdown_reason = None;
+            l.panicked = false;
+            l.argv = argv.clone();
+            l.generation
+        };
+        self.set_state(shared, VmState::Starting, None);
+        let started = process::spawn(Launch {
+            argv: &argv,
+            log: &self.paths.log(),
+            run_as: shared.run_as,
+            incoming,
+        })
+        .map_err(|e| {
+            self.set_state(shared, VmState::Stopped, Some(format!("{e:#}")));
+            AgentError::Internal(e)
+        })?;
+        let pid = started.pid;
+        self.live.lock().unwrap().pid = Some(pid);
+        let qmp = match self.connect_qmp(pid).await {
+            Ok(q) => q,
+            Err(e) => {
+                process::kill(pid);
+                let how = started.exit.await.unwrap_or_default();
+                let log = tail_file(&self.paths.log(), 8);
+                let reason = format!("QEMU failed to start: {e:#}; {how}; log: {log}");
+                self.live.lock().unwrap().pid = None;
+                self.set_state(shared, VmState::Stopped, Some(reason.clone()));
+                return Err(AgentError::Internal(anyhow!(reason)));
+            }
+        };
+        self.live.lock().unwrap().qmp = Some(qmp.clone());
+        let _ = self.console.attach(&self.paths.serial()).await;
+        write_runtime_file(&self.paths, &spec, &argv, pid);
+        self.clone()
+            .supervise(shared.clone(), qmp.clone(), generation, Some(started.exit));
+
+        if restore_from.is_some() {
+            // Restore resumes the VM, like `xm restore`, whatever its state when saved.
+            let resumed = match wait_incoming(&qmp).await {
+                Ok(()) => qmp
+                    .execute("cont", json!({}))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| anyhow!(e)),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = resumed {
+                let _ = self.destroy(shared).await;
+                return Err(AgentError::Internal(e));
+            }
+        }
+        if spec.memory_mib < spec.max_memory_mib {
+            // The balloon driver picks the target up when the guest loads it.
+            let _ = qmp
+                .execute("balloon", json!({"value": spec.memory_mib << 20}))
+                .await;
+        }
+        let status = qmp.execute("query-status", json!({})).await?;
+        let state = if status["status"] == "paused" {
+            VmState::Paused
+        } else {
+            VmState::Running
+        };
+        if self.live.lock().unwrap().generation == generation && self.state() == VmState::Starting {
+            self.set_state(shared, state, None);
+        }
+        Ok(())
+    }
+
+    async fn connect_qmp(&self, pid: u32) -> anyhow::Result<Arc<Qmp>> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.paths.qmp().exists() {
+                match Qmp::connect(&self.paths.qmp()).await {
+                    Ok(q) => return Ok(q),
+                    Err(e) if tokio::time::Instant::now() > deadline => {
+                        return Err(anyhow!("connecting to QMP: {e}"))
+                    }
+                    Err(_) => {}
+                }
+            }
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                || !process::is_our_qemu(pid, &self.paths.qmp().display().to_string())
+            {
+                anyhow::bail!("QEMU exited during start-up");
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!("QEMU's QMP socket did not appear within 20 s");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Re-adopts a QEMU left running by an earlier agent. Returns false if there is none.
+    pub async fn adopt(self: &Arc<Self>, shared: &Arc<Shared>, rt: RuntimeFile) -> bool {
+        if !process::is_our_qemu(rt.pid, &self.paths.qmp().display().to_string()) {
+            return false;
+        }
+        let qmp = match Qmp::connect(&self.paths.qmp()).await {
+            Ok(q) => q,
+            Err(e) => {
+                tracing::warn!(vm = %rt.spec.name, "cannot re-adopt QEMU pid {}: {e}", rt.pid);
+                return false;
+            }
+        };
+        let status = qmp
+            .execute("query-status", json!({}))
+            .await
+            .unwrap_or_default();
+        let generation = {
+            let mut l = self.live.lock().unwrap();
+            l.generation += 1;
+            l.pid = Some(rt.pid);
+            l.argv = rt.argv.clone();
+            l.qmp = Some(qmp.clone());
+            l.generation
+        };
+        *self.spec.lock().unwrap() = rt.spec.clone();
+        let _ = self.console.attach(&self.paths.serial()).await;
+        self.clone()
+            .supervise(shared.clone(), qmp, generation, None);
+        let state = match status["status"].as_str() {
+            Some("paused") => VmState::Paused,
+            _ => VmState::Running,
+        };
+        self.set_state(
+            shared,
+            state,
+            Some(format!("re-adopted QEMU pid {}", rt.pid)),
+        );
+        true
+    }
+
+    /// Follows QEMU's events until its monitor closes, then decides what its end means.
+    fn supervise(
+        self: Arc<Self>,
+        shared: Arc<Shared>,
+        qmp: Arc<Qmp>,
+        generation: u64,
+        exit: Option<tokio::sync::oneshot::Receiver<String>>,
+    ) {
+        let mut events = qmp.events();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    ev = events.recv() => match ev {
+                        Ok(ev) => self.on_event(&shared, &ev.event, &ev.data),
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(_) => break,
+                    },
+                    _ = qmp.closed() => break,
+                }
+            }
+            // Drain events that arrived just before the close.
+            while let Ok(ev) = events.try_recv() {
+                self.on_event(&shared, &ev.event, &ev.data);
+            }
+            let how = match exit {
+                Some(rx) => rx.await.unwrap_or_default(),
+                None => {
+                    let pid = self.pid().unwrap_or(0);
+                    wait_gone(pid, &self.paths.qmp().display().to_string()).await;
+                    String::from("QEMU exited")
+                }
+            };
+            self.on_exit(&shared, generation, how).await;
+        });
+    }
+
+    fn on_event(&self, shared: &Shared, event: &str, data: &serde_json::Value) {
+        let intent = self.live.lock().unwrap().intent;
+        match event {
+            "STOP" if intent != Intent::Save => {
+                if self.state() == VmState::Running {
+                    self.set_state(shared, VmState::Paused, None)
+                }
+            }
+            "RESUME" => {
+                if matches!(self.state(), VmState::Paused | VmState::Starting) {
+                    self.set_state(shared, VmState::Running, None)
+                }
+            }
+            "SHUTDOWN" => {
+                let reason = data["reason"].as_str().unwrap_or("").to_string();
+                self.live.lock().unwrap().shutdown_reason = Some(reason);
+                if self.state().has_process() && intent == Intent::None {
+                    self.set_state(
+                        shared,
+                        VmState::ShuttingDown,
+                        Some("the guest powered off".into()),
+                    );
+                }
+            }
+            "RESET" => {
+                tracing::info!(vm = %self.spec().name, "guest reset");
+            }
+            "GUEST_PANICKED" => {
+                self.live.lock().unwrap().panicked = true;
+            }
+            _ => {}
+        }
+    }
+
+    async fn on_exit(self: &Arc<Self>, shared: &Arc<Shared>, generation: u64, how: String) {
+        let (intent, shutdown_reason, panicked) = {
+            let mut l = self.live.lock().unwrap();
+            if l.generation != generation {
+                return;
+            }
+            l.qmp = None;
+            l.pid = None;
+            l.argv.clear();
+            (l.intent, l.shutdown_reason.clone(), l.panicked)
+        };
+        let _ = std::fs::remove_file(self.paths.state());
+        let spec = self.spec();
+        let (state, reason, restart) = match intent {
+            Intent::Destroy => (VmState::Stopped, "destroyed".to_string(), false),
+            Intent::Shutdown => (VmState::Stopped, "shut down".to_string(), false),
+            Intent::Save => (VmState::Saved, "memory state saved".to_string(), false),
+            // reboot() starts the new QEMU itself, under the operation lock it holds.
+            Intent::Reboot => (VmState::Stopped, "rebooting".to_string(), false),
+            Intent::None if panicked => (
+                VmState::Crashed,
+                format!(
+                    "the guest kernel panicked ({how}); on_crash={}",
+                    spec.on_crash.as_str()
+                ),
+                spec.on_crash == Policy::Restart,
+            ),
+            Intent::None => match shutdown_reason.as_deref() {
+                Some("guest-shutdown") => (
+                    VmState::Stopped,
+                    format!(
+                        "the guest powered off; on_poweroff={}",
+                        spec.on_poweroff.as_str()
+                    ),
+                    spec.on_poweroff == Policy::Restart,
+                ),
+                Some("guest-reset") => (
+                    VmState::Stopped,
+                    "the guest rebooted; on_reboot=destroy".to_string(),
+                    false,
+                ),
+                Some(r) if !r.is_empty() => {
+                    (VmState::Stopped, format!("QEMU shut down ({r})"), false)
+                }
+                _ => (
+                    VmState::Crashed,
+                    format!(
+                        "QEMU ended unexpectedly: {how}; on_crash={}",
+                        spec.on_crash.as_str()
+                    ),
+                    spec.on_crash == Policy::Restart,
+                ),
+            },
+        };
+        self.set_state(shared, state, Some(reason));
+        if restart {
+            let me = self.clone();
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let _guard = me.op.lock().await;
+                if me.state().has_process() {
+                    return;
+                }
+                if let Err(e) = me.start(&shared, spec, None).await {
+                    tracing::warn!("restarting the VM failed: {e}");
+                }
+            });
+        }
+    }
+
+    async fn wait_state(&self, pred: impl Fn(VmState) -> bool, timeout: Duration) -> bool {
+        let mut rx = self.state_watch.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|s| pred(*s)))
+            .await
+            .map(|r| r.is_ok())
+            .unwrap_or(false)
+    }
+
+    pub async fn destroy(&self, shared: &Shared) -> Result<(), AgentError> {
+        let (qmp, pid) = {
+            let mut l = self.live.lock().unwrap();
+            if !l.state.has_process() {
+                return Err(AgentError::Conflict("the VM is not running".into()));
+            }
+            l.intent = Intent::Destroy;
+            (l.qmp.clone(), l.pid)
+        };
+        if let Some(q) = qmp {
+            let _ = q
+                .execute_timeout("quit", json!({}), Duration::from_millis(500))
+                .await;
+        }
+        if !self
+            .wait_state(|s| !s.has_process(), Duration::from_secs(5))
+            .await
+        {
+            if let Some(pid) = pid {
+                process::kill(pid);
+            }
+            if !self
+                .wait_state(|s| !s.has_process(), Duration::from_secs(10))
+                .await
+            {
+                self.set_state(shared, VmState::Stopped, Some("destroyed (killed)".into()));
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn shutdown(
+        &self,
+        shared: &Shared,
+        timeout: Duration,
+        force: bool,
+    ) -> Result<(), AgentError> {
+        let qmp = self.qmp()?;
+        self.live.lock().unwrap().intent = Intent::Shutdown;
+        self.set_state(
+            shared,
+            VmState::ShuttingDown,
+            Some("ACPI power-off requested".into()),
+        );
+        qmp.execute("system_powerdown", json!({})).await?;
+        if self.wait_state(|s| !s.has_process(), timeout).await {
+            return Ok(());
+        }
+        if force {
+            self.destroy(shared).await?;
+            self.set_state(
+                shared,
+                VmState::Stopped,
+                Some(format!(
+                    "forced off: the guest did not power off within {} s",
+                    timeout.as_secs()
+                )),
+            );
+            return Ok(());
+        }
+        self.live.lock().unwrap().intent = Intent::None;
+        self.set_state(shared, VmState::Running, None);
+        Err(AgentError::Timeout(format!(
+            "the guest did not power off within {} s; it is still running (use --force to stop \
+             it hard after the timeout, or `hostel destroy`)",
+            timeout.as_secs()
+        )))
+    }
+
+    /// A clean reboot: ACPI power-off, then a new QEMU from the current definition (so
+    /// pending changes apply, as on Proxmox). A guest that ignores ACPI is reset instead.
+    pub async fn reboot(
+        self: &Arc<Self>,
+        shared: &Arc<Shared>,
+        timeout: Duration,
+    ) -> Result<(), AgentError> {
+        let qmp = self.qmp()?;
+        self.live.lock().unwrap().intent = Intent::Reboot;
+        qmp.execute("system_powerdown", json!({})).await?;
+        if !self.wait_state(|s| !s.has_process(), timeout).await {
+            self.live.lock().unwrap().intent = Intent::None;
+            qmp.execute("system_reset", json!({})).await?;
+            return Ok(());
+        }
+        self.start(shared, self.spec(), None).await
+    }
+
+    pub async fn pause(&self, shared: &Shared) -> Result<(), AgentError> {
+        self.qmp()?.execute("stop", json!({})).await?;
+        self.set_state(shared, VmState::Paused, None);
+        Ok(())
+    }
+
+    pub async fn unpause(&self, shared: &Shared) -> Result<(), AgentError> {
+        self.qmp()?.execute("cont", json!({})).await?;
+        self.set_state(shared, VmState::Running, None);
+        Ok(())
+    }
+
+    pub async fn balloon(&self, memory_mib: u64) -> Result<(), AgentError> {
+        self.qmp()?
+            .execute("balloon", json!({"value": memory_mib << 20}))
+            .await?;
+        let mut spec = self.spec.lock().unwrap();
+        spec.memory_mib = memory_mib;
+        write_runtime_spec(&self.paths, &spec);
+        Ok(())
+    }
+
+    /// Hot-plugs or unplugs vCPUs until `n` are present.
+    pub async fn set_vcpus(&self, shared: &Shared, n: u32) -> Result<(), AgentError> {
+        let qmp = self.qmp()?;
+        let accel = shared.host_opts().await.accel;
+        let current = present_sockets(&qmp).await?;
+        let have = current.len() as u32;
+        if n > have {
+            for socket in 0..self.spec().max_vcpus {
+                if current.contains(&socket) {
+                    continue;
+                }
+                if present_sockets(&qmp).await?.len() as u32 >= n {
+                    break;
+                }
+                qmp.execute(
+                    "device_add",
+                    json!({"driver": cpu_type(accel), "id": cpu_id(socket),
+                           "socket-id": socket, "core-id": 0, "thread-id": 0}),
+                )
+                .await?;
+            }
+        } else if n < have {
+            let mut removable: Vec<u32> = current.iter().copied().filter(|s| *s != 0).collect();
+            removable.sort_unstable_by(|a, b| b.cmp(a));
+            for socket in removable.into_iter().take((have - n) as usize) {
+                qmp.execute("device_del", json!({"id": cpu_id(socket)}))
+                    .await?;
+            }
+            // The guest must release each vCPU (ACPI eject) before QEMU removes it.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            while present_sockets(&qmp).await?.len() as u32 > n {
+                if tokio::time::Instant::now() > deadline {
+                    return Err(AgentError::Timeout(
+                        "the guest did not release the vCPUs within 20 s (does its kernel \
+                         support CPU hot-unplug?)"
+                            .into(),
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        let mut spec = self.spec.lock().unwrap();
+        spec.vcpus = n;
+        write_runtime_spec(&self.paths, &spec);
+        Ok(())
+    }
+
+    /// Writes the memory state to `path` (which must not exist) and stops the VM.
+    pub async fn save(
+        &self,
+        shared: &Shared,
+        path: &str,
+        header: &SaveHeader,
+    ) -> Result<(), AgentError> {
+        let qmp = self.qmp()?;
+        let file = create_save_file(path, header)?;
+        let was_running = self.state() == VmState::Running;
+        self.live.lock().unwrap().intent = Intent::Save;
+        let result = async {
+            qmp.execute("stop", json!({})).await?;
+            qmp.execute_with_fd(
+                "getfd",
+                json!({"fdname": "hostel-save"}),
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+            )
+            .await?;
+            qmp.execute("migrate", json!({"uri": "fd:hostel-save"}))
+                .await?;
+            wait_migration(&qmp).await
+        }
+        .await;
+        drop(file);
+        if let Err(e) = result {
+            self.live.lock().unwrap().intent = Intent::None;
+            let _ = std::fs::remove_file(path);
+            if was_running {
+                let _ = qmp.execute("cont", json!({})).await;
+            }
+            return Err(AgentError::Internal(anyhow!(
+                "saving failed, the VM goes on: {e:#}"
+            )));
+        }
+        let _ = qmp.execute("quit", json!({})).await;
+        if !self
+            .wait_state(|s| s == VmState::Saved, Duration::from_secs(10))
+            .await
+        {
+            if let Some(pid) = self.pid() {
+                process::kill(pid);
+            }
+        }
+        let _ = shared;
+        Ok(())
+    }
+}
+
+async fn present_sockets(qmp: &Qmp) -> Result<Vec<u32>, AgentError> {
+    let cpus = qmp.execute("query-hotpluggable-cpus", json!({})).await?;
+    Ok(cpus
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|c| c.get("qom-path").is_some())
+                .filter_map(|c| c["props"]["socket-id"].as_u64().map(|s| s as u32))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+async fn wait_migration(qmp: &Qmp) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    loop {
+        let st = qmp.execute("query-migrate", json!({})).await?;
+        match st["status"].as_str().unwrap_or("") {
+            "completed" => return Ok(()),
+            "failed" | "cancelled" => {
+                anyhow::bail!(
+                    "migration {}: {}",
+                    st["status"].as_str().unwrap_or(""),
+                    st["error-desc"].as_str().unwrap_or("no reason given")
+                )
+            }
+            _ => {}
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("writing the state did not finish within 600 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_incoming(qmp: &Qmp) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    loop {
+        let st = qmp.execute("query-status", json!({})).await?;
+        match st["status"].as_str().unwrap_or("") {
+            "inmigrate" => {}
+            "running" | "paused" => return Ok(()),
+            other => {
+                let m = qmp
+                    .execute("query-migrate", json!({}))
+                    .await
+                    .unwrap_or_default();
+                if m["status"] == "failed" {
+                    anyhow::bail!(
+                        "restoring failed: {}",
+                        m["error-desc"].as_str().unwrap_or(other)
+                    );
+                }
+                if other != "postmigrate" && other != "prelaunch" {
+                    return Ok(());
+                }
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("restoring did not finish within 600 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until a QEMU we did not start (a re-adopted one) has really gone.
+async fn wait_gone(pid: u32, marker: &str) {
+    for _ in 0..500 {
+        if pid == 0 || !process::is_our_qemu(pid, marker) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn create_save_file(path: &str, header: &SaveHeader) -> Result<std::fs::File, AgentError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let p = std::path::Path::new(path);
+    if !p.is_absolute() {
+        return Err(AgentError::Invalid(anyhow!(
+            "path: {path:?} is not absolute: give the full path of the file to write on the host"
+        )));
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(p)
+        .map_err(|e| {
+            AgentError::Invalid(anyhow!(
+                "path: cannot create {path}: {e}{}",
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    " (choose a new file name; save never overwrites)"
+                } else {
+                    ""
+                }
+            ))
+        })?;
+    let mut line = serde_json::to_vec(header).map_err(|e| AgentError::Internal(e.into()))?;
+    line.push(b'\n');
+    f.write_all(&line)
+        .map_err(|e| AgentError::Internal(e.into()))?;
+    Ok(f)
+}
+
+/// Reads a save file's header line and returns the file positioned at QEMU's stream.
+pub fn read_save_header(path: &str) -> Result<(SaveHeader, std::fs::File), AgentError> {
+    let f = std::fs::File::open(path)
+        .map_err(|e| AgentError::Invalid(anyhow!("path: cannot open {path}: {e}")))?;
+    let mut reader = std::io::BufReader::new(f);
+    let mut line = Vec::new();
+    let bad = || {
+        AgentError::Invalid(anyhow!(
+            "path: {path} is not a Hostel save file (it does not start with a {SAVE_MAGIC} header)"
+        ))
+    };
+    reader
+        .by_ref()
+        .take(4096)
+        .read_until(b'\n', &mut line)
+        .map_err(|_| bad())?;
+    let header: SaveHeader = serde_json::from_slice(&line).map_err(|_| bad())?;
+    if header.magic != SAVE_MAGIC {
+        return Err(bad());
+    }
+    // Reopen and seek: the BufReader may have read past the header.
+    let mut f = std::fs::File::open(path).map_err(|e| AgentError::Internal(e.into()))?;
+    std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(line.len() as u64))
+        .map_err(|e| AgentError::Internal(e.into()))?;
+    Ok((header, f))
+}
+
+use std::io::Read as _;
+
+fn open_saved(path: &str, vm_id: &str) -> Result<OwnedFd, AgentError> {
+    let (header, f) = read_save_header(path)?;
+    if header.vm_id != vm_id {
+        return Err(AgentError::Invalid(anyhow!(
+            "path: {path} holds the state of VM {} ({}), not this one",
+            header.vm_name,
+            header.vm_id
+        )));
+    }
+    Ok(OwnedFd::from(f))
+}
+
+fn write_runtime_file(paths: &RuntimePaths, spec: &VmSpec, argv: &[String], pid: u32) {
+    let rt = RuntimeFile {
+        spec: spec.clone(),
+        argv: argv.to_vec(),
+        pid,
+    };
+    let tmp = paths.state().with_extension("tmp");
+    if std::fs::write(&tmp, serde_json::to_vec_pretty(&rt).unwrap_or_default()).is_ok() {
+        let _ = std::fs::rename(&tmp, paths.state());
+    }
+}
+
+fn write_runtime_spec(paths: &RuntimePaths, spec: &VmSpec) {
+    if let Ok(text) = std::fs::read(paths.state()) {
+        if let Ok(mut rt) = serde_json::from_slice::<RuntimeFile>(&text) {
+            rt.spec = spec.clone();
+            write_runtime_file(paths, spec, &rt.argv, rt.pid);
+        }
+    }
+}
+
+pub fn read_runtime_file(paths: &RuntimePaths) -> Option<RuntimeFile> {
+    serde_json::from_slice(&std::fs::read(paths.state()).ok()?).ok()
+}
+
+fn tail_file(path: &std::path::Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let v: Vec<&str> = text.lines().collect();
+    v[v.len().saturating_sub(lines)..].join(" | ")
+}

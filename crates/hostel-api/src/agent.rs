@@ -1,0 +1,174 @@
+//! The agent API: what the controller asks of the agent that runs a host.
+//!
+//! The controller sends a VM's whole definition at every start (the agent keeps no VM
+//! records of its own); the agent reports what actually runs, and streams state changes
+//! as they happen on `GET /v1/events`.
+
+use hostel_model::{Accel, ImageKind, Policy, VmState};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum Boot {
+    /// QEMU loads the kernel and initrd itself.
+    DirectKernel {
+        kernel: String,
+        initrd: Option<String>,
+        cmdline: String,
+    },
+    /// SeaBIOS boots the first disk.
+    Bios,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DiskSpec {
+    pub index: u32,
+    pub path: String,
+    pub format: String,
+}
+
+/// A VM's definition as rendered from the controller's record.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VmSpec {
+    pub id: String,
+    pub name: String,
+    pub memory_mib: u64,
+    pub max_memory_mib: u64,
+    pub vcpus: u32,
+    pub max_vcpus: u32,
+    pub boot: Boot,
+    pub disks: Vec<DiskSpec>,
+    pub on_poweroff: Policy,
+    pub on_reboot: Policy,
+    pub on_crash: Policy,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StartRequest {
+    pub spec: VmSpec,
+    /// Resume from a file written by `save` instead of booting.
+    #[serde(default)]
+    pub restore_from: Option<String>,
+}
+
+/// What the agent knows of one VM that has (or had) a QEMU process on its host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmStatus {
+    pub id: String,
+    pub name: String,
+    pub state: VmState,
+    pub reason: Option<String>,
+    pub pid: Option<u32>,
+    pub argv: Vec<String>,
+    pub accel: Accel,
+    /// The balloon's actual size, when the guest's driver reports one.
+    pub balloon_mib: Option<u64>,
+    pub vcpus: u32,
+}
+
+/// One change of state, streamed as a JSON line on `GET /v1/events`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Event {
+    pub vm_id: String,
+    pub state: VmState,
+    pub reason: Option<String>,
+    pub pid: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShutdownRequest {
+    pub timeout_secs: u64,
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BalloonRequest {
+    pub memory_mib: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VcpusRequest {
+    pub vcpus: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SaveRequest {
+    pub path: String,
+    /// Written as the file's first line so that `restore FILE` knows which VM it holds.
+    pub header: SaveHeader,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SaveHeader {
+    pub magic: String,
+    pub vm_id: String,
+    pub vm_name: String,
+    pub saved_at: String,
+}
+
+pub const SAVE_MAGIC: &str = "HOSTEL-SAVE-1";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateDiskRequest {
+    pub vm_id: String,
+    pub index: u32,
+    pub size_mib: u64,
+    /// Make the disk a qcow2 overlay of this image file.
+    #[serde(default)]
+    pub backing: Option<Backing>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Backing {
+    pub path: String,
+    pub format: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DiskCreated {
+    pub path: String,
+    pub format: String,
+    pub size_mib: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeleteDiskRequest {
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BuildImageRequest {
+    pub recipe: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImportImageRequest {
+    pub name: String,
+    pub source: String,
+}
+
+/// An image as stored on a host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageFiles {
+    pub name: String,
+    pub kind: ImageKind,
+    pub format: String,
+    /// The disk file, or the kernel for direct-kernel images.
+    pub path: String,
+    pub initrd: Option<String>,
+    pub cmdline: Option<String>,
+    pub size_bytes: u64,
+    pub virtual_size_mib: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostFacts {
+    pub name: String,
+    pub cpus: u32,
+    pub memory_total_mib: u64,
+    pub accel: Accel,
+    pub accel_reason: String,
+    pub qemu_version: String,
+    pub kernel: String,
+}

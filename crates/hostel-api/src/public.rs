@@ -1,0 +1,237 @@
+//! The public REST API's request and response bodies.
+
+use hostel_model::{Accel, ImageKind, Policy, VmState};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreateVmRequest {
+    pub name: String,
+    /// Name of the image the VM boots from.
+    pub image: String,
+    /// Memory the guest gets at start, in MiB (the balloon target).
+    #[serde(default = "default_memory")]
+    pub memory_mib: u64,
+    /// Memory the guest may grow to with `mem-set`; defaults to `memory_mib`.
+    #[serde(default)]
+    pub max_memory_mib: Option<u64>,
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u32,
+    /// vCPUs the guest may grow to with `vcpu-set`; defaults to `vcpus`.
+    #[serde(default)]
+    pub max_vcpus: Option<u32>,
+    /// Size of the VM's disk in MiB. For a disk image, the overlay's size (at least the
+    /// image's); for a kernel image, a blank data disk. No disk if absent for kernel images.
+    #[serde(default)]
+    pub disk_mib: Option<u64>,
+    /// Start the VM once it is created (the default, like `xm create`).
+    #[serde(default = "yes")]
+    pub start: bool,
+    #[serde(default)]
+    pub on_poweroff: Policy,
+    #[serde(default = "restart")]
+    pub on_reboot: Policy,
+    #[serde(default)]
+    pub on_crash: Policy,
+}
+
+fn default_memory() -> u64 {
+    512
+}
+fn default_vcpus() -> u32 {
+    1
+}
+fn yes() -> bool {
+    true
+}
+fn restart() -> Policy {
+    Policy::Restart
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MemoryView {
+    /// The most the guest can have (its boot memory; the balloon gives back the rest).
+    pub max_mib: u64,
+    /// What the guest has now (the balloon's actual size when running, the target when not).
+    pub current_mib: u64,
+    /// The balloon target that `mem-set` last asked for.
+    pub target_mib: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct VcpuView {
+    pub current: u32,
+    pub max: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QemuView {
+    /// The QEMU process, while one runs.
+    pub pid: Option<u32>,
+    /// The command line rendered from the VM's record (the running one, or what the next
+    /// start would use).
+    pub argv: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DiskView {
+    pub index: u32,
+    pub path: String,
+    pub format: String,
+    pub size_mib: u64,
+    /// The image this disk is an overlay of, if any.
+    pub backing_image: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PoliciesView {
+    pub on_poweroff: Policy,
+    pub on_reboot: Policy,
+    pub on_crash: Policy,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BootView {
+    /// `direct-kernel` or `bios`.
+    pub method: String,
+    pub kernel: Option<String>,
+    pub initrd: Option<String>,
+    pub cmdline: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Vm {
+    pub id: String,
+    pub name: String,
+    pub state: VmState,
+    /// Why the VM is in its state, when that is not obvious (a crash's cause, say).
+    pub state_reason: Option<String>,
+    pub host: Option<String>,
+    pub accel: Option<Accel>,
+    pub image: Option<String>,
+    pub memory: MemoryView,
+    pub vcpus: VcpuView,
+    pub qemu: QemuView,
+    pub disks: Vec<DiskView>,
+    pub boot: BootView,
+    pub policies: PoliciesView,
+    /// The file a saved VM's memory state is in.
+    pub saved_to: Option<String>,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ShutdownRequest {
+    /// How long to wait for the guest to power off, in seconds.
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+    /// Stop QEMU hard if the guest has not powered off by the timeout.
+    #[serde(default)]
+    pub force: bool,
+}
+
+fn default_timeout() -> u64 {
+    60
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MemSetRequest {
+    pub memory_mib: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct VcpuSetRequest {
+    pub vcpus: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SaveRequest {
+    /// Absolute path, on the VM's host, of the file to write the memory state to.
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RestoreRequest {
+    /// Absolute path, on the host, of a file written by `save`.
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HostInfo {
+    pub name: String,
+    pub cpus: u32,
+    pub memory_total_mib: u64,
+    /// Memory promised to VMs that have a QEMU process (their max memory).
+    pub memory_vms_mib: u64,
+    pub accel: Accel,
+    /// How the accelerator was chosen (the probe's result).
+    pub accel_reason: String,
+    pub qemu_version: String,
+    pub vms_running: u32,
+    pub vms_total: u32,
+    pub kernel: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Info {
+    pub version: String,
+    pub data_dir: String,
+    pub hosts: Vec<HostInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Image {
+    pub name: String,
+    pub kind: ImageKind,
+    /// `qcow2` or `raw` for disk images; `kernel` for direct-kernel images.
+    pub format: String,
+    pub size_bytes: u64,
+    /// SHA-256 of the image's file(s), recorded at import or build.
+    pub sha256: String,
+    pub created_at: String,
+    /// Names of the VMs whose disks are based on this image.
+    pub used_by: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ImportImageRequest {
+    pub name: String,
+    /// Absolute path, on the host, of a raw or qcow2 file.
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BuildImageRequest {
+    /// What to build: `tiny` (Debian's cloud kernel + a busybox initramfs).
+    pub recipe: String,
+    /// The image's name; defaults to the recipe's name.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum TaskState {
+    Running,
+    Succeeded,
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Task {
+    pub id: String,
+    pub kind: String,
+    pub target: String,
+    pub state: TaskState,
+    /// 0.0 to 1.0.
+    pub progress: f64,
+    pub message: String,
+    pub error: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LogLines {
+    pub lines: Vec<String>,
+}

@@ -1,0 +1,450 @@
+//! The public REST API (`/api/v1`), its bearer-token check, and its OpenAPI document.
+
+use crate::agent_client::AgentRefusal;
+use crate::Controller;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::{SinkExt, StreamExt};
+use hostel_api::public::*;
+use hostel_api::ErrorBody;
+use hostel_model::{Invalid, Op};
+use serde::Deserialize;
+use std::sync::Arc;
+use utoipa::OpenApi;
+
+/// An API failure: an HTTP status and the JSON body every error has.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub body: ErrorBody,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &str, message: String, field: Option<String>) -> Self {
+        ApiError {
+            status,
+            body: ErrorBody {
+                error: code.into(),
+                message,
+                field,
+            },
+        }
+    }
+    pub fn not_found(message: String) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not-found", message, None)
+    }
+    pub fn conflict(message: String) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", message, None)
+    }
+    pub fn conflict_field(field: &str, message: String) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            message,
+            Some(field.into()),
+        )
+    }
+    pub fn unavailable(message: String) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            message,
+            None,
+        )
+    }
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong API token: send `Authorization: Bearer TOKEN` (the CLI reads it \
+             from its client config)"
+                .into(),
+            None,
+        )
+    }
+    pub(crate) fn from_agent(r: AgentRefusal) -> Self {
+        let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY);
+        ApiError {
+            status,
+            body: r.body,
+        }
+    }
+    /// Prefixes the message with what was being done.
+    pub fn context(mut self, what: &str) -> Self {
+        self.body.message = format!("{what}: {}", self.body.message);
+        self
+    }
+}
+
+impl From<Invalid> for ApiError {
+    fn from(e: Invalid) -> Self {
+        // A state that does not allow the operation is a conflict, not bad input.
+        let status = if e.field == "state" {
+            StatusCode::CONFLICT
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        let code = if e.field == "state" {
+            "conflict"
+        } else {
+            "invalid"
+        };
+        Self::new(status, code, e.to_string(), Some(e.field))
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(e: anyhow::Error) -> Self {
+        match e.downcast::<AgentRefusal>() {
+            Ok(r) => ApiError::from_agent(r),
+            Err(e) => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("{e:#}"),
+                None,
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+type S = State<Arc<Controller>>;
+type R<T> = Result<Json<T>, ApiError>;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Hostel API", description = "Self-service virtual machine hosting."),
+    paths(
+        info, list_vms, create_vm, get_vm, delete_vm, start_vm, reboot_vm, pause_vm,
+        unpause_vm, destroy_vm, shutdown_vm, mem_set, vcpu_set, save_vm, restore_vm,
+        console, dmesg, list_images, build_image, import_image, delete_image, get_task
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI document, as served at `/api/openapi.json` and checked into the repo.
+pub fn openapi_json() -> String {
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("the OpenAPI document serializes")
+}
+
+pub fn router(c: Arc<Controller>) -> Router {
+    let api = Router::new()
+        .route("/api/v1/info", get(info))
+        .route("/api/v1/vms", get(list_vms).post(create_vm))
+        .route("/api/v1/vms/{name}", get(get_vm).delete(delete_vm))
+        .route("/api/v1/vms/{name}/start", post(start_vm))
+        .route("/api/v1/vms/{name}/reboot", post(reboot_vm))
+        .route("/api/v1/vms/{name}/pause", post(pause_vm))
+        .route("/api/v1/vms/{name}/unpause", post(unpause_vm))
+        .route("/api/v1/vms/{name}/destroy", post(destroy_vm))
+        .route("/api/v1/vms/{name}/shutdown", post(shutdown_vm))
+        .route("/api/v1/vms/{name}/memory", post(mem_set))
+        .route("/api/v1/vms/{name}/vcpus", post(vcpu_set))
+        .route("/api/v1/vms/{name}/save", post(save_vm))
+        .route("/api/v1/vms/{name}/console", get(console))
+        .route("/api/v1/restore", post(restore_vm))
+        .route("/api/v1/dmesg", get(dmesg))
+        .route("/api/v1/images", get(list_images))
+        .route("/api/v1/images/build", post(build_image))
+        .route("/api/v1/images/import", post(import_image))
+        .route("/api/v1/images/{name}", axum::routing::delete(delete_image))
+        .route("/api/v1/tasks/{id}", get(get_task))
+        .route_layer(axum::middleware::from_fn_with_state(c.clone(), auth));
+    Router::new()
+        .route(
+            "/api/openapi.json",
+            get(|| async { ([("content-type", "application/json")], openapi_json()) }),
+        )
+        .merge(api)
+        .with_state(c)
+}
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn auth(State(c): S, headers: HeaderMap, req: Request, next: Next) -> Response {
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !same(token.as_bytes(), c.cfg.admin_token.as_bytes()) {
+        return ApiError::unauthorized().into_response();
+    }
+    next.run(req).await
+}
+
+#[utoipa::path(get, path = "/api/v1/info", responses((status = 200, body = Info)))]
+async fn info(State(c): S) -> R<Info> {
+    Ok(Json(c.info().await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/vms", responses((status = 200, body = Vec<Vm>)))]
+async fn list_vms(State(c): S) -> R<Vec<Vm>> {
+    let mut out = Vec::new();
+    for vm in c.store.vms().await? {
+        out.push(c.view(&vm, false).await?);
+    }
+    Ok(Json(out))
+}
+
+#[utoipa::path(post, path = "/api/v1/vms", request_body = CreateVmRequest,
+    responses((status = 201, body = Vm), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn create_vm(
+    State(c): S,
+    Json(req): Json<CreateVmRequest>,
+) -> Result<(StatusCode, Json<Vm>), ApiError> {
+    Ok((StatusCode::CREATED, Json(c.create_vm(req).await?)))
+}
+
+#[utoipa::path(get, path = "/api/v1/vms/{name}", params(("name" = String, Path)),
+    responses((status = 200, body = Vm), (status = 404, body = ErrorBody)))]
+async fn get_vm(State(c): S, Path(name): Path<String>) -> R<Vm> {
+    let vm = c.vm_named(&name).await?;
+    Ok(Json(c.view(&vm, true).await?))
+}
+
+#[utoipa::path(delete, path = "/api/v1/vms/{name}", params(("name" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn delete_vm(State(c): S, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    c.delete_vm(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/api/v1/vms/{name}/start", params(("name" = String, Path)),
+    responses((status = 200, body = Vm), (status = 409, body = ErrorBody)))]
+async fn start_vm(State(c): S, Path(name): Path<String>) -> R<Vm> {
+    Ok(Json(c.start_vm(&name).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/vms/{name}/reboot", params(("name" = String, Path)),
+    responses((status = 200, body = Vm), (status = 409, body = ErrorBody)))]
+async fn reboot_vm(State(c): S, Path(name): Path<String>) -> R<Vm> {
+    Ok(Json(c.simple_action(&name, Op::Reboot).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/vms/{name}/pause", params(("name" = String, Path)),
+    responses((status = 200, body = Vm), (status = 409, body = ErrorBody)))]
+async fn pause_vm(State(c): S, Path(name): Path<String>) -> R<Vm> {
+    Ok(Json(c.simple_action(&name, Op::Pause).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/vms/{name}/unpause", params(("name" = String, Path)),
+    responses((status = 200, body = Vm), (status = 409, body = ErrorBody)))]
+async fn unpause_vm(State(c): S, Path(name): Path<String>) -> R<Vm> {
+    Ok(Json(c.simple_action(&name, Op::Unpause).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/vms/{name}/destroy", params(("name" = String, Path)),
+    responses((status = 200, body = Vm), (status = 409, body = ErrorBody)))]
+async fn destroy_vm(State(c): S, Path(name): Path<String>) -> R<Vm> {
+    Ok(Json(c.simple_action(&name, Op::Destroy).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/vms/{name}/shutdown", params(("name" = String, Path)),
+    request_body = ShutdownRequest,
+    responses((status = 200, body = Vm), (status = 409, body = ErrorBody), (status = 504, body = ErrorBody)))]
+async fn shutdown_vm(
+    State(c): S,
+    Path(name): Path<String>,
+    Json(req): Json<ShutdownRequest>,
+) -> R<Vm> {
+    Ok(Json(c.shutdown_vm(&name, req).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/vms/{name}/memory", params(("name" = String, Path)),
+    request_body = MemSetRequest, responses((status = 200, body = Vm), (status = 400, body = ErrorBody)))]
+async fn mem_set(State(c): S, Path(name): Path<String>, Json(req): Json<MemSetRequest>) -> R<Vm> {
+    Ok(Json(c.mem_set(&name, req.memory_mib).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/vms/{name}/vcpus", params(("name" = String, Path)),
+    request_body = VcpuSetRequest, responses((status = 200, body = Vm), (status = 400, body = ErrorBody)))]
+async fn vcpu_set(State(c): S, Path(name): Path<String>, Json(req): Json<VcpuSetRequest>) -> R<Vm> {
+    Ok(Json(c.vcpu_set(&name, req.vcpus).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/vms/{name}/save", params(("name" = String, Path)),
+    request_body = SaveRequest, responses((status = 200, body = Vm), (status = 400, body = ErrorBody)))]
+async fn save_vm(State(c): S, Path(name): Path<String>, Json(req): Json<SaveRequest>) -> R<Vm> {
+    Ok(Json(c.save_vm(&name, req.path).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/restore", request_body = RestoreRequest,
+    responses((status = 200, body = Vm), (status = 400, body = ErrorBody)))]
+async fn restore_vm(State(c): S, Json(req): Json<RestoreRequest>) -> R<Vm> {
+    Ok(Json(c.restore_vm(req.path).await?))
+}
+
+/// The serial console as a websocket: binary frames both ways. Recent output is
+/// replayed first.
+#[utoipa::path(get, path = "/api/v1/vms/{name}/console", params(("name" = String, Path)),
+    responses((status = 101, description = "websocket"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn console(
+    State(c): S,
+    Path(name): Path<String>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let vm = c.vm_named(&name).await?;
+    let state = hostel_model::VmState::parse(&vm.state).unwrap_or(hostel_model::VmState::Crashed);
+    Op::Console.check(state)?;
+    let agent = c.host_agent(&vm)?;
+    let upstream = agent.console(&vm.id).await?;
+    Ok(ws.on_upgrade(move |socket| bridge(socket, upstream)))
+}
+
+async fn bridge<S>(client: WebSocket, upstream: tokio_tungstenite::WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use tokio_tungstenite::tungstenite::Message as T;
+    let (mut ctx, mut crx) = client.split();
+    let (mut utx, mut urx) = upstream.split();
+    let down = async {
+        while let Some(Ok(m)) = urx.next().await {
+            let out = match m {
+                T::Binary(b) => Message::Binary(b),
+                T::Text(t) => Message::Text(t.as_str().into()),
+                T::Close(_) => break,
+                _ => continue,
+            };
+            if ctx.send(out).await.is_err() {
+                break;
+            }
+        }
+        let _ = ctx.send(Message::Close(None)).await;
+    };
+    let up = async {
+        while let Some(Ok(m)) = crx.next().await {
+            let out = match m {
+                Message::Binary(b) => T::Binary(b),
+                Message::Text(t) => T::Text(t.as_str().into()),
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            if utx.send(out).await.is_err() {
+                break;
+            }
+        }
+        let _ = utx.send(T::Close(None)).await;
+    };
+    tokio::select! {
+        _ = down => {},
+        _ = up => {},
+    }
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+struct LinesQuery {
+    /// How many lines from the end (default 50).
+    lines: Option<usize>,
+}
+
+#[utoipa::path(get, path = "/api/v1/dmesg", params(LinesQuery), responses((status = 200, body = LogLines)))]
+async fn dmesg(State(c): S, Query(q): Query<LinesQuery>) -> R<LogLines> {
+    let text = std::fs::read_to_string(&c.cfg.log_file).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    let n = q.lines.unwrap_or(50).min(all.len());
+    Ok(Json(LogLines {
+        lines: all[all.len() - n..].iter().map(|s| s.to_string()).collect(),
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/images", responses((status = 200, body = Vec<Image>)))]
+async fn list_images(State(c): S) -> R<Vec<Image>> {
+    let mut out = Vec::new();
+    for i in c.store.images().await? {
+        out.push(c.image_view(i).await?);
+    }
+    Ok(Json(out))
+}
+
+#[utoipa::path(post, path = "/api/v1/images/build", request_body = BuildImageRequest,
+    responses((status = 202, body = Task), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn build_image(
+    State(c): S,
+    Json(req): Json<BuildImageRequest>,
+) -> Result<(StatusCode, Json<Task>), ApiError> {
+    if req.recipe != "tiny" {
+        return Err(Invalid::new(
+            "recipe",
+            format!(
+                "{:?} is not a recipe Hostel can build: use \"tiny\"",
+                req.recipe
+            ),
+        )
+        .into());
+    }
+    let name = req.name.clone().unwrap_or_else(|| req.recipe.clone());
+    let body = serde_json::json!({"recipe": req.recipe, "name": name});
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(c.image_task("image-build", name, body).await?),
+    ))
+}
+
+#[utoipa::path(post, path = "/api/v1/images/import", request_body = ImportImageRequest,
+    responses((status = 202, body = Task), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn import_image(
+    State(c): S,
+    Json(req): Json<ImportImageRequest>,
+) -> Result<(StatusCode, Json<Task>), ApiError> {
+    if !std::path::Path::new(&req.path).is_absolute() {
+        return Err(Invalid::new(
+            "path",
+            format!(
+                "{:?} is not absolute: give the image file's full path on the host",
+                req.path
+            ),
+        )
+        .into());
+    }
+    let body = serde_json::json!({"name": req.name, "source": req.path});
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(c.image_task("image-import", req.name, body).await?),
+    ))
+}
+
+#[utoipa::path(delete, path = "/api/v1/images/{name}", params(("name" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn delete_image(State(c): S, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    c.delete_image(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/api/v1/tasks/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = Task), (status = 404, body = ErrorBody)))]
+async fn get_task(State(c): S, Path(id): Path<String>) -> R<Task> {
+    Ok(Json(c.task(&id).await?))
+}

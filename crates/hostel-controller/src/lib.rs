@@ -1,0 +1,186 @@
+//! The controller: the source of truth (the database), the public REST API, tasks,
+//! placement, and the reconciliation of what hosts report with what the records say.
+
+pub mod agent_client;
+mod api;
+mod ops;
+
+use agent_client::AgentClient;
+use hostel_api::agent::Event;
+use hostel_store::{HostRecord, Store};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use api::{openapi_json, router, ApiError};
+
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    pub data_dir: PathBuf,
+    /// Bearer token that grants everything (the users issue will bring per-user tokens).
+    pub admin_token: String,
+    /// The daemon's log, which `hostel dmesg` reads.
+    pub log_file: PathBuf,
+}
+
+pub struct Controller {
+    pub store: Store,
+    pub cfg: ControllerConfig,
+    agents: Mutex<HashMap<String, AgentClient>>,
+    /// One lock per VM id: operations on a VM run one at a time.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Controller {
+    pub fn new(store: Store, cfg: ControllerConfig) -> Arc<Controller> {
+        Arc::new(Controller {
+            store,
+            cfg,
+            agents: Mutex::new(HashMap::new()),
+            locks: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn agent(&self, host_id: &str) -> Option<AgentClient> {
+        self.agents.lock().unwrap().get(host_id).cloned()
+    }
+
+    pub fn agents(&self) -> Vec<(String, AgentClient)> {
+        self.agents
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    pub fn vm_lock(&self, vm_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks
+            .lock()
+            .unwrap()
+            .entry(vm_id.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Registers a host's agent: records its facts, reconciles its VMs with the database
+    /// and follows its events from then on. Returns once the first reconcile is done.
+    pub async fn add_host(self: &Arc<Self>, agent: AgentClient) -> anyhow::Result<String> {
+        let facts = agent.facts().await?;
+        let id = facts.name.clone();
+        self.store
+            .upsert_host(&HostRecord {
+                id: id.clone(),
+                name: facts.name.clone(),
+                url: agent.url.clone(),
+                cpus: facts.cpus,
+                memory_mib: facts.memory_total_mib,
+                accel: facts.accel.as_str().into(),
+                accel_reason: facts.accel_reason.clone(),
+                qemu_version: facts.qemu_version.clone(),
+                kernel: facts.kernel.clone(),
+                last_seen: hostel_store::now(),
+            })
+            .await?;
+        self.agents
+            .lock()
+            .unwrap()
+            .insert(id.clone(), agent.clone());
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let me = self.clone();
+        let host = id.clone();
+        tokio::spawn(async move { me.follow(host, agent, Some(ready_tx)).await });
+        let _ = tokio::time::timeout(Duration::from_secs(30), ready_rx).await;
+        Ok(id)
+    }
+
+    /// Follows one agent's events for ever, reconciling after every (re)connection.
+    async fn follow(
+        self: Arc<Self>,
+        host: String,
+        agent: AgentClient,
+        mut ready: Option<tokio::sync::oneshot::Sender<()>>,
+    ) {
+        loop {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+            let (conn_tx, conn_rx) = tokio::sync::oneshot::channel::<()>();
+            let a = agent.clone();
+            let follower = tokio::spawn(async move {
+                let _ = a
+                    .follow_events(
+                        move || {
+                            let _ = conn_tx.send(());
+                        },
+                        move |ev| {
+                            let _ = tx.send(ev);
+                        },
+                    )
+                    .await;
+            });
+            // Reconcile only once the subscription is live, so no change falls between.
+            if conn_rx.await.is_ok() {
+                if let Err(e) = self.reconcile(&host, &agent).await {
+                    tracing::warn!(%host, "reconcile failed: {e:#}");
+                }
+                if let Some(r) = ready.take() {
+                    let _ = r.send(());
+                }
+                while let Some(ev) = rx.recv().await {
+                    self.apply_event(ev).await;
+                }
+            }
+            let _ = follower.await;
+            tracing::warn!(%host, "lost the agent's event stream; reconnecting");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn apply_event(&self, ev: Event) {
+        match self.store.vm_by_id(&ev.vm_id).await {
+            Ok(Some(_)) => {
+                let _ = self
+                    .store
+                    .set_vm_state(&ev.vm_id, ev.state.as_str(), ev.reason.as_deref(), ev.pid)
+                    .await;
+            }
+            _ => tracing::debug!(vm = %ev.vm_id, "event for a VM the database does not have"),
+        }
+    }
+
+    /// Makes the database agree with what actually runs on a host.
+    pub async fn reconcile(&self, host: &str, agent: &AgentClient) -> anyhow::Result<()> {
+        let running: HashMap<String, _> = agent
+            .vms()
+            .await?
+            .into_iter()
+            .map(|s| (s.id.clone(), s))
+            .collect();
+        for vm in self.store.vms().await? {
+            if vm.host_id.as_deref() != Some(host) {
+                continue;
+            }
+            match running.get(&vm.id) {
+                Some(s) => {
+                    self.store
+                        .set_vm_state(&vm.id, s.state.as_str(), s.reason.as_deref(), s.pid)
+                        .await?;
+                }
+                None => {
+                    let state = hostel_model::VmState::parse(&vm.state);
+                    if state.map(|s| s.has_process()).unwrap_or(false) {
+                        self.store
+                            .set_vm_state(
+                                &vm.id,
+                                "crashed",
+                                Some("its QEMU was not running when the host's agent came back"),
+                                None,
+                            )
+                            .await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

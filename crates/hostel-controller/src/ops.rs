@@ -1,0 +1,781 @@
+//! What each public operation does: validate, record, ask the host's agent, record again.
+//! A failed create removes everything it made.
+
+use crate::agent_client::{AgentClient, AgentRefusal};
+use crate::api::ApiError;
+use crate::Controller;
+use hostel_api::agent::{self as wire, Boot, DiskSpec, SaveHeader, VmSpec};
+use hostel_api::public::*;
+use hostel_model::{validate_name, ImageKind, Invalid, Op, Policy, Sizing, VmState};
+use hostel_store::{new_id, now, DiskRecord, ImageRecord, TaskRecord, VmRecord};
+use std::sync::Arc;
+
+type Res<T> = Result<T, ApiError>;
+
+fn state_of(v: &VmRecord) -> VmState {
+    VmState::parse(&v.state).unwrap_or(VmState::Crashed)
+}
+
+fn policy(s: &str) -> Policy {
+    Policy::parse("policy", s).unwrap_or_default()
+}
+
+impl Controller {
+    pub(crate) async fn vm_named(&self, name: &str) -> Res<VmRecord> {
+        self.store.vm_by_name(name).await?.ok_or_else(|| {
+            ApiError::not_found(format!(
+                "there is no VM named {name:?}: `hostel list` shows the VMs there are"
+            ))
+        })
+    }
+
+    pub(crate) fn host_agent(&self, vm: &VmRecord) -> Res<AgentClient> {
+        let host = vm.host_id.as_deref().unwrap_or_default();
+        self.agent(host).ok_or_else(|| {
+            ApiError::unavailable(format!("the VM's host {host:?} has no connected agent"))
+        })
+    }
+
+    async fn image_of(&self, vm: &VmRecord) -> Res<Option<ImageRecord>> {
+        match &vm.image_id {
+            Some(id) => Ok(self.store.image_by_id(id).await?),
+            None => Ok(None),
+        }
+    }
+
+    /// The VM's definition as the agent needs it, rendered from the records now.
+    pub(crate) async fn spec_of(&self, vm: &VmRecord) -> Res<VmSpec> {
+        let image = self.image_of(vm).await?;
+        let disks = self.store.disks_of(&vm.id).await?;
+        let boot = match image {
+            Some(img) if img.kind == ImageKind::DirectKernel.as_str() => Boot::DirectKernel {
+                kernel: img.path.clone(),
+                initrd: img.initrd.clone(),
+                cmdline: img.cmdline.clone().unwrap_or_default(),
+            },
+            _ => Boot::Bios,
+        };
+        Ok(VmSpec {
+            id: vm.id.clone(),
+            name: vm.name.clone(),
+            memory_mib: vm.memory_mib,
+            max_memory_mib: vm.max_memory_mib,
+            vcpus: vm.vcpus,
+            max_vcpus: vm.max_vcpus,
+            boot,
+            disks: disks
+                .iter()
+                .map(|d| DiskSpec {
+                    index: d.idx,
+                    path: d.path.clone(),
+                    format: d.format.clone(),
+                })
+                .collect(),
+            on_poweroff: policy(&vm.on_poweroff),
+            on_reboot: policy(&vm.on_reboot),
+            on_crash: policy(&vm.on_crash),
+        })
+    }
+
+    pub(crate) async fn view(&self, vm: &VmRecord, live: bool) -> Res<Vm> {
+        let state = state_of(vm);
+        let spec = self.spec_of(vm).await?;
+        let image = self.image_of(vm).await?;
+        let disks = self.store.disks_of(&vm.id).await?;
+        let mut status = None;
+        if live && state.has_process() {
+            if let Some(agent) = vm.host_id.as_deref().and_then(|h| self.agent(h)) {
+                status = agent.vm(&vm.id).await.ok().flatten();
+            }
+        }
+        let host = vm.host_id.as_deref().and_then(|h| self.agent(h));
+        let accel = match &status {
+            Some(s) => Some(s.accel),
+            None => match host {
+                Some(a) if live => a.facts().await.ok().map(|f| f.accel),
+                _ => None,
+            },
+        };
+        let argv = status.as_ref().map(|s| s.argv.clone()).unwrap_or_default();
+        let mut images_by_id = std::collections::HashMap::new();
+        for d in &disks {
+            if let Some(i) = &d.image_id {
+                if let Some(img) = self.store.image_by_id(i).await? {
+                    images_by_id.insert(i.clone(), img.name);
+                }
+            }
+        }
+        Ok(Vm {
+            id: vm.id.clone(),
+            name: vm.name.clone(),
+            state,
+            state_reason: vm.state_reason.clone(),
+            host: vm.host_id.clone(),
+            accel,
+            image: image.as_ref().map(|i| i.name.clone()),
+            memory: MemoryView {
+                max_mib: vm.max_memory_mib,
+                current_mib: status
+                    .as_ref()
+                    .and_then(|s| s.balloon_mib)
+                    .unwrap_or(vm.memory_mib),
+                target_mib: vm.memory_mib,
+            },
+            vcpus: VcpuView {
+                current: vm.vcpus,
+                max: vm.max_vcpus,
+            },
+            qemu: QemuView {
+                pid: status
+                    .as_ref()
+                    .and_then(|s| s.pid)
+                    .or(if state.has_process() { vm.pid } else { None }),
+                argv,
+            },
+            disks: disks
+                .iter()
+                .map(|d| DiskView {
+                    index: d.idx,
+                    path: d.path.clone(),
+                    format: d.format.clone(),
+                    size_mib: d.size_mib,
+                    backing_image: d
+                        .image_id
+                        .as_ref()
+                        .and_then(|i| images_by_id.get(i).cloned()),
+                })
+                .collect(),
+            boot: match &spec.boot {
+                Boot::DirectKernel {
+                    kernel,
+                    initrd,
+                    cmdline,
+                } => BootView {
+                    method: "direct-kernel".into(),
+                    kernel: Some(kernel.clone()),
+                    initrd: initrd.clone(),
+                    cmdline: Some(cmdline.clone()),
+                },
+                Boot::Bios => BootView {
+                    method: "bios".into(),
+                    kernel: None,
+                    initrd: None,
+                    cmdline: None,
+                },
+            },
+            policies: PoliciesView {
+                on_poweroff: spec.on_poweroff,
+                on_reboot: spec.on_reboot,
+                on_crash: spec.on_crash,
+            },
+            saved_to: vm.saved_path.clone(),
+            created_at: vm.created_at.clone(),
+        })
+    }
+
+    /// Where a new VM goes: the connected host with the most memory not promised to VMs.
+    async fn place(&self, max_memory_mib: u64) -> Res<(String, u64)> {
+        let hosts = self.store.hosts().await?;
+        let vms = self.store.vms().await?;
+        let mut best: Option<(String, i64, u64)> = None;
+        for h in hosts {
+            if self.agent(&h.id).is_none() {
+                continue;
+            }
+            let used: u64 = vms
+                .iter()
+                .filter(|v| v.host_id.as_deref() == Some(&h.id) && state_of(v).has_process())
+                .map(|v| v.max_memory_mib)
+                .sum();
+            let free = h.memory_mib as i64 - used as i64;
+            if best.as_ref().map(|b| free > b.1).unwrap_or(true) {
+                best = Some((h.id.clone(), free, h.memory_mib));
+            }
+        }
+        let (id, _, total) = best.ok_or_else(|| {
+            ApiError::unavailable("no host is connected to place the VM on".to_string())
+        })?;
+        let _ = max_memory_mib;
+        Ok((id, total))
+    }
+
+    pub async fn create_vm(self: &Arc<Self>, req: CreateVmRequest) -> Res<Vm> {
+        validate_name("name", &req.name)?;
+        let sizing = Sizing {
+            memory_mib: req.memory_mib,
+            max_memory_mib: req.max_memory_mib.unwrap_or(req.memory_mib),
+            vcpus: req.vcpus,
+            max_vcpus: req.max_vcpus.unwrap_or(req.vcpus),
+        };
+        let (host, host_mem) = self.place(sizing.max_memory_mib).await?;
+        sizing.validate(host_mem)?;
+        if let Some(d) = req.disk_mib {
+            hostel_model::check_disk_size("disk", d)?;
+        }
+        let image = self.store.image_by_name(&req.image).await?.ok_or_else(|| {
+            let e = Invalid::new(
+                "image",
+                format!(
+                    "there is no image named {:?}: `hostel image list` shows the images there \
+                     are, `hostel image build tiny` makes one",
+                    req.image
+                ),
+            );
+            ApiError::from(e)
+        })?;
+        if self.store.vm_by_name(&req.name).await?.is_some() {
+            return Err(ApiError::conflict_field(
+                "name",
+                format!(
+                    "a VM named {:?} exists already: choose another name, or delete that VM first",
+                    req.name
+                ),
+            ));
+        }
+        let agent = self.agent(&host).expect("placed on a connected host");
+        let vm_id = new_id("vm");
+        // The disk: an overlay of a disk image (at least the image's size), or a blank one.
+        let mut disk_plan: Option<wire::CreateDiskRequest> = None;
+        if image.kind == ImageKind::Disk.as_str() {
+            let size = req.disk_mib.unwrap_or(image.virtual_size_mib);
+            if size < image.virtual_size_mib {
+                return Err(Invalid::new(
+                    "disk",
+                    format!(
+                        "{} is smaller than the image {:?} ({}): ask for at least that much",
+                        hostel_model::format_mib(size),
+                        image.name,
+                        hostel_model::format_mib(image.virtual_size_mib)
+                    ),
+                )
+                .into());
+            }
+            disk_plan = Some(wire::CreateDiskRequest {
+                vm_id: vm_id.clone(),
+                index: 0,
+                size_mib: size,
+                backing: Some(wire::Backing {
+                    path: image.path.clone(),
+                    format: image.format.clone(),
+                }),
+            });
+        } else if let Some(size) = req.disk_mib {
+            disk_plan = Some(wire::CreateDiskRequest {
+                vm_id: vm_id.clone(),
+                index: 0,
+                size_mib: size,
+                backing: None,
+            });
+        }
+        let mut disks = Vec::new();
+        if let Some(plan) = &disk_plan {
+            let made: wire::DiskCreated = agent.post("/v1/disks", plan).await?;
+            disks.push(DiskRecord {
+                id: new_id("disk"),
+                vm_id: vm_id.clone(),
+                idx: 0,
+                path: made.path,
+                format: made.format,
+                size_mib: made.size_mib,
+                image_id: plan.backing.as_ref().map(|_| image.id.clone()),
+            });
+        }
+        let record = VmRecord {
+            id: vm_id.clone(),
+            name: req.name.clone(),
+            host_id: Some(host.clone()),
+            image_id: Some(image.id.clone()),
+            memory_mib: sizing.memory_mib,
+            max_memory_mib: sizing.max_memory_mib,
+            vcpus: sizing.vcpus,
+            max_vcpus: sizing.max_vcpus,
+            state: VmState::Stopped.as_str().into(),
+            state_reason: Some("created".into()),
+            on_poweroff: req.on_poweroff.as_str().into(),
+            on_reboot: req.on_reboot.as_str().into(),
+            on_crash: req.on_crash.as_str().into(),
+            saved_path: None,
+            pid: None,
+            created_at: now(),
+            updated_at: now(),
+        };
+        if let Err(e) = self.store.insert_vm(&record, &disks).await {
+            self.remove_disk_files(&agent, &disks).await;
+            if hostel_store::is_unique_violation(&e) {
+                return Err(ApiError::conflict_field(
+                    "name",
+                    format!(
+                        "a VM named {:?} exists already: choose another name",
+                        req.name
+                    ),
+                ));
+            }
+            return Err(e.into());
+        }
+        let op = self.store.begin_operation(Some(&vm_id), "create").await?;
+        if req.start {
+            let lock = self.vm_lock(&vm_id);
+            let _g = lock.lock().await;
+            if let Err(e) = self.start_locked(&record, None).await {
+                // A failed create removes everything it made.
+                let _ = agent
+                    .post::<_, ()>(&format!("/v1/vms/{vm_id}/forget"), &serde_json::json!({}))
+                    .await;
+                let _ = self.store.delete_vm(&vm_id).await;
+                self.remove_disk_files(&agent, &disks).await;
+                return Err(
+                    e.context("the VM was created but could not start, so nothing was kept")
+                );
+            }
+        }
+        self.store.finish_operation(&op, None).await?;
+        let vm = self.vm_named(&req.name).await?;
+        self.view(&vm, true).await
+    }
+
+    async fn remove_disk_files(&self, agent: &AgentClient, disks: &[DiskRecord]) {
+        for d in disks {
+            if let Err(e) = agent
+                .post::<_, ()>(
+                    "/v1/disks/delete",
+                    &wire::DeleteDiskRequest {
+                        path: d.path.clone(),
+                    },
+                )
+                .await
+            {
+                tracing::warn!(path = %d.path, "could not remove a disk file: {e:#}");
+            }
+        }
+    }
+
+    async fn start_locked(&self, vm: &VmRecord, restore_from: Option<&str>) -> Res<()> {
+        let agent = self.host_agent(vm)?;
+        let spec = self.spec_of(vm).await?;
+        let status: wire::VmStatus = agent
+            .post(
+                &format!("/v1/vms/{}/start", vm.id),
+                &wire::StartRequest {
+                    spec,
+                    restore_from: restore_from.map(String::from),
+                },
+            )
+            .await?;
+        self.store
+            .set_vm_state(
+                &vm.id,
+                status.state.as_str(),
+                status.reason.as_deref(),
+                status.pid,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Runs `f` under the VM's lock as a recorded operation, after checking the state.
+    async fn operate<F, Fut>(&self, name: &str, op: Op, f: F) -> Res<Vm>
+    where
+        F: FnOnce(VmRecord, AgentClient) -> Fut,
+        Fut: std::future::Future<Output = Res<()>>,
+    {
+        let vm = self.vm_named(name).await?;
+        let lock = self.vm_lock(&vm.id);
+        let _g = if op == Op::Destroy {
+            // Destroy must be able to end an operation that hangs.
+            None
+        } else {
+            Some(lock.lock().await)
+        };
+        let vm = self.vm_named(name).await?;
+        op.check(state_of(&vm))?;
+        let agent = self.host_agent(&vm)?;
+        let rec = self.store.begin_operation(Some(&vm.id), op.name()).await?;
+        let result = f(vm.clone(), agent).await;
+        let err = result.as_ref().err().map(|e| e.body.message.clone());
+        self.store.finish_operation(&rec, err.as_deref()).await?;
+        result?;
+        let vm = self.vm_named(name).await?;
+        self.view(&vm, true).await
+    }
+
+    async fn sync_status(&self, vm_id: &str, s: &wire::VmStatus) -> Res<()> {
+        self.store
+            .set_vm_state(vm_id, s.state.as_str(), s.reason.as_deref(), s.pid)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn start_vm(&self, name: &str) -> Res<Vm> {
+        self.operate(name, Op::Start, |vm, _| async move {
+            self.start_locked(&vm, None).await
+        })
+        .await
+    }
+
+    pub async fn simple_action(&self, name: &str, op: Op) -> Res<Vm> {
+        let action = match op {
+            Op::Reboot => "reboot",
+            Op::Pause => "pause",
+            Op::Unpause => "unpause",
+            Op::Destroy => "destroy",
+            _ => unreachable!("not a simple action"),
+        };
+        self.operate(name, op, |vm, agent| async move {
+            let s = agent.action(&vm.id, action).await?;
+            self.sync_status(&vm.id, &s).await
+        })
+        .await
+    }
+
+    pub async fn shutdown_vm(&self, name: &str, req: ShutdownRequest) -> Res<Vm> {
+        self.operate(name, Op::Shutdown, |vm, agent| async move {
+            let s: wire::VmStatus = agent
+                .post(
+                    &format!("/v1/vms/{}/shutdown", vm.id),
+                    &wire::ShutdownRequest {
+                        timeout_secs: req.timeout_secs,
+                        force: req.force,
+                    },
+                )
+                .await?;
+            self.sync_status(&vm.id, &s).await
+        })
+        .await
+    }
+
+    pub async fn mem_set(&self, name: &str, memory_mib: u64) -> Res<Vm> {
+        self.operate(name, Op::MemSet, |vm, agent| async move {
+            if memory_mib < hostel_model::MIN_MEMORY_MIB || memory_mib > vm.max_memory_mib {
+                return Err(Invalid::new(
+                    "memory",
+                    format!(
+                        "{} is out of range for this VM: use between {} and its max memory {} \
+                         (max memory is fixed at create time with --max-memory)",
+                        hostel_model::format_mib(memory_mib),
+                        hostel_model::format_mib(hostel_model::MIN_MEMORY_MIB),
+                        hostel_model::format_mib(vm.max_memory_mib)
+                    ),
+                )
+                .into());
+            }
+            if state_of(&vm).has_process() {
+                let _: wire::VmStatus = agent
+                    .post(
+                        &format!("/v1/vms/{}/balloon", vm.id),
+                        &wire::BalloonRequest { memory_mib },
+                    )
+                    .await?;
+            }
+            self.store.set_vm_memory(&vm.id, memory_mib).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn vcpu_set(&self, name: &str, vcpus: u32) -> Res<Vm> {
+        self.operate(name, Op::VcpuSet, |vm, agent| async move {
+            if vcpus < 1 || vcpus > vm.max_vcpus {
+                return Err(Invalid::new(
+                    "vcpus",
+                    format!(
+                        "{vcpus} is out of range for this VM: use between 1 and its max vCPUs {} \
+                         (fixed at create time with --max-vcpus)",
+                        vm.max_vcpus
+                    ),
+                )
+                .into());
+            }
+            if state_of(&vm).has_process() {
+                let _: wire::VmStatus = agent
+                    .post(
+                        &format!("/v1/vms/{}/vcpus", vm.id),
+                        &wire::VcpusRequest { vcpus },
+                    )
+                    .await?;
+            }
+            self.store.set_vm_vcpus(&vm.id, vcpus).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn save_vm(&self, name: &str, path: String) -> Res<Vm> {
+        self.operate(name, Op::Save, |vm, agent| async move {
+            let header = SaveHeader {
+                magic: wire::SAVE_MAGIC.into(),
+                vm_id: vm.id.clone(),
+                vm_name: vm.name.clone(),
+                saved_at: now(),
+            };
+            let s: wire::VmStatus = agent
+                .post(
+                    &format!("/v1/vms/{}/save", vm.id),
+                    &wire::SaveRequest {
+                        path: path.clone(),
+                        header,
+                    },
+                )
+                .await?;
+            self.sync_status(&vm.id, &s).await?;
+            self.store.set_vm_saved(&vm.id, Some(&path)).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn restore_vm(&self, path: String) -> Res<Vm> {
+        // Any host can read the header; the VM it names decides where it resumes.
+        let (_, agent) = self
+            .agents()
+            .into_iter()
+            .next()
+            .ok_or_else(|| ApiError::unavailable("no host is connected".into()))?;
+        let header: SaveHeader = agent
+            .post("/v1/save-header", &serde_json::json!({ "path": path }))
+            .await?;
+        let vm = self.store.vm_by_id(&header.vm_id).await?.ok_or_else(|| {
+            ApiError::from(Invalid::new(
+                "path",
+                format!(
+                    "{path} holds the state of VM {:?}, which no longer exists",
+                    header.vm_name
+                ),
+            ))
+        })?;
+        self.operate(&vm.name, Op::Restore, |vm, _| async move {
+            self.start_locked(&vm, Some(&path)).await?;
+            self.store.set_vm_saved(&vm.id, None).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn delete_vm(&self, name: &str) -> Res<()> {
+        let vm = self.vm_named(name).await?;
+        let lock = self.vm_lock(&vm.id);
+        let _g = lock.lock().await;
+        let vm = self.vm_named(name).await?;
+        Op::Delete.check(state_of(&vm))?;
+        let agent = self.host_agent(&vm)?;
+        let disks = self.store.disks_of(&vm.id).await?;
+        agent
+            .post::<_, ()>(&format!("/v1/vms/{}/forget", vm.id), &serde_json::json!({}))
+            .await?;
+        // Rows first, then files: a disk file is never removed while a row points to it.
+        self.store.delete_vm(&vm.id).await?;
+        self.remove_disk_files(&agent, &disks).await;
+        self.locks.lock().unwrap().remove(&vm.id);
+        Ok(())
+    }
+
+    pub async fn info(&self) -> Res<Info> {
+        let vms = self.store.vms().await?;
+        let mut hosts = Vec::new();
+        for (id, agent) in self.agents() {
+            let f = agent.facts().await?;
+            let on_host: Vec<_> = vms
+                .iter()
+                .filter(|v| v.host_id.as_deref() == Some(&id))
+                .collect();
+            let running: Vec<_> = on_host
+                .iter()
+                .filter(|v| state_of(v).has_process())
+                .collect();
+            hosts.push(HostInfo {
+                name: f.name,
+                cpus: f.cpus,
+                memory_total_mib: f.memory_total_mib,
+                memory_vms_mib: running.iter().map(|v| v.max_memory_mib).sum(),
+                accel: f.accel,
+                accel_reason: f.accel_reason,
+                qemu_version: f.qemu_version,
+                vms_running: running.len() as u32,
+                vms_total: on_host.len() as u32,
+                kernel: f.kernel,
+            });
+        }
+        Ok(Info {
+            version: env!("CARGO_PKG_VERSION").into(),
+            data_dir: self.cfg.data_dir.display().to_string(),
+            hosts,
+        })
+    }
+
+    // ---- images and tasks ----
+
+    fn task_view(t: TaskRecord) -> Task {
+        Task {
+            id: t.id,
+            kind: t.kind,
+            target: t.target,
+            state: match t.state.as_str() {
+                "succeeded" => TaskState::Succeeded,
+                "failed" => TaskState::Failed,
+                _ => TaskState::Running,
+            },
+            progress: t.progress,
+            message: t.message,
+            error: t.error,
+            created_at: t.created_at,
+            updated_at: t.updated_at,
+        }
+    }
+
+    pub async fn task(&self, id: &str) -> Res<Task> {
+        let t = self
+            .store
+            .task(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("there is no task {id:?}")))?;
+        Ok(Self::task_view(t))
+    }
+
+    pub async fn image_view(&self, i: ImageRecord) -> Res<Image> {
+        Ok(Image {
+            used_by: self.store.image_users(&i.id).await?,
+            name: i.name,
+            kind: ImageKind::parse(&i.kind).unwrap_or(ImageKind::Disk),
+            format: i.format,
+            size_bytes: i.size_bytes,
+            sha256: i.sha256,
+            created_at: i.created_at,
+        })
+    }
+
+    /// Starts an image build or import as a task; the task's id comes back at once.
+    pub async fn image_task(
+        self: &Arc<Self>,
+        kind: &str,
+        name: String,
+        body: serde_json::Value,
+    ) -> Res<Task> {
+        validate_name("name", &name)?;
+        if self.store.image_by_name(&name).await?.is_some() {
+            return Err(ApiError::conflict_field(
+                "name",
+                format!("an image named {name:?} exists already: choose another name or delete it"),
+            ));
+        }
+        let (host, agent) = self
+            .agents()
+            .into_iter()
+            .next()
+            .ok_or_else(|| ApiError::unavailable("no host is connected".into()))?;
+        let task = TaskRecord {
+            id: new_id("task"),
+            kind: kind.to_string(),
+            target: name.clone(),
+            state: "running".into(),
+            progress: 0.0,
+            message: "queued".into(),
+            error: None,
+            created_at: now(),
+            updated_at: now(),
+        };
+        self.store.insert_task(&task).await?;
+        let me = self.clone();
+        let id = task.id.clone();
+        let path = if kind == "image-build" {
+            "/v1/images/build"
+        } else {
+            "/v1/images/import"
+        };
+        tokio::spawn(async move {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let a = agent.clone();
+            let stream = tokio::spawn(async move {
+                a.stream_lines(path, &body, move |v| {
+                    let _ = tx.send(v);
+                })
+                .await
+            });
+            let mut outcome: Result<wire::ImageFiles, String> =
+                Err("the host's agent ended the build without a result".into());
+            while let Some(v) = rx.recv().await {
+                if let Some(p) = v.get("progress").and_then(|p| p.as_f64()) {
+                    let m = v["message"].as_str().unwrap_or("");
+                    let _ = me.store.update_task(&id, "running", p, m, None).await;
+                } else if let Some(done) = v.get("done") {
+                    outcome = serde_json::from_value(done.clone()).map_err(|e| e.to_string());
+                } else if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+                    outcome = Err(e.to_string());
+                }
+            }
+            if let Ok(Err(e)) = stream.await {
+                outcome = Err(format!("{e:#}"));
+            }
+            let result = match outcome {
+                Ok(files) => {
+                    let rec = ImageRecord {
+                        id: new_id("img"),
+                        name: files.name.clone(),
+                        kind: files.kind.as_str().into(),
+                        format: files.format.clone(),
+                        path: files.path.clone(),
+                        initrd: files.initrd.clone(),
+                        cmdline: files.cmdline.clone(),
+                        size_bytes: files.size_bytes,
+                        virtual_size_mib: files.virtual_size_mib,
+                        sha256: files.sha256.clone(),
+                        host_id: host.clone(),
+                        created_at: now(),
+                    };
+                    match me.store.insert_image(&rec).await {
+                        Ok(()) => Ok(()),
+                        Err(e) => {
+                            // Never leave files no row knows of.
+                            let _ = agent
+                                .post::<_, ()>(
+                                    "/v1/images/delete",
+                                    &serde_json::json!({"path": files.path}),
+                                )
+                                .await;
+                            Err(format!("recording the image failed: {e:#}"))
+                        }
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            let _ = match result {
+                Ok(()) => {
+                    me.store
+                        .update_task(&id, "succeeded", 1.0, "done", None)
+                        .await
+                }
+                Err(e) => {
+                    me.store
+                        .update_task(&id, "failed", 1.0, "failed", Some(&e))
+                        .await
+                }
+            };
+        });
+        self.task(&task.id).await
+    }
+
+    pub async fn delete_image(&self, name: &str) -> Res<()> {
+        let img = self
+            .store
+            .image_by_name(name)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("there is no image named {name:?}")))?;
+        let users = self.store.delete_image_if_unused(&img.id).await?;
+        if !users.is_empty() {
+            return Err(ApiError::conflict(format!(
+                "image {name:?} is in use by {}: delete those VMs first",
+                users.join(", ")
+            )));
+        }
+        if let Some(agent) = self.agent(&img.host_id) {
+            agent
+                .post::<_, ()>("/v1/images/delete", &serde_json::json!({"path": img.path}))
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+impl From<AgentRefusal> for ApiError {
+    fn from(r: AgentRefusal) -> Self {
+        ApiError::from_agent(r)
+    }
+}

@@ -1,0 +1,509 @@
+//! Hostel's domain types and their validation. No I/O lives here.
+//!
+//! Every validation error names the field that is wrong and says what would work, so
+//! the API and the CLI can pass it to the user unchanged.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use utoipa::ToSchema;
+
+/// A validation failure: which field, and what would work instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct Invalid {
+    pub field: String,
+    pub message: String,
+}
+
+impl Invalid {
+    pub fn new(field: &str, message: impl Into<String>) -> Self {
+        Invalid {
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+pub const MIB: u64 = 1024 * 1024;
+
+/// Smallest and largest memory a VM may be given, in MiB.
+pub const MIN_MEMORY_MIB: u64 = 32;
+pub const MAX_MEMORY_MIB: u64 = 4 * 1024 * 1024;
+/// Largest vCPU count QEMU's q35/pc machine supports without extra options.
+pub const MAX_VCPUS: u32 = 255;
+/// Disk sizes, in MiB.
+pub const MIN_DISK_MIB: u64 = 1;
+pub const MAX_DISK_MIB: u64 = 64 * 1024 * 1024;
+
+/// Names of VMs and images: a DNS label, so that the networking work can use the name as
+/// the VM's host name unchanged.
+pub fn validate_name(field: &str, name: &str) -> Result<(), Invalid> {
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let first_ok = name
+        .bytes()
+        .next()
+        .map(|b| b.is_ascii_lowercase())
+        .unwrap_or(false);
+    if name.is_empty() || name.len() > 63 || !ok_chars || !first_ok || name.ends_with('-') {
+        return Err(Invalid::new(
+            field,
+            format!(
+                "{name:?} is not a valid name: use 1 to 63 characters of lowercase letters, digits \
+                 and '-', starting with a letter and not ending with '-' (for example \"web-1\")"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Parses a size such as `512M`, `2G`, `1.5GiB`, `1048576K` or a bare number of MiB,
+/// and returns it in bytes.
+pub fn parse_size(field: &str, text: &str) -> Result<u64, Invalid> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let bad = || {
+        Invalid::new(
+            field,
+            format!("{text:?} is not a size: write a number with a unit, like 512M, 2G or 20GiB"),
+        )
+    };
+    let value: f64 = num.parse().map_err(|_| bad())?;
+    let mult: u64 = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "M" | "MB" | "MIB" => MIB,
+        "B" => 1,
+        "K" | "KB" | "KIB" => 1024,
+        "G" | "GB" | "GIB" => 1024 * MIB,
+        "T" | "TB" | "TIB" => 1024 * 1024 * MIB,
+        _ => return Err(bad()),
+    };
+    if !value.is_finite() || value < 0.0 {
+        return Err(bad());
+    }
+    Ok((value * mult as f64).round() as u64)
+}
+
+/// Parses a size and converts it to whole MiB, rejecting sizes that are not a whole MiB.
+pub fn parse_size_mib(field: &str, text: &str) -> Result<u64, Invalid> {
+    let bytes = parse_size(field, text)?;
+    if bytes % MIB != 0 {
+        return Err(Invalid::new(
+            field,
+            format!(
+                "{text:?} is not a whole number of MiB: round it, for example to {}M",
+                bytes / MIB + 1
+            ),
+        ));
+    }
+    Ok(bytes / MIB)
+}
+
+pub fn format_mib(mib: u64) -> String {
+    if mib >= 1024 && mib % 1024 == 0 {
+        format!("{}G", mib / 1024)
+    } else {
+        format!("{mib}M")
+    }
+}
+
+/// The life-cycle state of a VM, as the API and `describe` show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum VmState {
+    Stopped,
+    Starting,
+    Running,
+    Paused,
+    ShuttingDown,
+    Crashed,
+    Saved,
+}
+
+impl VmState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Stopped => "stopped",
+            VmState::Starting => "starting",
+            VmState::Running => "running",
+            VmState::Paused => "paused",
+            VmState::ShuttingDown => "shutting-down",
+            VmState::Crashed => "crashed",
+            VmState::Saved => "saved",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<VmState> {
+        Some(match s {
+            "stopped" => VmState::Stopped,
+            "starting" => VmState::Starting,
+            "running" => VmState::Running,
+            "paused" => VmState::Paused,
+            "shutting-down" => VmState::ShuttingDown,
+            "crashed" => VmState::Crashed,
+            "saved" => VmState::Saved,
+            _ => return None,
+        })
+    }
+
+    /// True while a QEMU process exists for the VM.
+    pub fn has_process(self) -> bool {
+        matches!(
+            self,
+            VmState::Starting | VmState::Running | VmState::Paused | VmState::ShuttingDown
+        )
+    }
+}
+
+impl fmt::Display for VmState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Operations a user can ask for; used to check them against the current state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Start,
+    Reboot,
+    Pause,
+    Unpause,
+    Shutdown,
+    Destroy,
+    Delete,
+    MemSet,
+    VcpuSet,
+    Save,
+    Restore,
+    Console,
+}
+
+impl Op {
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Start => "start",
+            Op::Reboot => "reboot",
+            Op::Pause => "pause",
+            Op::Unpause => "unpause",
+            Op::Shutdown => "shutdown",
+            Op::Destroy => "destroy",
+            Op::Delete => "delete",
+            Op::MemSet => "mem-set",
+            Op::VcpuSet => "vcpu-set",
+            Op::Save => "save",
+            Op::Restore => "restore",
+            Op::Console => "console",
+        }
+    }
+
+    fn allowed_in(self) -> &'static [VmState] {
+        use VmState::*;
+        match self {
+            Op::Start => &[Stopped, Crashed],
+            Op::Reboot => &[Running],
+            Op::Pause => &[Running],
+            Op::Unpause => &[Paused],
+            Op::Shutdown => &[Running, ShuttingDown],
+            Op::Destroy => &[Starting, Running, Paused, ShuttingDown],
+            Op::Delete => &[Stopped, Crashed, Saved],
+            Op::MemSet | Op::VcpuSet => &[Stopped, Crashed, Running, Paused],
+            Op::Save => &[Running, Paused],
+            Op::Restore => &[Saved],
+            Op::Console => &[Starting, Running, Paused, ShuttingDown],
+        }
+    }
+
+    /// Checks that the operation makes sense in `state`; the error says what would.
+    pub fn check(self, state: VmState) -> Result<(), Invalid> {
+        let allowed = self.allowed_in();
+        if allowed.contains(&state) {
+            return Ok(());
+        }
+        let list: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
+        let hint = match (self, state) {
+            (Op::Delete, _) => " (stop it first with `hostel destroy` or `hostel shutdown`)",
+            (Op::Start, VmState::Saved) => " (use `hostel restore FILE` to resume a saved VM)",
+            (Op::Start, _) => " (it is already running)",
+            (_, VmState::Stopped) => " (start it first with `hostel start`)",
+            (_, VmState::Saved) => " (restore it first with `hostel restore FILE`)",
+            (_, VmState::Paused) => " (unpause it first with `hostel unpause`)",
+            _ => "",
+        };
+        Err(Invalid::new(
+            "state",
+            format!(
+                "cannot {} a VM that is {state}: {} is allowed only when the VM is {}{hint}",
+                self.name(),
+                self.name(),
+                list.join(" or ")
+            ),
+        ))
+    }
+}
+
+/// What happens when the guest powers off, reboots or crashes (as in a Xen config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Policy {
+    #[default]
+    Destroy,
+    Restart,
+}
+
+impl Policy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Destroy => "destroy",
+            Policy::Restart => "restart",
+        }
+    }
+    pub fn parse(field: &str, s: &str) -> Result<Policy, Invalid> {
+        match s {
+            "destroy" => Ok(Policy::Destroy),
+            "restart" => Ok(Policy::Restart),
+            _ => Err(Invalid::new(
+                field,
+                format!("{s:?} is not a policy: use \"destroy\" or \"restart\""),
+            )),
+        }
+    }
+}
+
+/// Which accelerator runs guests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// The sizing part of a VM definition, validated as a whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sizing {
+    pub memory_mib: u64,
+    pub max_memory_mib: u64,
+    pub vcpus: u32,
+    pub max_vcpus: u32,
+}
+
+impl Sizing {
+    /// `host_memory_mib` is the memory of the largest host the VM could run on.
+    pub fn validate(&self, host_memory_mib: u64) -> Result<(), Invalid> {
+        check_memory("memory", self.memory_mib)?;
+        check_memory("max_memory", self.max_memory_mib)?;
+        if self.max_memory_mib < self.memory_mib {
+            return Err(Invalid::new(
+                "max_memory",
+                format!(
+                    "max memory {} is below memory {}: raise --max-memory or lower --memory",
+                    format_mib(self.max_memory_mib),
+                    format_mib(self.memory_mib)
+                ),
+            ));
+        }
+        if self.max_memory_mib > host_memory_mib {
+            let field = if self.max_memory_mib == self.memory_mib {
+                "memory"
+            } else {
+                "max_memory"
+            };
+            return Err(Invalid::new(
+                field,
+                format!(
+                    "{} is more than the host has ({}): ask for at most {}",
+                    format_mib(self.max_memory_mib),
+                    format_mib(host_memory_mib),
+                    format_mib(host_memory_mib)
+                ),
+            ));
+        }
+        check_vcpus("vcpus", self.vcpus)?;
+        check_vcpus("max_vcpus", self.max_vcpus)?;
+        if self.max_vcpus < self.vcpus {
+            return Err(Invalid::new(
+                "max_vcpus",
+                format!(
+                    "max vCPUs {} is below vCPUs {}: raise --max-vcpus or lower --vcpus",
+                    self.max_vcpus, self.vcpus
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn check_memory(field: &str, mib: u64) -> Result<(), Invalid> {
+    if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&mib) {
+        return Err(Invalid::new(
+            field,
+            format!(
+                "{} is out of range: use between {} and {}",
+                format_mib(mib),
+                format_mib(MIN_MEMORY_MIB),
+                format_mib(MAX_MEMORY_MIB)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_vcpus(field: &str, n: u32) -> Result<(), Invalid> {
+    if !(1..=MAX_VCPUS).contains(&n) {
+        return Err(Invalid::new(
+            field,
+            format!("{n} is out of range: use between 1 and {MAX_VCPUS}"),
+        ));
+    }
+    Ok(())
+}
+
+pub fn check_disk_size(field: &str, mib: u64) -> Result<(), Invalid> {
+    if !(MIN_DISK_MIB..=MAX_DISK_MIB).contains(&mib) {
+        return Err(Invalid::new(
+            field,
+            format!(
+                "{} is out of range: use between {} and {}",
+                format_mib(mib),
+                format_mib(MIN_DISK_MIB),
+                format_mib(MAX_DISK_MIB)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// What kind of thing an image is, which decides how a VM from it boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImageKind {
+    /// A kernel + initrd booted directly by QEMU (like a Xen `kernel=`/`ramdisk=` config).
+    DirectKernel,
+    /// A disk image booted by its own bootloader under SeaBIOS.
+    Disk,
+}
+
+impl ImageKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageKind::DirectKernel => "direct-kernel",
+            ImageKind::Disk => "disk",
+        }
+    }
+    pub fn parse(s: &str) -> Option<ImageKind> {
+        match s {
+            "direct-kernel" => Some(ImageKind::DirectKernel),
+            "disk" => Some(ImageKind::Disk),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in ["a", "web-1", "x0", &"a".repeat(63)] {
+            validate_name("name", ok).unwrap();
+        }
+        for bad in ["", "1abc", "Web", "a_b", "a-", "a.b", &"a".repeat(64), "-a"] {
+            let e = validate_name("name", bad).unwrap_err();
+            assert_eq!(e.field, "name");
+            assert!(e.message.contains("lowercase"), "{e}");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("m", "512M").unwrap(), 512 * MIB);
+        assert_eq!(parse_size("m", "512").unwrap(), 512 * MIB);
+        assert_eq!(parse_size("m", "2G").unwrap(), 2048 * MIB);
+        assert_eq!(parse_size("m", "1.5GiB").unwrap(), 1536 * MIB);
+        assert_eq!(parse_size("m", "1024K").unwrap(), MIB);
+        assert_eq!(parse_size_mib("m", "1G").unwrap(), 1024);
+        assert!(parse_size("m", "12X").is_err());
+        assert!(parse_size("m", "").is_err());
+        assert!(parse_size("m", "-1G").is_err());
+        assert!(parse_size_mib("m", "1000K").is_err());
+    }
+
+    #[test]
+    fn sizing_limits() {
+        let ok = Sizing {
+            memory_mib: 256,
+            max_memory_mib: 512,
+            vcpus: 1,
+            max_vcpus: 4,
+        };
+        ok.validate(1024).unwrap();
+        let e = Sizing {
+            memory_mib: 8,
+            ..ok.clone()
+        }
+        .validate(1024)
+        .unwrap_err();
+        assert_eq!(e.field, "memory");
+        let e = Sizing {
+            max_memory_mib: 128,
+            ..ok.clone()
+        }
+        .validate(1024)
+        .unwrap_err();
+        assert_eq!(e.field, "max_memory");
+        let e = Sizing {
+            memory_mib: 2048,
+            max_memory_mib: 2048,
+            ..ok.clone()
+        }
+        .validate(1024)
+        .unwrap_err();
+        assert_eq!(e.field, "memory");
+        assert!(e.message.contains("more than the host has"));
+        let e = Sizing {
+            vcpus: 0,
+            ..ok.clone()
+        }
+        .validate(1024)
+        .unwrap_err();
+        assert_eq!(e.field, "vcpus");
+        let e = Sizing { vcpus: 5, ..ok }.validate(1024).unwrap_err();
+        assert_eq!(e.field, "max_vcpus");
+    }
+
+    #[test]
+    fn state_checks() {
+        let e = Op::Pause.check(VmState::Stopped).unwrap_err();
+        assert!(
+            e.message.contains("cannot pause a VM that is stopped"),
+            "{e}"
+        );
+        assert!(e.message.contains("hostel start"), "{e}");
+        Op::Pause.check(VmState::Running).unwrap();
+        Op::Delete.check(VmState::Stopped).unwrap();
+        assert!(Op::Delete.check(VmState::Running).is_err());
+        for s in [
+            VmState::Stopped,
+            VmState::Starting,
+            VmState::Running,
+            VmState::Paused,
+            VmState::ShuttingDown,
+            VmState::Crashed,
+            VmState::Saved,
+        ] {
+            assert_eq!(VmState::parse(s.as_str()), Some(s));
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! Renders QEMU's command line from a VM's definition. It is rendered again at every
+//! start, so the database record is the only configuration a VM has.
+
+use hostel_api::agent::{Boot, VmSpec};
+use hostel_model::{Accel, Policy};
+use std::path::{Path, PathBuf};
+
+/// Where a VM's runtime files live on its host: one directory per VM.
+#[derive(Debug, Clone)]
+pub struct RuntimePaths {
+    pub dir: PathBuf,
+}
+
+/// Unix socket paths are limited to 107 bytes by the kernel.
+pub const MAX_SOCKET_PATH: usize = 107;
+
+impl RuntimePaths {
+    pub fn new(run_dir: &Path, vm_id: &str) -> RuntimePaths {
+        RuntimePaths {
+            dir: run_dir.join(vm_id),
+        }
+    }
+    pub fn qmp(&self) -> PathBuf {
+        self.dir.join("qmp.sock")
+    }
+    pub fn serial(&self) -> PathBuf {
+        self.dir.join("serial.sock")
+    }
+    pub fn vnc(&self) -> PathBuf {
+        self.dir.join("vnc.sock")
+    }
+    pub fn pidfile(&self) -> PathBuf {
+        self.dir.join("qemu.pid")
+    }
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("qemu.log")
+    }
+    /// The definition and argv the running QEMU was started with, for re-adoption.
+    pub fn state(&self) -> PathBuf {
+        self.dir.join("runtime.json")
+    }
+    /// The serial console's output, kept across daemon restarts.
+    pub fn console_log(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+
+    /// Fails with a clear message when a socket path would be too long for the kernel.
+    pub fn check(&self) -> anyhow::Result<()> {
+        let longest = self.serial();
+        let len = longest.as_os_str().len();
+        if len > MAX_SOCKET_PATH {
+            anyhow::bail!(
+                "the runtime path {} is {len} bytes, more than the {MAX_SOCKET_PATH} a unix socket \
+                 path may have: use a shorter --data-dir",
+                longest.display()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Options that come from the host rather than the VM.
+#[derive(Debug, Clone)]
+pub struct HostOptions {
+    pub qemu_binary: String,
+    pub accel: Accel,
+    /// Use the strict seccomp sandbox. Only possible when QEMU is started directly as an
+    /// unprivileged user (see DESIGN.md: with `-run-with user=` it dies with SIGSYS).
+    pub strict_sandbox: bool,
+}
+
+/// The kernel command line parameter that tells a Hostel guest its name.
+pub const NAME_PARAM: &str = "hostel.name";
+
+pub fn render(
+    spec: &VmSpec,
+    paths: &RuntimePaths,
+    host: &HostOptions,
+    incoming_fd: Option<i32>,
+) -> Vec<String> {
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+    push(&[&host.qemu_binary]);
+    push(&["-name", &format!("guest={},debug-threads=on", spec.name)]);
+    push(&["-no-user-config", "-nodefaults"]);
+    push(&["-machine", &format!("q35,accel={}", host.accel.as_str())]);
+    push(&[
+        "-cpu",
+        match host.accel {
+            Accel::Kvm => "host",
+            Accel::Tcg => "max",
+        },
+    ]);
+    push(&["-m", &format!("{}M", spec.max_memory_mib)]);
+    // One boot vCPU; the others are devices, so that every one of them can be unplugged
+    // by `vcpu-set` and a restore recreates exactly the set that was saved.
+    push(&[
+        "-smp",
+        &format!(
+            "1,maxcpus={},sockets={},cores=1,threads=1",
+            spec.max_vcpus, spec.max_vcpus
+        ),
+    ]);
+    for socket in 1..spec.vcpus {
+        push(&["-device", &cpu_device(host.accel, socket)]);
+    }
+    let sandbox = if host.strict_sandbox {
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+    } else {
+        "on,obsolete=deny"
+    };
+    push(&["-sandbox", sandbox]);
+    // Power-off always ends QEMU; the agent restarts it when the policy says so. A guest
+    // reboot is a reset inside QEMU unless the policy is to destroy the VM.
+    let reboot = match spec.on_reboot {
+        Policy::Restart => "reset",
+        Policy::Destroy => "shutdown",
+    };
+    push(&[
+        "-action",
+        &format!("reboot={reboot},shutdown=poweroff,panic=exit-failure"),
+    ]);
+    match &spec.boot {
+        Boot::DirectKernel {
+            kernel,
+            initrd,
+            cmdline,
+        } => {
+            push(&["-kernel", kernel]);
+            if let Some(initrd) = initrd {
+                push(&["-initrd", initrd]);
+            }
+            push(&["-append", &format!("{cmdline} {NAME_PARAM}={}", spec.name)]);
+        }
+        Boot::Bios => {}
+    }
+    for d in &spec.disks {
+        push(&[
+            "-blockdev",
+            &format!(
+                "driver=file,filename={},node-name=file{},cache.direct=off,discard=unmap",
+                escape_opt(&d.path),
+                d.index
+            ),
+        ]);
+        push(&[
+            "-blockdev",
+            &format!(
+                "driver={},file=file{},node-name=disk{},discard=unmap",
+                d.format, d.index, d.index
+            ),
+        ]);
+        let boot = if d.index == 0 && spec.boot == Boot::Bios {
+            ",bootindex=1"
+        } else {
+            ""
+        };
+        push(&[
+            "-device",
+            &format!(
+                "virtio-blk-pci,drive=disk{},id=virtio-disk{}{boot}",
+                d.index, d.index
+            ),
+        ]);
+    }
+    push(&["-device", "virtio-balloon-pci,id=balloon0"]);
+    push(&["-device", "pvpanic"]);
+    push(&["-vga", "std"]);
+    push(&["-vnc", &format!("unix:{}", paths.vnc().display())]);
+    push(&[
+        "-chardev",
+        &format!(
+            "socket,id=serial0,path={},server=on,wait=off",
+            paths.serial().display()
+        ),
+    ]);
+    push(&["-serial", "chardev:serial0"]);
+    push(&[
+        "-qmp",
+        &format!("unix:{},server=on,wait=off", paths.qmp().display()),
+    ]);
+    push(&["-pidfile", &paths.pidfile().display().to_string()]);
+    push(&["-msg", "timestamp=on"]);
+    if let Some(fd) = incoming_fd {
+        push(&["-incoming", &format!("fd:{fd}")]);
+    }
+    a
+}
+
+/// The QOM type of a vCPU for the accelerator's `-cpu` model.
+pub fn cpu_type(accel: Accel) -> &'static str {
+    match accel {
+        Accel::Kvm => "host-x86_64-cpu",
+        Accel::Tcg => "max-x86_64-cpu",
+    }
+}
+
+/// The device id of the vCPU in `socket` (socket 0 is the boot vCPU and has none).
+pub fn cpu_id(socket: u32) -> String {
+    format!("vcpu{socket}")
+}
+
+pub fn cpu_device(accel: Accel, socket: u32) -> String {
+    format!(
+        "{},id={},socket-id={socket},core-id=0,thread-id=0",
+        cpu_type(accel),
+        cpu_id(socket)
+    )
+}
+
+/// QEMU option values use ',' as a separator; a literal comma is written twice.
+fn escape_opt(s: &str) -> String {
+    s.replace(',', ",,")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hostel_api::agent::DiskSpec;
+
+    fn spec() -> VmSpec {
+        VmSpec {
+            id: "vm-1".into(),
+            name: "web".into(),
+            memory_mib: 256,
+            max_memory_mib: 512,
+            vcpus: 2,
+            max_vcpus: 4,
+            boot: Boot::DirectKernel {
+                kernel: "/img/vmlinuz".into(),
+                initrd: Some("/img/initrd.img".into()),
+                cmdline: "console=ttyS0".into(),
+            },
+            disks: vec![DiskSpec {
+                index: 0,
+                path: "/d/a,b.qcow2".into(),
+                format: "qcow2".into(),
+            }],
+            on_poweroff: Policy::Destroy,
+            on_reboot: Policy::Restart,
+            on_crash: Policy::Destroy,
+        }
+    }
+
+    fn host() -> HostOptions {
+        HostOptions {
+            qemu_binary: "qemu-system-x86_64".into(),
+            accel: Accel::Tcg,
+            strict_sandbox: true,
+        }
+    }
+
+    fn after<'a>(argv: &'a [String], flag: &str) -> Vec<&'a str> {
+        argv.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+            .collect()
+    }
+
+    #[test]
+    fn renders_sizing_boot_and_sockets() {
+        let p = RuntimePaths::new(Path::new("/run/h"), "vm-1");
+        let argv = render(&spec(), &p, &host(), None);
+        assert_eq!(after(&argv, "-m"), ["512M"]);
+        assert_eq!(
+            after(&argv, "-smp"),
+            ["1,maxcpus=4,sockets=4,cores=1,threads=1"]
+        );
+        assert_eq!(
+            after(&argv, "-device")[0],
+            "max-x86_64-cpu,id=vcpu1,socket-id=1,core-id=0,thread-id=0"
+        );
+        assert_eq!(after(&argv, "-machine"), ["q35,accel=tcg"]);
+        assert_eq!(after(&argv, "-cpu"), ["max"]);
+        assert_eq!(after(&argv, "-append"), ["console=ttyS0 hostel.name=web"]);
+        assert_eq!(
+            after(&argv, "-qmp"),
+            ["unix:/run/h/vm-1/qmp.sock,server=on,wait=off"]
+        );
+        assert_eq!(after(&argv, "-vnc"), ["unix:/run/h/vm-1/vnc.sock"]);
+        assert!(after(&argv, "-sandbox")[0].contains("elevateprivileges=deny"));
+        assert!(after(&argv, "-blockdev")[0].contains("filename=/d/a,,b.qcow2"));
+        assert!(!argv.iter().any(|a| a == "-incoming"));
+        assert!(!argv.iter().any(|a| a.contains("bootindex")));
+        assert_eq!(
+            after(&argv, "-action"),
+            ["reboot=reset,shutdown=poweroff,panic=exit-failure"]
+        );
+    }
+
+    #[test]
+    fn renders_policies_bios_and_incoming() {
+        let mut s = spec();
+        s.on_reboot = Policy::Destroy;
+        s.boot = Boot::Bios;
+        let mut h = host();
+        h.accel = Accel::Kvm;
+        h.strict_sandbox = false;
+        let argv = render(&s, &RuntimePaths::new(Path::new("/r"), "x"), &h, Some(3));
+        assert_eq!(after(&argv, "-cpu"), ["host"]);
+        assert!(after(&argv, "-action")[0].starts_with("reboot=shutdown"));
+        assert_eq!(after(&argv, "-incoming"), ["fd:3"]);
+        assert!(!argv.iter().any(|a| a == "-kernel"));
+        assert!(after(&argv, "-device")[1].ends_with("bootindex=1"));
+        assert_eq!(after(&argv, "-sandbox"), ["on,obsolete=deny"]);
+    }
+
+    #[test]
+    fn long_runtime_paths_are_refused() {
+        let long = "/x".repeat(60);
+        let e = RuntimePaths::new(Path::new(&long), "vm")
+            .check()
+            .unwrap_err();
+        assert!(e.to_string().contains("shorter --data-dir"));
+    }
+}

@@ -1,0 +1,149 @@
+//! Starting QEMU with no more privilege than it needs, and finding it again later.
+//!
+//! QEMU runs in its own session (so a Ctrl-C or a SIGTERM to the daemon's process group
+//! never reaches it) and, when the daemon is root, as an unprivileged user set before
+//! exec, which lets the strict seccomp sandbox stay on.
+
+use anyhow::Context;
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+
+/// The file descriptor number a restore's state file is handed to QEMU on.
+pub const INCOMING_FD: i32 = 3;
+
+#[derive(Debug, Clone, Copy)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Looks up the user QEMU should run as.
+pub fn lookup_user(name: &str) -> anyhow::Result<RunAs> {
+    let user = nix::unistd::User::from_name(name)
+        .with_context(|| format!("looking up user {name}"))?
+        .with_context(|| {
+            format!(
+                "there is no user {name:?} for QEMU to run as: create it with \
+                 `useradd --system --no-create-home --shell /usr/sbin/nologin {name}`"
+            )
+        })?;
+    Ok(RunAs {
+        uid: user.uid.as_raw(),
+        gid: user.gid.as_raw(),
+    })
+}
+
+pub struct Launch<'a> {
+    pub argv: &'a [String],
+    pub log: &'a Path,
+    pub run_as: Option<RunAs>,
+    /// Handed to QEMU as fd 3 (for `-incoming fd:3`).
+    pub incoming: Option<OwnedFd>,
+}
+
+/// A started QEMU: its pid and a future that resolves with its exit status.
+pub struct Started {
+    pub pid: u32,
+    pub exit: tokio::sync::oneshot::Receiver<String>,
+}
+
+/// Starts QEMU and reaps it on a blocking thread; `exit` says how it ended.
+pub fn spawn(l: Launch<'_>) -> anyhow::Result<Started> {
+    let log = File::options()
+        .create(true)
+        .append(true)
+        .open(l.log)
+        .with_context(|| format!("opening {}", l.log.display()))?;
+    let mut cmd = std::process::Command::new(&l.argv[0]);
+    cmd.args(&l.argv[1..])
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .current_dir("/");
+    let incoming = l.incoming.as_ref().map(|f| f.as_raw_fd());
+    let run_as = l.run_as;
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some(fd) = incoming {
+                if fd != INCOMING_FD && libc::dup2(fd, INCOMING_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let flags = libc::fcntl(INCOMING_FD, libc::F_GETFD);
+                libc::fcntl(INCOMING_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            }
+            if let Some(u) = run_as {
+                if libc::setgroups(0, std::ptr::null()) < 0
+                    || libc::setgid(u.gid) < 0
+                    || libc::setuid(u.uid) < 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", l.argv[0]))?;
+    drop(l.incoming);
+    let pid = child.id();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("reap-{pid}"))
+        .spawn(move || {
+            let how = match child.wait() {
+                Ok(status) => describe_exit(status),
+                Err(e) => format!("could not wait for QEMU: {e}"),
+            };
+            let _ = tx.send(how);
+        })?;
+    Ok(Started { pid, exit: rx })
+}
+
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(sig) = status.signal() {
+        let name = nix::sys::signal::Signal::try_from(sig)
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_else(|_| sig.to_string());
+        format!("QEMU was killed by signal {name}")
+    } else {
+        format!("QEMU exited with status {}", status.code().unwrap_or(-1))
+    }
+}
+
+/// True if `pid` is a live QEMU whose command line mentions `marker` (its QMP socket path),
+/// so that a recycled pid is never mistaken for our VM.
+pub fn is_our_qemu(pid: u32, marker: &str) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // A zombie has exited already.
+        if let Some(rest) = stat.rsplit(')').next() {
+            if rest.trim_start().starts_with('Z') {
+                return false;
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&cmdline);
+    text.contains("qemu-system") && text.contains(marker)
+}
+
+pub fn read_pidfile(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Sends SIGKILL to a QEMU we started (checked by [`is_our_qemu`] first).
+pub fn kill(pid: u32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}

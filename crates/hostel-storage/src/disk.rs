@@ -1,0 +1,194 @@
+//! Disk files and image files, through `qemu-img`.
+//!
+//! Images are read-only bases; a VM's disk is a qcow2 overlay on its image (created in
+//! milliseconds whatever the image's size) or a blank qcow2. Nothing here ever
+//! overwrites an existing file.
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::path::Path;
+use std::process::Command;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ImgInfo {
+    pub format: String,
+    #[serde(rename = "virtual-size")]
+    pub virtual_size: u64,
+    #[serde(rename = "actual-size", default)]
+    pub actual_size: u64,
+    #[serde(rename = "backing-filename", default)]
+    pub backing_filename: Option<String>,
+}
+
+fn run(cmd: &mut Command, what: &str) -> Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("{what}: cannot run qemu-img (apt-get install qemu-utils)"))?;
+    if !out.status.success() {
+        bail!(
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+                .trim()
+                .trim_start_matches("qemu-img: ")
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn info(path: &Path) -> Result<ImgInfo> {
+    let out = run(
+        Command::new("qemu-img")
+            .args(["info", "--output=json", "-U"])
+            .arg(path),
+        &format!("reading {}", path.display()),
+    )?;
+    Ok(serde_json::from_str(&out)?)
+}
+
+/// Creates a qcow2 overlay of `backing` (read-only from then on) of `size_mib`.
+pub fn create_overlay(
+    path: &Path,
+    backing: &Path,
+    backing_format: &str,
+    size_mib: u64,
+) -> Result<()> {
+    refuse_existing(path)?;
+    run(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", backing_format, "-b"])
+            .arg(backing)
+            .arg(path)
+            .arg(format!("{size_mib}M")),
+        &format!("creating overlay {}", path.display()),
+    )?;
+    Ok(())
+}
+
+pub fn create_blank(path: &Path, size_mib: u64) -> Result<()> {
+    refuse_existing(path)?;
+    run(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(path)
+            .arg(format!("{size_mib}M")),
+        &format!("creating disk {}", path.display()),
+    )?;
+    Ok(())
+}
+
+fn refuse_existing(path: &Path) -> Result<()> {
+    if path.exists() {
+        bail!(
+            "{} exists already; refusing to overwrite it",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Formats `import` accepts. `qemu-img` reads more; these are the ones tested.
+pub const IMPORT_FORMATS: &[&str] = &["raw", "qcow2"];
+
+/// Converts `source` into a qcow2 image at `dest` (through a temporary name, so a
+/// failed import leaves nothing behind). Returns the source's detected format.
+pub fn import(source: &Path, dest: &Path) -> Result<String> {
+    refuse_existing(dest)?;
+    let meta =
+        std::fs::metadata(source).with_context(|| format!("cannot read {}", source.display()))?;
+    if !meta.is_file() {
+        bail!("{} is not a regular file", source.display());
+    }
+    let src = info(source)?;
+    if !IMPORT_FORMATS.contains(&src.format.as_str()) {
+        bail!(
+            "{} is in {} format, which import does not take: convert it to raw or qcow2 first \
+             (qemu-img convert -O qcow2 ...)",
+            source.display(),
+            src.format
+        );
+    }
+    if src.backing_filename.is_some() {
+        bail!(
+            "{} has a backing file; import a standalone image (qemu-img convert flattens it)",
+            source.display()
+        );
+    }
+    let tmp = dest.with_extension("importing");
+    let _ = std::fs::remove_file(&tmp);
+    let res = run(
+        Command::new("qemu-img")
+            .args(["convert", "-q", "-f", &src.format, "-O", "qcow2"])
+            .arg(source)
+            .arg(&tmp),
+        &format!("converting {}", source.display()),
+    )
+    .and_then(|_| Ok(std::fs::rename(&tmp, dest)?));
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res.map(|_| src.format)
+}
+
+pub fn sha256_file(path: &Path) -> Result<String> {
+    sha256_files(&[path])
+}
+
+/// One SHA-256 over the files' contents in order (an image made of a kernel and an initrd).
+pub fn sha256_files(paths: &[&Path]) -> Result<String> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for path in paths {
+        let mut f =
+            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_import_and_refusals() {
+        let dir = std::env::temp_dir().join(format!("hostel-disk-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let raw = dir.join("src.raw");
+        std::fs::write(&raw, vec![7u8; 1 << 20]).unwrap();
+        let img = dir.join("img.qcow2");
+        assert_eq!(import(&raw, &img).unwrap(), "raw");
+        assert_eq!(info(&img).unwrap().format, "qcow2");
+        assert!(import(&raw, &img)
+            .unwrap_err()
+            .to_string()
+            .contains("refusing to overwrite"));
+        let sum = sha256_file(&img).unwrap();
+        let ov = dir.join("ov.qcow2");
+        create_overlay(&ov, &img, "qcow2", 64).unwrap();
+        let i = info(&ov).unwrap();
+        assert_eq!(i.virtual_size, 64 << 20);
+        assert!(i.backing_filename.unwrap().ends_with("img.qcow2"));
+        assert_eq!(sha256_file(&img).unwrap(), sum);
+        let bad = dir.join("bad.vpc");
+        run(
+            Command::new("qemu-img")
+                .args(["create", "-q", "-f", "vpc"])
+                .arg(&bad)
+                .arg("1M"),
+            "vpc",
+        )
+        .unwrap();
+        let e = import(&bad, &dir.join("x.qcow2")).unwrap_err().to_string();
+        assert!(e.contains("vpc format"), "{e}");
+        assert!(!dir.join("x.qcow2").exists() && !dir.join("x.importing").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

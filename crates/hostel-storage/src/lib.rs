@@ -1,0 +1,4 @@
+//! Disks and images on one host.
+
+pub mod disk;
+pub mod tiny;

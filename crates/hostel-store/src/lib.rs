@@ -1,0 +1,723 @@
+//! Hostel's persistence: one SQL code path over sqlx's `AnyPool`, so the embedded SQLite
+//! of `hostel up` and a cluster's PostgreSQL share every query.
+//!
+//! Portable SQL only: `$N` placeholders (SQLite reads them by number too), TEXT and
+//! BIGINT columns, timestamps as RFC 3339 text, no engine-specific functions.
+
+mod migrations;
+
+use anyhow::{Context, Result};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+use std::time::Duration;
+
+pub use migrations::MIGRATIONS;
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    sqlite: bool,
+}
+
+pub fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+pub fn new_id(prefix: &str) -> String {
+    let u = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}-{}", &u[..12])
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmRecord {
+    pub id: String,
+    pub name: String,
+    pub host_id: Option<String>,
+    pub image_id: Option<String>,
+    pub memory_mib: u64,
+    pub max_memory_mib: u64,
+    pub vcpus: u32,
+    pub max_vcpus: u32,
+    pub state: String,
+    pub state_reason: Option<String>,
+    pub on_poweroff: String,
+    pub on_reboot: String,
+    pub on_crash: String,
+    pub saved_path: Option<String>,
+    pub pid: Option<u32>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiskRecord {
+    pub id: String,
+    pub vm_id: String,
+    pub idx: u32,
+    pub path: String,
+    pub format: String,
+    pub size_mib: u64,
+    pub image_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageRecord {
+    pub id: String,
+    pub name: String,
+    pub kind: String,
+    pub format: String,
+    pub path: String,
+    pub initrd: Option<String>,
+    pub cmdline: Option<String>,
+    pub size_bytes: u64,
+    pub virtual_size_mib: u64,
+    pub sha256: String,
+    pub host_id: String,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostRecord {
+    pub id: String,
+    pub name: String,
+    pub url: String,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub accel: String,
+    pub accel_reason: String,
+    pub qemu_version: String,
+    pub kernel: String,
+    pub last_seen: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskRecord {
+    pub id: String,
+    pub kind: String,
+    pub target: String,
+    pub state: String,
+    pub progress: f64,
+    pub message: String,
+    pub error: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OperationRecord {
+    pub id: String,
+    pub vm_id: Option<String>,
+    pub kind: String,
+    pub state: String,
+    pub error: Option<String>,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+}
+
+fn u64_of(row: &AnyRow, col: &str) -> Result<u64> {
+    Ok(row.try_get::<i64, _>(col)? as u64)
+}
+fn opt_str(row: &AnyRow, col: &str) -> Result<Option<String>> {
+    Ok(row.try_get::<Option<String>, _>(col)?)
+}
+
+const VM_COLS: &str = "id, name, host_id, image_id, memory_mib, max_memory_mib, vcpus, \
+    max_vcpus, state, state_reason, on_poweroff, on_reboot, on_crash, saved_path, pid, \
+    created_at, updated_at";
+
+fn vm_of(r: &AnyRow) -> Result<VmRecord> {
+    Ok(VmRecord {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        host_id: opt_str(r, "host_id")?,
+        image_id: opt_str(r, "image_id")?,
+        memory_mib: u64_of(r, "memory_mib")?,
+        max_memory_mib: u64_of(r, "max_memory_mib")?,
+        vcpus: u64_of(r, "vcpus")? as u32,
+        max_vcpus: u64_of(r, "max_vcpus")? as u32,
+        state: r.try_get("state")?,
+        state_reason: opt_str(r, "state_reason")?,
+        on_poweroff: r.try_get("on_poweroff")?,
+        on_reboot: r.try_get("on_reboot")?,
+        on_crash: r.try_get("on_crash")?,
+        saved_path: opt_str(r, "saved_path")?,
+        pid: r.try_get::<Option<i64>, _>("pid")?.map(|p| p as u32),
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+const DISK_COLS: &str = "id, vm_id, idx, path, format, size_mib, image_id";
+
+fn disk_of(r: &AnyRow) -> Result<DiskRecord> {
+    Ok(DiskRecord {
+        id: r.try_get("id")?,
+        vm_id: r.try_get("vm_id")?,
+        idx: u64_of(r, "idx")? as u32,
+        path: r.try_get("path")?,
+        format: r.try_get("format")?,
+        size_mib: u64_of(r, "size_mib")?,
+        image_id: opt_str(r, "image_id")?,
+    })
+}
+
+const IMAGE_COLS: &str = "id, name, kind, format, path, initrd, cmdline, size_bytes, \
+    virtual_size_mib, sha256, host_id, created_at";
+
+fn image_of(r: &AnyRow) -> Result<ImageRecord> {
+    Ok(ImageRecord {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        kind: r.try_get("kind")?,
+        format: r.try_get("format")?,
+        path: r.try_get("path")?,
+        initrd: opt_str(r, "initrd")?,
+        cmdline: opt_str(r, "cmdline")?,
+        size_bytes: u64_of(r, "size_bytes")?,
+        virtual_size_mib: u64_of(r, "virtual_size_mib")?,
+        sha256: r.try_get("sha256")?,
+        host_id: r.try_get("host_id")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+const HOST_COLS: &str =
+    "id, name, url, cpus, memory_mib, accel, accel_reason, qemu_version, kernel, last_seen";
+
+fn host_of(r: &AnyRow) -> Result<HostRecord> {
+    Ok(HostRecord {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        url: r.try_get("url")?,
+        cpus: u64_of(r, "cpus")? as u32,
+        memory_mib: u64_of(r, "memory_mib")?,
+        accel: r.try_get("accel")?,
+        accel_reason: r.try_get("accel_reason")?,
+        qemu_version: r.try_get("qemu_version")?,
+        kernel: r.try_get("kernel")?,
+        last_seen: r.try_get("last_seen")?,
+    })
+}
+
+const TASK_COLS: &str = "id, kind, target, state, progress, message, error, created_at, updated_at";
+
+fn task_of(r: &AnyRow) -> Result<TaskRecord> {
+    Ok(TaskRecord {
+        id: r.try_get("id")?,
+        kind: r.try_get("kind")?,
+        target: r.try_get("target")?,
+        state: r.try_get("state")?,
+        progress: r.try_get::<f64, _>("progress")?,
+        message: r.try_get("message")?,
+        error: opt_str(r, "error")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+/// True when an error is a unique-constraint violation (a duplicate name, say).
+pub fn is_unique_violation(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<sqlx::Error>()
+            .and_then(|e| e.as_database_error())
+            .map(|d| d.is_unique_violation())
+            .unwrap_or(false)
+    })
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `url` (`sqlite:///path/hostel.db` or
+    /// `postgres://...`) and applies pending migrations.
+    pub async fn open(url: &str) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let sqlite = url.starts_with("sqlite:");
+        let url = if sqlite && !url.contains('?') {
+            format!("{url}?mode=rwc")
+        } else {
+            url.to_string()
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(if sqlite { 4 } else { 16 })
+            .acquire_timeout(Duration::from_secs(30))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        // WAL lets readers go on while one writer writes; the busy timeout
+                        // makes a second writer wait instead of failing.
+                        for p in [
+                            "PRAGMA journal_mode = WAL",
+                            "PRAGMA busy_timeout = 10000",
+                            "PRAGMA foreign_keys = ON",
+                            "PRAGMA synchronous = NORMAL",
+                        ] {
+                            sqlx::query(p).execute(&mut *conn).await?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await
+            .with_context(|| format!("opening the database {url}"))?;
+        let store = Store { pool, sqlite };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        self.sqlite
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, \
+             applied_at TEXT NOT NULL)",
+        )
+        .execute(&self.pool)
+        .await?;
+        let done: Vec<i64> = sqlx::query("SELECT version FROM schema_migrations")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<i64, _>("version"))
+            .collect::<Result<_, _>>()?;
+        for (i, stmts) in MIGRATIONS.iter().enumerate() {
+            let version = i as i64 + 1;
+            if done.contains(&version) {
+                continue;
+            }
+            let mut tx = self.pool.begin().await?;
+            for stmt in stmts.iter() {
+                sqlx::query(stmt)
+                    .execute(&mut *tx)
+                    .await
+                    .with_context(|| format!("migration {version}: {stmt}"))?;
+            }
+            sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
+                .bind(version)
+                .bind(now())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            tracing::info!(version, "applied database migration");
+        }
+        Ok(())
+    }
+
+    // ---- hosts ----
+
+    pub async fn upsert_host(&self, h: &HostRecord) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let exists = sqlx::query("SELECT id FROM hosts WHERE id = $1")
+            .bind(&h.id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        let q = if exists {
+            "UPDATE hosts SET name = $2, url = $3, cpus = $4, memory_mib = $5, accel = $6, \
+             accel_reason = $7, qemu_version = $8, kernel = $9, last_seen = $10 WHERE id = $1"
+        } else {
+            "INSERT INTO hosts (id, name, url, cpus, memory_mib, accel, accel_reason, \
+             qemu_version, kernel, last_seen) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        };
+        sqlx::query(q)
+            .bind(&h.id)
+            .bind(&h.name)
+            .bind(&h.url)
+            .bind(h.cpus as i64)
+            .bind(h.memory_mib as i64)
+            .bind(&h.accel)
+            .bind(&h.accel_reason)
+            .bind(&h.qemu_version)
+            .bind(&h.kernel)
+            .bind(&h.last_seen)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn hosts(&self) -> Result<Vec<HostRecord>> {
+        let rows = sqlx::query(&format!("SELECT {HOST_COLS} FROM hosts ORDER BY name"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(host_of).collect()
+    }
+
+    // ---- images ----
+
+    pub async fn insert_image(&self, i: &ImageRecord) -> Result<()> {
+        sqlx::query(&format!(
+            "INSERT INTO images ({IMAGE_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+             $11, $12)"
+        ))
+        .bind(&i.id)
+        .bind(&i.name)
+        .bind(&i.kind)
+        .bind(&i.format)
+        .bind(&i.path)
+        .bind(&i.initrd)
+        .bind(&i.cmdline)
+        .bind(i.size_bytes as i64)
+        .bind(i.virtual_size_mib as i64)
+        .bind(&i.sha256)
+        .bind(&i.host_id)
+        .bind(&i.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn image_by_name(&self, name: &str) -> Result<Option<ImageRecord>> {
+        let row = sqlx::query(&format!("SELECT {IMAGE_COLS} FROM images WHERE name = $1"))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(image_of).transpose()
+    }
+
+    pub async fn image_by_id(&self, id: &str) -> Result<Option<ImageRecord>> {
+        let row = sqlx::query(&format!("SELECT {IMAGE_COLS} FROM images WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(image_of).transpose()
+    }
+
+    pub async fn images(&self) -> Result<Vec<ImageRecord>> {
+        let rows = sqlx::query(&format!("SELECT {IMAGE_COLS} FROM images ORDER BY name"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(image_of).collect()
+    }
+
+    /// Names of the VMs that use an image (booting from it or with a disk based on it).
+    pub async fn image_users(&self, image_id: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT name FROM vms WHERE image_id = $1 UNION SELECT v.name FROM vms v \
+             JOIN disks d ON d.vm_id = v.id WHERE d.image_id = $1 ORDER BY name",
+        )
+        .bind(image_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok(r.try_get::<String, _>("name")?))
+            .collect()
+    }
+
+    /// Deletes the image row only if no VM uses it; returns the users otherwise.
+    pub async fn delete_image_if_unused(&self, image_id: &str) -> Result<Vec<String>> {
+        let mut tx = self.pool.begin().await?;
+        // Take the write lock first so no VM can start using the image meanwhile.
+        sqlx::query("UPDATE images SET name = name WHERE id = $1")
+            .bind(image_id)
+            .execute(&mut *tx)
+            .await?;
+        let rows = sqlx::query(
+            "SELECT name FROM vms WHERE image_id = $1 UNION SELECT v.name FROM vms v \
+             JOIN disks d ON d.vm_id = v.id WHERE d.image_id = $1 ORDER BY name",
+        )
+        .bind(image_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        let users: Vec<String> = rows
+            .iter()
+            .map(|r| r.try_get::<String, _>("name"))
+            .collect::<Result<_, _>>()?;
+        if users.is_empty() {
+            sqlx::query("DELETE FROM images WHERE id = $1")
+                .bind(image_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(users)
+    }
+
+    // ---- VMs ----
+
+    /// Inserts a VM and its disks in one transaction.
+    pub async fn insert_vm(&self, v: &VmRecord, disks: &[DiskRecord]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(&format!(
+            "INSERT INTO vms ({VM_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
+             $12, $13, $14, $15, $16, $17)"
+        ))
+        .bind(&v.id)
+        .bind(&v.name)
+        .bind(&v.host_id)
+        .bind(&v.image_id)
+        .bind(v.memory_mib as i64)
+        .bind(v.max_memory_mib as i64)
+        .bind(v.vcpus as i64)
+        .bind(v.max_vcpus as i64)
+        .bind(&v.state)
+        .bind(&v.state_reason)
+        .bind(&v.on_poweroff)
+        .bind(&v.on_reboot)
+        .bind(&v.on_crash)
+        .bind(&v.saved_path)
+        .bind(v.pid.map(|p| p as i64))
+        .bind(&v.created_at)
+        .bind(&v.updated_at)
+        .execute(&mut *tx)
+        .await?;
+        for d in disks {
+            sqlx::query(&format!(
+                "INSERT INTO disks ({DISK_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+            ))
+            .bind(&d.id)
+            .bind(&d.vm_id)
+            .bind(d.idx as i64)
+            .bind(&d.path)
+            .bind(&d.format)
+            .bind(d.size_mib as i64)
+            .bind(&d.image_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn vm_by_name(&self, name: &str) -> Result<Option<VmRecord>> {
+        let row = sqlx::query(&format!("SELECT {VM_COLS} FROM vms WHERE name = $1"))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(vm_of).transpose()
+    }
+
+    pub async fn vm_by_id(&self, id: &str) -> Result<Option<VmRecord>> {
+        let row = sqlx::query(&format!("SELECT {VM_COLS} FROM vms WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(vm_of).transpose()
+    }
+
+    pub async fn vms(&self) -> Result<Vec<VmRecord>> {
+        let rows = sqlx::query(&format!("SELECT {VM_COLS} FROM vms ORDER BY name"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(vm_of).collect()
+    }
+
+    pub async fn set_vm_state(
+        &self,
+        id: &str,
+        state: &str,
+        reason: Option<&str>,
+        pid: Option<u32>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE vms SET state = $2, state_reason = $3, pid = $4, updated_at = $5 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(state)
+        .bind(reason)
+        .bind(pid.map(|p| p as i64))
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn set_vm_memory(&self, id: &str, memory_mib: u64) -> Result<()> {
+        sqlx::query("UPDATE vms SET memory_mib = $2, updated_at = $3 WHERE id = $1")
+            .bind(id)
+            .bind(memory_mib as i64)
+            .bind(now())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_vm_vcpus(&self, id: &str, vcpus: u32) -> Result<()> {
+        sqlx::query("UPDATE vms SET vcpus = $2, updated_at = $3 WHERE id = $1")
+            .bind(id)
+            .bind(vcpus as i64)
+            .bind(now())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_vm_saved(&self, id: &str, path: Option<&str>) -> Result<()> {
+        sqlx::query("UPDATE vms SET saved_path = $2, updated_at = $3 WHERE id = $1")
+            .bind(id)
+            .bind(path)
+            .bind(now())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes a VM and its disk rows in one transaction.
+    pub async fn delete_vm(&self, id: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for q in [
+            "DELETE FROM disks WHERE vm_id = $1",
+            "DELETE FROM operations WHERE vm_id = $1",
+        ] {
+            sqlx::query(q).bind(id).execute(&mut *tx).await?;
+        }
+        sqlx::query("DELETE FROM vms WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn disks_of(&self, vm_id: &str) -> Result<Vec<DiskRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {DISK_COLS} FROM disks WHERE vm_id = $1 ORDER BY idx"
+        ))
+        .bind(vm_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(disk_of).collect()
+    }
+
+    pub async fn all_disks(&self) -> Result<Vec<DiskRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {DISK_COLS} FROM disks ORDER BY vm_id, idx"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(disk_of).collect()
+    }
+
+    // ---- tasks ----
+
+    pub async fn insert_task(&self, t: &TaskRecord) -> Result<()> {
+        sqlx::query(&format!(
+            "INSERT INTO tasks ({TASK_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+        ))
+        .bind(&t.id)
+        .bind(&t.kind)
+        .bind(&t.target)
+        .bind(&t.state)
+        .bind(t.progress)
+        .bind(&t.message)
+        .bind(&t.error)
+        .bind(&t.created_at)
+        .bind(&t.updated_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn update_task(
+        &self,
+        id: &str,
+        state: &str,
+        progress: f64,
+        message: &str,
+        error: Option<&str>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE tasks SET state = $2, progress = $3, message = $4, error = $5, \
+             updated_at = $6 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(state)
+        .bind(progress)
+        .bind(message)
+        .bind(error)
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn task(&self, id: &str) -> Result<Option<TaskRecord>> {
+        let row = sqlx::query(&format!("SELECT {TASK_COLS} FROM tasks WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(task_of).transpose()
+    }
+
+    pub async fn tasks(&self) -> Result<Vec<TaskRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {TASK_COLS} FROM tasks ORDER BY created_at DESC"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(task_of).collect()
+    }
+
+    /// Marks tasks that were running when the daemon stopped as failed.
+    pub async fn fail_interrupted_tasks(&self) -> Result<u64> {
+        let r = sqlx::query(
+            "UPDATE tasks SET state = 'failed', error = 'interrupted: the daemon stopped while \
+             the task ran', updated_at = $1 WHERE state = 'running'",
+        )
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    // ---- operations ----
+
+    pub async fn begin_operation(&self, vm_id: Option<&str>, kind: &str) -> Result<String> {
+        let id = new_id("op");
+        sqlx::query(
+            "INSERT INTO operations (id, vm_id, kind, state, error, started_at, finished_at) \
+             VALUES ($1, $2, $3, 'running', NULL, $4, NULL)",
+        )
+        .bind(&id)
+        .bind(vm_id)
+        .bind(kind)
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        Ok(id)
+    }
+
+    pub async fn finish_operation(&self, id: &str, error: Option<&str>) -> Result<()> {
+        sqlx::query("UPDATE operations SET state = $2, error = $3, finished_at = $4 WHERE id = $1")
+            .bind(id)
+            .bind(if error.is_some() {
+                "failed"
+            } else {
+                "succeeded"
+            })
+            .bind(error)
+            .bind(now())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn operations(&self, vm_id: &str) -> Result<Vec<OperationRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, vm_id, kind, state, error, started_at, finished_at FROM operations \
+             WHERE vm_id = $1 ORDER BY started_at",
+        )
+        .bind(vm_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(OperationRecord {
+                    id: r.try_get("id")?,
+                    vm_id: opt_str(r, "vm_id")?,
+                    kind: r.try_get("kind")?,
+                    state: r.try_get("state")?,
+                    error: opt_str(r, "error")?,
+                    started_at: r.try_get("started_at")?,
+                    finished_at: opt_str(r, "finished_at")?,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

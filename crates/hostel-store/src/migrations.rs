@@ -1,0 +1,81 @@
+//! Schema migrations, applied in order. Never edit a released one: add another.
+//! Portable DDL only (TEXT, BIGINT, DOUBLE PRECISION), valid on SQLite and PostgreSQL.
+
+pub const MIGRATIONS: &[&[&str]] = &[&[
+    "CREATE TABLE hosts (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        url TEXT NOT NULL,
+        cpus BIGINT NOT NULL,
+        memory_mib BIGINT NOT NULL,
+        accel TEXT NOT NULL,
+        accel_reason TEXT NOT NULL,
+        qemu_version TEXT NOT NULL,
+        kernel TEXT NOT NULL,
+        last_seen TEXT NOT NULL
+    )",
+    "CREATE TABLE images (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        kind TEXT NOT NULL,
+        format TEXT NOT NULL,
+        path TEXT NOT NULL UNIQUE,
+        initrd TEXT,
+        cmdline TEXT,
+        size_bytes BIGINT NOT NULL,
+        virtual_size_mib BIGINT NOT NULL,
+        sha256 TEXT NOT NULL,
+        host_id TEXT NOT NULL REFERENCES hosts(id),
+        created_at TEXT NOT NULL
+    )",
+    "CREATE TABLE vms (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        host_id TEXT REFERENCES hosts(id),
+        image_id TEXT REFERENCES images(id),
+        memory_mib BIGINT NOT NULL,
+        max_memory_mib BIGINT NOT NULL,
+        vcpus BIGINT NOT NULL,
+        max_vcpus BIGINT NOT NULL,
+        state TEXT NOT NULL,
+        state_reason TEXT,
+        on_poweroff TEXT NOT NULL,
+        on_reboot TEXT NOT NULL,
+        on_crash TEXT NOT NULL,
+        saved_path TEXT,
+        pid BIGINT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    )",
+    "CREATE TABLE disks (
+        id TEXT PRIMARY KEY,
+        vm_id TEXT NOT NULL REFERENCES vms(id),
+        idx BIGINT NOT NULL,
+        path TEXT NOT NULL UNIQUE,
+        format TEXT NOT NULL,
+        size_mib BIGINT NOT NULL,
+        image_id TEXT REFERENCES images(id),
+        UNIQUE (vm_id, idx)
+    )",
+    "CREATE TABLE tasks (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        target TEXT NOT NULL,
+        state TEXT NOT NULL,
+        progress DOUBLE PRECISION NOT NULL,
+        message TEXT NOT NULL,
+        error TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    )",
+    "CREATE TABLE operations (
+        id TEXT PRIMARY KEY,
+        vm_id TEXT REFERENCES vms(id),
+        kind TEXT NOT NULL,
+        state TEXT NOT NULL,
+        error TEXT,
+        started_at TEXT NOT NULL,
+        finished_at TEXT
+    )",
+    "CREATE INDEX operations_vm ON operations (vm_id)",
+]];

@@ -1,0 +1,149 @@
+use super::*;
+
+async fn store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/hostel.db", dir.path().display());
+    let s = Store::open(&url).await.unwrap();
+    (dir, s)
+}
+
+fn host() -> HostRecord {
+    HostRecord {
+        id: "host-1".into(),
+        name: "h1".into(),
+        url: "https://127.0.0.1:1".into(),
+        cpus: 2,
+        memory_mib: 1024,
+        accel: "tcg".into(),
+        accel_reason: "test".into(),
+        qemu_version: "10.0.2".into(),
+        kernel: "6.1".into(),
+        last_seen: now(),
+    }
+}
+
+fn vm(name: &str) -> VmRecord {
+    VmRecord {
+        id: new_id("vm"),
+        name: name.into(),
+        host_id: Some("host-1".into()),
+        image_id: None,
+        memory_mib: 256,
+        max_memory_mib: 512,
+        vcpus: 1,
+        max_vcpus: 2,
+        state: "stopped".into(),
+        state_reason: None,
+        on_poweroff: "destroy".into(),
+        on_reboot: "restart".into(),
+        on_crash: "destroy".into(),
+        saved_path: None,
+        pid: None,
+        created_at: now(),
+        updated_at: now(),
+    }
+}
+
+#[tokio::test]
+async fn vm_round_trip_and_unique_names() {
+    let (_d, s) = store().await;
+    s.upsert_host(&host()).await.unwrap();
+    s.upsert_host(&host()).await.unwrap();
+    let v = vm("web");
+    let disk = DiskRecord {
+        id: new_id("disk"),
+        vm_id: v.id.clone(),
+        idx: 0,
+        path: "/x/d0.qcow2".into(),
+        format: "qcow2".into(),
+        size_mib: 100,
+        image_id: None,
+    };
+    s.insert_vm(&v, std::slice::from_ref(&disk)).await.unwrap();
+    assert_eq!(s.vm_by_name("web").await.unwrap().unwrap(), v);
+    assert_eq!(s.disks_of(&v.id).await.unwrap(), vec![disk.clone()]);
+
+    let dup = s.insert_vm(&vm("web"), &[]).await.unwrap_err();
+    assert!(is_unique_violation(&dup), "{dup:#}");
+
+    s.set_vm_state(&v.id, "running", Some("why"), Some(42))
+        .await
+        .unwrap();
+    let got = s.vm_by_id(&v.id).await.unwrap().unwrap();
+    assert_eq!((got.state.as_str(), got.pid), ("running", Some(42)));
+
+    // A failed insert of a VM whose disk path clashes leaves no VM row behind.
+    let other = vm("other");
+    let clash = DiskRecord {
+        vm_id: other.id.clone(),
+        id: new_id("disk"),
+        ..disk
+    };
+    assert!(s.insert_vm(&other, &[clash]).await.is_err());
+    assert!(s.vm_by_name("other").await.unwrap().is_none());
+
+    let op = s.begin_operation(Some(&v.id), "start").await.unwrap();
+    s.finish_operation(&op, None).await.unwrap();
+    assert_eq!(s.operations(&v.id).await.unwrap()[0].state, "succeeded");
+
+    s.delete_vm(&v.id).await.unwrap();
+    assert!(s.vm_by_name("web").await.unwrap().is_none());
+    assert!(s.all_disks().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn images_in_use_cannot_be_deleted() {
+    let (_d, s) = store().await;
+    s.upsert_host(&host()).await.unwrap();
+    let img = ImageRecord {
+        id: new_id("img"),
+        name: "tiny".into(),
+        kind: "direct-kernel".into(),
+        format: "kernel".into(),
+        path: "/i/vmlinuz".into(),
+        initrd: Some("/i/initrd".into()),
+        cmdline: Some("console=ttyS0".into()),
+        size_bytes: 10,
+        virtual_size_mib: 0,
+        sha256: "ab".into(),
+        host_id: "host-1".into(),
+        created_at: now(),
+    };
+    s.insert_image(&img).await.unwrap();
+    let mut v = vm("a");
+    v.image_id = Some(img.id.clone());
+    s.insert_vm(&v, &[]).await.unwrap();
+    assert_eq!(
+        s.delete_image_if_unused(&img.id).await.unwrap(),
+        vec!["a".to_string()]
+    );
+    assert!(s.image_by_name("tiny").await.unwrap().is_some());
+    s.delete_vm(&v.id).await.unwrap();
+    assert!(s.delete_image_if_unused(&img.id).await.unwrap().is_empty());
+    assert!(s.image_by_name("tiny").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn migrations_are_idempotent_and_tasks_survive() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/hostel.db", dir.path().display());
+    let s = Store::open(&url).await.unwrap();
+    let t = TaskRecord {
+        id: "task-1".into(),
+        kind: "image-build".into(),
+        target: "tiny".into(),
+        state: "running".into(),
+        progress: 0.5,
+        message: "half".into(),
+        error: None,
+        created_at: now(),
+        updated_at: now(),
+    };
+    s.insert_task(&t).await.unwrap();
+    drop(s);
+    let s = Store::open(&url).await.unwrap();
+    assert_eq!(s.fail_interrupted_tasks().await.unwrap(), 1);
+    let got = s.task("task-1").await.unwrap().unwrap();
+    assert_eq!(got.state, "failed");
+    assert!(got.error.unwrap().contains("interrupted"));
+}

@@ -1,0 +1,133 @@
+//! The CLI's side of the REST API: where its config lives and how it calls.
+
+use anyhow::{bail, Context, Result};
+use hostel_api::ErrorBody;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientConfig {
+    pub url: String,
+    pub token: String,
+}
+
+/// `$HOSTEL_CONFIG`, else `$XDG_CONFIG_HOME/hostel/client.toml`, else
+/// `~/.config/hostel/client.toml`.
+pub fn config_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("HOSTEL_CONFIG") {
+        return PathBuf::from(p);
+    }
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/"))
+                .join(".config")
+        });
+    base.join("hostel/client.toml")
+}
+
+impl ClientConfig {
+    pub fn load() -> Result<ClientConfig> {
+        let path = config_path();
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "no client config at {}: start Hostel with `hostel up` (it writes one), or set \
+                 HOSTEL_CONFIG to the config's path",
+                path.display()
+            )
+        })?;
+        toml::from_str(&text).with_context(|| format!("reading {}", path.display()))
+    }
+
+    /// Writes the config with mode 0600 (it holds a token), atomically.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("tmp");
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(toml::to_string(self)?.as_bytes())?;
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    }
+}
+
+pub struct Api {
+    pub cfg: ClientConfig,
+    http: reqwest::Client,
+}
+
+impl Api {
+    pub fn new() -> Result<Api> {
+        let cfg = ClientConfig::load()?;
+        Ok(Api {
+            cfg,
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(900))
+                .build()?,
+        })
+    }
+
+    async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T> {
+        let resp = req
+            .bearer_auth(&self.cfg.token)
+            .send()
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot reach Hostel at {} (is `hostel up` running?)",
+                    self.cfg.url
+                )
+            })?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        if !status.is_success() {
+            match serde_json::from_str::<ErrorBody>(&text) {
+                Ok(e) => bail!("{}", e.message),
+                Err(_) => bail!("the API answered {status}: {text}"),
+            }
+        }
+        if text.is_empty() {
+            return Ok(serde_json::from_str("null")?);
+        }
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.send(self.http.get(format!("{}{path}", self.cfg.url)))
+            .await
+    }
+
+    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        self.send(self.http.post(format!("{}{path}", self.cfg.url)).json(body))
+            .await
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<()> {
+        let _: serde_json::Value = self
+            .send(self.http.delete(format!("{}{path}", self.cfg.url)))
+            .await?;
+        Ok(())
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        let base = self
+            .cfg
+            .url
+            .replacen("https://", "wss://", 1)
+            .replacen("http://", "ws://", 1);
+        format!("{base}{path}")
+    }
+}

@@ -1,0 +1,270 @@
+//! `hostel up`: controller + local agent + embedded SQLite in one process. The two talk
+//! over the agent API (HTTPS, mutual TLS) exactly as they do across hosts.
+
+use crate::client::ClientConfig;
+use crate::pki::Pki;
+use anyhow::{bail, Context, Result};
+use hostel_agent::{AccelChoice, AgentConfig, TlsFiles};
+use hostel_controller::agent_client::{AgentClient, ClientTls};
+use hostel_controller::{Controller, ControllerConfig};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub struct UpOptions {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub accel: AccelChoice,
+    pub qemu_user: String,
+    pub qemu_binary: String,
+    pub client_config: PathBuf,
+}
+
+pub fn default_data_dir() -> PathBuf {
+    if nix::unistd::Uid::effective().is_root() {
+        PathBuf::from("/var/lib/hostel")
+    } else {
+        dirs_home().join(".local/share/hostel")
+    }
+}
+
+fn dirs_home() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/"))
+}
+
+fn init_logging(log_file: &Path) -> Result<()> {
+    use tracing_subscriber::prelude::*;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(log_file)
+        .with_context(|| format!("opening {}", log_file.display()))?;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HOSTEL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(file)),
+        )
+        .init();
+    Ok(())
+}
+
+/// Holds an exclusive lock on the data dir, so two daemons never manage the same VMs.
+fn lock_data_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    let path = dir.join("hostel.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)?;
+    match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(mut l) => {
+            l.set_len(0)?;
+            writeln!(l, "{}", std::process::id())?;
+            Ok(l)
+        }
+        Err((_, e)) => bail!(
+            "another hostel daemon is using {} ({e}): stop it first, or use another --data-dir",
+            dir.display()
+        ),
+    }
+}
+
+fn ensure_qemu_user(name: &str) -> Result<()> {
+    if !nix::unistd::Uid::effective().is_root() || nix::unistd::User::from_name(name)?.is_some() {
+        return Ok(());
+    }
+    let status = std::process::Command::new("useradd")
+        .args(["--system", "--no-create-home", "--home-dir", "/nonexistent"])
+        .args(["--shell", "/usr/sbin/nologin", name])
+        .status()
+        .context("running useradd")?;
+    if !status.success() {
+        bail!("could not create the user {name} that QEMU runs as (useradd failed)");
+    }
+    Ok(())
+}
+
+fn read_or_make_token(path: &Path) -> Result<String> {
+    if let Ok(t) = std::fs::read_to_string(path) {
+        if !t.trim().is_empty() {
+            return Ok(t.trim().to_string());
+        }
+    }
+    let token: String = {
+        use rand::Rng;
+        let bytes: [u8; 32] = rand::thread_rng().gen();
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(token.as_bytes())?;
+    Ok(token)
+}
+
+pub async fn up(opts: UpOptions) -> Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    std::fs::create_dir_all(&opts.data_dir)
+        .with_context(|| format!("creating {}", opts.data_dir.display()))?;
+    let data_dir = opts.data_dir.canonicalize()?;
+    std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o711))?;
+    let _lock = lock_data_dir(&data_dir)?;
+    let log_file = data_dir.join("hostel.log");
+    init_logging(&log_file)?;
+    tracing::info!(data_dir = %data_dir.display(), "hostel up starting");
+
+    ensure_qemu_user(&opts.qemu_user)?;
+    let pki = Pki::open(&data_dir.join("pki"))?;
+    let sans = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+    let agent_pair = pki.node("agent", &sans)?;
+    let ctl_pair = pki.node("controller", &["controller".to_string()])?;
+    let admin_token = read_or_make_token(&data_dir.join("admin.token"))?;
+
+    let store =
+        hostel_store::Store::open(&format!("sqlite://{}/hostel.db", data_dir.display())).await?;
+    let n = store.fail_interrupted_tasks().await?;
+    if n > 0 {
+        tracing::warn!(n, "marked tasks interrupted by the last stop as failed");
+    }
+
+    let host_name = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "localhost".into());
+    let probe_cache = if nix::unistd::Uid::effective().is_root() {
+        PathBuf::from("/run/hostel/accel-probe.json")
+    } else {
+        data_dir.join("accel-probe.json")
+    };
+    let shared = hostel_agent::start(AgentConfig {
+        data_dir: data_dir.clone(),
+        host_name,
+        qemu_binary: opts.qemu_binary.clone(),
+        accel: opts.accel,
+        qemu_user: opts.qemu_user.clone(),
+        probe_cache,
+    })
+    .await?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let agent_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let agent_addr = agent_listener.local_addr()?;
+    let mut rx = stop_rx.clone();
+    let agent_task = tokio::spawn(hostel_agent::serve(
+        shared.clone(),
+        agent_listener,
+        TlsFiles {
+            cert_pem: agent_pair.cert_pem,
+            key_pem: agent_pair.key_pem,
+            client_ca_pem: pki.ca_pem()?,
+        },
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        },
+    ));
+
+    let controller = Controller::new(
+        store,
+        ControllerConfig {
+            data_dir: data_dir.clone(),
+            admin_token: admin_token.clone(),
+            log_file: log_file.clone(),
+        },
+    );
+    let agent = AgentClient::new(
+        &format!("https://{agent_addr}"),
+        &ClientTls {
+            ca_pem: pki.ca_pem()?,
+            cert_pem: ctl_pair.cert_pem,
+            key_pem: ctl_pair.key_pem,
+        },
+    )?;
+    let host = controller.add_host(agent).await?;
+    tracing::info!(%host, agent = %agent_addr, "local agent registered");
+
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("listening on {}", opts.listen))?;
+    let api_addr = listener.local_addr()?;
+    let mut rx = stop_rx.clone();
+    let app = hostel_controller::router(controller.clone());
+    let api_task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    tracing::info!(%api_addr, "API listening");
+
+    ensure_tiny_image(&controller).await;
+
+    let url = format!("http://{api_addr}");
+    ClientConfig {
+        url: url.clone(),
+        token: admin_token,
+    }
+    .write(&opts.client_config)?;
+    tracing::info!(%url, config = %opts.client_config.display(), "hostel is ready");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+    tracing::info!("stopping; VMs keep running and are re-adopted at the next start");
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), api_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), agent_task).await;
+    Ok(())
+}
+
+/// Builds the `tiny` image on first start, so a new user has a bootable image at once.
+async fn ensure_tiny_image(c: &std::sync::Arc<Controller>) {
+    match c.store.image_by_name("tiny").await {
+        Ok(Some(_)) => return,
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!("cannot check for the tiny image: {e:#}");
+            return;
+        }
+    }
+    tracing::info!("building the tiny image (first start)");
+    let body = serde_json::json!({"recipe": "tiny", "name": "tiny"});
+    let task = match c.image_task("image-build", "tiny".into(), body).await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!("cannot build the tiny image: {}", e.body.message);
+            return;
+        }
+    };
+    loop {
+        match c.task(&task.id).await {
+            Ok(t) if t.state != hostel_api::public::TaskState::Running => {
+                match t.error {
+                    Some(e) => tracing::error!("building the tiny image failed: {e}"),
+                    None => tracing::info!("the tiny image is ready"),
+                }
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!("{}", e.body.message);
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,82 @@
+//! The cluster CA and the node certificates the controller and agents use for mutual TLS.
+//! Made once per data directory and kept.
+
+use anyhow::{Context, Result};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+pub struct Pki {
+    pub dir: PathBuf,
+}
+
+pub struct Pair {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+fn write_private(path: &Path, data: &[u8]) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(data)?;
+    Ok(())
+}
+
+fn ca_params() -> Result<CertificateParams> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "Hostel cluster CA");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    Ok(params)
+}
+
+impl Pki {
+    /// Loads the CA from `dir`, creating it (and the directory) the first time.
+    pub fn open(dir: &Path) -> Result<Pki> {
+        std::fs::create_dir_all(dir)?;
+        let pki = Pki {
+            dir: dir.to_path_buf(),
+        };
+        if !dir.join("ca.pem").exists() {
+            let key = KeyPair::generate()?;
+            let cert = ca_params()?.self_signed(&key)?;
+            write_private(&dir.join("ca.key"), key.serialize_pem().as_bytes())?;
+            std::fs::write(dir.join("ca.pem"), cert.pem())?;
+        }
+        Ok(pki)
+    }
+
+    pub fn ca_pem(&self) -> Result<Vec<u8>> {
+        Ok(std::fs::read(self.dir.join("ca.pem"))?)
+    }
+
+    /// A certificate signed by the CA for `name` (the file stem), valid for `sans`.
+    pub fn node(&self, name: &str, sans: &[String]) -> Result<Pair> {
+        let cert_path = self.dir.join(format!("{name}.pem"));
+        let key_path = self.dir.join(format!("{name}.key"));
+        if !cert_path.exists() || !key_path.exists() {
+            let ca_key = KeyPair::from_pem(&std::fs::read_to_string(self.dir.join("ca.key"))?)?;
+            // The same subject and key as the stored CA certificate: what it signs verifies
+            // against that certificate.
+            let ca = ca_params()?.self_signed(&ca_key)?;
+            let mut params = CertificateParams::new(sans.to_vec())?;
+            params.distinguished_name.push(DnType::CommonName, name);
+            let key = KeyPair::generate()?;
+            let cert = params.signed_by(&key, &ca, &ca_key)?;
+            write_private(&key_path, key.serialize_pem().as_bytes())?;
+            std::fs::write(&cert_path, cert.pem())?;
+        }
+        Ok(Pair {
+            cert_pem: std::fs::read(cert_path)?,
+            key_pem: std::fs::read(key_path)?,
+        })
+    }
+}

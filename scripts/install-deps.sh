@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs every Debian package Hostel needs to build, run and test on Debian bookworm (as root).
+# Idempotent: safe to run again.
+set -euo pipefail
+
+if [ "$(id -u)" != 0 ]; then
+  echo "install-deps.sh: run as root (it installs Debian packages)" >&2
+  exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+src=/etc/apt/sources.list.d/hostel-bookworm-backports.list
+if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+  echo "deb http://deb.debian.org/debian bookworm-backports main" > "$src"
+fi
+apt-get update -qq
+
+# QEMU 10 comes from bookworm-backports; the rest from bookworm.
+apt-get install -y -qq -t bookworm-backports qemu-system-x86 qemu-utils >/dev/null
+apt-get install -y -qq \
+  linux-image-cloud-amd64 busybox-static cpio gzip kmod \
+  iproute2 socat procps ca-certificates curl build-essential pkg-config \
+  >/dev/null
+
+if ! command -v cargo >/dev/null 2>&1; then
+  if [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+  else
+    apt-get install -y -qq cargo rustc >/dev/null
+  fi
+fi
+echo "install-deps.sh: all packages present"
