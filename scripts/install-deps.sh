@@ -19,14 +19,13 @@ apt-get update -qq
 apt-get install -y -qq -t bookworm-backports qemu-system-x86 qemu-utils >/dev/null
 apt-get install -y -qq \
   linux-image-cloud-amd64 busybox-static cpio gzip kmod \
-  iproute2 socat procps ca-certificates curl build-essential pkg-config \
+  iproute2 procps ca-certificates build-essential pkg-config \
   >/dev/null
 
+# A Rust toolchain: the one already installed (rustup's), else Debian's current one
+# (bookworm's plain `cargo` is too old; the *-web packages carry a current Rust).
+export PATH="$HOME/.cargo/bin:$PATH"
 if ! command -v cargo >/dev/null 2>&1; then
-  if [ -x "$HOME/.cargo/bin/cargo" ]; then
-    export PATH="$HOME/.cargo/bin:$PATH"
-  else
-    apt-get install -y -qq cargo rustc >/dev/null
-  fi
+  apt-get install -y -qq cargo-web rustc-web rustfmt-web rust-web-clippy >/dev/null
 fi
 echo "install-deps.sh: all packages present"

@@ -110,6 +110,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/vms/{id}/console", get(console))
         .route("/v1/vms/{id}/console-log", get(console_log))
         .route("/v1/save-header", post(save_header))
+        .route("/v1/render", post(render))
         .route("/v1/disks", post(create_disk))
         .route("/v1/disks/delete", post(delete_disk))
         .route("/v1/images/build", post(build_image))
@@ -234,6 +235,17 @@ async fn save(State(s): S, Path(id): Path<String>, Json(req): Json<SaveRequest>)
     let _g = vm.op.lock().await;
     vm.save(&s, &req.path, &req.header).await?;
     Ok(Json(vm.status(&s).await))
+}
+
+/// The command line a VM with this definition would start with on this host.
+async fn render(State(s): S, Json(spec): Json<VmSpec>) -> Json<Vec<String>> {
+    let paths = hostel_qemu::RuntimePaths::new(&s.run_dir(), &spec.id);
+    Json(hostel_qemu::render(
+        &spec,
+        &paths,
+        &s.host_opts().await,
+        None,
+    ))
 }
 
 #[derive(Deserialize)]

@@ -8,7 +8,7 @@ use crate::{AgentError, Shared};
 use anyhow::anyhow;
 use hostel_api::agent::{Event, SaveHeader, VmSpec, VmStatus, SAVE_MAGIC};
 use hostel_model::{Policy, VmState};
-use hostel_qemu::argv::{cpu_id, cpu_type, RuntimePaths};
+use hostel_qemu::argv::{cpu_id, cpu_type, vcpu_thread_budget, RuntimePaths};
 use hostel_qemu::process::{self, Launch, INCOMING_FD};
 use hostel_qemu::Qmp;
 use serde::{Deserialize, Serialize};
@@ -46,6 +46,8 @@ struct Live {
     /// The last SHUTDOWN event's reason, and whether a panic was reported.
     shutdown_reason: Option<String>,
     panicked: bool,
+    /// vCPU threads this QEMU has started (see `vcpu_thread_budget`).
+    vcpu_threads: u32,
     /// Bumped at every QEMU start, so a stale supervisor never touches a newer process.
     generation: u64,
 }
@@ -77,6 +79,7 @@ impl VmRuntime {
                 intent: Intent::None,
                 shutdown_reason: None,
                 panicked: false,
+                vcpu_threads: 0,
                 generation: 0,
             }),
             state_watch: tokio::sync::watch::channel(VmState::Stopped).0,
@@ -201,6 +204,7 @@ impl VmRuntime {
             l.intent = Intent::None;
             l.shutdown_reason = None;
             l.panicked = false;
+            l.vcpu_threads = spec.vcpus;
             l.argv = argv.clone();
             l.generation
         };
@@ -312,6 +316,8 @@ impl VmRuntime {
             let mut l = self.live.lock().unwrap();
             l.generation += 1;
             l.pid = Some(rt.pid);
+            // Unknown after a restart; assume every slot was used once (the safe side).
+            l.vcpu_threads = rt.spec.max_vcpus;
             l.argv = rt.argv.clone();
             l.qmp = Some(qmp.clone());
             l.generation
@@ -370,16 +376,13 @@ impl VmRuntime {
 
     fn on_event(&self, shared: &Shared, event: &str, data: &serde_json::Value) {
         let intent = self.live.lock().unwrap().intent;
+        let state = self.state();
         match event {
-            "STOP" if intent != Intent::Save => {
-                if self.state() == VmState::Running {
-                    self.set_state(shared, VmState::Paused, None)
-                }
+            "STOP" if intent != Intent::Save && state == VmState::Running => {
+                self.set_state(shared, VmState::Paused, None)
             }
-            "RESUME" => {
-                if matches!(self.state(), VmState::Paused | VmState::Starting) {
-                    self.set_state(shared, VmState::Running, None)
-                }
+            "RESUME" if matches!(state, VmState::Paused | VmState::Starting) => {
+                self.set_state(shared, VmState::Running, None)
             }
             "SHUTDOWN" => {
                 let reason = data["reason"].as_str().unwrap_or("").to_string();
@@ -596,6 +599,19 @@ impl VmRuntime {
         let current = present_sockets(&qmp).await?;
         let have = current.len() as u32;
         if n > have {
+            // Check the whole change first, so a refusal leaves the VM as it was.
+            let used = self.live.lock().unwrap().vcpu_threads;
+            if let Some(budget) = vcpu_thread_budget(accel, self.spec().max_vcpus) {
+                if used + (n - have) > budget {
+                    return Err(AgentError::Conflict(format!(
+                        "this QEMU run cannot plug in {} more vCPU(s): under TCG a run starts at \
+                         most {budget} vCPU threads (max vCPUs) and unplugged vCPUs do not give \
+                         theirs back (a QEMU limitation). The VM keeps its {have} vCPU(s); \
+                         `hostel reboot` starts a fresh QEMU, after which vcpu-set works again",
+                        n - have
+                    )));
+                }
+            }
             for socket in 0..self.spec().max_vcpus {
                 if current.contains(&socket) {
                     continue;
@@ -609,6 +625,7 @@ impl VmRuntime {
                            "socket-id": socket, "core-id": 0, "thread-id": 0}),
                 )
                 .await?;
+                self.live.lock().unwrap().vcpu_threads += 1;
             }
         } else if n < have {
             let mut removable: Vec<u32> = current.iter().copied().filter(|s| *s != 0).collect();

@@ -91,12 +91,19 @@ impl Controller {
         let host = vm.host_id.as_deref().and_then(|h| self.agent(h));
         let accel = match &status {
             Some(s) => Some(s.accel),
-            None => match host {
+            None => match &host {
                 Some(a) if live => a.facts().await.ok().map(|f| f.accel),
                 _ => None,
             },
         };
-        let argv = status.as_ref().map(|s| s.argv.clone()).unwrap_or_default();
+        let argv = match (&status, &host) {
+            (Some(s), _) => s.argv.clone(),
+            // What the next start would run, rendered by the host that would run it.
+            (None, Some(agent)) if live => {
+                agent.post("/v1/render", &spec).await.unwrap_or_default()
+            }
+            _ => Vec::new(),
+        };
         let mut images_by_id = std::collections::HashMap::new();
         for d in &disks {
             if let Some(i) = &d.image_id {

@@ -90,7 +90,7 @@ pub fn parse_size(field: &str, text: &str) -> Result<u64, Invalid> {
 /// Parses a size and converts it to whole MiB, rejecting sizes that are not a whole MiB.
 pub fn parse_size_mib(field: &str, text: &str) -> Result<u64, Invalid> {
     let bytes = parse_size(field, text)?;
-    if bytes % MIB != 0 {
+    if !bytes.is_multiple_of(MIB) {
         return Err(Invalid::new(
             field,
             format!(
@@ -103,7 +103,7 @@ pub fn parse_size_mib(field: &str, text: &str) -> Result<u64, Invalid> {
 }
 
 pub fn format_mib(mib: u64) -> String {
-    if mib >= 1024 && mib % 1024 == 0 {
+    if mib >= 1024 && mib.is_multiple_of(1024) {
         format!("{}G", mib / 1024)
     } else {
         format!("{mib}M")

@@ -83,7 +83,8 @@ pub fn render(
     push(&[&host.qemu_binary]);
     push(&["-name", &format!("guest={},debug-threads=on", spec.name)]);
     push(&["-no-user-config", "-nodefaults"]);
-    push(&["-machine", &format!("q35,accel={}", host.accel.as_str())]);
+    push(&["-machine", "q35"]);
+    push(&["-accel", host.accel.as_str()]);
     push(&[
         "-cpu",
         match host.accel {
@@ -187,6 +188,18 @@ pub fn render(
     a
 }
 
+/// How many vCPU threads one QEMU run can ever start under multi-threaded TCG: each vCPU
+/// takes a translation context that is never given back, and QEMU has `maxcpus` of them.
+/// A vCPU plugged in once more than that aborts QEMU (`tcg_register_thread: assertion
+/// failed: (n < tcg_max_ctxs)`, seen with QEMU 10.0; single-threaded TCG instead aborts on
+/// unplug). KVM has no such limit.
+pub fn vcpu_thread_budget(accel: Accel, max_vcpus: u32) -> Option<u32> {
+    match accel {
+        Accel::Kvm => None,
+        Accel::Tcg => Some(max_vcpus),
+    }
+}
+
 /// The QOM type of a vCPU for the accelerator's `-cpu` model.
 pub fn cpu_type(accel: Accel) -> &'static str {
     match accel {
@@ -270,7 +283,8 @@ mod tests {
             after(&argv, "-device")[0],
             "max-x86_64-cpu,id=vcpu1,socket-id=1,core-id=0,thread-id=0"
         );
-        assert_eq!(after(&argv, "-machine"), ["q35,accel=tcg"]);
+        assert_eq!(after(&argv, "-machine"), ["q35"]);
+        assert_eq!(after(&argv, "-accel"), ["tcg"]);
         assert_eq!(after(&argv, "-cpu"), ["max"]);
         assert_eq!(after(&argv, "-append"), ["console=ttyS0 hostel.name=web"]);
         assert_eq!(
@@ -298,6 +312,7 @@ mod tests {
         h.strict_sandbox = false;
         let argv = render(&s, &RuntimePaths::new(Path::new("/r"), "x"), &h, Some(3));
         assert_eq!(after(&argv, "-cpu"), ["host"]);
+        assert_eq!(after(&argv, "-accel"), ["kvm"]);
         assert!(after(&argv, "-action")[0].starts_with("reboot=shutdown"));
         assert_eq!(after(&argv, "-incoming"), ["fd:3"]);
         assert!(!argv.iter().any(|a| a == "-kernel"));

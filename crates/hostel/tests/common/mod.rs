@@ -1,0 +1,367 @@
+//! The harness of the integration tests: a real `hostel up` in a temporary data dir,
+//! the real CLI, and the guest's serial console read through the API's websocket.
+//! Guests say they are ready with a marker on the console; nothing here sleeps and hopes.
+
+#![allow(dead_code)]
+
+use futures::{SinkExt, StreamExt};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+pub const READY: &str = "HOSTEL-READY";
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_hostel")
+}
+
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub child: Option<Child>,
+    pub url: String,
+    pub token: String,
+}
+
+impl Daemon {
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("client.toml")
+    }
+
+    /// Starts `hostel up` and waits until it has written its client config (it does so
+    /// once the API serves and the tiny image is ready).
+    pub fn start() -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("hostel-test-")
+            .tempdir()
+            .unwrap();
+        // QEMU runs as an unprivileged user, which must be able to reach the data dir.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let mut d = Daemon {
+            dir,
+            child: None,
+            url: String::new(),
+            token: String::new(),
+        };
+        d.launch();
+        d
+    }
+
+    pub fn launch(&mut self) {
+        let _ = std::fs::remove_file(self.config());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("daemon.out"))
+            .unwrap();
+        let child = Command::new(bin())
+            .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(self.data_dir())
+            .env("HOSTEL_CONFIG", self.config())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start hostel up");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while !self.config().exists() {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("hostel up exited with {status}: {}", self.daemon_output());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "hostel up was not ready within 180 s: {}",
+                self.daemon_output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let cfg = std::fs::read_to_string(self.config()).unwrap();
+        let v: toml::Value = toml::from_str(&cfg).unwrap();
+        self.url = v["url"].as_str().unwrap().to_string();
+        self.token = v["token"].as_str().unwrap().to_string();
+    }
+
+    pub fn daemon_output(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.out")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGKILLs the daemon (not its VMs) and reaps it.
+    pub fn kill9(&mut self) {
+        let mut c = self.child.take().unwrap();
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+
+    pub fn sigterm(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        c.wait().unwrap()
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin())
+            .args(args)
+            .env("HOSTEL_CONFIG", self.config())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run hostel")
+    }
+
+    /// Runs the CLI and returns its stdout; panics with its stderr if it failed.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "hostel {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs the CLI expecting failure; returns its stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            !out.status.success(),
+            "hostel {args:?} should have failed but printed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&a)).expect("JSON output")
+    }
+
+    pub fn describe(&self, vm: &str) -> Value {
+        self.json(&["describe", vm])
+    }
+
+    pub fn state(&self, vm: &str) -> String {
+        self.describe(vm)["state"].as_str().unwrap().to_string()
+    }
+
+    /// Waits until the VM's state is `want` (states change on QEMU's events).
+    pub fn wait_state(&self, vm: &str, want: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let d = self.describe(vm);
+            if d["state"] == want {
+                return d;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{vm} did not become {want} within {timeout:?}; it is {}",
+                d
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// QEMU pids started under this data dir (from the agent's runtime files).
+    pub fn qemu_pids(&self) -> Vec<u32> {
+        let mut pids = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(self.data_dir().join("run")) {
+            for e in entries.flatten() {
+                if let Ok(text) = std::fs::read_to_string(e.path().join("qemu.pid")) {
+                    if let Ok(pid) = text.trim().parse::<u32>() {
+                        if is_alive_qemu(pid) {
+                            pids.push(pid);
+                        }
+                    }
+                }
+            }
+        }
+        pids
+    }
+
+    pub async fn console(&self, vm: &str) -> Console {
+        Console::open(&self.url, &self.token, vm).await
+    }
+}
+
+pub fn is_alive_qemu(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let running = stat
+        .rsplit(')')
+        .next()
+        .map(|r| !r.trim_start().starts_with('Z'))
+        .unwrap_or(false);
+    running
+        && std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).contains("qemu-system"))
+            .unwrap_or(false)
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // End only what this test started: its daemon and the QEMUs of its data dir.
+        let pids = self.qemu_pids();
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for pid in pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        if std::thread::panicking() {
+            eprintln!("--- daemon output ---\n{}", self.daemon_output());
+        }
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A serial console session through the API, accumulating everything it has seen.
+pub struct Console {
+    ws: Ws,
+    pub seen: String,
+}
+
+impl Console {
+    pub async fn open(url: &str, token: &str, vm: &str) -> Console {
+        let ws_url = format!(
+            "{}/api/v1/vms/{vm}/console",
+            url.replacen("http://", "ws://", 1)
+        );
+        let mut req = ws_url.into_client_request().unwrap();
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let (ws, _) = tokio_tungstenite::connect_async(req)
+            .await
+            .expect("console websocket");
+        Console {
+            ws,
+            seen: String::new(),
+        }
+    }
+
+    /// Waits until `needle` has been seen `count` times in total.
+    pub async fn wait_count(&mut self, needle: &str, count: usize, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.seen.matches(needle).count() < count {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.ws.next()).await {
+                Ok(Some(Ok(Message::Binary(b)))) => {
+                    self.seen.push_str(&String::from_utf8_lossy(&b))
+                }
+                Ok(Some(Ok(_))) => {}
+                Ok(other) => panic!(
+                    "console closed while waiting for {needle:?} ({other:?}); saw:\n{}",
+                    self.tail()
+                ),
+                Err(_) => panic!(
+                    "{needle:?} did not appear {count} time(s) within {timeout:?}; saw:\n{}",
+                    self.tail()
+                ),
+            }
+        }
+    }
+
+    pub async fn wait_for(&mut self, needle: &str, timeout: Duration) {
+        let n = self.seen.matches(needle).count();
+        self.wait_count(needle, n.max(1), timeout).await
+    }
+
+    pub async fn send(&mut self, text: &str) {
+        self.ws
+            .send(Message::Binary(text.as_bytes().to_vec().into()))
+            .await
+            .unwrap();
+    }
+
+    /// Runs a shell command and returns what it printed between two markers, so that
+    /// the echoed command line never counts as its output.
+    pub async fn run(&mut self, cmd: &str) -> String {
+        let tag = format!("{:x}", rand_u64());
+        let begin = format!("B{tag}E");
+        let end = format!("D{tag}E");
+        let before = self.seen.len();
+        self.send(&format!("echo B{tag}\"E\"; {cmd}; echo D{tag}\"E\"\n"))
+            .await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let fresh = &self.seen[before..];
+            if let (Some(b), Some(e)) = (fresh.find(&begin), fresh.rfind(&end)) {
+                if e > b {
+                    return fresh[b + begin.len()..e].trim().replace('\r', "");
+                }
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.ws.next()).await {
+                Ok(Some(Ok(Message::Binary(b)))) => {
+                    self.seen.push_str(&String::from_utf8_lossy(&b))
+                }
+                Ok(Some(Ok(_))) => {}
+                _ => panic!("no answer to {cmd:?}; saw:\n{}", self.tail()),
+            }
+        }
+    }
+
+    pub fn tail(&self) -> &str {
+        let start = self.seen.len().saturating_sub(3000);
+        let mut s = start;
+        while !self.seen.is_char_boundary(s) {
+            s += 1;
+        }
+        &self.seen[s..]
+    }
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    h.finish()
+}
+
+/// Reads `/proc/meminfo`'s MemTotal inside the guest, in kB.
+pub async fn guest_memtotal_kb(c: &mut Console) -> u64 {
+    let out = c.run("grep MemTotal /proc/meminfo").await;
+    out.split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no MemTotal in {out:?}"))
+}
+
+pub fn file_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}

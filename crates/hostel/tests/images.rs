@@ -1,0 +1,105 @@
+//! Image import (raw and qcow2), VM disks as overlays of images, and images in use.
+
+mod common;
+use common::*;
+use std::process::Command;
+
+fn qemu_img(args: &[&str]) {
+    let out = Command::new("qemu-img").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "qemu-img {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn sha256(path: &str) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn import_overlay_and_delete() {
+    let d = Daemon::start();
+    let dir = d.dir.path();
+    let raw = dir.join("disk.raw");
+    std::fs::write(&raw, vec![0x5au8; 4 << 20]).unwrap();
+    let qcow = dir.join("disk.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", qcow.to_str().unwrap(), "48M"]);
+    let vpc = dir.join("disk.vpc");
+    qemu_img(&["create", "-q", "-f", "vpc", vpc.to_str().unwrap(), "8M"]);
+
+    d.ok(&["image", "import", "rawimg", raw.to_str().unwrap()]);
+    d.ok(&["image", "import", "qcowimg", qcow.to_str().unwrap()]);
+    let err = d.fails(&["image", "import", "vpcimg", vpc.to_str().unwrap()]);
+    assert!(err.contains("vpc format"), "{err}");
+    let err = d.fails(&["image", "import", "rawimg", raw.to_str().unwrap()]);
+    assert!(err.contains("exists already"), "{err}");
+    let err = d.fails(&["image", "import", "missing", "/nonexistent/x.raw"]);
+    assert!(err.contains("cannot read /nonexistent/x.raw"), "{err}");
+
+    let images = d.json(&["image", "list"]);
+    let names: Vec<&str> = images
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["qcowimg", "rawimg", "tiny"],
+        "a failed import leaves no image"
+    );
+    let leftovers: Vec<String> = file_names(&d.data_dir().join("images"))
+        .into_iter()
+        .filter(|n| n.contains("vpcimg") || n.contains("missing") || n.ends_with(".importing"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    for i in images.as_array().unwrap() {
+        assert_eq!(i["sha256"].as_str().unwrap().len(), 64);
+    }
+
+    let base = d.data_dir().join("images/rawimg.qcow2");
+    let before = sha256(base.to_str().unwrap());
+    let vm = d.json(&[
+        "create", "fromraw", "--image", "rawimg", "--memory", "128M", "--disk", "32M",
+    ]);
+    assert_eq!(vm["state"], "running");
+    assert_eq!(vm["boot"]["method"], "bios");
+    assert_eq!(vm["disks"][0]["backing_image"], "rawimg");
+    assert_eq!(vm["disks"][0]["format"], "qcow2");
+    let overlay = vm["disks"][0]["path"].as_str().unwrap().to_string();
+    let info = Command::new("qemu-img")
+        .args(["info", "-U", "--output=json", &overlay])
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(
+        info["backing-filename"],
+        base.to_str().unwrap(),
+        "the disk is an overlay"
+    );
+    assert_eq!(info["virtual-size"], 32u64 << 20);
+
+    let err = d.fails(&["create", "tiny-disk", "--image", "qcowimg", "--disk", "8M"]);
+    assert!(err.contains("smaller than the image"), "{err}");
+
+    let err = d.fails(&["image", "delete", "rawimg"]);
+    assert!(err.contains("in use by fromraw"), "{err}");
+    d.ok(&["destroy", "fromraw"]);
+    assert_eq!(
+        sha256(base.to_str().unwrap()),
+        before,
+        "the base image is never written"
+    );
+    d.ok(&["delete", "fromraw"]);
+    assert!(!std::path::Path::new(&overlay).exists());
+    d.ok(&["image", "delete", "rawimg"]);
+    assert!(!base.exists());
+    let err = d.fails(&["image", "delete", "rawimg"]);
+    assert!(err.contains("no image named"), "{err}");
+}

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: formatting, lints, unit and integration tests (real QEMU
+# guests under TCG). Run as root on Debian bookworm; installs what it needs first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-deps.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked --no-fail-fast -- --test-threads 2
