@@ -18,7 +18,7 @@ apt-get update -qq
 # QEMU 10 comes from bookworm-backports; the rest from bookworm.
 apt-get install -y -qq -t bookworm-backports qemu-system-x86 qemu-utils >/dev/null
 apt-get install -y -qq \
-  linux-image-cloud-amd64 busybox-static cpio gzip kmod \
+  linux-image-cloud-amd64 busybox-static gzip xz-utils zstd kmod \
   iproute2 procps ca-certificates build-essential pkg-config \
   >/dev/null
 

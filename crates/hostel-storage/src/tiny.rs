@@ -26,6 +26,7 @@ use std::process::{Command, Stdio};
 use anyhow::{anyhow, bail, Context, Result};
 
 /// Where and from what to build the image.
+#[derive(Debug, Clone)]
 pub struct TinyBuildOptions {
     /// Created if missing; receives `vmlinuz` and `initrd.img`.
     pub out_dir: PathBuf,
@@ -53,7 +54,7 @@ pub const PROMPT: &str = "tiny# ";
 
 /// `loglevel=4` keeps the console quiet (and boot fast: every printk costs
 /// under TCG) while still showing warnings. `panic=0` waits forever after a
-/// panic, so that Hostel (which sees GUEST_PANICKED via pvpanic) decides what
+/// panic, so that Hostel (which sees `GUEST_PANICKED` via pvpanic) decides what
 /// happens next. `cryptomgr.notests` skips the crypto self-tests, ~0.5 s of
 /// a ~4 s boot under TCG, for a guest that never relies on kernel crypto.
 const CMDLINE: &str = "console=ttyS0 loglevel=4 panic=0 cryptomgr.notests";
@@ -120,16 +121,24 @@ const ASSETS: &[(&str, u32, &str)] = &[
 /// Builds the tiny image into `opts.out_dir`. Everything is made in a
 /// temporary directory inside `out_dir` and renamed into place at the end,
 /// so a failed build leaves no half-made files behind.
+///
+/// # Errors
+///
+/// When the kernel, its modules (including any of the required virtio
+/// drivers), busybox or gzip are missing or unusable, or `out_dir` cannot be
+/// written. Each message says what to install or fix.
 pub fn build_tiny(opts: &TinyBuildOptions, progress: &mut dyn FnMut(&str)) -> Result<TinyImage> {
     let kernel_path = match &opts.kernel {
         Some(path) => path.clone(),
         None => find_cloud_kernel(Path::new(BOOT_DIR), Path::new(MODULES_ROOT))?,
     };
-    let kernel = fs::read(&kernel_path).with_context(|| {
-        format!(
-            "cannot read kernel {} (Debian installs it mode 0600: run as root or pass a readable copy)",
-            kernel_path.display()
-        )
+    let kernel = fs::read(&kernel_path).map_err(|err| {
+        let hint = if err.kind() == std::io::ErrorKind::PermissionDenied {
+            " (kernels in /boot may be mode 0600: build as root or pass a readable copy)"
+        } else {
+            ""
+        };
+        anyhow!("cannot read kernel {}: {err}{hint}", kernel_path.display())
     })?;
     let kernel_version = match bzimage_version(&kernel) {
         Some(version) => version,
@@ -146,38 +155,55 @@ pub fn build_tiny(opts: &TinyBuildOptions, progress: &mut dyn FnMut(&str)) -> Re
     ));
 
     let modules_dir = Path::new(MODULES_ROOT).join(&kernel_version);
-    let index = ModuleIndex::load(&modules_dir)?;
-    let load_order = index.plan(REQUIRED_MODULES, OPTIONAL_MODULES)?;
+    let load_order = ModuleIndex::load(&modules_dir)?.plan(REQUIRED_MODULES, OPTIONAL_MODULES)?;
+    let names: Vec<String> = load_order.iter().map(|path| module_name(path)).collect();
     progress(&format!(
         "{} modules to load: {}",
-        load_order.len(),
-        load_order
-            .iter()
-            .map(|path| module_name(path))
-            .collect::<Vec<_>>()
-            .join(" ")
+        names.len(),
+        names.join(" ")
     ));
 
-    let busybox_path = opts
+    let busybox = opts
         .busybox
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_BUSYBOX));
-    let busybox = fs::read(&busybox_path).with_context(|| {
+    progress("packing the initramfs");
+    let mut root = Initramfs::default();
+    add_base_system(&mut root, &busybox)?;
+    add_modules(&mut root, &modules_dir, &kernel_version, &load_order)?;
+    let archive = root.to_newc()?;
+
+    let staging = Staging::create(&opts.out_dir)?;
+    write_file(&staging.path("vmlinuz"), &kernel)?;
+    gzip_to(&archive, &staging.path("initrd.img"))?;
+    staging.commit(&["initrd.img", "vmlinuz"])?;
+    progress(&format!("tiny image ready in {}", opts.out_dir.display()));
+
+    Ok(TinyImage {
+        kernel: opts.out_dir.join("vmlinuz"),
+        initrd: opts.out_dir.join("initrd.img"),
+        cmdline: CMDLINE.to_string(),
+        kernel_version,
+    })
+}
+
+/// Busybox with its applet links, the init scripts and the few files every
+/// Unix program expects.
+fn add_base_system(root: &mut Initramfs, busybox_path: &Path) -> Result<()> {
+    let busybox = fs::read(busybox_path).with_context(|| {
         format!(
             "cannot read busybox {}: apt-get install busybox-static",
             busybox_path.display()
         )
     })?;
-    check_static_x86_64(&busybox).with_context(|| {
-        format!(
-            "{} cannot be the guest's busybox: apt-get install busybox-static",
+    if let Err(why) = check_static_x86_64(&busybox) {
+        bail!(
+            "{} cannot be the guest's busybox ({why}): apt-get install busybox-static",
             busybox_path.display()
-        )
-    })?;
-    let applets = busybox_applets(&busybox_path)?;
+        );
+    }
+    let applets = busybox_applets(busybox_path)?;
 
-    progress("packing the initramfs");
-    let mut root = Initramfs::default();
     for dir in [
         "dev", "proc", "sys", "tmp", "run", "root", "mnt", "var/log", "etc/tiny",
     ] {
@@ -195,8 +221,19 @@ pub fn build_tiny(opts: &TinyBuildOptions, progress: &mut dyn FnMut(&str)) -> Re
     for (path, mode, text) in ASSETS {
         root.file(path, *mode, text.as_bytes().to_vec());
     }
+    Ok(())
+}
+
+/// The modules, uncompressed, at their usual paths, and /etc/tiny/modules:
+/// the list rcS loads, in order.
+fn add_modules(
+    root: &mut Initramfs,
+    modules_dir: &Path,
+    kernel_version: &str,
+    load_order: &[String],
+) -> Result<()> {
     let mut load_list = String::new();
-    for rel in &load_order {
+    for rel in load_order {
         let (data, rel_ko) = read_module(&modules_dir.join(rel), rel)?;
         let guest_path = format!("lib/modules/{kernel_version}/{rel_ko}");
         load_list.push('/');
@@ -205,20 +242,7 @@ pub fn build_tiny(opts: &TinyBuildOptions, progress: &mut dyn FnMut(&str)) -> Re
         root.file(&guest_path, 0o644, data);
     }
     root.file("etc/tiny/modules", 0o644, load_list.into_bytes());
-    let archive = root.to_newc();
-
-    let staging = Staging::create(&opts.out_dir)?;
-    write_file(&staging.path("vmlinuz"), &kernel)?;
-    gzip_to(&archive, &staging.path("initrd.img"))?;
-    staging.commit(&["initrd.img", "vmlinuz"])?;
-    progress(&format!("tiny image ready in {}", opts.out_dir.display()));
-
-    Ok(TinyImage {
-        kernel: opts.out_dir.join("vmlinuz"),
-        initrd: opts.out_dir.join("initrd.img"),
-        cmdline: CMDLINE.to_string(),
-        kernel_version,
-    })
+    Ok(())
 }
 
 /// The newest `vmlinuz-*-cloud-amd64` in `boot` whose modules are installed.
@@ -290,12 +314,12 @@ fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
 /// The release string a bzImage carries in its setup header (what `uname -r`
 /// will say), so a kernel passed by path finds its modules whatever its name.
 fn bzimage_version(image: &[u8]) -> Option<String> {
-    // x86 boot protocol: "HdrS" at 0x202, protocol version at 0x206, and at
-    // 0x20e the offset (minus 0x200) of a NUL-terminated version string.
+    // x86 boot protocol: "HdrS" at 0x202, and at 0x20e the offset (minus
+    // 0x200) of a NUL-terminated "VERSION (builder) #1 SMP ..." string.
     if image.get(0x202..0x206)? != b"HdrS" {
         return None;
     }
-    let offset = u16::from_le_bytes([*image.get(0x20e)?, *image.get(0x20f)?]) as usize;
+    let offset = usize::from(u16::from_le_bytes([*image.get(0x20e)?, *image.get(0x20f)?]));
     let text = image.get(offset + 0x200..)?;
     let text = &text[..text.iter().position(|&b| b == 0).unwrap_or(text.len())];
     let version = std::str::from_utf8(text).ok()?.split_whitespace().next()?;
@@ -407,9 +431,12 @@ fn normalize_module_name(name: &str) -> String {
     name.replace('-', "_")
 }
 
-/// Reads a module, decompressing it: busybox's insmod hands the bytes to
-/// init_module() as they are, and the kernel only decompresses modules
-/// loaded through finit_module(). Returns the data and the `.ko` path.
+/// Reads a module, decompressing it. busybox 1.35's insmod calls
+/// `finit_module()` without the flag that lets the kernel decompress, then
+/// falls back to its own decompressors, which know no zstd (Debian's newer
+/// kernels ship `.ko.xz` or `.ko.zst`). Uncompressed modules always load and
+/// cost nothing: the whole initramfs is gzip'd anyway. Returns the data and
+/// the `.ko` path.
 fn read_module(file: &Path, rel: &str) -> Result<(Vec<u8>, String)> {
     let (stem, tool) = if let Some(stem) = rel.strip_suffix(".ko") {
         (stem, None)
@@ -475,9 +502,9 @@ fn check_static_x86_64(elf: &[u8]) -> Result<()> {
         bail!("not an x86-64 executable");
     }
     let truncated = || anyhow!("truncated ELF header");
-    let phoff = u64_at(0x20).ok_or_else(truncated)? as usize;
-    let phentsize = u16_at(0x36).ok_or_else(truncated)? as usize;
-    let phnum = u16_at(0x38).ok_or_else(truncated)? as usize;
+    let phoff = usize::try_from(u64_at(0x20).ok_or_else(truncated)?)?;
+    let phentsize = usize::from(u16_at(0x36).ok_or_else(truncated)?);
+    let phnum = usize::from(u16_at(0x38).ok_or_else(truncated)?);
     for i in 0..phnum {
         let p_type = u32_at(phoff + i * phentsize).ok_or_else(truncated)?;
         if p_type == PT_INTERP {
@@ -567,13 +594,13 @@ impl Initramfs {
 
     /// The "newc" cpio format the kernel unpacks, owned by root, with zero
     /// timestamps so the same inputs give the same bytes.
-    fn to_newc(&self) -> Vec<u8> {
+    fn to_newc(&self) -> Result<Vec<u8>> {
         const S_IFDIR: u32 = 0o040000;
         const S_IFREG: u32 = 0o100000;
         const S_IFLNK: u32 = 0o120000;
         const S_IFCHR: u32 = 0o020000;
         let mut out = Vec::new();
-        for (ino, (path, node)) in self.nodes.iter().enumerate() {
+        for (ino, (path, node)) in (1..).zip(&self.nodes) {
             let (mode, data, rdev) = match node {
                 Node::Dir => (S_IFDIR | 0o755, &[][..], (0, 0)),
                 Node::File { mode, data } => (S_IFREG | mode, data.as_slice(), (0, 0)),
@@ -585,10 +612,10 @@ impl Initramfs {
             // Every directory is 0755: the ones that need other modes
             // (/tmp) are tmpfs mounts made at boot.
             let nlink = if matches!(node, Node::Dir) { 2 } else { 1 };
-            write_newc_entry(&mut out, ino as u32 + 1, mode, nlink, rdev, path, data);
+            write_newc_entry(&mut out, ino, mode, nlink, rdev, path, data)?;
         }
-        write_newc_entry(&mut out, 0, 0, 1, (0, 0), "TRAILER!!!", &[]);
-        out
+        write_newc_entry(&mut out, 0, 0, 1, (0, 0), "TRAILER!!!", &[])?;
+        Ok(out)
     }
 }
 
@@ -600,7 +627,8 @@ fn write_newc_entry(
     (rdev_major, rdev_minor): (u32, u32),
     name: &str,
     data: &[u8],
-) {
+) -> Result<()> {
+    let too_big = |_| anyhow!("{name} does not fit in a newc cpio archive (4 GiB limit)");
     let fields = [
         ino,
         mode,
@@ -608,12 +636,12 @@ fn write_newc_entry(
         0, // gid
         nlink,
         0, // mtime
-        data.len() as u32,
+        u32::try_from(data.len()).map_err(too_big)?,
         0, // devmajor
         0, // devminor
         rdev_major,
         rdev_minor,
-        name.len() as u32 + 1,
+        u32::try_from(name.len() + 1).map_err(too_big)?,
         0, // check
     ];
     out.extend_from_slice(b"070701");
@@ -625,12 +653,11 @@ fn write_newc_entry(
     pad4(out);
     out.extend_from_slice(data);
     pad4(out);
+    Ok(())
 }
 
 fn pad4(out: &mut Vec<u8>) {
-    while !out.len().is_multiple_of(4) {
-        out.push(0);
-    }
+    out.resize(out.len().next_multiple_of(4), 0);
 }
 
 fn gzip_to(data: &[u8], dest: &Path) -> Result<()> {
@@ -657,7 +684,7 @@ fn gzip_to(data: &[u8], dest: &Path) -> Result<()> {
 }
 
 /// Writes a world-readable copy: QEMU may run as an unprivileged user, while
-/// Debian installs /boot/vmlinuz-* mode 0600.
+/// kernels in /boot may be mode 0600.
 fn write_file(dest: &Path, data: &[u8]) -> Result<()> {
     let mut file =
         fs::File::create(dest).with_context(|| format!("cannot create {}", dest.display()))?;
@@ -809,6 +836,38 @@ kernel/drivers/char/hw_random/virtio-rng.ko: kernel/drivers/virtio/virtio.ko ker
     }
 
     #[test]
+    fn modules_are_decompressed_on_the_host() {
+        let dir = scratch_dir("modules");
+        let original = b"\x7fELF fake module body".repeat(100);
+        let plain = dir.join("m.ko");
+        fs::write(&plain, &original).unwrap();
+        assert_eq!(
+            read_module(&plain, "kernel/m.ko").unwrap(),
+            (original.clone(), "kernel/m.ko".to_string())
+        );
+        // gzip is required to build at all; xz and zstd only on kernels
+        // whose modules use them.
+        for (tool, ext) in [("gzip", "gz"), ("xz", "xz"), ("zstd", "zst")] {
+            let compressed = dir.join(format!("m.ko.{ext}"));
+            let Ok(status) = Command::new(tool)
+                .args(["-c", "-q"])
+                .arg(&plain)
+                .stdout(fs::File::create(&compressed).unwrap())
+                .status()
+            else {
+                eprintln!("{tool} is not installed: .ko.{ext} not tested");
+                continue;
+            };
+            assert!(status.success(), "{tool} failed");
+            let (data, rel) = read_module(&compressed, &format!("kernel/m.ko.{ext}")).unwrap();
+            assert_eq!(rel, "kernel/m.ko");
+            assert!(data == original, "{tool} round trip differs");
+        }
+        assert!(read_module(&plain, "kernel/m.o").is_err());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn versions_compare_numerically() {
         use std::cmp::Ordering::*;
         assert_eq!(
@@ -907,8 +966,8 @@ kernel/drivers/char/hw_random/virtio-rng.ko: kernel/drivers/virtio/virtio.ko ker
         root.file("etc/init.d/rcS", 0o755, b"abc".to_vec());
         root.symlink("init", "/bin/busybox");
         root.char_device("dev/console", 0o600, 5, 1);
-        let archive = root.to_newc();
-        assert_eq!(archive.len() % 4, 0);
+        let archive = root.to_newc().unwrap();
+        assert_eq!(archive.len(), archive.len().next_multiple_of(4));
 
         // Walk the archive back: names in order, parents before children.
         let mut names = Vec::new();
@@ -916,8 +975,9 @@ kernel/drivers/char/hw_random/virtio-rng.ko: kernel/drivers/virtio/virtio.ko ker
         loop {
             let header = std::str::from_utf8(&archive[at..at + 110]).unwrap();
             assert!(header.starts_with("070701"), "{header}");
-            let field = |i: usize| u32::from_str_radix(&header[6 + 8 * i..14 + 8 * i], 16).unwrap();
-            let (mode, size, namesize) = (field(1), field(6) as usize, field(11) as usize);
+            let field =
+                |i: usize| usize::from_str_radix(&header[6 + 8 * i..14 + 8 * i], 16).unwrap();
+            let (mode, size, namesize) = (field(1), field(6), field(11));
             let name = std::str::from_utf8(&archive[at + 110..at + 110 + namesize - 1]).unwrap();
             let data_at = (at + 110 + namesize).next_multiple_of(4);
             let data = &archive[data_at..data_at + size];
@@ -996,6 +1056,14 @@ kernel/drivers/char/hw_random/virtio-rng.ko: kernel/drivers/virtio/virtio.ko ker
     #[test]
     fn builds_and_boots_under_tcg() {
         let out_dir = scratch_dir("boot");
+        // Removes the 15 MB image even when an assertion fails.
+        struct RemoveOnDrop(PathBuf);
+        impl Drop for RemoveOnDrop {
+            fn drop(&mut self) {
+                let _ = fs::remove_dir_all(&self.0);
+            }
+        }
+        let _cleanup = RemoveOnDrop(out_dir.clone());
         let mut log = Vec::new();
         let image = build_tiny(
             &TinyBuildOptions {
@@ -1018,32 +1086,19 @@ kernel/drivers/char/hw_random/virtio-rng.ko: kernel/drivers/virtio/virtio.ko ker
             .collect();
         assert!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
 
+        // Serial console on stdio; -no-reboot so a crash ends QEMU instead of
+        // looping.
+        let fixed = "-accel tcg -m 512 -smp 1,maxcpus=4 -cpu max \
+                     -nodefaults -display none -serial stdio -no-reboot \
+                     -device virtio-balloon-pci -device pvpanic";
         let mut qemu = Command::new("qemu-system-x86_64")
-            .args([
-                "-accel",
-                "tcg",
-                "-m",
-                "512",
-                "-smp",
-                "1,maxcpus=4",
-                "-cpu",
-                "max",
-            ])
-            .args([
-                "-nodefaults",
-                "-display",
-                "none",
-                "-serial",
-                "stdio",
-                "-no-reboot",
-            ])
+            .args(fixed.split_whitespace())
             .arg("-kernel")
             .arg(&image.kernel)
             .arg("-initrd")
             .arg(&image.initrd)
             .arg("-append")
             .arg(format!("{} hostel.name=unit-test", image.cmdline))
-            .args(["-device", "virtio-balloon-pci", "-device", "pvpanic"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -1101,7 +1156,6 @@ kernel/drivers/char/hw_random/virtio-rng.ko: kernel/drivers/virtio/virtio.ko ker
         qemu.kill()
             .unwrap_or_else(|err| panic!("cannot kill qemu (pid {pid}): {err}"));
         let _ = qemu.wait();
-        fs::remove_dir_all(&out_dir).unwrap();
         if let Err(failure) = result {
             panic!("{failure}");
         }

@@ -34,6 +34,30 @@ async fn guest_poweroff_and_policies() {
 
     let mut c = d.console("off").await;
     c.wait_for(READY, BOOT).await;
+
+    // A guest that ignores the ACPI power button: shutdown times out and the VM goes on,
+    // unless --force, which stops it hard after the timeout.
+    c.run("kill $(cat /run/acpid.pid)").await;
+    let err = d.fails(&["shutdown", "off", "--timeout", "2"]);
+    assert!(
+        err.contains("did not power off within 2 s") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(d.state("off"), "running");
+    d.ok(&["shutdown", "off", "--timeout", "2", "--force"]);
+    let s = d.describe("off");
+    assert_eq!(s["state"], "stopped");
+    assert!(
+        s["state_reason"].as_str().unwrap().contains("forced off"),
+        "{s}"
+    );
+    assert!(d.qemu_pids().is_empty());
+
+    // Power-off from inside the guest.
+    // The console session stays attached across QEMU's restart.
+    let n = c.seen.matches(READY).count();
+    d.ok(&["start", "off"]);
+    c.wait_count(READY, n + 1, BOOT).await;
     c.send("poweroff\n").await;
     let s = d.wait_state("off", "stopped", Duration::from_secs(60));
     assert!(
