@@ -111,6 +111,12 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/vms/{id}/console-log", get(console_log))
         .route("/v1/save-header", post(save_header))
         .route("/v1/render", post(render))
+        .route(
+            "/v1/networks",
+            axum::routing::put(put_networks).get(get_networks),
+        )
+        .route("/v1/vms/{id}/nics", post(add_nic))
+        .route("/v1/vms/{id}/nics/remove", post(remove_nic))
         .route("/v1/disks", post(create_disk))
         .route("/v1/disks/delete", post(delete_disk))
         .route("/v1/images/build", post(build_image))
@@ -234,6 +240,37 @@ async fn save(State(s): S, Path(id): Path<String>, Json(req): Json<SaveRequest>)
     let vm = find(&s, &id)?;
     let _g = vm.op.lock().await;
     vm.save(&s, &req.path, &req.header).await?;
+    Ok(Json(vm.status(&s).await))
+}
+
+async fn put_networks(State(s): S, Json(state): Json<NetworksState>) -> R<()> {
+    let sh = s.clone();
+    tokio::task::spawn_blocking(move || sh.apply_networks(&state))
+        .await
+        .map_err(|e| AgentError::Internal(e.into()))??;
+    Ok(Json(()))
+}
+
+async fn get_networks(State(s): S) -> Json<NetworksState> {
+    Json(s.networks.lock().unwrap().clone())
+}
+
+async fn add_nic(State(s): S, Path(id): Path<String>, Json(nic): Json<NicSpec>) -> R<VmStatus> {
+    let vm = find(&s, &id)?;
+    let _g = vm.op.lock().await;
+    vm.add_nic(&s, nic).await?;
+    Ok(Json(vm.status(&s).await))
+}
+
+#[derive(Deserialize)]
+struct IdBody {
+    id: String,
+}
+
+async fn remove_nic(State(s): S, Path(id): Path<String>, Json(req): Json<IdBody>) -> R<VmStatus> {
+    let vm = find(&s, &id)?;
+    let _g = vm.op.lock().await;
+    vm.remove_nic(&s, &req.id).await?;
     Ok(Json(vm.status(&s).await))
 }
 

@@ -3,6 +3,7 @@
 
 pub mod console;
 mod http;
+mod net;
 pub mod vm;
 
 use anyhow::{anyhow, Context};
@@ -97,6 +98,10 @@ pub struct Shared {
     pub run_as: Option<RunAs>,
     accel: OnceCell<(Accel, String)>,
     pub qemu_version: String,
+    /// Port guards of the NICs of running VMs, by tap name.
+    guards: Mutex<HashMap<String, hostel_net::guard::Guard>>,
+    /// The network state last applied.
+    pub networks: Mutex<hostel_api::agent::NetworksState>,
 }
 
 impl Shared {
@@ -428,6 +433,8 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<Arc<Shared>> {
         run_as,
         accel: OnceCell::new(),
         qemu_version,
+        guards: Mutex::new(HashMap::new()),
+        networks: Mutex::new(Default::default()),
     });
     adopt_all(&shared).await;
     Ok(shared)

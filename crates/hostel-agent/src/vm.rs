@@ -143,6 +143,19 @@ impl VmRuntime {
             accel: shared.host_opts().await.accel,
             balloon_mib,
             vcpus: spec.vcpus,
+            nics: spec
+                .nics
+                .iter()
+                .map(|n| hostel_api::agent::NicStatus {
+                    id: n.id.clone(),
+                    tap: n.tap.clone(),
+                    drops: if state.has_process() {
+                        hostel_net::guard::drops(&n.tap)
+                    } else {
+                        None
+                    },
+                })
+                .collect(),
         }
     }
 
@@ -209,13 +222,22 @@ impl VmRuntime {
             l.generation
         };
         self.set_state(shared, VmState::Starting, None);
+        let taps = match shared.plug_nics(&spec) {
+            Ok(t) => t,
+            Err(e) => {
+                self.set_state(shared, VmState::Stopped, Some(e.to_string()));
+                return Err(e);
+            }
+        };
         let started = process::spawn(Launch {
             argv: &argv,
             log: &self.paths.log(),
             run_as: shared.run_as,
             incoming,
+            taps,
         })
         .map_err(|e| {
+            shared.unplug_guards(&spec);
             self.set_state(shared, VmState::Stopped, Some(format!("{e:#}")));
             AgentError::Internal(e)
         })?;
@@ -229,6 +251,7 @@ impl VmRuntime {
                 let log = tail_file(&self.paths.log(), 8);
                 let reason = format!("QEMU failed to start: {e:#}; {how}; log: {log}");
                 self.live.lock().unwrap().pid = None;
+                shared.unplug_guards(&spec);
                 self.set_state(shared, VmState::Stopped, Some(reason.clone()));
                 return Err(AgentError::Internal(anyhow!(reason)));
             }
@@ -323,6 +346,7 @@ impl VmRuntime {
             l.generation
         };
         *self.spec.lock().unwrap() = rt.spec.clone();
+        shared.adopt_guards(&rt.spec);
         let _ = self.console.attach(&self.paths.serial()).await;
         self.clone()
             .supervise(shared.clone(), qmp, generation, None);
@@ -418,6 +442,7 @@ impl VmRuntime {
         };
         let _ = std::fs::remove_file(self.paths.state());
         let spec = self.spec();
+        shared.unplug_guards(&spec);
         let (state, reason, restart) = match intent {
             Intent::Destroy => (VmState::Stopped, "destroyed".to_string(), false),
             Intent::Shutdown => (VmState::Stopped, "shut down".to_string(), false),
@@ -649,6 +674,96 @@ impl VmRuntime {
         }
         let mut spec = self.spec.lock().unwrap();
         spec.vcpus = n;
+        write_runtime_spec(&self.paths, &spec);
+        Ok(())
+    }
+
+    /// Hot-plugs a NIC into the running guest.
+    pub async fn add_nic(
+        &self,
+        shared: &Shared,
+        nic: hostel_api::agent::NicSpec,
+    ) -> Result<(), AgentError> {
+        let qmp = self.qmp()?;
+        if self.spec().nics.iter().any(|n| n.id == nic.id) {
+            return Err(AgentError::Conflict(format!(
+                "NIC {} is plugged in already",
+                nic.mac
+            )));
+        }
+        let fd = shared.plug_nic(&nic)?;
+        let name = format!("tap{}", nic.index);
+        let res = async {
+            qmp.execute_with_fd("getfd", json!({"fdname": name}), std::os::fd::AsRawFd::as_raw_fd(&fd))
+                .await?;
+            qmp.execute(
+                "netdev_add",
+                json!({"type": "tap", "id": format!("net{}", nic.index), "fd": name, "vhost": false}),
+            )
+            .await?;
+            // The first free hotplug port takes it (QEMU refuses a busy one).
+            let mut last = None;
+            for i in 0..hostel_qemu::argv::HOTPLUG_PORTS {
+                match qmp
+                    .execute(
+                        "device_add",
+                        json!({"driver": "virtio-net-pci", "netdev": format!("net{}", nic.index),
+                               "mac": nic.mac, "id": format!("nic{}", nic.index),
+                               "bus": hostel_qemu::argv::hotplug_port(i)}),
+                    )
+                    .await
+                {
+                    Ok(_) => return Ok(()),
+                    Err(e @ hostel_qemu::QmpError::Command { .. }) => last = Some(e),
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(last.unwrap_or(hostel_qemu::QmpError::Closed))
+        }
+        .await;
+        drop(fd);
+        if let Err(e) = res {
+            let _ = qmp
+                .execute("netdev_del", json!({"id": format!("net{}", nic.index)}))
+                .await;
+            shared.unplug_guard(&nic.tap);
+            return Err(e.into());
+        }
+        let mut spec = self.spec.lock().unwrap();
+        spec.nics.push(nic);
+        spec.nics.sort_by_key(|n| n.index);
+        write_runtime_spec(&self.paths, &spec);
+        Ok(())
+    }
+
+    /// Unplugs a NIC from the running guest (the guest releases it, then QEMU).
+    pub async fn remove_nic(&self, shared: &Shared, nic_id: &str) -> Result<(), AgentError> {
+        let qmp = self.qmp()?;
+        let Some(nic) = self.spec().nics.into_iter().find(|n| n.id == nic_id) else {
+            return Err(AgentError::NotFound(format!("no NIC {nic_id} on this VM")));
+        };
+        let mut events = qmp.events();
+        let dev = format!("nic{}", nic.index);
+        qmp.execute("device_del", json!({"id": dev})).await?;
+        let gone = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Ok(ev) = events.recv().await {
+                if ev.event == "DEVICE_DELETED" && ev.data["device"] == dev.as_str() {
+                    return;
+                }
+            }
+        })
+        .await;
+        if gone.is_err() {
+            return Err(AgentError::Timeout(
+                "the guest did not release the NIC within 30 s".into(),
+            ));
+        }
+        let _ = qmp
+            .execute("netdev_del", json!({"id": format!("net{}", nic.index)}))
+            .await;
+        shared.unplug_guard(&nic.tap);
+        let mut spec = self.spec.lock().unwrap();
+        spec.nics.retain(|n| n.id != nic_id);
         write_runtime_spec(&self.paths, &spec);
         Ok(())
     }

@@ -40,6 +40,66 @@ pub struct VmSpec {
     pub on_poweroff: Policy,
     pub on_reboot: Policy,
     pub on_crash: Policy,
+    #[serde(default)]
+    pub nics: Vec<NicSpec>,
+}
+
+/// A VM's network interface: a tap on the network's bridge, guarded to its addresses.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NicSpec {
+    pub id: String,
+    pub index: u32,
+    pub mac: String,
+    pub ipv4: String,
+    pub ipv6: Option<String>,
+    pub bridge: String,
+    pub tap: String,
+}
+
+/// One network as a host runs it: bridge, dnsmasq, NAT.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NetworkSpec {
+    pub id: String,
+    pub name: String,
+    pub bridge: String,
+    pub cidr: String,
+    pub gateway: String,
+    pub mode: hostel_model::net::NetMode,
+    pub uplink: Option<String>,
+    pub domain: Option<String>,
+    pub ipv6_prefix: Option<String>,
+    pub hosts: Vec<NetHost>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NetHost {
+    pub name: String,
+    pub mac: String,
+    pub ipv4: String,
+    pub ipv6: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ForwardSpec {
+    pub proto: String,
+    pub host_port: u16,
+    pub ip: String,
+    pub guest_port: u16,
+}
+
+/// Everything network-related a host should run; the agent converges to it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct NetworksState {
+    pub networks: Vec<NetworkSpec>,
+    pub forwards: Vec<ForwardSpec>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NicStatus {
+    pub id: String,
+    pub tap: String,
+    /// Frames the port guard dropped.
+    pub drops: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -63,6 +123,8 @@ pub struct VmStatus {
     /// The balloon's actual size, when the guest's driver reports one.
     pub balloon_mib: Option<u64>,
     pub vcpus: u32,
+    #[serde(default)]
+    pub nics: Vec<NicStatus>,
 }
 
 /// One change of state, streamed as a JSON line on `GET /v1/events`.

@@ -33,6 +33,10 @@ pub struct CreateVmRequest {
     pub on_reboot: Policy,
     #[serde(default)]
     pub on_crash: Policy,
+    /// NICs to give the VM. Absent: one NIC on the network named `default`, if there is
+    /// one. Empty: no NIC.
+    #[serde(default)]
+    pub nics: Option<Vec<NicRequest>>,
 }
 
 fn default_memory() -> u64 {
@@ -113,6 +117,7 @@ pub struct Vm {
     pub vcpus: VcpuView,
     pub qemu: QemuView,
     pub disks: Vec<DiskView>,
+    pub nics: Vec<Nic>,
     pub boot: BootView,
     pub policies: PoliciesView,
     /// The file a saved VM's memory state is in.
@@ -234,4 +239,93 @@ pub struct Task {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct LogLines {
     pub lines: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreateNetworkRequest {
+    pub name: String,
+    /// IPv4 network, e.g. `10.20.0.0/24`.
+    pub cidr: String,
+    /// Defaults to the network's first host address.
+    #[serde(default)]
+    pub gateway: Option<String>,
+    #[serde(default)]
+    pub mode: hostel_model::net::NetMode,
+    /// NAT: masquerade out of this interface only; bridged: the interface put on the bridge.
+    #[serde(default)]
+    pub uplink: Option<String>,
+    /// DNS domain: VMs answer as NAME.DOMAIN.
+    #[serde(default)]
+    pub domain: Option<String>,
+    /// An IPv6 /64: NICs get the address SLAAC derives from their MAC.
+    #[serde(default)]
+    pub ipv6: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Network {
+    pub name: String,
+    pub cidr: String,
+    pub gateway: String,
+    pub mode: hostel_model::net::NetMode,
+    pub uplink: Option<String>,
+    pub domain: Option<String>,
+    pub ipv6: Option<String>,
+    /// The bridge on each host.
+    pub bridge: String,
+    /// VMs with a NIC on this network.
+    pub used_by: Vec<String>,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NicRequest {
+    pub network: String,
+    #[serde(default)]
+    pub ip: Option<String>,
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Nic {
+    pub id: String,
+    pub index: u32,
+    pub network: String,
+    pub mac: String,
+    pub ip: String,
+    pub ipv6: Option<String>,
+    /// NAME.DOMAIN when the network has a domain.
+    pub dns_name: Option<String>,
+    pub tap: String,
+    /// Frames the port guard dropped (anti-spoofing), while the VM runs.
+    pub drops: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RemoveNicRequest {
+    /// The NIC's MAC address or index.
+    pub nic: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PortForwardRequest {
+    pub host_port: u16,
+    pub guest_port: u16,
+    /// `tcp` (default) or `udp`.
+    #[serde(default = "tcp")]
+    pub proto: String,
+}
+
+fn tcp() -> String {
+    "tcp".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PortForward {
+    pub vm: String,
+    pub proto: String,
+    pub host_port: u16,
+    pub guest_port: u16,
+    pub ip: String,
 }

@@ -98,6 +98,21 @@ impl AgentClient {
         Self::decode(resp).await
     }
 
+    pub async fn put<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        let resp = self
+            .http
+            .put(format!("{}{path}", self.url))
+            .json(body)
+            .send()
+            .await
+            .with_context(|| format!("reaching the agent at {}", self.url))?;
+        Self::decode(resp).await
+    }
+
     pub async fn facts(&self) -> anyhow::Result<HostFacts> {
         self.get("/v1/host").await
     }

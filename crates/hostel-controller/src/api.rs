@@ -127,7 +127,9 @@ type R<T> = Result<Json<T>, ApiError>;
     paths(
         info, list_vms, create_vm, get_vm, delete_vm, start_vm, reboot_vm, pause_vm,
         unpause_vm, destroy_vm, shutdown_vm, mem_set, vcpu_set, save_vm, restore_vm,
-        console, dmesg, list_images, build_image, import_image, delete_image, get_task
+        console, dmesg, list_images, build_image, import_image, delete_image, get_task,
+        list_networks, create_network, get_network, delete_network, list_nics, add_nic,
+        remove_nic, list_forwards, add_forward, remove_forward
     ),
     components(schemas(ErrorBody)),
     modifiers(&BearerAuth),
@@ -177,6 +179,21 @@ pub fn router(c: Arc<Controller>) -> Router {
         .route("/api/v1/images/import", post(import_image))
         .route("/api/v1/images/{name}", axum::routing::delete(delete_image))
         .route("/api/v1/tasks/{id}", get(get_task))
+        .route("/api/v1/networks", get(list_networks).post(create_network))
+        .route(
+            "/api/v1/networks/{name}",
+            get(get_network).delete(delete_network),
+        )
+        .route("/api/v1/vms/{name}/nics", get(list_nics).post(add_nic))
+        .route("/api/v1/vms/{name}/nics/remove", post(remove_nic))
+        .route(
+            "/api/v1/vms/{name}/port-forwards",
+            get(list_forwards).post(add_forward),
+        )
+        .route(
+            "/api/v1/vms/{name}/port-forwards/remove",
+            post(remove_forward),
+        )
         .route_layer(axum::middleware::from_fn_with_state(c.clone(), auth));
     Router::new()
         .route(
@@ -447,4 +464,95 @@ async fn delete_image(State(c): S, Path(name): Path<String>) -> Result<StatusCod
     responses((status = 200, body = Task), (status = 404, body = ErrorBody)))]
 async fn get_task(State(c): S, Path(id): Path<String>) -> R<Task> {
     Ok(Json(c.task(&id).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/networks", responses((status = 200, body = Vec<Network>)))]
+async fn list_networks(State(c): S) -> R<Vec<Network>> {
+    let mut out = Vec::new();
+    for n in c.store.networks().await? {
+        out.push(c.network_view(n).await?);
+    }
+    Ok(Json(out))
+}
+
+#[utoipa::path(post, path = "/api/v1/networks", request_body = CreateNetworkRequest,
+    responses((status = 201, body = Network), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn create_network(
+    State(c): S,
+    Json(req): Json<CreateNetworkRequest>,
+) -> Result<(StatusCode, Json<Network>), ApiError> {
+    Ok((StatusCode::CREATED, Json(c.create_network(req).await?)))
+}
+
+#[utoipa::path(get, path = "/api/v1/networks/{name}", params(("name" = String, Path)),
+    responses((status = 200, body = Network), (status = 404, body = ErrorBody)))]
+async fn get_network(State(c): S, Path(name): Path<String>) -> R<Network> {
+    let n = c
+        .store
+        .network_by_name(&name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("there is no network named {name:?}")))?;
+    Ok(Json(c.network_view(n).await?))
+}
+
+#[utoipa::path(delete, path = "/api/v1/networks/{name}", params(("name" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn delete_network(State(c): S, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    c.delete_network(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/api/v1/vms/{name}/nics", params(("name" = String, Path)),
+    responses((status = 200, body = Vec<Nic>), (status = 404, body = ErrorBody)))]
+async fn list_nics(State(c): S, Path(name): Path<String>) -> R<Vec<Nic>> {
+    Ok(Json(c.list_nics(&name).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/vms/{name}/nics", params(("name" = String, Path)), request_body = NicRequest,
+    responses((status = 201, body = Nic), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn add_nic(
+    State(c): S,
+    Path(name): Path<String>,
+    Json(req): Json<NicRequest>,
+) -> Result<(StatusCode, Json<Nic>), ApiError> {
+    Ok((StatusCode::CREATED, Json(c.add_nic(&name, req).await?)))
+}
+
+#[utoipa::path(post, path = "/api/v1/vms/{name}/nics/remove", params(("name" = String, Path)), request_body = RemoveNicRequest,
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn remove_nic(
+    State(c): S,
+    Path(name): Path<String>,
+    Json(req): Json<RemoveNicRequest>,
+) -> Result<StatusCode, ApiError> {
+    c.remove_nic(&name, &req.nic).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/api/v1/vms/{name}/port-forwards", params(("name" = String, Path)),
+    responses((status = 200, body = Vec<PortForward>)))]
+async fn list_forwards(State(c): S, Path(name): Path<String>) -> R<Vec<PortForward>> {
+    c.vm_named(&name).await?;
+    Ok(Json(c.forwards(Some(&name)).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/vms/{name}/port-forwards", params(("name" = String, Path)), request_body = PortForwardRequest,
+    responses((status = 201, body = PortForward), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn add_forward(
+    State(c): S,
+    Path(name): Path<String>,
+    Json(req): Json<PortForwardRequest>,
+) -> Result<(StatusCode, Json<PortForward>), ApiError> {
+    Ok((StatusCode::CREATED, Json(c.add_forward(&name, req).await?)))
+}
+
+#[utoipa::path(post, path = "/api/v1/vms/{name}/port-forwards/remove", params(("name" = String, Path)), request_body = PortForwardRequest,
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn remove_forward(
+    State(c): S,
+    Path(name): Path<String>,
+    Json(req): Json<PortForwardRequest>,
+) -> Result<StatusCode, ApiError> {
+    c.remove_forward(&name, req).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

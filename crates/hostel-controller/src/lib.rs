@@ -3,6 +3,7 @@
 
 pub mod agent_client;
 mod api;
+mod netops;
 mod ops;
 
 use agent_client::AgentClient;
@@ -14,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use api::{openapi_json, router, ApiError};
+pub use netops::{DEFAULT_CIDR, DEFAULT_NETWORK};
 
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
@@ -122,6 +124,14 @@ impl Controller {
             if conn_rx.await.is_ok() {
                 if let Err(e) = self.reconcile(&host, &agent).await {
                     tracing::warn!(%host, "reconcile failed: {e:#}");
+                }
+                match self.networks_state().await {
+                    Ok(state) => {
+                        if let Err(e) = agent.put::<_, ()>("/v1/networks", &state).await {
+                            tracing::warn!(%host, "setting up networks failed: {e:#}");
+                        }
+                    }
+                    Err(e) => tracing::warn!("{}", e.body.message),
                 }
                 if let Some(r) = ready.take() {
                     let _ = r.send(());

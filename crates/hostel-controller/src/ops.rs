@@ -74,6 +74,13 @@ impl Controller {
             on_poweroff: policy(&vm.on_poweroff),
             on_reboot: policy(&vm.on_reboot),
             on_crash: policy(&vm.on_crash),
+            nics: self
+                .store
+                .nics_of(&vm.id)
+                .await?
+                .iter()
+                .map(Self::nic_spec)
+                .collect(),
         })
     }
 
@@ -152,6 +159,7 @@ impl Controller {
                         .and_then(|i| images_by_id.get(i).cloned()),
                 })
                 .collect(),
+            nics: self.nic_views(vm, status.as_ref()).await?,
             boot: match &spec.boot {
                 Boot::DirectKernel {
                     kernel,
@@ -241,6 +249,28 @@ impl Controller {
         }
         let agent = self.agent(&host).expect("placed on a connected host");
         let vm_id = new_id("vm");
+        let nic_reqs = match &req.nics {
+            Some(n) => n.clone(),
+            None => match self.store.network_by_name(crate::DEFAULT_NETWORK).await? {
+                Some(_) => vec![NicRequest {
+                    network: crate::DEFAULT_NETWORK.into(),
+                    ip: None,
+                    mac: None,
+                }],
+                None => Vec::new(),
+            },
+        };
+        let mut nics: Vec<hostel_store::NicRecord> = Vec::new();
+        for (i, r) in nic_reqs.iter().enumerate() {
+            let planned = self.plan_nic(&vm_id, i as u32, r, &nics).await?;
+            if let Some(dup) = nics.iter().find(|n| n.mac == planned.mac) {
+                return Err(ApiError::conflict_field(
+                    "mac",
+                    format!("MAC {} is given twice", dup.mac),
+                ));
+            }
+            nics.push(planned);
+        }
         // The disk: an overlay of a disk image (at least the image's size), or a blank one.
         let mut disk_plan: Option<wire::CreateDiskRequest> = None;
         if image.kind == ImageKind::Disk.as_str() {
@@ -319,6 +349,26 @@ impl Controller {
             }
             return Err(e.into());
         }
+        for nic in &nics {
+            if let Err(e) = self.store.insert_nic(nic).await {
+                let _ = self.store.delete_vm(&vm_id).await;
+                self.remove_disk_files(&agent, &disks).await;
+                if hostel_store::is_unique_violation(&e) {
+                    return Err(ApiError::conflict(
+                        "an IP or MAC was taken meanwhile; nothing was created: try again".into(),
+                    ));
+                }
+                return Err(e.into());
+            }
+        }
+        if !nics.is_empty() {
+            if let Err(e) = self.sync_networks().await {
+                let _ = self.store.delete_vm(&vm_id).await;
+                self.remove_disk_files(&agent, &disks).await;
+                let _ = self.sync_networks().await;
+                return Err(e.context("setting up the VM's network failed, so nothing was kept"));
+            }
+        }
         let op = self.store.begin_operation(Some(&vm_id), "create").await?;
         if req.start {
             let lock = self.vm_lock(&vm_id);
@@ -330,6 +380,7 @@ impl Controller {
                     .await;
                 let _ = self.store.delete_vm(&vm_id).await;
                 self.remove_disk_files(&agent, &disks).await;
+                let _ = self.sync_networks().await;
                 return Err(
                     e.context("the VM was created but could not start, so nothing was kept")
                 );
@@ -569,9 +620,13 @@ impl Controller {
             .post::<_, ()>(&format!("/v1/vms/{}/forget", vm.id), &serde_json::json!({}))
             .await?;
         // Rows first, then files: a disk file is never removed while a row points to it.
+        let had_nics = !self.store.nics_of(&vm.id).await?.is_empty();
         self.store.delete_vm(&vm.id).await?;
         self.remove_disk_files(&agent, &disks).await;
         self.locks.lock().unwrap().remove(&vm.id);
+        if had_nics {
+            self.sync_networks().await?;
+        }
         Ok(())
     }
 

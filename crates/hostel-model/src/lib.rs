@@ -3,6 +3,8 @@
 //! Every validation error names the field that is wrong and says what would work, so
 //! the API and the CLI can pass it to the user unchanged.
 
+pub mod net;
+
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use utoipa::ToSchema;

@@ -69,6 +69,23 @@ pub struct HostOptions {
     pub strict_sandbox: bool,
 }
 
+/// How many devices can be hot-plugged into one QEMU run.
+pub const HOTPLUG_PORTS: u32 = 4;
+
+pub fn hotplug_port(i: u32) -> String {
+    format!("hp{i}")
+}
+
+/// Tap descriptors are handed to QEMU from this number on, one per NIC in order.
+pub const FIRST_NIC_FD: i32 = 4;
+
+pub fn nic_device(nic: &hostel_api::agent::NicSpec) -> String {
+    format!(
+        "virtio-net-pci,netdev=net{},mac={},id=nic{}",
+        nic.index, nic.mac, nic.index
+    )
+}
+
 /// The kernel command line parameter that tells a Hostel guest its name.
 pub const NAME_PARAM: &str = "hostel.name";
 
@@ -164,6 +181,25 @@ pub fn render(
             ),
         ]);
     }
+    for (i, nic) in spec.nics.iter().enumerate() {
+        push(&[
+            "-netdev",
+            &format!(
+                "tap,id=net{},fd={},vhost=off",
+                nic.index,
+                FIRST_NIC_FD + i as i32
+            ),
+        ]);
+        push(&["-device", &nic_device(nic)]);
+    }
+    // q35's root bus takes no hotplug: spare PCIe root ports give hot-plugged devices
+    // (NICs, disks) a place.
+    for i in 0..HOTPLUG_PORTS {
+        push(&[
+            "-device",
+            &format!("pcie-root-port,id={},chassis={}", hotplug_port(i), i + 1),
+        ]);
+    }
     push(&["-device", "virtio-balloon-pci,id=balloon0"]);
     push(&["-device", "pvpanic"]);
     push(&["-vga", "std"]);
@@ -252,6 +288,15 @@ mod tests {
             on_poweroff: Policy::Destroy,
             on_reboot: Policy::Restart,
             on_crash: Policy::Destroy,
+            nics: vec![hostel_api::agent::NicSpec {
+                id: "nic-1".into(),
+                index: 0,
+                mac: "52:54:00:00:00:01".into(),
+                ipv4: "10.0.0.2".into(),
+                ipv6: None,
+                bridge: "hbr1".into(),
+                tap: "htp1".into(),
+            }],
         }
     }
 
@@ -292,6 +337,10 @@ mod tests {
             ["unix:/run/h/vm-1/qmp.sock,server=on,wait=off"]
         );
         assert_eq!(after(&argv, "-vnc"), ["unix:/run/h/vm-1/vnc.sock"]);
+        assert_eq!(after(&argv, "-netdev"), ["tap,id=net0,fd=4,vhost=off"]);
+        assert!(
+            argv.contains(&"virtio-net-pci,netdev=net0,mac=52:54:00:00:00:01,id=nic0".to_string())
+        );
         assert!(after(&argv, "-sandbox")[0].contains("elevateprivileges=deny"));
         assert!(after(&argv, "-blockdev")[0].contains("filename=/d/a,,b.qcow2"));
         assert!(!argv.iter().any(|a| a == "-incoming"));

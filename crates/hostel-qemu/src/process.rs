@@ -41,6 +41,8 @@ pub struct Launch<'a> {
     pub run_as: Option<RunAs>,
     /// Handed to QEMU as fd 3 (for `-incoming fd:3`).
     pub incoming: Option<OwnedFd>,
+    /// Tap descriptors, handed to QEMU as fds FIRST_NIC_FD, FIRST_NIC_FD + 1, ...
+    pub taps: Vec<OwnedFd>,
 }
 
 /// A started QEMU: its pid and a future that resolves with its exit status.
@@ -63,6 +65,7 @@ pub fn spawn(l: Launch<'_>) -> anyhow::Result<Started> {
         .stderr(log)
         .current_dir("/");
     let incoming = l.incoming.as_ref().map(|f| f.as_raw_fd());
+    let taps: Vec<i32> = l.taps.iter().map(|f| f.as_raw_fd()).collect();
     let run_as = l.run_as;
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
@@ -70,12 +73,32 @@ pub fn spawn(l: Launch<'_>) -> anyhow::Result<Started> {
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            // Move every descriptor QEMU gets above the target numbers first, so that
+            // placing one never overwrites another, then put each in place.
+            let mut sources = [-1i32; 65];
+            let mut targets = [-1i32; 65];
+            let mut n = 0;
             if let Some(fd) = incoming {
-                if fd != INCOMING_FD && libc::dup2(fd, INCOMING_FD) < 0 {
+                sources[n] = fd;
+                targets[n] = INCOMING_FD;
+                n += 1;
+            }
+            for (i, fd) in taps.iter().enumerate().take(64) {
+                sources[n] = *fd;
+                targets[n] = crate::argv::FIRST_NIC_FD + i as i32;
+                n += 1;
+            }
+            for src in sources.iter_mut().take(n) {
+                *src = libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, 100);
+                if *src < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                let flags = libc::fcntl(INCOMING_FD, libc::F_GETFD);
-                libc::fcntl(INCOMING_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            }
+            for i in 0..n {
+                // dup2 clears FD_CLOEXEC on the new descriptor.
+                if libc::dup2(sources[i], targets[i]) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             if let Some(u) = run_as {
                 if libc::setgroups(0, std::ptr::null()) < 0
@@ -92,6 +115,7 @@ pub fn spawn(l: Launch<'_>) -> anyhow::Result<Started> {
         .spawn()
         .with_context(|| format!("starting {}", l.argv[0]))?;
     drop(l.incoming);
+    drop(l.taps);
     let pid = child.id();
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()

@@ -5,6 +5,7 @@
 //! BIGINT columns, timestamps as RFC 3339 text, no engine-specific functions.
 
 mod migrations;
+mod net;
 
 use anyhow::{Context, Result};
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -12,6 +13,7 @@ use sqlx::{AnyPool, Row};
 use std::time::Duration;
 
 pub use migrations::MIGRATIONS;
+pub use net::{ForwardRecord, NetworkRecord, NicRecord};
 
 #[derive(Clone)]
 pub struct Store {
@@ -116,10 +118,10 @@ pub struct OperationRecord {
     pub finished_at: Option<String>,
 }
 
-fn u64_of(row: &AnyRow, col: &str) -> Result<u64> {
+pub(crate) fn u64_of(row: &AnyRow, col: &str) -> Result<u64> {
     Ok(row.try_get::<i64, _>(col)? as u64)
 }
-fn opt_str(row: &AnyRow, col: &str) -> Result<Option<String>> {
+pub(crate) fn opt_str(row: &AnyRow, col: &str) -> Result<Option<String>> {
     Ok(row.try_get::<Option<String>, _>(col)?)
 }
 
@@ -264,6 +266,10 @@ impl Store {
         let store = Store { pool, sqlite };
         store.migrate().await?;
         Ok(store)
+    }
+
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
     }
 
     pub fn is_sqlite(&self) -> bool {
@@ -559,6 +565,8 @@ impl Store {
     pub async fn delete_vm(&self, id: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         for q in [
+            "DELETE FROM port_forwards WHERE vm_id = $1",
+            "DELETE FROM nics WHERE vm_id = $1",
             "DELETE FROM disks WHERE vm_id = $1",
             "DELETE FROM operations WHERE vm_id = $1",
         ] {

@@ -1,8 +1,9 @@
 //! Schema migrations, applied in order. Never edit a released one: add another.
 //! Portable DDL only (TEXT, BIGINT, DOUBLE PRECISION), valid on SQLite and PostgreSQL.
 
-pub const MIGRATIONS: &[&[&str]] = &[&[
-    "CREATE TABLE hosts (
+pub const MIGRATIONS: &[&[&str]] = &[
+    &[
+        "CREATE TABLE hosts (
         id TEXT PRIMARY KEY,
         name TEXT NOT NULL UNIQUE,
         url TEXT NOT NULL,
@@ -14,7 +15,7 @@ pub const MIGRATIONS: &[&[&str]] = &[&[
         kernel TEXT NOT NULL,
         last_seen TEXT NOT NULL
     )",
-    "CREATE TABLE images (
+        "CREATE TABLE images (
         id TEXT PRIMARY KEY,
         name TEXT NOT NULL UNIQUE,
         kind TEXT NOT NULL,
@@ -28,7 +29,7 @@ pub const MIGRATIONS: &[&[&str]] = &[&[
         host_id TEXT NOT NULL REFERENCES hosts(id),
         created_at TEXT NOT NULL
     )",
-    "CREATE TABLE vms (
+        "CREATE TABLE vms (
         id TEXT PRIMARY KEY,
         name TEXT NOT NULL UNIQUE,
         host_id TEXT REFERENCES hosts(id),
@@ -47,7 +48,7 @@ pub const MIGRATIONS: &[&[&str]] = &[&[
         created_at TEXT NOT NULL,
         updated_at TEXT NOT NULL
     )",
-    "CREATE TABLE disks (
+        "CREATE TABLE disks (
         id TEXT PRIMARY KEY,
         vm_id TEXT NOT NULL REFERENCES vms(id),
         idx BIGINT NOT NULL,
@@ -57,7 +58,7 @@ pub const MIGRATIONS: &[&[&str]] = &[&[
         image_id TEXT REFERENCES images(id),
         UNIQUE (vm_id, idx)
     )",
-    "CREATE TABLE tasks (
+        "CREATE TABLE tasks (
         id TEXT PRIMARY KEY,
         kind TEXT NOT NULL,
         target TEXT NOT NULL,
@@ -68,7 +69,7 @@ pub const MIGRATIONS: &[&[&str]] = &[&[
         created_at TEXT NOT NULL,
         updated_at TEXT NOT NULL
     )",
-    "CREATE TABLE operations (
+        "CREATE TABLE operations (
         id TEXT PRIMARY KEY,
         vm_id TEXT REFERENCES vms(id),
         kind TEXT NOT NULL,
@@ -77,5 +78,39 @@ pub const MIGRATIONS: &[&[&str]] = &[&[
         started_at TEXT NOT NULL,
         finished_at TEXT
     )",
-    "CREATE INDEX operations_vm ON operations (vm_id)",
-]];
+        "CREATE INDEX operations_vm ON operations (vm_id)",
+    ],
+    &[
+        "CREATE TABLE networks (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            cidr TEXT NOT NULL UNIQUE,
+            gateway TEXT NOT NULL,
+            mode TEXT NOT NULL,
+            uplink TEXT,
+            domain TEXT,
+            ipv6_prefix TEXT,
+            created_at TEXT NOT NULL
+        )",
+        "CREATE TABLE nics (
+            id TEXT PRIMARY KEY,
+            vm_id TEXT NOT NULL REFERENCES vms(id),
+            network_id TEXT NOT NULL REFERENCES networks(id),
+            idx BIGINT NOT NULL,
+            mac TEXT NOT NULL UNIQUE,
+            ip TEXT NOT NULL,
+            ipv6 TEXT,
+            UNIQUE (network_id, ip),
+            UNIQUE (vm_id, idx)
+        )",
+        "CREATE TABLE port_forwards (
+            id TEXT PRIMARY KEY,
+            vm_id TEXT NOT NULL REFERENCES vms(id),
+            nic_id TEXT NOT NULL REFERENCES nics(id),
+            proto TEXT NOT NULL,
+            host_port BIGINT NOT NULL,
+            guest_port BIGINT NOT NULL,
+            UNIQUE (proto, host_port)
+        )",
+    ],
+];

@@ -20,6 +20,8 @@ pub struct UpOptions {
     pub qemu_user: String,
     pub qemu_binary: String,
     pub client_config: PathBuf,
+    /// Create (and run) the `default` NAT network.
+    pub default_network: bool,
 }
 
 pub fn default_data_dir() -> PathBuf {
@@ -193,6 +195,11 @@ pub async fn up(opts: UpOptions) -> Result<()> {
     )?;
     let host = controller.add_host(agent).await?;
     tracing::info!(%host, agent = %agent_addr, "local agent registered");
+    if opts.default_network {
+        if let Err(e) = controller.ensure_default_network().await {
+            tracing::error!("cannot set up the default network: {}", e.body.message);
+        }
+    }
 
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await

@@ -52,6 +52,9 @@ enum Cmd {
         qemu_user: String,
         #[arg(long, default_value = "qemu-system-x86_64")]
         qemu_binary: String,
+        /// Do not create the `default` NAT network.
+        #[arg(long)]
+        no_default_network: bool,
     },
     /// List VMs.
     List {
@@ -84,6 +87,18 @@ enum Cmd {
         on_reboot: String,
         #[arg(long, default_value = "destroy")]
         on_crash: String,
+        /// A NIC on this network (repeatable). Without it: one NIC on `default`.
+        #[arg(long = "network")]
+        networks: Vec<String>,
+        /// The IP of the NIC given by the --network in the same position.
+        #[arg(long = "ip")]
+        ips: Vec<String>,
+        /// The MAC of the NIC given by the --network in the same position.
+        #[arg(long = "mac")]
+        macs: Vec<String>,
+        /// No NIC at all.
+        #[arg(long, conflicts_with = "networks")]
+        no_network: bool,
         #[arg(short, long, value_enum, default_value = "table")]
         output: Table2Json,
     },
@@ -139,8 +154,106 @@ enum Cmd {
     /// Images VMs boot from.
     #[command(subcommand)]
     Image(ImageCmd),
+    /// Networks VMs attach to (DHCP, DNS, NAT, port guards).
+    #[command(subcommand)]
+    Network(NetworkCmd),
+    /// A VM's network interfaces.
+    #[command(subcommand)]
+    Nic(NicCmd),
+    /// Host ports forwarded to a VM on a NAT network.
+    #[command(subcommand, name = "port-forward")]
+    PortForward(ForwardCmd),
     /// Print the OpenAPI document of the REST API.
     Openapi,
+}
+
+#[derive(Subcommand)]
+enum NetworkCmd {
+    Create {
+        name: String,
+        #[arg(long)]
+        cidr: String,
+        #[arg(long)]
+        gateway: Option<String>,
+        #[arg(long, default_value = "nat")]
+        mode: String,
+        #[arg(long)]
+        uplink: Option<String>,
+        #[arg(long)]
+        domain: Option<String>,
+        /// An IPv6 /64 prefix.
+        #[arg(long)]
+        ipv6: Option<String>,
+    },
+    List {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Table2Json,
+    },
+    Describe {
+        name: String,
+        #[arg(short, long, value_enum, default_value = "yaml")]
+        output: Yaml2Json,
+    },
+    /// Delete a network no NIC uses.
+    Delete { name: String },
+}
+
+#[derive(Subcommand)]
+enum NicCmd {
+    /// Add a NIC (hot-plugged when the VM runs).
+    Add {
+        vm: String,
+        #[arg(long)]
+        network: String,
+        #[arg(long)]
+        ip: Option<String>,
+        #[arg(long)]
+        mac: Option<String>,
+    },
+    /// Remove a NIC, given by MAC or index (hot-unplugged when the VM runs).
+    Remove { vm: String, nic: String },
+    /// NICs with MAC, IP, DNS name and the port guard's drop counter.
+    List {
+        vm: String,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Table2Json,
+    },
+}
+
+#[derive(Subcommand)]
+enum ForwardCmd {
+    /// HOSTPORT:GUESTPORT[/tcp|udp]
+    Add {
+        vm: String,
+        spec: String,
+    },
+    Remove {
+        vm: String,
+        spec: String,
+    },
+    List {
+        vm: String,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Table2Json,
+    },
+}
+
+fn parse_forward(spec: &str) -> Result<PortForwardRequest> {
+    let (ports, proto) = match spec.split_once('/') {
+        Some((p, proto)) => (p, proto.to_string()),
+        None => (spec, "tcp".to_string()),
+    };
+    let bad = || {
+        anyhow::anyhow!(
+            "{spec:?} is not a port forward: write HOSTPORT:GUESTPORT[/tcp|udp], like 8080:80/tcp"
+        )
+    };
+    let (h, g) = ports.split_once(':').ok_or_else(bad)?;
+    Ok(PortForwardRequest {
+        host_port: h.parse().map_err(|_| bad())?,
+        guest_port: g.parse().map_err(|_| bad())?,
+        proto,
+    })
 }
 
 #[derive(Subcommand)]
@@ -259,6 +372,7 @@ async fn run(cli: Cli) -> Result<()> {
         accel,
         qemu_user,
         qemu_binary,
+        no_default_network,
     } = cli.cmd
     {
         return daemon::up(daemon::UpOptions {
@@ -268,6 +382,7 @@ async fn run(cli: Cli) -> Result<()> {
             qemu_user,
             qemu_binary,
             client_config: client::config_path(),
+            default_network: !no_default_network,
         })
         .await;
     }
@@ -299,9 +414,34 @@ async fn run(cli: Cli) -> Result<()> {
             on_poweroff,
             on_reboot,
             on_crash,
+            networks,
+            ips,
+            macs,
+            no_network,
             output,
         } => {
+            if ips.len() > networks.len() || macs.len() > networks.len() {
+                bail!("each --ip and --mac belongs to a --network before it: give one --network per NIC");
+            }
+            let nics = if no_network {
+                Some(Vec::new())
+            } else if networks.is_empty() {
+                None
+            } else {
+                Some(
+                    networks
+                        .iter()
+                        .enumerate()
+                        .map(|(i, n)| NicRequest {
+                            network: n.clone(),
+                            ip: ips.get(i).cloned(),
+                            mac: macs.get(i).cloned(),
+                        })
+                        .collect(),
+                )
+            };
             let req = CreateVmRequest {
+                nics,
                 name,
                 image,
                 memory_mib: parse_size_mib("memory", &memory)?,
@@ -449,6 +589,161 @@ async fn run(cli: Cli) -> Result<()> {
                 Table2Json::Table => log.lines.iter().for_each(|l| println!("{l}")),
             }
         }
+        Cmd::Network(cmd) => match cmd {
+            NetworkCmd::Create {
+                name,
+                cidr,
+                gateway,
+                mode,
+                uplink,
+                domain,
+                ipv6,
+            } => {
+                let n: Network = api
+                    .post(
+                        "/api/v1/networks",
+                        &CreateNetworkRequest {
+                            name,
+                            cidr,
+                            gateway,
+                            mode: hostel_model::net::NetMode::parse("mode", &mode)?,
+                            uplink,
+                            domain,
+                            ipv6,
+                        },
+                    )
+                    .await?;
+                println!(
+                    "created network {} ({}, bridge {})",
+                    n.name, n.cidr, n.bridge
+                );
+            }
+            NetworkCmd::List { output } => {
+                let nets: Vec<Network> = api.get("/api/v1/networks").await?;
+                match output {
+                    Table2Json::Json => print_json(&nets)?,
+                    Table2Json::Table => {
+                        let mut t = Table::new();
+                        t.load_preset(NOTHING);
+                        t.set_header([
+                            "NAME", "CIDR", "GATEWAY", "MODE", "DOMAIN", "BRIDGE", "USED BY",
+                        ]);
+                        for n in nets {
+                            t.add_row([
+                                n.name,
+                                n.cidr,
+                                n.gateway,
+                                n.mode.as_str().to_string(),
+                                n.domain.unwrap_or_default(),
+                                n.bridge,
+                                n.used_by.join(","),
+                            ]);
+                        }
+                        println!("{t}");
+                    }
+                }
+            }
+            NetworkCmd::Describe { name, output } => {
+                let n: Network = api.get(&format!("/api/v1/networks/{name}")).await?;
+                match output {
+                    Yaml2Json::Json => print_json(&n)?,
+                    Yaml2Json::Yaml => print!("{}", serde_yaml::to_string(&n)?),
+                }
+            }
+            NetworkCmd::Delete { name } => {
+                api.delete(&format!("/api/v1/networks/{name}")).await?;
+                println!("deleted network {name}");
+            }
+        },
+        Cmd::Nic(cmd) => match cmd {
+            NicCmd::Add {
+                vm,
+                network,
+                ip,
+                mac,
+            } => {
+                let n: Nic = api
+                    .post(
+                        &format!("{}/nics", vm_path(&vm)),
+                        &NicRequest { network, ip, mac },
+                    )
+                    .await?;
+                println!("added NIC {} ({}) to {vm}", n.mac, n.ip);
+            }
+            NicCmd::Remove { vm, nic } => {
+                let _: serde_json::Value = api
+                    .post(
+                        &format!("{}/nics/remove", vm_path(&vm)),
+                        &RemoveNicRequest { nic: nic.clone() },
+                    )
+                    .await?;
+                println!("removed NIC {nic} from {vm}");
+            }
+            NicCmd::List { vm, output } => {
+                let nics: Vec<Nic> = api.get(&format!("{}/nics", vm_path(&vm))).await?;
+                match output {
+                    Table2Json::Json => print_json(&nics)?,
+                    Table2Json::Table => {
+                        let mut t = Table::new();
+                        t.load_preset(NOTHING);
+                        t.set_header([
+                            "INDEX", "NETWORK", "MAC", "IP", "IPV6", "DNS NAME", "TAP", "DROPS",
+                        ]);
+                        for n in nics {
+                            t.add_row([
+                                n.index.to_string(),
+                                n.network,
+                                n.mac,
+                                n.ip,
+                                n.ipv6.unwrap_or_default(),
+                                n.dns_name.unwrap_or_default(),
+                                n.tap,
+                                n.drops.map(|d| d.to_string()).unwrap_or_else(|| "-".into()),
+                            ]);
+                        }
+                        println!("{t}");
+                    }
+                }
+            }
+        },
+        Cmd::PortForward(cmd) => match cmd {
+            ForwardCmd::Add { vm, spec } => {
+                let f: PortForward = api
+                    .post(
+                        &format!("{}/port-forwards", vm_path(&vm)),
+                        &parse_forward(&spec)?,
+                    )
+                    .await?;
+                println!(
+                    "forwarding host port {}/{} to {}:{}",
+                    f.host_port, f.proto, f.ip, f.guest_port
+                );
+            }
+            ForwardCmd::Remove { vm, spec } => {
+                let _: serde_json::Value = api
+                    .post(
+                        &format!("{}/port-forwards/remove", vm_path(&vm)),
+                        &parse_forward(&spec)?,
+                    )
+                    .await?;
+                println!("removed port forward {spec} of {vm}");
+            }
+            ForwardCmd::List { vm, output } => {
+                let fs: Vec<PortForward> =
+                    api.get(&format!("{}/port-forwards", vm_path(&vm))).await?;
+                match output {
+                    Table2Json::Json => print_json(&fs)?,
+                    Table2Json::Table => {
+                        for f in fs {
+                            println!(
+                                "{}:{}/{} -> {}:{}",
+                                f.vm, f.host_port, f.proto, f.ip, f.guest_port
+                            );
+                        }
+                    }
+                }
+            }
+        },
         Cmd::Image(cmd) => match cmd {
             ImageCmd::List { output } => {
                 let images: Vec<Image> = api.get("/api/v1/images").await?;

@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 struct Pty {
@@ -19,14 +19,15 @@ impl Pty {
         let pty = nix::pty::openpty(None, None).unwrap();
         let slave =
             |fd: &OwnedFd| unsafe { Stdio::from_raw_fd(nix::unistd::dup(fd.as_raw_fd()).unwrap()) };
-        let child = Command::new(bin())
-            .args(["console", vm])
-            .env("HOSTEL_CONFIG", d.config())
-            .stdin(slave(&pty.slave))
-            .stdout(slave(&pty.slave))
-            .stderr(slave(&pty.slave))
-            .spawn()
-            .unwrap();
+        let child =
+            d.ns.cmd(bin())
+                .args(["console", vm])
+                .env("HOSTEL_CONFIG", d.config())
+                .stdin(slave(&pty.slave))
+                .stdout(slave(&pty.slave))
+                .stderr(slave(&pty.slave))
+                .spawn()
+                .unwrap();
         drop(pty.slave);
         let master = std::fs::File::from(pty.master);
         nix::fcntl::fcntl(

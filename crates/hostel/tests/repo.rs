@@ -76,39 +76,16 @@ fn checked_in_openapi_matches_the_server() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn api_serves_openapi_and_requires_a_token() {
+#[test]
+fn api_serves_openapi_and_requires_a_token() {
     let d = Daemon::start();
-    let client = reqwest::Client::new();
-    let doc: serde_json::Value = client
-        .get(format!("{}/api/openapi.json", d.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, body) = d.http_get("/api/openapi.json", None);
+    assert_eq!(status, 200);
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(doc["info"]["title"], "Hostel API");
-    let r = client
-        .get(format!("{}/api/v1/vms", d.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
-    let r = client
-        .get(format!("{}/api/v1/vms", d.url))
-        .bearer_auth("wrong")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
-    let r = client
-        .get(format!("{}/api/v1/vms", d.url))
-        .bearer_auth(&d.token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(d.http_get("/api/v1/vms", None).0, 401);
+    assert_eq!(d.http_get("/api/v1/vms", Some("wrong")).0, 401);
+    assert_eq!(d.http_get("/api/v1/vms", Some(&d.token)).0, 200);
     // The client config holds a token: only its owner may read it.
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(d.config()).unwrap().permissions(),

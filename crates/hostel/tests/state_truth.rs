@@ -37,6 +37,7 @@ async fn guest_poweroff_and_policies() {
 
     // A guest that ignores the ACPI power button: shutdown times out and the VM goes on,
     // unless --force, which stops it hard after the timeout.
+    let off_pid = d.describe("off")["qemu"]["pid"].as_u64().unwrap() as u32;
     c.run("kill $(cat /run/acpid.pid)").await;
     let err = d.fails(&["shutdown", "off", "--timeout", "2"]);
     assert!(
@@ -51,7 +52,8 @@ async fn guest_poweroff_and_policies() {
         s["state_reason"].as_str().unwrap().contains("forced off"),
         "{s}"
     );
-    assert!(d.qemu_pids().is_empty());
+    assert!(s["qemu"]["pid"].is_null());
+    assert!(!is_alive_qemu(off_pid));
 
     // Power-off from inside the guest.
     // The console session stays attached across QEMU's restart.

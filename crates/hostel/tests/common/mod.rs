@@ -18,8 +18,99 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_hostel")
 }
 
+/// Every daemon runs in a network namespace of its own, made by the test and deleted
+/// after it, so bridges, taps, nftables rules and dnsmasq never touch the host's network.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new() -> Netns {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("hostel-t{}-{n}", std::process::id());
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "ip netns add {name}");
+        let ok = Command::new("ip")
+            .args(["-n", &name, "link", "set", "lo", "up"])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        Netns { name }
+    }
+
+    pub fn cmd(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    /// A TCP connection made from inside the namespace.
+    pub fn connect(&self, addr: &str) -> std::net::TcpStream {
+        self.try_connect(addr).unwrap()
+    }
+
+    pub fn try_connect(&self, addr: &str) -> std::io::Result<std::net::TcpStream> {
+        let path = format!("/run/netns/{}", self.name);
+        let addr = addr.to_string();
+        std::thread::spawn(move || {
+            let f = std::fs::File::open(&path).unwrap();
+            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let sa: std::net::SocketAddr = addr.parse().unwrap();
+            std::net::TcpStream::connect_timeout(&sa, Duration::from_secs(5))
+        })
+        .join()
+        .unwrap()
+    }
+
+    /// The body of `GET http://ADDR/` fetched from inside the namespace ("" on failure).
+    pub fn http_body(&self, addr: &str) -> String {
+        use std::io::{Read, Write};
+        let Ok(mut s) = self.try_connect(addr) else {
+            return String::new();
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = write!(s, "GET / HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+        let mut resp = String::new();
+        let _ = s.read_to_string(&mut resp);
+        resp.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default()
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        let out = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // What still runs in the namespace was started by this test (dnsmasq, say).
+        for pid in self.pids() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
 pub struct Daemon {
     pub dir: tempfile::TempDir,
+    pub ns: Netns,
     pub child: Option<Child>,
     pub url: String,
     pub token: String,
@@ -47,6 +138,7 @@ impl Daemon {
         )
         .unwrap();
         let mut d = Daemon {
+            ns: Netns::new(),
             dir,
             child: None,
             url: String::new(),
@@ -63,7 +155,9 @@ impl Daemon {
             .append(true)
             .open(self.dir.path().join("daemon.out"))
             .unwrap();
-        let child = Command::new(bin())
+        let child = self
+            .ns
+            .cmd(bin())
             .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(self.data_dir())
             .env("HOSTEL_CONFIG", self.config())
@@ -117,7 +211,8 @@ impl Daemon {
     }
 
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(bin())
+        self.ns
+            .cmd(bin())
             .args(args)
             .env("HOSTEL_CONFIG", self.config())
             .stdin(Stdio::null())
@@ -197,7 +292,35 @@ impl Daemon {
     }
 
     pub async fn console(&self, vm: &str) -> Console {
-        Console::open(&self.url, &self.token, vm).await
+        let stream = self.ns.connect(self.url.trim_start_matches("http://"));
+        Console::open(stream, &self.url, &self.token, vm).await
+    }
+
+    /// A plain HTTP/1.1 GET from inside the namespace: (status, body).
+    pub fn http_get(&self, path: &str, token: Option<&str>) -> (u16, String) {
+        use std::io::{Read, Write};
+        let host = self.url.trim_start_matches("http://");
+        let mut s = self.ns.connect(host);
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let status = resp
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
     }
 }
 
@@ -244,7 +367,7 @@ pub struct Console {
 }
 
 impl Console {
-    pub async fn open(url: &str, token: &str, vm: &str) -> Console {
+    pub async fn open(stream: std::net::TcpStream, url: &str, token: &str, vm: &str) -> Console {
         let ws_url = format!(
             "{}/api/v1/vms/{vm}/console",
             url.replacen("http://", "ws://", 1)
@@ -252,9 +375,12 @@ impl Console {
         let mut req = ws_url.into_client_request().unwrap();
         req.headers_mut()
             .insert("authorization", format!("Bearer {token}").parse().unwrap());
-        let (ws, _) = tokio_tungstenite::connect_async(req)
-            .await
-            .expect("console websocket");
+        stream.set_nonblocking(true).unwrap();
+        let stream = tokio::net::TcpStream::from_std(stream).unwrap();
+        let (ws, _) =
+            tokio_tungstenite::client_async(req, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+                .await
+                .expect("console websocket");
         Console {
             ws,
             seen: String::new(),

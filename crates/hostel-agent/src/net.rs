@@ -1,0 +1,178 @@
+//! The host side of VM networking: the controller sends the whole desired network state
+//! (`PUT /v1/networks`) and the agent converges bridges, dnsmasq and NAT to it; a VM's
+//! taps and port guards come and go with its QEMU.
+
+use crate::{AgentError, Shared};
+use anyhow::{anyhow, Context};
+use hostel_api::agent::{NetworksState, NicSpec, VmSpec};
+use hostel_model::net::{bridge_name, link_local, parse_mac, NetMode};
+use hostel_net::{dnsmasq, guard, link, nat, tap};
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+
+impl Shared {
+    fn net_dir(&self) -> PathBuf {
+        self.cfg.data_dir.join("net")
+    }
+
+    /// Converges this host's bridges, dnsmasqs and NAT rules to `state`.
+    pub fn apply_networks(&self, state: &NetworksState) -> anyhow::Result<()> {
+        let ran_any = std::fs::read_dir(self.net_dir())
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false);
+        if state.networks.is_empty() && state.forwards.is_empty() && !ran_any {
+            // Nothing to run and nothing to take down: leave the host's networking alone.
+            *self.networks.lock().unwrap() = state.clone();
+            return Ok(());
+        }
+        std::fs::create_dir_all(self.net_dir())?;
+        for n in &state.networks {
+            let cidr: ipnet::Ipv4Net = n.cidr.parse().context("network cidr")?;
+            link::ensure_bridge(
+                &n.bridge,
+                Some(&format!("{}/{}", n.gateway, cidr.prefix_len())),
+            )?;
+            if let Some(p) = &n.ipv6_prefix {
+                let base = p.split('/').next().unwrap_or(p);
+                link::add_ipv6(&n.bridge, &format!("{base}1/64"))?;
+            }
+            if n.mode == NetMode::Bridged {
+                if let Some(up) = &n.uplink {
+                    link::attach(up, &n.bridge)?;
+                }
+            }
+            let conf = dnsmasq::Config {
+                bridge: n.bridge.clone(),
+                network: cidr.network(),
+                netmask: cidr.netmask(),
+                gateway: n.gateway.parse()?,
+                domain: n.domain.clone(),
+                ipv6_prefix: n.ipv6_prefix.clone(),
+                hosts: n
+                    .hosts
+                    .iter()
+                    .map(|h| {
+                        Ok(dnsmasq::Host {
+                            name: h.name.clone(),
+                            mac: h.mac.clone(),
+                            ipv4: h.ipv4.parse()?,
+                            ipv6: h.ipv6.as_deref().map(|a| a.parse()).transpose()?,
+                        })
+                    })
+                    .collect::<anyhow::Result<_>>()?,
+            };
+            dnsmasq::ensure(&conf, &dnsmasq::Files::new(&self.net_dir().join(&n.id)))?;
+        }
+        // Networks this host ran that are gone now.
+        for e in std::fs::read_dir(self.net_dir())?.flatten() {
+            let id = e.file_name().to_string_lossy().into_owned();
+            if state.networks.iter().any(|n| n.id == id) {
+                continue;
+            }
+            dnsmasq::remove(&dnsmasq::Files::new(&e.path()))?;
+            link::delete(&bridge_name(&id))?;
+        }
+        let nats: Vec<nat::NatNet> = state
+            .networks
+            .iter()
+            .filter(|n| n.mode == NetMode::Nat)
+            .map(|n| nat::NatNet {
+                cidr: n.cidr.clone(),
+                bridge: n.bridge.clone(),
+                uplink: n.uplink.clone(),
+            })
+            .collect();
+        let forwards: Vec<nat::Forward> = state
+            .forwards
+            .iter()
+            .map(|f| {
+                Ok(nat::Forward {
+                    proto: f.proto.clone(),
+                    host_port: f.host_port,
+                    ip: f.ip.parse()?,
+                    guest_port: f.guest_port,
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        nat::apply(&nats, &forwards)?;
+        if state.networks.is_empty() && self.guards.lock().unwrap().is_empty() {
+            let _ = guard::remove_all();
+        }
+        *self.networks.lock().unwrap() = state.clone();
+        Ok(())
+    }
+
+    fn guard_of(nic: &NicSpec) -> anyhow::Result<guard::Guard> {
+        let mac = parse_mac("mac", &nic.mac).map_err(|e| anyhow!(e))?;
+        Ok(guard::Guard {
+            tap: nic.tap.clone(),
+            mac: nic.mac.clone(),
+            ipv4: nic.ipv4.parse()?,
+            ipv6: nic.ipv6.as_deref().map(|a| a.parse()).transpose()?,
+            link_local: link_local(mac),
+        })
+    }
+
+    /// Creates one NIC's tap on its bridge, behind its guard; returns the descriptor
+    /// QEMU gets.
+    pub fn plug_nic(&self, nic: &NicSpec) -> Result<OwnedFd, AgentError> {
+        if !link::exists(&nic.bridge) {
+            return Err(AgentError::Conflict(format!(
+                "the bridge {} of NIC {} does not exist on this host (its network is not set up)",
+                nic.bridge, nic.mac
+            )));
+        }
+        let g = Self::guard_of(nic)?;
+        let all: Vec<guard::Guard> = {
+            let mut guards = self.guards.lock().unwrap();
+            guards.insert(nic.tap.clone(), g.clone());
+            guards.values().cloned().collect()
+        };
+        // The guard is in place before the tap carries a single frame.
+        guard::install(&g, &all)?;
+        let fd = tap::open(&nic.tap)?;
+        link::attach(&nic.tap, &nic.bridge)?;
+        Ok(fd)
+    }
+
+    pub fn plug_nics(&self, spec: &VmSpec) -> Result<Vec<OwnedFd>, AgentError> {
+        let mut fds = Vec::new();
+        for nic in &spec.nics {
+            match self.plug_nic(nic) {
+                Ok(fd) => fds.push(fd),
+                Err(e) => {
+                    self.unplug_guards(spec);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(fds)
+    }
+
+    pub fn unplug_guard(&self, tap: &str) {
+        let rest: Vec<guard::Guard> = {
+            let mut guards = self.guards.lock().unwrap();
+            guards.remove(tap);
+            guards.values().cloned().collect()
+        };
+        if let Err(e) = guard::remove(tap, &rest) {
+            tracing::warn!(%tap, "removing a port guard failed: {e:#}");
+        }
+    }
+
+    /// Removes the guards of a VM whose QEMU ended (its taps went with QEMU).
+    pub fn unplug_guards(&self, spec: &VmSpec) {
+        for nic in &spec.nics {
+            self.unplug_guard(&nic.tap);
+        }
+    }
+
+    /// Re-registers the guards of a re-adopted VM (the rules survived in the kernel).
+    pub fn adopt_guards(&self, spec: &VmSpec) {
+        for nic in &spec.nics {
+            if let Ok(g) = Self::guard_of(nic) {
+                self.guards.lock().unwrap().insert(nic.tap.clone(), g);
+            }
+        }
+    }
+}

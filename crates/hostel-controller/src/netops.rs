@@ -1,0 +1,551 @@
+//! Networks, NICs and port forwards: validated here, stored with unique constraints, and
+//! pushed to every host as one desired state (`PUT /v1/networks`) after each change.
+
+use crate::api::ApiError;
+use crate::Controller;
+use hostel_api::agent::{self as wire, NetHost, NetworkSpec, NetworksState, NicSpec};
+use hostel_api::public::*;
+use hostel_model::net::{self as mnet, NetMode};
+use hostel_model::{validate_name, Invalid, VmState};
+use hostel_store::{new_id, now, ForwardRecord, NetworkRecord, NicRecord, VmRecord};
+use std::collections::HashSet;
+
+type Res<T> = Result<T, ApiError>;
+
+/// The network `hostel up` creates so that a first VM has connectivity.
+pub const DEFAULT_NETWORK: &str = "default";
+pub const DEFAULT_CIDR: &str = "10.213.0.0/24";
+pub const DEFAULT_DOMAIN: &str = "vm.hostel";
+
+impl Controller {
+    pub(crate) async fn network_named(&self, name: &str) -> Res<NetworkRecord> {
+        self.store.network_by_name(name).await?.ok_or_else(|| {
+            ApiError::from(Invalid::new(
+                "network",
+                format!("there is no network named {name:?}: `hostel network list` shows them"),
+            ))
+        })
+    }
+
+    pub async fn network_view(&self, n: NetworkRecord) -> Res<Network> {
+        let mut used_by = Vec::new();
+        for nic in self.store.nics_on(&n.id).await? {
+            if let Some(vm) = self.store.vm_by_id(&nic.vm_id).await? {
+                if !used_by.contains(&vm.name) {
+                    used_by.push(vm.name);
+                }
+            }
+        }
+        used_by.sort();
+        Ok(Network {
+            bridge: mnet::bridge_name(&n.id),
+            name: n.name,
+            cidr: n.cidr,
+            gateway: n.gateway,
+            mode: NetMode::parse("mode", &n.mode).unwrap_or_default(),
+            uplink: n.uplink,
+            domain: n.domain,
+            ipv6: n.ipv6_prefix,
+            used_by,
+            created_at: n.created_at,
+        })
+    }
+
+    pub async fn create_network(&self, req: CreateNetworkRequest) -> Res<Network> {
+        validate_name("name", &req.name)?;
+        let cidr = mnet::parse_cidr("cidr", &req.cidr)?;
+        let gateway = match &req.gateway {
+            Some(g) => {
+                let ip = mnet::parse_ip("gateway", g)?;
+                if !cidr.contains(&ip) || ip == cidr.network() || ip == cidr.broadcast() {
+                    return Err(Invalid::new(
+                        "gateway",
+                        format!("{ip} is not a host address of {cidr}"),
+                    )
+                    .into());
+                }
+                ip
+            }
+            None => mnet::default_gateway(cidr),
+        };
+        if let Some(p) = &req.ipv6 {
+            mnet::parse_ipv6_prefix("ipv6", p)?;
+        }
+        if req.mode == NetMode::Bridged && req.uplink.is_none() {
+            return Err(Invalid::new(
+                "uplink",
+                "a bridged network needs --uplink IFACE: the host interface to put on its bridge",
+            )
+            .into());
+        }
+        if let Some(d) = &req.domain {
+            let ok = d.split('.').all(|l| validate_name("domain", l).is_ok());
+            if !ok {
+                return Err(Invalid::new(
+                    "domain",
+                    format!("{d:?} is not a DNS domain: use labels of lowercase letters, digits and '-', like vm.example.org"),
+                )
+                .into());
+            }
+        }
+        for other in self.store.networks().await? {
+            if other.name == req.name {
+                return Err(ApiError::conflict_field(
+                    "name",
+                    format!("a network named {:?} exists already", req.name),
+                ));
+            }
+            let o = mnet::parse_cidr("cidr", &other.cidr)?;
+            if mnet::overlaps(o, cidr) {
+                return Err(ApiError::conflict_field(
+                    "cidr",
+                    format!(
+                        "{cidr} overlaps network {:?} ({o}): choose a range that does not",
+                        other.name
+                    ),
+                ));
+            }
+        }
+        let rec = NetworkRecord {
+            id: new_id("net"),
+            name: req.name.clone(),
+            cidr: cidr.to_string(),
+            gateway: gateway.to_string(),
+            mode: req.mode.as_str().into(),
+            uplink: req.uplink.clone(),
+            domain: req.domain.clone(),
+            ipv6_prefix: req.ipv6.clone(),
+            created_at: now(),
+        };
+        self.store.insert_network(&rec).await.map_err(|e| {
+            if hostel_store::is_unique_violation(&e) {
+                ApiError::conflict_field(
+                    "name",
+                    format!("a network named {:?} exists already", req.name),
+                )
+            } else {
+                e.into()
+            }
+        })?;
+        if let Err(e) = self.sync_networks().await {
+            // The host could not run it: take the record back so nothing points at nothing.
+            let _ = self.store.delete_network_if_unused(&rec.id).await;
+            let _ = self.sync_networks().await;
+            return Err(
+                e.context("the network could not be set up on the host, so it was not kept")
+            );
+        }
+        self.network_view(rec).await
+    }
+
+    pub async fn delete_network(&self, name: &str) -> Res<()> {
+        let n =
+            self.store.network_by_name(name).await?.ok_or_else(|| {
+                ApiError::not_found(format!("there is no network named {name:?}"))
+            })?;
+        let users = self.store.delete_network_if_unused(&n.id).await?;
+        if !users.is_empty() {
+            return Err(ApiError::conflict(format!(
+                "network {name:?} is in use by {}: remove their NICs (`hostel nic remove`) or \
+                 delete those VMs first",
+                users.join(", ")
+            )));
+        }
+        self.sync_networks().await
+    }
+
+    /// The desired network state of the hosts, from the database.
+    pub(crate) async fn networks_state(&self) -> Res<NetworksState> {
+        let vms = self.store.vms().await?;
+        let name_of = |id: &str| vms.iter().find(|v| v.id == id).map(|v| v.name.clone());
+        let mut networks = Vec::new();
+        for n in self.store.networks().await? {
+            let hosts = self
+                .store
+                .nics_on(&n.id)
+                .await?
+                .into_iter()
+                .filter_map(|nic| {
+                    Some(NetHost {
+                        name: name_of(&nic.vm_id)?,
+                        mac: nic.mac,
+                        ipv4: nic.ip,
+                        ipv6: nic.ipv6,
+                    })
+                })
+                .collect();
+            networks.push(NetworkSpec {
+                bridge: mnet::bridge_name(&n.id),
+                mode: NetMode::parse("mode", &n.mode).unwrap_or_default(),
+                id: n.id,
+                name: n.name,
+                cidr: n.cidr,
+                gateway: n.gateway,
+                uplink: n.uplink,
+                domain: n.domain,
+                ipv6_prefix: n.ipv6_prefix,
+                hosts,
+            });
+        }
+        let nics = self.store.all_nics().await?;
+        let forwards = self
+            .store
+            .forwards()
+            .await?
+            .into_iter()
+            .filter_map(|f| {
+                let nic = nics.iter().find(|n| n.id == f.nic_id)?;
+                Some(wire::ForwardSpec {
+                    proto: f.proto,
+                    host_port: f.host_port,
+                    ip: nic.ip.clone(),
+                    guest_port: f.guest_port,
+                })
+            })
+            .collect();
+        Ok(NetworksState { networks, forwards })
+    }
+
+    /// Pushes the desired network state to every connected host.
+    pub async fn sync_networks(&self) -> Res<()> {
+        let state = self.networks_state().await?;
+        for (_, agent) in self.agents() {
+            agent.put::<_, ()>("/v1/networks", &state).await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn nic_spec(nic: &NicRecord) -> NicSpec {
+        NicSpec {
+            id: nic.id.clone(),
+            index: nic.idx,
+            mac: nic.mac.clone(),
+            ipv4: nic.ip.clone(),
+            ipv6: nic.ipv6.clone(),
+            bridge: mnet::bridge_name(&nic.network_id),
+            tap: mnet::tap_name(&nic.id),
+        }
+    }
+
+    /// Plans a NIC on a network: validates or allocates its IP and MAC. Not stored yet.
+    pub(crate) async fn plan_nic(
+        &self,
+        vm_id: &str,
+        idx: u32,
+        req: &NicRequest,
+        taken: &[NicRecord],
+    ) -> Res<NicRecord> {
+        let net = self.network_named(&req.network).await?;
+        let cidr = mnet::parse_cidr("cidr", &net.cidr)?;
+        let gateway = mnet::parse_ip("gateway", &net.gateway)?;
+        let mut used: HashSet<std::net::Ipv4Addr> = self
+            .store
+            .nics_on(&net.id)
+            .await?
+            .iter()
+            .chain(taken.iter().filter(|n| n.network_id == net.id))
+            .filter_map(|n| n.ip.parse().ok())
+            .collect();
+        let ip = match &req.ip {
+            Some(text) => {
+                let ip = mnet::parse_ip("ip", text)?;
+                mnet::check_vm_ip("ip", cidr, gateway, ip)?;
+                if used.contains(&ip) {
+                    return Err(ApiError::conflict_field(
+                        "ip",
+                        format!("{ip} is already taken on network {:?}: choose another, or leave --ip out to get a free one", net.name),
+                    ));
+                }
+                ip
+            }
+            None => mnet::allocate(cidr, gateway, &used).ok_or_else(|| {
+                ApiError::conflict_field(
+                    "ip",
+                    format!("network {:?} ({cidr}) has no free address left", net.name),
+                )
+            })?,
+        };
+        used.insert(ip);
+        let all_macs: HashSet<String> = self
+            .store
+            .all_nics()
+            .await?
+            .into_iter()
+            .chain(taken.iter().cloned())
+            .map(|n| n.mac)
+            .collect();
+        let mac = match &req.mac {
+            Some(text) => {
+                let m = mnet::format_mac(mnet::parse_mac("mac", text)?);
+                if all_macs.contains(&m) {
+                    return Err(ApiError::conflict_field(
+                        "mac",
+                        format!("MAC {m} is already used by another NIC: MACs are unique across the cluster"),
+                    ));
+                }
+                m
+            }
+            None => loop {
+                let u = uuid::Uuid::new_v4();
+                let b = u.as_bytes();
+                let m = mnet::mac_from([b[0], b[1], b[2]]);
+                if !all_macs.contains(&m) {
+                    break m;
+                }
+            },
+        };
+        let ipv6 = match &net.ipv6_prefix {
+            Some(p) => {
+                let prefix = mnet::parse_ipv6_prefix("ipv6", p)?;
+                let m = mnet::parse_mac("mac", &mac)?;
+                Some(mnet::ipv6_with_mac(prefix.network(), m).to_string())
+            }
+            None => None,
+        };
+        Ok(NicRecord {
+            id: new_id("nic"),
+            vm_id: vm_id.to_string(),
+            network_id: net.id,
+            idx,
+            mac,
+            ip: ip.to_string(),
+            ipv6,
+        })
+    }
+
+    pub(crate) async fn nic_views(
+        &self,
+        vm: &VmRecord,
+        status: Option<&wire::VmStatus>,
+    ) -> Res<Vec<Nic>> {
+        let mut out = Vec::new();
+        for nic in self.store.nics_of(&vm.id).await? {
+            let net = self.store.network_by_id(&nic.network_id).await?;
+            let drops = status
+                .and_then(|s| s.nics.iter().find(|n| n.id == nic.id))
+                .and_then(|n| n.drops);
+            out.push(Nic {
+                tap: mnet::tap_name(&nic.id),
+                id: nic.id,
+                index: nic.idx,
+                network: net.as_ref().map(|n| n.name.clone()).unwrap_or_default(),
+                mac: nic.mac,
+                ip: nic.ip,
+                ipv6: nic.ipv6,
+                dns_name: net
+                    .and_then(|n| n.domain)
+                    .map(|d| format!("{}.{d}", vm.name)),
+                drops,
+            });
+        }
+        Ok(out)
+    }
+
+    pub async fn list_nics(&self, name: &str) -> Res<Vec<Nic>> {
+        let vm = self.vm_named(name).await?;
+        let status = match vm.host_id.as_deref().and_then(|h| self.agent(h)) {
+            Some(a) => a.vm(&vm.id).await.ok().flatten(),
+            None => None,
+        };
+        self.nic_views(&vm, status.as_ref()).await
+    }
+
+    pub async fn add_nic(&self, name: &str, req: NicRequest) -> Res<Nic> {
+        let vm = self.vm_named(name).await?;
+        let lock = self.vm_lock(&vm.id);
+        let _g = lock.lock().await;
+        let vm = self.vm_named(name).await?;
+        let existing = self.store.nics_of(&vm.id).await?;
+        let idx = existing.iter().map(|n| n.idx + 1).max().unwrap_or(0);
+        let nic = self.plan_nic(&vm.id, idx, &req, &[]).await?;
+        self.store.insert_nic(&nic).await.map_err(|e| {
+            if hostel_store::is_unique_violation(&e) {
+                ApiError::conflict("the IP or MAC was taken meanwhile: try again".into())
+            } else {
+                e.into()
+            }
+        })?;
+        // DHCP and DNS learn the NIC before the guest sees it.
+        self.sync_networks().await?;
+        let state = VmState::parse(&vm.state).unwrap_or(VmState::Stopped);
+        if state.has_process() {
+            let agent = self.host_agent(&vm)?;
+            if let Err(e) = agent
+                .post::<_, wire::VmStatus>(
+                    &format!("/v1/vms/{}/nics", vm.id),
+                    &Self::nic_spec(&nic),
+                )
+                .await
+            {
+                self.store.delete_nic(&nic.id).await?;
+                let _ = self.sync_networks().await;
+                return Err(
+                    ApiError::from(e).context("hot-plugging the NIC failed, so it was not kept")
+                );
+            }
+        }
+        let views = self.list_nics(name).await?;
+        Ok(views
+            .into_iter()
+            .find(|n| n.id == nic.id)
+            .expect("just added"))
+    }
+
+    pub async fn remove_nic(&self, name: &str, which: &str) -> Res<()> {
+        let vm = self.vm_named(name).await?;
+        let lock = self.vm_lock(&vm.id);
+        let _g = lock.lock().await;
+        let vm = self.vm_named(name).await?;
+        let nics = self.store.nics_of(&vm.id).await?;
+        let nic = nics
+            .iter()
+            .find(|n| n.mac.eq_ignore_ascii_case(which) || n.idx.to_string() == which)
+            .ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "VM {name:?} has no NIC {which:?}: give its MAC or index (`hostel nic list {name}`)"
+                ))
+            })?;
+        let state = VmState::parse(&vm.state).unwrap_or(VmState::Stopped);
+        if state.has_process() {
+            let agent = self.host_agent(&vm)?;
+            agent
+                .post::<_, wire::VmStatus>(
+                    &format!("/v1/vms/{}/nics/remove", vm.id),
+                    &serde_json::json!({"id": nic.id}),
+                )
+                .await?;
+        }
+        self.store.delete_nic(&nic.id).await?;
+        self.sync_networks().await
+    }
+
+    pub async fn forwards(&self, name: Option<&str>) -> Res<Vec<PortForward>> {
+        let vms = self.store.vms().await?;
+        let nics = self.store.all_nics().await?;
+        let mut out = Vec::new();
+        for f in self.store.forwards().await? {
+            let vm = vms.iter().find(|v| v.id == f.vm_id);
+            let Some(vm) = vm else { continue };
+            if name.is_some_and(|n| n != vm.name) {
+                continue;
+            }
+            out.push(PortForward {
+                vm: vm.name.clone(),
+                proto: f.proto,
+                host_port: f.host_port,
+                guest_port: f.guest_port,
+                ip: nics
+                    .iter()
+                    .find(|n| n.id == f.nic_id)
+                    .map(|n| n.ip.clone())
+                    .unwrap_or_default(),
+            });
+        }
+        Ok(out)
+    }
+
+    pub async fn add_forward(&self, name: &str, req: PortForwardRequest) -> Res<PortForward> {
+        let vm = self.vm_named(name).await?;
+        if req.proto != "tcp" && req.proto != "udp" {
+            return Err(Invalid::new(
+                "proto",
+                format!("{:?} is not a protocol: use tcp or udp", req.proto),
+            )
+            .into());
+        }
+        for (field, port) in [("host_port", req.host_port), ("guest_port", req.guest_port)] {
+            if port == 0 {
+                return Err(Invalid::new(field, "port 0 is not a port: use 1 to 65535").into());
+            }
+        }
+        let nics = self.store.nics_of(&vm.id).await?;
+        let mut nic = None;
+        for n in &nics {
+            if let Some(net) = self.store.network_by_id(&n.network_id).await? {
+                if net.mode == NetMode::Nat.as_str() {
+                    nic = Some(n.clone());
+                    break;
+                }
+            }
+        }
+        let nic = nic.ok_or_else(|| {
+            ApiError::from(Invalid::new(
+                "vm",
+                format!("VM {name:?} has no NIC on a NAT network: port forwards reach VMs behind NAT only"),
+            ))
+        })?;
+        let rec = ForwardRecord {
+            id: new_id("fwd"),
+            vm_id: vm.id.clone(),
+            nic_id: nic.id.clone(),
+            proto: req.proto.clone(),
+            host_port: req.host_port,
+            guest_port: req.guest_port,
+        };
+        self.store.insert_forward(&rec).await.map_err(|e| {
+            if hostel_store::is_unique_violation(&e) {
+                ApiError::conflict_field(
+                    "host_port",
+                    format!(
+                        "host port {}/{} is already forwarded: choose another",
+                        req.host_port, req.proto
+                    ),
+                )
+            } else {
+                e.into()
+            }
+        })?;
+        if let Err(e) = self.sync_networks().await {
+            self.store.delete_forward(&rec.id).await?;
+            return Err(e);
+        }
+        Ok(PortForward {
+            vm: vm.name,
+            proto: rec.proto,
+            host_port: rec.host_port,
+            guest_port: rec.guest_port,
+            ip: nic.ip,
+        })
+    }
+
+    pub async fn remove_forward(&self, name: &str, req: PortForwardRequest) -> Res<()> {
+        let vm = self.vm_named(name).await?;
+        let f = self
+            .store
+            .forwards()
+            .await?
+            .into_iter()
+            .find(|f| {
+                f.vm_id == vm.id
+                    && f.host_port == req.host_port
+                    && f.guest_port == req.guest_port
+                    && f.proto == req.proto
+            })
+            .ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "VM {name:?} has no port forward {}:{}/{}",
+                    req.host_port, req.guest_port, req.proto
+                ))
+            })?;
+        self.store.delete_forward(&f.id).await?;
+        self.sync_networks().await
+    }
+
+    /// Creates the default NAT network on first start.
+    pub async fn ensure_default_network(&self) -> Res<()> {
+        if self.store.network_by_name(DEFAULT_NETWORK).await?.is_some() {
+            return self.sync_networks().await;
+        }
+        self.create_network(CreateNetworkRequest {
+            name: DEFAULT_NETWORK.into(),
+            cidr: DEFAULT_CIDR.into(),
+            gateway: None,
+            mode: NetMode::Nat,
+            uplink: None,
+            domain: Some(DEFAULT_DOMAIN.into()),
+            ipv6: None,
+        })
+        .await
+        .map(|_| ())
+    }
+}

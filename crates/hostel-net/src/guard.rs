@@ -1,0 +1,161 @@
+//! Port guards: nftables rules (bridge family) on every frame a VM's tap sends into the
+//! bridge. A NIC may send only with its own MAC, its own IPv4 address, its link-local
+//! and assigned IPv6 addresses; ARP only with its own MAC and IPv4; and DHCP discovery
+//! from 0.0.0.0. Everything else is dropped and counted.
+//!
+//! Each NIC has its own chain and named counter; a verdict map sends each tap's frames
+//! to its chain. Adding or removing one NIC never touches another's counter.
+
+use crate::nft;
+use anyhow::Result;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+pub const TABLE: &str = "hostel";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Guard {
+    pub tap: String,
+    pub mac: String,
+    pub ipv4: Ipv4Addr,
+    pub ipv6: Option<Ipv6Addr>,
+    pub link_local: Ipv6Addr,
+}
+
+fn base() -> String {
+    format!(
+        "add table bridge {TABLE}\n\
+         add map bridge {TABLE} nics {{ type ifname : verdict ; }}\n\
+         add chain bridge {TABLE} pre {{ type filter hook prerouting priority -200 ; policy accept ; }}\n\
+         flush chain bridge {TABLE} pre\n\
+         add rule bridge {TABLE} pre iifname vmap @nics\n"
+    )
+}
+
+fn counter(tap: &str) -> String {
+    format!("drop-{tap}")
+}
+
+/// The nft commands that (re)define one NIC's chain.
+pub fn chain_script(g: &Guard) -> String {
+    let c = counter(&g.tap);
+    let ch = format!("nic-{}", g.tap);
+    let mut v6 = vec![g.link_local.to_string(), "::".to_string()];
+    if let Some(a) = g.ipv6 {
+        v6.push(a.to_string());
+    }
+    let rules = [
+        format!("ether saddr != {} counter name \"{c}\" drop", g.mac),
+        format!("arp saddr ether != {} counter name \"{c}\" drop", g.mac),
+        format!(
+            "arp saddr ip != {{ {}, 0.0.0.0 }} counter name \"{c}\" drop",
+            g.ipv4
+        ),
+        "ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport 68 udp dport 67 accept".to_string(),
+        format!("ip saddr != {} counter name \"{c}\" drop", g.ipv4),
+        format!(
+            "ip6 saddr != {{ {} }} counter name \"{c}\" drop",
+            v6.join(", ")
+        ),
+        format!("icmpv6 type nd-router-advert counter name \"{c}\" drop"),
+        "ether type { ip, ip6, arp } accept".to_string(),
+        format!("counter name \"{c}\" drop"),
+    ];
+    let mut s = format!(
+        "add counter bridge {TABLE} {c}\nadd chain bridge {TABLE} {ch}\nflush chain bridge {TABLE} {ch}\n"
+    );
+    for r in rules {
+        s.push_str(&format!("add rule bridge {TABLE} {ch} {r}\n"));
+    }
+    s
+}
+
+fn map_script(all: &[Guard]) -> String {
+    let mut s = format!("flush map bridge {TABLE} nics\n");
+    if !all.is_empty() {
+        let elems: Vec<String> = all
+            .iter()
+            .map(|g| format!("\"{}\" : jump nic-{}", g.tap, g.tap))
+            .collect();
+        s.push_str(&format!(
+            "add element bridge {TABLE} nics {{ {} }}\n",
+            elems.join(", ")
+        ));
+    }
+    s
+}
+
+/// Installs `g` (keeping its counter if it existed), with `all` the guards that should
+/// be active afterwards (including `g`).
+pub fn install(g: &Guard, all: &[Guard]) -> Result<()> {
+    nft(&format!("{}{}{}", base(), chain_script(g), map_script(all)))
+}
+
+/// Removes the guard of `tap`; `rest` are the guards that stay.
+pub fn remove(tap: &str, rest: &[Guard]) -> Result<()> {
+    let exists = crate::run(std::process::Command::new("nft").args([
+        "list",
+        "chain",
+        "bridge",
+        TABLE,
+        &format!("nic-{tap}"),
+    ]))
+    .is_ok();
+    let mut s = format!("{}{}", base(), map_script(rest));
+    if exists {
+        s.push_str(&format!(
+            "delete chain bridge {TABLE} nic-{tap}\ndelete counter bridge {TABLE} {}\n",
+            counter(tap)
+        ));
+    }
+    nft(&s)
+}
+
+/// Frames dropped for `tap` so far (None if it has no guard).
+pub fn drops(tap: &str) -> Option<u64> {
+    let out = crate::run(std::process::Command::new("nft").args([
+        "-j",
+        "list",
+        "counter",
+        "bridge",
+        TABLE,
+        &counter(tap),
+    ]))
+    .ok()?;
+    let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+    v["nftables"]
+        .as_array()?
+        .iter()
+        .find_map(|o| o.get("counter"))
+        .and_then(|c| c["packets"].as_u64())
+}
+
+/// Removes the whole table (when the agent's last network goes).
+pub fn remove_all() -> Result<()> {
+    nft(&format!(
+        "add table bridge {TABLE}\ndelete table bridge {TABLE}\n"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_names_the_nics_own_addresses() {
+        let g = Guard {
+            tap: "htpabc".into(),
+            mac: "52:54:00:01:02:03".into(),
+            ipv4: "10.0.0.5".parse().unwrap(),
+            ipv6: Some("fd00::5054:ff:fe01:203".parse().unwrap()),
+            link_local: "fe80::5054:ff:fe01:203".parse().unwrap(),
+        };
+        let s = chain_script(&g);
+        assert!(s.contains("ether saddr != 52:54:00:01:02:03 counter name \"drop-htpabc\" drop"));
+        assert!(s.contains("arp saddr ip != { 10.0.0.5, 0.0.0.0 }"));
+        assert!(s.contains("ip saddr != 10.0.0.5 counter"));
+        assert!(s.contains("fe80::5054:ff:fe01:203, ::, fd00::5054:ff:fe01:203"));
+        let m = map_script(std::slice::from_ref(&g));
+        assert!(m.contains("\"htpabc\" : jump nic-htpabc"));
+        assert_eq!(map_script(&[]), "flush map bridge hostel nics\n");
+    }
+}

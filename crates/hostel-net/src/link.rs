@@ -1,0 +1,48 @@
+//! Bridges and link settings through iproute2.
+
+use crate::run;
+use anyhow::Result;
+use std::process::Command;
+
+pub fn exists(name: &str) -> bool {
+    std::path::Path::new("/sys/class/net").join(name).exists()
+}
+
+/// Makes sure the bridge exists, carries `addr` (e.g. `10.20.0.1/24`) and is up.
+pub fn ensure_bridge(name: &str, addr: Option<&str>) -> Result<()> {
+    if !exists(name) {
+        run(Command::new("ip").args(["link", "add", name, "type", "bridge"]))?;
+    }
+    if let Some(addr) = addr {
+        let shown = run(Command::new("ip").args(["-o", "addr", "show", "dev", name]))?;
+        if !shown.contains(&format!(" {addr} ")) {
+            run(Command::new("ip").args(["addr", "replace", addr, "dev", name]))?;
+        }
+    }
+    run(Command::new("ip").args(["link", "set", name, "up"]))?;
+    Ok(())
+}
+
+pub fn add_ipv6(dev: &str, addr: &str) -> Result<()> {
+    run(Command::new("ip").args(["-6", "addr", "replace", addr, "dev", dev, "nodad"]))?;
+    Ok(())
+}
+
+/// Puts `port` on `bridge` and brings it up.
+pub fn attach(port: &str, bridge: &str) -> Result<()> {
+    run(Command::new("ip").args(["link", "set", port, "master", bridge, "up"]))?;
+    Ok(())
+}
+
+pub fn delete(name: &str) -> Result<()> {
+    if exists(name) {
+        run(Command::new("ip").args(["link", "del", name]))?;
+    }
+    Ok(())
+}
+
+/// Turns on IPv4 forwarding, which NAT needs (in the agent's network namespace).
+pub fn enable_forwarding() -> Result<()> {
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
+    Ok(())
+}
