@@ -102,6 +102,8 @@ pub struct Shared {
     guards: Mutex<HashMap<String, hostel_net::guard::Guard>>,
     /// The network state last applied.
     pub networks: Mutex<hostel_api::agent::NetworksState>,
+    /// Network changes are applied one at a time.
+    net_apply: Mutex<()>,
 }
 
 impl Shared {
@@ -435,8 +437,10 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<Arc<Shared>> {
         qemu_version,
         guards: Mutex::new(HashMap::new()),
         networks: Mutex::new(Default::default()),
+        net_apply: Mutex::new(()),
     });
     adopt_all(&shared).await;
+    shared.supervise_dnsmasq();
     Ok(shared)
 }
 

@@ -17,6 +17,11 @@ impl Shared {
 
     /// Converges this host's bridges, dnsmasqs and NAT rules to `state`.
     pub fn apply_networks(&self, state: &NetworksState) -> anyhow::Result<()> {
+        let _one_at_a_time = self.net_apply.lock().unwrap();
+        self.apply_locked(state)
+    }
+
+    fn apply_locked(&self, state: &NetworksState) -> anyhow::Result<()> {
         let ran_any = std::fs::read_dir(self.net_dir())
             .map(|mut d| d.next().is_some())
             .unwrap_or(false);
@@ -100,6 +105,35 @@ impl Shared {
         }
         *self.networks.lock().unwrap() = state.clone();
         Ok(())
+    }
+
+    /// Restarts any network's dnsmasq that died, for ever (dnsmasq runs on its own, so
+    /// nothing else would notice).
+    pub fn supervise_dnsmasq(self: &std::sync::Arc<Self>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                let m = me.clone();
+                let r = tokio::task::spawn_blocking(move || {
+                    // Under the apply lock, so a network removed meanwhile stays removed.
+                    let _one_at_a_time = m.net_apply.lock().unwrap();
+                    let state = m.networks.lock().unwrap().clone();
+                    let dead = state.networks.iter().any(|n| {
+                        !dnsmasq::is_running(&dnsmasq::Files::new(&m.net_dir().join(&n.id)))
+                    });
+                    if !dead {
+                        return Ok(());
+                    }
+                    tracing::warn!("a network's dnsmasq is not running; starting it again");
+                    m.apply_locked(&state)
+                })
+                .await;
+                if let Ok(Err(e)) = r {
+                    tracing::warn!("restarting dnsmasq failed: {e:#}");
+                }
+            }
+        });
     }
 
     fn guard_of(nic: &NicSpec) -> anyhow::Result<guard::Guard> {

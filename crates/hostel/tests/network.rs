@@ -40,9 +40,21 @@ async fn dhcp_dns_guards_and_cleanup() {
         "10.77.0.0/24",
         "--domain",
         "lab.test",
+        "--ipv6",
+        "fd00:77::/64",
     ]);
     let lab = d.json(&["network", "describe", "lab"]);
     let bridge = lab["bridge"].as_str().unwrap().to_string();
+    let lab_id = std::fs::read_dir(d.data_dir().join("net"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|id| {
+            std::fs::read_to_string(d.data_dir().join("net").join(id).join("dnsmasq.conf"))
+                .map(|c| c.contains(&format!("interface={bridge}")))
+                .unwrap_or(false)
+        })
+        .expect("the lab network's dnsmasq files");
     let links = String::from_utf8(
         d.ns.cmd("ip")
             .args(["link", "show", &bridge])
@@ -175,6 +187,37 @@ async fn dhcp_dns_guards_and_cleanup() {
         .await;
     assert!(out.ends_with("rc=0"), "alpha reaches beta: {out}");
 
+    // IPv6: the address SLAAC derives from the MAC, and nothing else.
+    let alpha6 = d.describe("alpha")["nics"][0]["ipv6"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let beta6 = d.describe("beta")["nics"][0]["ipv6"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(alpha6.starts_with("fd00:77::"), "{alpha6}");
+    wait_guest(
+        &mut a,
+        "ip -6 addr show eth0",
+        |o| o.contains(&alpha6) && !o.contains("tentative"),
+        "alpha's SLAAC address",
+    )
+    .await;
+    wait_guest(
+        &mut b,
+        "ip -6 addr show eth0",
+        |o| o.contains(&beta6) && !o.contains("tentative"),
+        "beta's SLAAC address",
+    )
+    .await;
+    let out = a
+        .run(&format!("ping -c 2 -W 5 {beta6} >/dev/null; echo rc=$?"))
+        .await;
+    assert!(out.ends_with("rc=0"), "alpha reaches beta over IPv6: {out}");
+    let out = a.run("nslookup -type=AAAA beta.lab.test").await;
+    assert!(out.contains(&beta6), "AAAA records: {out}");
+
     // Spoofing another address is cut off and counted; going back restores it.
     let before = d.json(&["nic", "list", "alpha"])[0]["drops"]
         .as_u64()
@@ -198,6 +241,27 @@ async fn dhcp_dns_guards_and_cleanup() {
         .run(&format!("ping -c 2 -W 5 {beta_ip} >/dev/null; echo rc=$?"))
         .await;
     assert!(out.ends_with("rc=0"), "its own address works again: {out}");
+
+    // So is another MAC.
+    let before = after;
+    a.run("ip link set eth0 address 52:54:00:de:ad:01").await;
+    let out = a
+        .run(&format!("ping -c 2 -W 2 {beta_ip} >/dev/null; echo rc=$?"))
+        .await;
+    assert!(out.ends_with("rc=1"), "a spoofed MAC is dropped: {out}");
+    let after = d.json(&["nic", "list", "alpha"])[0]["drops"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        after > before,
+        "the drop counter rises ({before} -> {after})"
+    );
+    a.run(&format!("ip link set eth0 address {alpha_mac}"))
+        .await;
+    let out = a
+        .run(&format!("ping -c 2 -W 5 {beta_ip} >/dev/null; echo rc=$?"))
+        .await;
+    assert!(out.ends_with("rc=0"), "its own MAC works again: {out}");
 
     // A bridged network puts its uplink on the bridge.
     assert!(d
@@ -242,6 +306,32 @@ async fn dhcp_dns_guards_and_cleanup() {
     .unwrap();
     assert!(up0.contains(&format!("master {flat_bridge}")), "{up0}");
     d.ok(&["network", "delete", "flat"]);
+
+    // The agent supervises dnsmasq: killed, it comes back.
+    let dnsmasq_pid = |d: &Daemon| {
+        d.ns.pids().into_iter().find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                .map(|c| c.contains("dnsmasq") && c.contains(&lab_id))
+                .unwrap_or(false)
+        })
+    };
+    let old = dnsmasq_pid(&d).expect("the lab network's dnsmasq runs");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match dnsmasq_pid(&d) {
+            Some(p) if p != old => break,
+            _ => assert!(
+                std::time::Instant::now() < deadline,
+                "dnsmasq was not restarted"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // Deleting VMs and the network leaves nothing behind.
     for vm in ["alpha", "beta"] {
