@@ -53,6 +53,7 @@ impl Shared {
                 gateway: n.gateway.parse()?,
                 domain: n.domain.clone(),
                 ipv6_prefix: n.ipv6_prefix.clone(),
+                forward: n.dns_forward.as_deref().map(|a| a.parse()).transpose()?,
                 hosts: n
                     .hosts
                     .iter()

@@ -68,6 +68,8 @@ pub struct NetworkSpec {
     pub uplink: Option<String>,
     pub domain: Option<String>,
     pub ipv6_prefix: Option<String>,
+    #[serde(default)]
+    pub dns_forward: Option<String>,
     pub hosts: Vec<NetHost>,
 }
 

@@ -260,6 +260,10 @@ pub struct CreateNetworkRequest {
     /// An IPv6 /64: NICs get the address SLAAC derives from their MAC.
     #[serde(default)]
     pub ipv6: Option<String>,
+    /// An upstream DNS server (IPv4) for names outside the network's domain. Without
+    /// one, the network's DNS answers only its own names.
+    #[serde(default)]
+    pub dns_forward: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -271,6 +275,7 @@ pub struct Network {
     pub uplink: Option<String>,
     pub domain: Option<String>,
     pub ipv6: Option<String>,
+    pub dns_forward: Option<String>,
     /// The bridge on each host.
     pub bridge: String,
     /// VMs with a NIC on this network.

@@ -46,6 +46,7 @@ impl Controller {
             uplink: n.uplink,
             domain: n.domain,
             ipv6: n.ipv6_prefix,
+            dns_forward: n.dns_forward,
             used_by,
             created_at: n.created_at,
         })
@@ -70,6 +71,9 @@ impl Controller {
         };
         if let Some(p) = &req.ipv6 {
             mnet::parse_ipv6_prefix("ipv6", p)?;
+        }
+        if let Some(f) = &req.dns_forward {
+            mnet::parse_ip("dns_forward", f)?;
         }
         if req.mode == NetMode::Bridged && req.uplink.is_none() {
             return Err(Invalid::new(
@@ -116,6 +120,7 @@ impl Controller {
             domain: req.domain.clone(),
             ipv6_prefix: req.ipv6.clone(),
             created_at: now(),
+            dns_forward: req.dns_forward.clone(),
         };
         self.store.insert_network(&rec).await.map_err(|e| {
             if hostel_store::is_unique_violation(&e) {
@@ -184,6 +189,7 @@ impl Controller {
                 uplink: n.uplink,
                 domain: n.domain,
                 ipv6_prefix: n.ipv6_prefix,
+                dns_forward: n.dns_forward,
                 hosts,
             });
         }
@@ -544,6 +550,7 @@ impl Controller {
             uplink: None,
             domain: Some(DEFAULT_DOMAIN.into()),
             ipv6: None,
+            dns_forward: None,
         })
         .await
         .map(|_| ())

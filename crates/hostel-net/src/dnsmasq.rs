@@ -22,6 +22,8 @@ pub struct Config {
     pub domain: Option<String>,
     /// The /64 prefix to advertise for SLAAC, if the network has IPv6.
     pub ipv6_prefix: Option<String>,
+    /// Where to send queries for names the network does not own (none: refuse them).
+    pub forward: Option<std::net::Ipv4Addr>,
     pub hosts: Vec<Host>,
 }
 
@@ -68,6 +70,9 @@ pub fn render_conf(c: &Config, f: &Files) -> String {
     line("no-resolv".into());
     line("no-hosts".into());
     line("no-poll".into());
+    if let Some(up) = c.forward {
+        line(format!("server={up}"));
+    }
     line(format!("addn-hosts={}", f.dns_hosts().display()));
     if let Some(d) = &c.domain {
         line(format!("domain={d}"));
@@ -225,6 +230,7 @@ mod tests {
             gateway: "10.9.0.1".parse().unwrap(),
             domain: Some("vm.test".into()),
             ipv6_prefix: None,
+            forward: None,
             hosts: vec![Host {
                 name: "web".into(),
                 mac: "52:54:00:00:00:01".into(),
@@ -240,5 +246,11 @@ mod tests {
         assert!(conf.contains("no-resolv") && conf.contains("local=/vm.test/"));
         assert_eq!(render_dhcp_hosts(&c), "52:54:00:00:00:01,10.9.0.2,web\n");
         assert_eq!(render_dns_hosts(&c), "10.9.0.2 web.vm.test web\n");
+        assert!(!conf.contains("server="), "no forwarding unless configured");
+        let fwd = Config {
+            forward: Some("10.0.0.53".parse().unwrap()),
+            ..c
+        };
+        assert!(render_conf(&fwd, &f).contains("server=10.0.0.53\n"));
     }
 }

@@ -113,4 +113,5 @@ pub const MIGRATIONS: &[&[&str]] = &[
             UNIQUE (proto, host_port)
         )",
     ],
+    &["ALTER TABLE networks ADD COLUMN dns_forward TEXT"],
 ];

@@ -17,6 +17,8 @@ pub struct NetworkRecord {
     pub domain: Option<String>,
     pub ipv6_prefix: Option<String>,
     pub created_at: String,
+    /// Upstream DNS server for names the network does not own (none: answer only its own).
+    pub dns_forward: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -40,7 +42,8 @@ pub struct ForwardRecord {
     pub guest_port: u16,
 }
 
-const NET_COLS: &str = "id, name, cidr, gateway, mode, uplink, domain, ipv6_prefix, created_at";
+const NET_COLS: &str =
+    "id, name, cidr, gateway, mode, uplink, domain, ipv6_prefix, created_at, dns_forward";
 const NIC_COLS: &str = "id, vm_id, network_id, idx, mac, ip, ipv6";
 const FWD_COLS: &str = "id, vm_id, nic_id, proto, host_port, guest_port";
 
@@ -55,6 +58,7 @@ fn net_of(r: &AnyRow) -> Result<NetworkRecord> {
         domain: opt_str(r, "domain")?,
         ipv6_prefix: opt_str(r, "ipv6_prefix")?,
         created_at: r.try_get("created_at")?,
+        dns_forward: opt_str(r, "dns_forward")?,
     })
 }
 
@@ -84,7 +88,7 @@ fn fwd_of(r: &AnyRow) -> Result<ForwardRecord> {
 impl Store {
     pub async fn insert_network(&self, n: &NetworkRecord) -> Result<()> {
         sqlx::query(&format!(
-            "INSERT INTO networks ({NET_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+            "INSERT INTO networks ({NET_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
         ))
         .bind(&n.id)
         .bind(&n.name)
@@ -95,6 +99,7 @@ impl Store {
         .bind(&n.domain)
         .bind(&n.ipv6_prefix)
         .bind(&n.created_at)
+        .bind(&n.dns_forward)
         .execute(self.pool())
         .await?;
         Ok(())

@@ -184,6 +184,9 @@ enum NetworkCmd {
         /// An IPv6 /64 prefix.
         #[arg(long)]
         ipv6: Option<String>,
+        /// Upstream DNS server for names outside the network (default: none answered).
+        #[arg(long)]
+        dns_forward: Option<String>,
     },
     List {
         #[arg(short, long, value_enum, default_value = "table")]
@@ -598,6 +601,7 @@ async fn run(cli: Cli) -> Result<()> {
                 uplink,
                 domain,
                 ipv6,
+                dns_forward,
             } => {
                 let n: Network = api
                     .post(
@@ -610,6 +614,7 @@ async fn run(cli: Cli) -> Result<()> {
                             uplink,
                             domain,
                             ipv6,
+                            dns_forward,
                         },
                     )
                     .await?;
