@@ -119,6 +119,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/vms/{id}/nics/remove", post(remove_nic))
         .route("/v1/disks", post(create_disk))
         .route("/v1/disks/delete", post(delete_disk))
+        .route("/v1/disks/resize", post(resize_disk))
+        .route("/v1/vms/{id}/disks", post(add_disk))
+        .route("/v1/vms/{id}/snapshot", post(snapshot))
+        .route("/v1/vms/{id}/disks/remove", post(remove_disk))
         .route("/v1/images/build", post(build_image))
         .route("/v1/images/import", post(import_image))
         .route("/v1/images/delete", post(delete_image))
@@ -172,7 +176,13 @@ async fn start(State(s): S, Path(id): Path<String>, Json(req): Json<StartRequest
     }
     let vm = s.vm_or_new(&req.spec);
     let _g = vm.op.lock().await;
-    vm.start(&s, req.spec, req.restore_from.as_deref()).await?;
+    vm.start_with(
+        &s,
+        req.spec,
+        req.restore_from.as_deref(),
+        req.load_snapshot.as_deref(),
+    )
+    .await?;
     Ok(Json(vm.status(&s).await))
 }
 
@@ -388,6 +398,106 @@ async fn create_disk(State(s): S, Json(req): Json<CreateDiskRequest>) -> R<DiskC
         format: "qcow2".into(),
         size_mib: req.size_mib,
     }))
+}
+
+async fn add_disk(State(s): S, Path(id): Path<String>, Json(disk): Json<DiskSpec>) -> R<VmStatus> {
+    let vm = find(&s, &id)?;
+    if !std::path::Path::new(&disk.path).starts_with(s.disks_dir()) {
+        return Err(AgentError::Invalid(anyhow::anyhow!(
+            "path: {} is not in this host's disk store",
+            disk.path
+        )));
+    }
+    let _g = vm.op.lock().await;
+    vm.add_disk(disk).await?;
+    Ok(Json(vm.status(&s).await))
+}
+
+async fn snapshot(State(s): S, Path(id): Path<String>, Json(req): Json<SnapshotRequest>) -> R<()> {
+    if let Some(vm) = s.vm(&id) {
+        if vm.state().has_process() {
+            let _g = vm.op.lock().await;
+            vm.snapshot_live(&req.action, &req.name, req.memory).await?;
+            return Ok(Json(()));
+        }
+    }
+    if req.memory {
+        return Err(AgentError::Conflict(
+            "a snapshot with memory needs a running VM".into(),
+        ));
+    }
+    for d in &req.disks {
+        if !std::path::Path::new(&d.path).starts_with(s.disks_dir()) {
+            return Err(AgentError::Invalid(anyhow::anyhow!(
+                "path: {} is not in this host's disk store",
+                d.path
+            )));
+        }
+    }
+    let disks = req.disks.clone();
+    let (action, name) = (req.action.clone(), req.name.clone());
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        for d in &disks {
+            hostel_storage::disk::snapshot(std::path::Path::new(&d.path), &action, &name)?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| AgentError::Internal(e.into()))?
+    .map_err(AgentError::Invalid)?;
+    Ok(Json(()))
+}
+
+async fn remove_disk(
+    State(s): S,
+    Path(id): Path<String>,
+    Json(req): Json<DiskIndex>,
+) -> R<VmStatus> {
+    let vm = find(&s, &id)?;
+    let _g = vm.op.lock().await;
+    vm.remove_disk(req.index).await?;
+    Ok(Json(vm.status(&s).await))
+}
+
+/// Grows a disk: online through QEMU when `index` names a running VM's disk (the VM id
+/// is the query's `vm`), else offline with qemu-img on `path`.
+async fn resize_disk(
+    State(s): S,
+    Query(q): Query<VmQuery>,
+    Json(req): Json<ResizeDiskRequest>,
+) -> R<()> {
+    match (q.vm, req.index, req.path) {
+        (Some(vm), Some(index), _) => {
+            let vm = find(&s, &vm)?;
+            let _g = vm.op.lock().await;
+            vm.resize_disk(index, req.size_mib).await?;
+        }
+        (_, _, Some(path)) => {
+            if !std::path::Path::new(&path).starts_with(s.disks_dir()) {
+                return Err(AgentError::Invalid(anyhow::anyhow!(
+                    "path: {path} is not in this host's disk store"
+                )));
+            }
+            let size = req.size_mib;
+            tokio::task::spawn_blocking(move || {
+                hostel_storage::disk::resize(std::path::Path::new(&path), size)
+            })
+            .await
+            .map_err(|e| AgentError::Internal(e.into()))?
+            .map_err(AgentError::Invalid)?;
+        }
+        _ => {
+            return Err(AgentError::Invalid(anyhow::anyhow!(
+                "give the VM and disk index, or the disk's path"
+            )))
+        }
+    }
+    Ok(Json(()))
+}
+
+#[derive(Deserialize)]
+struct VmQuery {
+    vm: Option<String>,
 }
 
 async fn delete_disk(State(s): S, Json(req): Json<DeleteDiskRequest>) -> R<()> {

@@ -183,6 +183,17 @@ impl VmRuntime {
         spec: VmSpec,
         restore_from: Option<&str>,
     ) -> Result<(), AgentError> {
+        self.start_with(shared, spec, restore_from, None).await
+    }
+
+    /// Starts QEMU, resuming from a save file or from a snapshot with memory if asked.
+    pub async fn start_with(
+        self: &Arc<Self>,
+        shared: &Arc<Shared>,
+        spec: VmSpec,
+        restore_from: Option<&str>,
+        load_snapshot: Option<&str>,
+    ) -> Result<(), AgentError> {
         if self.state().has_process() {
             return Err(AgentError::Conflict(format!(
                 "the VM is already running (QEMU pid {})",
@@ -205,12 +216,15 @@ impl VmRuntime {
         };
         shared.prepare_runtime_dir(&self.paths)?;
         let host = shared.host_opts().await;
-        let argv = hostel_qemu::render(
+        let mut argv = hostel_qemu::render(
             &spec,
             &self.paths,
             &host,
             incoming.as_ref().map(|_| INCOMING_FD),
         );
+        if let Some(tag) = load_snapshot {
+            argv.extend(["-loadvm".to_string(), tag.to_string()]);
+        }
         let generation = {
             let mut l = self.live.lock().unwrap();
             l.generation += 1;
@@ -768,6 +782,186 @@ impl VmRuntime {
         Ok(())
     }
 
+    /// Hot-plugs a disk into the running guest, on the first free hotplug port.
+    pub async fn add_disk(&self, disk: hostel_api::agent::DiskSpec) -> Result<(), AgentError> {
+        let qmp = self.qmp()?;
+        if self.spec().disks.iter().any(|d| d.index == disk.index) {
+            return Err(AgentError::Conflict(format!(
+                "disk {} is attached already",
+                disk.index
+            )));
+        }
+        let i = disk.index;
+        qmp.execute(
+            "blockdev-add",
+            json!({"driver": "file", "filename": disk.path, "node-name": format!("file{i}"),
+                   "cache": {"direct": false}, "discard": "unmap"}),
+        )
+        .await?;
+        let res = async {
+            qmp.execute(
+                "blockdev-add",
+                json!({"driver": disk.format, "file": format!("file{i}"),
+                       "node-name": format!("disk{i}"), "discard": "unmap"}),
+            )
+            .await?;
+            let mut last = None;
+            for port in 0..hostel_qemu::argv::HOTPLUG_PORTS {
+                match qmp
+                    .execute(
+                        "device_add",
+                        json!({"driver": "virtio-blk-pci", "drive": format!("disk{i}"),
+                               "id": format!("virtio-disk{i}"),
+                               "bus": hostel_qemu::argv::hotplug_port(port)}),
+                    )
+                    .await
+                {
+                    Ok(_) => return Ok(()),
+                    Err(e @ hostel_qemu::QmpError::Command { .. }) => last = Some(e),
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(last.unwrap_or(hostel_qemu::QmpError::Closed))
+        }
+        .await;
+        if let Err(e) = res {
+            let _ = qmp
+                .execute("blockdev-del", json!({"node-name": format!("disk{i}")}))
+                .await;
+            let _ = qmp
+                .execute("blockdev-del", json!({"node-name": format!("file{i}")}))
+                .await;
+            return Err(e.into());
+        }
+        let mut spec = self.spec.lock().unwrap();
+        spec.disks.push(disk);
+        spec.disks.sort_by_key(|d| d.index);
+        write_runtime_spec(&self.paths, &spec);
+        Ok(())
+    }
+
+    /// Unplugs a disk: the guest releases it, then QEMU closes the file.
+    pub async fn remove_disk(&self, index: u32) -> Result<(), AgentError> {
+        let qmp = self.qmp()?;
+        if !self.spec().disks.iter().any(|d| d.index == index) {
+            return Err(AgentError::NotFound(format!("no disk {index} on this VM")));
+        }
+        let dev = format!("virtio-disk{index}");
+        let mut events = qmp.events();
+        qmp.execute("device_del", json!({"id": dev})).await?;
+        let gone = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Ok(ev) = events.recv().await {
+                if ev.event == "DEVICE_DELETED" && ev.data["device"] == dev.as_str() {
+                    return;
+                }
+            }
+        })
+        .await;
+        if gone.is_err() {
+            return Err(AgentError::Timeout(
+                "the guest did not release the disk within 30 s (is it mounted?)".into(),
+            ));
+        }
+        qmp.execute("blockdev-del", json!({"node-name": format!("disk{index}")}))
+            .await?;
+        qmp.execute("blockdev-del", json!({"node-name": format!("file{index}")}))
+            .await?;
+        let mut spec = self.spec.lock().unwrap();
+        spec.disks.retain(|d| d.index != index);
+        write_runtime_spec(&self.paths, &spec);
+        Ok(())
+    }
+
+    /// Grows a disk of the running guest; the guest sees the new size at once.
+    pub async fn resize_disk(&self, index: u32, size_mib: u64) -> Result<(), AgentError> {
+        let qmp = self.qmp()?;
+        qmp.execute(
+            "block_resize",
+            json!({"node-name": format!("disk{index}"), "size": size_mib << 20}),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Snapshot operations while QEMU runs: all disks at one instant (the VM paused
+    /// meanwhile), optionally with the memory state (`snapshot-save`).
+    pub async fn snapshot_live(
+        &self,
+        action: &str,
+        name: &str,
+        memory: bool,
+    ) -> Result<(), AgentError> {
+        let qmp = self.qmp()?;
+        let nodes: Vec<String> = self
+            .spec()
+            .disks
+            .iter()
+            .map(|d| format!("disk{}", d.index))
+            .collect();
+        match action {
+            "create" if memory => {
+                let job = format!("snap-{name}");
+                qmp.execute(
+                    "snapshot-save",
+                    json!({"job-id": job, "tag": name, "vmstate": nodes[0], "devices": nodes}),
+                )
+                .await?;
+                wait_job(&qmp, &job).await.map_err(AgentError::Internal)
+            }
+            "create" => {
+                let was_running = self.state() == VmState::Running;
+                qmp.execute("stop", json!({})).await?;
+                let mut made = Vec::new();
+                let mut failed = None;
+                for n in &nodes {
+                    match qmp
+                        .execute(
+                            "blockdev-snapshot-internal-sync",
+                            json!({"device": n, "name": name}),
+                        )
+                        .await
+                    {
+                        Ok(_) => made.push(n.clone()),
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                }
+                if failed.is_some() {
+                    for n in &made {
+                        let _ = qmp
+                            .execute(
+                                "blockdev-snapshot-delete-internal-sync",
+                                json!({"device": n, "name": name}),
+                            )
+                            .await;
+                    }
+                }
+                if was_running {
+                    qmp.execute("cont", json!({})).await?;
+                }
+                match failed {
+                    Some(e) => Err(e.into()),
+                    None => Ok(()),
+                }
+            }
+            "delete" => {
+                for n in &nodes {
+                    qmp.execute(
+                        "blockdev-snapshot-delete-internal-sync",
+                        json!({"device": n, "name": name}),
+                    )
+                    .await?;
+                }
+                Ok(())
+            }
+            _ => Err(AgentError::Conflict(format!(
+                "cannot {action} a snapshot while the VM runs: stop it first"
+            ))),
+        }
+    }
+
     /// Writes the memory state to `path` (which must not exist) and stops the VM.
     pub async fn save(
         &self,
@@ -814,6 +1008,30 @@ impl VmRuntime {
         }
         let _ = shared;
         Ok(())
+    }
+}
+
+/// Waits for a QEMU job to conclude, and dismisses it.
+async fn wait_job(qmp: &Qmp, id: &str) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    loop {
+        let jobs = qmp.execute("query-jobs", json!({})).await?;
+        let job = jobs
+            .as_array()
+            .and_then(|a| a.iter().find(|j| j["id"] == id))
+            .cloned()
+            .ok_or_else(|| anyhow!("the job {id} vanished"))?;
+        if job["status"] == "concluded" {
+            let _ = qmp.execute("job-dismiss", json!({"id": id})).await;
+            if let Some(e) = job["error"].as_str() {
+                anyhow::bail!("{e}");
+            }
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("the job {id} did not finish within 600 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

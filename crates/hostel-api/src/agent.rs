@@ -110,6 +110,9 @@ pub struct StartRequest {
     /// Resume from a file written by `save` instead of booting.
     #[serde(default)]
     pub restore_from: Option<String>,
+    /// Resume from a snapshot with memory state instead of booting.
+    #[serde(default)]
+    pub load_snapshot: Option<String>,
 }
 
 /// What the agent knows of one VM that has (or had) a QEMU process on its host.
@@ -235,4 +238,34 @@ pub struct HostFacts {
     pub accel_reason: String,
     pub qemu_version: String,
     pub kernel: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DiskIndex {
+    pub index: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResizeDiskRequest {
+    /// The disk of a running VM (online resize), by index.
+    #[serde(default)]
+    pub index: Option<u32>,
+    /// The disk file of a stopped VM (offline resize).
+    #[serde(default)]
+    pub path: Option<String>,
+    pub size_mib: u64,
+}
+
+/// A snapshot operation on a VM's disks: qcow2 internal snapshots, through QEMU when it
+/// runs (all disks at one instant, the VM paused meanwhile) and qemu-img when not.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotRequest {
+    /// `create`, `revert` or `delete`.
+    pub action: String,
+    pub name: String,
+    /// The disk files (used when the VM has no QEMU).
+    pub disks: Vec<DiskSpec>,
+    /// Also save the memory state (running VMs; `create` only).
+    #[serde(default)]
+    pub memory: bool,
 }

@@ -334,3 +334,48 @@ pub struct PortForward {
     pub guest_port: u16,
     pub ip: String,
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AddDiskRequest {
+    /// Size in MiB (for an image: at least the image's size; default the image's size).
+    #[serde(default)]
+    pub size_mib: Option<u64>,
+    /// Make the disk an overlay of this disk image; blank otherwise.
+    #[serde(default)]
+    pub image: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RemoveDiskRequest {
+    /// The disk's index (`hostel disk list`).
+    pub disk: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ResizeDiskRequest {
+    pub disk: u32,
+    /// The new size in MiB: larger than the current one.
+    pub size_mib: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreateSnapshotRequest {
+    /// Defaults to a timestamp.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Include the memory state (the VM must be running); revert then resumes it.
+    #[serde(default)]
+    pub memory: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Snapshot {
+    pub name: String,
+    pub with_memory: bool,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SnapshotName {
+    pub name: String,
+}

@@ -129,7 +129,9 @@ type R<T> = Result<Json<T>, ApiError>;
         unpause_vm, destroy_vm, shutdown_vm, mem_set, vcpu_set, save_vm, restore_vm,
         console, dmesg, list_images, build_image, import_image, delete_image, get_task,
         list_networks, create_network, get_network, delete_network, list_nics, add_nic,
-        remove_nic, list_forwards, add_forward, remove_forward
+        remove_nic, list_forwards, add_forward, remove_forward, list_disks, add_disk,
+        remove_disk, resize_disk, list_snapshots, create_snapshot, revert_snapshot,
+        delete_snapshot
     ),
     components(schemas(ErrorBody)),
     modifiers(&BearerAuth),
@@ -185,6 +187,15 @@ pub fn router(c: Arc<Controller>) -> Router {
             get(get_network).delete(delete_network),
         )
         .route("/api/v1/vms/{name}/nics", get(list_nics).post(add_nic))
+        .route("/api/v1/vms/{name}/disks", get(list_disks).post(add_disk))
+        .route("/api/v1/vms/{name}/disks/remove", post(remove_disk))
+        .route("/api/v1/vms/{name}/disks/resize", post(resize_disk))
+        .route(
+            "/api/v1/vms/{name}/snapshots",
+            get(list_snapshots).post(create_snapshot),
+        )
+        .route("/api/v1/vms/{name}/snapshots/revert", post(revert_snapshot))
+        .route("/api/v1/vms/{name}/snapshots/delete", post(delete_snapshot))
         .route("/api/v1/vms/{name}/nics/remove", post(remove_nic))
         .route(
             "/api/v1/vms/{name}/port-forwards",
@@ -251,11 +262,22 @@ async fn get_vm(State(c): S, Path(name): Path<String>) -> R<Vm> {
     Ok(Json(c.view(&vm, true).await?))
 }
 
-#[utoipa::path(delete, path = "/api/v1/vms/{name}", params(("name" = String, Path)),
-    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-async fn delete_vm(State(c): S, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
-    c.delete_vm(&name).await?;
-    Ok(StatusCode::NO_CONTENT)
+#[derive(Deserialize, utoipa::IntoParams)]
+struct DeleteQuery {
+    /// Keep the VM's disk files (their paths come back); they are no longer Hostel's.
+    #[serde(default)]
+    keep_disks: bool,
+}
+
+#[utoipa::path(delete, path = "/api/v1/vms/{name}", params(("name" = String, Path), DeleteQuery),
+    responses((status = 200, body = Vec<String>, description = "paths of kept disk files"),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn delete_vm(
+    State(c): S,
+    Path(name): Path<String>,
+    Query(q): Query<DeleteQuery>,
+) -> R<Vec<String>> {
+    Ok(Json(c.delete_vm_keeping(&name, q.keep_disks).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{name}/start", params(("name" = String, Path)),
@@ -554,5 +576,82 @@ async fn remove_forward(
     Json(req): Json<PortForwardRequest>,
 ) -> Result<StatusCode, ApiError> {
     c.remove_forward(&name, req).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/api/v1/vms/{name}/disks", params(("name" = String, Path)),
+    responses((status = 200, body = Vec<DiskView>), (status = 404, body = ErrorBody)))]
+async fn list_disks(State(c): S, Path(name): Path<String>) -> R<Vec<DiskView>> {
+    Ok(Json(c.disk_views(&name).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/vms/{name}/disks", params(("name" = String, Path)), request_body = AddDiskRequest,
+    responses((status = 201, body = DiskView), (status = 400, body = ErrorBody)))]
+async fn add_disk(
+    State(c): S,
+    Path(name): Path<String>,
+    Json(req): Json<AddDiskRequest>,
+) -> Result<(StatusCode, Json<DiskView>), ApiError> {
+    Ok((StatusCode::CREATED, Json(c.add_disk(&name, req).await?)))
+}
+
+#[utoipa::path(post, path = "/api/v1/vms/{name}/disks/remove", params(("name" = String, Path)), request_body = RemoveDiskRequest,
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn remove_disk(
+    State(c): S,
+    Path(name): Path<String>,
+    Json(req): Json<RemoveDiskRequest>,
+) -> Result<StatusCode, ApiError> {
+    c.remove_disk(&name, req.disk).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/api/v1/vms/{name}/disks/resize", params(("name" = String, Path)), request_body = ResizeDiskRequest,
+    responses((status = 200, body = DiskView), (status = 400, body = ErrorBody)))]
+async fn resize_disk(
+    State(c): S,
+    Path(name): Path<String>,
+    Json(req): Json<ResizeDiskRequest>,
+) -> R<DiskView> {
+    Ok(Json(c.resize_disk(&name, req).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/vms/{name}/snapshots", params(("name" = String, Path)),
+    responses((status = 200, body = Vec<Snapshot>), (status = 404, body = ErrorBody)))]
+async fn list_snapshots(State(c): S, Path(name): Path<String>) -> R<Vec<Snapshot>> {
+    Ok(Json(c.snapshots(&name).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/vms/{name}/snapshots", params(("name" = String, Path)), request_body = CreateSnapshotRequest,
+    responses((status = 201, body = Snapshot), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn create_snapshot(
+    State(c): S,
+    Path(name): Path<String>,
+    Json(req): Json<CreateSnapshotRequest>,
+) -> Result<(StatusCode, Json<Snapshot>), ApiError> {
+    Ok((
+        StatusCode::CREATED,
+        Json(c.create_snapshot(&name, req).await?),
+    ))
+}
+
+#[utoipa::path(post, path = "/api/v1/vms/{name}/snapshots/revert", params(("name" = String, Path)), request_body = SnapshotName,
+    responses((status = 200, body = Vm), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn revert_snapshot(
+    State(c): S,
+    Path(name): Path<String>,
+    Json(req): Json<SnapshotName>,
+) -> R<Vm> {
+    Ok(Json(c.revert_snapshot(&name, &req.name).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/vms/{name}/snapshots/delete", params(("name" = String, Path)), request_body = SnapshotName,
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn delete_snapshot(
+    State(c): S,
+    Path(name): Path<String>,
+    Json(req): Json<SnapshotName>,
+) -> Result<StatusCode, ApiError> {
+    c.delete_snapshot(&name, &req.name).await?;
     Ok(StatusCode::NO_CONTENT)
 }

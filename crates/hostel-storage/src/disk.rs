@@ -78,6 +78,42 @@ pub fn create_blank(path: &Path, size_mib: u64) -> Result<()> {
     Ok(())
 }
 
+/// Grows a disk file (never shrinks: that would cut off what the guest wrote).
+pub fn resize(path: &Path, size_mib: u64) -> Result<()> {
+    let current = info(path)?.virtual_size;
+    if size_mib << 20 < current {
+        bail!(
+            "the disk is {} MiB; shrinking it would lose data: give a larger size",
+            current >> 20
+        );
+    }
+    run(
+        Command::new("qemu-img")
+            .args(["resize", "-q"])
+            .arg(path)
+            .arg(format!("{size_mib}M")),
+        &format!("resizing {}", path.display()),
+    )?;
+    Ok(())
+}
+
+/// qcow2 internal snapshots of a disk no QEMU has open: `create`, `revert` or `delete`.
+pub fn snapshot(path: &Path, action: &str, name: &str) -> Result<()> {
+    let flag = match action {
+        "create" => "-c",
+        "revert" => "-a",
+        "delete" => "-d",
+        _ => bail!("{action:?} is not a snapshot action"),
+    };
+    run(
+        Command::new("qemu-img")
+            .args(["snapshot", flag, name])
+            .arg(path),
+        &format!("snapshot {action} {name} on {}", path.display()),
+    )?;
+    Ok(())
+}
+
 fn refuse_existing(path: &Path) -> Result<()> {
     if path.exists() {
         bail!(
@@ -89,7 +125,7 @@ fn refuse_existing(path: &Path) -> Result<()> {
 }
 
 /// Formats `import` accepts. `qemu-img` reads more; these are the ones tested.
-pub const IMPORT_FORMATS: &[&str] = &["raw", "qcow2"];
+pub const IMPORT_FORMATS: &[&str] = &["raw", "qcow2", "vmdk", "vdi", "vhdx"];
 
 /// Converts `source` into a qcow2 image at `dest` (through a temporary name, so a
 /// failed import leaves nothing behind). Returns the source's detected format.
@@ -103,7 +139,7 @@ pub fn import(source: &Path, dest: &Path) -> Result<String> {
     let src = info(source)?;
     if !IMPORT_FORMATS.contains(&src.format.as_str()) {
         bail!(
-            "{} is in {} format, which import does not take: convert it to raw or qcow2 first \
+            "{} is in {} format, which import does not take: convert it to raw, qcow2, vmdk, vdi or vhdx first \
              (qemu-img convert -O qcow2 ...)",
             source.display(),
             src.format

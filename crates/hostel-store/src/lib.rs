@@ -65,6 +65,15 @@ pub struct DiskRecord {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotRecord {
+    pub id: String,
+    pub vm_id: String,
+    pub name: String,
+    pub with_memory: bool,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct ImageRecord {
     pub id: String,
     pub name: String,
@@ -565,6 +574,7 @@ impl Store {
     pub async fn delete_vm(&self, id: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         for q in [
+            "DELETE FROM snapshots WHERE vm_id = $1",
             "DELETE FROM port_forwards WHERE vm_id = $1",
             "DELETE FROM nics WHERE vm_id = $1",
             "DELETE FROM disks WHERE vm_id = $1",
@@ -588,6 +598,83 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(disk_of).collect()
+    }
+
+    pub async fn insert_disk(&self, d: &DiskRecord) -> Result<()> {
+        sqlx::query(&format!(
+            "INSERT INTO disks ({DISK_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+        ))
+        .bind(&d.id)
+        .bind(&d.vm_id)
+        .bind(d.idx as i64)
+        .bind(&d.path)
+        .bind(&d.format)
+        .bind(d.size_mib as i64)
+        .bind(&d.image_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn delete_disk(&self, id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM disks WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_disk_size(&self, id: &str, size_mib: u64) -> Result<()> {
+        sqlx::query("UPDATE disks SET size_mib = $2 WHERE id = $1")
+            .bind(id)
+            .bind(size_mib as i64)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn insert_snapshot(&self, s: &SnapshotRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO snapshots (id, vm_id, name, with_memory, created_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&s.id)
+        .bind(&s.vm_id)
+        .bind(&s.name)
+        .bind(s.with_memory as i64)
+        .bind(&s.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn snapshots_of(&self, vm_id: &str) -> Result<Vec<SnapshotRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, vm_id, name, with_memory, created_at FROM snapshots WHERE vm_id = $1 \
+             ORDER BY created_at, name",
+        )
+        .bind(vm_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SnapshotRecord {
+                    id: r.try_get("id")?,
+                    vm_id: r.try_get("vm_id")?,
+                    name: r.try_get("name")?,
+                    with_memory: r.try_get::<i64, _>("with_memory")? != 0,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn delete_snapshot(&self, id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM snapshots WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     pub async fn all_disks(&self) -> Result<Vec<DiskRecord>> {

@@ -114,4 +114,12 @@ pub const MIGRATIONS: &[&[&str]] = &[
         )",
     ],
     &["ALTER TABLE networks ADD COLUMN dns_forward TEXT"],
+    &["CREATE TABLE snapshots (
+        id TEXT PRIMARY KEY,
+        vm_id TEXT NOT NULL REFERENCES vms(id),
+        name TEXT NOT NULL,
+        with_memory BIGINT NOT NULL,
+        created_at TEXT NOT NULL,
+        UNIQUE (vm_id, name)
+    )"],
 ];

@@ -122,6 +122,11 @@ impl Api {
         Ok(())
     }
 
+    pub async fn delete_json<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.send(self.http.delete(format!("{}{path}", self.cfg.url)))
+            .await
+    }
+
     pub fn ws_url(&self, path: &str) -> String {
         let base = self
             .cfg

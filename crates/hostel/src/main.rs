@@ -113,7 +113,12 @@ enum Cmd {
     /// Stop a VM at once, like pulling the plug.
     Destroy { name: String },
     /// Delete a stopped VM and its disks.
-    Delete { name: String },
+    Delete {
+        name: String,
+        /// Keep the disk files (their paths are printed).
+        #[arg(long)]
+        keep_disks: bool,
+    },
     /// Ask the guest to power off (ACPI).
     Shutdown {
         name: String,
@@ -154,6 +159,12 @@ enum Cmd {
     /// Images VMs boot from.
     #[command(subcommand)]
     Image(ImageCmd),
+    /// A VM's disks.
+    #[command(subcommand)]
+    Disk(DiskCmd),
+    /// Snapshots of a VM's disks (and optionally memory).
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
     /// Networks VMs attach to (DHCP, DNS, NAT, port guards).
     #[command(subcommand)]
     Network(NetworkCmd),
@@ -199,6 +210,69 @@ enum NetworkCmd {
     },
     /// Delete a network no NIC uses.
     Delete { name: String },
+}
+
+#[derive(Subcommand)]
+enum SnapshotCmd {
+    /// Snapshot all disks at one instant (crash-consistent while running).
+    Create {
+        vm: String,
+        name: Option<String>,
+        /// Include the memory state (running VMs); revert then resumes there.
+        #[arg(long)]
+        memory: bool,
+    },
+    List {
+        vm: String,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Table2Json,
+    },
+    /// Bring the disks back to a snapshot (the VM must be stopped).
+    Revert {
+        vm: String,
+        name: String,
+    },
+    Delete {
+        vm: String,
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DiskCmd {
+    /// Add a disk, blank or an overlay of a disk image (hot-plugged when running).
+    Add {
+        vm: String,
+        #[arg(long)]
+        size: Option<String>,
+        #[arg(long)]
+        image: Option<String>,
+    },
+    /// Remove a disk by index, and its file (hot-unplugged when running).
+    Remove { vm: String, disk: u32 },
+    /// Grow a disk (online when running).
+    Resize { vm: String, disk: u32, size: String },
+    List {
+        vm: String,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Table2Json,
+    },
+}
+
+fn disk_table(disks: &[DiskView]) {
+    let mut t = Table::new();
+    t.load_preset(NOTHING);
+    t.set_header(["INDEX", "SIZE", "FORMAT", "IMAGE", "PATH"]);
+    for d in disks {
+        t.add_row([
+            d.index.to_string(),
+            format_mib(d.size_mib),
+            d.format.clone(),
+            d.backing_image.clone().unwrap_or_default(),
+            d.path.clone(),
+        ]);
+    }
+    println!("{t}");
 }
 
 #[derive(Subcommand)]
@@ -492,9 +566,14 @@ async fn run(cli: Cli) -> Result<()> {
                 .await?;
             show_vm(&vm, Table2Json::Table)?;
         }
-        Cmd::Delete { name } => {
-            api.delete(&vm_path(&name)).await?;
+        Cmd::Delete { name, keep_disks } => {
+            let kept: Vec<String> = api
+                .delete_json(&format!("{}?keep_disks={keep_disks}", vm_path(&name)))
+                .await?;
             println!("deleted {name}");
+            for p in kept {
+                println!("kept disk {p}");
+            }
         }
         Cmd::Shutdown {
             name,
@@ -592,6 +671,85 @@ async fn run(cli: Cli) -> Result<()> {
                 Table2Json::Table => log.lines.iter().for_each(|l| println!("{l}")),
             }
         }
+        Cmd::Snapshot(cmd) => match cmd {
+            SnapshotCmd::Create { vm, name, memory } => {
+                let snap: Snapshot = api
+                    .post(
+                        &format!("{}/snapshots", vm_path(&vm)),
+                        &CreateSnapshotRequest { name, memory },
+                    )
+                    .await?;
+                println!("created snapshot {} of {vm}", snap.name);
+            }
+            SnapshotCmd::List { vm, output } => {
+                let snaps: Vec<Snapshot> = api.get(&format!("{}/snapshots", vm_path(&vm))).await?;
+                match output {
+                    Table2Json::Json => print_json(&snaps)?,
+                    Table2Json::Table => {
+                        for s in snaps {
+                            let mem = if s.with_memory { " (with memory)" } else { "" };
+                            println!("{}  {}{mem}", s.name, s.created_at);
+                        }
+                    }
+                }
+            }
+            SnapshotCmd::Revert { vm, name } => {
+                let v: Vm = api
+                    .post(
+                        &format!("{}/snapshots/revert", vm_path(&vm)),
+                        &SnapshotName { name: name.clone() },
+                    )
+                    .await?;
+                println!("reverted {vm} to {name}; it is {}", v.state);
+            }
+            SnapshotCmd::Delete { vm, name } => {
+                let _: serde_json::Value = api
+                    .post(
+                        &format!("{}/snapshots/delete", vm_path(&vm)),
+                        &SnapshotName { name: name.clone() },
+                    )
+                    .await?;
+                println!("deleted snapshot {name} of {vm}");
+            }
+        },
+        Cmd::Disk(cmd) => match cmd {
+            DiskCmd::Add { vm, size, image } => {
+                let size_mib = size.map(|s| parse_size_mib("size", &s)).transpose()?;
+                let d: DiskView = api
+                    .post(
+                        &format!("{}/disks", vm_path(&vm)),
+                        &AddDiskRequest { size_mib, image },
+                    )
+                    .await?;
+                disk_table(&[d]);
+            }
+            DiskCmd::Remove { vm, disk } => {
+                let _: serde_json::Value = api
+                    .post(
+                        &format!("{}/disks/remove", vm_path(&vm)),
+                        &RemoveDiskRequest { disk },
+                    )
+                    .await?;
+                println!("removed disk {disk} of {vm}");
+            }
+            DiskCmd::Resize { vm, disk, size } => {
+                let size_mib = parse_size_mib("size", &size)?;
+                let d: DiskView = api
+                    .post(
+                        &format!("{}/disks/resize", vm_path(&vm)),
+                        &ResizeDiskRequest { disk, size_mib },
+                    )
+                    .await?;
+                disk_table(&[d]);
+            }
+            DiskCmd::List { vm, output } => {
+                let disks: Vec<DiskView> = api.get(&format!("{}/disks", vm_path(&vm))).await?;
+                match output {
+                    Table2Json::Json => print_json(&disks)?,
+                    Table2Json::Table => disk_table(&disks),
+                }
+            }
+        },
         Cmd::Network(cmd) => match cmd {
             NetworkCmd::Create {
                 name,

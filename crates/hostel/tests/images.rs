@@ -35,6 +35,18 @@ async fn import_overlay_and_delete() {
 
     d.ok(&["image", "import", "rawimg", raw.to_str().unwrap()]);
     d.ok(&["image", "import", "qcowimg", qcow.to_str().unwrap()]);
+    // VMware, VirtualBox and Hyper-V disks convert too (the seeds' qemu-img convert).
+    for fmt in ["vmdk", "vdi", "vhdx"] {
+        let f = dir.join(format!("disk.{fmt}"));
+        qemu_img(&["create", "-q", "-f", fmt, f.to_str().unwrap(), "16M"]);
+        d.ok(&[
+            "image",
+            "import",
+            &format!("from-{fmt}"),
+            f.to_str().unwrap(),
+        ]);
+        d.ok(&["image", "delete", &format!("from-{fmt}")]);
+    }
     let err = d.fails(&["image", "import", "vpcimg", vpc.to_str().unwrap()]);
     assert!(err.contains("vpc format"), "{err}");
     let err = d.fails(&["image", "import", "rawimg", raw.to_str().unwrap()]);

@@ -1,0 +1,115 @@
+//! Extra disks: hot-plugged and unplugged, grown online and offline, kept on delete
+//! when asked.
+
+mod common;
+use common::*;
+use std::time::Duration;
+
+async fn wait_guest(c: &mut Console, cmd: &str, ok: impl Fn(&str) -> bool, what: &str) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = c.run(cmd).await;
+        if ok(&out) {
+            return out;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: the guest says {out:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn disks_hotplug_resize_and_keep() {
+    let d = Daemon::start();
+    d.ok(&[
+        "create",
+        "store",
+        "--image",
+        "tiny",
+        "--memory",
+        "128M",
+        "--no-network",
+    ]);
+    let mut c = d.console("store").await;
+    c.wait_for(READY, Duration::from_secs(180)).await;
+    assert_eq!(c.run("ls /sys/block | grep -c vd").await, "0");
+
+    d.ok(&["disk", "add", "store", "--size", "32M"]);
+    wait_guest(
+        &mut c,
+        "cat /sys/block/vda/size 2>/dev/null",
+        |o| o == "65536",
+        "hot-plugged disk",
+    )
+    .await;
+    c.run("echo kept-bytes | dd of=/dev/vda bs=512 count=1 conv=sync 2>/dev/null; sync")
+        .await;
+
+    let err = d.fails(&["disk", "resize", "store", "0", "16M"]);
+    assert!(err.contains("not larger than the disk"), "{err}");
+    d.ok(&["disk", "resize", "store", "0", "64M"]);
+    wait_guest(
+        &mut c,
+        "cat /sys/block/vda/size",
+        |o| o == "131072",
+        "online resize",
+    )
+    .await;
+    assert_eq!(
+        c.run("head -c 10 /dev/vda").await,
+        "kept-bytes",
+        "resize keeps the data"
+    );
+    let disks = d.json(&["disk", "list", "store"]);
+    assert_eq!(disks[0]["size_mib"], 64);
+
+    d.ok(&["disk", "add", "store", "--size", "8M"]);
+    wait_guest(
+        &mut c,
+        "cat /sys/block/vdb/size 2>/dev/null",
+        |o| o == "16384",
+        "second disk",
+    )
+    .await;
+    let second = d.json(&["disk", "list", "store"])[1]["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    d.ok(&["disk", "remove", "store", "1"]);
+    wait_guest(
+        &mut c,
+        "ls /sys/block",
+        |o| !o.contains("vdb"),
+        "unplugged disk",
+    )
+    .await;
+    assert!(
+        !std::path::Path::new(&second).exists(),
+        "a removed disk's file goes"
+    );
+    let err = d.fails(&["disk", "remove", "store", "7"]);
+    assert!(err.contains("no disk 7"), "{err}");
+
+    // Offline: the new size is there at the next boot.
+    d.ok(&["destroy", "store"]);
+    d.ok(&["disk", "resize", "store", "0", "96M"]);
+    let n = c.seen.matches(READY).count();
+    d.ok(&["start", "store"]);
+    c.wait_count(READY, n + 1, Duration::from_secs(180)).await;
+    assert_eq!(c.run("cat /sys/block/vda/size").await, "196608");
+    assert_eq!(c.run("head -c 10 /dev/vda").await, "kept-bytes");
+
+    d.ok(&["destroy", "store"]);
+    let path = d.json(&["disk", "list", "store"])[0]["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = d.ok(&["delete", "store", "--keep-disks"]);
+    assert!(out.contains(&path), "{out}");
+    assert!(
+        std::path::Path::new(&path).exists(),
+        "--keep-disks keeps the file"
+    );
+}
