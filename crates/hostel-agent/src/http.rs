@@ -111,6 +111,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/vms/{id}/console-log", get(console_log))
         .route("/v1/save-header", post(save_header))
         .route("/v1/render", post(render))
+        .route("/v1/files", get(files))
         .route(
             "/v1/networks",
             axum::routing::put(put_networks).get(get_networks),
@@ -154,12 +155,16 @@ async fn status(State(s): S, Path(id): Path<String>) -> R<VmStatus> {
 /// A stream of JSON lines, one per state change, for the controller to follow.
 async fn events(State(s): S) -> Response {
     let rx = s.subscribe();
-    let stream = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(|ev| async move {
-        let ev = ev.ok()?;
-        let mut line = serde_json::to_vec(&ev).ok()?;
-        line.push(b'\n');
-        Some(Ok::<_, std::convert::Infallible>(bytes::Bytes::from(line)))
-    });
+    // A subscriber that fell behind has missed changes: end its stream, so the controller
+    // reconnects and reconciles instead of going on with a wrong picture.
+    let stream = tokio_stream::wrappers::BroadcastStream::new(rx)
+        .take_while(|ev| futures::future::ready(ev.is_ok()))
+        .filter_map(|ev| async move {
+            let ev = ev.ok()?;
+            let mut line = serde_json::to_vec(&ev).ok()?;
+            line.push(b'\n');
+            Some(Ok::<_, std::convert::Infallible>(bytes::Bytes::from(line)))
+        });
     // A first empty line tells the client the subscription is in place.
     let hello = futures::stream::once(async { Ok(bytes::Bytes::from_static(b"\n")) });
     Response::builder()
@@ -169,6 +174,11 @@ async fn events(State(s): S) -> Response {
 }
 
 async fn start(State(s): S, Path(id): Path<String>, Json(req): Json<StartRequest>) -> R<VmStatus> {
+    if !crate::is_plain_name(&id) {
+        return Err(AgentError::Invalid(anyhow::anyhow!(
+            "id: {id:?} is not a VM id"
+        )));
+    }
     if req.spec.id != id {
         return Err(AgentError::Invalid(anyhow::anyhow!(
             "spec: id does not match the path"
@@ -284,6 +294,32 @@ async fn remove_nic(State(s): S, Path(id): Path<String>, Json(req): Json<IdBody>
     Ok(Json(vm.status(&s).await))
 }
 
+/// What the host's disk, image and runtime stores hold.
+async fn files(State(s): S) -> Json<StoredFiles> {
+    let list = |dir: std::path::PathBuf, full: bool| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&dir)
+            .map(|r| {
+                r.flatten()
+                    .map(|e| {
+                        if full {
+                            e.path().display().to_string()
+                        } else {
+                            e.file_name().to_string_lossy().into_owned()
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    Json(StoredFiles {
+        disks: list(s.disks_dir(), true),
+        images: list(s.images_dir(), true),
+        runtime: list(s.run_dir(), false),
+    })
+}
+
 /// The command line a VM with this definition would start with on this host.
 async fn render(State(s): S, Json(spec): Json<VmSpec>) -> Json<Vec<String>> {
     let paths = hostel_qemu::RuntimePaths::new(&s.run_dir(), &spec.id);
@@ -315,6 +351,11 @@ async fn forget(State(s): S, Path(id): Path<String>) -> R<()> {
         let _ = std::fs::remove_dir_all(&vm.paths.dir);
         s.vms.lock().unwrap().remove(&id);
     } else {
+        if !crate::is_plain_name(&id) {
+            return Err(AgentError::Invalid(anyhow::anyhow!(
+                "id: {id:?} is not a VM id"
+            )));
+        }
         let dir = hostel_qemu::RuntimePaths::new(&s.run_dir(), &id).dir;
         let _ = std::fs::remove_dir_all(dir);
     }
@@ -402,7 +443,7 @@ async fn create_disk(State(s): S, Json(req): Json<CreateDiskRequest>) -> R<DiskC
 
 async fn add_disk(State(s): S, Path(id): Path<String>, Json(disk): Json<DiskSpec>) -> R<VmStatus> {
     let vm = find(&s, &id)?;
-    if !std::path::Path::new(&disk.path).starts_with(s.disks_dir()) {
+    if !crate::inside(std::path::Path::new(&disk.path), &s.disks_dir()) {
         return Err(AgentError::Invalid(anyhow::anyhow!(
             "path: {} is not in this host's disk store",
             disk.path
@@ -427,7 +468,7 @@ async fn snapshot(State(s): S, Path(id): Path<String>, Json(req): Json<SnapshotR
         ));
     }
     for d in &req.disks {
-        if !std::path::Path::new(&d.path).starts_with(s.disks_dir()) {
+        if !crate::inside(std::path::Path::new(&d.path), &s.disks_dir()) {
             return Err(AgentError::Invalid(anyhow::anyhow!(
                 "path: {} is not in this host's disk store",
                 d.path
@@ -473,7 +514,7 @@ async fn resize_disk(
             vm.resize_disk(index, req.size_mib).await?;
         }
         (_, _, Some(path)) => {
-            if !std::path::Path::new(&path).starts_with(s.disks_dir()) {
+            if !crate::inside(std::path::Path::new(&path), &s.disks_dir()) {
                 return Err(AgentError::Invalid(anyhow::anyhow!(
                     "path: {path} is not in this host's disk store"
                 )));
@@ -502,7 +543,7 @@ struct VmQuery {
 
 async fn delete_disk(State(s): S, Json(req): Json<DeleteDiskRequest>) -> R<()> {
     let p = std::path::Path::new(&req.path);
-    if !p.starts_with(s.disks_dir()) {
+    if !crate::inside(p, &s.disks_dir()) {
         return Err(AgentError::Invalid(anyhow::anyhow!(
             "path: {} is not in this host's disk store; refusing to delete it",
             req.path

@@ -251,7 +251,7 @@ impl Shared {
 
     /// Hands a file or directory to the QEMU user (when QEMU runs as one).
     pub fn give_to_qemu(&self, path: &Path) -> anyhow::Result<()> {
-        if let Some(u) = self.run_as {
+        if let Some(u) = &self.run_as {
             nix::unistd::chown(
                 path,
                 Some(nix::unistd::Uid::from_raw(u.uid)),
@@ -356,7 +356,7 @@ impl Shared {
         } else {
             p.to_path_buf()
         };
-        if !target.starts_with(&images) || target == images {
+        if !inside(&target, &images) || target == images {
             anyhow::bail!("{} is not in this host's image store", target.display());
         }
         if target.is_dir() {
@@ -366,6 +366,22 @@ impl Shared {
         }
         Ok(())
     }
+}
+
+/// True if `path` lies under `dir` with no `..` that could climb out of it.
+pub(crate) fn inside(path: &Path, dir: &Path) -> bool {
+    path.starts_with(dir)
+        && !path
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+}
+
+/// An id safe to use as one path component.
+pub(crate) fn is_plain_name(id: &str) -> bool {
+    !id.is_empty()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 pub fn host_memory_mib() -> u64 {
@@ -382,7 +398,7 @@ pub fn host_memory_mib() -> u64 {
 }
 
 /// Checks that the QEMU user can reach `dir` (every ancestor searchable by it).
-fn check_reachable(dir: &Path, user: &str, u: RunAs) -> anyhow::Result<()> {
+fn check_reachable(dir: &Path, user: &str, u: &RunAs) -> anyhow::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let mut p = Some(dir);
     while let Some(d) = p {
@@ -424,7 +440,7 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<Arc<Shared>> {
         let mode = if d == "images" { 0o755 } else { 0o711 };
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))?;
     }
-    if let Some(u) = run_as {
+    if let Some(u) = &run_as {
         check_reachable(&cfg.data_dir.join("disks"), &cfg.qemu_user, u)?;
     }
     let qemu_version = hostel_qemu::probe::qemu_version(&cfg.qemu_binary).await?;

@@ -100,6 +100,19 @@ impl Shared {
                 })
             })
             .collect::<anyhow::Result<_>>()?;
+        let applied = self.networks.lock().unwrap().forwards.clone();
+        for f in &state.forwards {
+            let new = !applied
+                .iter()
+                .any(|a| a.proto == f.proto && a.host_port == f.host_port);
+            if new && nat::host_listens(&f.proto, f.host_port) {
+                anyhow::bail!(
+                    "host_port: {}/{} is in use by a service on the host: choose another port",
+                    f.host_port,
+                    f.proto
+                );
+            }
+        }
         nat::apply(&nats, &forwards)?;
         if state.networks.is_empty() && self.guards.lock().unwrap().is_empty() {
             let _ = guard::remove_all();
@@ -158,13 +171,18 @@ impl Shared {
             )));
         }
         let g = Self::guard_of(nic)?;
-        let all: Vec<guard::Guard> = {
+        {
+            // Held across nft: the verdict map is rewritten whole, so two changes must
+            // not interleave (an older snapshot applied last would unguard a tap).
             let mut guards = self.guards.lock().unwrap();
             guards.insert(nic.tap.clone(), g.clone());
-            guards.values().cloned().collect()
-        };
-        // The guard is in place before the tap carries a single frame.
-        guard::install(&g, &all)?;
+            let all: Vec<guard::Guard> = guards.values().cloned().collect();
+            // The guard is in place before the tap carries a single frame.
+            if let Err(e) = guard::install(&g, &all) {
+                guards.remove(&nic.tap);
+                return Err(e.into());
+            }
+        }
         let fd = tap::open(&nic.tap)?;
         link::attach(&nic.tap, &nic.bridge)?;
         Ok(fd)
@@ -185,11 +203,9 @@ impl Shared {
     }
 
     pub fn unplug_guard(&self, tap: &str) {
-        let rest: Vec<guard::Guard> = {
-            let mut guards = self.guards.lock().unwrap();
-            guards.remove(tap);
-            guards.values().cloned().collect()
-        };
+        let mut guards = self.guards.lock().unwrap();
+        guards.remove(tap);
+        let rest: Vec<guard::Guard> = guards.values().cloned().collect();
         if let Err(e) = guard::remove(tap, &rest) {
             tracing::warn!(%tap, "removing a port guard failed: {e:#}");
         }

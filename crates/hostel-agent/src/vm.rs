@@ -18,6 +18,9 @@ use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+const MAX_RESTARTS: usize = 5;
+const RESTART_WINDOW: Duration = Duration::from_secs(60);
+
 /// What the agent itself asked of QEMU, so that its exit can be told apart from a crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Intent {
@@ -48,6 +51,9 @@ struct Live {
     panicked: bool,
     /// vCPU threads this QEMU has started (see `vcpu_thread_budget`).
     vcpu_threads: u32,
+    /// A NIC or disk was plugged in or out since this QEMU started, so its device
+    /// layout no longer matches what a restore would render.
+    devices_changed: bool,
     /// Bumped at every QEMU start, so a stale supervisor never touches a newer process.
     generation: u64,
 }
@@ -59,6 +65,8 @@ pub struct VmRuntime {
     spec: Mutex<VmSpec>,
     live: Mutex<Live>,
     state_watch: tokio::sync::watch::Sender<VmState>,
+    /// When the policies last restarted the VM, to stop a restart loop.
+    restarts: Mutex<Vec<std::time::Instant>>,
     /// Serializes operations on this VM.
     pub op: tokio::sync::Mutex<()>,
 }
@@ -80,9 +88,11 @@ impl VmRuntime {
                 shutdown_reason: None,
                 panicked: false,
                 vcpu_threads: 0,
+                devices_changed: false,
                 generation: 0,
             }),
             state_watch: tokio::sync::watch::channel(VmState::Stopped).0,
+            restarts: Mutex::new(Vec::new()),
             op: tokio::sync::Mutex::new(()),
         })
     }
@@ -232,6 +242,7 @@ impl VmRuntime {
             l.shutdown_reason = None;
             l.panicked = false;
             l.vcpu_threads = spec.vcpus;
+            l.devices_changed = false;
             l.argv = argv.clone();
             l.generation
         };
@@ -246,7 +257,7 @@ impl VmRuntime {
         let started = process::spawn(Launch {
             argv: &argv,
             log: &self.paths.log(),
-            run_as: shared.run_as,
+            run_as: shared.run_as.clone(),
             incoming,
             taps,
         })
@@ -276,37 +287,54 @@ impl VmRuntime {
         self.clone()
             .supervise(shared.clone(), qmp.clone(), generation, Some(started.exit));
 
-        if restore_from.is_some() {
-            // Restore resumes the VM, like `xm restore`, whatever its state when saved.
-            let resumed = match wait_incoming(&qmp).await {
-                Ok(()) => qmp
-                    .execute("cont", json!({}))
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| anyhow!(e)),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = resumed {
-                let _ = self.destroy(shared).await;
-                return Err(AgentError::Internal(e));
+        // From here on a failure ends this QEMU: a failed start never leaves one running.
+        let finished = async {
+            if self.live.lock().unwrap().intent == Intent::Destroy {
+                anyhow::bail!("the VM was destroyed while it started");
+            }
+            if restore_from.is_some() {
+                // Restore resumes the VM, like `xm restore`, whatever its state when saved.
+                wait_incoming(&qmp).await?;
+                qmp.execute("cont", json!({})).await?;
+            }
+            if spec.memory_mib < spec.max_memory_mib {
+                // The balloon driver picks the target up when the guest loads it.
+                let _ = qmp
+                    .execute("balloon", json!({"value": spec.memory_mib << 20}))
+                    .await;
+            }
+            let status = qmp.execute("query-status", json!({})).await?;
+            Ok(if status["status"] == "paused" {
+                VmState::Paused
+            } else {
+                VmState::Running
+            })
+        }
+        .await;
+        match finished {
+            Ok(state) => {
+                if self.live.lock().unwrap().generation == generation
+                    && self.state() == VmState::Starting
+                {
+                    self.set_state(shared, state, None);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if self.state().has_process() {
+                    let _ = self.destroy(shared).await;
+                }
+                if restore_from.is_some() {
+                    // The save file is intact: the VM stays saved, ready for another try.
+                    self.set_state(
+                        shared,
+                        VmState::Saved,
+                        Some(format!("restoring failed: {e:#}; the save file is kept")),
+                    );
+                }
+                Err(AgentError::Internal(e))
             }
         }
-        if spec.memory_mib < spec.max_memory_mib {
-            // The balloon driver picks the target up when the guest loads it.
-            let _ = qmp
-                .execute("balloon", json!({"value": spec.memory_mib << 20}))
-                .await;
-        }
-        let status = qmp.execute("query-status", json!({})).await?;
-        let state = if status["status"] == "paused" {
-            VmState::Paused
-        } else {
-            VmState::Running
-        };
-        if self.live.lock().unwrap().generation == generation && self.state() == VmState::Starting {
-            self.set_state(shared, state, None);
-        }
-        Ok(())
     }
 
     async fn connect_qmp(&self, pid: u32) -> anyhow::Result<Arc<Qmp>> {
@@ -498,6 +526,20 @@ impl VmRuntime {
                 ),
             },
         };
+        // A guest that keeps crashing or powering off is not restarted for ever.
+        let restart = restart && {
+            let mut times = self.restarts.lock().unwrap();
+            let now = std::time::Instant::now();
+            times.retain(|t| now.duration_since(*t) < RESTART_WINDOW);
+            times.push(now);
+            times.len() <= MAX_RESTARTS
+        };
+        let reason =
+            if !restart && matches!(spec.on_crash, Policy::Restart) && state == VmState::Crashed {
+                format!("{reason}; not restarted: it ended {MAX_RESTARTS} times within a minute")
+            } else {
+                reason
+            };
         self.set_state(shared, state, Some(reason));
         if restart {
             let me = self.clone();
@@ -604,6 +646,10 @@ impl VmRuntime {
         if !self.wait_state(|s| !s.has_process(), timeout).await {
             self.live.lock().unwrap().intent = Intent::None;
             qmp.execute("system_reset", json!({})).await?;
+            return Ok(());
+        }
+        if self.live.lock().unwrap().intent != Intent::Reboot {
+            // Destroyed while it powered off for the reboot: it stays off.
             return Ok(());
         }
         self.start(shared, self.spec(), None).await
@@ -745,6 +791,7 @@ impl VmRuntime {
         }
         let mut spec = self.spec.lock().unwrap();
         spec.nics.push(nic);
+        self.live.lock().unwrap().devices_changed = true;
         spec.nics.sort_by_key(|n| n.index);
         write_runtime_spec(&self.paths, &spec);
         Ok(())
@@ -778,6 +825,7 @@ impl VmRuntime {
         shared.unplug_guard(&nic.tap);
         let mut spec = self.spec.lock().unwrap();
         spec.nics.retain(|n| n.id != nic_id);
+        self.live.lock().unwrap().devices_changed = true;
         write_runtime_spec(&self.paths, &spec);
         Ok(())
     }
@@ -835,6 +883,7 @@ impl VmRuntime {
         }
         let mut spec = self.spec.lock().unwrap();
         spec.disks.push(disk);
+        self.live.lock().unwrap().devices_changed = true;
         spec.disks.sort_by_key(|d| d.index);
         write_runtime_spec(&self.paths, &spec);
         Ok(())
@@ -868,6 +917,7 @@ impl VmRuntime {
             .await?;
         let mut spec = self.spec.lock().unwrap();
         spec.disks.retain(|d| d.index != index);
+        self.live.lock().unwrap().devices_changed = true;
         write_runtime_spec(&self.paths, &spec);
         Ok(())
     }
@@ -970,6 +1020,13 @@ impl VmRuntime {
         header: &SaveHeader,
     ) -> Result<(), AgentError> {
         let qmp = self.qmp()?;
+        if self.live.lock().unwrap().devices_changed {
+            return Err(AgentError::Conflict(
+                "NICs or disks were plugged in or out since this QEMU started, so a restore \
+                 could not rebuild the same machine: `hostel reboot` the VM, then save it"
+                    .into(),
+            ));
+        }
         let file = create_save_file(path, header)?;
         let was_running = self.state() == VmState::Running;
         self.live.lock().unwrap().intent = Intent::Save;

@@ -269,3 +269,12 @@ pub struct SnapshotRequest {
     #[serde(default)]
     pub memory: bool,
 }
+
+/// The files a host's stores hold, for `hostel doctor`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct StoredFiles {
+    pub disks: Vec<String>,
+    pub images: Vec<String>,
+    /// VM ids with a runtime directory.
+    pub runtime: Vec<String>,
+}

@@ -379,3 +379,11 @@ pub struct Snapshot {
 pub struct SnapshotName {
     pub name: String,
 }
+
+/// What `hostel doctor` found: each entry says what is wrong and what to do.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DoctorReport {
+    pub problems: Vec<String>,
+    /// What was checked, for the record.
+    pub checked: Vec<String>,
+}

@@ -131,7 +131,7 @@ type R<T> = Result<Json<T>, ApiError>;
         list_networks, create_network, get_network, delete_network, list_nics, add_nic,
         remove_nic, list_forwards, add_forward, remove_forward, list_disks, add_disk,
         remove_disk, resize_disk, list_snapshots, create_snapshot, revert_snapshot,
-        delete_snapshot
+        delete_snapshot, doctor
     ),
     components(schemas(ErrorBody)),
     modifiers(&BearerAuth),
@@ -176,6 +176,7 @@ pub fn router(c: Arc<Controller>) -> Router {
         .route("/api/v1/vms/{name}/console", get(console))
         .route("/api/v1/restore", post(restore_vm))
         .route("/api/v1/dmesg", get(dmesg))
+        .route("/api/v1/doctor", get(doctor))
         .route("/api/v1/images", get(list_images))
         .route("/api/v1/images/build", post(build_image))
         .route("/api/v1/images/import", post(import_image))
@@ -654,4 +655,9 @@ async fn delete_snapshot(
 ) -> Result<StatusCode, ApiError> {
     c.delete_snapshot(&name, &req.name).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/api/v1/doctor", responses((status = 200, body = DoctorReport)))]
+async fn doctor(State(c): S) -> R<DoctorReport> {
+    Ok(Json(c.doctor().await?))
 }

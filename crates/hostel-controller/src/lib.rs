@@ -32,6 +32,8 @@ pub struct Controller {
     agents: Mutex<HashMap<String, AgentClient>>,
     /// One lock per VM id: operations on a VM run one at a time.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Network state is pushed to hosts one push at a time.
+    net_sync: tokio::sync::Mutex<()>,
 }
 
 impl Controller {
@@ -41,6 +43,7 @@ impl Controller {
             cfg,
             agents: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
+            net_sync: tokio::sync::Mutex::new(()),
         })
     }
 

@@ -12,6 +12,10 @@ use std::collections::HashSet;
 
 type Res<T> = Result<T, ApiError>;
 
+fn state_of_vm(vm: &VmRecord) -> VmState {
+    VmState::parse(&vm.state).unwrap_or(VmState::Crashed)
+}
+
 /// The network `hostel up` creates so that a first VM has connectivity.
 pub const DEFAULT_NETWORK: &str = "default";
 pub const DEFAULT_CIDR: &str = "10.213.0.0/24";
@@ -74,6 +78,9 @@ impl Controller {
         }
         if let Some(f) = &req.dns_forward {
             mnet::parse_ip("dns_forward", f)?;
+        }
+        if let Some(u) = &req.uplink {
+            mnet::check_ifname("uplink", u)?;
         }
         if req.mode == NetMode::Bridged && req.uplink.is_none() {
             return Err(Invalid::new(
@@ -214,6 +221,8 @@ impl Controller {
 
     /// Pushes the desired network state to every connected host.
     pub async fn sync_networks(&self) -> Res<()> {
+        // Built and sent under one lock, so an older state never lands after a newer one.
+        let _in_order = self.net_sync.lock().await;
         let state = self.networks_state().await?;
         for (_, agent) in self.agents() {
             agent.put::<_, ()>("/v1/networks", &state).await?;
@@ -361,6 +370,13 @@ impl Controller {
         let lock = self.vm_lock(&vm.id);
         let _g = lock.lock().await;
         let vm = self.vm_named(name).await?;
+        if state_of_vm(&vm) == VmState::Saved {
+            return Err(Invalid::new(
+                "state",
+                "a saved VM cannot change its devices (its saved state would no longer fit): restore it first",
+            )
+            .into());
+        }
         let existing = self.store.nics_of(&vm.id).await?;
         let idx = existing.iter().map(|n| n.idx + 1).max().unwrap_or(0);
         let nic = self.plan_nic(&vm.id, idx, &req, &[]).await?;

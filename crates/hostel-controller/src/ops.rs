@@ -660,6 +660,13 @@ impl Controller {
             }
         };
         hostel_model::check_disk_size("size", size)?;
+        if state_of(&vm) == VmState::Saved {
+            return Err(Invalid::new(
+                "state",
+                "a saved VM cannot change its devices (its saved state would no longer fit): restore it first",
+            )
+            .into());
+        }
         let disks = self.store.disks_of(&vm.id).await?;
         let idx = disks.iter().map(|d| d.idx + 1).max().unwrap_or(0);
         let made: wire::DiskCreated = agent
@@ -794,6 +801,84 @@ impl Controller {
             .into_iter()
             .find(|d| d.index == req.disk)
             .expect("exists"))
+    }
+
+    /// Compares what the database says with what the hosts hold: files no row points to,
+    /// rows whose file is gone, runtime state of VMs that do not exist.
+    pub async fn doctor(&self) -> Res<DoctorReport> {
+        let mut problems = Vec::new();
+        let mut checked = Vec::new();
+        let disks = self.store.all_disks().await?;
+        let images = self.store.images().await?;
+        let vms = self.store.vms().await?;
+        for (host, agent) in self.agents() {
+            let files: wire::StoredFiles = agent.get("/v1/files").await?;
+            checked.push(format!(
+                "host {host}: {} disk files, {} image entries, {} runtime dirs",
+                files.disks.len(),
+                files.images.len(),
+                files.runtime.len()
+            ));
+            for f in &files.disks {
+                if !disks.iter().any(|d| &d.path == f) {
+                    problems.push(format!(
+                        "host {host}: disk file {f} belongs to no VM (left by an interrupted \
+                         operation or `delete --keep-disks`): remove it if it holds nothing you need"
+                    ));
+                }
+            }
+            for d in disks.iter().filter(|d| {
+                vms.iter()
+                    .any(|v| v.id == d.vm_id && v.host_id.as_deref() == Some(host.as_str()))
+            }) {
+                if !files.disks.contains(&d.path) {
+                    let vm = vms
+                        .iter()
+                        .find(|v| v.id == d.vm_id)
+                        .map(|v| v.name.clone())
+                        .unwrap_or_default();
+                    problems.push(format!(
+                        "VM {vm}: its disk {} is missing on host {host}: restore the file, or \
+                         `hostel disk remove {vm} {}`",
+                        d.path, d.idx
+                    ));
+                }
+            }
+            for f in &files.images {
+                let known = images.iter().any(|i| {
+                    &i.path == f
+                        || std::path::Path::new(&i.path)
+                            .parent()
+                            .map(|p| p.display().to_string())
+                            == Some(f.clone())
+                });
+                if !known && !f.contains(".tiny-build-") {
+                    problems.push(format!(
+                        "host {host}: image file {f} belongs to no image: remove it"
+                    ));
+                }
+            }
+            for id in &files.runtime {
+                if !vms.iter().any(|v| &v.id == id) {
+                    problems.push(format!("host {host}: runtime state of an unknown VM {id}"));
+                }
+            }
+        }
+        for i in &images {
+            if self.agent(&i.host_id).is_some() && !std::path::Path::new(&i.path).exists() {
+                problems.push(format!(
+                    "image {}: its file {} is missing: delete the image",
+                    i.name, i.path
+                ));
+            }
+        }
+        checked.push(format!(
+            "{} VMs, {} disks, {} images in the database",
+            vms.len(),
+            disks.len(),
+            images.len()
+        ));
+        Ok(DoctorReport { problems, checked })
     }
 
     pub async fn snapshots(&self, name: &str) -> Res<Vec<Snapshot>> {

@@ -199,6 +199,29 @@ pub fn link_local(mac: [u8; 6]) -> Ipv6Addr {
     ipv6_with_mac("fe80::".parse().expect("literal"), mac)
 }
 
+/// Checks a host interface name given by a user (an uplink): what the kernel allows,
+/// and none of Hostel's own bridges and taps.
+pub fn check_ifname(field: &str, name: &str) -> Result<(), Invalid> {
+    let ok = !name.is_empty()
+        && name.len() <= 15
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-');
+    if !ok {
+        return Err(Invalid::new(
+            field,
+            format!("{name:?} is not an interface name: 1 to 15 letters, digits, '_', '.' or '-'"),
+        ));
+    }
+    if name.starts_with("hbr") || name.starts_with("htp") {
+        return Err(Invalid::new(
+            field,
+            format!("{name} is one of Hostel's own bridges or taps, not an uplink"),
+        ));
+    }
+    Ok(())
+}
+
 /// Host interface names are at most 15 bytes; these are derived from the object's id so
 /// that a restarted agent finds the same ones.
 pub fn bridge_name(network_id: &str) -> String {
@@ -263,6 +286,21 @@ mod tests {
             assert!(e.message.contains(why), "{bad}: {e}");
         }
         check_vm_ip("ip", n, gw, "10.0.0.4".parse().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn interface_names() {
+        check_ifname("uplink", "eth0").unwrap();
+        check_ifname("uplink", "enp0s31f6.100").unwrap();
+        for bad in [
+            "",
+            "a\"; delete table",
+            "averyveryverylongname",
+            "hbr123",
+            "eth 0",
+        ] {
+            assert!(check_ifname("uplink", bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

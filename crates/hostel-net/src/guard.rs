@@ -4,7 +4,9 @@
 //! from 0.0.0.0. Everything else is dropped and counted.
 //!
 //! Each NIC has its own chain and named counter; a verdict map sends each tap's frames
-//! to its chain. Adding or removing one NIC never touches another's counter.
+//! to its chain. Adding or removing one NIC never touches another's counter. A tap with
+//! no entry in the map (a guard lost to a flushed ruleset, say) has its frames dropped:
+//! the guards fail closed.
 
 use crate::nft;
 use anyhow::Result;
@@ -27,7 +29,8 @@ fn base() -> String {
          add map bridge {TABLE} nics {{ type ifname : verdict ; }}\n\
          add chain bridge {TABLE} pre {{ type filter hook prerouting priority -200 ; policy accept ; }}\n\
          flush chain bridge {TABLE} pre\n\
-         add rule bridge {TABLE} pre iifname vmap @nics\n"
+         add rule bridge {TABLE} pre iifname vmap @nics\n\
+         add rule bridge {TABLE} pre iifname \"htp*\" counter drop\n"
     )
 }
 
@@ -50,7 +53,13 @@ pub fn chain_script(g: &Guard) -> String {
             "arp saddr ip != {{ {}, 0.0.0.0 }} counter name \"{c}\" drop",
             g.ipv4
         ),
+        // A VM is never a DHCP server for the others.
+        format!("udp sport {{ 67, 547 }} counter name \"{c}\" drop"),
         "ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport 68 udp dport 67 accept".to_string(),
+        // The unspecified address is only for duplicate address detection and MLD.
+        format!(
+            "ip6 saddr :: icmpv6 type != {{ nd-neighbor-solicit, mld2-listener-report }} counter name \"{c}\" drop"
+        ),
         format!("ip saddr != {} counter name \"{c}\" drop", g.ipv4),
         format!(
             "ip6 saddr != {{ {} }} counter name \"{c}\" drop",

@@ -33,11 +33,15 @@ pub fn script(nets: &[NatNet], forwards: &[Forward]) -> String {
         post.push(format!("ip saddr {} {out} masquerade", n.cidr));
     }
     let mut pre = Vec::new();
+    let mut out = Vec::new();
     for f in forwards {
-        pre.push(format!(
+        let rule = format!(
             "fib daddr type local {} dport {} dnat to {}:{}",
             f.proto, f.host_port, f.ip, f.guest_port
-        ));
+        );
+        // Loopback cannot be routed to a VM (martian): local clients use a host address.
+        out.push(format!("ip daddr != 127.0.0.0/8 {rule}"));
+        pre.push(rule);
     }
     let chain = |name: &str, hook: &str, prio: &str, rules: &[String]| {
         let mut s = format!(
@@ -53,8 +57,33 @@ pub fn script(nets: &[NatNet], forwards: &[Forward]) -> String {
         "add table ip {TABLE}\ndelete table ip {TABLE}\ntable ip {TABLE} {{\n{}{}{}}}\n",
         chain("post", "postrouting", "srcnat", &post),
         chain("pre", "prerouting", "dstnat", &pre),
-        chain("out", "output", "-100", &pre),
+        chain("out", "output", "-100", &out),
     )
+}
+
+/// True if a socket on this host (in this network namespace) listens on the port, so a
+/// forward would take it away from a host service (sshd, Hostel's own API, ...).
+pub fn host_listens(proto: &str, port: u16) -> bool {
+    let (files, state): (&[&str], &str) = match proto {
+        "udp" => (&["/proc/net/udp", "/proc/net/udp6"], "07"),
+        _ => (&["/proc/net/tcp", "/proc/net/tcp6"], "0A"),
+    };
+    files.iter().any(|f| {
+        std::fs::read_to_string(f)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .any(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                cols.len() > 3
+                    && cols[3] == state
+                    && cols[1]
+                        .rsplit(':')
+                        .next()
+                        .and_then(|p| u16::from_str_radix(p, 16).ok())
+                        == Some(port)
+            })
+    })
 }
 
 pub fn apply(nets: &[NatNet], forwards: &[Forward]) -> Result<()> {
@@ -87,5 +116,15 @@ mod tests {
         assert!(s.contains("ip saddr 10.9.0.0/24 oifname != \"hbr1\" masquerade"));
         assert!(s.contains("fib daddr type local tcp dport 8080 dnat to 10.9.0.2:80"));
         assert_eq!(s.matches("dnat to").count(), 2, "prerouting and output");
+        assert!(s.contains("ip daddr != 127.0.0.0/8 fib daddr type local tcp dport 8080"));
+    }
+
+    #[test]
+    fn sees_listening_ports() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert!(host_listens("tcp", port));
+        drop(l);
+        assert!(!host_listens("tcp", port));
     }
 }

@@ -152,6 +152,8 @@ pub fn render(
         }
         Boot::Bios => {}
     }
+    // Chassis numbers 1..=HOTPLUG_PORTS belong to the spare hotplug ports.
+    let mut chassis = HOTPLUG_PORTS + 1;
     for d in &spec.disks {
         push(&[
             "-blockdev",
@@ -173,10 +175,17 @@ pub fn render(
         } else {
             ""
         };
+        // Each device on a root port of its own, so that any of them can be unplugged.
+        let port = format!("rpd{}", d.index);
+        push(&[
+            "-device",
+            &format!("pcie-root-port,id={port},chassis={chassis}"),
+        ]);
+        chassis += 1;
         push(&[
             "-device",
             &format!(
-                "virtio-blk-pci,drive=disk{},id=virtio-disk{}{boot}",
+                "virtio-blk-pci,drive=disk{},id=virtio-disk{}{boot},bus={port}",
                 d.index, d.index
             ),
         ]);
@@ -190,7 +199,13 @@ pub fn render(
                 FIRST_NIC_FD + i as i32
             ),
         ]);
-        push(&["-device", &nic_device(nic)]);
+        let port = format!("rpn{}", nic.index);
+        push(&[
+            "-device",
+            &format!("pcie-root-port,id={port},chassis={chassis}"),
+        ]);
+        chassis += 1;
+        push(&["-device", &format!("{},bus={port}", nic_device(nic))]);
     }
     // q35's root bus takes no hotplug: spare PCIe root ports give hot-plugged devices
     // (NICs, disks) a place.
@@ -338,9 +353,12 @@ mod tests {
         );
         assert_eq!(after(&argv, "-vnc"), ["unix:/run/h/vm-1/vnc.sock"]);
         assert_eq!(after(&argv, "-netdev"), ["tap,id=net0,fd=4,vhost=off"]);
-        assert!(
-            argv.contains(&"virtio-net-pci,netdev=net0,mac=52:54:00:00:00:01,id=nic0".to_string())
-        );
+        let has = |x: &str| argv.iter().any(|a| a == x);
+        assert!(has(
+            "virtio-net-pci,netdev=net0,mac=52:54:00:00:00:01,id=nic0,bus=rpn0"
+        ));
+        assert!(has("pcie-root-port,id=rpd0,chassis=5"));
+        assert!(has("pcie-root-port,id=rpn0,chassis=6"));
         assert!(after(&argv, "-sandbox")[0].contains("elevateprivileges=deny"));
         assert!(after(&argv, "-blockdev")[0].contains("filename=/d/a,,b.qcow2"));
         assert!(!argv.iter().any(|a| a == "-incoming"));
@@ -365,7 +383,7 @@ mod tests {
         assert!(after(&argv, "-action")[0].starts_with("reboot=shutdown"));
         assert_eq!(after(&argv, "-incoming"), ["fd:3"]);
         assert!(!argv.iter().any(|a| a == "-kernel"));
-        assert!(after(&argv, "-device")[1].ends_with("bootindex=1"));
+        assert!(after(&argv, "-device")[2].ends_with("bootindex=1,bus=rpd0"));
         assert_eq!(after(&argv, "-sandbox"), ["on,obsolete=deny"]);
     }
 

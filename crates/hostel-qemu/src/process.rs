@@ -13,10 +13,12 @@ use std::path::Path;
 /// The file descriptor number a restore's state file is handed to QEMU on.
 pub const INCOMING_FD: i32 = 3;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RunAs {
     pub uid: u32,
     pub gid: u32,
+    /// Supplementary groups (`kvm`, for /dev/kvm).
+    pub groups: Vec<u32>,
 }
 
 /// Looks up the user QEMU should run as.
@@ -29,9 +31,14 @@ pub fn lookup_user(name: &str) -> anyhow::Result<RunAs> {
                  `useradd --system --no-create-home --shell /usr/sbin/nologin {name}`"
             )
         })?;
+    let cname = std::ffi::CString::new(name)?;
+    let groups = nix::unistd::getgrouplist(&cname, user.gid)
+        .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
+        .unwrap_or_else(|_| vec![user.gid.as_raw()]);
     Ok(RunAs {
         uid: user.uid.as_raw(),
         gid: user.gid.as_raw(),
+        groups,
     })
 }
 
@@ -66,7 +73,7 @@ pub fn spawn(l: Launch<'_>) -> anyhow::Result<Started> {
         .current_dir("/");
     let incoming = l.incoming.as_ref().map(|f| f.as_raw_fd());
     let taps: Vec<i32> = l.taps.iter().map(|f| f.as_raw_fd()).collect();
-    let run_as = l.run_as;
+    let run_as = l.run_as.clone();
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -100,8 +107,8 @@ pub fn spawn(l: Launch<'_>) -> anyhow::Result<Started> {
                     return Err(std::io::Error::last_os_error());
                 }
             }
-            if let Some(u) = run_as {
-                if libc::setgroups(0, std::ptr::null()) < 0
+            if let Some(u) = &run_as {
+                if libc::setgroups(u.groups.len(), u.groups.as_ptr()) < 0
                     || libc::setgid(u.gid) < 0
                     || libc::setuid(u.uid) < 0
                 {

@@ -81,17 +81,32 @@ fn lock_data_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
     }
 }
 
+/// Makes sure the unprivileged user QEMU runs as exists and, where /dev/kvm belongs to
+/// group `kvm` (Debian's udev rule), is in that group.
 fn ensure_qemu_user(name: &str) -> Result<()> {
-    if !nix::unistd::Uid::effective().is_root() || nix::unistd::User::from_name(name)?.is_some() {
+    if !nix::unistd::Uid::effective().is_root() {
         return Ok(());
     }
-    let status = std::process::Command::new("useradd")
-        .args(["--system", "--no-create-home", "--home-dir", "/nonexistent"])
-        .args(["--shell", "/usr/sbin/nologin", name])
-        .status()
-        .context("running useradd")?;
-    if !status.success() {
-        bail!("could not create the user {name} that QEMU runs as (useradd failed)");
+    if nix::unistd::User::from_name(name)?.is_none() {
+        let status = std::process::Command::new("useradd")
+            .args(["--system", "--no-create-home", "--home-dir", "/nonexistent"])
+            .args(["--shell", "/usr/sbin/nologin", name])
+            .status()
+            .context("running useradd")?;
+        if !status.success() {
+            bail!("could not create the user {name} that QEMU runs as (useradd failed)");
+        }
+    }
+    if let Some(kvm) = nix::unistd::Group::from_name("kvm")? {
+        if !kvm.mem.iter().any(|m| m == name) {
+            let status = std::process::Command::new("usermod")
+                .args(["-a", "-G", "kvm", name])
+                .status()
+                .context("running usermod")?;
+            if !status.success() {
+                bail!("could not add {name} to group kvm (usermod failed)");
+            }
+        }
     }
     Ok(())
 }

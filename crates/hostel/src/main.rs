@@ -174,6 +174,11 @@ enum Cmd {
     /// Host ports forwarded to a VM on a NAT network.
     #[command(subcommand, name = "port-forward")]
     PortForward(ForwardCmd),
+    /// Check that the database and the hosts' files agree (orphans, missing files).
+    Doctor {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Table2Json,
+    },
     /// Print the OpenAPI document of the REST API.
     Openapi,
 }
@@ -669,6 +674,22 @@ async fn run(cli: Cli) -> Result<()> {
             match output {
                 Table2Json::Json => print_json(&log)?,
                 Table2Json::Table => log.lines.iter().for_each(|l| println!("{l}")),
+            }
+        }
+        Cmd::Doctor { output } => {
+            let r: DoctorReport = api.get("/api/v1/doctor").await?;
+            match output {
+                Table2Json::Json => print_json(&r)?,
+                Table2Json::Table => {
+                    r.checked.iter().for_each(|c| println!("checked: {c}"));
+                    r.problems.iter().for_each(|p| println!("problem: {p}"));
+                    if r.problems.is_empty() {
+                        println!("no problems found");
+                    }
+                }
+            }
+            if !r.problems.is_empty() {
+                bail!("{} problem(s) found", r.problems.len());
             }
         }
         Cmd::Snapshot(cmd) => match cmd {

@@ -442,6 +442,10 @@ async fn port_forward_hotplug_and_restart() {
     d.ok(&["port-forward", "add", "web", "8080:80/tcp"]);
     let err = d.fails(&["port-forward", "add", "web", "8080:81"]);
     assert!(err.contains("already forwarded"), "{err}");
+    // A host port a host service listens on (here Hostel's own API) is not taken.
+    let api_port = d.url.rsplit(':').next().unwrap().to_string();
+    let err = d.fails(&["port-forward", "add", "web", &format!("{api_port}:80")]);
+    assert!(err.contains("in use by a service on the host"), "{err}");
     let list = d.json(&["port-forward", "list", "web"]);
     assert_eq!(list[0]["host_port"], 8080);
     let fetch = |client: &Netns| client.http_body("192.0.2.1:8080");
@@ -471,6 +475,13 @@ async fn port_forward_hotplug_and_restart() {
     .await;
     let nics = d.json(&["nic", "list", "web"]);
     assert_eq!(nics.as_array().unwrap().len(), 2);
+    let state_file = d.dir.path().join("web.state");
+    let err = d.fails(&["save", "web", state_file.to_str().unwrap()]);
+    assert!(
+        err.contains("hostel reboot"),
+        "a hot-plugged VM is not saved: {err}"
+    );
+    assert!(!state_file.exists());
     let mac = nics[1]["mac"].as_str().unwrap().to_string();
     d.ok(&["nic", "remove", "web", &mac]);
     wait_guest(
