@@ -112,4 +112,15 @@ async fn disks_hotplug_resize_and_keep() {
         std::path::Path::new(&path).exists(),
         "--keep-disks keeps the file"
     );
+
+    // `hostel doctor` finds the kept file, which no row points to any more.
+    let err = d.fails(&["doctor"]);
+    assert!(err.contains("1 problem"), "{err}");
+    let out = d.cli(&["doctor", "-o", "json"]);
+    assert!(!out.status.success(), "problems make doctor exit non-zero");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let problems = report["problems"].as_array().unwrap();
+    assert!(problems[0].as_str().unwrap().contains(&path), "{report}");
+    std::fs::remove_file(&path).unwrap();
+    assert!(d.ok(&["doctor"]).contains("no problems found"));
 }
