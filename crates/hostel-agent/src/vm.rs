@@ -761,24 +761,12 @@ impl VmRuntime {
                 json!({"type": "tap", "id": format!("net{}", nic.index), "fd": name, "vhost": false}),
             )
             .await?;
-            // The first free hotplug port takes it (QEMU refuses a busy one).
-            let mut last = None;
-            for i in 0..hostel_qemu::argv::HOTPLUG_PORTS {
-                match qmp
-                    .execute(
-                        "device_add",
-                        json!({"driver": "virtio-net-pci", "netdev": format!("net{}", nic.index),
-                               "mac": nic.mac, "id": format!("nic{}", nic.index),
-                               "bus": hostel_qemu::argv::hotplug_port(i)}),
-                    )
-                    .await
-                {
-                    Ok(_) => return Ok(()),
-                    Err(e @ hostel_qemu::QmpError::Command { .. }) => last = Some(e),
-                    Err(e) => return Err(e),
-                }
-            }
-            Err(last.unwrap_or(hostel_qemu::QmpError::Closed))
+            device_add_on_free_port(
+                &qmp,
+                json!({"driver": "virtio-net-pci", "netdev": format!("net{}", nic.index),
+                       "mac": nic.mac, "id": format!("nic{}", nic.index)}),
+            )
+            .await
         }
         .await;
         drop(fd);
@@ -853,23 +841,12 @@ impl VmRuntime {
                        "node-name": format!("disk{i}"), "discard": "unmap"}),
             )
             .await?;
-            let mut last = None;
-            for port in 0..hostel_qemu::argv::HOTPLUG_PORTS {
-                match qmp
-                    .execute(
-                        "device_add",
-                        json!({"driver": "virtio-blk-pci", "drive": format!("disk{i}"),
-                               "id": format!("virtio-disk{i}"),
-                               "bus": hostel_qemu::argv::hotplug_port(port)}),
-                    )
-                    .await
-                {
-                    Ok(_) => return Ok(()),
-                    Err(e @ hostel_qemu::QmpError::Command { .. }) => last = Some(e),
-                    Err(e) => return Err(e),
-                }
-            }
-            Err(last.unwrap_or(hostel_qemu::QmpError::Closed))
+            device_add_on_free_port(
+                &qmp,
+                json!({"driver": "virtio-blk-pci", "drive": format!("disk{i}"),
+                       "id": format!("virtio-disk{i}")}),
+            )
+            .await
         }
         .await;
         if let Err(e) = res {
@@ -1066,6 +1043,23 @@ impl VmRuntime {
         let _ = shared;
         Ok(())
     }
+}
+
+/// Plugs a device into the first free hotplug root port (QEMU refuses a busy one).
+async fn device_add_on_free_port(
+    qmp: &Qmp,
+    mut args: serde_json::Value,
+) -> Result<(), hostel_qemu::QmpError> {
+    let mut last = None;
+    for port in 0..hostel_qemu::argv::HOTPLUG_PORTS {
+        args["bus"] = json!(hostel_qemu::argv::hotplug_port(port));
+        match qmp.execute("device_add", args.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(e @ hostel_qemu::QmpError::Command { .. }) => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or(hostel_qemu::QmpError::Closed))
 }
 
 /// Waits for a QEMU job to conclude, and dismisses it.

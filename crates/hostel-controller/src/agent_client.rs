@@ -73,14 +73,17 @@ impl AgentClient {
         }))
     }
 
-    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        let resp = self
-            .http
-            .get(format!("{}{path}", self.url))
+    async fn call<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> anyhow::Result<T> {
+        let resp = req
             .send()
             .await
             .with_context(|| format!("reaching the agent at {}", self.url))?;
         Self::decode(resp).await
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.call(self.http.get(format!("{}{path}", self.url)))
+            .await
     }
 
     pub async fn post<B: Serialize, T: DeserializeOwned>(
@@ -88,14 +91,8 @@ impl AgentClient {
         path: &str,
         body: &B,
     ) -> anyhow::Result<T> {
-        let resp = self
-            .http
-            .post(format!("{}{path}", self.url))
-            .json(body)
-            .send()
+        self.call(self.http.post(format!("{}{path}", self.url)).json(body))
             .await
-            .with_context(|| format!("reaching the agent at {}", self.url))?;
-        Self::decode(resp).await
     }
 
     pub async fn put<B: Serialize, T: DeserializeOwned>(
@@ -103,14 +100,8 @@ impl AgentClient {
         path: &str,
         body: &B,
     ) -> anyhow::Result<T> {
-        let resp = self
-            .http
-            .put(format!("{}{path}", self.url))
-            .json(body)
-            .send()
+        self.call(self.http.put(format!("{}{path}", self.url)).json(body))
             .await
-            .with_context(|| format!("reaching the agent at {}", self.url))?;
-        Self::decode(resp).await
     }
 
     pub async fn facts(&self) -> anyhow::Result<HostFacts> {

@@ -5,21 +5,6 @@ mod common;
 use common::*;
 use std::time::Duration;
 
-async fn wait_guest(c: &mut Console, cmd: &str, ok: impl Fn(&str) -> bool, what: &str) -> String {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let out = c.run(cmd).await;
-        if ok(&out) {
-            return out;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: the guest says {out:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn disks_hotplug_resize_and_keep() {
     let d = Daemon::start();
@@ -37,8 +22,7 @@ async fn disks_hotplug_resize_and_keep() {
     assert_eq!(c.run("ls /sys/block | grep -c vd").await, "0");
 
     d.ok(&["disk", "add", "store", "--size", "32M"]);
-    wait_guest(
-        &mut c,
+    c.wait_until(
         "cat /sys/block/vda/size 2>/dev/null",
         |o| o == "65536",
         "hot-plugged disk",
@@ -50,8 +34,7 @@ async fn disks_hotplug_resize_and_keep() {
     let err = d.fails(&["disk", "resize", "store", "0", "16M"]);
     assert!(err.contains("not larger than the disk"), "{err}");
     d.ok(&["disk", "resize", "store", "0", "64M"]);
-    wait_guest(
-        &mut c,
+    c.wait_until(
         "cat /sys/block/vda/size",
         |o| o == "131072",
         "online resize",
@@ -66,8 +49,7 @@ async fn disks_hotplug_resize_and_keep() {
     assert_eq!(disks[0]["size_mib"], 64);
 
     d.ok(&["disk", "add", "store", "--size", "8M"]);
-    wait_guest(
-        &mut c,
+    c.wait_until(
         "cat /sys/block/vdb/size 2>/dev/null",
         |o| o == "16384",
         "second disk",
@@ -78,13 +60,8 @@ async fn disks_hotplug_resize_and_keep() {
         .unwrap()
         .to_string();
     d.ok(&["disk", "remove", "store", "1"]);
-    wait_guest(
-        &mut c,
-        "ls /sys/block",
-        |o| !o.contains("vdb"),
-        "unplugged disk",
-    )
-    .await;
+    c.wait_until("ls /sys/block", |o| !o.contains("vdb"), "unplugged disk")
+        .await;
     assert!(
         !std::path::Path::new(&second).exists(),
         "a removed disk's file goes"

@@ -7,21 +7,6 @@ use std::time::Duration;
 
 const BOOT: Duration = Duration::from_secs(180);
 
-async fn wait_guest(c: &mut Console, cmd: &str, ok: impl Fn(&str) -> bool, what: &str) -> String {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let out = c.run(cmd).await;
-        if ok(&out) {
-            return out;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: the guest says {out:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn dhcp_dns_guards_and_cleanup() {
     let d = Daemon::start();
@@ -158,15 +143,13 @@ async fn dhcp_dns_guards_and_cleanup() {
     a.wait_for(READY, BOOT).await;
     let mut b = d.console("beta").await;
     b.wait_for(READY, BOOT).await;
-    wait_guest(
-        &mut a,
+    a.wait_until(
         "ip -4 addr show eth0",
         |o| o.contains("10.77.0.10/24"),
         "alpha's DHCP lease",
     )
     .await;
-    wait_guest(
-        &mut b,
+    b.wait_until(
         "ip -4 addr show eth0",
         |o| o.contains("10.77.0.2/24"),
         "beta's DHCP lease",
@@ -197,15 +180,13 @@ async fn dhcp_dns_guards_and_cleanup() {
         .unwrap()
         .to_string();
     assert!(alpha6.starts_with("fd00:77::"), "{alpha6}");
-    wait_guest(
-        &mut a,
+    a.wait_until(
         "ip -6 addr show eth0",
         |o| o.contains(&alpha6) && !o.contains("tentative"),
         "alpha's SLAAC address",
     )
     .await;
-    wait_guest(
-        &mut b,
+    b.wait_until(
         "ip -6 addr show eth0",
         |o| o.contains(&beta6) && !o.contains("tentative"),
         "beta's SLAAC address",
@@ -387,8 +368,7 @@ async fn port_forward_hotplug_and_restart() {
     let ip = nic["ip"].as_str().unwrap().to_string();
     let mut c = d.console("web").await;
     c.wait_for(READY, BOOT).await;
-    wait_guest(
-        &mut c,
+    c.wait_until(
         "ip -4 addr show eth0",
         |o| o.contains(&format!("{ip}/24")),
         "DHCP on default",
@@ -466,8 +446,7 @@ async fn port_forward_hotplug_and_restart() {
         "--ip",
         "10.78.0.5",
     ]);
-    wait_guest(
-        &mut c,
+    c.wait_until(
         "ip -4 addr show eth1",
         |o| o.contains("10.78.0.5/24"),
         "hot-plugged NIC",
@@ -484,8 +463,7 @@ async fn port_forward_hotplug_and_restart() {
     assert!(!state_file.exists());
     let mac = nics[1]["mac"].as_str().unwrap().to_string();
     d.ok(&["nic", "remove", "web", &mac]);
-    wait_guest(
-        &mut c,
+    c.wait_until(
         "ls /sys/class/net",
         |o| !o.contains("eth1"),
         "unplugged NIC",

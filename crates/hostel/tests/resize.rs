@@ -4,21 +4,6 @@ mod common;
 use common::*;
 use std::time::Duration;
 
-async fn wait_guest(c: &mut Console, cmd: &str, ok: impl Fn(&str) -> bool, what: &str) -> String {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let out = c.run(cmd).await;
-        if ok(&out) {
-            return out;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: the guest still says {out:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn memory_and_vcpus_change_inside_the_guest() {
     let d = Daemon::start();
@@ -46,8 +31,7 @@ async fn memory_and_vcpus_change_inside_the_guest() {
             .and_then(|n| n.parse().ok())
             .unwrap_or(0)
     };
-    wait_guest(
-        &mut c,
+    c.wait_until(
         "grep MemTotal /proc/meminfo",
         |o| kb(o) > 0 && kb(o) < 270_000,
         "balloon to 256M",
@@ -58,13 +42,13 @@ async fn memory_and_vcpus_change_inside_the_guest() {
     assert_eq!(desc["memory"]["target_mib"], 256);
 
     d.ok(&["mem-set", "big", "400M"]);
-    let out = wait_guest(
-        &mut c,
-        "grep MemTotal /proc/meminfo",
-        |o| kb(o) > 330_000 && kb(o) < 420_000,
-        "mem-set 400M",
-    )
-    .await;
+    let out = c
+        .wait_until(
+            "grep MemTotal /proc/meminfo",
+            |o| kb(o) > 330_000 && kb(o) < 420_000,
+            "mem-set 400M",
+        )
+        .await;
     assert!(kb(&out) < 512 * 1024);
     let desc = d.describe("big");
     assert_eq!(desc["memory"]["target_mib"], 400);
@@ -78,8 +62,7 @@ async fn memory_and_vcpus_change_inside_the_guest() {
     );
 
     d.ok(&["vcpu-set", "big", "3"]);
-    wait_guest(
-        &mut c,
+    c.wait_until(
         "cat /sys/devices/system/cpu/online",
         |o| o == "0-2",
         "vcpu-set 3",
@@ -87,8 +70,7 @@ async fn memory_and_vcpus_change_inside_the_guest() {
     .await;
     assert_eq!(d.describe("big")["vcpus"]["current"], 3);
     d.ok(&["vcpu-set", "big", "1"]);
-    wait_guest(
-        &mut c,
+    c.wait_until(
         "cat /sys/devices/system/cpu/online",
         |o| o == "0",
         "vcpu-set 1",
@@ -125,8 +107,7 @@ async fn memory_and_vcpus_change_inside_the_guest() {
     assert_eq!(desc["vcpus"]["current"], 2);
     assert_eq!(desc["memory"]["target_mib"], 300);
     c.wait_count(READY, n + 1, Duration::from_secs(180)).await;
-    wait_guest(
-        &mut c,
+    c.wait_until(
         "cat /sys/devices/system/cpu/online",
         |o| o == "0-1",
         "2 vCPUs at boot",

@@ -449,6 +449,23 @@ impl Console {
         }
     }
 
+    /// Runs `cmd` in the guest until `ok` accepts its output (for changes the guest makes
+    /// on its own time: a DHCP lease, a hot-plugged device coming online).
+    pub async fn wait_until(&mut self, cmd: &str, ok: impl Fn(&str) -> bool, what: &str) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            let out = self.run(cmd).await;
+            if ok(&out) {
+                return out;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: the guest still says {out:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     pub fn tail(&self) -> &str {
         let start = self.seen.len().saturating_sub(3000);
         let mut s = start;
