@@ -19,7 +19,7 @@ apt-get update -qq
 apt-get install -y -qq -t bookworm-backports qemu-system-x86 qemu-utils >/dev/null
 apt-get install -y -qq \
   linux-image-cloud-amd64 busybox-static gzip xz-utils zstd kmod \
-  iproute2 nftables dnsmasq-base procps ca-certificates build-essential pkg-config \
+  iproute2 nftables dnsmasq-base postgresql procps ca-certificates build-essential pkg-config \
   >/dev/null
 
 # A Rust toolchain: the one already installed (rustup's), else Debian's current one

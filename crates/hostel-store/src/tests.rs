@@ -1,10 +1,12 @@
+//! Every body runs on SQLite and on a real PostgreSQL (started by `pg::Server`), so
+//! that the one SQL code path really serves both.
+
 use super::*;
 
-async fn store() -> (tempfile::TempDir, Store) {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/hostel.db", dir.path().display());
-    let s = Store::open(&url).await.unwrap();
-    (dir, s)
+mod pg;
+
+fn sqlite_url(dir: &tempfile::TempDir) -> String {
+    format!("sqlite://{}/hostel.db", dir.path().display())
 }
 
 fn host() -> HostRecord {
@@ -44,9 +46,8 @@ fn vm(name: &str) -> VmRecord {
     }
 }
 
-#[tokio::test]
-async fn vm_round_trip_and_unique_names() {
-    let (_d, s) = store().await;
+async fn vm_round_trip_and_unique_names(url: &str) {
+    let s = Store::open(url).await.unwrap();
     s.upsert_host(&host()).await.unwrap();
     s.upsert_host(&host()).await.unwrap();
     let v = vm("web");
@@ -91,9 +92,8 @@ async fn vm_round_trip_and_unique_names() {
     assert!(s.all_disks().await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn images_in_use_cannot_be_deleted() {
-    let (_d, s) = store().await;
+async fn images_in_use_cannot_be_deleted(url: &str) {
+    let s = Store::open(url).await.unwrap();
     s.upsert_host(&host()).await.unwrap();
     let img = ImageRecord {
         id: new_id("img"),
@@ -123,11 +123,8 @@ async fn images_in_use_cannot_be_deleted() {
     assert!(s.image_by_name("tiny").await.unwrap().is_none());
 }
 
-#[tokio::test]
-async fn migrations_are_idempotent_and_tasks_survive() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/hostel.db", dir.path().display());
-    let s = Store::open(&url).await.unwrap();
+async fn migrations_are_idempotent_and_tasks_survive(url: &str) {
+    let s = Store::open(url).await.unwrap();
     let t = TaskRecord {
         id: "task-1".into(),
         kind: "image-build".into(),
@@ -141,9 +138,110 @@ async fn migrations_are_idempotent_and_tasks_survive() {
     };
     s.insert_task(&t).await.unwrap();
     drop(s);
-    let s = Store::open(&url).await.unwrap();
+    let s = Store::open(url).await.unwrap();
     assert_eq!(s.fail_interrupted_tasks().await.unwrap(), 1);
     let got = s.task("task-1").await.unwrap().unwrap();
     assert_eq!(got.state, "failed");
     assert!(got.error.unwrap().contains("interrupted"));
 }
+
+async fn networks_nics_and_forwards(url: &str) {
+    let s = Store::open(url).await.unwrap();
+    s.upsert_host(&host()).await.unwrap();
+    let net = NetworkRecord {
+        id: new_id("net"),
+        name: "lab".into(),
+        cidr: "10.1.0.0/24".into(),
+        gateway: "10.1.0.1".into(),
+        mode: "nat".into(),
+        uplink: None,
+        domain: Some("lab.test".into()),
+        ipv6_prefix: None,
+        created_at: now(),
+        dns_forward: Some("10.0.0.53".into()),
+    };
+    s.insert_network(&net).await.unwrap();
+    assert_eq!(s.network_by_name("lab").await.unwrap().unwrap(), net);
+    let v = vm("a");
+    s.insert_vm(&v, &[]).await.unwrap();
+    let nic = NicRecord {
+        id: new_id("nic"),
+        vm_id: v.id.clone(),
+        network_id: net.id.clone(),
+        idx: 0,
+        mac: "52:54:00:00:00:01".into(),
+        ip: "10.1.0.2".into(),
+        ipv6: None,
+    };
+    s.insert_nic(&nic).await.unwrap();
+    let same_ip = NicRecord {
+        id: new_id("nic"),
+        idx: 1,
+        mac: "52:54:00:00:00:02".into(),
+        ..nic.clone()
+    };
+    assert!(is_unique_violation(
+        &s.insert_nic(&same_ip).await.unwrap_err()
+    ));
+    let same_mac = NicRecord {
+        id: new_id("nic"),
+        idx: 1,
+        ip: "10.1.0.3".into(),
+        ..nic.clone()
+    };
+    assert!(is_unique_violation(
+        &s.insert_nic(&same_mac).await.unwrap_err()
+    ));
+    let fwd = ForwardRecord {
+        id: new_id("fwd"),
+        vm_id: v.id.clone(),
+        nic_id: nic.id.clone(),
+        proto: "tcp".into(),
+        host_port: 8080,
+        guest_port: 80,
+    };
+    s.insert_forward(&fwd).await.unwrap();
+    assert_eq!(s.forwards().await.unwrap(), vec![fwd]);
+    assert_eq!(
+        s.delete_network_if_unused(&net.id).await.unwrap(),
+        vec!["a".to_string()]
+    );
+    s.delete_vm(&v.id).await.unwrap();
+    assert!(s.all_nics().await.unwrap().is_empty() && s.forwards().await.unwrap().is_empty());
+    assert!(s
+        .delete_network_if_unused(&net.id)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(s.networks().await.unwrap().is_empty());
+}
+
+macro_rules! on_both {
+    ($($name:ident),*) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let dir = tempfile::tempdir().unwrap();
+                    super::$name(&super::sqlite_url(&dir)).await;
+                }
+            )*
+        }
+
+        /// One PostgreSQL server for all bodies, a fresh database for each.
+        #[tokio::test]
+        async fn postgres() {
+            let server = pg::Server::start();
+            $(
+                $name(&server.database(stringify!($name)).await).await;
+            )*
+        }
+    };
+}
+
+on_both!(
+    vm_round_trip_and_unique_names,
+    images_in_use_cannot_be_deleted,
+    migrations_are_idempotent_and_tasks_survive,
+    networks_nics_and_forwards
+);
