@@ -1,7 +1,7 @@
 //! Port guards: nftables rules (bridge family) on every frame a VM's tap sends into the
 //! bridge. A NIC may send only with its own MAC, its own IPv4 address, its link-local
-//! and assigned IPv6 addresses; ARP only with its own MAC and IPv4; and DHCP discovery
-//! from 0.0.0.0. Everything else is dropped and counted.
+//! and assigned IPv6 addresses; ARP and neighbour advertisements only for its own
+//! addresses; and DHCP discovery from 0.0.0.0. Everything else is dropped and counted.
 //!
 //! Each NIC has its own chain and named counter; a verdict map sends each tap's frames
 //! to its chain. Adding or removing one NIC never touches another's counter. A tap with
@@ -42,10 +42,10 @@ fn counter(tap: &str) -> String {
 pub fn chain_script(g: &Guard) -> String {
     let c = counter(&g.tap);
     let ch = format!("nic-{}", g.tap);
-    let mut v6 = vec![g.link_local.to_string(), "::".to_string()];
-    if let Some(a) = g.ipv6 {
-        v6.push(a.to_string());
-    }
+    let mut own6: Vec<Ipv6Addr> = vec![g.link_local];
+    own6.extend(g.ipv6);
+    let mut v6: Vec<String> = own6.iter().map(|a| a.to_string()).collect();
+    v6.insert(1, "::".to_string());
     let rules = [
         format!("ether saddr != {} counter name \"{c}\" drop", g.mac),
         format!("arp saddr ether != {} counter name \"{c}\" drop", g.mac),
@@ -64,6 +64,15 @@ pub fn chain_script(g: &Guard) -> String {
         format!(
             "ip6 saddr != {{ {} }} counter name \"{c}\" drop",
             v6.join(", ")
+        ),
+        // A neighbour advertisement may only announce the NIC's own addresses (IPv6's
+        // ARP spoofing): the target field sits 8 bytes into the ICMPv6 header.
+        format!(
+            "icmpv6 type nd-neighbor-advert @th,64,128 != {{ {} }} counter name \"{c}\" drop",
+            own6.iter()
+                .map(|a| format!("0x{:032x}", u128::from(*a)))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         format!("icmpv6 type nd-router-advert counter name \"{c}\" drop"),
         "ether type { ip, ip6, arp } accept".to_string(),
@@ -163,6 +172,10 @@ mod tests {
         assert!(s.contains("arp saddr ip != { 10.0.0.5, 0.0.0.0 }"));
         assert!(s.contains("ip saddr != 10.0.0.5 counter"));
         assert!(s.contains("fe80::5054:ff:fe01:203, ::, fd00::5054:ff:fe01:203"));
+        assert!(s.contains(
+            "nd-neighbor-advert @th,64,128 != { 0xfe80000000000000505400fffe010203, \
+             0xfd00000000000000505400fffe010203 }"
+        ));
         let m = map_script(std::slice::from_ref(&g));
         assert!(m.contains("\"htpabc\" : jump nic-htpabc"));
         assert_eq!(map_script(&[]), "flush map bridge hostel nics\n");
