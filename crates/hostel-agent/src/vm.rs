@@ -791,22 +791,7 @@ impl VmRuntime {
         let Some(nic) = self.spec().nics.into_iter().find(|n| n.id == nic_id) else {
             return Err(AgentError::NotFound(format!("no NIC {nic_id} on this VM")));
         };
-        let mut events = qmp.events();
-        let dev = format!("nic{}", nic.index);
-        qmp.execute("device_del", json!({"id": dev})).await?;
-        let gone = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Ok(ev) = events.recv().await {
-                if ev.event == "DEVICE_DELETED" && ev.data["device"] == dev.as_str() {
-                    return;
-                }
-            }
-        })
-        .await;
-        if gone.is_err() {
-            return Err(AgentError::Timeout(
-                "the guest did not release the NIC within 30 s".into(),
-            ));
-        }
+        unplug(&qmp, &format!("nic{}", nic.index), "the NIC").await?;
         let _ = qmp
             .execute("netdev_del", json!({"id": format!("net{}", nic.index)}))
             .await;
@@ -873,21 +858,7 @@ impl VmRuntime {
             return Err(AgentError::NotFound(format!("no disk {index} on this VM")));
         }
         let dev = format!("virtio-disk{index}");
-        let mut events = qmp.events();
-        qmp.execute("device_del", json!({"id": dev})).await?;
-        let gone = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Ok(ev) = events.recv().await {
-                if ev.event == "DEVICE_DELETED" && ev.data["device"] == dev.as_str() {
-                    return;
-                }
-            }
-        })
-        .await;
-        if gone.is_err() {
-            return Err(AgentError::Timeout(
-                "the guest did not release the disk within 30 s (is it mounted?)".into(),
-            ));
-        }
+        unplug(&qmp, &dev, "the disk (is it mounted?)").await?;
         qmp.execute("blockdev-del", json!({"node-name": format!("disk{index}")}))
             .await?;
         qmp.execute("blockdev-del", json!({"node-name": format!("file{index}")}))
@@ -1042,6 +1013,29 @@ impl VmRuntime {
         }
         let _ = shared;
         Ok(())
+    }
+}
+
+/// Unplugs a device and waits until the guest has released it (QEMU's DEVICE_DELETED).
+async fn unplug(qmp: &Qmp, dev: &str, what: &str) -> Result<(), AgentError> {
+    let mut events = qmp.events();
+    qmp.execute("device_del", json!({"id": dev})).await?;
+    let released = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match events.recv().await {
+                Ok(ev) if ev.event == "DEVICE_DELETED" && ev.data["device"] == dev => return true,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => return false,
+            }
+        }
+    })
+    .await;
+    match released {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(AgentError::Conflict("QEMU exited while unplugging".into())),
+        Err(_) => Err(AgentError::Timeout(format!(
+            "the guest did not release {what} within 30 s"
+        ))),
     }
 }
 

@@ -366,10 +366,7 @@ impl Controller {
     }
 
     pub async fn add_nic(&self, name: &str, req: NicRequest) -> Res<Nic> {
-        let vm = self.vm_named(name).await?;
-        let lock = self.vm_lock(&vm.id);
-        let _g = lock.lock().await;
-        let vm = self.vm_named(name).await?;
+        let (_g, vm) = self.locked_vm(name).await?;
         if state_of_vm(&vm) == VmState::Saved {
             return Err(Invalid::new(
                 "state",
@@ -414,10 +411,7 @@ impl Controller {
     }
 
     pub async fn remove_nic(&self, name: &str, which: &str) -> Res<()> {
-        let vm = self.vm_named(name).await?;
-        let lock = self.vm_lock(&vm.id);
-        let _g = lock.lock().await;
-        let vm = self.vm_named(name).await?;
+        let (_g, vm) = self.locked_vm(name).await?;
         let nics = self.store.nics_of(&vm.id).await?;
         let nic = nics
             .iter()

@@ -29,6 +29,17 @@ impl Controller {
         })
     }
 
+    /// The VM under its operation lock, read again once the lock is held (an operation
+    /// that ran meanwhile may have changed it).
+    pub(crate) async fn locked_vm(
+        &self,
+        name: &str,
+    ) -> Res<(tokio::sync::OwnedMutexGuard<()>, VmRecord)> {
+        let vm = self.vm_named(name).await?;
+        let guard = self.vm_lock(&vm.id).lock_owned().await;
+        Ok((guard, self.vm_named(name).await?))
+    }
+
     pub(crate) fn host_agent(&self, vm: &VmRecord) -> Res<AgentClient> {
         let host = vm.host_id.as_deref().unwrap_or_default();
         self.agent(host).ok_or_else(|| {
@@ -615,10 +626,7 @@ impl Controller {
     }
 
     pub async fn add_disk(&self, name: &str, req: AddDiskRequest) -> Res<DiskView> {
-        let vm = self.vm_named(name).await?;
-        let lock = self.vm_lock(&vm.id);
-        let _g = lock.lock().await;
-        let vm = self.vm_named(name).await?;
+        let (_g, vm) = self.locked_vm(name).await?;
         let agent = self.host_agent(&vm)?;
         let image = match &req.image {
             Some(i) => {
@@ -723,10 +731,7 @@ impl Controller {
     }
 
     pub async fn remove_disk(&self, name: &str, index: u32) -> Res<()> {
-        let vm = self.vm_named(name).await?;
-        let lock = self.vm_lock(&vm.id);
-        let _g = lock.lock().await;
-        let vm = self.vm_named(name).await?;
+        let (_g, vm) = self.locked_vm(name).await?;
         let agent = self.host_agent(&vm)?;
         let disk = self
             .store
@@ -755,10 +760,7 @@ impl Controller {
     }
 
     pub async fn resize_disk(&self, name: &str, req: ResizeDiskRequest) -> Res<DiskView> {
-        let vm = self.vm_named(name).await?;
-        let lock = self.vm_lock(&vm.id);
-        let _g = lock.lock().await;
-        let vm = self.vm_named(name).await?;
+        let (_g, vm) = self.locked_vm(name).await?;
         let agent = self.host_agent(&vm)?;
         let disk = self
             .store
@@ -920,10 +922,7 @@ impl Controller {
     }
 
     pub async fn create_snapshot(&self, name: &str, req: CreateSnapshotRequest) -> Res<Snapshot> {
-        let vm = self.vm_named(name).await?;
-        let lock = self.vm_lock(&vm.id);
-        let _g = lock.lock().await;
-        let vm = self.vm_named(name).await?;
+        let (_g, vm) = self.locked_vm(name).await?;
         if self.store.disks_of(&vm.id).await?.is_empty() {
             return Err(Invalid::new(
                 "vm",
@@ -1002,10 +1001,7 @@ impl Controller {
 
     /// Brings the disks back to the snapshot; one with memory also resumes the VM there.
     pub async fn revert_snapshot(&self, name: &str, snap: &str) -> Res<Vm> {
-        let vm = self.vm_named(name).await?;
-        let lock = self.vm_lock(&vm.id);
-        let _g = lock.lock().await;
-        let vm = self.vm_named(name).await?;
+        let (_g, vm) = self.locked_vm(name).await?;
         let s = Self::find_snapshot(self.store.snapshots_of(&vm.id).await?, name, snap)?;
         let state = state_of(&vm);
         if !matches!(state, VmState::Stopped | VmState::Crashed) {
@@ -1036,10 +1032,7 @@ impl Controller {
     }
 
     pub async fn delete_snapshot(&self, name: &str, snap: &str) -> Res<()> {
-        let vm = self.vm_named(name).await?;
-        let lock = self.vm_lock(&vm.id);
-        let _g = lock.lock().await;
-        let vm = self.vm_named(name).await?;
+        let (_g, vm) = self.locked_vm(name).await?;
         let s = Self::find_snapshot(self.store.snapshots_of(&vm.id).await?, name, snap)?;
         self.snapshot_call(&vm, "delete", snap, false).await?;
         self.store.delete_snapshot(&s.id).await?;
@@ -1053,10 +1046,7 @@ impl Controller {
     /// Deletes a stopped VM; its disk files go too unless `keep_disks`, in which case
     /// their paths are returned (no row points at them any more: they are the user's).
     pub async fn delete_vm_keeping(&self, name: &str, keep_disks: bool) -> Res<Vec<String>> {
-        let vm = self.vm_named(name).await?;
-        let lock = self.vm_lock(&vm.id);
-        let _g = lock.lock().await;
-        let vm = self.vm_named(name).await?;
+        let (_g, vm) = self.locked_vm(name).await?;
         Op::Delete.check(state_of(&vm))?;
         let agent = self.host_agent(&vm)?;
         let disks = self.store.disks_of(&vm.id).await?;
