@@ -730,11 +730,9 @@ impl Controller {
             .expect("just added"))
     }
 
-    pub async fn remove_disk(&self, name: &str, index: u32) -> Res<()> {
-        let (_g, vm) = self.locked_vm(name).await?;
-        let agent = self.host_agent(&vm)?;
-        let disk = self
-            .store
+    async fn disk_at(&self, vm: &VmRecord, index: u32) -> Res<DiskRecord> {
+        let name = &vm.name;
+        self.store
             .disks_of(&vm.id)
             .await?
             .into_iter()
@@ -743,7 +741,13 @@ impl Controller {
                 ApiError::not_found(format!(
                     "VM {name:?} has no disk {index}: `hostel disk list {name}`"
                 ))
-            })?;
+            })
+    }
+
+    pub async fn remove_disk(&self, name: &str, index: u32) -> Res<()> {
+        let (_g, vm) = self.locked_vm(name).await?;
+        let agent = self.host_agent(&vm)?;
+        let disk = self.disk_at(&vm, index).await?;
         if state_of(&vm).has_process() {
             agent
                 .post::<_, wire::VmStatus>(
@@ -762,13 +766,7 @@ impl Controller {
     pub async fn resize_disk(&self, name: &str, req: ResizeDiskRequest) -> Res<DiskView> {
         let (_g, vm) = self.locked_vm(name).await?;
         let agent = self.host_agent(&vm)?;
-        let disk = self
-            .store
-            .disks_of(&vm.id)
-            .await?
-            .into_iter()
-            .find(|d| d.idx == req.disk)
-            .ok_or_else(|| ApiError::not_found(format!("VM {name:?} has no disk {}", req.disk)))?;
+        let disk = self.disk_at(&vm, req.disk).await?;
         hostel_model::check_disk_size("size", req.size_mib)?;
         if req.size_mib <= disk.size_mib {
             return Err(Invalid::new(

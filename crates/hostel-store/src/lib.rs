@@ -162,6 +162,23 @@ fn vm_of(r: &AnyRow) -> Result<VmRecord> {
 
 const DISK_COLS: &str = "id, vm_id, idx, path, format, size_mib, image_id";
 
+const DISK_INSERT: &str = "INSERT INTO disks (id, vm_id, idx, path, format, size_mib, image_id) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7)";
+
+/// The one INSERT of a disk row, for a lone disk and for a new VM's disks alike.
+fn insert_disk_query(
+    d: &DiskRecord,
+) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments<'_>> {
+    sqlx::query(DISK_INSERT)
+        .bind(&d.id)
+        .bind(&d.vm_id)
+        .bind(d.idx as i64)
+        .bind(&d.path)
+        .bind(&d.format)
+        .bind(d.size_mib as i64)
+        .bind(&d.image_id)
+}
+
 fn disk_of(r: &AnyRow) -> Result<DiskRecord> {
     Ok(DiskRecord {
         id: r.try_get("id")?,
@@ -424,26 +441,39 @@ impl Store {
 
     /// Deletes the image row only if no VM uses it; returns the users otherwise.
     pub async fn delete_image_if_unused(&self, image_id: &str) -> Result<Vec<String>> {
-        let mut tx = self.pool.begin().await?;
-        // Take the write lock first so no VM can start using the image meanwhile.
-        sqlx::query("UPDATE images SET name = name WHERE id = $1")
-            .bind(image_id)
-            .execute(&mut *tx)
-            .await?;
-        let rows = sqlx::query(
+        self.delete_if_unused(
+            "images",
             "SELECT name FROM vms WHERE image_id = $1 UNION SELECT v.name FROM vms v \
              JOIN disks d ON d.vm_id = v.id WHERE d.image_id = $1 ORDER BY name",
+            image_id,
         )
-        .bind(image_id)
-        .fetch_all(&mut *tx)
-        .await?;
-        let users: Vec<String> = rows
+        .await
+    }
+
+    /// Deletes row `id` of `table` in one transaction unless `users_sql` (with `$1` = id)
+    /// names VMs that use it; returns those names. The row is write-locked first, so
+    /// nothing can start using it meanwhile.
+    pub(crate) async fn delete_if_unused(
+        &self,
+        table: &str,
+        users_sql: &str,
+        id: &str,
+    ) -> Result<Vec<String>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(&format!("UPDATE {table} SET name = name WHERE id = $1"))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let users: Vec<String> = sqlx::query(users_sql)
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?
             .iter()
             .map(|r| r.try_get::<String, _>("name"))
             .collect::<Result<_, _>>()?;
         if users.is_empty() {
-            sqlx::query("DELETE FROM images WHERE id = $1")
-                .bind(image_id)
+            sqlx::query(&format!("DELETE FROM {table} WHERE id = $1"))
+                .bind(id)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -480,18 +510,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         for d in disks {
-            sqlx::query(&format!(
-                "INSERT INTO disks ({DISK_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
-            ))
-            .bind(&d.id)
-            .bind(&d.vm_id)
-            .bind(d.idx as i64)
-            .bind(&d.path)
-            .bind(&d.format)
-            .bind(d.size_mib as i64)
-            .bind(&d.image_id)
-            .execute(&mut *tx)
-            .await?;
+            insert_disk_query(d).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -601,18 +620,7 @@ impl Store {
     }
 
     pub async fn insert_disk(&self, d: &DiskRecord) -> Result<()> {
-        sqlx::query(&format!(
-            "INSERT INTO disks ({DISK_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
-        ))
-        .bind(&d.id)
-        .bind(&d.vm_id)
-        .bind(d.idx as i64)
-        .bind(&d.path)
-        .bind(&d.format)
-        .bind(d.size_mib as i64)
-        .bind(&d.image_id)
-        .execute(&self.pool)
-        .await?;
+        insert_disk_query(d).execute(&self.pool).await?;
         Ok(())
     }
 

@@ -130,30 +130,13 @@ impl Store {
 
     /// Deletes a network only if no NIC uses it; returns the VMs using it otherwise.
     pub async fn delete_network_if_unused(&self, id: &str) -> Result<Vec<String>> {
-        let mut tx = self.pool().begin().await?;
-        sqlx::query("UPDATE networks SET name = name WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        let rows = sqlx::query(
+        self.delete_if_unused(
+            "networks",
             "SELECT DISTINCT v.name FROM nics n JOIN vms v ON v.id = n.vm_id \
              WHERE n.network_id = $1 ORDER BY v.name",
+            id,
         )
-        .bind(id)
-        .fetch_all(&mut *tx)
-        .await?;
-        let users: Vec<String> = rows
-            .iter()
-            .map(|r| r.try_get::<String, _>("name"))
-            .collect::<Result<_, _>>()?;
-        if users.is_empty() {
-            sqlx::query("DELETE FROM networks WHERE id = $1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(users)
+        .await
     }
 
     pub async fn insert_nic(&self, n: &NicRecord) -> Result<()> {
