@@ -118,6 +118,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/v1/vms/{id}/nics", post(add_nic))
         .route("/v1/vms/{id}/nics/remove", post(remove_nic))
+        .route("/v1/pools/check", post(check_pool))
+        .route("/v1/pools/forget-image", post(pool_forget_image))
         .route("/v1/disks", post(create_disk))
         .route("/v1/disks/delete", post(delete_disk))
         .route("/v1/disks/resize", post(resize_disk))
@@ -417,35 +419,75 @@ async fn console_log(
     Ok(text[start..].to_string())
 }
 
-async fn create_disk(State(s): S, Json(req): Json<CreateDiskRequest>) -> R<DiskCreated> {
-    let path = s
-        .disks_dir()
-        .join(format!("{}-{}.qcow2", req.vm_id, req.index));
-    let p = path.clone();
-    let backing = req.backing.clone();
-    let size = req.size_mib;
-    tokio::task::spawn_blocking(move || match backing {
-        Some(b) => {
-            hostel_storage::disk::create_overlay(&p, std::path::Path::new(&b.path), &b.format, size)
-        }
-        None => hostel_storage::disk::create_blank(&p, size),
+async fn check_pool(State(s): S, Json(req): Json<PoolSpec>) -> R<PoolUsage> {
+    let pool = s.pool(Some(&req))?;
+    let u = tokio::task::spawn_blocking(move || {
+        pool.check()?;
+        pool.usage()
     })
     .await
     .map_err(|e| AgentError::Internal(e.into()))?
     .map_err(AgentError::Invalid)?;
-    s.give_to_qemu(&path)?;
+    Ok(Json(PoolUsage {
+        total_bytes: u.total_bytes,
+        free_bytes: u.free_bytes,
+        used_bytes: u.used_bytes,
+    }))
+}
+
+#[derive(Deserialize)]
+struct ForgetImage {
+    pool: PoolSpec,
+    image_id: String,
+}
+
+async fn pool_forget_image(State(s): S, Json(req): Json<ForgetImage>) -> R<()> {
+    if !crate::is_plain_name(&req.image_id) {
+        return Err(AgentError::Invalid(anyhow::anyhow!("not an image id")));
+    }
+    s.pool(Some(&req.pool))?.forget_base(&req.image_id);
+    Ok(Json(()))
+}
+
+async fn create_disk(State(s): S, Json(req): Json<CreateDiskRequest>) -> R<DiskCreated> {
+    if !crate::is_plain_name(&req.vm_id) {
+        return Err(AgentError::Invalid(anyhow::anyhow!("vm_id: not a VM id")));
+    }
+    let pool = s.pool(req.pool.as_ref())?;
+    let stem = format!("{}-{}", req.vm_id, req.index);
+    let backing = req.backing.clone();
+    let size = req.size_mib;
+    let p = pool.clone();
+    let path = tokio::task::spawn_blocking(move || {
+        let base = backing.as_ref().map(|b| hostel_storage::pool::Base {
+            path: std::path::Path::new(&b.path),
+            format: &b.format,
+            id: &b.image_id,
+        });
+        p.create_disk(&stem, size, base)
+    })
+    .await
+    .map_err(|e| AgentError::Internal(e.into()))?
+    .map_err(AgentError::Invalid)?;
+    if let Err(e) = s.give_to_qemu(&path) {
+        let _ = pool.delete_disk(&path);
+        return Err(e.into());
+    }
     Ok(Json(DiskCreated {
         path: path.display().to_string(),
-        format: "qcow2".into(),
+        format: pool.driver.disk_format().into(),
         size_mib: req.size_mib,
     }))
 }
 
 async fn add_disk(State(s): S, Path(id): Path<String>, Json(disk): Json<DiskSpec>) -> R<VmStatus> {
     let vm = find(&s, &id)?;
-    if !crate::inside(std::path::Path::new(&disk.path), &s.disks_dir()) {
+    if !s
+        .pool(disk.pool.as_ref())?
+        .holds(std::path::Path::new(&disk.path))
+    {
         return Err(AgentError::Invalid(anyhow::anyhow!(
-            "path: {} is not in this host's disk store",
+            "path: {} is not in the disk's pool",
             disk.path
         )));
     }
@@ -455,37 +497,75 @@ async fn add_disk(State(s): S, Path(id): Path<String>, Json(disk): Json<DiskSpec
 }
 
 async fn snapshot(State(s): S, Path(id): Path<String>, Json(req): Json<SnapshotRequest>) -> R<()> {
-    if let Some(vm) = s.vm(&id) {
-        if vm.state().has_process() {
-            let _g = vm.op.lock().await;
-            vm.snapshot_live(&req.action, &req.name, req.memory).await?;
-            return Ok(Json(()));
+    let mut pools = Vec::new();
+    for d in &req.disks {
+        let pool = s.pool(d.pool.as_ref())?;
+        if !pool.holds(std::path::Path::new(&d.path)) {
+            return Err(AgentError::Invalid(anyhow::anyhow!(
+                "path: {} is not in the disk's pool",
+                d.path
+            )));
         }
+        pools.push(pool);
+    }
+    // qcow2 disks snapshot inside the file (through QEMU when it runs); btrfs disks by
+    // subvolume, the VM paused meanwhile when it runs.
+    let internal = pools
+        .iter()
+        .all(|p| p.driver == hostel_storage::pool::Driver::Dir);
+    if !internal
+        && pools
+            .iter()
+            .any(|p| p.driver == hostel_storage::pool::Driver::Dir)
+    {
+        return Err(AgentError::Conflict(
+            "the VM has disks in a dir pool and in a btrfs pool; snapshots need all of its \
+             disks in pools of one kind"
+                .into(),
+        ));
+    }
+    if req.memory && !internal {
+        return Err(AgentError::Conflict(
+            "memory: snapshots with memory need qcow2 disks (dir pools); this VM's disks are \
+             in a btrfs pool: snapshot without --memory"
+                .into(),
+        ));
+    }
+    let live = s.vm(&id).filter(|vm| vm.state().has_process());
+    if let (Some(vm), true) = (&live, internal) {
+        let _g = vm.op.lock().await;
+        vm.snapshot_live(&req.action, &req.name, req.memory).await?;
+        return Ok(Json(()));
     }
     if req.memory {
         return Err(AgentError::Conflict(
             "a snapshot with memory needs a running VM".into(),
         ));
     }
-    for d in &req.disks {
-        if !crate::inside(std::path::Path::new(&d.path), &s.disks_dir()) {
-            return Err(AgentError::Invalid(anyhow::anyhow!(
-                "path: {} is not in this host's disk store",
-                d.path
-            )));
-        }
+    if live.is_some() && req.action != "create" && req.action != "delete" {
+        return Err(AgentError::Conflict(format!(
+            "cannot {} a snapshot while the VM runs: stop it first",
+            req.action
+        )));
     }
     let disks = req.disks.clone();
     let (action, name) = (req.action.clone(), req.name.clone());
-    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        for d in &disks {
-            hostel_storage::disk::snapshot(std::path::Path::new(&d.path), &action, &name)?;
+    let work = move || -> anyhow::Result<()> {
+        for (d, pool) in disks.iter().zip(&pools) {
+            pool.snapshot(std::path::Path::new(&d.path), &action, &name)?;
         }
         Ok(())
-    })
-    .await
-    .map_err(|e| AgentError::Internal(e.into()))?
-    .map_err(AgentError::Invalid)?;
+    };
+    match live {
+        Some(vm) => {
+            let _g = vm.op.lock().await;
+            vm.while_paused(work).await?;
+        }
+        None => tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| AgentError::Internal(e.into()))?
+            .map_err(AgentError::Invalid)?,
+    }
     Ok(Json(()))
 }
 
@@ -514,7 +594,10 @@ async fn resize_disk(
             vm.resize_disk(index, req.size_mib).await?;
         }
         (_, _, Some(path)) => {
-            if !crate::inside(std::path::Path::new(&path), &s.disks_dir()) {
+            if !s
+                .pool(req.pool.as_ref())?
+                .holds(std::path::Path::new(&path))
+            {
                 return Err(AgentError::Invalid(anyhow::anyhow!(
                     "path: {path} is not in this host's disk store"
                 )));
@@ -542,18 +625,13 @@ struct VmQuery {
 }
 
 async fn delete_disk(State(s): S, Json(req): Json<DeleteDiskRequest>) -> R<()> {
-    let p = std::path::Path::new(&req.path);
-    if !crate::inside(p, &s.disks_dir()) {
-        return Err(AgentError::Invalid(anyhow::anyhow!(
-            "path: {} is not in this host's disk store; refusing to delete it",
-            req.path
-        )));
-    }
-    match std::fs::remove_file(p) {
-        Ok(()) => Ok(Json(())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Json(())),
-        Err(e) => Err(AgentError::Internal(e.into())),
-    }
+    let pool = s.pool(req.pool.as_ref())?;
+    let path = std::path::PathBuf::from(&req.path);
+    tokio::task::spawn_blocking(move || pool.delete_disk(&path))
+        .await
+        .map_err(|e| AgentError::Internal(e.into()))?
+        .map_err(AgentError::Invalid)?;
+    Ok(Json(()))
 }
 
 /// Builds an image, streaming progress as JSON lines: `{"progress":0.5,"message":"..."}`,

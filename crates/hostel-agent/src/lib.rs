@@ -125,6 +125,31 @@ impl Shared {
         self.cfg.data_dir.join("disks")
     }
 
+    /// A storage pool by its spec; none: the host's default `dir` pool (DATA/disks).
+    pub fn pool(
+        &self,
+        spec: Option<&hostel_api::agent::PoolSpec>,
+    ) -> Result<hostel_storage::pool::Pool, AgentError> {
+        use hostel_storage::pool::{Driver, Pool};
+        Ok(match spec {
+            None => Pool {
+                name: "default".into(),
+                driver: Driver::Dir,
+                root: self.disks_dir(),
+            },
+            Some(p) => Pool {
+                name: p.name.clone(),
+                driver: Driver::parse(&p.driver).ok_or_else(|| {
+                    AgentError::Invalid(anyhow::anyhow!(
+                        "driver: {:?} is not a pool driver this host has: use dir or btrfs",
+                        p.driver
+                    ))
+                })?,
+                root: PathBuf::from(&p.path),
+            },
+        })
+    }
+
     /// The accelerator, decided by a real probe the first time it is needed.
     pub async fn accel(&self) -> (Accel, String) {
         self.accel
@@ -227,6 +252,7 @@ impl Shared {
             kernel: nix::sys::utsname::uname()
                 .map(|u| u.release().to_string_lossy().into_owned())
                 .unwrap_or_default(),
+            disks_dir: self.disks_dir().display().to_string(),
         }
     }
 

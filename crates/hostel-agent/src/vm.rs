@@ -5,7 +5,7 @@
 
 use crate::console::ConsoleHub;
 use crate::{AgentError, Shared};
-use anyhow::anyhow;
+use anyhow::{anyhow, Context};
 use hostel_api::agent::{Event, SaveHeader, VmSpec, VmStatus, SAVE_MAGIC};
 use hostel_model::{Policy, VmState};
 use hostel_qemu::argv::{cpu_id, cpu_type, vcpu_thread_budget, RuntimePaths};
@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::io::{BufRead, Write};
 use std::os::fd::OwnedFd;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -225,6 +226,7 @@ impl VmRuntime {
             None => None,
         };
         shared.prepare_runtime_dir(&self.paths)?;
+        prepare_boot_files(shared, &self.paths, &spec)?;
         let host = shared.host_opts().await;
         let mut argv = hostel_qemu::render(
             &spec,
@@ -881,6 +883,23 @@ impl VmRuntime {
         Ok(())
     }
 
+    /// Runs `work` (blocking) with the guest paused, so that what it does to the disks
+    /// happens at one instant; resumes the guest afterwards if it was running.
+    pub async fn while_paused<F>(&self, work: F) -> Result<(), AgentError>
+    where
+        F: FnOnce() -> anyhow::Result<()> + Send + 'static,
+    {
+        let qmp = self.qmp()?;
+        let was_running = self.state() == VmState::Running;
+        qmp.execute("stop", json!({})).await?;
+        let res = tokio::task::spawn_blocking(work).await;
+        if was_running {
+            qmp.execute("cont", json!({})).await?;
+        }
+        res.map_err(|e| AgentError::Internal(e.into()))?
+            .map_err(AgentError::Invalid)
+    }
+
     /// Snapshot operations while QEMU runs: all disks at one instant (the VM paused
     /// meanwhile), optionally with the memory state (`snapshot-save`).
     pub async fn snapshot_live(
@@ -1255,4 +1274,57 @@ fn tail_file(path: &std::path::Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let v: Vec<&str> = text.lines().collect();
     v[v.len().saturating_sub(lines)..].join(" | ")
+}
+
+/// The files a start needs besides the disks: the NoCloud seed ISO (written anew from the
+/// record each time), the UEFI variables (made once from the host's template) and a
+/// check that a CD-ROM file is there for QEMU to read.
+fn prepare_boot_files(
+    shared: &Shared,
+    paths: &RuntimePaths,
+    spec: &VmSpec,
+) -> Result<(), AgentError> {
+    if let Some(seed) = &spec.seed {
+        hostel_storage::seed::write_seed_iso(
+            &paths.seed_iso(),
+            &seed.meta_data,
+            &seed.user_data,
+            &seed.network_config,
+        )
+        .map_err(AgentError::Internal)?;
+        shared.give_to_qemu(&paths.seed_iso())?;
+    }
+    if spec.boot == hostel_api::agent::Boot::Uefi && !paths.efivars().exists() {
+        let template = Path::new(hostel_qemu::argv::OVMF_VARS);
+        if !template.exists() {
+            return Err(AgentError::Invalid(anyhow!(
+                "firmware: this host has no UEFI firmware ({} is missing): apt-get install ovmf, \
+                 or boot the VM with --firmware bios",
+                template.display()
+            )));
+        }
+        let tmp = paths.efivars().with_extension("tmp");
+        std::fs::copy(template, &tmp).context("copying the UEFI variables template")?;
+        std::fs::rename(&tmp, paths.efivars()).context("placing the UEFI variables")?;
+        shared.give_to_qemu(&paths.efivars())?;
+    }
+    if let Some(cd) = &spec.cdrom {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(&cd.path)
+            .map_err(|e| AgentError::Invalid(anyhow!("cdrom: cannot read {}: {e}", cd.path)))?;
+        if !meta.is_file() {
+            return Err(AgentError::Invalid(anyhow!(
+                "cdrom: {} is not a regular file",
+                cd.path
+            )));
+        }
+        if shared.run_as.is_some() && meta.permissions().mode() & 0o004 == 0 {
+            return Err(AgentError::Invalid(anyhow!(
+                "cdrom: {} is not readable by QEMU's user: chmod o+r it, or import it with \
+                 `hostel image import`",
+                cd.path
+            )));
+        }
+    }
+    Ok(())
 }

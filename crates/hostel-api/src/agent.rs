@@ -15,8 +15,19 @@ pub enum Boot {
         initrd: Option<String>,
         cmdline: String,
     },
-    /// SeaBIOS boots the first disk.
+    /// SeaBIOS boots the first disk (or the CD-ROM, when there is one).
     Bios,
+    /// OVMF (UEFI) boots the first disk or the CD-ROM; its variables live in the VM's
+    /// runtime directory, made from the host's template at the first start.
+    Uefi,
+}
+
+/// A NoCloud seed (the `cidata` ISO cloud-init reads at first boot).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Seed {
+    pub meta_data: String,
+    pub user_data: String,
+    pub network_config: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -24,6 +35,26 @@ pub struct DiskSpec {
     pub index: u32,
     pub path: String,
     pub format: String,
+    /// The storage pool the disk is in; absent: the host's default `dir` pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<PoolSpec>,
+}
+
+/// A storage pool on a host: a driver and the directory it keeps disks in.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PoolSpec {
+    pub name: String,
+    /// `dir` or `btrfs`.
+    pub driver: String,
+    pub path: String,
+}
+
+/// A pool's space, as its filesystem reports it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PoolUsage {
+    pub total_bytes: u64,
+    pub free_bytes: u64,
+    pub used_bytes: u64,
 }
 
 /// A VM's definition as rendered from the controller's record.
@@ -42,6 +73,12 @@ pub struct VmSpec {
     pub on_crash: Policy,
     #[serde(default)]
     pub nics: Vec<NicSpec>,
+    /// An ISO (or disk image) attached read-only as a CD-ROM; the firmware boots it first.
+    #[serde(default)]
+    pub cdrom: Option<DiskSpec>,
+    /// The first-boot configuration, attached as a second CD-ROM.
+    #[serde(default)]
+    pub seed: Option<Seed>,
 }
 
 /// A VM's network interface: a tap on the network's bridge, guarded to its addresses.
@@ -179,15 +216,19 @@ pub struct CreateDiskRequest {
     pub vm_id: String,
     pub index: u32,
     pub size_mib: u64,
-    /// Make the disk a qcow2 overlay of this image file.
+    /// Make the disk from this image (an overlay, or a clone in pools that clone).
     #[serde(default)]
     pub backing: Option<Backing>,
+    #[serde(default)]
+    pub pool: Option<PoolSpec>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Backing {
     pub path: String,
     pub format: String,
+    #[serde(default)]
+    pub image_id: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -200,12 +241,22 @@ pub struct DiskCreated {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeleteDiskRequest {
     pub path: String,
+    #[serde(default)]
+    pub pool: Option<PoolSpec>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BuildImageRequest {
     pub recipe: String,
     pub name: String,
+    #[serde(default)]
+    pub suite: Option<String>,
+    #[serde(default)]
+    pub packages: Vec<String>,
+    #[serde(default)]
+    pub size_mib: Option<u64>,
+    #[serde(default)]
+    pub mirror: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -238,6 +289,9 @@ pub struct HostFacts {
     pub accel_reason: String,
     pub qemu_version: String,
     pub kernel: String,
+    /// The directory of the host's default `dir` pool.
+    #[serde(default)]
+    pub disks_dir: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -254,6 +308,9 @@ pub struct ResizeDiskRequest {
     #[serde(default)]
     pub path: Option<String>,
     pub size_mib: u64,
+    /// The pool of the disk file (offline resize); absent: the default pool.
+    #[serde(default)]
+    pub pool: Option<PoolSpec>,
 }
 
 /// A snapshot operation on a VM's disks: qcow2 internal snapshots, through QEMU when it

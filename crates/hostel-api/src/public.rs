@@ -7,8 +7,10 @@ use utoipa::ToSchema;
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CreateVmRequest {
     pub name: String,
-    /// Name of the image the VM boots from.
-    pub image: String,
+    /// Name of the image the VM boots from. May be left out for a VM that installs from
+    /// a CD-ROM (`cdrom` and `disk_mib`) or boots its own kernel (`kernel`).
+    #[serde(default)]
+    pub image: Option<String>,
     /// Memory the guest gets at start, in MiB (the balloon target).
     #[serde(default = "default_memory")]
     pub memory_mib: u64,
@@ -37,6 +39,50 @@ pub struct CreateVmRequest {
     /// one. Empty: no NIC.
     #[serde(default)]
     pub nics: Option<Vec<NicRequest>>,
+    /// The firmware that boots the VM's disk or CD-ROM: SeaBIOS or OVMF (UEFI).
+    #[serde(default)]
+    pub firmware: Firmware,
+    /// An ISO to boot and install from: an image's name, or an absolute path on the host.
+    #[serde(default)]
+    pub cdrom: Option<String>,
+    /// Boot this kernel directly (absolute path on the host), like a Xen `kernel=`.
+    #[serde(default)]
+    pub kernel: Option<String>,
+    #[serde(default)]
+    pub initrd: Option<String>,
+    #[serde(default)]
+    pub cmdline: Option<String>,
+    /// SSH public keys put in the guest by the first-boot seed (root's and the image's
+    /// default user's).
+    #[serde(default)]
+    pub ssh_keys: Vec<String>,
+    /// A password for root in the guest, set by the seed (stored hashed only).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Attach a NoCloud seed (hostname, keys, password, network). Default: yes for VMs
+    /// booting a disk image.
+    #[serde(default)]
+    pub seed: Option<bool>,
+    /// The storage pool for the VM's disk; default the host's `default` pool.
+    #[serde(default)]
+    pub pool: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Firmware {
+    #[default]
+    Bios,
+    Uefi,
+}
+
+impl Firmware {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Firmware::Bios => "bios",
+            Firmware::Uefi => "uefi",
+        }
+    }
 }
 
 fn default_memory() -> u64 {
@@ -83,8 +129,10 @@ pub struct DiskView {
     pub path: String,
     pub format: String,
     pub size_mib: u64,
-    /// The image this disk is an overlay of, if any.
+    /// The image this disk is an overlay (or clone) of, if any.
     pub backing_image: Option<String>,
+    /// The storage pool the disk is in.
+    pub pool: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -96,11 +144,17 @@ pub struct PoliciesView {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BootView {
-    /// `direct-kernel` or `bios`.
+    /// `direct-kernel`, `bios` (SeaBIOS boots the disk or CD-ROM) or `uefi` (OVMF does).
     pub method: String,
     pub kernel: Option<String>,
     pub initrd: Option<String>,
     pub cmdline: Option<String>,
+    /// The CD-ROM: an image's name or a file on the host.
+    #[serde(default)]
+    pub cdrom: Option<String>,
+    /// Whether a NoCloud first-boot seed is attached.
+    #[serde(default)]
+    pub seed: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -201,17 +255,32 @@ pub struct Image {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ImportImageRequest {
     pub name: String,
-    /// Absolute path, on the host, of a raw or qcow2 file.
+    /// Absolute path, on the host, of a raw, qcow2, vmdk, vdi or vhdx file (an ISO is
+    /// raw); or an http(s) URL the host downloads it from.
     pub path: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BuildImageRequest {
-    /// What to build: `tiny` (Debian's cloud kernel + a busybox initramfs).
+    /// What to build: `tiny` (Debian's cloud kernel + a busybox initramfs) or `debian`
+    /// (a bootable Debian from the mirror: systemd, kernel, bootloader for BIOS and UEFI,
+    /// serial console, SSH server, cloud-init).
     pub recipe: String,
-    /// The image's name; defaults to the recipe's name.
+    /// The image's name; defaults to the recipe's name (`debian-SUITE` for debian).
     #[serde(default)]
     pub name: Option<String>,
+    /// Debian suite (`debian`): bookworm by default.
+    #[serde(default)]
+    pub suite: Option<String>,
+    /// Extra Debian packages to install (`debian`).
+    #[serde(default)]
+    pub packages: Vec<String>,
+    /// The image's disk size in MiB (`debian`): 4 GiB by default.
+    #[serde(default)]
+    pub size_mib: Option<u64>,
+    /// The Debian mirror (`debian`): http://deb.debian.org/debian by default.
+    #[serde(default)]
+    pub mirror: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -343,6 +412,43 @@ pub struct AddDiskRequest {
     /// Make the disk an overlay of this disk image; blank otherwise.
     #[serde(default)]
     pub image: Option<String>,
+    /// The storage pool to put the disk in; default the host's `default` pool.
+    #[serde(default)]
+    pub pool: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreatePoolRequest {
+    pub name: String,
+    /// `dir` (qcow2 files, the default) or `btrfs` (raw files in subvolumes, reflink
+    /// clones, subvolume snapshots).
+    #[serde(default = "dir_driver")]
+    pub driver: String,
+    /// The directory on the host (for btrfs: on a mounted btrfs filesystem).
+    pub path: String,
+    /// The host, by name; default the only (or first) host.
+    #[serde(default)]
+    pub host: Option<String>,
+}
+
+fn dir_driver() -> String {
+    "dir".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Pool {
+    pub name: String,
+    pub driver: String,
+    pub path: String,
+    pub host: String,
+    /// The filesystem's size, free and used space; absent when the host is unreachable.
+    pub total_bytes: Option<u64>,
+    pub free_bytes: Option<u64>,
+    pub used_bytes: Option<u64>,
+    /// How many VM disks are in the pool, and their sizes added up.
+    pub disks: u32,
+    pub provisioned_mib: u64,
+    pub created_at: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

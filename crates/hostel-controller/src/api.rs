@@ -119,6 +119,9 @@ impl IntoResponse for ApiError {
 }
 
 type S = State<Arc<Controller>>;
+
+/// The Debian suites the `debian` recipe builds.
+const DEBIAN_SUITES: &[&str] = &["bookworm", "trixie"];
 type R<T> = Result<Json<T>, ApiError>;
 
 #[derive(OpenApi)]
@@ -131,7 +134,7 @@ type R<T> = Result<Json<T>, ApiError>;
         list_networks, create_network, get_network, delete_network, list_nics, add_nic,
         remove_nic, list_forwards, add_forward, remove_forward, list_disks, add_disk,
         remove_disk, resize_disk, list_snapshots, create_snapshot, revert_snapshot,
-        delete_snapshot, doctor
+        delete_snapshot, doctor, list_pools, create_pool, get_pool, delete_pool
     ),
     components(schemas(ErrorBody)),
     modifiers(&BearerAuth),
@@ -182,6 +185,8 @@ pub fn router(c: Arc<Controller>) -> Router {
         .route("/api/v1/images/import", post(import_image))
         .route("/api/v1/images/{name}", axum::routing::delete(delete_image))
         .route("/api/v1/tasks/{id}", get(get_task))
+        .route("/api/v1/pools", get(list_pools).post(create_pool))
+        .route("/api/v1/pools/{name}", get(get_pool).delete(delete_pool))
         .route("/api/v1/networks", get(list_networks).post(create_network))
         .route(
             "/api/v1/networks/{name}",
@@ -435,18 +440,74 @@ async fn build_image(
     State(c): S,
     Json(req): Json<BuildImageRequest>,
 ) -> Result<(StatusCode, Json<Task>), ApiError> {
-    if req.recipe != "tiny" {
-        return Err(Invalid::new(
-            "recipe",
-            format!(
-                "{:?} is not a recipe Hostel can build: use \"tiny\"",
-                req.recipe
-            ),
-        )
-        .into());
-    }
-    let name = req.name.clone().unwrap_or_else(|| req.recipe.clone());
-    let body = serde_json::json!({"recipe": req.recipe, "name": name});
+    let name = match req.recipe.as_str() {
+        "tiny" => req.name.clone().unwrap_or_else(|| "tiny".into()),
+        "debian" => {
+            let suite = req.suite.clone().unwrap_or_else(|| "bookworm".into());
+            if !DEBIAN_SUITES.contains(&suite.as_str()) {
+                return Err(Invalid::new(
+                    "suite",
+                    format!(
+                        "{suite:?} is not a Debian suite Hostel builds: use one of {}",
+                        DEBIAN_SUITES.join(", ")
+                    ),
+                )
+                .into());
+            }
+            for p in &req.packages {
+                let ok = !p.is_empty()
+                    && p.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b)
+                    });
+                if !ok {
+                    return Err(Invalid::new(
+                        "packages",
+                        format!("{p:?} is not a Debian package name"),
+                    )
+                    .into());
+                }
+            }
+            if let Some(size) = req.size_mib {
+                if !(1024..=hostel_model::MAX_DISK_MIB).contains(&size) {
+                    return Err(Invalid::new(
+                        "size",
+                        format!(
+                            "{} is too small or too large: a Debian image needs at least 1G",
+                            hostel_model::format_mib(size)
+                        ),
+                    )
+                    .into());
+                }
+            }
+            if let Some(m) = &req.mirror {
+                if !(m.starts_with("http://") || m.starts_with("https://")) || m.contains(' ') {
+                    return Err(Invalid::new(
+                        "mirror",
+                        format!("{m:?} is not an http(s) URL of a Debian mirror"),
+                    )
+                    .into());
+                }
+            }
+            req.name
+                .clone()
+                .unwrap_or_else(|| format!("debian-{suite}"))
+        }
+        other => {
+            return Err(Invalid::new(
+                "recipe",
+                format!("{other:?} is not a recipe Hostel can build: use \"tiny\" or \"debian\""),
+            )
+            .into())
+        }
+    };
+    let body = serde_json::json!({
+        "recipe": req.recipe,
+        "name": name,
+        "suite": req.suite,
+        "packages": req.packages,
+        "size_mib": req.size_mib,
+        "mirror": req.mirror,
+    });
     Ok((
         StatusCode::ACCEPTED,
         Json(c.image_task("image-build", name, body).await?),
@@ -459,11 +520,13 @@ async fn import_image(
     State(c): S,
     Json(req): Json<ImportImageRequest>,
 ) -> Result<(StatusCode, Json<Task>), ApiError> {
-    if !std::path::Path::new(&req.path).is_absolute() {
+    let url = req.path.starts_with("http://") || req.path.starts_with("https://");
+    if !url && !std::path::Path::new(&req.path).is_absolute() {
         return Err(Invalid::new(
             "path",
             format!(
-                "{:?} is not absolute: give the image file's full path on the host",
+                "{:?} is neither an absolute path nor an http(s) URL: give the image file's \
+                 full path on the host, or its URL",
                 req.path
             ),
         )
@@ -660,4 +723,31 @@ async fn delete_snapshot(
 #[utoipa::path(get, path = "/api/v1/doctor", responses((status = 200, body = DoctorReport)))]
 async fn doctor(State(c): S) -> R<DoctorReport> {
     Ok(Json(c.doctor().await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/pools", responses((status = 200, body = Vec<Pool>)))]
+async fn list_pools(State(c): S) -> R<Vec<Pool>> {
+    Ok(Json(c.pools().await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/pools", request_body = CreatePoolRequest,
+    responses((status = 201, body = Pool), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn create_pool(
+    State(c): S,
+    Json(req): Json<CreatePoolRequest>,
+) -> Result<(StatusCode, Json<Pool>), ApiError> {
+    Ok((StatusCode::CREATED, Json(c.create_pool(req).await?)))
+}
+
+#[utoipa::path(get, path = "/api/v1/pools/{name}", params(("name" = String, Path)),
+    responses((status = 200, body = Pool), (status = 404, body = ErrorBody)))]
+async fn get_pool(State(c): S, Path(name): Path<String>) -> R<Pool> {
+    Ok(Json(c.pool(&name).await?))
+}
+
+#[utoipa::path(delete, path = "/api/v1/pools/{name}", params(("name" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn delete_pool(State(c): S, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    c.delete_pool(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -3,8 +3,10 @@
 
 pub mod agent_client;
 mod api;
+mod boot;
 mod netops;
 mod ops;
+mod poolops;
 
 use agent_client::AgentClient;
 use hostel_api::agent::Event;

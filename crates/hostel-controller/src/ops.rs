@@ -3,6 +3,7 @@
 
 use crate::agent_client::{AgentClient, AgentRefusal};
 use crate::api::ApiError;
+use crate::boot::{BootConfig, CloudConfig};
 use crate::Controller;
 use hostel_api::agent::{self as wire, Boot, DiskSpec, SaveHeader, VmSpec};
 use hostel_api::public::*;
@@ -58,15 +59,74 @@ impl Controller {
     pub(crate) async fn spec_of(&self, vm: &VmRecord) -> Res<VmSpec> {
         let image = self.image_of(vm).await?;
         let disks = self.store.disks_of(&vm.id).await?;
-        let boot = match image {
-            Some(img) if img.kind == ImageKind::DirectKernel.as_str() => Boot::DirectKernel {
-                kernel: img.path.clone(),
-                initrd: img.initrd.clone(),
-                cmdline: img.cmdline.clone().unwrap_or_default(),
+        let bc = BootConfig::parse(vm.boot_json.as_deref());
+        let cloud = CloudConfig::parse(vm.cloud_json.as_deref());
+        let boot = match (&bc.kernel, image) {
+            (Some(kernel), _) => Boot::DirectKernel {
+                kernel: kernel.clone(),
+                initrd: bc.initrd.clone(),
+                cmdline: bc.cmdline.clone().unwrap_or_else(|| "console=ttyS0".into()),
             },
-            _ => Boot::Bios,
+            (None, Some(img)) if img.kind == ImageKind::DirectKernel.as_str() => {
+                Boot::DirectKernel {
+                    kernel: img.path.clone(),
+                    initrd: img.initrd.clone(),
+                    cmdline: img.cmdline.clone().unwrap_or_default(),
+                }
+            }
+            _ => match bc.firmware {
+                Firmware::Bios => Boot::Bios,
+                Firmware::Uefi => Boot::Uefi,
+            },
         };
+        let cdrom = match (&vm.cdrom_image_id, &bc.cdrom_path) {
+            (Some(id), _) => self.store.image_by_id(id).await?.map(|i| DiskSpec {
+                index: 0,
+                path: i.path,
+                format: i.format,
+                pool: None,
+            }),
+            (None, Some(path)) => Some(DiskSpec {
+                index: 0,
+                path: path.clone(),
+                format: "raw".into(),
+                pool: None,
+            }),
+            (None, None) => None,
+        };
+        let nics = self.store.nics_of(&vm.id).await?;
+        let seed = if cloud.seed {
+            let mut domain = None;
+            if let Some(n) = nics.first() {
+                if let Some(net) = self.store.network_by_id(&n.network_id).await? {
+                    domain = net.domain;
+                }
+            }
+            let seed_nics: Vec<crate::boot::SeedNic> = nics
+                .iter()
+                .map(|n| crate::boot::SeedNic { mac: n.mac.clone() })
+                .collect();
+            Some(crate::boot::render_seed(
+                &vm.id,
+                &vm.name,
+                domain.as_deref(),
+                &cloud,
+                &seed_nics,
+            ))
+        } else {
+            None
+        };
+        let mut pools = std::collections::HashMap::new();
+        for d in &disks {
+            if let Some(pid) = &d.pool_id {
+                if !pools.contains_key(pid) {
+                    pools.insert(pid.clone(), self.pool_spec(Some(pid)).await?);
+                }
+            }
+        }
         Ok(VmSpec {
+            cdrom,
+            seed,
             id: vm.id.clone(),
             name: vm.name.clone(),
             memory_mib: vm.memory_mib,
@@ -80,19 +140,34 @@ impl Controller {
                     index: d.idx,
                     path: d.path.clone(),
                     format: d.format.clone(),
+                    pool: d
+                        .pool_id
+                        .as_ref()
+                        .and_then(|p| pools.get(p).cloned().flatten()),
                 })
                 .collect(),
             on_poweroff: policy(&vm.on_poweroff),
             on_reboot: policy(&vm.on_reboot),
             on_crash: policy(&vm.on_crash),
-            nics: self
-                .store
-                .nics_of(&vm.id)
-                .await?
-                .iter()
-                .map(Self::nic_spec)
-                .collect(),
+            nics: nics.iter().map(Self::nic_spec).collect(),
         })
+    }
+
+    /// The agent's view of a pool, by id; none: the host's default pool.
+    pub(crate) async fn pool_spec(&self, pool_id: Option<&str>) -> Res<Option<wire::PoolSpec>> {
+        let Some(id) = pool_id else {
+            return Ok(None);
+        };
+        let p = self.store.pool_by_id(id).await?.ok_or_else(|| {
+            ApiError::from(anyhow::anyhow!(
+                "a disk names pool {id}, which is not recorded"
+            ))
+        })?;
+        Ok(Some(wire::PoolSpec {
+            name: p.name,
+            driver: p.driver,
+            path: p.path,
+        }))
     }
 
     pub(crate) async fn view(&self, vm: &VmRecord, live: bool) -> Res<Vm> {
@@ -121,6 +196,15 @@ impl Controller {
                 agent.post("/v1/render", &spec).await.unwrap_or_default()
             }
             _ => Vec::new(),
+        };
+        let mut pool_names = std::collections::HashMap::new();
+        for p in self.store.pools().await? {
+            pool_names.insert(p.id, p.name);
+        }
+        let bc = BootConfig::parse(vm.boot_json.as_deref());
+        let cdrom_name = match &vm.cdrom_image_id {
+            Some(id) => self.store.image_by_id(id).await?.map(|i| i.name),
+            None => bc.cdrom_path.clone(),
         };
         let mut images_by_id = std::collections::HashMap::new();
         for d in &disks {
@@ -168,6 +252,11 @@ impl Controller {
                         .image_id
                         .as_ref()
                         .and_then(|i| images_by_id.get(i).cloned()),
+                    pool: d
+                        .pool_id
+                        .as_ref()
+                        .and_then(|p| pool_names.get(p).cloned())
+                        .unwrap_or_else(|| "default".into()),
                 })
                 .collect(),
             nics: self.nic_views(vm, status.as_ref()).await?,
@@ -181,12 +270,21 @@ impl Controller {
                     kernel: Some(kernel.clone()),
                     initrd: initrd.clone(),
                     cmdline: Some(cmdline.clone()),
+                    cdrom: cdrom_name,
+                    seed: spec.seed.is_some(),
                 },
-                Boot::Bios => BootView {
-                    method: "bios".into(),
+                Boot::Bios | Boot::Uefi => BootView {
+                    method: if spec.boot == Boot::Uefi {
+                        "uefi"
+                    } else {
+                        "bios"
+                    }
+                    .into(),
                     kernel: None,
                     initrd: None,
                     cmdline: None,
+                    cdrom: cdrom_name,
+                    seed: spec.seed.is_some(),
                 },
             },
             policies: PoliciesView {
@@ -233,22 +331,67 @@ impl Controller {
             vcpus: req.vcpus,
             max_vcpus: req.max_vcpus.unwrap_or(req.vcpus),
         };
-        let (host, host_mem) = self.place(sizing.max_memory_mib).await?;
+        let pool = match &req.pool {
+            Some(p) => Some(self.pool_named(p).await?),
+            None => None,
+        };
+        let (host, host_mem) = match &pool {
+            Some(p) => {
+                let h = self
+                    .store
+                    .hosts()
+                    .await?
+                    .into_iter()
+                    .find(|h| h.id == p.host_id)
+                    .filter(|h| self.agent(&h.id).is_some())
+                    .ok_or_else(|| {
+                        ApiError::unavailable(format!(
+                            "pool {:?} is on host {}, which is not connected",
+                            p.name, p.host_id
+                        ))
+                    })?;
+                (h.id, h.memory_mib)
+            }
+            None => self.place(sizing.max_memory_mib).await?,
+        };
         sizing.validate(host_mem)?;
         if let Some(d) = req.disk_mib {
             hostel_model::check_disk_size("disk", d)?;
         }
-        let image = self.store.image_by_name(&req.image).await?.ok_or_else(|| {
-            let e = Invalid::new(
-                "image",
-                format!(
-                    "there is no image named {:?}: `hostel image list` shows the images there \
-                     are, `hostel image build tiny` makes one",
-                    req.image
-                ),
-            );
-            ApiError::from(e)
-        })?;
+        let image = match &req.image {
+            Some(name) => Some(self.store.image_by_name(name).await?.ok_or_else(|| {
+                let e = Invalid::new(
+                    "image",
+                    format!(
+                        "there is no image named {name:?}: `hostel image list` shows the images \
+                         there are, `hostel image build tiny` makes one"
+                    ),
+                );
+                ApiError::from(e)
+            })?),
+            None => None,
+        };
+        let (boot_cfg, cdrom_image) = self.plan_boot(&req, image.as_ref()).await?;
+        let cloud = CloudConfig {
+            seed: req.seed.unwrap_or_else(|| {
+                boot_cfg.kernel.is_none()
+                    && image
+                        .as_ref()
+                        .map(|i| i.kind == ImageKind::Disk.as_str())
+                        .unwrap_or(false)
+            }),
+            ssh_keys: req
+                .ssh_keys
+                .iter()
+                .map(|k| crate::boot::check_ssh_key(k))
+                .collect::<Result<_, _>>()?,
+            password_hash: req
+                .password
+                .as_deref()
+                .map(crate::boot::hash_password)
+                .transpose()?,
+        };
+        let pool_spec = self.pool_spec(pool.as_ref().map(|p| p.id.as_str())).await?;
         if self.store.vm_by_name(&req.name).await?.is_some() {
             return Err(ApiError::conflict_field(
                 "name",
@@ -284,7 +427,10 @@ impl Controller {
         }
         // The disk: an overlay of a disk image (at least the image's size), or a blank one.
         let mut disk_plan: Option<wire::CreateDiskRequest> = None;
-        if image.kind == ImageKind::Disk.as_str() {
+        if let Some(image) = image
+            .as_ref()
+            .filter(|i| i.kind == ImageKind::Disk.as_str())
+        {
             let size = req.disk_mib.unwrap_or(image.virtual_size_mib);
             if size < image.virtual_size_mib {
                 return Err(Invalid::new(
@@ -305,7 +451,9 @@ impl Controller {
                 backing: Some(wire::Backing {
                     path: image.path.clone(),
                     format: image.format.clone(),
+                    image_id: image.id.clone(),
                 }),
+                pool: pool_spec.clone(),
             });
         } else if let Some(size) = req.disk_mib {
             disk_plan = Some(wire::CreateDiskRequest {
@@ -313,6 +461,7 @@ impl Controller {
                 index: 0,
                 size_mib: size,
                 backing: None,
+                pool: pool_spec.clone(),
             });
         }
         let mut disks = Vec::new();
@@ -325,14 +474,19 @@ impl Controller {
                 path: made.path,
                 format: made.format,
                 size_mib: made.size_mib,
-                image_id: plan.backing.as_ref().map(|_| image.id.clone()),
+                image_id: plan
+                    .backing
+                    .as_ref()
+                    .and(image.as_ref())
+                    .map(|i| i.id.clone()),
+                pool_id: pool.as_ref().map(|p| p.id.clone()),
             });
         }
         let record = VmRecord {
             id: vm_id.clone(),
             name: req.name.clone(),
             host_id: Some(host.clone()),
-            image_id: Some(image.id.clone()),
+            image_id: image.as_ref().map(|i| i.id.clone()),
             memory_mib: sizing.memory_mib,
             max_memory_mib: sizing.max_memory_mib,
             vcpus: sizing.vcpus,
@@ -346,6 +500,9 @@ impl Controller {
             pid: None,
             created_at: now(),
             updated_at: now(),
+            cdrom_image_id: cdrom_image.map(|i| i.id),
+            boot_json: Some(serde_json::to_string(&boot_cfg).map_err(anyhow::Error::from)?),
+            cloud_json: Some(serde_json::to_string(&cloud).map_err(anyhow::Error::from)?),
         };
         if let Err(e) = self.store.insert_vm(&record, &disks).await {
             self.remove_disk_files(&agent, &disks).await;
@@ -402,13 +559,124 @@ impl Controller {
         self.view(&vm, true).await
     }
 
+    /// How a new VM boots: checks the firmware, CD-ROM and kernel asked for.
+    async fn plan_boot(
+        &self,
+        req: &CreateVmRequest,
+        image: Option<&ImageRecord>,
+    ) -> Res<(BootConfig, Option<ImageRecord>)> {
+        let abs = |field: &str, p: &str| -> Result<String, Invalid> {
+            if p.starts_with('/') && !p.split('/').any(|c| c == "..") {
+                Ok(p.to_string())
+            } else {
+                Err(Invalid::new(
+                    field,
+                    format!("{p:?} is not an absolute path: give the file's full path on the host"),
+                ))
+            }
+        };
+        let mut bc = BootConfig {
+            firmware: req.firmware,
+            ..Default::default()
+        };
+        if let Some(k) = &req.kernel {
+            bc.kernel = Some(abs("kernel", k)?);
+            bc.initrd = req
+                .initrd
+                .as_deref()
+                .map(|i| abs("initrd", i))
+                .transpose()?;
+            bc.cmdline = req.cmdline.clone();
+            if req.firmware == Firmware::Uefi {
+                return Err(Invalid::new(
+                    "firmware",
+                    "a VM booting its own kernel (--kernel) is started by QEMU, not by a \
+                     firmware: leave --firmware out",
+                )
+                .into());
+            }
+        } else if req.initrd.is_some() || req.cmdline.is_some() {
+            return Err(Invalid::new(
+                "kernel",
+                "--initrd and --cmdline go with --kernel: give the kernel too",
+            )
+            .into());
+        }
+        let mut cdrom_image = None;
+        if let Some(cd) = &req.cdrom {
+            match self.store.image_by_name(cd).await? {
+                Some(img) if img.kind == ImageKind::Disk.as_str() => cdrom_image = Some(img),
+                Some(_) => {
+                    return Err(Invalid::new(
+                        "cdrom",
+                        format!("{cd:?} is a kernel image, not an ISO or disk image"),
+                    )
+                    .into())
+                }
+                None if cd.starts_with('/') => bc.cdrom_path = Some(abs("cdrom", cd)?),
+                None => {
+                    return Err(Invalid::new(
+                        "cdrom",
+                        format!(
+                            "there is no image named {cd:?}, and it is not an absolute path: \
+                             give an image's name (`hostel image list`) or an ISO file's full path"
+                        ),
+                    )
+                    .into())
+                }
+            }
+        }
+        if image.is_none() && bc.kernel.is_none() && req.cdrom.is_none() {
+            return Err(Invalid::new(
+                "image",
+                "nothing to boot: give an image, or --cdrom ISO (with --disk SIZE to install \
+                 onto), or --kernel FILE",
+            )
+            .into());
+        }
+        if let Some(img) = image {
+            if img.kind == ImageKind::DirectKernel.as_str() && req.firmware == Firmware::Uefi {
+                return Err(Invalid::new(
+                    "firmware",
+                    format!(
+                        "image {:?} is a kernel QEMU boots directly: --firmware does not apply",
+                        img.name
+                    ),
+                )
+                .into());
+            }
+        }
+        Ok((bc, cdrom_image))
+    }
+
+    pub(crate) async fn pool_named(&self, name: &str) -> Res<hostel_store::PoolRecord> {
+        self.store.pool_by_name(name).await?.ok_or_else(|| {
+            Invalid::new(
+                "pool",
+                format!(
+                    "there is no pool named {name:?}: `hostel pool list` shows them, \
+                     `hostel pool create` makes one"
+                ),
+            )
+            .into()
+        })
+    }
+
     async fn remove_disk_files(&self, agent: &AgentClient, disks: &[DiskRecord]) {
         for d in disks {
+            let pool = match self.pool_spec(d.pool_id.as_deref()).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(path = %d.path, "not removing a disk file: {:?}", e.body);
+                    continue;
+                }
+            };
             if let Err(e) = agent
                 .post::<_, ()>(
                     "/v1/disks/delete",
                     &wire::DeleteDiskRequest {
                         path: d.path.clone(),
+                        pool,
                     },
                 )
                 .await
@@ -675,6 +943,25 @@ impl Controller {
             )
             .into());
         }
+        let pool = match &req.pool {
+            Some(p) => {
+                let p = self.pool_named(p).await?;
+                if Some(&p.host_id) != vm.host_id.as_ref() {
+                    return Err(Invalid::new(
+                        "pool",
+                        format!(
+                            "pool {:?} is on another host than VM {name:?}: pick a pool on host {}",
+                            p.name,
+                            vm.host_id.as_deref().unwrap_or("?")
+                        ),
+                    )
+                    .into());
+                }
+                Some(p)
+            }
+            None => None,
+        };
+        let pool_spec = self.pool_spec(pool.as_ref().map(|p| p.id.as_str())).await?;
         let disks = self.store.disks_of(&vm.id).await?;
         let idx = disks.iter().map(|d| d.idx + 1).max().unwrap_or(0);
         let made: wire::DiskCreated = agent
@@ -687,7 +974,9 @@ impl Controller {
                     backing: image.as_ref().map(|i| wire::Backing {
                         path: i.path.clone(),
                         format: i.format.clone(),
+                        image_id: i.id.clone(),
                     }),
+                    pool: pool_spec.clone(),
                 },
             )
             .await?;
@@ -699,6 +988,7 @@ impl Controller {
             format: made.format.clone(),
             size_mib: made.size_mib,
             image_id: image.as_ref().map(|i| i.id.clone()),
+            pool_id: pool.as_ref().map(|p| p.id.clone()),
         };
         if let Err(e) = self.store.insert_disk(&rec).await {
             self.remove_disk_files(&agent, std::slice::from_ref(&rec))
@@ -710,6 +1000,7 @@ impl Controller {
                 index: idx,
                 path: made.path,
                 format: made.format,
+                pool: pool_spec,
             };
             if let Err(e) = agent
                 .post::<_, wire::VmStatus>(&format!("/v1/vms/{}/disks", vm.id), &spec)
@@ -784,12 +1075,14 @@ impl Controller {
                 index: Some(disk.idx),
                 path: None,
                 size_mib: req.size_mib,
+                pool: None,
             }
         } else {
             wire::ResizeDiskRequest {
                 index: None,
                 path: Some(disk.path.clone()),
                 size_mib: req.size_mib,
+                pool: self.pool_spec(disk.pool_id.as_deref()).await?,
             }
         };
         agent

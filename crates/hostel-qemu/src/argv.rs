@@ -43,6 +43,14 @@ impl RuntimePaths {
     pub fn console_log(&self) -> PathBuf {
         self.dir.join("console.log")
     }
+    /// The NoCloud seed ISO, written at every start from the VM's record.
+    pub fn seed_iso(&self) -> PathBuf {
+        self.dir.join("seed.iso")
+    }
+    /// The VM's UEFI variables (its NVRAM), kept for the VM's life.
+    pub fn efivars(&self) -> PathBuf {
+        self.dir.join("efivars.fd")
+    }
 
     /// Fails with a clear message when a socket path would be too long for the kernel.
     pub fn check(&self) -> anyhow::Result<()> {
@@ -68,6 +76,10 @@ pub struct HostOptions {
     /// unprivileged user (see DESIGN.md: with `-run-with user=` it dies with SIGSYS).
     pub strict_sandbox: bool,
 }
+
+/// OVMF's code (read-only) and the template of its variables (Debian package `ovmf`).
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
 /// How many devices can be hot-plugged into one QEMU run.
 pub const HOTPLUG_PORTS: u32 = 4;
@@ -151,6 +163,54 @@ pub fn render(
             push(&["-append", &format!("{cmdline} {NAME_PARAM}={}", spec.name)]);
         }
         Boot::Bios => {}
+        Boot::Uefi => {
+            push(&[
+                "-drive",
+                &format!(
+                    "if=pflash,format=raw,readonly=on,file={}",
+                    escape_opt(OVMF_CODE)
+                ),
+            ]);
+            push(&[
+                "-drive",
+                &format!(
+                    "if=pflash,format=raw,file={}",
+                    escape_opt(&paths.efivars().display().to_string())
+                ),
+            ]);
+        }
+    }
+    // CD-ROMs on q35's built-in AHCI: the install medium, then the first-boot seed.
+    // The first disk boots first; a blank one falls through to the CD-ROM.
+    let seed = spec
+        .seed
+        .as_ref()
+        .map(|_| (paths.seed_iso().display().to_string(), "raw".to_string()));
+    let cds = [
+        spec.cdrom
+            .as_ref()
+            .map(|c| (c.path.clone(), c.format.clone())),
+        seed,
+    ];
+    for (i, cd) in cds.iter().enumerate() {
+        if let Some((path, format)) = cd {
+            push(&[
+                "-blockdev",
+                &format!(
+                    "driver=file,filename={},node-name=cdfile{i},read-only=on",
+                    escape_opt(path)
+                ),
+            ]);
+            push(&[
+                "-blockdev",
+                &format!("driver={format},file=cdfile{i},node-name=cd{i},read-only=on"),
+            ]);
+            let boot = if i == 0 { ",bootindex=2" } else { "" };
+            push(&[
+                "-device",
+                &format!("ide-cd,drive=cd{i},bus=ide.{i},id=cdrom{i}{boot}"),
+            ]);
+        }
     }
     // Chassis numbers 1..=HOTPLUG_PORTS belong to the spare hotplug ports.
     let mut chassis = HOTPLUG_PORTS + 1;
@@ -170,7 +230,7 @@ pub fn render(
                 d.format, d.index, d.index
             ),
         ]);
-        let boot = if d.index == 0 && spec.boot == Boot::Bios {
+        let boot = if d.index == 0 && !matches!(spec.boot, Boot::DirectKernel { .. }) {
             ",bootindex=1"
         } else {
             ""
@@ -299,6 +359,7 @@ mod tests {
                 index: 0,
                 path: "/d/a,b.qcow2".into(),
                 format: "qcow2".into(),
+                pool: None,
             }],
             on_poweroff: Policy::Destroy,
             on_reboot: Policy::Restart,
@@ -312,6 +373,8 @@ mod tests {
                 bridge: "hbr1".into(),
                 tap: "htp1".into(),
             }],
+            cdrom: None,
+            seed: None,
         }
     }
 
@@ -385,6 +448,41 @@ mod tests {
         assert!(!argv.iter().any(|a| a == "-kernel"));
         assert!(after(&argv, "-device")[2].ends_with("bootindex=1,bus=rpd0"));
         assert_eq!(after(&argv, "-sandbox"), ["on,obsolete=deny"]);
+    }
+
+    #[test]
+    fn renders_uefi_cdrom_and_seed() {
+        let mut s = spec();
+        s.boot = Boot::Uefi;
+        s.cdrom = Some(DiskSpec {
+            index: 0,
+            path: "/iso/debian.iso".into(),
+            format: "raw".into(),
+            pool: None,
+        });
+        s.seed = Some(hostel_api::agent::Seed {
+            meta_data: String::new(),
+            user_data: String::new(),
+            network_config: String::new(),
+        });
+        let argv = render(&s, &RuntimePaths::new(Path::new("/r"), "x"), &host(), None);
+        let drives = after(&argv, "-drive");
+        assert_eq!(
+            drives[0],
+            "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd"
+        );
+        assert_eq!(drives[1], "if=pflash,format=raw,file=/r/x/efivars.fd");
+        let has = |x: &str| argv.iter().any(|a| a == x);
+        assert!(has("ide-cd,drive=cd0,bus=ide.0,id=cdrom0,bootindex=2"));
+        assert!(has("ide-cd,drive=cd1,bus=ide.1,id=cdrom1"));
+        assert!(has(
+            "driver=file,filename=/r/x/seed.iso,node-name=cdfile1,read-only=on"
+        ));
+        assert!(has(
+            "driver=file,filename=/iso/debian.iso,node-name=cdfile0,read-only=on"
+        ));
+        assert!(argv.iter().any(|a| a.ends_with("bootindex=1,bus=rpd0")));
+        assert!(!has("-kernel"));
     }
 
     #[test]

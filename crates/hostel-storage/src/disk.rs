@@ -80,6 +80,12 @@ pub fn create_blank(path: &Path, size_mib: u64) -> Result<()> {
 
 /// Grows a disk file (never shrinks: that would cut off what the guest wrote).
 pub fn resize(path: &Path, size_mib: u64) -> Result<()> {
+    let format = info(path)?.format;
+    resize_format(path, &format, size_mib)
+}
+
+/// [`resize`] for a file whose format is known.
+pub fn resize_format(path: &Path, format: &str, size_mib: u64) -> Result<()> {
     let current = info(path)?.virtual_size;
     if size_mib << 20 < current {
         bail!(
@@ -89,7 +95,7 @@ pub fn resize(path: &Path, size_mib: u64) -> Result<()> {
     }
     run(
         Command::new("qemu-img")
-            .args(["resize", "-q"])
+            .args(["resize", "-q", "-f", format])
             .arg(path)
             .arg(format!("{size_mib}M")),
         &format!("resizing {}", path.display()),

@@ -1,4 +1,6 @@
 //! Disks and images on one host.
 
 pub mod disk;
+pub mod pool;
+pub mod seed;
 pub mod tiny;

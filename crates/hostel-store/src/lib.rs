@@ -51,6 +51,12 @@ pub struct VmRecord {
     pub pid: Option<u32>,
     pub created_at: String,
     pub updated_at: String,
+    /// The image attached as the VM's CD-ROM, if it is one from the library.
+    pub cdrom_image_id: Option<String>,
+    /// How the VM boots (firmware, CD-ROM file, own kernel), as JSON.
+    pub boot_json: Option<String>,
+    /// Its first-boot configuration (seed on/off, SSH keys, password hash), as JSON.
+    pub cloud_json: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -62,6 +68,18 @@ pub struct DiskRecord {
     pub format: String,
     pub size_mib: u64,
     pub image_id: Option<String>,
+    /// The storage pool the disk is in; none: the host's default `dir` pool.
+    pub pool_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolRecord {
+    pub id: String,
+    pub name: String,
+    pub driver: String,
+    pub path: String,
+    pub host_id: String,
+    pub created_at: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -136,7 +154,7 @@ pub(crate) fn opt_str(row: &AnyRow, col: &str) -> Result<Option<String>> {
 
 const VM_COLS: &str = "id, name, host_id, image_id, memory_mib, max_memory_mib, vcpus, \
     max_vcpus, state, state_reason, on_poweroff, on_reboot, on_crash, saved_path, pid, \
-    created_at, updated_at";
+    created_at, updated_at, cdrom_image_id, boot_json, cloud_json";
 
 fn vm_of(r: &AnyRow) -> Result<VmRecord> {
     Ok(VmRecord {
@@ -157,13 +175,21 @@ fn vm_of(r: &AnyRow) -> Result<VmRecord> {
         pid: r.try_get::<Option<i64>, _>("pid")?.map(|p| p as u32),
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
+        cdrom_image_id: opt_str(r, "cdrom_image_id")?,
+        boot_json: opt_str(r, "boot_json")?,
+        cloud_json: opt_str(r, "cloud_json")?,
     })
 }
 
-const DISK_COLS: &str = "id, vm_id, idx, path, format, size_mib, image_id";
+/// The VMs that use an image: booting from it, with it as CD-ROM, or with a disk on it.
+const IMAGE_USERS: &str = "SELECT name FROM vms WHERE image_id = $1 OR cdrom_image_id = $1 \
+     UNION SELECT v.name FROM vms v JOIN disks d ON d.vm_id = v.id WHERE d.image_id = $1 \
+     ORDER BY name";
 
-const DISK_INSERT: &str = "INSERT INTO disks (id, vm_id, idx, path, format, size_mib, image_id) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7)";
+const DISK_COLS: &str = "id, vm_id, idx, path, format, size_mib, image_id, pool_id";
+
+const DISK_INSERT: &str = "INSERT INTO disks (id, vm_id, idx, path, format, size_mib, image_id, \
+     pool_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
 
 /// The one INSERT of a disk row, for a lone disk and for a new VM's disks alike.
 fn insert_disk_query(
@@ -177,6 +203,7 @@ fn insert_disk_query(
         .bind(&d.format)
         .bind(d.size_mib as i64)
         .bind(&d.image_id)
+        .bind(&d.pool_id)
 }
 
 fn disk_of(r: &AnyRow) -> Result<DiskRecord> {
@@ -188,6 +215,20 @@ fn disk_of(r: &AnyRow) -> Result<DiskRecord> {
         format: r.try_get("format")?,
         size_mib: u64_of(r, "size_mib")?,
         image_id: opt_str(r, "image_id")?,
+        pool_id: opt_str(r, "pool_id")?,
+    })
+}
+
+const POOL_COLS: &str = "id, name, driver, path, host_id, created_at";
+
+fn pool_of(r: &AnyRow) -> Result<PoolRecord> {
+    Ok(PoolRecord {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        driver: r.try_get("driver")?,
+        path: r.try_get("path")?,
+        host_id: r.try_get("host_id")?,
+        created_at: r.try_get("created_at")?,
     })
 }
 
@@ -427,13 +468,10 @@ impl Store {
 
     /// Names of the VMs that use an image (booting from it or with a disk based on it).
     pub async fn image_users(&self, image_id: &str) -> Result<Vec<String>> {
-        let rows = sqlx::query(
-            "SELECT name FROM vms WHERE image_id = $1 UNION SELECT v.name FROM vms v \
-             JOIN disks d ON d.vm_id = v.id WHERE d.image_id = $1 ORDER BY name",
-        )
-        .bind(image_id)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(IMAGE_USERS)
+            .bind(image_id)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|r| Ok(r.try_get::<String, _>("name")?))
             .collect()
@@ -441,13 +479,7 @@ impl Store {
 
     /// Deletes the image row only if no VM uses it; returns the users otherwise.
     pub async fn delete_image_if_unused(&self, image_id: &str) -> Result<Vec<String>> {
-        self.delete_if_unused(
-            "images",
-            "SELECT name FROM vms WHERE image_id = $1 UNION SELECT v.name FROM vms v \
-             JOIN disks d ON d.vm_id = v.id WHERE d.image_id = $1 ORDER BY name",
-            image_id,
-        )
-        .await
+        self.delete_if_unused("images", IMAGE_USERS, image_id).await
     }
 
     /// Deletes row `id` of `table` in one transaction unless `users_sql` (with `$1` = id)
@@ -488,7 +520,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         sqlx::query(&format!(
             "INSERT INTO vms ({VM_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
-             $12, $13, $14, $15, $16, $17)"
+             $12, $13, $14, $15, $16, $17, $18, $19, $20)"
         ))
         .bind(&v.id)
         .bind(&v.name)
@@ -507,6 +539,9 @@ impl Store {
         .bind(v.pid.map(|p| p as i64))
         .bind(&v.created_at)
         .bind(&v.updated_at)
+        .bind(&v.cdrom_image_id)
+        .bind(&v.boot_json)
+        .bind(&v.cloud_json)
         .execute(&mut *tx)
         .await?;
         for d in disks {
@@ -692,6 +727,57 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(disk_of).collect()
+    }
+
+    // ---- pools ----
+
+    pub async fn insert_pool(&self, p: &PoolRecord) -> Result<()> {
+        sqlx::query(&format!(
+            "INSERT INTO pools ({POOL_COLS}) VALUES ($1, $2, $3, $4, $5, $6)"
+        ))
+        .bind(&p.id)
+        .bind(&p.name)
+        .bind(&p.driver)
+        .bind(&p.path)
+        .bind(&p.host_id)
+        .bind(&p.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn pools(&self) -> Result<Vec<PoolRecord>> {
+        let rows = sqlx::query(&format!("SELECT {POOL_COLS} FROM pools ORDER BY name"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(pool_of).collect()
+    }
+
+    pub async fn pool_by_name(&self, name: &str) -> Result<Option<PoolRecord>> {
+        let row = sqlx::query(&format!("SELECT {POOL_COLS} FROM pools WHERE name = $1"))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(pool_of).transpose()
+    }
+
+    pub async fn pool_by_id(&self, id: &str) -> Result<Option<PoolRecord>> {
+        let row = sqlx::query(&format!("SELECT {POOL_COLS} FROM pools WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(pool_of).transpose()
+    }
+
+    /// Deletes the pool's row unless a disk is in it; returns the VMs using it otherwise.
+    pub async fn delete_pool_if_unused(&self, id: &str) -> Result<Vec<String>> {
+        self.delete_if_unused(
+            "pools",
+            "SELECT DISTINCT v.name FROM vms v JOIN disks d ON d.vm_id = v.id \
+             WHERE d.pool_id = $1 ORDER BY v.name",
+            id,
+        )
+        .await
     }
 
     // ---- tasks ----

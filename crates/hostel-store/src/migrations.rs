@@ -122,4 +122,19 @@ pub const MIGRATIONS: &[&[&str]] = &[
         created_at TEXT NOT NULL,
         UNIQUE (vm_id, name)
     )"],
+    &[
+        "ALTER TABLE vms ADD COLUMN cdrom_image_id TEXT REFERENCES images(id)",
+        "ALTER TABLE vms ADD COLUMN boot_json TEXT",
+        "ALTER TABLE vms ADD COLUMN cloud_json TEXT",
+        "CREATE TABLE pools (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            driver TEXT NOT NULL,
+            path TEXT NOT NULL,
+            host_id TEXT NOT NULL REFERENCES hosts(id),
+            created_at TEXT NOT NULL,
+            UNIQUE (host_id, path)
+        )",
+        "ALTER TABLE disks ADD COLUMN pool_id TEXT REFERENCES pools(id)",
+    ],
 ];

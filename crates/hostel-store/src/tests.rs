@@ -43,6 +43,9 @@ fn vm(name: &str) -> VmRecord {
         pid: None,
         created_at: now(),
         updated_at: now(),
+        cdrom_image_id: None,
+        boot_json: Some(r#"{"firmware":"uefi"}"#.into()),
+        cloud_json: None,
     }
 }
 
@@ -59,6 +62,7 @@ async fn vm_round_trip_and_unique_names(url: &str) {
         format: "qcow2".into(),
         size_mib: 100,
         image_id: None,
+        pool_id: None,
     };
     s.insert_vm(&v, std::slice::from_ref(&disk)).await.unwrap();
     assert_eq!(s.vm_by_name("web").await.unwrap().unwrap(), v);
@@ -117,6 +121,17 @@ async fn images_in_use_cannot_be_deleted(url: &str) {
         s.delete_image_if_unused(&img.id).await.unwrap(),
         vec!["a".to_string()]
     );
+    // An image in a VM's CD-ROM drive is in use too.
+    let mut cd = vm("cd");
+    cd.cdrom_image_id = Some(img.id.clone());
+    s.insert_vm(&cd, &[]).await.unwrap();
+    assert_eq!(s.vm_by_name("cd").await.unwrap().unwrap(), cd);
+    s.delete_vm(&v.id).await.unwrap();
+    assert_eq!(
+        s.delete_image_if_unused(&img.id).await.unwrap(),
+        vec!["cd".to_string()]
+    );
+    let v = cd;
     assert!(s.image_by_name("tiny").await.unwrap().is_some());
     s.delete_vm(&v.id).await.unwrap();
     assert!(s.delete_image_if_unused(&img.id).await.unwrap().is_empty());
@@ -216,6 +231,49 @@ async fn networks_nics_and_forwards(url: &str) {
     assert!(s.networks().await.unwrap().is_empty());
 }
 
+async fn pools_in_use_cannot_be_deleted(url: &str) {
+    let s = Store::open(url).await.unwrap();
+    s.upsert_host(&host()).await.unwrap();
+    let p = PoolRecord {
+        id: new_id("pool"),
+        name: "fast".into(),
+        driver: "btrfs".into(),
+        path: "/srv/fast".into(),
+        host_id: "host-1".into(),
+        created_at: now(),
+    };
+    s.insert_pool(&p).await.unwrap();
+    assert_eq!(s.pool_by_name("fast").await.unwrap().unwrap(), p);
+    let same_path = PoolRecord {
+        id: new_id("pool"),
+        name: "other".into(),
+        ..p.clone()
+    };
+    assert!(is_unique_violation(
+        &s.insert_pool(&same_path).await.unwrap_err()
+    ));
+    let v = vm("a");
+    let disk = DiskRecord {
+        id: new_id("disk"),
+        vm_id: v.id.clone(),
+        idx: 0,
+        path: "/srv/fast/a-0/disk.raw".into(),
+        format: "raw".into(),
+        size_mib: 100,
+        image_id: None,
+        pool_id: Some(p.id.clone()),
+    };
+    s.insert_vm(&v, std::slice::from_ref(&disk)).await.unwrap();
+    assert_eq!(s.disks_of(&v.id).await.unwrap(), vec![disk]);
+    assert_eq!(
+        s.delete_pool_if_unused(&p.id).await.unwrap(),
+        vec!["a".to_string()]
+    );
+    s.delete_vm(&v.id).await.unwrap();
+    assert!(s.delete_pool_if_unused(&p.id).await.unwrap().is_empty());
+    assert!(s.pools().await.unwrap().is_empty());
+}
+
 macro_rules! on_both {
     ($($name:ident),*) => {
         mod sqlite {
@@ -243,5 +301,6 @@ on_both!(
     vm_round_trip_and_unique_names,
     images_in_use_cannot_be_deleted,
     migrations_are_idempotent_and_tasks_survive,
-    networks_nics_and_forwards
+    networks_nics_and_forwards,
+    pools_in_use_cannot_be_deleted
 );

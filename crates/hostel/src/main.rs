@@ -5,7 +5,7 @@ mod console;
 mod daemon;
 mod pki;
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use client::Api;
 use comfy_table::{presets::NOTHING, Table};
@@ -36,6 +36,8 @@ enum Yaml2Json {
     Json,
 }
 
+// Parsed once per run: the size of its largest variant (create's many flags) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Run everything on this machine: controller, local agent, SQLite, API.
@@ -64,8 +66,9 @@ enum Cmd {
     /// Create a VM from an image, and start it unless --no-start.
     Create {
         name: String,
+        /// The image to boot (leave out with --cdrom or --kernel).
         #[arg(long)]
-        image: String,
+        image: Option<String>,
         #[arg(long, default_value = "512M")]
         memory: String,
         /// What mem-set may grow the VM to (default: --memory).
@@ -99,6 +102,31 @@ enum Cmd {
         /// No NIC at all.
         #[arg(long, conflicts_with = "networks")]
         no_network: bool,
+        /// bios (SeaBIOS) or uefi (OVMF).
+        #[arg(long, default_value = "bios")]
+        firmware: String,
+        /// Boot and install from an ISO: an image's name or a file on the host.
+        #[arg(long)]
+        cdrom: Option<String>,
+        /// Boot this kernel directly (a file on the host), like a Xen `kernel=`.
+        #[arg(long)]
+        kernel: Option<String>,
+        #[arg(long)]
+        initrd: Option<String>,
+        #[arg(long)]
+        cmdline: Option<String>,
+        /// An SSH public key for the guest, or a file holding keys (repeatable).
+        #[arg(long = "ssh-key")]
+        ssh_keys: Vec<String>,
+        /// A file whose first line is the guest's root password.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        /// Attach no first-boot (NoCloud) seed.
+        #[arg(long)]
+        no_seed: bool,
+        /// The storage pool for the VM's disk.
+        #[arg(long)]
+        pool: Option<String>,
         #[arg(short, long, value_enum, default_value = "table")]
         output: Table2Json,
     },
@@ -165,6 +193,9 @@ enum Cmd {
     /// Snapshots of a VM's disks (and optionally memory).
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
+    /// Storage pools VM disks live in (dir, btrfs).
+    #[command(subcommand)]
+    Pool(PoolCmd),
     /// Networks VMs attach to (DHCP, DNS, NAT, port guards).
     #[command(subcommand)]
     Network(NetworkCmd),
@@ -244,6 +275,35 @@ enum SnapshotCmd {
 }
 
 #[derive(Subcommand)]
+enum PoolCmd {
+    /// Record a pool: a directory on a host (for btrfs: on a mounted btrfs filesystem).
+    Create {
+        name: String,
+        #[arg(long, default_value = "dir")]
+        driver: String,
+        #[arg(long)]
+        path: String,
+        #[arg(long)]
+        host: Option<String>,
+    },
+    List {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Table2Json,
+    },
+    Describe {
+        name: String,
+        #[arg(short, long, value_enum, default_value = "yaml")]
+        output: Yaml2Json,
+    },
+    /// Forget a pool that holds no disks (its directory stays).
+    Delete { name: String },
+}
+
+fn opt_mib(b: Option<u64>) -> String {
+    b.map(|b| format_mib(b >> 20)).unwrap_or_else(|| "?".into())
+}
+
+#[derive(Subcommand)]
 enum DiskCmd {
     /// Add a disk, blank or an overlay of a disk image (hot-plugged when running).
     Add {
@@ -252,6 +312,9 @@ enum DiskCmd {
         size: Option<String>,
         #[arg(long)]
         image: Option<String>,
+        /// The storage pool (default: the host's `default` pool).
+        #[arg(long)]
+        pool: Option<String>,
     },
     /// Remove a disk by index, and its file (hot-unplugged when running).
     Remove { vm: String, disk: u32 },
@@ -344,14 +407,33 @@ enum ImageCmd {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Table2Json,
     },
-    /// Build an image from a recipe (`tiny`: Debian's cloud kernel + a busybox initramfs).
+    /// Build an image from a recipe: `tiny` (Debian's cloud kernel + a busybox
+    /// initramfs) or `debian` (a bootable Debian from the mirror, with cloud-init).
     Build {
         recipe: String,
         #[arg(long)]
         name: Option<String>,
+        /// Debian suite (debian recipe).
+        #[arg(long)]
+        suite: Option<String>,
+        /// Extra packages, comma-separated (debian recipe).
+        #[arg(long, value_delimiter = ',')]
+        packages: Vec<String>,
+        /// Disk size, like 4G (debian recipe).
+        #[arg(long)]
+        size: Option<String>,
+        #[arg(long)]
+        mirror: Option<String>,
     },
-    /// Import a raw or qcow2 file (a path on the host) as an image.
-    Import { name: String, file: PathBuf },
+    /// Import a raw, qcow2, vmdk, vdi or vhdx file (a path on the host, or an http(s)
+    /// URL) as an image.
+    Import { name: String, file: String },
+    /// One image, whole.
+    Describe {
+        name: String,
+        #[arg(short, long, value_enum, default_value = "yaml")]
+        output: Yaml2Json,
+    },
     /// Delete an image no VM uses.
     Delete { name: String },
 }
@@ -500,8 +582,57 @@ async fn run(cli: Cli) -> Result<()> {
             ips,
             macs,
             no_network,
+            firmware,
+            cdrom,
+            kernel,
+            initrd,
+            cmdline,
+            ssh_keys,
+            password_file,
+            no_seed,
+            pool,
             output,
         } => {
+            let firmware = match firmware.as_str() {
+                "bios" => Firmware::Bios,
+                "uefi" => Firmware::Uefi,
+                other => bail!("--firmware: {other:?} is not a firmware: use bios or uefi"),
+            };
+            let mut keys = Vec::new();
+            for k in ssh_keys {
+                let p = std::path::Path::new(&k);
+                if !k.starts_with("ssh-")
+                    && !k.starts_with("ecdsa-")
+                    && !k.starts_with("sk-")
+                    && p.is_file()
+                {
+                    let text = std::fs::read_to_string(p)
+                        .with_context(|| format!("--ssh-key: reading {k}"))?;
+                    keys.extend(
+                        text.lines()
+                            .map(str::trim)
+                            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                            .map(String::from),
+                    );
+                } else {
+                    keys.push(k);
+                }
+            }
+            let password = match password_file {
+                Some(f) => Some(
+                    std::fs::read_to_string(&f)
+                        .with_context(|| format!("--password-file: reading {}", f.display()))?
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string(),
+                ),
+                None => None,
+            };
+            let cdrom = match cdrom {
+                Some(c) if c.contains('/') => Some(absolute(std::path::Path::new(&c))?),
+                other => other,
+            };
             if ips.len() > networks.len() || macs.len() > networks.len() {
                 bail!("each --ip and --mac belongs to a --network before it: give one --network per NIC");
             }
@@ -537,6 +668,15 @@ async fn run(cli: Cli) -> Result<()> {
                 on_poweroff: Policy::parse("on_poweroff", &on_poweroff)?,
                 on_reboot: Policy::parse("on_reboot", &on_reboot)?,
                 on_crash: Policy::parse("on_crash", &on_crash)?,
+                firmware,
+                cdrom,
+                kernel,
+                initrd,
+                cmdline,
+                ssh_keys: keys,
+                password,
+                seed: if no_seed { Some(false) } else { None },
+                pool,
             };
             let vm: Vm = api.post("/api/v1/vms", &req).await?;
             show_vm(&vm, output)?;
@@ -734,12 +874,21 @@ async fn run(cli: Cli) -> Result<()> {
             }
         },
         Cmd::Disk(cmd) => match cmd {
-            DiskCmd::Add { vm, size, image } => {
+            DiskCmd::Add {
+                vm,
+                size,
+                image,
+                pool,
+            } => {
                 let size_mib = size.map(|s| parse_size_mib("size", &s)).transpose()?;
                 let d: DiskView = api
                     .post(
                         &format!("{}/disks", vm_path(&vm)),
-                        &AddDiskRequest { size_mib, image },
+                        &AddDiskRequest {
+                            size_mib,
+                            image,
+                            pool,
+                        },
                     )
                     .await?;
                 disk_table(&[d]);
@@ -769,6 +918,71 @@ async fn run(cli: Cli) -> Result<()> {
                     Table2Json::Json => print_json(&disks)?,
                     Table2Json::Table => disk_table(&disks),
                 }
+            }
+        },
+        Cmd::Pool(cmd) => match cmd {
+            PoolCmd::Create {
+                name,
+                driver,
+                path,
+                host,
+            } => {
+                let p: Pool = api
+                    .post(
+                        "/api/v1/pools",
+                        &CreatePoolRequest {
+                            name,
+                            driver,
+                            path,
+                            host,
+                        },
+                    )
+                    .await?;
+                println!(
+                    "created pool {} ({}, {}): {} free of {}",
+                    p.name,
+                    p.driver,
+                    p.path,
+                    opt_mib(p.free_bytes),
+                    opt_mib(p.total_bytes)
+                );
+            }
+            PoolCmd::List { output } => {
+                let pools: Vec<Pool> = api.get("/api/v1/pools").await?;
+                match output {
+                    Table2Json::Json => print_json(&pools)?,
+                    Table2Json::Table => {
+                        let mut t = Table::new();
+                        t.load_preset(NOTHING);
+                        t.set_header([
+                            "NAME", "DRIVER", "HOST", "SIZE", "USED", "FREE", "DISKS", "PATH",
+                        ]);
+                        for p in pools {
+                            t.add_row([
+                                p.name.clone(),
+                                p.driver.clone(),
+                                p.host.clone(),
+                                opt_mib(p.total_bytes),
+                                opt_mib(p.used_bytes),
+                                opt_mib(p.free_bytes),
+                                p.disks.to_string(),
+                                p.path.clone(),
+                            ]);
+                        }
+                        println!("{t}");
+                    }
+                }
+            }
+            PoolCmd::Describe { name, output } => {
+                let p: Pool = api.get(&format!("/api/v1/pools/{name}")).await?;
+                match output {
+                    Yaml2Json::Json => print_json(&p)?,
+                    Yaml2Json::Yaml => print!("{}", serde_yaml::to_string(&p)?),
+                }
+            }
+            PoolCmd::Delete { name } => {
+                api.delete(&format!("/api/v1/pools/{name}")).await?;
+                println!("deleted pool {name}");
             }
         },
         Cmd::Network(cmd) => match cmd {
@@ -951,11 +1165,40 @@ async fn run(cli: Cli) -> Result<()> {
                     }
                 }
             }
-            ImageCmd::Build { recipe, name } => {
+            ImageCmd::Build {
+                recipe,
+                name,
+                suite,
+                packages,
+                size,
+                mirror,
+            } => {
+                let size_mib = size.map(|s| parse_size_mib("size", &s)).transpose()?;
                 let t: Task = api
-                    .post("/api/v1/images/build", &BuildImageRequest { recipe, name })
+                    .post(
+                        "/api/v1/images/build",
+                        &BuildImageRequest {
+                            recipe,
+                            name,
+                            suite,
+                            packages,
+                            size_mib,
+                            mirror,
+                        },
+                    )
                     .await?;
                 wait_task(&api, t).await?;
+            }
+            ImageCmd::Describe { name, output } => {
+                let images: Vec<Image> = api.get("/api/v1/images").await?;
+                let img = images
+                    .into_iter()
+                    .find(|i| i.name == name)
+                    .ok_or_else(|| anyhow!("there is no image named {name:?}"))?;
+                match output {
+                    Yaml2Json::Json => print_json(&img)?,
+                    Yaml2Json::Yaml => print!("{}", serde_yaml::to_string(&img)?),
+                }
             }
             ImageCmd::Import { name, file } => {
                 let t: Task = api
@@ -963,7 +1206,11 @@ async fn run(cli: Cli) -> Result<()> {
                         "/api/v1/images/import",
                         &ImportImageRequest {
                             name,
-                            path: absolute(&file)?,
+                            path: if file.starts_with("http://") || file.starts_with("https://") {
+                                file
+                            } else {
+                                absolute(std::path::Path::new(&file))?
+                            },
                         },
                     )
                     .await?;

@@ -95,9 +95,19 @@ impl Server {
 
     /// A fresh, empty database; returns its URL.
     pub async fn database(&self, name: &str) -> String {
-        let mut conn = sqlx::PgConnection::connect(&self.url("postgres"))
-            .await
-            .unwrap();
+        // The socket exists a moment before the server accepts connections ("the
+        // database system is starting up"): retry until it does.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut conn = loop {
+            match sqlx::PgConnection::connect(&self.url("postgres")).await {
+                Ok(c) => break c,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("PostgreSQL does not accept connections: {e}"),
+            }
+        };
         sqlx::query(&format!("CREATE DATABASE {name}"))
             .execute(&mut conn)
             .await

@@ -1,0 +1,269 @@
+//! Storage pools: `hostel pool create|list|describe|delete`.
+//!
+//! Every host has a `default` pool (a `dir` pool in its data directory) that needs no
+//! record: disks without a pool are in it. Other pools are recorded, each on one host.
+
+use crate::api::ApiError;
+use crate::Controller;
+use hostel_api::agent as wire;
+use hostel_api::public::{CreatePoolRequest, Pool};
+use hostel_model::{validate_name, Invalid};
+use hostel_store::{new_id, now, PoolRecord};
+use std::sync::Arc;
+
+type Res<T> = Result<T, ApiError>;
+
+pub const DEFAULT_POOL: &str = "default";
+
+impl Controller {
+    async fn pool_view(
+        &self,
+        name: String,
+        driver: String,
+        path: String,
+        host: String,
+        pool_id: Option<&str>,
+        created_at: String,
+    ) -> Res<Pool> {
+        let vms = self.store.vms().await?;
+        let disks: Vec<_> = self
+            .store
+            .all_disks()
+            .await?
+            .into_iter()
+            .filter(|d| match pool_id {
+                Some(id) => d.pool_id.as_deref() == Some(id),
+                None => {
+                    d.pool_id.is_none()
+                        && vms
+                            .iter()
+                            .any(|v| v.id == d.vm_id && v.host_id.as_deref() == Some(&host))
+                }
+            })
+            .collect();
+        let usage = match self.agent(&host) {
+            Some(agent) => agent
+                .post::<_, wire::PoolUsage>(
+                    "/v1/pools/check",
+                    &wire::PoolSpec {
+                        name: name.clone(),
+                        driver: driver.clone(),
+                        path: path.clone(),
+                    },
+                )
+                .await
+                .ok(),
+            None => None,
+        };
+        Ok(Pool {
+            name,
+            driver,
+            path,
+            host,
+            total_bytes: usage.as_ref().map(|u| u.total_bytes),
+            free_bytes: usage.as_ref().map(|u| u.free_bytes),
+            used_bytes: usage.as_ref().map(|u| u.used_bytes),
+            disks: disks.len() as u32,
+            provisioned_mib: disks.iter().map(|d| d.size_mib).sum(),
+            created_at,
+        })
+    }
+
+    pub async fn pools(&self) -> Res<Vec<Pool>> {
+        let mut out = Vec::new();
+        for h in self.store.hosts().await? {
+            let dir = match self.agent(&h.id) {
+                Some(a) => a.facts().await.map(|f| f.disks_dir).unwrap_or_default(),
+                None => String::new(),
+            };
+            out.push(
+                self.pool_view(
+                    DEFAULT_POOL.into(),
+                    "dir".into(),
+                    dir,
+                    h.id.clone(),
+                    None,
+                    String::new(),
+                )
+                .await?,
+            );
+        }
+        for p in self.store.pools().await? {
+            out.push(
+                self.pool_view(
+                    p.name,
+                    p.driver,
+                    p.path,
+                    p.host_id,
+                    Some(&p.id),
+                    p.created_at,
+                )
+                .await?,
+            );
+        }
+        Ok(out)
+    }
+
+    pub async fn pool(&self, name: &str) -> Res<Pool> {
+        if name == DEFAULT_POOL {
+            return self
+                .pools()
+                .await?
+                .into_iter()
+                .find(|p| p.name == DEFAULT_POOL)
+                .ok_or_else(|| ApiError::not_found("no host is known yet".into()));
+        }
+        let p = self
+            .store
+            .pool_by_name(name)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("there is no pool named {name:?}")))?;
+        self.pool_view(
+            p.name,
+            p.driver,
+            p.path,
+            p.host_id,
+            Some(&p.id),
+            p.created_at,
+        )
+        .await
+    }
+
+    pub async fn create_pool(self: &Arc<Self>, req: CreatePoolRequest) -> Res<Pool> {
+        validate_name("name", &req.name)?;
+        if req.name == DEFAULT_POOL {
+            return Err(ApiError::conflict_field(
+                "name",
+                "every host has a pool named \"default\" already: choose another name".into(),
+            ));
+        }
+        if hostel_storage_driver(&req.driver).is_none() {
+            return Err(Invalid::new(
+                "driver",
+                format!(
+                    "{:?} is not a pool driver: use dir (qcow2 files) or btrfs (on a btrfs \
+                     filesystem). LVM needs device-mapper, which this release does not drive",
+                    req.driver
+                ),
+            )
+            .into());
+        }
+        if !req.path.starts_with('/') || req.path.split('/').any(|c| c == "..") {
+            return Err(Invalid::new(
+                "path",
+                format!(
+                    "{:?} is not an absolute path: give the pool directory's full path",
+                    req.path
+                ),
+            )
+            .into());
+        }
+        let path = req.path.trim_end_matches('/').to_string();
+        if self.store.pool_by_name(&req.name).await?.is_some() {
+            return Err(ApiError::conflict_field(
+                "name",
+                format!("a pool named {:?} exists already", req.name),
+            ));
+        }
+        let (host, agent) = match &req.host {
+            Some(h) => (
+                h.clone(),
+                self.agent(h).ok_or_else(|| {
+                    ApiError::from(Invalid::new(
+                        "host",
+                        format!("there is no connected host named {h:?}"),
+                    ))
+                })?,
+            ),
+            None => self
+                .agents()
+                .into_iter()
+                .min_by(|a, b| a.0.cmp(&b.0))
+                .ok_or_else(|| ApiError::unavailable("no host is connected".into()))?,
+        };
+        if let Ok(f) = agent.facts().await {
+            let d = std::path::Path::new(&f.disks_dir);
+            let p = std::path::Path::new(&path);
+            if p.starts_with(d) || d.starts_with(p) {
+                return Err(Invalid::new(
+                    "path",
+                    format!(
+                        "{path} overlaps the host's default pool ({}): give a directory of its own",
+                        f.disks_dir
+                    ),
+                )
+                .into());
+            }
+        }
+        // The host checks the directory (and, for btrfs, the filesystem) before any record.
+        let spec = wire::PoolSpec {
+            name: req.name.clone(),
+            driver: req.driver.clone(),
+            path: path.clone(),
+        };
+        agent
+            .post::<_, wire::PoolUsage>("/v1/pools/check", &spec)
+            .await?;
+        let rec = PoolRecord {
+            id: new_id("pool"),
+            name: req.name.clone(),
+            driver: req.driver.clone(),
+            path,
+            host_id: host,
+            created_at: now(),
+        };
+        if let Err(e) = self.store.insert_pool(&rec).await {
+            if hostel_store::is_unique_violation(&e) {
+                return Err(ApiError::conflict(format!(
+                    "a pool named {:?} or a pool in {} exists already",
+                    rec.name, rec.path
+                )));
+            }
+            return Err(e.into());
+        }
+        self.pool(&rec.name).await
+    }
+
+    pub async fn delete_pool(&self, name: &str) -> Res<()> {
+        if name == DEFAULT_POOL {
+            return Err(ApiError::conflict(
+                "the default pool belongs to its host and cannot be deleted".into(),
+            ));
+        }
+        let p = self
+            .store
+            .pool_by_name(name)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("there is no pool named {name:?}")))?;
+        let users = self.store.delete_pool_if_unused(&p.id).await?;
+        if !users.is_empty() {
+            return Err(ApiError::conflict(format!(
+                "pool {name:?} holds disks of {}: delete those VMs or their disks first",
+                users.join(", ")
+            )));
+        }
+        // The images' copies the pool kept for cloning go; the directory itself stays.
+        if let Some(agent) = self.agent(&p.host_id) {
+            for img in self.store.images().await? {
+                let _ = agent
+                    .post::<_, ()>(
+                        "/v1/pools/forget-image",
+                        &serde_json::json!({
+                            "pool": {"name": p.name, "driver": p.driver, "path": p.path},
+                            "image_id": img.id,
+                        }),
+                    )
+                    .await;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn hostel_storage_driver(d: &str) -> Option<&'static str> {
+    match d {
+        "dir" => Some("dir"),
+        "btrfs" => Some("btrfs"),
+        _ => None,
+    }
+}
