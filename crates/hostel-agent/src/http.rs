@@ -654,8 +654,16 @@ async fn build_image(State(s): S, Json(req): Json<BuildImageRequest>) -> Respons
 async fn import_image(State(s): S, Json(req): Json<ImportImageRequest>) -> Response {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
     tokio::task::spawn_blocking(move || {
-        let _ = tx.send(serde_json::json!({"progress": 0.1, "message": "converting to qcow2"}));
-        let _ = tx.send(match s.import_image(&req.name, &req.source) {
+        let t = tx.clone();
+        let mut last = -1.0f64;
+        let r = s.import_image(&req.name, &req.source, &mut |p, m| {
+            // A message per whole percent is plenty.
+            if (p - last).abs() >= 0.01 {
+                last = p;
+                let _ = t.send(serde_json::json!({"progress": p, "message": m}));
+            }
+        });
+        let _ = tx.send(match r {
             Ok(img) => serde_json::json!({"done": img}),
             Err(e) => serde_json::json!({"error": format!("{e:#}")}),
         });

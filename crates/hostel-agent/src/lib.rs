@@ -347,17 +347,37 @@ impl Shared {
         })
     }
 
-    pub fn import_image(&self, name: &str, source: &str) -> anyhow::Result<ImageFiles> {
-        let src = Path::new(source);
-        if !src.is_absolute() {
-            anyhow::bail!(
-                "path: {source:?} is not absolute: give the image file's full path on the host"
-            );
-        }
+    pub fn import_image(
+        &self,
+        name: &str,
+        source: &str,
+        progress: &mut dyn FnMut(f64, &str),
+    ) -> anyhow::Result<ImageFiles> {
         let dir = self.images_dir();
         std::fs::create_dir_all(&dir)?;
         let dest = dir.join(format!("{name}.qcow2"));
-        hostel_storage::disk::import(src, &dest)?;
+        if source.starts_with("http://") || source.starts_with("https://") {
+            let download = dir.join(format!("{name}.download"));
+            let res = download_file(source, &download, &mut |f| progress(0.5 * f, "downloading"))
+                .and_then(|_| {
+                    hostel_storage::disk::import_with_progress(&download, &dest, &mut |f| {
+                        progress(0.5 + 0.45 * f, "converting to qcow2")
+                    })
+                });
+            let _ = std::fs::remove_file(&download);
+            res?;
+        } else {
+            let src = Path::new(source);
+            if !src.is_absolute() {
+                anyhow::bail!(
+                    "path: {source:?} is not absolute: give the image file's full path on the host"
+                );
+            }
+            hostel_storage::disk::import_with_progress(src, &dest, &mut |f| {
+                progress(0.95 * f, "converting to qcow2")
+            })?;
+        }
+        progress(0.95, "recording the checksum");
         std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o644))?;
         let info = hostel_storage::disk::info(&dest)?;
         Ok(ImageFiles {
@@ -392,6 +412,54 @@ impl Shared {
         }
         Ok(())
     }
+}
+
+/// Downloads `url` to `dest` (through a temporary name), reporting the fraction done
+/// when the server gives the length.
+fn download_file(url: &str, dest: &Path, progress: &mut dyn FnMut(f64)) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::io::{Read, Write};
+    let mut resp = reqwest::blocking::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(20))
+        .timeout(None)
+        .build()?
+        .get(url)
+        .send()
+        .with_context(|| format!("downloading {url}"))?;
+    if !resp.status().is_success() {
+        anyhow::bail!("downloading {url}: the server answered {}", resp.status());
+    }
+    let total = resp.content_length();
+    let tmp = dest.with_extension("part");
+    let mut f = std::fs::File::create(&tmp)?;
+    let mut got = 0u64;
+    let mut buf = vec![0u8; 1 << 16];
+    let res = (|| -> anyhow::Result<()> {
+        loop {
+            let n = resp
+                .read(&mut buf)
+                .with_context(|| format!("downloading {url}"))?;
+            if n == 0 {
+                break;
+            }
+            f.write_all(&buf[..n])?;
+            got += n as u64;
+            if let Some(t) = total.filter(|t| *t > 0) {
+                progress(got as f64 / t as f64);
+            }
+        }
+        if let Some(t) = total {
+            if got != t {
+                anyhow::bail!("downloading {url}: got {got} of {t} bytes");
+            }
+        }
+        f.sync_all()?;
+        Ok(std::fs::rename(&tmp, dest)?)
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
 }
 
 /// True if `path` lies under `dir` with no `..` that could climb out of it.

@@ -136,6 +136,15 @@ pub const IMPORT_FORMATS: &[&str] = &["raw", "qcow2", "vmdk", "vdi", "vhdx"];
 /// Converts `source` into a qcow2 image at `dest` (through a temporary name, so a
 /// failed import leaves nothing behind). Returns the source's detected format.
 pub fn import(source: &Path, dest: &Path) -> Result<String> {
+    import_with_progress(source, dest, &mut |_| {})
+}
+
+/// [`import`], calling `progress` with the fraction done as `qemu-img convert -p` reports it.
+pub fn import_with_progress(
+    source: &Path,
+    dest: &Path,
+    progress: &mut dyn FnMut(f64),
+) -> Result<String> {
     refuse_existing(dest)?;
     let meta =
         std::fs::metadata(source).with_context(|| format!("cannot read {}", source.display()))?;
@@ -159,18 +168,68 @@ pub fn import(source: &Path, dest: &Path) -> Result<String> {
     }
     let tmp = dest.with_extension("importing");
     let _ = std::fs::remove_file(&tmp);
-    let res = run(
-        Command::new("qemu-img")
-            .args(["convert", "-q", "-f", &src.format, "-O", "qcow2"])
-            .arg(source)
-            .arg(&tmp),
-        &format!("converting {}", source.display()),
-    )
-    .and_then(|_| Ok(std::fs::rename(&tmp, dest)?));
+    let res = convert_with_progress(&src.format, source, &tmp, progress)
+        .with_context(|| format!("converting {}", source.display()))
+        .and_then(|_| Ok(std::fs::rename(&tmp, dest)?));
     if res.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     res.map(|_| src.format)
+}
+
+/// `qemu-img convert -p` to qcow2, reading its progress (`(12.34/100%)`, `\r`-separated).
+fn convert_with_progress(
+    format: &str,
+    source: &Path,
+    dest: &Path,
+    progress: &mut dyn FnMut(f64),
+) -> Result<()> {
+    use std::process::Stdio;
+    let mut child = Command::new("qemu-img")
+        .args(["convert", "-p", "-f", format, "-O", "qcow2"])
+        .arg(source)
+        .arg(dest)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot run qemu-img (apt-get install qemu-utils)")?;
+    let mut out = child.stdout.take().expect("piped");
+    let mut buf = [0u8; 256];
+    let mut line = Vec::new();
+    loop {
+        let n = out.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        for &b in &buf[..n] {
+            if b == b'\r' || b == b'\n' {
+                if let Some(f) = parse_progress(&String::from_utf8_lossy(&line)) {
+                    progress(f);
+                }
+                line.clear();
+            } else {
+                line.push(b);
+            }
+        }
+    }
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    if !child.wait()?.success() {
+        bail!("{}", err.trim().trim_start_matches("qemu-img: "));
+    }
+    progress(1.0);
+    Ok(())
+}
+
+/// The fraction in a `qemu-img -p` progress line like `    (42.00/100%)`.
+fn parse_progress(line: &str) -> Option<f64> {
+    let inner = line.trim().strip_prefix('(')?.strip_suffix("/100%)")?;
+    inner
+        .parse::<f64>()
+        .ok()
+        .map(|p| (p / 100.0).clamp(0.0, 1.0))
 }
 
 pub fn sha256_file(path: &Path) -> Result<String> {
@@ -198,6 +257,13 @@ pub fn sha256_files(paths: &[&Path]) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_lines() {
+        assert_eq!(parse_progress("    (42.00/100%)"), Some(0.42));
+        assert_eq!(parse_progress("(100.00/100%)"), Some(1.0));
+        assert_eq!(parse_progress("garbage"), None);
+    }
 
     #[test]
     fn overlay_import_and_refusals() {
