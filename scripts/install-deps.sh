@@ -20,7 +20,8 @@ apt-get install -y -qq -t bookworm-backports qemu-system-x86 qemu-utils >/dev/nu
 apt-get install -y -qq \
   linux-image-cloud-amd64 busybox-static gzip xz-utils zstd kmod \
   iproute2 nftables dnsmasq-base postgresql procps ca-certificates build-essential pkg-config \
-  ovmf genisoimage btrfs-progs util-linux mount \
+  ovmf genisoimage btrfs-progs util-linux mount isolinux syslinux syslinux-common systemd-boot-efi \
+  dosfstools mtools mmdebstrap uidmap e2fsprogs fdisk \
   >/dev/null
 
 # A Rust toolchain: the one already installed (rustup's), else Debian's current one
