@@ -511,7 +511,12 @@ async fn wait_task(api: &Api, task: Task) -> Result<()> {
         match t.state {
             TaskState::Running => {}
             TaskState::Succeeded => {
-                bar.finish_with_message(format!("{} {}: done", t.kind, t.target));
+                let done = format!("{} {}: done", t.kind, t.target);
+                if bar.is_hidden() {
+                    // Not a terminal: no bar was drawn, so say it in plain words.
+                    println!("{done}");
+                }
+                bar.finish_with_message(done);
                 return Ok(());
             }
             TaskState::Failed => {
@@ -1201,6 +1206,12 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             }
             ImageCmd::Import { name, file } => {
+                if file.contains("://")
+                    && !file.starts_with("http://")
+                    && !file.starts_with("https://")
+                {
+                    bail!("{file}: only http and https URLs can be imported from; or give a file's path");
+                }
                 let t: Task = api
                     .post(
                         "/api/v1/images/import",

@@ -115,3 +115,108 @@ async fn import_overlay_and_delete() {
     let err = d.fails(&["image", "delete", "rawimg"]);
     assert!(err.contains("no image named"), "{err}");
 }
+
+/// Serves `files` (URL path → content) over HTTP/1.0 from inside the namespace; returns
+/// the address. Unknown paths get 404.
+fn serve_in(ns: &Netns, files: Vec<(&'static str, Vec<u8>)>) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let path = format!("/run/netns/{}", ns.name);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        tx.send(l.local_addr().unwrap().to_string()).unwrap();
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut line = String::new();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            if r.read_line(&mut line).is_err() {
+                continue;
+            }
+            loop {
+                let mut h = String::new();
+                if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                    break;
+                }
+            }
+            let want = line.split_whitespace().nth(1).unwrap_or("");
+            match files.iter().find(|(p, _)| *p == want) {
+                Some((_, body)) => {
+                    let _ = write!(
+                        s,
+                        "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = s.write_all(body);
+                }
+                None => {
+                    let _ = write!(s, "HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+                }
+            }
+        }
+    });
+    rx.recv().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn import_from_a_url() {
+    let d = Daemon::start();
+    let src = d.dir.path().join("web.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", src.to_str().unwrap(), "24M"]);
+    qemu_img(&[
+        "convert",
+        "-f",
+        "qcow2",
+        "-O",
+        "vmdk",
+        src.to_str().unwrap(),
+        d.dir.path().join("web.vmdk").to_str().unwrap(),
+    ]);
+    let body = std::fs::read(d.dir.path().join("web.vmdk")).unwrap();
+    let addr = serve_in(&d.ns, vec![("/images/web.vmdk", body)]);
+
+    let out = d.ok(&[
+        "image",
+        "import",
+        "web",
+        &format!("http://{addr}/images/web.vmdk"),
+    ]);
+    assert!(out.contains("image-import web: done"), "{out}");
+    let img = d.json(&["image", "describe", "web"]);
+    assert_eq!(img["format"], "qcow2");
+    assert_eq!(img["kind"], "disk");
+    let stored = d.data_dir().join("images/web.qcow2");
+    assert_eq!(
+        sha256(stored.to_str().unwrap()),
+        img["sha256"].as_str().unwrap()
+    );
+    let vm = d.json(&[
+        "create",
+        "w",
+        "--image",
+        "web",
+        "--memory",
+        "128M",
+        "--no-start",
+    ]);
+    assert_eq!(vm["disks"][0]["size_mib"], 24);
+
+    // A URL that does not answer with the file: a clear error, no image, no file left.
+    let err = d.fails(&[
+        "image",
+        "import",
+        "gone",
+        &format!("http://{addr}/images/nothing.vmdk"),
+    ]);
+    assert!(err.contains("404"), "{err}");
+    let err = d.fails(&["image", "import", "x", "ftp://example.org/x.img"]);
+    assert!(err.contains("only http and https URLs"), "{err}");
+    let left: Vec<String> = file_names(&d.data_dir().join("images"))
+        .into_iter()
+        .filter(|n| n.contains("gone") || n.ends_with(".part") || n.ends_with(".download"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    let err = d.fails(&["image", "describe", "gone"]);
+    assert!(err.contains("no image named"), "{err}");
+}
