@@ -111,7 +111,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/vms/{id}/console-log", get(console_log))
         .route("/v1/save-header", post(save_header))
         .route("/v1/render", post(render))
-        .route("/v1/files", get(files))
+        .route("/v1/files", get(files).post(files_with_pools))
         .route(
             "/v1/networks",
             axum::routing::put(put_networks).get(get_networks),
@@ -320,6 +320,16 @@ async fn files(State(s): S) -> Json<StoredFiles> {
         images: list(s.images_dir(), true),
         runtime: list(s.run_dir(), false),
     })
+}
+
+/// [`files`], with the disk files of these pools too.
+async fn files_with_pools(State(s): S, Json(pools): Json<Vec<PoolSpec>>) -> R<StoredFiles> {
+    let mut out = files(State(s.clone())).await.0;
+    for p in &pools {
+        let pool = s.pool(Some(p))?;
+        out.disks.extend(pool.files());
+    }
+    Ok(Json(out))
 }
 
 /// The command line a VM with this definition would start with on this host.

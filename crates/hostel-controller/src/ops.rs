@@ -1105,7 +1105,19 @@ impl Controller {
         let images = self.store.images().await?;
         let vms = self.store.vms().await?;
         for (host, agent) in self.agents() {
-            let files: wire::StoredFiles = agent.get("/v1/files").await?;
+            let pools: Vec<wire::PoolSpec> = self
+                .store
+                .pools()
+                .await?
+                .into_iter()
+                .filter(|p| p.host_id == host)
+                .map(|p| wire::PoolSpec {
+                    name: p.name,
+                    driver: p.driver,
+                    path: p.path,
+                })
+                .collect();
+            let files: wire::StoredFiles = agent.post("/v1/files", &pools).await?;
             checked.push(format!(
                 "host {host}: {} disk files, {} image entries, {} runtime dirs",
                 files.disks.len(),
@@ -1558,6 +1570,20 @@ impl Controller {
             )));
         }
         if let Some(agent) = self.agent(&img.host_id) {
+            // Pools that clone keep a copy of the image; it goes with the image.
+            for p in self.store.pools().await? {
+                if p.host_id == img.host_id && p.driver != "dir" {
+                    let _ = agent
+                        .post::<_, ()>(
+                            "/v1/pools/forget-image",
+                            &serde_json::json!({
+                                "pool": {"name": p.name, "driver": p.driver, "path": p.path},
+                                "image_id": img.id,
+                            }),
+                        )
+                        .await;
+                }
+            }
             agent
                 .post::<_, ()>("/v1/images/delete", &serde_json::json!({"path": img.path}))
                 .await?;

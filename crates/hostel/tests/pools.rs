@@ -211,6 +211,25 @@ async fn btrfs_pool_clones_snapshots_and_space() {
     let cached = file_names(&fs.mnt.join(".images"));
     assert_eq!(cached.len(), 1, "only the data image's copy: {cached:?}");
 
+    // The doctor sees the pool's disks as the VM's, and a stray subvolume as an orphan.
+    let rep = d.json(&["doctor"]);
+    assert!(rep["problems"].as_array().unwrap().is_empty(), "{rep}");
+    sh(Command::new("btrfs")
+        .args(["-q", "subvolume", "create"])
+        .arg(fs.mnt.join("stray")));
+    let out = d.cli(&["doctor", "-o", "json"]);
+    assert!(
+        !out.status.success(),
+        "the doctor fails when it finds a problem"
+    );
+    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        rep["problems"].to_string().contains("stray/disk.raw"),
+        "{rep}"
+    );
+    sh(Command::new("btrfs")
+        .args(["-q", "subvolume", "delete"])
+        .arg(fs.mnt.join("stray")));
     let p = d.json(&["pool", "describe", "fast"]);
     assert_eq!(p["disks"], 2);
     let err = d.fails(&["pool", "delete", "fast"]);
