@@ -650,7 +650,7 @@ async fn build_image(State(s): S, Json(req): Json<BuildImageRequest>) -> Respons
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
     tokio::task::spawn_blocking(move || {
         let t = tx.clone();
-        let r = s.build_image(&req.recipe, &req.name, &mut |p, m| {
+        let r = s.build_image(&req, &mut |p, m| {
             let _ = t.send(serde_json::json!({"progress": p, "message": m}));
         });
         let _ = tx.send(match r {

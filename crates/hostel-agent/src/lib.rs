@@ -303,12 +303,17 @@ impl Shared {
 
     pub fn build_image(
         &self,
-        recipe: &str,
-        name: &str,
+        opts: &hostel_api::agent::BuildImageRequest,
         progress: &mut dyn FnMut(f64, &str),
     ) -> anyhow::Result<ImageFiles> {
+        let (recipe, name) = (opts.recipe.as_str(), opts.name.as_str());
+        if recipe == "debian" {
+            return self.build_debian(opts, name, progress);
+        }
         if recipe != "tiny" {
-            anyhow::bail!("recipe: {recipe:?} is not a recipe this host can build: use \"tiny\"");
+            anyhow::bail!(
+                "recipe: {recipe:?} is not a recipe this host can build: use \"tiny\" or \"debian\""
+            );
         }
         let dir = self.images_dir().join(name);
         if dir.exists() {
@@ -344,6 +349,64 @@ impl Shared {
             size_bytes,
             virtual_size_mib: 0,
             sha256,
+        })
+    }
+
+    /// The `debian` recipe: built by the unprivileged build user in its own directory,
+    /// then moved into the image store.
+    fn build_debian(
+        &self,
+        opts: &hostel_api::agent::BuildImageRequest,
+        name: &str,
+        progress: &mut dyn FnMut(f64, &str),
+    ) -> anyhow::Result<ImageFiles> {
+        let dir = self.images_dir();
+        std::fs::create_dir_all(&dir)?;
+        let dest = dir.join(format!("{name}.qcow2"));
+        if dest.exists() {
+            anyhow::bail!("{} exists already; delete the image first", dest.display());
+        }
+        let work = Path::new("/var/lib/hostel-build").join(format!("build-{name}"));
+        let debian = hostel_storage::debian::DebianOptions {
+            suite: opts.suite.clone().unwrap_or_else(|| "bookworm".into()),
+            mirror: opts
+                .mirror
+                .clone()
+                .unwrap_or_else(|| "http://deb.debian.org/debian".into()),
+            size_mib: opts.size_mib.unwrap_or(4096),
+            packages: opts.packages.clone(),
+        };
+        let res = hostel_storage::debian::build(&debian, &work, &mut |f, m| progress(0.97 * f, m))
+            .and_then(|disk| {
+                let tmp = dir.join(format!("{name}.building"));
+                if std::fs::rename(&disk, &tmp).is_err() {
+                    std::fs::copy(&disk, &tmp)?;
+                }
+                nix::unistd::chown(
+                    &tmp,
+                    Some(nix::unistd::Uid::from_raw(0)),
+                    Some(nix::unistd::Gid::from_raw(0)),
+                )?;
+                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))?;
+                std::fs::rename(&tmp, &dest)?;
+                Ok(())
+            });
+        // Root can remove what the build user's namespace left, whatever its owners.
+        let _ = std::fs::remove_dir_all(&work);
+        let _ = std::fs::remove_file(dir.join(format!("{name}.building")));
+        res?;
+        progress(0.98, "recording the checksum");
+        let info = hostel_storage::disk::info(&dest)?;
+        Ok(ImageFiles {
+            name: name.to_string(),
+            kind: ImageKind::Disk,
+            format: "qcow2".into(),
+            path: dest.display().to_string(),
+            initrd: None,
+            cmdline: None,
+            size_bytes: std::fs::metadata(&dest)?.len(),
+            virtual_size_mib: info.virtual_size.div_ceil(1 << 20),
+            sha256: hostel_storage::disk::sha256_file(&dest)?,
         })
     }
 

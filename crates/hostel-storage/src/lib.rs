@@ -1,5 +1,6 @@
 //! Disks and images on one host.
 
+pub mod debian;
 pub mod disk;
 pub mod pool;
 pub mod seed;

@@ -114,6 +114,8 @@ pub struct Daemon {
     pub child: Option<Child>,
     pub url: String,
     pub token: String,
+    /// Extra environment for `hostel up`.
+    pub env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -127,6 +129,13 @@ impl Daemon {
     /// Starts `hostel up` and waits until it has written its client config (it does so
     /// once the API serves and the tiny image is ready).
     pub fn start() -> Daemon {
+        let mut d = Self::unstarted();
+        d.launch();
+        d
+    }
+
+    /// A daemon's directory and namespace, not launched yet (set `env`, then `launch`).
+    pub fn unstarted() -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("hostel-test-")
             .tempdir()
@@ -137,15 +146,14 @@ impl Daemon {
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
         )
         .unwrap();
-        let mut d = Daemon {
+        Daemon {
             ns: Netns::new(),
             dir,
             child: None,
             url: String::new(),
             token: String::new(),
-        };
-        d.launch();
-        d
+            env: Vec::new(),
+        }
     }
 
     pub fn launch(&mut self) {
@@ -161,6 +169,7 @@ impl Daemon {
             .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(self.data_dir())
             .env("HOSTEL_CONFIG", self.config())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
