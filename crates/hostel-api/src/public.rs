@@ -161,6 +161,12 @@ pub struct BootView {
 pub struct Vm {
     pub id: String,
     pub name: String,
+    /// `user:NAME` or `group:NAME`; none for VMs made before owners existed (admins only).
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// A group whose members may operate the VM too.
+    #[serde(default)]
+    pub admin_group: Option<String>,
     pub state: VmState,
     /// Why the VM is in its state, when that is not obvious (a crash's cause, say).
     pub state_reason: Option<String>,
@@ -492,4 +498,132 @@ pub struct DoctorReport {
     pub problems: Vec<String>,
     /// What was checked, for the record.
     pub checked: Vec<String>,
+}
+
+// ---- accounts ----
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct User {
+    pub name: String,
+    pub admin: bool,
+    pub groups: Vec<String>,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreateUserRequest {
+    pub name: String,
+    /// At least 10 characters; none: the user logs in with tokens only.
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub admin: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PasswordRequest {
+    pub password: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Group {
+    pub name: String,
+    pub members: Vec<String>,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreateGroupRequest {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MemberRequest {
+    pub user: String,
+}
+
+/// An API token as listed: never its secret.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenInfo {
+    pub name: String,
+    pub read_only: bool,
+    pub expires_at: Option<String>,
+    pub revoked: bool,
+    pub created_at: String,
+    pub last_used_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreateTokenRequest {
+    pub name: String,
+    /// Reads only: every request that changes something is refused.
+    #[serde(default)]
+    pub read_only: bool,
+    /// Days until it stops working; none: until revoked.
+    #[serde(default)]
+    pub expires_in_days: Option<u32>,
+}
+
+/// A new token: the only time its secret is shown.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NewToken {
+    pub name: String,
+    pub token: String,
+    pub read_only: bool,
+    pub expires_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SshKey {
+    pub name: String,
+    pub public_key: String,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AddKeyRequest {
+    pub name: String,
+    pub public_key: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LoginRequest {
+    pub user: String,
+    pub password: String,
+    /// The new token's name; default `login-TIMESTAMP`.
+    #[serde(default)]
+    pub token_name: Option<String>,
+    /// Default 30 days.
+    #[serde(default)]
+    pub expires_in_days: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WhoAmI {
+    pub user: String,
+    pub admin: bool,
+    pub groups: Vec<String>,
+    pub token: String,
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SetOwnerRequest {
+    /// `user:NAME` or `group:NAME` (a bare name is a user).
+    pub owner: String,
+    /// A group whose members may operate the VM too; "" removes it.
+    #[serde(default)]
+    pub admin_group: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditEntry {
+    pub at: String,
+    pub user: Option<String>,
+    pub source: String,
+    pub action: String,
+    pub target: Option<String>,
+    /// `ok`, `denied` or `failed`.
+    pub result: String,
+    pub error: Option<String>,
 }

@@ -4,7 +4,7 @@ use crate::agent_client::AgentRefusal;
 use crate::Controller;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -54,6 +54,20 @@ impl ApiError {
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
             message,
+            None,
+        )
+    }
+    pub fn forbidden(message: String) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message, None)
+    }
+    pub fn too_many(message: String) -> Self {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", message, None)
+    }
+    pub fn unauthorized_because(why: &str) -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            why.to_string(),
             None,
         )
     }
@@ -134,7 +148,10 @@ type R<T> = Result<Json<T>, ApiError>;
         list_networks, create_network, get_network, delete_network, list_nics, add_nic,
         remove_nic, list_forwards, add_forward, remove_forward, list_disks, add_disk,
         remove_disk, resize_disk, list_snapshots, create_snapshot, revert_snapshot,
-        delete_snapshot, doctor, list_pools, create_pool, get_pool, delete_pool
+        delete_snapshot, doctor, list_pools, create_pool, get_pool, delete_pool, login, whoami,
+        list_users, create_user, delete_user, user_password, my_password, list_tokens,
+        create_token, revoke_token, list_keys, add_key, remove_key, list_groups, create_group,
+        delete_group, add_member, remove_member, set_owner, audit
     ),
     components(schemas(ErrorBody)),
     modifiers(&BearerAuth),
@@ -185,6 +202,24 @@ pub fn router(c: Arc<Controller>) -> Router {
         .route("/api/v1/images/import", post(import_image))
         .route("/api/v1/images/{name}", axum::routing::delete(delete_image))
         .route("/api/v1/tasks/{id}", get(get_task))
+        .route("/api/v1/whoami", get(whoami))
+        .route("/api/v1/users", get(list_users).post(create_user))
+        .route("/api/v1/users/{name}", axum::routing::delete(delete_user))
+        .route("/api/v1/users/{name}/password", post(user_password))
+        .route("/api/v1/me/password", post(my_password))
+        .route("/api/v1/me/tokens", get(list_tokens).post(create_token))
+        .route(
+            "/api/v1/me/tokens/{name}",
+            axum::routing::delete(revoke_token),
+        )
+        .route("/api/v1/me/keys", get(list_keys).post(add_key))
+        .route("/api/v1/me/keys/{name}", axum::routing::delete(remove_key))
+        .route("/api/v1/groups", get(list_groups).post(create_group))
+        .route("/api/v1/groups/{name}", axum::routing::delete(delete_group))
+        .route("/api/v1/groups/{name}/members", post(add_member))
+        .route("/api/v1/groups/{name}/members/remove", post(remove_member))
+        .route("/api/v1/vms/{name}/owner", post(set_owner))
+        .route("/api/v1/audit", get(audit))
         .route("/api/v1/pools", get(list_pools).post(create_pool))
         .route("/api/v1/pools/{name}", get(get_pool).delete(delete_pool))
         .route("/api/v1/networks", get(list_networks).post(create_network))
@@ -217,25 +252,331 @@ pub fn router(c: Arc<Controller>) -> Router {
             "/api/openapi.json",
             get(|| async { ([("content-type", "application/json")], openapi_json()) }),
         )
+        .route("/api/v1/login", post(login))
         .merge(api)
         .with_state(c)
 }
 
-/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Routes only admins may use, whatever the method, and routes only admins may change.
+fn admin_only(method: &axum::http::Method, path: &str) -> bool {
+    let mutating = method != axum::http::Method::GET && method != axum::http::Method::HEAD;
+    let under = |p: &str| path == p || path.starts_with(&format!("{p}/"));
+    under("/api/v1/doctor")
+        || under("/api/v1/dmesg")
+        || under("/api/v1/users")
+        || (mutating
+            && (under("/api/v1/networks")
+                || under("/api/v1/images")
+                || under("/api/v1/pools")
+                || under("/api/v1/groups")))
 }
 
-async fn auth(State(c): S, headers: HeaderMap, req: Request, next: Next) -> Response {
-    let token = headers
+/// The VM a request is about, by the `{name}` in `/api/v1/vms/{name}/...`.
+fn vm_in_path(path: &str) -> Option<&str> {
+    path.strip_prefix("/api/v1/vms/")
+        .map(|rest| rest.split('/').next().unwrap_or(rest))
+        .filter(|n| !n.is_empty())
+}
+
+/// Authenticates every API request, refuses what the caller's token or role does not
+/// allow, serves the rest as that caller, and records every state-changing request
+/// (allowed or not) in the audit trail.
+async fn auth(State(c): S, req: Request, next: Next) -> Response {
+    let source = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|ci| ci.0.ip().to_string())
+        .unwrap_or_else(|| "local".into());
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let mutating = method != axum::http::Method::GET && method != axum::http::Method::HEAD;
+    let token = req
+        .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !same(token.as_bytes(), c.cfg.admin_token.as_bytes()) {
-        return ApiError::unauthorized().into_response();
+        .unwrap_or("")
+        .to_string();
+    let target = vm_in_path(&path).map(String::from);
+    let vm_id = match &target {
+        Some(n) => c.store.vm_by_name(n).await.ok().flatten().map(|v| v.id),
+        None => None,
+    };
+    let audit = |user: Option<String>, status: StatusCode, error: Option<String>| {
+        let result = if status.is_success() {
+            "ok"
+        } else if matches!(status.as_u16(), 401 | 403 | 404 | 429) {
+            "denied"
+        } else {
+            "failed"
+        };
+        hostel_store::AuditRecord {
+            id: hostel_store::new_id("aud"),
+            at: hostel_store::now(),
+            user_name: user,
+            source: source.clone(),
+            action: format!("{method} {path}"),
+            target: target.clone(),
+            vm_id: vm_id.clone(),
+            result: result.into(),
+            error,
+        }
+    };
+    let caller = match c.caller_for(&token).await {
+        Ok(caller) => caller,
+        Err(e) => {
+            if mutating {
+                c.record_audit(audit(None, e.status, Some(e.body.message.clone())))
+                    .await;
+            }
+            return e.into_response();
+        }
+    };
+    let refusal = if caller.read_only && (mutating || path.ends_with("/console")) {
+        Some(ApiError::forbidden(
+            "this token is read-only: use a full token to change anything or to attach a console"
+                .into(),
+        ))
+    } else if !caller.is_admin && admin_only(&method, &path) {
+        Some(ApiError::forbidden("only an admin may do this".into()))
+    } else {
+        None
+    };
+    if let Some(e) = refusal {
+        if mutating || path.ends_with("/console") {
+            c.record_audit(audit(
+                Some(caller.user_name.clone()),
+                e.status,
+                Some(e.body.message.clone()),
+            ))
+            .await;
+        }
+        return e.into_response();
     }
-    next.run(req).await
+    let user = caller.user_name.clone();
+    let resp = crate::auth::CALLER.scope(caller, next.run(req)).await;
+    if !mutating {
+        return resp;
+    }
+    let status = resp.status();
+    if status.is_success() {
+        c.record_audit(audit(Some(user), status, None)).await;
+        return resp;
+    }
+    // Keep the error's message for the trail, and give the response back whole.
+    let (parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, 1 << 20)
+        .await
+        .unwrap_or_default();
+    let message = serde_json::from_slice::<ErrorBody>(&bytes)
+        .map(|b| b.message)
+        .ok();
+    c.record_audit(audit(Some(user), status, message)).await;
+    Response::from_parts(parts, axum::body::Body::from(bytes))
+}
+
+#[utoipa::path(post, path = "/api/v1/login", request_body = LoginRequest,
+    responses((status = 201, body = NewToken), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
+async fn login(
+    State(c): S,
+    axum::extract::ConnectInfo(addr): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    Json(req): Json<LoginRequest>,
+) -> Result<(StatusCode, Json<NewToken>), ApiError> {
+    let source = addr.ip().to_string();
+    let user = req.user.clone();
+    let r = c.login(req, &source).await;
+    let (status, error) = match &r {
+        Ok(_) => (StatusCode::CREATED, None),
+        Err(e) => (e.status, Some(e.body.message.clone())),
+    };
+    c.record_audit(hostel_store::AuditRecord {
+        id: hostel_store::new_id("aud"),
+        at: hostel_store::now(),
+        user_name: Some(user),
+        source,
+        action: "POST /api/v1/login".into(),
+        target: None,
+        vm_id: None,
+        result: if status.is_success() { "ok" } else { "denied" }.into(),
+        error,
+    })
+    .await;
+    Ok((StatusCode::CREATED, Json(r?)))
+}
+
+#[utoipa::path(get, path = "/api/v1/whoami", responses((status = 200, body = WhoAmI)))]
+async fn whoami(State(c): S) -> R<WhoAmI> {
+    Ok(Json(c.whoami().await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/users", responses((status = 200, body = Vec<User>), (status = 403, body = ErrorBody)))]
+async fn list_users(State(c): S) -> R<Vec<User>> {
+    Ok(Json(c.users().await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/users", request_body = CreateUserRequest,
+    responses((status = 201, body = User), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn create_user(
+    State(c): S,
+    Json(req): Json<CreateUserRequest>,
+) -> Result<(StatusCode, Json<User>), ApiError> {
+    Ok((StatusCode::CREATED, Json(c.create_user(req).await?)))
+}
+
+#[utoipa::path(delete, path = "/api/v1/users/{name}", params(("name" = String, Path)),
+    responses((status = 204), (status = 409, body = ErrorBody)))]
+async fn delete_user(State(c): S, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    c.delete_user(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/api/v1/users/{name}/password", params(("name" = String, Path)), request_body = PasswordRequest,
+    responses((status = 204), (status = 400, body = ErrorBody)))]
+async fn user_password(
+    State(c): S,
+    Path(name): Path<String>,
+    Json(req): Json<PasswordRequest>,
+) -> Result<StatusCode, ApiError> {
+    c.set_password(Some(&name), req).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/api/v1/me/password", request_body = PasswordRequest,
+    responses((status = 204), (status = 400, body = ErrorBody)))]
+async fn my_password(
+    State(c): S,
+    Json(req): Json<PasswordRequest>,
+) -> Result<StatusCode, ApiError> {
+    c.set_password(None, req).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+struct UserQuery {
+    /// Another user's (admins only).
+    user: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/me/tokens", params(UserQuery), responses((status = 200, body = Vec<TokenInfo>)))]
+async fn list_tokens(State(c): S, Query(q): Query<UserQuery>) -> R<Vec<TokenInfo>> {
+    Ok(Json(c.tokens(q.user.as_deref()).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/me/tokens", params(UserQuery), request_body = CreateTokenRequest,
+    responses((status = 201, body = NewToken), (status = 409, body = ErrorBody)))]
+async fn create_token(
+    State(c): S,
+    Query(q): Query<UserQuery>,
+    Json(req): Json<CreateTokenRequest>,
+) -> Result<(StatusCode, Json<NewToken>), ApiError> {
+    Ok((
+        StatusCode::CREATED,
+        Json(c.create_token(q.user.as_deref(), req).await?),
+    ))
+}
+
+#[utoipa::path(delete, path = "/api/v1/me/tokens/{name}", params(("name" = String, Path), UserQuery),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn revoke_token(
+    State(c): S,
+    Path(name): Path<String>,
+    Query(q): Query<UserQuery>,
+) -> Result<StatusCode, ApiError> {
+    c.revoke_token(q.user.as_deref(), &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/api/v1/me/keys", params(UserQuery), responses((status = 200, body = Vec<SshKey>)))]
+async fn list_keys(State(c): S, Query(q): Query<UserQuery>) -> R<Vec<SshKey>> {
+    Ok(Json(c.keys(q.user.as_deref()).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/me/keys", params(UserQuery), request_body = AddKeyRequest,
+    responses((status = 201, body = SshKey), (status = 400, body = ErrorBody)))]
+async fn add_key(
+    State(c): S,
+    Query(q): Query<UserQuery>,
+    Json(req): Json<AddKeyRequest>,
+) -> Result<(StatusCode, Json<SshKey>), ApiError> {
+    Ok((
+        StatusCode::CREATED,
+        Json(c.add_key(q.user.as_deref(), req).await?),
+    ))
+}
+
+#[utoipa::path(delete, path = "/api/v1/me/keys/{name}", params(("name" = String, Path), UserQuery),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn remove_key(
+    State(c): S,
+    Path(name): Path<String>,
+    Query(q): Query<UserQuery>,
+) -> Result<StatusCode, ApiError> {
+    c.remove_key(q.user.as_deref(), &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/api/v1/groups", responses((status = 200, body = Vec<Group>)))]
+async fn list_groups(State(c): S) -> R<Vec<Group>> {
+    Ok(Json(c.groups().await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/groups", request_body = CreateGroupRequest,
+    responses((status = 201, body = Group), (status = 409, body = ErrorBody)))]
+async fn create_group(
+    State(c): S,
+    Json(req): Json<CreateGroupRequest>,
+) -> Result<(StatusCode, Json<Group>), ApiError> {
+    Ok((StatusCode::CREATED, Json(c.create_group(req).await?)))
+}
+
+#[utoipa::path(delete, path = "/api/v1/groups/{name}", params(("name" = String, Path)),
+    responses((status = 204), (status = 409, body = ErrorBody)))]
+async fn delete_group(State(c): S, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    c.delete_group(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/api/v1/groups/{name}/members", params(("name" = String, Path)), request_body = MemberRequest,
+    responses((status = 200, body = Group), (status = 400, body = ErrorBody)))]
+async fn add_member(
+    State(c): S,
+    Path(name): Path<String>,
+    Json(req): Json<MemberRequest>,
+) -> R<Group> {
+    Ok(Json(c.add_member(&name, req).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/groups/{name}/members/remove", params(("name" = String, Path)), request_body = MemberRequest,
+    responses((status = 200, body = Group), (status = 400, body = ErrorBody)))]
+async fn remove_member(
+    State(c): S,
+    Path(name): Path<String>,
+    Json(req): Json<MemberRequest>,
+) -> R<Group> {
+    Ok(Json(c.remove_member(&name, req).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/vms/{name}/owner", params(("name" = String, Path)), request_body = SetOwnerRequest,
+    responses((status = 200, body = Vm), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn set_owner(
+    State(c): S,
+    Path(name): Path<String>,
+    Json(req): Json<SetOwnerRequest>,
+) -> R<Vm> {
+    Ok(Json(c.set_owner(&name, req).await?))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+struct AuditQuery {
+    vm: Option<String>,
+    user: Option<String>,
+    /// RFC 3339 time: entries at or after it.
+    since: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/audit", params(AuditQuery), responses((status = 200, body = Vec<AuditEntry>)))]
+async fn audit(State(c): S, Query(q): Query<AuditQuery>) -> R<Vec<AuditEntry>> {
+    Ok(Json(c.audit(q.vm, q.user, q.since).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/info", responses((status = 200, body = Info)))]
@@ -246,7 +587,11 @@ async fn info(State(c): S) -> R<Info> {
 #[utoipa::path(get, path = "/api/v1/vms", responses((status = 200, body = Vec<Vm>)))]
 async fn list_vms(State(c): S) -> R<Vec<Vm>> {
     let mut out = Vec::new();
+    let caller = crate::auth::current();
     for vm in c.store.vms().await? {
+        if caller.as_ref().is_some_and(|c| !c.may_operate(&vm)) {
+            continue;
+        }
         out.push(c.view(&vm, false).await?);
     }
     Ok(Json(out))

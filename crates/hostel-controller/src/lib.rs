@@ -1,8 +1,10 @@
 //! The controller: the source of truth (the database), the public REST API, tasks,
 //! placement, and the reconciliation of what hosts report with what the records say.
 
+pub mod accounts;
 pub mod agent_client;
 mod api;
+pub mod auth;
 mod boot;
 mod netops;
 mod ops;
@@ -22,7 +24,7 @@ pub use netops::{DEFAULT_CIDR, DEFAULT_NETWORK};
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
     pub data_dir: PathBuf,
-    /// Bearer token that grants everything (the users issue will bring per-user tokens).
+    /// The token of the `admin` user that `hostel up` writes to its client config.
     pub admin_token: String,
     /// The daemon's log, which `hostel dmesg` reads.
     pub log_file: PathBuf,
@@ -36,6 +38,8 @@ pub struct Controller {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Network state is pushed to hosts one push at a time.
     net_sync: tokio::sync::Mutex<()>,
+    /// Failed logins, per account and per source address.
+    pub(crate) logins: auth::LoginLimiter,
 }
 
 impl Controller {
@@ -45,6 +49,7 @@ impl Controller {
             cfg,
             agents: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
+            logins: auth::LoginLimiter::default(),
             net_sync: tokio::sync::Mutex::new(()),
         })
     }

@@ -22,12 +22,46 @@ fn policy(s: &str) -> Policy {
 }
 
 impl Controller {
+    /// The VM named `name`, if the caller may operate it: to anyone else it does not
+    /// exist (a 404, the same as for a name nobody uses).
     pub(crate) async fn vm_named(&self, name: &str) -> Res<VmRecord> {
-        self.store.vm_by_name(name).await?.ok_or_else(|| {
+        let missing = || {
             ApiError::not_found(format!(
                 "there is no VM named {name:?}: `hostel list` shows the VMs there are"
             ))
-        })
+        };
+        let vm = self.store.vm_by_name(name).await?.ok_or_else(missing)?;
+        match crate::auth::current() {
+            Some(c) if !c.may_operate(&vm) => Err(missing()),
+            _ => Ok(vm),
+        }
+    }
+
+    /// Save files of non-admins live in `DATA/saves/USER/`; admins may name any path.
+    pub(crate) fn check_save_path(&self, path: &str) -> Res<()> {
+        if let Some(c) = crate::auth::current() {
+            if !c.is_admin {
+                let dir = self.cfg.data_dir.join("saves").join(&c.user_name);
+                let p = std::path::Path::new(path);
+                let inside = p.starts_with(&dir)
+                    && !p
+                        .components()
+                        .any(|x| matches!(x, std::path::Component::ParentDir));
+                if !inside {
+                    return Err(Invalid::new(
+                        "path",
+                        format!(
+                            "{path} is outside your save directory: save to a file in {}/",
+                            dir.display()
+                        ),
+                    )
+                    .into());
+                }
+                // All-in-one: the controller's data dir is the host's.
+                let _ = std::fs::create_dir_all(&dir);
+            }
+        }
+        Ok(())
     }
 
     /// The VM under its operation lock, read again once the lock is held (an operation
@@ -60,7 +94,17 @@ impl Controller {
         let image = self.image_of(vm).await?;
         let disks = self.store.disks_of(&vm.id).await?;
         let bc = BootConfig::parse(vm.boot_json.as_deref());
-        let cloud = CloudConfig::parse(vm.cloud_json.as_deref());
+        let mut cloud = CloudConfig::parse(vm.cloud_json.as_deref());
+        if cloud.seed {
+            // The owner's SSH keys, as they are now, go into the guest too.
+            if let Some(u) = &vm.owner_user_id {
+                for k in self.store.ssh_keys_of(u).await? {
+                    if !cloud.ssh_keys.contains(&k.public_key) {
+                        cloud.ssh_keys.push(k.public_key);
+                    }
+                }
+            }
+        }
         let boot = match (&bc.kernel, image) {
             (Some(kernel), _) => Boot::DirectKernel {
                 kernel: kernel.clone(),
@@ -214,9 +258,28 @@ impl Controller {
                 }
             }
         }
+        let owner = match (&vm.owner_user_id, &vm.owner_group_id) {
+            (Some(u), _) => self
+                .store
+                .user_by_id(u)
+                .await?
+                .map(|u| format!("user:{}", u.name)),
+            (None, Some(g)) => self
+                .store
+                .group_by_id(g)
+                .await?
+                .map(|g| format!("group:{}", g.name)),
+            _ => None,
+        };
+        let admin_group = match &vm.admin_group_id {
+            Some(g) => self.store.group_by_id(g).await?.map(|g| g.name),
+            None => None,
+        };
         Ok(Vm {
             id: vm.id.clone(),
             name: vm.name.clone(),
+            owner,
+            admin_group,
             state,
             state_reason: vm.state_reason.clone(),
             host: vm.host_id.clone(),
@@ -503,7 +566,14 @@ impl Controller {
             cdrom_image_id: cdrom_image.map(|i| i.id),
             boot_json: Some(serde_json::to_string(&boot_cfg).map_err(anyhow::Error::from)?),
             cloud_json: Some(serde_json::to_string(&cloud).map_err(anyhow::Error::from)?),
+            owner_user_id: None,
+            owner_group_id: None,
+            admin_group_id: None,
         };
+        let mut record = record;
+        if let Some(c) = crate::auth::current() {
+            record.owner_user_id = Some(c.user_id.clone());
+        }
         if let Err(e) = self.store.insert_vm(&record, &disks).await {
             self.remove_disk_files(&agent, &disks).await;
             if hostel_store::is_unique_violation(&e) {
@@ -838,6 +908,7 @@ impl Controller {
     }
 
     pub async fn save_vm(&self, name: &str, path: String) -> Res<Vm> {
+        self.check_save_path(&path)?;
         self.operate(name, Op::Save, |vm, agent| async move {
             let header = SaveHeader {
                 magic: wire::SAVE_MAGIC.into(),
@@ -862,6 +933,7 @@ impl Controller {
     }
 
     pub async fn restore_vm(&self, path: String) -> Res<Vm> {
+        self.check_save_path(&path)?;
         // Any host can read the header; the VM it names decides where it resumes.
         let (_, agent) = self
             .agents()
@@ -880,6 +952,12 @@ impl Controller {
                 ),
             ))
         })?;
+        // The same answer as for a VM that is gone: nothing about others' VMs leaks.
+        if crate::auth::current().is_some_and(|c| !c.may_operate(&vm)) {
+            return Err(ApiError::not_found(format!(
+                "{path} holds the state of no VM of yours"
+            )));
+        }
         self.operate(&vm.name, Op::Restore, |vm, _| async move {
             self.start_locked(&vm, Some(&path)).await?;
             self.store.set_vm_saved(&vm.id, None).await?;

@@ -180,37 +180,27 @@ pub fn render(
             ]);
         }
     }
-    // CD-ROMs on q35's built-in AHCI: the install medium, then the first-boot seed.
-    // The first disk boots first; a blank one falls through to the CD-ROM.
-    let seed = spec
-        .seed
-        .as_ref()
-        .map(|_| (paths.seed_iso().display().to_string(), "raw".to_string()));
-    let cds = [
-        spec.cdrom
-            .as_ref()
-            .map(|c| (c.path.clone(), c.format.clone())),
-        seed,
-    ];
-    for (i, cd) in cds.iter().enumerate() {
-        if let Some((path, format)) = cd {
-            push(&[
-                "-blockdev",
-                &format!(
-                    "driver=file,filename={},node-name=cdfile{i},read-only=on",
-                    escape_opt(path)
-                ),
-            ]);
-            push(&[
-                "-blockdev",
-                &format!("driver={format},file=cdfile{i},node-name=cd{i},read-only=on"),
-            ]);
-            let boot = if i == 0 { ",bootindex=2" } else { "" };
-            push(&[
-                "-device",
-                &format!("ide-cd,drive=cd{i},bus=ide.{i},id=cdrom{i}{boot}"),
-            ]);
-        }
+    // The install medium on q35's built-in AHCI, where every firmware and installer
+    // finds it. The first disk boots first; a blank one falls through to the CD-ROM.
+    if let Some(c) = &spec.cdrom {
+        push(&[
+            "-blockdev",
+            &format!(
+                "driver=file,filename={},node-name=cdfile0,read-only=on",
+                escape_opt(&c.path)
+            ),
+        ]);
+        push(&[
+            "-blockdev",
+            &format!(
+                "driver={},file=cdfile0,node-name=cd0,read-only=on",
+                c.format
+            ),
+        ]);
+        push(&[
+            "-device",
+            "ide-cd,drive=cd0,bus=ide.0,id=cdrom0,bootindex=2",
+        ]);
     }
     // Chassis numbers 1..=HOTPLUG_PORTS belong to the spare hotplug ports.
     let mut chassis = HOTPLUG_PORTS + 1;
@@ -266,6 +256,27 @@ pub fn render(
         ]);
         chassis += 1;
         push(&["-device", &format!("{},bus={port}", nic_device(nic))]);
+    }
+    // The first-boot seed as a CD-ROM on virtio-scsi: cloud kernels (Debian's among
+    // them) carry virtio-scsi and sr_mod but not always AHCI.
+    if spec.seed.is_some() {
+        push(&[
+            "-blockdev",
+            &format!(
+                "driver=file,filename={},node-name=cdfile1,read-only=on",
+                escape_opt(&paths.seed_iso().display().to_string())
+            ),
+        ]);
+        push(&[
+            "-blockdev",
+            "driver=raw,file=cdfile1,node-name=cd1,read-only=on",
+        ]);
+        push(&[
+            "-device",
+            &format!("pcie-root-port,id=rps,chassis={chassis}"),
+        ]);
+        push(&["-device", "virtio-scsi-pci,id=scsi0,bus=rps"]);
+        push(&["-device", "scsi-cd,drive=cd1,bus=scsi0.0,id=cdrom1"]);
     }
     // q35's root bus takes no hotplug: spare PCIe root ports give hot-plugged devices
     // (NICs, disks) a place.
@@ -474,7 +485,8 @@ mod tests {
         assert_eq!(drives[1], "if=pflash,format=raw,file=/r/x/efivars.fd");
         let has = |x: &str| argv.iter().any(|a| a == x);
         assert!(has("ide-cd,drive=cd0,bus=ide.0,id=cdrom0,bootindex=2"));
-        assert!(has("ide-cd,drive=cd1,bus=ide.1,id=cdrom1"));
+        assert!(has("virtio-scsi-pci,id=scsi0,bus=rps"));
+        assert!(has("scsi-cd,drive=cd1,bus=scsi0.0,id=cdrom1"));
         assert!(has(
             "driver=file,filename=/r/x/seed.iso,node-name=cdfile1,read-only=on"
         ));

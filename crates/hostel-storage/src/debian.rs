@@ -115,7 +115,10 @@ pub fn build(
             .arg(work),
         "handing the build directory to the build user",
     )?;
-    std::fs::set_permissions(work, std::fs::Permissions::from_mode(0o700))?;
+    // mmdebstrap's namespace runs its hooks as the first subordinate id, not as the build
+    // user: they must be able to reach the build directory and read the hook scripts.
+    std::fs::set_permissions(BUILD_HOME, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::set_permissions(work, std::fs::Permissions::from_mode(0o755))?;
     let script = work.join("build.sh");
     std::fs::write(&script, SCRIPT)?;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644))?;

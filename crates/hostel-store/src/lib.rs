@@ -4,6 +4,7 @@
 //! Portable SQL only: `$N` placeholders (SQLite reads them by number too), TEXT and
 //! BIGINT columns, timestamps as RFC 3339 text, no engine-specific functions.
 
+mod accounts;
 mod migrations;
 mod net;
 
@@ -12,6 +13,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 use std::time::Duration;
 
+pub use accounts::{AuditFilter, AuditRecord, GroupRecord, SshKeyRecord, TokenRecord, UserRecord};
 pub use migrations::MIGRATIONS;
 pub use net::{ForwardRecord, NetworkRecord, NicRecord};
 
@@ -57,6 +59,11 @@ pub struct VmRecord {
     pub boot_json: Option<String>,
     /// Its first-boot configuration (seed on/off, SSH keys, password hash), as JSON.
     pub cloud_json: Option<String>,
+    /// The owner: a user or a group (quotas are charged to it).
+    pub owner_user_id: Option<String>,
+    pub owner_group_id: Option<String>,
+    /// A group whose members may operate the VM too.
+    pub admin_group_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -154,7 +161,8 @@ pub(crate) fn opt_str(row: &AnyRow, col: &str) -> Result<Option<String>> {
 
 const VM_COLS: &str = "id, name, host_id, image_id, memory_mib, max_memory_mib, vcpus, \
     max_vcpus, state, state_reason, on_poweroff, on_reboot, on_crash, saved_path, pid, \
-    created_at, updated_at, cdrom_image_id, boot_json, cloud_json";
+    created_at, updated_at, cdrom_image_id, boot_json, cloud_json, owner_user_id, \
+    owner_group_id, admin_group_id";
 
 fn vm_of(r: &AnyRow) -> Result<VmRecord> {
     Ok(VmRecord {
@@ -178,6 +186,9 @@ fn vm_of(r: &AnyRow) -> Result<VmRecord> {
         cdrom_image_id: opt_str(r, "cdrom_image_id")?,
         boot_json: opt_str(r, "boot_json")?,
         cloud_json: opt_str(r, "cloud_json")?,
+        owner_user_id: opt_str(r, "owner_user_id")?,
+        owner_group_id: opt_str(r, "owner_group_id")?,
+        admin_group_id: opt_str(r, "admin_group_id")?,
     })
 }
 
@@ -520,7 +531,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         sqlx::query(&format!(
             "INSERT INTO vms ({VM_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
-             $12, $13, $14, $15, $16, $17, $18, $19, $20)"
+             $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"
         ))
         .bind(&v.id)
         .bind(&v.name)
@@ -542,6 +553,9 @@ impl Store {
         .bind(&v.cdrom_image_id)
         .bind(&v.boot_json)
         .bind(&v.cloud_json)
+        .bind(&v.owner_user_id)
+        .bind(&v.owner_group_id)
+        .bind(&v.admin_group_id)
         .execute(&mut *tx)
         .await?;
         for d in disks {

@@ -137,4 +137,58 @@ pub const MIGRATIONS: &[&[&str]] = &[
         )",
         "ALTER TABLE disks ADD COLUMN pool_id TEXT REFERENCES pools(id)",
     ],
+    &[
+        "CREATE TABLE users (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            password_hash TEXT,
+            is_admin BIGINT NOT NULL,
+            created_at TEXT NOT NULL
+        )",
+        "CREATE TABLE user_groups (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            created_at TEXT NOT NULL
+        )",
+        "CREATE TABLE group_members (
+            group_id TEXT NOT NULL REFERENCES user_groups(id),
+            user_id TEXT NOT NULL REFERENCES users(id),
+            PRIMARY KEY (group_id, user_id)
+        )",
+        "CREATE TABLE tokens (
+            id TEXT PRIMARY KEY,
+            user_id TEXT NOT NULL REFERENCES users(id),
+            name TEXT NOT NULL,
+            secret_hash TEXT NOT NULL,
+            read_only BIGINT NOT NULL,
+            expires_at TEXT,
+            revoked_at TEXT,
+            created_at TEXT NOT NULL,
+            last_used_at TEXT,
+            UNIQUE (user_id, name)
+        )",
+        "CREATE TABLE ssh_keys (
+            id TEXT PRIMARY KEY,
+            user_id TEXT NOT NULL REFERENCES users(id),
+            name TEXT NOT NULL,
+            public_key TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            UNIQUE (user_id, name)
+        )",
+        "CREATE TABLE audit (
+            id TEXT PRIMARY KEY,
+            at TEXT NOT NULL,
+            user_name TEXT,
+            source TEXT NOT NULL,
+            action TEXT NOT NULL,
+            target TEXT,
+            vm_id TEXT,
+            result TEXT NOT NULL,
+            error TEXT
+        )",
+        "CREATE INDEX audit_at ON audit (at)",
+        "ALTER TABLE vms ADD COLUMN owner_user_id TEXT REFERENCES users(id)",
+        "ALTER TABLE vms ADD COLUMN owner_group_id TEXT REFERENCES user_groups(id)",
+        "ALTER TABLE vms ADD COLUMN admin_group_id TEXT REFERENCES user_groups(id)",
+    ],
 ];

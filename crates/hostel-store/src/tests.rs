@@ -46,6 +46,9 @@ fn vm(name: &str) -> VmRecord {
         cdrom_image_id: None,
         boot_json: Some(r#"{"firmware":"uefi"}"#.into()),
         cloud_json: None,
+        owner_user_id: None,
+        owner_group_id: None,
+        admin_group_id: None,
     }
 }
 
@@ -274,6 +277,107 @@ async fn pools_in_use_cannot_be_deleted(url: &str) {
     assert!(s.pools().await.unwrap().is_empty());
 }
 
+async fn accounts_tokens_and_audit(url: &str) {
+    let s = Store::open(url).await.unwrap();
+    s.upsert_host(&host()).await.unwrap();
+    let u = UserRecord {
+        id: new_id("user"),
+        name: "alice".into(),
+        password_hash: Some("$argon2id$x".into()),
+        is_admin: false,
+        created_at: now(),
+    };
+    s.insert_user(&u).await.unwrap();
+    assert_eq!(s.user_by_name("alice").await.unwrap().unwrap(), u);
+    let dup = UserRecord {
+        id: new_id("user"),
+        ..u.clone()
+    };
+    assert!(is_unique_violation(&s.insert_user(&dup).await.unwrap_err()));
+    let g = GroupRecord {
+        id: new_id("grp"),
+        name: "lab".into(),
+        created_at: now(),
+    };
+    s.insert_group(&g).await.unwrap();
+    s.add_member(&g.id, &u.id).await.unwrap();
+    assert!(is_unique_violation(
+        &s.add_member(&g.id, &u.id).await.unwrap_err()
+    ));
+    assert_eq!(s.group_ids_of(&u.id).await.unwrap(), vec![g.id.clone()]);
+    assert_eq!(
+        s.members_of(&g.id).await.unwrap(),
+        vec!["alice".to_string()]
+    );
+    let t = TokenRecord {
+        id: new_id("tok"),
+        user_id: u.id.clone(),
+        name: "cli".into(),
+        secret_hash: "ab".repeat(32),
+        read_only: true,
+        expires_at: Some("2030-01-01T00:00:00Z".into()),
+        revoked_at: None,
+        created_at: now(),
+        last_used_at: None,
+    };
+    s.insert_token(&t).await.unwrap();
+    s.revoke_token(&t.id, "2026-01-01T00:00:00Z").await.unwrap();
+    let got = s.token_by_id(&t.id).await.unwrap().unwrap();
+    assert_eq!(got.revoked_at.as_deref(), Some("2026-01-01T00:00:00Z"));
+    assert!(got.read_only);
+
+    let mut v = vm("owned");
+    v.owner_user_id = Some(u.id.clone());
+    v.admin_group_id = Some(g.id.clone());
+    s.insert_vm(&v, &[]).await.unwrap();
+    assert_eq!(s.vm_by_name("owned").await.unwrap().unwrap(), v);
+    assert_eq!(
+        s.delete_user_if_unused(&u.id).await.unwrap(),
+        vec!["owned".to_string()]
+    );
+    assert_eq!(
+        s.delete_group_if_unused(&g.id).await.unwrap(),
+        vec!["owned".to_string()]
+    );
+
+    for (i, who) in ["alice", "bob", "alice"].iter().enumerate() {
+        s.insert_audit(&AuditRecord {
+            id: format!("a{i}"),
+            at: format!("2026-01-0{}T00:00:00Z", i + 1),
+            user_name: Some(who.to_string()),
+            source: "127.0.0.1".into(),
+            action: "start".into(),
+            target: Some("owned".into()),
+            vm_id: Some(if i == 1 { "other".into() } else { v.id.clone() }),
+            result: "ok".into(),
+            error: None,
+        })
+        .await
+        .unwrap();
+    }
+    let alice = s
+        .audit(&AuditFilter {
+            user_name: Some("alice".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        alice.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+        ["a0", "a2"]
+    );
+    let since = s
+        .audit(&AuditFilter {
+            since: Some("2026-01-02T00:00:00Z".into()),
+            vm_ids: Some(vec![v.id.clone()]),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(since.len(), 1);
+    assert_eq!(since[0].id, "a2");
+}
+
 macro_rules! on_both {
     ($($name:ident),*) => {
         mod sqlite {
@@ -302,5 +406,6 @@ on_both!(
     images_in_use_cannot_be_deleted,
     migrations_are_idempotent_and_tasks_survive,
     networks_nics_and_forwards,
-    pools_in_use_cannot_be_deleted
+    pools_in_use_cannot_be_deleted,
+    accounts_tokens_and_audit
 );

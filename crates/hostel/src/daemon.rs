@@ -111,17 +111,18 @@ fn ensure_qemu_user(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// The admin user's token (`hostel-tok-admin.SECRET`), made on first start.
 fn read_or_make_token(path: &Path) -> Result<String> {
     if let Ok(t) = std::fs::read_to_string(path) {
-        if !t.trim().is_empty() {
-            return Ok(t.trim().to_string());
+        let t = t.trim();
+        if hostel_controller::auth::parse_token(t).is_some() {
+            return Ok(t.to_string());
         }
     }
-    let token: String = {
-        use rand::Rng;
-        let bytes: [u8; 32] = rand::thread_rng().gen();
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
-    };
+    let token = hostel_controller::auth::format_token(
+        hostel_controller::accounts::ADMIN_TOKEN_ID,
+        &hostel_controller::auth::new_secret(),
+    );
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -208,6 +209,10 @@ pub async fn up(opts: UpOptions) -> Result<()> {
             key_pem: ctl_pair.key_pem,
         },
     )?;
+    controller
+        .bootstrap_admin(&admin_token)
+        .await
+        .context("registering the admin user's token")?;
     let host = controller.add_host(agent).await?;
     tracing::info!(%host, agent = %agent_addr, "local agent registered");
     if opts.default_network {
@@ -223,11 +228,14 @@ pub async fn up(opts: UpOptions) -> Result<()> {
     let mut rx = stop_rx.clone();
     let app = hostel_controller::router(controller.clone());
     let api_task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = rx.wait_for(|s| *s).await;
-            })
-            .await
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = rx.wait_for(|s| *s).await;
+        })
+        .await
     });
     tracing::info!(%api_addr, "API listening");
 

@@ -212,6 +212,244 @@ enum Cmd {
     },
     /// Print the OpenAPI document of the REST API.
     Openapi,
+    /// Log in with a user name and password: gets a new API token and writes the client
+    /// config (URL and token) for the commands that follow.
+    Login {
+        user: String,
+        /// The API's URL, like http://127.0.0.1:8470 (default: the config's).
+        #[arg(long)]
+        url: Option<String>,
+        /// Read the password from this file's first line (default: ask on the terminal).
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        /// Days the token lasts.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+    },
+    /// Who the client config's token belongs to.
+    Whoami {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Table2Json,
+    },
+    /// User accounts (admins).
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Groups of users that may own or administer VMs.
+    #[command(subcommand)]
+    Group(GroupCmd),
+    /// Your API tokens (admins: anyone's, with --user).
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Your SSH public keys, put into the guests of the VMs you own (admins: --user).
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// Give a VM to a user or a group, and set its administrator group.
+    Chown {
+        vm: String,
+        /// user:NAME or group:NAME.
+        owner: String,
+        /// A group whose members may operate the VM too ("" removes it).
+        #[arg(long)]
+        admin_group: Option<String>,
+    },
+    /// The audit trail: every request that changed something, or was refused.
+    Audit {
+        #[arg(long)]
+        vm: Option<String>,
+        #[arg(long)]
+        user: Option<String>,
+        /// RFC 3339 time, like 2026-11-22T00:00:00Z.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Table2Json,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    Create {
+        name: String,
+        #[arg(long)]
+        admin: bool,
+        /// Read the password from this file's first line (none: tokens only).
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
+    List {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Table2Json,
+    },
+    Delete {
+        name: String,
+    },
+    /// Set a user's password (yours without NAME... use `hostel user passwd --me`).
+    Passwd {
+        name: Option<String>,
+        #[arg(long)]
+        password_file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum GroupCmd {
+    Create {
+        name: String,
+    },
+    List {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Table2Json,
+    },
+    Delete {
+        name: String,
+    },
+    AddMember {
+        group: String,
+        user: String,
+    },
+    RemoveMember {
+        group: String,
+        user: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Make a token; its secret is printed once.
+    Create {
+        name: String,
+        #[arg(long)]
+        read_only: bool,
+        /// Days until it expires (none: until revoked).
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+        #[arg(long)]
+        user: Option<String>,
+    },
+    List {
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Table2Json,
+    },
+    Revoke {
+        name: String,
+        #[arg(long)]
+        user: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCmd {
+    /// Add a public key (a key, or a file such as ~/.ssh/id_ed25519.pub).
+    Add {
+        name: String,
+        key: String,
+        #[arg(long)]
+        user: Option<String>,
+    },
+    List {
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Table2Json,
+    },
+    Remove {
+        name: String,
+        #[arg(long)]
+        user: Option<String>,
+    },
+}
+
+fn read_secret_file(f: &std::path::Path) -> Result<String> {
+    Ok(std::fs::read_to_string(f)
+        .with_context(|| format!("reading {}", f.display()))?
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string())
+}
+
+fn user_q(user: &Option<String>) -> String {
+    user.as_ref()
+        .map(|u| format!("?user={u}"))
+        .unwrap_or_default()
+}
+
+async fn login(
+    user: String,
+    url: Option<String>,
+    password_file: Option<PathBuf>,
+    days: u32,
+) -> Result<()> {
+    let url = match url {
+        Some(u) => u,
+        None => client::ClientConfig::load().map(|c| c.url).map_err(|_| {
+            anyhow!("give the API's URL with --url (there is no client config yet)")
+        })?,
+    };
+    let password = match password_file {
+        Some(f) => read_secret_file(&f)?,
+        None => rpassword_prompt(&format!("password for {user}: "))?,
+    };
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/v1/login", url.trim_end_matches('/')))
+        .json(&LoginRequest {
+            user: user.clone(),
+            password,
+            token_name: None,
+            expires_in_days: Some(days),
+        })
+        .send()
+        .await
+        .with_context(|| format!("cannot reach Hostel at {url}"))?;
+    let status = resp.status();
+    let text = resp.text().await?;
+    if !status.is_success() {
+        let msg = serde_json::from_str::<hostel_api::ErrorBody>(&text)
+            .map(|e| e.message)
+            .unwrap_or(text);
+        bail!("{msg}");
+    }
+    let t: NewToken = serde_json::from_str(&text)?;
+    let path = client::config_path();
+    client::ClientConfig {
+        url: url.trim_end_matches('/').to_string(),
+        token: t.token,
+    }
+    .write(&path)?;
+    println!(
+        "logged in as {user}; token {} (expires {}) written to {}",
+        t.name,
+        t.expires_at.unwrap_or_else(|| "never".into()),
+        path.display()
+    );
+    Ok(())
+}
+
+/// Reads a password from the terminal without echoing it.
+fn rpassword_prompt(prompt: &str) -> Result<String> {
+    use std::io::{BufRead, Write};
+    eprint!("{prompt}");
+    std::io::stderr().flush()?;
+    let stdin = std::io::stdin();
+    let fd = std::os::fd::AsFd::as_fd(&stdin);
+    let old = nix::sys::termios::tcgetattr(fd).ok();
+    if let Some(t) = &old {
+        let mut quiet = t.clone();
+        quiet
+            .local_flags
+            .remove(nix::sys::termios::LocalFlags::ECHO);
+        let _ = nix::sys::termios::tcsetattr(fd, nix::sys::termios::SetArg::TCSANOW, &quiet);
+    }
+    let mut line = String::new();
+    let r = stdin.lock().read_line(&mut line);
+    if let Some(t) = &old {
+        let _ = nix::sys::termios::tcsetattr(fd, nix::sys::termios::SetArg::TCSANOW, t);
+    }
+    eprintln!();
+    r?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
 }
 
 #[derive(Subcommand)]
@@ -559,11 +797,286 @@ async fn run(cli: Cli) -> Result<()> {
         println!("{}", hostel_controller::openapi_json());
         return Ok(());
     }
+    if let Cmd::Login {
+        user,
+        url,
+        password_file,
+        days,
+    } = cli.cmd
+    {
+        return login(user, url, password_file, days).await;
+    }
     let api = Api::new()?;
     let vm_path = |name: &str| format!("/api/v1/vms/{name}");
     let empty = serde_json::json!({});
     match cli.cmd {
-        Cmd::Up { .. } | Cmd::Openapi => unreachable!(),
+        Cmd::Up { .. } | Cmd::Openapi | Cmd::Login { .. } => unreachable!(),
+        Cmd::Whoami { output } => {
+            let w: WhoAmI = api.get("/api/v1/whoami").await?;
+            match output {
+                Table2Json::Json => print_json(&w)?,
+                Table2Json::Table => println!(
+                    "{}{} (token {}{}); groups: {}",
+                    w.user,
+                    if w.admin { ", admin" } else { "" },
+                    w.token,
+                    if w.read_only { ", read-only" } else { "" },
+                    if w.groups.is_empty() {
+                        "none".into()
+                    } else {
+                        w.groups.join(", ")
+                    }
+                ),
+            }
+        }
+        Cmd::User(cmd) => match cmd {
+            UserCmd::Create {
+                name,
+                admin,
+                password_file,
+            } => {
+                let password = password_file.map(|f| read_secret_file(&f)).transpose()?;
+                let u: User = api
+                    .post(
+                        "/api/v1/users",
+                        &CreateUserRequest {
+                            name,
+                            password,
+                            admin,
+                        },
+                    )
+                    .await?;
+                println!(
+                    "created user {}{}",
+                    u.name,
+                    if u.admin { " (admin)" } else { "" }
+                );
+            }
+            UserCmd::List { output } => {
+                let users: Vec<User> = api.get("/api/v1/users").await?;
+                match output {
+                    Table2Json::Json => print_json(&users)?,
+                    Table2Json::Table => {
+                        let mut t = Table::new();
+                        t.load_preset(NOTHING);
+                        t.set_header(["NAME", "ADMIN", "GROUPS", "CREATED"]);
+                        for u in users {
+                            t.add_row([
+                                u.name,
+                                u.admin.to_string(),
+                                u.groups.join(","),
+                                u.created_at,
+                            ]);
+                        }
+                        println!("{t}");
+                    }
+                }
+            }
+            UserCmd::Delete { name } => {
+                api.delete(&format!("/api/v1/users/{name}")).await?;
+                println!("deleted user {name}");
+            }
+            UserCmd::Passwd {
+                name,
+                password_file,
+            } => {
+                let password = read_secret_file(&password_file)?;
+                let path = match &name {
+                    Some(n) => format!("/api/v1/users/{n}/password"),
+                    None => "/api/v1/me/password".into(),
+                };
+                let _: serde_json::Value = api.post(&path, &PasswordRequest { password }).await?;
+                println!("password set");
+            }
+        },
+        Cmd::Group(cmd) => match cmd {
+            GroupCmd::Create { name } => {
+                let g: Group = api
+                    .post("/api/v1/groups", &CreateGroupRequest { name })
+                    .await?;
+                println!("created group {}", g.name);
+            }
+            GroupCmd::List { output } => {
+                let groups: Vec<Group> = api.get("/api/v1/groups").await?;
+                match output {
+                    Table2Json::Json => print_json(&groups)?,
+                    Table2Json::Table => {
+                        let mut t = Table::new();
+                        t.load_preset(NOTHING);
+                        t.set_header(["NAME", "MEMBERS"]);
+                        for g in groups {
+                            t.add_row([g.name, g.members.join(",")]);
+                        }
+                        println!("{t}");
+                    }
+                }
+            }
+            GroupCmd::Delete { name } => {
+                api.delete(&format!("/api/v1/groups/{name}")).await?;
+                println!("deleted group {name}");
+            }
+            GroupCmd::AddMember { group, user } => {
+                let g: Group = api
+                    .post(
+                        &format!("/api/v1/groups/{group}/members"),
+                        &MemberRequest { user },
+                    )
+                    .await?;
+                println!("{}: {}", g.name, g.members.join(", "));
+            }
+            GroupCmd::RemoveMember { group, user } => {
+                let g: Group = api
+                    .post(
+                        &format!("/api/v1/groups/{group}/members/remove"),
+                        &MemberRequest { user },
+                    )
+                    .await?;
+                println!("{}: {}", g.name, g.members.join(", "));
+            }
+        },
+        Cmd::Token(cmd) => match cmd {
+            TokenCmd::Create {
+                name,
+                read_only,
+                expires_in_days,
+                user,
+            } => {
+                let t: NewToken = api
+                    .post(
+                        &format!("/api/v1/me/tokens{}", user_q(&user)),
+                        &CreateTokenRequest {
+                            name,
+                            read_only,
+                            expires_in_days,
+                        },
+                    )
+                    .await?;
+                println!("{}", t.token);
+                eprintln!(
+                    "token {} made{}{}; this is the only time it is shown",
+                    t.name,
+                    if t.read_only { ", read-only" } else { "" },
+                    t.expires_at
+                        .map(|e| format!(", expires {e}"))
+                        .unwrap_or_default()
+                );
+            }
+            TokenCmd::List { user, output } => {
+                let tokens: Vec<TokenInfo> = api
+                    .get(&format!("/api/v1/me/tokens{}", user_q(&user)))
+                    .await?;
+                match output {
+                    Table2Json::Json => print_json(&tokens)?,
+                    Table2Json::Table => {
+                        let mut t = Table::new();
+                        t.load_preset(NOTHING);
+                        t.set_header(["NAME", "ACCESS", "EXPIRES", "REVOKED", "LAST USED"]);
+                        for k in tokens {
+                            t.add_row([
+                                k.name,
+                                if k.read_only { "read-only" } else { "full" }.into(),
+                                k.expires_at.unwrap_or_else(|| "never".into()),
+                                k.revoked.to_string(),
+                                k.last_used_at.unwrap_or_default(),
+                            ]);
+                        }
+                        println!("{t}");
+                    }
+                }
+            }
+            TokenCmd::Revoke { name, user } => {
+                api.delete(&format!("/api/v1/me/tokens/{name}{}", user_q(&user)))
+                    .await?;
+                println!("revoked token {name}");
+            }
+        },
+        Cmd::Key(cmd) => match cmd {
+            KeyCmd::Add { name, key, user } => {
+                let p = std::path::Path::new(&key);
+                let public_key = if !key.contains(' ') && p.is_file() {
+                    read_secret_file(p)?
+                } else {
+                    key
+                };
+                let k: SshKey = api
+                    .post(
+                        &format!("/api/v1/me/keys{}", user_q(&user)),
+                        &AddKeyRequest { name, public_key },
+                    )
+                    .await?;
+                println!("added key {}", k.name);
+            }
+            KeyCmd::List { user, output } => {
+                let keys: Vec<SshKey> = api
+                    .get(&format!("/api/v1/me/keys{}", user_q(&user)))
+                    .await?;
+                match output {
+                    Table2Json::Json => print_json(&keys)?,
+                    Table2Json::Table => {
+                        for k in keys {
+                            println!("{}\t{}", k.name, k.public_key);
+                        }
+                    }
+                }
+            }
+            KeyCmd::Remove { name, user } => {
+                api.delete(&format!("/api/v1/me/keys/{name}{}", user_q(&user)))
+                    .await?;
+                println!("removed key {name}");
+            }
+        },
+        Cmd::Chown {
+            vm,
+            owner,
+            admin_group,
+        } => {
+            let v: Vm = api
+                .post(
+                    &format!("{}/owner", vm_path(&vm)),
+                    &SetOwnerRequest { owner, admin_group },
+                )
+                .await?;
+            println!(
+                "{}: owner {}, administrator group {}",
+                v.name,
+                v.owner.unwrap_or_else(|| "none".into()),
+                v.admin_group.unwrap_or_else(|| "none".into())
+            );
+        }
+        Cmd::Audit {
+            vm,
+            user,
+            since,
+            output,
+        } => {
+            let mut q = Vec::new();
+            for (k, v) in [("vm", vm), ("user", user), ("since", since)] {
+                if let Some(v) = v {
+                    q.push(format!("{k}={v}"));
+                }
+            }
+            let entries: Vec<AuditEntry> =
+                api.get(&format!("/api/v1/audit?{}", q.join("&"))).await?;
+            match output {
+                Table2Json::Json => print_json(&entries)?,
+                Table2Json::Table => {
+                    let mut t = Table::new();
+                    t.load_preset(NOTHING);
+                    t.set_header(["AT", "USER", "FROM", "ACTION", "RESULT", "ERROR"]);
+                    for e in entries {
+                        t.add_row([
+                            e.at,
+                            e.user.unwrap_or_else(|| "-".into()),
+                            e.source,
+                            e.action,
+                            e.result,
+                            e.error.unwrap_or_default(),
+                        ]);
+                    }
+                    println!("{t}");
+                }
+            }
+        }
         Cmd::List { output } => {
             let vms: Vec<Vm> = api.get("/api/v1/vms").await?;
             match output {

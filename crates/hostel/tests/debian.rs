@@ -127,7 +127,7 @@ async fn debian_image_boots_to_login_with_the_seed() {
     let desc = d.describe("deb1");
     assert_eq!(desc["boot"]["method"], "bios");
     assert_eq!(desc["boot"]["seed"], true);
-    let ip = desc["nics"][0]["ipv4"].as_str().unwrap().to_string();
+    let ip = desc["nics"][0]["ip"].as_str().unwrap().to_string();
 
     // The owner's key logs in as root; the guest calls itself by the VM's name.
     let deadline = Instant::now() + Duration::from_secs(180);

@@ -1,0 +1,625 @@
+//! Users, groups, tokens, SSH keys, logins, VM ownership and the audit trail.
+
+use crate::api::ApiError;
+use crate::auth::{self, Caller};
+use crate::Controller;
+use hostel_api::public::*;
+use hostel_model::{validate_name, Invalid};
+use hostel_store::{
+    new_id, now, AuditFilter, AuditRecord, GroupRecord, SshKeyRecord, TokenRecord, UserRecord,
+};
+
+type Res<T> = Result<T, ApiError>;
+
+/// The user `hostel up`'s token belongs to.
+pub const ADMIN_USER: &str = "admin";
+/// The id of the token `hostel up` writes to its client config.
+pub const ADMIN_TOKEN_ID: &str = "tok-admin";
+
+pub fn forbidden(message: &str) -> ApiError {
+    ApiError::forbidden(message.to_string())
+}
+
+fn rfc3339_in_days(days: u32) -> String {
+    (time::OffsetDateTime::now_utc() + time::Duration::days(days as i64))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+impl Controller {
+    /// Makes the admin user and registers `hostel up`'s token as theirs (again at every
+    /// start, so a rewritten token file takes effect).
+    pub async fn bootstrap_admin(&self, token: &str) -> anyhow::Result<()> {
+        let (id, secret) = auth::parse_token(token)
+            .ok_or_else(|| anyhow::anyhow!("the admin token is not in hostel-ID.SECRET form"))?;
+        let admin = match self.store.user_by_name(ADMIN_USER).await? {
+            Some(u) => u,
+            None => {
+                let u = UserRecord {
+                    id: new_id("user"),
+                    name: ADMIN_USER.into(),
+                    password_hash: None,
+                    is_admin: true,
+                    created_at: now(),
+                };
+                self.store.insert_user(&u).await?;
+                u
+            }
+        };
+        if let Some(t) = self.store.token_by_id(id).await? {
+            if t.secret_hash == auth::hash_secret(secret) && t.revoked_at.is_none() {
+                return Ok(());
+            }
+            self.store.delete_token(id).await?;
+        }
+        self.store
+            .insert_token(&TokenRecord {
+                id: id.into(),
+                user_id: admin.id,
+                name: "hostel-up".into(),
+                secret_hash: auth::hash_secret(secret),
+                read_only: false,
+                expires_at: None,
+                revoked_at: None,
+                created_at: now(),
+                last_used_at: None,
+            })
+            .await
+    }
+
+    /// The caller a bearer token stands for, or why it is refused.
+    pub async fn caller_for(&self, token: &str) -> Res<Caller> {
+        let unauthorized = |why: &str| ApiError::unauthorized_because(why);
+        if token.is_empty() {
+            return Err(ApiError::unauthorized());
+        }
+        let (id, secret) =
+            auth::parse_token(token).ok_or_else(|| unauthorized("wrong API token"))?;
+        let t = self
+            .store
+            .token_by_id(id)
+            .await?
+            .ok_or_else(|| unauthorized("wrong API token"))?;
+        auth::check_token(&t, secret, &now()).map_err(unauthorized)?;
+        let user = self
+            .store
+            .user_by_id(&t.user_id)
+            .await?
+            .ok_or_else(|| unauthorized("the token's user no longer exists"))?;
+        let _ = self.store.touch_token(&t.id, &now()).await;
+        Ok(Caller {
+            group_ids: self.store.group_ids_of(&user.id).await?,
+            user_id: user.id,
+            user_name: user.name,
+            is_admin: user.is_admin,
+            read_only: t.read_only,
+            token_name: t.name,
+        })
+    }
+
+    fn caller(&self) -> Res<Caller> {
+        auth::current().ok_or_else(ApiError::unauthorized)
+    }
+
+    fn admin(&self) -> Res<Caller> {
+        let c = self.caller()?;
+        if !c.is_admin {
+            return Err(forbidden("only an admin may do this"));
+        }
+        Ok(c)
+    }
+
+    async fn user_named(&self, name: &str) -> Res<UserRecord> {
+        self.store.user_by_name(name).await?.ok_or_else(|| {
+            Invalid::new(
+                "user",
+                format!("there is no user named {name:?}: `hostel user list` shows them"),
+            )
+            .into()
+        })
+    }
+
+    async fn group_named(&self, name: &str) -> Res<GroupRecord> {
+        self.store.group_by_name(name).await?.ok_or_else(|| {
+            Invalid::new(
+                "group",
+                format!("there is no group named {name:?}: `hostel group list` shows them"),
+            )
+            .into()
+        })
+    }
+
+    async fn user_view(&self, u: UserRecord) -> Res<User> {
+        let mut groups = Vec::new();
+        for g in self.store.group_ids_of(&u.id).await? {
+            if let Some(g) = self.store.group_by_id(&g).await? {
+                groups.push(g.name);
+            }
+        }
+        groups.sort();
+        Ok(User {
+            name: u.name,
+            admin: u.is_admin,
+            groups,
+            created_at: u.created_at,
+        })
+    }
+
+    pub async fn whoami(&self) -> Res<WhoAmI> {
+        let c = self.caller()?;
+        let u = self.user_named(&c.user_name).await?;
+        let v = self.user_view(u).await?;
+        Ok(WhoAmI {
+            user: v.name,
+            admin: v.admin,
+            groups: v.groups,
+            token: c.token_name,
+            read_only: c.read_only,
+        })
+    }
+
+    // ---- users ----
+
+    pub async fn create_user(&self, req: CreateUserRequest) -> Res<User> {
+        self.admin()?;
+        validate_name("name", &req.name)?;
+        let password_hash = match &req.password {
+            Some(p) => {
+                auth::check_password(&req.name, p).map_err(|m| Invalid::new("password", m))?;
+                Some(auth::hash_password(p).map_err(|e| ApiError::from(anyhow::anyhow!(e)))?)
+            }
+            None => None,
+        };
+        let u = UserRecord {
+            id: new_id("user"),
+            name: req.name.clone(),
+            password_hash,
+            is_admin: req.admin,
+            created_at: now(),
+        };
+        if let Err(e) = self.store.insert_user(&u).await {
+            if hostel_store::is_unique_violation(&e) {
+                return Err(ApiError::conflict_field(
+                    "name",
+                    format!("a user named {:?} exists already", req.name),
+                ));
+            }
+            return Err(e.into());
+        }
+        self.user_view(u).await
+    }
+
+    pub async fn users(&self) -> Res<Vec<User>> {
+        self.admin()?;
+        let mut out = Vec::new();
+        for u in self.store.users().await? {
+            out.push(self.user_view(u).await?);
+        }
+        Ok(out)
+    }
+
+    pub async fn delete_user(&self, name: &str) -> Res<()> {
+        let c = self.admin()?;
+        let u = self.user_named(name).await?;
+        if u.id == c.user_id {
+            return Err(ApiError::conflict("you cannot delete yourself".into()));
+        }
+        let owned = self.store.delete_user_if_unused(&u.id).await?;
+        if !owned.is_empty() {
+            return Err(ApiError::conflict(format!(
+                "user {name:?} owns {}: give those VMs to someone else (`hostel chown`) or delete them first",
+                owned.join(", ")
+            )));
+        }
+        Ok(())
+    }
+
+    /// Sets a password: an admin for anyone, a user for themselves.
+    pub async fn set_password(&self, name: Option<&str>, req: PasswordRequest) -> Res<()> {
+        let c = self.caller()?;
+        let target = name.unwrap_or(&c.user_name);
+        if target != c.user_name && !c.is_admin {
+            return Err(forbidden("only an admin may set another user's password"));
+        }
+        let u = self.user_named(target).await?;
+        auth::check_password(&u.name, &req.password).map_err(|m| Invalid::new("password", m))?;
+        let h =
+            auth::hash_password(&req.password).map_err(|e| ApiError::from(anyhow::anyhow!(e)))?;
+        self.store.set_user_password(&u.id, &h).await?;
+        Ok(())
+    }
+
+    // ---- groups ----
+
+    async fn group_view(&self, g: GroupRecord) -> Res<Group> {
+        Ok(Group {
+            members: self.store.members_of(&g.id).await?,
+            name: g.name,
+            created_at: g.created_at,
+        })
+    }
+
+    pub async fn create_group(&self, req: CreateGroupRequest) -> Res<Group> {
+        self.admin()?;
+        validate_name("name", &req.name)?;
+        let g = GroupRecord {
+            id: new_id("grp"),
+            name: req.name.clone(),
+            created_at: now(),
+        };
+        if let Err(e) = self.store.insert_group(&g).await {
+            if hostel_store::is_unique_violation(&e) {
+                return Err(ApiError::conflict_field(
+                    "name",
+                    format!("a group named {:?} exists already", req.name),
+                ));
+            }
+            return Err(e.into());
+        }
+        self.group_view(g).await
+    }
+
+    /// Admins see every group; users the groups they are in.
+    pub async fn groups(&self) -> Res<Vec<Group>> {
+        let c = self.caller()?;
+        let mut out = Vec::new();
+        for g in self.store.groups().await? {
+            if c.is_admin || c.group_ids.contains(&g.id) {
+                out.push(self.group_view(g).await?);
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn delete_group(&self, name: &str) -> Res<()> {
+        self.admin()?;
+        let g = self.group_named(name).await?;
+        let used = self.store.delete_group_if_unused(&g.id).await?;
+        if !used.is_empty() {
+            return Err(ApiError::conflict(format!(
+                "group {name:?} owns or administers {}: change their owners first",
+                used.join(", ")
+            )));
+        }
+        Ok(())
+    }
+
+    pub async fn add_member(&self, group: &str, req: MemberRequest) -> Res<Group> {
+        self.admin()?;
+        let g = self.group_named(group).await?;
+        let u = self.user_named(&req.user).await?;
+        if let Err(e) = self.store.add_member(&g.id, &u.id).await {
+            if hostel_store::is_unique_violation(&e) {
+                return Err(ApiError::conflict(format!(
+                    "{} is in group {group:?} already",
+                    req.user
+                )));
+            }
+            return Err(e.into());
+        }
+        self.group_view(g).await
+    }
+
+    pub async fn remove_member(&self, group: &str, req: MemberRequest) -> Res<Group> {
+        self.admin()?;
+        let g = self.group_named(group).await?;
+        let u = self.user_named(&req.user).await?;
+        if !self.store.remove_member(&g.id, &u.id).await? {
+            return Err(
+                Invalid::new("user", format!("{} is not in group {group:?}", req.user)).into(),
+            );
+        }
+        self.group_view(g).await
+    }
+
+    // ---- tokens ----
+
+    async fn new_token(
+        &self,
+        user: &UserRecord,
+        name: &str,
+        read_only: bool,
+        expires_in_days: Option<u32>,
+    ) -> Res<NewToken> {
+        validate_name("name", name)?;
+        if expires_in_days == Some(0) {
+            return Err(Invalid::new("expires", "a token must live at least one day").into());
+        }
+        let id = new_id("tok");
+        let secret = auth::new_secret();
+        let expires_at = expires_in_days.map(rfc3339_in_days);
+        let t = TokenRecord {
+            id: id.clone(),
+            user_id: user.id.clone(),
+            name: name.into(),
+            secret_hash: auth::hash_secret(&secret),
+            read_only,
+            expires_at: expires_at.clone(),
+            revoked_at: None,
+            created_at: now(),
+            last_used_at: None,
+        };
+        if let Err(e) = self.store.insert_token(&t).await {
+            if hostel_store::is_unique_violation(&e) {
+                return Err(ApiError::conflict_field(
+                    "name",
+                    format!(
+                        "{} has a token named {name:?} already: choose another name, or revoke it",
+                        user.name
+                    ),
+                ));
+            }
+            return Err(e.into());
+        }
+        Ok(NewToken {
+            name: name.into(),
+            token: auth::format_token(&id, &secret),
+            read_only,
+            expires_at,
+        })
+    }
+
+    /// The user a token or key request is about: oneself, or (admins) anyone.
+    async fn subject(&self, user: Option<&str>) -> Res<UserRecord> {
+        let c = self.caller()?;
+        match user {
+            Some(u) if u != c.user_name => {
+                if !c.is_admin {
+                    return Err(forbidden(
+                        "only an admin may manage another user's tokens and keys",
+                    ));
+                }
+                self.user_named(u).await
+            }
+            _ => self.user_named(&c.user_name).await,
+        }
+    }
+
+    pub async fn create_token(&self, user: Option<&str>, req: CreateTokenRequest) -> Res<NewToken> {
+        let u = self.subject(user).await?;
+        self.new_token(&u, &req.name, req.read_only, req.expires_in_days)
+            .await
+    }
+
+    pub async fn tokens(&self, user: Option<&str>) -> Res<Vec<TokenInfo>> {
+        let u = self.subject(user).await?;
+        Ok(self
+            .store
+            .tokens_of(&u.id)
+            .await?
+            .into_iter()
+            .map(|t| TokenInfo {
+                name: t.name,
+                read_only: t.read_only,
+                expires_at: t.expires_at,
+                revoked: t.revoked_at.is_some(),
+                created_at: t.created_at,
+                last_used_at: t.last_used_at,
+            })
+            .collect())
+    }
+
+    pub async fn revoke_token(&self, user: Option<&str>, name: &str) -> Res<()> {
+        let u = self.subject(user).await?;
+        let t = self
+            .store
+            .tokens_of(&u.id)
+            .await?
+            .into_iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| {
+                ApiError::not_found(format!("{} has no token named {name:?}", u.name))
+            })?;
+        self.store.revoke_token(&t.id, &now()).await?;
+        Ok(())
+    }
+
+    // ---- SSH keys ----
+
+    pub async fn add_key(&self, user: Option<&str>, req: AddKeyRequest) -> Res<SshKey> {
+        let u = self.subject(user).await?;
+        validate_name("name", &req.name)?;
+        let key = crate::boot::check_ssh_key(&req.public_key).map_err(|mut e| {
+            e.field = "public_key".into();
+            e
+        })?;
+        let k = SshKeyRecord {
+            id: new_id("key"),
+            user_id: u.id.clone(),
+            name: req.name.clone(),
+            public_key: key,
+            created_at: now(),
+        };
+        if let Err(e) = self.store.insert_ssh_key(&k).await {
+            if hostel_store::is_unique_violation(&e) {
+                return Err(ApiError::conflict_field(
+                    "name",
+                    format!("{} has a key named {:?} already", u.name, req.name),
+                ));
+            }
+            return Err(e.into());
+        }
+        Ok(SshKey {
+            name: k.name,
+            public_key: k.public_key,
+            created_at: k.created_at,
+        })
+    }
+
+    pub async fn keys(&self, user: Option<&str>) -> Res<Vec<SshKey>> {
+        let u = self.subject(user).await?;
+        Ok(self
+            .store
+            .ssh_keys_of(&u.id)
+            .await?
+            .into_iter()
+            .map(|k| SshKey {
+                name: k.name,
+                public_key: k.public_key,
+                created_at: k.created_at,
+            })
+            .collect())
+    }
+
+    pub async fn remove_key(&self, user: Option<&str>, name: &str) -> Res<()> {
+        let u = self.subject(user).await?;
+        if !self.store.delete_ssh_key(&u.id, name).await? {
+            return Err(ApiError::not_found(format!(
+                "{} has no key named {name:?}",
+                u.name
+            )));
+        }
+        Ok(())
+    }
+
+    // ---- login ----
+
+    /// Checks a password and hands out a new token. Failures are counted per account
+    /// and per source address; too many lock both out for a while.
+    pub async fn login(&self, req: LoginRequest, source: &str) -> Res<NewToken> {
+        let keys = [format!("user:{}", req.user), format!("addr:{source}")];
+        for k in &keys {
+            if let Some(wait) = self.logins.locked(k) {
+                return Err(ApiError::too_many(format!(
+                    "too many failed logins: try again in {wait} s"
+                )));
+            }
+        }
+        let user = self.store.user_by_name(&req.user).await?;
+        let ok = user
+            .as_ref()
+            .is_some_and(|u| auth::verify_password(u, &req.password));
+        let Some(user) = user.filter(|_| ok) else {
+            for k in &keys {
+                self.logins.fail(k);
+            }
+            return Err(ApiError::unauthorized_because(
+                "wrong user name or password",
+            ));
+        };
+        for k in &keys {
+            self.logins.clear(k);
+        }
+        let name = req.token_name.clone().unwrap_or_else(|| {
+            format!("login-{}", time::OffsetDateTime::now_utc().unix_timestamp())
+        });
+        self.new_token(&user, &name, false, Some(req.expires_in_days.unwrap_or(30)))
+            .await
+    }
+
+    // ---- ownership ----
+
+    /// Gives a VM to a user or group: admins to anyone; the owner to a group they are in.
+    pub async fn set_owner(&self, vm_name: &str, req: SetOwnerRequest) -> Res<Vm> {
+        let c = self.caller()?;
+        let (_g, vm) = self.locked_vm(vm_name).await?;
+        let (kind, name) = req.owner.split_once(':').unwrap_or(("user", &req.owner));
+        let (user_id, group_id) = match kind {
+            "user" => (Some(self.user_named(name).await?.id), None),
+            "group" => (None, Some(self.group_named(name).await?.id)),
+            _ => {
+                return Err(Invalid::new(
+                    "owner",
+                    format!("{:?}: give user:NAME or group:NAME", req.owner),
+                )
+                .into())
+            }
+        };
+        if !c.is_admin {
+            let to_own_group = group_id.as_ref().is_some_and(|g| c.group_ids.contains(g));
+            let is_owner = vm.owner_user_id.as_deref() == Some(c.user_id.as_str())
+                || vm
+                    .owner_group_id
+                    .as_ref()
+                    .is_some_and(|g| c.group_ids.contains(g));
+            if !(is_owner && to_own_group) {
+                return Err(forbidden(
+                    "only an admin may do this; an owner may give a VM to a group they are in",
+                ));
+            }
+        }
+        let admin_group = match req.admin_group.as_deref() {
+            None => vm.admin_group_id.clone(),
+            Some("") => None,
+            Some(g) => Some(self.group_named(g).await?.id),
+        };
+        self.store
+            .set_vm_owner(
+                &vm.id,
+                user_id.as_deref(),
+                group_id.as_deref(),
+                admin_group.as_deref(),
+            )
+            .await?;
+        let vm = self
+            .store
+            .vm_by_id(&vm.id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("the VM is gone".into()))?;
+        self.view(&vm, false).await
+    }
+
+    // ---- audit ----
+
+    /// Records one request and emits it through tracing. Never holds secrets: the
+    /// action is a method and a path, the error an API error message.
+    pub async fn record_audit(&self, a: AuditRecord) {
+        tracing::info!(
+            target: "audit",
+            user = a.user_name.as_deref().unwrap_or("-"),
+            source = %a.source,
+            action = %a.action,
+            target_name = a.target.as_deref().unwrap_or("-"),
+            result = %a.result,
+            error = a.error.as_deref().unwrap_or(""),
+            "audit"
+        );
+        if let Err(e) = self.store.insert_audit(&a).await {
+            tracing::error!("could not store an audit entry: {e:#}");
+        }
+    }
+
+    /// Admins see every entry; users the entries about VMs they may operate.
+    pub async fn audit(
+        &self,
+        vm: Option<String>,
+        user: Option<String>,
+        since: Option<String>,
+    ) -> Res<Vec<AuditEntry>> {
+        let c = self.caller()?;
+        let mut f = AuditFilter {
+            user_name: user,
+            since,
+            limit: 1000,
+            ..Default::default()
+        };
+        if let Some(name) = vm {
+            f.vm_ids = Some(vec![self.vm_named(&name).await?.id]);
+        } else if !c.is_admin {
+            f.vm_ids = Some(
+                self.store
+                    .vms()
+                    .await?
+                    .into_iter()
+                    .filter(|v| c.may_operate(v))
+                    .map(|v| v.id)
+                    .collect(),
+            );
+        }
+        Ok(self
+            .store
+            .audit(&f)
+            .await?
+            .into_iter()
+            .map(|a| AuditEntry {
+                at: a.at,
+                user: a.user_name,
+                source: a.source,
+                action: a.action,
+                target: a.target,
+                result: a.result,
+                error: a.error,
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,242 @@
+//! Who is calling: API tokens, password logins (rate-limited), and which VMs a caller
+//! may see. The caller of the request being served is kept in a task-local, so that
+//! every VM lookup (`Controller::vm_named`) can hide what the caller may not see.
+
+use hostel_store::{TokenRecord, UserRecord, VmRecord};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user_id: String,
+    pub user_name: String,
+    pub is_admin: bool,
+    /// A read-only token: reads only.
+    pub read_only: bool,
+    pub group_ids: Vec<String>,
+    pub token_name: String,
+}
+
+impl Caller {
+    /// May this caller see and operate `vm`? Its owner, members of its owning group and
+    /// of its administrator group, and admins may; nobody else learns it exists.
+    pub fn may_operate(&self, vm: &VmRecord) -> bool {
+        self.is_admin
+            || vm.owner_user_id.as_deref() == Some(self.user_id.as_str())
+            || vm
+                .owner_group_id
+                .as_ref()
+                .is_some_and(|g| self.group_ids.contains(g))
+            || vm
+                .admin_group_id
+                .as_ref()
+                .is_some_and(|g| self.group_ids.contains(g))
+    }
+}
+
+tokio::task_local! {
+    pub static CALLER: Caller;
+}
+
+/// The caller of the request this task serves; none for the controller's own work.
+pub fn current() -> Option<Caller> {
+    CALLER.try_with(|c| c.clone()).ok()
+}
+
+/// A token as given to its owner: `hostel-<id>.<secret>`. Only the secret's SHA-256 is
+/// stored.
+pub fn format_token(id: &str, secret: &str) -> String {
+    format!("hostel-{id}.{secret}")
+}
+
+pub fn parse_token(token: &str) -> Option<(&str, &str)> {
+    let rest = token.strip_prefix("hostel-")?;
+    let (id, secret) = rest.split_once('.')?;
+    if id.is_empty() || secret.len() < 32 {
+        return None;
+    }
+    Some((id, secret))
+}
+
+pub fn new_secret() -> String {
+    let mut b = [0u8; 32];
+    getrandom::getrandom(&mut b).expect("the OS gives random bytes");
+    hex::encode(b)
+}
+
+pub fn hash_secret(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// Constant-time comparison, so a secret cannot be guessed byte by byte from timings.
+pub fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Why a token is not accepted, said plainly (never echoing the token).
+pub fn check_token(t: &TokenRecord, secret: &str, now: &str) -> Result<(), &'static str> {
+    if !same(hash_secret(secret).as_bytes(), t.secret_hash.as_bytes()) {
+        return Err("wrong API token");
+    }
+    if t.revoked_at.is_some() {
+        return Err("this API token was revoked: make a new one with `hostel login`");
+    }
+    if t.expires_at.as_deref().is_some_and(|e| e <= now) {
+        return Err("this API token has expired: make a new one with `hostel login`");
+    }
+    Ok(())
+}
+
+pub fn hash_password(password: &str) -> Result<String, String> {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let mut salt = [0u8; 16];
+    getrandom::getrandom(&mut salt).map_err(|e| e.to_string())?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+pub fn verify_password(user: &UserRecord, password: &str) -> bool {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    let Some(h) = &user.password_hash else {
+        return false;
+    };
+    let Ok(parsed) = PasswordHash::new(h) else {
+        return false;
+    };
+    argon2::Argon2::default()
+        .verify_password(password.as_bytes(), &parsed)
+        .is_ok()
+}
+
+/// Checks a new password: long enough, not all one character, not the user's name.
+pub fn check_password(user: &str, password: &str) -> Result<(), String> {
+    if password.is_empty() {
+        return Err("the password is empty".into());
+    }
+    if password.chars().count() < 10 {
+        return Err("the password is too weak: use at least 10 characters".into());
+    }
+    let first = password.chars().next().unwrap_or(' ');
+    if password.chars().all(|c| c == first) || password.eq_ignore_ascii_case(user) {
+        return Err(
+            "the password is too weak: it is one repeated character or the user's name".into(),
+        );
+    }
+    if password.len() > 1024 || password.contains(['\n', '\r', '\0']) {
+        return Err("the password must be one line of at most 1024 bytes".into());
+    }
+    Ok(())
+}
+
+/// Failed logins per account and per source address: after `MAX_FAILURES` within
+/// `WINDOW`, further attempts are refused until the window has passed.
+#[derive(Default)]
+pub struct LoginLimiter {
+    failures: Mutex<HashMap<String, Vec<Instant>>>,
+}
+
+pub const MAX_FAILURES: usize = 5;
+pub const WINDOW: Duration = Duration::from_secs(300);
+
+impl LoginLimiter {
+    /// Seconds to wait if `key` is locked out.
+    pub fn locked(&self, key: &str) -> Option<u64> {
+        let mut m = self.failures.lock().unwrap();
+        let v = m.entry(key.to_string()).or_default();
+        v.retain(|t| t.elapsed() < WINDOW);
+        if v.len() >= MAX_FAILURES {
+            let oldest = v.iter().min().copied().unwrap_or_else(Instant::now);
+            Some(WINDOW.saturating_sub(oldest.elapsed()).as_secs().max(1))
+        } else {
+            None
+        }
+    }
+
+    pub fn fail(&self, key: &str) {
+        self.failures
+            .lock()
+            .unwrap()
+            .entry(key.to_string())
+            .or_default()
+            .push(Instant::now());
+    }
+
+    pub fn clear(&self, key: &str) {
+        self.failures.lock().unwrap().remove(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_and_are_checked() {
+        let secret = new_secret();
+        let t = format_token("tok-1", &secret);
+        assert_eq!(parse_token(&t), Some(("tok-1", secret.as_str())));
+        assert_eq!(parse_token("nonsense"), None);
+        assert_eq!(parse_token("hostel-tok-1.short"), None);
+        let mut rec = TokenRecord {
+            id: "tok-1".into(),
+            user_id: "u".into(),
+            name: "n".into(),
+            secret_hash: hash_secret(&secret),
+            read_only: false,
+            expires_at: Some("2030-01-01T00:00:00Z".into()),
+            revoked_at: None,
+            created_at: String::new(),
+            last_used_at: None,
+        };
+        assert!(check_token(&rec, &secret, "2026-01-01T00:00:00Z").is_ok());
+        assert!(check_token(&rec, &new_secret(), "2026-01-01T00:00:00Z")
+            .unwrap_err()
+            .contains("wrong"));
+        assert!(check_token(&rec, &secret, "2031-01-01T00:00:00Z")
+            .unwrap_err()
+            .contains("expired"));
+        rec.revoked_at = Some("x".into());
+        assert!(check_token(&rec, &secret, "2026-01-01T00:00:00Z")
+            .unwrap_err()
+            .contains("revoked"));
+    }
+
+    #[test]
+    fn passwords_hash_verify_and_weak_ones_are_refused() {
+        let h = hash_password("a long passphrase").unwrap();
+        assert!(h.starts_with("$argon2"));
+        let u = UserRecord {
+            id: "u".into(),
+            name: "alice".into(),
+            password_hash: Some(h),
+            is_admin: false,
+            created_at: String::new(),
+        };
+        assert!(verify_password(&u, "a long passphrase"));
+        assert!(!verify_password(&u, "a long passphrasE"));
+        for weak in ["", "short", "aaaaaaaaaaaa", "alicealice"] {
+            assert!(check_password("alicealice", weak).is_err(), "{weak}");
+        }
+        assert!(check_password("alice", "correct horse battery").is_ok());
+    }
+
+    #[test]
+    fn the_limiter_locks_after_five_failures() {
+        let l = LoginLimiter::default();
+        for _ in 0..MAX_FAILURES - 1 {
+            l.fail("user:alice");
+        }
+        assert_eq!(l.locked("user:alice"), None);
+        l.fail("user:alice");
+        assert!(l.locked("user:alice").unwrap() > 0);
+        assert_eq!(l.locked("user:bob"), None);
+        l.clear("user:alice");
+        assert_eq!(l.locked("user:alice"), None);
+    }
+}
