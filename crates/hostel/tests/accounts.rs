@@ -1,0 +1,404 @@
+//! Users, groups, tokens and ownership: who may do what, through the real CLI, each
+//! caller with a client config of its own; the audit trail; login rate limiting.
+
+mod common;
+use common::*;
+use std::path::PathBuf;
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A caller: the CLI with its own client config (URL + token).
+struct As<'a> {
+    d: &'a Daemon,
+    config: PathBuf,
+}
+
+impl<'a> As<'a> {
+    fn new(d: &'a Daemon, name: &str, token: &str) -> As<'a> {
+        let config = d.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&config, format!("url = {:?}\ntoken = {:?}\n", d.url, token)).unwrap();
+        As { d, config }
+    }
+    fn run(&self, args: &[&str]) -> Output {
+        self.d
+            .ns
+            .cmd(bin())
+            .args(args)
+            .env("HOSTEL_CONFIG", &self.config)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "{:?} {args:?}: {}",
+            self.config.file_name().unwrap(),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+    fn fails(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            !o.status.success(),
+            "{:?} {args:?} should fail: {}",
+            self.config.file_name().unwrap(),
+            String::from_utf8_lossy(&o.stdout)
+        );
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    }
+}
+
+/// A full token for `user`, made by the admin.
+fn token_for(d: &Daemon, user: &str, name: &str, extra: &[&str]) -> String {
+    let mut args = vec!["token", "create", name, "--user", user];
+    args.extend_from_slice(extra);
+    d.ok(&args).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn who_may_do_what() {
+    let d = Daemon::start();
+    let pw = d.dir.path().join("pw");
+    std::fs::write(&pw, "alice's long passphrase\n").unwrap();
+    let weak = d.dir.path().join("weak");
+    std::fs::write(&weak, "abc\n").unwrap();
+
+    // Bad input: clear errors, nothing made.
+    let err = d.fails(&[
+        "user",
+        "create",
+        "alice",
+        "--password-file",
+        weak.to_str().unwrap(),
+    ]);
+    assert!(err.contains("too weak"), "{err}");
+    let err = d.fails(&["user", "create", "Alice"]);
+    assert!(err.contains("lowercase"), "{err}");
+    d.ok(&[
+        "user",
+        "create",
+        "alice",
+        "--password-file",
+        pw.to_str().unwrap(),
+    ]);
+    for u in ["bob", "carol", "dave"] {
+        d.ok(&["user", "create", u]);
+    }
+    let err = d.fails(&["user", "create", "bob"]);
+    assert!(err.contains("exists already"), "{err}");
+    d.ok(&["group", "create", "lab"]);
+    d.ok(&["group", "create", "ops"]);
+    let err = d.fails(&["group", "add-member", "lab", "nobody"]);
+    assert!(err.contains("no user named \"nobody\""), "{err}");
+    d.ok(&["group", "add-member", "lab", "bob"]);
+    d.ok(&["group", "add-member", "ops", "carol"]);
+
+    let alice = As::new(&d, "alice", &token_for(&d, "alice", "cli", &[]));
+    let bob = As::new(&d, "bob", &token_for(&d, "bob", "cli", &[]));
+    let carol = As::new(&d, "carol", &token_for(&d, "carol", "cli", &[]));
+    let dave = As::new(&d, "dave", &token_for(&d, "dave", "cli", &[]));
+    let ro = As::new(
+        &d,
+        "alice-ro",
+        &token_for(&d, "alice", "ro", &["--read-only"]),
+    );
+    let revoked_token = token_for(&d, "alice", "old", &[]);
+    d.ok(&["token", "revoke", "old", "--user", "alice"]);
+    let revoked = As::new(&d, "revoked", &revoked_token);
+    let nobody = As::new(&d, "nobody", "");
+    let forged = As::new(
+        &d,
+        "forged",
+        &format!("hostel-tok-admin.{}", "0".repeat(64)),
+    );
+    assert!(alice.ok(&["whoami"]).contains("alice (token cli)"));
+    assert!(ro.ok(&["whoami"]).contains("read-only"));
+
+    // Alice makes a VM: hers. An admin makes its administrator group `ops`; a VM of the
+    // group `lab` is Bob's to operate too.
+    let vm = alice.ok(&[
+        "create",
+        "a1",
+        "--image",
+        "tiny",
+        "--memory",
+        "128M",
+        "--no-network",
+        "--no-start",
+        "-o",
+        "json",
+    ]);
+    let vm: serde_json::Value = serde_json::from_str(&vm).unwrap();
+    assert_eq!(vm["owner"], "user:alice");
+    let err = alice.fails(&["chown", "a1", "group:lab"]);
+    assert!(err.contains("a group they are in"), "{err}");
+    let err = d.fails(&["chown", "a1", "group:nosuch"]);
+    assert!(err.contains("no group named"), "{err}");
+    d.ok(&["chown", "a1", "user:alice", "--admin-group", "ops"]);
+    d.ok(&[
+        "create",
+        "g1",
+        "--image",
+        "tiny",
+        "--memory",
+        "128M",
+        "--no-network",
+        "--no-start",
+    ]);
+    d.ok(&["chown", "g1", "group:lab"]);
+
+    // The matrix: each caller against reads and writes of a VM, and admin-only routes.
+    // allowed = succeeds; "404" = the VM does not exist for them; else the error's words.
+    let matrix: Vec<(&As, &str, [&str; 4])> = vec![
+        // caller, VM, [read a1/g1, write, admin route, list shows it]
+        (&alice, "a1", ["ok", "ok", "only an admin", "yes"]),
+        (&bob, "g1", ["ok", "ok", "only an admin", "yes"]),
+        (&carol, "a1", ["ok", "ok", "only an admin", "yes"]),
+        (&dave, "a1", ["404", "404", "only an admin", "no"]),
+        (&bob, "a1", ["404", "404", "only an admin", "no"]),
+        (&ro, "a1", ["ok", "read-only", "only an admin|read-only", "yes"]),
+        (&revoked, "a1", ["revoked", "revoked", "revoked", "revoked"]),
+        (
+            &nobody,
+            "a1",
+            [
+                "missing or wrong",
+                "missing or wrong",
+                "missing or wrong",
+                "missing or wrong",
+            ],
+        ),
+        (
+            &forged,
+            "a1",
+            [
+                "wrong API token",
+                "wrong API token",
+                "wrong API token",
+                "wrong API token",
+            ],
+        ),
+    ];
+    for (who, vm, [read, write, admin, listed]) in &matrix {
+        let name = who
+            .config
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .to_string();
+        let check = |o: Output, want: &str, what: &str| {
+            let err = String::from_utf8_lossy(&o.stderr).to_string();
+            match want {
+                "ok" => assert!(o.status.success(), "{name} {what}: {err}"),
+                "404" => {
+                    assert!(!o.status.success(), "{name} {what} should fail");
+                    assert!(
+                        err.contains(&format!("no VM named \"{vm}\"")),
+                        "{name} {what}: {err}"
+                    );
+                }
+                w => {
+                    assert!(!o.status.success(), "{name} {what} should fail");
+                    assert!(w.split('|').any(|w| err.contains(w)), "{name} {what}: {err}");
+                }
+            }
+        };
+        for args in [
+            vec!["describe", vm],
+            vec!["disk", "list", vm],
+            vec!["snapshot", "list", vm],
+            vec!["nic", "list", vm],
+            vec!["audit", "--vm", vm],
+        ] {
+            check(who.run(&args), read, &format!("{args:?}"));
+        }
+        let snap = format!("s-{}", name.trim_end_matches(".toml"));
+        for args in [
+            vec!["mem-set", vm, "100M"],
+            vec!["disk", "add", vm, "--size", "8M"],
+            vec!["snapshot", "create", vm, &snap],
+        ] {
+            check(who.run(&args), write, &format!("{args:?}"));
+        }
+        for args in [
+            vec!["user", "list"],
+            vec!["doctor"],
+            vec!["network", "create", "x", "--cidr", "10.77.0.0/24"],
+            vec!["image", "delete", "tiny"],
+            vec!["pool", "create", "p", "--path", "/tmp"],
+            vec!["group", "create", "x"],
+        ] {
+            check(who.run(&args), admin, &format!("{args:?}"));
+        }
+        let o = who.run(&["list", "-o", "json"]);
+        match *listed {
+            "yes" | "no" => {
+                assert!(o.status.success(), "{name} list");
+                let l: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+                let names: Vec<&str> = l
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v["name"].as_str().unwrap())
+                    .collect();
+                assert_eq!(
+                    names.contains(vm),
+                    *listed == "yes",
+                    "{name} list: {names:?}"
+                );
+            }
+            w => check(o, w, "list"),
+        }
+    }
+    // The admin does everything, and sees every VM.
+    d.ok(&["describe", "a1"]);
+    d.ok(&["mem-set", "g1", "100M"]);
+    assert_eq!(d.json(&["list"]).as_array().unwrap().len(), 2);
+
+    // Save files of users stay in their own directory.
+    let err = alice.fails(&["save", "a1", "/tmp/anywhere.sav"]);
+    assert!(err.contains("outside your save directory"), "{err}");
+
+    // Ownership moves: Alice (now in lab) gives a1 to lab; Bob operates it, and Alice
+    // still may as a member of lab.
+    d.ok(&["group", "add-member", "lab", "alice"]);
+    alice.ok(&["chown", "a1", "group:lab"]);
+    bob.ok(&["describe", "a1"]);
+    assert!(alice.ok(&["describe", "a1"]).contains("group:lab"));
+    // Users with VMs and groups owning VMs cannot be deleted.
+    let err = d.fails(&["group", "delete", "lab"]);
+    assert!(err.contains("owns or administers"), "{err}");
+
+    // An expiring token stops working when it expires.
+    let short = d.ok(&[
+        "token",
+        "create",
+        "short",
+        "--user",
+        "dave",
+        "--expires-in-days",
+        "1",
+    ]);
+    assert!(As::new(&d, "short", short.trim())
+        .ok(&["whoami"])
+        .contains("dave"));
+    let err = d.fails(&[
+        "token",
+        "create",
+        "zero",
+        "--user",
+        "dave",
+        "--expires-in-days",
+        "0",
+    ]);
+    assert!(err.contains("at least one day"), "{err}");
+
+    // The audit trail: allowed and refused requests, with who and why.
+    let audit = d.json(&["audit", "--vm", "a1"]);
+    let entries = audit.as_array().unwrap();
+    let has = |user: Option<&str>, action: &str, result: &str| {
+        entries.iter().any(|e| {
+            e["user"].as_str() == user
+                && e["action"].as_str().unwrap().contains(action)
+                && e["result"] == result
+        })
+    };
+    assert!(has(Some("alice"), "/memory", "ok"), "{audit}");
+    assert!(has(Some("dave"), "/memory", "denied"), "{audit}");
+    assert!(
+        has(Some("alice"), "/memory", "denied"),
+        "read-only: {audit}"
+    );
+    assert!(has(None, "/memory", "denied"), "no token: {audit}");
+    assert!(has(Some("admin"), "/owner", "ok"), "{audit}");
+    // Alice sees a1's trail (hers through lab), Dave sees nothing of it.
+    assert!(!alice.ok(&["audit", "--vm", "a1"]).is_empty());
+    let dave_all = dave.ok(&["audit", "-o", "json"]);
+    assert!(!dave_all.contains("a1"), "{dave_all}");
+    // Secrets never reach the log or the trail.
+    let log = std::fs::read_to_string(d.data_dir().join("hostel.log")).unwrap();
+    let secret = alice_token_secret(&alice);
+    assert!(!log.contains(&secret), "a token reached the log");
+    assert!(!log.contains("alice's long passphrase"));
+
+    // Login: the right password gives a token; five wrong ones lock the account.
+    let login_cfg = d.dir.path().join("login.toml");
+    let login = |pwfile: &std::path::Path| {
+        d.ns.cmd(bin())
+            .args(["login", "alice", "--url", &d.url, "--password-file"])
+            .arg(pwfile)
+            .env("HOSTEL_CONFIG", &login_cfg)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let o = login(&pw);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cfg = std::fs::read_to_string(&login_cfg).unwrap();
+    assert!(cfg.contains("hostel-tok-"), "{cfg}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for _ in 0..5 {
+        let o = login(&weak);
+        assert!(String::from_utf8_lossy(&o.stderr).contains("wrong user name or password"));
+        assert!(Instant::now() < deadline);
+    }
+    let o = login(&pw);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("too many failed logins"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    // SSH keys: checked, and the owner's go into the seed.
+    let err = alice.fails(&["key", "add", "laptop", "ssh-rsa notakey"]);
+    assert!(err.contains("OpenSSH public key"), "{err}");
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAliceAliceAliceAliceAliceAliceAliceAlice alice@laptop";
+    alice.ok(&["key", "add", "laptop", key]);
+    let raw = d.dir.path().join("blank.raw");
+    std::fs::File::create(&raw)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    d.ok(&["image", "import", "blank", raw.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_str(&alice.ok(&[
+        "create",
+        "seeded",
+        "--image",
+        "blank",
+        "--memory",
+        "128M",
+        "--no-network",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    let seed = std::fs::read(
+        d.data_dir()
+            .join("run")
+            .join(v["id"].as_str().unwrap())
+            .join("seed.iso"),
+    )
+    .unwrap();
+    assert!(
+        String::from_utf8_lossy(&seed).contains(key),
+        "the owner's key is in the seed"
+    );
+    alice.ok(&["destroy", "seeded"]);
+}
+
+/// The secret part of the token in a caller's config.
+fn alice_token_secret(a: &As) -> String {
+    let cfg = std::fs::read_to_string(&a.config).unwrap();
+    let v: toml::Value = toml::from_str(&cfg).unwrap();
+    v["token"]
+        .as_str()
+        .unwrap()
+        .split_once('.')
+        .unwrap()
+        .1
+        .to_string()
+}
