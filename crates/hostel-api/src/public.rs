@@ -66,6 +66,10 @@ pub struct CreateVmRequest {
     /// The storage pool for the VM's disk; default the host's `default` pool.
     #[serde(default)]
     pub pool: Option<String>,
+    /// A lease in days (the VM is shut down when it ends, until renewed); default the
+    /// cluster's default lease, if there is one.
+    #[serde(default)]
+    pub lease_days: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -167,6 +171,12 @@ pub struct Vm {
     /// A group whose members may operate the VM too.
     #[serde(default)]
     pub admin_group: Option<String>,
+    /// When the VM's lease runs out: it is then shut down (never deleted). None: no lease.
+    #[serde(default)]
+    pub lease_expires_at: Option<String>,
+    /// Set when the lease ends within 7 days or has ended.
+    #[serde(default)]
+    pub lease_warning: Option<String>,
     pub state: VmState,
     /// Why the VM is in its state, when that is not obvious (a crash's cause, say).
     pub state_reason: Option<String>,
@@ -626,4 +636,58 @@ pub struct AuditEntry {
     /// `ok`, `denied` or `failed`.
     pub result: String,
     pub error: Option<String>,
+}
+
+/// Quota limits; a missing limit is no limit. Charged to a VM's owner.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct QuotaLimits {
+    /// Memory of the owner's running VMs added up (their balloon targets), MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ram_total_mib: Option<u64>,
+    /// Max memory of any one VM, MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ram_per_vm_mib: Option<u64>,
+    /// Sizes of all the owner's disks added up, MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_total_mib: Option<u64>,
+    /// Sizes of one VM's disks added up, MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_per_vm_mib: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vms_total: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vms_running: Option<u64>,
+    /// vCPUs of the owner's running VMs added up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpus_total: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct QuotaUse {
+    pub ram_mib: u64,
+    pub disk_mib: u64,
+    pub vms: u64,
+    pub vms_running: u64,
+    pub vcpus: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Quota {
+    /// `user:NAME`, `group:NAME` or `default`.
+    pub owner: String,
+    /// The limits in force (the owner's own, else the defaults').
+    pub limits: QuotaLimits,
+    pub used: QuotaUse,
+    /// Admins' own VMs are not limited.
+    pub exempt: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RenewRequest {
+    /// Days from now; default the cluster's default lease (or 30).
+    #[serde(default)]
+    pub days: Option<u32>,
+    /// An exact end (RFC 3339); admins only. Overrides `days`.
+    #[serde(default)]
+    pub until: Option<String>,
 }

@@ -538,6 +538,18 @@ impl Controller {
                 ));
             }
         }
+        // The new owner is charged the whole VM (unless it is the same owner).
+        let new_key = match (&user_id, &group_id) {
+            (Some(u), _) => format!("user:{u}"),
+            (None, Some(g)) => format!("group:{g}"),
+            _ => unreachable!("an owner is a user or a group"),
+        };
+        let charge = self.vm_charge(&vm).await?;
+        let _quota = if crate::quota::owner_key(&vm).as_deref() != Some(new_key.as_str()) {
+            self.charge(Some(&new_key), &charge).await?
+        } else {
+            None
+        };
         let admin_group = match req.admin_group.as_deref() {
             None => vm.admin_group_id.clone(),
             Some("") => None,

@@ -151,7 +151,8 @@ type R<T> = Result<Json<T>, ApiError>;
         delete_snapshot, doctor, list_pools, create_pool, get_pool, delete_pool, login, whoami,
         list_users, create_user, delete_user, user_password, my_password, list_tokens,
         create_token, revoke_token, list_keys, add_key, remove_key, list_groups, create_group,
-        delete_group, add_member, remove_member, set_owner, audit
+        delete_group, add_member, remove_member, set_owner, audit, show_quota, set_quota,
+        renew_vm
     ),
     components(schemas(ErrorBody)),
     modifiers(&BearerAuth),
@@ -220,6 +221,9 @@ pub fn router(c: Arc<Controller>) -> Router {
         .route("/api/v1/groups/{name}/members/remove", post(remove_member))
         .route("/api/v1/vms/{name}/owner", post(set_owner))
         .route("/api/v1/audit", get(audit))
+        .route("/api/v1/quotas", get(show_quota))
+        .route("/api/v1/quotas/{owner}", axum::routing::put(set_quota))
+        .route("/api/v1/vms/{name}/renew", post(renew_vm))
         .route("/api/v1/pools", get(list_pools).post(create_pool))
         .route("/api/v1/pools/{name}", get(get_pool).delete(delete_pool))
         .route("/api/v1/networks", get(list_networks).post(create_network))
@@ -337,7 +341,9 @@ async fn auth(State(c): S, req: Request, next: Next) -> Response {
             "this token is read-only: use a full token to change anything or to attach a console"
                 .into(),
         ))
-    } else if !caller.is_admin && admin_only(&method, &path) {
+    } else if !caller.is_admin
+        && (admin_only(&method, &path) || (mutating && path.starts_with("/api/v1/quotas")))
+    {
         Some(ApiError::forbidden("only an admin may do this".into()))
     } else {
         None
@@ -577,6 +583,33 @@ struct AuditQuery {
 #[utoipa::path(get, path = "/api/v1/audit", params(AuditQuery), responses((status = 200, body = Vec<AuditEntry>)))]
 async fn audit(State(c): S, Query(q): Query<AuditQuery>) -> R<Vec<AuditEntry>> {
     Ok(Json(c.audit(q.vm, q.user, q.since).await?))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+struct QuotaQuery {
+    /// `user:NAME`, `group:NAME` or `default`; yours when absent.
+    owner: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/quotas", params(QuotaQuery), responses((status = 200, body = Quota), (status = 403, body = ErrorBody)))]
+async fn show_quota(State(c): S, Query(q): Query<QuotaQuery>) -> R<Quota> {
+    Ok(Json(c.quota_show(q.owner.as_deref()).await?))
+}
+
+#[utoipa::path(put, path = "/api/v1/quotas/{owner}", params(("owner" = String, Path)), request_body = QuotaLimits,
+    responses((status = 200, body = Quota), (status = 403, body = ErrorBody)))]
+async fn set_quota(
+    State(c): S,
+    Path(owner): Path<String>,
+    Json(limits): Json<QuotaLimits>,
+) -> R<Quota> {
+    Ok(Json(c.quota_set(&owner, limits).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/vms/{name}/renew", params(("name" = String, Path)), request_body = RenewRequest,
+    responses((status = 200, body = Vm), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn renew_vm(State(c): S, Path(name): Path<String>, Json(req): Json<RenewRequest>) -> R<Vm> {
+    Ok(Json(c.renew(&name, req).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/info", responses((status = 200, body = Info)))]

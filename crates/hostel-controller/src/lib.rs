@@ -6,9 +6,11 @@ pub mod agent_client;
 mod api;
 pub mod auth;
 mod boot;
+mod lease;
 mod netops;
 mod ops;
 mod poolops;
+mod quota;
 
 use agent_client::AgentClient;
 use hostel_api::agent::Event;
@@ -28,6 +30,8 @@ pub struct ControllerConfig {
     pub admin_token: String,
     /// The daemon's log, which `hostel dmesg` reads.
     pub log_file: PathBuf,
+    /// The lease new VMs get, in days; none: no lease.
+    pub default_lease_days: Option<u32>,
 }
 
 pub struct Controller {
@@ -40,6 +44,8 @@ pub struct Controller {
     net_sync: tokio::sync::Mutex<()>,
     /// Failed logins, per account and per source address.
     pub(crate) logins: auth::LoginLimiter,
+    /// Quota checks and the changes they allow happen one at a time.
+    pub(crate) quota_lock: tokio::sync::Mutex<()>,
 }
 
 impl Controller {
@@ -50,6 +56,7 @@ impl Controller {
             agents: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
             logins: auth::LoginLimiter::default(),
+            quota_lock: tokio::sync::Mutex::new(()),
             net_sync: tokio::sync::Mutex::new(()),
         })
     }

@@ -280,6 +280,11 @@ impl Controller {
             name: vm.name.clone(),
             owner,
             admin_group,
+            lease_warning: vm
+                .lease_expires_at
+                .as_deref()
+                .and_then(crate::lease::warning),
+            lease_expires_at: vm.lease_expires_at.clone(),
             state,
             state_reason: vm.state_reason.clone(),
             host: vm.host_id.clone(),
@@ -527,6 +532,24 @@ impl Controller {
                 pool: pool_spec.clone(),
             });
         }
+        // Quota, charged to the caller, checked and held until the VM is recorded (and
+        // started), so that concurrent creates cannot pass a limit together.
+        let owner = crate::auth::current().map(|c| format!("user:{}", c.user_id));
+        let disk_mib = disk_plan.as_ref().map(|p| p.size_mib).unwrap_or(0);
+        let _quota = self
+            .charge(
+                owner.as_deref(),
+                &crate::quota::Charge {
+                    ram_mib: if req.start { sizing.memory_mib } else { 0 },
+                    disk_mib,
+                    vms: 1,
+                    vms_running: req.start as u64,
+                    vcpus: if req.start { sizing.vcpus as u64 } else { 0 },
+                    vm_max_ram_mib: sizing.max_memory_mib,
+                    vm_disk_mib: disk_mib,
+                },
+            )
+            .await?;
         let mut disks = Vec::new();
         if let Some(plan) = &disk_plan {
             let made: wire::DiskCreated = agent.post("/v1/disks", plan).await?;
@@ -569,6 +592,10 @@ impl Controller {
             owner_user_id: None,
             owner_group_id: None,
             admin_group_id: None,
+            lease_expires_at: req
+                .lease_days
+                .or(self.cfg.default_lease_days)
+                .map(crate::lease::in_days),
         };
         let mut record = record;
         if let Some(c) = crate::auth::current() {
@@ -815,6 +842,23 @@ impl Controller {
 
     pub async fn start_vm(&self, name: &str) -> Res<Vm> {
         self.operate(name, Op::Start, |vm, _| async move {
+            if vm
+                .lease_expires_at
+                .as_deref()
+                .is_some_and(|e| e <= hostel_store::now().as_str())
+            {
+                return Err(Invalid::new(
+                    "lease",
+                    format!(
+                        "the lease of {:?} ended at {}: `hostel renew {}` first",
+                        vm.name,
+                        vm.lease_expires_at.as_deref().unwrap_or_default(),
+                        vm.name
+                    ),
+                )
+                .into());
+            }
+            let _quota = self.charge_start(&vm).await?;
             self.start_locked(&vm, None).await
         })
         .await
@@ -851,8 +895,36 @@ impl Controller {
         .await
     }
 
+    /// The quota a start charges: one more running VM, its memory and vCPUs.
+    async fn charge_start(&self, vm: &VmRecord) -> Res<Option<tokio::sync::MutexGuard<'_, ()>>> {
+        self.charge(
+            crate::quota::owner_key(vm).as_deref(),
+            &crate::quota::Charge {
+                ram_mib: vm.memory_mib,
+                vms_running: 1,
+                vcpus: vm.vcpus as u64,
+                vm_max_ram_mib: vm.max_memory_mib,
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
     pub async fn mem_set(&self, name: &str, memory_mib: u64) -> Res<Vm> {
         self.operate(name, Op::MemSet, |vm, agent| async move {
+            let _quota = self
+                .charge(
+                    crate::quota::owner_key(&vm).as_deref(),
+                    &crate::quota::Charge {
+                        ram_mib: if state_of(&vm).has_process() {
+                            memory_mib.saturating_sub(vm.memory_mib)
+                        } else {
+                            0
+                        },
+                        ..Default::default()
+                    },
+                )
+                .await?;
             if memory_mib < hostel_model::MIN_MEMORY_MIB || memory_mib > vm.max_memory_mib {
                 return Err(Invalid::new(
                     "memory",
@@ -882,6 +954,19 @@ impl Controller {
 
     pub async fn vcpu_set(&self, name: &str, vcpus: u32) -> Res<Vm> {
         self.operate(name, Op::VcpuSet, |vm, agent| async move {
+            let _quota = self
+                .charge(
+                    crate::quota::owner_key(&vm).as_deref(),
+                    &crate::quota::Charge {
+                        vcpus: if state_of(&vm).has_process() {
+                            (vcpus as u64).saturating_sub(vm.vcpus as u64)
+                        } else {
+                            0
+                        },
+                        ..Default::default()
+                    },
+                )
+                .await?;
             if vcpus < 1 || vcpus > vm.max_vcpus {
                 return Err(Invalid::new(
                     "vcpus",
@@ -959,6 +1044,7 @@ impl Controller {
             )));
         }
         self.operate(&vm.name, Op::Restore, |vm, _| async move {
+            let _quota = self.charge_start(&vm).await?;
             self.start_locked(&vm, Some(&path)).await?;
             self.store.set_vm_saved(&vm.id, None).await?;
             Ok(())
@@ -1042,6 +1128,16 @@ impl Controller {
         let pool_spec = self.pool_spec(pool.as_ref().map(|p| p.id.as_str())).await?;
         let disks = self.store.disks_of(&vm.id).await?;
         let idx = disks.iter().map(|d| d.idx + 1).max().unwrap_or(0);
+        let _quota = self
+            .charge(
+                crate::quota::owner_key(&vm).as_deref(),
+                &crate::quota::Charge {
+                    disk_mib: size,
+                    vm_disk_mib: disks.iter().map(|d| d.size_mib).sum::<u64>() + size,
+                    ..Default::default()
+                },
+            )
+            .await?;
         let made: wire::DiskCreated = agent
             .post(
                 "/v1/disks",
@@ -1148,6 +1244,24 @@ impl Controller {
             )
             .into());
         }
+        let all: u64 = self
+            .store
+            .disks_of(&vm.id)
+            .await?
+            .iter()
+            .map(|d| d.size_mib)
+            .sum();
+        let grow = req.size_mib - disk.size_mib;
+        let _quota = self
+            .charge(
+                crate::quota::owner_key(&vm).as_deref(),
+                &crate::quota::Charge {
+                    disk_mib: grow,
+                    vm_disk_mib: all + grow,
+                    ..Default::default()
+                },
+            )
+            .await?;
         let body = if state_of(&vm).has_process() {
             wire::ResizeDiskRequest {
                 index: Some(disk.idx),

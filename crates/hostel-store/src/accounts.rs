@@ -438,6 +438,43 @@ impl Store {
         Ok(())
     }
 
+    // ---- quotas ----
+
+    /// The limits set for `owner` (`default`, `user:ID` or `group:ID`), as JSON.
+    pub async fn quota(&self, owner: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT limits_json FROM quotas WHERE owner = $1")
+            .bind(owner)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row
+            .map(|r| r.try_get::<String, _>("limits_json"))
+            .transpose()?)
+    }
+
+    pub async fn set_quota(&self, owner: &str, limits_json: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM quotas WHERE owner = $1")
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO quotas (owner, limits_json) VALUES ($1, $2)")
+            .bind(owner)
+            .bind(limits_json)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn set_vm_lease(&self, vm_id: &str, expires_at: Option<&str>) -> Result<()> {
+        sqlx::query("UPDATE vms SET lease_expires_at = $1 WHERE id = $2")
+            .bind(expires_at)
+            .bind(vm_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     // ---- audit ----
 
     pub async fn insert_audit(&self, a: &AuditRecord) -> Result<()> {

@@ -64,6 +64,8 @@ pub struct VmRecord {
     pub owner_group_id: Option<String>,
     /// A group whose members may operate the VM too.
     pub admin_group_id: Option<String>,
+    /// When the VM's lease runs out (it is then shut down, never deleted).
+    pub lease_expires_at: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -162,7 +164,7 @@ pub(crate) fn opt_str(row: &AnyRow, col: &str) -> Result<Option<String>> {
 const VM_COLS: &str = "id, name, host_id, image_id, memory_mib, max_memory_mib, vcpus, \
     max_vcpus, state, state_reason, on_poweroff, on_reboot, on_crash, saved_path, pid, \
     created_at, updated_at, cdrom_image_id, boot_json, cloud_json, owner_user_id, \
-    owner_group_id, admin_group_id";
+    owner_group_id, admin_group_id, lease_expires_at";
 
 fn vm_of(r: &AnyRow) -> Result<VmRecord> {
     Ok(VmRecord {
@@ -189,6 +191,7 @@ fn vm_of(r: &AnyRow) -> Result<VmRecord> {
         owner_user_id: opt_str(r, "owner_user_id")?,
         owner_group_id: opt_str(r, "owner_group_id")?,
         admin_group_id: opt_str(r, "admin_group_id")?,
+        lease_expires_at: opt_str(r, "lease_expires_at")?,
     })
 }
 
@@ -531,7 +534,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         sqlx::query(&format!(
             "INSERT INTO vms ({VM_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
-             $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"
+             $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)"
         ))
         .bind(&v.id)
         .bind(&v.name)
@@ -556,6 +559,7 @@ impl Store {
         .bind(&v.owner_user_id)
         .bind(&v.owner_group_id)
         .bind(&v.admin_group_id)
+        .bind(&v.lease_expires_at)
         .execute(&mut *tx)
         .await?;
         for d in disks {

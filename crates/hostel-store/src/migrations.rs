@@ -191,4 +191,11 @@ pub const MIGRATIONS: &[&[&str]] = &[
         "ALTER TABLE vms ADD COLUMN owner_group_id TEXT REFERENCES user_groups(id)",
         "ALTER TABLE vms ADD COLUMN admin_group_id TEXT REFERENCES user_groups(id)",
     ],
+    &[
+        "CREATE TABLE quotas (
+            owner TEXT PRIMARY KEY,
+            limits_json TEXT NOT NULL
+        )",
+        "ALTER TABLE vms ADD COLUMN lease_expires_at TEXT",
+    ],
 ];

@@ -49,6 +49,7 @@ fn vm(name: &str) -> VmRecord {
         owner_user_id: None,
         owner_group_id: None,
         admin_group_id: None,
+        lease_expires_at: None,
     }
 }
 

@@ -22,6 +22,7 @@ pub struct UpOptions {
     pub client_config: PathBuf,
     /// Create (and run) the `default` NAT network.
     pub default_network: bool,
+    pub default_lease_days: Option<u32>,
 }
 
 pub fn default_data_dir() -> PathBuf {
@@ -199,8 +200,10 @@ pub async fn up(opts: UpOptions) -> Result<()> {
             data_dir: data_dir.clone(),
             admin_token: admin_token.clone(),
             log_file: log_file.clone(),
+            default_lease_days: opts.default_lease_days,
         },
     );
+    controller.spawn_lease_reaper(std::time::Duration::from_secs(2));
     let agent = AgentClient::new(
         &format!("https://{agent_addr}"),
         &ClientTls {

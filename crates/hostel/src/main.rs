@@ -57,6 +57,10 @@ enum Cmd {
         /// Do not create the `default` NAT network.
         #[arg(long)]
         no_default_network: bool,
+        /// Give new VMs a lease of this many days (they are shut down when it ends,
+        /// until renewed). Default: no leases.
+        #[arg(long)]
+        default_lease_days: Option<u32>,
     },
     /// List VMs.
     List {
@@ -127,6 +131,9 @@ enum Cmd {
         /// The storage pool for the VM's disk.
         #[arg(long)]
         pool: Option<String>,
+        /// A lease in days (default: the cluster's).
+        #[arg(long)]
+        lease_days: Option<u32>,
         #[arg(short, long, value_enum, default_value = "table")]
         output: Table2Json,
     },
@@ -252,6 +259,18 @@ enum Cmd {
         #[arg(long)]
         admin_group: Option<String>,
     },
+    /// Extend a VM's lease (from now).
+    Renew {
+        name: String,
+        #[arg(long)]
+        days: Option<u32>,
+        /// An exact end, RFC 3339 (admins).
+        #[arg(long)]
+        until: Option<String>,
+    },
+    /// Quotas: use against limits.
+    #[command(subcommand)]
+    Quota(QuotaCmd),
     /// The audit trail: every request that changed something, or was refused.
     Audit {
         #[arg(long)]
@@ -263,6 +282,34 @@ enum Cmd {
         since: Option<String>,
         #[arg(short, long, value_enum, default_value = "table")]
         output: Table2Json,
+    },
+}
+
+#[derive(Subcommand)]
+enum QuotaCmd {
+    /// Use against limit: yours, or OWNER's (user:NAME, group:NAME, default).
+    Show {
+        owner: Option<String>,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Table2Json,
+    },
+    /// Set an owner's limits, or the defaults (`default`); admins. Sizes like 8G.
+    Set {
+        owner: String,
+        #[arg(long)]
+        ram_total: Option<String>,
+        #[arg(long)]
+        ram_per_vm: Option<String>,
+        #[arg(long)]
+        disk_total: Option<String>,
+        #[arg(long)]
+        disk_per_vm: Option<String>,
+        #[arg(long)]
+        vms_total: Option<u64>,
+        #[arg(long)]
+        vms_running: Option<u64>,
+        #[arg(long)]
+        vcpus_total: Option<u64>,
     },
 }
 
@@ -780,6 +827,7 @@ async fn run(cli: Cli) -> Result<()> {
         qemu_user,
         qemu_binary,
         no_default_network,
+        default_lease_days,
     } = cli.cmd
     {
         return daemon::up(daemon::UpOptions {
@@ -790,6 +838,7 @@ async fn run(cli: Cli) -> Result<()> {
             qemu_binary,
             client_config: client::config_path(),
             default_network: !no_default_network,
+            default_lease_days,
         })
         .await;
     }
@@ -1043,6 +1092,110 @@ async fn run(cli: Cli) -> Result<()> {
                 v.admin_group.unwrap_or_else(|| "none".into())
             );
         }
+        Cmd::Renew { name, days, until } => {
+            let v: Vm = api
+                .post(
+                    &format!("{}/renew", vm_path(&name)),
+                    &RenewRequest { days, until },
+                )
+                .await?;
+            println!(
+                "{}: lease ends {}",
+                v.name,
+                v.lease_expires_at.unwrap_or_else(|| "never".into())
+            );
+        }
+        Cmd::Quota(QuotaCmd::Show { owner, output }) => {
+            let q: Quota = api
+                .get(&match &owner {
+                    Some(o) => format!("/api/v1/quotas?owner={o}"),
+                    None => "/api/v1/quotas".into(),
+                })
+                .await?;
+            match output {
+                Table2Json::Json => print_json(&q)?,
+                Table2Json::Table => {
+                    let l = &q.limits;
+                    let u = &q.used;
+                    let lim = |v: Option<u64>, mib: bool| match v {
+                        None => "none".to_string(),
+                        Some(v) if mib => format_mib(v),
+                        Some(v) => v.to_string(),
+                    };
+                    let mut t = Table::new();
+                    t.load_preset(NOTHING);
+                    t.set_header(["", "USED", "LIMIT"]);
+                    t.add_row([
+                        "memory (running)".to_string(),
+                        format_mib(u.ram_mib),
+                        lim(l.ram_total_mib, true),
+                    ]);
+                    t.add_row([
+                        "memory per VM".to_string(),
+                        "".into(),
+                        lim(l.ram_per_vm_mib, true),
+                    ]);
+                    t.add_row([
+                        "disks".to_string(),
+                        format_mib(u.disk_mib),
+                        lim(l.disk_total_mib, true),
+                    ]);
+                    t.add_row([
+                        "disks per VM".to_string(),
+                        "".into(),
+                        lim(l.disk_per_vm_mib, true),
+                    ]);
+                    t.add_row([
+                        "VMs".to_string(),
+                        u.vms.to_string(),
+                        lim(l.vms_total, false),
+                    ]);
+                    t.add_row([
+                        "running VMs".to_string(),
+                        u.vms_running.to_string(),
+                        lim(l.vms_running, false),
+                    ]);
+                    t.add_row([
+                        "vCPUs (running)".to_string(),
+                        u.vcpus.to_string(),
+                        lim(l.vcpus_total, false),
+                    ]);
+                    println!(
+                        "{}{}",
+                        q.owner,
+                        if q.exempt {
+                            " (admin: not limited)"
+                        } else {
+                            ""
+                        }
+                    );
+                    println!("{t}");
+                }
+            }
+        }
+        Cmd::Quota(QuotaCmd::Set {
+            owner,
+            ram_total,
+            ram_per_vm,
+            disk_total,
+            disk_per_vm,
+            vms_total,
+            vms_running,
+            vcpus_total,
+        }) => {
+            let mib = |f: &str, v: Option<String>| v.map(|v| parse_size_mib(f, &v)).transpose();
+            let limits = QuotaLimits {
+                ram_total_mib: mib("ram_total", ram_total)?,
+                ram_per_vm_mib: mib("ram_per_vm", ram_per_vm)?,
+                disk_total_mib: mib("disk_total", disk_total)?,
+                disk_per_vm_mib: mib("disk_per_vm", disk_per_vm)?,
+                vms_total,
+                vms_running,
+                vcpus_total,
+            };
+            let q: Quota = api.put(&format!("/api/v1/quotas/{owner}"), &limits).await?;
+            println!("quota of {} set", q.owner);
+        }
         Cmd::Audit {
             vm,
             user,
@@ -1109,6 +1262,7 @@ async fn run(cli: Cli) -> Result<()> {
             password_file,
             no_seed,
             pool,
+            lease_days,
             output,
         } => {
             let firmware = match firmware.as_str() {
@@ -1195,6 +1349,7 @@ async fn run(cli: Cli) -> Result<()> {
                 password,
                 seed: if no_seed { Some(false) } else { None },
                 pool,
+                lease_days,
             };
             let vm: Vm = api.post("/api/v1/vms", &req).await?;
             show_vm(&vm, output)?;

@@ -159,7 +159,11 @@ async fn who_may_do_what() {
         (&carol, "a1", ["ok", "ok", "only an admin", "yes"]),
         (&dave, "a1", ["404", "404", "only an admin", "no"]),
         (&bob, "a1", ["404", "404", "only an admin", "no"]),
-        (&ro, "a1", ["ok", "read-only", "only an admin|read-only", "yes"]),
+        (
+            &ro,
+            "a1",
+            ["ok", "read-only", "only an admin|read-only", "yes"],
+        ),
         (&revoked, "a1", ["revoked", "revoked", "revoked", "revoked"]),
         (
             &nobody,
@@ -202,7 +206,10 @@ async fn who_may_do_what() {
                 }
                 w => {
                     assert!(!o.status.success(), "{name} {what} should fail");
-                    assert!(w.split('|').any(|w| err.contains(w)), "{name} {what}: {err}");
+                    assert!(
+                        w.split('|').any(|w| err.contains(w)),
+                        "{name} {what}: {err}"
+                    );
                 }
             }
         };
@@ -401,4 +408,189 @@ fn alice_token_secret(a: &As) -> String {
         .unwrap()
         .1
         .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quotas_hold_under_races_and_leases_end() {
+    let d = Daemon::start();
+    d.ok(&["user", "create", "erin"]);
+    let erin = As::new(&d, "erin", &token_for(&d, "erin", "cli", &[]));
+    let err = erin.fails(&["quota", "set", "user:erin", "--vms-total", "100"]);
+    assert!(err.contains("only an admin"), "{err}");
+    d.ok(&[
+        "quota",
+        "set",
+        "user:erin",
+        "--vms-total",
+        "3",
+        "--vms-running",
+        "2",
+        "--ram-total",
+        "1G",
+        "--ram-per-vm",
+        "256M",
+    ]);
+
+    // 20 creates at once: exactly 3 pass.
+    let results: Vec<Output> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..20)
+            .map(|i| {
+                let erin = &erin;
+                s.spawn(move || {
+                    erin.run(&[
+                        "create",
+                        &format!("q{i}"),
+                        "--image",
+                        "tiny",
+                        "--memory",
+                        "64M",
+                        "--max-memory",
+                        "128M",
+                        "--disk",
+                        "8M",
+                        "--no-network",
+                        "--no-start",
+                    ])
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ok = results.iter().filter(|o| o.status.success()).count();
+    assert_eq!(ok, 3, "exactly the quota's 3 VMs were created");
+    for o in results.iter().filter(|o| !o.status.success()) {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("over quota: the number of VMs of user erin would be 4")
+                && err.contains("the limit is 3 (over by 1)"),
+            "{err}"
+        );
+    }
+    let q: serde_json::Value =
+        serde_json::from_str(&erin.ok(&["quota", "show", "-o", "json"])).unwrap();
+    assert_eq!(q["used"]["vms"], 3);
+    assert_eq!(q["limits"]["vms_total"], 3);
+    let err = erin.fails(&[
+        "create",
+        "big",
+        "--image",
+        "tiny",
+        "--memory",
+        "512M",
+        "--no-start",
+    ]);
+    assert!(err.contains("one VM's max memory"), "{err}");
+    let names: Vec<String> =
+        serde_json::from_str::<serde_json::Value>(&erin.ok(&["list", "-o", "json"]))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["name"].as_str().unwrap().to_string())
+            .collect();
+    assert_eq!(names.len(), 3);
+
+    // Three starts at once with 2 allowed running: exactly 2 pass.
+    let starts: Vec<Output> = std::thread::scope(|s| {
+        let hs: Vec<_> = names
+            .iter()
+            .map(|n| {
+                let erin = &erin;
+                s.spawn(move || erin.run(&["start", n]))
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(starts.iter().filter(|o| o.status.success()).count(), 2);
+    let refused = starts.iter().find(|o| !o.status.success()).unwrap();
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("the number of running VMs"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let running: Vec<String> = names
+        .iter()
+        .filter(|n| d.state(n) == "running")
+        .cloned()
+        .collect();
+    assert_eq!(running.len(), 2);
+
+    // Two balloon raises at once: 128M in use, 160M allowed, +32M each: one passes.
+    d.ok(&[
+        "quota",
+        "set",
+        "user:erin",
+        "--vms-total",
+        "3",
+        "--vms-running",
+        "2",
+        "--ram-total",
+        "160M",
+        "--ram-per-vm",
+        "256M",
+    ]);
+    let sets: Vec<Output> = std::thread::scope(|s| {
+        let hs: Vec<_> = running
+            .iter()
+            .map(|n| {
+                let erin = &erin;
+                s.spawn(move || erin.run(&["mem-set", n, "96M"]))
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(sets.iter().filter(|o| o.status.success()).count(), 1);
+    let refused = sets.iter().find(|o| !o.status.success()).unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("the memory of running VMs of user erin would be 192M")
+            && err.contains("over by 32M"),
+        "{err}"
+    );
+    let q: serde_json::Value =
+        serde_json::from_str(&erin.ok(&["quota", "show", "-o", "json"])).unwrap();
+    assert_eq!(q["used"]["ram_mib"], 160);
+
+    // A lease that ends: the VM is shut down and kept, disks and all.
+    let vm = &running[0];
+    let until = (time::OffsetDateTime::now_utc() + time::Duration::seconds(2))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let err = erin.fails(&["renew", vm, "--until", &until]);
+    assert!(err.contains("only an admin"), "{err}");
+    d.ok(&["renew", vm, "--until", &until]);
+    let desc = d.wait_state(vm, "stopped", Duration::from_secs(90));
+    assert!(
+        desc["lease_warning"]
+            .as_str()
+            .unwrap()
+            .contains("the lease ended"),
+        "{desc}"
+    );
+    assert_eq!(
+        desc["disks"].as_array().unwrap().len(),
+        1,
+        "its disk is kept"
+    );
+    assert!(std::path::Path::new(desc["disks"][0]["path"].as_str().unwrap()).exists());
+    let err = erin.fails(&["start", vm]);
+    assert!(err.contains("hostel renew"), "{err}");
+    erin.ok(&["renew", vm, "--days", "3"]);
+    let desc = d.describe(vm);
+    assert!(
+        desc["lease_warning"]
+            .as_str()
+            .unwrap()
+            .contains("the lease ends"),
+        "{desc}"
+    );
+    erin.ok(&["start", vm]);
+    let audit = d.json(&["audit", "--vm", vm]);
+    assert!(
+        audit.to_string().contains("lease expired: shutdown"),
+        "{audit}"
+    );
+    for n in &running {
+        d.ok(&["destroy", n]);
+    }
 }

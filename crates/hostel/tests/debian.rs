@@ -171,7 +171,6 @@ async fn debian_image_boots_to_login_with_the_seed() {
         "1G",
         "--vcpus",
         "2",
-        "--no-network",
     ]);
     let mut c = d.console("deb2").await;
     c.wait_for("deb2 login:", Duration::from_secs(420)).await;

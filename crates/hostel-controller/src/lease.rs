@@ -1,0 +1,122 @@
+//! Leases: an optional end date per VM (Invirt's abandoned VMs). `hostel renew` moves it;
+//! as it nears, `list` and `describe` warn; once it passes, the VM is shut down (ACPI,
+//! then a hard stop) and kept, disks and all, until its owner renews and starts it.
+
+use crate::api::ApiError;
+use crate::Controller;
+use hostel_api::public::{RenewRequest, Vm};
+use hostel_model::{Invalid, VmState};
+use std::sync::Arc;
+use std::time::Duration;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+type Res<T> = Result<T, ApiError>;
+
+/// How long before the end `list`/`describe` start to warn.
+pub const WARN_DAYS: i64 = 7;
+
+pub fn in_days(days: u32) -> String {
+    (OffsetDateTime::now_utc() + time::Duration::days(days as i64))
+        .format(&Rfc3339)
+        .unwrap_or_default()
+}
+
+/// The warning for a lease ending at `end`, if it ends soon or has ended.
+pub fn warning(end: &str) -> Option<String> {
+    let end_t = OffsetDateTime::parse(end, &Rfc3339).ok()?;
+    let left = end_t - OffsetDateTime::now_utc();
+    if left <= time::Duration::ZERO {
+        Some(format!(
+            "the lease ended at {end}: the VM was shut down; `hostel renew` it to use it again"
+        ))
+    } else if left < time::Duration::days(WARN_DAYS) {
+        Some(format!(
+            "the lease ends at {end} (in {} h): `hostel renew` keeps the VM running",
+            left.whole_hours()
+        ))
+    } else {
+        None
+    }
+}
+
+impl Controller {
+    pub async fn renew(&self, name: &str, req: RenewRequest) -> Res<Vm> {
+        let c = crate::auth::current();
+        let (_g, vm) = self.locked_vm(name).await?;
+        let end = match (&req.until, req.days) {
+            (Some(u), _) => {
+                if c.as_ref().is_some_and(|c| !c.is_admin) {
+                    return Err(ApiError::forbidden(
+                        "only an admin may set an exact end; give --days".into(),
+                    ));
+                }
+                OffsetDateTime::parse(u, &Rfc3339)
+                    .map_err(|_| Invalid::new("until", format!("{u:?} is not an RFC 3339 time")))?;
+                u.clone()
+            }
+            (None, Some(0)) => {
+                return Err(Invalid::new("days", "renew for at least one day").into())
+            }
+            (None, Some(d)) if d > 366 => {
+                return Err(Invalid::new("days", "a lease lasts at most 366 days").into())
+            }
+            (None, d) => in_days(d.or(self.cfg.default_lease_days).unwrap_or(30)),
+        };
+        self.store.set_vm_lease(&vm.id, Some(&end)).await?;
+        let vm = self.vm_named(name).await?;
+        self.view(&vm, false).await
+    }
+
+    /// Shuts down the VMs whose lease has ended, every `every`.
+    pub fn spawn_lease_reaper(self: &Arc<Self>, every: Duration) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = me.reap_leases().await {
+                    tracing::warn!("lease check failed: {:?}", e.body.message);
+                }
+            }
+        });
+    }
+
+    async fn reap_leases(&self) -> Res<()> {
+        let now = hostel_store::now();
+        for vm in self.store.vms().await? {
+            let Some(end) = &vm.lease_expires_at else {
+                continue;
+            };
+            let running = VmState::parse(&vm.state)
+                .map(|s| s.has_process())
+                .unwrap_or(false);
+            if end.as_str() > now.as_str() || !running {
+                continue;
+            }
+            tracing::info!(vm = %vm.name, %end, "lease ended: shutting the VM down");
+            let r = self
+                .shutdown_vm(
+                    &vm.name,
+                    hostel_api::public::ShutdownRequest {
+                        timeout_secs: 30,
+                        force: true,
+                    },
+                )
+                .await;
+            let error = r.as_ref().err().map(|e| e.body.message.clone());
+            self.record_audit(hostel_store::AuditRecord {
+                id: hostel_store::new_id("aud"),
+                at: hostel_store::now(),
+                user_name: None,
+                source: "lease".into(),
+                action: "lease expired: shutdown".into(),
+                target: Some(vm.name.clone()),
+                vm_id: Some(vm.id.clone()),
+                result: if error.is_none() { "ok" } else { "failed" }.into(),
+                error,
+            })
+            .await;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,320 @@
+//! Quotas, charged to a VM's owner (Invirt's `owners` table): cluster-wide defaults,
+//! per-owner overrides, checked under one lock so that concurrent requests never pass a
+//! limit together.
+
+use crate::api::ApiError;
+use crate::Controller;
+use hostel_api::public::{Quota, QuotaLimits, QuotaUse};
+use hostel_model::{format_mib, Invalid, VmState};
+use hostel_store::VmRecord;
+
+type Res<T> = Result<T, ApiError>;
+
+/// The defaults until an admin sets others (`hostel quota set default ...`).
+pub fn builtin_defaults() -> QuotaLimits {
+    QuotaLimits {
+        ram_total_mib: Some(8 << 10),
+        ram_per_vm_mib: Some(4 << 10),
+        disk_total_mib: Some(200 << 10),
+        disk_per_vm_mib: Some(100 << 10),
+        vms_total: Some(10),
+        vms_running: Some(5),
+        vcpus_total: Some(8),
+    }
+}
+
+/// What a request would add to its owner's use.
+#[derive(Debug, Clone, Default)]
+pub struct Charge {
+    pub ram_mib: u64,
+    pub disk_mib: u64,
+    pub vms: u64,
+    pub vms_running: u64,
+    pub vcpus: u64,
+    /// The VM's max memory and its disks' total after the request (per-VM limits).
+    pub vm_max_ram_mib: u64,
+    pub vm_disk_mib: u64,
+}
+
+fn running(v: &VmRecord) -> bool {
+    VmState::parse(&v.state)
+        .map(|s| s.has_process())
+        .unwrap_or(false)
+}
+
+/// The owner key of a VM: `user:ID`, `group:ID`, or none (ownerless: admins only).
+pub fn owner_key(vm: &VmRecord) -> Option<String> {
+    match (&vm.owner_user_id, &vm.owner_group_id) {
+        (Some(u), _) => Some(format!("user:{u}")),
+        (None, Some(g)) => Some(format!("group:{g}")),
+        _ => None,
+    }
+}
+
+impl Controller {
+    /// Field by field: the owner's own limit, else the default's.
+    async fn limits_of(&self, owner: &str) -> Res<QuotaLimits> {
+        let defaults = match self.store.quota("default").await? {
+            Some(j) => serde_json::from_str(&j).unwrap_or_default(),
+            None => builtin_defaults(),
+        };
+        if owner == "default" {
+            return Ok(defaults);
+        }
+        let own: QuotaLimits = match self.store.quota(owner).await? {
+            Some(j) => serde_json::from_str(&j).unwrap_or_default(),
+            None => QuotaLimits::default(),
+        };
+        Ok(QuotaLimits {
+            ram_total_mib: own.ram_total_mib.or(defaults.ram_total_mib),
+            ram_per_vm_mib: own.ram_per_vm_mib.or(defaults.ram_per_vm_mib),
+            disk_total_mib: own.disk_total_mib.or(defaults.disk_total_mib),
+            disk_per_vm_mib: own.disk_per_vm_mib.or(defaults.disk_per_vm_mib),
+            vms_total: own.vms_total.or(defaults.vms_total),
+            vms_running: own.vms_running.or(defaults.vms_running),
+            vcpus_total: own.vcpus_total.or(defaults.vcpus_total),
+        })
+    }
+
+    async fn use_of(&self, owner: &str, except_vm: Option<&str>) -> Res<QuotaUse> {
+        let mut u = QuotaUse::default();
+        let disks = self.store.all_disks().await?;
+        for v in self.store.vms().await? {
+            if owner_key(&v).as_deref() != Some(owner) || Some(v.id.as_str()) == except_vm {
+                continue;
+            }
+            u.vms += 1;
+            if running(&v) {
+                u.vms_running += 1;
+                u.ram_mib += v.memory_mib;
+                u.vcpus += v.vcpus as u64;
+            }
+            u.disk_mib += disks
+                .iter()
+                .filter(|d| d.vm_id == v.id)
+                .map(|d| d.size_mib)
+                .sum::<u64>();
+        }
+        Ok(u)
+    }
+
+    /// Is the owner an admin user (whose VMs no quota limits)?
+    async fn exempt(&self, owner: &str) -> Res<bool> {
+        match owner.strip_prefix("user:") {
+            Some(id) => Ok(self
+                .store
+                .user_by_id(id)
+                .await?
+                .map(|u| u.is_admin)
+                .unwrap_or(false)),
+            None => Ok(false),
+        }
+    }
+
+    /// Takes the quota lock and checks that `charge` fits `owner`'s limits; the lock is
+    /// to be held until the change is recorded. None (no lock) for owners no quota
+    /// limits: ownerless VMs and admins' own.
+    pub(crate) async fn charge(
+        &self,
+        owner: Option<&str>,
+        charge: &Charge,
+    ) -> Res<Option<tokio::sync::MutexGuard<'_, ()>>> {
+        let Some(owner) = owner else {
+            return Ok(None);
+        };
+        if self.exempt(owner).await? {
+            return Ok(None);
+        }
+        let guard = self.quota_lock.lock().await;
+        let limits = self.limits_of(owner).await?;
+        let used = self.use_of(owner, None).await?;
+        let who = self.owner_name(owner).await?;
+        let over =
+            |what: &str, now: u64, add: u64, limit: Option<u64>, unit: &dyn Fn(u64) -> String| {
+                match limit {
+                    Some(l) if now + add > l => Some(format!(
+                        "over quota: {what} of {who} would be {} with this, the limit is {} \
+                     (over by {}): free some, or ask an admin to raise it (`hostel quota show`)",
+                        unit(now + add),
+                        unit(l),
+                        unit(now + add - l)
+                    )),
+                    _ => None,
+                }
+            };
+        let mib = |n: u64| format_mib(n);
+        let count = |n: u64| n.to_string();
+        // The one-VM limits first: they are what a request can fix by itself.
+        let checks = [
+            over(
+                "one VM's max memory",
+                0,
+                charge.vm_max_ram_mib,
+                limits.ram_per_vm_mib,
+                &mib,
+            ),
+            over(
+                "one VM's disks",
+                0,
+                charge.vm_disk_mib,
+                limits.disk_per_vm_mib,
+                &mib,
+            ),
+            over(
+                "the memory of running VMs",
+                used.ram_mib,
+                charge.ram_mib,
+                limits.ram_total_mib,
+                &mib,
+            ),
+            over(
+                "the disks",
+                used.disk_mib,
+                charge.disk_mib,
+                limits.disk_total_mib,
+                &mib,
+            ),
+            over(
+                "the number of VMs",
+                used.vms,
+                charge.vms,
+                limits.vms_total,
+                &count,
+            ),
+            over(
+                "the number of running VMs",
+                used.vms_running,
+                charge.vms_running,
+                limits.vms_running,
+                &count,
+            ),
+            over(
+                "the vCPUs of running VMs",
+                used.vcpus,
+                charge.vcpus,
+                limits.vcpus_total,
+                &count,
+            ),
+        ];
+        if let Some(msg) = checks.into_iter().flatten().next() {
+            return Err(Invalid::new("quota", msg).into());
+        }
+        Ok(Some(guard))
+    }
+
+    async fn owner_name(&self, owner: &str) -> Res<String> {
+        Ok(match owner.split_once(':') {
+            Some(("user", id)) => format!(
+                "user {}",
+                self.store
+                    .user_by_id(id)
+                    .await?
+                    .map(|u| u.name)
+                    .unwrap_or_default()
+            ),
+            Some(("group", id)) => format!(
+                "group {}",
+                self.store
+                    .group_by_id(id)
+                    .await?
+                    .map(|g| g.name)
+                    .unwrap_or_default()
+            ),
+            _ => owner.to_string(),
+        })
+    }
+
+    /// What a VM as a whole charges its owner (for a transfer), and its per-VM sizes.
+    pub(crate) async fn vm_charge(&self, vm: &VmRecord) -> Res<Charge> {
+        let disk: u64 = self
+            .store
+            .disks_of(&vm.id)
+            .await?
+            .iter()
+            .map(|d| d.size_mib)
+            .sum();
+        let on = running(vm);
+        Ok(Charge {
+            ram_mib: if on { vm.memory_mib } else { 0 },
+            disk_mib: disk,
+            vms: 1,
+            vms_running: on as u64,
+            vcpus: if on { vm.vcpus as u64 } else { 0 },
+            vm_max_ram_mib: vm.max_memory_mib,
+            vm_disk_mib: disk,
+        })
+    }
+
+    /// `hostel quota show [OWNER]`: limits and use; users see their own and their groups'.
+    pub async fn quota_show(&self, owner: Option<&str>) -> Res<Quota> {
+        let c = crate::auth::current().ok_or_else(ApiError::unauthorized)?;
+        let key = match owner {
+            None => format!("user:{}", c.user_id),
+            Some("default") => "default".into(),
+            Some(o) => self.resolve_owner(o).await?,
+        };
+        let allowed = c.is_admin
+            || key == "default"
+            || key == format!("user:{}", c.user_id)
+            || key
+                .strip_prefix("group:")
+                .is_some_and(|g| c.group_ids.iter().any(|x| x == g));
+        if !allowed {
+            return Err(ApiError::forbidden(
+                "you may see your own quota, your groups' and the defaults".into(),
+            ));
+        }
+        Ok(Quota {
+            owner: match key.as_str() {
+                "default" => "default".into(),
+                k => self.owner_name(k).await?.replacen(' ', ":", 1),
+            },
+            limits: self.limits_of(&key).await?,
+            used: if key == "default" {
+                QuotaUse::default()
+            } else {
+                self.use_of(&key, None).await?
+            },
+            exempt: key != "default" && self.exempt(&key).await?,
+        })
+    }
+
+    /// `user:NAME` / `group:NAME` (a bare name is a user) to an owner key.
+    pub(crate) async fn resolve_owner(&self, o: &str) -> Res<String> {
+        let (kind, name) = o.split_once(':').unwrap_or(("user", o));
+        match kind {
+            "user" => match self.store.user_by_name(name).await? {
+                Some(u) => Ok(format!("user:{}", u.id)),
+                None => {
+                    Err(Invalid::new("owner", format!("there is no user named {name:?}")).into())
+                }
+            },
+            "group" => match self.store.group_by_name(name).await? {
+                Some(g) => Ok(format!("group:{}", g.id)),
+                None => {
+                    Err(Invalid::new("owner", format!("there is no group named {name:?}")).into())
+                }
+            },
+            _ => Err(Invalid::new(
+                "owner",
+                format!("{o:?}: give user:NAME, group:NAME or default"),
+            )
+            .into()),
+        }
+    }
+
+    pub async fn quota_set(&self, owner: &str, limits: QuotaLimits) -> Res<Quota> {
+        let c = crate::auth::current().ok_or_else(ApiError::unauthorized)?;
+        if !c.is_admin {
+            return Err(ApiError::forbidden("only an admin may do this".into()));
+        }
+        let key = if owner == "default" {
+            "default".to_string()
+        } else {
+            self.resolve_owner(owner).await?
+        };
+        let json = serde_json::to_string(&limits).map_err(anyhow::Error::from)?;
+        self.store.set_quota(&key, &json).await?;
+        self.quota_show(Some(owner)).await
+    }
+}
