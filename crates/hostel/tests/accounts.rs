@@ -594,3 +594,155 @@ async fn quotas_hold_under_races_and_leases_end() {
         d.ok(&["destroy", n]);
     }
 }
+
+/// One raw HTTP request from inside the daemon's namespace: the status code.
+fn status(d: &Daemon, method: &str, path: &str, token: Option<&str>) -> u16 {
+    use std::io::{Read, Write};
+    let host = d.url.trim_start_matches("http://");
+    let mut s = d.ns.connect(host);
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let body = if method == "GET" || method == "DELETE" {
+        ""
+    } else {
+        "{}"
+    };
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    resp.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Every route of the API (from the checked-in OpenAPI document, which a test keeps
+/// equal to the server's) against callers that must be refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_route_refuses_who_it_must() {
+    let d = Daemon::start();
+    d.ok(&["user", "create", "dave"]);
+    d.ok(&["group", "create", "lab"]);
+    let dave = token_for(&d, "dave", "cli", &[]);
+    let ro = token_for(&d, "dave", "ro", &["--read-only"]);
+    let revoked = token_for(&d, "dave", "old", &[]);
+    d.ok(&["token", "revoke", "old", "--user", "dave"]);
+    d.ok(&[
+        "create",
+        "a1",
+        "--image",
+        "tiny",
+        "--memory",
+        "128M",
+        "--no-network",
+        "--no-start",
+    ]);
+    let doc: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/openapi.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let fill = |p: &str| {
+        p.replace("/vms/{name}", "/vms/a1")
+            .replace("/networks/{name}", "/networks/default")
+            .replace("/images/{name}", "/images/tiny")
+            .replace("/pools/{name}", "/pools/default")
+            .replace("/users/{name}", "/users/dave")
+            .replace("/groups/{name}", "/groups/lab")
+            .replace("/tasks/{id}", "/tasks/task-none")
+            .replace("/me/tokens/{name}", "/me/tokens/none")
+            .replace("/me/keys/{name}", "/me/keys/none")
+            .replace("/quotas/{owner}", "/quotas/default")
+    };
+    let admin_only = |m: &str, p: &str| {
+        let under = |x: &str| p == x || p.starts_with(&format!("{x}/"));
+        under("/api/v1/doctor")
+            || under("/api/v1/dmesg")
+            || under("/api/v1/users")
+            || (m != "GET"
+                && (under("/api/v1/networks")
+                    || under("/api/v1/images")
+                    || under("/api/v1/pools")
+                    || under("/api/v1/groups")
+                    || under("/api/v1/quotas")))
+    };
+    let mut checked = 0;
+    let audit_before = d.json(&["audit"]).as_array().unwrap().len();
+    let mut refused_writes = 0;
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            let m = method.to_uppercase();
+            let p = fill(path);
+            if p == "/api/v1/login" {
+                continue;
+            }
+            checked += 1;
+            let is_write = m != "GET";
+            assert_eq!(status(&d, &m, &p, None), 401, "{m} {p} without a token");
+            assert_eq!(status(&d, &m, &p, Some(&revoked)), 401, "{m} {p} revoked");
+            assert_eq!(
+                status(
+                    &d,
+                    &m,
+                    &p,
+                    Some("hostel-tok-x.0000000000000000000000000000000000")
+                ),
+                401,
+                "{m} {p} unknown token"
+            );
+            if is_write {
+                refused_writes += 3;
+                assert_eq!(status(&d, &m, &p, Some(&ro)), 403, "{m} {p} read-only");
+                refused_writes += 1;
+            }
+            let dave_status = status(&d, &m, &p, Some(&dave));
+            if admin_only(&m, &p) {
+                assert_eq!(dave_status, 403, "{m} {p} by a non-admin");
+                refused_writes += is_write as usize;
+            } else if p.starts_with("/api/v1/vms/a1") {
+                // A stranger gets exactly what a VM that does not exist gets.
+                let none = p.replacen("/vms/a1", "/vms/zz-none", 1);
+                let none_status = status(&d, &m, &none, Some(&dave));
+                assert_eq!(
+                    dave_status, none_status,
+                    "{m} {p}: a stranger learns nothing of a1"
+                );
+                if !is_write && !p.ends_with("/console") {
+                    assert_eq!(dave_status, 404, "{m} {p}");
+                }
+                refused_writes += is_write as usize;
+            } else {
+                assert!(
+                    ![401, 403].contains(&dave_status),
+                    "{m} {p}: {dave_status} for a user"
+                );
+            }
+            // The admin may read everything (writes with an empty body would act).
+            if !is_write {
+                let admin_status = status(&d, &m, &p, Some(&d.token));
+                assert!(
+                    ![401, 403].contains(&admin_status),
+                    "{m} {p}: {admin_status} for the admin"
+                );
+            }
+        }
+    }
+    assert!(checked > 60, "only {checked} routes checked");
+    // Every refused write is in the trail.
+    let after = d.json(&["audit"]).as_array().unwrap().len();
+    assert!(
+        after - audit_before >= refused_writes,
+        "{} audit entries for {refused_writes} refused writes",
+        after - audit_before
+    );
+}
