@@ -572,6 +572,9 @@ pub struct CreateTokenRequest {
     /// Days until it stops working; none: until revoked.
     #[serde(default)]
     pub expires_in_days: Option<u32>,
+    /// An exact end instead (RFC 3339, in the future).
+    #[serde(default)]
+    pub expires_at: Option<String>,
 }
 
 /// A new token: the only time its secret is shown.

@@ -33,7 +33,12 @@ impl Controller {
         let (id, secret) = auth::parse_token(token)
             .ok_or_else(|| anyhow::anyhow!("the admin token is not in hostel-ID.SECRET form"))?;
         let admin = match self.store.user_by_name(ADMIN_USER).await? {
-            Some(u) => u,
+            Some(u) => {
+                if !u.is_admin {
+                    self.store.set_user_admin(&u.id, true).await?;
+                }
+                u
+            }
             None => {
                 let u = UserRecord {
                     id: new_id("user"),
@@ -47,7 +52,14 @@ impl Controller {
             }
         };
         if let Some(t) = self.store.token_by_id(id).await? {
-            if t.secret_hash == auth::hash_secret(secret) && t.revoked_at.is_none() {
+            if t.revoked_at.is_some() {
+                // A revoked token never comes back: a new start makes a new one.
+                anyhow::bail!(
+                    "the admin token in admin.token was revoked: remove that file and start \
+                     again to get a new one"
+                );
+            }
+            if t.secret_hash == auth::hash_secret(secret) {
                 return Ok(());
             }
             self.store.delete_token(id).await?;
@@ -94,6 +106,7 @@ impl Controller {
             is_admin: user.is_admin,
             read_only: t.read_only,
             token_name: t.name,
+            token_expires_at: t.expires_at,
         })
     }
 
@@ -320,14 +333,40 @@ impl Controller {
         name: &str,
         read_only: bool,
         expires_in_days: Option<u32>,
+        expires_at: Option<String>,
     ) -> Res<NewToken> {
         validate_name("name", name)?;
         if expires_in_days == Some(0) {
             return Err(Invalid::new("expires", "a token must live at least one day").into());
         }
+        if expires_in_days.is_some_and(|d| d > 3660) {
+            return Err(Invalid::new("expires", "a token lives at most 3660 days").into());
+        }
+        if let Some(at) = &expires_at {
+            let t = time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+                .map_err(|_| {
+                    Invalid::new("expires_at", format!("{at:?} is not an RFC 3339 time"))
+                })?;
+            if t <= time::OffsetDateTime::now_utc() {
+                return Err(Invalid::new("expires_at", format!("{at} is in the past")).into());
+            }
+        }
         let id = new_id("tok");
         let secret = auth::new_secret();
-        let expires_at = expires_in_days.map(rfc3339_in_days);
+        // Stored in one format, so that comparing with `now()` as text orders correctly.
+        let expires_at = match expires_at {
+            Some(at) => Some(
+                time::OffsetDateTime::parse(&at, &time::format_description::well_known::Rfc3339)
+                    .ok()
+                    .and_then(|t| {
+                        t.to_offset(time::UtcOffset::UTC)
+                            .format(&time::format_description::well_known::Rfc3339)
+                            .ok()
+                    })
+                    .unwrap_or(at),
+            ),
+            None => expires_in_days.map(rfc3339_in_days),
+        };
         let t = TokenRecord {
             id: id.clone(),
             user_id: user.id.clone(),
@@ -377,8 +416,34 @@ impl Controller {
 
     pub async fn create_token(&self, user: Option<&str>, req: CreateTokenRequest) -> Res<NewToken> {
         let u = self.subject(user).await?;
-        self.new_token(&u, &req.name, req.read_only, req.expires_in_days)
-            .await
+        // A token cannot make one that outlives it (a stolen short-lived token must not
+        // become a permanent one).
+        let c = self.caller()?;
+        if let Some(limit) = &c.token_expires_at {
+            let asked = match (&req.expires_at, req.expires_in_days) {
+                (Some(at), _) => Some(at.clone()),
+                (None, Some(d)) => Some(rfc3339_in_days(d.min(3660))),
+                (None, None) => None,
+            };
+            if asked.as_ref().is_none_or(|a| a.as_str() > limit.as_str()) {
+                return Err(Invalid::new(
+                    "expires",
+                    format!(
+                        "the token you use expires at {limit}: a token it makes must expire \
+                         by then (give --expires-at), or log in again"
+                    ),
+                )
+                .into());
+            }
+        }
+        self.new_token(
+            &u,
+            &req.name,
+            req.read_only,
+            req.expires_in_days,
+            req.expires_at,
+        )
+        .await
     }
 
     pub async fn tokens(&self, user: Option<&str>) -> Res<Vec<TokenInfo>> {
@@ -485,14 +550,26 @@ impl Controller {
                 )));
             }
         }
+        // Counted as a failure before the check, so that parallel guesses cannot all pass
+        // the lock-out; cleared on success.
+        for k in &keys {
+            self.logins.fail(k);
+        }
         let user = self.store.user_by_name(&req.user).await?;
-        let ok = user
-            .as_ref()
-            .is_some_and(|u| auth::verify_password(u, &req.password));
-        let Some(user) = user.filter(|_| ok) else {
-            for k in &keys {
-                self.logins.fail(k);
+        let password = req.password.clone();
+        let candidate = user.clone();
+        // Argon2 off the async workers; a dummy check for unknown users, so that timing
+        // does not tell which names exist.
+        let ok = tokio::task::spawn_blocking(move || match &candidate {
+            Some(u) => auth::verify_password(u, &password),
+            None => {
+                auth::burn_password_check(&password);
+                false
             }
+        })
+        .await
+        .unwrap_or(false);
+        let Some(user) = user.filter(|_| ok) else {
             return Err(ApiError::unauthorized_because(
                 "wrong user name or password",
             ));
@@ -503,8 +580,14 @@ impl Controller {
         let name = req.token_name.clone().unwrap_or_else(|| {
             format!("login-{}", time::OffsetDateTime::now_utc().unix_timestamp())
         });
-        self.new_token(&user, &name, false, Some(req.expires_in_days.unwrap_or(30)))
-            .await
+        self.new_token(
+            &user,
+            &name,
+            false,
+            Some(req.expires_in_days.unwrap_or(30)),
+            None,
+        )
+        .await
     }
 
     // ---- ownership ----

@@ -18,6 +18,8 @@ pub struct Caller {
     pub read_only: bool,
     pub group_ids: Vec<String>,
     pub token_name: String,
+    /// When the token in use expires (tokens it makes may not outlive it).
+    pub token_expires_at: Option<String>,
 }
 
 impl Caller {
@@ -114,6 +116,16 @@ pub fn verify_password(user: &UserRecord, password: &str) -> bool {
         .is_ok()
 }
 
+/// As long as a real check, for names that have no user.
+pub fn burn_password_check(password: &str) {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let h = DUMMY.get_or_init(|| hash_password("not a password of anyone").unwrap_or_default());
+    if let Ok(parsed) = PasswordHash::new(h) {
+        let _ = argon2::Argon2::default().verify_password(password.as_bytes(), &parsed);
+    }
+}
+
 /// Checks a new password: long enough, not all one character, not the user's name.
 pub fn check_password(user: &str, password: &str) -> Result<(), String> {
     if password.is_empty() {
@@ -148,8 +160,12 @@ impl LoginLimiter {
     /// Seconds to wait if `key` is locked out.
     pub fn locked(&self, key: &str) -> Option<u64> {
         let mut m = self.failures.lock().unwrap();
-        let v = m.entry(key.to_string()).or_default();
-        v.retain(|t| t.elapsed() < WINDOW);
+        // Forget what is older than the window, so that the map does not grow for ever.
+        m.retain(|_, v| {
+            v.retain(|t| t.elapsed() < WINDOW);
+            !v.is_empty()
+        });
+        let v = m.get(key)?;
         if v.len() >= MAX_FAILURES {
             let oldest = v.iter().min().copied().unwrap_or_else(Instant::now);
             Some(WINDOW.saturating_sub(oldest.elapsed()).as_secs().max(1))

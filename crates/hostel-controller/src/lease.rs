@@ -51,9 +51,12 @@ impl Controller {
                         "only an admin may set an exact end; give --days".into(),
                     ));
                 }
-                OffsetDateTime::parse(u, &Rfc3339)
+                let t = OffsetDateTime::parse(u, &Rfc3339)
                     .map_err(|_| Invalid::new("until", format!("{u:?} is not an RFC 3339 time")))?;
-                u.clone()
+                // Stored in UTC: leases are compared as text.
+                t.to_offset(time::UtcOffset::UTC)
+                    .format(&Rfc3339)
+                    .unwrap_or_else(|_| u.clone())
             }
             (None, Some(0)) => {
                 return Err(Invalid::new("days", "renew for at least one day").into())
@@ -94,15 +97,20 @@ impl Controller {
                 continue;
             }
             tracing::info!(vm = %vm.name, %end, "lease ended: shutting the VM down");
-            let r = self
-                .shutdown_vm(
+            // A paused guest cannot hear the power button: it is stopped at once.
+            let r = if vm.state == VmState::Paused.as_str() {
+                self.simple_action(&vm.name, hostel_model::Op::Destroy)
+                    .await
+            } else {
+                self.shutdown_vm(
                     &vm.name,
                     hostel_api::public::ShutdownRequest {
                         timeout_secs: 30,
                         force: true,
                     },
                 )
-                .await;
+                .await
+            };
             let error = r.as_ref().err().map(|e| e.body.message.clone());
             self.record_audit(hostel_store::AuditRecord {
                 id: hostel_store::new_id("aud"),

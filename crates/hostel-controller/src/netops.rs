@@ -35,6 +35,10 @@ impl Controller {
         let mut used_by = Vec::new();
         for nic in self.store.nics_on(&n.id).await? {
             if let Some(vm) = self.store.vm_by_id(&nic.vm_id).await? {
+                // Users see only the VMs they may operate.
+                if crate::auth::current().is_some_and(|c| !c.may_operate(&vm)) {
+                    continue;
+                }
                 if !used_by.contains(&vm.name) {
                     used_by.push(vm.name);
                 }
@@ -473,6 +477,16 @@ impl Controller {
             if port == 0 {
                 return Err(Invalid::new(field, "port 0 is not a port: use 1 to 65535").into());
             }
+        }
+        if req.host_port < 1024 && crate::auth::current().is_some_and(|c| !c.is_admin) {
+            return Err(Invalid::new(
+                "host_port",
+                format!(
+                    "{} is a privileged port, for admins: use a host port from 1024 up",
+                    req.host_port
+                ),
+            )
+            .into());
         }
         let nics = self.store.nics_of(&vm.id).await?;
         let mut nic = None;

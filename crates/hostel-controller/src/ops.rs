@@ -426,6 +426,17 @@ impl Controller {
         if let Some(d) = req.disk_mib {
             hostel_model::check_disk_size("disk", d)?;
         }
+        if let Some(days) = req.lease_days {
+            if !(1..=366).contains(&days) {
+                return Err(Invalid::new(
+                    "lease_days",
+                    format!(
+                        "{days} days: a lease lasts from 1 to 366 days (`hostel renew` extends it)"
+                    ),
+                )
+                .into());
+            }
+        }
         let image = match &req.image {
             Some(name) => Some(self.store.image_by_name(name).await?.ok_or_else(|| {
                 let e = Invalid::new(
@@ -676,6 +687,17 @@ impl Controller {
             firmware: req.firmware,
             ..Default::default()
         };
+        // Files on the host are for admins: a user could read any of them into a guest.
+        let host_file = req.kernel.is_some()
+            || req.initrd.is_some()
+            || req.cdrom.as_deref().is_some_and(|c| c.starts_with('/'));
+        if host_file && crate::auth::current().is_some_and(|c| !c.is_admin) {
+            return Err(ApiError::forbidden(
+                "only an admin may boot files from the host (--kernel, --initrd, --cdrom FILE): \
+                 boot an image from the library instead (`hostel image list`)"
+                    .into(),
+            ));
+        }
         if let Some(k) = &req.kernel {
             bc.kernel = Some(abs("kernel", k)?);
             bc.initrd = req
@@ -1507,6 +1529,19 @@ impl Controller {
             .into());
         }
         if s.with_memory {
+            // Resuming is a start: the lease and the quota apply.
+            if vm
+                .lease_expires_at
+                .as_deref()
+                .is_some_and(|e| e <= hostel_store::now().as_str())
+            {
+                return Err(Invalid::new(
+                    "lease",
+                    format!("the lease of {name:?} has ended: `hostel renew {name}` first"),
+                )
+                .into());
+            }
+            let _quota = self.charge_start(&vm).await?;
             let agent = self.host_agent(&vm)?;
             let status: wire::VmStatus = agent
                 .post(
@@ -1628,7 +1663,21 @@ impl Controller {
 
     pub async fn image_view(&self, i: ImageRecord) -> Res<Image> {
         Ok(Image {
-            used_by: self.store.image_users(&i.id).await?,
+            used_by: {
+                let mut names = self.store.image_users(&i.id).await?;
+                if let Some(c) = crate::auth::current().filter(|c| !c.is_admin) {
+                    let mine: Vec<String> = self
+                        .store
+                        .vms()
+                        .await?
+                        .into_iter()
+                        .filter(|v| c.may_operate(v))
+                        .map(|v| v.name)
+                        .collect();
+                    names.retain(|n| mine.contains(n));
+                }
+                names
+            },
             name: i.name,
             kind: ImageKind::parse(&i.kind).unwrap_or(ImageKind::Disk),
             format: i.format,

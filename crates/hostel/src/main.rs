@@ -370,6 +370,9 @@ enum TokenCmd {
         /// Days until it expires (none: until revoked).
         #[arg(long)]
         expires_in_days: Option<u32>,
+        /// An exact end, RFC 3339.
+        #[arg(long)]
+        expires_at: Option<String>,
         #[arg(long)]
         user: Option<String>,
     },
@@ -754,7 +757,9 @@ fn absolute(p: &std::path::Path) -> Result<String> {
 fn vm_table(vms: &[Vm]) {
     let mut t = Table::new();
     t.load_preset(NOTHING);
-    t.set_header(["NAME", "STATE", "MEMORY", "VCPUS", "HOST", "IMAGE", "PID"]);
+    t.set_header([
+        "NAME", "STATE", "MEMORY", "VCPUS", "HOST", "IMAGE", "OWNER", "LEASE", "PID",
+    ]);
     for v in vms {
         t.add_row([
             v.name.clone(),
@@ -767,10 +772,20 @@ fn vm_table(vms: &[Vm]) {
             format!("{}/{}", v.vcpus.current, v.vcpus.max),
             v.host.clone().unwrap_or_default(),
             v.image.clone().unwrap_or_default(),
+            v.owner.clone().unwrap_or_default(),
+            v.lease_expires_at
+                .as_deref()
+                .map(|l| l.get(..16).unwrap_or(l).replace('T', " "))
+                .unwrap_or_default(),
             v.qemu.pid.map(|p| p.to_string()).unwrap_or_default(),
         ]);
     }
     println!("{t}");
+    for v in vms {
+        if let Some(w) = &v.lease_warning {
+            println!("warning: {}: {w}", v.name);
+        }
+    }
 }
 
 fn show_vm(v: &Vm, output: Table2Json) -> Result<()> {
@@ -988,6 +1003,7 @@ async fn run(cli: Cli) -> Result<()> {
                 name,
                 read_only,
                 expires_in_days,
+                expires_at,
                 user,
             } => {
                 let t: NewToken = api
@@ -997,6 +1013,7 @@ async fn run(cli: Cli) -> Result<()> {
                             name,
                             read_only,
                             expires_in_days,
+                            expires_at,
                         },
                     )
                     .await?;

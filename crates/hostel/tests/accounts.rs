@@ -265,6 +265,18 @@ async fn who_may_do_what() {
     d.ok(&["mem-set", "g1", "100M"]);
     assert_eq!(d.json(&["list"]).as_array().unwrap().len(), 2);
 
+    // Users cannot boot (and so read) files of the host.
+    for args in [
+        vec!["create", "x", "--cdrom", "/etc/shadow", "--no-network"],
+        vec!["create", "x", "--kernel", "/etc/shadow", "--no-network"],
+    ] {
+        let err = alice.fails(&args);
+        assert!(
+            err.contains("only an admin may boot files from the host"),
+            "{err}"
+        );
+    }
+
     // Save files of users stay in their own directory.
     let err = alice.fails(&["save", "a1", "/tmp/anywhere.sav"]);
     assert!(err.contains("outside your save directory"), "{err}");
@@ -280,18 +292,44 @@ async fn who_may_do_what() {
     assert!(err.contains("owns or administers"), "{err}");
 
     // An expiring token stops working when it expires.
+    let at = (time::OffsetDateTime::now_utc() + time::Duration::seconds(3))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
     let short = d.ok(&[
         "token",
         "create",
         "short",
         "--user",
         "dave",
-        "--expires-in-days",
-        "1",
+        "--expires-at",
+        &at,
     ]);
-    assert!(As::new(&d, "short", short.trim())
-        .ok(&["whoami"])
-        .contains("dave"));
+    let expiring = As::new(&d, "short", short.trim());
+    assert!(expiring.ok(&["whoami"]).contains("dave"));
+    // A token cannot make one that outlives it.
+    let err = expiring.fails(&["token", "create", "forever"]);
+    assert!(err.contains("must expire by then"), "{err}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let err = loop {
+        let o = expiring.run(&["list"]);
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        if err.contains("expired") {
+            break err;
+        }
+        assert!(Instant::now() < deadline, "the token never expired: {err}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(err.contains("hostel login"), "{err}");
+    let err = d.fails(&[
+        "token",
+        "create",
+        "past",
+        "--user",
+        "dave",
+        "--expires-at",
+        "2001-01-01T00:00:00Z",
+    ]);
+    assert!(err.contains("in the past"), "{err}");
     let err = d.fails(&[
         "token",
         "create",
@@ -431,9 +469,9 @@ async fn quotas_hold_under_races_and_leases_end() {
         "256M",
     ]);
 
-    // 20 creates at once: exactly 3 pass.
+    // 50 creates at once: exactly 3 pass.
     let results: Vec<Output> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..20)
+        let hs: Vec<_> = (0..50)
             .map(|i| {
                 let erin = &erin;
                 s.spawn(move || {
@@ -583,6 +621,11 @@ async fn quotas_hold_under_races_and_leases_end() {
             .unwrap()
             .contains("the lease ends"),
         "{desc}"
+    );
+    let list = erin.ok(&["list"]);
+    assert!(
+        list.contains(&format!("warning: {vm}: the lease ends")),
+        "{list}"
     );
     erin.ok(&["start", vm]);
     let audit = d.json(&["audit", "--vm", vm]);
