@@ -21,8 +21,14 @@ apt-get install -y -qq \
   linux-image-cloud-amd64 busybox-static gzip xz-utils zstd kmod \
   iproute2 nftables dnsmasq-base postgresql procps ca-certificates build-essential pkg-config \
   ovmf genisoimage btrfs-progs util-linux mount isolinux syslinux syslinux-common systemd-boot-efi \
-  dosfstools mtools mmdebstrap uidmap e2fsprogs fdisk \
+  dosfstools mtools mmdebstrap uidmap e2fsprogs fdisk openssh-client chromium \
   >/dev/null
+# Node.js and npm fetch the browser consoles' packages (xterm.js, noVNC) and the test
+# driver (playwright-core) from the npm registry; use the machine's own if it has one.
+if ! command -v npm >/dev/null 2>&1; then
+  apt-get install -y -qq nodejs npm >/dev/null
+fi
+(cd "$(dirname "$0")/../web" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
 
 # A Rust toolchain: the one already installed (rustup's), else Debian's current one
 # (bookworm's plain `cargo` is too old; the *-web packages carry a current Rust).

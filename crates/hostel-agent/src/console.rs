@@ -15,6 +15,46 @@ pub const SCROLLBACK: usize = 64 * 1024;
 /// The console log is rotated (to `console.log.1`) past this size.
 pub const LOG_LIMIT: u64 = 1024 * 1024;
 
+/// The last `n` lines of the console log at `log` and its rotated predecessor, with
+/// terminal control sequences and carriage returns left out.
+pub fn tail_lines(log: &Path, n: usize) -> Vec<String> {
+    let mut bytes = std::fs::read(log.with_extension("log.1")).unwrap_or_default();
+    bytes.extend(std::fs::read(log).unwrap_or_default());
+    let text = String::from_utf8_lossy(&bytes);
+    let all: Vec<String> = text.lines().map(plain).collect();
+    let skip = all.len().saturating_sub(n);
+    all.into_iter().skip(skip).collect()
+}
+
+/// A console line without ANSI escape sequences and carriage returns.
+fn plain(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\x1b' => {
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    // parameters, then one final byte in @..~
+                    for c in chars.by_ref() {
+                        if ('@'..='~').contains(&c) {
+                            break;
+                        }
+                    }
+                } else if let Some(c) = chars.next() {
+                    // charset designations (ESC ( B and kin) carry one more byte
+                    if matches!(c, '(' | ')' | '*' | '+' | '#' | '%') {
+                        chars.next();
+                    }
+                }
+            }
+            '\r' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 pub struct ConsoleHub {
     scrollback: Mutex<VecDeque<u8>>,
     out: broadcast::Sender<Bytes>,
@@ -134,5 +174,42 @@ impl ConsoleHub {
                 seen.drain(..SCROLLBACK);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_is_bounded_and_rotated() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console.log");
+        let hub = ConsoleHub::new(&log);
+        let line = format!("{}\r\n", "x".repeat(1023));
+        for i in 0..3000 {
+            hub.record(format!("line {i} ").as_bytes());
+            hub.record(line.as_bytes());
+        }
+        let current = std::fs::metadata(&log).unwrap().len();
+        let rotated = std::fs::metadata(log.with_extension("log.1"))
+            .unwrap()
+            .len();
+        assert!(current <= LOG_LIMIT + 2048, "{current}");
+        assert!(rotated <= LOG_LIMIT + 2048, "{rotated}");
+        let tail = tail_lines(&log, 3);
+        assert_eq!(tail.len(), 3);
+        assert!(tail[2].starts_with("line 2999 x"), "{:?}", &tail[2][..20]);
+        assert!(!tail[2].contains('\r'));
+        // The scrollback of a new hub (a daemon restart) comes from the log.
+        let again = ConsoleHub::new(&log);
+        assert!(again.scrollback_text().contains("line 2999"));
+        assert!(again.scrollback_text().len() <= SCROLLBACK);
+    }
+
+    #[test]
+    fn escape_sequences_are_left_out() {
+        assert_eq!(plain("\x1b[1;32mREADY\x1b[0m\r"), "READY");
+        assert_eq!(plain("a\x1b(Bb"), "ab");
     }
 }

@@ -109,6 +109,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/vms/{id}/forget", post(forget))
         .route("/v1/vms/{id}/console", get(console))
         .route("/v1/vms/{id}/console-log", get(console_log))
+        .route("/v1/vms/{id}/vnc", get(vnc))
         .route("/v1/save-header", post(save_header))
         .route("/v1/render", post(render))
         .route("/v1/files", get(files).post(files_with_pools))
@@ -408,25 +409,79 @@ async fn pump_console(socket: WebSocket, vm: Arc<crate::vm::VmRuntime>) {
     }
 }
 
+/// The VM's VNC server (QEMU listens on a unix socket only) as a binary websocket.
+async fn vnc(
+    State(s): S,
+    Path(id): Path<String>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, AgentError> {
+    let vm = find(&s, &id)?;
+    let sock = tokio::net::UnixStream::connect(vm.paths.vnc())
+        .await
+        .map_err(|e| AgentError::Conflict(format!("the VM's VNC server is not reachable: {e}")))?;
+    Ok(ws.on_upgrade(move |socket| pump_vnc(socket, sock)))
+}
+
+async fn pump_vnc(socket: WebSocket, sock: tokio::net::UnixStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut tx, mut rx) = socket.split();
+    let (mut rd, mut wr) = sock.into_split();
+    let down = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let chunk = bytes::Bytes::copy_from_slice(&buf[..n]);
+                    if tx.send(Message::Binary(chunk)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = tx.send(Message::Close(None)).await;
+    };
+    let up = async {
+        while let Some(Ok(m)) = rx.next().await {
+            let data = match m {
+                Message::Binary(b) => b,
+                Message::Text(t) => bytes::Bytes::copy_from_slice(t.as_bytes()),
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            if wr.write_all(&data).await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        _ = down => {},
+        _ = up => {},
+    }
+}
+
 #[derive(Deserialize)]
 struct LogQuery {
     #[serde(default)]
-    bytes: Option<usize>,
+    lines: Option<usize>,
 }
 
+/// The last lines of a VM's console log (the rotated file, then the current one). The
+/// files outlive the QEMU process, so a stopped or crashed VM's log can be read.
 async fn console_log(
     State(s): S,
     Path(id): Path<String>,
     Query(q): Query<LogQuery>,
-) -> Result<String, AgentError> {
-    let vm = find(&s, &id)?;
-    let text = vm.console.scrollback_text();
-    let n = q.bytes.unwrap_or(usize::MAX).min(text.len());
-    let mut start = text.len() - n;
-    while !text.is_char_boundary(start) {
-        start += 1;
+) -> R<Vec<String>> {
+    if id.is_empty() || id.contains('/') || id.starts_with('.') {
+        return Err(AgentError::Invalid(anyhow::anyhow!("bad VM id {id:?}")));
     }
-    Ok(text[start..].to_string())
+    let path = hostel_qemu::RuntimePaths::new(&s.run_dir(), &id).console_log();
+    let lines = q.lines.unwrap_or(100);
+    let out = tokio::task::spawn_blocking(move || crate::console::tail_lines(&path, lines))
+        .await
+        .map_err(|e| AgentError::Internal(e.into()))?;
+    Ok(Json(out))
 }
 
 async fn check_pool(State(s): S, Json(req): Json<PoolSpec>) -> R<PoolUsage> {

@@ -252,6 +252,14 @@ pub struct Info {
     pub version: String,
     pub data_dir: String,
     pub hosts: Vec<HostInfo>,
+    /// Where `ssh -p PORT VMNAME@HOST` reaches serial consoles.
+    #[serde(default)]
+    pub ssh_console: Option<String>,
+    /// The SSH console gateway's host key (an OpenSSH public key line) and fingerprint.
+    #[serde(default)]
+    pub ssh_host_key: Option<String>,
+    #[serde(default)]
+    pub ssh_host_key_fingerprint: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -319,6 +327,36 @@ pub struct Task {
     pub error: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+}
+
+/// Which console a browser ticket opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsoleKind {
+    /// The serial console (the same one `ssh` and `hostel console` reach).
+    Serial,
+    /// The VGA display, through QEMU's VNC server on a unix socket.
+    Vga,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ConsoleTicketRequest {
+    pub console: ConsoleKind,
+    /// How long the ticket lasts, 1 to 30 s (default 30).
+    #[serde(default)]
+    pub ttl_seconds: Option<u32>,
+}
+
+/// A single-use ticket for one browser console connection.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ConsoleTicket {
+    pub ticket: String,
+    pub console: ConsoleKind,
+    /// The websocket that the ticket opens, relative to the API's address.
+    pub websocket: String,
+    /// The page (xterm.js or noVNC) that opens it, relative to the API's address.
+    pub page: String,
+    pub expires_in_seconds: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

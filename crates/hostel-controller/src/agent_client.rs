@@ -188,17 +188,19 @@ impl AgentClient {
         Ok(())
     }
 
-    /// Opens the console websocket of a VM on this agent.
-    pub async fn console(
+    /// Opens a websocket of a VM on this agent: `console` (the serial console hub) or
+    /// `vnc` (its VNC socket).
+    pub async fn websocket(
         &self,
         id: &str,
+        what: &str,
     ) -> anyhow::Result<
         tokio_tungstenite::WebSocketStream<
             tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
         >,
     > {
         let url = format!(
-            "{}/v1/vms/{id}/console",
+            "{}/v1/vms/{id}/{what}",
             self.url.replacen("https://", "wss://", 1)
         );
         let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(
@@ -208,7 +210,7 @@ impl AgentClient {
             Some(tokio_tungstenite::Connector::Rustls(self.tls.clone())),
         )
         .await
-        .context("connecting to the agent's console")?;
+        .with_context(|| format!("connecting to the agent's {what} websocket"))?;
         Ok(ws)
     }
 }

@@ -144,7 +144,7 @@ type R<T> = Result<Json<T>, ApiError>;
     paths(
         info, list_vms, create_vm, get_vm, delete_vm, start_vm, reboot_vm, pause_vm,
         unpause_vm, destroy_vm, shutdown_vm, mem_set, vcpu_set, save_vm, restore_vm,
-        console, dmesg, list_images, build_image, import_image, delete_image, get_task,
+        console, console_log, console_ticket, dmesg, list_images, build_image, import_image, delete_image, get_task,
         list_networks, create_network, get_network, delete_network, list_nics, add_nic,
         remove_nic, list_forwards, add_forward, remove_forward, list_disks, add_disk,
         remove_disk, resize_disk, list_snapshots, create_snapshot, revert_snapshot,
@@ -195,6 +195,8 @@ pub fn router(c: Arc<Controller>) -> Router {
         .route("/api/v1/vms/{name}/vcpus", post(vcpu_set))
         .route("/api/v1/vms/{name}/save", post(save_vm))
         .route("/api/v1/vms/{name}/console", get(console))
+        .route("/api/v1/vms/{name}/console/log", get(console_log))
+        .route("/api/v1/vms/{name}/console/ticket", post(console_ticket))
         .route("/api/v1/restore", post(restore_vm))
         .route("/api/v1/dmesg", get(dmesg))
         .route("/api/v1/doctor", get(doctor))
@@ -257,6 +259,12 @@ pub fn router(c: Arc<Controller>) -> Router {
             get(|| async { ([("content-type", "application/json")], openapi_json()) }),
         )
         .route("/api/v1/login", post(login))
+        // Browser consoles: the pages and the packages they load are public; the
+        // websocket takes a ticket from the console/ticket route instead of a token.
+        .route("/console/ws", get(console_ws))
+        .route("/console/serial.html", get(|| page(SERIAL_PAGE)))
+        .route("/console/vga.html", get(|| page(VGA_PAGE)))
+        .route("/web/{*path}", get(web_asset))
         .merge(api)
         .with_state(c)
 }
@@ -736,14 +744,36 @@ async fn restore_vm(State(c): S, Json(req): Json<RestoreRequest>) -> R<Vm> {
 async fn console(
     State(c): S,
     Path(name): Path<String>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let vm = c.vm_named(&name).await?;
     let state = hostel_model::VmState::parse(&vm.state).unwrap_or(hostel_model::VmState::Crashed);
     Op::Console.check(state)?;
     let agent = c.host_agent(&vm)?;
-    let upstream = agent.console(&vm.id).await?;
-    Ok(ws.on_upgrade(move |socket| bridge(socket, upstream)))
+    let upstream = agent.websocket(&vm.id, "console").await?;
+    let user = crate::auth::current().map(|c| c.user_name);
+    let source = peer.ip().to_string();
+    let target = Some((vm.id.clone(), vm.name.clone()));
+    console_audit(
+        &c,
+        user.clone(),
+        &source,
+        "serial console attach".into(),
+        target.clone(),
+        "ok",
+        None,
+    )
+    .await;
+    Ok(ws.on_upgrade(move |socket| async move {
+        let since = std::time::Instant::now();
+        bridge(socket, upstream).await;
+        let action = format!(
+            "serial console detach after {} s",
+            since.elapsed().as_secs()
+        );
+        console_audit(&c, user, &source, action, target, "ok", None).await;
+    }))
 }
 
 async fn bridge<S>(client: WebSocket, upstream: tokio_tungstenite::WebSocketStream<S>)
@@ -785,6 +815,199 @@ where
         _ = down => {},
         _ = up => {},
     }
+}
+
+/// The last lines of the VM's serial console log, which is kept (size-bounded, rotated)
+/// while the VM is stopped too.
+#[utoipa::path(get, path = "/api/v1/vms/{name}/console/log", params(("name" = String, Path), LinesQuery),
+    responses((status = 200, body = LogLines), (status = 404, body = ErrorBody)))]
+async fn console_log(
+    State(c): S,
+    Path(name): Path<String>,
+    Query(q): Query<LinesQuery>,
+) -> R<LogLines> {
+    let lines = q.lines.unwrap_or(50);
+    if lines > 100_000 {
+        return Err(hostel_model::Invalid::new(
+            "lines",
+            "--lines is at most 100000 (the log keeps about 2 MiB)",
+        )
+        .into());
+    }
+    let vm = c.vm_named(&name).await?;
+    let agent = c.host_agent(&vm)?;
+    let lines: Vec<String> = agent
+        .get(&format!("/v1/vms/{}/console-log?lines={lines}", vm.id))
+        .await?;
+    Ok(Json(LogLines { lines }))
+}
+
+/// A single-use ticket for a browser console (serial through xterm.js, VGA through
+/// noVNC). Open `page` (or the websocket at `websocket`) on the API's address within
+/// `expires_in_seconds`; the first connection spends it.
+#[utoipa::path(post, path = "/api/v1/vms/{name}/console/ticket", params(("name" = String, Path)),
+    request_body = ConsoleTicketRequest,
+    responses((status = 200, body = ConsoleTicket), (status = 404, body = ErrorBody)))]
+async fn console_ticket(
+    State(c): S,
+    Path(name): Path<String>,
+    Json(req): Json<ConsoleTicketRequest>,
+) -> R<ConsoleTicket> {
+    Ok(Json(c.console_ticket(&name, req).await?))
+}
+
+const SERIAL_PAGE: &str = include_str!("../../../web/pages/serial.html");
+const VGA_PAGE: &str = include_str!("../../../web/pages/vga.html");
+
+async fn page(html: &'static str) -> Response {
+    (
+        [
+            ("content-type", "text/html; charset=utf-8"),
+            // Nothing but Hostel itself: no script, style or socket from elsewhere.
+            (
+                "content-security-policy",
+                "default-src 'self'; script-src 'self' 'unsafe-inline'; \
+                 style-src 'self' 'unsafe-inline'; connect-src 'self'; img-src 'self' data: blob:",
+            ),
+            ("cache-control", "no-store"),
+        ],
+        html,
+    )
+        .into_response()
+}
+
+/// The npm packages the console pages load (xterm.js, its fit addon, noVNC).
+async fn web_asset(State(c): S, Path(path): Path<String>) -> Response {
+    let Some(dir) = c.cfg.web_dir.clone() else {
+        return ApiError::not_found(
+            "this daemon has no web directory: run `npm ci` in the source tree's web/ and \
+             start `hostel up --web-dir web/node_modules`"
+                .into(),
+        )
+        .into_response();
+    };
+    let Some(file) = crate::webconsole::web_file(&dir, &path) else {
+        return ApiError::not_found(format!("no such file /web/{path}")).into_response();
+    };
+    match tokio::fs::read(&file).await {
+        Ok(bytes) => (
+            [("content-type", crate::webconsole::content_type(&file))],
+            bytes,
+        )
+            .into_response(),
+        Err(_) => ApiError::not_found(format!("no such file /web/{path}")).into_response(),
+    }
+}
+
+/// An audit row for a console attach or detach.
+async fn console_audit(
+    c: &Controller,
+    user: Option<String>,
+    source: &str,
+    action: String,
+    target: Option<(String, String)>,
+    result: &str,
+    error: Option<String>,
+) {
+    c.record_audit(hostel_store::AuditRecord {
+        id: hostel_store::new_id("aud"),
+        at: hostel_store::now(),
+        user_name: user,
+        source: source.to_string(),
+        action,
+        target: target.as_ref().map(|t| t.1.clone()),
+        vm_id: target.map(|t| t.0),
+        result: result.to_string(),
+        error,
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct TicketQuery {
+    ticket: String,
+}
+
+/// The browser console websocket: spends the ticket, then bridges to the VM's serial
+/// console hub or to its VNC socket, through the VM's agent.
+async fn console_ws(
+    State(c): S,
+    Query(q): Query<TicketQuery>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let source = peer.ip().to_string();
+    let Some(t) = c.tickets.take(&q.ticket) else {
+        let why = "the console ticket is unknown, already used or expired: a ticket opens one \
+                   connection within 30 s; ask for a new one (`hostel console NAME --web`)";
+        console_audit(
+            &c,
+            None,
+            &source,
+            "console websocket".into(),
+            None,
+            "denied",
+            Some(why.into()),
+        )
+        .await;
+        return Err(ApiError::forbidden(why.into()));
+    };
+    let what = match t.kind {
+        ConsoleKind::Serial => "web serial console",
+        ConsoleKind::Vga => "vga console",
+    };
+    let target = Some((t.vm_id.clone(), t.vm_name.clone()));
+    let attach = async {
+        let vm = c
+            .store
+            .vm_by_id(&t.vm_id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("the VM {} is gone", t.vm_name)))?;
+        let state =
+            hostel_model::VmState::parse(&vm.state).unwrap_or(hostel_model::VmState::Crashed);
+        Op::Console.check(state)?;
+        let agent = c.host_agent(&vm)?;
+        let upstream = match t.kind {
+            ConsoleKind::Serial => agent.websocket(&vm.id, "console").await?,
+            ConsoleKind::Vga => agent.websocket(&vm.id, "vnc").await?,
+        };
+        Ok::<_, ApiError>(upstream)
+    };
+    let upstream = match attach.await {
+        Ok(u) => u,
+        Err(e) => {
+            console_audit(
+                &c,
+                Some(t.user_name.clone()),
+                &source,
+                format!("{what} attach"),
+                target,
+                "failed",
+                Some(e.body.message.clone()),
+            )
+            .await;
+            return Err(e);
+        }
+    };
+    console_audit(
+        &c,
+        Some(t.user_name.clone()),
+        &source,
+        format!("{what} attach"),
+        target.clone(),
+        "ok",
+        None,
+    )
+    .await;
+    let user = t.user_name.clone();
+    Ok(ws
+        .protocols(["binary"])
+        .on_upgrade(move |socket| async move {
+            let since = std::time::Instant::now();
+            bridge(socket, upstream).await;
+            let action = format!("{what} detach after {} s", since.elapsed().as_secs());
+            console_audit(&c, Some(user), &source, action, target, "ok", None).await;
+        }))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

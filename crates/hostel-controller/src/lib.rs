@@ -11,6 +11,8 @@ mod netops;
 mod ops;
 mod poolops;
 mod quota;
+pub mod sshgw;
+pub mod webconsole;
 
 use agent_client::AgentClient;
 use hostel_api::agent::Event;
@@ -32,6 +34,8 @@ pub struct ControllerConfig {
     pub log_file: PathBuf,
     /// The lease new VMs get, in days; none: no lease.
     pub default_lease_days: Option<u32>,
+    /// Where the npm packages of the browser consoles are (a `node_modules`).
+    pub web_dir: Option<PathBuf>,
 }
 
 pub struct Controller {
@@ -46,6 +50,10 @@ pub struct Controller {
     pub(crate) logins: auth::LoginLimiter,
     /// Quota checks and the changes they allow happen one at a time.
     pub(crate) quota_lock: tokio::sync::Mutex<()>,
+    /// The SSH console gateway: address, host key line, fingerprint.
+    pub ssh_console: Mutex<Option<(String, String, String)>>,
+    /// Browser console tickets not yet spent.
+    pub tickets: webconsole::Tickets,
 }
 
 impl Controller {
@@ -57,6 +65,8 @@ impl Controller {
             locks: Mutex::new(HashMap::new()),
             logins: auth::LoginLimiter::default(),
             quota_lock: tokio::sync::Mutex::new(()),
+            ssh_console: Mutex::new(None),
+            tickets: webconsole::Tickets::default(),
             net_sync: tokio::sync::Mutex::new(()),
         })
     }

@@ -1625,10 +1625,14 @@ impl Controller {
                 kernel: f.kernel,
             });
         }
+        let ssh = self.ssh_console.lock().unwrap().clone();
         Ok(Info {
             version: env!("CARGO_PKG_VERSION").into(),
             data_dir: self.cfg.data_dir.display().to_string(),
             hosts,
+            ssh_console: ssh.as_ref().map(|s| s.0.clone()),
+            ssh_host_key: ssh.as_ref().map(|s| s.1.clone()),
+            ssh_host_key_fingerprint: ssh.as_ref().map(|s| s.2.clone()),
         })
     }
 

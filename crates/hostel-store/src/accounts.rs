@@ -407,6 +407,16 @@ impl Store {
         rows.iter().map(key_of).collect()
     }
 
+    /// Every registered key: (user id, public key line).
+    pub async fn all_ssh_keys(&self) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query("SELECT user_id, public_key FROM ssh_keys")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("user_id")?, r.try_get("public_key")?)))
+            .collect()
+    }
+
     pub async fn delete_ssh_key(&self, user_id: &str, name: &str) -> Result<bool> {
         let r = sqlx::query("DELETE FROM ssh_keys WHERE user_id = $1 AND name = $2")
             .bind(user_id)

@@ -23,6 +23,41 @@ pub struct UpOptions {
     /// Create (and run) the `default` NAT network.
     pub default_network: bool,
     pub default_lease_days: Option<u32>,
+    /// Where the SSH console gateway listens.
+    pub ssh_listen: SocketAddr,
+    /// The npm packages of the browser consoles (a `node_modules`); default: the source
+    /// tree's `web/node_modules`, else /usr/local/share/hostel/web.
+    pub web_dir: Option<PathBuf>,
+}
+
+/// Where the browser consoles' packages are: the flag, else the source tree this binary
+/// was built from (scripts/install-deps.sh runs `npm ci` there), else the installed copy.
+fn web_dir(flag: Option<PathBuf>) -> Option<PathBuf> {
+    let candidates = [
+        PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../web/node_modules"
+        )),
+        PathBuf::from("/usr/local/share/hostel/web"),
+    ];
+    let dir = flag.or_else(|| {
+        candidates
+            .into_iter()
+            .find(|d| d.join("@novnc/novnc").is_dir())
+    });
+    match &dir {
+        Some(d) if d.join("@novnc/novnc").is_dir() && d.join("@xterm/xterm").is_dir() => {}
+        Some(d) => tracing::warn!(
+            "{} lacks @novnc/novnc or @xterm/xterm: the browser consoles will not load \
+             (run `npm ci` in the source tree's web/)",
+            d.display()
+        ),
+        None => tracing::warn!(
+            "no web directory with noVNC and xterm.js: the browser consoles will not load \
+             (run `npm ci` in the source tree's web/, or pass --web-dir)"
+        ),
+    }
+    dir
 }
 
 pub fn default_data_dir() -> PathBuf {
@@ -201,6 +236,7 @@ pub async fn up(opts: UpOptions) -> Result<()> {
             admin_token: admin_token.clone(),
             log_file: log_file.clone(),
             default_lease_days: opts.default_lease_days,
+            web_dir: web_dir(opts.web_dir.clone()),
         },
     );
     controller.spawn_lease_reaper(std::time::Duration::from_secs(2));
@@ -241,6 +277,18 @@ pub async fn up(opts: UpOptions) -> Result<()> {
         .await
     });
     tracing::info!(%api_addr, "API listening");
+    let ssh_listener = tokio::net::TcpListener::bind(opts.ssh_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "listening on {} for the SSH console gateway (--ssh-listen)",
+                opts.ssh_listen
+            )
+        })?;
+    let host_key =
+        hostel_controller::sshgw::host_key(&data_dir.join("pki").join("ssh_host_ed25519_key"))?;
+    tracing::info!(addr = %ssh_listener.local_addr()?, "SSH console gateway listening");
+    controller.spawn_ssh_gateway(ssh_listener, host_key);
 
     ensure_tiny_image(&controller).await;
 

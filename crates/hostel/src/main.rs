@@ -61,6 +61,13 @@ enum Cmd {
         /// until renewed). Default: no leases.
         #[arg(long)]
         default_lease_days: Option<u32>,
+        /// Where the SSH console gateway listens (`ssh -p PORT VMNAME@HOST`).
+        #[arg(long, default_value = "127.0.0.1:2222")]
+        ssh_listen: std::net::SocketAddr,
+        /// The npm packages the browser consoles load (xterm.js, noVNC): a node_modules
+        /// made by `npm ci` in the source tree's web/. Default: that one, when present.
+        #[arg(long)]
+        web_dir: Option<PathBuf>,
     },
     /// List VMs.
     List {
@@ -173,8 +180,28 @@ enum Cmd {
         #[arg(short, long, value_enum, default_value = "yaml")]
         output: Yaml2Json,
     },
-    /// Attach to a VM's serial console (Ctrl-] detaches).
-    Console { name: String },
+    /// Attach to a VM's serial console (Ctrl-] detaches), or print its log.
+    Console {
+        name: String,
+        /// Print the end of the console log (kept, size-bounded and rotated, while the VM
+        /// is stopped too) instead of attaching.
+        #[arg(long)]
+        log: bool,
+        /// With --log: how many lines.
+        #[arg(long, default_value_t = 50, requires = "log")]
+        lines: usize,
+        /// Print the address of a browser page for the console instead of attaching: the
+        /// serial console in xterm.js, or with --vga the display in noVNC. The address
+        /// holds a ticket good for one connection within 30 s.
+        #[arg(long, conflicts_with = "log")]
+        web: bool,
+        /// With --web: the VGA display rather than the serial console.
+        #[arg(long, requires = "web")]
+        vga: bool,
+        /// With --web: `-o json` prints the whole ticket.
+        #[arg(short, long, value_enum, requires = "web")]
+        output: Option<Table2Json>,
+    },
     /// Save a VM's memory state to FILE (on its host) and stop it.
     Save { name: String, file: PathBuf },
     /// Resume a VM from a file written by `save`.
@@ -843,6 +870,8 @@ async fn run(cli: Cli) -> Result<()> {
         qemu_binary,
         no_default_network,
         default_lease_days,
+        ssh_listen,
+        web_dir,
     } = cli.cmd
     {
         return daemon::up(daemon::UpOptions {
@@ -854,6 +883,11 @@ async fn run(cli: Cli) -> Result<()> {
             client_config: client::config_path(),
             default_network: !no_default_network,
             default_lease_days,
+            ssh_listen,
+            web_dir: web_dir
+                .map(|d| absolute(&d))
+                .transpose()?
+                .map(PathBuf::from),
         })
         .await;
     }
@@ -1452,7 +1486,48 @@ async fn run(cli: Cli) -> Result<()> {
                 Yaml2Json::Yaml => print!("{}", serde_yaml::to_string(&vm)?),
             }
         }
-        Cmd::Console { name } => console::attach(&api, &name).await?,
+        Cmd::Console {
+            name,
+            log: false,
+            web: false,
+            ..
+        } => console::attach(&api, &name).await?,
+        Cmd::Console {
+            name,
+            web: true,
+            vga,
+            output,
+            ..
+        } => {
+            let t: ConsoleTicket = api
+                .post(
+                    &format!("{}/console/ticket", vm_path(&name)),
+                    &ConsoleTicketRequest {
+                        console: if vga {
+                            ConsoleKind::Vga
+                        } else {
+                            ConsoleKind::Serial
+                        },
+                        ttl_seconds: None,
+                    },
+                )
+                .await?;
+            if output == Some(Table2Json::Json) {
+                print_json(&t)?;
+            } else {
+                println!("{}{}", api.cfg.url.trim_end_matches('/'), t.page);
+                eprintln!(
+                    "open it within {} s; it is good for one connection",
+                    t.expires_in_seconds
+                );
+            }
+        }
+        Cmd::Console { name, lines, .. } => {
+            let log: LogLines = api
+                .get(&format!("{}/console/log?lines={lines}", vm_path(&name)))
+                .await?;
+            log.lines.iter().for_each(|l| println!("{l}"));
+        }
         Cmd::Save { name, file } => {
             let path = absolute(&file)?;
             let vm: Vm = api
@@ -1495,6 +1570,13 @@ async fn run(cli: Cli) -> Result<()> {
                         println!("  qemu:         {}", h.qemu_version);
                         println!("  kernel:       {}", h.kernel);
                         println!("  vms running:  {} of {}", h.vms_running, h.vms_total);
+                    }
+                    if let (Some(a), Some(f)) = (&info.ssh_console, &info.ssh_host_key_fingerprint)
+                    {
+                        println!(
+                            "ssh console:    ssh -p {} VMNAME@HOST (host key {f})",
+                            a.rsplit(':').next().unwrap_or(a)
+                        );
                     }
                 }
             }

@@ -166,7 +166,14 @@ impl Daemon {
         let child = self
             .ns
             .cmd(bin())
-            .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "up",
+                "--listen",
+                "127.0.0.1:0",
+                "--ssh-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(self.data_dir())
             .env("HOSTEL_CONFIG", self.config())
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -305,8 +312,17 @@ impl Daemon {
         Console::open(stream, &self.url, &self.token, vm).await
     }
 
+    /// A plain HTTP/1.1 POST of a JSON body with the admin token: (status, body).
+    pub fn http_post(&self, path: &str, json: &str) -> (u16, String) {
+        self.http("POST", path, Some(&self.token), json)
+    }
+
     /// A plain HTTP/1.1 GET from inside the namespace: (status, body).
     pub fn http_get(&self, path: &str, token: Option<&str>) -> (u16, String) {
+        self.http("GET", path, token, "")
+    }
+
+    fn http(&self, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
         use std::io::{Read, Write};
         let host = self.url.trim_start_matches("http://");
         let mut s = self.ns.connect(host);
@@ -315,7 +331,9 @@ impl Daemon {
             .unwrap_or_default();
         write!(
             s,
-            "GET {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
         )
         .unwrap();
         let mut resp = String::new();

@@ -1,0 +1,350 @@
+//! The SSH console gateway: `ssh -p 2222 VMNAME@HOST` attaches to that VM's serial
+//! console. Users are known by their registered SSH public keys; a VM the key's owner may
+//! not operate gets the same answer as a VM that does not exist (the key is refused).
+//! Every attach goes to the same console hub as the API's websocket: recent output is
+//! replayed, several people may watch and type at once.
+
+use crate::auth::Caller;
+use crate::Controller;
+use futures::{SinkExt, StreamExt};
+use hostel_store::{AuditRecord, VmRecord};
+use russh::keys::PublicKey;
+use russh::server::{Auth, ChannelOpenHandle, Handler, Msg, Server, Session};
+use russh::{Channel, ChannelId};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::mpsc;
+
+/// The first two fields of an OpenSSH public key line: type and base64 body.
+pub fn key_id(line: &str) -> String {
+    line.split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Loads the gateway's host key, making it on first use (`ssh-keygen`).
+pub fn host_key(path: &Path) -> anyhow::Result<russh::keys::PrivateKey> {
+    if !path.exists() {
+        let out = std::process::Command::new("ssh-keygen")
+            .args([
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "hostel-console",
+                "-f",
+            ])
+            .arg(path)
+            .output()
+            .map_err(|e| {
+                anyhow::anyhow!("cannot run ssh-keygen (apt-get install openssh-client): {e}")
+            })?;
+        if !out.status.success() {
+            anyhow::bail!(
+                "ssh-keygen: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    Ok(russh::keys::load_secret_key(path, None)?)
+}
+
+impl Controller {
+    /// The VM named `vm` and the user a key belongs to, if that user may operate it.
+    pub async fn ssh_console_access(&self, vm: &str, key: &str) -> Option<(VmRecord, Caller)> {
+        let vm = self.store.vm_by_name(vm).await.ok()??;
+        let id = key_id(key);
+        for (user_id, public_key) in self.store.all_ssh_keys().await.ok()? {
+            if key_id(&public_key) != id {
+                continue;
+            }
+            let user = self.store.user_by_id(&user_id).await.ok()??;
+            let caller = Caller {
+                group_ids: self.store.group_ids_of(&user.id).await.ok()?,
+                user_id: user.id,
+                user_name: user.name,
+                is_admin: user.is_admin,
+                read_only: false,
+                token_name: "ssh".into(),
+                token_expires_at: None,
+            };
+            if caller.may_operate(&vm) {
+                return Some((vm, caller));
+            }
+        }
+        None
+    }
+
+    /// Serves the gateway on `listener` until the process ends.
+    pub fn spawn_ssh_gateway(
+        self: &Arc<Self>,
+        listener: tokio::net::TcpListener,
+        key: russh::keys::PrivateKey,
+    ) {
+        let public = key.public_key();
+        *self.ssh_console.lock().unwrap() = Some((
+            listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            public.to_openssh().unwrap_or_default(),
+            public.fingerprint(russh::keys::HashAlg::Sha256).to_string(),
+        ));
+        let config = Arc::new(russh::server::Config {
+            keys: vec![key],
+            auth_rejection_time: std::time::Duration::from_millis(300),
+            auth_rejection_time_initial: Some(std::time::Duration::from_millis(0)),
+            methods: russh::MethodSet::from(&[russh::MethodKind::PublicKey][..]),
+            inactivity_timeout: None,
+            ..Default::default()
+        });
+        let mut gw = Gateway { ctl: self.clone() };
+        tokio::spawn(async move {
+            if let Err(e) = gw.run_on_socket(config, &listener).await {
+                tracing::error!("the SSH console gateway stopped: {e}");
+            }
+        });
+    }
+}
+
+struct Gateway {
+    ctl: Arc<Controller>,
+}
+
+impl Server for Gateway {
+    type Handler = Conn;
+    fn new_client(&mut self, peer: Option<std::net::SocketAddr>) -> Conn {
+        Conn {
+            ctl: self.ctl.clone(),
+            peer: peer
+                .map(|p| p.ip().to_string())
+                .unwrap_or_else(|| "unknown".into()),
+            admitted: None,
+            channels: HashMap::new(),
+            inputs: HashMap::new(),
+            sizes: HashMap::new(),
+        }
+    }
+}
+
+struct Conn {
+    ctl: Arc<Controller>,
+    peer: String,
+    admitted: Option<(VmRecord, Caller)>,
+    channels: HashMap<ChannelId, Channel<Msg>>,
+    inputs: HashMap<ChannelId, (mpsc::UnboundedSender<Vec<u8>>, Instant)>,
+    sizes: HashMap<ChannelId, (u32, u32)>,
+}
+
+impl Conn {
+    fn audit_record(&self, action: &str, result: &str, error: Option<String>) -> AuditRecord {
+        let (vm, user) = match &self.admitted {
+            Some((vm, c)) => (Some(vm), Some(c.user_name.clone())),
+            None => (None, None),
+        };
+        AuditRecord {
+            id: hostel_store::new_id("aud"),
+            at: hostel_store::now(),
+            user_name: user,
+            source: self.peer.clone(),
+            action: action.into(),
+            target: vm.map(|v| v.name.clone()),
+            vm_id: vm.map(|v| v.id.clone()),
+            result: result.into(),
+            error,
+        }
+    }
+
+    async fn audit(&self, action: &str, result: &str, error: Option<String>) {
+        self.ctl
+            .record_audit(self.audit_record(action, result, error))
+            .await;
+    }
+
+    fn detach_record(&self, since: Instant) -> AuditRecord {
+        let action = format!("ssh console detach after {} s", since.elapsed().as_secs());
+        self.audit_record(&action, "ok", None)
+    }
+}
+
+/// A client that drops the connection (`~.`, a killed `ssh`, a lost network) ends its
+/// sessions without closing their channels: their detaches are recorded here.
+impl Drop for Conn {
+    fn drop(&mut self) {
+        let records: Vec<AuditRecord> = self
+            .inputs
+            .values()
+            .map(|(_, since)| self.detach_record(*since))
+            .collect();
+        if records.is_empty() {
+            return;
+        }
+        let ctl = self.ctl.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                for r in records {
+                    ctl.record_audit(r).await;
+                }
+            });
+        }
+    }
+}
+
+impl Handler for Conn {
+    type Error = anyhow::Error;
+
+    async fn auth_publickey(&mut self, user: &str, key: &PublicKey) -> Result<Auth, Self::Error> {
+        let offered = key.to_openssh().unwrap_or_default();
+        match self.ctl.ssh_console_access(user, &offered).await {
+            Some(ok) => {
+                self.admitted = Some(ok);
+                Ok(Auth::Accept)
+            }
+            None => Ok(Auth::reject()),
+        }
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.channels.insert(channel.id(), channel);
+        reply.accept().await;
+        Ok(())
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some((vm, _)) = self.admitted.clone() else {
+            session.channel_failure(channel)?;
+            return Ok(());
+        };
+        // The VM as it is now (it may have moved or stopped since the login).
+        let vm = self.ctl.store.vm_by_id(&vm.id).await?.unwrap_or(vm);
+        let upstream = match self.ctl.host_agent(&vm) {
+            Ok(agent) => agent
+                .websocket(&vm.id, "console")
+                .await
+                .map_err(|e| format!("{e:#}")),
+            Err(e) => Err(e.body.message),
+        };
+        let ws = match upstream {
+            Ok(ws) => ws,
+            Err(e) => {
+                let _ = session.data(channel, format!("hostel: no console: {e}\r\n").into_bytes());
+                session.channel_failure(channel)?;
+                self.audit("ssh console attach", "failed", Some(e)).await;
+                return Ok(());
+            }
+        };
+        session.channel_success(channel)?;
+        let _ = session.data(
+            channel,
+            format!("hostel: console of {} (~. detaches)\r\n", vm.name).into_bytes(),
+        );
+        let (mut to_vm, mut from_vm) = ws.split();
+        let handle = session.handle();
+        tokio::spawn(async move {
+            use tokio_tungstenite::tungstenite::Message as T;
+            while let Some(Ok(m)) = from_vm.next().await {
+                let bytes = match m {
+                    T::Binary(b) => b.to_vec(),
+                    T::Text(t) => t.as_bytes().to_vec(),
+                    T::Close(_) => break,
+                    _ => continue,
+                };
+                if handle.data(channel, bytes).await.is_err() {
+                    break;
+                }
+            }
+            let _ = handle.close(channel).await;
+        });
+        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        tokio::spawn(async move {
+            use tokio_tungstenite::tungstenite::Message as T;
+            while let Some(b) = rx.recv().await {
+                if to_vm.send(T::Binary(b.into())).await.is_err() {
+                    break;
+                }
+            }
+            let _ = to_vm.close().await;
+        });
+        self.inputs.insert(channel, (tx, Instant::now()));
+        let action = match self.sizes.get(&channel) {
+            Some((cols, rows)) if *cols > 0 && *rows > 0 => {
+                format!("ssh console attach ({cols}x{rows} terminal)")
+            }
+            _ => "ssh console attach".to_string(),
+        };
+        self.audit(&action, "ok", None).await;
+        Ok(())
+    }
+
+    /// A serial line carries no window size, so the size is kept for the audit trail and
+    /// the guest learns it the way a serial terminal does: `resize` (xterm) asks the
+    /// user's own terminal, and the answer travels through the gateway like any input.
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        cols: u32,
+        rows: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.sizes.insert(channel, (cols, rows));
+        session.channel_success(channel)?;
+        Ok(())
+    }
+
+    async fn window_change_request(
+        &mut self,
+        channel: ChannelId,
+        cols: u32,
+        rows: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.sizes.insert(channel, (cols, rows));
+        Ok(())
+    }
+
+    async fn data(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some((tx, _)) = self.inputs.get(&channel) {
+            let _ = tx.send(data.to_vec());
+        }
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.channels.remove(&channel);
+        self.sizes.remove(&channel);
+        if let Some((_, since)) = self.inputs.remove(&channel) {
+            let record = self.detach_record(since);
+            self.ctl.record_audit(record).await;
+        }
+        Ok(())
+    }
+}
