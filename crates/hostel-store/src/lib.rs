@@ -592,6 +592,19 @@ impl Store {
         rows.iter().map(vm_of).collect()
     }
 
+    /// VMs whose lease ends at or before `at` (leases are stored as UTC RFC 3339 text,
+    /// which sorts as time does).
+    pub async fn vms_lease_ended(&self, at: &str) -> Result<Vec<VmRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {VM_COLS} FROM vms WHERE lease_expires_at IS NOT NULL \
+             AND lease_expires_at <= $1 ORDER BY name"
+        ))
+        .bind(at)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(vm_of).collect()
+    }
+
     pub async fn set_vm_state(
         &self,
         id: &str,

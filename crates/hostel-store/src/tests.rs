@@ -379,6 +379,28 @@ async fn accounts_tokens_and_audit(url: &str) {
     assert_eq!(since[0].id, "a2");
 }
 
+async fn only_ended_leases_are_listed(url: &str) {
+    let s = Store::open(url).await.unwrap();
+    s.upsert_host(&host()).await.unwrap();
+    let mut ended = vm("ended");
+    ended.lease_expires_at = Some("2026-01-01T00:00:00Z".into());
+    let mut later = vm("later");
+    later.lease_expires_at = Some("2027-01-01T00:00:00Z".into());
+    for v in [&ended, &later, &vm("none")] {
+        s.insert_vm(v, &[]).await.unwrap();
+    }
+    let got = s.vms_lease_ended("2026-06-01T00:00:00Z").await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].name, "ended");
+    assert_eq!(
+        s.vms_lease_ended("2028-01-01T00:00:00Z")
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
 macro_rules! on_both {
     ($($name:ident),*) => {
         mod sqlite {
@@ -408,5 +430,6 @@ on_both!(
     migrations_are_idempotent_and_tasks_survive,
     networks_nics_and_forwards,
     pools_in_use_cannot_be_deleted,
-    accounts_tokens_and_audit
+    accounts_tokens_and_audit,
+    only_ended_leases_are_listed
 );
