@@ -181,20 +181,22 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // Everything left in the namespace was started by this benchmark.
-        if let Ok(out) = Command::new("ip")
-            .args(["netns", "pids", &self.ns])
-            .output()
-        {
-            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                let _ = Command::new("kill").args(["-9", pid]).status();
-            }
-        }
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        end(&mut self.child, &self.ns, &self.dir);
     }
+}
+
+/// Ends `child`, then everything left in namespace `ns` (all of it started by this
+/// benchmark: QEMUs, virtlogd), removes the namespace and the directory `dir`.
+fn end(child: &mut Child, ns: &str, dir: &Path) {
+    let _ = child.kill();
+    let _ = child.wait();
+    if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = Command::new("kill").args(["-9", pid]).status();
+        }
+    }
+    let _ = Command::new("ip").args(["netns", "del", ns]).status();
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
@@ -462,19 +464,7 @@ impl Libvirt {
 
 impl Drop for Libvirt {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // virtlogd and any QEMU left in the namespace were started by this benchmark.
-        if let Ok(out) = Command::new("ip")
-            .args(["netns", "pids", &self.ns])
-            .output()
-        {
-            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                let _ = Command::new("kill").args(["-9", pid]).status();
-            }
-        }
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        end(&mut self.child, &self.ns, &self.dir);
     }
 }
 
