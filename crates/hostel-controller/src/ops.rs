@@ -368,17 +368,32 @@ impl Controller {
     /// Where a new VM goes: the connected host with the most memory not promised to VMs.
     async fn place(&self, max_memory_mib: u64) -> Res<(String, u64)> {
         let hosts = self.store.hosts().await?;
-        let vms = self.store.vms().await?;
+        // Memory promised to VMs with a QEMU, per host, added up by the database.
+        let live: Vec<&str> = [
+            VmState::Stopped,
+            VmState::Starting,
+            VmState::Running,
+            VmState::Paused,
+            VmState::ShuttingDown,
+            VmState::Crashed,
+            VmState::Saved,
+        ]
+        .into_iter()
+        .filter(|s| s.has_process())
+        .map(|s| s.as_str())
+        .collect();
+        let used_by: std::collections::HashMap<String, u64> = self
+            .store
+            .memory_by_host(&live)
+            .await?
+            .into_iter()
+            .collect();
         let mut best: Option<(String, i64, u64)> = None;
         for h in hosts {
             if self.agent(&h.id).is_none() {
                 continue;
             }
-            let used: u64 = vms
-                .iter()
-                .filter(|v| v.host_id.as_deref() == Some(&h.id) && state_of(v).has_process())
-                .map(|v| v.max_memory_mib)
-                .sum();
+            let used: u64 = used_by.get(&h.id).copied().unwrap_or(0);
             let free = h.memory_mib as i64 - used as i64;
             if best.as_ref().map(|b| free > b.1).unwrap_or(true) {
                 best = Some((h.id.clone(), free, h.memory_mib));

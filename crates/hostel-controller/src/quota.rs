@@ -78,8 +78,13 @@ impl Controller {
 
     async fn use_of(&self, owner: &str, except_vm: Option<&str>) -> Res<QuotaUse> {
         let mut u = QuotaUse::default();
-        let disks = self.store.all_disks().await?;
-        for v in self.store.vms().await? {
+        // Only the owner's VMs and disks: this runs on every create, start and resize.
+        let (vms, disks) = match owner.split_once(':') {
+            Some(("user", id)) => self.store.owned(Some(id), None).await?,
+            Some(("group", id)) => self.store.owned(None, Some(id)).await?,
+            _ => (Vec::new(), Vec::new()),
+        };
+        for v in vms {
             if owner_key(&v).as_deref() != Some(owner) || Some(v.id.as_str()) == except_vm {
                 continue;
             }

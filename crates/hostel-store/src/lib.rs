@@ -592,6 +592,55 @@ impl Store {
         rows.iter().map(vm_of).collect()
     }
 
+    /// Memory promised to VMs in `states`, per host: host id → sum of max memory (MiB).
+    pub async fn memory_by_host(&self, states: &[&str]) -> Result<Vec<(String, u64)>> {
+        let marks: Vec<String> = (1..=states.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT host_id, CAST(SUM(max_memory_mib) AS BIGINT) AS mib FROM vms \
+             WHERE host_id IS NOT NULL AND state IN ({}) GROUP BY host_id",
+            marks.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for s in states {
+            q = q.bind(*s);
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("host_id")?, r.try_get::<i64, _>("mib")? as u64)))
+            .collect()
+    }
+
+    /// The VMs an owner has and their disks: a user's (`user`), or a group's (`group`,
+    /// counting only VMs that no user owns, as quotas do).
+    pub async fn owned(
+        &self,
+        user: Option<&str>,
+        group: Option<&str>,
+    ) -> Result<(Vec<VmRecord>, Vec<DiskRecord>)> {
+        let (cond, id) = match (user, group) {
+            (Some(u), _) => ("owner_user_id = $1", u),
+            (None, Some(g)) => ("owner_user_id IS NULL AND owner_group_id = $1", g),
+            (None, None) => return Ok((Vec::new(), Vec::new())),
+        };
+        let vms = sqlx::query(&format!(
+            "SELECT {VM_COLS} FROM vms WHERE {cond} ORDER BY name"
+        ))
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        let disks = sqlx::query(&format!(
+            "SELECT {DISK_COLS} FROM disks WHERE vm_id IN (SELECT id FROM vms WHERE {cond}) \
+             ORDER BY vm_id, idx"
+        ))
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok((
+            vms.iter().map(vm_of).collect::<Result<_>>()?,
+            disks.iter().map(disk_of).collect::<Result<_>>()?,
+        ))
+    }
+
     /// VMs whose lease ends at or before `at` (leases are stored as UTC RFC 3339 text,
     /// which sorts as time does).
     pub async fn vms_lease_ended(&self, at: &str) -> Result<Vec<VmRecord>> {

@@ -401,6 +401,57 @@ async fn only_ended_leases_are_listed(url: &str) {
     );
 }
 
+async fn memory_per_host_and_what_an_owner_has(url: &str) {
+    let s = Store::open(url).await.unwrap();
+    s.upsert_host(&host()).await.unwrap();
+    let alice = "user-alice";
+    s.insert_user(&UserRecord {
+        id: alice.into(),
+        name: "alice".into(),
+        password_hash: None,
+        is_admin: false,
+        created_at: now(),
+    })
+    .await
+    .unwrap();
+    s.insert_group(&GroupRecord {
+        id: "grp-1".into(),
+        name: "lab".into(),
+        created_at: now(),
+    })
+    .await
+    .unwrap();
+    let mut a = vm("a");
+    a.state = "running".into();
+    a.owner_user_id = Some(alice.into());
+    let mut b = vm("b");
+    b.state = "paused".into();
+    let mut c = vm("c");
+    c.owner_group_id = Some("grp-1".into());
+    let disk = |v: &VmRecord, mib| DiskRecord {
+        id: new_id("disk"),
+        vm_id: v.id.clone(),
+        idx: 0,
+        path: format!("/d/{}", v.name),
+        format: "qcow2".into(),
+        size_mib: mib,
+        image_id: None,
+        pool_id: None,
+    };
+    s.insert_vm(&a, &[disk(&a, 100)]).await.unwrap();
+    s.insert_vm(&b, &[]).await.unwrap();
+    s.insert_vm(&c, &[disk(&c, 7)]).await.unwrap();
+    let m = s.memory_by_host(&["running", "paused"]).await.unwrap();
+    assert_eq!(m, vec![("host-1".to_string(), 1024)]);
+    assert!(s.memory_by_host(&["starting"]).await.unwrap().is_empty());
+    let (vms, disks) = s.owned(Some(alice), None).await.unwrap();
+    assert_eq!((vms.len(), vms[0].name.as_str()), (1, "a"));
+    assert_eq!(disks.iter().map(|d| d.size_mib).sum::<u64>(), 100);
+    let (vms, disks) = s.owned(None, Some("grp-1")).await.unwrap();
+    assert_eq!((vms.len(), disks.len()), (1, 1));
+    assert!(s.owned(None, None).await.unwrap().0.is_empty());
+}
+
 macro_rules! on_both {
     ($($name:ident),*) => {
         mod sqlite {
@@ -431,5 +482,6 @@ on_both!(
     networks_nics_and_forwards,
     pools_in_use_cannot_be_deleted,
     accounts_tokens_and_audit,
-    only_ended_leases_are_listed
+    only_ended_leases_are_listed,
+    memory_per_host_and_what_an_owner_has
 );
