@@ -60,8 +60,14 @@ try {
   await page.screenshot({ path: shot });
   console.log(`screenshot: ${shot}`);
 
-  // Keyboard: a click (a pointer event through noVNC) focuses the canvas, then keys.
+  // Pointer: moves across the display and a click, which also focuses the canvas.
+  const box = await page.locator("#screen canvas").boundingBox();
+  for (let i = 1; i <= 10; i++) {
+    await page.mouse.move(box.x + (box.width * i) / 12, box.y + (box.height * i) / 12);
+  }
   await page.click("#screen canvas");
+  console.log("pointer moved");
+  // Keyboard.
   for (const line of lines) {
     await page.keyboard.type(line, { delay: 20 });
     await page.keyboard.press("Enter");

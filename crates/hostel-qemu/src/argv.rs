@@ -289,6 +289,8 @@ pub fn render(
     push(&["-device", "virtio-balloon-pci,id=balloon0"]);
     push(&["-device", "pvpanic"]);
     push(&["-vga", "std"]);
+    // An absolute pointer, so the pointer in a VNC viewer and the guest's agree.
+    push(&["-device", "virtio-tablet-pci,id=tablet0"]);
     push(&["-vnc", &format!("unix:{}", paths.vnc().display())]);
     push(&[
         "-chardev",

@@ -80,6 +80,7 @@ const OPTIONAL_MODULES: &[&str] = &[
     "pvpanic_pci",
     "button",
     "evdev",
+    "virtio_input",
 ];
 
 /// Files of the guest's root file system, taken from `assets/tiny/`.

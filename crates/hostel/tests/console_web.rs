@@ -1,7 +1,8 @@
 //! The browser consoles: single-use tickets, the serial websocket, the VNC websocket
 //! proxy (an RFB handshake by hand), and noVNC itself in headless Chromium (Debian's
 //! chromium driven by playwright-core from web/node_modules): the page shows the guest's
-//! display, types into the shell on tty1, and its Ctrl-Alt-Del button reboots the guest.
+//! display, its pointer reaches the guest's tablet, it types into the shell on tty1, and
+//! its Ctrl-Alt-Del button reboots the guest.
 
 mod common;
 use common::*;
@@ -152,6 +153,15 @@ async fn browser_consoles() {
     let _ = std::fs::remove_file(&shot);
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../web/tests/vga.mjs");
     let profile = tempfile::tempdir().unwrap();
+    // The pointer: a reader of the guest's tablet (virtio-tablet) says when it moves.
+    c.send(
+        "for e in /sys/class/input/event*; do grep -qi tablet $e/device/name && \
+         t=/dev/input/${e##*/}; done; echo tablet=$t; \
+         (head -c 24 $t >/dev/null && echo pointer-moved-$((2*21))) &\n",
+    )
+    .await;
+    c.wait_for("tablet=/dev/input/event", Duration::from_secs(30))
+        .await;
     let boots = c.seen.matches(READY).count();
     let out =
         d.ns.cmd("node")
@@ -176,6 +186,8 @@ async fn browser_consoles() {
         "screenshot saved"
     );
     c.wait_for("novnc-42", Duration::from_secs(60)).await;
+    c.wait_for("pointer-moved-42", Duration::from_secs(30))
+        .await;
     c.wait_count(READY, boots + 1, Duration::from_secs(180))
         .await;
 
