@@ -481,9 +481,9 @@ async fn quotas_hold_under_races_and_leases_end() {
                         "--image",
                         "tiny",
                         "--memory",
-                        "64M",
+                        "96M",
                         "--max-memory",
-                        "128M",
+                        "192M",
                         "--disk",
                         "8M",
                         "--no-network",
@@ -553,7 +553,8 @@ async fn quotas_hold_under_races_and_leases_end() {
         .collect();
     assert_eq!(running.len(), 2);
 
-    // Two balloon raises at once: 128M in use, 160M allowed, +32M each: one passes.
+    // Two balloon raises at once: 192M in use, 240M allowed, +48M each: one passes.
+    // (The tiny guest needs about 96M: less, and it can run out of memory while booting.)
     d.ok(&[
         "quota",
         "set",
@@ -563,7 +564,7 @@ async fn quotas_hold_under_races_and_leases_end() {
         "--vms-running",
         "2",
         "--ram-total",
-        "160M",
+        "240M",
         "--ram-per-vm",
         "256M",
     ]);
@@ -572,7 +573,7 @@ async fn quotas_hold_under_races_and_leases_end() {
             .iter()
             .map(|n| {
                 let erin = &erin;
-                s.spawn(move || erin.run(&["mem-set", n, "96M"]))
+                s.spawn(move || erin.run(&["mem-set", n, "144M"]))
             })
             .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
@@ -581,13 +582,13 @@ async fn quotas_hold_under_races_and_leases_end() {
     let refused = sets.iter().find(|o| !o.status.success()).unwrap();
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(
-        err.contains("the memory of running VMs of user erin would be 192M")
-            && err.contains("over by 32M"),
+        err.contains("the memory of running VMs of user erin would be 288M")
+            && err.contains("over by 48M"),
         "{err}"
     );
     let q: serde_json::Value =
         serde_json::from_str(&erin.ok(&["quota", "show", "-o", "json"])).unwrap();
-    assert_eq!(q["used"]["ram_mib"], 160);
+    assert_eq!(q["used"]["ram_mib"], 240);
 
     // A lease that ends: the VM is shut down and kept, disks and all.
     let vm = &running[0];
