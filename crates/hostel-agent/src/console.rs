@@ -86,6 +86,7 @@ impl ConsoleHub {
     }
 
     /// Everything currently in the scrollback, as text.
+    #[cfg(test)]
     pub fn scrollback_text(&self) -> String {
         let sb = self.scrollback.lock().unwrap();
         String::from_utf8_lossy(&sb.iter().copied().collect::<Vec<u8>>()).into_owned()

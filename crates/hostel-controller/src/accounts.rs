@@ -656,6 +656,21 @@ impl Controller {
 
     // ---- audit ----
 
+    /// Records an event that is not a request (a console attach or detach, say) about
+    /// the VM `vm` (id, name).
+    pub async fn audit_event(
+        &self,
+        user: Option<String>,
+        source: &str,
+        action: String,
+        vm: Option<(&str, &str)>,
+        result: &str,
+        error: Option<String>,
+    ) {
+        self.record_audit(event_record(user, source, action, vm, result, error))
+            .await
+    }
+
     /// Records one request and emits it through tracing. Never holds secrets: the
     /// action is a method and a path, the error an API error message.
     pub async fn record_audit(&self, a: AuditRecord) {
@@ -716,5 +731,27 @@ impl Controller {
                 error: a.error,
             })
             .collect())
+    }
+}
+
+/// An audit row for an event that is not a request, about the VM `vm` (id, name).
+pub fn event_record(
+    user: Option<String>,
+    source: &str,
+    action: String,
+    vm: Option<(&str, &str)>,
+    result: &str,
+    error: Option<String>,
+) -> AuditRecord {
+    AuditRecord {
+        id: hostel_store::new_id("aud"),
+        at: hostel_store::now(),
+        user_name: user,
+        source: source.to_string(),
+        action,
+        target: vm.map(|v| v.1.to_string()),
+        vm_id: vm.map(|v| v.0.to_string()),
+        result: result.to_string(),
+        error,
     }
 }

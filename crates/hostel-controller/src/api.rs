@@ -754,26 +754,22 @@ async fn console(
     let upstream = agent.websocket(&vm.id, "console").await?;
     let user = crate::auth::current().map(|c| c.user_name);
     let source = peer.ip().to_string();
-    let target = Some((vm.id.clone(), vm.name.clone()));
-    console_audit(
-        &c,
+    let what = "serial console";
+    c.audit_event(
         user.clone(),
         &source,
-        "serial console attach".into(),
-        target.clone(),
+        format!("{what} attach"),
+        Some((&vm.id, &vm.name)),
         "ok",
         None,
     )
     .await;
-    Ok(ws.on_upgrade(move |socket| async move {
-        let since = std::time::Instant::now();
-        bridge(socket, upstream).await;
-        let action = format!(
-            "serial console detach after {} s",
-            since.elapsed().as_secs()
-        );
-        console_audit(&c, user, &source, action, target, "ok", None).await;
-    }))
+    let target = (vm.id, vm.name);
+    Ok(
+        ws.on_upgrade(move |socket| {
+            bridge_audited(c, socket, upstream, user, source, what, target)
+        }),
+    )
 }
 
 async fn bridge<S>(client: WebSocket, upstream: tokio_tungstenite::WebSocketStream<S>)
@@ -899,28 +895,24 @@ async fn web_asset(State(c): S, Path(path): Path<String>) -> Response {
     }
 }
 
-/// An audit row for a console attach or detach.
-async fn console_audit(
-    c: &Controller,
+/// Bridges a console websocket to its upstream, then records the detach and how long the
+/// attach lasted.
+async fn bridge_audited<S>(
+    c: Arc<Controller>,
+    client: WebSocket,
+    upstream: tokio_tungstenite::WebSocketStream<S>,
     user: Option<String>,
-    source: &str,
-    action: String,
-    target: Option<(String, String)>,
-    result: &str,
-    error: Option<String>,
-) {
-    c.record_audit(hostel_store::AuditRecord {
-        id: hostel_store::new_id("aud"),
-        at: hostel_store::now(),
-        user_name: user,
-        source: source.to_string(),
-        action,
-        target: target.as_ref().map(|t| t.1.clone()),
-        vm_id: target.map(|t| t.0),
-        result: result.to_string(),
-        error,
-    })
-    .await
+    source: String,
+    what: &str,
+    vm: (String, String),
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let since = std::time::Instant::now();
+    bridge(client, upstream).await;
+    let action = format!("{what} detach after {} s", since.elapsed().as_secs());
+    c.audit_event(user, &source, action, Some((&vm.0, &vm.1)), "ok", None)
+        .await;
 }
 
 #[derive(Deserialize)]
@@ -940,8 +932,7 @@ async fn console_ws(
     let Some(t) = c.tickets.take(&q.ticket) else {
         let why = "the console ticket is unknown, already used or expired: a ticket opens one \
                    connection within 30 s; ask for a new one (`hostel console NAME --web`)";
-        console_audit(
-            &c,
+        c.audit_event(
             None,
             &source,
             "console websocket".into(),
@@ -956,7 +947,6 @@ async fn console_ws(
         ConsoleKind::Serial => "web serial console",
         ConsoleKind::Vga => "vga console",
     };
-    let target = Some((t.vm_id.clone(), t.vm_name.clone()));
     let attach = async {
         let vm = c
             .store
@@ -973,41 +963,21 @@ async fn console_ws(
         };
         Ok::<_, ApiError>(upstream)
     };
-    let upstream = match attach.await {
-        Ok(u) => u,
-        Err(e) => {
-            console_audit(
-                &c,
-                Some(t.user_name.clone()),
-                &source,
-                format!("{what} attach"),
-                target,
-                "failed",
-                Some(e.body.message.clone()),
-            )
-            .await;
-            return Err(e);
-        }
-    };
-    console_audit(
-        &c,
+    let attached = attach.await;
+    c.audit_event(
         Some(t.user_name.clone()),
         &source,
         format!("{what} attach"),
-        target.clone(),
-        "ok",
-        None,
+        Some((&t.vm_id, &t.vm_name)),
+        if attached.is_ok() { "ok" } else { "failed" },
+        attached.as_ref().err().map(|e| e.body.message.clone()),
     )
     .await;
-    let user = t.user_name.clone();
-    Ok(ws
-        .protocols(["binary"])
-        .on_upgrade(move |socket| async move {
-            let since = std::time::Instant::now();
-            bridge(socket, upstream).await;
-            let action = format!("{what} detach after {} s", since.elapsed().as_secs());
-            console_audit(&c, Some(user), &source, action, target, "ok", None).await;
-        }))
+    let upstream = attached?;
+    let target = (t.vm_id, t.vm_name);
+    Ok(ws.protocols(["binary"]).on_upgrade(move |socket| {
+        bridge_audited(c, socket, upstream, Some(t.user_name), source, what, target)
+    }))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

@@ -50,8 +50,8 @@ pub struct Controller {
     pub(crate) logins: auth::LoginLimiter,
     /// Quota checks and the changes they allow happen one at a time.
     pub(crate) quota_lock: tokio::sync::Mutex<()>,
-    /// The SSH console gateway: address, host key line, fingerprint.
-    pub ssh_console: Mutex<Option<(String, String, String)>>,
+    /// The SSH console gateway, once it listens.
+    pub ssh_console: Mutex<Option<sshgw::SshConsole>>,
     /// Browser console tickets not yet spent.
     pub tickets: webconsole::Tickets,
 }

@@ -369,19 +369,11 @@ impl Controller {
     async fn place(&self, max_memory_mib: u64) -> Res<(String, u64)> {
         let hosts = self.store.hosts().await?;
         // Memory promised to VMs with a QEMU, per host, added up by the database.
-        let live: Vec<&str> = [
-            VmState::Stopped,
-            VmState::Starting,
-            VmState::Running,
-            VmState::Paused,
-            VmState::ShuttingDown,
-            VmState::Crashed,
-            VmState::Saved,
-        ]
-        .into_iter()
-        .filter(|s| s.has_process())
-        .map(|s| s.as_str())
-        .collect();
+        let live: Vec<&str> = VmState::ALL
+            .into_iter()
+            .filter(|s| s.has_process())
+            .map(|s| s.as_str())
+            .collect();
         let used_by: std::collections::HashMap<String, u64> = self
             .store
             .memory_by_host(&live)
@@ -1645,9 +1637,9 @@ impl Controller {
             version: env!("CARGO_PKG_VERSION").into(),
             data_dir: self.cfg.data_dir.display().to_string(),
             hosts,
-            ssh_console: ssh.as_ref().map(|s| s.0.clone()),
-            ssh_host_key: ssh.as_ref().map(|s| s.1.clone()),
-            ssh_host_key_fingerprint: ssh.as_ref().map(|s| s.2.clone()),
+            ssh_console: ssh.as_ref().map(|s| s.addr.clone()),
+            ssh_host_key: ssh.as_ref().map(|s| s.host_key.clone()),
+            ssh_host_key_fingerprint: ssh.map(|s| s.fingerprint),
         })
     }
 

@@ -17,6 +17,16 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc;
 
+/// Where the gateway listens and the host key it shows (for `hostel info`).
+#[derive(Clone, Debug)]
+pub struct SshConsole {
+    pub addr: String,
+    /// An OpenSSH public key line.
+    pub host_key: String,
+    /// Its SHA-256 fingerprint, as `ssh` prints it.
+    pub fingerprint: String,
+}
+
 /// The first two fields of an OpenSSH public key line: type and base64 body.
 pub fn key_id(line: &str) -> String {
     line.split_whitespace()
@@ -87,14 +97,14 @@ impl Controller {
         key: russh::keys::PrivateKey,
     ) {
         let public = key.public_key();
-        *self.ssh_console.lock().unwrap() = Some((
-            listener
+        *self.ssh_console.lock().unwrap() = Some(SshConsole {
+            addr: listener
                 .local_addr()
                 .map(|a| a.to_string())
                 .unwrap_or_default(),
-            public.to_openssh().unwrap_or_default(),
-            public.fingerprint(russh::keys::HashAlg::Sha256).to_string(),
-        ));
+            host_key: public.to_openssh().unwrap_or_default(),
+            fingerprint: public.fingerprint(russh::keys::HashAlg::Sha256).to_string(),
+        });
         let config = Arc::new(russh::server::Config {
             keys: vec![key],
             auth_rejection_time: std::time::Duration::from_millis(300),
@@ -144,20 +154,13 @@ struct Conn {
 impl Conn {
     fn audit_record(&self, action: &str, result: &str, error: Option<String>) -> AuditRecord {
         let (vm, user) = match &self.admitted {
-            Some((vm, c)) => (Some(vm), Some(c.user_name.clone())),
+            Some((vm, c)) => (
+                Some((vm.id.as_str(), vm.name.as_str())),
+                Some(c.user_name.clone()),
+            ),
             None => (None, None),
         };
-        AuditRecord {
-            id: hostel_store::new_id("aud"),
-            at: hostel_store::now(),
-            user_name: user,
-            source: self.peer.clone(),
-            action: action.into(),
-            target: vm.map(|v| v.name.clone()),
-            vm_id: vm.map(|v| v.id.clone()),
-            result: result.into(),
-            error,
-        }
+        crate::accounts::event_record(user, &self.peer, action.into(), vm, result, error)
     }
 
     async fn audit(&self, action: &str, result: &str, error: Option<String>) {

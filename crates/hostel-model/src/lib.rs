@@ -126,6 +126,17 @@ pub enum VmState {
 }
 
 impl VmState {
+    /// Every state.
+    pub const ALL: [VmState; 7] = [
+        VmState::Stopped,
+        VmState::Starting,
+        VmState::Running,
+        VmState::Paused,
+        VmState::ShuttingDown,
+        VmState::Crashed,
+        VmState::Saved,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             VmState::Stopped => "stopped",
@@ -496,15 +507,7 @@ mod tests {
         Op::Pause.check(VmState::Running).unwrap();
         Op::Delete.check(VmState::Stopped).unwrap();
         assert!(Op::Delete.check(VmState::Running).is_err());
-        for s in [
-            VmState::Stopped,
-            VmState::Starting,
-            VmState::Running,
-            VmState::Paused,
-            VmState::ShuttingDown,
-            VmState::Crashed,
-            VmState::Saved,
-        ] {
+        for s in VmState::ALL {
             assert_eq!(VmState::parse(s.as_str()), Some(s));
         }
     }

@@ -40,13 +40,10 @@ fn web_dir(flag: Option<PathBuf>) -> Option<PathBuf> {
         )),
         PathBuf::from("/usr/local/share/hostel/web"),
     ];
-    let dir = flag.or_else(|| {
-        candidates
-            .into_iter()
-            .find(|d| d.join("@novnc/novnc").is_dir())
-    });
+    let complete = |d: &Path| d.join("@novnc/novnc").is_dir() && d.join("@xterm/xterm").is_dir();
+    let dir = flag.or_else(|| candidates.into_iter().find(|d| complete(d)));
     match &dir {
-        Some(d) if d.join("@novnc/novnc").is_dir() && d.join("@xterm/xterm").is_dir() => {}
+        Some(d) if complete(d) => {}
         Some(d) => tracing::warn!(
             "{} lacks @novnc/novnc or @xterm/xterm: the browser consoles will not load \
              (run `npm ci` in the source tree's web/)",
