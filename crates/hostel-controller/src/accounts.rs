@@ -656,21 +656,6 @@ impl Controller {
 
     // ---- audit ----
 
-    /// Records an event that is not a request (a console attach or detach, say) about
-    /// the VM `vm` (id, name).
-    pub async fn audit_event(
-        &self,
-        user: Option<String>,
-        source: &str,
-        action: String,
-        vm: Option<(&str, &str)>,
-        result: &str,
-        error: Option<String>,
-    ) {
-        self.record_audit(event_record(user, source, action, vm, result, error))
-            .await
-    }
-
     /// Records one request and emits it through tracing. Never holds secrets: the
     /// action is a method and a path, the error an API error message.
     pub async fn record_audit(&self, a: AuditRecord) {

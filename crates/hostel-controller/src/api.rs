@@ -755,14 +755,14 @@ async fn console(
     let user = crate::auth::current().map(|c| c.user_name);
     let source = peer.ip().to_string();
     let what = "serial console";
-    c.audit_event(
+    c.record_audit(crate::accounts::event_record(
         user.clone(),
         &source,
         format!("{what} attach"),
         Some((&vm.id, &vm.name)),
         "ok",
         None,
-    )
+    ))
     .await;
     let target = (vm.id, vm.name);
     Ok(
@@ -911,8 +911,15 @@ async fn bridge_audited<S>(
     let since = std::time::Instant::now();
     bridge(client, upstream).await;
     let action = format!("{what} detach after {} s", since.elapsed().as_secs());
-    c.audit_event(user, &source, action, Some((&vm.0, &vm.1)), "ok", None)
-        .await;
+    c.record_audit(crate::accounts::event_record(
+        user,
+        &source,
+        action,
+        Some((&vm.0, &vm.1)),
+        "ok",
+        None,
+    ))
+    .await;
 }
 
 #[derive(Deserialize)]
@@ -932,14 +939,14 @@ async fn console_ws(
     let Some(t) = c.tickets.take(&q.ticket) else {
         let why = "the console ticket is unknown, already used or expired: a ticket opens one \
                    connection within 30 s; ask for a new one (`hostel console NAME --web`)";
-        c.audit_event(
+        c.record_audit(crate::accounts::event_record(
             None,
             &source,
             "console websocket".into(),
             None,
             "denied",
             Some(why.into()),
-        )
+        ))
         .await;
         return Err(ApiError::forbidden(why.into()));
     };
@@ -964,14 +971,14 @@ async fn console_ws(
         Ok::<_, ApiError>(upstream)
     };
     let attached = attach.await;
-    c.audit_event(
+    c.record_audit(crate::accounts::event_record(
         Some(t.user_name.clone()),
         &source,
         format!("{what} attach"),
         Some((&t.vm_id, &t.vm_name)),
         if attached.is_ok() { "ok" } else { "failed" },
         attached.as_ref().err().map(|e| e.body.message.clone()),
-    )
+    ))
     .await;
     let upstream = attached?;
     let target = (t.vm_id, t.vm_name);
