@@ -195,6 +195,60 @@ pub struct Vm {
     pub created_at: String,
 }
 
+/// One VM in a list: what `hostel list` shows. `GET /api/v1/vms/{name}` has the rest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct VmSummary {
+    pub id: String,
+    pub name: String,
+    /// `user:NAME` or `group:NAME`.
+    #[serde(default)]
+    pub owner: Option<String>,
+    pub state: VmState,
+    #[serde(default)]
+    pub state_reason: Option<String>,
+    pub host: Option<String>,
+    pub image: Option<String>,
+    /// Memory the VM is set to have and its ceiling, in MiB.
+    pub memory_mib: u64,
+    pub max_memory_mib: u64,
+    pub vcpus: u32,
+    pub max_vcpus: u32,
+    /// The IPv4 addresses of its NICs, in NIC order.
+    #[serde(default)]
+    pub ips: Vec<String>,
+    /// QEMU's pid while the VM has a process.
+    #[serde(default)]
+    pub pid: Option<u32>,
+    #[serde(default)]
+    pub lease_expires_at: Option<String>,
+    #[serde(default)]
+    pub lease_warning: Option<String>,
+    pub created_at: String,
+}
+
+impl From<&Vm> for VmSummary {
+    fn from(v: &Vm) -> VmSummary {
+        VmSummary {
+            id: v.id.clone(),
+            name: v.name.clone(),
+            owner: v.owner.clone(),
+            state: v.state,
+            state_reason: v.state_reason.clone(),
+            host: v.host.clone(),
+            image: v.image.clone(),
+            memory_mib: v.memory.target_mib,
+            max_memory_mib: v.memory.max_mib,
+            vcpus: v.vcpus.current,
+            max_vcpus: v.vcpus.max,
+            ips: v.nics.iter().map(|n| n.ip.clone()).collect(),
+            pid: v.qemu.pid,
+            lease_expires_at: v.lease_expires_at.clone(),
+            lease_warning: v.lease_warning.clone(),
+            created_at: v.created_at.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ShutdownRequest {
     /// How long to wait for the guest to power off, in seconds.

@@ -625,17 +625,58 @@ async fn info(State(c): S) -> R<Info> {
     Ok(Json(c.info().await?))
 }
 
-#[utoipa::path(get, path = "/api/v1/vms", responses((status = 200, body = Vec<Vm>)))]
-async fn list_vms(State(c): S) -> R<Vec<Vm>> {
-    let mut out = Vec::new();
-    let caller = crate::auth::current();
-    for vm in c.store.vms().await? {
-        if caller.as_ref().is_some_and(|c| !c.may_operate(&vm)) {
-            continue;
+#[derive(Deserialize, utoipa::IntoParams)]
+struct ListQuery {
+    /// How many VMs a page holds: 1 to 1000 (the default).
+    limit: Option<u32>,
+    /// Start after the VM of this name (the `Link` header of a page names the next one).
+    after: Option<String>,
+    /// Only the VMs on this host.
+    host: Option<String>,
+    /// Only the VMs in this state.
+    state: Option<String>,
+}
+
+/// The VMs the caller may operate, in name order, a page at a time: when more follow, the
+/// `Link` header has the next page's address (`rel="next"`).
+#[utoipa::path(get, path = "/api/v1/vms", params(ListQuery),
+    responses((status = 200, body = Vec<VmSummary>,
+        headers(("Link" = String, description = "`<URL>; rel=\"next\"` when another page follows"))),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn list_vms(State(c): S, Query(q): Query<ListQuery>) -> Result<Response, ApiError> {
+    let limit = q.limit.unwrap_or(crate::ops::MAX_PAGE);
+    let (vms, next) = c
+        .list_vms(
+            limit,
+            q.after.as_deref(),
+            q.host.as_deref(),
+            q.state.as_deref(),
+        )
+        .await?;
+    let mut resp = Json(vms).into_response();
+    if let Some(after) = next {
+        let mut url = reqwest::Url::parse("http://hostel/api/v1/vms").expect("a valid URL");
+        {
+            let mut p = url.query_pairs_mut();
+            p.append_pair("limit", &limit.to_string());
+            p.append_pair("after", &after);
+            if let Some(h) = &q.host {
+                p.append_pair("host", h);
+            }
+            if let Some(s) = &q.state {
+                p.append_pair("state", s);
+            }
         }
-        out.push(c.view(&vm, false).await?);
+        let link = format!(
+            "<{}?{}>; rel=\"next\"",
+            url.path(),
+            url.query().unwrap_or("")
+        );
+        if let Ok(v) = axum::http::HeaderValue::from_str(&link) {
+            resp.headers_mut().insert(axum::http::header::LINK, v);
+        }
     }
-    Ok(Json(out))
+    Ok(resp)
 }
 
 #[utoipa::path(post, path = "/api/v1/vms", request_body = CreateVmRequest,

@@ -13,6 +13,9 @@ use std::sync::Arc;
 
 type Res<T> = Result<T, ApiError>;
 
+/// The most VMs one page of a list holds.
+pub(crate) const MAX_PAGE: u32 = 1000;
+
 fn state_of(v: &VmRecord) -> VmState {
     VmState::parse(&v.state).unwrap_or(VmState::Crashed)
 }
@@ -363,6 +366,96 @@ impl Controller {
             saved_to: vm.saved_path.clone(),
             created_at: vm.created_at.clone(),
         })
+    }
+
+    /// One page of the VMs the caller may operate, in name order, and the name to
+    /// continue after when more follow. Two queries whatever the page's size.
+    pub async fn list_vms(
+        &self,
+        limit: u32,
+        after: Option<&str>,
+        host: Option<&str>,
+        state: Option<&str>,
+    ) -> Res<(Vec<VmSummary>, Option<String>)> {
+        if !(1..=MAX_PAGE).contains(&limit) {
+            return Err(Invalid::new(
+                "limit",
+                format!("{limit} VMs a page is out of range: ask for 1 to {MAX_PAGE}"),
+            )
+            .into());
+        }
+        if let Some(s) = state {
+            if VmState::parse(s).is_none() {
+                let names: Vec<&str> = VmState::ALL.iter().map(|s| s.as_str()).collect();
+                return Err(Invalid::new(
+                    "state",
+                    format!("{s:?} is not a VM state: use one of {}", names.join(", ")),
+                )
+                .into());
+            }
+        }
+        if let Some(h) = host {
+            if self.store.host(h).await?.is_none() {
+                return Err(ApiError::not_found(format!(
+                    "no host is named {h:?}: `hostel info` lists the hosts"
+                )));
+            }
+        }
+        let caller = crate::auth::current();
+        let visible_to = caller
+            .as_ref()
+            .filter(|c| !c.is_admin)
+            .map(|c| (c.user_id.as_str(), c.group_ids.as_slice()));
+        let mut rows = self
+            .store
+            .vms_page(&hostel_store::VmPageQuery {
+                visible_to,
+                host_id: host,
+                state,
+                after,
+                // One more than asked tells whether another page follows.
+                limit: limit + 1,
+            })
+            .await?;
+        let next = if rows.len() > limit as usize {
+            rows.truncate(limit as usize);
+            rows.last().map(|r| r.vm.name.clone())
+        } else {
+            None
+        };
+        let out = rows
+            .into_iter()
+            .map(|r| {
+                let state = state_of(&r.vm);
+                let v = r.vm;
+                VmSummary {
+                    owner: match (r.owner_user, r.owner_group) {
+                        (Some(u), _) => Some(format!("user:{u}")),
+                        (None, Some(g)) => Some(format!("group:{g}")),
+                        _ => None,
+                    },
+                    state,
+                    state_reason: v.state_reason,
+                    host: v.host_id,
+                    image: r.image,
+                    memory_mib: v.memory_mib,
+                    max_memory_mib: v.max_memory_mib,
+                    vcpus: v.vcpus,
+                    max_vcpus: v.max_vcpus,
+                    ips: r.ips,
+                    pid: if state.has_process() { v.pid } else { None },
+                    lease_warning: v
+                        .lease_expires_at
+                        .as_deref()
+                        .and_then(crate::lease::warning),
+                    lease_expires_at: v.lease_expires_at,
+                    created_at: v.created_at,
+                    id: v.id,
+                    name: v.name,
+                }
+            })
+            .collect();
+        Ok((out, next))
     }
 
     /// Where a new VM goes: the connected host with the most memory not promised to VMs.

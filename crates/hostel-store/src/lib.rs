@@ -34,6 +34,29 @@ pub fn new_id(prefix: &str) -> String {
     format!("{prefix}-{}", &u[..12])
 }
 
+/// Which VMs a list page holds.
+#[derive(Debug, Clone, Default)]
+pub struct VmPageQuery<'a> {
+    /// Only the VMs this user (id) and these groups (ids) own or administer; none: all.
+    pub visible_to: Option<(&'a str, &'a [String])>,
+    pub host_id: Option<&'a str>,
+    pub state: Option<&'a str>,
+    /// Only VMs whose name sorts after this one (the last name of the previous page).
+    pub after: Option<&'a str>,
+    pub limit: u32,
+}
+
+/// A VM as a list shows it: its record and the names it refers to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmListRow {
+    pub vm: VmRecord,
+    pub owner_user: Option<String>,
+    pub owner_group: Option<String>,
+    pub image: Option<String>,
+    /// Its NICs' IPv4 addresses, in NIC order.
+    pub ips: Vec<String>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct VmRecord {
     pub id: String,
@@ -433,6 +456,14 @@ impl Store {
         rows.iter().map(host_of).collect()
     }
 
+    pub async fn host(&self, id: &str) -> Result<Option<HostRecord>> {
+        let row = sqlx::query(&format!("SELECT {HOST_COLS} FROM hosts WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(host_of).transpose()
+    }
+
     // ---- images ----
 
     pub async fn insert_image(&self, i: &ImageRecord) -> Result<()> {
@@ -590,6 +621,89 @@ impl Store {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(vm_of).collect()
+    }
+
+    /// One page of the VM list, in name order, with the names a list shows joined in:
+    /// one query for the VMs and one for their NICs' addresses, whatever the page's size.
+    pub async fn vms_page(&self, q: &VmPageQuery<'_>) -> Result<Vec<VmListRow>> {
+        let mut cond: Vec<String> = Vec::new();
+        let mut binds: Vec<&str> = Vec::new();
+        // Binds a value and gives its placeholder.
+        fn mark<'a>(binds: &mut Vec<&'a str>, v: &'a str) -> String {
+            binds.push(v);
+            format!("${}", binds.len())
+        }
+        if let Some((user, groups)) = q.visible_to {
+            let mut any = vec![format!("v.owner_user_id = {}", mark(&mut binds, user))];
+            if !groups.is_empty() {
+                let marks: Vec<String> = groups.iter().map(|g| mark(&mut binds, g)).collect();
+                let set = marks.join(", ");
+                any.push(format!("v.owner_group_id IN ({set})"));
+                any.push(format!("v.admin_group_id IN ({set})"));
+            }
+            cond.push(format!("({})", any.join(" OR ")));
+        }
+        if let Some(h) = q.host_id {
+            cond.push(format!("v.host_id = {}", mark(&mut binds, h)));
+        }
+        if let Some(st) = q.state {
+            cond.push(format!("v.state = {}", mark(&mut binds, st)));
+        }
+        if let Some(after) = q.after {
+            cond.push(format!("v.name > {}", mark(&mut binds, after)));
+        }
+        let cols: Vec<String> = VM_COLS.split(", ").map(|c| format!("v.{c}")).collect();
+        let sql = format!(
+            "SELECT {}, u.name AS owner_user_name, g.name AS owner_group_name, \
+             i.name AS image_name FROM vms v \
+             LEFT JOIN users u ON u.id = v.owner_user_id \
+             LEFT JOIN user_groups g ON g.id = v.owner_group_id \
+             LEFT JOIN images i ON i.id = v.image_id{} ORDER BY v.name LIMIT {}",
+            cols.join(", "),
+            if cond.is_empty() {
+                String::new()
+            } else {
+                format!(" WHERE {}", cond.join(" AND "))
+            },
+            q.limit
+        );
+        let mut query = sqlx::query(&sql);
+        for b in &binds {
+            query = query.bind(*b);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        let mut at = std::collections::HashMap::with_capacity(rows.len());
+        for r in &rows {
+            let vm = vm_of(r)?;
+            at.insert(vm.id.clone(), out.len());
+            out.push(VmListRow {
+                vm,
+                owner_user: opt_str(r, "owner_user_name")?,
+                owner_group: opt_str(r, "owner_group_name")?,
+                image: opt_str(r, "image_name")?,
+                ips: Vec::new(),
+            });
+        }
+        if out.is_empty() {
+            return Ok(out);
+        }
+        let marks: Vec<String> = (1..=out.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT vm_id, ip FROM nics WHERE vm_id IN ({}) ORDER BY vm_id, idx",
+            marks.join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for row in &out {
+            query = query.bind(row.vm.id.clone());
+        }
+        for r in query.fetch_all(&self.pool).await? {
+            let vm_id: String = r.try_get("vm_id")?;
+            if let Some(&i) = at.get(&vm_id) {
+                out[i].ips.push(r.try_get("ip")?);
+            }
+        }
+        Ok(out)
     }
 
     /// Memory promised to VMs in `states`, per host: host id → sum of max memory (MiB).

@@ -164,10 +164,8 @@ async fn migrations_are_idempotent_and_tasks_survive(url: &str) {
     assert!(got.error.unwrap().contains("interrupted"));
 }
 
-async fn networks_nics_and_forwards(url: &str) {
-    let s = Store::open(url).await.unwrap();
-    s.upsert_host(&host()).await.unwrap();
-    let net = NetworkRecord {
+fn lab_network() -> NetworkRecord {
+    NetworkRecord {
         id: new_id("net"),
         name: "lab".into(),
         cidr: "10.1.0.0/24".into(),
@@ -178,7 +176,13 @@ async fn networks_nics_and_forwards(url: &str) {
         ipv6_prefix: None,
         created_at: now(),
         dns_forward: Some("10.0.0.53".into()),
-    };
+    }
+}
+
+async fn networks_nics_and_forwards(url: &str) {
+    let s = Store::open(url).await.unwrap();
+    s.upsert_host(&host()).await.unwrap();
+    let net = lab_network();
     s.insert_network(&net).await.unwrap();
     assert_eq!(s.network_by_name("lab").await.unwrap().unwrap(), net);
     let v = vm("a");
@@ -452,6 +456,161 @@ async fn memory_per_host_and_what_an_owner_has(url: &str) {
     assert!(s.owned(None, None).await.unwrap().0.is_empty());
 }
 
+async fn vm_pages_filter_join_and_continue(url: &str) {
+    let s = Store::open(url).await.unwrap();
+    s.upsert_host(&host()).await.unwrap();
+    s.upsert_host(&HostRecord {
+        id: "host-2".into(),
+        name: "h2".into(),
+        ..host()
+    })
+    .await
+    .unwrap();
+    for (id, name) in [("user-a", "alice"), ("user-b", "bob")] {
+        s.insert_user(&UserRecord {
+            id: id.into(),
+            name: name.into(),
+            password_hash: None,
+            is_admin: false,
+            created_at: now(),
+        })
+        .await
+        .unwrap();
+    }
+    for (id, name) in [("grp-lab", "lab"), ("grp-ops", "ops")] {
+        s.insert_group(&GroupRecord {
+            id: id.into(),
+            name: name.into(),
+            created_at: now(),
+        })
+        .await
+        .unwrap();
+    }
+    let net = NetworkRecord {
+        domain: None,
+        dns_forward: None,
+        ..lab_network()
+    };
+    s.insert_network(&net).await.unwrap();
+    // e: alice's; d: bob's, administered by lab; c: lab's; b: ops's; a: nobody's.
+    let mut made = Vec::new();
+    for (name, user, group, admin, host, state) in [
+        ("e", Some("user-a"), None, None, "host-1", "running"),
+        (
+            "d",
+            Some("user-b"),
+            None,
+            Some("grp-lab"),
+            "host-2",
+            "stopped",
+        ),
+        ("c", None, Some("grp-lab"), None, "host-1", "stopped"),
+        ("b", None, Some("grp-ops"), None, "host-2", "running"),
+        ("a", None, None, None, "host-1", "stopped"),
+    ] {
+        let mut v = vm(name);
+        v.owner_user_id = user.map(Into::into);
+        v.owner_group_id = group.map(Into::into);
+        v.admin_group_id = admin.map(Into::into);
+        v.host_id = Some(host.into());
+        v.state = state.into();
+        s.insert_vm(&v, &[]).await.unwrap();
+        made.push(v);
+    }
+    // Two NICs on e, inserted out of order: the page lists them in NIC order.
+    for (idx, ip) in [(1, "10.1.0.9"), (0, "10.1.0.3")] {
+        s.insert_nic(&NicRecord {
+            id: new_id("nic"),
+            vm_id: made[0].id.clone(),
+            network_id: net.id.clone(),
+            idx,
+            mac: format!("52:54:00:00:00:0{idx}"),
+            ip: ip.into(),
+            ipv6: None,
+        })
+        .await
+        .unwrap();
+    }
+    let names =
+        |rows: &[VmListRow]| -> Vec<String> { rows.iter().map(|r| r.vm.name.clone()).collect() };
+    fn page(after: Option<&str>, limit: u32) -> VmPageQuery<'_> {
+        VmPageQuery {
+            after,
+            limit,
+            ..Default::default()
+        }
+    }
+    // All of them, in pages of two, each page continuing after the last name.
+    let mut all = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let rows = s.vms_page(&page(after.as_deref(), 2)).await.unwrap();
+        if rows.is_empty() {
+            break;
+        }
+        assert!(rows.len() <= 2);
+        after = rows.last().map(|r| r.vm.name.clone());
+        all.extend(names(&rows));
+    }
+    assert_eq!(all, ["a", "b", "c", "d", "e"]);
+    let rows = s.vms_page(&page(Some("d"), 10)).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    let e = &rows[0];
+    assert_eq!(e.vm, made[0]);
+    assert_eq!(e.owner_user.as_deref(), Some("alice"));
+    assert_eq!(e.ips, ["10.1.0.3", "10.1.0.9"]);
+    let c = &s.vms_page(&page(Some("b"), 1)).await.unwrap()[0];
+    assert_eq!(
+        (c.vm.name.as_str(), c.owner_group.as_deref(), c.ips.len()),
+        ("c", Some("lab"), 0)
+    );
+    // What a user may see: their own, their groups', and those their groups administer.
+    let lab = ["grp-lab".to_string()];
+    let mut seen = Vec::new();
+    for (user, groups) in [
+        ("user-a", &[][..]),
+        ("user-a", &lab[..]),
+        ("user-b", &[][..]),
+        ("user-nobody", &[][..]),
+    ] {
+        let q = VmPageQuery {
+            visible_to: Some((user, groups)),
+            limit: 10,
+            ..Default::default()
+        };
+        seen.push(names(&s.vms_page(&q).await.unwrap()));
+    }
+    assert_eq!(seen[0], ["e"]);
+    assert_eq!(seen[1], ["c", "d", "e"]);
+    assert_eq!(seen[2], ["d"]);
+    assert!(seen[3].is_empty());
+    // By host and by state, and both.
+    let by = |host, state| VmPageQuery {
+        host_id: host,
+        state,
+        limit: 10,
+        ..Default::default()
+    };
+    assert_eq!(
+        names(&s.vms_page(&by(Some("host-2"), None)).await.unwrap()),
+        ["b", "d"]
+    );
+    assert_eq!(
+        names(&s.vms_page(&by(None, Some("running"))).await.unwrap()),
+        ["b", "e"]
+    );
+    assert_eq!(
+        names(
+            &s.vms_page(&by(Some("host-1"), Some("running")))
+                .await
+                .unwrap()
+        ),
+        ["e"]
+    );
+    assert_eq!(s.host("host-2").await.unwrap().unwrap().name, "h2");
+    assert!(s.host("host-9").await.unwrap().is_none());
+}
+
 macro_rules! on_both {
     ($($name:ident),*) => {
         mod sqlite {
@@ -483,5 +642,6 @@ on_both!(
     pools_in_use_cannot_be_deleted,
     accounts_tokens_and_audit,
     only_ended_leases_are_listed,
-    memory_per_host_and_what_an_owner_has
+    memory_per_host_and_what_an_owner_has,
+    vm_pages_filter_join_and_continue
 );

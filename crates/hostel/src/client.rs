@@ -81,6 +81,15 @@ impl Api {
     }
 
     async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T> {
+        Ok(self.send_paged(req).await?.0)
+    }
+
+    /// Sends a request; gives the answer and the next page's path when a `Link` header
+    /// names one (`rel="next"`).
+    async fn send_paged<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<(T, Option<String>)> {
         let resp = req
             .bearer_auth(&self.cfg.token)
             .send()
@@ -92,6 +101,12 @@ impl Api {
                 )
             })?;
         let status = resp.status();
+        let next = resp
+            .headers()
+            .get_all(reqwest::header::LINK)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(next_link);
         let text = resp.text().await?;
         if !status.is_success() {
             match serde_json::from_str::<ErrorBody>(&text) {
@@ -100,14 +115,31 @@ impl Api {
             }
         }
         if text.is_empty() {
-            return Ok(serde_json::from_str("null")?);
+            return Ok((serde_json::from_str("null")?, next));
         }
-        Ok(serde_json::from_str(&text)?)
+        Ok((serde_json::from_str(&text)?, next))
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         self.send(self.http.get(format!("{}{path}", self.cfg.url)))
             .await
+    }
+
+    /// A paged list, every page of it, handed over a page at a time.
+    pub async fn get_pages<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        mut each: impl FnMut(Vec<T>) -> Result<()>,
+    ) -> Result<()> {
+        let mut path = Some(path.to_string());
+        while let Some(p) = path {
+            let (page, next) = self
+                .send_paged(self.http.get(format!("{}{p}", self.cfg.url)))
+                .await?;
+            each(page)?;
+            path = next;
+        }
+        Ok(())
     }
 
     pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
@@ -139,5 +171,38 @@ impl Api {
             .replacen("https://", "wss://", 1)
             .replacen("http://", "ws://", 1);
         format!("{base}{path}")
+    }
+}
+
+/// The target of a `Link` header's `rel="next"` entry: `</path?query>; rel="next"`.
+fn next_link(header: &str) -> Option<String> {
+    header.split(',').find_map(|part| {
+        let (target, params) = part.trim().split_once(';')?;
+        let is_next = params
+            .split(';')
+            .any(|p| matches!(p.trim(), "rel=\"next\"" | "rel=next"));
+        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        (is_next && target.starts_with('/')).then(|| target.to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn next_link_is_read_from_the_header() {
+        assert_eq!(
+            super::next_link(r#"</api/v1/vms?limit=2&after=b>; rel="next""#).as_deref(),
+            Some("/api/v1/vms?limit=2&after=b")
+        );
+        assert_eq!(
+            super::next_link(r#"</x>; rel="prev", </y>; rel="next""#).as_deref(),
+            Some("/y")
+        );
+        assert_eq!(super::next_link(r#"</x>; rel="prev""#), None);
+        // Only paths on the same server are followed.
+        assert_eq!(
+            super::next_link(r#"<http://elsewhere/x>; rel="next""#),
+            None
+        );
     }
 }

@@ -69,8 +69,17 @@ enum Cmd {
         #[arg(long)]
         web_dir: Option<PathBuf>,
     },
-    /// List VMs.
+    /// List the VMs you may operate (all of them for admins), in name order.
     List {
+        /// Only the VMs on this host.
+        #[arg(long)]
+        host: Option<String>,
+        /// Only the VMs in this state (running, stopped, paused, saved, crashed, ...).
+        #[arg(long)]
+        state: Option<String>,
+        /// How many VMs each request asks for (1 to 1000); the list is whole either way.
+        #[arg(long, default_value_t = 1000)]
+        page_size: u32,
         #[arg(short, long, value_enum, default_value = "table")]
         output: Table2Json,
     },
@@ -781,7 +790,7 @@ fn absolute(p: &std::path::Path) -> Result<String> {
     Ok(abs.display().to_string())
 }
 
-fn vm_table(vms: &[Vm]) {
+fn vm_table(vms: &[VmSummary]) {
     let mut t = Table::new();
     t.load_preset(NOTHING);
     t.set_header([
@@ -793,10 +802,10 @@ fn vm_table(vms: &[Vm]) {
             v.state.to_string(),
             format!(
                 "{}/{}",
-                format_mib(v.memory.current_mib),
-                format_mib(v.memory.max_mib)
+                format_mib(v.memory_mib),
+                format_mib(v.max_memory_mib)
             ),
-            format!("{}/{}", v.vcpus.current, v.vcpus.max),
+            format!("{}/{}", v.vcpus, v.max_vcpus),
             v.host.clone().unwrap_or_default(),
             v.image.clone().unwrap_or_default(),
             v.owner.clone().unwrap_or_default(),
@@ -804,7 +813,7 @@ fn vm_table(vms: &[Vm]) {
                 .as_deref()
                 .map(|l| l.get(..16).unwrap_or(l).replace('T', " "))
                 .unwrap_or_default(),
-            v.qemu.pid.map(|p| p.to_string()).unwrap_or_default(),
+            v.pid.map(|p| p.to_string()).unwrap_or_default(),
         ]);
     }
     println!("{t}");
@@ -819,7 +828,7 @@ fn show_vm(v: &Vm, output: Table2Json) -> Result<()> {
     match output {
         Table2Json::Json => print_json(v),
         Table2Json::Table => {
-            vm_table(std::slice::from_ref(v));
+            vm_table(&[VmSummary::from(v)]);
             Ok(())
         }
     }
@@ -1281,8 +1290,29 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Cmd::List { output } => {
-            let vms: Vec<Vm> = api.get("/api/v1/vms").await?;
+        Cmd::List {
+            host,
+            state,
+            page_size,
+            output,
+        } => {
+            let mut url = reqwest::Url::parse("http://hostel/api/v1/vms")?;
+            let limit = Some(page_size.to_string());
+            for (k, v) in [("host", &host), ("state", &state), ("limit", &limit)] {
+                if let Some(v) = v {
+                    url.query_pairs_mut().append_pair(k, v);
+                }
+            }
+            let path = match url.query() {
+                Some(q) => format!("{}?{q}", url.path()),
+                None => url.path().to_string(),
+            };
+            let mut vms: Vec<VmSummary> = Vec::new();
+            api.get_pages(&path, |page| {
+                vms.extend(page);
+                Ok(())
+            })
+            .await?;
             match output {
                 Table2Json::Json => print_json(&vms)?,
                 Table2Json::Table => vm_table(&vms),

@@ -11,13 +11,18 @@ use std::time::{Duration, Instant};
 struct As<'a> {
     d: &'a Daemon,
     config: PathBuf,
+    token: String,
 }
 
 impl<'a> As<'a> {
     fn new(d: &'a Daemon, name: &str, token: &str) -> As<'a> {
         let config = d.dir.path().join(format!("{name}.toml"));
         std::fs::write(&config, format!("url = {:?}\ntoken = {:?}\n", d.url, token)).unwrap();
-        As { d, config }
+        As {
+            d,
+            config,
+            token: token.to_string(),
+        }
     }
     fn run(&self, args: &[&str]) -> Output {
         self.d
@@ -518,15 +523,9 @@ async fn quotas_hold_under_races_and_leases_end() {
         "--no-start",
     ]);
     assert!(err.contains("one VM's max memory"), "{err}");
-    let names: Vec<String> =
-        serde_json::from_str::<serde_json::Value>(&erin.ok(&["list", "-o", "json"]))
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v["name"].as_str().unwrap().to_string())
-            .collect();
+    let names = names_in(&erin.ok(&["list", "-o", "json"]));
     assert_eq!(names.len(), 3);
+    list_pages(&d, &erin, &names);
 
     // Three starts at once with 2 allowed running: exactly 2 pass.
     let starts: Vec<Output> = std::thread::scope(|s| {
@@ -789,4 +788,58 @@ async fn every_route_refuses_who_it_must() {
         "{} audit entries for {refused_writes} refused writes",
         after - audit_before
     );
+}
+
+/// The list comes a page at a time: the `Link` header leads from page to page, and the
+/// CLI follows it; filters and bad paging parameters are answered as they should be.
+fn list_pages(d: &Daemon, erin: &As, names: &[String]) {
+    let mut seen = Vec::new();
+    let mut path = Some("/api/v1/vms?limit=2".to_string());
+    let mut pages = 0;
+    while let Some(p) = path.take() {
+        let (status, head, body) = d.http_get_headers(&p, Some(&erin.token));
+        assert_eq!(status, 200, "{p}: {body}");
+        assert!(names_in(&body).len() <= 2, "{body}");
+        seen.extend(names_in(&body));
+        path = head
+            .lines()
+            .find_map(|l| l.strip_prefix("link: ").or(l.strip_prefix("Link: ")))
+            .map(|l| {
+                assert!(l.ends_with(r#">; rel="next""#), "{l}");
+                l[1..l.find('>').unwrap()].to_string()
+            });
+        pages += 1;
+    }
+    assert_eq!(pages, 2, "3 VMs in pages of 2");
+    assert_eq!(seen, names, "every VM once, in name order");
+    let cli = names_in(&erin.ok(&["list", "--page-size", "1", "-o", "json"]));
+    assert_eq!(cli, names, "the CLI follows the pages");
+    assert_eq!(
+        erin.ok(&["list", "--state", "stopped", "-o", "json"])
+            .matches("\"name\"")
+            .count(),
+        3
+    );
+    assert_eq!(
+        erin.ok(&["list", "--state", "running", "-o", "json"])
+            .trim(),
+        "[]"
+    );
+    let err = erin.fails(&["list", "--state", "sleeping"]);
+    assert!(err.contains("\"sleeping\" is not a VM state"), "{err}");
+    let err = erin.fails(&["list", "--host", "nosuch"]);
+    assert!(err.contains("no host is named \"nosuch\""), "{err}");
+    let err = erin.fails(&["list", "--page-size", "0"]);
+    assert!(err.contains("ask for 1 to 1000"), "{err}");
+}
+
+/// The names in a JSON list of VMs.
+fn names_in(json: &str) -> Vec<String> {
+    serde_json::from_str::<serde_json::Value>(json)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap().to_string())
+        .collect()
 }

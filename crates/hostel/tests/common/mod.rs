@@ -314,15 +314,28 @@ impl Daemon {
 
     /// A plain HTTP/1.1 POST of a JSON body with the admin token: (status, body).
     pub fn http_post(&self, path: &str, json: &str) -> (u16, String) {
-        self.http("POST", path, Some(&self.token), json)
+        let (status, _, body) = self.http("POST", path, Some(&self.token), json);
+        (status, body)
     }
 
     /// A plain HTTP/1.1 GET from inside the namespace: (status, body).
     pub fn http_get(&self, path: &str, token: Option<&str>) -> (u16, String) {
+        let (status, _, body) = self.http("GET", path, token, "");
+        (status, body)
+    }
+
+    /// A GET's status, response headers (one `name: value` a line) and body.
+    pub fn http_get_headers(&self, path: &str, token: Option<&str>) -> (u16, String, String) {
         self.http("GET", path, token, "")
     }
 
-    fn http(&self, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    fn http(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &str,
+    ) -> (u16, String, String) {
         use std::io::{Read, Write};
         let host = self.url.trim_start_matches("http://");
         let mut s = self.ns.connect(host);
@@ -343,11 +356,8 @@ impl Daemon {
             .nth(1)
             .and_then(|c| c.parse().ok())
             .unwrap_or(0);
-        let body = resp
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        (status, body)
+        let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+        (status, head.to_string(), body.to_string())
     }
 }
 
