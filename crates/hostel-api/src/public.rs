@@ -625,6 +625,10 @@ pub struct CreateUserRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PasswordRequest {
     pub password: String,
+    /// The password in use now: needed to change your own, once you have one (an admin
+    /// setting another user's does not give it).
+    #[serde(default)]
+    pub current_password: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

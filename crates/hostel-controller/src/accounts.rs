@@ -235,6 +235,37 @@ impl Controller {
             return Err(forbidden("only an admin may set another user's password"));
         }
         let u = self.user_named(target).await?;
+        if target == c.user_name && u.password_hash.is_some() {
+            // A token alone does not let its holder take the account over: changing your
+            // own password takes the current one, checked like a login.
+            let Some(current) = req.current_password.clone() else {
+                return Err(Invalid::new(
+                    "current_password",
+                    "changing your own password takes the current one: give it too \
+                     (`--current-password-file`)",
+                )
+                .into());
+            };
+            let key = format!("user:{}", u.name);
+            if let Some(wait) = self.logins.locked(&key) {
+                return Err(ApiError::too_many(format!(
+                    "too many wrong passwords: try again in {wait} s"
+                )));
+            }
+            self.logins.fail(&key);
+            let who = u.clone();
+            let ok = tokio::task::spawn_blocking(move || auth::verify_password(&who, &current))
+                .await
+                .unwrap_or(false);
+            if !ok {
+                return Err(Invalid::new(
+                    "current_password",
+                    "the current password is wrong: nothing was changed",
+                )
+                .into());
+            }
+            self.logins.clear(&key);
+        }
         auth::check_password(&u.name, &req.password).map_err(|m| Invalid::new("password", m))?;
         let h =
             auth::hash_password(&req.password).map_err(|e| ApiError::from(anyhow::anyhow!(e)))?;
@@ -693,11 +724,14 @@ impl Controller {
         } else if !c.is_admin {
             f.vm_ids = Some(
                 self.store
-                    .vms()
+                    .vms_page(&hostel_store::VmPageQuery {
+                        visible_to: Some((&c.user_id, &c.group_ids)),
+                        limit: u32::MAX,
+                        ..Default::default()
+                    })
                     .await?
                     .into_iter()
-                    .filter(|v| c.may_operate(v))
-                    .map(|v| v.id)
+                    .map(|r| r.vm.id)
                     .collect(),
             );
         }

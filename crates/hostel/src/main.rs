@@ -366,11 +366,16 @@ enum UserCmd {
     Delete {
         name: String,
     },
-    /// Set a user's password (yours without NAME... use `hostel user passwd --me`).
+    /// Set a password: your own without NAME (give the current one too), or, for admins,
+    /// another user's.
     Passwd {
         name: Option<String>,
+        /// A file whose first line is the new password.
         #[arg(long)]
         password_file: PathBuf,
+        /// A file whose first line is your current password (to change your own).
+        #[arg(long)]
+        current_password_file: Option<PathBuf>,
     },
 }
 
@@ -986,13 +991,26 @@ async fn run(cli: Cli) -> Result<()> {
             UserCmd::Passwd {
                 name,
                 password_file,
+                current_password_file,
             } => {
                 let password = read_secret_file(&password_file)?;
+                let current_password = current_password_file
+                    .as_deref()
+                    .map(read_secret_file)
+                    .transpose()?;
                 let path = match &name {
                     Some(n) => format!("/api/v1/users/{n}/password"),
                     None => "/api/v1/me/password".into(),
                 };
-                let _: serde_json::Value = api.post(&path, &PasswordRequest { password }).await?;
+                let _: serde_json::Value = api
+                    .post(
+                        &path,
+                        &PasswordRequest {
+                            password,
+                            current_password,
+                        },
+                    )
+                    .await?;
                 println!("password set");
             }
         },

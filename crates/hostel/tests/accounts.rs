@@ -374,6 +374,63 @@ async fn who_may_do_what() {
     assert!(!log.contains(&secret), "a token reached the log");
     assert!(!log.contains("alice's long passphrase"));
 
+    // A password change: an admin sets bob's; bob changes his own only with the current.
+    let bob_pw = d.dir.path().join("bob-pw");
+    std::fs::write(&bob_pw, "bob's first passphrase\n").unwrap();
+    let bob_new = d.dir.path().join("bob-new");
+    std::fs::write(&bob_new, "bob's second passphrase\n").unwrap();
+    d.ok(&[
+        "user",
+        "passwd",
+        "bob",
+        "--password-file",
+        bob_pw.to_str().unwrap(),
+    ]);
+    let bob = As::new(&d, "bob-pw", &token_for(&d, "bob", "pw", &[]));
+    let new = [
+        "user",
+        "passwd",
+        "--password-file",
+        bob_new.to_str().unwrap(),
+    ];
+    let err = bob.fails(&new);
+    assert!(err.contains("takes the current one"), "{err}");
+    let err = bob.fails(
+        &[
+            &new[..],
+            &["--current-password-file", weak.to_str().unwrap()],
+        ]
+        .concat(),
+    );
+    assert!(err.contains("the current password is wrong"), "{err}");
+    let err = bob.fails(&[
+        "user",
+        "passwd",
+        "carol",
+        "--password-file",
+        bob_new.to_str().unwrap(),
+    ]);
+    assert!(err.contains("only an admin"), "{err}");
+    bob.ok(&[
+        &new[..],
+        &["--current-password-file", bob_pw.to_str().unwrap()],
+    ]
+    .concat());
+    let bob_cfg = d.dir.path().join("bob-login.toml");
+    let bob_login = |pwfile: &std::path::Path| {
+        d.ns.cmd(bin())
+            .args(["login", "bob", "--url", &d.url, "--password-file"])
+            .arg(pwfile)
+            .env("HOSTEL_CONFIG", &bob_cfg)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(bob_login(&bob_new), "the new password logs in");
+    assert!(!bob_login(&bob_pw), "the old one no longer does");
+
     // Login: the right password gives a token; five wrong ones lock the account.
     let login_cfg = d.dir.path().join("login.toml");
     let login = |pwfile: &std::path::Path| {
