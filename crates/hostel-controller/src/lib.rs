@@ -193,10 +193,15 @@ impl Controller {
             .into_iter()
             .map(|s| (s.id.clone(), s))
             .collect();
-        for vm in self.store.vms().await? {
-            if vm.host_id.as_deref() != Some(host) {
-                continue;
-            }
+        let on_host = self
+            .store
+            .vms_page(&hostel_store::VmPageQuery {
+                host_id: Some(host),
+                limit: u32::MAX,
+                ..Default::default()
+            })
+            .await?;
+        for vm in on_host.into_iter().map(|r| r.vm) {
             match running.get(&vm.id) {
                 Some(s) => {
                     self.store

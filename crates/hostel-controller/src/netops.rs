@@ -172,8 +172,14 @@ impl Controller {
 
     /// The desired network state of the hosts, from the database.
     pub(crate) async fn networks_state(&self) -> Res<NetworksState> {
-        let vms = self.store.vms().await?;
-        let name_of = |id: &str| vms.iter().find(|v| v.id == id).map(|v| v.name.clone());
+        let names: std::collections::HashMap<String, String> = self
+            .store
+            .vms()
+            .await?
+            .into_iter()
+            .map(|v| (v.id, v.name))
+            .collect();
+        let name_of = |id: &str| names.get(id).cloned();
         let mut networks = Vec::new();
         for n in self.store.networks().await? {
             let hosts = self
@@ -440,12 +446,25 @@ impl Controller {
     }
 
     pub async fn forwards(&self, name: Option<&str>) -> Res<Vec<PortForward>> {
-        let vms = self.store.vms().await?;
-        let nics = self.store.all_nics().await?;
+        let vms: std::collections::HashMap<String, VmRecord> = self
+            .store
+            .vms()
+            .await?
+            .into_iter()
+            .map(|v| (v.id.clone(), v))
+            .collect();
+        let nics: std::collections::HashMap<String, String> = self
+            .store
+            .all_nics()
+            .await?
+            .into_iter()
+            .map(|n| (n.id, n.ip))
+            .collect();
         let mut out = Vec::new();
         for f in self.store.forwards().await? {
-            let vm = vms.iter().find(|v| v.id == f.vm_id);
-            let Some(vm) = vm else { continue };
+            let Some(vm) = vms.get(&f.vm_id) else {
+                continue;
+            };
             if name.is_some_and(|n| n != vm.name) {
                 continue;
             }
@@ -454,11 +473,7 @@ impl Controller {
                 proto: f.proto,
                 host_port: f.host_port,
                 guest_port: f.guest_port,
-                ip: nics
-                    .iter()
-                    .find(|n| n.id == f.nic_id)
-                    .map(|n| n.ip.clone())
-                    .unwrap_or_default(),
+                ip: nics.get(&f.nic_id).cloned().unwrap_or_default(),
             });
         }
         Ok(out)

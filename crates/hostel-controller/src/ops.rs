@@ -1770,13 +1770,17 @@ impl Controller {
             used_by: {
                 let mut names = self.store.image_users(&i.id).await?;
                 if let Some(c) = crate::auth::current().filter(|c| !c.is_admin) {
-                    let mine: Vec<String> = self
+                    // The caller's VMs only, asked of the database (not every VM read).
+                    let mine: std::collections::HashSet<String> = self
                         .store
-                        .vms()
+                        .vms_page(&hostel_store::VmPageQuery {
+                            visible_to: Some((&c.user_id, &c.group_ids)),
+                            limit: u32::MAX,
+                            ..Default::default()
+                        })
                         .await?
                         .into_iter()
-                        .filter(|v| c.may_operate(v))
-                        .map(|v| v.name)
+                        .map(|r| r.vm.name)
                         .collect();
                     names.retain(|n| mine.contains(n));
                 }
