@@ -22,7 +22,7 @@ struct Args {
 fn parse_args() -> Result<Args> {
     let mut a = Args {
         hostel: PathBuf::from("target/release/hostel"),
-        runs: 5,
+        runs: 11,
         out: None,
         quick: false,
     };
@@ -503,29 +503,42 @@ fn timed(f: impl FnOnce() -> Result<()>) -> Result<f64> {
     Ok(t.elapsed().as_secs_f64())
 }
 
-/// The control plane at scale, on records: 1,000 host rows and 100,000 stopped VM rows
-/// written straight into the daemon's database (a simulation of a fleet's records: no
-/// agent answers for those hosts, which show as offline), then the real API and CLI.
-fn fleet(d: &mut Daemon, hosts: usize, vms: usize, samples: usize) -> Result<Vec<Row>> {
+/// Writes simulated fleet records straight into the daemon's database, with the daemon
+/// stopped: `hosts` host rows (when given) and stopped VM rows `simFROM` to `simTO-1`,
+/// spread over the hosts and owned by the admin. A simulation of a fleet's records: no
+/// agent answers for those hosts, which show as offline.
+fn fleet_records(
+    d: &mut Daemon,
+    hosts: usize,
+    new_hosts: bool,
+    from: usize,
+    to: usize,
+) -> Result<()> {
     d.stop()?;
     let db = d.data().join("hostel.db");
     let now = "2026-01-01T00:00:00Z";
+    let host_rows = if new_hosts {
+        format!(
+            "INSERT INTO hosts (id, name, url, cpus, memory_mib, accel, accel_reason, qemu_version, kernel, last_seen)\n\
+             WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {h})\n\
+             SELECT 'simhost-' || i, 'simhost-' || i, 'https://192.0.2.1:1', 64, 262144, 'kvm', \
+             'simulated', 'simulated', 'simulated', '{now}' FROM n;\n",
+            h = hosts - 1
+        )
+    } else {
+        String::new()
+    };
     let sql = format!(
-        "BEGIN;\n\
-         INSERT INTO hosts (id, name, url, cpus, memory_mib, accel, accel_reason, qemu_version, kernel, last_seen)\n\
-         WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {h})\n\
-         SELECT 'simhost-' || i, 'simhost-' || i, 'https://192.0.2.1:1', 64, 262144, 'kvm', \
-         'simulated', 'simulated', 'simulated', '{now}' FROM n;\n\
+        "BEGIN;\n{host_rows}\
          INSERT INTO vms (id, name, host_id, image_id, memory_mib, max_memory_mib, vcpus, max_vcpus, \
          state, state_reason, on_poweroff, on_reboot, on_crash, saved_path, pid, created_at, updated_at, \
          cdrom_image_id, boot_json, cloud_json, owner_user_id, owner_group_id, admin_group_id, lease_expires_at)\n\
-         WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {v})\n\
+         WITH RECURSIVE n(i) AS (SELECT {from} UNION ALL SELECT i + 1 FROM n WHERE i < {last})\n\
          SELECT 'simvm-' || i, 'sim' || i, 'simhost-' || (i % {hosts}), NULL, 512, 512, 1, 1, \
          'stopped', NULL, 'destroy', 'restart', 'restart', NULL, NULL, '{now}', '{now}', \
          NULL, NULL, NULL, (SELECT id FROM users WHERE name = 'admin'), NULL, NULL, NULL FROM n;\n\
          COMMIT;\n",
-        h = hosts - 1,
-        v = vms - 1,
+        last = to - 1,
     );
     let out = Command::new("sqlite3")
         .arg(&db)
@@ -541,7 +554,31 @@ fn fleet(d: &mut Daemon, hosts: usize, vms: usize, samples: usize) -> Result<Vec
     if !out.status.success() {
         bail!("sqlite3: {}", String::from_utf8_lossy(&out.stderr));
     }
-    d.restart()?;
+    d.restart()
+}
+
+/// p50, p99 and the rate of a set of latencies, as a table row.
+fn latency_row(what: String, v: &mut [f64], budget: &str) -> Row {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let pct = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize] * 1e3;
+    let total: f64 = v.iter().sum();
+    Row {
+        what,
+        hostel: format!(
+            "p50 {:.1} ms, p99 {:.1} ms, {:.1} ops/s",
+            pct(0.5),
+            pct(0.99),
+            v.len() as f64 / total
+        ),
+        peer: "n/a".into(),
+        ratio: "".into(),
+        budget: budget.into(),
+    }
+}
+
+/// The control plane at scale over the records `fleet_records` wrote (`vms` of them on
+/// `hosts` hosts), through the real API and CLI.
+fn fleet(d: &Daemon, hosts: usize, vms: usize, samples: usize, round: usize) -> Result<Vec<Row>> {
     let (url, token) = d.client()?;
     let curl = |path: &str| -> Result<f64> {
         let out = Command::new("ip")
@@ -565,47 +602,56 @@ fn fleet(d: &mut Daemon, hosts: usize, vms: usize, samples: usize) -> Result<Vec
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
     };
-    let pct = |v: &mut Vec<f64>, p: f64| -> f64 {
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        v[((v.len() as f64 - 1.0) * p).round() as usize]
-    };
+    let what = |s: &str| format!("simulated fleet records ({hosts} hosts, {vms} VMs): {s}");
     let mut rows = Vec::new();
-    let mut row = |what: String, v: &mut Vec<f64>, budget: &str| {
-        let total: f64 = v.iter().sum();
-        rows.push(Row {
-            what,
-            hostel: format!(
-                "p50 {:.1} ms, p99 {:.1} ms, {:.1} ops/s",
-                pct(v, 0.5) * 1e3,
-                pct(v, 0.99) * 1e3,
-                v.len() as f64 / total
-            ),
-            peer: "n/a".into(),
-            ratio: "".into(),
-            budget: budget.into(),
-        });
-    };
-    let mut list = Vec::new();
-    for _ in 0..3 {
-        list.push(curl("/api/v1/vms")?);
+    // Spread over the whole list: the k-th sample looks at a pseudo-random VM or host.
+    let pick = |i: usize, n: usize| (i * 7919 + 13) % n;
+    let mut first = Vec::new();
+    let mut deep = Vec::new();
+    let mut by_host = Vec::new();
+    for i in 0..samples * 10 {
+        first.push(curl("/api/v1/vms")?);
+        deep.push(curl(&format!("/api/v1/vms?after=sim{}", pick(i, vms)))?);
+        by_host.push(curl(&format!(
+            "/api/v1/vms?host=simhost-{}",
+            pick(i, hosts)
+        ))?);
     }
-    row(
-        format!("simulated fleet ({hosts} hosts, {vms} VMs): list, API"),
-        &mut list,
+    rows.push(latency_row(
+        what("list, first page of 1,000, API"),
+        &mut first,
         "p99 ≤ 50 ms",
-    );
+    ));
+    rows.push(latency_row(
+        what("list, a page of 1,000 anywhere in the list, API"),
+        &mut deep,
+        "p99 ≤ 50 ms",
+    ));
+    rows.push(latency_row(
+        what(&format!("list of one host's VMs ({}), API", vms / hosts)),
+        &mut by_host,
+        "p99 ≤ 50 ms",
+    ));
+    let mut whole = Vec::new();
+    for _ in 0..3 {
+        whole.push(timed(|| d.cli(&["list", "-o", "json"]).map(|_| ()))?);
+    }
+    let whole = median(&mut whole);
+    rows.push(Row {
+        what: what("the whole list, every page, `hostel list -o json` (s)"),
+        hostel: format!("{whole:.2} ({:.0} VMs/s)", vms as f64 / whole),
+        peer: "n/a".into(),
+        ratio: "".into(),
+        budget: "".into(),
+    });
     let mut describe = Vec::new();
     for i in 0..samples * 10 {
-        describe.push(curl(&format!("/api/v1/vms/sim{}", (i * 7919) % vms))?);
+        describe.push(curl(&format!("/api/v1/vms/sim{}", pick(i, vms)))?);
     }
-    row(
-        format!("simulated fleet ({hosts} hosts, {vms} VMs): describe, API"),
-        &mut describe,
-        "",
-    );
+    rows.push(latency_row(what("describe, API"), &mut describe, ""));
     let mut create = Vec::new();
     for i in 0..samples * 2 {
-        let name = format!("fleetnew{i}");
+        let name = format!("fleetnew{round}x{i}");
         create.push(timed(|| {
             d.cli(&[
                 "create",
@@ -620,13 +666,11 @@ fn fleet(d: &mut Daemon, hosts: usize, vms: usize, samples: usize) -> Result<Vec
             .map(|_| ())
         })?);
     }
-    row(
-        format!(
-            "simulated fleet ({hosts} hosts, {vms} VMs): create --no-start, CLI (real local agent)"
-        ),
+    rows.push(latency_row(
+        what("create --no-start, CLI (real local agent)"),
         &mut create,
         "",
-    );
+    ));
     rows.push(Row {
         what: format!("RSS of `hostel up` with {vms} VMs in its database, after the lists (MiB)"),
         hostel: format!("{:.1}", d.rss_kib() as f64 / 1024.0),
@@ -814,11 +858,19 @@ fn main() -> Result<()> {
 
     // e. memory of the all-in-one daemon (controller + agent in one process).
     let idle = d.rss_kib();
-    let n = if args.quick { 2 } else { 10 };
+    // As many of 100 tiny guests as boot within 10 minutes (2 in the quick run): under
+    // TCG on 2 cores the idle guests' timers slow every next boot.
+    let (want, phase) = if args.quick {
+        (2, Duration::from_secs(120))
+    } else {
+        (100, Duration::from_secs(600))
+    };
+    let started = Instant::now();
+    let mut n = 0;
     // 128 MiB: with 64 MiB the tiny guest resets over and over before its kernel prints
     // anything (seen as thousands of "guest reset" lines), and would load the CPU.
-    for i in 0..n {
-        let name = format!("m{i}");
+    while n < want && started.elapsed() < phase {
+        let name = format!("m{n}");
         d.cli(&[
             "create",
             &name,
@@ -828,11 +880,21 @@ fn main() -> Result<()> {
             "128M",
             "--no-network",
         ])?;
+        n += 1;
         let id = d.vm_id(&name)?;
-        wait_marker(
-            &d.data().join("run").join(id).join("console.log"),
-            Duration::from_secs(120),
-        )?;
+        let left = phase
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_secs(60));
+        if let Err(e) = wait_marker(&d.data().join("run").join(id).join("console.log"), left) {
+            eprintln!(
+                "VM {name} did not come up ({e:#}); measuring with {} VMs",
+                n - 1
+            );
+            d.cli(&["destroy", &name])?;
+            d.cli(&["delete", &name])?;
+            n -= 1;
+            break;
+        }
     }
     let busy = d.rss_kib();
     // Idle guests still cost CPU under TCG: stop them before the control-plane phase.
@@ -852,7 +914,10 @@ fn main() -> Result<()> {
         budget: "agent ≤ 20 MB + controller ≤ 60 MB".into(),
     });
     rows.push(Row {
-        what: format!("RSS of `hostel up`, {n} running tiny VMs (MiB)"),
+        what: format!(
+            "RSS of `hostel up`, {n} running tiny VMs (of {want} asked for, {:.0} s to boot them all) (MiB)",
+            started.elapsed().as_secs_f64()
+        ),
         hostel: format!("{:.1}", busy as f64 / 1024.0),
         peer: "n/a".into(),
         ratio: "".into(),
@@ -860,10 +925,17 @@ fn main() -> Result<()> {
     });
 
     // d. the control plane over a simulated fleet's records.
-    if args.quick {
-        rows.extend(fleet(&mut d, 10, 1_000, 3)?);
+    // At 10,000 VMs (the memory budget's size), then at 100,000 (the list's).
+    let (hosts, sizes, samples) = if args.quick {
+        (10, vec![1_000, 2_000], 3)
     } else {
-        rows.extend(fleet(&mut d, 1_000, 100_000, 10)?);
+        (1_000, vec![10_000, 100_000], 10)
+    };
+    let mut had = 0;
+    for (round, vms) in sizes.into_iter().enumerate() {
+        fleet_records(&mut d, hosts, had == 0, had, vms)?;
+        rows.extend(fleet(&d, hosts, vms, samples, round)?);
+        had = vms;
     }
 
     let mut table = String::from(
@@ -913,11 +985,13 @@ fn main() -> Result<()> {
              libvirt {} runs in a network and mount namespace of the benchmark's own, as root with \
              `security_driver = \"none\"`; its domain is the plain QEMU guest in XML (q35, TCG, `-cpu max`, \
              256 MiB, the tiny image's kernel and initrd, serial to a file, balloon, pvpanic).\n\n\
-             The simulated fleet is one of records only: 1,000 host rows and 100,000 stopped VM rows \
-             written into the daemon's SQLite database; no simulated agent answers for those hosts (they \
-             show as offline), so list and describe measure the controller and its database, and create \
-             goes to the real local agent. Not measured yet (see the benchmark issue): simulated agents \
-             answering the agent API, the scheduler (none yet), live migration (no cluster yet).\n",
+             The simulated fleet is one of records only: 1,000 host rows and 10,000, then 100,000, stopped \
+             VM rows written into the daemon's SQLite database; no simulated agent answers for those hosts \
+             (they show as offline), so list and describe measure the controller and its database, and \
+             create goes to the real local agent (its count in the table is the VM rows, not counting \
+             the few the create rows add). A list page is up to 1,000 VMs (the API's default and most). Not \
+             measured yet (see the benchmark issue): simulated agents answering the agent API, the \
+             scheduler's placements per second over them, live migration (no cluster yet).\n",
             args.runs,
             std::env::var("HOSTEL_BENCH_COMMAND").unwrap_or_else(|_| "bash bench/run".into()),
             lv.virsh(&["version", "--daemon"])
