@@ -76,6 +76,17 @@ pub async fn serve(
     tls: TlsFiles,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    serve_router(router(shared), listener, tls, shutdown).await
+}
+
+/// Serves `app` over HTTPS that takes only clients with a certificate from the CA in
+/// `tls`, until `shutdown` resolves.
+pub async fn serve_router(
+    app: Router,
+    listener: std::net::TcpListener,
+    tls: TlsFiles,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let config = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(server_config(&tls)?));
     let handle = axum_server::Handle::new();
     let h = handle.clone();
@@ -86,7 +97,7 @@ pub async fn serve(
     listener.set_nonblocking(true)?;
     axum_server::from_tcp_rustls(listener, config)
         .handle(handle)
-        .serve(router(shared).into_make_service_with_connect_info::<SocketAddr>())
+        .serve(app.into_make_service_with_connect_info::<SocketAddr>())
         .await?;
     Ok(())
 }

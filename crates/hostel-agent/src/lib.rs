@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, OnceCell};
 use vm::VmRuntime;
 
-pub use http::{serve, TlsFiles};
+pub use http::{serve, serve_router, TlsFiles};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AccelChoice {

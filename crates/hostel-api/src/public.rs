@@ -288,6 +288,16 @@ pub struct RestoreRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct HostInfo {
     pub name: String,
+    /// Where the controller reaches the host's agent.
+    #[serde(default)]
+    pub url: String,
+    /// Whether the agent's event stream is connected now (an offline host gets no new
+    /// VMs; its VMs keep their last known state until it is back).
+    #[serde(default)]
+    pub online: bool,
+    /// When the controller last connected to the agent or lost it (UTC).
+    #[serde(default)]
+    pub last_seen: String,
     pub cpus: u32,
     pub memory_total_mib: u64,
     /// Memory promised to VMs that have a QEMU process (their max memory).
@@ -299,6 +309,14 @@ pub struct HostInfo {
     pub vms_running: u32,
     pub vms_total: u32,
     pub kernel: String,
+}
+
+/// A host to add: the address of its agent (`hostel agent`), which must present a
+/// certificate from this controller's CA (`hostel agent-cert`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AddHostRequest {
+    /// `https://ADDRESS:PORT`
+    pub url: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -152,7 +152,7 @@ type R<T> = Result<Json<T>, ApiError>;
         list_users, create_user, delete_user, user_password, my_password, list_tokens,
         create_token, revoke_token, list_keys, add_key, remove_key, list_groups, create_group,
         delete_group, add_member, remove_member, set_owner, audit, show_quota, set_quota,
-        renew_vm
+        renew_vm, list_hosts, add_host, remove_host
     ),
     components(schemas(ErrorBody)),
     modifiers(&BearerAuth),
@@ -183,6 +183,8 @@ pub fn openapi_json() -> String {
 pub fn router(c: Arc<Controller>) -> Router {
     let api = Router::new()
         .route("/api/v1/info", get(info))
+        .route("/api/v1/hosts", get(list_hosts).post(add_host))
+        .route("/api/v1/hosts/{name}", axum::routing::delete(remove_host))
         .route("/api/v1/vms", get(list_vms).post(create_vm))
         .route("/api/v1/vms/{name}", get(get_vm).delete(delete_vm))
         .route("/api/v1/vms/{name}/start", post(start_vm))
@@ -275,6 +277,7 @@ fn admin_only(method: &axum::http::Method, path: &str) -> bool {
     let under = |p: &str| path == p || path.starts_with(&format!("{p}/"));
     under("/api/v1/doctor")
         || under("/api/v1/dmesg")
+        || under("/api/v1/hosts")
         || under("/api/v1/users")
         || (mutating
             && (under("/api/v1/networks")
@@ -618,6 +621,31 @@ async fn set_quota(
     responses((status = 200, body = Vm), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn renew_vm(State(c): S, Path(name): Path<String>, Json(req): Json<RenewRequest>) -> R<Vm> {
     Ok(Json(c.renew(&name, req).await?))
+}
+
+/// The hosts (admins only), each with whether its agent is connected now.
+#[utoipa::path(get, path = "/api/v1/hosts", responses((status = 200, body = Vec<HostInfo>)))]
+async fn list_hosts(State(c): S) -> R<Vec<HostInfo>> {
+    Ok(Json(c.hosts_info().await?))
+}
+
+/// Adds a host by its agent's address (admins only).
+#[utoipa::path(post, path = "/api/v1/hosts", request_body = AddHostRequest,
+    responses((status = 201, body = HostInfo), (status = 400, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn add_host(
+    State(c): S,
+    Json(req): Json<AddHostRequest>,
+) -> Result<(StatusCode, Json<HostInfo>), ApiError> {
+    Ok((StatusCode::CREATED, Json(c.add_remote_host(req).await?)))
+}
+
+/// Removes a host with no VMs, images or pools left (admins only).
+#[utoipa::path(delete, path = "/api/v1/hosts/{name}", params(("name" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn remove_host(State(c): S, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    c.remove_host(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(get, path = "/api/v1/info", responses((status = 200, body = Info)))]

@@ -6,6 +6,7 @@ pub mod agent_client;
 mod api;
 pub mod auth;
 mod boot;
+mod hosts;
 mod lease;
 mod netops;
 mod ops;
@@ -23,6 +24,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use api::{openapi_json, router, ApiError};
+
+/// A task that ends when its handle is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 pub use netops::{DEFAULT_CIDR, DEFAULT_NETWORK};
 
 #[derive(Debug, Clone)]
@@ -54,6 +64,14 @@ pub struct Controller {
     pub ssh_console: Mutex<Option<sshgw::SshConsole>>,
     /// Browser console tickets not yet spent.
     pub tickets: webconsole::Tickets,
+    /// Hosts whose agent's event stream is connected now.
+    online: Mutex<std::collections::HashSet<String>>,
+    /// The task following each registered host's agent, to end it when the host goes.
+    followers: Mutex<HashMap<String, tokio::task::AbortHandle>>,
+    /// The client certificate this controller shows agents (mutual TLS).
+    agent_tls: std::sync::OnceLock<agent_client::ClientTls>,
+    /// The host whose agent runs inside this process (`hostel up`'s own).
+    local_host: std::sync::OnceLock<String>,
 }
 
 impl Controller {
@@ -68,7 +86,81 @@ impl Controller {
             ssh_console: Mutex::new(None),
             tickets: webconsole::Tickets::default(),
             net_sync: tokio::sync::Mutex::new(()),
+            online: Mutex::default(),
+            followers: Mutex::default(),
+            agent_tls: std::sync::OnceLock::new(),
+            local_host: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sets the client certificate for agents added later (`POST /api/v1/hosts`) and
+    /// for reconnecting to recorded hosts.
+    pub fn set_agent_tls(&self, tls: agent_client::ClientTls) {
+        let _ = self.agent_tls.set(tls);
+    }
+
+    /// Names the host whose agent runs in this process; it cannot be removed.
+    pub fn set_local_host(&self, id: &str) {
+        let _ = self.local_host.set(id.to_string());
+    }
+
+    /// Is the host's agent connected now?
+    pub fn is_online(&self, host_id: &str) -> bool {
+        self.online.lock().unwrap().contains(host_id)
+    }
+
+    fn set_online(&self, host_id: &str, up: bool) {
+        let mut o = self.online.lock().unwrap();
+        if up {
+            o.insert(host_id.to_string());
+        } else {
+            o.remove(host_id);
+        }
+    }
+
+    /// An agent client for `url`, with this controller's certificate.
+    pub fn agent_client(&self, url: &str) -> anyhow::Result<AgentClient> {
+        let tls = self.agent_tls.get().ok_or_else(|| {
+            anyhow::anyhow!("this controller has no client certificate for agents")
+        })?;
+        AgentClient::new(url, tls)
+    }
+
+    /// Reconnects to every recorded host but this process's own, each in the background
+    /// and again every few seconds until its agent answers: a controller restart brings
+    /// the fleet back without anyone re-adding hosts.
+    pub fn reconnect_known_hosts(self: &Arc<Self>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let hosts = match me.store.hosts().await {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::error!("cannot read the hosts to reconnect to: {e:#}");
+                    return;
+                }
+            };
+            for h in hosts {
+                if me.local_host.get() == Some(&h.id) || me.agent(&h.id).is_some() {
+                    continue;
+                }
+                let me = me.clone();
+                tokio::spawn(async move {
+                    loop {
+                        match me.agent_client(&h.url) {
+                            Ok(agent) => match me.add_host(agent).await {
+                                Ok(_) => return,
+                                Err(e) => tracing::debug!(host = %h.id, "not back yet: {e:#}"),
+                            },
+                            Err(e) => {
+                                tracing::error!(host = %h.id, "{e:#}");
+                                return;
+                            }
+                        }
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                    }
+                });
+            }
+        });
     }
 
     pub fn agent(&self, host_id: &str) -> Option<AgentClient> {
@@ -119,7 +211,15 @@ impl Controller {
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let me = self.clone();
         let host = id.clone();
-        tokio::spawn(async move { me.follow(host, agent, Some(ready_tx)).await });
+        let task = tokio::spawn(async move { me.follow(host, agent, Some(ready_tx)).await });
+        if let Some(old) = self
+            .followers
+            .lock()
+            .unwrap()
+            .insert(id.clone(), task.abort_handle())
+        {
+            old.abort();
+        }
         let _ = tokio::time::timeout(Duration::from_secs(30), ready_rx).await;
         Ok(id)
     }
@@ -135,7 +235,8 @@ impl Controller {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
             let (conn_tx, conn_rx) = tokio::sync::oneshot::channel::<()>();
             let a = agent.clone();
-            let follower = tokio::spawn(async move {
+            // Ended with this loop too (when the host is removed), not left streaming.
+            let mut follower = AbortOnDrop(tokio::spawn(async move {
                 let _ = a
                     .follow_events(
                         move || {
@@ -146,9 +247,11 @@ impl Controller {
                         },
                     )
                     .await;
-            });
+            }));
             // Reconcile only once the subscription is live, so no change falls between.
             if conn_rx.await.is_ok() {
+                self.set_online(&host, true);
+                let _ = self.store.touch_host(&host, &hostel_store::now()).await;
                 if let Err(e) = self.reconcile(&host, &agent).await {
                     tracing::warn!(%host, "reconcile failed: {e:#}");
                 }
@@ -167,7 +270,11 @@ impl Controller {
                     self.apply_event(ev).await;
                 }
             }
-            let _ = follower.await;
+            let _ = (&mut follower.0).await;
+            if self.is_online(&host) {
+                self.set_online(&host, false);
+                let _ = self.store.touch_host(&host, &hostel_store::now()).await;
+            }
             tracing::warn!(%host, "lost the agent's event stream; reconnecting");
             tokio::time::sleep(Duration::from_millis(500)).await;
         }

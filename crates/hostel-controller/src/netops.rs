@@ -172,13 +172,7 @@ impl Controller {
 
     /// The desired network state of the hosts, from the database.
     pub(crate) async fn networks_state(&self) -> Res<NetworksState> {
-        let names: std::collections::HashMap<String, String> = self
-            .store
-            .vms()
-            .await?
-            .into_iter()
-            .map(|v| (v.id, v.name))
-            .collect();
+        let names = self.store.names_of_vms_with_nics().await?;
         let name_of = |id: &str| names.get(id).cloned();
         let mut networks = Vec::new();
         for n in self.store.networks().await? {

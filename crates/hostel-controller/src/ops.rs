@@ -458,8 +458,20 @@ impl Controller {
         Ok((out, next))
     }
 
-    /// Where a new VM goes: the connected host with the most memory not promised to VMs.
-    async fn place(&self, max_memory_mib: u64) -> Res<(String, u64)> {
+    /// Where a new VM goes: the connected host with the most memory not promised to VMs;
+    /// `only`: the host that holds what the VM needs (its image lives there).
+    async fn place(&self, max_memory_mib: u64, only: Option<&str>) -> Res<(String, u64)> {
+        if let Some(h) = only {
+            let rec = self.store.host(h).await?.ok_or_else(|| {
+                ApiError::from(anyhow::anyhow!("the image's host {h:?} is not recorded"))
+            })?;
+            if !self.is_online(h) {
+                return Err(ApiError::unavailable(format!(
+                    "the VM's image is on host {h:?}, whose agent is not connected now"
+                )));
+            }
+            return Ok((rec.id, rec.memory_mib));
+        }
         let hosts = self.store.hosts().await?;
         // Memory promised to VMs with a QEMU, per host, added up by the database.
         let live: Vec<&str> = VmState::ALL
@@ -475,7 +487,7 @@ impl Controller {
             .collect();
         let mut best: Option<(String, i64, u64)> = None;
         for h in hosts {
-            if self.agent(&h.id).is_none() {
+            if !self.is_online(&h.id) {
                 continue;
             }
             let used: u64 = used_by.get(&h.id).copied().unwrap_or(0);
@@ -503,7 +515,31 @@ impl Controller {
             Some(p) => Some(self.pool_named(p).await?),
             None => None,
         };
+        let image = match &req.image {
+            Some(name) => Some(self.store.image_by_name(name).await?.ok_or_else(|| {
+                let e = Invalid::new(
+                    "image",
+                    format!(
+                        "there is no image named {name:?}: `hostel image list` shows the images \
+                         there are, `hostel image build tiny` makes one"
+                    ),
+                );
+                ApiError::from(e)
+            })?),
+            None => None,
+        };
         let (host, host_mem) = match &pool {
+            Some(p) if image.as_ref().is_some_and(|i| i.host_id != p.host_id) => {
+                return Err(Invalid::new(
+                    "pool",
+                    format!(
+                        "pool {:?} is on host {}, the image on another: use a pool on the \
+                         image's host",
+                        p.name, p.host_id
+                    ),
+                )
+                .into());
+            }
             Some(p) => {
                 let h = self
                     .store
@@ -511,7 +547,7 @@ impl Controller {
                     .await?
                     .into_iter()
                     .find(|h| h.id == p.host_id)
-                    .filter(|h| self.agent(&h.id).is_some())
+                    .filter(|h| self.is_online(&h.id))
                     .ok_or_else(|| {
                         ApiError::unavailable(format!(
                             "pool {:?} is on host {}, which is not connected",
@@ -520,7 +556,13 @@ impl Controller {
                     })?;
                 (h.id, h.memory_mib)
             }
-            None => self.place(sizing.max_memory_mib).await?,
+            None => {
+                self.place(
+                    sizing.max_memory_mib,
+                    image.as_ref().map(|i| i.host_id.as_str()),
+                )
+                .await?
+            }
         };
         sizing.validate(host_mem)?;
         if let Some(d) = req.disk_mib {
@@ -537,19 +579,6 @@ impl Controller {
                 .into());
             }
         }
-        let image = match &req.image {
-            Some(name) => Some(self.store.image_by_name(name).await?.ok_or_else(|| {
-                let e = Invalid::new(
-                    "image",
-                    format!(
-                        "there is no image named {name:?}: `hostel image list` shows the images \
-                         there are, `hostel image build tiny` makes one"
-                    ),
-                );
-                ApiError::from(e)
-            })?),
-            None => None,
-        };
         let (boot_cfg, cdrom_image) = self.plan_boot(&req, image.as_ref()).await?;
         let cloud = CloudConfig {
             seed: req.seed.unwrap_or_else(|| {
@@ -1700,31 +1729,7 @@ impl Controller {
     }
 
     pub async fn info(&self) -> Res<Info> {
-        let vms = self.store.vms().await?;
-        let mut hosts = Vec::new();
-        for (id, agent) in self.agents() {
-            let f = agent.facts().await?;
-            let on_host: Vec<_> = vms
-                .iter()
-                .filter(|v| v.host_id.as_deref() == Some(&id))
-                .collect();
-            let running: Vec<_> = on_host
-                .iter()
-                .filter(|v| state_of(v).has_process())
-                .collect();
-            hosts.push(HostInfo {
-                name: f.name,
-                cpus: f.cpus,
-                memory_total_mib: f.memory_total_mib,
-                memory_vms_mib: running.iter().map(|v| v.max_memory_mib).sum(),
-                accel: f.accel,
-                accel_reason: f.accel_reason,
-                qemu_version: f.qemu_version,
-                vms_running: running.len() as u32,
-                vms_total: on_host.len() as u32,
-                kernel: f.kernel,
-            });
-        }
+        let hosts = self.hosts_info().await?;
         let ssh = self.ssh_console.lock().unwrap().clone();
         Ok(Info {
             version: env!("CARGO_PKG_VERSION").into(),

@@ -11,6 +11,7 @@ mod net;
 use anyhow::{Context, Result};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
+use std::collections::HashMap;
 use std::time::Duration;
 
 pub use accounts::{AuditFilter, AuditRecord, GroupRecord, SshKeyRecord, TokenRecord, UserRecord};
@@ -464,6 +465,65 @@ impl Store {
         row.as_ref().map(host_of).transpose()
     }
 
+    /// When a host's agent was last heard from (connected, or its stream ended).
+    pub async fn touch_host(&self, id: &str, at: &str) -> Result<()> {
+        sqlx::query("UPDATE hosts SET last_seen = $2 WHERE id = $1")
+            .bind(id)
+            .bind(at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// What still refers to a host: its VMs, images and pools.
+    pub async fn host_refs(&self, id: &str) -> Result<(u64, u64, u64)> {
+        let mut n = [0u64; 3];
+        for (i, table) in ["vms", "images", "pools"].iter().enumerate() {
+            let row = sqlx::query(&format!(
+                "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM {table} WHERE host_id = $1"
+            ))
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?;
+            n[i] = row.try_get::<i64, _>("n")? as u64;
+        }
+        Ok((n[0], n[1], n[2]))
+    }
+
+    pub async fn delete_host(&self, id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM hosts WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Per host: how many VMs it has, and how many of those are in `live` states.
+    pub async fn vm_counts_by_host(&self, live: &[&str]) -> Result<HashMap<String, (u64, u64)>> {
+        let marks: Vec<String> = (1..=live.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT host_id, CAST(COUNT(*) AS BIGINT) AS total, \
+             CAST(SUM(CASE WHEN state IN ({}) THEN 1 ELSE 0 END) AS BIGINT) AS live \
+             FROM vms WHERE host_id IS NOT NULL GROUP BY host_id",
+            marks.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for s in live {
+            q = q.bind(*s);
+        }
+        let mut out = HashMap::new();
+        for r in q.fetch_all(&self.pool).await? {
+            out.insert(
+                r.try_get::<String, _>("host_id")?,
+                (
+                    r.try_get::<i64, _>("total")? as u64,
+                    r.try_get::<i64, _>("live")? as u64,
+                ),
+            );
+        }
+        Ok(out)
+    }
+
     // ---- images ----
 
     pub async fn insert_image(&self, i: &ImageRecord) -> Result<()> {
@@ -673,7 +733,7 @@ impl Store {
         }
         let rows = query.fetch_all(&self.pool).await?;
         let mut out = Vec::with_capacity(rows.len());
-        let mut at = std::collections::HashMap::with_capacity(rows.len());
+        let mut at = HashMap::with_capacity(rows.len());
         for r in &rows {
             let vm = vm_of(r)?;
             at.insert(vm.id.clone(), out.len());

@@ -155,6 +155,20 @@ impl Store {
         Ok(())
     }
 
+    /// The names of the VMs that have NICs, by VM id.
+    pub async fn names_of_vms_with_nics(
+        &self,
+    ) -> Result<std::collections::HashMap<String, String>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT v.id AS id, v.name AS name FROM vms v JOIN nics n ON n.vm_id = v.id",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("id")?, r.try_get("name")?)))
+            .collect()
+    }
+
     pub async fn nics_of(&self, vm_id: &str) -> Result<Vec<NicRecord>> {
         let rows = sqlx::query(&format!(
             "SELECT {NIC_COLS} FROM nics WHERE vm_id = $1 ORDER BY idx"

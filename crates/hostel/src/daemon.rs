@@ -5,7 +5,7 @@ use crate::client::ClientConfig;
 use crate::pki::Pki;
 use anyhow::{bail, Context, Result};
 use hostel_agent::{AccelChoice, AgentConfig, TlsFiles};
-use hostel_controller::agent_client::{AgentClient, ClientTls};
+use hostel_controller::agent_client::ClientTls;
 use hostel_controller::{Controller, ControllerConfig};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -237,20 +237,21 @@ pub async fn up(opts: UpOptions) -> Result<()> {
         },
     );
     controller.spawn_lease_reaper(std::time::Duration::from_secs(2));
-    let agent = AgentClient::new(
-        &format!("https://{agent_addr}"),
-        &ClientTls {
-            ca_pem: pki.ca_pem()?,
-            cert_pem: ctl_pair.cert_pem,
-            key_pem: ctl_pair.key_pem,
-        },
-    )?;
+    controller.set_agent_tls(ClientTls {
+        ca_pem: pki.ca_pem()?,
+        cert_pem: ctl_pair.cert_pem,
+        key_pem: ctl_pair.key_pem,
+    });
+    let agent = controller.agent_client(&format!("https://{agent_addr}"))?;
     controller
         .bootstrap_admin(&admin_token)
         .await
         .context("registering the admin user's token")?;
     let host = controller.add_host(agent).await?;
+    controller.set_local_host(&host);
     tracing::info!(%host, agent = %agent_addr, "local agent registered");
+    // Hosts added with `hostel host add` come back by themselves.
+    controller.reconnect_known_hosts();
     if opts.default_network {
         if let Err(e) = controller.ensure_default_network().await {
             tracing::error!("cannot set up the default network: {}", e.body.message);
@@ -345,4 +346,101 @@ async fn ensure_tiny_image(c: &std::sync::Arc<Controller>) {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+pub struct AgentOptions {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Holds agent.pem, agent.key and ca.pem from `hostel agent-cert`.
+    pub tls_dir: PathBuf,
+    pub name: String,
+    pub accel: AccelChoice,
+    pub qemu_user: String,
+    pub qemu_binary: String,
+}
+
+/// `hostel agent`: one host's agent on its own, for a controller elsewhere to add with
+/// `hostel host add`. Only clients with a certificate from the cluster CA get through.
+pub async fn agent(opts: AgentOptions) -> Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    std::fs::create_dir_all(&opts.data_dir)
+        .with_context(|| format!("creating {}", opts.data_dir.display()))?;
+    let data_dir = opts.data_dir.canonicalize()?;
+    std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o711))?;
+    let _lock = lock_data_dir(&data_dir)?;
+    init_logging(&data_dir.join("agent.log"))?;
+    let read = |f: &str| {
+        let p = opts.tls_dir.join(f);
+        std::fs::read(&p).with_context(|| {
+            format!(
+                "reading {} (make the agent's certificate with `hostel agent-cert` on the \
+                 controller's machine)",
+                p.display()
+            )
+        })
+    };
+    let tls = TlsFiles {
+        cert_pem: read("agent.pem")?,
+        key_pem: read("agent.key")?,
+        client_ca_pem: read("ca.pem")?,
+    };
+    ensure_qemu_user(&opts.qemu_user)?;
+    let probe_cache = if nix::unistd::Uid::effective().is_root() {
+        PathBuf::from("/run/hostel/accel-probe.json")
+    } else {
+        data_dir.join("accel-probe.json")
+    };
+    let shared = hostel_agent::start(AgentConfig {
+        data_dir,
+        host_name: opts.name.clone(),
+        qemu_binary: opts.qemu_binary,
+        accel: opts.accel,
+        qemu_user: opts.qemu_user,
+        probe_cache,
+    })
+    .await?;
+    let listener = std::net::TcpListener::bind(opts.listen)
+        .with_context(|| format!("listening on {}", opts.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(name = %opts.name, %addr, "agent listening");
+    // The address, on stdout, for whoever started it (and `hostel host add`).
+    println!("https://{addr}");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let stop = async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = tokio::signal::ctrl_c() => {},
+        }
+        tracing::info!("stopping; VMs keep running and are re-adopted at the next start");
+    };
+    hostel_agent::serve(shared, listener, tls, stop).await
+}
+
+/// `hostel agent-cert`: a certificate from this controller's CA for an agent named
+/// `name`, valid for `sans` (its addresses), written with the CA's certificate to `out`.
+pub fn agent_cert(data_dir: &Path, name: &str, sans: &[String], out: &Path) -> Result<()> {
+    hostel_model::validate_name("name", name).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if sans.is_empty() {
+        anyhow::bail!("give the agent's addresses (--san IP or DNS name, once or more)");
+    }
+    let pki_dir = data_dir.join("pki");
+    if !pki_dir.join("ca.key").exists() {
+        anyhow::bail!(
+            "{} has no cluster CA: run this on the controller's machine, with its --data-dir",
+            pki_dir.display()
+        );
+    }
+    let pki = Pki::open(&pki_dir)?;
+    // Always a new certificate, for the addresses given now.
+    for ext in ["pem", "key"] {
+        let _ = std::fs::remove_file(pki_dir.join(format!("node-{name}.{ext}")));
+    }
+    let pair = pki.node(&format!("node-{name}"), sans)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    std::fs::write(out.join("agent.pem"), &pair.cert_pem)?;
+    let key = out.join("agent.key");
+    std::fs::write(&key, &pair.key_pem)?;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::write(out.join("ca.pem"), pki.ca_pem()?)?;
+    Ok(())
 }

@@ -239,6 +239,44 @@ enum Cmd {
     /// Storage pools VM disks live in (dir, btrfs).
     #[command(subcommand)]
     Pool(PoolCmd),
+    /// Hosts (admins): list them, add one whose agent runs elsewhere, remove an empty one.
+    #[command(subcommand)]
+    Host(HostCmd),
+    /// Run one host's agent on its own, for a controller elsewhere to add (`hostel host
+    /// add`). Prints its address.
+    Agent {
+        #[arg(long, default_value = "/var/lib/hostel-agent")]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "0.0.0.0:8471")]
+        listen: std::net::SocketAddr,
+        /// The directory `hostel agent-cert --out` wrote (agent.pem, agent.key, ca.pem).
+        #[arg(long)]
+        tls_dir: PathBuf,
+        /// The host's name in the cluster (default: its hostname).
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, default_value = "auto")]
+        accel: hostel_agent::AccelChoice,
+        #[arg(long, default_value = "hostel-qemu")]
+        qemu_user: String,
+        #[arg(long, default_value = "qemu-system-x86_64")]
+        qemu_binary: String,
+    },
+    /// On the controller's machine: a certificate from its cluster CA for an agent, to
+    /// copy to that host and give `hostel agent --tls-dir`.
+    AgentCert {
+        /// The agent's host name (as `hostel agent --name` will give it).
+        name: String,
+        /// An address the controller reaches the agent at (IP or DNS name); repeatable.
+        #[arg(long = "san", required = true)]
+        sans: Vec<String>,
+        /// The controller's data directory (where its `pki/` is).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Where to write agent.pem, agent.key and ca.pem.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Networks VMs attach to (DHCP, DNS, NAT, port guards).
     #[command(subcommand)]
     Network(NetworkCmd),
@@ -604,6 +642,19 @@ enum SnapshotCmd {
 }
 
 #[derive(Subcommand)]
+enum HostCmd {
+    /// Every host, whether its agent is connected, and what runs on it.
+    List {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Table2Json,
+    },
+    /// Add the host whose agent (`hostel agent`) answers at URL (https://ADDRESS:PORT).
+    Add { url: String },
+    /// Remove a host that has no VMs, images or pools left.
+    Remove { name: String },
+}
+
+#[derive(Subcommand)]
 enum PoolCmd {
     /// Record a pool: a directory on a host (for btrfs: on a mounted btrfs filesystem).
     Create {
@@ -905,6 +956,47 @@ async fn run(cli: Cli) -> Result<()> {
         })
         .await;
     }
+    if let Cmd::Agent {
+        data_dir,
+        listen,
+        tls_dir,
+        name,
+        accel,
+        qemu_user,
+        qemu_binary,
+    } = cli.cmd
+    {
+        let name = match name {
+            Some(n) => n,
+            None => nix::unistd::gethostname()?.to_string_lossy().into_owned(),
+        };
+        return daemon::agent(daemon::AgentOptions {
+            data_dir,
+            listen,
+            tls_dir,
+            name,
+            accel,
+            qemu_user,
+            qemu_binary,
+        })
+        .await;
+    }
+    if let Cmd::AgentCert {
+        name,
+        sans,
+        data_dir,
+        out,
+    } = &cli.cmd
+    {
+        let data_dir = data_dir.clone().unwrap_or_else(daemon::default_data_dir);
+        daemon::agent_cert(&data_dir, name, sans, out)?;
+        println!(
+            "wrote {0}/agent.pem, {0}/agent.key and {0}/ca.pem: copy them to the host and run \
+             `hostel agent --name {name} --tls-dir DIR` there",
+            out.display()
+        );
+        return Ok(());
+    }
     if let Cmd::Openapi = cli.cmd {
         println!("{}", hostel_controller::openapi_json());
         return Ok(());
@@ -922,7 +1014,68 @@ async fn run(cli: Cli) -> Result<()> {
     let vm_path = |name: &str| format!("/api/v1/vms/{name}");
     let empty = serde_json::json!({});
     match cli.cmd {
-        Cmd::Up { .. } | Cmd::Openapi | Cmd::Login { .. } => unreachable!(),
+        Cmd::Up { .. }
+        | Cmd::Openapi
+        | Cmd::Login { .. }
+        | Cmd::Agent { .. }
+        | Cmd::AgentCert { .. } => unreachable!(),
+        Cmd::Host(cmd) => match cmd {
+            HostCmd::List { output } => {
+                let hosts: Vec<HostInfo> = api.get("/api/v1/hosts").await?;
+                match output {
+                    Table2Json::Json => print_json(&hosts)?,
+                    Table2Json::Table => {
+                        let mut t = Table::new();
+                        t.load_preset(NOTHING);
+                        t.set_header([
+                            "NAME",
+                            "STATE",
+                            "CPUS",
+                            "MEMORY",
+                            "PROMISED",
+                            "VMS",
+                            "RUNNING",
+                            "ACCEL",
+                            "LAST SEEN",
+                            "URL",
+                        ]);
+                        for h in hosts {
+                            t.add_row([
+                                h.name,
+                                if h.online { "online" } else { "offline" }.into(),
+                                h.cpus.to_string(),
+                                format_mib(h.memory_total_mib),
+                                format_mib(h.memory_vms_mib),
+                                h.vms_total.to_string(),
+                                h.vms_running.to_string(),
+                                h.accel.as_str().into(),
+                                h.last_seen
+                                    .get(..19)
+                                    .unwrap_or(&h.last_seen)
+                                    .replace('T', " "),
+                                h.url,
+                            ]);
+                        }
+                        println!("{t}");
+                    }
+                }
+            }
+            HostCmd::Add { url } => {
+                let h: HostInfo = api.post("/api/v1/hosts", &AddHostRequest { url }).await?;
+                println!(
+                    "added host {} ({} CPUs, {}, {}), {}",
+                    h.name,
+                    h.cpus,
+                    format_mib(h.memory_total_mib),
+                    h.accel.as_str(),
+                    if h.online { "online" } else { "offline" }
+                );
+            }
+            HostCmd::Remove { name } => {
+                api.delete(&format!("/api/v1/hosts/{name}")).await?;
+                println!("removed host {name}");
+            }
+        },
         Cmd::Whoami { output } => {
             let w: WhoAmI = api.get("/api/v1/whoami").await?;
             match output {

@@ -763,12 +763,14 @@ async fn every_route_refuses_who_it_must() {
             .replace("/me/tokens/{name}", "/me/tokens/none")
             .replace("/me/keys/{name}", "/me/keys/none")
             .replace("/quotas/{owner}", "/quotas/default")
+            .replace("/hosts/{name}", "/hosts/nosuch")
     };
     let admin_only = |m: &str, p: &str| {
         let under = |x: &str| p == x || p.starts_with(&format!("{x}/"));
         under("/api/v1/doctor")
             || under("/api/v1/dmesg")
             || under("/api/v1/users")
+            || under("/api/v1/hosts")
             || (m != "GET"
                 && (under("/api/v1/networks")
                     || under("/api/v1/images")

@@ -1,0 +1,132 @@
+//! Hosts: adding an agent that runs elsewhere, listing hosts with whether their agent is
+//! connected, and removing a host nothing refers to any more.
+
+use crate::api::ApiError;
+use crate::Controller;
+use hostel_api::public::{AddHostRequest, HostInfo};
+use hostel_model::{Accel, VmState};
+use std::sync::Arc;
+use std::time::Duration;
+
+type Res<T> = Result<T, ApiError>;
+
+impl Controller {
+    /// Every recorded host, with its agent's connection state and what runs on it: from
+    /// the database and the controller's own connection state (no agent is asked).
+    pub async fn hosts_info(&self) -> Res<Vec<HostInfo>> {
+        let live: Vec<&str> = VmState::ALL
+            .into_iter()
+            .filter(|s| s.has_process())
+            .map(|s| s.as_str())
+            .collect();
+        let counts = self.store.vm_counts_by_host(&live).await?;
+        let promised: std::collections::HashMap<String, u64> = self
+            .store
+            .memory_by_host(&live)
+            .await?
+            .into_iter()
+            .collect();
+        Ok(self
+            .store
+            .hosts()
+            .await?
+            .into_iter()
+            .map(|h| {
+                let (total, running) = counts.get(&h.id).copied().unwrap_or((0, 0));
+                HostInfo {
+                    online: self.is_online(&h.id),
+                    memory_vms_mib: promised.get(&h.id).copied().unwrap_or(0),
+                    vms_running: running as u32,
+                    vms_total: total as u32,
+                    accel: if h.accel == "kvm" {
+                        Accel::Kvm
+                    } else {
+                        Accel::Tcg
+                    },
+                    name: h.name,
+                    url: h.url,
+                    last_seen: h.last_seen,
+                    cpus: h.cpus,
+                    memory_total_mib: h.memory_mib,
+                    accel_reason: h.accel_reason,
+                    qemu_version: h.qemu_version,
+                    kernel: h.kernel,
+                }
+            })
+            .collect())
+    }
+
+    /// Adds the host whose agent answers at `url`: checks that it answers (over mutual
+    /// TLS with this controller's CA), records it, reconciles and follows it.
+    pub async fn add_remote_host(self: &Arc<Self>, req: AddHostRequest) -> Res<HostInfo> {
+        let url = req.url.trim_end_matches('/');
+        let ok_url = url
+            .strip_prefix("https://")
+            .is_some_and(|rest| !rest.is_empty() && !rest.contains('/'));
+        if !ok_url {
+            return Err(hostel_model::Invalid::new(
+                "url",
+                format!("{url:?} is not an agent's address: give https://ADDRESS:PORT"),
+            )
+            .into());
+        }
+        let agent = self.agent_client(url)?;
+        let facts = match tokio::time::timeout(Duration::from_secs(10), agent.facts()).await {
+            Ok(Ok(f)) => f,
+            Ok(Err(e)) => {
+                return Err(ApiError::unavailable(format!(
+                    "the agent at {url} does not answer: {e:#} (is `hostel agent` running \
+                     there, with a certificate from this controller's `hostel agent-cert`?)"
+                )))
+            }
+            Err(_) => {
+                return Err(ApiError::unavailable(format!(
+                    "the agent at {url} did not answer within 10 s"
+                )))
+            }
+        };
+        if let Some(h) = self.store.host(&facts.name).await? {
+            if h.url != url && self.is_online(&h.id) {
+                return Err(ApiError::conflict(format!(
+                    "a host named {:?} is connected already, at {}: two agents cannot have \
+                     one name (give this one another with `hostel agent --name`)",
+                    h.name, h.url
+                )));
+            }
+        }
+        let id = self.add_host(agent).await?;
+        self.hosts_info()
+            .await?
+            .into_iter()
+            .find(|h| h.name == id)
+            .ok_or_else(|| ApiError::from(anyhow::anyhow!("host {id} vanished")))
+    }
+
+    /// Removes a host that has no VMs, images or pools left, and stops following it.
+    pub async fn remove_host(&self, name: &str) -> Res<()> {
+        let h = self.store.host(name).await?.ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no host is named {name:?}: `hostel host list` lists them"
+            ))
+        })?;
+        if self.local_host.get() == Some(&h.id) {
+            return Err(ApiError::conflict(format!(
+                "{name:?} is the host `hostel up` itself runs on: it cannot be removed"
+            )));
+        }
+        let (vms, images, pools) = self.store.host_refs(&h.id).await?;
+        if vms + images + pools > 0 {
+            return Err(ApiError::conflict(format!(
+                "host {name:?} still has {vms} VM(s), {images} image(s) and {pools} pool(s): \
+                 delete or move them first"
+            )));
+        }
+        if let Some(task) = self.followers.lock().unwrap().remove(&h.id) {
+            task.abort();
+        }
+        self.agents.lock().unwrap().remove(&h.id);
+        self.set_online(&h.id, false);
+        self.store.delete_host(&h.id).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,255 @@
+//! A second host: a real `hostel agent` in a network namespace of its own, reached from
+//! the controller's namespace over a veth pair, with a certificate from `hostel
+//! agent-cert`. Added, used (a pool and a real QEMU on it), seen going offline and coming
+//! back (after the agent's restart and after the controller's), removed.
+
+mod common;
+use common::*;
+use std::io::BufRead;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `hostel agent` in `ns`, listening on `ip` at a fixed port (the namespace is the
+/// test's own, and a restarted agent must be found where it was); gives its process and
+/// its URL.
+fn start_agent(ns: &Netns, dir: &std::path::Path, ip: &str) -> (Child, String) {
+    let mut child = ns
+        .cmd(bin())
+        .args([
+            "agent",
+            "--name",
+            "node2",
+            "--listen",
+            &format!("{ip}:8471"),
+        ])
+        .arg("--tls-dir")
+        .arg(dir.join("tls"))
+        .arg("--data-dir")
+        .arg(dir.join("agent2"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("https://"), "the agent printed {line:?}");
+    (child, line.trim().to_string())
+}
+
+fn stop(mut child: Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    child.wait().unwrap();
+}
+
+/// Waits until `hostel host list` shows node2 `online` (or not).
+fn wait_online(d: &Daemon, want: bool) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let hosts = d.json(&["host", "list"]);
+        let node2 = hosts
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["name"] == "node2")
+            .cloned()
+            .expect("node2 is listed");
+        if node2["online"] == want {
+            return node2;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node2 not online={want} within 30 s: {node2}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_host_is_added_used_lost_regained_and_removed() {
+    let mut d = Daemon::start();
+    let node = Netns::new();
+    // A link between the two namespaces: the controller's 10.254.0.1, node2's .2.
+    let id = std::process::id() % 100_000;
+    let (a, b) = (format!("hva{id}"), format!("hvb{id}"));
+    for args in [
+        vec!["link", "add", &a, "type", "veth", "peer", "name", &b],
+        vec!["link", "set", &a, "netns", &d.ns.name],
+        vec!["link", "set", &b, "netns", &node.name],
+    ] {
+        assert!(Command::new("ip").args(&args).status().unwrap().success());
+    }
+    for (ns, dev, ip) in [(&d.ns, &a, "10.254.0.1/30"), (&node, &b, "10.254.0.2/30")] {
+        for args in [
+            vec!["addr", "add", ip, "dev", dev],
+            vec!["link", "set", dev, "up"],
+        ] {
+            let ok = Command::new("ip")
+                .arg("-n")
+                .arg(&ns.name)
+                .args(&args)
+                .status()
+                .unwrap();
+            assert!(ok.success());
+        }
+    }
+    let dir = d.dir.path().to_path_buf();
+    let data = d.data_dir();
+    let tls = dir.join("tls");
+    let cert = |sans: &[&str]| {
+        let mut args = vec!["agent-cert", "node2", "--data-dir", data.to_str().unwrap()];
+        for s in sans {
+            args.extend(["--san", s]);
+        }
+        args.extend(["--out", tls.to_str().unwrap()]);
+        d.cli(&args)
+    };
+    let o = cert(&[]);
+    assert!(!o.status.success(), "agent-cert without an address");
+    assert!(cert(&["10.254.0.2"]).status.success());
+    let (agent, url) = start_agent(&node, &dir, "10.254.0.2");
+
+    // Bad input first: clear errors, nothing recorded.
+    let err = d.fails(&["host", "add", "http://10.254.0.2:1"]);
+    assert!(err.contains("give https://ADDRESS:PORT"), "{err}");
+    let err = d.fails(&["host", "add", "https://10.254.0.2:1"]);
+    assert!(err.contains("does not answer"), "{err}");
+    assert_eq!(d.json(&["host", "list"]).as_array().unwrap().len(), 1);
+
+    let out = d.ok(&["host", "add", &url]);
+    assert!(
+        out.contains("added host node2") && out.contains("online"),
+        "{out}"
+    );
+    let node2 = wait_online(&d, true);
+    assert_eq!(node2["url"], url.as_str());
+    let local = d.json(&["info"])["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] != "node2")
+        .unwrap()["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // A VM from an image stays with the image; one in node2's pool runs on node2, in a
+    // real QEMU its agent started in node2's namespace.
+    d.ok(&[
+        "create",
+        "here",
+        "--image",
+        "tiny",
+        "--no-start",
+        "--no-network",
+    ]);
+    assert_eq!(d.describe("here")["host"], local.as_str());
+    let pool_dir = dir.join("pool2");
+    std::fs::create_dir_all(&pool_dir).unwrap();
+    d.ok(&[
+        "pool",
+        "create",
+        "p2",
+        "--host",
+        "node2",
+        "--path",
+        pool_dir.to_str().unwrap(),
+    ]);
+    // The tiny guest's kernel and initrd, as files (the two hosts share this machine's
+    // filesystem), so that node2 boots a guest that says when it is ready.
+    let boot = d.describe("here")["boot"].clone();
+    d.ok(&[
+        "create",
+        "there",
+        "--pool",
+        "p2",
+        "--disk",
+        "64M",
+        "--memory",
+        "128M",
+        "--kernel",
+        boot["kernel"].as_str().unwrap(),
+        "--initrd",
+        boot["initrd"].as_str().unwrap(),
+        "--cmdline",
+        boot["cmdline"].as_str().unwrap(),
+        "--no-network",
+        "--no-start",
+    ]);
+    let there = d.describe("there");
+    assert_eq!(there["host"], "node2");
+    let disk = there["disks"][0]["path"].as_str().unwrap().to_string();
+    assert!(disk.starts_with(pool_dir.to_str().unwrap()), "{disk}");
+    assert!(
+        std::path::Path::new(&disk).exists(),
+        "node2's agent made {disk}"
+    );
+    d.ok(&["start", "there"]);
+    d.console("there")
+        .await
+        .wait_for(READY, Duration::from_secs(180))
+        .await;
+    let pid = d.describe("there")["qemu"]["pid"].as_u64().unwrap();
+    assert!(
+        node.pids().contains(&(pid as u32)),
+        "QEMU {pid} runs in node2's namespace"
+    );
+    let listed = d.json(&["list", "--host", "node2"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["name"], "there");
+    let h = wait_online(&d, true);
+    assert_eq!(
+        (h["vms_total"].as_u64(), h["vms_running"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let err = d.fails(&["host", "remove", "node2"]);
+    assert!(err.contains("still has 1 VM(s)"), "{err}");
+    d.ok(&["destroy", "there"]);
+    d.ok(&["delete", "there"]);
+    assert!(
+        !std::path::Path::new(&disk).exists(),
+        "the disk went with its VM"
+    );
+
+    // The agent goes: node2 shows offline and gets no VMs; it comes back by itself.
+    stop(agent);
+    wait_online(&d, false);
+    let err = d.fails(&[
+        "create",
+        "late",
+        "--pool",
+        "p2",
+        "--disk",
+        "64M",
+        "--no-network",
+        "--no-start",
+    ]);
+    assert!(err.contains("not connected"), "{err}");
+    let (agent, url2) = start_agent(&node, &dir, "10.254.0.2");
+    assert_eq!(url2, url);
+    wait_online(&d, true);
+
+    // A controller restart reconnects to the recorded host without anyone adding it.
+    assert!(d.sigterm().success());
+    d.launch();
+    wait_online(&d, true);
+
+    // Removal: refused while a pool is there, and for the controller's own host.
+    let err = d.fails(&["host", "remove", "node2"]);
+    assert!(err.contains("1 pool(s)"), "{err}");
+    d.ok(&["pool", "delete", "p2"]);
+    let err = d.fails(&["host", "remove", &local]);
+    assert!(err.contains("cannot be removed"), "{err}");
+    let err = d.fails(&["host", "remove", "nosuch"]);
+    assert!(err.contains("no host is named"), "{err}");
+    d.ok(&["host", "remove", "node2"]);
+    let hosts = d.json(&["host", "list"]);
+    assert_eq!(hosts.as_array().unwrap().len(), 1, "{hosts}");
+    stop(agent);
+}
