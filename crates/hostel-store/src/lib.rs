@@ -420,33 +420,29 @@ impl Store {
     // ---- hosts ----
 
     pub async fn upsert_host(&self, h: &HostRecord) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        let exists = sqlx::query("SELECT id FROM hosts WHERE id = $1")
-            .bind(&h.id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .is_some();
-        let q = if exists {
-            "UPDATE hosts SET name = $2, url = $3, cpus = $4, memory_mib = $5, accel = $6, \
-             accel_reason = $7, qemu_version = $8, kernel = $9, last_seen = $10 WHERE id = $1"
-        } else {
+        // One statement, not a read then a write in a transaction: under SQLite a deferred
+        // transaction that reads before it writes fails at once ("database is locked")
+        // when another writer got in between, and hosts reconnect all at once.
+        sqlx::query(
             "INSERT INTO hosts (id, name, url, cpus, memory_mib, accel, accel_reason, \
-             qemu_version, kernel, last_seen) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-        };
-        sqlx::query(q)
-            .bind(&h.id)
-            .bind(&h.name)
-            .bind(&h.url)
-            .bind(h.cpus as i64)
-            .bind(h.memory_mib as i64)
-            .bind(&h.accel)
-            .bind(&h.accel_reason)
-            .bind(&h.qemu_version)
-            .bind(&h.kernel)
-            .bind(&h.last_seen)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
+             qemu_version, kernel, last_seen) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name, url = excluded.url, \
+             cpus = excluded.cpus, memory_mib = excluded.memory_mib, accel = excluded.accel, \
+             accel_reason = excluded.accel_reason, qemu_version = excluded.qemu_version, \
+             kernel = excluded.kernel, last_seen = excluded.last_seen",
+        )
+        .bind(&h.id)
+        .bind(&h.name)
+        .bind(&h.url)
+        .bind(h.cpus as i64)
+        .bind(h.memory_mib as i64)
+        .bind(&h.accel)
+        .bind(&h.accel_reason)
+        .bind(&h.qemu_version)
+        .bind(&h.kernel)
+        .bind(&h.last_seen)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

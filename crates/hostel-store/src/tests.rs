@@ -611,6 +611,44 @@ async fn vm_pages_filter_join_and_continue(url: &str) {
     assert!(s.host("host-9").await.unwrap().is_none());
 }
 
+/// Hosts reconnecting all at once after a controller restart each record themselves: no
+/// write may fail because another got in first ("database is locked" under SQLite).
+async fn hosts_upserted_at_once(url: &str) {
+    let s = Store::open(url).await.unwrap();
+    let mut hosts: Vec<HostRecord> = (0..40)
+        .map(|i| HostRecord {
+            id: format!("h{i}"),
+            name: format!("h{i}"),
+            ..host()
+        })
+        .collect();
+    for round in 0..2 {
+        let mut tasks = tokio::task::JoinSet::new();
+        for h in hosts.clone() {
+            let s = s.clone();
+            tasks.spawn(async move { s.upsert_host(&h).await });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap()
+                .unwrap_or_else(|e| panic!("round {round}: {e:#}"));
+        }
+        for h in &mut hosts {
+            h.url = "https://192.0.2.9:8471".into();
+        }
+    }
+    let stored = s.hosts().await.unwrap();
+    assert_eq!(stored.len(), 40);
+    assert!(stored.iter().all(|h| h.url == "https://192.0.2.9:8471"));
+    s.touch_host("h1", "2030-01-01T00:00:00Z").await.unwrap();
+    assert_eq!(
+        s.host("h1").await.unwrap().unwrap().last_seen,
+        "2030-01-01T00:00:00Z"
+    );
+    assert_eq!(s.host_refs("h1").await.unwrap(), (0, 0, 0));
+    s.delete_host("h1").await.unwrap();
+    assert!(s.host("h1").await.unwrap().is_none());
+}
+
 macro_rules! on_both {
     ($($name:ident),*) => {
         mod sqlite {
@@ -643,5 +681,6 @@ on_both!(
     accounts_tokens_and_audit,
     only_ended_leases_are_listed,
     memory_per_host_and_what_an_owner_has,
-    vm_pages_filter_join_and_continue
+    vm_pages_filter_join_and_continue,
+    hosts_upserted_at_once
 );
