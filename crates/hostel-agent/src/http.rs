@@ -95,7 +95,12 @@ pub async fn serve_router(
         h.graceful_shutdown(Some(Duration::from_secs(2)));
     });
     listener.set_nonblocking(true)?;
-    axum_server::from_tcp_rustls(listener, config)
+    // TCP_NODELAY: a response goes out as several small TLS records; with Nagle on, the
+    // later ones wait for the client's delayed ACK (40 ms a request, measured).
+    let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(config)
+        .acceptor(axum_server::accept::NoDelayAcceptor::new());
+    axum_server::from_tcp(listener)
+        .acceptor(acceptor)
         .handle(handle)
         .serve(app.into_make_service_with_connect_info::<SocketAddr>())
         .await?;

@@ -264,6 +264,10 @@ pub async fn up(opts: UpOptions) -> Result<()> {
     let api_addr = listener.local_addr()?;
     let mut rx = stop_rx.clone();
     let app = hostel_controller::router(controller.clone());
+    // TCP_NODELAY, so that a response's last small segment does not wait for an ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |s| {
+        let _ = s.set_nodelay(true);
+    });
     let api_task = tokio::spawn(async move {
         axum::serve(
             listener,
