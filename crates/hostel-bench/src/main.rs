@@ -503,39 +503,77 @@ fn timed(f: impl FnOnce() -> Result<()>) -> Result<f64> {
     Ok(t.elapsed().as_secs_f64())
 }
 
-/// Writes simulated fleet records straight into the daemon's database, with the daemon
-/// stopped: `hosts` host rows (when given) and stopped VM rows `simFROM` to `simTO-1`,
-/// spread over the hosts and owned by the admin. A simulation of a fleet's records: no
-/// agent answers for those hosts, which show as offline.
-fn fleet_records(
-    d: &mut Daemon,
-    hosts: usize,
-    new_hosts: bool,
-    from: usize,
-    to: usize,
-) -> Result<()> {
+/// A SIMULATED fleet of agents (`hostel-simagent`, one process, a port per host) that
+/// answers the agent API over mutual TLS with a certificate from the daemon's CA.
+struct SimFleet {
+    child: Child,
+    urls: Vec<String>,
+    /// How many fleet VMs the simulated hosts report as running.
+    fleet_file: PathBuf,
+}
+
+impl SimFleet {
+    fn start(d: &Daemon, hosts: usize) -> Result<SimFleet> {
+        let tls = d.dir.join("simtls");
+        run(Command::new(&d.hostel)
+            .args(["agent-cert", "simfleet", "--san", "127.0.0.1", "--data-dir"])
+            .arg(d.data())
+            .arg("--out")
+            .arg(&tls)
+            .stdout(Stdio::null()))?;
+        let fleet_file = d.dir.join("simfleet.count");
+        std::fs::write(&fleet_file, "0")?;
+        let exe = std::env::current_exe()?.with_file_name("hostel-simagent");
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &d.ns])
+            .arg(&exe)
+            .args(["--hosts", &hosts.to_string(), "--tls-dir"])
+            .arg(&tls)
+            .arg("--fleet-file")
+            .arg(&fleet_file)
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", exe.display()))?;
+        use std::io::BufRead;
+        let mut urls = Vec::new();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        for line in lines.by_ref() {
+            let line = line?;
+            if line == "ready" {
+                break;
+            }
+            urls.push(line);
+        }
+        if urls.len() != hosts {
+            bail!("hostel-simagent gave {} of {hosts} hosts", urls.len());
+        }
+        // The rest of its output is not read; keep the pipe from filling by dropping it.
+        drop(lines);
+        Ok(SimFleet {
+            child,
+            urls,
+            fleet_file,
+        })
+    }
+}
+
+/// Writes fleet VM rows `simFROM` to `simTO-1` straight into the daemon's database with
+/// the daemon stopped: running on the simulated hosts (VM i on `simhost-(i % hosts)`, as
+/// `hostel-simagent` reports them), owned by the admin. Then restarts the daemon and
+/// gives how long until every host's agent is connected again.
+fn fleet_records(d: &mut Daemon, sim: &SimFleet, from: usize, to: usize) -> Result<f64> {
+    let hosts = sim.urls.len();
     d.stop()?;
     let db = d.data().join("hostel.db");
     let now = "2026-01-01T00:00:00Z";
-    let host_rows = if new_hosts {
-        format!(
-            "INSERT INTO hosts (id, name, url, cpus, memory_mib, accel, accel_reason, qemu_version, kernel, last_seen)\n\
-             WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {h})\n\
-             SELECT 'simhost-' || i, 'simhost-' || i, 'https://192.0.2.1:1', 64, 262144, 'kvm', \
-             'simulated', 'simulated', 'simulated', '{now}' FROM n;\n",
-            h = hosts - 1
-        )
-    } else {
-        String::new()
-    };
     let sql = format!(
-        "BEGIN;\n{host_rows}\
+        "BEGIN;\n\
          INSERT INTO vms (id, name, host_id, image_id, memory_mib, max_memory_mib, vcpus, max_vcpus, \
          state, state_reason, on_poweroff, on_reboot, on_crash, saved_path, pid, created_at, updated_at, \
          cdrom_image_id, boot_json, cloud_json, owner_user_id, owner_group_id, admin_group_id, lease_expires_at)\n\
          WITH RECURSIVE n(i) AS (SELECT {from} UNION ALL SELECT i + 1 FROM n WHERE i < {last})\n\
          SELECT 'simvm-' || i, 'sim' || i, 'simhost-' || (i % {hosts}), NULL, 512, 512, 1, 1, \
-         'stopped', NULL, 'destroy', 'restart', 'restart', NULL, NULL, '{now}', '{now}', \
+         'running', 'simulated', 'destroy', 'restart', 'restart', NULL, 100000 + i, '{now}', '{now}', \
          NULL, NULL, NULL, (SELECT id FROM users WHERE name = 'admin'), NULL, NULL, NULL FROM n;\n\
          COMMIT;\n",
         last = to - 1,
@@ -554,7 +592,31 @@ fn fleet_records(
     if !out.status.success() {
         bail!("sqlite3: {}", String::from_utf8_lossy(&out.stderr));
     }
-    d.restart()
+    std::fs::write(&sim.fleet_file, to.to_string())?;
+    let t = Instant::now();
+    d.restart()?;
+    wait_hosts_online(d, hosts + 1)?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// Waits until `want` hosts are online.
+fn wait_hosts_online(d: &Daemon, want: usize) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let hosts: serde_json::Value =
+            serde_json::from_str(&d.cli(&["host", "list", "-o", "json"])?)?;
+        let online = hosts
+            .as_array()
+            .map(|a| a.iter().filter(|h| h["online"] == true).count())
+            .unwrap_or(0);
+        if online >= want {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("only {online} of {want} hosts online after 600 s");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// p50, p99 and the rate of a set of latencies, as a table row.
@@ -576,8 +638,8 @@ fn latency_row(what: String, v: &mut [f64], budget: &str) -> Row {
     }
 }
 
-/// The control plane at scale over the records `fleet_records` wrote (`vms` of them on
-/// `hosts` hosts), through the real API and CLI.
+/// The control plane at scale: `vms` VMs on `hosts` simulated hosts (and the real local
+/// one), through the real API and CLI.
 fn fleet(d: &Daemon, hosts: usize, vms: usize, samples: usize, round: usize) -> Result<Vec<Row>> {
     let (url, token) = d.client()?;
     let curl = |path: &str| -> Result<f64> {
@@ -602,7 +664,7 @@ fn fleet(d: &Daemon, hosts: usize, vms: usize, samples: usize, round: usize) -> 
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
     };
-    let what = |s: &str| format!("simulated fleet records ({hosts} hosts, {vms} VMs): {s}");
+    let what = |s: &str| format!("simulated fleet ({hosts} hosts, {vms} VMs): {s}");
     let mut rows = Vec::new();
     // Spread over the whole list: the k-th sample looks at a pseudo-random VM or host.
     let pick = |i: usize, n: usize| (i * 7919 + 13) % n;
@@ -648,7 +710,98 @@ fn fleet(d: &Daemon, hosts: usize, vms: usize, samples: usize, round: usize) -> 
     for i in 0..samples * 10 {
         describe.push(curl(&format!("/api/v1/vms/sim{}", pick(i, vms)))?);
     }
-    rows.push(latency_row(what("describe, API"), &mut describe, ""));
+    rows.push(latency_row(
+        what("describe, API (asks the VM's simulated host)"),
+        &mut describe,
+        "",
+    ));
+    // Placement over the whole fleet: VMs with nothing host-bound (a kernel file, a
+    // blank disk) go to the online host with the most memory free.
+    let sim_create = |name: &str| -> Result<()> {
+        d.cli(&[
+            "create",
+            name,
+            "--kernel",
+            "/simulated/vmlinuz",
+            "--memory",
+            "512M",
+            "--disk",
+            "1G",
+            "--no-start",
+            "--no-network",
+        ])
+        .map(|_| ())
+    };
+    let mut placed = Vec::new();
+    for i in 0..samples * 2 {
+        let name = format!("placed{round}x{i}");
+        placed.push(timed(|| sim_create(&name))?);
+    }
+    let host = serde_json::from_str::<serde_json::Value>(&d.cli(&[
+        "describe",
+        &format!("placed{round}x0"),
+        "-o",
+        "json",
+    ])?)?["host"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    if !host.starts_with("simhost-") {
+        bail!("a VM with nothing host-bound was placed on {host:?}, not on a simulated host");
+    }
+    rows.push(latency_row(
+        what("create --no-start placed over the fleet, CLI"),
+        &mut placed,
+        "",
+    ));
+    // Placements per second: 4 clients creating at once.
+    let (clients, each) = (4, samples * 2);
+    let t = Instant::now();
+    std::thread::scope(|s| -> Result<()> {
+        let hs: Vec<_> = (0..clients)
+            .map(|c| {
+                let sim_create = &sim_create;
+                s.spawn(move || -> Result<()> {
+                    for i in 0..each {
+                        sim_create(&format!("burst{round}c{c}x{i}"))?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("a client panicked"))??;
+        }
+        Ok(())
+    })?;
+    let rate = (clients * each) as f64 / t.elapsed().as_secs_f64();
+    rows.push(Row {
+        what: what(&format!(
+            "placements: create --no-start by {clients} CLI clients at once (VMs/s)"
+        )),
+        hostel: format!("{rate:.1}"),
+        peer: "n/a".into(),
+        ratio: "".into(),
+        budget: "".into(),
+    });
+    // Start and destroy on simulated hosts: the controller's round trip to the agent.
+    let (mut start, mut stop) = (Vec::new(), Vec::new());
+    for i in 0..samples {
+        let name = format!("placed{round}x{i}");
+        start.push(timed(|| d.cli(&["start", &name]).map(|_| ()))?);
+        stop.push(timed(|| d.cli(&["destroy", &name]).map(|_| ()))?);
+    }
+    rows.push(latency_row(
+        what("start, CLI, simulated host"),
+        &mut start,
+        "",
+    ));
+    rows.push(latency_row(
+        what("destroy, CLI, simulated host"),
+        &mut stop,
+        "",
+    ));
     let mut create = Vec::new();
     for i in 0..samples * 2 {
         let name = format!("fleetnew{round}x{i}");
@@ -667,12 +820,14 @@ fn fleet(d: &Daemon, hosts: usize, vms: usize, samples: usize, round: usize) -> 
         })?);
     }
     rows.push(latency_row(
-        what("create --no-start, CLI (real local agent)"),
+        what("create --no-start from the tiny image (on its host, the real local agent), CLI"),
         &mut create,
         "",
     ));
     rows.push(Row {
-        what: format!("RSS of `hostel up` with {vms} VMs in its database, after the lists (MiB)"),
+        what: format!(
+            "RSS of `hostel up` with {vms} VMs and {hosts} connected simulated agents, after the above (MiB)"
+        ),
         hostel: format!("{:.1}", d.rss_kib() as f64 / 1024.0),
         peer: "n/a".into(),
         ratio: "".into(),
@@ -925,18 +1080,49 @@ fn main() -> Result<()> {
     });
 
     // d. the control plane over a simulated fleet's records.
-    // At 10,000 VMs (the memory budget's size), then at 100,000 (the list's).
+    // A simulated fleet: the hosts join through the API; then 10,000 VMs (the memory
+    // budget's size), then 100,000 (the list's).
     let (hosts, sizes, samples) = if args.quick {
         (10, vec![1_000, 2_000], 3)
     } else {
         (1_000, vec![10_000, 100_000], 10)
     };
+    let mut sim = SimFleet::start(&d, hosts)?;
+    let mut join = Vec::new();
+    for url in &sim.urls {
+        join.push(timed(|| d.cli(&["host", "add", url]).map(|_| ()))?);
+    }
+    rows.push(latency_row(
+        format!("simulated fleet: `hostel host add`, each of {hosts} simulated hosts, CLI"),
+        &mut join,
+        "",
+    ));
+    rows.push(Row {
+        what: format!(
+            "RSS of `hostel up` with {hosts} connected simulated agents, no VMs on them (MiB)"
+        ),
+        hostel: format!("{:.1}", d.rss_kib() as f64 / 1024.0),
+        peer: "n/a".into(),
+        ratio: "".into(),
+        budget: "".into(),
+    });
     let mut had = 0;
     for (round, vms) in sizes.into_iter().enumerate() {
-        fleet_records(&mut d, hosts, had == 0, had, vms)?;
+        let back = fleet_records(&mut d, &sim, had, vms)?;
+        rows.push(Row {
+            what: format!(
+                "simulated fleet ({hosts} hosts, {vms} VMs): `hostel up` restart → every host's agent reconnected and reconciled (s)"
+            ),
+            hostel: format!("{back:.1}"),
+            peer: "n/a".into(),
+            ratio: "".into(),
+            budget: "".into(),
+        });
         rows.extend(fleet(&d, hosts, vms, samples, round)?);
         had = vms;
     }
+    let _ = sim.child.kill();
+    let _ = sim.child.wait();
 
     let mut table = String::from(
         "| measurement | Hostel | peer | ratio | budget |\n| --- | --- | --- | --- | --- |\n",
@@ -985,13 +1171,15 @@ fn main() -> Result<()> {
              libvirt {} runs in a network and mount namespace of the benchmark's own, as root with \
              `security_driver = \"none\"`; its domain is the plain QEMU guest in XML (q35, TCG, `-cpu max`, \
              256 MiB, the tiny image's kernel and initrd, serial to a file, balloon, pvpanic).\n\n\
-             The simulated fleet is one of records only: 1,000 host rows and 10,000, then 100,000, stopped \
-             VM rows written into the daemon's SQLite database; no simulated agent answers for those hosts \
-             (they show as offline), so list and describe measure the controller and its database, and \
-             create goes to the real local agent (its count in the table is the VM rows, not counting \
-             the few the create rows add). A list page is up to 1,000 VMs (the API's default and most). Not \
-             measured yet (see the benchmark issue): simulated agents answering the agent API, the \
-             scheduler's placements per second over them, live migration (no cluster yet).\n",
+             The simulated fleet is the one fake in these benchmarks: `hostel-simagent` (crates/hostel-bench/src/bin), \
+             one process serving 1,000 SIMULATED agents, each on a port of its own with the agent API over mutual TLS \
+             (a certificate from `hostel agent-cert`), the same wire types as `hostel agent`, no QEMU. The hosts \
+             join through `hostel host add`; then 10,000 and then 100,000 running VM rows are written into the \
+             daemon's SQLite database (VM i on simulated host i mod 1,000, which reports it running) and the daemon \
+             is restarted, so that it reconnects to and reconciles every host. List, describe, create, start and \
+             destroy then go through the real API, CLI and controller; describe, start and destroy reach the \
+             VM's simulated agent. A list page is up to 1,000 VMs (the API's default and most). The VM counts \
+             are the written rows (the create rows add a few). Not measured yet: live migration (no cluster yet).\n",
             args.runs,
             std::env::var("HOSTEL_BENCH_COMMAND").unwrap_or_else(|_| "bash bench/run".into()),
             lv.virsh(&["version", "--daemon"])
