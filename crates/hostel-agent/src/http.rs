@@ -172,18 +172,34 @@ async fn status(State(s): S, Path(id): Path<String>) -> R<VmStatus> {
 }
 
 /// A stream of JSON lines, one per state change, for the controller to follow.
+/// How often an idle event stream carries an empty line, so that the controller can
+/// tell a live agent from a silent one (it gives up after `hostel_api::agent::EVENTS_SILENCE`).
+const HEARTBEAT: Duration = Duration::from_secs(5);
+
 async fn events(State(s): S) -> Response {
-    let rx = s.subscribe();
+    events_response(s.subscribe())
+}
+
+/// The `/v1/events` answer for a subscription: an empty line first (the subscription is
+/// in place), then an event a JSON line, and an empty line whenever 5 s pass without one.
+pub fn events_response(rx: tokio::sync::broadcast::Receiver<Event>) -> Response {
     // A subscriber that fell behind has missed changes: end its stream, so the controller
     // reconnects and reconciles instead of going on with a wrong picture.
-    let stream = tokio_stream::wrappers::BroadcastStream::new(rx)
-        .take_while(|ev| futures::future::ready(ev.is_ok()))
-        .filter_map(|ev| async move {
-            let ev = ev.ok()?;
-            let mut line = serde_json::to_vec(&ev).ok()?;
-            line.push(b'\n');
-            Some(Ok::<_, std::convert::Infallible>(bytes::Bytes::from(line)))
-        });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        let line = match tokio::time::timeout(HEARTBEAT, rx.recv()).await {
+            Err(_) => b"\n".to_vec(),
+            Ok(Ok(ev)) => {
+                let mut line = serde_json::to_vec(&ev).ok()?;
+                line.push(b'\n');
+                line
+            }
+            Ok(Err(_)) => return None,
+        };
+        Some((
+            Ok::<_, std::convert::Infallible>(bytes::Bytes::from(line)),
+            rx,
+        ))
+    });
     // A first empty line tells the client the subscription is in place.
     let hello = futures::stream::once(async { Ok(bytes::Bytes::from_static(b"\n")) });
     Response::builder()

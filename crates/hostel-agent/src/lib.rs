@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, OnceCell};
 use vm::VmRuntime;
 
-pub use http::{serve, serve_router, TlsFiles};
+pub use http::{events_response, serve, serve_router, TlsFiles};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AccelChoice {

@@ -169,6 +169,11 @@ pub struct VmStatus {
     pub nics: Vec<NicStatus>,
 }
 
+/// An agent's event stream carries an empty line at least every 5 s; a controller that
+/// hears nothing for this long takes the agent for gone (a dead host or a cut network
+/// sends no FIN) and reconnects.
+pub const EVENTS_SILENCE: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// One change of state, streamed as a JSON line on `GET /v1/events`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Event {

@@ -317,6 +317,10 @@ pub struct HostInfo {
 pub struct AddHostRequest {
     /// `https://ADDRESS:PORT`
     pub url: String,
+    /// The agent is a recorded host (same name) at a new address: take the record over.
+    /// Refused while the recorded address is online.
+    #[serde(default)]
+    pub replace: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -48,12 +48,24 @@ impl AgentClient {
             .add_root_certificate(reqwest::Certificate::from_pem(&tls.ca_pem)?)
             .identity(reqwest::Identity::from_pem(&identity)?)
             .connect_timeout(Duration::from_secs(5))
+            .tcp_keepalive(Duration::from_secs(10))
             .build()?;
         Ok(AgentClient {
             url: url.trim_end_matches('/').to_string(),
             http,
             tls: Arc::new(rustls_config(tls)?),
         })
+    }
+
+    /// A client of the agent at `url` sharing this one's HTTP client and TLS settings (one
+    /// connection pool and one TLS configuration for all agents: at 1,000 hosts, one each
+    /// cost about 120 KiB a host).
+    pub fn for_url(&self, url: &str) -> AgentClient {
+        AgentClient {
+            url: url.trim_end_matches('/').to_string(),
+            http: self.http.clone(),
+            tls: self.tls.clone(),
+        }
     }
 
     async fn decode<T: DeserializeOwned>(resp: reqwest::Response) -> anyhow::Result<T> {
@@ -145,6 +157,7 @@ impl AgentClient {
         }
         let mut stream = resp.bytes_stream();
         let mut buf = Vec::new();
+        // No silence limit: a build step may print nothing for minutes.
         while let Some(chunk) = stream.next().await {
             buf.extend_from_slice(&chunk?);
             while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
@@ -173,8 +186,17 @@ impl AgentClient {
         let mut stream = resp.bytes_stream();
         let mut buf = Vec::new();
         let mut connected = Some(connected);
-        while let Some(chunk) = stream.next().await {
-            buf.extend_from_slice(&chunk?);
+        loop {
+            let chunk = match tokio::time::timeout(EVENTS_SILENCE, stream.next()).await {
+                Ok(Some(chunk)) => chunk?,
+                Ok(None) => break,
+                Err(_) => anyhow::bail!(
+                    "no word from the agent at {} in {} s",
+                    self.url,
+                    EVENTS_SILENCE.as_secs()
+                ),
+            };
+            buf.extend_from_slice(&chunk);
             while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = buf.drain(..=pos).collect();
                 if let Some(c) = connected.take() {

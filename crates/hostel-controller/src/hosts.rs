@@ -86,11 +86,20 @@ impl Controller {
             }
         };
         if let Some(h) = self.store.host(&facts.name).await? {
-            if h.url != url && self.is_online(&h.id) {
+            if h.url != url && (self.is_online(&h.id) || !req.replace) {
+                let (vms, _, _) = self.store.host_refs(&h.id).await?;
                 return Err(ApiError::conflict(format!(
-                    "a host named {:?} is connected already, at {}: two agents cannot have \
-                     one name (give this one another with `hostel agent --name`)",
-                    h.name, h.url
+                    "a host named {:?} is recorded at {} ({}, {vms} VM(s)): if this agent is \
+                     that host at a new address, add it with --replace (only while the old \
+                     address is offline); if it is another machine, give it another name \
+                     (`hostel agent --name`)",
+                    h.name,
+                    h.url,
+                    if self.is_online(&h.id) {
+                        "online"
+                    } else {
+                        "offline"
+                    }
                 )));
             }
         }
@@ -109,6 +118,8 @@ impl Controller {
                 "no host is named {name:?}: `hostel host list` lists them"
             ))
         })?;
+        // No VM is being placed or recorded meanwhile, and no reconnect adds it back.
+        let _hosts = self.hosts_lock.write().await;
         if self.local_host.get() == Some(&h.id) {
             return Err(ApiError::conflict(format!(
                 "{name:?} is the host `hostel up` itself runs on: it cannot be removed"
@@ -121,8 +132,10 @@ impl Controller {
                  delete or move them first"
             )));
         }
-        if let Some(task) = self.followers.lock().unwrap().remove(&h.id) {
-            task.abort();
+        for tasks in [&self.followers, &self.reconnects] {
+            if let Some(task) = tasks.lock().unwrap().remove(&h.id) {
+                task.abort();
+            }
         }
         self.agents.lock().unwrap().remove(&h.id);
         self.set_online(&h.id, false);

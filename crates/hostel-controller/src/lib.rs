@@ -68,10 +68,16 @@ pub struct Controller {
     online: Mutex<std::collections::HashSet<String>>,
     /// The task following each registered host's agent, to end it when the host goes.
     followers: Mutex<HashMap<String, tokio::task::AbortHandle>>,
-    /// The client certificate this controller shows agents (mutual TLS).
-    agent_tls: std::sync::OnceLock<agent_client::ClientTls>,
+    /// A client with the certificate this controller shows agents (mutual TLS), whose
+    /// HTTP client and TLS settings every agent's client shares.
+    agent_template: std::sync::OnceLock<AgentClient>,
     /// The host whose agent runs inside this process (`hostel up`'s own).
     local_host: std::sync::OnceLock<String>,
+    /// Reconnect attempts to recorded hosts, to end if the host is removed first.
+    reconnects: Mutex<HashMap<String, tokio::task::AbortHandle>>,
+    /// Held (shared) while a new VM is placed and recorded; (alone) while a host is
+    /// connected or removed, so that no VM lands on a host being removed.
+    pub(crate) hosts_lock: tokio::sync::RwLock<()>,
 }
 
 impl Controller {
@@ -88,15 +94,20 @@ impl Controller {
             net_sync: tokio::sync::Mutex::new(()),
             online: Mutex::default(),
             followers: Mutex::default(),
-            agent_tls: std::sync::OnceLock::new(),
+            agent_template: std::sync::OnceLock::new(),
             local_host: std::sync::OnceLock::new(),
+            reconnects: Mutex::default(),
+            hosts_lock: tokio::sync::RwLock::new(()),
         })
     }
 
     /// Sets the client certificate for agents added later (`POST /api/v1/hosts`) and
     /// for reconnecting to recorded hosts.
-    pub fn set_agent_tls(&self, tls: agent_client::ClientTls) {
-        let _ = self.agent_tls.set(tls);
+    pub fn set_agent_tls(&self, tls: agent_client::ClientTls) -> anyhow::Result<()> {
+        let _ = self
+            .agent_template
+            .set(AgentClient::new("https://agent", &tls)?);
+        Ok(())
     }
 
     /// Names the host whose agent runs in this process; it cannot be removed.
@@ -120,10 +131,10 @@ impl Controller {
 
     /// An agent client for `url`, with this controller's certificate.
     pub fn agent_client(&self, url: &str) -> anyhow::Result<AgentClient> {
-        let tls = self.agent_tls.get().ok_or_else(|| {
+        let template = self.agent_template.get().ok_or_else(|| {
             anyhow::anyhow!("this controller has no client certificate for agents")
         })?;
-        AgentClient::new(url, tls)
+        Ok(template.for_url(url))
     }
 
     /// Reconnects to every recorded host but this process's own, each in the background
@@ -143,12 +154,19 @@ impl Controller {
                 if me.local_host.get() == Some(&h.id) || me.agent(&h.id).is_some() {
                     continue;
                 }
-                let me = me.clone();
-                tokio::spawn(async move {
+                let me2 = me.clone();
+                let id = h.id.clone();
+                let task = tokio::spawn(async move {
+                    let me = me2;
+                    let mut said = false;
                     loop {
                         match me.agent_client(&h.url) {
-                            Ok(agent) => match me.add_host(agent).await {
+                            Ok(agent) => match me.connect_host(agent, Some(&h.id)).await {
                                 Ok(_) => return,
+                                Err(e) if !said => {
+                                    tracing::warn!(host = %h.id, "not back yet, retrying every 5 s: {e:#}");
+                                    said = true;
+                                }
                                 Err(e) => tracing::debug!(host = %h.id, "not back yet: {e:#}"),
                             },
                             Err(e) => {
@@ -159,6 +177,11 @@ impl Controller {
                         tokio::time::sleep(Duration::from_secs(5)).await;
                     }
                 });
+                // Ended if the host is removed before it is back.
+                me.reconnects
+                    .lock()
+                    .unwrap()
+                    .insert(id, task.abort_handle());
             }
         });
     }
@@ -188,40 +211,68 @@ impl Controller {
     /// Registers a host's agent: records its facts, reconciles its VMs with the database
     /// and follows its events from then on. Returns once the first reconcile is done.
     pub async fn add_host(self: &Arc<Self>, agent: AgentClient) -> anyhow::Result<String> {
+        let id = self.connect_host(agent, None).await?;
+        id.ok_or_else(|| anyhow::anyhow!("the host was removed meanwhile"))
+    }
+
+    /// Connects a host's agent: records its facts, follows its events, and waits (up to
+    /// 30 s) for the first reconcile. `again`: a reconnect to this recorded host, which
+    /// must still be recorded and still answer to that name; none when it was removed.
+    async fn connect_host(
+        self: &Arc<Self>,
+        agent: AgentClient,
+        again: Option<&str>,
+    ) -> anyhow::Result<Option<String>> {
         let facts = agent.facts().await?;
         let id = facts.name.clone();
-        self.store
-            .upsert_host(&HostRecord {
-                id: id.clone(),
-                name: facts.name.clone(),
-                url: agent.url.clone(),
-                cpus: facts.cpus,
-                memory_mib: facts.memory_total_mib,
-                accel: facts.accel.as_str().into(),
-                accel_reason: facts.accel_reason.clone(),
-                qemu_version: facts.qemu_version.clone(),
-                kernel: facts.kernel.clone(),
-                last_seen: hostel_store::now(),
-            })
-            .await?;
-        self.agents
-            .lock()
-            .unwrap()
-            .insert(id.clone(), agent.clone());
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let me = self.clone();
-        let host = id.clone();
-        let task = tokio::spawn(async move { me.follow(host, agent, Some(ready_tx)).await });
-        if let Some(old) = self
-            .followers
-            .lock()
-            .unwrap()
-            .insert(id.clone(), task.abort_handle())
-        {
-            old.abort();
-        }
+        let ready_rx = {
+            // Not while a host is removed or a VM is being placed and recorded.
+            let _hosts = self.hosts_lock.write().await;
+            if let Some(want) = again {
+                if self.store.host(want).await?.is_none() {
+                    return Ok(None);
+                }
+                if want != id {
+                    anyhow::bail!(
+                        "the agent at {} now calls itself {id:?}, not {want:?}",
+                        agent.url
+                    );
+                }
+            }
+            self.store
+                .upsert_host(&HostRecord {
+                    id: id.clone(),
+                    name: facts.name.clone(),
+                    url: agent.url.clone(),
+                    cpus: facts.cpus,
+                    memory_mib: facts.memory_total_mib,
+                    accel: facts.accel.as_str().into(),
+                    accel_reason: facts.accel_reason.clone(),
+                    qemu_version: facts.qemu_version.clone(),
+                    kernel: facts.kernel.clone(),
+                    last_seen: hostel_store::now(),
+                })
+                .await?;
+            self.agents
+                .lock()
+                .unwrap()
+                .insert(id.clone(), agent.clone());
+            let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+            let me = self.clone();
+            let host = id.clone();
+            let task = tokio::spawn(async move { me.follow(host, agent, Some(ready_tx)).await });
+            if let Some(old) = self
+                .followers
+                .lock()
+                .unwrap()
+                .insert(id.clone(), task.abort_handle())
+            {
+                old.abort();
+            }
+            ready_rx
+        };
         let _ = tokio::time::timeout(Duration::from_secs(30), ready_rx).await;
-        Ok(id)
+        Ok(Some(id))
     }
 
     /// Follows one agent's events for ever, reconciling after every (re)connection.
@@ -231,6 +282,7 @@ impl Controller {
         agent: AgentClient,
         mut ready: Option<tokio::sync::oneshot::Sender<()>>,
     ) {
+        let mut retry = Duration::from_millis(500);
         loop {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
             let (conn_tx, conn_rx) = tokio::sync::oneshot::channel::<()>();
@@ -274,9 +326,13 @@ impl Controller {
             if self.is_online(&host) {
                 self.set_online(&host, false);
                 let _ = self.store.touch_host(&host, &hostel_store::now()).await;
+                tracing::warn!(%host, "lost the agent's event stream; reconnecting");
+                retry = Duration::from_millis(500);
+            } else {
+                // Down for a while: try less often, up to every 10 s.
+                retry = (retry * 2).min(Duration::from_secs(10));
             }
-            tracing::warn!(%host, "lost the agent's event stream; reconnecting");
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(retry).await;
         }
     }
 
@@ -310,11 +366,17 @@ impl Controller {
             .await?;
         for vm in on_host.into_iter().map(|r| r.vm) {
             match running.get(&vm.id) {
-                Some(s) => {
+                // Written only when it changed: after a restart, thousands of VMs agree.
+                Some(s)
+                    if vm.state != s.state.as_str()
+                        || vm.pid != s.pid
+                        || vm.state_reason != s.reason =>
+                {
                     self.store
                         .set_vm_state(&vm.id, s.state.as_str(), s.reason.as_deref(), s.pid)
                         .await?;
                 }
+                Some(_) => {}
                 None => {
                     let state = hostel_model::VmState::parse(&vm.state);
                     if state.map(|s| s.has_process()).unwrap_or(false) {

@@ -467,7 +467,9 @@ impl Controller {
             })?;
             if !self.is_online(h) {
                 return Err(ApiError::unavailable(format!(
-                    "the VM's image is on host {h:?}, whose agent is not connected now"
+                    "the VM's image is on host {h:?}, whose agent is not connected now: start \
+                     `hostel agent` there or wait until `hostel host list` shows it online, \
+                     or use an image on another host"
                 )));
             }
             return Ok((rec.id, rec.memory_mib));
@@ -528,13 +530,34 @@ impl Controller {
             })?),
             None => None,
         };
+        // Files the VM boots from live on one host: the VM goes there.
+        let cdrom_host = match &req.cdrom {
+            Some(c) if !c.starts_with('/') => self.store.image_by_name(c).await?.map(|i| i.host_id),
+            _ => None,
+        };
+        let files_host = match (image.as_ref().map(|i| &i.host_id), &cdrom_host) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(Invalid::new(
+                    "cdrom",
+                    format!(
+                        "the image is on host {a}, the CD-ROM image on host {b}: a VM needs \
+                         both on its own host"
+                    ),
+                )
+                .into());
+            }
+            (Some(a), _) => Some(a.clone()),
+            (None, b) => b.clone(),
+        };
+        // Held until the VM is recorded: a host is not removed under a VM placed on it.
+        let _placing = self.hosts_lock.read().await;
         let (host, host_mem) = match &pool {
-            Some(p) if image.as_ref().is_some_and(|i| i.host_id != p.host_id) => {
+            Some(p) if files_host.as_ref().is_some_and(|h| h != &p.host_id) => {
                 return Err(Invalid::new(
                     "pool",
                     format!(
                         "pool {:?} is on host {}, the image on another: use a pool on the \
-                         image's host",
+                         image's host (`hostel pool list` shows each pool's host)",
                         p.name, p.host_id
                     ),
                 )
@@ -557,11 +580,8 @@ impl Controller {
                 (h.id, h.memory_mib)
             }
             None => {
-                self.place(
-                    sizing.max_memory_mib,
-                    image.as_ref().map(|i| i.host_id.as_str()),
-                )
-                .await?
+                self.place(sizing.max_memory_mib, files_host.as_deref())
+                    .await?
             }
         };
         sizing.validate(host_mem)?;
@@ -609,7 +629,11 @@ impl Controller {
                 ),
             ));
         }
-        let agent = self.agent(&host).expect("placed on a connected host");
+        let agent = self.agent(&host).ok_or_else(|| {
+            ApiError::unavailable(format!(
+                "host {host} went away while the VM was placed on it: try again"
+            ))
+        })?;
         let vm_id = new_id("vm");
         let nic_reqs = match &req.nics {
             Some(n) => n.clone(),
@@ -1729,11 +1753,22 @@ impl Controller {
     }
 
     pub async fn info(&self) -> Res<Info> {
-        let hosts = self.hosts_info().await?;
+        let mut hosts = self.hosts_info().await?;
+        // Where agents and the data live is for admins (`hostel host list`).
+        let admin = crate::auth::current().is_none_or(|c| c.is_admin);
+        if !admin {
+            for h in &mut hosts {
+                h.url.clear();
+            }
+        }
         let ssh = self.ssh_console.lock().unwrap().clone();
         Ok(Info {
             version: env!("CARGO_PKG_VERSION").into(),
-            data_dir: self.cfg.data_dir.display().to_string(),
+            data_dir: if admin {
+                self.cfg.data_dir.display().to_string()
+            } else {
+                String::new()
+            },
             hosts,
             ssh_console: ssh.as_ref().map(|s| s.addr.clone()),
             ssh_host_key: ssh.as_ref().map(|s| s.host_key.clone()),

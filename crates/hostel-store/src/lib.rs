@@ -744,19 +744,23 @@ impl Store {
         if out.is_empty() {
             return Ok(out);
         }
-        let marks: Vec<String> = (1..=out.len()).map(|i| format!("${i}")).collect();
-        let sql = format!(
-            "SELECT vm_id, ip FROM nics WHERE vm_id IN ({}) ORDER BY vm_id, idx",
-            marks.join(", ")
-        );
-        let mut query = sqlx::query(&sql);
-        for row in &out {
-            query = query.bind(row.vm.id.clone());
-        }
-        for r in query.fetch_all(&self.pool).await? {
-            let vm_id: String = r.try_get("vm_id")?;
-            if let Some(&i) = at.get(&vm_id) {
-                out[i].ips.push(r.try_get("ip")?);
+        // A thousand ids a query at most: databases cap how many values one query binds.
+        let ids: Vec<String> = out.iter().map(|r| r.vm.id.clone()).collect();
+        for chunk in ids.chunks(1000) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT vm_id, ip FROM nics WHERE vm_id IN ({}) ORDER BY vm_id, idx",
+                marks.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(id);
+            }
+            for r in query.fetch_all(&self.pool).await? {
+                let vm_id: String = r.try_get("vm_id")?;
+                if let Some(&i) = at.get(&vm_id) {
+                    out[i].ips.push(r.try_get("ip")?);
+                }
             }
         }
         Ok(out)

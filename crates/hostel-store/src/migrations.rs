@@ -207,4 +207,7 @@ pub const MIGRATIONS: &[&[&str]] = &[
         "CREATE INDEX vms_host_state ON vms (host_id, state)",
         "CREATE INDEX vms_lease ON vms (lease_expires_at)",
     ],
+    // Placement adds up the memory of live VMs per host at every create: from the index
+    // alone, without reading 100,000 rows.
+    &["CREATE INDEX vms_live_memory ON vms (state, host_id, max_memory_mib)"],
 ];

@@ -2,7 +2,7 @@
 //! over the agent API (HTTPS, mutual TLS) exactly as they do across hosts.
 
 use crate::client::ClientConfig;
-use crate::pki::Pki;
+use crate::pki::{Pki, Role};
 use anyhow::{bail, Context, Result};
 use hostel_agent::{AccelChoice, AgentConfig, TlsFiles};
 use hostel_controller::agent_client::ClientTls;
@@ -180,8 +180,14 @@ pub async fn up(opts: UpOptions) -> Result<()> {
     ensure_qemu_user(&opts.qemu_user)?;
     let pki = Pki::open(&data_dir.join("pki"))?;
     let sans = vec!["127.0.0.1".to_string(), "localhost".to_string()];
-    let agent_pair = pki.node("agent", &sans)?;
-    let ctl_pair = pki.node("controller", &["controller".to_string()])?;
+    // Each with its one role (see `Role`); the stems changed when roles came in, so that
+    // certificates made before, good for both, are not used again.
+    let agent_pair = pki.node("local-agent", &sans, Role::Agent)?;
+    let ctl_pair = pki.node(
+        "controller-client",
+        &["controller".to_string()],
+        Role::Controller,
+    )?;
     let admin_token = read_or_make_token(&data_dir.join("admin.token"))?;
 
     let store =
@@ -241,7 +247,7 @@ pub async fn up(opts: UpOptions) -> Result<()> {
         ca_pem: pki.ca_pem()?,
         cert_pem: ctl_pair.cert_pem,
         key_pem: ctl_pair.key_pem,
-    });
+    })?;
     let agent = controller.agent_client(&format!("https://{agent_addr}"))?;
     controller
         .bootstrap_admin(&admin_token)
@@ -367,6 +373,9 @@ pub struct AgentOptions {
 /// `hostel host add`. Only clients with a certificate from the cluster CA get through.
 pub async fn agent(opts: AgentOptions) -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    hostel_model::validate_name("--name", &opts.name).map_err(|e| {
+        anyhow::anyhow!("{e} (the hostname is the default name: give --name when it is not one)")
+    })?;
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("creating {}", opts.data_dir.display()))?;
     let data_dir = opts.data_dir.canonicalize()?;
@@ -409,6 +418,13 @@ pub async fn agent(opts: AgentOptions) -> Result<()> {
     tracing::info!(name = %opts.name, %addr, "agent listening");
     // The address, on stdout, for whoever started it (and `hostel host add`).
     println!("https://{addr}");
+    if addr.ip().is_unspecified() {
+        eprintln!(
+            "listening on every address: add the host with https://ADDRESS:{} for an address \
+             its certificate names (hostel agent-cert --san)",
+            addr.port()
+        );
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let stop = async move {
         tokio::select! {
@@ -439,7 +455,7 @@ pub fn agent_cert(data_dir: &Path, name: &str, sans: &[String], out: &Path) -> R
     for ext in ["pem", "key"] {
         let _ = std::fs::remove_file(pki_dir.join(format!("node-{name}.{ext}")));
     }
-    let pair = pki.node(&format!("node-{name}"), sans)?;
+    let pair = pki.node(&format!("node-{name}"), sans, Role::Agent)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     std::fs::write(out.join("agent.pem"), &pair.cert_pem)?;
     let key = out.join("agent.key");

@@ -649,7 +649,12 @@ enum HostCmd {
         output: Table2Json,
     },
     /// Add the host whose agent (`hostel agent`) answers at URL (https://ADDRESS:PORT).
-    Add { url: String },
+    Add {
+        url: String,
+        /// A recorded host (same name) now at this address: take its record over.
+        #[arg(long)]
+        replace: bool,
+    },
     /// Remove a host that has no VMs, images or pools left.
     Remove { name: String },
 }
@@ -1060,8 +1065,10 @@ async fn run(cli: Cli) -> Result<()> {
                     }
                 }
             }
-            HostCmd::Add { url } => {
-                let h: HostInfo = api.post("/api/v1/hosts", &AddHostRequest { url }).await?;
+            HostCmd::Add { url, replace } => {
+                let h: HostInfo = api
+                    .post("/api/v1/hosts", &AddHostRequest { url, replace })
+                    .await?;
                 println!(
                     "added host {} ({} CPUs, {}, {}), {}",
                     h.name,
@@ -1758,7 +1765,11 @@ async fn run(cli: Cli) -> Result<()> {
             match output {
                 Table2Json::Json => print_json(&info)?,
                 Table2Json::Table => {
-                    println!("hostel {}  data dir {}", info.version, info.data_dir);
+                    if info.data_dir.is_empty() {
+                        println!("hostel {}", info.version);
+                    } else {
+                        println!("hostel {}  data dir {}", info.version, info.data_dir);
+                    }
                     for h in &info.hosts {
                         println!("host {}", h.name);
                         println!("  cpus:         {}", h.cpus);

@@ -2,13 +2,25 @@
 //! Made once per data directory and kept.
 
 use anyhow::{Context, Result};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
+};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 pub struct Pki {
     pub dir: PathBuf,
+}
+
+/// What a certificate may be used for.
+#[derive(Debug, Clone, Copy)]
+pub enum Role {
+    /// An agent: serves the agent API.
+    Agent,
+    /// The controller: a client of agents.
+    Controller,
 }
 
 pub struct Pair {
@@ -58,8 +70,10 @@ impl Pki {
         Ok(std::fs::read(self.dir.join("ca.pem"))?)
     }
 
-    /// A certificate signed by the CA for `name` (the file stem), valid for `sans`.
-    pub fn node(&self, name: &str, sans: &[String]) -> Result<Pair> {
+    /// A certificate signed by the CA for `name` (the file stem), valid for `sans`, for
+    /// one role only: an agent's (`Role::Agent`, TLS server) cannot act as the controller
+    /// (`Role::Controller`, TLS client) towards other agents, and the other way round.
+    pub fn node(&self, name: &str, sans: &[String], role: Role) -> Result<Pair> {
         let cert_path = self.dir.join(format!("{name}.pem"));
         let key_path = self.dir.join(format!("{name}.key"));
         if !cert_path.exists() || !key_path.exists() {
@@ -69,6 +83,10 @@ impl Pki {
             let ca = ca_params()?.self_signed(&ca_key)?;
             let mut params = CertificateParams::new(sans.to_vec())?;
             params.distinguished_name.push(DnType::CommonName, name);
+            params.extended_key_usages = vec![match role {
+                Role::Agent => ExtendedKeyUsagePurpose::ServerAuth,
+                Role::Controller => ExtendedKeyUsagePurpose::ClientAuth,
+            }];
             let key = KeyPair::generate()?;
             let cert = params.signed_by(&key, &ca, &ca_key)?;
             write_private(&key_path, key.serialize_pem().as_bytes())?;

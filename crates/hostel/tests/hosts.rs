@@ -6,6 +6,7 @@
 mod common;
 use common::*;
 use std::io::BufRead;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -46,6 +47,39 @@ fn stop(mut child: Child) {
     )
     .unwrap();
     child.wait().unwrap();
+}
+
+/// `GET URL/v1/host` from inside `ns`, presenting `cert` and `key` (PEM files) and
+/// trusting `ca`: the HTTP status, or the TLS or connection error.
+fn agent_get(ns: &Netns, url: &str, cert: &Path, key: &Path, ca: &Path) -> Result<u16, String> {
+    let mut identity = std::fs::read(cert).unwrap();
+    identity.extend(std::fs::read(key).unwrap());
+    let ca = std::fs::read(ca).unwrap();
+    let (path, url) = (format!("/run/netns/{}", ns.name), format!("{url}/v1/host"));
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let client = reqwest::Client::builder()
+                .use_rustls_tls()
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+                .identity(reqwest::Identity::from_pem(&identity).unwrap())
+                .build()
+                .unwrap();
+            match client.get(&url).send().await {
+                Ok(r) => Ok(r.status().as_u16()),
+                Err(e) => Err(format!("{e:?}")),
+            }
+        })
+    })
+    .join()
+    .unwrap()
 }
 
 /// Waits until `hostel host list` shows node2 `online` (or not).
@@ -122,6 +156,29 @@ async fn a_second_host_is_added_used_lost_regained_and_removed() {
     assert!(err.contains("does not answer"), "{err}");
     assert_eq!(d.json(&["host", "list"]).as_array().unwrap().len(), 1);
 
+    // Only the controller's certificate opens an agent: one agent's own (from
+    // agent-cert, on that host's disk) does not open another, nor itself.
+    let pki = data.join("pki");
+    let as_controller = agent_get(
+        &d.ns,
+        &url,
+        &pki.join("controller-client.pem"),
+        &pki.join("controller-client.key"),
+        &pki.join("ca.pem"),
+    );
+    assert_eq!(as_controller, Ok(200));
+    let as_agent = agent_get(
+        &d.ns,
+        &url,
+        &tls.join("agent.pem"),
+        &tls.join("agent.key"),
+        &tls.join("ca.pem"),
+    );
+    assert!(
+        as_agent.is_err(),
+        "an agent's certificate opened an agent: {as_agent:?}"
+    );
+
     let out = d.ok(&["host", "add", &url]);
     assert!(
         out.contains("added host node2") && out.contains("online"),
@@ -139,49 +196,55 @@ async fn a_second_host_is_added_used_lost_regained_and_removed() {
         .unwrap()
         .to_string();
 
-    // A VM from an image stays with the image; one in node2's pool runs on node2, in a
-    // real QEMU its agent started in node2's namespace.
+    // A VM from an image stays with the image (running, it leaves the local host with
+    // less memory free than node2); one with nothing host-bound goes where most memory is
+    // free, node2; one in node2's pool runs on node2, in a real QEMU that node2's agent
+    // started in node2's namespace.
     d.ok(&[
         "create",
         "here",
         "--image",
         "tiny",
-        "--no-start",
+        "--memory",
+        "128M",
         "--no-network",
     ]);
     assert_eq!(d.describe("here")["host"], local.as_str());
     let pool_dir = dir.join("pool2");
     std::fs::create_dir_all(&pool_dir).unwrap();
+    let pool_path = pool_dir.to_str().unwrap();
     d.ok(&[
-        "pool",
-        "create",
-        "p2",
-        "--host",
-        "node2",
-        "--path",
-        pool_dir.to_str().unwrap(),
+        "pool", "create", "p2", "--host", "node2", "--path", pool_path,
     ]);
     // The tiny guest's kernel and initrd, as files (the two hosts share this machine's
     // filesystem), so that node2 boots a guest that says when it is ready.
     let boot = d.describe("here")["boot"].clone();
-    d.ok(&[
-        "create",
-        "there",
-        "--pool",
-        "p2",
-        "--disk",
-        "64M",
-        "--memory",
-        "128M",
+    let kernel = [
         "--kernel",
         boot["kernel"].as_str().unwrap(),
         "--initrd",
         boot["initrd"].as_str().unwrap(),
         "--cmdline",
         boot["cmdline"].as_str().unwrap(),
-        "--no-network",
-        "--no-start",
-    ]);
+    ];
+    let small = ["--memory", "128M", "--no-network", "--no-start"];
+    d.ok(&[&["create", "free"][..], &small, &kernel].concat());
+    assert_eq!(d.describe("free")["host"], "node2");
+    d.ok(&["delete", "free"]);
+    let err = d.fails(
+        &[
+            &["create", "mixed", "--image", "tiny", "--pool", "p2"][..],
+            &small,
+        ]
+        .concat(),
+    );
+    assert!(err.contains("use a pool on the image's host"), "{err}");
+    d.ok(&[
+        &["create", "there", "--pool", "p2", "--disk", "64M"][..],
+        &small,
+        &kernel,
+    ]
+    .concat());
     let there = d.describe("there");
     assert_eq!(there["host"], "node2");
     let disk = there["disks"][0]["path"].as_str().unwrap().to_string();
@@ -240,6 +303,20 @@ async fn a_second_host_is_added_used_lost_regained_and_removed() {
     d.launch();
     wait_online(&d, true);
 
+    // A cut link sends no FIN: the agent's silence takes node2 offline; it comes back
+    // once the link does.
+    let link = |state: &str| {
+        let ok = Command::new("ip")
+            .args(["-n", &node.name, "link", "set", &b, state])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    link("down");
+    wait_online(&d, false);
+    link("up");
+    wait_online(&d, true);
+
     // Removal: refused while a pool is there, and for the controller's own host.
     let err = d.fails(&["host", "remove", "node2"]);
     assert!(err.contains("1 pool(s)"), "{err}");
@@ -249,6 +326,7 @@ async fn a_second_host_is_added_used_lost_regained_and_removed() {
     let err = d.fails(&["host", "remove", "nosuch"]);
     assert!(err.contains("no host is named"), "{err}");
     d.ok(&["host", "remove", "node2"]);
+    d.ok(&["destroy", "here"]);
     let hosts = d.json(&["host", "list"]);
     assert_eq!(hosts.as_array().unwrap().len(), 1, "{hosts}");
     stop(agent);

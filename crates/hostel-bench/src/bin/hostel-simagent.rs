@@ -12,13 +12,11 @@
 //! Prints one `https://IP:PORT` a host, then `ready`.
 
 use anyhow::{bail, Context, Result};
-use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures::StreamExt;
 use hostel_api::agent::*;
 use hostel_model::{Accel, VmState};
 use std::collections::{HashMap, HashSet};
@@ -128,17 +126,8 @@ async fn facts(State(h): S) -> Json<HostFacts> {
 }
 
 async fn events(State(h): S) -> Response {
-    let rx = h.events.subscribe();
-    let stream = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(|ev| async move {
-        let mut line = serde_json::to_vec(&ev.ok()?).ok()?;
-        line.push(b'\n');
-        Some(Ok::<_, std::convert::Infallible>(bytes::Bytes::from(line)))
-    });
-    let hello = futures::stream::once(async { Ok(bytes::Bytes::from_static(b"\n")) });
-    Response::builder()
-        .header("content-type", "application/x-ndjson")
-        .body(Body::from_stream(hello.chain(stream)))
-        .unwrap()
+    // Exactly a real agent's stream: heartbeats included.
+    hostel_agent::events_response(h.events.subscribe())
 }
 
 async fn list(State(h): S) -> Json<Vec<VmStatus>> {
