@@ -1123,6 +1123,16 @@ fn main() -> Result<()> {
     }
     let _ = sim.child.kill();
     let _ = sim.child.wait();
+    // f. Slots for live migration, against plain QEMU's migrate, once Hostel has it.
+    for what in ["downtime", "total time"] {
+        rows.push(Row {
+            what: format!("live migration {what}, tiny guest, without and with shared storage (s)"),
+            hostel: "not yet: no live migration".into(),
+            peer: "plain QEMU `migrate`: not yet".into(),
+            ratio: "".into(),
+            budget: "".into(),
+        });
+    }
 
     let mut table = String::from(
         "| measurement | Hostel | peer | ratio | budget |\n| --- | --- | --- | --- | --- |\n",
