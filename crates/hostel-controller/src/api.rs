@@ -626,7 +626,7 @@ async fn renew_vm(State(c): S, Path(name): Path<String>, Json(req): Json<RenewRe
 /// The hosts (admins only), each with whether its agent is connected now.
 #[utoipa::path(get, path = "/api/v1/hosts", responses((status = 200, body = Vec<HostInfo>)))]
 async fn list_hosts(State(c): S) -> R<Vec<HostInfo>> {
-    Ok(Json(c.hosts_info().await?))
+    Ok(Json(c.hosts_info(None).await?))
 }
 
 /// Adds a host by its agent's address (admins only).

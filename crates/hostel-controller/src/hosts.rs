@@ -4,40 +4,34 @@
 use crate::api::ApiError;
 use crate::Controller;
 use hostel_api::public::{AddHostRequest, HostInfo};
-use hostel_model::{Accel, VmState};
+use hostel_model::Accel;
 use std::sync::Arc;
 use std::time::Duration;
 
 type Res<T> = Result<T, ApiError>;
 
 impl Controller {
-    /// Every recorded host, with its agent's connection state and what runs on it: from
-    /// the database and the controller's own connection state (no agent is asked).
-    pub async fn hosts_info(&self) -> Res<Vec<HostInfo>> {
-        let live: Vec<&str> = VmState::ALL
-            .into_iter()
-            .filter(|s| s.has_process())
-            .map(|s| s.as_str())
-            .collect();
-        let counts = self.store.vm_counts_by_host(&live).await?;
-        let promised: std::collections::HashMap<String, u64> = self
+    /// Every recorded host (or `only` that one), with its agent's connection state and
+    /// what runs on it: from the database and the controller's own connection state (no
+    /// agent is asked).
+    pub async fn hosts_info(&self, only: Option<&str>) -> Res<Vec<HostInfo>> {
+        let usage = self
             .store
-            .memory_by_host(&live)
-            .await?
-            .into_iter()
-            .collect();
-        Ok(self
-            .store
-            .hosts()
-            .await?
+            .host_usage(&crate::ops::live_states(), only)
+            .await?;
+        let hosts = match only {
+            Some(id) => self.store.host(id).await?.into_iter().collect(),
+            None => self.store.hosts().await?,
+        };
+        Ok(hosts
             .into_iter()
             .map(|h| {
-                let (total, running) = counts.get(&h.id).copied().unwrap_or((0, 0));
+                let u = usage.get(&h.id).copied().unwrap_or_default();
                 HostInfo {
                     online: self.is_online(&h.id),
-                    memory_vms_mib: promised.get(&h.id).copied().unwrap_or(0),
-                    vms_running: running as u32,
-                    vms_total: total as u32,
+                    memory_vms_mib: u.live_memory_mib,
+                    vms_running: u.live as u32,
+                    vms_total: u.vms as u32,
                     accel: if h.accel == "kvm" {
                         Accel::Kvm
                     } else {
@@ -104,10 +98,9 @@ impl Controller {
             }
         }
         let id = self.add_host(agent).await?;
-        self.hosts_info()
+        self.hosts_info(Some(&id))
             .await?
-            .into_iter()
-            .find(|h| h.name == id)
+            .pop()
             .ok_or_else(|| ApiError::from(anyhow::anyhow!("host {id} vanished")))
     }
 

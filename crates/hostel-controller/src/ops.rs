@@ -13,6 +13,15 @@ use std::sync::Arc;
 
 type Res<T> = Result<T, ApiError>;
 
+/// The states in which a VM has a QEMU process (and holds its memory), by name.
+pub(crate) fn live_states() -> Vec<&'static str> {
+    VmState::ALL
+        .into_iter()
+        .filter(|s| s.has_process())
+        .map(|s| s.as_str())
+        .collect()
+}
+
 /// The most VMs one page of a list holds.
 pub(crate) const MAX_PAGE: u32 = 1000;
 
@@ -476,14 +485,9 @@ impl Controller {
         }
         let hosts = self.store.hosts().await?;
         // Memory promised to VMs with a QEMU, per host, added up by the database.
-        let live: Vec<&str> = VmState::ALL
-            .into_iter()
-            .filter(|s| s.has_process())
-            .map(|s| s.as_str())
-            .collect();
         let used_by: std::collections::HashMap<String, u64> = self
             .store
-            .memory_by_host(&live)
+            .memory_by_host(&live_states())
             .await?
             .into_iter()
             .collect();
@@ -1753,7 +1757,7 @@ impl Controller {
     }
 
     pub async fn info(&self) -> Res<Info> {
-        let mut hosts = self.hosts_info().await?;
+        let mut hosts = self.hosts_info(None).await?;
         // Where agents and the data live is for admins (`hostel host list`).
         let admin = crate::auth::current().is_none_or(|c| c.is_admin);
         if !admin {

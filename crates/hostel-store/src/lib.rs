@@ -35,6 +35,23 @@ pub fn new_id(prefix: &str) -> String {
     format!("{prefix}-{}", &u[..12])
 }
 
+/// `$from, $from+1, ...`: `n` numbered placeholders for an `IN (...)` list.
+fn placeholders(from: usize, n: usize) -> String {
+    (from..from + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What runs on a host, as `Store::host_usage` counts it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct HostUsage {
+    pub vms: u64,
+    /// VMs in the live states asked for, and the memory promised to them (MiB).
+    pub live: u64,
+    pub live_memory_mib: u64,
+}
+
 /// Which VMs a list page holds.
 #[derive(Debug, Clone, Default)]
 pub struct VmPageQuery<'a> {
@@ -494,27 +511,37 @@ impl Store {
         Ok(())
     }
 
-    /// Per host: how many VMs it has, and how many of those are in `live` states.
-    pub async fn vm_counts_by_host(&self, live: &[&str]) -> Result<HashMap<String, (u64, u64)>> {
-        let marks: Vec<String> = (1..=live.len()).map(|i| format!("${i}")).collect();
+    /// Per host (all, or `only` one): its VMs, those in `live` states, and the memory
+    /// promised to those (their max memory), in one pass over the VMs.
+    pub async fn host_usage(
+        &self,
+        live: &[&str],
+        only: Option<&str>,
+    ) -> Result<HashMap<String, HostUsage>> {
+        let set = placeholders(1, live.len());
         let sql = format!(
             "SELECT host_id, CAST(COUNT(*) AS BIGINT) AS total, \
-             CAST(SUM(CASE WHEN state IN ({}) THEN 1 ELSE 0 END) AS BIGINT) AS live \
-             FROM vms WHERE host_id IS NOT NULL GROUP BY host_id",
-            marks.join(", ")
+             CAST(SUM(CASE WHEN state IN ({set}) THEN 1 ELSE 0 END) AS BIGINT) AS live, \
+             CAST(SUM(CASE WHEN state IN ({set}) THEN max_memory_mib ELSE 0 END) AS BIGINT) \
+             AS live_mib FROM vms WHERE {} GROUP BY host_id",
+            match only {
+                Some(_) => format!("host_id = ${}", live.len() + 1),
+                None => "host_id IS NOT NULL".into(),
+            }
         );
         let mut q = sqlx::query(&sql);
-        for s in live {
-            q = q.bind(*s);
+        for s in live.iter().copied().chain(only) {
+            q = q.bind(s);
         }
         let mut out = HashMap::new();
         for r in q.fetch_all(&self.pool).await? {
             out.insert(
                 r.try_get::<String, _>("host_id")?,
-                (
-                    r.try_get::<i64, _>("total")? as u64,
-                    r.try_get::<i64, _>("live")? as u64,
-                ),
+                HostUsage {
+                    vms: r.try_get::<i64, _>("total")? as u64,
+                    live: r.try_get::<i64, _>("live")? as u64,
+                    live_memory_mib: r.try_get::<i64, _>("live_mib")? as u64,
+                },
             );
         }
         Ok(out)
@@ -747,10 +774,9 @@ impl Store {
         // A thousand ids a query at most: databases cap how many values one query binds.
         let ids: Vec<String> = out.iter().map(|r| r.vm.id.clone()).collect();
         for chunk in ids.chunks(1000) {
-            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
                 "SELECT vm_id, ip FROM nics WHERE vm_id IN ({}) ORDER BY vm_id, idx",
-                marks.join(", ")
+                placeholders(1, chunk.len())
             );
             let mut query = sqlx::query(&sql);
             for id in chunk {
@@ -768,11 +794,10 @@ impl Store {
 
     /// Memory promised to VMs in `states`, per host: host id → sum of max memory (MiB).
     pub async fn memory_by_host(&self, states: &[&str]) -> Result<Vec<(String, u64)>> {
-        let marks: Vec<String> = (1..=states.len()).map(|i| format!("${i}")).collect();
         let sql = format!(
             "SELECT host_id, CAST(SUM(max_memory_mib) AS BIGINT) AS mib FROM vms \
              WHERE host_id IS NOT NULL AND state IN ({}) GROUP BY host_id",
-            marks.join(", ")
+            placeholders(1, states.len())
         );
         let mut q = sqlx::query(&sql);
         for s in states {

@@ -448,6 +448,23 @@ async fn memory_per_host_and_what_an_owner_has(url: &str) {
     let m = s.memory_by_host(&["running", "paused"]).await.unwrap();
     assert_eq!(m, vec![("host-1".to_string(), 1024)]);
     assert!(s.memory_by_host(&["starting"]).await.unwrap().is_empty());
+    let usage = s.host_usage(&["running", "paused"], None).await.unwrap();
+    let want = HostUsage {
+        vms: 3,
+        live: 2,
+        live_memory_mib: 1024,
+    };
+    assert_eq!(usage.get("host-1"), Some(&want));
+    let one = s
+        .host_usage(&["running", "paused"], Some("host-1"))
+        .await
+        .unwrap();
+    assert_eq!(one.len(), 1);
+    assert!(s
+        .host_usage(&["running"], Some("nosuch"))
+        .await
+        .unwrap()
+        .is_empty());
     let (vms, disks) = s.owned(Some(alice), None).await.unwrap();
     assert_eq!((vms.len(), vms[0].name.as_str()), (1, "a"));
     assert_eq!(disks.iter().map(|d| d.size_mib).sum::<u64>(), 100);

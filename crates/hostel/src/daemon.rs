@@ -11,14 +11,26 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+/// How a host runs QEMU: the same for `hostel up` and `hostel agent`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct QemuOptions {
+    /// auto: KVM only if a test guest really boots under it, else TCG.
+    #[arg(long, default_value = "auto")]
+    pub accel: AccelChoice,
+    /// The unprivileged user QEMU runs as when the daemon runs as root.
+    #[arg(long, default_value = "hostel-qemu")]
+    pub qemu_user: String,
+    #[arg(long, default_value = "qemu-system-x86_64")]
+    pub qemu_binary: String,
+}
 
 pub struct UpOptions {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
-    pub accel: AccelChoice,
-    pub qemu_user: String,
-    pub qemu_binary: String,
+    pub qemu: QemuOptions,
     pub client_config: PathBuf,
     /// Create (and run) the `default` NAT network.
     pub default_network: bool,
@@ -166,18 +178,58 @@ fn read_or_make_token(path: &Path) -> Result<String> {
     Ok(token)
 }
 
-pub async fn up(opts: UpOptions) -> Result<()> {
+/// Makes (if needed), locks and logs into a daemon's data dir: its canonical path and the
+/// lock, held for as long as the daemon runs.
+fn open_data_dir(dir: &Path, log: &str) -> Result<(PathBuf, nix::fcntl::Flock<std::fs::File>)> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    std::fs::create_dir_all(&opts.data_dir)
-        .with_context(|| format!("creating {}", opts.data_dir.display()))?;
-    let data_dir = opts.data_dir.canonicalize()?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let data_dir = dir.canonicalize()?;
     std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o711))?;
-    let _lock = lock_data_dir(&data_dir)?;
+    let lock = lock_data_dir(&data_dir)?;
+    init_logging(&data_dir.join(log))?;
+    Ok((data_dir, lock))
+}
+
+/// Starts this host's agent (QEMU as `qemu.qemu_user`, the accelerator probed once per
+/// boot of the host).
+async fn start_agent(
+    data_dir: &Path,
+    host_name: String,
+    qemu: QemuOptions,
+) -> Result<Arc<hostel_agent::Shared>> {
+    ensure_qemu_user(&qemu.qemu_user)?;
+    let probe_cache = if nix::unistd::Uid::effective().is_root() {
+        PathBuf::from("/run/hostel/accel-probe.json")
+    } else {
+        data_dir.join("accel-probe.json")
+    };
+    hostel_agent::start(AgentConfig {
+        data_dir: data_dir.to_path_buf(),
+        host_name,
+        qemu_binary: qemu.qemu_binary,
+        accel: qemu.accel,
+        qemu_user: qemu.qemu_user,
+        probe_cache,
+    })
+    .await
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn stop_signal() -> Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+    tracing::info!("stopping; VMs keep running and are re-adopted at the next start");
+    Ok(())
+}
+
+pub async fn up(opts: UpOptions) -> Result<()> {
+    let (data_dir, _lock) = open_data_dir(&opts.data_dir, "hostel.log")?;
     let log_file = data_dir.join("hostel.log");
-    init_logging(&log_file)?;
     tracing::info!(data_dir = %data_dir.display(), "hostel up starting");
 
-    ensure_qemu_user(&opts.qemu_user)?;
     let pki = Pki::open(&data_dir.join("pki"))?;
     let sans = vec!["127.0.0.1".to_string(), "localhost".to_string()];
     // Each with its one role (see `Role`); the stems changed when roles came in, so that
@@ -200,20 +252,7 @@ pub async fn up(opts: UpOptions) -> Result<()> {
     let host_name = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "localhost".into());
-    let probe_cache = if nix::unistd::Uid::effective().is_root() {
-        PathBuf::from("/run/hostel/accel-probe.json")
-    } else {
-        data_dir.join("accel-probe.json")
-    };
-    let shared = hostel_agent::start(AgentConfig {
-        data_dir: data_dir.clone(),
-        host_name,
-        qemu_binary: opts.qemu_binary.clone(),
-        accel: opts.accel,
-        qemu_user: opts.qemu_user.clone(),
-        probe_cache,
-    })
-    .await?;
+    let shared = start_agent(&data_dir, host_name, opts.qemu.clone()).await?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let agent_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -308,12 +347,7 @@ pub async fn up(opts: UpOptions) -> Result<()> {
     .write(&opts.client_config)?;
     tracing::info!(%url, config = %opts.client_config.display(), "hostel is ready");
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = tokio::signal::ctrl_c() => {},
-    }
-    tracing::info!("stopping; VMs keep running and are re-adopted at the next start");
+    stop_signal().await?;
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), api_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), agent_task).await;
@@ -364,24 +398,16 @@ pub struct AgentOptions {
     /// Holds agent.pem, agent.key and ca.pem from `hostel agent-cert`.
     pub tls_dir: PathBuf,
     pub name: String,
-    pub accel: AccelChoice,
-    pub qemu_user: String,
-    pub qemu_binary: String,
+    pub qemu: QemuOptions,
 }
 
 /// `hostel agent`: one host's agent on its own, for a controller elsewhere to add with
 /// `hostel host add`. Only clients with a certificate from the cluster CA get through.
 pub async fn agent(opts: AgentOptions) -> Result<()> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     hostel_model::validate_name("--name", &opts.name).map_err(|e| {
         anyhow::anyhow!("{e} (the hostname is the default name: give --name when it is not one)")
     })?;
-    std::fs::create_dir_all(&opts.data_dir)
-        .with_context(|| format!("creating {}", opts.data_dir.display()))?;
-    let data_dir = opts.data_dir.canonicalize()?;
-    std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o711))?;
-    let _lock = lock_data_dir(&data_dir)?;
-    init_logging(&data_dir.join("agent.log"))?;
+    let (data_dir, _lock) = open_data_dir(&opts.data_dir, "agent.log")?;
     let read = |f: &str| {
         let p = opts.tls_dir.join(f);
         std::fs::read(&p).with_context(|| {
@@ -397,21 +423,7 @@ pub async fn agent(opts: AgentOptions) -> Result<()> {
         key_pem: read("agent.key")?,
         client_ca_pem: read("ca.pem")?,
     };
-    ensure_qemu_user(&opts.qemu_user)?;
-    let probe_cache = if nix::unistd::Uid::effective().is_root() {
-        PathBuf::from("/run/hostel/accel-probe.json")
-    } else {
-        data_dir.join("accel-probe.json")
-    };
-    let shared = hostel_agent::start(AgentConfig {
-        data_dir,
-        host_name: opts.name.clone(),
-        qemu_binary: opts.qemu_binary,
-        accel: opts.accel,
-        qemu_user: opts.qemu_user,
-        probe_cache,
-    })
-    .await?;
+    let shared = start_agent(&data_dir, opts.name.clone(), opts.qemu).await?;
     let listener = std::net::TcpListener::bind(opts.listen)
         .with_context(|| format!("listening on {}", opts.listen))?;
     let addr = listener.local_addr()?;
@@ -425,13 +437,8 @@ pub async fn agent(opts: AgentOptions) -> Result<()> {
             addr.port()
         );
     }
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let stop = async move {
-        tokio::select! {
-            _ = term.recv() => {},
-            _ = tokio::signal::ctrl_c() => {},
-        }
-        tracing::info!("stopping; VMs keep running and are re-adopted at the next start");
+        let _ = stop_signal().await;
     };
     hostel_agent::serve(shared, listener, tls, stop).await
 }
@@ -452,10 +459,7 @@ pub fn agent_cert(data_dir: &Path, name: &str, sans: &[String], out: &Path) -> R
     }
     let pki = Pki::open(&pki_dir)?;
     // Always a new certificate, for the addresses given now.
-    for ext in ["pem", "key"] {
-        let _ = std::fs::remove_file(pki_dir.join(format!("node-{name}.{ext}")));
-    }
-    let pair = pki.node(&format!("node-{name}"), sans, Role::Agent)?;
+    let pair = pki.issue(&format!("node-{name}"), sans, Role::Agent)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     std::fs::write(out.join("agent.pem"), &pair.cert_pem)?;
     let key = out.join("agent.key");

@@ -46,14 +46,8 @@ enum Cmd {
         data_dir: Option<PathBuf>,
         #[arg(long, default_value = "127.0.0.1:8470")]
         listen: std::net::SocketAddr,
-        /// auto: KVM only if a test guest really boots under it, else TCG.
-        #[arg(long, default_value = "auto")]
-        accel: hostel_agent::AccelChoice,
-        /// The unprivileged user QEMU runs as when the daemon runs as root.
-        #[arg(long, default_value = "hostel-qemu")]
-        qemu_user: String,
-        #[arg(long, default_value = "qemu-system-x86_64")]
-        qemu_binary: String,
+        #[command(flatten)]
+        qemu: daemon::QemuOptions,
         /// Do not create the `default` NAT network.
         #[arg(long)]
         no_default_network: bool,
@@ -255,12 +249,8 @@ enum Cmd {
         /// The host's name in the cluster (default: its hostname).
         #[arg(long)]
         name: Option<String>,
-        #[arg(long, default_value = "auto")]
-        accel: hostel_agent::AccelChoice,
-        #[arg(long, default_value = "hostel-qemu")]
-        qemu_user: String,
-        #[arg(long, default_value = "qemu-system-x86_64")]
-        qemu_binary: String,
+        #[command(flatten)]
+        qemu: daemon::QemuOptions,
     },
     /// On the controller's machine: a certificate from its cluster CA for an agent, to
     /// copy to that host and give `hostel agent --tls-dir`.
@@ -935,9 +925,7 @@ async fn run(cli: Cli) -> Result<()> {
     if let Cmd::Up {
         data_dir,
         listen,
-        accel,
-        qemu_user,
-        qemu_binary,
+        qemu,
         no_default_network,
         default_lease_days,
         ssh_listen,
@@ -947,9 +935,7 @@ async fn run(cli: Cli) -> Result<()> {
         return daemon::up(daemon::UpOptions {
             data_dir: data_dir.unwrap_or_else(daemon::default_data_dir),
             listen,
-            accel,
-            qemu_user,
-            qemu_binary,
+            qemu,
             client_config: client::config_path(),
             default_network: !no_default_network,
             default_lease_days,
@@ -966,9 +952,7 @@ async fn run(cli: Cli) -> Result<()> {
         listen,
         tls_dir,
         name,
-        accel,
-        qemu_user,
-        qemu_binary,
+        qemu,
     } = cli.cmd
     {
         let name = match name {
@@ -980,9 +964,7 @@ async fn run(cli: Cli) -> Result<()> {
             listen,
             tls_dir,
             name,
-            accel,
-            qemu_user,
-            qemu_binary,
+            qemu,
         })
         .await;
     }

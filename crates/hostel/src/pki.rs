@@ -70,31 +70,49 @@ impl Pki {
         Ok(std::fs::read(self.dir.join("ca.pem"))?)
     }
 
-    /// A certificate signed by the CA for `name` (the file stem), valid for `sans`, for
-    /// one role only: an agent's (`Role::Agent`, TLS server) cannot act as the controller
-    /// (`Role::Controller`, TLS client) towards other agents, and the other way round.
+    /// The certificate kept under `name` (the file stem), made by `issue` the first time.
     pub fn node(&self, name: &str, sans: &[String], role: Role) -> Result<Pair> {
-        let cert_path = self.dir.join(format!("{name}.pem"));
-        let key_path = self.dir.join(format!("{name}.key"));
-        if !cert_path.exists() || !key_path.exists() {
-            let ca_key = KeyPair::from_pem(&std::fs::read_to_string(self.dir.join("ca.key"))?)?;
-            // The same subject and key as the stored CA certificate: what it signs verifies
-            // against that certificate.
-            let ca = ca_params()?.self_signed(&ca_key)?;
-            let mut params = CertificateParams::new(sans.to_vec())?;
-            params.distinguished_name.push(DnType::CommonName, name);
-            params.extended_key_usages = vec![match role {
-                Role::Agent => ExtendedKeyUsagePurpose::ServerAuth,
-                Role::Controller => ExtendedKeyUsagePurpose::ClientAuth,
-            }];
-            let key = KeyPair::generate()?;
-            let cert = params.signed_by(&key, &ca, &ca_key)?;
-            write_private(&key_path, key.serialize_pem().as_bytes())?;
-            std::fs::write(&cert_path, cert.pem())?;
+        let (cert_path, key_path) = self.paths(name);
+        if cert_path.exists() && key_path.exists() {
+            return Ok(Pair {
+                cert_pem: std::fs::read(cert_path)?,
+                key_pem: std::fs::read(key_path)?,
+            });
         }
-        Ok(Pair {
-            cert_pem: std::fs::read(cert_path)?,
-            key_pem: std::fs::read(key_path)?,
-        })
+        self.issue(name, sans, role)
+    }
+
+    /// A new certificate signed by the CA for `name` (the file stem, replaced if there),
+    /// valid for `sans`, for one role only: an agent's (`Role::Agent`, TLS server) cannot
+    /// act as the controller (`Role::Controller`, TLS client) towards other agents, and
+    /// the other way round.
+    pub fn issue(&self, name: &str, sans: &[String], role: Role) -> Result<Pair> {
+        let (cert_path, key_path) = self.paths(name);
+        let ca_key = KeyPair::from_pem(&std::fs::read_to_string(self.dir.join("ca.key"))?)?;
+        // The same subject and key as the stored CA certificate: what it signs verifies
+        // against that certificate.
+        let ca = ca_params()?.self_signed(&ca_key)?;
+        let mut params = CertificateParams::new(sans.to_vec())?;
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![match role {
+            Role::Agent => ExtendedKeyUsagePurpose::ServerAuth,
+            Role::Controller => ExtendedKeyUsagePurpose::ClientAuth,
+        }];
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &ca, &ca_key)?;
+        let pair = Pair {
+            cert_pem: cert.pem().into_bytes(),
+            key_pem: key.serialize_pem().into_bytes(),
+        };
+        write_private(&key_path, &pair.key_pem)?;
+        std::fs::write(&cert_path, &pair.cert_pem)?;
+        Ok(pair)
+    }
+
+    fn paths(&self, name: &str) -> (PathBuf, PathBuf) {
+        (
+            self.dir.join(format!("{name}.pem")),
+            self.dir.join(format!("{name}.key")),
+        )
     }
 }
