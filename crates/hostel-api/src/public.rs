@@ -750,10 +750,17 @@ pub struct SetOwnerRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AuditEntry {
     pub at: String,
+    /// Who: a user's name, or `system:NAME` for Hostel's own actors (the lease reaper).
     pub user: Option<String>,
     pub source: String,
+    /// The domain action, such as `vm.create`, `vm.start`, `disk.resize`, `token.create`.
     pub action: String,
+    /// What it acted on (a VM's, user's, image's... name).
     pub target: Option<String>,
+    /// The parameters that matter (sizes, the image, ...; never secrets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub params: Option<serde_json::Value>,
     /// `ok`, `denied` or `failed`.
     pub result: String,
     pub error: Option<String>,

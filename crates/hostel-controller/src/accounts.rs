@@ -1,7 +1,9 @@
 //! Users, groups, tokens, SSH keys, logins, VM ownership and the audit trail.
 
-use crate::api::ApiError;
-use crate::auth::{self, Caller};
+use crate::auth;
+use crate::context::Caller;
+use crate::context::Ctx;
+use crate::error::Error;
 use crate::Controller;
 use hostel_api::public::*;
 use hostel_model::{validate_name, Invalid};
@@ -9,15 +11,15 @@ use hostel_store::{
     new_id, now, AuditFilter, AuditRecord, GroupRecord, SshKeyRecord, TokenRecord, UserRecord,
 };
 
-type Res<T> = Result<T, ApiError>;
+type Res<T> = crate::error::Result<T>;
 
 /// The user `hostel up`'s token belongs to.
 pub const ADMIN_USER: &str = "admin";
 /// The id of the token `hostel up` writes to its client config.
 pub const ADMIN_TOKEN_ID: &str = "tok-admin";
 
-pub fn forbidden(message: &str) -> ApiError {
-    ApiError::forbidden(message.to_string())
+pub fn forbidden(message: &str) -> Error {
+    Error::forbidden(message)
 }
 
 fn rfc3339_in_days(days: u32) -> String {
@@ -81,9 +83,9 @@ impl Controller {
 
     /// The caller a bearer token stands for, or why it is refused.
     pub async fn caller_for(&self, token: &str) -> Res<Caller> {
-        let unauthorized = |why: &str| ApiError::unauthorized_because(why);
+        let unauthorized = |why: &str| Error::Unauthorized(why.to_string());
         if token.is_empty() {
-            return Err(ApiError::unauthorized());
+            return Err(Error::Unauthorized(crate::auth::NO_TOKEN.into()));
         }
         let (id, secret) =
             auth::parse_token(token).ok_or_else(|| unauthorized("wrong API token"))?;
@@ -108,18 +110,6 @@ impl Controller {
             token_name: t.name,
             token_expires_at: t.expires_at,
         })
-    }
-
-    fn caller(&self) -> Res<Caller> {
-        auth::current().ok_or_else(ApiError::unauthorized)
-    }
-
-    fn admin(&self) -> Res<Caller> {
-        let c = self.caller()?;
-        if !c.is_admin {
-            return Err(forbidden("only an admin may do this"));
-        }
-        Ok(c)
     }
 
     async fn user_named(&self, name: &str) -> Res<UserRecord> {
@@ -158,28 +148,30 @@ impl Controller {
         })
     }
 
-    pub async fn whoami(&self) -> Res<WhoAmI> {
-        let c = self.caller()?;
+    pub async fn whoami(&self, ctx: &Ctx) -> Res<WhoAmI> {
+        let c = ctx.caller()?;
         let u = self.user_named(&c.user_name).await?;
         let v = self.user_view(u).await?;
         Ok(WhoAmI {
             user: v.name,
             admin: v.admin,
             groups: v.groups,
-            token: c.token_name,
+            token: c.token_name.clone(),
             read_only: c.read_only,
         })
     }
 
     // ---- users ----
 
-    pub async fn create_user(&self, req: CreateUserRequest) -> Res<User> {
-        self.admin()?;
+    pub async fn create_user(&self, ctx: &Ctx, req: CreateUserRequest) -> Res<User> {
+        ctx.target(&req.name, None);
+        ctx.params(serde_json::json!({"admin": req.admin}));
+        ctx.require_admin()?;
         validate_name("name", &req.name)?;
         let password_hash = match &req.password {
             Some(p) => {
                 auth::check_password(&req.name, p).map_err(|m| Invalid::new("password", m))?;
-                Some(auth::hash_password(p).map_err(|e| ApiError::from(anyhow::anyhow!(e)))?)
+                Some(auth::hash_password(p).map_err(|e| Error::from(anyhow::anyhow!(e)))?)
             }
             None => None,
         };
@@ -192,7 +184,7 @@ impl Controller {
         };
         if let Err(e) = self.store.insert_user(&u).await {
             if hostel_store::is_unique_violation(&e) {
-                return Err(ApiError::conflict_field(
+                return Err(Error::conflict_field(
                     "name",
                     format!("a user named {:?} exists already", req.name),
                 ));
@@ -202,8 +194,8 @@ impl Controller {
         self.user_view(u).await
     }
 
-    pub async fn users(&self) -> Res<Vec<User>> {
-        self.admin()?;
+    pub async fn users(&self, ctx: &Ctx) -> Res<Vec<User>> {
+        ctx.require_admin()?;
         let mut out = Vec::new();
         for u in self.store.users().await? {
             out.push(self.user_view(u).await?);
@@ -211,15 +203,16 @@ impl Controller {
         Ok(out)
     }
 
-    pub async fn delete_user(&self, name: &str) -> Res<()> {
-        let c = self.admin()?;
+    pub async fn delete_user(&self, ctx: &Ctx, name: &str) -> Res<()> {
+        ctx.require_admin()?;
+        let c = ctx.caller()?;
         let u = self.user_named(name).await?;
         if u.id == c.user_id {
-            return Err(ApiError::conflict("you cannot delete yourself".into()));
+            return Err(Error::conflict("you cannot delete yourself"));
         }
         let owned = self.store.delete_user_if_unused(&u.id).await?;
         if !owned.is_empty() {
-            return Err(ApiError::conflict(format!(
+            return Err(Error::conflict(format!(
                 "user {name:?} owns {}: give those VMs to someone else (`hostel chown`) or delete them first",
                 owned.join(", ")
             )));
@@ -228,8 +221,13 @@ impl Controller {
     }
 
     /// Sets a password: an admin for anyone, a user for themselves.
-    pub async fn set_password(&self, name: Option<&str>, req: PasswordRequest) -> Res<()> {
-        let c = self.caller()?;
+    pub async fn set_password(
+        &self,
+        ctx: &Ctx,
+        name: Option<&str>,
+        req: PasswordRequest,
+    ) -> Res<()> {
+        let c = ctx.caller()?;
         let target = name.unwrap_or(&c.user_name);
         if target != c.user_name && !c.is_admin {
             return Err(forbidden("only an admin may set another user's password"));
@@ -248,7 +246,7 @@ impl Controller {
             };
             let key = format!("user:{}", u.name);
             if let Some(wait) = self.logins.locked(&key) {
-                return Err(ApiError::too_many(format!(
+                return Err(Error::RateLimited(format!(
                     "too many wrong passwords: try again in {wait} s"
                 )));
             }
@@ -267,8 +265,7 @@ impl Controller {
             self.logins.clear(&key);
         }
         auth::check_password(&u.name, &req.password).map_err(|m| Invalid::new("password", m))?;
-        let h =
-            auth::hash_password(&req.password).map_err(|e| ApiError::from(anyhow::anyhow!(e)))?;
+        let h = auth::hash_password(&req.password).map_err(|e| Error::from(anyhow::anyhow!(e)))?;
         self.store.set_user_password(&u.id, &h).await?;
         Ok(())
     }
@@ -283,8 +280,9 @@ impl Controller {
         })
     }
 
-    pub async fn create_group(&self, req: CreateGroupRequest) -> Res<Group> {
-        self.admin()?;
+    pub async fn create_group(&self, ctx: &Ctx, req: CreateGroupRequest) -> Res<Group> {
+        ctx.target(&req.name, None);
+        ctx.require_admin()?;
         validate_name("name", &req.name)?;
         let g = GroupRecord {
             id: new_id("grp"),
@@ -293,7 +291,7 @@ impl Controller {
         };
         if let Err(e) = self.store.insert_group(&g).await {
             if hostel_store::is_unique_violation(&e) {
-                return Err(ApiError::conflict_field(
+                return Err(Error::conflict_field(
                     "name",
                     format!("a group named {:?} exists already", req.name),
                 ));
@@ -304,8 +302,8 @@ impl Controller {
     }
 
     /// Admins see every group; users the groups they are in.
-    pub async fn groups(&self) -> Res<Vec<Group>> {
-        let c = self.caller()?;
+    pub async fn groups(&self, ctx: &Ctx) -> Res<Vec<Group>> {
+        let c = ctx.caller()?;
         let mut out = Vec::new();
         for g in self.store.groups().await? {
             if c.is_admin || c.group_ids.contains(&g.id) {
@@ -315,12 +313,12 @@ impl Controller {
         Ok(out)
     }
 
-    pub async fn delete_group(&self, name: &str) -> Res<()> {
-        self.admin()?;
+    pub async fn delete_group(&self, ctx: &Ctx, name: &str) -> Res<()> {
+        ctx.require_admin()?;
         let g = self.group_named(name).await?;
         let used = self.store.delete_group_if_unused(&g.id).await?;
         if !used.is_empty() {
-            return Err(ApiError::conflict(format!(
+            return Err(Error::conflict(format!(
                 "group {name:?} owns or administers {}: change their owners first",
                 used.join(", ")
             )));
@@ -328,13 +326,14 @@ impl Controller {
         Ok(())
     }
 
-    pub async fn add_member(&self, group: &str, req: MemberRequest) -> Res<Group> {
-        self.admin()?;
+    pub async fn add_member(&self, ctx: &Ctx, group: &str, req: MemberRequest) -> Res<Group> {
+        ctx.params(serde_json::json!({"user": req.user}));
+        ctx.require_admin()?;
         let g = self.group_named(group).await?;
         let u = self.user_named(&req.user).await?;
         if let Err(e) = self.store.add_member(&g.id, &u.id).await {
             if hostel_store::is_unique_violation(&e) {
-                return Err(ApiError::conflict(format!(
+                return Err(Error::conflict(format!(
                     "{} is in group {group:?} already",
                     req.user
                 )));
@@ -344,8 +343,9 @@ impl Controller {
         self.group_view(g).await
     }
 
-    pub async fn remove_member(&self, group: &str, req: MemberRequest) -> Res<Group> {
-        self.admin()?;
+    pub async fn remove_member(&self, ctx: &Ctx, group: &str, req: MemberRequest) -> Res<Group> {
+        ctx.params(serde_json::json!({"user": req.user}));
+        ctx.require_admin()?;
         let g = self.group_named(group).await?;
         let u = self.user_named(&req.user).await?;
         if !self.store.remove_member(&g.id, &u.id).await? {
@@ -411,7 +411,7 @@ impl Controller {
         };
         if let Err(e) = self.store.insert_token(&t).await {
             if hostel_store::is_unique_violation(&e) {
-                return Err(ApiError::conflict_field(
+                return Err(Error::conflict_field(
                     "name",
                     format!(
                         "{} has a token named {name:?} already: choose another name, or revoke it",
@@ -430,8 +430,8 @@ impl Controller {
     }
 
     /// The user a token or key request is about: oneself, or (admins) anyone.
-    async fn subject(&self, user: Option<&str>) -> Res<UserRecord> {
-        let c = self.caller()?;
+    async fn subject(&self, ctx: &Ctx, user: Option<&str>) -> Res<UserRecord> {
+        let c = ctx.caller()?;
         match user {
             Some(u) if u != c.user_name => {
                 if !c.is_admin {
@@ -445,11 +445,18 @@ impl Controller {
         }
     }
 
-    pub async fn create_token(&self, user: Option<&str>, req: CreateTokenRequest) -> Res<NewToken> {
-        let u = self.subject(user).await?;
+    pub async fn create_token(
+        &self,
+        ctx: &Ctx,
+        user: Option<&str>,
+        req: CreateTokenRequest,
+    ) -> Res<NewToken> {
+        ctx.target(&req.name, None);
+        ctx.params(serde_json::json!({"user": user, "read_only": req.read_only, "expires_in_days": req.expires_in_days}));
+        let u = self.subject(ctx, user).await?;
         // A token cannot make one that outlives it (a stolen short-lived token must not
         // become a permanent one).
-        let c = self.caller()?;
+        let c = ctx.caller()?;
         if let Some(limit) = &c.token_expires_at {
             let asked = match (&req.expires_at, req.expires_in_days) {
                 (Some(at), _) => Some(at.clone()),
@@ -477,8 +484,8 @@ impl Controller {
         .await
     }
 
-    pub async fn tokens(&self, user: Option<&str>) -> Res<Vec<TokenInfo>> {
-        let u = self.subject(user).await?;
+    pub async fn tokens(&self, ctx: &Ctx, user: Option<&str>) -> Res<Vec<TokenInfo>> {
+        let u = self.subject(ctx, user).await?;
         Ok(self
             .store
             .tokens_of(&u.id)
@@ -495,8 +502,8 @@ impl Controller {
             .collect())
     }
 
-    pub async fn revoke_token(&self, user: Option<&str>, name: &str) -> Res<()> {
-        let u = self.subject(user).await?;
+    pub async fn revoke_token(&self, ctx: &Ctx, user: Option<&str>, name: &str) -> Res<()> {
+        let u = self.subject(ctx, user).await?;
         let t = self
             .store
             .tokens_of(&u.id)
@@ -504,7 +511,11 @@ impl Controller {
             .into_iter()
             .find(|t| t.name == name)
             .ok_or_else(|| {
-                ApiError::not_found(format!("{} has no token named {name:?}", u.name))
+                Error::not_found(
+                    "token",
+                    name,
+                    format!("{} has no token named {name:?}", u.name),
+                )
             })?;
         self.store.revoke_token(&t.id, &now()).await?;
         Ok(())
@@ -512,8 +523,10 @@ impl Controller {
 
     // ---- SSH keys ----
 
-    pub async fn add_key(&self, user: Option<&str>, req: AddKeyRequest) -> Res<SshKey> {
-        let u = self.subject(user).await?;
+    pub async fn add_key(&self, ctx: &Ctx, user: Option<&str>, req: AddKeyRequest) -> Res<SshKey> {
+        ctx.target(&req.name, None);
+        ctx.params(serde_json::json!({"user": user}));
+        let u = self.subject(ctx, user).await?;
         validate_name("name", &req.name)?;
         let key = crate::boot::check_ssh_key(&req.public_key).map_err(|mut e| {
             e.field = "public_key".into();
@@ -528,7 +541,7 @@ impl Controller {
         };
         if let Err(e) = self.store.insert_ssh_key(&k).await {
             if hostel_store::is_unique_violation(&e) {
-                return Err(ApiError::conflict_field(
+                return Err(Error::conflict_field(
                     "name",
                     format!("{} has a key named {:?} already", u.name, req.name),
                 ));
@@ -542,8 +555,8 @@ impl Controller {
         })
     }
 
-    pub async fn keys(&self, user: Option<&str>) -> Res<Vec<SshKey>> {
-        let u = self.subject(user).await?;
+    pub async fn keys(&self, ctx: &Ctx, user: Option<&str>) -> Res<Vec<SshKey>> {
+        let u = self.subject(ctx, user).await?;
         Ok(self
             .store
             .ssh_keys_of(&u.id)
@@ -557,13 +570,14 @@ impl Controller {
             .collect())
     }
 
-    pub async fn remove_key(&self, user: Option<&str>, name: &str) -> Res<()> {
-        let u = self.subject(user).await?;
+    pub async fn remove_key(&self, ctx: &Ctx, user: Option<&str>, name: &str) -> Res<()> {
+        let u = self.subject(ctx, user).await?;
         if !self.store.delete_ssh_key(&u.id, name).await? {
-            return Err(ApiError::not_found(format!(
-                "{} has no key named {name:?}",
-                u.name
-            )));
+            return Err(Error::not_found(
+                "key",
+                name,
+                format!("{} has no key named {name:?}", u.name),
+            ));
         }
         Ok(())
     }
@@ -572,11 +586,31 @@ impl Controller {
 
     /// Checks a password and hands out a new token. Failures are counted per account
     /// and per source address; too many lock both out for a while.
+    /// A password login from `source`, recorded in the audit trail either way.
     pub async fn login(&self, req: LoginRequest, source: &str) -> Res<NewToken> {
+        let user = req.user.clone();
+        let r = self.check_login(req, source).await;
+        self.record_audit(AuditRecord {
+            id: new_id("aud"),
+            at: now(),
+            user_name: Some(user.clone()),
+            source: source.to_string(),
+            action: "user.login".into(),
+            target: Some(user),
+            vm_id: None,
+            params: None,
+            result: if r.is_ok() { "ok" } else { "denied" }.into(),
+            error: r.as_ref().err().map(|e| e.message()),
+        })
+        .await;
+        r
+    }
+
+    async fn check_login(&self, req: LoginRequest, source: &str) -> Res<NewToken> {
         let keys = [format!("user:{}", req.user), format!("addr:{source}")];
         for k in &keys {
             if let Some(wait) = self.logins.locked(k) {
-                return Err(ApiError::too_many(format!(
+                return Err(Error::RateLimited(format!(
                     "too many failed logins: try again in {wait} s"
                 )));
             }
@@ -601,9 +635,7 @@ impl Controller {
         .await
         .unwrap_or(false);
         let Some(user) = user.filter(|_| ok) else {
-            return Err(ApiError::unauthorized_because(
-                "wrong user name or password",
-            ));
+            return Err(Error::Unauthorized("wrong user name or password".into()));
         };
         for k in &keys {
             self.logins.clear(k);
@@ -624,9 +656,10 @@ impl Controller {
     // ---- ownership ----
 
     /// Gives a VM to a user or group: admins to anyone; the owner to a group they are in.
-    pub async fn set_owner(&self, vm_name: &str, req: SetOwnerRequest) -> Res<Vm> {
-        let c = self.caller()?;
-        let (_g, vm) = self.locked_vm(vm_name).await?;
+    pub async fn set_owner(&self, ctx: &Ctx, vm_name: &str, req: SetOwnerRequest) -> Res<Vm> {
+        ctx.params(serde_json::json!({"owner": req.owner, "admin_group": req.admin_group}));
+        let c = ctx.caller()?;
+        let (_g, vm) = self.locked_vm(ctx, vm_name).await?;
         let (kind, name) = req.owner.split_once(':').unwrap_or(("user", &req.owner));
         let (user_id, group_id) = match kind {
             "user" => (Some(self.user_named(name).await?.id), None),
@@ -681,7 +714,7 @@ impl Controller {
             .store
             .vm_by_id(&vm.id)
             .await?
-            .ok_or_else(|| ApiError::not_found("the VM is gone".into()))?;
+            .ok_or_else(|| Error::not_found("vm", vm_name, "the VM is gone"))?;
         self.view(&vm, false).await
     }
 
@@ -708,11 +741,12 @@ impl Controller {
     /// Admins see every entry; users the entries about VMs they may operate.
     pub async fn audit(
         &self,
+        ctx: &Ctx,
         vm: Option<String>,
         user: Option<String>,
         since: Option<String>,
     ) -> Res<Vec<AuditEntry>> {
-        let c = self.caller()?;
+        let c = ctx.caller()?;
         let mut f = AuditFilter {
             user_name: user,
             since,
@@ -720,7 +754,7 @@ impl Controller {
             ..Default::default()
         };
         if let Some(name) = vm {
-            f.vm_ids = Some(vec![self.vm_named(&name).await?.id]);
+            f.vm_ids = Some(vec![self.vm_named(ctx, &name).await?.id]);
         } else if !c.is_admin {
             f.vm_ids = Some(
                 self.store
@@ -746,6 +780,7 @@ impl Controller {
                 source: a.source,
                 action: a.action,
                 target: a.target,
+                params: a.params.and_then(|p| serde_json::from_str(&p).ok()),
                 result: a.result,
                 error: a.error,
             })
@@ -753,24 +788,30 @@ impl Controller {
     }
 }
 
-/// An audit row for an event that is not a request, about the VM `vm` (id, name).
+/// An audit row for an event that is not a request (a console attach or detach, the
+/// lease reaper's shutdown), about the VM `vm` (id if known, name).
 pub fn event_record(
-    user: Option<String>,
-    source: &str,
-    action: String,
-    vm: Option<(&str, &str)>,
-    result: &str,
-    error: Option<String>,
+    ctx: &Ctx,
+    action: &str,
+    vm: Option<(Option<&str>, &str)>,
+    params: serde_json::Value,
+    error: Option<&Error>,
 ) -> AuditRecord {
     AuditRecord {
         id: hostel_store::new_id("aud"),
         at: hostel_store::now(),
-        user_name: user,
-        source: source.to_string(),
-        action,
+        user_name: Some(ctx.actor_name()),
+        source: ctx.source.clone(),
+        action: action.to_string(),
         target: vm.map(|v| v.1.to_string()),
-        vm_id: vm.map(|v| v.0.to_string()),
-        result: result.to_string(),
-        error,
+        vm_id: vm.and_then(|v| v.0.map(String::from)),
+        params: Some(params.to_string()),
+        result: match error {
+            None => "ok",
+            Some(Error::NotFound { .. } | Error::Forbidden(_) | Error::Unauthorized(_)) => "denied",
+            Some(_) => "failed",
+        }
+        .to_string(),
+        error: error.map(|e| e.message()),
     }
 }

@@ -1,52 +1,16 @@
-//! Who is calling: API tokens, password logins (rate-limited), and which VMs a caller
-//! may see. The caller of the request being served is kept in a task-local, so that
-//! every VM lookup (`Controller::vm_named`) can hide what the caller may not see.
+//! Credentials: API tokens, passwords and password logins (rate-limited). Who an
+//! operation runs for is `context::Ctx`, built from these by each interface.
 
-use hostel_store::{TokenRecord, UserRecord, VmRecord};
+use hostel_store::{TokenRecord, UserRecord};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// The authenticated caller of a request.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub user_id: String,
-    pub user_name: String,
-    pub is_admin: bool,
-    /// A read-only token: reads only.
-    pub read_only: bool,
-    pub group_ids: Vec<String>,
-    pub token_name: String,
-    /// When the token in use expires (tokens it makes may not outlive it).
-    pub token_expires_at: Option<String>,
-}
-
-impl Caller {
-    /// May this caller see and operate `vm`? Its owner, members of its owning group and
-    /// of its administrator group, and admins may; nobody else learns it exists.
-    pub fn may_operate(&self, vm: &VmRecord) -> bool {
-        self.is_admin
-            || vm.owner_user_id.as_deref() == Some(self.user_id.as_str())
-            || vm
-                .owner_group_id
-                .as_ref()
-                .is_some_and(|g| self.group_ids.contains(g))
-            || vm
-                .admin_group_id
-                .as_ref()
-                .is_some_and(|g| self.group_ids.contains(g))
-    }
-}
-
-tokio::task_local! {
-    pub static CALLER: Caller;
-}
-
-/// The caller of the request this task serves; none for the controller's own work.
-pub fn current() -> Option<Caller> {
-    CALLER.try_with(|c| c.clone()).ok()
-}
+/// Why a request without a token is refused.
+pub const NO_TOKEN: &str =
+    "missing or wrong API token: send `Authorization: Bearer TOKEN` (the CLI \
+                            reads it from its client config)";
 
 /// A token as given to its owner: `hostel-<id>.<secret>`. Only the secret's SHA-256 is
 /// stored.

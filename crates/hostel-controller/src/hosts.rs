@@ -1,23 +1,24 @@
 //! Hosts: adding an agent that runs elsewhere, listing hosts with whether their agent is
 //! connected, and removing a host nothing refers to any more.
 
-use crate::api::ApiError;
+use crate::context::Ctx;
+use crate::error::Error;
 use crate::Controller;
 use hostel_api::public::{AddHostRequest, HostInfo};
 use hostel_model::Accel;
 use std::sync::Arc;
 use std::time::Duration;
 
-type Res<T> = Result<T, ApiError>;
+type Res<T> = crate::error::Result<T>;
 
 impl Controller {
     /// Every recorded host (or `only` that one), with its agent's connection state and
     /// what runs on it: from the database and the controller's own connection state (no
     /// agent is asked).
-    pub async fn hosts_info(&self, only: Option<&str>) -> Res<Vec<HostInfo>> {
+    pub async fn hosts_info(&self, _ctx: &Ctx, only: Option<&str>) -> Res<Vec<HostInfo>> {
         let usage = self
             .store
-            .host_usage(&crate::ops::live_states(), only)
+            .host_usage(&crate::vms::live_states(), only)
             .await?;
         let hosts = match only {
             Some(id) => self.store.host(id).await?.into_iter().collect(),
@@ -50,9 +51,21 @@ impl Controller {
             .collect())
     }
 
+    /// Every recorded host, for admins.
+    pub async fn list_hosts(&self, ctx: &Ctx) -> Res<Vec<HostInfo>> {
+        ctx.require_admin()?;
+        self.hosts_info(ctx, None).await
+    }
+
     /// Adds the host whose agent answers at `url`: checks that it answers (over mutual
     /// TLS with this controller's CA), records it, reconciles and follows it.
-    pub async fn add_remote_host(self: &Arc<Self>, req: AddHostRequest) -> Res<HostInfo> {
+    pub async fn add_remote_host(
+        self: &Arc<Self>,
+        ctx: &Ctx,
+        req: AddHostRequest,
+    ) -> Res<HostInfo> {
+        ctx.target(&req.url, None);
+        ctx.require_admin()?;
         let url = req.url.trim_end_matches('/');
         let ok_url = url
             .strip_prefix("https://")
@@ -68,13 +81,13 @@ impl Controller {
         let facts = match tokio::time::timeout(Duration::from_secs(10), agent.facts()).await {
             Ok(Ok(f)) => f,
             Ok(Err(e)) => {
-                return Err(ApiError::unavailable(format!(
+                return Err(Error::unavailable(format!(
                     "the agent at {url} does not answer: {e:#} (is `hostel agent` running \
                      there, with a certificate from this controller's `hostel agent-cert`?)"
                 )))
             }
             Err(_) => {
-                return Err(ApiError::unavailable(format!(
+                return Err(Error::unavailable(format!(
                     "the agent at {url} did not answer within 10 s"
                 )))
             }
@@ -82,7 +95,7 @@ impl Controller {
         if let Some(h) = self.store.host(&facts.name).await? {
             if h.url != url && (self.is_online(&h.id) || !req.replace) {
                 let (vms, _, _) = self.store.host_refs(&h.id).await?;
-                return Err(ApiError::conflict(format!(
+                return Err(Error::conflict(format!(
                     "a host named {:?} is recorded at {} ({}, {vms} VM(s)): if this agent is \
                      that host at a new address, add it with --replace (only while the old \
                      address is offline); if it is another machine, give it another name \
@@ -98,29 +111,32 @@ impl Controller {
             }
         }
         let id = self.add_host(agent).await?;
-        self.hosts_info(Some(&id))
+        self.hosts_info(ctx, Some(&id))
             .await?
             .pop()
-            .ok_or_else(|| ApiError::from(anyhow::anyhow!("host {id} vanished")))
+            .ok_or_else(|| Error::from(anyhow::anyhow!("host {id} vanished")))
     }
 
     /// Removes a host that has no VMs, images or pools left, and stops following it.
-    pub async fn remove_host(&self, name: &str) -> Res<()> {
+    pub async fn remove_host(&self, ctx: &Ctx, name: &str) -> Res<()> {
+        ctx.require_admin()?;
         let h = self.store.host(name).await?.ok_or_else(|| {
-            ApiError::not_found(format!(
-                "no host is named {name:?}: `hostel host list` lists them"
-            ))
+            Error::not_found(
+                "host",
+                name,
+                format!("no host is named {name:?}: `hostel host list` lists them"),
+            )
         })?;
         // No VM is being placed or recorded meanwhile, and no reconnect adds it back.
         let _hosts = self.hosts_lock.write().await;
         if self.local_host.get() == Some(&h.id) {
-            return Err(ApiError::conflict(format!(
+            return Err(Error::conflict(format!(
                 "{name:?} is the host `hostel up` itself runs on: it cannot be removed"
             )));
         }
         let (vms, images, pools) = self.store.host_refs(&h.id).await?;
         if vms + images + pools > 0 {
-            return Err(ApiError::conflict(format!(
+            return Err(Error::conflict(format!(
                 "host {name:?} still has {vms} VM(s), {images} image(s) and {pools} pool(s): \
                  delete or move them first"
             )));

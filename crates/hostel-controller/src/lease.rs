@@ -2,7 +2,8 @@
 //! as it nears, `list` and `describe` warn; once it passes, the VM is shut down (ACPI,
 //! then a hard stop) and kept, disks and all, until its owner renews and starts it.
 
-use crate::api::ApiError;
+use crate::context::{Ctx, SystemActor};
+use crate::error::Error;
 use crate::Controller;
 use hostel_api::public::{RenewRequest, Vm};
 use hostel_model::{Invalid, VmState};
@@ -11,7 +12,7 @@ use std::time::Duration;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-type Res<T> = Result<T, ApiError>;
+type Res<T> = crate::error::Result<T>;
 
 /// How long before the end `list`/`describe` start to warn.
 pub const WARN_DAYS: i64 = 7;
@@ -41,14 +42,14 @@ pub fn warning(end: &str) -> Option<String> {
 }
 
 impl Controller {
-    pub async fn renew(&self, name: &str, req: RenewRequest) -> Res<Vm> {
-        let c = crate::auth::current();
-        let (_g, vm) = self.locked_vm(name).await?;
+    pub async fn renew(&self, ctx: &Ctx, name: &str, req: RenewRequest) -> Res<Vm> {
+        ctx.params(serde_json::json!({"days": req.days, "until": req.until}));
+        let (_g, vm) = self.locked_vm(ctx, name).await?;
         let end = match (&req.until, req.days) {
             (Some(u), _) => {
-                if c.as_ref().is_some_and(|c| !c.is_admin) {
-                    return Err(ApiError::forbidden(
-                        "only an admin may set an exact end; give --days".into(),
+                if !ctx.is_admin() {
+                    return Err(Error::forbidden(
+                        "only an admin may set an exact end; give --days",
                     ));
                 }
                 let t = OffsetDateTime::parse(u, &Rfc3339)
@@ -67,7 +68,7 @@ impl Controller {
             (None, d) => in_days(d.or(self.cfg.default_lease_days).unwrap_or(30)),
         };
         self.store.set_vm_lease(&vm.id, Some(&end)).await?;
-        let vm = self.vm_named(name).await?;
+        let vm = self.vm_named(ctx, name).await?;
         self.view(&vm, false).await
     }
 
@@ -78,7 +79,7 @@ impl Controller {
             loop {
                 tokio::time::sleep(every).await;
                 if let Err(e) = me.reap_leases().await {
-                    tracing::warn!("lease check failed: {:?}", e.body.message);
+                    tracing::warn!("lease check failed: {:?}", e.message());
                 }
             }
         });
@@ -99,11 +100,13 @@ impl Controller {
             }
             tracing::info!(vm = %vm.name, %end, "lease ended: shutting the VM down");
             // A paused guest cannot hear the power button: it is stopped at once.
+            let ctx = &Ctx::system(SystemActor::LeaseReaper);
             let r = if vm.state == VmState::Paused.as_str() {
-                self.simple_action(&vm.name, hostel_model::Op::Destroy)
+                self.simple_action(ctx, &vm.name, hostel_model::Op::Destroy)
                     .await
             } else {
                 self.shutdown_vm(
+                    ctx,
                     &vm.name,
                     hostel_api::public::ShutdownRequest {
                         timeout_secs: 30,
@@ -112,18 +115,13 @@ impl Controller {
                 )
                 .await
             };
-            let error = r.as_ref().err().map(|e| e.body.message.clone());
-            self.record_audit(hostel_store::AuditRecord {
-                id: hostel_store::new_id("aud"),
-                at: hostel_store::now(),
-                user_name: None,
-                source: "lease".into(),
-                action: "lease expired: shutdown".into(),
-                target: Some(vm.name.clone()),
-                vm_id: Some(vm.id.clone()),
-                result: if error.is_none() { "ok" } else { "failed" }.into(),
-                error,
-            })
+            self.record_audit(crate::accounts::event_record(
+                ctx,
+                "vm.shutdown",
+                Some((Some(&vm.id), &vm.name)),
+                serde_json::json!({"reason": "lease expired", "lease_expires_at": end}),
+                r.as_ref().err(),
+            ))
             .await;
         }
         Ok(())

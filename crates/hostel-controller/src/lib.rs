@@ -3,17 +3,24 @@
 
 pub mod accounts;
 pub mod agent_client;
-mod api;
 pub mod auth;
 mod boot;
+pub mod consoles;
+pub mod context;
+mod disks;
+mod doctor;
+pub mod error;
 mod hosts;
+mod http;
+mod images;
 mod lease;
-mod netops;
-mod ops;
-mod poolops;
+mod networks;
+mod pools;
 mod quota;
 pub mod sshgw;
-pub mod webconsole;
+mod vm_create;
+mod vm_spec;
+mod vms;
 
 use agent_client::AgentClient;
 use hostel_api::agent::Event;
@@ -23,7 +30,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use api::{openapi_json, router, ApiError};
+pub use http::{openapi_json, router};
 
 /// A task that ends when its handle is dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -33,7 +40,7 @@ impl Drop for AbortOnDrop {
         self.0.abort();
     }
 }
-pub use netops::{DEFAULT_CIDR, DEFAULT_NETWORK};
+pub use networks::{DEFAULT_CIDR, DEFAULT_NETWORK};
 
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
@@ -63,7 +70,7 @@ pub struct Controller {
     /// The SSH console gateway, once it listens.
     pub ssh_console: Mutex<Option<sshgw::SshConsole>>,
     /// Browser console tickets not yet spent.
-    pub tickets: webconsole::Tickets,
+    pub tickets: consoles::Tickets,
     /// Hosts whose agent's event stream is connected now.
     online: Mutex<std::collections::HashSet<String>>,
     /// The task following each registered host's agent, to end it when the host goes.
@@ -90,7 +97,7 @@ impl Controller {
             logins: auth::LoginLimiter::default(),
             quota_lock: tokio::sync::Mutex::new(()),
             ssh_console: Mutex::new(None),
-            tickets: webconsole::Tickets::default(),
+            tickets: consoles::Tickets::default(),
             net_sync: tokio::sync::Mutex::new(()),
             online: Mutex::default(),
             followers: Mutex::default(),
@@ -313,7 +320,7 @@ impl Controller {
                             tracing::warn!(%host, "setting up networks failed: {e:#}");
                         }
                     }
-                    Err(e) => tracing::warn!("{}", e.body.message),
+                    Err(e) => tracing::warn!("{}", e.message()),
                 }
                 if let Some(r) = ready.take() {
                     let _ = r.send(());

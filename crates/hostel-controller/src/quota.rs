@@ -2,13 +2,14 @@
 //! per-owner overrides, checked under one lock so that concurrent requests never pass a
 //! limit together.
 
-use crate::api::ApiError;
+use crate::context::Ctx;
+use crate::error::Error;
 use crate::Controller;
 use hostel_api::public::{Quota, QuotaLimits, QuotaUse};
 use hostel_model::{format_mib, Invalid, VmState};
 use hostel_store::VmRecord;
 
-type Res<T> = Result<T, ApiError>;
+type Res<T> = crate::error::Result<T>;
 
 /// The defaults until an admin sets others (`hostel quota set default ...`).
 pub fn builtin_defaults() -> QuotaLimits {
@@ -202,7 +203,7 @@ impl Controller {
             ),
         ];
         if let Some(msg) = checks.into_iter().flatten().next() {
-            return Err(Invalid::new("quota", msg).into());
+            return Err(Error::Quota(Invalid::new("quota", msg).to_string()));
         }
         Ok(Some(guard))
     }
@@ -251,8 +252,8 @@ impl Controller {
     }
 
     /// `hostel quota show [OWNER]`: limits and use; users see their own and their groups'.
-    pub async fn quota_show(&self, owner: Option<&str>) -> Res<Quota> {
-        let c = crate::auth::current().ok_or_else(ApiError::unauthorized)?;
+    pub async fn quota_show(&self, ctx: &Ctx, owner: Option<&str>) -> Res<Quota> {
+        let c = ctx.caller()?;
         let key = match owner {
             None => format!("user:{}", c.user_id),
             Some("default") => "default".into(),
@@ -265,8 +266,8 @@ impl Controller {
                 .strip_prefix("group:")
                 .is_some_and(|g| c.group_ids.iter().any(|x| x == g));
         if !allowed {
-            return Err(ApiError::forbidden(
-                "you may see your own quota, your groups' and the defaults".into(),
+            return Err(Error::forbidden(
+                "you may see your own quota, your groups' and the defaults",
             ));
         }
         Ok(Quota {
@@ -308,10 +309,11 @@ impl Controller {
         }
     }
 
-    pub async fn quota_set(&self, owner: &str, limits: QuotaLimits) -> Res<Quota> {
-        let c = crate::auth::current().ok_or_else(ApiError::unauthorized)?;
+    pub async fn quota_set(&self, ctx: &Ctx, owner: &str, limits: QuotaLimits) -> Res<Quota> {
+        ctx.params(serde_json::to_value(&limits).unwrap_or_default());
+        let c = ctx.caller()?;
         if !c.is_admin {
-            return Err(ApiError::forbidden("only an admin may do this".into()));
+            return Err(Error::forbidden("only an admin may do this"));
         }
         let key = if owner == "default" {
             "default".to_string()
@@ -320,6 +322,6 @@ impl Controller {
         };
         let json = serde_json::to_string(&limits).map_err(anyhow::Error::from)?;
         self.store.set_quota(&key, &json).await?;
-        self.quota_show(Some(owner)).await
+        self.quota_show(ctx, Some(owner)).await
     }
 }

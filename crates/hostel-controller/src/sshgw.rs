@@ -4,10 +4,12 @@
 //! Every attach goes to the same console hub as the API's websocket: recent output is
 //! replayed, several people may watch and type at once.
 
-use crate::auth::Caller;
+use crate::consoles::{Door, VmRef};
+use crate::context::{Caller, Ctx};
 use crate::Controller;
 use futures::{SinkExt, StreamExt};
-use hostel_store::{AuditRecord, VmRecord};
+use hostel_api::public::ConsoleKind;
+use hostel_store::VmRecord;
 use russh::keys::PublicKey;
 use russh::server::{Auth, ChannelOpenHandle, Handler, Msg, Server, Session};
 use russh::{Channel, ChannelId};
@@ -152,26 +154,10 @@ struct Conn {
 }
 
 impl Conn {
-    fn audit_record(&self, action: &str, result: &str, error: Option<String>) -> AuditRecord {
-        let (vm, user) = match &self.admitted {
-            Some((vm, c)) => (
-                Some((vm.id.as_str(), vm.name.as_str())),
-                Some(c.user_name.clone()),
-            ),
-            None => (None, None),
-        };
-        crate::accounts::event_record(user, &self.peer, action.into(), vm, result, error)
-    }
-
-    async fn audit(&self, action: &str, result: &str, error: Option<String>) {
-        self.ctl
-            .record_audit(self.audit_record(action, result, error))
-            .await;
-    }
-
-    fn detach_record(&self, since: Instant) -> AuditRecord {
-        let action = format!("ssh console detach after {} s", since.elapsed().as_secs());
-        self.audit_record(&action, "ok", None)
+    /// The context the admitted user's console runs in.
+    fn ctx(&self) -> Option<(VmRecord, Ctx)> {
+        let (vm, caller) = self.admitted.clone()?;
+        Some((vm, Ctx::user(caller, self.peer.clone())))
     }
 }
 
@@ -179,19 +165,29 @@ impl Conn {
 /// sessions without closing their channels: their detaches are recorded here.
 impl Drop for Conn {
     fn drop(&mut self) {
-        let records: Vec<AuditRecord> = self
+        let seconds: Vec<u64> = self
             .inputs
             .values()
-            .map(|(_, since)| self.detach_record(*since))
+            .map(|(_, since)| since.elapsed().as_secs())
             .collect();
-        if records.is_empty() {
+        let Some((vm, ctx)) = self.ctx() else {
+            return;
+        };
+        if seconds.is_empty() {
             return;
         }
         let ctl = self.ctl.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                for r in records {
-                    ctl.record_audit(r).await;
+                for s in seconds {
+                    ctl.console_detached(
+                        &ctx,
+                        (&vm.id, &vm.name),
+                        ConsoleKind::Serial,
+                        Door::Ssh,
+                        s,
+                    )
+                    .await;
                 }
             });
         }
@@ -228,25 +224,34 @@ impl Handler for Conn {
         channel: ChannelId,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let Some((vm, _)) = self.admitted.clone() else {
+        let Some((vm, ctx)) = self.ctx() else {
             session.channel_failure(channel)?;
             return Ok(());
         };
-        // The VM as it is now (it may have moved or stopped since the login).
-        let vm = self.ctl.store.vm_by_id(&vm.id).await?.unwrap_or(vm);
-        let upstream = match self.ctl.host_agent(&vm) {
-            Ok(agent) => agent
-                .websocket(&vm.id, "console")
-                .await
-                .map_err(|e| format!("{e:#}")),
-            Err(e) => Err(e.body.message),
+        let terminal = match self.sizes.get(&channel) {
+            Some((cols, rows)) if *cols > 0 && *rows > 0 => Some(format!("{cols}x{rows}")),
+            _ => None,
         };
-        let ws = match upstream {
-            Ok(ws) => ws,
+        // The VM as it is now (it may have moved or stopped since the login), checked and
+        // audited as every console attach is.
+        let attached = self
+            .ctl
+            .attach_console(
+                &ctx,
+                VmRef::Id(&vm.id, &vm.name),
+                ConsoleKind::Serial,
+                Door::Ssh,
+                terminal,
+            )
+            .await;
+        let ws = match attached {
+            Ok(a) => a.upstream,
             Err(e) => {
-                let _ = session.data(channel, format!("hostel: no console: {e}\r\n").into_bytes());
+                let _ = session.data(
+                    channel,
+                    format!("hostel: no console: {}\r\n", e.message()).into_bytes(),
+                );
                 session.channel_failure(channel)?;
-                self.audit("ssh console attach", "failed", Some(e)).await;
                 return Ok(());
             }
         };
@@ -283,13 +288,6 @@ impl Handler for Conn {
             let _ = to_vm.close().await;
         });
         self.inputs.insert(channel, (tx, Instant::now()));
-        let action = match self.sizes.get(&channel) {
-            Some((cols, rows)) if *cols > 0 && *rows > 0 => {
-                format!("ssh console attach ({cols}x{rows} terminal)")
-            }
-            _ => "ssh console attach".to_string(),
-        };
-        self.audit(&action, "ok", None).await;
         Ok(())
     }
 
@@ -344,9 +342,16 @@ impl Handler for Conn {
     ) -> Result<(), Self::Error> {
         self.channels.remove(&channel);
         self.sizes.remove(&channel);
-        if let Some((_, since)) = self.inputs.remove(&channel) {
-            let record = self.detach_record(since);
-            self.ctl.record_audit(record).await;
+        if let (Some((_, since)), Some((vm, ctx))) = (self.inputs.remove(&channel), self.ctx()) {
+            self.ctl
+                .console_detached(
+                    &ctx,
+                    (&vm.id, &vm.name),
+                    ConsoleKind::Serial,
+                    Door::Ssh,
+                    since.elapsed().as_secs(),
+                )
+                .await;
         }
         Ok(())
     }

@@ -230,7 +230,7 @@ impl Op {
     }
 
     /// Checks that the operation makes sense in `state`; the error says what would.
-    pub fn check(self, state: VmState) -> Result<(), Invalid> {
+    pub fn check(self, state: VmState) -> Result<(), WrongState> {
         let allowed = self.allowed_in();
         if allowed.contains(&state) {
             return Ok(());
@@ -245,16 +245,27 @@ impl Op {
             (_, VmState::Paused) => " (unpause it first with `hostel unpause`)",
             _ => "",
         };
-        Err(Invalid::new(
-            "state",
-            format!(
+        Err(WrongState {
+            op: self,
+            state,
+            message: format!(
                 "cannot {} a VM that is {state}: {} is allowed only when the VM is {}{hint}",
                 self.name(),
                 self.name(),
                 list.join(" or ")
             ),
-        ))
+        })
     }
+}
+
+/// An operation the VM's state does not allow (a conflict with the VM's state, not bad
+/// input): what was asked, in which state, and what would work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("state: {message}")]
+pub struct WrongState {
+    pub op: Op,
+    pub state: VmState,
+    pub message: String,
 }
 
 /// What happens when the guest powers off, reboots or crashes (as in a Xen config).

@@ -54,6 +54,8 @@ pub struct AuditRecord {
     pub action: String,
     pub target: Option<String>,
     pub vm_id: Option<String>,
+    /// The parameters that matter, as a JSON object.
+    pub params: Option<String>,
     /// `ok`, `denied` or `failed`.
     pub result: String,
     pub error: Option<String>,
@@ -71,7 +73,7 @@ pub struct AuditFilter {
 const USER_COLS: &str = "id, name, password_hash, is_admin, created_at";
 const TOKEN_COLS: &str =
     "id, user_id, name, secret_hash, read_only, expires_at, revoked_at, created_at, last_used_at";
-const AUDIT_COLS: &str = "id, at, user_name, source, action, target, vm_id, result, error";
+const AUDIT_COLS: &str = "id, at, user_name, source, action, target, vm_id, result, error, params";
 
 fn user_of(r: &AnyRow) -> Result<UserRecord> {
     Ok(UserRecord {
@@ -126,6 +128,7 @@ fn audit_of(r: &AnyRow) -> Result<AuditRecord> {
         vm_id: opt_str(r, "vm_id")?,
         result: r.try_get("result")?,
         error: opt_str(r, "error")?,
+        params: opt_str(r, "params")?,
     })
 }
 
@@ -489,7 +492,7 @@ impl Store {
 
     pub async fn insert_audit(&self, a: &AuditRecord) -> Result<()> {
         sqlx::query(&format!(
-            "INSERT INTO audit ({AUDIT_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+            "INSERT INTO audit ({AUDIT_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
         ))
         .bind(&a.id)
         .bind(&a.at)
@@ -500,6 +503,7 @@ impl Store {
         .bind(&a.vm_id)
         .bind(&a.result)
         .bind(&a.error)
+        .bind(&a.params)
         .execute(&self.pool)
         .await?;
         Ok(())

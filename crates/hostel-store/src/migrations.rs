@@ -210,4 +210,7 @@ pub const MIGRATIONS: &[&[&str]] = &[
     // Placement adds up the memory of live VMs per host at every create: from the index
     // alone, without reading 100,000 rows.
     &["CREATE INDEX vms_live_memory ON vms (state, host_id, max_memory_mib)"],
+    // Audit entries name a domain action (`vm.create`) and keep the parameters that
+    // matter, as JSON.
+    &["ALTER TABLE audit ADD COLUMN params TEXT"],
 ];

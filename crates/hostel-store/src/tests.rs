@@ -354,6 +354,7 @@ async fn accounts_tokens_and_audit(url: &str) {
             action: "start".into(),
             target: Some("owned".into()),
             vm_id: Some(if i == 1 { "other".into() } else { v.id.clone() }),
+            params: (i == 0).then(|| r#"{"memory_mib":512}"#.to_string()),
             result: "ok".into(),
             error: None,
         })
@@ -371,6 +372,8 @@ async fn accounts_tokens_and_audit(url: &str) {
         alice.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
         ["a0", "a2"]
     );
+    assert_eq!(alice[0].params.as_deref(), Some(r#"{"memory_mib":512}"#));
+    assert_eq!(alice[1].params, None);
     let since = s
         .audit(&AuditFilter {
             since: Some("2026-01-02T00:00:00Z".into()),

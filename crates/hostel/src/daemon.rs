@@ -6,6 +6,7 @@ use crate::pki::{Pki, Role};
 use anyhow::{bail, Context, Result};
 use hostel_agent::{AccelChoice, AgentConfig, TlsFiles};
 use hostel_controller::agent_client::ClientTls;
+use hostel_controller::context::{Ctx, SystemActor};
 use hostel_controller::{Controller, ControllerConfig};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -298,8 +299,9 @@ pub async fn up(opts: UpOptions) -> Result<()> {
     // Hosts added with `hostel host add` come back by themselves.
     controller.reconnect_known_hosts();
     if opts.default_network {
-        if let Err(e) = controller.ensure_default_network().await {
-            tracing::error!("cannot set up the default network: {}", e.body.message);
+        let startup = Ctx::system(SystemActor::Startup);
+        if let Err(e) = controller.ensure_default_network(&startup).await {
+            tracing::error!("cannot set up the default network: {e}");
         }
     }
 
@@ -365,11 +367,19 @@ async fn ensure_tiny_image(c: &std::sync::Arc<Controller>) {
         }
     }
     tracing::info!("building the tiny image (first start)");
-    let body = serde_json::json!({"recipe": "tiny", "name": "tiny"});
-    let task = match c.image_task("image-build", "tiny".into(), body).await {
+    let req = hostel_api::public::BuildImageRequest {
+        recipe: "tiny".into(),
+        name: Some("tiny".into()),
+        suite: None,
+        packages: Vec::new(),
+        size_mib: None,
+        mirror: None,
+    };
+    let startup = Ctx::system(SystemActor::Startup);
+    let task = match c.build_image(&startup, req).await {
         Ok(t) => t,
         Err(e) => {
-            tracing::warn!("cannot build the tiny image: {}", e.body.message);
+            tracing::warn!("cannot build the tiny image: {e}");
             return;
         }
     };
@@ -384,7 +394,7 @@ async fn ensure_tiny_image(c: &std::sync::Arc<Controller>) {
             }
             Ok(_) => {}
             Err(e) => {
-                tracing::warn!("{}", e.body.message);
+                tracing::warn!("{e}");
                 return;
             }
         }

@@ -192,14 +192,23 @@ async fn browser_consoles() {
         .await;
 
     // Each attach is audited, with which console and for how long.
-    let audit = d.json(&["audit", "--vm", "w1"]).to_string();
-    for what in [
-        "web serial console attach",
-        "web serial console detach after",
-        "vga console attach",
-        "vga console detach after",
+    let audit = d.json(&["audit", "--vm", "w1"]);
+    for (action, console) in [
+        ("console.attach", "serial"),
+        ("console.detach", "serial"),
+        ("console.attach", "vga"),
+        ("console.detach", "vga"),
     ] {
-        assert!(audit.contains(what), "{what}: {audit}");
+        assert!(
+            audit
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["action"] == action
+                    && e["params"]["console"] == console
+                    && e["params"]["via"] == "web"),
+            "{action} {console}: {audit}"
+        );
     }
     d.ok(&["destroy", "w1"]);
 }

@@ -3,7 +3,8 @@
 //! Every host has a `default` pool (a `dir` pool in its data directory) that needs no
 //! record: disks without a pool are in it. Other pools are recorded, each on one host.
 
-use crate::api::ApiError;
+use crate::context::Ctx;
+use crate::error::Error;
 use crate::Controller;
 use hostel_api::agent as wire;
 use hostel_api::public::{CreatePoolRequest, Pool};
@@ -11,7 +12,7 @@ use hostel_model::{validate_name, Invalid};
 use hostel_store::{new_id, now, PoolRecord};
 use std::sync::Arc;
 
-type Res<T> = Result<T, ApiError>;
+type Res<T> = crate::error::Result<T>;
 
 pub const DEFAULT_POOL: &str = "default";
 
@@ -69,7 +70,7 @@ impl Controller {
         })
     }
 
-    pub async fn pools(&self) -> Res<Vec<Pool>> {
+    pub async fn pools(&self, _ctx: &Ctx) -> Res<Vec<Pool>> {
         let mut out = Vec::new();
         for h in self.store.hosts().await? {
             let dir = match self.agent(&h.id) {
@@ -104,20 +105,18 @@ impl Controller {
         Ok(out)
     }
 
-    pub async fn pool(&self, name: &str) -> Res<Pool> {
+    pub async fn pool(&self, ctx: &Ctx, name: &str) -> Res<Pool> {
         if name == DEFAULT_POOL {
             return self
-                .pools()
+                .pools(ctx)
                 .await?
                 .into_iter()
                 .find(|p| p.name == DEFAULT_POOL)
-                .ok_or_else(|| ApiError::not_found("no host is known yet".into()));
+                .ok_or_else(|| Error::unavailable("no host is known yet"));
         }
-        let p = self
-            .store
-            .pool_by_name(name)
-            .await?
-            .ok_or_else(|| ApiError::not_found(format!("there is no pool named {name:?}")))?;
+        let p = self.store.pool_by_name(name).await?.ok_or_else(|| {
+            Error::not_found("pool", name, format!("there is no pool named {name:?}"))
+        })?;
         self.pool_view(
             p.name,
             p.driver,
@@ -129,12 +128,15 @@ impl Controller {
         .await
     }
 
-    pub async fn create_pool(self: &Arc<Self>, req: CreatePoolRequest) -> Res<Pool> {
+    pub async fn create_pool(self: &Arc<Self>, ctx: &Ctx, req: CreatePoolRequest) -> Res<Pool> {
+        ctx.target(&req.name, None);
+        ctx.params(serde_json::json!({"driver": req.driver, "path": req.path}));
+        ctx.require_admin()?;
         validate_name("name", &req.name)?;
         if req.name == DEFAULT_POOL {
-            return Err(ApiError::conflict_field(
+            return Err(Error::conflict_field(
                 "name",
-                "every host has a pool named \"default\" already: choose another name".into(),
+                "every host has a pool named \"default\" already: choose another name",
             ));
         }
         if hostel_storage_driver(&req.driver).is_none() {
@@ -160,7 +162,7 @@ impl Controller {
         }
         let path = req.path.trim_end_matches('/').to_string();
         if self.store.pool_by_name(&req.name).await?.is_some() {
-            return Err(ApiError::conflict_field(
+            return Err(Error::conflict_field(
                 "name",
                 format!("a pool named {:?} exists already", req.name),
             ));
@@ -169,7 +171,7 @@ impl Controller {
             Some(h) => (
                 h.clone(),
                 self.agent(h).ok_or_else(|| {
-                    ApiError::from(Invalid::new(
+                    Error::from(Invalid::new(
                         "host",
                         format!("there is no connected host named {h:?}"),
                     ))
@@ -179,7 +181,7 @@ impl Controller {
                 .agents()
                 .into_iter()
                 .min_by(|a, b| a.0.cmp(&b.0))
-                .ok_or_else(|| ApiError::unavailable("no host is connected".into()))?,
+                .ok_or_else(|| Error::unavailable("no host is connected"))?,
         };
         if let Ok(f) = agent.facts().await {
             let d = std::path::Path::new(&f.disks_dir);
@@ -214,30 +216,29 @@ impl Controller {
         };
         if let Err(e) = self.store.insert_pool(&rec).await {
             if hostel_store::is_unique_violation(&e) {
-                return Err(ApiError::conflict(format!(
+                return Err(Error::conflict(format!(
                     "a pool named {:?} or a pool in {} exists already",
                     rec.name, rec.path
                 )));
             }
             return Err(e.into());
         }
-        self.pool(&rec.name).await
+        self.pool(ctx, &rec.name).await
     }
 
-    pub async fn delete_pool(&self, name: &str) -> Res<()> {
+    pub async fn delete_pool(&self, ctx: &Ctx, name: &str) -> Res<()> {
+        ctx.require_admin()?;
         if name == DEFAULT_POOL {
-            return Err(ApiError::conflict(
-                "the default pool belongs to its host and cannot be deleted".into(),
+            return Err(Error::conflict(
+                "the default pool belongs to its host and cannot be deleted",
             ));
         }
-        let p = self
-            .store
-            .pool_by_name(name)
-            .await?
-            .ok_or_else(|| ApiError::not_found(format!("there is no pool named {name:?}")))?;
+        let p = self.store.pool_by_name(name).await?.ok_or_else(|| {
+            Error::not_found("pool", name, format!("there is no pool named {name:?}"))
+        })?;
         let users = self.store.delete_pool_if_unused(&p.id).await?;
         if !users.is_empty() {
-            return Err(ApiError::conflict(format!(
+            return Err(Error::conflict(format!(
                 "pool {name:?} holds disks of {}: delete those VMs or their disks first",
                 users.join(", ")
             )));

@@ -1,7 +1,8 @@
 //! Networks, NICs and port forwards: validated here, stored with unique constraints, and
 //! pushed to every host as one desired state (`PUT /v1/networks`) after each change.
 
-use crate::api::ApiError;
+use crate::context::Ctx;
+use crate::error::Error;
 use crate::Controller;
 use hostel_api::agent::{self as wire, NetHost, NetworkSpec, NetworksState, NicSpec};
 use hostel_api::public::*;
@@ -10,7 +11,7 @@ use hostel_model::{validate_name, Invalid, VmState};
 use hostel_store::{new_id, now, ForwardRecord, NetworkRecord, NicRecord, VmRecord};
 use std::collections::HashSet;
 
-type Res<T> = Result<T, ApiError>;
+type Res<T> = crate::error::Result<T>;
 
 fn state_of_vm(vm: &VmRecord) -> VmState {
     VmState::parse(&vm.state).unwrap_or(VmState::Crashed)
@@ -24,19 +25,40 @@ pub const DEFAULT_DOMAIN: &str = "vm.hostel";
 impl Controller {
     pub(crate) async fn network_named(&self, name: &str) -> Res<NetworkRecord> {
         self.store.network_by_name(name).await?.ok_or_else(|| {
-            ApiError::from(Invalid::new(
+            Error::from(Invalid::new(
                 "network",
                 format!("there is no network named {name:?}: `hostel network list` shows them"),
             ))
         })
     }
 
-    pub async fn network_view(&self, n: NetworkRecord) -> Res<Network> {
+    /// Every network, with the VMs (the caller's) on it.
+    pub async fn networks(&self, ctx: &Ctx) -> Res<Vec<Network>> {
+        let mut out = Vec::new();
+        for n in self.store.networks().await? {
+            out.push(self.network_view(ctx, n).await?);
+        }
+        Ok(out)
+    }
+
+    /// One network by name.
+    pub async fn network(&self, ctx: &Ctx, name: &str) -> Res<Network> {
+        let n = self.store.network_by_name(name).await?.ok_or_else(|| {
+            Error::not_found(
+                "network",
+                name,
+                format!("there is no network named {name:?}"),
+            )
+        })?;
+        self.network_view(ctx, n).await
+    }
+
+    pub async fn network_view(&self, ctx: &Ctx, n: NetworkRecord) -> Res<Network> {
         let mut used_by = Vec::new();
         for nic in self.store.nics_on(&n.id).await? {
             if let Some(vm) = self.store.vm_by_id(&nic.vm_id).await? {
                 // Users see only the VMs they may operate.
-                if crate::auth::current().is_some_and(|c| !c.may_operate(&vm)) {
+                if !ctx.may_operate(&vm) {
                     continue;
                 }
                 if !used_by.contains(&vm.name) {
@@ -60,7 +82,10 @@ impl Controller {
         })
     }
 
-    pub async fn create_network(&self, req: CreateNetworkRequest) -> Res<Network> {
+    pub async fn create_network(&self, ctx: &Ctx, req: CreateNetworkRequest) -> Res<Network> {
+        ctx.target(&req.name, None);
+        ctx.params(serde_json::json!({"cidr": req.cidr, "mode": req.mode}));
+        ctx.require_admin_or(crate::context::Right::ManageNetworks)?;
         validate_name("name", &req.name)?;
         let cidr = mnet::parse_cidr("cidr", &req.cidr)?;
         let gateway = match &req.gateway {
@@ -105,14 +130,14 @@ impl Controller {
         }
         for other in self.store.networks().await? {
             if other.name == req.name {
-                return Err(ApiError::conflict_field(
+                return Err(Error::conflict_field(
                     "name",
                     format!("a network named {:?} exists already", req.name),
                 ));
             }
             let o = mnet::parse_cidr("cidr", &other.cidr)?;
             if mnet::overlaps(o, cidr) {
-                return Err(ApiError::conflict_field(
+                return Err(Error::conflict_field(
                     "cidr",
                     format!(
                         "{cidr} overlaps network {:?} ({o}): choose a range that does not",
@@ -135,7 +160,7 @@ impl Controller {
         };
         self.store.insert_network(&rec).await.map_err(|e| {
             if hostel_store::is_unique_violation(&e) {
-                ApiError::conflict_field(
+                Error::conflict_field(
                     "name",
                     format!("a network named {:?} exists already", req.name),
                 )
@@ -151,17 +176,21 @@ impl Controller {
                 e.context("the network could not be set up on the host, so it was not kept")
             );
         }
-        self.network_view(rec).await
+        self.network_view(ctx, rec).await
     }
 
-    pub async fn delete_network(&self, name: &str) -> Res<()> {
-        let n =
-            self.store.network_by_name(name).await?.ok_or_else(|| {
-                ApiError::not_found(format!("there is no network named {name:?}"))
-            })?;
+    pub async fn delete_network(&self, ctx: &Ctx, name: &str) -> Res<()> {
+        ctx.require_admin()?;
+        let n = self.store.network_by_name(name).await?.ok_or_else(|| {
+            Error::not_found(
+                "network",
+                name,
+                format!("there is no network named {name:?}"),
+            )
+        })?;
         let users = self.store.delete_network_if_unused(&n.id).await?;
         if !users.is_empty() {
-            return Err(ApiError::conflict(format!(
+            return Err(Error::conflict(format!(
                 "network {name:?} is in use by {}: remove their NICs (`hostel nic remove`) or \
                  delete those VMs first",
                 users.join(", ")
@@ -270,7 +299,7 @@ impl Controller {
                 let ip = mnet::parse_ip("ip", text)?;
                 mnet::check_vm_ip("ip", cidr, gateway, ip)?;
                 if used.contains(&ip) {
-                    return Err(ApiError::conflict_field(
+                    return Err(Error::conflict_field(
                         "ip",
                         format!("{ip} is already taken on network {:?}: choose another, or leave --ip out to get a free one", net.name),
                     ));
@@ -278,7 +307,7 @@ impl Controller {
                 ip
             }
             None => mnet::allocate(cidr, gateway, &used).ok_or_else(|| {
-                ApiError::conflict_field(
+                Error::conflict_field(
                     "ip",
                     format!("network {:?} ({cidr}) has no free address left", net.name),
                 )
@@ -297,7 +326,7 @@ impl Controller {
             Some(text) => {
                 let m = mnet::format_mac(mnet::parse_mac("mac", text)?);
                 if all_macs.contains(&m) {
-                    return Err(ApiError::conflict_field(
+                    return Err(Error::conflict_field(
                         "mac",
                         format!("MAC {m} is already used by another NIC: MACs are unique across the cluster"),
                     ));
@@ -360,8 +389,8 @@ impl Controller {
         Ok(out)
     }
 
-    pub async fn list_nics(&self, name: &str) -> Res<Vec<Nic>> {
-        let vm = self.vm_named(name).await?;
+    pub async fn list_nics(&self, ctx: &Ctx, name: &str) -> Res<Vec<Nic>> {
+        let vm = self.vm_named(ctx, name).await?;
         let status = match vm.host_id.as_deref().and_then(|h| self.agent(h)) {
             Some(a) => a.vm(&vm.id).await.ok().flatten(),
             None => None,
@@ -369,8 +398,9 @@ impl Controller {
         self.nic_views(&vm, status.as_ref()).await
     }
 
-    pub async fn add_nic(&self, name: &str, req: NicRequest) -> Res<Nic> {
-        let (_g, vm) = self.locked_vm(name).await?;
+    pub async fn add_nic(&self, ctx: &Ctx, name: &str, req: NicRequest) -> Res<Nic> {
+        ctx.params(serde_json::json!({"network": req.network, "ip": req.ip, "mac": req.mac}));
+        let (_g, vm) = self.locked_vm(ctx, name).await?;
         if state_of_vm(&vm) == VmState::Saved {
             return Err(Invalid::new(
                 "state",
@@ -383,7 +413,7 @@ impl Controller {
         let nic = self.plan_nic(&vm.id, idx, &req, &[]).await?;
         self.store.insert_nic(&nic).await.map_err(|e| {
             if hostel_store::is_unique_violation(&e) {
-                ApiError::conflict("the IP or MAC was taken meanwhile: try again".into())
+                Error::conflict("the IP or MAC was taken meanwhile: try again")
             } else {
                 e.into()
             }
@@ -403,25 +433,25 @@ impl Controller {
                 self.store.delete_nic(&nic.id).await?;
                 let _ = self.sync_networks().await;
                 return Err(
-                    ApiError::from(e).context("hot-plugging the NIC failed, so it was not kept")
+                    Error::from(e).context("hot-plugging the NIC failed, so it was not kept")
                 );
             }
         }
-        let views = self.list_nics(name).await?;
+        let views = self.list_nics(ctx, name).await?;
         Ok(views
             .into_iter()
             .find(|n| n.id == nic.id)
             .expect("just added"))
     }
 
-    pub async fn remove_nic(&self, name: &str, which: &str) -> Res<()> {
-        let (_g, vm) = self.locked_vm(name).await?;
+    pub async fn remove_nic(&self, ctx: &Ctx, name: &str, which: &str) -> Res<()> {
+        let (_g, vm) = self.locked_vm(ctx, name).await?;
         let nics = self.store.nics_of(&vm.id).await?;
         let nic = nics
             .iter()
             .find(|n| n.mac.eq_ignore_ascii_case(which) || n.idx.to_string() == which)
             .ok_or_else(|| {
-                ApiError::not_found(format!(
+                Error::not_found("nic", which, format!(
                     "VM {name:?} has no NIC {which:?}: give its MAC or index (`hostel nic list {name}`)"
                 ))
             })?;
@@ -439,7 +469,7 @@ impl Controller {
         self.sync_networks().await
     }
 
-    pub async fn forwards(&self, name: Option<&str>) -> Res<Vec<PortForward>> {
+    pub async fn forwards(&self, _ctx: &Ctx, name: Option<&str>) -> Res<Vec<PortForward>> {
         let vms: std::collections::HashMap<String, VmRecord> = self
             .store
             .vms()
@@ -473,8 +503,14 @@ impl Controller {
         Ok(out)
     }
 
-    pub async fn add_forward(&self, name: &str, req: PortForwardRequest) -> Res<PortForward> {
-        let vm = self.vm_named(name).await?;
+    pub async fn add_forward(
+        &self,
+        ctx: &Ctx,
+        name: &str,
+        req: PortForwardRequest,
+    ) -> Res<PortForward> {
+        ctx.params(serde_json::json!({"host_port": req.host_port, "guest_port": req.guest_port, "proto": req.proto}));
+        let vm = self.vm_named(ctx, name).await?;
         if req.proto != "tcp" && req.proto != "udp" {
             return Err(Invalid::new(
                 "proto",
@@ -487,7 +523,7 @@ impl Controller {
                 return Err(Invalid::new(field, "port 0 is not a port: use 1 to 65535").into());
             }
         }
-        if req.host_port < 1024 && crate::auth::current().is_some_and(|c| !c.is_admin) {
+        if req.host_port < 1024 && !ctx.is_admin() {
             return Err(Invalid::new(
                 "host_port",
                 format!(
@@ -508,7 +544,7 @@ impl Controller {
             }
         }
         let nic = nic.ok_or_else(|| {
-            ApiError::from(Invalid::new(
+            Error::from(Invalid::new(
                 "vm",
                 format!("VM {name:?} has no NIC on a NAT network: port forwards reach VMs behind NAT only"),
             ))
@@ -523,7 +559,7 @@ impl Controller {
         };
         self.store.insert_forward(&rec).await.map_err(|e| {
             if hostel_store::is_unique_violation(&e) {
-                ApiError::conflict_field(
+                Error::conflict_field(
                     "host_port",
                     format!(
                         "host port {}/{} is already forwarded: choose another",
@@ -547,8 +583,9 @@ impl Controller {
         })
     }
 
-    pub async fn remove_forward(&self, name: &str, req: PortForwardRequest) -> Res<()> {
-        let vm = self.vm_named(name).await?;
+    pub async fn remove_forward(&self, ctx: &Ctx, name: &str, req: PortForwardRequest) -> Res<()> {
+        ctx.params(serde_json::json!({"host_port": req.host_port, "guest_port": req.guest_port, "proto": req.proto}));
+        let vm = self.vm_named(ctx, name).await?;
         let f = self
             .store
             .forwards()
@@ -561,30 +598,37 @@ impl Controller {
                     && f.proto == req.proto
             })
             .ok_or_else(|| {
-                ApiError::not_found(format!(
-                    "VM {name:?} has no port forward {}:{}/{}",
-                    req.host_port, req.guest_port, req.proto
-                ))
+                Error::not_found(
+                    "port-forward",
+                    req.host_port.to_string(),
+                    format!(
+                        "VM {name:?} has no port forward {}:{}/{}",
+                        req.host_port, req.guest_port, req.proto
+                    ),
+                )
             })?;
         self.store.delete_forward(&f.id).await?;
         self.sync_networks().await
     }
 
     /// Creates the default NAT network on first start.
-    pub async fn ensure_default_network(&self) -> Res<()> {
+    pub async fn ensure_default_network(&self, ctx: &Ctx) -> Res<()> {
         if self.store.network_by_name(DEFAULT_NETWORK).await?.is_some() {
             return self.sync_networks().await;
         }
-        self.create_network(CreateNetworkRequest {
-            name: DEFAULT_NETWORK.into(),
-            cidr: DEFAULT_CIDR.into(),
-            gateway: None,
-            mode: NetMode::Nat,
-            uplink: None,
-            domain: Some(DEFAULT_DOMAIN.into()),
-            ipv6: None,
-            dns_forward: None,
-        })
+        self.create_network(
+            ctx,
+            CreateNetworkRequest {
+                name: DEFAULT_NETWORK.into(),
+                cidr: DEFAULT_CIDR.into(),
+                gateway: None,
+                mode: NetMode::Nat,
+                uplink: None,
+                domain: Some(DEFAULT_DOMAIN.into()),
+                ipv6: None,
+                dns_forward: None,
+            },
+        )
         .await
         .map(|_| ())
     }

@@ -1,0 +1,443 @@
+//! A VM's disks and snapshots: add, remove, grow; snapshots of all its disks at once,
+//! with or without memory.
+
+use crate::context::Ctx;
+use crate::error::Error;
+use crate::Controller;
+use hostel_api::agent::{self as wire, DiskSpec};
+use hostel_api::public::*;
+use hostel_model::{validate_name, ImageKind, Invalid, VmState};
+use hostel_store::{new_id, now, DiskRecord, VmRecord};
+
+use crate::vms::state_of;
+
+type Res<T> = crate::error::Result<T>;
+
+impl Controller {
+    pub async fn disk_views(&self, ctx: &Ctx, name: &str) -> Res<Vec<DiskView>> {
+        let vm = self.vm_named(ctx, name).await?;
+        Ok(self.view(&vm, false).await?.disks)
+    }
+
+    pub async fn add_disk(&self, ctx: &Ctx, name: &str, req: AddDiskRequest) -> Res<DiskView> {
+        ctx.params(
+            serde_json::json!({"size_mib": req.size_mib, "image": req.image, "pool": req.pool}),
+        );
+        let (_g, vm) = self.locked_vm(ctx, name).await?;
+        let agent = self.host_agent(&vm)?;
+        let image = match &req.image {
+            Some(i) => {
+                let img = self.store.image_by_name(i).await?.ok_or_else(|| {
+                    Error::from(Invalid::new(
+                        "image",
+                        format!("there is no image named {i:?}"),
+                    ))
+                })?;
+                if img.kind != ImageKind::Disk.as_str() {
+                    return Err(Invalid::new(
+                        "image",
+                        format!("{i:?} is a kernel image, not a disk image: a disk can only be based on a disk image"),
+                    )
+                    .into());
+                }
+                Some(img)
+            }
+            None => None,
+        };
+        let size = match (req.size_mib, &image) {
+            (Some(s), Some(img)) if s < img.virtual_size_mib => {
+                return Err(Invalid::new(
+                    "size",
+                    format!(
+                        "{} is smaller than the image ({})",
+                        hostel_model::format_mib(s),
+                        hostel_model::format_mib(img.virtual_size_mib)
+                    ),
+                )
+                .into())
+            }
+            (Some(s), _) => s,
+            (None, Some(img)) => img.virtual_size_mib,
+            (None, None) => {
+                return Err(
+                    Invalid::new("size", "give the new disk's size, like --size 10G").into(),
+                )
+            }
+        };
+        hostel_model::check_disk_size("size", size)?;
+        if state_of(&vm) == VmState::Saved {
+            return Err(Invalid::new(
+                "state",
+                "a saved VM cannot change its devices (its saved state would no longer fit): restore it first",
+            )
+            .into());
+        }
+        let pool = match &req.pool {
+            Some(p) => {
+                let p = self.pool_named(p).await?;
+                if Some(&p.host_id) != vm.host_id.as_ref() {
+                    return Err(Invalid::new(
+                        "pool",
+                        format!(
+                            "pool {:?} is on another host than VM {name:?}: pick a pool on host {}",
+                            p.name,
+                            vm.host_id.as_deref().unwrap_or("?")
+                        ),
+                    )
+                    .into());
+                }
+                Some(p)
+            }
+            None => None,
+        };
+        let pool_spec = self.pool_spec(pool.as_ref().map(|p| p.id.as_str())).await?;
+        let disks = self.store.disks_of(&vm.id).await?;
+        let idx = disks.iter().map(|d| d.idx + 1).max().unwrap_or(0);
+        let _quota = self
+            .charge(
+                crate::quota::owner_key(&vm).as_deref(),
+                &crate::quota::Charge {
+                    disk_mib: size,
+                    vm_disk_mib: disks.iter().map(|d| d.size_mib).sum::<u64>() + size,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let made: wire::DiskCreated = agent
+            .post(
+                "/v1/disks",
+                &wire::CreateDiskRequest {
+                    vm_id: vm.id.clone(),
+                    index: idx,
+                    size_mib: size,
+                    backing: image.as_ref().map(|i| wire::Backing {
+                        path: i.path.clone(),
+                        format: i.format.clone(),
+                        image_id: i.id.clone(),
+                    }),
+                    pool: pool_spec.clone(),
+                },
+            )
+            .await?;
+        let rec = DiskRecord {
+            id: new_id("disk"),
+            vm_id: vm.id.clone(),
+            idx,
+            path: made.path.clone(),
+            format: made.format.clone(),
+            size_mib: made.size_mib,
+            image_id: image.as_ref().map(|i| i.id.clone()),
+            pool_id: pool.as_ref().map(|p| p.id.clone()),
+        };
+        if let Err(e) = self.store.insert_disk(&rec).await {
+            self.remove_disk_files(&agent, std::slice::from_ref(&rec))
+                .await;
+            return Err(e.into());
+        }
+        if state_of(&vm).has_process() {
+            let spec = DiskSpec {
+                index: idx,
+                path: made.path,
+                format: made.format,
+                pool: pool_spec,
+            };
+            if let Err(e) = agent
+                .post::<_, wire::VmStatus>(&format!("/v1/vms/{}/disks", vm.id), &spec)
+                .await
+            {
+                self.store.delete_disk(&rec.id).await?;
+                self.remove_disk_files(&agent, std::slice::from_ref(&rec))
+                    .await;
+                return Err(
+                    Error::from(e).context("hot-plugging the disk failed, so it was not kept")
+                );
+            }
+        }
+        let views = self.view(&vm, false).await?.disks;
+        Ok(views
+            .into_iter()
+            .find(|d| d.index == idx)
+            .expect("just added"))
+    }
+
+    pub(crate) async fn disk_at(&self, vm: &VmRecord, index: u32) -> Res<DiskRecord> {
+        let name = &vm.name;
+        self.store
+            .disks_of(&vm.id)
+            .await?
+            .into_iter()
+            .find(|d| d.idx == index)
+            .ok_or_else(|| {
+                Error::not_found(
+                    "disk",
+                    index.to_string(),
+                    format!("VM {name:?} has no disk {index}: `hostel disk list {name}`"),
+                )
+            })
+    }
+
+    pub async fn remove_disk(&self, ctx: &Ctx, name: &str, index: u32) -> Res<()> {
+        ctx.params(serde_json::json!({"disk": index}));
+        let (_g, vm) = self.locked_vm(ctx, name).await?;
+        let agent = self.host_agent(&vm)?;
+        let disk = self.disk_at(&vm, index).await?;
+        if state_of(&vm).has_process() {
+            agent
+                .post::<_, wire::VmStatus>(
+                    &format!("/v1/vms/{}/disks/remove", vm.id),
+                    &wire::DiskIndex { index },
+                )
+                .await?;
+        }
+        // The row goes first: a file is never removed while a row points to it.
+        self.store.delete_disk(&disk.id).await?;
+        self.remove_disk_files(&agent, std::slice::from_ref(&disk))
+            .await;
+        Ok(())
+    }
+
+    pub async fn resize_disk(
+        &self,
+        ctx: &Ctx,
+        name: &str,
+        req: ResizeDiskRequest,
+    ) -> Res<DiskView> {
+        ctx.params(serde_json::json!({"disk": req.disk, "size_mib": req.size_mib}));
+        let (_g, vm) = self.locked_vm(ctx, name).await?;
+        let agent = self.host_agent(&vm)?;
+        let disk = self.disk_at(&vm, req.disk).await?;
+        hostel_model::check_disk_size("size", req.size_mib)?;
+        if req.size_mib <= disk.size_mib {
+            return Err(Invalid::new(
+                "size",
+                format!(
+                    "{} is not larger than the disk ({}): disks only grow, shrinking would lose data",
+                    hostel_model::format_mib(req.size_mib),
+                    hostel_model::format_mib(disk.size_mib)
+                ),
+            )
+            .into());
+        }
+        let all: u64 = self
+            .store
+            .disks_of(&vm.id)
+            .await?
+            .iter()
+            .map(|d| d.size_mib)
+            .sum();
+        let grow = req.size_mib - disk.size_mib;
+        let _quota = self
+            .charge(
+                crate::quota::owner_key(&vm).as_deref(),
+                &crate::quota::Charge {
+                    disk_mib: grow,
+                    vm_disk_mib: all + grow,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let body = if state_of(&vm).has_process() {
+            wire::ResizeDiskRequest {
+                index: Some(disk.idx),
+                path: None,
+                size_mib: req.size_mib,
+                pool: None,
+            }
+        } else {
+            wire::ResizeDiskRequest {
+                index: None,
+                path: Some(disk.path.clone()),
+                size_mib: req.size_mib,
+                pool: self.pool_spec(disk.pool_id.as_deref()).await?,
+            }
+        };
+        agent
+            .post::<_, ()>(&format!("/v1/disks/resize?vm={}", vm.id), &body)
+            .await?;
+        self.store.set_disk_size(&disk.id, req.size_mib).await?;
+        let views = self.view(&vm, false).await?.disks;
+        Ok(views
+            .into_iter()
+            .find(|d| d.index == req.disk)
+            .expect("exists"))
+    }
+
+    pub async fn snapshots(&self, ctx: &Ctx, name: &str) -> Res<Vec<Snapshot>> {
+        let vm = self.vm_named(ctx, name).await?;
+        Ok(self
+            .store
+            .snapshots_of(&vm.id)
+            .await?
+            .into_iter()
+            .map(|s| Snapshot {
+                name: s.name,
+                with_memory: s.with_memory,
+                created_at: s.created_at,
+            })
+            .collect())
+    }
+
+    pub(crate) async fn snapshot_call(
+        &self,
+        vm: &VmRecord,
+        action: &str,
+        name: &str,
+        memory: bool,
+    ) -> Res<()> {
+        let agent = self.host_agent(vm)?;
+        let disks = self.spec_of(vm).await?.disks;
+        agent
+            .post::<_, ()>(
+                &format!("/v1/vms/{}/snapshot", vm.id),
+                &wire::SnapshotRequest {
+                    action: action.into(),
+                    name: name.into(),
+                    disks,
+                    memory,
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn create_snapshot(
+        &self,
+        ctx: &Ctx,
+        name: &str,
+        req: CreateSnapshotRequest,
+    ) -> Res<Snapshot> {
+        ctx.params(serde_json::json!({"snapshot": req.name, "memory": req.memory}));
+        let (_g, vm) = self.locked_vm(ctx, name).await?;
+        if self.store.disks_of(&vm.id).await?.is_empty() {
+            return Err(Invalid::new(
+                "vm",
+                format!("VM {name:?} has no disk to snapshot: add one with `hostel disk add`"),
+            )
+            .into());
+        }
+        let state = state_of(&vm);
+        if state == VmState::Saved {
+            return Err(Invalid::new(
+                "state",
+                "a saved VM cannot be snapshotted: restore it first",
+            )
+            .into());
+        }
+        if req.memory && !state.has_process() {
+            return Err(Invalid::new(
+                "memory",
+                format!("a snapshot with memory needs a running VM; {name:?} is {state}"),
+            )
+            .into());
+        }
+        let snap = req.name.clone().unwrap_or_else(|| {
+            format!(
+                "snap-{}",
+                now()
+                    .chars()
+                    .filter(|c| c.is_ascii_digit())
+                    .take(14)
+                    .collect::<String>()
+            )
+        });
+        validate_name("name", &snap)?;
+        if self
+            .store
+            .snapshots_of(&vm.id)
+            .await?
+            .iter()
+            .any(|s| s.name == snap)
+        {
+            return Err(Error::conflict_field(
+                "name",
+                format!("VM {name:?} has a snapshot {snap:?} already"),
+            ));
+        }
+        self.snapshot_call(&vm, "create", &snap, req.memory).await?;
+        let rec = hostel_store::SnapshotRecord {
+            id: new_id("snap"),
+            vm_id: vm.id.clone(),
+            name: snap.clone(),
+            with_memory: req.memory,
+            created_at: now(),
+        };
+        if let Err(e) = self.store.insert_snapshot(&rec).await {
+            let _ = self.snapshot_call(&vm, "delete", &snap, false).await;
+            return Err(e.into());
+        }
+        Ok(Snapshot {
+            name: snap,
+            with_memory: req.memory,
+            created_at: rec.created_at,
+        })
+    }
+
+    pub(crate) fn find_snapshot(
+        snaps: Vec<hostel_store::SnapshotRecord>,
+        vm: &str,
+        snap: &str,
+    ) -> Res<hostel_store::SnapshotRecord> {
+        snaps.into_iter().find(|s| s.name == snap).ok_or_else(|| {
+            Error::not_found(
+                "snapshot",
+                snap,
+                format!("VM {vm:?} has no snapshot {snap:?}: `hostel snapshot list {vm}`"),
+            )
+        })
+    }
+
+    /// Brings the disks back to the snapshot; one with memory also resumes the VM there.
+    pub async fn revert_snapshot(&self, ctx: &Ctx, name: &str, snap: &str) -> Res<Vm> {
+        ctx.params(serde_json::json!({"snapshot": snap}));
+        let (_g, vm) = self.locked_vm(ctx, name).await?;
+        let s = Self::find_snapshot(self.store.snapshots_of(&vm.id).await?, name, snap)?;
+        let state = state_of(&vm);
+        if !matches!(state, VmState::Stopped | VmState::Crashed) {
+            return Err(Invalid::new(
+                "state",
+                format!("cannot revert a VM that is {state}: stop it first (`hostel destroy` or `hostel shutdown`)"),
+            )
+            .into());
+        }
+        if s.with_memory {
+            // Resuming is a start: the lease and the quota apply.
+            if vm
+                .lease_expires_at
+                .as_deref()
+                .is_some_and(|e| e <= hostel_store::now().as_str())
+            {
+                return Err(Invalid::new(
+                    "lease",
+                    format!("the lease of {name:?} has ended: `hostel renew {name}` first"),
+                )
+                .into());
+            }
+            let _quota = self.charge_start(&vm).await?;
+            let agent = self.host_agent(&vm)?;
+            let status: wire::VmStatus = agent
+                .post(
+                    &format!("/v1/vms/{}/start", vm.id),
+                    &wire::StartRequest {
+                        spec: self.spec_of(&vm).await?,
+                        restore_from: None,
+                        load_snapshot: Some(snap.to_string()),
+                    },
+                )
+                .await?;
+            self.sync_status(&vm.id, &status).await?;
+        } else {
+            self.snapshot_call(&vm, "revert", snap, false).await?;
+        }
+        let vm = self.vm_named(ctx, name).await?;
+        self.view(&vm, true).await
+    }
+
+    pub async fn delete_snapshot(&self, ctx: &Ctx, name: &str, snap: &str) -> Res<()> {
+        ctx.params(serde_json::json!({"snapshot": snap}));
+        let (_g, vm) = self.locked_vm(ctx, name).await?;
+        let s = Self::find_snapshot(self.store.snapshots_of(&vm.id).await?, name, snap)?;
+        self.snapshot_call(&vm, "delete", snap, false).await?;
+        self.store.delete_snapshot(&s.id).await?;
+        Ok(())
+    }
+}

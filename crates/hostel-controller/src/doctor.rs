@@ -1,0 +1,101 @@
+//! `hostel doctor`: what the database says, compared with what the hosts hold.
+
+use crate::context::Ctx;
+use crate::Controller;
+use hostel_api::agent::{self as wire};
+use hostel_api::public::*;
+
+type Res<T> = crate::error::Result<T>;
+
+impl Controller {
+    /// Compares what the database says with what the hosts hold: files no row points to,
+    /// rows whose file is gone, runtime state of VMs that do not exist.
+    pub async fn doctor(&self, ctx: &Ctx) -> Res<DoctorReport> {
+        ctx.require_admin()?;
+        let mut problems = Vec::new();
+        let mut checked = Vec::new();
+        let disks = self.store.all_disks().await?;
+        let images = self.store.images().await?;
+        let vms = self.store.vms().await?;
+        for (host, agent) in self.agents() {
+            let pools: Vec<wire::PoolSpec> = self
+                .store
+                .pools()
+                .await?
+                .into_iter()
+                .filter(|p| p.host_id == host)
+                .map(|p| wire::PoolSpec {
+                    name: p.name,
+                    driver: p.driver,
+                    path: p.path,
+                })
+                .collect();
+            let files: wire::StoredFiles = agent.post("/v1/files", &pools).await?;
+            checked.push(format!(
+                "host {host}: {} disk files, {} image entries, {} runtime dirs",
+                files.disks.len(),
+                files.images.len(),
+                files.runtime.len()
+            ));
+            for f in &files.disks {
+                if !disks.iter().any(|d| &d.path == f) {
+                    problems.push(format!(
+                        "host {host}: disk file {f} belongs to no VM (left by an interrupted \
+                         operation or `delete --keep-disks`): remove it if it holds nothing you need"
+                    ));
+                }
+            }
+            for d in disks.iter().filter(|d| {
+                vms.iter()
+                    .any(|v| v.id == d.vm_id && v.host_id.as_deref() == Some(host.as_str()))
+            }) {
+                if !files.disks.contains(&d.path) {
+                    let vm = vms
+                        .iter()
+                        .find(|v| v.id == d.vm_id)
+                        .map(|v| v.name.clone())
+                        .unwrap_or_default();
+                    problems.push(format!(
+                        "VM {vm}: its disk {} is missing on host {host}: restore the file, or \
+                         `hostel disk remove {vm} {}`",
+                        d.path, d.idx
+                    ));
+                }
+            }
+            for f in &files.images {
+                let known = images.iter().any(|i| {
+                    &i.path == f
+                        || std::path::Path::new(&i.path)
+                            .parent()
+                            .map(|p| p.display().to_string())
+                            == Some(f.clone())
+                });
+                if !known && !f.contains(".tiny-build-") {
+                    problems.push(format!(
+                        "host {host}: image file {f} belongs to no image: remove it"
+                    ));
+                }
+            }
+            for id in &files.runtime {
+                if !vms.iter().any(|v| &v.id == id) {
+                    problems.push(format!("host {host}: runtime state of an unknown VM {id}"));
+                }
+            }
+        }
+        for i in &images {
+            if self.agent(&i.host_id).is_some() && !std::path::Path::new(&i.path).exists() {
+                problems.push(format!(
+                    "image {}: its file {} is missing: delete the image",
+                    i.name, i.path
+                ));
+            }
+        }
+        checked.push(format!(
+            "{} VMs, {} disks, {} images in the database",
+            vms.len(),
+            disks.len(),
+            images.len()
+        ));
+        Ok(DoctorReport { problems, checked })
+    }
+}

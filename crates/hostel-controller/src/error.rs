@@ -1,0 +1,191 @@
+//! The controller's one error type. It says what went wrong in the domain's terms and
+//! knows nothing of HTTP: the REST layer maps it to a status and a JSON body in one place
+//! (`http/error.rs`); the SSH gateway and the web UI show its message as it is.
+
+use crate::agent_client::AgentRefusal;
+use hostel_model::{Invalid, WrongState};
+
+/// What kind of thing was not found (for the error's `kind`).
+pub type Kind = &'static str;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No such thing, or one the actor may not see (the same answer, so that nothing
+    /// leaks).
+    #[error("{message}")]
+    NotFound {
+        kind: Kind,
+        name: String,
+        message: String,
+    },
+    /// The request clashes with what exists or with the thing's state.
+    #[error("{message}")]
+    Conflict {
+        field: Option<String>,
+        message: String,
+    },
+    /// A field of the request is wrong; the message says what would work.
+    #[error("{message}")]
+    Invalid { field: String, message: String },
+    /// The actor may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// No valid credentials.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Too many attempts: wait.
+    #[error("{0}")]
+    RateLimited(String),
+    /// The owner's quota does not allow the request.
+    #[error("{0}")]
+    Quota(String),
+    /// A host or service needed is not connected now: try again later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The host's agent did not finish in time.
+    #[error("{0}")]
+    Timeout(String),
+    /// The host's agent failed to do what it was asked.
+    #[error("{message}")]
+    Agent {
+        host: Option<String>,
+        message: String,
+    },
+    /// A fault of Hostel's own (the database, a broken record).
+    #[error("{0:#}")]
+    Internal(anyhow::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn not_found(kind: Kind, name: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::NotFound {
+            kind,
+            name: name.into(),
+            message: message.into(),
+        }
+    }
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Error::Conflict {
+            field: None,
+            message: message.into(),
+        }
+    }
+    pub fn conflict_field(field: &str, message: impl Into<String>) -> Self {
+        Error::Conflict {
+            field: Some(field.into()),
+            message: message.into(),
+        }
+    }
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Invalid::new(field, message).into()
+    }
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Error::Forbidden(message.into())
+    }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Error::Unavailable(message.into())
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Error::Internal(anyhow::anyhow!(message.into()))
+    }
+
+    /// The error's message, for people and for the audit trail.
+    pub fn message(&self) -> String {
+        self.to_string()
+    }
+
+    /// The same error, its message prefixed with what was being done.
+    pub fn context(self, what: &str) -> Self {
+        let pre = |m: String| format!("{what}: {m}");
+        match self {
+            Error::NotFound {
+                kind,
+                name,
+                message,
+            } => Error::NotFound {
+                kind,
+                name,
+                message: pre(message),
+            },
+            Error::Conflict { field, message } => Error::Conflict {
+                field,
+                message: pre(message),
+            },
+            Error::Invalid { field, message } => Error::Invalid {
+                field,
+                message: pre(message),
+            },
+            Error::Forbidden(m) => Error::Forbidden(pre(m)),
+            Error::Unauthorized(m) => Error::Unauthorized(pre(m)),
+            Error::RateLimited(m) => Error::RateLimited(pre(m)),
+            Error::Quota(m) => Error::Quota(pre(m)),
+            Error::Unavailable(m) => Error::Unavailable(pre(m)),
+            Error::Timeout(m) => Error::Timeout(pre(m)),
+            Error::Agent { host, message } => Error::Agent {
+                host,
+                message: pre(message),
+            },
+            Error::Internal(e) => Error::Internal(e.context(what.to_string())),
+        }
+    }
+}
+
+impl From<Invalid> for Error {
+    fn from(e: Invalid) -> Self {
+        Error::Invalid {
+            message: e.to_string(),
+            field: e.field,
+        }
+    }
+}
+
+/// An operation the VM's state does not allow is a conflict, not bad input.
+impl From<WrongState> for Error {
+    fn from(e: WrongState) -> Self {
+        Error::Conflict {
+            field: Some("state".into()),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// What an agent refused becomes the controller's own error: users never see an agent's
+/// raw status.
+impl From<AgentRefusal> for Error {
+    fn from(r: AgentRefusal) -> Self {
+        let message = r.body.message;
+        match r.body.error.as_str() {
+            "invalid" => Error::Invalid {
+                field: r.body.field.unwrap_or_else(|| "request".into()),
+                message,
+            },
+            "conflict" => Error::Conflict {
+                field: r.body.field,
+                message,
+            },
+            "timeout" => Error::Timeout(message),
+            "unavailable" => Error::Unavailable(message),
+            _ => Error::Agent {
+                host: None,
+                message,
+            },
+        }
+    }
+}
+
+impl From<anyhow::Error> for Error {
+    fn from(e: anyhow::Error) -> Self {
+        match e.downcast::<AgentRefusal>() {
+            Ok(r) => r.into(),
+            Err(e) => Error::Internal(e),
+        }
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Self {
+        Error::Internal(e.into())
+    }
+}

@@ -1,0 +1,177 @@
+//! Hosts, images and tasks, networks, pools, the doctor and the daemon's log.
+
+use super::{LinesQuery, R, S, X};
+use crate::error::Error;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Extension;
+use axum::Json;
+use hostel_api::public::*;
+use hostel_api::ErrorBody;
+
+/// The hosts (admins only), each with whether its agent is connected now.
+#[utoipa::path(get, path = "/api/v1/hosts", responses((status = 200, body = Vec<HostInfo>)))]
+pub(super) async fn list_hosts(State(c): S, Extension(ctx): X) -> R<Vec<HostInfo>> {
+    Ok(Json(c.list_hosts(&ctx).await?))
+}
+
+/// Adds a host by its agent's address (admins only).
+#[utoipa::path(post, path = "/api/v1/hosts", request_body = AddHostRequest,
+    responses((status = 201, body = HostInfo), (status = 400, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub(super) async fn add_host(
+    State(c): S,
+    Extension(ctx): X,
+    Json(req): Json<AddHostRequest>,
+) -> Result<(StatusCode, Json<HostInfo>), Error> {
+    Ok((
+        StatusCode::CREATED,
+        Json(c.add_remote_host(&ctx, req).await?),
+    ))
+}
+
+/// Removes a host with no VMs, images or pools left (admins only).
+#[utoipa::path(delete, path = "/api/v1/hosts/{name}", params(("name" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(super) async fn remove_host(
+    State(c): S,
+    Extension(ctx): X,
+    Path(name): Path<String>,
+) -> Result<StatusCode, Error> {
+    c.remove_host(&ctx, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/api/v1/info", responses((status = 200, body = Info)))]
+pub(super) async fn info(State(c): S, Extension(ctx): X) -> R<Info> {
+    Ok(Json(c.info(&ctx).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/dmesg", params(LinesQuery), responses((status = 200, body = LogLines)))]
+pub(super) async fn dmesg(
+    State(c): S,
+    Extension(ctx): X,
+    Query(q): Query<LinesQuery>,
+) -> R<LogLines> {
+    Ok(Json(LogLines {
+        lines: c.dmesg(&ctx, q.lines.unwrap_or(50))?,
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/images", responses((status = 200, body = Vec<Image>)))]
+pub(super) async fn list_images(State(c): S, Extension(ctx): X) -> R<Vec<Image>> {
+    Ok(Json(c.images(&ctx).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/images/build", request_body = BuildImageRequest,
+    responses((status = 202, body = Task), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(super) async fn build_image(
+    State(c): S,
+    Extension(ctx): X,
+    Json(req): Json<BuildImageRequest>,
+) -> Result<(StatusCode, Json<Task>), Error> {
+    Ok((StatusCode::ACCEPTED, Json(c.build_image(&ctx, req).await?)))
+}
+
+#[utoipa::path(post, path = "/api/v1/images/import", request_body = ImportImageRequest,
+    responses((status = 202, body = Task), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(super) async fn import_image(
+    State(c): S,
+    Extension(ctx): X,
+    Json(req): Json<ImportImageRequest>,
+) -> Result<(StatusCode, Json<Task>), Error> {
+    Ok((StatusCode::ACCEPTED, Json(c.import_image(&ctx, req).await?)))
+}
+
+#[utoipa::path(delete, path = "/api/v1/images/{name}", params(("name" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(super) async fn delete_image(
+    State(c): S,
+    Extension(ctx): X,
+    Path(name): Path<String>,
+) -> Result<StatusCode, Error> {
+    c.delete_image(&ctx, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/api/v1/tasks/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = Task), (status = 404, body = ErrorBody)))]
+pub(super) async fn get_task(State(c): S, Extension(_ctx): X, Path(id): Path<String>) -> R<Task> {
+    Ok(Json(c.task(&id).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/networks", responses((status = 200, body = Vec<Network>)))]
+pub(super) async fn list_networks(State(c): S, Extension(ctx): X) -> R<Vec<Network>> {
+    Ok(Json(c.networks(&ctx).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/networks", request_body = CreateNetworkRequest,
+    responses((status = 201, body = Network), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(super) async fn create_network(
+    State(c): S,
+    Extension(ctx): X,
+    Json(req): Json<CreateNetworkRequest>,
+) -> Result<(StatusCode, Json<Network>), Error> {
+    Ok((
+        StatusCode::CREATED,
+        Json(c.create_network(&ctx, req).await?),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/networks/{name}", params(("name" = String, Path)),
+    responses((status = 200, body = Network), (status = 404, body = ErrorBody)))]
+pub(super) async fn get_network(
+    State(c): S,
+    Extension(ctx): X,
+    Path(name): Path<String>,
+) -> R<Network> {
+    Ok(Json(c.network(&ctx, &name).await?))
+}
+
+#[utoipa::path(delete, path = "/api/v1/networks/{name}", params(("name" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(super) async fn delete_network(
+    State(c): S,
+    Extension(ctx): X,
+    Path(name): Path<String>,
+) -> Result<StatusCode, Error> {
+    c.delete_network(&ctx, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/api/v1/doctor", responses((status = 200, body = DoctorReport)))]
+pub(super) async fn doctor(State(c): S, Extension(ctx): X) -> R<DoctorReport> {
+    Ok(Json(c.doctor(&ctx).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/pools", responses((status = 200, body = Vec<Pool>)))]
+pub(super) async fn list_pools(State(c): S, Extension(ctx): X) -> R<Vec<Pool>> {
+    Ok(Json(c.pools(&ctx).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/pools", request_body = CreatePoolRequest,
+    responses((status = 201, body = Pool), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(super) async fn create_pool(
+    State(c): S,
+    Extension(ctx): X,
+    Json(req): Json<CreatePoolRequest>,
+) -> Result<(StatusCode, Json<Pool>), Error> {
+    Ok((StatusCode::CREATED, Json(c.create_pool(&ctx, req).await?)))
+}
+
+#[utoipa::path(get, path = "/api/v1/pools/{name}", params(("name" = String, Path)),
+    responses((status = 200, body = Pool), (status = 404, body = ErrorBody)))]
+pub(super) async fn get_pool(State(c): S, Extension(ctx): X, Path(name): Path<String>) -> R<Pool> {
+    Ok(Json(c.pool(&ctx, &name).await?))
+}
+
+#[utoipa::path(delete, path = "/api/v1/pools/{name}", params(("name" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(super) async fn delete_pool(
+    State(c): S,
+    Extension(ctx): X,
+    Path(name): Path<String>,
+) -> Result<StatusCode, Error> {
+    c.delete_pool(&ctx, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,383 @@
+//! The public REST API (`/api/v1`): a thin adapter over the controller's operations.
+//! Each handler turns a request into an operation's arguments and its answer into JSON;
+//! the middleware here turns the bearer token into the operation's context and writes
+//! the audit trail. Domain errors become statuses in one place, `error.rs`.
+
+mod accounts;
+mod admin;
+mod consoles;
+mod devices;
+mod error;
+mod vms;
+
+use crate::context::Ctx;
+use crate::error::Error;
+use crate::Controller;
+use accounts::*;
+use admin::*;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use axum::{Extension, Json, Router};
+use consoles::*;
+use devices::*;
+use hostel_api::ErrorBody;
+use serde::Deserialize;
+use std::sync::Arc;
+use utoipa::OpenApi;
+use vms::*;
+
+pub use error::ErrorMessage;
+
+type S = State<Arc<Controller>>;
+/// The context of the operation a request asks for, made by [`auth`].
+type X = Extension<Arc<Ctx>>;
+type R<T> = Result<Json<T>, Error>;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Hostel API", description = "Self-service virtual machine hosting."),
+    paths(
+        info, list_vms, create_vm, get_vm, delete_vm, start_vm, reboot_vm, pause_vm,
+        unpause_vm, destroy_vm, shutdown_vm, mem_set, vcpu_set, save_vm, restore_vm,
+        console, console_log, console_ticket, dmesg, list_images, build_image, import_image, delete_image, get_task,
+        list_networks, create_network, get_network, delete_network, list_nics, add_nic,
+        remove_nic, list_forwards, add_forward, remove_forward, list_disks, add_disk,
+        remove_disk, resize_disk, list_snapshots, create_snapshot, revert_snapshot,
+        delete_snapshot, doctor, list_pools, create_pool, get_pool, delete_pool, login, whoami,
+        list_users, create_user, delete_user, user_password, my_password, list_tokens,
+        create_token, revoke_token, list_keys, add_key, remove_key, list_groups, create_group,
+        delete_group, add_member, remove_member, set_owner, audit, show_quota, set_quota,
+        renew_vm, list_hosts, add_host, remove_host
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI document, as served at `/api/openapi.json` and checked into the repo.
+pub fn openapi_json() -> String {
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("the OpenAPI document serializes")
+}
+
+pub fn router(c: Arc<Controller>) -> Router {
+    let api = Router::new()
+        .route("/api/v1/info", get(info))
+        .route("/api/v1/hosts", get(list_hosts).post(add_host))
+        .route("/api/v1/hosts/{name}", delete(remove_host))
+        .route("/api/v1/vms", get(list_vms).post(create_vm))
+        .route("/api/v1/vms/{name}", get(get_vm).delete(delete_vm))
+        .route("/api/v1/vms/{name}/start", post(start_vm))
+        .route("/api/v1/vms/{name}/reboot", post(reboot_vm))
+        .route("/api/v1/vms/{name}/pause", post(pause_vm))
+        .route("/api/v1/vms/{name}/unpause", post(unpause_vm))
+        .route("/api/v1/vms/{name}/destroy", post(destroy_vm))
+        .route("/api/v1/vms/{name}/shutdown", post(shutdown_vm))
+        .route("/api/v1/vms/{name}/memory", post(mem_set))
+        .route("/api/v1/vms/{name}/vcpus", post(vcpu_set))
+        .route("/api/v1/vms/{name}/save", post(save_vm))
+        .route("/api/v1/vms/{name}/console", get(console))
+        .route("/api/v1/vms/{name}/console/log", get(console_log))
+        .route("/api/v1/vms/{name}/console/ticket", post(console_ticket))
+        .route("/api/v1/restore", post(restore_vm))
+        .route("/api/v1/dmesg", get(dmesg))
+        .route("/api/v1/doctor", get(doctor))
+        .route("/api/v1/images", get(list_images))
+        .route("/api/v1/images/build", post(build_image))
+        .route("/api/v1/images/import", post(import_image))
+        .route("/api/v1/images/{name}", delete(delete_image))
+        .route("/api/v1/tasks/{id}", get(get_task))
+        .route("/api/v1/whoami", get(whoami))
+        .route("/api/v1/users", get(list_users).post(create_user))
+        .route("/api/v1/users/{name}", delete(delete_user))
+        .route("/api/v1/users/{name}/password", post(user_password))
+        .route("/api/v1/me/password", post(my_password))
+        .route("/api/v1/me/tokens", get(list_tokens).post(create_token))
+        .route("/api/v1/me/tokens/{name}", delete(revoke_token))
+        .route("/api/v1/me/keys", get(list_keys).post(add_key))
+        .route("/api/v1/me/keys/{name}", delete(remove_key))
+        .route("/api/v1/groups", get(list_groups).post(create_group))
+        .route("/api/v1/groups/{name}", delete(delete_group))
+        .route("/api/v1/groups/{name}/members", post(add_member))
+        .route("/api/v1/groups/{name}/members/remove", post(remove_member))
+        .route("/api/v1/vms/{name}/owner", post(set_owner))
+        .route("/api/v1/audit", get(audit))
+        .route("/api/v1/quotas", get(show_quota))
+        .route("/api/v1/quotas/{owner}", put(set_quota))
+        .route("/api/v1/vms/{name}/renew", post(renew_vm))
+        .route("/api/v1/pools", get(list_pools).post(create_pool))
+        .route("/api/v1/pools/{name}", get(get_pool).delete(delete_pool))
+        .route("/api/v1/networks", get(list_networks).post(create_network))
+        .route(
+            "/api/v1/networks/{name}",
+            get(get_network).delete(delete_network),
+        )
+        .route("/api/v1/vms/{name}/nics", get(list_nics).post(add_nic))
+        .route("/api/v1/vms/{name}/disks", get(list_disks).post(add_disk))
+        .route("/api/v1/vms/{name}/disks/remove", post(remove_disk))
+        .route("/api/v1/vms/{name}/disks/resize", post(resize_disk))
+        .route(
+            "/api/v1/vms/{name}/snapshots",
+            get(list_snapshots).post(create_snapshot),
+        )
+        .route("/api/v1/vms/{name}/snapshots/revert", post(revert_snapshot))
+        .route("/api/v1/vms/{name}/snapshots/delete", post(delete_snapshot))
+        .route("/api/v1/vms/{name}/nics/remove", post(remove_nic))
+        .route(
+            "/api/v1/vms/{name}/port-forwards",
+            get(list_forwards).post(add_forward),
+        )
+        .route(
+            "/api/v1/vms/{name}/port-forwards/remove",
+            post(remove_forward),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(c.clone(), auth));
+    Router::new()
+        .route(
+            "/api/openapi.json",
+            get(|| async { ([("content-type", "application/json")], openapi_json()) }),
+        )
+        .route("/api/v1/login", post(login))
+        // Browser consoles: the pages and the packages they load are public; the
+        // websocket takes a ticket from the console/ticket route instead of a token.
+        .route("/console/ws", get(console_ws))
+        .route("/console/serial.html", get(|| page(SERIAL_PAGE)))
+        .route("/console/vga.html", get(|| page(VGA_PAGE)))
+        .route("/web/{*path}", get(web_asset))
+        .merge(api)
+        .with_state(c)
+}
+
+/// Routes only admins may use, whatever the method, and routes only admins may change.
+/// (The operations check this too; refusing here first keeps a non-admin from learning
+/// whether a name exists.)
+fn admin_only(method: &Method, route: &str) -> bool {
+    let mutating = method != Method::GET && method != Method::HEAD;
+    let under = |p: &str| route == p || route.starts_with(&format!("{p}/"));
+    under("/api/v1/doctor")
+        || under("/api/v1/dmesg")
+        || under("/api/v1/hosts")
+        || under("/api/v1/users")
+        || (mutating
+            && (under("/api/v1/networks")
+                || under("/api/v1/images")
+                || under("/api/v1/pools")
+                || under("/api/v1/groups")
+                || under("/api/v1/quotas")))
+}
+
+/// The domain action a route asks for, as the audit trail names it.
+fn action_of(method: &Method, route: &str) -> &'static str {
+    let m = method.as_str();
+    match (m, route) {
+        ("POST", "/api/v1/vms") => "vm.create",
+        ("DELETE", "/api/v1/vms/{name}") => "vm.delete",
+        ("POST", "/api/v1/vms/{name}/start") => "vm.start",
+        ("POST", "/api/v1/vms/{name}/reboot") => "vm.reboot",
+        ("POST", "/api/v1/vms/{name}/pause") => "vm.pause",
+        ("POST", "/api/v1/vms/{name}/unpause") => "vm.unpause",
+        ("POST", "/api/v1/vms/{name}/destroy") => "vm.destroy",
+        ("POST", "/api/v1/vms/{name}/shutdown") => "vm.shutdown",
+        ("POST", "/api/v1/vms/{name}/memory") => "vm.mem-set",
+        ("POST", "/api/v1/vms/{name}/vcpus") => "vm.vcpu-set",
+        ("POST", "/api/v1/vms/{name}/save") => "vm.save",
+        ("POST", "/api/v1/restore") => "vm.restore",
+        ("POST", "/api/v1/vms/{name}/owner") => "vm.chown",
+        ("POST", "/api/v1/vms/{name}/renew") => "vm.renew",
+        ("GET", "/api/v1/vms/{name}/console") => "console.attach",
+        ("POST", "/api/v1/vms/{name}/console/ticket") => "console.ticket",
+        ("POST", "/api/v1/vms/{name}/nics") => "nic.add",
+        ("POST", "/api/v1/vms/{name}/nics/remove") => "nic.remove",
+        ("POST", "/api/v1/vms/{name}/port-forwards") => "port-forward.add",
+        ("POST", "/api/v1/vms/{name}/port-forwards/remove") => "port-forward.remove",
+        ("POST", "/api/v1/vms/{name}/disks") => "disk.add",
+        ("POST", "/api/v1/vms/{name}/disks/remove") => "disk.remove",
+        ("POST", "/api/v1/vms/{name}/disks/resize") => "disk.resize",
+        ("POST", "/api/v1/vms/{name}/snapshots") => "snapshot.create",
+        ("POST", "/api/v1/vms/{name}/snapshots/revert") => "snapshot.revert",
+        ("POST", "/api/v1/vms/{name}/snapshots/delete") => "snapshot.delete",
+        ("POST", "/api/v1/images/build") => "image.build",
+        ("POST", "/api/v1/images/import") => "image.import",
+        ("DELETE", "/api/v1/images/{name}") => "image.delete",
+        ("POST", "/api/v1/networks") => "network.create",
+        ("DELETE", "/api/v1/networks/{name}") => "network.delete",
+        ("POST", "/api/v1/pools") => "pool.create",
+        ("DELETE", "/api/v1/pools/{name}") => "pool.delete",
+        ("POST", "/api/v1/hosts") => "host.add",
+        ("DELETE", "/api/v1/hosts/{name}") => "host.remove",
+        ("POST", "/api/v1/users") => "user.create",
+        ("DELETE", "/api/v1/users/{name}") => "user.delete",
+        ("POST", "/api/v1/users/{name}/password") => "user.password",
+        ("POST", "/api/v1/me/password") => "user.password",
+        ("POST", "/api/v1/me/tokens") => "token.create",
+        ("DELETE", "/api/v1/me/tokens/{name}") => "token.revoke",
+        ("POST", "/api/v1/me/keys") => "key.add",
+        ("DELETE", "/api/v1/me/keys/{name}") => "key.remove",
+        ("POST", "/api/v1/groups") => "group.create",
+        ("DELETE", "/api/v1/groups/{name}") => "group.delete",
+        ("POST", "/api/v1/groups/{name}/members") => "group.add-member",
+        ("POST", "/api/v1/groups/{name}/members/remove") => "group.remove-member",
+        ("PUT", "/api/v1/quotas/{owner}") => "quota.set",
+        _ => "api.request",
+    }
+}
+
+/// The name in a route's path (`{name}` or `{owner}`), which is what most actions act on.
+fn target_in_path(route: &str, path: &str) -> Option<String> {
+    let r: Vec<&str> = route.split('/').collect();
+    let p: Vec<&str> = path.split('/').collect();
+    r.iter()
+        .zip(&p)
+        .find(|(r, _)| **r == "{name}" || **r == "{owner}")
+        .map(|(_, p)| p.to_string())
+}
+
+/// Authenticates every API request, refuses what the caller's token or role does not
+/// allow, serves the rest with the caller's context, and records every state-changing
+/// request (allowed or not) in the audit trail as the domain action it asked for.
+async fn auth(State(c): S, mut req: Request, next: Next) -> Response {
+    let source = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|ci| ci.0.ip().to_string())
+        .unwrap_or_else(|| "local".into());
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| path.clone());
+    let console = route == "/api/v1/vms/{name}/console";
+    let audited = (method != Method::GET && method != Method::HEAD) || console;
+    let token = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+        .to_string();
+    let mut trail = Trail {
+        action: action_of(&method, &route),
+        target: target_in_path(&route, &path),
+        vm_id: None,
+        source: source.clone(),
+    };
+    if route.starts_with("/api/v1/vms/{name}") {
+        if let Some(n) = &trail.target {
+            trail.vm_id = c.store.vm_by_name(n).await.ok().flatten().map(|v| v.id);
+        }
+    }
+    let caller = match c.caller_for(&token).await {
+        Ok(caller) => caller,
+        Err(e) => {
+            let resp = e.into_response();
+            if audited {
+                trail.write(&c, None, None, &resp).await;
+            }
+            return resp;
+        }
+    };
+    let refusal = if caller.read_only && audited {
+        Some(Error::forbidden(
+            "this token is read-only: use a full token to change anything or to attach a console",
+        ))
+    } else if !caller.is_admin && admin_only(&method, &route) {
+        Some(Error::forbidden("only an admin may do this"))
+    } else {
+        None
+    };
+    let user = caller.user_name.clone();
+    if let Some(e) = refusal {
+        let resp = e.into_response();
+        if audited {
+            trail.write(&c, Some(user), None, &resp).await;
+        }
+        return resp;
+    }
+    let ctx = Arc::new(Ctx::user(caller, source));
+    req.extensions_mut().insert(ctx.clone());
+    let resp = next.run(req).await;
+    if audited && !console {
+        trail.write(&c, Some(user), Some(&ctx), &resp).await;
+    }
+    resp
+}
+
+/// What the middleware knows of a request for its audit entry.
+struct Trail {
+    action: &'static str,
+    target: Option<String>,
+    vm_id: Option<String>,
+    source: String,
+}
+
+impl Trail {
+    /// Writes the entry: the route's action and target, or what the operation noted.
+    fn write<'a>(
+        self,
+        c: &'a Controller,
+        user: Option<String>,
+        ctx: Option<&'a Ctx>,
+        resp: &Response,
+    ) -> impl std::future::Future<Output = ()> + Send + 'a {
+        let status = resp.status();
+        let error = resp.extensions().get::<ErrorMessage>().map(|m| m.0.clone());
+        self.record(c, user, ctx, status, error)
+    }
+
+    async fn record(
+        self,
+        c: &Controller,
+        user: Option<String>,
+        ctx: Option<&Ctx>,
+        status: StatusCode,
+        error: Option<String>,
+    ) {
+        let result = if status.is_success() {
+            "ok"
+        } else if matches!(status.as_u16(), 401 | 403 | 404 | 429) {
+            "denied"
+        } else {
+            "failed"
+        };
+        let note = ctx.map(|x| x.note()).unwrap_or_default();
+        c.record_audit(hostel_store::AuditRecord {
+            id: hostel_store::new_id("aud"),
+            at: hostel_store::now(),
+            user_name: user,
+            source: self.source,
+            action: note.action.unwrap_or(self.action).to_string(),
+            target: note.target.or(self.target),
+            vm_id: note.vm_id.or(self.vm_id),
+            params: note.params.map(|p| p.to_string()),
+            result: result.into(),
+            error,
+        })
+        .await;
+    }
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub(super) struct LinesQuery {
+    /// How many lines from the end (default 50).
+    pub lines: Option<usize>,
+}

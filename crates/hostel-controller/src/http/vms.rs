@@ -1,0 +1,204 @@
+//! VMs: list, create, describe, delete, lifecycle actions, sizes, save and restore, leases.
+
+use super::{R, S, X};
+use crate::error::Error;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use axum::Json;
+use hostel_api::public::*;
+use hostel_api::ErrorBody;
+use hostel_model::Op;
+use serde::Deserialize;
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub(super) struct ListQuery {
+    /// How many VMs a page holds: 1 to 1000 (the default).
+    limit: Option<u32>,
+    /// Start after the VM of this name (the `Link` header of a page names the next one).
+    after: Option<String>,
+    /// Only the VMs on this host.
+    host: Option<String>,
+    /// Only the VMs in this state.
+    state: Option<String>,
+}
+
+/// The VMs the caller may operate, in name order, a page at a time: when more follow, the
+/// `Link` header has the next page's address (`rel="next"`).
+#[utoipa::path(get, path = "/api/v1/vms", params(ListQuery),
+    responses((status = 200, body = Vec<VmSummary>,
+        headers(("Link" = String, description = "`<URL>; rel=\"next\"` when another page follows"))),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn list_vms(
+    State(c): S,
+    Extension(ctx): X,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, Error> {
+    let limit = q.limit.unwrap_or(crate::vms::MAX_PAGE);
+    let (vms, next) = c
+        .list_vms(
+            &ctx,
+            limit,
+            q.after.as_deref(),
+            q.host.as_deref(),
+            q.state.as_deref(),
+        )
+        .await?;
+    let mut resp = Json(vms).into_response();
+    if let Some(after) = next {
+        let mut url = reqwest::Url::parse("http://hostel/api/v1/vms").expect("a valid URL");
+        {
+            let mut p = url.query_pairs_mut();
+            p.append_pair("limit", &limit.to_string());
+            p.append_pair("after", &after);
+            if let Some(h) = &q.host {
+                p.append_pair("host", h);
+            }
+            if let Some(s) = &q.state {
+                p.append_pair("state", s);
+            }
+        }
+        let link = format!(
+            "<{}?{}>; rel=\"next\"",
+            url.path(),
+            url.query().unwrap_or("")
+        );
+        if let Ok(v) = axum::http::HeaderValue::from_str(&link) {
+            resp.headers_mut().insert(axum::http::header::LINK, v);
+        }
+    }
+    Ok(resp)
+}
+
+#[utoipa::path(post, path = "/api/v1/vms", request_body = CreateVmRequest,
+    responses((status = 201, body = Vm), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(super) async fn create_vm(
+    State(c): S,
+    Extension(ctx): X,
+    Json(req): Json<CreateVmRequest>,
+) -> Result<(StatusCode, Json<Vm>), Error> {
+    Ok((StatusCode::CREATED, Json(c.create_vm(&ctx, req).await?)))
+}
+
+#[utoipa::path(get, path = "/api/v1/vms/{name}", params(("name" = String, Path)),
+    responses((status = 200, body = Vm), (status = 404, body = ErrorBody)))]
+pub(super) async fn get_vm(State(c): S, Extension(ctx): X, Path(name): Path<String>) -> R<Vm> {
+    let vm = c.vm_named(&ctx, &name).await?;
+    Ok(Json(c.view(&vm, true).await?))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub(super) struct DeleteQuery {
+    /// Keep the VM's disk files (their paths come back); they are no longer Hostel's.
+    #[serde(default)]
+    keep_disks: bool,
+}
+
+#[utoipa::path(delete, path = "/api/v1/vms/{name}", params(("name" = String, Path), DeleteQuery),
+    responses((status = 200, body = Vec<String>, description = "paths of kept disk files"),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(super) async fn delete_vm(
+    State(c): S,
+    Extension(ctx): X,
+    Path(name): Path<String>,
+    Query(q): Query<DeleteQuery>,
+) -> R<Vec<String>> {
+    Ok(Json(c.delete_vm_keeping(&ctx, &name, q.keep_disks).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/vms/{name}/start", params(("name" = String, Path)),
+    responses((status = 200, body = Vm), (status = 409, body = ErrorBody)))]
+pub(super) async fn start_vm(State(c): S, Extension(ctx): X, Path(name): Path<String>) -> R<Vm> {
+    Ok(Json(c.start_vm(&ctx, &name).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/vms/{name}/reboot", params(("name" = String, Path)),
+    responses((status = 200, body = Vm), (status = 409, body = ErrorBody)))]
+pub(super) async fn reboot_vm(State(c): S, Extension(ctx): X, Path(name): Path<String>) -> R<Vm> {
+    Ok(Json(c.simple_action(&ctx, &name, Op::Reboot).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/vms/{name}/pause", params(("name" = String, Path)),
+    responses((status = 200, body = Vm), (status = 409, body = ErrorBody)))]
+pub(super) async fn pause_vm(State(c): S, Extension(ctx): X, Path(name): Path<String>) -> R<Vm> {
+    Ok(Json(c.simple_action(&ctx, &name, Op::Pause).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/vms/{name}/unpause", params(("name" = String, Path)),
+    responses((status = 200, body = Vm), (status = 409, body = ErrorBody)))]
+pub(super) async fn unpause_vm(State(c): S, Extension(ctx): X, Path(name): Path<String>) -> R<Vm> {
+    Ok(Json(c.simple_action(&ctx, &name, Op::Unpause).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/vms/{name}/destroy", params(("name" = String, Path)),
+    responses((status = 200, body = Vm), (status = 409, body = ErrorBody)))]
+pub(super) async fn destroy_vm(State(c): S, Extension(ctx): X, Path(name): Path<String>) -> R<Vm> {
+    Ok(Json(c.simple_action(&ctx, &name, Op::Destroy).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/vms/{name}/shutdown", params(("name" = String, Path)),
+    request_body = ShutdownRequest,
+    responses((status = 200, body = Vm), (status = 409, body = ErrorBody), (status = 504, body = ErrorBody)))]
+pub(super) async fn shutdown_vm(
+    State(c): S,
+    Extension(ctx): X,
+    Path(name): Path<String>,
+    Json(req): Json<ShutdownRequest>,
+) -> R<Vm> {
+    Ok(Json(c.shutdown_vm(&ctx, &name, req).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/vms/{name}/memory", params(("name" = String, Path)),
+    request_body = MemSetRequest, responses((status = 200, body = Vm), (status = 400, body = ErrorBody)))]
+pub(super) async fn mem_set(
+    State(c): S,
+    Extension(ctx): X,
+    Path(name): Path<String>,
+    Json(req): Json<MemSetRequest>,
+) -> R<Vm> {
+    Ok(Json(c.mem_set(&ctx, &name, req.memory_mib).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/vms/{name}/vcpus", params(("name" = String, Path)),
+    request_body = VcpuSetRequest, responses((status = 200, body = Vm), (status = 400, body = ErrorBody)))]
+pub(super) async fn vcpu_set(
+    State(c): S,
+    Extension(ctx): X,
+    Path(name): Path<String>,
+    Json(req): Json<VcpuSetRequest>,
+) -> R<Vm> {
+    Ok(Json(c.vcpu_set(&ctx, &name, req.vcpus).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/vms/{name}/save", params(("name" = String, Path)),
+    request_body = SaveRequest, responses((status = 200, body = Vm), (status = 400, body = ErrorBody)))]
+pub(super) async fn save_vm(
+    State(c): S,
+    Extension(ctx): X,
+    Path(name): Path<String>,
+    Json(req): Json<SaveRequest>,
+) -> R<Vm> {
+    Ok(Json(c.save_vm(&ctx, &name, req.path).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/restore", request_body = RestoreRequest,
+    responses((status = 200, body = Vm), (status = 400, body = ErrorBody)))]
+pub(super) async fn restore_vm(
+    State(c): S,
+    Extension(ctx): X,
+    Json(req): Json<RestoreRequest>,
+) -> R<Vm> {
+    Ok(Json(c.restore_vm(&ctx, req.path).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/vms/{name}/renew", params(("name" = String, Path)), request_body = RenewRequest,
+    responses((status = 200, body = Vm), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn renew_vm(
+    State(c): S,
+    Extension(ctx): X,
+    Path(name): Path<String>,
+    Json(req): Json<RenewRequest>,
+) -> R<Vm> {
+    Ok(Json(c.renew(&ctx, &name, req).await?))
+}

@@ -1,0 +1,518 @@
+//! Creating a VM: placement, boot planning, quota, disks, NICs; a failed create removes
+//! everything it made, rows before files.
+
+use crate::agent_client::AgentClient;
+use crate::boot::{BootConfig, CloudConfig};
+use crate::context::Ctx;
+use crate::error::Error;
+use crate::Controller;
+use hostel_api::agent::{self as wire};
+use hostel_api::public::*;
+use hostel_model::{validate_name, ImageKind, Invalid, Sizing, VmState};
+use hostel_store::{new_id, now, DiskRecord, ImageRecord, VmRecord};
+use std::sync::Arc;
+
+use crate::vms::live_states;
+
+type Res<T> = crate::error::Result<T>;
+
+impl Controller {
+    /// Where a new VM goes: the connected host with the most memory not promised to VMs;
+    /// `only`: the host that holds what the VM needs (its image lives there).
+    pub(crate) async fn place(
+        &self,
+        max_memory_mib: u64,
+        only: Option<&str>,
+    ) -> Res<(String, u64)> {
+        if let Some(h) = only {
+            let rec = self.store.host(h).await?.ok_or_else(|| {
+                Error::from(anyhow::anyhow!("the image's host {h:?} is not recorded"))
+            })?;
+            if !self.is_online(h) {
+                return Err(Error::unavailable(format!(
+                    "the VM's image is on host {h:?}, whose agent is not connected now: start \
+                     `hostel agent` there or wait until `hostel host list` shows it online, \
+                     or use an image on another host"
+                )));
+            }
+            return Ok((rec.id, rec.memory_mib));
+        }
+        let hosts = self.store.hosts().await?;
+        // Memory promised to VMs with a QEMU, per host, added up by the database.
+        let used_by: std::collections::HashMap<String, u64> = self
+            .store
+            .memory_by_host(&live_states())
+            .await?
+            .into_iter()
+            .collect();
+        let mut best: Option<(String, i64, u64)> = None;
+        for h in hosts {
+            if !self.is_online(&h.id) {
+                continue;
+            }
+            let used: u64 = used_by.get(&h.id).copied().unwrap_or(0);
+            let free = h.memory_mib as i64 - used as i64;
+            if best.as_ref().map(|b| free > b.1).unwrap_or(true) {
+                best = Some((h.id.clone(), free, h.memory_mib));
+            }
+        }
+        let (id, _, total) =
+            best.ok_or_else(|| Error::unavailable("no host is connected to place the VM on"))?;
+        let _ = max_memory_mib;
+        Ok((id, total))
+    }
+
+    pub async fn create_vm(self: &Arc<Self>, ctx: &Ctx, req: CreateVmRequest) -> Res<Vm> {
+        ctx.target(&req.name, None);
+        ctx.params(serde_json::json!({"image": req.image, "memory_mib": req.memory_mib, "max_memory_mib": req.max_memory_mib, "vcpus": req.vcpus, "disk_mib": req.disk_mib, "start": req.start}));
+        validate_name("name", &req.name)?;
+        let sizing = Sizing {
+            memory_mib: req.memory_mib,
+            max_memory_mib: req.max_memory_mib.unwrap_or(req.memory_mib),
+            vcpus: req.vcpus,
+            max_vcpus: req.max_vcpus.unwrap_or(req.vcpus),
+        };
+        let pool = match &req.pool {
+            Some(p) => Some(self.pool_named(p).await?),
+            None => None,
+        };
+        let image = match &req.image {
+            Some(name) => Some(self.store.image_by_name(name).await?.ok_or_else(|| {
+                let e = Invalid::new(
+                    "image",
+                    format!(
+                        "there is no image named {name:?}: `hostel image list` shows the images \
+                         there are, `hostel image build tiny` makes one"
+                    ),
+                );
+                Error::from(e)
+            })?),
+            None => None,
+        };
+        // Files the VM boots from live on one host: the VM goes there.
+        let cdrom_host = match &req.cdrom {
+            Some(c) if !c.starts_with('/') => self.store.image_by_name(c).await?.map(|i| i.host_id),
+            _ => None,
+        };
+        let files_host = match (image.as_ref().map(|i| &i.host_id), &cdrom_host) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(Invalid::new(
+                    "cdrom",
+                    format!(
+                        "the image is on host {a}, the CD-ROM image on host {b}: a VM needs \
+                         both on its own host"
+                    ),
+                )
+                .into());
+            }
+            (Some(a), _) => Some(a.clone()),
+            (None, b) => b.clone(),
+        };
+        // Held until the VM is recorded: a host is not removed under a VM placed on it.
+        let _placing = self.hosts_lock.read().await;
+        let (host, host_mem) = match &pool {
+            Some(p) if files_host.as_ref().is_some_and(|h| h != &p.host_id) => {
+                return Err(Invalid::new(
+                    "pool",
+                    format!(
+                        "pool {:?} is on host {}, the image on another: use a pool on the \
+                         image's host (`hostel pool list` shows each pool's host)",
+                        p.name, p.host_id
+                    ),
+                )
+                .into());
+            }
+            Some(p) => {
+                let h = self
+                    .store
+                    .hosts()
+                    .await?
+                    .into_iter()
+                    .find(|h| h.id == p.host_id)
+                    .filter(|h| self.is_online(&h.id))
+                    .ok_or_else(|| {
+                        Error::unavailable(format!(
+                            "pool {:?} is on host {}, which is not connected",
+                            p.name, p.host_id
+                        ))
+                    })?;
+                (h.id, h.memory_mib)
+            }
+            None => {
+                self.place(sizing.max_memory_mib, files_host.as_deref())
+                    .await?
+            }
+        };
+        sizing.validate(host_mem)?;
+        if let Some(d) = req.disk_mib {
+            hostel_model::check_disk_size("disk", d)?;
+        }
+        if let Some(days) = req.lease_days {
+            if !(1..=366).contains(&days) {
+                return Err(Invalid::new(
+                    "lease_days",
+                    format!(
+                        "{days} days: a lease lasts from 1 to 366 days (`hostel renew` extends it)"
+                    ),
+                )
+                .into());
+            }
+        }
+        let (boot_cfg, cdrom_image) = self.plan_boot(ctx, &req, image.as_ref()).await?;
+        let cloud = CloudConfig {
+            seed: req.seed.unwrap_or_else(|| {
+                boot_cfg.kernel.is_none()
+                    && image
+                        .as_ref()
+                        .map(|i| i.kind == ImageKind::Disk.as_str())
+                        .unwrap_or(false)
+            }),
+            ssh_keys: req
+                .ssh_keys
+                .iter()
+                .map(|k| crate::boot::check_ssh_key(k))
+                .collect::<Result<_, _>>()?,
+            password_hash: req
+                .password
+                .as_deref()
+                .map(crate::boot::hash_password)
+                .transpose()?,
+        };
+        let pool_spec = self.pool_spec(pool.as_ref().map(|p| p.id.as_str())).await?;
+        if self.store.vm_by_name(&req.name).await?.is_some() {
+            return Err(Error::conflict_field(
+                "name",
+                format!(
+                    "a VM named {:?} exists already: choose another name, or delete that VM first",
+                    req.name
+                ),
+            ));
+        }
+        let agent = self.agent(&host).ok_or_else(|| {
+            Error::unavailable(format!(
+                "host {host} went away while the VM was placed on it: try again"
+            ))
+        })?;
+        let vm_id = new_id("vm");
+        ctx.target(&req.name, Some(&vm_id));
+        let nic_reqs = match &req.nics {
+            Some(n) => n.clone(),
+            None => match self.store.network_by_name(crate::DEFAULT_NETWORK).await? {
+                Some(_) => vec![NicRequest {
+                    network: crate::DEFAULT_NETWORK.into(),
+                    ip: None,
+                    mac: None,
+                }],
+                None => Vec::new(),
+            },
+        };
+        let mut nics: Vec<hostel_store::NicRecord> = Vec::new();
+        for (i, r) in nic_reqs.iter().enumerate() {
+            let planned = self.plan_nic(&vm_id, i as u32, r, &nics).await?;
+            if let Some(dup) = nics.iter().find(|n| n.mac == planned.mac) {
+                return Err(Error::conflict_field(
+                    "mac",
+                    format!("MAC {} is given twice", dup.mac),
+                ));
+            }
+            nics.push(planned);
+        }
+        // The disk: an overlay of a disk image (at least the image's size), or a blank one.
+        let mut disk_plan: Option<wire::CreateDiskRequest> = None;
+        if let Some(image) = image
+            .as_ref()
+            .filter(|i| i.kind == ImageKind::Disk.as_str())
+        {
+            let size = req.disk_mib.unwrap_or(image.virtual_size_mib);
+            if size < image.virtual_size_mib {
+                return Err(Invalid::new(
+                    "disk",
+                    format!(
+                        "{} is smaller than the image {:?} ({}): ask for at least that much",
+                        hostel_model::format_mib(size),
+                        image.name,
+                        hostel_model::format_mib(image.virtual_size_mib)
+                    ),
+                )
+                .into());
+            }
+            disk_plan = Some(wire::CreateDiskRequest {
+                vm_id: vm_id.clone(),
+                index: 0,
+                size_mib: size,
+                backing: Some(wire::Backing {
+                    path: image.path.clone(),
+                    format: image.format.clone(),
+                    image_id: image.id.clone(),
+                }),
+                pool: pool_spec.clone(),
+            });
+        } else if let Some(size) = req.disk_mib {
+            disk_plan = Some(wire::CreateDiskRequest {
+                vm_id: vm_id.clone(),
+                index: 0,
+                size_mib: size,
+                backing: None,
+                pool: pool_spec.clone(),
+            });
+        }
+        // Quota, charged to the caller, checked and held until the VM is recorded (and
+        // started), so that concurrent creates cannot pass a limit together.
+        let owner = Some(format!("user:{}", ctx.caller()?.user_id));
+        let disk_mib = disk_plan.as_ref().map(|p| p.size_mib).unwrap_or(0);
+        let _quota = self
+            .charge(
+                owner.as_deref(),
+                &crate::quota::Charge {
+                    ram_mib: if req.start { sizing.memory_mib } else { 0 },
+                    disk_mib,
+                    vms: 1,
+                    vms_running: req.start as u64,
+                    vcpus: if req.start { sizing.vcpus as u64 } else { 0 },
+                    vm_max_ram_mib: sizing.max_memory_mib,
+                    vm_disk_mib: disk_mib,
+                },
+            )
+            .await?;
+        let mut disks = Vec::new();
+        if let Some(plan) = &disk_plan {
+            let made: wire::DiskCreated = agent.post("/v1/disks", plan).await?;
+            disks.push(DiskRecord {
+                id: new_id("disk"),
+                vm_id: vm_id.clone(),
+                idx: 0,
+                path: made.path,
+                format: made.format,
+                size_mib: made.size_mib,
+                image_id: plan
+                    .backing
+                    .as_ref()
+                    .and(image.as_ref())
+                    .map(|i| i.id.clone()),
+                pool_id: pool.as_ref().map(|p| p.id.clone()),
+            });
+        }
+        let record = VmRecord {
+            id: vm_id.clone(),
+            name: req.name.clone(),
+            host_id: Some(host.clone()),
+            image_id: image.as_ref().map(|i| i.id.clone()),
+            memory_mib: sizing.memory_mib,
+            max_memory_mib: sizing.max_memory_mib,
+            vcpus: sizing.vcpus,
+            max_vcpus: sizing.max_vcpus,
+            state: VmState::Stopped.as_str().into(),
+            state_reason: Some("created".into()),
+            on_poweroff: req.on_poweroff.as_str().into(),
+            on_reboot: req.on_reboot.as_str().into(),
+            on_crash: req.on_crash.as_str().into(),
+            saved_path: None,
+            pid: None,
+            created_at: now(),
+            updated_at: now(),
+            cdrom_image_id: cdrom_image.map(|i| i.id),
+            boot_json: Some(serde_json::to_string(&boot_cfg).map_err(anyhow::Error::from)?),
+            cloud_json: Some(serde_json::to_string(&cloud).map_err(anyhow::Error::from)?),
+            owner_user_id: None,
+            owner_group_id: None,
+            admin_group_id: None,
+            lease_expires_at: req
+                .lease_days
+                .or(self.cfg.default_lease_days)
+                .map(crate::lease::in_days),
+        };
+        let mut record = record;
+        record.owner_user_id = Some(ctx.caller()?.user_id.clone());
+        if let Err(e) = self.store.insert_vm(&record, &disks).await {
+            self.remove_disk_files(&agent, &disks).await;
+            if hostel_store::is_unique_violation(&e) {
+                return Err(Error::conflict_field(
+                    "name",
+                    format!(
+                        "a VM named {:?} exists already: choose another name",
+                        req.name
+                    ),
+                ));
+            }
+            return Err(e.into());
+        }
+        for nic in &nics {
+            if let Err(e) = self.store.insert_nic(nic).await {
+                let _ = self.store.delete_vm(&vm_id).await;
+                self.remove_disk_files(&agent, &disks).await;
+                if hostel_store::is_unique_violation(&e) {
+                    return Err(Error::conflict(
+                        "an IP or MAC was taken meanwhile; nothing was created: try again",
+                    ));
+                }
+                return Err(e.into());
+            }
+        }
+        if !nics.is_empty() {
+            if let Err(e) = self.sync_networks().await {
+                let _ = self.store.delete_vm(&vm_id).await;
+                self.remove_disk_files(&agent, &disks).await;
+                let _ = self.sync_networks().await;
+                return Err(e.context("setting up the VM's network failed, so nothing was kept"));
+            }
+        }
+        let op = self.store.begin_operation(Some(&vm_id), "create").await?;
+        if req.start {
+            let lock = self.vm_lock(&vm_id);
+            let _g = lock.lock().await;
+            if let Err(e) = self.start_locked(&record, None).await {
+                // A failed create removes everything it made.
+                let _ = agent
+                    .post::<_, ()>(&format!("/v1/vms/{vm_id}/forget"), &serde_json::json!({}))
+                    .await;
+                let _ = self.store.delete_vm(&vm_id).await;
+                self.remove_disk_files(&agent, &disks).await;
+                let _ = self.sync_networks().await;
+                return Err(
+                    e.context("the VM was created but could not start, so nothing was kept")
+                );
+            }
+        }
+        self.store.finish_operation(&op, None).await?;
+        let vm = self.vm_named(ctx, &req.name).await?;
+        self.view(&vm, true).await
+    }
+
+    /// How a new VM boots: checks the firmware, CD-ROM and kernel asked for.
+    pub(crate) async fn plan_boot(
+        &self,
+        ctx: &Ctx,
+        req: &CreateVmRequest,
+        image: Option<&ImageRecord>,
+    ) -> Res<(BootConfig, Option<ImageRecord>)> {
+        let abs = |field: &str, p: &str| -> Result<String, Invalid> {
+            if p.starts_with('/') && !p.split('/').any(|c| c == "..") {
+                Ok(p.to_string())
+            } else {
+                Err(Invalid::new(
+                    field,
+                    format!("{p:?} is not an absolute path: give the file's full path on the host"),
+                ))
+            }
+        };
+        let mut bc = BootConfig {
+            firmware: req.firmware,
+            ..Default::default()
+        };
+        // Files on the host are for admins: a user could read any of them into a guest.
+        let host_file = req.kernel.is_some()
+            || req.initrd.is_some()
+            || req.cdrom.as_deref().is_some_and(|c| c.starts_with('/'));
+        if host_file && !ctx.is_admin() {
+            return Err(Error::forbidden(
+                "only an admin may boot files from the host (--kernel, --initrd, --cdrom FILE): \
+                 boot an image from the library instead (`hostel image list`)",
+            ));
+        }
+        if let Some(k) = &req.kernel {
+            bc.kernel = Some(abs("kernel", k)?);
+            bc.initrd = req
+                .initrd
+                .as_deref()
+                .map(|i| abs("initrd", i))
+                .transpose()?;
+            bc.cmdline = req.cmdline.clone();
+            if req.firmware == Firmware::Uefi {
+                return Err(Invalid::new(
+                    "firmware",
+                    "a VM booting its own kernel (--kernel) is started by QEMU, not by a \
+                     firmware: leave --firmware out",
+                )
+                .into());
+            }
+        } else if req.initrd.is_some() || req.cmdline.is_some() {
+            return Err(Invalid::new(
+                "kernel",
+                "--initrd and --cmdline go with --kernel: give the kernel too",
+            )
+            .into());
+        }
+        let mut cdrom_image = None;
+        if let Some(cd) = &req.cdrom {
+            match self.store.image_by_name(cd).await? {
+                Some(img) if img.kind == ImageKind::Disk.as_str() => cdrom_image = Some(img),
+                Some(_) => {
+                    return Err(Invalid::new(
+                        "cdrom",
+                        format!("{cd:?} is a kernel image, not an ISO or disk image"),
+                    )
+                    .into())
+                }
+                None if cd.starts_with('/') => bc.cdrom_path = Some(abs("cdrom", cd)?),
+                None => {
+                    return Err(Invalid::new(
+                        "cdrom",
+                        format!(
+                            "there is no image named {cd:?}, and it is not an absolute path: \
+                             give an image's name (`hostel image list`) or an ISO file's full path"
+                        ),
+                    )
+                    .into())
+                }
+            }
+        }
+        if image.is_none() && bc.kernel.is_none() && req.cdrom.is_none() {
+            return Err(Invalid::new(
+                "image",
+                "nothing to boot: give an image, or --cdrom ISO (with --disk SIZE to install \
+                 onto), or --kernel FILE",
+            )
+            .into());
+        }
+        if let Some(img) = image {
+            if img.kind == ImageKind::DirectKernel.as_str() && req.firmware == Firmware::Uefi {
+                return Err(Invalid::new(
+                    "firmware",
+                    format!(
+                        "image {:?} is a kernel QEMU boots directly: --firmware does not apply",
+                        img.name
+                    ),
+                )
+                .into());
+            }
+        }
+        Ok((bc, cdrom_image))
+    }
+
+    pub(crate) async fn pool_named(&self, name: &str) -> Res<hostel_store::PoolRecord> {
+        self.store.pool_by_name(name).await?.ok_or_else(|| {
+            Invalid::new(
+                "pool",
+                format!(
+                    "there is no pool named {name:?}: `hostel pool list` shows them, \
+                     `hostel pool create` makes one"
+                ),
+            )
+            .into()
+        })
+    }
+
+    pub(crate) async fn remove_disk_files(&self, agent: &AgentClient, disks: &[DiskRecord]) {
+        for d in disks {
+            let pool = match self.pool_spec(d.pool_id.as_deref()).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(path = %d.path, "not removing a disk file: {}", e.message());
+                    continue;
+                }
+            };
+            if let Err(e) = agent
+                .post::<_, ()>(
+                    "/v1/disks/delete",
+                    &wire::DeleteDiskRequest {
+                        path: d.path.clone(),
+                        pool,
+                    },
+                )
+                .await
+            {
+                tracing::warn!(path = %d.path, "could not remove a disk file: {e:#}");
+            }
+        }
+    }
+}

@@ -1,0 +1,536 @@
+//! VMs: finding one the actor may operate, listing, the lifecycle (start, stop, reboot,
+//! pause, sizes, save and restore), deletion, and `info`. Every operation on a VM runs
+//! under its lock and is checked against its state.
+
+use crate::agent_client::AgentClient;
+use crate::context::Ctx;
+use crate::error::Error;
+use crate::Controller;
+use hostel_api::agent::{self as wire, SaveHeader};
+use hostel_api::public::*;
+use hostel_model::{Invalid, Op, Policy, VmState};
+use hostel_store::{now, ImageRecord, VmRecord};
+
+type Res<T> = crate::error::Result<T>;
+
+/// The states in which a VM has a QEMU process (and holds its memory), by name.
+pub(crate) fn live_states() -> Vec<&'static str> {
+    VmState::ALL
+        .into_iter()
+        .filter(|s| s.has_process())
+        .map(|s| s.as_str())
+        .collect()
+}
+
+/// The most VMs one page of a list holds.
+pub(crate) const MAX_PAGE: u32 = 1000;
+
+pub(crate) fn state_of(v: &VmRecord) -> VmState {
+    VmState::parse(&v.state).unwrap_or(VmState::Crashed)
+}
+
+pub(crate) fn policy(s: &str) -> Policy {
+    Policy::parse("policy", s).unwrap_or_default()
+}
+
+impl Controller {
+    /// The VM named `name`, if the caller may operate it: to anyone else it does not
+    /// exist (a 404, the same as for a name nobody uses).
+    pub(crate) async fn vm_named(&self, ctx: &Ctx, name: &str) -> Res<VmRecord> {
+        let missing = || {
+            Error::not_found(
+                "vm",
+                name,
+                format!("there is no VM named {name:?}: `hostel list` shows the VMs there are"),
+            )
+        };
+        let vm = self.store.vm_by_name(name).await?.ok_or_else(missing)?;
+        if ctx.may_operate(&vm) {
+            Ok(vm)
+        } else {
+            Err(missing())
+        }
+    }
+
+    /// Save files of non-admins live in `DATA/saves/USER/`; admins may name any path.
+    pub(crate) fn check_save_path(&self, ctx: &Ctx, path: &str) -> Res<()> {
+        if !ctx.is_admin() {
+            let c = ctx.caller()?;
+            {
+                let dir = self.cfg.data_dir.join("saves").join(&c.user_name);
+                let p = std::path::Path::new(path);
+                let inside = p.starts_with(&dir)
+                    && !p
+                        .components()
+                        .any(|x| matches!(x, std::path::Component::ParentDir));
+                if !inside {
+                    return Err(Invalid::new(
+                        "path",
+                        format!(
+                            "{path} is outside your save directory: save to a file in {}/",
+                            dir.display()
+                        ),
+                    )
+                    .into());
+                }
+                // All-in-one: the controller's data dir is the host's.
+                let _ = std::fs::create_dir_all(&dir);
+            }
+        }
+        Ok(())
+    }
+
+    /// The VM under its operation lock, read again once the lock is held (an operation
+    /// that ran meanwhile may have changed it).
+    pub(crate) async fn locked_vm(
+        &self,
+        ctx: &Ctx,
+        name: &str,
+    ) -> Res<(tokio::sync::OwnedMutexGuard<()>, VmRecord)> {
+        let vm = self.vm_named(ctx, name).await?;
+        let guard = self.vm_lock(&vm.id).lock_owned().await;
+        Ok((guard, self.vm_named(ctx, name).await?))
+    }
+
+    pub(crate) fn host_agent(&self, vm: &VmRecord) -> Res<AgentClient> {
+        let host = vm.host_id.as_deref().unwrap_or_default();
+        self.agent(host).ok_or_else(|| {
+            Error::unavailable(format!("the VM's host {host:?} has no connected agent"))
+        })
+    }
+
+    pub(crate) async fn image_of(&self, vm: &VmRecord) -> Res<Option<ImageRecord>> {
+        match &vm.image_id {
+            Some(id) => Ok(self.store.image_by_id(id).await?),
+            None => Ok(None),
+        }
+    }
+
+    /// One page of the VMs the caller may operate, in name order, and the name to
+    /// continue after when more follow. Two queries whatever the page's size.
+    pub async fn list_vms(
+        &self,
+        ctx: &Ctx,
+        limit: u32,
+        after: Option<&str>,
+        host: Option<&str>,
+        state: Option<&str>,
+    ) -> Res<(Vec<VmSummary>, Option<String>)> {
+        if !(1..=MAX_PAGE).contains(&limit) {
+            return Err(Invalid::new(
+                "limit",
+                format!("{limit} VMs a page is out of range: ask for 1 to {MAX_PAGE}"),
+            )
+            .into());
+        }
+        if let Some(s) = state {
+            if VmState::parse(s).is_none() {
+                let names: Vec<&str> = VmState::ALL.iter().map(|s| s.as_str()).collect();
+                return Err(Invalid::new(
+                    "state",
+                    format!("{s:?} is not a VM state: use one of {}", names.join(", ")),
+                )
+                .into());
+            }
+        }
+        if let Some(h) = host {
+            if self.store.host(h).await?.is_none() {
+                return Err(Error::not_found(
+                    "host",
+                    h,
+                    format!("no host is named {h:?}: `hostel info` lists the hosts"),
+                ));
+            }
+        }
+        let visible_to = ctx.visible_to()?;
+        let mut rows = self
+            .store
+            .vms_page(&hostel_store::VmPageQuery {
+                visible_to,
+                host_id: host,
+                state,
+                after,
+                // One more than asked tells whether another page follows.
+                limit: limit + 1,
+            })
+            .await?;
+        let next = if rows.len() > limit as usize {
+            rows.truncate(limit as usize);
+            rows.last().map(|r| r.vm.name.clone())
+        } else {
+            None
+        };
+        let out = rows
+            .into_iter()
+            .map(|r| {
+                let state = state_of(&r.vm);
+                let v = r.vm;
+                VmSummary {
+                    owner: match (r.owner_user, r.owner_group) {
+                        (Some(u), _) => Some(format!("user:{u}")),
+                        (None, Some(g)) => Some(format!("group:{g}")),
+                        _ => None,
+                    },
+                    state,
+                    state_reason: v.state_reason,
+                    host: v.host_id,
+                    image: r.image,
+                    memory_mib: v.memory_mib,
+                    max_memory_mib: v.max_memory_mib,
+                    vcpus: v.vcpus,
+                    max_vcpus: v.max_vcpus,
+                    ips: r.ips,
+                    pid: if state.has_process() { v.pid } else { None },
+                    lease_warning: v
+                        .lease_expires_at
+                        .as_deref()
+                        .and_then(crate::lease::warning),
+                    lease_expires_at: v.lease_expires_at,
+                    created_at: v.created_at,
+                    id: v.id,
+                    name: v.name,
+                }
+            })
+            .collect();
+        Ok((out, next))
+    }
+
+    pub(crate) async fn start_locked(&self, vm: &VmRecord, restore_from: Option<&str>) -> Res<()> {
+        let agent = self.host_agent(vm)?;
+        let spec = self.spec_of(vm).await?;
+        let status: wire::VmStatus = agent
+            .post(
+                &format!("/v1/vms/{}/start", vm.id),
+                &wire::StartRequest {
+                    spec,
+                    restore_from: restore_from.map(String::from),
+                    load_snapshot: None,
+                },
+            )
+            .await?;
+        self.store
+            .set_vm_state(
+                &vm.id,
+                status.state.as_str(),
+                status.reason.as_deref(),
+                status.pid,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Runs `f` under the VM's lock as a recorded operation, after checking the state.
+    pub(crate) async fn operate<F, Fut>(&self, ctx: &Ctx, name: &str, op: Op, f: F) -> Res<Vm>
+    where
+        F: FnOnce(VmRecord, AgentClient) -> Fut,
+        Fut: std::future::Future<Output = Res<()>>,
+    {
+        let vm = self.vm_named(ctx, name).await?;
+        let lock = self.vm_lock(&vm.id);
+        let _g = if op == Op::Destroy {
+            // Destroy must be able to end an operation that hangs.
+            None
+        } else {
+            Some(lock.lock().await)
+        };
+        let vm = self.vm_named(ctx, name).await?;
+        op.check(state_of(&vm))?;
+        let agent = self.host_agent(&vm)?;
+        let rec = self.store.begin_operation(Some(&vm.id), op.name()).await?;
+        let result = f(vm.clone(), agent).await;
+        let err = result.as_ref().err().map(|e| e.message());
+        self.store.finish_operation(&rec, err.as_deref()).await?;
+        result?;
+        let vm = self.vm_named(ctx, name).await?;
+        self.view(&vm, true).await
+    }
+
+    pub(crate) async fn sync_status(&self, vm_id: &str, s: &wire::VmStatus) -> Res<()> {
+        self.store
+            .set_vm_state(vm_id, s.state.as_str(), s.reason.as_deref(), s.pid)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn start_vm(&self, ctx: &Ctx, name: &str) -> Res<Vm> {
+        self.operate(ctx, name, Op::Start, |vm, _| async move {
+            if vm
+                .lease_expires_at
+                .as_deref()
+                .is_some_and(|e| e <= hostel_store::now().as_str())
+            {
+                return Err(Invalid::new(
+                    "lease",
+                    format!(
+                        "the lease of {:?} ended at {}: `hostel renew {}` first",
+                        vm.name,
+                        vm.lease_expires_at.as_deref().unwrap_or_default(),
+                        vm.name
+                    ),
+                )
+                .into());
+            }
+            let _quota = self.charge_start(&vm).await?;
+            self.start_locked(&vm, None).await
+        })
+        .await
+    }
+
+    pub async fn simple_action(&self, ctx: &Ctx, name: &str, op: Op) -> Res<Vm> {
+        let action = match op {
+            Op::Reboot => "reboot",
+            Op::Pause => "pause",
+            Op::Unpause => "unpause",
+            Op::Destroy => "destroy",
+            _ => unreachable!("not a simple action"),
+        };
+        self.operate(ctx, name, op, |vm, agent| async move {
+            let s = agent.action(&vm.id, action).await?;
+            self.sync_status(&vm.id, &s).await
+        })
+        .await
+    }
+
+    pub async fn shutdown_vm(&self, ctx: &Ctx, name: &str, req: ShutdownRequest) -> Res<Vm> {
+        ctx.params(serde_json::json!({"timeout_secs": req.timeout_secs, "force": req.force}));
+        self.operate(ctx, name, Op::Shutdown, |vm, agent| async move {
+            let s: wire::VmStatus = agent
+                .post(
+                    &format!("/v1/vms/{}/shutdown", vm.id),
+                    &wire::ShutdownRequest {
+                        timeout_secs: req.timeout_secs,
+                        force: req.force,
+                    },
+                )
+                .await?;
+            self.sync_status(&vm.id, &s).await
+        })
+        .await
+    }
+
+    /// The quota a start charges: one more running VM, its memory and vCPUs.
+    pub(crate) async fn charge_start(
+        &self,
+        vm: &VmRecord,
+    ) -> Res<Option<tokio::sync::MutexGuard<'_, ()>>> {
+        self.charge(
+            crate::quota::owner_key(vm).as_deref(),
+            &crate::quota::Charge {
+                ram_mib: vm.memory_mib,
+                vms_running: 1,
+                vcpus: vm.vcpus as u64,
+                vm_max_ram_mib: vm.max_memory_mib,
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    pub async fn mem_set(&self, ctx: &Ctx, name: &str, memory_mib: u64) -> Res<Vm> {
+        ctx.params(serde_json::json!({"memory_mib": memory_mib}));
+        self.operate(ctx, name, Op::MemSet, |vm, agent| async move {
+            let _quota = self
+                .charge(
+                    crate::quota::owner_key(&vm).as_deref(),
+                    &crate::quota::Charge {
+                        ram_mib: if state_of(&vm).has_process() {
+                            memory_mib.saturating_sub(vm.memory_mib)
+                        } else {
+                            0
+                        },
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            if memory_mib < hostel_model::MIN_MEMORY_MIB || memory_mib > vm.max_memory_mib {
+                return Err(Invalid::new(
+                    "memory",
+                    format!(
+                        "{} is out of range for this VM: use between {} and its max memory {} \
+                         (max memory is fixed at create time with --max-memory)",
+                        hostel_model::format_mib(memory_mib),
+                        hostel_model::format_mib(hostel_model::MIN_MEMORY_MIB),
+                        hostel_model::format_mib(vm.max_memory_mib)
+                    ),
+                )
+                .into());
+            }
+            if state_of(&vm).has_process() {
+                let _: wire::VmStatus = agent
+                    .post(
+                        &format!("/v1/vms/{}/balloon", vm.id),
+                        &wire::BalloonRequest { memory_mib },
+                    )
+                    .await?;
+            }
+            self.store.set_vm_memory(&vm.id, memory_mib).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn vcpu_set(&self, ctx: &Ctx, name: &str, vcpus: u32) -> Res<Vm> {
+        ctx.params(serde_json::json!({"vcpus": vcpus}));
+        self.operate(ctx, name, Op::VcpuSet, |vm, agent| async move {
+            let _quota = self
+                .charge(
+                    crate::quota::owner_key(&vm).as_deref(),
+                    &crate::quota::Charge {
+                        vcpus: if state_of(&vm).has_process() {
+                            (vcpus as u64).saturating_sub(vm.vcpus as u64)
+                        } else {
+                            0
+                        },
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            if vcpus < 1 || vcpus > vm.max_vcpus {
+                return Err(Invalid::new(
+                    "vcpus",
+                    format!(
+                        "{vcpus} is out of range for this VM: use between 1 and its max vCPUs {} \
+                         (fixed at create time with --max-vcpus)",
+                        vm.max_vcpus
+                    ),
+                )
+                .into());
+            }
+            if state_of(&vm).has_process() {
+                let _: wire::VmStatus = agent
+                    .post(
+                        &format!("/v1/vms/{}/vcpus", vm.id),
+                        &wire::VcpusRequest { vcpus },
+                    )
+                    .await?;
+            }
+            self.store.set_vm_vcpus(&vm.id, vcpus).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn save_vm(&self, ctx: &Ctx, name: &str, path: String) -> Res<Vm> {
+        ctx.params(serde_json::json!({"path": path}));
+        self.check_save_path(ctx, &path)?;
+        self.operate(ctx, name, Op::Save, |vm, agent| async move {
+            let header = SaveHeader {
+                magic: wire::SAVE_MAGIC.into(),
+                vm_id: vm.id.clone(),
+                vm_name: vm.name.clone(),
+                saved_at: now(),
+            };
+            let s: wire::VmStatus = agent
+                .post(
+                    &format!("/v1/vms/{}/save", vm.id),
+                    &wire::SaveRequest {
+                        path: path.clone(),
+                        header,
+                    },
+                )
+                .await?;
+            self.sync_status(&vm.id, &s).await?;
+            self.store.set_vm_saved(&vm.id, Some(&path)).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn restore_vm(&self, ctx: &Ctx, path: String) -> Res<Vm> {
+        ctx.params(serde_json::json!({"path": path}));
+        self.check_save_path(ctx, &path)?;
+        // Any host can read the header; the VM it names decides where it resumes.
+        let (_, agent) = self
+            .agents()
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::unavailable("no host is connected"))?;
+        let header: SaveHeader = agent
+            .post("/v1/save-header", &serde_json::json!({ "path": path }))
+            .await?;
+        let vm = self.store.vm_by_id(&header.vm_id).await?.ok_or_else(|| {
+            Error::from(Invalid::new(
+                "path",
+                format!(
+                    "{path} holds the state of VM {:?}, which no longer exists",
+                    header.vm_name
+                ),
+            ))
+        })?;
+        // The same answer as for a VM that is gone: nothing about others' VMs leaks.
+        if !ctx.may_operate(&vm) {
+            return Err(Error::not_found(
+                "vm",
+                &path,
+                format!("{path} holds the state of no VM of yours"),
+            ));
+        }
+        self.operate(ctx, &vm.name, Op::Restore, |vm, _| async move {
+            let _quota = self.charge_start(&vm).await?;
+            self.start_locked(&vm, Some(&path)).await?;
+            self.store.set_vm_saved(&vm.id, None).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn delete_vm(&self, ctx: &Ctx, name: &str) -> Res<()> {
+        self.delete_vm_keeping(ctx, name, false).await.map(|_| ())
+    }
+
+    /// Deletes a stopped VM; its disk files go too unless `keep_disks`, in which case
+    /// their paths are returned (no row points at them any more: they are the user's).
+    pub async fn delete_vm_keeping(
+        &self,
+        ctx: &Ctx,
+        name: &str,
+        keep_disks: bool,
+    ) -> Res<Vec<String>> {
+        ctx.params(serde_json::json!({"keep_disks": keep_disks}));
+        let (_g, vm) = self.locked_vm(ctx, name).await?;
+        Op::Delete.check(state_of(&vm))?;
+        let agent = self.host_agent(&vm)?;
+        let disks = self.store.disks_of(&vm.id).await?;
+        agent
+            .post::<_, ()>(&format!("/v1/vms/{}/forget", vm.id), &serde_json::json!({}))
+            .await?;
+        // Rows first, then files: a disk file is never removed while a row points to it.
+        let had_nics = !self.store.nics_of(&vm.id).await?.is_empty();
+        self.store.delete_vm(&vm.id).await?;
+        let kept = if keep_disks {
+            disks.iter().map(|d| d.path.clone()).collect()
+        } else {
+            self.remove_disk_files(&agent, &disks).await;
+            Vec::new()
+        };
+        self.locks.lock().unwrap().remove(&vm.id);
+        if had_nics {
+            self.sync_networks().await?;
+        }
+        Ok(kept)
+    }
+
+    pub async fn info(&self, ctx: &Ctx) -> Res<Info> {
+        let mut hosts = self.hosts_info(ctx, None).await?;
+        // Where agents and the data live is for admins (`hostel host list`).
+        let admin = ctx.is_admin();
+        if !admin {
+            for h in &mut hosts {
+                h.url.clear();
+            }
+        }
+        let ssh = self.ssh_console.lock().unwrap().clone();
+        Ok(Info {
+            version: env!("CARGO_PKG_VERSION").into(),
+            data_dir: if admin {
+                self.cfg.data_dir.display().to_string()
+            } else {
+                String::new()
+            },
+            hosts,
+            ssh_console: ssh.as_ref().map(|s| s.addr.clone()),
+            ssh_host_key: ssh.as_ref().map(|s| s.host_key.clone()),
+            ssh_host_key_fingerprint: ssh.map(|s| s.fingerprint),
+        })
+    }
+}
