@@ -1,10 +1,11 @@
-//! clap value parsers: a bad size, policy, firmware, mode or port forward fails while
-//! the command line is parsed, and clap names the flag in front of the model's message
+//! clap value parsers: a bad size, policy, firmware, mode, VM state, duration or port
+//! forward fails while the command line is parsed, and clap names the flag in front of
+//! the model's message
 //! (`invalid value '12X' for '--memory <MEMORY>': "12X" is not a size: ...`).
 
 use hostel_api::public::{Firmware, PortForwardRequest};
 use hostel_model::net::NetMode;
-use hostel_model::{Invalid, Policy};
+use hostel_model::{Invalid, Policy, VmState};
 
 /// A value refused by one of these parsers. Such values were checked after parsing
 /// before clap did it, and exited 1; `main` keeps that exit status for them.
@@ -47,6 +48,41 @@ pub fn firmware(s: &str) -> Result<Firmware, BadValue> {
 /// A network's mode: nat or bridged.
 pub fn net_mode(s: &str) -> Result<NetMode, BadValue> {
     NetMode::parse("mode", s).map_err(bad)
+}
+
+/// A VM state, with the controller's words for a wrong one.
+pub fn vm_state(s: &str) -> Result<VmState, BadValue> {
+    VmState::parse(s).ok_or_else(|| {
+        let names: Vec<&str> = VmState::ALL.iter().map(|s| s.as_str()).collect();
+        BadValue(format!(
+            "{s:?} is not a VM state: use one of {}",
+            names.join(", ")
+        ))
+    })
+}
+
+/// A duration in whole seconds: a number of seconds, or one with a unit (90s, 5m, 1h).
+/// A plain `String` error, not [`BadValue`]: these flags were clap integers before, and
+/// a bad one exits 2 as it did.
+pub fn secs(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let mult = match unit {
+        "" | "s" => Some(1),
+        "m" => Some(60),
+        "h" => Some(3600),
+        _ => None,
+    };
+    match (num.parse::<u64>(), mult) {
+        (Ok(n), Some(m)) => n
+            .checked_mul(m)
+            .ok_or_else(|| format!("{s:?} is too long a duration")),
+        _ => Err(format!(
+            "{s:?} is not a duration: write seconds, or a whole number with a unit, like 90, \
+             90s, 5m or 1h"
+        )),
+    }
 }
 
 /// A port forward as written (for messages) and as the API takes it.
@@ -109,6 +145,23 @@ mod tests {
         assert!(e.contains("use bios or uefi"), "{e}");
         assert_eq!(net_mode("bridged").unwrap(), NetMode::Bridged);
         assert!(net_mode("routed").unwrap_err().to_string().contains("nat"));
+        assert_eq!(vm_state("shutting-down").unwrap(), VmState::ShuttingDown);
+        let e = vm_state("sleeping").unwrap_err().to_string();
+        assert!(
+            e.contains("\"sleeping\" is not a VM state: use one of stopped"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(secs("60").unwrap(), 60);
+        assert_eq!(secs("90s").unwrap(), 90);
+        assert_eq!(secs("5m").unwrap(), 300);
+        assert_eq!(secs("1h").unwrap(), 3600);
+        for bad in ["", "m", "1.5m", "10d", "-1"] {
+            assert!(secs(bad).unwrap_err().contains("not a duration"), "{bad}");
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use crate::client::{vm_path, Api};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use hostel_api::public::*;
-use hostel_model::{format_mib, Policy};
+use hostel_model::{format_mib, Policy, VmState};
 use std::path::PathBuf;
 
 #[derive(Subcommand)]
@@ -19,8 +19,8 @@ pub enum Cmd {
         #[arg(long)]
         host: Option<String>,
         /// Only the VMs in this state (running, stopped, paused, saved, crashed, ...).
-        #[arg(long)]
-        state: Option<String>,
+        #[arg(long, value_parser = parse::vm_state)]
+        state: Option<VmState>,
         /// How many VMs each request asks for (1 to 1000); the list is whole either way.
         #[arg(long, default_value_t = 1000)]
         page_size: u32,
@@ -49,7 +49,8 @@ pub enum Cmd {
     /// Ask the guest to power off (ACPI).
     Shutdown {
         name: String,
-        #[arg(long, default_value_t = 60)]
+        /// Seconds, or a duration like 90s, 5m or 1h.
+        #[arg(long, default_value_t = 60, value_parser = parse::secs)]
         timeout: u64,
         /// Stop it hard if it has not powered off by the timeout.
         #[arg(long)]
@@ -240,11 +241,12 @@ pub async fn run(cmd: Cmd) -> Result<()> {
 async fn list(
     api: &Api,
     host: Option<String>,
-    state: Option<String>,
+    state: Option<VmState>,
     page_size: u32,
     output: Format,
 ) -> Result<()> {
     let mut url = reqwest::Url::parse("http://hostel/api/v1/vms")?;
+    let state = state.map(|s| s.as_str().to_string());
     let limit = Some(page_size.to_string());
     for (k, v) in [("host", &host), ("state", &state), ("limit", &limit)] {
         if let Some(v) = v {
