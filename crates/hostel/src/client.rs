@@ -64,6 +64,11 @@ impl ClientConfig {
     }
 }
 
+/// The API path of one VM; its actions are under it.
+pub fn vm_path(name: &str) -> String {
+    format!("/api/v1/vms/{name}")
+}
+
 pub struct Api {
     pub cfg: ClientConfig,
     http: reqwest::Client,

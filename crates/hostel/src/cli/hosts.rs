@@ -1,0 +1,156 @@
+//! Hosts and the cluster's health: `info`, `dmesg`, `host list|add|remove`, `doctor`.
+
+use super::output::{self, Column, Format};
+use crate::client::Api;
+use anyhow::{bail, Result};
+use clap::Subcommand;
+use hostel_api::public::*;
+use hostel_model::format_mib;
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// The host(s): CPUs, memory, accelerator, QEMU version, VMs running.
+    Info {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// The daemon's log tail.
+    Dmesg {
+        #[arg(long, default_value_t = 50)]
+        lines: usize,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Hosts (admins): list them, add one whose agent runs elsewhere, remove an empty one.
+    #[command(subcommand)]
+    Host(HostCmd),
+    /// Check that the database and the hosts' files agree (orphans, missing files).
+    Doctor {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum HostCmd {
+    /// Every host, whether its agent is connected, and what runs on it.
+    List {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Add the host whose agent (`hostel agent`) answers at URL (https://ADDRESS:PORT).
+    Add {
+        url: String,
+        /// A recorded host (same name) now at this address: take its record over.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Remove a host that has no VMs, images or pools left.
+    Remove { name: String },
+}
+
+fn online(h: &HostInfo) -> &'static str {
+    if h.online {
+        "online"
+    } else {
+        "offline"
+    }
+}
+
+const HOST_COLUMNS: &[Column<HostInfo>] = &[
+    ("NAME", |h| h.name.clone()),
+    ("STATE", |h| online(h).into()),
+    ("CPUS", |h| h.cpus.to_string()),
+    ("MEMORY", |h| format_mib(h.memory_total_mib)),
+    ("PROMISED", |h| format_mib(h.memory_vms_mib)),
+    ("VMS", |h| h.vms_total.to_string()),
+    ("RUNNING", |h| h.vms_running.to_string()),
+    ("ACCEL", |h| h.accel.as_str().into()),
+    ("LAST SEEN", |h| {
+        h.last_seen
+            .get(..19)
+            .unwrap_or(&h.last_seen)
+            .replace('T', " ")
+    }),
+    ("URL", |h| h.url.clone()),
+];
+
+pub async fn run(cmd: Cmd) -> Result<()> {
+    let api = Api::new()?;
+    match cmd {
+        Cmd::Info { output } => {
+            let info: Info = api.get("/api/v1/info").await?;
+            output::show(output, &info, print_info)
+        }
+        Cmd::Dmesg { lines, output } => {
+            let log: LogLines = api.get(&format!("/api/v1/dmesg?lines={lines}")).await?;
+            output::show(output, &log, |log| {
+                log.lines.iter().for_each(|l| println!("{l}"))
+            })
+        }
+        Cmd::Doctor { output } => {
+            let r: DoctorReport = api.get("/api/v1/doctor").await?;
+            output::show(output, &r, |r| {
+                r.checked.iter().for_each(|c| println!("checked: {c}"));
+                r.problems.iter().for_each(|p| println!("problem: {p}"));
+                if r.problems.is_empty() {
+                    println!("no problems found");
+                }
+            })?;
+            if !r.problems.is_empty() {
+                bail!("{} problem(s) found", r.problems.len());
+            }
+            Ok(())
+        }
+        Cmd::Host(HostCmd::List { output }) => {
+            let hosts: Vec<HostInfo> = api.get("/api/v1/hosts").await?;
+            output::list(output, &hosts, HOST_COLUMNS)
+        }
+        Cmd::Host(HostCmd::Add { url, replace }) => {
+            let h: HostInfo = api
+                .post("/api/v1/hosts", &AddHostRequest { url, replace })
+                .await?;
+            println!(
+                "added host {} ({} CPUs, {}, {}), {}",
+                h.name,
+                h.cpus,
+                format_mib(h.memory_total_mib),
+                h.accel.as_str(),
+                online(&h)
+            );
+            Ok(())
+        }
+        Cmd::Host(HostCmd::Remove { name }) => {
+            api.delete(&format!("/api/v1/hosts/{name}")).await?;
+            println!("removed host {name}");
+            Ok(())
+        }
+    }
+}
+
+fn print_info(info: &Info) {
+    if info.data_dir.is_empty() {
+        println!("hostel {}", info.version);
+    } else {
+        println!("hostel {}  data dir {}", info.version, info.data_dir);
+    }
+    for h in &info.hosts {
+        println!("host {}", h.name);
+        println!("  cpus:         {}", h.cpus);
+        println!(
+            "  memory:       {} total, {} given to VMs",
+            format_mib(h.memory_total_mib),
+            format_mib(h.memory_vms_mib)
+        );
+        println!("  accel:        {} ({})", h.accel.as_str(), h.accel_reason);
+        println!("  qemu:         {}", h.qemu_version);
+        println!("  kernel:       {}", h.kernel);
+        println!("  vms running:  {} of {}", h.vms_running, h.vms_total);
+    }
+    if let (Some(a), Some(f)) = (&info.ssh_console, &info.ssh_host_key_fingerprint) {
+        println!(
+            "ssh console:    ssh -p {} VMNAME@HOST (host key {f})",
+            a.rsplit(':').next().unwrap_or(a)
+        );
+    }
+}

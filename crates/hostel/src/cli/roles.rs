@@ -1,0 +1,137 @@
+//! The daemon roles' command lines: `up`, `agent`, `agent-cert`, and `openapi`. What
+//! they run is in `daemon.rs` and `pki.rs`.
+
+use super::files::absolute;
+use crate::{client, daemon};
+use anyhow::Result;
+use clap::Subcommand;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Run everything on this machine: controller, local agent, SQLite, API.
+    Up {
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long, default_value = "127.0.0.1:8470")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        qemu: daemon::QemuOptions,
+        /// Do not create the `default` NAT network.
+        #[arg(long)]
+        no_default_network: bool,
+        /// Give new VMs a lease of this many days (they are shut down when it ends,
+        /// until renewed). Default: no leases.
+        #[arg(long)]
+        default_lease_days: Option<u32>,
+        /// Where the SSH console gateway listens (`ssh -p PORT VMNAME@HOST`).
+        #[arg(long, default_value = "127.0.0.1:2222")]
+        ssh_listen: SocketAddr,
+        /// The npm packages the browser consoles load (xterm.js, noVNC): a node_modules
+        /// made by `npm ci` in the source tree's web/. Default: that one, when present.
+        #[arg(long)]
+        web_dir: Option<PathBuf>,
+    },
+    /// Run one host's agent on its own, for a controller elsewhere to add (`hostel host
+    /// add`). Prints its address.
+    Agent {
+        #[arg(long, default_value = "/var/lib/hostel-agent")]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "0.0.0.0:8471")]
+        listen: SocketAddr,
+        /// The directory `hostel agent-cert --out` wrote (agent.pem, agent.key, ca.pem).
+        #[arg(long)]
+        tls_dir: PathBuf,
+        /// The host's name in the cluster (default: its hostname).
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        qemu: daemon::QemuOptions,
+    },
+    /// On the controller's machine: a certificate from its cluster CA for an agent, to
+    /// copy to that host and give `hostel agent --tls-dir`.
+    AgentCert {
+        /// The agent's host name (as `hostel agent --name` will give it).
+        name: String,
+        /// An address the controller reaches the agent at (IP or DNS name); repeatable.
+        #[arg(long = "san", required = true)]
+        sans: Vec<String>,
+        /// The controller's data directory (where its `pki/` is).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Where to write agent.pem, agent.key and ca.pem.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print the OpenAPI document of the REST API.
+    Openapi,
+}
+
+pub async fn run(cmd: Cmd) -> Result<()> {
+    match cmd {
+        Cmd::Up {
+            data_dir,
+            listen,
+            qemu,
+            no_default_network,
+            default_lease_days,
+            ssh_listen,
+            web_dir,
+        } => {
+            daemon::up(daemon::UpOptions {
+                data_dir: data_dir.unwrap_or_else(daemon::default_data_dir),
+                listen,
+                qemu,
+                client_config: client::config_path(),
+                default_network: !no_default_network,
+                default_lease_days,
+                ssh_listen,
+                web_dir: web_dir
+                    .map(|d| absolute(&d))
+                    .transpose()?
+                    .map(PathBuf::from),
+            })
+            .await
+        }
+        Cmd::Agent {
+            data_dir,
+            listen,
+            tls_dir,
+            name,
+            qemu,
+        } => {
+            let name = match name {
+                Some(n) => n,
+                None => nix::unistd::gethostname()?.to_string_lossy().into_owned(),
+            };
+            daemon::agent(daemon::AgentOptions {
+                data_dir,
+                listen,
+                tls_dir,
+                name,
+                qemu,
+            })
+            .await
+        }
+        Cmd::AgentCert {
+            name,
+            sans,
+            data_dir,
+            out,
+        } => {
+            let data_dir = data_dir.unwrap_or_else(daemon::default_data_dir);
+            daemon::agent_cert(&data_dir, &name, &sans, &out)?;
+            println!(
+                "wrote {0}/agent.pem, {0}/agent.key and {0}/ca.pem: copy them to the host and \
+                 run `hostel agent --name {name} --tls-dir DIR` there",
+                out.display()
+            );
+            Ok(())
+        }
+        Cmd::Openapi => {
+            println!("{}", hostel_controller::openapi_json());
+            Ok(())
+        }
+    }
+}

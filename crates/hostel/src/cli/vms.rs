@@ -1,0 +1,389 @@
+//! VMs: list, create, the life-cycle actions, resizing, describe, save and restore,
+//! and leases.
+
+use super::files::absolute;
+use super::output::{self, Column, DescribeFormat, Format};
+use super::parse;
+use crate::client::{vm_path, Api};
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use hostel_api::public::*;
+use hostel_model::{format_mib, Policy, VmState};
+use std::path::PathBuf;
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// List the VMs you may operate (all of them for admins), in name order.
+    List {
+        /// Only the VMs on this host.
+        #[arg(long)]
+        host: Option<String>,
+        /// Only the VMs in this state (running, stopped, paused, saved, crashed, ...).
+        #[arg(long, value_parser = parse::vm_state)]
+        state: Option<VmState>,
+        /// How many VMs each request asks for (1 to 1000); the list is whole either way.
+        #[arg(long, default_value_t = 1000)]
+        page_size: u32,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Create a VM from an image, and start it unless --no-start.
+    Create(Box<CreateArgs>),
+    /// Start a stopped VM.
+    Start { name: String },
+    /// Reboot cleanly (ACPI power-off, then start again).
+    Reboot { name: String },
+    /// Pause a VM's vCPUs.
+    Pause { name: String },
+    /// Resume a paused VM.
+    Unpause { name: String },
+    /// Stop a VM at once, like pulling the plug.
+    Destroy { name: String },
+    /// Delete a stopped VM and its disks.
+    Delete {
+        name: String,
+        /// Keep the disk files (their paths are printed).
+        #[arg(long)]
+        keep_disks: bool,
+    },
+    /// Ask the guest to power off (ACPI).
+    Shutdown {
+        name: String,
+        /// Seconds, or a duration like 90s, 5m or 1h.
+        #[arg(long, default_value_t = 60, value_parser = parse::secs)]
+        timeout: u64,
+        /// Stop it hard if it has not powered off by the timeout.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Set a VM's memory (balloon), up to its max memory.
+    MemSet {
+        name: String,
+        #[arg(value_parser = parse::size_mib)]
+        size: u64,
+    },
+    /// Set a VM's vCPU count (hotplug), up to its max vCPUs.
+    VcpuSet { name: String, vcpus: u32 },
+    /// Show a VM: definition, live state, host, accelerator, QEMU command line.
+    Describe {
+        name: String,
+        #[arg(short, long, value_enum, default_value = "yaml")]
+        output: DescribeFormat,
+    },
+    /// Save a VM's memory state to FILE (on its host) and stop it.
+    Save { name: String, file: PathBuf },
+    /// Resume a VM from a file written by `save`.
+    Restore { file: PathBuf },
+    /// Extend a VM's lease (from now).
+    Renew {
+        name: String,
+        #[arg(long)]
+        days: Option<u32>,
+        /// An exact end, RFC 3339 (admins).
+        #[arg(long)]
+        until: Option<String>,
+    },
+}
+
+#[derive(Args)]
+pub struct CreateArgs {
+    name: String,
+    /// The image to boot (leave out with --cdrom or --kernel).
+    #[arg(long)]
+    image: Option<String>,
+    #[arg(long, default_value = "512M", value_parser = parse::size_mib)]
+    memory: u64,
+    /// What mem-set may grow the VM to (default: --memory).
+    #[arg(long, value_parser = parse::size_mib)]
+    max_memory: Option<u64>,
+    #[arg(long, default_value_t = 1)]
+    vcpus: u32,
+    /// What vcpu-set may grow the VM to (default: --vcpus).
+    #[arg(long)]
+    max_vcpus: Option<u32>,
+    /// Disk size: an overlay of a disk image, or a blank disk for a kernel image.
+    #[arg(long, value_parser = parse::size_mib)]
+    disk: Option<u64>,
+    #[arg(long)]
+    no_start: bool,
+    #[arg(long, default_value = "destroy", value_parser = parse::policy)]
+    on_poweroff: Policy,
+    #[arg(long, default_value = "restart", value_parser = parse::policy)]
+    on_reboot: Policy,
+    #[arg(long, default_value = "destroy", value_parser = parse::policy)]
+    on_crash: Policy,
+    /// A NIC on this network (repeatable). Without it: one NIC on `default`.
+    #[arg(long = "network")]
+    networks: Vec<String>,
+    /// The IP of the NIC given by the --network in the same position.
+    #[arg(long = "ip")]
+    ips: Vec<String>,
+    /// The MAC of the NIC given by the --network in the same position.
+    #[arg(long = "mac")]
+    macs: Vec<String>,
+    /// No NIC at all.
+    #[arg(long, conflicts_with = "networks")]
+    no_network: bool,
+    /// bios (SeaBIOS) or uefi (OVMF).
+    #[arg(long, default_value = "bios", value_parser = parse::firmware)]
+    firmware: Firmware,
+    /// Boot and install from an ISO: an image's name or a file on the host.
+    #[arg(long)]
+    cdrom: Option<String>,
+    /// Boot this kernel directly (a file on the host), like a Xen `kernel=`.
+    #[arg(long)]
+    kernel: Option<String>,
+    #[arg(long)]
+    initrd: Option<String>,
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// An SSH public key for the guest, or a file holding keys (repeatable).
+    #[arg(long = "ssh-key")]
+    ssh_keys: Vec<String>,
+    /// A file whose first line is the guest's root password.
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+    /// Attach no first-boot (NoCloud) seed.
+    #[arg(long)]
+    no_seed: bool,
+    /// The storage pool for the VM's disk.
+    #[arg(long)]
+    pool: Option<String>,
+    /// A lease in days (default: the cluster's).
+    #[arg(long)]
+    lease_days: Option<u32>,
+    #[arg(short, long, value_enum, default_value = "table")]
+    output: Format,
+}
+
+pub async fn run(cmd: Cmd) -> Result<()> {
+    let api = Api::new()?;
+    // The actions that answer with the VM, shown as a one-row table.
+    let action = |name: &str, verb: &str| format!("{}/{verb}", vm_path(name));
+    let empty = serde_json::json!({});
+    let vm: Vm = match cmd {
+        Cmd::List {
+            host,
+            state,
+            page_size,
+            output,
+        } => return list(&api, host, state, page_size, output).await,
+        Cmd::Create(args) => return create(&api, *args).await,
+        Cmd::Start { name } => api.post(&action(&name, "start"), &empty).await?,
+        Cmd::Reboot { name } => api.post(&action(&name, "reboot"), &empty).await?,
+        Cmd::Pause { name } => api.post(&action(&name, "pause"), &empty).await?,
+        Cmd::Unpause { name } => api.post(&action(&name, "unpause"), &empty).await?,
+        Cmd::Destroy { name } => api.post(&action(&name, "destroy"), &empty).await?,
+        Cmd::Delete { name, keep_disks } => {
+            let kept: Vec<String> = api
+                .delete_json(&format!("{}?keep_disks={keep_disks}", vm_path(&name)))
+                .await?;
+            println!("deleted {name}");
+            for p in kept {
+                println!("kept disk {p}");
+            }
+            return Ok(());
+        }
+        Cmd::Shutdown {
+            name,
+            timeout,
+            force,
+        } => {
+            let req = ShutdownRequest {
+                timeout_secs: timeout,
+                force,
+            };
+            api.post(&action(&name, "shutdown"), &req).await?
+        }
+        Cmd::MemSet { name, size } => {
+            let req = MemSetRequest { memory_mib: size };
+            api.post(&action(&name, "memory"), &req).await?
+        }
+        Cmd::VcpuSet { name, vcpus } => {
+            api.post(&action(&name, "vcpus"), &VcpuSetRequest { vcpus })
+                .await?
+        }
+        Cmd::Describe { name, output } => {
+            let vm: Vm = api.get(&vm_path(&name)).await?;
+            return output::describe(output, &vm);
+        }
+        Cmd::Save { name, file } => {
+            let path = absolute(&file)?;
+            let req = SaveRequest { path: path.clone() };
+            let vm: Vm = api.post(&action(&name, "save"), &req).await?;
+            println!(
+                "saved {} to {path}; `hostel restore {path}` resumes it",
+                vm.name
+            );
+            return Ok(());
+        }
+        Cmd::Restore { file } => {
+            let req = RestoreRequest {
+                path: absolute(&file)?,
+            };
+            api.post("/api/v1/restore", &req).await?
+        }
+        Cmd::Renew { name, days, until } => {
+            let v: Vm = api
+                .post(&action(&name, "renew"), &RenewRequest { days, until })
+                .await?;
+            println!(
+                "{}: lease ends {}",
+                v.name,
+                v.lease_expires_at.unwrap_or_else(|| "never".into())
+            );
+            return Ok(());
+        }
+    };
+    show_vm(&vm, Format::Table)
+}
+
+async fn list(
+    api: &Api,
+    host: Option<String>,
+    state: Option<VmState>,
+    page_size: u32,
+    output: Format,
+) -> Result<()> {
+    let mut url = reqwest::Url::parse("http://hostel/api/v1/vms")?;
+    let state = state.map(|s| s.as_str().to_string());
+    let limit = Some(page_size.to_string());
+    for (k, v) in [("host", &host), ("state", &state), ("limit", &limit)] {
+        if let Some(v) = v {
+            url.query_pairs_mut().append_pair(k, v);
+        }
+    }
+    let path = match url.query() {
+        Some(q) => format!("{}?{q}", url.path()),
+        None => url.path().to_string(),
+    };
+    let mut vms: Vec<VmSummary> = Vec::new();
+    api.get_pages(&path, |page| {
+        vms.extend(page);
+        Ok(())
+    })
+    .await?;
+    output::show(output, &vms, |vms| vm_table(vms))
+}
+
+const VM_COLUMNS: &[Column<VmSummary>] = &[
+    ("NAME", |v| v.name.clone()),
+    ("STATE", |v| v.state.to_string()),
+    ("MEMORY", |v| {
+        format!(
+            "{}/{}",
+            format_mib(v.memory_mib),
+            format_mib(v.max_memory_mib)
+        )
+    }),
+    ("VCPUS", |v| format!("{}/{}", v.vcpus, v.max_vcpus)),
+    ("HOST", |v| v.host.clone().unwrap_or_default()),
+    ("IMAGE", |v| v.image.clone().unwrap_or_default()),
+    ("OWNER", |v| v.owner.clone().unwrap_or_default()),
+    ("LEASE", |v| {
+        v.lease_expires_at
+            .as_deref()
+            .map(|l| l.get(..16).unwrap_or(l).replace('T', " "))
+            .unwrap_or_default()
+    }),
+    ("PID", |v| v.pid.map(|p| p.to_string()).unwrap_or_default()),
+];
+
+/// The VMs' table, then a warning for each lease that ends soon.
+fn vm_table(vms: &[VmSummary]) {
+    output::print_table(vms, VM_COLUMNS);
+    for v in vms {
+        if let Some(w) = &v.lease_warning {
+            println!("warning: {}: {w}", v.name);
+        }
+    }
+}
+
+fn show_vm(v: &Vm, format: Format) -> Result<()> {
+    output::show(format, v, |v| vm_table(&[VmSummary::from(v)]))
+}
+
+async fn create(api: &Api, a: CreateArgs) -> Result<()> {
+    let mut keys = Vec::new();
+    for k in a.ssh_keys {
+        let p = std::path::Path::new(&k);
+        if !k.starts_with("ssh-")
+            && !k.starts_with("ecdsa-")
+            && !k.starts_with("sk-")
+            && p.is_file()
+        {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("--ssh-key: reading {k}"))?;
+            keys.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(String::from),
+            );
+        } else {
+            keys.push(k);
+        }
+    }
+    let password = match a.password_file {
+        Some(f) => Some(
+            std::fs::read_to_string(&f)
+                .with_context(|| format!("--password-file: reading {}", f.display()))?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let cdrom = match a.cdrom {
+        Some(c) if c.contains('/') => Some(absolute(std::path::Path::new(&c))?),
+        other => other,
+    };
+    let (networks, ips, macs) = (a.networks, a.ips, a.macs);
+    if ips.len() > networks.len() || macs.len() > networks.len() {
+        bail!("each --ip and --mac belongs to a --network before it: give one --network per NIC");
+    }
+    let nics = if a.no_network {
+        Some(Vec::new())
+    } else if networks.is_empty() {
+        None
+    } else {
+        Some(
+            networks
+                .iter()
+                .enumerate()
+                .map(|(i, n)| NicRequest {
+                    network: n.clone(),
+                    ip: ips.get(i).cloned(),
+                    mac: macs.get(i).cloned(),
+                })
+                .collect(),
+        )
+    };
+    let req = CreateVmRequest {
+        nics,
+        name: a.name,
+        image: a.image,
+        memory_mib: a.memory,
+        max_memory_mib: a.max_memory,
+        vcpus: a.vcpus,
+        max_vcpus: a.max_vcpus,
+        disk_mib: a.disk,
+        start: !a.no_start,
+        on_poweroff: a.on_poweroff,
+        on_reboot: a.on_reboot,
+        on_crash: a.on_crash,
+        firmware: a.firmware,
+        cdrom,
+        kernel: a.kernel,
+        initrd: a.initrd,
+        cmdline: a.cmdline,
+        ssh_keys: keys,
+        password,
+        seed: if a.no_seed { Some(false) } else { None },
+        pool: a.pool,
+        lease_days: a.lease_days,
+    };
+    let vm: Vm = api.post("/api/v1/vms", &req).await?;
+    show_vm(&vm, a.output)
+}
