@@ -7,9 +7,7 @@ use crate::error::Error;
 use crate::Controller;
 use hostel_api::public::*;
 use hostel_model::{validate_name, Invalid};
-use hostel_store::{
-    new_id, now, AuditFilter, AuditRecord, GroupRecord, SshKeyRecord, TokenRecord, UserRecord,
-};
+use hostel_store::{new_id, now, AuditRecord, GroupRecord, SshKeyRecord, TokenRecord, UserRecord};
 
 type Res<T> = crate::error::Result<T>;
 
@@ -716,102 +714,5 @@ impl Controller {
             .await?
             .ok_or_else(|| Error::not_found("vm", vm_name, "the VM is gone"))?;
         self.view(&vm, false).await
-    }
-
-    // ---- audit ----
-
-    /// Records one request and emits it through tracing. Never holds secrets: the
-    /// action is a method and a path, the error an API error message.
-    pub async fn record_audit(&self, a: AuditRecord) {
-        tracing::info!(
-            target: "audit",
-            user = a.user_name.as_deref().unwrap_or("-"),
-            source = %a.source,
-            action = %a.action,
-            target_name = a.target.as_deref().unwrap_or("-"),
-            result = %a.result,
-            error = a.error.as_deref().unwrap_or(""),
-            "audit"
-        );
-        if let Err(e) = self.store.insert_audit(&a).await {
-            tracing::error!("could not store an audit entry: {e:#}");
-        }
-    }
-
-    /// Admins see every entry; users the entries about VMs they may operate.
-    pub async fn audit(
-        &self,
-        ctx: &Ctx,
-        vm: Option<String>,
-        user: Option<String>,
-        since: Option<String>,
-    ) -> Res<Vec<AuditEntry>> {
-        let c = ctx.caller()?;
-        let mut f = AuditFilter {
-            user_name: user,
-            since,
-            limit: 1000,
-            ..Default::default()
-        };
-        if let Some(name) = vm {
-            f.vm_ids = Some(vec![self.vm_named(ctx, &name).await?.id]);
-        } else if !c.is_admin {
-            f.vm_ids = Some(
-                self.store
-                    .vms_page(&hostel_store::VmPageQuery {
-                        visible_to: Some((&c.user_id, &c.group_ids)),
-                        limit: u32::MAX,
-                        ..Default::default()
-                    })
-                    .await?
-                    .into_iter()
-                    .map(|r| r.vm.id)
-                    .collect(),
-            );
-        }
-        Ok(self
-            .store
-            .audit(&f)
-            .await?
-            .into_iter()
-            .map(|a| AuditEntry {
-                at: a.at,
-                user: a.user_name,
-                source: a.source,
-                action: a.action,
-                target: a.target,
-                params: a.params.and_then(|p| serde_json::from_str(&p).ok()),
-                result: a.result,
-                error: a.error,
-            })
-            .collect())
-    }
-}
-
-/// An audit row for an event that is not a request (a console attach or detach, the
-/// lease reaper's shutdown), about the VM `vm` (id if known, name).
-pub fn event_record(
-    ctx: &Ctx,
-    action: &str,
-    vm: Option<(Option<&str>, &str)>,
-    params: serde_json::Value,
-    error: Option<&Error>,
-) -> AuditRecord {
-    AuditRecord {
-        id: hostel_store::new_id("aud"),
-        at: hostel_store::now(),
-        user_name: Some(ctx.actor_name()),
-        source: ctx.source.clone(),
-        action: action.to_string(),
-        target: vm.map(|v| v.1.to_string()),
-        vm_id: vm.and_then(|v| v.0.map(String::from)),
-        params: Some(params.to_string()),
-        result: match error {
-            None => "ok",
-            Some(Error::NotFound { .. } | Error::Forbidden(_) | Error::Unauthorized(_)) => "denied",
-            Some(_) => "failed",
-        }
-        .to_string(),
-        error: error.map(|e| e.message()),
     }
 }

@@ -147,7 +147,7 @@ impl Controller {
         if let Some(d) = detail {
             params["terminal"] = d.into();
         }
-        self.record_audit(crate::accounts::event_record(
+        self.record_audit(crate::audit::event_record(
             ctx,
             "console.attach",
             Some((id.as_deref(), &name)),
@@ -167,7 +167,7 @@ impl Controller {
         door: Door,
         seconds: u64,
     ) {
-        self.record_audit(crate::accounts::event_record(
+        self.record_audit(crate::audit::event_record(
             ctx,
             "console.detach",
             Some((Some(vm.0), vm.1)),

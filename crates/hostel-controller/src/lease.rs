@@ -115,7 +115,7 @@ impl Controller {
                 )
                 .await
             };
-            self.record_audit(crate::accounts::event_record(
+            self.record_audit(crate::audit::event_record(
                 ctx,
                 "vm.shutdown",
                 Some((Some(&vm.id), &vm.name)),

@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod agent_client;
+pub mod audit;
 pub mod auth;
 mod boot;
 pub mod consoles;
