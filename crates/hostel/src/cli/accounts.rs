@@ -56,7 +56,8 @@ pub enum Cmd {
     /// Quotas: use against limits.
     #[command(subcommand)]
     Quota(QuotaCmd),
-    /// The audit trail: every request that changed something, or was refused.
+    /// The audit trail: every action that changed something, or was refused (`-o json`
+    /// shows each one's parameters).
     Audit {
         #[arg(long)]
         vm: Option<String>,
@@ -230,6 +231,7 @@ const AUDIT_COLUMNS: &[Column<AuditEntry>] = &[
     ("USER", |e| e.user.clone().unwrap_or_else(|| "-".into())),
     ("FROM", |e| e.source.clone()),
     ("ACTION", |e| e.action.clone()),
+    ("TARGET", |e| e.target.clone().unwrap_or_else(|| "-".into())),
     ("RESULT", |e| e.result.clone()),
     ("ERROR", |e| e.error.clone().unwrap_or_default()),
 ];
