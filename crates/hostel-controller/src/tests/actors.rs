@@ -1,0 +1,132 @@
+//! Who may do what: users, admins and Hostel's own actors, each with only its rights.
+
+use super::Harness;
+use crate::context::{Ctx, SystemActor};
+use crate::error::Error;
+use hostel_api::public::*;
+
+#[tokio::test]
+async fn system_actors_have_no_user_and_no_admin_rights() {
+    let h = Harness::new().await;
+    for actor in [SystemActor::LeaseReaper, SystemActor::Startup] {
+        let ctx = Ctx::system(actor);
+        let e = h.c.users(&ctx).await.unwrap_err();
+        assert!(matches!(e, Error::Forbidden(_)), "{actor:?}: {e:?}");
+        let e =
+            h.c.create_user(
+                &ctx,
+                CreateUserRequest {
+                    name: "mallory".into(),
+                    password: None,
+                    admin: true,
+                },
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Forbidden(_)), "{actor:?}: {e:?}");
+        assert!(h.c.whoami(&ctx).await.is_err());
+        assert!(h.c.quota_show(&ctx, None).await.is_err());
+        assert!(h.c.dmesg(&ctx, 10).is_err());
+    }
+    // The reaper may stop any VM but not list them all for itself, and the start-up
+    // actor may make the default network but not see VMs.
+    assert!(Ctx::system(SystemActor::Startup).visible_to().is_err());
+    // No user was made by any of them.
+    let names: Vec<String> =
+        h.c.users(&h.admin)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|u| u.name)
+            .collect();
+    assert_eq!(names, ["admin"]);
+}
+
+#[tokio::test]
+async fn users_are_refused_admin_operations_by_the_operations_themselves() {
+    let h = Harness::new().await;
+    let alice = h.user("alice").await;
+    let forbidden = |r: Result<(), Error>| match r {
+        Err(Error::Forbidden(m)) => assert!(m.contains("admin"), "{m}"),
+        other => panic!("expected forbidden, got {other:?}"),
+    };
+    forbidden(h.c.users(&alice).await.map(|_| ()));
+    forbidden(h.c.delete_user(&alice, "admin").await);
+    forbidden(
+        h.c.create_group(&alice, CreateGroupRequest { name: "g".into() })
+            .await
+            .map(|_| ()),
+    );
+    forbidden(h.c.doctor(&alice).await.map(|_| ()));
+    forbidden(h.c.list_hosts(&alice).await.map(|_| ()));
+    forbidden(h.c.delete_image(&alice, "tiny").await);
+    forbidden(h.c.delete_network(&alice, "default").await);
+    forbidden(h.c.dmesg(&alice, 1).map(|_| ()));
+    forbidden(
+        h.c.quota_set(&alice, "user:alice", QuotaLimits::default())
+            .await
+            .map(|_| ()),
+    );
+    // What is hers she may do.
+    let me = h.c.whoami(&alice).await.unwrap();
+    assert_eq!(me.user, "alice");
+    assert!(!me.admin);
+}
+
+#[tokio::test]
+async fn a_vm_nobody_may_see_is_not_found_for_anyone_but_its_owner() {
+    let h = Harness::new().await;
+    let bob = h.user("bob").await;
+    // No VM: the same answer for a user, an admin, and the lease reaper.
+    for ctx in [&bob, &h.admin, &Ctx::system(SystemActor::LeaseReaper)] {
+        match h.c.vm_named(ctx, "nope").await {
+            Err(Error::NotFound { kind, name, .. }) => {
+                assert_eq!((kind, name.as_str()), ("vm", "nope"))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_token_cannot_outlive_the_token_that_makes_it() {
+    let h = Harness::new().await;
+    let carol = h.user("carol").await;
+    let e =
+        h.c.create_token(
+            &carol,
+            None,
+            CreateTokenRequest {
+                name: "longer".into(),
+                read_only: false,
+                expires_in_days: Some(30),
+                expires_at: None,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::Invalid { .. } | Error::Forbidden(_)),
+        "{e:?}"
+    );
+    // A shorter one is fine, and the audit trail of the request would name it.
+    let t =
+        h.c.create_token(
+            &carol,
+            None,
+            CreateTokenRequest {
+                name: "short".into(),
+                read_only: true,
+                expires_in_days: None,
+                expires_at: Some(
+                    (time::OffsetDateTime::now_utc() + time::Duration::hours(1))
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap(),
+                ),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(t.read_only);
+    assert_eq!(carol.note().target.as_deref(), Some("short"));
+}
