@@ -85,6 +85,35 @@ impl ConsoleHub {
         (sb.iter().copied().collect(), rx)
     }
 
+    /// The console as a byte stream: the scrollback, then live output; what is written
+    /// to it goes to the guest. It ends when the other end is dropped.
+    pub fn open(self: &std::sync::Arc<Self>) -> tokio::io::DuplexStream {
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let (scrollback, mut out) = self.subscribe();
+        let hub = self.clone();
+        tokio::spawn(async move {
+            let (mut rd, mut wr) = tokio::io::split(ours);
+            if !scrollback.is_empty() && wr.write_all(&scrollback).await.is_err() {
+                return;
+            }
+            let mut buf = vec![0u8; 4096];
+            loop {
+                tokio::select! {
+                    data = out.recv() => match data {
+                        Ok(b) => if wr.write_all(&b).await.is_err() { break },
+                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(_) => break,
+                    },
+                    n = rd.read(&mut buf) => match n {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => { let _ = hub.send(Bytes::copy_from_slice(&buf[..n])).await; }
+                    },
+                }
+            }
+        });
+        theirs
+    }
+
     /// Everything currently in the scrollback, as text.
     #[cfg(test)]
     pub fn scrollback_text(&self) -> String {

@@ -1,50 +1,40 @@
-//! The agent API over HTTPS. Only clients with a certificate from the cluster CA (the
-//! controller) get through the TLS handshake.
+//! The agent API over HTTPS: one router for any [`AgentApi`] (the real agent, the
+//! simulated one), built from the declarations in `hostel_api::agent::endpoints`. Only
+//! clients with a certificate from the cluster CA (the controller) get through the TLS
+//! handshake.
 
-use crate::{AgentError, Shared};
-use axum::body::Body;
+use axum::body::{Body, Bytes};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::{RawPathParams, State};
+use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::{Json, Router};
 use futures::{SinkExt, StreamExt};
-use hostel_api::agent::*;
+use hostel_api::agent::endpoints::{
+    self as ep, Endpoint, Method, PathParams, SocketEndpoint, StreamEndpoint, VmId,
+};
+use hostel_api::agent::{AgentApi, AgentFailure, Lines};
 use hostel_api::ErrorBody;
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 
-impl IntoResponse for AgentError {
+/// An [`AgentFailure`] as an HTTP answer: its code's status, and an [`ErrorBody`].
+struct Failure(AgentFailure);
+
+impl IntoResponse for Failure {
     fn into_response(self) -> Response {
-        let (status, code) = match &self {
-            AgentError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
-            AgentError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
-            AgentError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            AgentError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
-            AgentError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-        };
-        let message = self.to_string();
-        let field = match &self {
-            AgentError::Invalid(_) => message.split(':').next().map(|f| f.to_string()),
-            _ => None,
-        };
-        (
-            status,
-            Json(ErrorBody {
-                error: code.into(),
-                message,
-                field,
-            }),
-        )
-            .into_response()
+        let status = StatusCode::from_u16(self.0.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(ErrorBody::from(self.0))).into_response()
     }
 }
-
-type S = State<Arc<Shared>>;
-type R<T> = Result<Json<T>, AgentError>;
 
 pub struct TlsFiles {
     pub cert_pem: Vec<u8>,
@@ -69,14 +59,14 @@ fn server_config(tls: &TlsFiles) -> anyhow::Result<rustls::ServerConfig> {
         .with_single_cert(certs, key)?)
 }
 
-/// Serves the agent API on `listener` until `shutdown` resolves.
+/// Serves the real agent's API on `listener` until `shutdown` resolves.
 pub async fn serve(
-    shared: Arc<Shared>,
+    shared: Arc<crate::Shared>,
     listener: std::net::TcpListener,
     tls: TlsFiles,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    serve_router(router(shared), listener, tls, shutdown).await
+    serve_router(api_router(shared), listener, tls, shutdown).await
 }
 
 /// Serves `app` over HTTPS that takes only clients with a certificate from the CA in
@@ -107,364 +97,334 @@ pub async fn serve_router(
     Ok(())
 }
 
-pub fn router(shared: Arc<Shared>) -> Router {
+/// The agent API of `api` as HTTP routes, one for each declared endpoint.
+pub fn api_router<A>(api: Arc<A>) -> Router
+where
+    A: AgentApi<Error = AgentFailure>,
+    A::Socket: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
     Router::new()
-        .route("/v1/host", get(host))
-        .route("/v1/events", get(events))
-        .route("/v1/vms", get(list))
-        .route("/v1/vms/{id}", get(status))
-        .route("/v1/vms/{id}/start", post(start))
-        .route("/v1/vms/{id}/destroy", post(destroy))
-        .route("/v1/vms/{id}/shutdown", post(shutdown))
-        .route("/v1/vms/{id}/reboot", post(reboot))
-        .route("/v1/vms/{id}/pause", post(pause))
-        .route("/v1/vms/{id}/unpause", post(unpause))
-        .route("/v1/vms/{id}/balloon", post(balloon))
-        .route("/v1/vms/{id}/vcpus", post(vcpus))
-        .route("/v1/vms/{id}/save", post(save))
-        .route("/v1/vms/{id}/forget", post(forget))
-        .route("/v1/vms/{id}/console", get(console))
-        .route("/v1/vms/{id}/console-log", get(console_log))
-        .route("/v1/vms/{id}/vnc", get(vnc))
-        .route("/v1/save-header", post(save_header))
-        .route("/v1/render", post(render))
-        .route("/v1/files", get(files).post(files_with_pools))
         .route(
-            "/v1/networks",
-            axum::routing::put(put_networks).get(get_networks),
+            ep::HostInfo::ROUTE,
+            json::<A, ep::HostInfo, _, _>(|a, (), _| async move { a.host().await }),
         )
-        .route("/v1/vms/{id}/nics", post(add_nic))
-        .route("/v1/vms/{id}/nics/remove", post(remove_nic))
-        .route("/v1/pools/check", post(check_pool))
-        .route("/v1/pools/forget-image", post(pool_forget_image))
-        .route("/v1/disks", post(create_disk))
-        .route("/v1/disks/delete", post(delete_disk))
-        .route("/v1/disks/resize", post(resize_disk))
-        .route("/v1/vms/{id}/disks", post(add_disk))
-        .route("/v1/vms/{id}/snapshot", post(snapshot))
-        .route("/v1/vms/{id}/disks/remove", post(remove_disk))
-        .route("/v1/images/build", post(build_image))
-        .route("/v1/images/import", post(import_image))
-        .route("/v1/images/delete", post(delete_image))
-        .with_state(shared)
+        .route(
+            ep::ListVms::ROUTE,
+            json::<A, ep::ListVms, _, _>(|a, (), _| async move { a.list_vms().await }),
+        )
+        .route(
+            ep::GetVm::ROUTE,
+            json::<A, ep::GetVm, _, _>(|a, id, _| async move { a.get_vm(&id).await }),
+        )
+        .route(
+            ep::StartVm::ROUTE,
+            json::<A, ep::StartVm, _, _>(|a, id, r| async move { a.start_vm(&id, r).await }),
+        )
+        .route(
+            ep::DestroyVm::ROUTE,
+            json::<A, ep::DestroyVm, _, _>(|a, id, _| async move { a.destroy_vm(&id).await }),
+        )
+        .route(
+            ep::ShutdownVm::ROUTE,
+            json::<A, ep::ShutdownVm, _, _>(|a, id, r| async move { a.shutdown_vm(&id, r).await }),
+        )
+        .route(
+            ep::RebootVm::ROUTE,
+            json::<A, ep::RebootVm, _, _>(|a, id, _| async move { a.reboot_vm(&id).await }),
+        )
+        .route(
+            ep::PauseVm::ROUTE,
+            json::<A, ep::PauseVm, _, _>(|a, id, _| async move { a.pause_vm(&id).await }),
+        )
+        .route(
+            ep::UnpauseVm::ROUTE,
+            json::<A, ep::UnpauseVm, _, _>(|a, id, _| async move { a.unpause_vm(&id).await }),
+        )
+        .route(
+            ep::SetBalloon::ROUTE,
+            json::<A, ep::SetBalloon, _, _>(|a, id, r| async move { a.set_balloon(&id, r).await }),
+        )
+        .route(
+            ep::SetVcpus::ROUTE,
+            json::<A, ep::SetVcpus, _, _>(|a, id, r| async move { a.set_vcpus(&id, r).await }),
+        )
+        .route(
+            ep::SaveVm::ROUTE,
+            json::<A, ep::SaveVm, _, _>(|a, id, r| async move { a.save_vm(&id, r).await }),
+        )
+        .route(
+            ep::ForgetVm::ROUTE,
+            json::<A, ep::ForgetVm, _, _>(|a, id, _| async move { a.forget_vm(&id).await }),
+        )
+        .route(
+            ep::ConsoleLog::ROUTE,
+            json::<A, ep::ConsoleLog, _, _>(|a, id, r| async move { a.console_log(&id, r).await }),
+        )
+        .route(
+            ep::ReadSaveHeader::ROUTE,
+            json::<A, ep::ReadSaveHeader, _, _>(
+                |a, (), r| async move { a.read_save_header(r).await },
+            ),
+        )
+        .route(
+            ep::RenderArgv::ROUTE,
+            json::<A, ep::RenderArgv, _, _>(|a, (), r| async move { a.render_argv(r).await }),
+        )
+        .route(
+            ep::ListFiles::ROUTE,
+            json::<A, ep::ListFiles, _, _>(|a, (), _| async move { a.list_files().await }),
+        )
+        .route(
+            ep::ListFilesInPools::ROUTE,
+            json::<A, ep::ListFilesInPools, _, _>(|a, (), r| async move {
+                a.list_files_in_pools(r).await
+            }),
+        )
+        .route(
+            ep::PutNetworks::ROUTE,
+            json::<A, ep::PutNetworks, _, _>(|a, (), r| async move { a.put_networks(r).await }),
+        )
+        .route(
+            ep::GetNetworks::ROUTE,
+            json::<A, ep::GetNetworks, _, _>(|a, (), _| async move { a.get_networks().await }),
+        )
+        .route(
+            ep::AddNic::ROUTE,
+            json::<A, ep::AddNic, _, _>(|a, id, r| async move { a.add_nic(&id, r).await }),
+        )
+        .route(
+            ep::RemoveNic::ROUTE,
+            json::<A, ep::RemoveNic, _, _>(|a, id, r| async move { a.remove_nic(&id, r).await }),
+        )
+        .route(
+            ep::CheckPool::ROUTE,
+            json::<A, ep::CheckPool, _, _>(|a, (), r| async move { a.check_pool(r).await }),
+        )
+        .route(
+            ep::PoolForgetImage::ROUTE,
+            json::<A, ep::PoolForgetImage, _, _>(
+                |a, (), r| async move { a.pool_forget_image(r).await },
+            ),
+        )
+        .route(
+            ep::CreateDisk::ROUTE,
+            json::<A, ep::CreateDisk, _, _>(|a, (), r| async move { a.create_disk(r).await }),
+        )
+        .route(
+            ep::DeleteDisk::ROUTE,
+            json::<A, ep::DeleteDisk, _, _>(|a, (), r| async move { a.delete_disk(r).await }),
+        )
+        .route(
+            ep::ResizeDisk::ROUTE,
+            json::<A, ep::ResizeDisk, _, _>(|a, (), r| async move { a.resize_disk(r).await }),
+        )
+        .route(
+            ep::AddDisk::ROUTE,
+            json::<A, ep::AddDisk, _, _>(|a, id, r| async move { a.add_disk(&id, r).await }),
+        )
+        .route(
+            ep::RemoveDisk::ROUTE,
+            json::<A, ep::RemoveDisk, _, _>(|a, id, r| async move { a.remove_disk(&id, r).await }),
+        )
+        .route(
+            ep::Snapshot::ROUTE,
+            json::<A, ep::Snapshot, _, _>(|a, id, r| async move { a.snapshot(&id, r).await }),
+        )
+        .route(
+            ep::DeleteImage::ROUTE,
+            json::<A, ep::DeleteImage, _, _>(|a, (), r| async move { a.delete_image(r).await }),
+        )
+        .route(
+            ep::Events::ROUTE,
+            lines::<A, ep::Events, _, _>(Some(HEARTBEAT), |a, _| async move { a.events().await }),
+        )
+        .route(
+            ep::BuildImage::ROUTE,
+            lines::<A, ep::BuildImage, _, _>(None, |a, r| async move { a.build_image(r).await }),
+        )
+        .route(
+            ep::ImportImage::ROUTE,
+            lines::<A, ep::ImportImage, _, _>(None, |a, r| async move { a.import_image(r).await }),
+        )
+        .route(
+            ep::ConsoleSocket::ROUTE,
+            socket::<A, ep::ConsoleSocket, _, _>(
+                |a, id| async move { a.console_socket(&id).await },
+            ),
+        )
+        .route(
+            ep::VncSocket::ROUTE,
+            socket::<A, ep::VncSocket, _, _>(|a, id| async move { a.vnc_socket(&id).await }),
+        )
+        .with_state(api)
 }
 
-async fn host(State(s): S) -> Json<HostFacts> {
-    Json(s.facts().await)
-}
-
-async fn list(State(s): S) -> Json<Vec<VmStatus>> {
-    let vms: Vec<_> = s.vms.lock().unwrap().values().cloned().collect();
-    let mut out = Vec::new();
-    for vm in vms {
-        out.push(vm.status(&s).await);
+fn method_filter(m: Method) -> MethodFilter {
+    match m {
+        Method::Get => MethodFilter::GET,
+        Method::Post => MethodFilter::POST,
+        Method::Put => MethodFilter::PUT,
     }
-    Json(out)
 }
 
-fn find(s: &Shared, id: &str) -> Result<Arc<crate::vm::VmRuntime>, AgentError> {
-    s.vm(id)
-        .ok_or_else(|| AgentError::NotFound(format!("no VM {id} on this host")))
+fn path_params<P: PathParams>(raw: &RawPathParams) -> Result<P, Failure> {
+    let pairs: Vec<(&str, &str)> = raw.iter().collect();
+    P::parse(&pairs).ok_or_else(|| Failure(AgentFailure::invalid("the path's parameters")))
 }
 
-async fn status(State(s): S, Path(id): Path<String>) -> R<VmStatus> {
-    Ok(Json(find(&s, &id)?.status(&s).await))
+/// A request: from the query string for `GET`, else from the JSON body (an empty body
+/// reads as `{}`); `legacy` query parameters are moved into the body.
+fn request<T: DeserializeOwned>(
+    method: Method,
+    legacy: &[&str],
+    uri: &Uri,
+    body: &[u8],
+) -> Result<T, Failure> {
+    let bad =
+        |e: &dyn std::fmt::Display| Failure(AgentFailure::invalid(format!("the request: {e}")));
+    if method == Method::Get {
+        return serde_urlencoded::from_str(uri.query().unwrap_or("")).map_err(|e| bad(&e));
+    }
+    let body = if body.iter().all(u8::is_ascii_whitespace) {
+        &b"{}"[..]
+    } else {
+        body
+    };
+    let query = uri.query().filter(|_| !legacy.is_empty());
+    let Some(query) = query else {
+        return serde_json::from_slice(body).map_err(|e| bad(&e));
+    };
+    let mut v: serde_json::Value = serde_json::from_slice(body).map_err(|e| bad(&e))?;
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).map_err(|e| bad(&e))?;
+    if let Some(obj) = v.as_object_mut() {
+        for (k, val) in pairs {
+            if legacy.contains(&k.as_str()) && !obj.contains_key(&k) {
+                obj.insert(k, serde_json::Value::String(val));
+            }
+        }
+    }
+    serde_json::from_value(v).map_err(|e| bad(&e))
 }
 
-/// A stream of JSON lines, one per state change, for the controller to follow.
+/// The route of a request/response endpoint: `f` answers it.
+fn json<A, E, F, Fut>(f: F) -> MethodRouter<Arc<A>>
+where
+    A: AgentApi<Error = AgentFailure>,
+    E: Endpoint,
+    F: Fn(Arc<A>, E::Path, E::Request) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<E::Response, AgentFailure>> + Send + 'static,
+{
+    let handler = move |State(api): State<Arc<A>>, raw: RawPathParams, uri: Uri, body: Bytes| {
+        let f = f.clone();
+        async move {
+            let path = path_params::<E::Path>(&raw)?;
+            let req = request::<E::Request>(E::METHOD, E::LEGACY_QUERY, &uri, &body)?;
+            f(api, path, req).await.map(Json).map_err(Failure)
+        }
+    };
+    on(method_filter(E::METHOD), handler)
+}
+
 /// How often an idle event stream carries an empty line, so that the controller can
-/// tell a live agent from a silent one (it gives up after `hostel_api::agent::EVENTS_SILENCE`).
+/// tell a live agent from a silent one (it gives up after
+/// `hostel_api::agent::EVENTS_SILENCE`).
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
-async fn events(State(s): S) -> Response {
-    events_response(s.subscribe())
+/// The route of a streaming endpoint: `f` gives the lines, sent as JSON lines. With a
+/// heartbeat, an empty line goes first (the subscription is in place) and whenever
+/// `heartbeat` passes without a line.
+fn lines<A, E, F, Fut>(heartbeat: Option<Duration>, f: F) -> MethodRouter<Arc<A>>
+where
+    A: AgentApi<Error = AgentFailure>,
+    E: StreamEndpoint,
+    F: Fn(Arc<A>, E::Request) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Lines<E::Line, AgentFailure>, AgentFailure>> + Send + 'static,
+{
+    let handler = move |State(api): State<Arc<A>>, uri: Uri, body: Bytes| {
+        let f = f.clone();
+        async move {
+            let req = request::<E::Request>(E::METHOD, &[], &uri, &body)?;
+            let lines = f(api, req).await.map_err(Failure)?;
+            Ok::<_, Failure>(ndjson(lines, heartbeat))
+        }
+    };
+    on(method_filter(E::METHOD), handler)
 }
 
-/// The `/v1/events` answer for a subscription: an empty line first (the subscription is
-/// in place), then an event a JSON line, and an empty line whenever 5 s pass without one.
-pub fn events_response(rx: tokio::sync::broadcast::Receiver<Event>) -> Response {
-    // A subscriber that fell behind has missed changes: end its stream, so the controller
-    // reconnects and reconciles instead of going on with a wrong picture.
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        let line = match tokio::time::timeout(HEARTBEAT, rx.recv()).await {
-            Err(_) => b"\n".to_vec(),
-            Ok(Ok(ev)) => {
-                let mut line = serde_json::to_vec(&ev).ok()?;
-                line.push(b'\n');
-                line
-            }
-            Ok(Err(_)) => return None,
+fn ndjson<L: Serialize + Send + 'static>(
+    lines: Lines<L, AgentFailure>,
+    heartbeat: Option<Duration>,
+) -> Response {
+    // The stream ends at the first error: a subscriber that fell behind has missed
+    // changes, and the controller reconnects and reconciles.
+    let body = futures::stream::unfold(lines, move |mut lines| async move {
+        let next = match heartbeat {
+            Some(h) => match tokio::time::timeout(h, lines.next()).await {
+                Err(_) => return Some((Ok(Bytes::from_static(b"\n")), lines)),
+                Ok(next) => next,
+            },
+            None => lines.next().await,
         };
-        Some((
-            Ok::<_, std::convert::Infallible>(bytes::Bytes::from(line)),
-            rx,
-        ))
+        match next {
+            Some(Ok(line)) => {
+                let mut v = serde_json::to_vec(&line).ok()?;
+                v.push(b'\n');
+                Some((Ok::<_, std::convert::Infallible>(Bytes::from(v)), lines))
+            }
+            Some(Err(e)) => {
+                tracing::debug!("a stream of lines ended: {e}");
+                None
+            }
+            None => None,
+        }
     });
-    // A first empty line tells the client the subscription is in place.
-    let hello = futures::stream::once(async { Ok(bytes::Bytes::from_static(b"\n")) });
+    let hello = futures::stream::iter(heartbeat.map(|_| Ok(Bytes::from_static(b"\n"))));
     Response::builder()
         .header("content-type", "application/x-ndjson")
-        .body(Body::from_stream(hello.chain(stream)))
+        .body(Body::from_stream(hello.chain(body)))
         .unwrap()
 }
 
-async fn start(State(s): S, Path(id): Path<String>, Json(req): Json<StartRequest>) -> R<VmStatus> {
-    if !crate::is_plain_name(&id) {
-        return Err(AgentError::Invalid(anyhow::anyhow!(
-            "id: {id:?} is not a VM id"
-        )));
-    }
-    if req.spec.id != id {
-        return Err(AgentError::Invalid(anyhow::anyhow!(
-            "spec: id does not match the path"
-        )));
-    }
-    let vm = s.vm_or_new(&req.spec);
-    let _g = vm.op.lock().await;
-    vm.start_with(
-        &s,
-        req.spec,
-        req.restore_from.as_deref(),
-        req.load_snapshot.as_deref(),
-    )
-    .await?;
-    Ok(Json(vm.status(&s).await))
-}
-
-async fn destroy(State(s): S, Path(id): Path<String>) -> R<VmStatus> {
-    let vm = find(&s, &id)?;
-    // Destroy does not wait for a running operation: it is how a stuck one is ended.
-    vm.destroy(&s).await?;
-    Ok(Json(vm.status(&s).await))
-}
-
-async fn shutdown(
-    State(s): S,
-    Path(id): Path<String>,
-    Json(req): Json<ShutdownRequest>,
-) -> R<VmStatus> {
-    let vm = find(&s, &id)?;
-    let _g = vm.op.lock().await;
-    vm.shutdown(&s, Duration::from_secs(req.timeout_secs), req.force)
-        .await?;
-    Ok(Json(vm.status(&s).await))
-}
-
-async fn reboot(State(s): S, Path(id): Path<String>) -> R<VmStatus> {
-    let vm = find(&s, &id)?;
-    {
-        let _g = vm.op.lock().await;
-        vm.reboot(&s, Duration::from_secs(60)).await?;
-    }
-    Ok(Json(vm.status(&s).await))
-}
-
-async fn pause(State(s): S, Path(id): Path<String>) -> R<VmStatus> {
-    let vm = find(&s, &id)?;
-    let _g = vm.op.lock().await;
-    vm.pause(&s).await?;
-    Ok(Json(vm.status(&s).await))
-}
-
-async fn unpause(State(s): S, Path(id): Path<String>) -> R<VmStatus> {
-    let vm = find(&s, &id)?;
-    let _g = vm.op.lock().await;
-    vm.unpause(&s).await?;
-    Ok(Json(vm.status(&s).await))
-}
-
-async fn balloon(
-    State(s): S,
-    Path(id): Path<String>,
-    Json(req): Json<BalloonRequest>,
-) -> R<VmStatus> {
-    let vm = find(&s, &id)?;
-    let _g = vm.op.lock().await;
-    vm.balloon(req.memory_mib).await?;
-    Ok(Json(vm.status(&s).await))
-}
-
-async fn vcpus(State(s): S, Path(id): Path<String>, Json(req): Json<VcpusRequest>) -> R<VmStatus> {
-    let vm = find(&s, &id)?;
-    let _g = vm.op.lock().await;
-    vm.set_vcpus(&s, req.vcpus).await?;
-    Ok(Json(vm.status(&s).await))
-}
-
-async fn save(State(s): S, Path(id): Path<String>, Json(req): Json<SaveRequest>) -> R<VmStatus> {
-    let vm = find(&s, &id)?;
-    let _g = vm.op.lock().await;
-    vm.save(&s, &req.path, &req.header).await?;
-    Ok(Json(vm.status(&s).await))
-}
-
-async fn put_networks(State(s): S, Json(state): Json<NetworksState>) -> R<()> {
-    let sh = s.clone();
-    tokio::task::spawn_blocking(move || sh.apply_networks(&state))
-        .await
-        .map_err(|e| AgentError::Internal(e.into()))??;
-    Ok(Json(()))
-}
-
-async fn get_networks(State(s): S) -> Json<NetworksState> {
-    Json(s.networks.lock().unwrap().clone())
-}
-
-async fn add_nic(State(s): S, Path(id): Path<String>, Json(nic): Json<NicSpec>) -> R<VmStatus> {
-    let vm = find(&s, &id)?;
-    let _g = vm.op.lock().await;
-    vm.add_nic(&s, nic).await?;
-    Ok(Json(vm.status(&s).await))
-}
-
-#[derive(Deserialize)]
-struct IdBody {
-    id: String,
-}
-
-async fn remove_nic(State(s): S, Path(id): Path<String>, Json(req): Json<IdBody>) -> R<VmStatus> {
-    let vm = find(&s, &id)?;
-    let _g = vm.op.lock().await;
-    vm.remove_nic(&s, &req.id).await?;
-    Ok(Json(vm.status(&s).await))
-}
-
-/// What the host's disk, image and runtime stores hold.
-async fn files(State(s): S) -> Json<StoredFiles> {
-    let list = |dir: std::path::PathBuf, full: bool| -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(&dir)
-            .map(|r| {
-                r.flatten()
-                    .map(|e| {
-                        if full {
-                            e.path().display().to_string()
-                        } else {
-                            e.file_name().to_string_lossy().into_owned()
-                        }
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
+/// The route of a VM's websocket: `f` gives the byte stream it is served from.
+fn socket<A, E, F, Fut>(f: F) -> MethodRouter<Arc<A>>
+where
+    A: AgentApi<Error = AgentFailure>,
+    A::Socket: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    E: SocketEndpoint,
+    F: Fn(Arc<A>, VmId) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<A::Socket, AgentFailure>> + Send + 'static,
+{
+    let handler = move |State(api): State<Arc<A>>,
+                        raw: RawPathParams,
+                        ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>| {
+        let f = f.clone();
+        async move {
+            let id = path_params::<VmId>(&raw)?;
+            let io = f(api, id).await.map_err(Failure)?;
+            let ws = ws.map_err(|e| {
+                Failure(AgentFailure::invalid(format!(
+                    "{} is a websocket: {e}",
+                    E::ROUTE
+                )))
+            })?;
+            Ok::<_, Failure>(ws.on_upgrade(move |socket| pump(socket, io)))
+        }
     };
-    Json(StoredFiles {
-        disks: list(s.disks_dir(), true),
-        images: list(s.images_dir(), true),
-        runtime: list(s.run_dir(), false),
-    })
+    on(MethodFilter::GET, handler)
 }
 
-/// [`files`], with the disk files of these pools too.
-async fn files_with_pools(State(s): S, Json(pools): Json<Vec<PoolSpec>>) -> R<StoredFiles> {
-    let mut out = files(State(s.clone())).await.0;
-    for p in &pools {
-        let pool = s.pool(Some(p))?;
-        out.disks.extend(pool.files());
-    }
-    Ok(Json(out))
-}
-
-/// The command line a VM with this definition would start with on this host.
-async fn render(State(s): S, Json(spec): Json<VmSpec>) -> Json<Vec<String>> {
-    let paths = hostel_qemu::RuntimePaths::new(&s.run_dir(), &spec.id);
-    Json(hostel_qemu::render(
-        &spec,
-        &paths,
-        &s.host_opts().await,
-        None,
-    ))
-}
-
-#[derive(Deserialize)]
-struct PathBody {
-    path: String,
-}
-
-async fn save_header(Json(req): Json<PathBody>) -> R<SaveHeader> {
-    Ok(Json(crate::vm::read_save_header(&req.path)?.0))
-}
-
-/// Drops what the agent knows of a VM that is being deleted, runtime dir included.
-async fn forget(State(s): S, Path(id): Path<String>) -> R<()> {
-    if let Some(vm) = s.vm(&id) {
-        if vm.state().has_process() {
-            return Err(AgentError::Conflict(
-                "the VM is running; destroy it first".into(),
-            ));
-        }
-        let _ = std::fs::remove_dir_all(&vm.paths.dir);
-        s.vms.lock().unwrap().remove(&id);
-    } else {
-        if !crate::is_plain_name(&id) {
-            return Err(AgentError::Invalid(anyhow::anyhow!(
-                "id: {id:?} is not a VM id"
-            )));
-        }
-        let dir = hostel_qemu::RuntimePaths::new(&s.run_dir(), &id).dir;
-        let _ = std::fs::remove_dir_all(dir);
-    }
-    Ok(Json(()))
-}
-
-async fn console(
-    State(s): S,
-    Path(id): Path<String>,
-    ws: WebSocketUpgrade,
-) -> Result<Response, AgentError> {
-    let vm = find(&s, &id)?;
-    Ok(ws.on_upgrade(move |socket| pump_console(socket, vm)))
-}
-
-async fn pump_console(socket: WebSocket, vm: Arc<crate::vm::VmRuntime>) {
-    let (mut tx, mut rx) = socket.split();
-    let (scrollback, mut out) = vm.console.subscribe();
-    if !scrollback.is_empty() && tx.send(Message::Binary(scrollback.into())).await.is_err() {
-        return;
-    }
-    loop {
-        tokio::select! {
-            data = out.recv() => match data {
-                Ok(b) => if tx.send(Message::Binary(b)).await.is_err() { break },
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(_) => break,
-            },
-            msg = rx.next() => match msg {
-                Some(Ok(Message::Binary(b))) => { let _ = vm.console.send(b).await; }
-                Some(Ok(Message::Text(t))) => {
-                    let _ = vm.console.send(bytes::Bytes::copy_from_slice(t.as_bytes())).await;
-                }
-                Some(Ok(_)) => {}
-                _ => break,
-            },
-        }
-    }
-}
-
-/// The VM's VNC server (QEMU listens on a unix socket only) as a binary websocket.
-async fn vnc(
-    State(s): S,
-    Path(id): Path<String>,
-    ws: WebSocketUpgrade,
-) -> Result<Response, AgentError> {
-    let vm = find(&s, &id)?;
-    let sock = tokio::net::UnixStream::connect(vm.paths.vnc())
-        .await
-        .map_err(|e| AgentError::Conflict(format!("the VM's VNC server is not reachable: {e}")))?;
-    Ok(ws.on_upgrade(move |socket| pump_vnc(socket, sock)))
-}
-
-async fn pump_vnc(socket: WebSocket, sock: tokio::net::UnixStream) {
+/// Copies bytes both ways between a websocket and `io` until either side ends.
+async fn pump<T: AsyncRead + AsyncWrite + Send + Unpin>(socket: WebSocket, io: T) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (mut tx, mut rx) = socket.split();
-    let (mut rd, mut wr) = sock.into_split();
+    let (mut rd, mut wr) = tokio::io::split(io);
     let down = async {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             match rd.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    let chunk = bytes::Bytes::copy_from_slice(&buf[..n]);
+                    let chunk = Bytes::copy_from_slice(&buf[..n]);
                     if tx.send(Message::Binary(chunk)).await.is_err() {
                         break;
                     }
@@ -477,7 +437,7 @@ async fn pump_vnc(socket: WebSocket, sock: tokio::net::UnixStream) {
         while let Some(Ok(m)) = rx.next().await {
             let data = match m {
                 Message::Binary(b) => b,
-                Message::Text(t) => bytes::Bytes::copy_from_slice(t.as_bytes()),
+                Message::Text(t) => Bytes::copy_from_slice(t.as_bytes()),
                 Message::Close(_) => break,
                 _ => continue,
             };
@@ -490,298 +450,4 @@ async fn pump_vnc(socket: WebSocket, sock: tokio::net::UnixStream) {
         _ = down => {},
         _ = up => {},
     }
-}
-
-#[derive(Deserialize)]
-struct LogQuery {
-    #[serde(default)]
-    lines: Option<usize>,
-}
-
-/// The last lines of a VM's console log (the rotated file, then the current one). The
-/// files outlive the QEMU process, so a stopped or crashed VM's log can be read.
-async fn console_log(
-    State(s): S,
-    Path(id): Path<String>,
-    Query(q): Query<LogQuery>,
-) -> R<Vec<String>> {
-    if id.is_empty() || id.contains('/') || id.starts_with('.') {
-        return Err(AgentError::Invalid(anyhow::anyhow!("bad VM id {id:?}")));
-    }
-    let path = hostel_qemu::RuntimePaths::new(&s.run_dir(), &id).console_log();
-    let lines = q.lines.unwrap_or(100);
-    let out = tokio::task::spawn_blocking(move || crate::console::tail_lines(&path, lines))
-        .await
-        .map_err(|e| AgentError::Internal(e.into()))?;
-    Ok(Json(out))
-}
-
-async fn check_pool(State(s): S, Json(req): Json<PoolSpec>) -> R<PoolUsage> {
-    let pool = s.pool(Some(&req))?;
-    let u = tokio::task::spawn_blocking(move || {
-        pool.check()?;
-        pool.usage()
-    })
-    .await
-    .map_err(|e| AgentError::Internal(e.into()))?
-    .map_err(AgentError::Invalid)?;
-    Ok(Json(PoolUsage {
-        total_bytes: u.total_bytes,
-        free_bytes: u.free_bytes,
-        used_bytes: u.used_bytes,
-    }))
-}
-
-#[derive(Deserialize)]
-struct ForgetImage {
-    pool: PoolSpec,
-    image_id: String,
-}
-
-async fn pool_forget_image(State(s): S, Json(req): Json<ForgetImage>) -> R<()> {
-    if !crate::is_plain_name(&req.image_id) {
-        return Err(AgentError::Invalid(anyhow::anyhow!("not an image id")));
-    }
-    s.pool(Some(&req.pool))?.forget_base(&req.image_id);
-    Ok(Json(()))
-}
-
-async fn create_disk(State(s): S, Json(req): Json<CreateDiskRequest>) -> R<DiskCreated> {
-    if !crate::is_plain_name(&req.vm_id) {
-        return Err(AgentError::Invalid(anyhow::anyhow!("vm_id: not a VM id")));
-    }
-    let pool = s.pool(req.pool.as_ref())?;
-    let stem = format!("{}-{}", req.vm_id, req.index);
-    let backing = req.backing.clone();
-    let size = req.size_mib;
-    let p = pool.clone();
-    let path = tokio::task::spawn_blocking(move || {
-        let base = backing.as_ref().map(|b| hostel_storage::pool::Base {
-            path: std::path::Path::new(&b.path),
-            format: &b.format,
-            id: &b.image_id,
-        });
-        p.create_disk(&stem, size, base)
-    })
-    .await
-    .map_err(|e| AgentError::Internal(e.into()))?
-    .map_err(AgentError::Invalid)?;
-    if let Err(e) = s.give_to_qemu(&path) {
-        let _ = pool.delete_disk(&path);
-        return Err(e.into());
-    }
-    Ok(Json(DiskCreated {
-        path: path.display().to_string(),
-        format: pool.driver.disk_format().into(),
-        size_mib: req.size_mib,
-    }))
-}
-
-async fn add_disk(State(s): S, Path(id): Path<String>, Json(disk): Json<DiskSpec>) -> R<VmStatus> {
-    let vm = find(&s, &id)?;
-    if !s
-        .pool(disk.pool.as_ref())?
-        .holds(std::path::Path::new(&disk.path))
-    {
-        return Err(AgentError::Invalid(anyhow::anyhow!(
-            "path: {} is not in the disk's pool",
-            disk.path
-        )));
-    }
-    let _g = vm.op.lock().await;
-    vm.add_disk(disk).await?;
-    Ok(Json(vm.status(&s).await))
-}
-
-async fn snapshot(State(s): S, Path(id): Path<String>, Json(req): Json<SnapshotRequest>) -> R<()> {
-    let mut pools = Vec::new();
-    for d in &req.disks {
-        let pool = s.pool(d.pool.as_ref())?;
-        if !pool.holds(std::path::Path::new(&d.path)) {
-            return Err(AgentError::Invalid(anyhow::anyhow!(
-                "path: {} is not in the disk's pool",
-                d.path
-            )));
-        }
-        pools.push(pool);
-    }
-    // qcow2 disks snapshot inside the file (through QEMU when it runs); btrfs disks by
-    // subvolume, the VM paused meanwhile when it runs.
-    let internal = pools
-        .iter()
-        .all(|p| p.driver == hostel_storage::pool::Driver::Dir);
-    if !internal
-        && pools
-            .iter()
-            .any(|p| p.driver == hostel_storage::pool::Driver::Dir)
-    {
-        return Err(AgentError::Conflict(
-            "the VM has disks in a dir pool and in a btrfs pool; snapshots need all of its \
-             disks in pools of one kind"
-                .into(),
-        ));
-    }
-    if req.memory && !internal {
-        return Err(AgentError::Conflict(
-            "memory: snapshots with memory need qcow2 disks (dir pools); this VM's disks are \
-             in a btrfs pool: snapshot without --memory"
-                .into(),
-        ));
-    }
-    let live = s.vm(&id).filter(|vm| vm.state().has_process());
-    if let (Some(vm), true) = (&live, internal) {
-        let _g = vm.op.lock().await;
-        vm.snapshot_live(&req.action, &req.name, req.memory).await?;
-        return Ok(Json(()));
-    }
-    if req.memory {
-        return Err(AgentError::Conflict(
-            "a snapshot with memory needs a running VM".into(),
-        ));
-    }
-    if live.is_some() && req.action != "create" && req.action != "delete" {
-        return Err(AgentError::Conflict(format!(
-            "cannot {} a snapshot while the VM runs: stop it first",
-            req.action
-        )));
-    }
-    let disks = req.disks.clone();
-    let (action, name) = (req.action.clone(), req.name.clone());
-    let work = move || -> anyhow::Result<()> {
-        for (d, pool) in disks.iter().zip(&pools) {
-            pool.snapshot(std::path::Path::new(&d.path), &action, &name)?;
-        }
-        Ok(())
-    };
-    match live {
-        Some(vm) => {
-            let _g = vm.op.lock().await;
-            vm.while_paused(work).await?;
-        }
-        None => tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|e| AgentError::Internal(e.into()))?
-            .map_err(AgentError::Invalid)?,
-    }
-    Ok(Json(()))
-}
-
-async fn remove_disk(
-    State(s): S,
-    Path(id): Path<String>,
-    Json(req): Json<DiskIndex>,
-) -> R<VmStatus> {
-    let vm = find(&s, &id)?;
-    let _g = vm.op.lock().await;
-    vm.remove_disk(req.index).await?;
-    Ok(Json(vm.status(&s).await))
-}
-
-/// Grows a disk: online through QEMU when `index` names a running VM's disk (the VM id
-/// is the query's `vm`), else offline with qemu-img on `path`.
-async fn resize_disk(
-    State(s): S,
-    Query(q): Query<VmQuery>,
-    Json(req): Json<ResizeDiskRequest>,
-) -> R<()> {
-    match (q.vm, req.index, req.path) {
-        (Some(vm), Some(index), _) => {
-            let vm = find(&s, &vm)?;
-            let _g = vm.op.lock().await;
-            vm.resize_disk(index, req.size_mib).await?;
-        }
-        (_, _, Some(path)) => {
-            if !s
-                .pool(req.pool.as_ref())?
-                .holds(std::path::Path::new(&path))
-            {
-                return Err(AgentError::Invalid(anyhow::anyhow!(
-                    "path: {path} is not in this host's disk store"
-                )));
-            }
-            let size = req.size_mib;
-            tokio::task::spawn_blocking(move || {
-                hostel_storage::disk::resize(std::path::Path::new(&path), size)
-            })
-            .await
-            .map_err(|e| AgentError::Internal(e.into()))?
-            .map_err(AgentError::Invalid)?;
-        }
-        _ => {
-            return Err(AgentError::Invalid(anyhow::anyhow!(
-                "give the VM and disk index, or the disk's path"
-            )))
-        }
-    }
-    Ok(Json(()))
-}
-
-#[derive(Deserialize)]
-struct VmQuery {
-    vm: Option<String>,
-}
-
-async fn delete_disk(State(s): S, Json(req): Json<DeleteDiskRequest>) -> R<()> {
-    let pool = s.pool(req.pool.as_ref())?;
-    let path = std::path::PathBuf::from(&req.path);
-    tokio::task::spawn_blocking(move || pool.delete_disk(&path))
-        .await
-        .map_err(|e| AgentError::Internal(e.into()))?
-        .map_err(AgentError::Invalid)?;
-    Ok(Json(()))
-}
-
-/// Builds an image, streaming progress as JSON lines: `{"progress":0.5,"message":"..."}`,
-/// then `{"done":{...}}` or `{"error":"..."}`.
-async fn build_image(State(s): S, Json(req): Json<BuildImageRequest>) -> Response {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
-    tokio::task::spawn_blocking(move || {
-        let t = tx.clone();
-        let r = s.build_image(&req, &mut |p, m| {
-            let _ = t.send(serde_json::json!({"progress": p, "message": m}));
-        });
-        let _ = tx.send(match r {
-            Ok(img) => serde_json::json!({"done": img}),
-            Err(e) => serde_json::json!({"error": format!("{e:#}")}),
-        });
-    });
-    ndjson(rx)
-}
-
-async fn import_image(State(s): S, Json(req): Json<ImportImageRequest>) -> Response {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
-    tokio::task::spawn_blocking(move || {
-        let t = tx.clone();
-        let mut last = -1.0f64;
-        let r = s.import_image(&req.name, &req.source, &mut |p, m| {
-            // A message per whole percent is plenty.
-            if (p - last).abs() >= 0.01 {
-                last = p;
-                let _ = t.send(serde_json::json!({"progress": p, "message": m}));
-            }
-        });
-        let _ = tx.send(match r {
-            Ok(img) => serde_json::json!({"done": img}),
-            Err(e) => serde_json::json!({"error": format!("{e:#}")}),
-        });
-    });
-    ndjson(rx)
-}
-
-fn ndjson(rx: tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>) -> Response {
-    let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(|v| {
-        let mut line = serde_json::to_vec(&v).unwrap_or_default();
-        line.push(b'\n');
-        Ok::<_, std::convert::Infallible>(bytes::Bytes::from(line))
-    });
-    Response::builder()
-        .header("content-type", "application/x-ndjson")
-        .body(Body::from_stream(stream))
-        .unwrap()
-}
-
-async fn delete_image(State(s): S, Json(req): Json<PathBody>) -> R<()> {
-    s.delete_image_files(&req.path)
-        .map_err(AgentError::Invalid)?;
-    Ok(Json(()))
 }

@@ -4,6 +4,7 @@
 pub mod console;
 mod http;
 mod net;
+mod service;
 pub mod vm;
 
 use anyhow::{anyhow, Context};
@@ -14,11 +15,12 @@ use hostel_qemu::process::RunAs;
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::{broadcast, OnceCell};
 use vm::VmRuntime;
 
-pub use http::{events_response, serve, serve_router, TlsFiles};
+pub use http::{api_router, serve, serve_router, TlsFiles};
+pub use service::{event_lines, ByteIo};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AccelChoice {
@@ -52,7 +54,8 @@ pub struct AgentConfig {
     pub probe_cache: PathBuf,
 }
 
-/// Errors of the agent API, each mapped to an HTTP status.
+/// Errors of the agent's operations; each becomes a wire
+/// [`AgentFailure`](hostel_api::agent::AgentFailure) in `service.rs`.
 #[derive(Debug)]
 pub enum AgentError {
     Invalid(anyhow::Error),
@@ -92,6 +95,8 @@ impl From<anyhow::Error> for AgentError {
 
 /// State shared by the agent's handlers.
 pub struct Shared {
+    /// The `Arc` this lives in, for work handed to other tasks.
+    me: Weak<Shared>,
     pub cfg: AgentConfig,
     pub vms: Mutex<HashMap<String, Arc<VmRuntime>>>,
     events: broadcast::Sender<Event>,
@@ -601,7 +606,8 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<Arc<Shared>> {
         check_reachable(&cfg.data_dir.join("disks"), &cfg.qemu_user, u)?;
     }
     let qemu_version = hostel_qemu::probe::qemu_version(&cfg.qemu_binary).await?;
-    let shared = Arc::new(Shared {
+    let shared = Arc::new_cyclic(|me| Shared {
+        me: me.clone(),
         cfg,
         vms: Mutex::new(HashMap::new()),
         events: broadcast::channel(1024).0,

@@ -1,13 +1,26 @@
 //! The controller's client of one host's agent: HTTPS with a client certificate from
 //! the cluster CA.
+//!
+//! Its typed methods are those of [`AgentApi`] (in `agent_client/typed.rs`): each builds
+//! its request from the endpoint's declaration in `hostel_api::agent::endpoints`, and
+//! fails with an [`AgentCallError`]. The untyped `get`/`post`/`put`/`action`/
+//! `stream_lines` (and `facts`/`vms`/`vm`, which fail with an `anyhow::Error` carrying
+//! an [`AgentRefusal`]) remain until every caller uses the typed methods.
+
+mod typed;
 
 use anyhow::{anyhow, Context};
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use hostel_api::agent::endpoints::{PathParams, SocketEndpoint};
 use hostel_api::agent::*;
 use hostel_api::ErrorBody;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
+
+pub use typed::AgentSocket;
 
 #[derive(Clone)]
 pub struct AgentClient {
@@ -17,11 +30,80 @@ pub struct AgentClient {
     tls: Arc<rustls::ClientConfig>,
 }
 
-/// An agent's refusal, with the HTTP status it came with.
+/// Why a typed call to an agent failed.
+#[derive(Debug)]
+pub enum AgentCallError {
+    /// The agent answered with a failure; its code says which (`not-found`, ...).
+    Refused(AgentFailure),
+    /// The agent could not be reached, or the connection broke.
+    Unreachable(anyhow::Error),
+    /// The agent answered outside the contract: a route it does not serve, a body that
+    /// does not decode as the declared type.
+    BadAnswer(anyhow::Error),
+}
+
+impl AgentCallError {
+    /// The agent's failure, when it answered with one.
+    pub fn failure(&self) -> Option<&AgentFailure> {
+        match self {
+            AgentCallError::Refused(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        self.failure().map(|f| f.code) == Some(FailureCode::NotFound)
+    }
+
+    /// As an `anyhow::Error` whose refusals downcast to [`AgentRefusal`] (what the
+    /// controller's `ApiError` understands today).
+    pub fn into_anyhow(self) -> anyhow::Error {
+        match self {
+            AgentCallError::Refused(f) => anyhow!(AgentRefusal::from(f)),
+            AgentCallError::Unreachable(e) | AgentCallError::BadAnswer(e) => e,
+        }
+    }
+}
+
+impl std::fmt::Display for AgentCallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AgentCallError::Refused(r) => f.write_str(&r.message),
+            AgentCallError::Unreachable(e) | AgentCallError::BadAnswer(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
+impl std::error::Error for AgentCallError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            AgentCallError::Refused(r) => Some(r),
+            AgentCallError::Unreachable(e) | AgentCallError::BadAnswer(e) => Some(e.as_ref()),
+        }
+    }
+}
+
+impl From<AgentFailure> for AgentCallError {
+    fn from(f: AgentFailure) -> Self {
+        AgentCallError::Refused(f)
+    }
+}
+
+/// An agent's refusal, with the HTTP status it came with (the error of the untyped
+/// methods; typed ones give an [`AgentCallError`]).
 #[derive(Debug)]
 pub struct AgentRefusal {
     pub status: u16,
     pub body: ErrorBody,
+}
+
+impl From<AgentFailure> for AgentRefusal {
+    fn from(f: AgentFailure) -> Self {
+        AgentRefusal {
+            status: f.code.http_status(),
+            body: f.into(),
+        }
+    }
 }
 
 impl std::fmt::Display for AgentRefusal {
@@ -85,7 +167,10 @@ impl AgentClient {
         }))
     }
 
-    async fn call<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> anyhow::Result<T> {
+    async fn call_untyped<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> anyhow::Result<T> {
         let resp = req
             .send()
             .await
@@ -93,59 +178,72 @@ impl AgentClient {
         Self::decode(resp).await
     }
 
+    /// Untyped; use the [`AgentApi`] methods.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        self.call(self.http.get(format!("{}{path}", self.url)))
+        self.call_untyped(self.http.get(format!("{}{path}", self.url)))
             .await
     }
 
+    /// Untyped; use the [`AgentApi`] methods.
     pub async fn post<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,
         body: &B,
     ) -> anyhow::Result<T> {
-        self.call(self.http.post(format!("{}{path}", self.url)).json(body))
+        self.call_untyped(self.http.post(format!("{}{path}", self.url)).json(body))
             .await
     }
 
+    /// Untyped; use the [`AgentApi`] methods.
     pub async fn put<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,
         body: &B,
     ) -> anyhow::Result<T> {
-        self.call(self.http.put(format!("{}{path}", self.url)).json(body))
+        self.call_untyped(self.http.put(format!("{}{path}", self.url)).json(body))
             .await
     }
 
+    /// [`AgentApi::host`] with an `anyhow::Error`.
     pub async fn facts(&self) -> anyhow::Result<HostFacts> {
-        self.get("/v1/host").await
+        self.host().await.map_err(AgentCallError::into_anyhow)
     }
 
+    /// [`AgentApi::list_vms`] with an `anyhow::Error`.
     pub async fn vms(&self) -> anyhow::Result<Vec<VmStatus>> {
-        self.get("/v1/vms").await
+        self.list_vms().await.map_err(AgentCallError::into_anyhow)
     }
 
     /// The agent's status of one VM, or None if the agent does not know it.
     pub async fn vm(&self, id: &str) -> anyhow::Result<Option<VmStatus>> {
-        match self.get(&format!("/v1/vms/{id}")).await {
+        match self.get_vm(id).await {
             Ok(s) => Ok(Some(s)),
-            Err(e) if e.downcast_ref::<AgentRefusal>().map(|r| r.status) == Some(404) => Ok(None),
-            Err(e) => Err(e),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.into_anyhow()),
         }
     }
 
+    /// Untyped: `destroy`, `reboot`, `pause` or `unpause` a VM; use [`AgentApi::destroy_vm`],
+    /// [`AgentApi::reboot_vm`], [`AgentApi::pause_vm`], [`AgentApi::unpause_vm`].
     pub async fn action(&self, id: &str, action: &str) -> anyhow::Result<VmStatus> {
-        self.post(&format!("/v1/vms/{id}/{action}"), &serde_json::json!({}))
-            .await
+        let r = match action {
+            "destroy" => self.destroy_vm(id).await,
+            "reboot" => self.reboot_vm(id).await,
+            "pause" => self.pause_vm(id).await,
+            "unpause" => self.unpause_vm(id).await,
+            other => anyhow::bail!("{other:?} is not a VM action of the agent API"),
+        };
+        r.map_err(AgentCallError::into_anyhow)
     }
 
-    /// Opens a streaming POST and hands each JSON line to `on_line`.
+    /// Untyped: opens a streaming POST and hands each JSON line to `on_line`; use
+    /// [`AgentApi::build_image`] and [`AgentApi::import_image`].
     pub async fn stream_lines<B: Serialize>(
         &self,
         path: &str,
         body: &B,
         mut on_line: impl FnMut(serde_json::Value),
     ) -> anyhow::Result<()> {
-        use futures::StreamExt;
         let resp = self
             .http
             .post(format!("{}{path}", self.url))
@@ -155,16 +253,11 @@ impl AgentClient {
         if !resp.status().is_success() {
             return Self::decode::<()>(resp).await;
         }
-        let mut stream = resp.bytes_stream();
-        let mut buf = Vec::new();
         // No silence limit: a build step may print nothing for minutes.
-        while let Some(chunk) = stream.next().await {
-            buf.extend_from_slice(&chunk?);
-            while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=pos).collect();
-                if let Ok(v) = serde_json::from_slice(&line) {
-                    on_line(v);
-                }
+        let mut lines = LineReader::new(resp, None);
+        while let Some(line) = lines.next_line().await {
+            if let Ok(v) = serde_json::from_slice(&line.map_err(AgentCallError::into_anyhow)?) {
+                on_line(v);
             }
         }
         Ok(())
@@ -176,64 +269,122 @@ impl AgentClient {
         connected: impl FnOnce(),
         mut on_event: impl FnMut(Event),
     ) -> anyhow::Result<()> {
-        use futures::StreamExt;
-        let resp = self
-            .http
-            .get(format!("{}/v1/events", self.url))
-            .send()
-            .await?
-            .error_for_status()?;
-        let mut stream = resp.bytes_stream();
-        let mut buf = Vec::new();
-        let mut connected = Some(connected);
-        loop {
-            let chunk = match tokio::time::timeout(EVENTS_SILENCE, stream.next()).await {
-                Ok(Some(chunk)) => chunk?,
-                Ok(None) => break,
-                Err(_) => anyhow::bail!(
-                    "no word from the agent at {} in {} s",
-                    self.url,
-                    EVENTS_SILENCE.as_secs()
-                ),
-            };
-            buf.extend_from_slice(&chunk);
-            while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=pos).collect();
-                if let Some(c) = connected.take() {
-                    c();
-                }
-                if let Ok(ev) = serde_json::from_slice::<Event>(&line) {
-                    on_event(ev);
-                }
-            }
+        let mut events = self.events().await.map_err(AgentCallError::into_anyhow)?;
+        connected();
+        while let Some(ev) = events.next().await {
+            on_event(ev.map_err(AgentCallError::into_anyhow)?);
         }
         Ok(())
     }
 
     /// Opens a websocket of a VM on this agent: `console` (the serial console hub) or
-    /// `vnc` (its VNC socket).
-    pub async fn websocket(
-        &self,
-        id: &str,
-        what: &str,
-    ) -> anyhow::Result<
-        tokio_tungstenite::WebSocketStream<
-            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-        >,
-    > {
+    /// `vnc` (its VNC socket). Untyped; use [`AgentApi::console_socket`] and
+    /// [`AgentApi::vnc_socket`].
+    pub async fn websocket(&self, id: &str, what: &str) -> anyhow::Result<AgentSocket> {
+        let r = match what {
+            "console" => self.console_socket(id).await,
+            "vnc" => self.vnc_socket(id).await,
+            other => anyhow::bail!("{other:?} is not a websocket of the agent API"),
+        };
+        r.map_err(AgentCallError::into_anyhow)
+            .with_context(|| format!("connecting to the agent's {what} websocket"))
+    }
+
+    /// Opens the websocket endpoint `E` of VM `id`.
+    async fn socket<E: SocketEndpoint>(&self, id: &str) -> Result<AgentSocket, AgentCallError> {
         let url = format!(
-            "{}/v1/vms/{id}/{what}",
-            self.url.replacen("https://", "wss://", 1)
+            "{}{}",
+            self.url
+                .replacen("https://", "wss://", 1)
+                .replacen("http://", "ws://", 1),
+            id.to_string().render(E::ROUTE)
         );
-        let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(
-            url,
-            None,
-            false,
-            Some(tokio_tungstenite::Connector::Rustls(self.tls.clone())),
-        )
-        .await
-        .with_context(|| format!("connecting to the agent's {what} websocket"))?;
-        Ok(ws)
+        let connector = tokio_tungstenite::Connector::Rustls(self.tls.clone());
+        match tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(connector))
+            .await
+        {
+            Ok((ws, _)) => Ok(ws),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                let status = resp.status();
+                let body = resp.body().as_deref().unwrap_or_default();
+                Err(match serde_json::from_slice::<AgentFailure>(body) {
+                    Ok(f) => AgentCallError::Refused(f),
+                    Err(_) => AgentCallError::BadAnswer(anyhow!(
+                        "the host's agent answered {status} to {}",
+                        E::NAME
+                    )),
+                })
+            }
+            Err(e) => Err(AgentCallError::Unreachable(
+                anyhow!(e).context(format!("reaching the agent at {}", self.url)),
+            )),
+        }
+    }
+}
+
+/// The lines of an ndjson answer, read as they come.
+struct LineReader {
+    stream: BoxStream<'static, reqwest::Result<axum::body::Bytes>>,
+    buf: Vec<u8>,
+    /// The longest wait for a line before giving up on the agent.
+    silence: Option<Duration>,
+    url: String,
+}
+
+impl LineReader {
+    fn new(resp: reqwest::Response, silence: Option<Duration>) -> LineReader {
+        LineReader {
+            url: resp.url().to_string(),
+            stream: resp.bytes_stream().boxed(),
+            buf: Vec::new(),
+            silence,
+        }
+    }
+
+    /// The next line (without its newline), or None at the end of the answer.
+    async fn next_line(&mut self) -> Option<Result<Vec<u8>, AgentCallError>> {
+        loop {
+            if let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
+                let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
+                line.pop();
+                return Some(Ok(line));
+            }
+            let chunk = match self.silence {
+                Some(s) => match tokio::time::timeout(s, self.stream.next()).await {
+                    Ok(c) => c,
+                    Err(_) => {
+                        return Some(Err(AgentCallError::Unreachable(anyhow!(
+                            "no word from the agent at {} in {} s",
+                            self.url,
+                            s.as_secs()
+                        ))))
+                    }
+                },
+                None => self.stream.next().await,
+            };
+            match chunk? {
+                Ok(c) => self.buf.extend_from_slice(&c),
+                Err(e) => return Some(Err(AgentCallError::Unreachable(e.into()))),
+            }
+        }
+    }
+
+    /// The lines as a stream of `L`; empty lines (heartbeats) are skipped, and so are
+    /// lines that do not decode (with a warning).
+    fn typed<L: DeserializeOwned + Send + 'static>(self) -> Lines<L, AgentCallError> {
+        futures::stream::unfold(self, |mut r| async move {
+            loop {
+                match r.next_line().await? {
+                    Err(e) => return Some((Err(e), r)),
+                    Ok(line) if line.iter().all(u8::is_ascii_whitespace) => continue,
+                    Ok(line) => match serde_json::from_slice::<L>(&line) {
+                        Ok(l) => return Some((Ok(l), r)),
+                        Err(e) => tracing::warn!(url = %r.url, "skipped an agent's line: {e}"),
+                    },
+                }
+            }
+        })
+        .boxed()
     }
 }
 

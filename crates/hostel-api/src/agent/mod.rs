@@ -2,10 +2,27 @@
 //!
 //! The controller sends a VM's whole definition at every start (the agent keeps no VM
 //! records of its own); the agent reports what actually runs, and streams state changes
-//! as they happen on `GET /v1/events`.
+//! as they happen on [`endpoints::Events`].
+//!
+//! - [`endpoints`]: every endpoint, declared once (method, route, request, response).
+//! - [`AgentApi`]: the same endpoints as a trait, implemented by the real agent, the
+//!   simulated one and the controller's client.
+//! - [`AgentFailure`]: the error every endpoint may answer with.
+//! - this module: the wire types.
+
+mod api;
+pub mod endpoints;
+mod failure;
+
+pub use api::{AgentApi, Lines};
+pub use failure::{AgentFailure, FailureCode};
 
 use hostel_model::{Accel, ImageKind, Policy, VmState};
 use serde::{Deserialize, Serialize};
+
+/// The request of an endpoint that takes none: `{}` in a body, nothing in a query string.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Empty {}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub enum Boot {
@@ -264,6 +281,16 @@ pub struct BuildImageRequest {
     pub mirror: Option<String>,
 }
 
+/// One line of an image build or import: progress, then `done` or `error`. On the wire
+/// `{"progress":0.5,"message":".."}`, `{"done":{..}}`, `{"error":".."}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ImageLine {
+    Progress { progress: f64, message: String },
+    Done { done: ImageFiles },
+    Error { error: String },
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ImportImageRequest {
     pub name: String,
@@ -316,6 +343,49 @@ pub struct ResizeDiskRequest {
     /// The pool of the disk file (offline resize); absent: the default pool.
     #[serde(default)]
     pub pool: Option<PoolSpec>,
+}
+
+/// A disk resize: [`ResizeDiskRequest`] and, for an online resize, the VM.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResizeDiskArgs {
+    /// The running VM whose disk `index` grows (online resize).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<String>,
+    #[serde(flatten)]
+    pub disk: ResizeDiskRequest,
+}
+
+/// How much of a VM's console log to read.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ConsoleLogRequest {
+    /// The number of last lines; absent: 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lines: Option<usize>,
+}
+
+/// Names a file written by a save.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SaveHeaderRequest {
+    pub path: String,
+}
+
+/// Names a NIC of the VM to unplug.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemoveNicRequest {
+    pub id: String,
+}
+
+/// Names the image whose copy a pool drops.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForgetImageRequest {
+    pub pool: PoolSpec,
+    pub image_id: String,
+}
+
+/// Names the image file (or the kernel of a direct-kernel image) to remove.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeleteImageRequest {
+    pub path: String,
 }
 
 /// A snapshot operation on a VM's disks: qcow2 internal snapshots, through QEMU when it

@@ -1,0 +1,385 @@
+//! A SIMULATED agent, for the control-plane benchmark (`hostel-bench`'s `hostel-simagent`)
+//! and for tests of the agent API. It runs no QEMU and touches no disk or network: a
+//! [`SimHost`] implements [`AgentApi`] with records in memory, and is served by the same
+//! router as the real agent (`hostel_agent::api_router`).
+//!
+//! Host k is `simhost-k`. It reports as running the fleet VMs `simvm-i` with
+//! `i % hosts == k` and `i <` the number in its fleet file (read at each listing, so the
+//! benchmark can grow the fleet it wrote into the database); VMs the controller starts on
+//! it are kept in memory, and each change is streamed as events like a real agent's.
+
+use hostel_api::agent::*;
+use hostel_model::{Accel, ImageKind, VmState};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+/// A SIMULATED host: answers the whole agent API from memory (no QEMU, disk or network;
+/// its only file access is reading the fleet file). Websockets are not simulated.
+pub struct SimHost {
+    index: usize,
+    hosts: usize,
+    fleet_file: PathBuf,
+    /// VMs started through the API, by id.
+    vms: Mutex<HashMap<String, VmStatus>>,
+    /// Fleet VMs the controller stopped (they no longer run).
+    stopped: Mutex<HashSet<String>>,
+    events: tokio::sync::broadcast::Sender<Event>,
+    /// Simulated files: disks and images "created", save files "written".
+    disks: Mutex<BTreeSet<String>>,
+    images: Mutex<BTreeSet<String>>,
+    saves: Mutex<HashMap<String, SaveHeader>>,
+    networks: Mutex<NetworksState>,
+}
+
+type Res<T> = Result<T, AgentFailure>;
+
+/// A SIMULATED VM's status (no QEMU: the argv says so).
+fn status(id: &str, name: &str, state: VmState, pid: Option<u32>) -> VmStatus {
+    VmStatus {
+        id: id.into(),
+        name: name.into(),
+        state,
+        reason: Some("simulated".into()),
+        pid,
+        argv: vec!["(simulated agent: no QEMU)".into()],
+        accel: Accel::Kvm,
+        balloon_mib: None,
+        vcpus: 1,
+        nics: Vec::new(),
+    }
+}
+
+fn not_found(id: &str) -> AgentFailure {
+    AgentFailure::not_found(format!("no VM {id} on this simulated host"))
+}
+
+impl SimHost {
+    /// SIMULATION: host `index` of `hosts`, whose fleet size is read from `fleet_file`
+    /// (a missing file: no fleet VMs).
+    pub fn new(index: usize, hosts: usize, fleet_file: PathBuf) -> SimHost {
+        SimHost {
+            index,
+            hosts: hosts.max(1),
+            fleet_file,
+            vms: Mutex::default(),
+            stopped: Mutex::default(),
+            events: tokio::sync::broadcast::channel(1024).0,
+            disks: Mutex::default(),
+            images: Mutex::default(),
+            saves: Mutex::default(),
+            networks: Mutex::default(),
+        }
+    }
+
+    /// SIMULATION: the host's name, `simhost-INDEX`.
+    pub fn name(&self) -> String {
+        format!("simhost-{}", self.index)
+    }
+
+    /// The fleet VMs this host runs now: `simvm-i` for its share of i below the count.
+    fn fleet(&self) -> Vec<VmStatus> {
+        let n: usize = std::fs::read_to_string(&self.fleet_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        let stopped = self.stopped.lock().unwrap();
+        (self.index..n)
+            .step_by(self.hosts)
+            .map(|i| format!("simvm-{i}"))
+            .filter(|id| !stopped.contains(id))
+            .map(|id| {
+                let i: u32 = id[6..].parse().unwrap_or(0);
+                let name = format!("sim{i}");
+                status(&id, &name, VmState::Running, Some(100_000 + i))
+            })
+            .collect()
+    }
+
+    fn find(&self, id: &str) -> Res<VmStatus> {
+        if let Some(s) = self.vms.lock().unwrap().get(id) {
+            return Ok(s.clone());
+        }
+        if id.starts_with("simvm-") {
+            if let Some(s) = self.fleet().into_iter().find(|s| s.id == id) {
+                return Ok(s);
+            }
+        }
+        Err(not_found(id))
+    }
+
+    /// Records a VM's new state, streamed as an event.
+    fn set(&self, s: VmStatus) -> VmStatus {
+        let _ = self.events.send(Event {
+            vm_id: s.id.clone(),
+            state: s.state,
+            reason: s.reason.clone(),
+            pid: s.pid,
+        });
+        self.keep(s)
+    }
+
+    fn keep(&self, s: VmStatus) -> VmStatus {
+        if s.id.starts_with("simvm-") && !s.state.has_process() {
+            self.stopped.lock().unwrap().insert(s.id.clone());
+        }
+        self.vms.lock().unwrap().insert(s.id.clone(), s.clone());
+        s
+    }
+
+    /// Moves a VM to `state` (no process: no pid).
+    fn to_state(&self, id: &str, state: VmState) -> Res<VmStatus> {
+        let mut s = self.find(id)?;
+        s.state = state;
+        if !state.has_process() {
+            s.pid = None;
+        }
+        Ok(self.set(s))
+    }
+
+    /// Changes a known VM's status (not its state) with `f`.
+    fn update(&self, id: &str, f: impl FnOnce(&mut VmStatus)) -> Res<VmStatus> {
+        let mut s = self.find(id)?;
+        f(&mut s);
+        Ok(self.keep(s))
+    }
+
+    fn image(&self, name: &str, kind: ImageKind) -> ImageFiles {
+        let path = format!("/simulated/images/{name}.qcow2");
+        self.images.lock().unwrap().insert(path.clone());
+        ImageFiles {
+            name: name.into(),
+            kind,
+            format: "qcow2".into(),
+            path,
+            initrd: None,
+            cmdline: None,
+            size_bytes: 1 << 20,
+            virtual_size_mib: 1024,
+            sha256: "0".repeat(64),
+        }
+    }
+}
+
+/// A simulated build or import: one progress line, then `done`.
+fn image_lines(img: ImageFiles) -> Lines<ImageLine, AgentFailure> {
+    Box::pin(futures::stream::iter([
+        Ok(ImageLine::Progress {
+            progress: 0.5,
+            message: "simulated".into(),
+        }),
+        Ok(ImageLine::Done { done: img }),
+    ]))
+}
+
+/// SIMULATION of the agent API: every endpoint answers from memory; consoles and VNC
+/// are `unavailable`.
+impl AgentApi for SimHost {
+    type Error = AgentFailure;
+    type Socket = tokio::io::DuplexStream;
+
+    async fn host(&self) -> Res<HostFacts> {
+        Ok(HostFacts {
+            name: self.name(),
+            cpus: 64,
+            memory_total_mib: 256 * 1024,
+            accel: Accel::Kvm,
+            accel_reason: "simulated agent (no probe)".into(),
+            qemu_version: "simulated".into(),
+            kernel: "simulated".into(),
+            disks_dir: "/simulated".into(),
+        })
+    }
+
+    async fn list_vms(&self) -> Res<Vec<VmStatus>> {
+        let vms = self.vms.lock().unwrap().clone();
+        // A fleet VM the controller changed is listed once, as changed.
+        let mut out: Vec<VmStatus> = self
+            .fleet()
+            .into_iter()
+            .filter(|s| !vms.contains_key(&s.id))
+            .collect();
+        out.extend(vms.into_values().filter(|s| s.state.has_process()));
+        Ok(out)
+    }
+
+    async fn get_vm(&self, id: &str) -> Res<VmStatus> {
+        self.find(id)
+    }
+
+    async fn start_vm(&self, id: &str, req: StartRequest) -> Res<VmStatus> {
+        self.stopped.lock().unwrap().remove(id);
+        let pid = 200_000 + (self.vms.lock().unwrap().len() as u32);
+        let mut s = status(id, &req.spec.name, VmState::Running, Some(pid));
+        s.vcpus = req.spec.vcpus;
+        Ok(self.set(s))
+    }
+
+    async fn destroy_vm(&self, id: &str) -> Res<VmStatus> {
+        self.to_state(id, VmState::Stopped)
+    }
+
+    async fn shutdown_vm(&self, id: &str, _req: ShutdownRequest) -> Res<VmStatus> {
+        self.to_state(id, VmState::Stopped)
+    }
+
+    async fn reboot_vm(&self, id: &str) -> Res<VmStatus> {
+        self.to_state(id, VmState::Running)
+    }
+
+    async fn pause_vm(&self, id: &str) -> Res<VmStatus> {
+        self.to_state(id, VmState::Paused)
+    }
+
+    async fn unpause_vm(&self, id: &str) -> Res<VmStatus> {
+        self.to_state(id, VmState::Running)
+    }
+
+    async fn set_balloon(&self, id: &str, req: BalloonRequest) -> Res<VmStatus> {
+        self.update(id, |s| s.balloon_mib = Some(req.memory_mib))
+    }
+
+    async fn set_vcpus(&self, id: &str, req: VcpusRequest) -> Res<VmStatus> {
+        self.update(id, |s| s.vcpus = req.vcpus)
+    }
+
+    async fn save_vm(&self, id: &str, req: SaveRequest) -> Res<VmStatus> {
+        let s = self.to_state(id, VmState::Stopped)?;
+        self.saves.lock().unwrap().insert(req.path, req.header);
+        Ok(s)
+    }
+
+    async fn forget_vm(&self, id: &str) -> Res<()> {
+        self.vms.lock().unwrap().remove(id);
+        Ok(())
+    }
+
+    async fn console_log(&self, id: &str, req: ConsoleLogRequest) -> Res<Vec<String>> {
+        let n = req.lines.unwrap_or(100).min(1);
+        let line = format!("(simulated agent: VM {id} has no console)");
+        Ok(std::iter::repeat_n(line, n).collect())
+    }
+
+    async fn read_save_header(&self, req: SaveHeaderRequest) -> Res<SaveHeader> {
+        self.saves
+            .lock()
+            .unwrap()
+            .get(&req.path)
+            .cloned()
+            .ok_or_else(|| AgentFailure::not_found(format!("no saved VM at {}", req.path)))
+    }
+
+    async fn render_argv(&self, _spec: VmSpec) -> Res<Vec<String>> {
+        Ok(vec!["(simulated agent: no QEMU)".into()])
+    }
+
+    async fn list_files(&self) -> Res<StoredFiles> {
+        Ok(StoredFiles {
+            disks: self.disks.lock().unwrap().iter().cloned().collect(),
+            images: self.images.lock().unwrap().iter().cloned().collect(),
+            runtime: self.vms.lock().unwrap().keys().cloned().collect(),
+        })
+    }
+
+    async fn list_files_in_pools(&self, _pools: Vec<PoolSpec>) -> Res<StoredFiles> {
+        self.list_files().await
+    }
+
+    async fn put_networks(&self, state: NetworksState) -> Res<()> {
+        *self.networks.lock().unwrap() = state;
+        Ok(())
+    }
+
+    async fn get_networks(&self) -> Res<NetworksState> {
+        Ok(self.networks.lock().unwrap().clone())
+    }
+
+    async fn add_nic(&self, id: &str, nic: NicSpec) -> Res<VmStatus> {
+        self.update(id, |s| {
+            s.nics.push(NicStatus {
+                id: nic.id,
+                tap: nic.tap,
+                drops: Some(0),
+            })
+        })
+    }
+
+    async fn remove_nic(&self, id: &str, req: RemoveNicRequest) -> Res<VmStatus> {
+        self.update(id, |s| s.nics.retain(|n| n.id != req.id))
+    }
+
+    async fn check_pool(&self, _pool: PoolSpec) -> Res<PoolUsage> {
+        Ok(PoolUsage {
+            total_bytes: 1 << 40,
+            free_bytes: 1 << 40,
+            used_bytes: 0,
+        })
+    }
+
+    async fn pool_forget_image(&self, _req: ForgetImageRequest) -> Res<()> {
+        Ok(())
+    }
+
+    async fn create_disk(&self, req: CreateDiskRequest) -> Res<DiskCreated> {
+        let path = format!("/simulated/{}/disk{}.qcow2", req.vm_id, req.index);
+        self.disks.lock().unwrap().insert(path.clone());
+        Ok(DiskCreated {
+            path,
+            format: "qcow2".into(),
+            size_mib: req.size_mib,
+        })
+    }
+
+    async fn delete_disk(&self, req: DeleteDiskRequest) -> Res<()> {
+        self.disks.lock().unwrap().remove(&req.path);
+        Ok(())
+    }
+
+    async fn resize_disk(&self, req: ResizeDiskArgs) -> Res<()> {
+        match (&req.vm, req.disk.index, &req.disk.path) {
+            (Some(vm), Some(_), _) => self.find(vm).map(|_| ()),
+            (_, _, Some(_)) => Ok(()),
+            _ => Err(AgentFailure::invalid(
+                "give the VM and disk index, or the disk's path",
+            )),
+        }
+    }
+
+    async fn add_disk(&self, id: &str, _disk: DiskSpec) -> Res<VmStatus> {
+        self.find(id)
+    }
+
+    async fn remove_disk(&self, id: &str, _req: DiskIndex) -> Res<VmStatus> {
+        self.find(id)
+    }
+
+    async fn snapshot(&self, _id: &str, _req: SnapshotRequest) -> Res<()> {
+        Ok(())
+    }
+
+    async fn delete_image(&self, req: DeleteImageRequest) -> Res<()> {
+        self.images.lock().unwrap().remove(&req.path);
+        Ok(())
+    }
+
+    async fn events(&self) -> Res<Lines<Event, AgentFailure>> {
+        // Like the real agent's: the stream ends when the subscriber falls behind.
+        let rx = self.events.subscribe();
+        Ok(Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.ok().map(|ev| (Ok(ev), rx))
+        })))
+    }
+
+    async fn build_image(&self, req: BuildImageRequest) -> Res<Lines<ImageLine, AgentFailure>> {
+        let kind = if req.recipe == "tiny" {
+            ImageKind::DirectKernel
+        } else {
+            ImageKind::Disk
+        };
+        Ok(image_lines(self.image(&req.name, kind)))
+    }
+
+    async fn import_image(&self, req: ImportImageRequest) -> Res<Lines<ImageLine, AgentFailure>> {
+        Ok(image_lines(self.image(&req.name, ImageKind::Disk)))
+    }
+}

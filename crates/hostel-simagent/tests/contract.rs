@@ -1,0 +1,310 @@
+//! The agent API's contract, end to end: the generic router (`hostel_agent::api_router`)
+//! serves a SIMULATED agent over mutual TLS in this process, and the controller's
+//! `AgentClient` calls every endpoint through its typed methods. A route the client and
+//! the router disagree on (a 404 without an error body, a 405) or a body that does not
+//! decode as the declared type fails the call; every declared endpoint must be reached.
+
+use futures::StreamExt;
+use hostel_api::agent::endpoints::{self as ep, Endpoint};
+use hostel_api::agent::*;
+use hostel_api::VmState;
+use hostel_controller::agent_client::{AgentCallError, AgentClient, ClientTls};
+use hostel_simagent::SimHost;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+struct Certs {
+    ca: Vec<u8>,
+    agent: (Vec<u8>, Vec<u8>),
+    controller: (Vec<u8>, Vec<u8>),
+}
+
+fn certs() -> Certs {
+    use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issue = |sans: Vec<String>, usage| {
+        let mut p = CertificateParams::new(sans).unwrap();
+        p.extended_key_usages = vec![usage];
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &ca, &ca_key).unwrap();
+        (cert.pem().into_bytes(), key.serialize_pem().into_bytes())
+    };
+    Certs {
+        agent: issue(
+            vec!["127.0.0.1".into()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        ),
+        controller: issue(
+            vec!["controller".into()],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ),
+        ca: ca.pem().into_bytes(),
+    }
+}
+
+type Seen = Arc<Mutex<BTreeSet<(String, String)>>>;
+
+/// Serves a simulated agent; records the (method, route) of every request it routes.
+async fn serve(certs: &Certs) -> (String, Seen) {
+    let seen: Seen = Arc::default();
+    let s = seen.clone();
+    let app = hostel_agent::api_router(Arc::new(SimHost::new(0, 1, "/nonexistent/fleet".into())))
+        .layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let s = s.clone();
+                async move {
+                    if let Some(p) = req.extensions().get::<axum::extract::MatchedPath>() {
+                        let m = req.method().as_str().to_string();
+                        s.lock().unwrap().insert((m, p.as_str().to_string()));
+                    }
+                    next.run(req).await
+                }
+            },
+        ));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    let tls = hostel_agent::TlsFiles {
+        cert_pem: certs.agent.0.clone(),
+        key_pem: certs.agent.1.clone(),
+        client_ca_pem: certs.ca.clone(),
+    };
+    tokio::spawn(hostel_agent::serve_router(
+        app,
+        listener,
+        tls,
+        futures::future::pending(),
+    ));
+    (url, seen)
+}
+
+fn spec(id: &str) -> VmSpec {
+    VmSpec {
+        id: id.into(),
+        name: format!("name-{id}"),
+        memory_mib: 256,
+        max_memory_mib: 512,
+        vcpus: 1,
+        max_vcpus: 4,
+        boot: Boot::Bios,
+        disks: vec![],
+        on_poweroff: Default::default(),
+        on_reboot: Default::default(),
+        on_crash: Default::default(),
+        nics: vec![],
+        cdrom: None,
+        seed: None,
+    }
+}
+
+fn pool() -> PoolSpec {
+    PoolSpec {
+        name: "p".into(),
+        driver: "dir".into(),
+        path: "/simulated/p".into(),
+    }
+}
+
+async fn image_done(lines: Lines<ImageLine, AgentCallError>) -> ImageFiles {
+    let lines: Vec<ImageLine> = lines.map(|l| l.unwrap()).collect().await;
+    match lines.last() {
+        Some(ImageLine::Done { done }) => done.clone(),
+        other => panic!("the last line is not `done`: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn every_endpoint_agrees_between_client_and_router() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let certs = certs();
+    let (url, seen) = serve(&certs).await;
+    let tls = ClientTls {
+        ca_pem: certs.ca.clone(),
+        cert_pem: certs.controller.0.clone(),
+        key_pem: certs.controller.1.clone(),
+    };
+    let a = AgentClient::new(&url, &tls).unwrap();
+    let id = "vm-1";
+
+    assert_eq!(a.host().await.unwrap().name, "simhost-0");
+    let mut events = a.events().await.unwrap();
+    let started = a.start_vm(
+        id,
+        StartRequest {
+            spec: spec(id),
+            restore_from: None,
+            load_snapshot: None,
+        },
+    );
+    assert_eq!(started.await.unwrap().state, VmState::Running);
+    let ev = events.next().await.unwrap().unwrap();
+    assert_eq!((ev.vm_id.as_str(), ev.state), (id, VmState::Running));
+
+    assert!(a.list_vms().await.unwrap().iter().any(|v| v.id == id));
+    assert_eq!(a.get_vm(id).await.unwrap().id, id);
+    let missing = a.get_vm("vm-none").await.unwrap_err();
+    assert!(missing.is_not_found(), "{missing:?}");
+    assert_eq!(a.pause_vm(id).await.unwrap().state, VmState::Paused);
+    assert_eq!(a.unpause_vm(id).await.unwrap().state, VmState::Running);
+    assert_eq!(a.reboot_vm(id).await.unwrap().state, VmState::Running);
+    let b = a.set_balloon(id, BalloonRequest { memory_mib: 300 });
+    assert_eq!(b.await.unwrap().balloon_mib, Some(300));
+    assert_eq!(
+        a.set_vcpus(id, VcpusRequest { vcpus: 2 })
+            .await
+            .unwrap()
+            .vcpus,
+        2
+    );
+    let nic = NicSpec {
+        id: "nic-1".into(),
+        index: 0,
+        mac: "52:54:00:00:00:01".into(),
+        ipv4: "10.0.0.2".into(),
+        ipv6: None,
+        bridge: "br0".into(),
+        tap: "tap0".into(),
+    };
+    assert_eq!(a.add_nic(id, nic).await.unwrap().nics.len(), 1);
+    let rm = a.remove_nic(id, RemoveNicRequest { id: "nic-1".into() });
+    assert!(rm.await.unwrap().nics.is_empty());
+
+    let made = a.create_disk(CreateDiskRequest {
+        vm_id: id.into(),
+        index: 1,
+        size_mib: 64,
+        backing: None,
+        pool: Some(pool()),
+    });
+    let made = made.await.unwrap();
+    let disk = DiskSpec {
+        index: 1,
+        path: made.path.clone(),
+        format: made.format.clone(),
+        pool: Some(pool()),
+    };
+    a.add_disk(id, disk.clone()).await.unwrap();
+    let resize = ResizeDiskArgs {
+        vm: Some(id.into()),
+        disk: ResizeDiskRequest {
+            index: Some(1),
+            path: None,
+            size_mib: 128,
+            pool: None,
+        },
+    };
+    a.resize_disk(resize.clone()).await.unwrap();
+    // The untyped client's form: the VM in the query string.
+    a.post::<_, ()>(&format!("{}?vm={id}", ep::ResizeDisk::ROUTE), &resize.disk)
+        .await
+        .unwrap();
+    a.snapshot(
+        id,
+        SnapshotRequest {
+            action: "create".into(),
+            name: "s1".into(),
+            disks: vec![disk],
+            memory: false,
+        },
+    )
+    .await
+    .unwrap();
+    a.remove_disk(id, DiskIndex { index: 1 }).await.unwrap();
+    let files = a.list_files_in_pools(vec![pool()]).await.unwrap();
+    assert!(files.disks.contains(&made.path));
+    a.delete_disk(DeleteDiskRequest {
+        path: made.path.clone(),
+        pool: Some(pool()),
+    })
+    .await
+    .unwrap();
+    assert!(!a.list_files().await.unwrap().disks.contains(&made.path));
+
+    let header = SaveHeader {
+        magic: SAVE_MAGIC.into(),
+        vm_id: id.into(),
+        vm_name: "name".into(),
+        saved_at: "now".into(),
+    };
+    let save = a.save_vm(
+        id,
+        SaveRequest {
+            path: "/simulated/save".into(),
+            header: header.clone(),
+        },
+    );
+    assert_eq!(save.await.unwrap().state, VmState::Stopped);
+    let read = a.read_save_header(SaveHeaderRequest {
+        path: "/simulated/save".into(),
+    });
+    assert_eq!(read.await.unwrap(), header);
+    let shut = a.shutdown_vm(
+        id,
+        ShutdownRequest {
+            timeout_secs: 1,
+            force: true,
+        },
+    );
+    assert_eq!(shut.await.unwrap().state, VmState::Stopped);
+    assert_eq!(a.destroy_vm(id).await.unwrap().state, VmState::Stopped);
+    let log = a.console_log(id, ConsoleLogRequest { lines: Some(5) });
+    assert_eq!(log.await.unwrap().len(), 1);
+    assert!(!a.render_argv(spec(id)).await.unwrap().is_empty());
+
+    let nets = NetworksState::default();
+    a.put_networks(nets.clone()).await.unwrap();
+    assert_eq!(a.get_networks().await.unwrap(), nets);
+    assert_eq!(a.check_pool(pool()).await.unwrap().used_bytes, 0);
+    a.pool_forget_image(ForgetImageRequest {
+        pool: pool(),
+        image_id: "img-1".into(),
+    })
+    .await
+    .unwrap();
+
+    let built = a.build_image(BuildImageRequest {
+        recipe: "tiny".into(),
+        name: "t".into(),
+        suite: None,
+        packages: vec![],
+        size_mib: None,
+        mirror: None,
+    });
+    let built = image_done(built.await.unwrap()).await;
+    let imported = a.import_image(ImportImageRequest {
+        name: "i".into(),
+        source: "/x.img".into(),
+    });
+    image_done(imported.await.unwrap()).await;
+    a.delete_image(DeleteImageRequest { path: built.path })
+        .await
+        .unwrap();
+    a.forget_vm(id).await.unwrap();
+
+    // A simulated host serves no websockets, but the routes are there: the answer is
+    // the agent's JSON refusal, not a route miss.
+    for r in [a.console_socket(id).await, a.vnc_socket(id).await] {
+        match r {
+            Err(AgentCallError::Refused(f)) => assert_eq!(f.code, FailureCode::Unavailable),
+            Err(e) => panic!("not a refusal: {e:?}"),
+            Ok(_) => panic!("a simulated host opened a websocket"),
+        }
+    }
+
+    let declared: BTreeSet<(String, String)> = ep::all()
+        .map(|d| (d.method.as_str().to_string(), d.route.to_string()))
+        .collect();
+    let seen = seen.lock().unwrap().clone();
+    let missed: Vec<_> = declared.difference(&seen).collect();
+    assert!(
+        missed.is_empty(),
+        "declared endpoints never called: {missed:?}"
+    );
+    let undeclared: Vec<_> = seen.difference(&declared).collect();
+    assert!(
+        undeclared.is_empty(),
+        "routes not in the contract: {undeclared:?}"
+    );
+}
