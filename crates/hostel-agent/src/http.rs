@@ -273,13 +273,8 @@ fn path_params<P: PathParams>(raw: &RawPathParams) -> Result<P, Failure> {
 }
 
 /// A request: from the query string for `GET`, else from the JSON body (an empty body
-/// reads as `{}`); `legacy` query parameters are moved into the body.
-fn request<T: DeserializeOwned>(
-    method: Method,
-    legacy: &[&str],
-    uri: &Uri,
-    body: &[u8],
-) -> Result<T, Failure> {
+/// reads as `{}`).
+fn request<T: DeserializeOwned>(method: Method, uri: &Uri, body: &[u8]) -> Result<T, Failure> {
     let bad =
         |e: &dyn std::fmt::Display| Failure(AgentFailure::invalid(format!("the request: {e}")));
     if method == Method::Get {
@@ -290,20 +285,7 @@ fn request<T: DeserializeOwned>(
     } else {
         body
     };
-    let query = uri.query().filter(|_| !legacy.is_empty());
-    let Some(query) = query else {
-        return serde_json::from_slice(body).map_err(|e| bad(&e));
-    };
-    let mut v: serde_json::Value = serde_json::from_slice(body).map_err(|e| bad(&e))?;
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).map_err(|e| bad(&e))?;
-    if let Some(obj) = v.as_object_mut() {
-        for (k, val) in pairs {
-            if legacy.contains(&k.as_str()) && !obj.contains_key(&k) {
-                obj.insert(k, serde_json::Value::String(val));
-            }
-        }
-    }
-    serde_json::from_value(v).map_err(|e| bad(&e))
+    serde_json::from_slice(body).map_err(|e| bad(&e))
 }
 
 /// The route of a request/response endpoint: `f` answers it.
@@ -318,7 +300,7 @@ where
         let f = f.clone();
         async move {
             let path = path_params::<E::Path>(&raw)?;
-            let req = request::<E::Request>(E::METHOD, E::LEGACY_QUERY, &uri, &body)?;
+            let req = request::<E::Request>(E::METHOD, &uri, &body)?;
             f(api, path, req).await.map(Json).map_err(Failure)
         }
     };
@@ -343,7 +325,7 @@ where
     let handler = move |State(api): State<Arc<A>>, uri: Uri, body: Bytes| {
         let f = f.clone();
         async move {
-            let req = request::<E::Request>(E::METHOD, &[], &uri, &body)?;
+            let req = request::<E::Request>(E::METHOD, &uri, &body)?;
             let lines = f(api, req).await.map_err(Failure)?;
             Ok::<_, Failure>(ndjson(lines, heartbeat))
         }

@@ -3,20 +3,17 @@
 //!
 //! Its typed methods are those of [`AgentApi`] (in `agent_client/typed.rs`): each builds
 //! its request from the endpoint's declaration in `hostel_api::agent::endpoints`, and
-//! fails with an [`AgentCallError`]. The untyped `get`/`post`/`put`/`action`/
-//! `stream_lines` (and `facts`/`vms`/`vm`, which fail with an `anyhow::Error` carrying
-//! an [`AgentRefusal`]) remain until every caller uses the typed methods.
+//! fails with an [`AgentCallError`]. There is no other way to call an agent: no path is
+//! written outside the contract.
 
 mod typed;
 
-use anyhow::{anyhow, Context};
+use anyhow::anyhow;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use hostel_api::agent::endpoints::{PathParams, SocketEndpoint};
 use hostel_api::agent::*;
-use hostel_api::ErrorBody;
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,13 +52,10 @@ impl AgentCallError {
         self.failure().map(|f| f.code) == Some(FailureCode::NotFound)
     }
 
-    /// As an `anyhow::Error` whose refusals downcast to [`AgentRefusal`] (what the
-    /// controller's `ApiError` understands today).
+    /// As an `anyhow::Error` that downcasts back to this error (the controller's
+    /// `Error` does), for the follower's `anyhow` paths.
     pub fn into_anyhow(self) -> anyhow::Error {
-        match self {
-            AgentCallError::Refused(f) => anyhow!(AgentRefusal::from(f)),
-            AgentCallError::Unreachable(e) | AgentCallError::BadAnswer(e) => e,
-        }
+        anyhow::Error::new(self)
     }
 }
 
@@ -88,31 +82,6 @@ impl From<AgentFailure> for AgentCallError {
         AgentCallError::Refused(f)
     }
 }
-
-/// An agent's refusal, with the HTTP status it came with (the error of the untyped
-/// methods; typed ones give an [`AgentCallError`]).
-#[derive(Debug)]
-pub struct AgentRefusal {
-    pub status: u16,
-    pub body: ErrorBody,
-}
-
-impl From<AgentFailure> for AgentRefusal {
-    fn from(f: AgentFailure) -> Self {
-        AgentRefusal {
-            status: f.code.http_status(),
-            body: f.into(),
-        }
-    }
-}
-
-impl std::fmt::Display for AgentRefusal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.body.message)
-    }
-}
-
-impl std::error::Error for AgentRefusal {}
 
 pub struct ClientTls {
     pub ca_pem: Vec<u8>,
@@ -150,119 +119,6 @@ impl AgentClient {
         }
     }
 
-    async fn decode<T: DeserializeOwned>(resp: reqwest::Response) -> anyhow::Result<T> {
-        let status = resp.status();
-        if status.is_success() {
-            return Ok(resp.json().await?);
-        }
-        let text = resp.text().await.unwrap_or_default();
-        let body = serde_json::from_str::<ErrorBody>(&text).unwrap_or(ErrorBody {
-            error: "internal".into(),
-            message: format!("the host's agent answered {status}: {text}"),
-            field: None,
-        });
-        Err(anyhow!(AgentRefusal {
-            status: status.as_u16(),
-            body
-        }))
-    }
-
-    async fn call_untyped<T: DeserializeOwned>(
-        &self,
-        req: reqwest::RequestBuilder,
-    ) -> anyhow::Result<T> {
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("reaching the agent at {}", self.url))?;
-        Self::decode(resp).await
-    }
-
-    /// Untyped; use the [`AgentApi`] methods.
-    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        self.call_untyped(self.http.get(format!("{}{path}", self.url)))
-            .await
-    }
-
-    /// Untyped; use the [`AgentApi`] methods.
-    pub async fn post<B: Serialize, T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &B,
-    ) -> anyhow::Result<T> {
-        self.call_untyped(self.http.post(format!("{}{path}", self.url)).json(body))
-            .await
-    }
-
-    /// Untyped; use the [`AgentApi`] methods.
-    pub async fn put<B: Serialize, T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &B,
-    ) -> anyhow::Result<T> {
-        self.call_untyped(self.http.put(format!("{}{path}", self.url)).json(body))
-            .await
-    }
-
-    /// [`AgentApi::host`] with an `anyhow::Error`.
-    pub async fn facts(&self) -> anyhow::Result<HostFacts> {
-        self.host().await.map_err(AgentCallError::into_anyhow)
-    }
-
-    /// [`AgentApi::list_vms`] with an `anyhow::Error`.
-    pub async fn vms(&self) -> anyhow::Result<Vec<VmStatus>> {
-        self.list_vms().await.map_err(AgentCallError::into_anyhow)
-    }
-
-    /// The agent's status of one VM, or None if the agent does not know it.
-    pub async fn vm(&self, id: &str) -> anyhow::Result<Option<VmStatus>> {
-        match self.get_vm(id).await {
-            Ok(s) => Ok(Some(s)),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e.into_anyhow()),
-        }
-    }
-
-    /// Untyped: `destroy`, `reboot`, `pause` or `unpause` a VM; use [`AgentApi::destroy_vm`],
-    /// [`AgentApi::reboot_vm`], [`AgentApi::pause_vm`], [`AgentApi::unpause_vm`].
-    pub async fn action(&self, id: &str, action: &str) -> anyhow::Result<VmStatus> {
-        let r = match action {
-            "destroy" => self.destroy_vm(id).await,
-            "reboot" => self.reboot_vm(id).await,
-            "pause" => self.pause_vm(id).await,
-            "unpause" => self.unpause_vm(id).await,
-            other => anyhow::bail!("{other:?} is not a VM action of the agent API"),
-        };
-        r.map_err(AgentCallError::into_anyhow)
-    }
-
-    /// Untyped: opens a streaming POST and hands each JSON line to `on_line`; use
-    /// [`AgentApi::build_image`] and [`AgentApi::import_image`].
-    pub async fn stream_lines<B: Serialize>(
-        &self,
-        path: &str,
-        body: &B,
-        mut on_line: impl FnMut(serde_json::Value),
-    ) -> anyhow::Result<()> {
-        let resp = self
-            .http
-            .post(format!("{}{path}", self.url))
-            .json(body)
-            .send()
-            .await?;
-        if !resp.status().is_success() {
-            return Self::decode::<()>(resp).await;
-        }
-        // No silence limit: a build step may print nothing for minutes.
-        let mut lines = LineReader::new(resp, None);
-        while let Some(line) = lines.next_line().await {
-            if let Ok(v) = serde_json::from_slice(&line.map_err(AgentCallError::into_anyhow)?) {
-                on_line(v);
-            }
-        }
-        Ok(())
-    }
-
     /// Follows the agent's event stream; returns when it ends.
     pub async fn follow_events(
         &self,
@@ -275,19 +131,6 @@ impl AgentClient {
             on_event(ev.map_err(AgentCallError::into_anyhow)?);
         }
         Ok(())
-    }
-
-    /// Opens a websocket of a VM on this agent: `console` (the serial console hub) or
-    /// `vnc` (its VNC socket). Untyped; use [`AgentApi::console_socket`] and
-    /// [`AgentApi::vnc_socket`].
-    pub async fn websocket(&self, id: &str, what: &str) -> anyhow::Result<AgentSocket> {
-        let r = match what {
-            "console" => self.console_socket(id).await,
-            "vnc" => self.vnc_socket(id).await,
-            other => anyhow::bail!("{other:?} is not a websocket of the agent API"),
-        };
-        r.map_err(AgentCallError::into_anyhow)
-            .with_context(|| format!("connecting to the agent's {what} websocket"))
     }
 
     /// Opens the websocket endpoint `E` of VM `id`.

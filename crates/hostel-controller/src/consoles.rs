@@ -13,6 +13,7 @@
 use crate::context::Ctx;
 use crate::error::Error;
 use crate::Controller;
+use hostel_api::agent::AgentApi;
 use hostel_api::public::{ConsoleKind, ConsoleTicket, ConsoleTicketRequest};
 use hostel_model::{Op, VmState};
 use std::collections::HashMap;
@@ -126,11 +127,10 @@ impl Controller {
             let vm = found?;
             Op::Console.check(VmState::parse(&vm.state).unwrap_or(VmState::Crashed))?;
             let agent = self.host_agent(&vm)?;
-            let what = match kind {
-                ConsoleKind::Serial => "console",
-                ConsoleKind::Vga => "vnc",
+            let upstream = match kind {
+                ConsoleKind::Serial => agent.console_socket(&vm.id).await?,
+                ConsoleKind::Vga => agent.vnc_socket(&vm.id).await?,
             };
-            let upstream = agent.websocket(&vm.id, what).await?;
             Ok::<_, Error>(Attached {
                 vm_id: vm.id,
                 vm_name: vm.name,
@@ -188,7 +188,10 @@ impl Controller {
         let vm = self.vm_named(ctx, name).await?;
         let agent = self.host_agent(&vm)?;
         Ok(agent
-            .get(&format!("/v1/vms/{}/console-log?lines={lines}", vm.id))
+            .console_log(
+                &vm.id,
+                hostel_api::agent::ConsoleLogRequest { lines: Some(lines) },
+            )
             .await?)
     }
 

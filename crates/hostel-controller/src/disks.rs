@@ -4,6 +4,7 @@
 use crate::context::Ctx;
 use crate::error::Error;
 use crate::Controller;
+use hostel_api::agent::AgentApi;
 use hostel_api::agent::{self as wire, DiskSpec};
 use hostel_api::public::*;
 use hostel_model::{validate_name, ImageKind, Invalid, VmState};
@@ -103,21 +104,18 @@ impl Controller {
                 },
             )
             .await?;
-        let made: wire::DiskCreated = agent
-            .post(
-                "/v1/disks",
-                &wire::CreateDiskRequest {
-                    vm_id: vm.id.clone(),
-                    index: idx,
-                    size_mib: size,
-                    backing: image.as_ref().map(|i| wire::Backing {
-                        path: i.path.clone(),
-                        format: i.format.clone(),
-                        image_id: i.id.clone(),
-                    }),
-                    pool: pool_spec.clone(),
-                },
-            )
+        let made = agent
+            .create_disk(wire::CreateDiskRequest {
+                vm_id: vm.id.clone(),
+                index: idx,
+                size_mib: size,
+                backing: image.as_ref().map(|i| wire::Backing {
+                    path: i.path.clone(),
+                    format: i.format.clone(),
+                    image_id: i.id.clone(),
+                }),
+                pool: pool_spec.clone(),
+            })
             .await?;
         let rec = DiskRecord {
             id: new_id("disk"),
@@ -141,10 +139,7 @@ impl Controller {
                 format: made.format,
                 pool: pool_spec,
             };
-            if let Err(e) = agent
-                .post::<_, wire::VmStatus>(&format!("/v1/vms/{}/disks", vm.id), &spec)
-                .await
-            {
+            if let Err(e) = agent.add_disk(&vm.id, spec).await {
                 self.store.delete_disk(&rec.id).await?;
                 self.remove_disk_files(&agent, std::slice::from_ref(&rec))
                     .await;
@@ -182,12 +177,7 @@ impl Controller {
         let agent = self.host_agent(&vm)?;
         let disk = self.disk_at(&vm, index).await?;
         if state_of(&vm).has_process() {
-            agent
-                .post::<_, wire::VmStatus>(
-                    &format!("/v1/vms/{}/disks/remove", vm.id),
-                    &wire::DiskIndex { index },
-                )
-                .await?;
+            agent.remove_disk(&vm.id, wire::DiskIndex { index }).await?;
         }
         // The row goes first: a file is never removed while a row points to it.
         self.store.delete_disk(&disk.id).await?;
@@ -252,7 +242,10 @@ impl Controller {
             }
         };
         agent
-            .post::<_, ()>(&format!("/v1/disks/resize?vm={}", vm.id), &body)
+            .resize_disk(wire::ResizeDiskArgs {
+                vm: Some(vm.id.clone()),
+                disk: body,
+            })
             .await?;
         self.store.set_disk_size(&disk.id, req.size_mib).await?;
         let views = self.view(&vm, false).await?.disks;
@@ -287,9 +280,9 @@ impl Controller {
         let agent = self.host_agent(vm)?;
         let disks = self.spec_of(vm).await?.disks;
         agent
-            .post::<_, ()>(
-                &format!("/v1/vms/{}/snapshot", vm.id),
-                &wire::SnapshotRequest {
+            .snapshot(
+                &vm.id,
+                wire::SnapshotRequest {
                     action: action.into(),
                     name: name.into(),
                     disks,
@@ -414,10 +407,10 @@ impl Controller {
             }
             let _quota = self.charge_start(&vm).await?;
             let agent = self.host_agent(&vm)?;
-            let status: wire::VmStatus = agent
-                .post(
-                    &format!("/v1/vms/{}/start", vm.id),
-                    &wire::StartRequest {
+            let status = agent
+                .start_vm(
+                    &vm.id,
+                    wire::StartRequest {
                         spec: self.spec_of(&vm).await?,
                         restore_from: None,
                         load_snapshot: Some(snap.to_string()),

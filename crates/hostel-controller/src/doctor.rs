@@ -2,6 +2,7 @@
 
 use crate::context::Ctx;
 use crate::Controller;
+use hostel_api::agent::AgentApi;
 use hostel_api::agent::{self as wire};
 use hostel_api::public::*;
 
@@ -30,7 +31,7 @@ impl Controller {
                     path: p.path,
                 })
                 .collect();
-            let files: wire::StoredFiles = agent.post("/v1/files", &pools).await?;
+            let files = agent.list_files_in_pools(pools).await?;
             checked.push(format!(
                 "host {host}: {} disk files, {} image entries, {} runtime dirs",
                 files.disks.len(),

@@ -2,7 +2,8 @@
 //! knows nothing of HTTP: the REST layer maps it to a status and a JSON body in one place
 //! (`http/error.rs`); the SSH gateway and the web UI show its message as it is.
 
-use crate::agent_client::AgentRefusal;
+use crate::agent_client::AgentCallError;
+use hostel_api::agent::{AgentFailure, FailureCode};
 use hostel_model::{Invalid, WrongState};
 
 /// What kind of thing was not found (for the error's `kind`).
@@ -152,22 +153,23 @@ impl From<WrongState> for Error {
 }
 
 /// What an agent refused becomes the controller's own error: users never see an agent's
-/// raw status.
-impl From<AgentRefusal> for Error {
-    fn from(r: AgentRefusal) -> Self {
-        let message = r.body.message;
-        match r.body.error.as_str() {
-            "invalid" => Error::Invalid {
-                field: r.body.field.unwrap_or_else(|| "request".into()),
+/// raw status or code.
+impl From<AgentFailure> for Error {
+    fn from(f: AgentFailure) -> Self {
+        let message = f.message;
+        match f.code {
+            FailureCode::Invalid => Error::Invalid {
+                field: f.field.unwrap_or_else(|| "request".into()),
                 message,
             },
-            "conflict" => Error::Conflict {
-                field: r.body.field,
+            FailureCode::Conflict => Error::Conflict {
+                field: f.field,
                 message,
             },
-            "timeout" => Error::Timeout(message),
-            "unavailable" => Error::Unavailable(message),
-            _ => Error::Agent {
+            FailureCode::Timeout => Error::Timeout(message),
+            FailureCode::Unavailable => Error::Unavailable(message),
+            // The controller asked about something its records say the host has.
+            FailureCode::NotFound | FailureCode::Internal => Error::Agent {
                 host: None,
                 message,
             },
@@ -175,10 +177,28 @@ impl From<AgentRefusal> for Error {
     }
 }
 
+impl From<AgentCallError> for Error {
+    fn from(e: AgentCallError) -> Self {
+        match e {
+            AgentCallError::Refused(f) => f.into(),
+            AgentCallError::Unreachable(e) => Error::Unavailable(format!(
+                "the VM's host cannot be reached now: {e:#}; try again when `hostel host \
+                 list` shows it online"
+            )),
+            AgentCallError::BadAnswer(e) => Error::Agent {
+                host: None,
+                message: format!(
+                    "the host's agent gave an answer Hostel does not understand: {e:#}"
+                ),
+            },
+        }
+    }
+}
+
 impl From<anyhow::Error> for Error {
     fn from(e: anyhow::Error) -> Self {
-        match e.downcast::<AgentRefusal>() {
-            Ok(r) => r.into(),
+        match e.downcast::<AgentCallError>() {
+            Ok(a) => a.into(),
             Err(e) => Error::Internal(e),
         }
     }

@@ -4,6 +4,7 @@
 use crate::context::Ctx;
 use crate::error::Error;
 use crate::Controller;
+use hostel_api::agent::AgentApi;
 use hostel_api::public::{AddHostRequest, HostInfo};
 use hostel_model::Accel;
 use std::sync::Arc;
@@ -78,7 +79,7 @@ impl Controller {
             .into());
         }
         let agent = self.agent_client(url)?;
-        let facts = match tokio::time::timeout(Duration::from_secs(10), agent.facts()).await {
+        let facts = match tokio::time::timeout(Duration::from_secs(10), agent.host()).await {
             Ok(Ok(f)) => f,
             Ok(Err(e)) => {
                 return Err(Error::unavailable(format!(

@@ -4,6 +4,7 @@
 use crate::context::Ctx;
 use crate::error::Error;
 use crate::Controller;
+use hostel_api::agent::AgentApi;
 use hostel_api::agent::{self as wire};
 use hostel_api::public::*;
 use hostel_model::{validate_name, ImageKind, Invalid};
@@ -11,6 +12,12 @@ use hostel_store::{new_id, now, ImageRecord, TaskRecord};
 use std::sync::Arc;
 
 type Res<T> = crate::error::Result<T>;
+
+/// What a host's agent is asked to make into an image.
+enum ImageJob {
+    Build(wire::BuildImageRequest),
+    Import(wire::ImportImageRequest),
+}
 
 /// The Debian suites the `debian` recipe builds.
 const DEBIAN_SUITES: &[&str] = &["bookworm", "trixie"];
@@ -76,12 +83,11 @@ impl Controller {
     }
 
     /// Starts an image build or import as a task; the task's id comes back at once.
-    async fn image_task(
-        self: &Arc<Self>,
-        kind: &str,
-        name: String,
-        body: serde_json::Value,
-    ) -> Res<Task> {
+    async fn image_task(self: &Arc<Self>, name: String, job: ImageJob) -> Res<Task> {
+        let kind = match &job {
+            ImageJob::Build(_) => "image-build",
+            ImageJob::Import(_) => "image-import",
+        };
         validate_name("name", &name)?;
         if self.store.image_by_name(&name).await?.is_some() {
             return Err(Error::conflict_field(
@@ -108,34 +114,34 @@ impl Controller {
         self.store.insert_task(&task).await?;
         let me = self.clone();
         let id = task.id.clone();
-        let path = if kind == "image-build" {
-            "/v1/images/build"
-        } else {
-            "/v1/images/import"
-        };
         tokio::spawn(async move {
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-            let a = agent.clone();
-            let stream = tokio::spawn(async move {
-                a.stream_lines(path, &body, move |v| {
-                    let _ = tx.send(v);
-                })
-                .await
-            });
+            use futures::StreamExt;
             let mut outcome: Result<wire::ImageFiles, String> =
                 Err("the host's agent ended the build without a result".into());
-            while let Some(v) = rx.recv().await {
-                if let Some(p) = v.get("progress").and_then(|p| p.as_f64()) {
-                    let m = v["message"].as_str().unwrap_or("");
-                    let _ = me.store.update_task(&id, "running", p, m, None).await;
-                } else if let Some(done) = v.get("done") {
-                    outcome = serde_json::from_value(done.clone()).map_err(|e| e.to_string());
-                } else if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
-                    outcome = Err(e.to_string());
+            let lines = match job {
+                ImageJob::Build(req) => agent.build_image(req).await,
+                ImageJob::Import(req) => agent.import_image(req).await,
+            };
+            match lines {
+                Ok(mut lines) => {
+                    while let Some(line) = lines.next().await {
+                        match line {
+                            Ok(wire::ImageLine::Progress { progress, message }) => {
+                                let _ = me
+                                    .store
+                                    .update_task(&id, "running", progress, &message, None)
+                                    .await;
+                            }
+                            Ok(wire::ImageLine::Done { done }) => outcome = Ok(done),
+                            Ok(wire::ImageLine::Error { error }) => outcome = Err(error),
+                            Err(e) => {
+                                outcome = Err(format!("{e:#}"));
+                                break;
+                            }
+                        }
+                    }
                 }
-            }
-            if let Ok(Err(e)) = stream.await {
-                outcome = Err(format!("{e:#}"));
+                Err(e) => outcome = Err(format!("{e:#}")),
             }
             let result = match outcome {
                 Ok(files) => {
@@ -158,10 +164,9 @@ impl Controller {
                         Err(e) => {
                             // Never leave files no row knows of.
                             let _ = agent
-                                .post::<_, ()>(
-                                    "/v1/images/delete",
-                                    &serde_json::json!({"path": files.path}),
-                                )
+                                .delete_image(wire::DeleteImageRequest {
+                                    path: files.path.clone(),
+                                })
                                 .await;
                             Err(format!("recording the image failed: {e:#}"))
                         }
@@ -202,18 +207,21 @@ impl Controller {
             for p in self.store.pools().await? {
                 if p.host_id == img.host_id && p.driver != "dir" {
                     let _ = agent
-                        .post::<_, ()>(
-                            "/v1/pools/forget-image",
-                            &serde_json::json!({
-                                "pool": {"name": p.name, "driver": p.driver, "path": p.path},
-                                "image_id": img.id,
-                            }),
-                        )
+                        .pool_forget_image(wire::ForgetImageRequest {
+                            pool: wire::PoolSpec {
+                                name: p.name,
+                                driver: p.driver,
+                                path: p.path,
+                            },
+                            image_id: img.id.clone(),
+                        })
                         .await;
                 }
             }
             agent
-                .post::<_, ()>("/v1/images/delete", &serde_json::json!({"path": img.path}))
+                .delete_image(wire::DeleteImageRequest {
+                    path: img.path.clone(),
+                })
                 .await?;
         }
         Ok(())
@@ -294,8 +302,7 @@ impl Controller {
             size_mib: req.size_mib,
             mirror: req.mirror.clone(),
         };
-        self.image_task("image-build", name, serde_json::to_value(body)?)
-            .await
+        self.image_task(name, ImageJob::Build(body)).await
     }
 
     /// Starts importing an image from a file on the host or a URL (admins).
@@ -319,8 +326,7 @@ impl Controller {
             name: req.name.clone(),
             source: req.path.clone(),
         };
-        self.image_task("image-import", req.name, serde_json::to_value(body)?)
-            .await
+        self.image_task(req.name, ImageJob::Import(body)).await
     }
 
     /// Every image, with the VMs (of the caller's) that use it.

@@ -24,6 +24,7 @@ mod vm_spec;
 mod vms;
 
 use agent_client::AgentClient;
+use hostel_api::agent::AgentApi;
 use hostel_api::agent::Event;
 use hostel_store::{HostRecord, Store};
 use std::collections::HashMap;
@@ -231,7 +232,7 @@ impl Controller {
         agent: AgentClient,
         again: Option<&str>,
     ) -> anyhow::Result<Option<String>> {
-        let facts = agent.facts().await?;
+        let facts = agent.host().await?;
         let id = facts.name.clone();
         let ready_rx = {
             // Not while a host is removed or a VM is being placed and recorded.
@@ -317,7 +318,7 @@ impl Controller {
                 }
                 match self.networks_state().await {
                     Ok(state) => {
-                        if let Err(e) = agent.put::<_, ()>("/v1/networks", &state).await {
+                        if let Err(e) = agent.put_networks(state).await {
                             tracing::warn!(%host, "setting up networks failed: {e:#}");
                         }
                     }
@@ -359,7 +360,7 @@ impl Controller {
     /// Makes the database agree with what actually runs on a host.
     pub async fn reconcile(&self, host: &str, agent: &AgentClient) -> anyhow::Result<()> {
         let running: HashMap<String, _> = agent
-            .vms()
+            .list_vms()
             .await?
             .into_iter()
             .map(|s| (s.id.clone(), s))

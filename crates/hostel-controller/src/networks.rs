@@ -4,6 +4,7 @@
 use crate::context::Ctx;
 use crate::error::Error;
 use crate::Controller;
+use hostel_api::agent::AgentApi;
 use hostel_api::agent::{self as wire, NetHost, NetworkSpec, NetworksState, NicSpec};
 use hostel_api::public::*;
 use hostel_model::net::{self as mnet, NetMode};
@@ -258,7 +259,7 @@ impl Controller {
         let _in_order = self.net_sync.lock().await;
         let state = self.networks_state().await?;
         for (_, agent) in self.agents() {
-            agent.put::<_, ()>("/v1/networks", &state).await?;
+            agent.put_networks(state.clone()).await?;
         }
         Ok(())
     }
@@ -392,7 +393,7 @@ impl Controller {
     pub async fn list_nics(&self, ctx: &Ctx, name: &str) -> Res<Vec<Nic>> {
         let vm = self.vm_named(ctx, name).await?;
         let status = match vm.host_id.as_deref().and_then(|h| self.agent(h)) {
-            Some(a) => a.vm(&vm.id).await.ok().flatten(),
+            Some(a) => a.get_vm(&vm.id).await.ok(),
             None => None,
         };
         self.nic_views(&vm, status.as_ref()).await
@@ -423,13 +424,7 @@ impl Controller {
         let state = VmState::parse(&vm.state).unwrap_or(VmState::Stopped);
         if state.has_process() {
             let agent = self.host_agent(&vm)?;
-            if let Err(e) = agent
-                .post::<_, wire::VmStatus>(
-                    &format!("/v1/vms/{}/nics", vm.id),
-                    &Self::nic_spec(&nic),
-                )
-                .await
-            {
+            if let Err(e) = agent.add_nic(&vm.id, Self::nic_spec(&nic)).await {
                 self.store.delete_nic(&nic.id).await?;
                 let _ = self.sync_networks().await;
                 return Err(
@@ -459,9 +454,9 @@ impl Controller {
         if state.has_process() {
             let agent = self.host_agent(&vm)?;
             agent
-                .post::<_, wire::VmStatus>(
-                    &format!("/v1/vms/{}/nics/remove", vm.id),
-                    &serde_json::json!({"id": nic.id}),
+                .remove_nic(
+                    &vm.id,
+                    hostel_api::agent::RemoveNicRequest { id: nic.id.clone() },
                 )
                 .await?;
         }

@@ -7,6 +7,7 @@ use crate::context::Ctx;
 use crate::error::Error;
 use crate::Controller;
 use hostel_api::agent as wire;
+use hostel_api::agent::AgentApi;
 use hostel_api::public::{CreatePoolRequest, Pool};
 use hostel_model::{validate_name, Invalid};
 use hostel_store::{new_id, now, PoolRecord};
@@ -44,14 +45,11 @@ impl Controller {
             .collect();
         let usage = match self.agent(&host) {
             Some(agent) => agent
-                .post::<_, wire::PoolUsage>(
-                    "/v1/pools/check",
-                    &wire::PoolSpec {
-                        name: name.clone(),
-                        driver: driver.clone(),
-                        path: path.clone(),
-                    },
-                )
+                .check_pool(wire::PoolSpec {
+                    name: name.clone(),
+                    driver: driver.clone(),
+                    path: path.clone(),
+                })
                 .await
                 .ok(),
             None => None,
@@ -74,7 +72,7 @@ impl Controller {
         let mut out = Vec::new();
         for h in self.store.hosts().await? {
             let dir = match self.agent(&h.id) {
-                Some(a) => a.facts().await.map(|f| f.disks_dir).unwrap_or_default(),
+                Some(a) => a.host().await.map(|f| f.disks_dir).unwrap_or_default(),
                 None => String::new(),
             };
             out.push(
@@ -183,7 +181,7 @@ impl Controller {
                 .min_by(|a, b| a.0.cmp(&b.0))
                 .ok_or_else(|| Error::unavailable("no host is connected"))?,
         };
-        if let Ok(f) = agent.facts().await {
+        if let Ok(f) = agent.host().await {
             let d = std::path::Path::new(&f.disks_dir);
             let p = std::path::Path::new(&path);
             if p.starts_with(d) || d.starts_with(p) {
@@ -203,9 +201,7 @@ impl Controller {
             driver: req.driver.clone(),
             path: path.clone(),
         };
-        agent
-            .post::<_, wire::PoolUsage>("/v1/pools/check", &spec)
-            .await?;
+        agent.check_pool(spec).await?;
         let rec = PoolRecord {
             id: new_id("pool"),
             name: req.name.clone(),
@@ -247,13 +243,14 @@ impl Controller {
         if let Some(agent) = self.agent(&p.host_id) {
             for img in self.store.images().await? {
                 let _ = agent
-                    .post::<_, ()>(
-                        "/v1/pools/forget-image",
-                        &serde_json::json!({
-                            "pool": {"name": p.name, "driver": p.driver, "path": p.path},
-                            "image_id": img.id,
-                        }),
-                    )
+                    .pool_forget_image(wire::ForgetImageRequest {
+                        pool: wire::PoolSpec {
+                            name: p.name.clone(),
+                            driver: p.driver.clone(),
+                            path: p.path.clone(),
+                        },
+                        image_id: img.id,
+                    })
                     .await;
             }
         }

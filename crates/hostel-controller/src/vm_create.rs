@@ -6,6 +6,7 @@ use crate::boot::{BootConfig, CloudConfig};
 use crate::context::Ctx;
 use crate::error::Error;
 use crate::Controller;
+use hostel_api::agent::AgentApi;
 use hostel_api::agent::{self as wire};
 use hostel_api::public::*;
 use hostel_model::{validate_name, ImageKind, Invalid, Sizing, VmState};
@@ -276,7 +277,7 @@ impl Controller {
             .await?;
         let mut disks = Vec::new();
         if let Some(plan) = &disk_plan {
-            let made: wire::DiskCreated = agent.post("/v1/disks", plan).await?;
+            let made = agent.create_disk(plan.clone()).await?;
             disks.push(DiskRecord {
                 id: new_id("disk"),
                 vm_id: vm_id.clone(),
@@ -362,9 +363,7 @@ impl Controller {
             let _g = lock.lock().await;
             if let Err(e) = self.start_locked(&record, None).await {
                 // A failed create removes everything it made.
-                let _ = agent
-                    .post::<_, ()>(&format!("/v1/vms/{vm_id}/forget"), &serde_json::json!({}))
-                    .await;
+                let _ = agent.forget_vm(&vm_id).await;
                 let _ = self.store.delete_vm(&vm_id).await;
                 self.remove_disk_files(&agent, &disks).await;
                 let _ = self.sync_networks().await;
@@ -502,13 +501,10 @@ impl Controller {
                 }
             };
             if let Err(e) = agent
-                .post::<_, ()>(
-                    "/v1/disks/delete",
-                    &wire::DeleteDiskRequest {
-                        path: d.path.clone(),
-                        pool,
-                    },
-                )
+                .delete_disk(wire::DeleteDiskRequest {
+                    path: d.path.clone(),
+                    pool,
+                })
                 .await
             {
                 tracing::warn!(path = %d.path, "could not remove a disk file: {e:#}");

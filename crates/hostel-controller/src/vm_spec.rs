@@ -4,6 +4,7 @@
 use crate::boot::{BootConfig, CloudConfig};
 use crate::error::Error;
 use crate::Controller;
+use hostel_api::agent::AgentApi;
 use hostel_api::agent::{self as wire, Boot, DiskSpec, VmSpec};
 use hostel_api::public::*;
 use hostel_model::ImageKind;
@@ -148,14 +149,14 @@ impl Controller {
         let mut status = None;
         if live && state.has_process() {
             if let Some(agent) = vm.host_id.as_deref().and_then(|h| self.agent(h)) {
-                status = agent.vm(&vm.id).await.ok().flatten();
+                status = agent.get_vm(&vm.id).await.ok();
             }
         }
         let host = vm.host_id.as_deref().and_then(|h| self.agent(h));
         let accel = match &status {
             Some(s) => Some(s.accel),
             None => match &host {
-                Some(a) if live => a.facts().await.ok().map(|f| f.accel),
+                Some(a) if live => a.host().await.ok().map(|f| f.accel),
                 _ => None,
             },
         };
@@ -163,7 +164,7 @@ impl Controller {
             (Some(s), _) => s.argv.clone(),
             // What the next start would run, rendered by the host that would run it.
             (None, Some(agent)) if live => {
-                agent.post("/v1/render", &spec).await.unwrap_or_default()
+                agent.render_argv(spec.clone()).await.unwrap_or_default()
             }
             _ => Vec::new(),
         };

@@ -6,6 +6,7 @@ use crate::agent_client::AgentClient;
 use crate::context::Ctx;
 use crate::error::Error;
 use crate::Controller;
+use hostel_api::agent::AgentApi;
 use hostel_api::agent::{self as wire, SaveHeader};
 use hostel_api::public::*;
 use hostel_model::{Invalid, Op, Policy, VmState};
@@ -198,10 +199,10 @@ impl Controller {
     pub(crate) async fn start_locked(&self, vm: &VmRecord, restore_from: Option<&str>) -> Res<()> {
         let agent = self.host_agent(vm)?;
         let spec = self.spec_of(vm).await?;
-        let status: wire::VmStatus = agent
-            .post(
-                &format!("/v1/vms/{}/start", vm.id),
-                &wire::StartRequest {
+        let status = agent
+            .start_vm(
+                &vm.id,
+                wire::StartRequest {
                     spec,
                     restore_from: restore_from.map(String::from),
                     load_snapshot: None,
@@ -277,15 +278,19 @@ impl Controller {
     }
 
     pub async fn simple_action(&self, ctx: &Ctx, name: &str, op: Op) -> Res<Vm> {
-        let action = match op {
-            Op::Reboot => "reboot",
-            Op::Pause => "pause",
-            Op::Unpause => "unpause",
-            Op::Destroy => "destroy",
-            _ => unreachable!("not a simple action"),
-        };
+        if !matches!(op, Op::Reboot | Op::Pause | Op::Unpause | Op::Destroy) {
+            return Err(Error::internal(format!(
+                "{} is not a simple action",
+                op.name()
+            )));
+        }
         self.operate(ctx, name, op, |vm, agent| async move {
-            let s = agent.action(&vm.id, action).await?;
+            let s = match op {
+                Op::Reboot => agent.reboot_vm(&vm.id).await?,
+                Op::Pause => agent.pause_vm(&vm.id).await?,
+                Op::Unpause => agent.unpause_vm(&vm.id).await?,
+                _ => agent.destroy_vm(&vm.id).await?,
+            };
             self.sync_status(&vm.id, &s).await
         })
         .await
@@ -294,10 +299,10 @@ impl Controller {
     pub async fn shutdown_vm(&self, ctx: &Ctx, name: &str, req: ShutdownRequest) -> Res<Vm> {
         ctx.params(serde_json::json!({"timeout_secs": req.timeout_secs, "force": req.force}));
         self.operate(ctx, name, Op::Shutdown, |vm, agent| async move {
-            let s: wire::VmStatus = agent
-                .post(
-                    &format!("/v1/vms/{}/shutdown", vm.id),
-                    &wire::ShutdownRequest {
+            let s = agent
+                .shutdown_vm(
+                    &vm.id,
+                    wire::ShutdownRequest {
                         timeout_secs: req.timeout_secs,
                         force: req.force,
                     },
@@ -356,11 +361,8 @@ impl Controller {
                 .into());
             }
             if state_of(&vm).has_process() {
-                let _: wire::VmStatus = agent
-                    .post(
-                        &format!("/v1/vms/{}/balloon", vm.id),
-                        &wire::BalloonRequest { memory_mib },
-                    )
+                agent
+                    .set_balloon(&vm.id, wire::BalloonRequest { memory_mib })
                     .await?;
             }
             self.store.set_vm_memory(&vm.id, memory_mib).await?;
@@ -397,11 +399,8 @@ impl Controller {
                 .into());
             }
             if state_of(&vm).has_process() {
-                let _: wire::VmStatus = agent
-                    .post(
-                        &format!("/v1/vms/{}/vcpus", vm.id),
-                        &wire::VcpusRequest { vcpus },
-                    )
+                agent
+                    .set_vcpus(&vm.id, wire::VcpusRequest { vcpus })
                     .await?;
             }
             self.store.set_vm_vcpus(&vm.id, vcpus).await?;
@@ -420,10 +419,10 @@ impl Controller {
                 vm_name: vm.name.clone(),
                 saved_at: now(),
             };
-            let s: wire::VmStatus = agent
-                .post(
-                    &format!("/v1/vms/{}/save", vm.id),
-                    &wire::SaveRequest {
+            let s = agent
+                .save_vm(
+                    &vm.id,
+                    wire::SaveRequest {
                         path: path.clone(),
                         header,
                     },
@@ -445,8 +444,8 @@ impl Controller {
             .into_iter()
             .next()
             .ok_or_else(|| Error::unavailable("no host is connected"))?;
-        let header: SaveHeader = agent
-            .post("/v1/save-header", &serde_json::json!({ "path": path }))
+        let header = agent
+            .read_save_header(wire::SaveHeaderRequest { path: path.clone() })
             .await?;
         let vm = self.store.vm_by_id(&header.vm_id).await?.ok_or_else(|| {
             Error::from(Invalid::new(
@@ -491,9 +490,7 @@ impl Controller {
         Op::Delete.check(state_of(&vm))?;
         let agent = self.host_agent(&vm)?;
         let disks = self.store.disks_of(&vm.id).await?;
-        agent
-            .post::<_, ()>(&format!("/v1/vms/{}/forget", vm.id), &serde_json::json!({}))
-            .await?;
+        agent.forget_vm(&vm.id).await?;
         // Rows first, then files: a disk file is never removed while a row points to it.
         let had_nics = !self.store.nics_of(&vm.id).await?.is_empty();
         self.store.delete_vm(&vm.id).await?;

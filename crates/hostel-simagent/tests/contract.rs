@@ -5,7 +5,7 @@
 //! decode as the declared type fails the call; every declared endpoint must be reached.
 
 use futures::StreamExt;
-use hostel_api::agent::endpoints::{self as ep, Endpoint};
+use hostel_api::agent::endpoints::{self as ep};
 use hostel_api::agent::*;
 use hostel_api::VmState;
 use hostel_controller::agent_client::{AgentCallError, AgentClient, ClientTls};
@@ -196,10 +196,6 @@ async fn every_endpoint_agrees_between_client_and_router() {
         },
     };
     a.resize_disk(resize.clone()).await.unwrap();
-    // The untyped client's form: the VM in the query string.
-    a.post::<_, ()>(&format!("{}?vm={id}", ep::ResizeDisk::ROUTE), &resize.disk)
-        .await
-        .unwrap();
     a.snapshot(
         id,
         SnapshotRequest {

@@ -82,9 +82,6 @@ pub trait Endpoint {
     const METHOD: Method;
     /// The route template, e.g. `/v1/vms/{id}/start`.
     const ROUTE: &'static str;
-    /// Query parameters that callers of the untyped client (before this contract) sent
-    /// beside the JSON body; the agent moves them into the body. Empty for all but one.
-    const LEGACY_QUERY: &'static [&'static str] = &[];
     type Path: PathParams;
     type Request: Serialize + DeserializeOwned + Send + 'static;
     type Response: Serialize + DeserializeOwned + Send + 'static;
@@ -126,7 +123,7 @@ macro_rules! json_endpoints {
     ($(
         $(#[$doc:meta])*
         $name:ident: $method:ident $route:literal, $path:ty, $req:ty => $resp:ty
-            $(, legacy query $($legacy:literal)+)?;
+;
     )*) => {
         $(
             $(#[$doc])*
@@ -135,7 +132,6 @@ macro_rules! json_endpoints {
                 const NAME: &'static str = stringify!($name);
                 const METHOD: Method = Method::$method;
                 const ROUTE: &'static str = $route;
-                $(const LEGACY_QUERY: &'static [&'static str] = &[$($legacy),+];)?
                 type Path = $path;
                 type Request = $req;
                 type Response = $resp;
@@ -196,8 +192,7 @@ json_endpoints! {
     CreateDisk: Post "/v1/disks", (), CreateDiskRequest => DiskCreated;
     DeleteDisk: Post "/v1/disks/delete", (), DeleteDiskRequest => ();
     /// Grows a disk: online through QEMU (`vm` and `index`), else offline (`path`).
-    /// Untyped callers sent `vm` as `?vm=`; the agent still takes it there.
-    ResizeDisk: Post "/v1/disks/resize", (), ResizeDiskArgs => (), legacy query "vm";
+    ResizeDisk: Post "/v1/disks/resize", (), ResizeDiskArgs => ();
     /// Hot-plugs a disk into a running VM.
     AddDisk: Post "/v1/vms/{id}/disks", VmId, DiskSpec => VmStatus;
     RemoveDisk: Post "/v1/vms/{id}/disks/remove", VmId, DiskIndex => VmStatus;
