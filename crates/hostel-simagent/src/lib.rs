@@ -30,6 +30,9 @@ pub struct SimHost {
     images: Mutex<BTreeSet<String>>,
     saves: Mutex<HashMap<String, SaveHeader>>,
     networks: Mutex<NetworksState>,
+    /// SIMULATION of a failure: every start is refused while set (for tests of the
+    /// controller's rollbacks).
+    refuse_starts: std::sync::atomic::AtomicBool,
 }
 
 type Res<T> = Result<T, AgentFailure>;
@@ -69,7 +72,20 @@ impl SimHost {
             images: Mutex::default(),
             saves: Mutex::default(),
             networks: Mutex::default(),
+            refuse_starts: Default::default(),
         }
+    }
+
+    /// SIMULATION: refuse every start from now on (`true`) or no longer (`false`), as a
+    /// host whose QEMU cannot start would.
+    pub fn refuse_starts(&self, on: bool) {
+        self.refuse_starts
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// SIMULATION: the disk files this host holds now.
+    pub fn disk_files(&self) -> Vec<String> {
+        self.disks.lock().unwrap().iter().cloned().collect()
     }
 
     /// SIMULATION: the host's name, `simhost-INDEX`.
@@ -208,6 +224,11 @@ impl AgentApi for SimHost {
     }
 
     async fn start_vm(&self, id: &str, req: StartRequest) -> Res<VmStatus> {
+        if self.refuse_starts.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(AgentFailure::conflict(
+                "QEMU did not start (simulated failure)",
+            ));
+        }
         self.stopped.lock().unwrap().remove(id);
         let pid = 200_000 + (self.vms.lock().unwrap().len() as u32);
         let mut s = status(id, &req.spec.name, VmState::Running, Some(pid));

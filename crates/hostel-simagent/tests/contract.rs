@@ -13,37 +13,8 @@ use hostel_simagent::SimHost;
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
-struct Certs {
-    ca: Vec<u8>,
-    agent: (Vec<u8>, Vec<u8>),
-    controller: (Vec<u8>, Vec<u8>),
-}
-
-fn certs() -> Certs {
-    use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issue = |sans: Vec<String>, usage| {
-        let mut p = CertificateParams::new(sans).unwrap();
-        p.extended_key_usages = vec![usage];
-        let key = KeyPair::generate().unwrap();
-        let cert = p.signed_by(&key, &ca, &ca_key).unwrap();
-        (cert.pem().into_bytes(), key.serialize_pem().into_bytes())
-    };
-    Certs {
-        agent: issue(
-            vec!["127.0.0.1".into()],
-            ExtendedKeyUsagePurpose::ServerAuth,
-        ),
-        controller: issue(
-            vec!["controller".into()],
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ),
-        ca: ca.pem().into_bytes(),
-    }
-}
+mod common;
+use common::{certs, Certs};
 
 type Seen = Arc<Mutex<BTreeSet<(String, String)>>>;
 
