@@ -24,9 +24,8 @@ pub const DEFAULT_DOMAIN: &str = "vm.hostel";
 impl Controller {
     pub(crate) async fn network_named(&self, name: &str) -> Res<NetworkRecord> {
         self.store.network_by_name(name).await?.ok_or_else(|| {
-            ApiError::from(Invalid::new(
-                "network",
-                format!("there is no network named {name:?}: `hostel network list` shows them"),
+            ApiError::not_found(format!(
+                "there is no network named {name:?}: `hostel network list` shows them"
             ))
         })
     }

@@ -396,11 +396,19 @@ impl Controller {
         if let Some(s) = state {
             if VmState::parse(s).is_none() {
                 let names: Vec<&str> = VmState::ALL.iter().map(|s| s.as_str()).collect();
-                return Err(Invalid::new(
-                    "state",
-                    format!("{s:?} is not a VM state: use one of {}", names.join(", ")),
-                )
-                .into());
+                // Bad input, not a VM whose state forbids something (which `From<Invalid>`
+                // makes a 409 of a field named "state").
+                return Err(ApiError {
+                    status: axum::http::StatusCode::BAD_REQUEST,
+                    body: hostel_api::ErrorBody {
+                        error: "invalid".into(),
+                        message: format!(
+                            "state: {s:?} is not a VM state: use one of {}",
+                            names.join(", ")
+                        ),
+                        field: Some("state".into()),
+                    },
+                });
             }
         }
         if let Some(h) = host {
@@ -523,14 +531,10 @@ impl Controller {
         };
         let image = match &req.image {
             Some(name) => Some(self.store.image_by_name(name).await?.ok_or_else(|| {
-                let e = Invalid::new(
-                    "image",
-                    format!(
-                        "there is no image named {name:?}: `hostel image list` shows the images \
-                         there are, `hostel image build tiny` makes one"
-                    ),
-                );
-                ApiError::from(e)
+                ApiError::not_found(format!(
+                    "there is no image named {name:?}: `hostel image list` shows the images \
+                     there are, `hostel image build tiny` makes one"
+                ))
             })?),
             None => None,
         };
@@ -891,14 +895,10 @@ impl Controller {
                 }
                 None if cd.starts_with('/') => bc.cdrom_path = Some(abs("cdrom", cd)?),
                 None => {
-                    return Err(Invalid::new(
-                        "cdrom",
-                        format!(
-                            "there is no image named {cd:?}, and it is not an absolute path: \
-                             give an image's name (`hostel image list`) or an ISO file's full path"
-                        ),
-                    )
-                    .into())
+                    return Err(ApiError::not_found(format!(
+                        "there is no image named {cd:?}, and it is not an absolute path: \
+                         give an image's name (`hostel image list`) or an ISO file's full path"
+                    )))
                 }
             }
         }
@@ -927,14 +927,10 @@ impl Controller {
 
     pub(crate) async fn pool_named(&self, name: &str) -> Res<hostel_store::PoolRecord> {
         self.store.pool_by_name(name).await?.ok_or_else(|| {
-            Invalid::new(
-                "pool",
-                format!(
-                    "there is no pool named {name:?}: `hostel pool list` shows them, \
-                     `hostel pool create` makes one"
-                ),
-            )
-            .into()
+            ApiError::not_found(format!(
+                "there is no pool named {name:?}: `hostel pool list` shows them, \
+                 `hostel pool create` makes one"
+            ))
         })
     }
 
@@ -1241,12 +1237,10 @@ impl Controller {
         let agent = self.host_agent(&vm)?;
         let image = match &req.image {
             Some(i) => {
-                let img = self.store.image_by_name(i).await?.ok_or_else(|| {
-                    ApiError::from(Invalid::new(
-                        "image",
-                        format!("there is no image named {i:?}"),
-                    ))
-                })?;
+                let img =
+                    self.store.image_by_name(i).await?.ok_or_else(|| {
+                        ApiError::not_found(format!("there is no image named {i:?}"))
+                    })?;
                 if img.kind != ImageKind::Disk.as_str() {
                     return Err(Invalid::new(
                         "image",

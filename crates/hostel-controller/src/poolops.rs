@@ -169,10 +169,7 @@ impl Controller {
             Some(h) => (
                 h.clone(),
                 self.agent(h).ok_or_else(|| {
-                    ApiError::from(Invalid::new(
-                        "host",
-                        format!("there is no connected host named {h:?}"),
-                    ))
+                    ApiError::not_found(format!("there is no connected host named {h:?}"))
                 })?,
             ),
             None => self
