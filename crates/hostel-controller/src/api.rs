@@ -1,9 +1,11 @@
 //! The public REST API (`/api/v1`), its bearer-token check, and its OpenAPI document.
 
 use crate::agent_client::AgentRefusal;
+use crate::http_extract::{ApiJson, ApiPath, ApiQuery, ApiWebSocket};
+use crate::openapi_errors::StandardErrors;
 use crate::Controller;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::ws::{Message, WebSocket};
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -155,7 +157,7 @@ type R<T> = Result<Json<T>, ApiError>;
         renew_vm, list_hosts, add_host, remove_host
     ),
     components(schemas(ErrorBody)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &StandardErrors),
     security(("bearer" = []))
 )]
 struct ApiDoc;
@@ -397,7 +399,7 @@ async fn auth(State(c): S, req: Request, next: Next) -> Response {
 async fn login(
     State(c): S,
     axum::extract::ConnectInfo(addr): axum::extract::ConnectInfo<std::net::SocketAddr>,
-    Json(req): Json<LoginRequest>,
+    ApiJson(req): ApiJson<LoginRequest>,
 ) -> Result<(StatusCode, Json<NewToken>), ApiError> {
     let source = addr.ip().to_string();
     let user = req.user.clone();
@@ -432,17 +434,17 @@ async fn list_users(State(c): S) -> R<Vec<User>> {
 }
 
 #[utoipa::path(post, path = "/api/v1/users", request_body = CreateUserRequest,
-    responses((status = 201, body = User), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 201, body = User), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn create_user(
     State(c): S,
-    Json(req): Json<CreateUserRequest>,
+    ApiJson(req): ApiJson<CreateUserRequest>,
 ) -> Result<(StatusCode, Json<User>), ApiError> {
     Ok((StatusCode::CREATED, Json(c.create_user(req).await?)))
 }
 
 #[utoipa::path(delete, path = "/api/v1/users/{name}", params(("name" = String, Path)),
     responses((status = 204), (status = 409, body = ErrorBody)))]
-async fn delete_user(State(c): S, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+async fn delete_user(State(c): S, ApiPath(name): ApiPath<String>) -> Result<StatusCode, ApiError> {
     c.delete_user(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -451,40 +453,41 @@ async fn delete_user(State(c): S, Path(name): Path<String>) -> Result<StatusCode
     responses((status = 204), (status = 400, body = ErrorBody)))]
 async fn user_password(
     State(c): S,
-    Path(name): Path<String>,
-    Json(req): Json<PasswordRequest>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<PasswordRequest>,
 ) -> Result<StatusCode, ApiError> {
     c.set_password(Some(&name), req).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(post, path = "/api/v1/me/password", request_body = PasswordRequest,
-    responses((status = 204), (status = 400, body = ErrorBody)))]
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 429, body = ErrorBody)))]
 async fn my_password(
     State(c): S,
-    Json(req): Json<PasswordRequest>,
+    ApiJson(req): ApiJson<PasswordRequest>,
 ) -> Result<StatusCode, ApiError> {
     c.set_password(None, req).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct UserQuery {
     /// Another user's (admins only).
     user: Option<String>,
 }
 
-#[utoipa::path(get, path = "/api/v1/me/tokens", params(UserQuery), responses((status = 200, body = Vec<TokenInfo>)))]
-async fn list_tokens(State(c): S, Query(q): Query<UserQuery>) -> R<Vec<TokenInfo>> {
+#[utoipa::path(get, path = "/api/v1/me/tokens", params(UserQuery), responses((status = 200, body = Vec<TokenInfo>), (status = 404, body = ErrorBody)))]
+async fn list_tokens(State(c): S, ApiQuery(q): ApiQuery<UserQuery>) -> R<Vec<TokenInfo>> {
     Ok(Json(c.tokens(q.user.as_deref()).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/me/tokens", params(UserQuery), request_body = CreateTokenRequest,
-    responses((status = 201, body = NewToken), (status = 409, body = ErrorBody)))]
+    responses((status = 201, body = NewToken), (status = 409, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn create_token(
     State(c): S,
-    Query(q): Query<UserQuery>,
-    Json(req): Json<CreateTokenRequest>,
+    ApiQuery(q): ApiQuery<UserQuery>,
+    ApiJson(req): ApiJson<CreateTokenRequest>,
 ) -> Result<(StatusCode, Json<NewToken>), ApiError> {
     Ok((
         StatusCode::CREATED,
@@ -496,24 +499,24 @@ async fn create_token(
     responses((status = 204), (status = 404, body = ErrorBody)))]
 async fn revoke_token(
     State(c): S,
-    Path(name): Path<String>,
-    Query(q): Query<UserQuery>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<UserQuery>,
 ) -> Result<StatusCode, ApiError> {
     c.revoke_token(q.user.as_deref(), &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(get, path = "/api/v1/me/keys", params(UserQuery), responses((status = 200, body = Vec<SshKey>)))]
-async fn list_keys(State(c): S, Query(q): Query<UserQuery>) -> R<Vec<SshKey>> {
+#[utoipa::path(get, path = "/api/v1/me/keys", params(UserQuery), responses((status = 200, body = Vec<SshKey>), (status = 404, body = ErrorBody)))]
+async fn list_keys(State(c): S, ApiQuery(q): ApiQuery<UserQuery>) -> R<Vec<SshKey>> {
     Ok(Json(c.keys(q.user.as_deref()).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/me/keys", params(UserQuery), request_body = AddKeyRequest,
-    responses((status = 201, body = SshKey), (status = 400, body = ErrorBody)))]
+    responses((status = 201, body = SshKey), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn add_key(
     State(c): S,
-    Query(q): Query<UserQuery>,
-    Json(req): Json<AddKeyRequest>,
+    ApiQuery(q): ApiQuery<UserQuery>,
+    ApiJson(req): ApiJson<AddKeyRequest>,
 ) -> Result<(StatusCode, Json<SshKey>), ApiError> {
     Ok((
         StatusCode::CREATED,
@@ -525,8 +528,8 @@ async fn add_key(
     responses((status = 204), (status = 404, body = ErrorBody)))]
 async fn remove_key(
     State(c): S,
-    Path(name): Path<String>,
-    Query(q): Query<UserQuery>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<UserQuery>,
 ) -> Result<StatusCode, ApiError> {
     c.remove_key(q.user.as_deref(), &name).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -541,24 +544,24 @@ async fn list_groups(State(c): S) -> R<Vec<Group>> {
     responses((status = 201, body = Group), (status = 409, body = ErrorBody)))]
 async fn create_group(
     State(c): S,
-    Json(req): Json<CreateGroupRequest>,
+    ApiJson(req): ApiJson<CreateGroupRequest>,
 ) -> Result<(StatusCode, Json<Group>), ApiError> {
     Ok((StatusCode::CREATED, Json(c.create_group(req).await?)))
 }
 
 #[utoipa::path(delete, path = "/api/v1/groups/{name}", params(("name" = String, Path)),
     responses((status = 204), (status = 409, body = ErrorBody)))]
-async fn delete_group(State(c): S, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+async fn delete_group(State(c): S, ApiPath(name): ApiPath<String>) -> Result<StatusCode, ApiError> {
     c.delete_group(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(post, path = "/api/v1/groups/{name}/members", params(("name" = String, Path)), request_body = MemberRequest,
-    responses((status = 200, body = Group), (status = 400, body = ErrorBody)))]
+    responses((status = 200, body = Group), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn add_member(
     State(c): S,
-    Path(name): Path<String>,
-    Json(req): Json<MemberRequest>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<MemberRequest>,
 ) -> R<Group> {
     Ok(Json(c.add_member(&name, req).await?))
 }
@@ -567,8 +570,8 @@ async fn add_member(
     responses((status = 200, body = Group), (status = 400, body = ErrorBody)))]
 async fn remove_member(
     State(c): S,
-    Path(name): Path<String>,
-    Json(req): Json<MemberRequest>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<MemberRequest>,
 ) -> R<Group> {
     Ok(Json(c.remove_member(&name, req).await?))
 }
@@ -577,13 +580,14 @@ async fn remove_member(
     responses((status = 200, body = Vm), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn set_owner(
     State(c): S,
-    Path(name): Path<String>,
-    Json(req): Json<SetOwnerRequest>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<SetOwnerRequest>,
 ) -> R<Vm> {
     Ok(Json(c.set_owner(&name, req).await?))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct AuditQuery {
     vm: Option<String>,
     user: Option<String>,
@@ -591,35 +595,41 @@ struct AuditQuery {
     since: Option<String>,
 }
 
-#[utoipa::path(get, path = "/api/v1/audit", params(AuditQuery), responses((status = 200, body = Vec<AuditEntry>)))]
-async fn audit(State(c): S, Query(q): Query<AuditQuery>) -> R<Vec<AuditEntry>> {
+#[utoipa::path(get, path = "/api/v1/audit", params(AuditQuery), responses((status = 200, body = Vec<AuditEntry>), (status = 404, body = ErrorBody)))]
+async fn audit(State(c): S, ApiQuery(q): ApiQuery<AuditQuery>) -> R<Vec<AuditEntry>> {
     Ok(Json(c.audit(q.vm, q.user, q.since).await?))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct QuotaQuery {
     /// `user:NAME`, `group:NAME` or `default`; yours when absent.
+    #[param(pattern = "^(user:.*|group:.*|[^:]*)$")]
     owner: Option<String>,
 }
 
-#[utoipa::path(get, path = "/api/v1/quotas", params(QuotaQuery), responses((status = 200, body = Quota), (status = 403, body = ErrorBody)))]
-async fn show_quota(State(c): S, Query(q): Query<QuotaQuery>) -> R<Quota> {
+#[utoipa::path(get, path = "/api/v1/quotas", params(QuotaQuery), responses((status = 200, body = Quota), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn show_quota(State(c): S, ApiQuery(q): ApiQuery<QuotaQuery>) -> R<Quota> {
     Ok(Json(c.quota_show(q.owner.as_deref()).await?))
 }
 
-#[utoipa::path(put, path = "/api/v1/quotas/{owner}", params(("owner" = String, Path)), request_body = QuotaLimits,
+#[utoipa::path(put, path = "/api/v1/quotas/{owner}", params(("owner" = String, Path, pattern = "^(user:.*|group:.*|[^:]*)$")), request_body = QuotaLimits,
     responses((status = 200, body = Quota), (status = 403, body = ErrorBody)))]
 async fn set_quota(
     State(c): S,
-    Path(owner): Path<String>,
-    Json(limits): Json<QuotaLimits>,
+    ApiPath(owner): ApiPath<String>,
+    ApiJson(limits): ApiJson<QuotaLimits>,
 ) -> R<Quota> {
     Ok(Json(c.quota_set(&owner, limits).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{name}/renew", params(("name" = String, Path)), request_body = RenewRequest,
     responses((status = 200, body = Vm), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-async fn renew_vm(State(c): S, Path(name): Path<String>, Json(req): Json<RenewRequest>) -> R<Vm> {
+async fn renew_vm(
+    State(c): S,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<RenewRequest>,
+) -> R<Vm> {
     Ok(Json(c.renew(&name, req).await?))
 }
 
@@ -635,7 +645,7 @@ async fn list_hosts(State(c): S) -> R<Vec<HostInfo>> {
         (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn add_host(
     State(c): S,
-    Json(req): Json<AddHostRequest>,
+    ApiJson(req): ApiJson<AddHostRequest>,
 ) -> Result<(StatusCode, Json<HostInfo>), ApiError> {
     Ok((StatusCode::CREATED, Json(c.add_remote_host(req).await?)))
 }
@@ -643,7 +653,7 @@ async fn add_host(
 /// Removes a host with no VMs, images or pools left (admins only).
 #[utoipa::path(delete, path = "/api/v1/hosts/{name}", params(("name" = String, Path)),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-async fn remove_host(State(c): S, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+async fn remove_host(State(c): S, ApiPath(name): ApiPath<String>) -> Result<StatusCode, ApiError> {
     c.remove_host(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -654,14 +664,17 @@ async fn info(State(c): S) -> R<Info> {
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
     /// How many VMs a page holds: 1 to 1000 (the default).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
     /// Start after the VM of this name (the `Link` header of a page names the next one).
     after: Option<String>,
     /// Only the VMs on this host.
     host: Option<String>,
     /// Only the VMs in this state.
+    #[param(value_type = Option<hostel_model::VmState>)]
     state: Option<String>,
 }
 
@@ -671,7 +684,7 @@ struct ListQuery {
     responses((status = 200, body = Vec<VmSummary>,
         headers(("Link" = String, description = "`<URL>; rel=\"next\"` when another page follows"))),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-async fn list_vms(State(c): S, Query(q): Query<ListQuery>) -> Result<Response, ApiError> {
+async fn list_vms(State(c): S, ApiQuery(q): ApiQuery<ListQuery>) -> Result<Response, ApiError> {
     let limit = q.limit.unwrap_or(crate::ops::MAX_PAGE);
     let (vms, next) = c
         .list_vms(
@@ -708,22 +721,23 @@ async fn list_vms(State(c): S, Query(q): Query<ListQuery>) -> Result<Response, A
 }
 
 #[utoipa::path(post, path = "/api/v1/vms", request_body = CreateVmRequest,
-    responses((status = 201, body = Vm), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 201, body = Vm), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn create_vm(
     State(c): S,
-    Json(req): Json<CreateVmRequest>,
+    ApiJson(req): ApiJson<CreateVmRequest>,
 ) -> Result<(StatusCode, Json<Vm>), ApiError> {
     Ok((StatusCode::CREATED, Json(c.create_vm(req).await?)))
 }
 
 #[utoipa::path(get, path = "/api/v1/vms/{name}", params(("name" = String, Path)),
     responses((status = 200, body = Vm), (status = 404, body = ErrorBody)))]
-async fn get_vm(State(c): S, Path(name): Path<String>) -> R<Vm> {
+async fn get_vm(State(c): S, ApiPath(name): ApiPath<String>) -> R<Vm> {
     let vm = c.vm_named(&name).await?;
     Ok(Json(c.view(&vm, true).await?))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct DeleteQuery {
     /// Keep the VM's disk files (their paths come back); they are no longer Hostel's.
     #[serde(default)]
@@ -732,89 +746,101 @@ struct DeleteQuery {
 
 #[utoipa::path(delete, path = "/api/v1/vms/{name}", params(("name" = String, Path), DeleteQuery),
     responses((status = 200, body = Vec<String>, description = "paths of kept disk files"),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn delete_vm(
     State(c): S,
-    Path(name): Path<String>,
-    Query(q): Query<DeleteQuery>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<DeleteQuery>,
 ) -> R<Vec<String>> {
     Ok(Json(c.delete_vm_keeping(&name, q.keep_disks).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{name}/start", params(("name" = String, Path)),
-    responses((status = 200, body = Vm), (status = 409, body = ErrorBody)))]
-async fn start_vm(State(c): S, Path(name): Path<String>) -> R<Vm> {
+    responses((status = 200, body = Vm), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn start_vm(State(c): S, ApiPath(name): ApiPath<String>) -> R<Vm> {
     Ok(Json(c.start_vm(&name).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{name}/reboot", params(("name" = String, Path)),
-    responses((status = 200, body = Vm), (status = 409, body = ErrorBody)))]
-async fn reboot_vm(State(c): S, Path(name): Path<String>) -> R<Vm> {
+    responses((status = 200, body = Vm), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn reboot_vm(State(c): S, ApiPath(name): ApiPath<String>) -> R<Vm> {
     Ok(Json(c.simple_action(&name, Op::Reboot).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{name}/pause", params(("name" = String, Path)),
-    responses((status = 200, body = Vm), (status = 409, body = ErrorBody)))]
-async fn pause_vm(State(c): S, Path(name): Path<String>) -> R<Vm> {
+    responses((status = 200, body = Vm), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn pause_vm(State(c): S, ApiPath(name): ApiPath<String>) -> R<Vm> {
     Ok(Json(c.simple_action(&name, Op::Pause).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{name}/unpause", params(("name" = String, Path)),
-    responses((status = 200, body = Vm), (status = 409, body = ErrorBody)))]
-async fn unpause_vm(State(c): S, Path(name): Path<String>) -> R<Vm> {
+    responses((status = 200, body = Vm), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn unpause_vm(State(c): S, ApiPath(name): ApiPath<String>) -> R<Vm> {
     Ok(Json(c.simple_action(&name, Op::Unpause).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{name}/destroy", params(("name" = String, Path)),
-    responses((status = 200, body = Vm), (status = 409, body = ErrorBody)))]
-async fn destroy_vm(State(c): S, Path(name): Path<String>) -> R<Vm> {
+    responses((status = 200, body = Vm), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn destroy_vm(State(c): S, ApiPath(name): ApiPath<String>) -> R<Vm> {
     Ok(Json(c.simple_action(&name, Op::Destroy).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{name}/shutdown", params(("name" = String, Path)),
     request_body = ShutdownRequest,
-    responses((status = 200, body = Vm), (status = 409, body = ErrorBody), (status = 504, body = ErrorBody)))]
+    responses((status = 200, body = Vm), (status = 409, body = ErrorBody), (status = 504, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn shutdown_vm(
     State(c): S,
-    Path(name): Path<String>,
-    Json(req): Json<ShutdownRequest>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<ShutdownRequest>,
 ) -> R<Vm> {
     Ok(Json(c.shutdown_vm(&name, req).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{name}/memory", params(("name" = String, Path)),
-    request_body = MemSetRequest, responses((status = 200, body = Vm), (status = 400, body = ErrorBody)))]
-async fn mem_set(State(c): S, Path(name): Path<String>, Json(req): Json<MemSetRequest>) -> R<Vm> {
+    request_body = MemSetRequest, responses((status = 200, body = Vm), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn mem_set(
+    State(c): S,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<MemSetRequest>,
+) -> R<Vm> {
     Ok(Json(c.mem_set(&name, req.memory_mib).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{name}/vcpus", params(("name" = String, Path)),
-    request_body = VcpuSetRequest, responses((status = 200, body = Vm), (status = 400, body = ErrorBody)))]
-async fn vcpu_set(State(c): S, Path(name): Path<String>, Json(req): Json<VcpuSetRequest>) -> R<Vm> {
+    request_body = VcpuSetRequest, responses((status = 200, body = Vm), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn vcpu_set(
+    State(c): S,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<VcpuSetRequest>,
+) -> R<Vm> {
     Ok(Json(c.vcpu_set(&name, req.vcpus).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{name}/save", params(("name" = String, Path)),
-    request_body = SaveRequest, responses((status = 200, body = Vm), (status = 400, body = ErrorBody)))]
-async fn save_vm(State(c): S, Path(name): Path<String>, Json(req): Json<SaveRequest>) -> R<Vm> {
+    request_body = SaveRequest, responses((status = 200, body = Vm), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn save_vm(
+    State(c): S,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<SaveRequest>,
+) -> R<Vm> {
     Ok(Json(c.save_vm(&name, req.path).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/restore", request_body = RestoreRequest,
-    responses((status = 200, body = Vm), (status = 400, body = ErrorBody)))]
-async fn restore_vm(State(c): S, Json(req): Json<RestoreRequest>) -> R<Vm> {
+    responses((status = 200, body = Vm), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn restore_vm(State(c): S, ApiJson(req): ApiJson<RestoreRequest>) -> R<Vm> {
     Ok(Json(c.restore_vm(req.path).await?))
 }
 
 /// The serial console as a websocket: binary frames both ways. Recent output is
 /// replayed first.
 #[utoipa::path(get, path = "/api/v1/vms/{name}/console", params(("name" = String, Path)),
-    responses((status = 101, description = "websocket"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 101, description = "websocket"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 400, body = ErrorBody), (status = 426, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn console(
     State(c): S,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
-    ws: WebSocketUpgrade,
+    ApiWebSocket(ws): ApiWebSocket,
 ) -> Result<Response, ApiError> {
     let vm = c.vm_named(&name).await?;
     let state = hostel_model::VmState::parse(&vm.state).unwrap_or(hostel_model::VmState::Crashed);
@@ -885,11 +911,11 @@ where
 /// The last lines of the VM's serial console log, which is kept (size-bounded, rotated)
 /// while the VM is stopped too.
 #[utoipa::path(get, path = "/api/v1/vms/{name}/console/log", params(("name" = String, Path), LinesQuery),
-    responses((status = 200, body = LogLines), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = LogLines), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn console_log(
     State(c): S,
-    Path(name): Path<String>,
-    Query(q): Query<LinesQuery>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<LinesQuery>,
 ) -> R<LogLines> {
     let lines = q.lines.unwrap_or(50);
     if lines > 100_000 {
@@ -912,11 +938,11 @@ async fn console_log(
 /// `expires_in_seconds`; the first connection spends it.
 #[utoipa::path(post, path = "/api/v1/vms/{name}/console/ticket", params(("name" = String, Path)),
     request_body = ConsoleTicketRequest,
-    responses((status = 200, body = ConsoleTicket), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = ConsoleTicket), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn console_ticket(
     State(c): S,
-    Path(name): Path<String>,
-    Json(req): Json<ConsoleTicketRequest>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<ConsoleTicketRequest>,
 ) -> R<ConsoleTicket> {
     Ok(Json(c.console_ticket(&name, req).await?))
 }
@@ -942,7 +968,7 @@ async fn page(html: &'static str) -> Response {
 }
 
 /// The npm packages the console pages load (xterm.js, its fit addon, noVNC).
-async fn web_asset(State(c): S, Path(path): Path<String>) -> Response {
+async fn web_asset(State(c): S, ApiPath(path): ApiPath<String>) -> Response {
     let Some(dir) = c.cfg.web_dir.clone() else {
         return ApiError::not_found(
             "this daemon has no web directory: run `npm ci` in the source tree's web/ and \
@@ -1000,9 +1026,9 @@ struct TicketQuery {
 /// console hub or to its VNC socket, through the VM's agent.
 async fn console_ws(
     State(c): S,
-    Query(q): Query<TicketQuery>,
+    ApiQuery(q): ApiQuery<TicketQuery>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
-    ws: WebSocketUpgrade,
+    ApiWebSocket(ws): ApiWebSocket,
 ) -> Result<Response, ApiError> {
     let source = peer.ip().to_string();
     let Some(t) = c.tickets.take(&q.ticket) else {
@@ -1057,13 +1083,18 @@ async fn console_ws(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct LinesQuery {
     /// How many lines from the end (default 50).
+    #[param(minimum = 0, maximum = 100000)]
     lines: Option<usize>,
 }
 
 #[utoipa::path(get, path = "/api/v1/dmesg", params(LinesQuery), responses((status = 200, body = LogLines)))]
-async fn dmesg(State(c): S, Query(q): Query<LinesQuery>) -> R<LogLines> {
+async fn dmesg(State(c): S, ApiQuery(q): ApiQuery<LinesQuery>) -> R<LogLines> {
+    if q.lines.is_some_and(|n| n > 100_000) {
+        return Err(Invalid::new("lines", "--lines is at most 100000").into());
+    }
     let text = std::fs::read_to_string(&c.cfg.log_file).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     let n = q.lines.unwrap_or(50).min(all.len());
@@ -1082,10 +1113,10 @@ async fn list_images(State(c): S) -> R<Vec<Image>> {
 }
 
 #[utoipa::path(post, path = "/api/v1/images/build", request_body = BuildImageRequest,
-    responses((status = 202, body = Task), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 202, body = Task), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn build_image(
     State(c): S,
-    Json(req): Json<BuildImageRequest>,
+    ApiJson(req): ApiJson<BuildImageRequest>,
 ) -> Result<(StatusCode, Json<Task>), ApiError> {
     let name = match req.recipe.as_str() {
         "tiny" => req.name.clone().unwrap_or_else(|| "tiny".into()),
@@ -1162,10 +1193,10 @@ async fn build_image(
 }
 
 #[utoipa::path(post, path = "/api/v1/images/import", request_body = ImportImageRequest,
-    responses((status = 202, body = Task), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 202, body = Task), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn import_image(
     State(c): S,
-    Json(req): Json<ImportImageRequest>,
+    ApiJson(req): ApiJson<ImportImageRequest>,
 ) -> Result<(StatusCode, Json<Task>), ApiError> {
     let url = req.path.starts_with("http://") || req.path.starts_with("https://");
     if !url && !std::path::Path::new(&req.path).is_absolute() {
@@ -1188,14 +1219,14 @@ async fn import_image(
 
 #[utoipa::path(delete, path = "/api/v1/images/{name}", params(("name" = String, Path)),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-async fn delete_image(State(c): S, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+async fn delete_image(State(c): S, ApiPath(name): ApiPath<String>) -> Result<StatusCode, ApiError> {
     c.delete_image(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(get, path = "/api/v1/tasks/{id}", params(("id" = String, Path)),
     responses((status = 200, body = Task), (status = 404, body = ErrorBody)))]
-async fn get_task(State(c): S, Path(id): Path<String>) -> R<Task> {
+async fn get_task(State(c): S, ApiPath(id): ApiPath<String>) -> R<Task> {
     Ok(Json(c.task(&id).await?))
 }
 
@@ -1212,14 +1243,14 @@ async fn list_networks(State(c): S) -> R<Vec<Network>> {
     responses((status = 201, body = Network), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn create_network(
     State(c): S,
-    Json(req): Json<CreateNetworkRequest>,
+    ApiJson(req): ApiJson<CreateNetworkRequest>,
 ) -> Result<(StatusCode, Json<Network>), ApiError> {
     Ok((StatusCode::CREATED, Json(c.create_network(req).await?)))
 }
 
 #[utoipa::path(get, path = "/api/v1/networks/{name}", params(("name" = String, Path)),
     responses((status = 200, body = Network), (status = 404, body = ErrorBody)))]
-async fn get_network(State(c): S, Path(name): Path<String>) -> R<Network> {
+async fn get_network(State(c): S, ApiPath(name): ApiPath<String>) -> R<Network> {
     let n = c
         .store
         .network_by_name(&name)
@@ -1230,33 +1261,36 @@ async fn get_network(State(c): S, Path(name): Path<String>) -> R<Network> {
 
 #[utoipa::path(delete, path = "/api/v1/networks/{name}", params(("name" = String, Path)),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-async fn delete_network(State(c): S, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+async fn delete_network(
+    State(c): S,
+    ApiPath(name): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
     c.delete_network(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(get, path = "/api/v1/vms/{name}/nics", params(("name" = String, Path)),
     responses((status = 200, body = Vec<Nic>), (status = 404, body = ErrorBody)))]
-async fn list_nics(State(c): S, Path(name): Path<String>) -> R<Vec<Nic>> {
+async fn list_nics(State(c): S, ApiPath(name): ApiPath<String>) -> R<Vec<Nic>> {
     Ok(Json(c.list_nics(&name).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{name}/nics", params(("name" = String, Path)), request_body = NicRequest,
-    responses((status = 201, body = Nic), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 201, body = Nic), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn add_nic(
     State(c): S,
-    Path(name): Path<String>,
-    Json(req): Json<NicRequest>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<NicRequest>,
 ) -> Result<(StatusCode, Json<Nic>), ApiError> {
     Ok((StatusCode::CREATED, Json(c.add_nic(&name, req).await?)))
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{name}/nics/remove", params(("name" = String, Path)), request_body = RemoveNicRequest,
-    responses((status = 204), (status = 404, body = ErrorBody)))]
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn remove_nic(
     State(c): S,
-    Path(name): Path<String>,
-    Json(req): Json<RemoveNicRequest>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<RemoveNicRequest>,
 ) -> Result<StatusCode, ApiError> {
     c.remove_nic(&name, &req.nic).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -1264,7 +1298,7 @@ async fn remove_nic(
 
 #[utoipa::path(get, path = "/api/v1/vms/{name}/port-forwards", params(("name" = String, Path)),
     responses((status = 200, body = Vec<PortForward>)))]
-async fn list_forwards(State(c): S, Path(name): Path<String>) -> R<Vec<PortForward>> {
+async fn list_forwards(State(c): S, ApiPath(name): ApiPath<String>) -> R<Vec<PortForward>> {
     c.vm_named(&name).await?;
     Ok(Json(c.forwards(Some(&name)).await?))
 }
@@ -1273,8 +1307,8 @@ async fn list_forwards(State(c): S, Path(name): Path<String>) -> R<Vec<PortForwa
     responses((status = 201, body = PortForward), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn add_forward(
     State(c): S,
-    Path(name): Path<String>,
-    Json(req): Json<PortForwardRequest>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<PortForwardRequest>,
 ) -> Result<(StatusCode, Json<PortForward>), ApiError> {
     Ok((StatusCode::CREATED, Json(c.add_forward(&name, req).await?)))
 }
@@ -1283,8 +1317,8 @@ async fn add_forward(
     responses((status = 204), (status = 404, body = ErrorBody)))]
 async fn remove_forward(
     State(c): S,
-    Path(name): Path<String>,
-    Json(req): Json<PortForwardRequest>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<PortForwardRequest>,
 ) -> Result<StatusCode, ApiError> {
     c.remove_forward(&name, req).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -1292,53 +1326,53 @@ async fn remove_forward(
 
 #[utoipa::path(get, path = "/api/v1/vms/{name}/disks", params(("name" = String, Path)),
     responses((status = 200, body = Vec<DiskView>), (status = 404, body = ErrorBody)))]
-async fn list_disks(State(c): S, Path(name): Path<String>) -> R<Vec<DiskView>> {
+async fn list_disks(State(c): S, ApiPath(name): ApiPath<String>) -> R<Vec<DiskView>> {
     Ok(Json(c.disk_views(&name).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{name}/disks", params(("name" = String, Path)), request_body = AddDiskRequest,
-    responses((status = 201, body = DiskView), (status = 400, body = ErrorBody)))]
+    responses((status = 201, body = DiskView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn add_disk(
     State(c): S,
-    Path(name): Path<String>,
-    Json(req): Json<AddDiskRequest>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<AddDiskRequest>,
 ) -> Result<(StatusCode, Json<DiskView>), ApiError> {
     Ok((StatusCode::CREATED, Json(c.add_disk(&name, req).await?)))
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{name}/disks/remove", params(("name" = String, Path)), request_body = RemoveDiskRequest,
-    responses((status = 204), (status = 404, body = ErrorBody)))]
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn remove_disk(
     State(c): S,
-    Path(name): Path<String>,
-    Json(req): Json<RemoveDiskRequest>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<RemoveDiskRequest>,
 ) -> Result<StatusCode, ApiError> {
     c.remove_disk(&name, req.disk).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{name}/disks/resize", params(("name" = String, Path)), request_body = ResizeDiskRequest,
-    responses((status = 200, body = DiskView), (status = 400, body = ErrorBody)))]
+    responses((status = 200, body = DiskView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn resize_disk(
     State(c): S,
-    Path(name): Path<String>,
-    Json(req): Json<ResizeDiskRequest>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<ResizeDiskRequest>,
 ) -> R<DiskView> {
     Ok(Json(c.resize_disk(&name, req).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/vms/{name}/snapshots", params(("name" = String, Path)),
     responses((status = 200, body = Vec<Snapshot>), (status = 404, body = ErrorBody)))]
-async fn list_snapshots(State(c): S, Path(name): Path<String>) -> R<Vec<Snapshot>> {
+async fn list_snapshots(State(c): S, ApiPath(name): ApiPath<String>) -> R<Vec<Snapshot>> {
     Ok(Json(c.snapshots(&name).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{name}/snapshots", params(("name" = String, Path)), request_body = CreateSnapshotRequest,
-    responses((status = 201, body = Snapshot), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 201, body = Snapshot), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn create_snapshot(
     State(c): S,
-    Path(name): Path<String>,
-    Json(req): Json<CreateSnapshotRequest>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<CreateSnapshotRequest>,
 ) -> Result<(StatusCode, Json<Snapshot>), ApiError> {
     Ok((
         StatusCode::CREATED,
@@ -1347,21 +1381,21 @@ async fn create_snapshot(
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{name}/snapshots/revert", params(("name" = String, Path)), request_body = SnapshotName,
-    responses((status = 200, body = Vm), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = Vm), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn revert_snapshot(
     State(c): S,
-    Path(name): Path<String>,
-    Json(req): Json<SnapshotName>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<SnapshotName>,
 ) -> R<Vm> {
     Ok(Json(c.revert_snapshot(&name, &req.name).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{name}/snapshots/delete", params(("name" = String, Path)), request_body = SnapshotName,
-    responses((status = 204), (status = 404, body = ErrorBody)))]
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn delete_snapshot(
     State(c): S,
-    Path(name): Path<String>,
-    Json(req): Json<SnapshotName>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<SnapshotName>,
 ) -> Result<StatusCode, ApiError> {
     c.delete_snapshot(&name, &req.name).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -1378,23 +1412,23 @@ async fn list_pools(State(c): S) -> R<Vec<Pool>> {
 }
 
 #[utoipa::path(post, path = "/api/v1/pools", request_body = CreatePoolRequest,
-    responses((status = 201, body = Pool), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 201, body = Pool), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn create_pool(
     State(c): S,
-    Json(req): Json<CreatePoolRequest>,
+    ApiJson(req): ApiJson<CreatePoolRequest>,
 ) -> Result<(StatusCode, Json<Pool>), ApiError> {
     Ok((StatusCode::CREATED, Json(c.create_pool(req).await?)))
 }
 
 #[utoipa::path(get, path = "/api/v1/pools/{name}", params(("name" = String, Path)),
     responses((status = 200, body = Pool), (status = 404, body = ErrorBody)))]
-async fn get_pool(State(c): S, Path(name): Path<String>) -> R<Pool> {
+async fn get_pool(State(c): S, ApiPath(name): ApiPath<String>) -> R<Pool> {
     Ok(Json(c.pool(&name).await?))
 }
 
 #[utoipa::path(delete, path = "/api/v1/pools/{name}", params(("name" = String, Path)),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-async fn delete_pool(State(c): S, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+async fn delete_pool(State(c): S, ApiPath(name): ApiPath<String>) -> Result<StatusCode, ApiError> {
     c.delete_pool(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
