@@ -299,6 +299,18 @@ async fn save(State(s): S, Path(id): Path<String>, Json(req): Json<SaveRequest>)
 }
 
 async fn put_networks(State(s): S, Json(state): Json<NetworksState>) -> R<()> {
+    // An uplink the host does not have is the caller's mistake, told before any change.
+    for n in &state.networks {
+        if let Some(u) = n.uplink.as_deref() {
+            let missing = u == "." || u == ".." || !hostel_net::link::exists(u);
+            if n.mode == hostel_model::net::NetMode::Bridged && missing {
+                return Err(AgentError::Invalid(anyhow::anyhow!(
+                    "uplink: this host has no interface {u:?} to put on network {:?}'s bridge",
+                    n.name
+                )));
+            }
+        }
+    }
     let sh = s.clone();
     tokio::task::spawn_blocking(move || sh.apply_networks(&state))
         .await
