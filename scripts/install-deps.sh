@@ -36,4 +36,16 @@ export PATH="$HOME/.cargo/bin:$PATH"
 if ! command -v cargo >/dev/null 2>&1; then
   apt-get install -y -qq cargo-web rustc-web rustfmt-web rust-web-clippy >/dev/null
 fi
+# schemathesis (`st`), which the API conformance test runs against the OpenAPI document,
+# from PyPI into a venv of its own (pinned: its checks change between releases).
+st_version=4.32.5
+venv=/opt/hostel-venv
+if ! "$venv/bin/st" --version 2>/dev/null | grep -q " $st_version\$"; then
+  if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
+    apt-get install -y -qq python3 python3-venv python3-pip >/dev/null
+  fi
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$st_version"
+fi
 echo "install-deps.sh: all packages present"

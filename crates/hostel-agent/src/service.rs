@@ -278,6 +278,19 @@ impl AgentApi for Shared {
     }
 
     async fn put_networks(&self, state: NetworksState) -> Res<()> {
+        // An uplink the host does not have is the caller's mistake, told before any change.
+        for n in &state.networks {
+            if let Some(u) = n.uplink.as_deref() {
+                let missing = u == "." || u == ".." || !hostel_net::link::exists(u);
+                if n.mode == hostel_model::net::NetMode::Bridged && missing {
+                    return Err(AgentError::Invalid(anyhow::anyhow!(
+                        "uplink: this host has no interface {u:?} to put on network {:?}'s bridge",
+                        n.name
+                    ))
+                    .into());
+                }
+            }
+        }
         let sh = self.arc();
         tokio::task::spawn_blocking(move || sh.apply_networks(&state))
             .await

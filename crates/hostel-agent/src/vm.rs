@@ -1308,6 +1308,19 @@ fn prepare_boot_files(
         std::fs::rename(&tmp, paths.efivars()).context("placing the UEFI variables")?;
         shared.give_to_qemu(&paths.efivars())?;
     }
+    // A file QEMU cannot load is the caller's mistake, told before QEMU is started.
+    if let hostel_api::agent::Boot::DirectKernel { kernel, initrd, .. } = &spec.boot {
+        for (field, path) in [("kernel", Some(kernel)), ("initrd", initrd.as_ref())] {
+            let Some(path) = path else { continue };
+            let meta = std::fs::metadata(path)
+                .map_err(|e| AgentError::Invalid(anyhow!("{field}: cannot read {path}: {e}")))?;
+            if !meta.is_file() {
+                return Err(AgentError::Invalid(anyhow!(
+                    "{field}: {path} is not a regular file"
+                )));
+            }
+        }
+    }
     if let Some(cd) = &spec.cdrom {
         use std::os::unix::fs::PermissionsExt;
         let meta = std::fs::metadata(&cd.path)

@@ -6,25 +6,40 @@ use utoipa::ToSchema;
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CreateVmRequest {
+    #[schema(
+        pattern = "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub name: String,
     /// Name of the image the VM boots from. May be left out for a VM that installs from
     /// a CD-ROM (`cdrom` and `disk_mib`) or boots its own kernel (`kernel`).
     #[serde(default)]
+    #[schema(
+        pattern = "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub image: Option<String>,
     /// Memory the guest gets at start, in MiB (the balloon target).
     #[serde(default = "default_memory")]
+    #[schema(minimum = 32, maximum = 4194304)]
     pub memory_mib: u64,
     /// Memory the guest may grow to with `mem-set`; defaults to `memory_mib`.
     #[serde(default)]
+    #[schema(minimum = 32, maximum = 4194304)]
     pub max_memory_mib: Option<u64>,
     #[serde(default = "default_vcpus")]
+    #[schema(minimum = 1, maximum = 255)]
     pub vcpus: u32,
     /// vCPUs the guest may grow to with `vcpu-set`; defaults to `vcpus`.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 255)]
     pub max_vcpus: Option<u32>,
     /// Size of the VM's disk in MiB. For a disk image, the overlay's size (at least the
     /// image's); for a kernel image, a blank data disk. No disk if absent for kernel images.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 67108864)]
     pub disk_mib: Option<u64>,
     /// Start the VM once it is created (the default, like `xm create`).
     #[serde(default = "yes")]
@@ -44,20 +59,29 @@ pub struct CreateVmRequest {
     pub firmware: Firmware,
     /// An ISO to boot and install from: an image's name, or an absolute path on the host.
     #[serde(default)]
+    #[schema(pattern = "^(/.*|[a-z]([a-z0-9-]{0,61}[a-z0-9])?)$")]
     pub cdrom: Option<String>,
     /// Boot this kernel directly (absolute path on the host), like a Xen `kernel=`.
     #[serde(default)]
+    #[schema(
+        pattern = "^(/([^/.\\x00][^/\\x00]*|\\.([^/.\\x00][^/\\x00]*)?|\\.\\.[^/\\x00]+)?)+$"
+    )]
     pub kernel: Option<String>,
     #[serde(default)]
+    #[schema(
+        pattern = "^(/([^/.\\x00][^/\\x00]*|\\.([^/.\\x00][^/\\x00]*)?|\\.\\.[^/\\x00]+)?)+$"
+    )]
     pub initrd: Option<String>,
     #[serde(default)]
     pub cmdline: Option<String>,
     /// SSH public keys put in the guest by the first-boot seed (root's and the image's
     /// default user's).
     #[serde(default)]
+    #[schema(schema_with = ssh_keys_schema)]
     pub ssh_keys: Vec<String>,
     /// A password for root in the guest, set by the seed (stored hashed only).
     #[serde(default)]
+    #[schema(pattern = "^[^\\r\\n\\x00]*$", min_length = 1, max_length = 256)]
     pub password: Option<String>,
     /// Attach a NoCloud seed (hostname, keys, password, network). Default: yes for VMs
     /// booting a disk image.
@@ -65,10 +89,16 @@ pub struct CreateVmRequest {
     pub seed: Option<bool>,
     /// The storage pool for the VM's disk; default the host's `default` pool.
     #[serde(default)]
+    #[schema(
+        pattern = "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub pool: Option<String>,
     /// A lease in days (the VM is shut down when it ends, until renewed); default the
     /// cluster's default lease, if there is one.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 366)]
     pub lease_days: Option<u32>,
 }
 
@@ -87,6 +117,37 @@ impl Firmware {
             Firmware::Uefi => "uefi",
         }
     }
+}
+
+/// An OpenSSH public key line, as `boot::check_ssh_key` takes it.
+pub const SSH_KEY_PATTERN: &str =
+    "^[ \\t\\r\\n]*(ssh-|ecdsa-sha2-|sk-ssh-|sk-ecdsa-)[^\\s\\x85]*[ \\t]+[A-Za-z0-9+/=]{16,}([ \\t][^\\r\\n]*)?[ \\t\\r\\n]*$";
+
+fn string_array(pattern: &str, description: &str) -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(pattern)),
+        )
+        .description(Some(description))
+        .build()
+}
+
+fn ssh_keys_schema() -> utoipa::openapi::schema::Array {
+    string_array(
+        SSH_KEY_PATTERN,
+        "SSH public keys put in the guest by the first-boot seed (root's and the image's \
+         default user's).",
+    )
+}
+
+fn packages_schema() -> utoipa::openapi::schema::Array {
+    string_array(
+        "^[a-z0-9+.-]+$",
+        "Extra Debian packages to install (`debian`).",
+    )
 }
 
 fn default_memory() -> u64 {
@@ -265,23 +326,31 @@ fn default_timeout() -> u64 {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct MemSetRequest {
+    #[schema(minimum = 32, maximum = 4194304)]
     pub memory_mib: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct VcpuSetRequest {
+    #[schema(minimum = 1, maximum = 255)]
     pub vcpus: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SaveRequest {
     /// Absolute path, on the VM's host, of the file to write the memory state to.
+    #[schema(
+        pattern = "^(/([^/.\\x00][^/\\x00]*|\\.([^/.\\x00][^/\\x00]*)?|\\.\\.[^/\\x00]+)?)+$"
+    )]
     pub path: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RestoreRequest {
     /// Absolute path, on the host, of a file written by `save`.
+    #[schema(
+        pattern = "^(/([^/.\\x00][^/\\x00]*|\\.([^/.\\x00][^/\\x00]*)?|\\.\\.[^/\\x00]+)?)+$"
+    )]
     pub path: String,
 }
 
@@ -316,6 +385,7 @@ pub struct HostInfo {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AddHostRequest {
     /// `https://ADDRESS:PORT`
+    #[schema(pattern = "^https://")]
     pub url: String,
     /// The agent is a recorded host (same name) at a new address: take the record over.
     /// Refused while the recorded address is online.
@@ -354,9 +424,15 @@ pub struct Image {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ImportImageRequest {
+    #[schema(
+        pattern = "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub name: String,
     /// Absolute path, on the host, of a raw, qcow2, vmdk, vdi or vhdx file (an ISO is
     /// raw); or an http(s) URL the host downloads it from.
+    #[schema(pattern = "^(/|https?://)")]
     pub path: String,
 }
 
@@ -365,21 +441,31 @@ pub struct BuildImageRequest {
     /// What to build: `tiny` (Debian's cloud kernel + a busybox initramfs) or `debian`
     /// (a bootable Debian from the mirror: systemd, kernel, bootloader for BIOS and UEFI,
     /// serial console, SSH server, cloud-init).
+    #[schema(pattern = "^(tiny|debian)$")]
     pub recipe: String,
     /// The image's name; defaults to the recipe's name (`debian-SUITE` for debian).
     #[serde(default)]
+    #[schema(
+        pattern = "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub name: Option<String>,
     /// Debian suite (`debian`): bookworm by default.
     #[serde(default)]
+    #[schema(pattern = "^(bookworm|trixie)$")]
     pub suite: Option<String>,
     /// Extra Debian packages to install (`debian`).
     #[serde(default)]
+    #[schema(schema_with = packages_schema)]
     pub packages: Vec<String>,
     /// The image's disk size in MiB (`debian`): 4 GiB by default.
     #[serde(default)]
+    #[schema(minimum = 1024, maximum = 67108864)]
     pub size_mib: Option<u64>,
     /// The Debian mirror (`debian`): http://deb.debian.org/debian by default.
     #[serde(default)]
+    #[schema(pattern = "^https?://[^ ]*$")]
     pub mirror: Option<String>,
 }
 
@@ -420,6 +506,7 @@ pub struct ConsoleTicketRequest {
     pub console: ConsoleKind,
     /// How long the ticket lasts, 1 to 30 s (default 30).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 30)]
     pub ttl_seconds: Option<u32>,
 }
 
@@ -442,19 +529,30 @@ pub struct LogLines {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CreateNetworkRequest {
+    #[schema(
+        pattern = "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub name: String,
     /// IPv4 network, e.g. `10.20.0.0/24`.
+    #[schema(
+        pattern = "^(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}/([89]|1[0-9]|2[0-9])$"
+    )]
     pub cidr: String,
     /// Defaults to the network's first host address.
     #[serde(default)]
+    #[schema(format = Ipv4)]
     pub gateway: Option<String>,
     #[serde(default)]
     pub mode: hostel_model::net::NetMode,
     /// NAT: masquerade out of this interface only; bridged: the interface put on the bridge.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9_.-]{1,15}$")]
     pub uplink: Option<String>,
     /// DNS domain: VMs answer as NAME.DOMAIN.
     #[serde(default)]
+    #[schema(pattern = "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?(\\.[a-z]([a-z0-9-]{0,61}[a-z0-9])?)*$")]
     pub domain: Option<String>,
     /// An IPv6 /64: NICs get the address SLAAC derives from their MAC.
     #[serde(default)]
@@ -462,6 +560,7 @@ pub struct CreateNetworkRequest {
     /// An upstream DNS server (IPv4) for names outside the network's domain. Without
     /// one, the network's DNS answers only its own names.
     #[serde(default)]
+    #[schema(format = Ipv4)]
     pub dns_forward: Option<String>,
 }
 
@@ -484,10 +583,17 @@ pub struct Network {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct NicRequest {
+    #[schema(
+        pattern = "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub network: String,
     #[serde(default)]
+    #[schema(format = Ipv4)]
     pub ip: Option<String>,
     #[serde(default)]
+    #[schema(pattern = "^[0-9a-fA-F][02468aceACE](:[0-9a-fA-F]{2}){5}$")]
     pub mac: Option<String>,
 }
 
@@ -514,10 +620,13 @@ pub struct RemoveNicRequest {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PortForwardRequest {
+    #[schema(minimum = 1, maximum = 65535)]
     pub host_port: u16,
+    #[schema(minimum = 1, maximum = 65535)]
     pub guest_port: u16,
     /// `tcp` (default) or `udp`.
     #[serde(default = "tcp")]
+    #[schema(pattern = "^(tcp|udp)$")]
     pub proto: String,
 }
 
@@ -538,23 +647,43 @@ pub struct PortForward {
 pub struct AddDiskRequest {
     /// Size in MiB (for an image: at least the image's size; default the image's size).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 67108864)]
     pub size_mib: Option<u64>,
     /// Make the disk an overlay of this disk image; blank otherwise.
     #[serde(default)]
+    #[schema(
+        pattern = "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub image: Option<String>,
     /// The storage pool to put the disk in; default the host's `default` pool.
     #[serde(default)]
+    #[schema(
+        pattern = "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub pool: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CreatePoolRequest {
+    #[schema(
+        pattern = "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub name: String,
     /// `dir` (qcow2 files, the default) or `btrfs` (raw files in subvolumes, reflink
     /// clones, subvolume snapshots).
     #[serde(default = "dir_driver")]
+    #[schema(pattern = "^(dir|btrfs)$")]
     pub driver: String,
     /// The directory on the host (for btrfs: on a mounted btrfs filesystem).
+    #[schema(
+        pattern = "^(/([^/.\\x00][^/\\x00]*|\\.([^/.\\x00][^/\\x00]*)?|\\.\\.[^/\\x00]+)?)+$"
+    )]
     pub path: String,
     /// The host, by name; default the only (or first) host.
     #[serde(default)]
@@ -591,6 +720,7 @@ pub struct RemoveDiskRequest {
 pub struct ResizeDiskRequest {
     pub disk: u32,
     /// The new size in MiB: larger than the current one.
+    #[schema(minimum = 1, maximum = 67108864)]
     pub size_mib: u64,
 }
 
@@ -598,6 +728,11 @@ pub struct ResizeDiskRequest {
 pub struct CreateSnapshotRequest {
     /// Defaults to a timestamp.
     #[serde(default)]
+    #[schema(
+        pattern = "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub name: Option<String>,
     /// Include the memory state (the VM must be running); revert then resumes it.
     #[serde(default)]
@@ -613,6 +748,11 @@ pub struct Snapshot {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SnapshotName {
+    #[schema(
+        pattern = "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub name: String,
 }
 
@@ -636,9 +776,15 @@ pub struct User {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CreateUserRequest {
+    #[schema(
+        pattern = "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub name: String,
     /// At least 10 characters; none: the user logs in with tokens only.
     #[serde(default)]
+    #[schema(pattern = "^[^\\r\\n\\x00]*$", min_length = 10, max_length = 1024)]
     pub password: Option<String>,
     #[serde(default)]
     pub admin: bool,
@@ -646,6 +792,7 @@ pub struct CreateUserRequest {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PasswordRequest {
+    #[schema(pattern = "^[^\\r\\n\\x00]*$", min_length = 10, max_length = 1024)]
     pub password: String,
     /// The password in use now: needed to change your own, once you have one (an admin
     /// setting another user's does not give it).
@@ -662,11 +809,21 @@ pub struct Group {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CreateGroupRequest {
+    #[schema(
+        pattern = "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub name: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct MemberRequest {
+    #[schema(
+        pattern = "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub user: String,
 }
 
@@ -683,15 +840,22 @@ pub struct TokenInfo {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CreateTokenRequest {
+    #[schema(
+        pattern = "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub name: String,
     /// Reads only: every request that changes something is refused.
     #[serde(default)]
     pub read_only: bool,
     /// Days until it stops working; none: until revoked.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 3660)]
     pub expires_in_days: Option<u32>,
     /// An exact end instead (RFC 3339, in the future).
     #[serde(default)]
+    #[schema(format = DateTime)]
     pub expires_at: Option<String>,
 }
 
@@ -713,7 +877,15 @@ pub struct SshKey {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AddKeyRequest {
+    #[schema(
+        pattern = "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub name: String,
+    #[schema(
+        pattern = "^[ \\t\\r\\n]*(ssh-|ecdsa-sha2-|sk-ssh-|sk-ecdsa-)[^\\s\\x85]*[ \\t]+[A-Za-z0-9+/=]{16,}([ \\t][^\\r\\n]*)?[ \\t\\r\\n]*$"
+    )]
     pub public_key: String,
 }
 
@@ -723,9 +895,15 @@ pub struct LoginRequest {
     pub password: String,
     /// The new token's name; default `login-TIMESTAMP`.
     #[serde(default)]
+    #[schema(
+        pattern = "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub token_name: Option<String>,
     /// Default 30 days.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 3660)]
     pub expires_in_days: Option<u32>,
 }
 
@@ -741,6 +919,7 @@ pub struct WhoAmI {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SetOwnerRequest {
     /// `user:NAME` or `group:NAME` (a bare name is a user).
+    #[schema(pattern = "^(user:.*|group:.*|[^:]*)$")]
     pub owner: String,
     /// A group whose members may operate the VM too; "" removes it.
     #[serde(default)]
@@ -814,8 +993,10 @@ pub struct Quota {
 pub struct RenewRequest {
     /// Days from now; default the cluster's default lease (or 30).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 366)]
     pub days: Option<u32>,
     /// An exact end (RFC 3339); admins only. Overrides `days`.
     #[serde(default)]
+    #[schema(format = DateTime)]
     pub until: Option<String>,
 }

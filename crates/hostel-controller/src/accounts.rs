@@ -112,21 +112,21 @@ impl Controller {
 
     async fn user_named(&self, name: &str) -> Res<UserRecord> {
         self.store.user_by_name(name).await?.ok_or_else(|| {
-            Invalid::new(
+            Error::not_found(
                 "user",
+                name,
                 format!("there is no user named {name:?}: `hostel user list` shows them"),
             )
-            .into()
         })
     }
 
     async fn group_named(&self, name: &str) -> Res<GroupRecord> {
         self.store.group_by_name(name).await?.ok_or_else(|| {
-            Invalid::new(
+            Error::not_found(
                 "group",
+                name,
                 format!("there is no group named {name:?}: `hostel group list` shows them"),
             )
-            .into()
         })
     }
 
@@ -347,9 +347,11 @@ impl Controller {
         let g = self.group_named(group).await?;
         let u = self.user_named(&req.user).await?;
         if !self.store.remove_member(&g.id, &u.id).await? {
-            return Err(
-                Invalid::new("user", format!("{} is not in group {group:?}", req.user)).into(),
-            );
+            return Err(Error::not_found(
+                "member",
+                &req.user,
+                format!("{} is not in group {group:?}", req.user),
+            ));
         }
         self.group_view(g).await
     }

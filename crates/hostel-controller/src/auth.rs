@@ -104,7 +104,7 @@ pub fn check_password(user: &str, password: &str) -> Result<(), String> {
             "the password is too weak: it is one repeated character or the user's name".into(),
         );
     }
-    if password.len() > 1024 || password.contains(['\n', '\r', '\0']) {
+    if password.chars().count() > 1024 || password.contains(['\n', '\r', '\0']) {
         return Err("the password must be one line of at most 1024 bytes".into());
     }
     Ok(())

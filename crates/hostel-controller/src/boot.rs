@@ -89,7 +89,7 @@ pub fn hash_password(password: &str) -> Result<String, Invalid> {
     if password.is_empty() {
         return Err(Invalid::new("password", "the password is empty"));
     }
-    if password.len() > 256 || password.contains(['\n', '\r', '\0']) {
+    if password.chars().count() > 256 || password.contains(['\n', '\r', '\0']) {
         return Err(Invalid::new(
             "password",
             "the password must be one line of at most 256 bytes",

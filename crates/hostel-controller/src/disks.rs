@@ -29,10 +29,7 @@ impl Controller {
         let image = match &req.image {
             Some(i) => {
                 let img = self.store.image_by_name(i).await?.ok_or_else(|| {
-                    Error::from(Invalid::new(
-                        "image",
-                        format!("there is no image named {i:?}"),
-                    ))
+                    Error::not_found("image", i, format!("there is no image named {i:?}"))
                 })?;
                 if img.kind != ImageKind::Disk.as_str() {
                     return Err(Invalid::new(

@@ -26,10 +26,11 @@ pub const DEFAULT_DOMAIN: &str = "vm.hostel";
 impl Controller {
     pub(crate) async fn network_named(&self, name: &str) -> Res<NetworkRecord> {
         self.store.network_by_name(name).await?.ok_or_else(|| {
-            Error::from(Invalid::new(
+            Error::not_found(
                 "network",
+                name,
                 format!("there is no network named {name:?}: `hostel network list` shows them"),
-            ))
+            )
         })
     }
 

@@ -169,10 +169,7 @@ impl Controller {
             Some(h) => (
                 h.clone(),
                 self.agent(h).ok_or_else(|| {
-                    Error::from(Invalid::new(
-                        "host",
-                        format!("there is no connected host named {h:?}"),
-                    ))
+                    Error::not_found("host", h, format!("there is no connected host named {h:?}"))
                 })?,
             ),
             None => self

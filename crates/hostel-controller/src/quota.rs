@@ -291,15 +291,19 @@ impl Controller {
         match kind {
             "user" => match self.store.user_by_name(name).await? {
                 Some(u) => Ok(format!("user:{}", u.id)),
-                None => {
-                    Err(Invalid::new("owner", format!("there is no user named {name:?}")).into())
-                }
+                None => Err(Error::not_found(
+                    "user",
+                    name,
+                    format!("there is no user named {name:?}"),
+                )),
             },
             "group" => match self.store.group_by_name(name).await? {
                 Some(g) => Ok(format!("group:{}", g.id)),
-                None => {
-                    Err(Invalid::new("owner", format!("there is no group named {name:?}")).into())
-                }
+                None => Err(Error::not_found(
+                    "group",
+                    name,
+                    format!("there is no group named {name:?}"),
+                )),
             },
             _ => Err(Invalid::new(
                 "owner",

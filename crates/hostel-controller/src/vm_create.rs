@@ -79,14 +79,14 @@ impl Controller {
         };
         let image = match &req.image {
             Some(name) => Some(self.store.image_by_name(name).await?.ok_or_else(|| {
-                let e = Invalid::new(
+                Error::not_found(
                     "image",
+                    name,
                     format!(
                         "there is no image named {name:?}: `hostel image list` shows the images \
                          there are, `hostel image build tiny` makes one"
                     ),
-                );
-                Error::from(e)
+                )
             })?),
             None => None,
         };
@@ -444,14 +444,14 @@ impl Controller {
                 }
                 None if cd.starts_with('/') => bc.cdrom_path = Some(abs("cdrom", cd)?),
                 None => {
-                    return Err(Invalid::new(
-                        "cdrom",
+                    return Err(Error::not_found(
+                        "image",
+                        cd,
                         format!(
                             "there is no image named {cd:?}, and it is not an absolute path: \
                              give an image's name (`hostel image list`) or an ISO file's full path"
                         ),
-                    )
-                    .into())
+                    ))
                 }
             }
         }
@@ -480,14 +480,14 @@ impl Controller {
 
     pub(crate) async fn pool_named(&self, name: &str) -> Res<hostel_store::PoolRecord> {
         self.store.pool_by_name(name).await?.ok_or_else(|| {
-            Invalid::new(
+            Error::not_found(
                 "pool",
+                name,
                 format!(
                     "there is no pool named {name:?}: `hostel pool list` shows them, \
                      `hostel pool create` makes one"
                 ),
             )
-            .into()
         })
     }
 

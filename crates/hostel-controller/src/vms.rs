@@ -127,6 +127,8 @@ impl Controller {
         if let Some(s) = state {
             if VmState::parse(s).is_none() {
                 let names: Vec<&str> = VmState::ALL.iter().map(|s| s.as_str()).collect();
+                // Bad input (a 400), not a VM whose state forbids something: the domain
+                // error says which, not the field's name.
                 return Err(Invalid::new(
                     "state",
                     format!("{s:?} is not a VM state: use one of {}", names.join(", ")),

@@ -1,8 +1,9 @@
 //! Users, groups, tokens, keys, logins, ownership, the audit trail and quotas.
 
+use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::{R, S, X};
 use crate::error::Error;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Extension;
 use axum::Json;
@@ -15,7 +16,7 @@ use serde::Deserialize;
 pub(super) async fn login(
     State(c): S,
     axum::extract::ConnectInfo(addr): axum::extract::ConnectInfo<std::net::SocketAddr>,
-    Json(req): Json<LoginRequest>,
+    ApiJson(req): ApiJson<LoginRequest>,
 ) -> Result<(StatusCode, Json<NewToken>), Error> {
     let source = addr.ip().to_string();
     Ok((StatusCode::CREATED, Json(c.login(req, &source).await?)))
@@ -32,11 +33,11 @@ pub(super) async fn list_users(State(c): S, Extension(ctx): X) -> R<Vec<User>> {
 }
 
 #[utoipa::path(post, path = "/api/v1/users", request_body = CreateUserRequest,
-    responses((status = 201, body = User), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 201, body = User), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(super) async fn create_user(
     State(c): S,
     Extension(ctx): X,
-    Json(req): Json<CreateUserRequest>,
+    ApiJson(req): ApiJson<CreateUserRequest>,
 ) -> Result<(StatusCode, Json<User>), Error> {
     Ok((StatusCode::CREATED, Json(c.create_user(&ctx, req).await?)))
 }
@@ -46,7 +47,7 @@ pub(super) async fn create_user(
 pub(super) async fn delete_user(
     State(c): S,
     Extension(ctx): X,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<StatusCode, Error> {
     c.delete_user(&ctx, &name).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -57,46 +58,47 @@ pub(super) async fn delete_user(
 pub(super) async fn user_password(
     State(c): S,
     Extension(ctx): X,
-    Path(name): Path<String>,
-    Json(req): Json<PasswordRequest>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<PasswordRequest>,
 ) -> Result<StatusCode, Error> {
     c.set_password(&ctx, Some(&name), req).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(post, path = "/api/v1/me/password", request_body = PasswordRequest,
-    responses((status = 204), (status = 400, body = ErrorBody)))]
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub(super) async fn my_password(
     State(c): S,
     Extension(ctx): X,
-    Json(req): Json<PasswordRequest>,
+    ApiJson(req): ApiJson<PasswordRequest>,
 ) -> Result<StatusCode, Error> {
     c.set_password(&ctx, None, req).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct UserQuery {
     /// Another user's (admins only).
     user: Option<String>,
 }
 
-#[utoipa::path(get, path = "/api/v1/me/tokens", params(UserQuery), responses((status = 200, body = Vec<TokenInfo>)))]
+#[utoipa::path(get, path = "/api/v1/me/tokens", params(UserQuery), responses((status = 200, body = Vec<TokenInfo>), (status = 404, body = ErrorBody)))]
 pub(super) async fn list_tokens(
     State(c): S,
     Extension(ctx): X,
-    Query(q): Query<UserQuery>,
+    ApiQuery(q): ApiQuery<UserQuery>,
 ) -> R<Vec<TokenInfo>> {
     Ok(Json(c.tokens(&ctx, q.user.as_deref()).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/me/tokens", params(UserQuery), request_body = CreateTokenRequest,
-    responses((status = 201, body = NewToken), (status = 409, body = ErrorBody)))]
+    responses((status = 201, body = NewToken), (status = 409, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn create_token(
     State(c): S,
     Extension(ctx): X,
-    Query(q): Query<UserQuery>,
-    Json(req): Json<CreateTokenRequest>,
+    ApiQuery(q): ApiQuery<UserQuery>,
+    ApiJson(req): ApiJson<CreateTokenRequest>,
 ) -> Result<(StatusCode, Json<NewToken>), Error> {
     Ok((
         StatusCode::CREATED,
@@ -109,29 +111,29 @@ pub(super) async fn create_token(
 pub(super) async fn revoke_token(
     State(c): S,
     Extension(ctx): X,
-    Path(name): Path<String>,
-    Query(q): Query<UserQuery>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<UserQuery>,
 ) -> Result<StatusCode, Error> {
     c.revoke_token(&ctx, q.user.as_deref(), &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(get, path = "/api/v1/me/keys", params(UserQuery), responses((status = 200, body = Vec<SshKey>)))]
+#[utoipa::path(get, path = "/api/v1/me/keys", params(UserQuery), responses((status = 200, body = Vec<SshKey>), (status = 404, body = ErrorBody)))]
 pub(super) async fn list_keys(
     State(c): S,
     Extension(ctx): X,
-    Query(q): Query<UserQuery>,
+    ApiQuery(q): ApiQuery<UserQuery>,
 ) -> R<Vec<SshKey>> {
     Ok(Json(c.keys(&ctx, q.user.as_deref()).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/me/keys", params(UserQuery), request_body = AddKeyRequest,
-    responses((status = 201, body = SshKey), (status = 400, body = ErrorBody)))]
+    responses((status = 201, body = SshKey), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(super) async fn add_key(
     State(c): S,
     Extension(ctx): X,
-    Query(q): Query<UserQuery>,
-    Json(req): Json<AddKeyRequest>,
+    ApiQuery(q): ApiQuery<UserQuery>,
+    ApiJson(req): ApiJson<AddKeyRequest>,
 ) -> Result<(StatusCode, Json<SshKey>), Error> {
     Ok((
         StatusCode::CREATED,
@@ -144,8 +146,8 @@ pub(super) async fn add_key(
 pub(super) async fn remove_key(
     State(c): S,
     Extension(ctx): X,
-    Path(name): Path<String>,
-    Query(q): Query<UserQuery>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<UserQuery>,
 ) -> Result<StatusCode, Error> {
     c.remove_key(&ctx, q.user.as_deref(), &name).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -161,7 +163,7 @@ pub(super) async fn list_groups(State(c): S, Extension(ctx): X) -> R<Vec<Group>>
 pub(super) async fn create_group(
     State(c): S,
     Extension(ctx): X,
-    Json(req): Json<CreateGroupRequest>,
+    ApiJson(req): ApiJson<CreateGroupRequest>,
 ) -> Result<(StatusCode, Json<Group>), Error> {
     Ok((StatusCode::CREATED, Json(c.create_group(&ctx, req).await?)))
 }
@@ -171,19 +173,19 @@ pub(super) async fn create_group(
 pub(super) async fn delete_group(
     State(c): S,
     Extension(ctx): X,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<StatusCode, Error> {
     c.delete_group(&ctx, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(post, path = "/api/v1/groups/{name}/members", params(("name" = String, Path)), request_body = MemberRequest,
-    responses((status = 200, body = Group), (status = 400, body = ErrorBody)))]
+    responses((status = 200, body = Group), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(super) async fn add_member(
     State(c): S,
     Extension(ctx): X,
-    Path(name): Path<String>,
-    Json(req): Json<MemberRequest>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<MemberRequest>,
 ) -> R<Group> {
     Ok(Json(c.add_member(&ctx, &name, req).await?))
 }
@@ -193,8 +195,8 @@ pub(super) async fn add_member(
 pub(super) async fn remove_member(
     State(c): S,
     Extension(ctx): X,
-    Path(name): Path<String>,
-    Json(req): Json<MemberRequest>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<MemberRequest>,
 ) -> R<Group> {
     Ok(Json(c.remove_member(&ctx, &name, req).await?))
 }
@@ -204,13 +206,14 @@ pub(super) async fn remove_member(
 pub(super) async fn set_owner(
     State(c): S,
     Extension(ctx): X,
-    Path(name): Path<String>,
-    Json(req): Json<SetOwnerRequest>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<SetOwnerRequest>,
 ) -> R<Vm> {
     Ok(Json(c.set_owner(&ctx, &name, req).await?))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct AuditQuery {
     vm: Option<String>,
     user: Option<String>,
@@ -218,37 +221,39 @@ pub(super) struct AuditQuery {
     since: Option<String>,
 }
 
-#[utoipa::path(get, path = "/api/v1/audit", params(AuditQuery), responses((status = 200, body = Vec<AuditEntry>)))]
+#[utoipa::path(get, path = "/api/v1/audit", params(AuditQuery), responses((status = 200, body = Vec<AuditEntry>), (status = 404, body = ErrorBody)))]
 pub(super) async fn audit(
     State(c): S,
     Extension(ctx): X,
-    Query(q): Query<AuditQuery>,
+    ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> R<Vec<AuditEntry>> {
     Ok(Json(c.audit(&ctx, q.vm, q.user, q.since).await?))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct QuotaQuery {
     /// `user:NAME`, `group:NAME` or `default`; yours when absent.
+    #[param(pattern = "^(user:.*|group:.*|[^:]*)$")]
     owner: Option<String>,
 }
 
-#[utoipa::path(get, path = "/api/v1/quotas", params(QuotaQuery), responses((status = 200, body = Quota), (status = 403, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/quotas", params(QuotaQuery), responses((status = 200, body = Quota), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn show_quota(
     State(c): S,
     Extension(ctx): X,
-    Query(q): Query<QuotaQuery>,
+    ApiQuery(q): ApiQuery<QuotaQuery>,
 ) -> R<Quota> {
     Ok(Json(c.quota_show(&ctx, q.owner.as_deref()).await?))
 }
 
-#[utoipa::path(put, path = "/api/v1/quotas/{owner}", params(("owner" = String, Path)), request_body = QuotaLimits,
+#[utoipa::path(put, path = "/api/v1/quotas/{owner}", params(("owner" = String, Path, pattern = "^(user:.*|group:.*|[^:]*)$")), request_body = QuotaLimits,
     responses((status = 200, body = Quota), (status = 403, body = ErrorBody)))]
 pub(super) async fn set_quota(
     State(c): S,
     Extension(ctx): X,
-    Path(owner): Path<String>,
-    Json(limits): Json<QuotaLimits>,
+    ApiPath(owner): ApiPath<String>,
+    ApiJson(limits): ApiJson<QuotaLimits>,
 ) -> R<Quota> {
     Ok(Json(c.quota_set(&ctx, &owner, limits).await?))
 }

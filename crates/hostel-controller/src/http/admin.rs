@@ -1,8 +1,9 @@
 //! Hosts, images and tasks, networks, pools, the doctor and the daemon's log.
 
+use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::{LinesQuery, R, S, X};
 use crate::error::Error;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Extension;
 use axum::Json;
@@ -22,7 +23,7 @@ pub(super) async fn list_hosts(State(c): S, Extension(ctx): X) -> R<Vec<HostInfo
 pub(super) async fn add_host(
     State(c): S,
     Extension(ctx): X,
-    Json(req): Json<AddHostRequest>,
+    ApiJson(req): ApiJson<AddHostRequest>,
 ) -> Result<(StatusCode, Json<HostInfo>), Error> {
     Ok((
         StatusCode::CREATED,
@@ -36,7 +37,7 @@ pub(super) async fn add_host(
 pub(super) async fn remove_host(
     State(c): S,
     Extension(ctx): X,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<StatusCode, Error> {
     c.remove_host(&ctx, &name).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -51,7 +52,7 @@ pub(super) async fn info(State(c): S, Extension(ctx): X) -> R<Info> {
 pub(super) async fn dmesg(
     State(c): S,
     Extension(ctx): X,
-    Query(q): Query<LinesQuery>,
+    ApiQuery(q): ApiQuery<LinesQuery>,
 ) -> R<LogLines> {
     Ok(Json(LogLines {
         lines: c.dmesg(&ctx, q.lines.unwrap_or(50))?,
@@ -64,21 +65,21 @@ pub(super) async fn list_images(State(c): S, Extension(ctx): X) -> R<Vec<Image>>
 }
 
 #[utoipa::path(post, path = "/api/v1/images/build", request_body = BuildImageRequest,
-    responses((status = 202, body = Task), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 202, body = Task), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(super) async fn build_image(
     State(c): S,
     Extension(ctx): X,
-    Json(req): Json<BuildImageRequest>,
+    ApiJson(req): ApiJson<BuildImageRequest>,
 ) -> Result<(StatusCode, Json<Task>), Error> {
     Ok((StatusCode::ACCEPTED, Json(c.build_image(&ctx, req).await?)))
 }
 
 #[utoipa::path(post, path = "/api/v1/images/import", request_body = ImportImageRequest,
-    responses((status = 202, body = Task), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 202, body = Task), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(super) async fn import_image(
     State(c): S,
     Extension(ctx): X,
-    Json(req): Json<ImportImageRequest>,
+    ApiJson(req): ApiJson<ImportImageRequest>,
 ) -> Result<(StatusCode, Json<Task>), Error> {
     Ok((StatusCode::ACCEPTED, Json(c.import_image(&ctx, req).await?)))
 }
@@ -88,7 +89,7 @@ pub(super) async fn import_image(
 pub(super) async fn delete_image(
     State(c): S,
     Extension(ctx): X,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<StatusCode, Error> {
     c.delete_image(&ctx, &name).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -96,7 +97,11 @@ pub(super) async fn delete_image(
 
 #[utoipa::path(get, path = "/api/v1/tasks/{id}", params(("id" = String, Path)),
     responses((status = 200, body = Task), (status = 404, body = ErrorBody)))]
-pub(super) async fn get_task(State(c): S, Extension(_ctx): X, Path(id): Path<String>) -> R<Task> {
+pub(super) async fn get_task(
+    State(c): S,
+    Extension(_ctx): X,
+    ApiPath(id): ApiPath<String>,
+) -> R<Task> {
     Ok(Json(c.task(&id).await?))
 }
 
@@ -110,7 +115,7 @@ pub(super) async fn list_networks(State(c): S, Extension(ctx): X) -> R<Vec<Netwo
 pub(super) async fn create_network(
     State(c): S,
     Extension(ctx): X,
-    Json(req): Json<CreateNetworkRequest>,
+    ApiJson(req): ApiJson<CreateNetworkRequest>,
 ) -> Result<(StatusCode, Json<Network>), Error> {
     Ok((
         StatusCode::CREATED,
@@ -123,7 +128,7 @@ pub(super) async fn create_network(
 pub(super) async fn get_network(
     State(c): S,
     Extension(ctx): X,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> R<Network> {
     Ok(Json(c.network(&ctx, &name).await?))
 }
@@ -133,7 +138,7 @@ pub(super) async fn get_network(
 pub(super) async fn delete_network(
     State(c): S,
     Extension(ctx): X,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<StatusCode, Error> {
     c.delete_network(&ctx, &name).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -150,18 +155,22 @@ pub(super) async fn list_pools(State(c): S, Extension(ctx): X) -> R<Vec<Pool>> {
 }
 
 #[utoipa::path(post, path = "/api/v1/pools", request_body = CreatePoolRequest,
-    responses((status = 201, body = Pool), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 201, body = Pool), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(super) async fn create_pool(
     State(c): S,
     Extension(ctx): X,
-    Json(req): Json<CreatePoolRequest>,
+    ApiJson(req): ApiJson<CreatePoolRequest>,
 ) -> Result<(StatusCode, Json<Pool>), Error> {
     Ok((StatusCode::CREATED, Json(c.create_pool(&ctx, req).await?)))
 }
 
 #[utoipa::path(get, path = "/api/v1/pools/{name}", params(("name" = String, Path)),
     responses((status = 200, body = Pool), (status = 404, body = ErrorBody)))]
-pub(super) async fn get_pool(State(c): S, Extension(ctx): X, Path(name): Path<String>) -> R<Pool> {
+pub(super) async fn get_pool(
+    State(c): S,
+    Extension(ctx): X,
+    ApiPath(name): ApiPath<String>,
+) -> R<Pool> {
     Ok(Json(c.pool(&ctx, &name).await?))
 }
 
@@ -170,7 +179,7 @@ pub(super) async fn get_pool(State(c): S, Extension(ctx): X, Path(name): Path<St
 pub(super) async fn delete_pool(
     State(c): S,
     Extension(ctx): X,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<StatusCode, Error> {
     c.delete_pool(&ctx, &name).await?;
     Ok(StatusCode::NO_CONTENT)

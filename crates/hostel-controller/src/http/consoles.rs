@@ -2,13 +2,14 @@
 //! the websocket they open. Attaching, its checks and its audit are the controller's
 //! (`consoles.rs`); here the bytes are bridged.
 
+use super::extract::{ApiJson, ApiPath, ApiQuery, ApiWebSocket};
 use super::{LinesQuery, R, S, X};
 use crate::consoles::{Attached, Door, Upstream, VmRef};
 use crate::context::Ctx;
 use crate::error::Error;
 use crate::Controller;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, Query, State};
+use axum::extract::ws::{Message, WebSocket};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures::{SinkExt, StreamExt};
@@ -20,12 +21,12 @@ use std::sync::Arc;
 /// The serial console as a websocket: binary frames both ways. Recent output is
 /// replayed first.
 #[utoipa::path(get, path = "/api/v1/vms/{name}/console", params(("name" = String, Path)),
-    responses((status = 101, description = "websocket"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 101, description = "websocket"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 400, body = ErrorBody), (status = 426, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(super) async fn console(
     State(c): S,
     Extension(ctx): X,
-    Path(name): Path<String>,
-    ws: WebSocketUpgrade,
+    ApiPath(name): ApiPath<String>,
+    ApiWebSocket(ws): ApiWebSocket,
 ) -> Result<Response, Error> {
     let a = c
         .attach_console(
@@ -82,12 +83,12 @@ async fn bridge(client: WebSocket, upstream: Upstream) {
 /// The last lines of the VM's serial console log, which is kept (size-bounded, rotated)
 /// while the VM is stopped too.
 #[utoipa::path(get, path = "/api/v1/vms/{name}/console/log", params(("name" = String, Path), LinesQuery),
-    responses((status = 200, body = LogLines), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = LogLines), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(super) async fn console_log(
     State(c): S,
     Extension(ctx): X,
-    Path(name): Path<String>,
-    Query(q): Query<LinesQuery>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<LinesQuery>,
 ) -> R<LogLines> {
     let lines = c.console_log(&ctx, &name, q.lines.unwrap_or(50)).await?;
     Ok(Json(LogLines { lines }))
@@ -98,12 +99,12 @@ pub(super) async fn console_log(
 /// `expires_in_seconds`; the first connection spends it.
 #[utoipa::path(post, path = "/api/v1/vms/{name}/console/ticket", params(("name" = String, Path)),
     request_body = ConsoleTicketRequest,
-    responses((status = 200, body = ConsoleTicket), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = ConsoleTicket), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(super) async fn console_ticket(
     State(c): S,
     Extension(ctx): X,
-    Path(name): Path<String>,
-    Json(req): Json<ConsoleTicketRequest>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<ConsoleTicketRequest>,
 ) -> R<ConsoleTicket> {
     Ok(Json(c.console_ticket(&ctx, &name, req).await?))
 }
@@ -129,7 +130,7 @@ pub(super) async fn page(html: &'static str) -> Response {
 }
 
 /// The npm packages the console pages load (xterm.js, its fit addon, noVNC).
-pub(super) async fn web_asset(State(c): S, Path(path): Path<String>) -> Response {
+pub(super) async fn web_asset(State(c): S, ApiPath(path): ApiPath<String>) -> Response {
     let Some(dir) = c.cfg.web_dir.clone() else {
         return Error::not_found(
             "file",
@@ -187,9 +188,9 @@ pub(super) struct TicketQuery {
 /// the ticket.
 pub(super) async fn console_ws(
     State(c): S,
-    Query(q): Query<TicketQuery>,
+    ApiQuery(q): ApiQuery<TicketQuery>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
-    ws: WebSocketUpgrade,
+    ApiWebSocket(ws): ApiWebSocket,
 ) -> Result<Response, Error> {
     let source = peer.ip().to_string();
     let Some(t) = c.tickets.take(&q.ticket) else {

@@ -1,8 +1,9 @@
 //! A VM's devices: NICs, port forwards, disks and snapshots.
 
+use super::extract::{ApiJson, ApiPath};
 use super::{R, S, X};
 use crate::error::Error;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Extension;
 use axum::Json;
@@ -14,18 +15,18 @@ use hostel_api::ErrorBody;
 pub(super) async fn list_nics(
     State(c): S,
     Extension(ctx): X,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> R<Vec<Nic>> {
     Ok(Json(c.list_nics(&ctx, &name).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{name}/nics", params(("name" = String, Path)), request_body = NicRequest,
-    responses((status = 201, body = Nic), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 201, body = Nic), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(super) async fn add_nic(
     State(c): S,
     Extension(ctx): X,
-    Path(name): Path<String>,
-    Json(req): Json<NicRequest>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<NicRequest>,
 ) -> Result<(StatusCode, Json<Nic>), Error> {
     Ok((
         StatusCode::CREATED,
@@ -34,12 +35,12 @@ pub(super) async fn add_nic(
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{name}/nics/remove", params(("name" = String, Path)), request_body = RemoveNicRequest,
-    responses((status = 204), (status = 404, body = ErrorBody)))]
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(super) async fn remove_nic(
     State(c): S,
     Extension(ctx): X,
-    Path(name): Path<String>,
-    Json(req): Json<RemoveNicRequest>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<RemoveNicRequest>,
 ) -> Result<StatusCode, Error> {
     c.remove_nic(&ctx, &name, &req.nic).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -50,7 +51,7 @@ pub(super) async fn remove_nic(
 pub(super) async fn list_forwards(
     State(c): S,
     Extension(ctx): X,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> R<Vec<PortForward>> {
     c.vm_named(&ctx, &name).await?;
     Ok(Json(c.forwards(&ctx, Some(&name)).await?))
@@ -61,8 +62,8 @@ pub(super) async fn list_forwards(
 pub(super) async fn add_forward(
     State(c): S,
     Extension(ctx): X,
-    Path(name): Path<String>,
-    Json(req): Json<PortForwardRequest>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<PortForwardRequest>,
 ) -> Result<(StatusCode, Json<PortForward>), Error> {
     Ok((
         StatusCode::CREATED,
@@ -75,8 +76,8 @@ pub(super) async fn add_forward(
 pub(super) async fn remove_forward(
     State(c): S,
     Extension(ctx): X,
-    Path(name): Path<String>,
-    Json(req): Json<PortForwardRequest>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<PortForwardRequest>,
 ) -> Result<StatusCode, Error> {
     c.remove_forward(&ctx, &name, req).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -87,18 +88,18 @@ pub(super) async fn remove_forward(
 pub(super) async fn list_disks(
     State(c): S,
     Extension(ctx): X,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> R<Vec<DiskView>> {
     Ok(Json(c.disk_views(&ctx, &name).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{name}/disks", params(("name" = String, Path)), request_body = AddDiskRequest,
-    responses((status = 201, body = DiskView), (status = 400, body = ErrorBody)))]
+    responses((status = 201, body = DiskView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(super) async fn add_disk(
     State(c): S,
     Extension(ctx): X,
-    Path(name): Path<String>,
-    Json(req): Json<AddDiskRequest>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<AddDiskRequest>,
 ) -> Result<(StatusCode, Json<DiskView>), Error> {
     Ok((
         StatusCode::CREATED,
@@ -107,24 +108,24 @@ pub(super) async fn add_disk(
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{name}/disks/remove", params(("name" = String, Path)), request_body = RemoveDiskRequest,
-    responses((status = 204), (status = 404, body = ErrorBody)))]
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(super) async fn remove_disk(
     State(c): S,
     Extension(ctx): X,
-    Path(name): Path<String>,
-    Json(req): Json<RemoveDiskRequest>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<RemoveDiskRequest>,
 ) -> Result<StatusCode, Error> {
     c.remove_disk(&ctx, &name, req.disk).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{name}/disks/resize", params(("name" = String, Path)), request_body = ResizeDiskRequest,
-    responses((status = 200, body = DiskView), (status = 400, body = ErrorBody)))]
+    responses((status = 200, body = DiskView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(super) async fn resize_disk(
     State(c): S,
     Extension(ctx): X,
-    Path(name): Path<String>,
-    Json(req): Json<ResizeDiskRequest>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<ResizeDiskRequest>,
 ) -> R<DiskView> {
     Ok(Json(c.resize_disk(&ctx, &name, req).await?))
 }
@@ -134,18 +135,18 @@ pub(super) async fn resize_disk(
 pub(super) async fn list_snapshots(
     State(c): S,
     Extension(ctx): X,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> R<Vec<Snapshot>> {
     Ok(Json(c.snapshots(&ctx, &name).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{name}/snapshots", params(("name" = String, Path)), request_body = CreateSnapshotRequest,
-    responses((status = 201, body = Snapshot), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 201, body = Snapshot), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(super) async fn create_snapshot(
     State(c): S,
     Extension(ctx): X,
-    Path(name): Path<String>,
-    Json(req): Json<CreateSnapshotRequest>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<CreateSnapshotRequest>,
 ) -> Result<(StatusCode, Json<Snapshot>), Error> {
     Ok((
         StatusCode::CREATED,
@@ -154,23 +155,23 @@ pub(super) async fn create_snapshot(
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{name}/snapshots/revert", params(("name" = String, Path)), request_body = SnapshotName,
-    responses((status = 200, body = Vm), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = Vm), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(super) async fn revert_snapshot(
     State(c): S,
     Extension(ctx): X,
-    Path(name): Path<String>,
-    Json(req): Json<SnapshotName>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<SnapshotName>,
 ) -> R<Vm> {
     Ok(Json(c.revert_snapshot(&ctx, &name, &req.name).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{name}/snapshots/delete", params(("name" = String, Path)), request_body = SnapshotName,
-    responses((status = 204), (status = 404, body = ErrorBody)))]
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(super) async fn delete_snapshot(
     State(c): S,
     Extension(ctx): X,
-    Path(name): Path<String>,
-    Json(req): Json<SnapshotName>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<SnapshotName>,
 ) -> Result<StatusCode, Error> {
     c.delete_snapshot(&ctx, &name, &req.name).await?;
     Ok(StatusCode::NO_CONTENT)

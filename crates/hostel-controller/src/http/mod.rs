@@ -8,6 +8,8 @@ mod admin;
 mod consoles;
 mod devices;
 mod error;
+mod extract;
+mod openapi_errors;
 mod vms;
 
 use crate::context::Ctx;
@@ -24,6 +26,7 @@ use axum::{Extension, Json, Router};
 use consoles::*;
 use devices::*;
 use hostel_api::ErrorBody;
+use openapi_errors::StandardErrors;
 use serde::Deserialize;
 use std::sync::Arc;
 use utoipa::OpenApi;
@@ -53,7 +56,7 @@ type R<T> = Result<Json<T>, Error>;
         renew_vm, list_hosts, add_host, remove_host
     ),
     components(schemas(ErrorBody)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &StandardErrors),
     security(("bearer" = []))
 )]
 struct ApiDoc;
@@ -377,7 +380,9 @@ impl Trail {
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct LinesQuery {
     /// How many lines from the end (default 50).
-    pub lines: Option<usize>,
+    #[param(minimum = 0, maximum = 100000)]
+    lines: Option<usize>,
 }

@@ -1,8 +1,9 @@
 //! VMs: list, create, describe, delete, lifecycle actions, sizes, save and restore, leases.
 
+use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::{R, S, X};
 use crate::error::Error;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
@@ -13,14 +14,17 @@ use hostel_model::Op;
 use serde::Deserialize;
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ListQuery {
     /// How many VMs a page holds: 1 to 1000 (the default).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
     /// Start after the VM of this name (the `Link` header of a page names the next one).
     after: Option<String>,
     /// Only the VMs on this host.
     host: Option<String>,
     /// Only the VMs in this state.
+    #[param(value_type = Option<hostel_model::VmState>)]
     state: Option<String>,
 }
 
@@ -33,7 +37,7 @@ pub(super) struct ListQuery {
 pub(super) async fn list_vms(
     State(c): S,
     Extension(ctx): X,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Response, Error> {
     let limit = q.limit.unwrap_or(crate::vms::MAX_PAGE);
     let (vms, next) = c
@@ -72,23 +76,28 @@ pub(super) async fn list_vms(
 }
 
 #[utoipa::path(post, path = "/api/v1/vms", request_body = CreateVmRequest,
-    responses((status = 201, body = Vm), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 201, body = Vm), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(super) async fn create_vm(
     State(c): S,
     Extension(ctx): X,
-    Json(req): Json<CreateVmRequest>,
+    ApiJson(req): ApiJson<CreateVmRequest>,
 ) -> Result<(StatusCode, Json<Vm>), Error> {
     Ok((StatusCode::CREATED, Json(c.create_vm(&ctx, req).await?)))
 }
 
 #[utoipa::path(get, path = "/api/v1/vms/{name}", params(("name" = String, Path)),
     responses((status = 200, body = Vm), (status = 404, body = ErrorBody)))]
-pub(super) async fn get_vm(State(c): S, Extension(ctx): X, Path(name): Path<String>) -> R<Vm> {
+pub(super) async fn get_vm(
+    State(c): S,
+    Extension(ctx): X,
+    ApiPath(name): ApiPath<String>,
+) -> R<Vm> {
     let vm = c.vm_named(&ctx, &name).await?;
     Ok(Json(c.view(&vm, true).await?))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct DeleteQuery {
     /// Keep the VM's disk files (their paths come back); they are no longer Hostel's.
     #[serde(default)]
@@ -97,97 +106,117 @@ pub(super) struct DeleteQuery {
 
 #[utoipa::path(delete, path = "/api/v1/vms/{name}", params(("name" = String, Path), DeleteQuery),
     responses((status = 200, body = Vec<String>, description = "paths of kept disk files"),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(super) async fn delete_vm(
     State(c): S,
     Extension(ctx): X,
-    Path(name): Path<String>,
-    Query(q): Query<DeleteQuery>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<DeleteQuery>,
 ) -> R<Vec<String>> {
     Ok(Json(c.delete_vm_keeping(&ctx, &name, q.keep_disks).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{name}/start", params(("name" = String, Path)),
-    responses((status = 200, body = Vm), (status = 409, body = ErrorBody)))]
-pub(super) async fn start_vm(State(c): S, Extension(ctx): X, Path(name): Path<String>) -> R<Vm> {
+    responses((status = 200, body = Vm), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub(super) async fn start_vm(
+    State(c): S,
+    Extension(ctx): X,
+    ApiPath(name): ApiPath<String>,
+) -> R<Vm> {
     Ok(Json(c.start_vm(&ctx, &name).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{name}/reboot", params(("name" = String, Path)),
-    responses((status = 200, body = Vm), (status = 409, body = ErrorBody)))]
-pub(super) async fn reboot_vm(State(c): S, Extension(ctx): X, Path(name): Path<String>) -> R<Vm> {
+    responses((status = 200, body = Vm), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub(super) async fn reboot_vm(
+    State(c): S,
+    Extension(ctx): X,
+    ApiPath(name): ApiPath<String>,
+) -> R<Vm> {
     Ok(Json(c.simple_action(&ctx, &name, Op::Reboot).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{name}/pause", params(("name" = String, Path)),
-    responses((status = 200, body = Vm), (status = 409, body = ErrorBody)))]
-pub(super) async fn pause_vm(State(c): S, Extension(ctx): X, Path(name): Path<String>) -> R<Vm> {
+    responses((status = 200, body = Vm), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub(super) async fn pause_vm(
+    State(c): S,
+    Extension(ctx): X,
+    ApiPath(name): ApiPath<String>,
+) -> R<Vm> {
     Ok(Json(c.simple_action(&ctx, &name, Op::Pause).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{name}/unpause", params(("name" = String, Path)),
-    responses((status = 200, body = Vm), (status = 409, body = ErrorBody)))]
-pub(super) async fn unpause_vm(State(c): S, Extension(ctx): X, Path(name): Path<String>) -> R<Vm> {
+    responses((status = 200, body = Vm), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub(super) async fn unpause_vm(
+    State(c): S,
+    Extension(ctx): X,
+    ApiPath(name): ApiPath<String>,
+) -> R<Vm> {
     Ok(Json(c.simple_action(&ctx, &name, Op::Unpause).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{name}/destroy", params(("name" = String, Path)),
-    responses((status = 200, body = Vm), (status = 409, body = ErrorBody)))]
-pub(super) async fn destroy_vm(State(c): S, Extension(ctx): X, Path(name): Path<String>) -> R<Vm> {
+    responses((status = 200, body = Vm), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub(super) async fn destroy_vm(
+    State(c): S,
+    Extension(ctx): X,
+    ApiPath(name): ApiPath<String>,
+) -> R<Vm> {
     Ok(Json(c.simple_action(&ctx, &name, Op::Destroy).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{name}/shutdown", params(("name" = String, Path)),
     request_body = ShutdownRequest,
-    responses((status = 200, body = Vm), (status = 409, body = ErrorBody), (status = 504, body = ErrorBody)))]
+    responses((status = 200, body = Vm), (status = 409, body = ErrorBody), (status = 504, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(super) async fn shutdown_vm(
     State(c): S,
     Extension(ctx): X,
-    Path(name): Path<String>,
-    Json(req): Json<ShutdownRequest>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<ShutdownRequest>,
 ) -> R<Vm> {
     Ok(Json(c.shutdown_vm(&ctx, &name, req).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{name}/memory", params(("name" = String, Path)),
-    request_body = MemSetRequest, responses((status = 200, body = Vm), (status = 400, body = ErrorBody)))]
+    request_body = MemSetRequest, responses((status = 200, body = Vm), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(super) async fn mem_set(
     State(c): S,
     Extension(ctx): X,
-    Path(name): Path<String>,
-    Json(req): Json<MemSetRequest>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<MemSetRequest>,
 ) -> R<Vm> {
     Ok(Json(c.mem_set(&ctx, &name, req.memory_mib).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{name}/vcpus", params(("name" = String, Path)),
-    request_body = VcpuSetRequest, responses((status = 200, body = Vm), (status = 400, body = ErrorBody)))]
+    request_body = VcpuSetRequest, responses((status = 200, body = Vm), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(super) async fn vcpu_set(
     State(c): S,
     Extension(ctx): X,
-    Path(name): Path<String>,
-    Json(req): Json<VcpuSetRequest>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<VcpuSetRequest>,
 ) -> R<Vm> {
     Ok(Json(c.vcpu_set(&ctx, &name, req.vcpus).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{name}/save", params(("name" = String, Path)),
-    request_body = SaveRequest, responses((status = 200, body = Vm), (status = 400, body = ErrorBody)))]
+    request_body = SaveRequest, responses((status = 200, body = Vm), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(super) async fn save_vm(
     State(c): S,
     Extension(ctx): X,
-    Path(name): Path<String>,
-    Json(req): Json<SaveRequest>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<SaveRequest>,
 ) -> R<Vm> {
     Ok(Json(c.save_vm(&ctx, &name, req.path).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/restore", request_body = RestoreRequest,
-    responses((status = 200, body = Vm), (status = 400, body = ErrorBody)))]
+    responses((status = 200, body = Vm), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(super) async fn restore_vm(
     State(c): S,
     Extension(ctx): X,
-    Json(req): Json<RestoreRequest>,
+    ApiJson(req): ApiJson<RestoreRequest>,
 ) -> R<Vm> {
     Ok(Json(c.restore_vm(&ctx, req.path).await?))
 }
@@ -197,8 +226,8 @@ pub(super) async fn restore_vm(
 pub(super) async fn renew_vm(
     State(c): S,
     Extension(ctx): X,
-    Path(name): Path<String>,
-    Json(req): Json<RenewRequest>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<RenewRequest>,
 ) -> R<Vm> {
     Ok(Json(c.renew(&ctx, &name, req).await?))
 }
