@@ -6,7 +6,7 @@ use crate::error::Error;
 use crate::Controller;
 use hostel_api::agent::{self as wire};
 use hostel_api::public::*;
-use hostel_model::{validate_name, ImageKind, Invalid};
+use hostel_model::{validate_name, Invalid, PoolDriver};
 use hostel_store::{new_id, now, ImageRecord, TaskRecord};
 use std::sync::Arc;
 
@@ -23,16 +23,12 @@ impl Controller {
             id: t.id,
             kind: t.kind,
             target: t.target,
-            state: match t.state.as_str() {
-                "succeeded" => TaskState::Succeeded,
-                "failed" => TaskState::Failed,
-                _ => TaskState::Running,
-            },
+            state: t.state,
             progress: t.progress,
             message: t.message,
             error: t.error,
-            created_at: t.created_at,
-            updated_at: t.updated_at,
+            created_at: t.created_at.to_string(),
+            updated_at: t.updated_at.to_string(),
         }
     }
 
@@ -67,11 +63,11 @@ impl Controller {
                 names
             },
             name: i.name,
-            kind: ImageKind::parse(&i.kind).unwrap_or(ImageKind::Disk),
+            kind: i.kind,
             format: i.format,
             size_bytes: i.size_bytes,
             sha256: i.sha256,
-            created_at: i.created_at,
+            created_at: i.created_at.to_string(),
         })
     }
 
@@ -98,7 +94,7 @@ impl Controller {
             id: new_id("task"),
             kind: kind.to_string(),
             target: name.clone(),
-            state: "running".into(),
+            state: TaskState::Running,
             progress: 0.0,
             message: "queued".into(),
             error: None,
@@ -127,7 +123,10 @@ impl Controller {
             while let Some(v) = rx.recv().await {
                 if let Some(p) = v.get("progress").and_then(|p| p.as_f64()) {
                     let m = v["message"].as_str().unwrap_or("");
-                    let _ = me.store.update_task(&id, "running", p, m, None).await;
+                    let _ = me
+                        .store
+                        .update_task(&id, TaskState::Running, p, m, None)
+                        .await;
                 } else if let Some(done) = v.get("done") {
                     outcome = serde_json::from_value(done.clone()).map_err(|e| e.to_string());
                 } else if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
@@ -142,7 +141,7 @@ impl Controller {
                     let rec = ImageRecord {
                         id: new_id("img"),
                         name: files.name.clone(),
-                        kind: files.kind.as_str().into(),
+                        kind: files.kind,
                         format: files.format.clone(),
                         path: files.path.clone(),
                         initrd: files.initrd.clone(),
@@ -172,12 +171,12 @@ impl Controller {
             let _ = match result {
                 Ok(()) => {
                     me.store
-                        .update_task(&id, "succeeded", 1.0, "done", None)
+                        .update_task(&id, TaskState::Succeeded, 1.0, "done", None)
                         .await
                 }
                 Err(e) => {
                     me.store
-                        .update_task(&id, "failed", 1.0, "failed", Some(&e))
+                        .update_task(&id, TaskState::Failed, 1.0, "failed", Some(&e))
                         .await
                 }
             };
@@ -200,7 +199,7 @@ impl Controller {
         if let Some(agent) = self.agent(&img.host_id) {
             // Pools that clone keep a copy of the image; it goes with the image.
             for p in self.store.pools().await? {
-                if p.host_id == img.host_id && p.driver != "dir" {
+                if p.host_id == img.host_id && p.driver != PoolDriver::Dir {
                     let _ = agent
                         .post::<_, ()>(
                             "/v1/pools/forget-image",

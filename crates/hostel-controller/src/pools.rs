@@ -8,7 +8,7 @@ use crate::error::Error;
 use crate::Controller;
 use hostel_api::agent as wire;
 use hostel_api::public::{CreatePoolRequest, Pool};
-use hostel_model::{validate_name, Invalid};
+use hostel_model::{validate_name, Invalid, PoolDriver};
 use hostel_store::{new_id, now, PoolRecord};
 use std::sync::Arc;
 
@@ -93,11 +93,11 @@ impl Controller {
             out.push(
                 self.pool_view(
                     p.name,
-                    p.driver,
+                    p.driver.as_str().into(),
                     p.path,
                     p.host_id,
                     Some(&p.id),
-                    p.created_at,
+                    p.created_at.to_string(),
                 )
                 .await?,
             );
@@ -119,11 +119,11 @@ impl Controller {
         })?;
         self.pool_view(
             p.name,
-            p.driver,
+            p.driver.as_str().into(),
             p.path,
             p.host_id,
             Some(&p.id),
-            p.created_at,
+            p.created_at.to_string(),
         )
         .await
     }
@@ -139,7 +139,7 @@ impl Controller {
                 "every host has a pool named \"default\" already: choose another name",
             ));
         }
-        if hostel_storage_driver(&req.driver).is_none() {
+        let Some(driver) = PoolDriver::parse(&req.driver) else {
             return Err(Invalid::new(
                 "driver",
                 format!(
@@ -149,7 +149,7 @@ impl Controller {
                 ),
             )
             .into());
-        }
+        };
         if !req.path.starts_with('/') || req.path.split('/').any(|c| c == "..") {
             return Err(Invalid::new(
                 "path",
@@ -209,7 +209,7 @@ impl Controller {
         let rec = PoolRecord {
             id: new_id("pool"),
             name: req.name.clone(),
-            driver: req.driver.clone(),
+            driver,
             path,
             host_id: host,
             created_at: now(),
@@ -258,13 +258,5 @@ impl Controller {
             }
         }
         Ok(())
-    }
-}
-
-fn hostel_storage_driver(d: &str) -> Option<&'static str> {
-    match d {
-        "dir" => Some("dir"),
-        "btrfs" => Some("btrfs"),
-        _ => None,
     }
 }
