@@ -380,7 +380,15 @@ impl Store {
         id: &str,
     ) -> Result<Vec<String>> {
         let mut tx = self.pool().begin().await?;
-        let lock = format!("UPDATE {table} SET name = name WHERE id = $1");
+        // The one statement that differs by engine. SQLite: any write takes the
+        // database's write lock. PostgreSQL: a no-op UPDATE takes only FOR NO KEY UPDATE,
+        // which lets the FOR KEY SHARE of a foreign-key check (a VM insert naming the
+        // row) through; FOR UPDATE is the lock those checks wait for.
+        let lock = if self.is_sqlite() {
+            format!("UPDATE {table} SET name = name WHERE id = $1")
+        } else {
+            format!("SELECT id FROM {table} WHERE id = $1 FOR UPDATE")
+        };
         execute_on(&mut tx, &lock, binds![id]).await?;
         let users: Vec<String> = fetch_all_on(&mut tx, users_sql, binds![id]).await?;
         if users.is_empty() {

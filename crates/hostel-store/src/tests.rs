@@ -730,5 +730,6 @@ on_both!(
     vm_pages_filter_join_and_continue,
     hosts_upserted_at_once,
     bad_values_in_rows_are_named,
-    leases_end_by_time_not_text
+    leases_end_by_time_not_text,
+    user_and_group_deletion_wait_for_new_vms
 );

@@ -1,8 +1,10 @@
-//! Typed columns: bad values in rows are named, and times compare as times.
+//! Typed columns: bad values in rows are named, times compare as times, and deleting a
+//! user or group waits for a VM being created for them.
 
 use super::{at, host, vm};
-use crate::row::binds;
+use crate::row::{binds, insert_on};
 use crate::*;
+use std::time::Duration;
 
 /// A value no enum or time has, written behind the store's back, is an error naming
 /// the table, the column and the value; the rows around it still read.
@@ -85,4 +87,57 @@ pub(super) async fn leases_end_by_time_not_text(url: &str) {
     assert_eq!(ended("2026-01-01T00:00:00.2Z").await, ["whole"]);
     assert_eq!(ended("2026-01-01T00:00:00.5Z").await, ["half", "whole"]);
     assert_eq!(ended("2026-01-01T00:00:01Z").await, ["half", "whole"]);
+}
+
+/// A VM being created for a user (its transaction not yet committed) while the user is
+/// deleted: the deletion waits for it, then finds the VM and deletes nothing.
+pub(super) async fn user_and_group_deletion_wait_for_new_vms(url: &str) {
+    let s = Store::open(url).await.unwrap();
+    s.upsert_host(&host()).await.unwrap();
+    let user = UserRecord {
+        id: new_id("user"),
+        name: "carol".into(),
+        password_hash: None,
+        is_admin: false,
+        created_at: now(),
+    };
+    s.insert_user(&user).await.unwrap();
+    let group = GroupRecord {
+        id: new_id("grp"),
+        name: "team".into(),
+        created_at: now(),
+    };
+    s.insert_group(&group).await.unwrap();
+    for (who, v) in [
+        ("user", {
+            let mut v = vm("carols");
+            v.owner_user_id = Some(user.id.clone());
+            v
+        }),
+        ("group", {
+            let mut v = vm("teams");
+            v.owner_group_id = Some(group.id.clone());
+            v
+        }),
+    ] {
+        let mut tx = s.pool().begin().await.unwrap();
+        insert_on(&mut tx, &v).await.unwrap();
+        let deleting = {
+            let s = s.clone();
+            let (user, group) = (user.id.clone(), group.id.clone());
+            tokio::spawn(async move {
+                match who {
+                    "user" => s.delete_user_if_unused(&user).await,
+                    _ => s.delete_group_if_unused(&group).await,
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!deleting.is_finished(), "{who}: deleted past a writer");
+        tx.commit().await.unwrap();
+        let users = deleting.await.unwrap();
+        assert_eq!(users.unwrap(), vec![v.name], "{who}");
+    }
+    assert!(s.user_by_id(&user.id).await.unwrap().is_some());
+    assert!(s.group_by_id(&group.id).await.unwrap().is_some());
 }
