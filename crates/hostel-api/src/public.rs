@@ -469,13 +469,7 @@ pub struct BuildImageRequest {
     pub mirror: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum TaskState {
-    Running,
-    Succeeded,
-    Failed,
-}
+pub use hostel_model::TaskState;
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Task {

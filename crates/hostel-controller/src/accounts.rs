@@ -7,7 +7,9 @@ use crate::error::Error;
 use crate::Controller;
 use hostel_api::public::*;
 use hostel_model::{validate_name, Invalid};
-use hostel_store::{new_id, now, AuditRecord, GroupRecord, SshKeyRecord, TokenRecord, UserRecord};
+use hostel_store::{
+    new_id, now, AuditRecord, GroupRecord, SshKeyRecord, Timestamp, TokenRecord, UserRecord,
+};
 
 type Res<T> = crate::error::Result<T>;
 
@@ -20,10 +22,8 @@ pub fn forbidden(message: &str) -> Error {
     Error::forbidden(message)
 }
 
-fn rfc3339_in_days(days: u32) -> String {
-    (time::OffsetDateTime::now_utc() + time::Duration::days(days as i64))
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+fn in_days(days: u32) -> Timestamp {
+    now() + time::Duration::days(days as i64)
 }
 
 impl Controller {
@@ -92,13 +92,13 @@ impl Controller {
             .token_by_id(id)
             .await?
             .ok_or_else(|| unauthorized("wrong API token"))?;
-        auth::check_token(&t, secret, &now()).map_err(unauthorized)?;
+        auth::check_token(&t, secret, now()).map_err(unauthorized)?;
         let user = self
             .store
             .user_by_id(&t.user_id)
             .await?
             .ok_or_else(|| unauthorized("the token's user no longer exists"))?;
-        let _ = self.store.touch_token(&t.id, &now()).await;
+        let _ = self.store.touch_token(&t.id, now()).await;
         Ok(Caller {
             group_ids: self.store.group_ids_of(&user.id).await?,
             user_id: user.id,
@@ -142,7 +142,7 @@ impl Controller {
             name: u.name,
             admin: u.is_admin,
             groups,
-            created_at: u.created_at,
+            created_at: u.created_at.to_string(),
         })
     }
 
@@ -274,7 +274,7 @@ impl Controller {
         Ok(Group {
             members: self.store.members_of(&g.id).await?,
             name: g.name,
-            created_at: g.created_at,
+            created_at: g.created_at.to_string(),
         })
     }
 
@@ -373,38 +373,27 @@ impl Controller {
         if expires_in_days.is_some_and(|d| d > 3660) {
             return Err(Invalid::new("expires", "a token lives at most 3660 days").into());
         }
-        if let Some(at) = &expires_at {
-            let t = time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
-                .map_err(|_| {
+        let expires_at = match &expires_at {
+            Some(at) => {
+                let t = Timestamp::parse(at).map_err(|_| {
                     Invalid::new("expires_at", format!("{at:?} is not an RFC 3339 time"))
                 })?;
-            if t <= time::OffsetDateTime::now_utc() {
-                return Err(Invalid::new("expires_at", format!("{at} is in the past")).into());
+                if t <= now() {
+                    return Err(Invalid::new("expires_at", format!("{at} is in the past")).into());
+                }
+                Some(t)
             }
-        }
+            None => expires_in_days.map(in_days),
+        };
         let id = new_id("tok");
         let secret = auth::new_secret();
-        // Stored in one format, so that comparing with `now()` as text orders correctly.
-        let expires_at = match expires_at {
-            Some(at) => Some(
-                time::OffsetDateTime::parse(&at, &time::format_description::well_known::Rfc3339)
-                    .ok()
-                    .and_then(|t| {
-                        t.to_offset(time::UtcOffset::UTC)
-                            .format(&time::format_description::well_known::Rfc3339)
-                            .ok()
-                    })
-                    .unwrap_or(at),
-            ),
-            None => expires_in_days.map(rfc3339_in_days),
-        };
         let t = TokenRecord {
             id: id.clone(),
             user_id: user.id.clone(),
             name: name.into(),
             secret_hash: auth::hash_secret(&secret),
             read_only,
-            expires_at: expires_at.clone(),
+            expires_at,
             revoked_at: None,
             created_at: now(),
             last_used_at: None,
@@ -425,7 +414,7 @@ impl Controller {
             name: name.into(),
             token: auth::format_token(&id, &secret),
             read_only,
-            expires_at,
+            expires_at: expires_at.map(|t| t.to_string()),
         })
     }
 
@@ -457,13 +446,14 @@ impl Controller {
         // A token cannot make one that outlives it (a stolen short-lived token must not
         // become a permanent one).
         let c = ctx.caller()?;
-        if let Some(limit) = &c.token_expires_at {
+        if let Some(limit) = c.token_expires_at {
             let asked = match (&req.expires_at, req.expires_in_days) {
-                (Some(at), _) => Some(at.clone()),
-                (None, Some(d)) => Some(rfc3339_in_days(d.min(3660))),
+                // Text that is no time passes here: `new_token` refuses it as such.
+                (Some(at), _) => Some(Timestamp::parse(at).unwrap_or(limit)),
+                (None, Some(d)) => Some(in_days(d.min(3660))),
                 (None, None) => None,
             };
-            if asked.as_ref().is_none_or(|a| a.as_str() > limit.as_str()) {
+            if asked.is_none_or(|a| a > limit) {
                 return Err(Invalid::new(
                     "expires",
                     format!(
@@ -494,10 +484,10 @@ impl Controller {
             .map(|t| TokenInfo {
                 name: t.name,
                 read_only: t.read_only,
-                expires_at: t.expires_at,
+                expires_at: t.expires_at.map(|t| t.to_string()),
                 revoked: t.revoked_at.is_some(),
-                created_at: t.created_at,
-                last_used_at: t.last_used_at,
+                created_at: t.created_at.to_string(),
+                last_used_at: t.last_used_at.map(|t| t.to_string()),
             })
             .collect())
     }
@@ -517,7 +507,7 @@ impl Controller {
                     format!("{} has no token named {name:?}", u.name),
                 )
             })?;
-        self.store.revoke_token(&t.id, &now()).await?;
+        self.store.revoke_token(&t.id, now()).await?;
         Ok(())
     }
 
@@ -551,7 +541,7 @@ impl Controller {
         Ok(SshKey {
             name: k.name,
             public_key: k.public_key,
-            created_at: k.created_at,
+            created_at: k.created_at.to_string(),
         })
     }
 
@@ -565,7 +555,7 @@ impl Controller {
             .map(|k| SshKey {
                 name: k.name,
                 public_key: k.public_key,
-                created_at: k.created_at,
+                created_at: k.created_at.to_string(),
             })
             .collect())
     }

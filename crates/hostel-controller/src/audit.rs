@@ -67,7 +67,7 @@ impl Controller {
             .await?
             .into_iter()
             .map(|a| AuditEntry {
-                at: a.at,
+                at: a.at.to_string(),
                 user: a.user_name,
                 source: a.source,
                 action: a.action,

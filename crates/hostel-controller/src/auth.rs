@@ -1,7 +1,7 @@
 //! Credentials: API tokens, passwords and password logins (rate-limited). Who an
 //! operation runs for is `context::Ctx`, built from these by each interface.
 
-use hostel_store::{TokenRecord, UserRecord};
+use hostel_store::{Timestamp, TokenRecord, UserRecord};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -43,14 +43,14 @@ pub fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Why a token is not accepted, said plainly (never echoing the token).
-pub fn check_token(t: &TokenRecord, secret: &str, now: &str) -> Result<(), &'static str> {
+pub fn check_token(t: &TokenRecord, secret: &str, now: Timestamp) -> Result<(), &'static str> {
     if !same(hash_secret(secret).as_bytes(), t.secret_hash.as_bytes()) {
         return Err("wrong API token");
     }
     if t.revoked_at.is_some() {
         return Err("this API token was revoked: make a new one with `hostel login`");
     }
-    if t.expires_at.as_deref().is_some_and(|e| e <= now) {
+    if t.expires_at.is_some_and(|e| e <= now) {
         return Err("this API token has expired: make a new one with `hostel login`");
     }
     Ok(())
@@ -156,6 +156,10 @@ impl LoginLimiter {
 mod tests {
     use super::*;
 
+    fn at(s: &str) -> Timestamp {
+        Timestamp::parse(s).unwrap()
+    }
+
     #[test]
     fn tokens_round_trip_and_are_checked() {
         let secret = new_secret();
@@ -169,20 +173,20 @@ mod tests {
             name: "n".into(),
             secret_hash: hash_secret(&secret),
             read_only: false,
-            expires_at: Some("2030-01-01T00:00:00Z".into()),
+            expires_at: Some(at("2030-01-01T00:00:00Z")),
             revoked_at: None,
-            created_at: String::new(),
+            created_at: at("2026-01-01T00:00:00Z"),
             last_used_at: None,
         };
-        assert!(check_token(&rec, &secret, "2026-01-01T00:00:00Z").is_ok());
-        assert!(check_token(&rec, &new_secret(), "2026-01-01T00:00:00Z")
+        assert!(check_token(&rec, &secret, at("2026-01-01T00:00:00Z")).is_ok());
+        assert!(check_token(&rec, &new_secret(), at("2026-01-01T00:00:00Z"))
             .unwrap_err()
             .contains("wrong"));
-        assert!(check_token(&rec, &secret, "2031-01-01T00:00:00Z")
+        assert!(check_token(&rec, &secret, at("2031-01-01T00:00:00Z"))
             .unwrap_err()
             .contains("expired"));
-        rec.revoked_at = Some("x".into());
-        assert!(check_token(&rec, &secret, "2026-01-01T00:00:00Z")
+        rec.revoked_at = Some(at("2026-01-01T00:00:00Z"));
+        assert!(check_token(&rec, &secret, at("2026-01-01T00:00:00Z"))
             .unwrap_err()
             .contains("revoked"));
     }
@@ -196,7 +200,7 @@ mod tests {
             name: "alice".into(),
             password_hash: Some(h),
             is_admin: false,
-            created_at: String::new(),
+            created_at: at("2026-01-01T00:00:00Z"),
         };
         assert!(verify_password(&u, "a long passphrase"));
         assert!(!verify_password(&u, "a long passphrasE"));

@@ -15,7 +15,7 @@ use crate::error::Error;
 use crate::Controller;
 use hostel_api::agent::AgentApi;
 use hostel_api::public::{ConsoleKind, ConsoleTicket, ConsoleTicketRequest};
-use hostel_model::{Op, VmState};
+use hostel_model::Op;
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -125,7 +125,7 @@ impl Controller {
         };
         let opened = async {
             let vm = found?;
-            Op::Console.check(VmState::parse(&vm.state).unwrap_or(VmState::Crashed))?;
+            Op::Console.check(vm.state)?;
             let agent = self.host_agent(&vm)?;
             let upstream = match kind {
                 ConsoleKind::Serial => agent.console_socket(&vm.id).await?,

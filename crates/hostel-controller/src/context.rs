@@ -18,7 +18,7 @@ pub struct Caller {
     pub group_ids: Vec<String>,
     pub token_name: String,
     /// When the token in use expires (tokens it makes may not outlive it).
-    pub token_expires_at: Option<String>,
+    pub token_expires_at: Option<hostel_store::Timestamp>,
 }
 
 impl Caller {
@@ -222,15 +222,15 @@ mod tests {
             max_memory_mib: 64,
             vcpus: 1,
             max_vcpus: 1,
-            state: "stopped".into(),
+            state: hostel_model::VmState::Stopped,
             state_reason: None,
-            on_poweroff: "destroy".into(),
-            on_reboot: "restart".into(),
-            on_crash: "destroy".into(),
+            on_poweroff: hostel_model::Policy::Destroy,
+            on_reboot: hostel_model::Policy::Restart,
+            on_crash: hostel_model::Policy::Destroy,
             saved_path: None,
             pid: None,
-            created_at: String::new(),
-            updated_at: String::new(),
+            created_at: hostel_store::now(),
+            updated_at: hostel_store::now(),
             cdrom_image_id: None,
             boot_json: None,
             cloud_json: None,

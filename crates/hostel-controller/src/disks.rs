@@ -10,8 +10,6 @@ use hostel_api::public::*;
 use hostel_model::{validate_name, ImageKind, Invalid, VmState};
 use hostel_store::{new_id, now, DiskRecord, VmRecord};
 
-use crate::vms::state_of;
-
 type Res<T> = crate::error::Result<T>;
 
 impl Controller {
@@ -31,7 +29,7 @@ impl Controller {
                 let img = self.store.image_by_name(i).await?.ok_or_else(|| {
                     Error::not_found("image", i, format!("there is no image named {i:?}"))
                 })?;
-                if img.kind != ImageKind::Disk.as_str() {
+                if img.kind != ImageKind::Disk {
                     return Err(Invalid::new(
                         "image",
                         format!("{i:?} is a kernel image, not a disk image: a disk can only be based on a disk image"),
@@ -63,7 +61,7 @@ impl Controller {
             }
         };
         hostel_model::check_disk_size("size", size)?;
-        if state_of(&vm) == VmState::Saved {
+        if vm.state == VmState::Saved {
             return Err(Invalid::new(
                 "state",
                 "a saved VM cannot change its devices (its saved state would no longer fit): restore it first",
@@ -129,7 +127,7 @@ impl Controller {
                 .await;
             return Err(e.into());
         }
-        if state_of(&vm).has_process() {
+        if vm.state.has_process() {
             let spec = DiskSpec {
                 index: idx,
                 path: made.path,
@@ -173,7 +171,7 @@ impl Controller {
         let (_g, vm) = self.locked_vm(ctx, name).await?;
         let agent = self.host_agent(&vm)?;
         let disk = self.disk_at(&vm, index).await?;
-        if state_of(&vm).has_process() {
+        if vm.state.has_process() {
             agent.remove_disk(&vm.id, wire::DiskIndex { index }).await?;
         }
         // The row goes first: a file is never removed while a row points to it.
@@ -223,7 +221,7 @@ impl Controller {
                 },
             )
             .await?;
-        let body = if state_of(&vm).has_process() {
+        let body = if vm.state.has_process() {
             wire::ResizeDiskRequest {
                 index: Some(disk.idx),
                 path: None,
@@ -262,7 +260,7 @@ impl Controller {
             .map(|s| Snapshot {
                 name: s.name,
                 with_memory: s.with_memory,
-                created_at: s.created_at,
+                created_at: s.created_at.to_string(),
             })
             .collect())
     }
@@ -305,7 +303,7 @@ impl Controller {
             )
             .into());
         }
-        let state = state_of(&vm);
+        let state = vm.state;
         if state == VmState::Saved {
             return Err(Invalid::new(
                 "state",
@@ -324,6 +322,7 @@ impl Controller {
             format!(
                 "snap-{}",
                 now()
+                    .to_string()
                     .chars()
                     .filter(|c| c.is_ascii_digit())
                     .take(14)
@@ -358,7 +357,7 @@ impl Controller {
         Ok(Snapshot {
             name: snap,
             with_memory: req.memory,
-            created_at: rec.created_at,
+            created_at: rec.created_at.to_string(),
         })
     }
 
@@ -381,7 +380,7 @@ impl Controller {
         ctx.params(serde_json::json!({"snapshot": snap}));
         let (_g, vm) = self.locked_vm(ctx, name).await?;
         let s = Self::find_snapshot(self.store.snapshots_of(&vm.id).await?, name, snap)?;
-        let state = state_of(&vm);
+        let state = vm.state;
         if !matches!(state, VmState::Stopped | VmState::Crashed) {
             return Err(Invalid::new(
                 "state",
@@ -393,8 +392,7 @@ impl Controller {
             // Resuming is a start: the lease and the quota apply.
             if vm
                 .lease_expires_at
-                .as_deref()
-                .is_some_and(|e| e <= hostel_store::now().as_str())
+                .is_some_and(|e| e <= hostel_store::now())
             {
                 return Err(Invalid::new(
                     "lease",

@@ -27,7 +27,7 @@ impl Controller {
                 .filter(|p| p.host_id == host)
                 .map(|p| wire::PoolSpec {
                     name: p.name,
-                    driver: p.driver,
+                    driver: p.driver.as_str().into(),
                     path: p.path,
                 })
                 .collect();

@@ -6,7 +6,6 @@ use crate::error::Error;
 use crate::Controller;
 use hostel_api::agent::AgentApi;
 use hostel_api::public::{AddHostRequest, HostInfo};
-use hostel_model::Accel;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,14 +33,10 @@ impl Controller {
                     memory_vms_mib: u.live_memory_mib,
                     vms_running: u.live as u32,
                     vms_total: u.vms as u32,
-                    accel: if h.accel == "kvm" {
-                        Accel::Kvm
-                    } else {
-                        Accel::Tcg
-                    },
+                    accel: h.accel,
                     name: h.name,
                     url: h.url,
-                    last_seen: h.last_seen,
+                    last_seen: h.last_seen.to_string(),
                     cpus: h.cpus,
                     memory_total_mib: h.memory_mib,
                     accel_reason: h.accel_reason,

@@ -7,7 +7,7 @@ use crate::Controller;
 use hostel_api::agent::AgentApi;
 use hostel_api::agent::{self as wire};
 use hostel_api::public::*;
-use hostel_model::{validate_name, ImageKind, Invalid};
+use hostel_model::{validate_name, Invalid, PoolDriver};
 use hostel_store::{new_id, now, ImageRecord, TaskRecord};
 use std::sync::Arc;
 
@@ -30,16 +30,12 @@ impl Controller {
             id: t.id,
             kind: t.kind,
             target: t.target,
-            state: match t.state.as_str() {
-                "succeeded" => TaskState::Succeeded,
-                "failed" => TaskState::Failed,
-                _ => TaskState::Running,
-            },
+            state: t.state,
             progress: t.progress,
             message: t.message,
             error: t.error,
-            created_at: t.created_at,
-            updated_at: t.updated_at,
+            created_at: t.created_at.to_string(),
+            updated_at: t.updated_at.to_string(),
         }
     }
 
@@ -74,11 +70,11 @@ impl Controller {
                 names
             },
             name: i.name,
-            kind: ImageKind::parse(&i.kind).unwrap_or(ImageKind::Disk),
+            kind: i.kind,
             format: i.format,
             size_bytes: i.size_bytes,
             sha256: i.sha256,
-            created_at: i.created_at,
+            created_at: i.created_at.to_string(),
         })
     }
 
@@ -104,7 +100,7 @@ impl Controller {
             id: new_id("task"),
             kind: kind.to_string(),
             target: name.clone(),
-            state: "running".into(),
+            state: TaskState::Running,
             progress: 0.0,
             message: "queued".into(),
             error: None,
@@ -129,7 +125,7 @@ impl Controller {
                             Ok(wire::ImageLine::Progress { progress, message }) => {
                                 let _ = me
                                     .store
-                                    .update_task(&id, "running", progress, &message, None)
+                                    .update_task(&id, TaskState::Running, progress, &message, None)
                                     .await;
                             }
                             Ok(wire::ImageLine::Done { done }) => outcome = Ok(done),
@@ -148,7 +144,7 @@ impl Controller {
                     let rec = ImageRecord {
                         id: new_id("img"),
                         name: files.name.clone(),
-                        kind: files.kind.as_str().into(),
+                        kind: files.kind,
                         format: files.format.clone(),
                         path: files.path.clone(),
                         initrd: files.initrd.clone(),
@@ -177,12 +173,12 @@ impl Controller {
             let _ = match result {
                 Ok(()) => {
                     me.store
-                        .update_task(&id, "succeeded", 1.0, "done", None)
+                        .update_task(&id, TaskState::Succeeded, 1.0, "done", None)
                         .await
                 }
                 Err(e) => {
                     me.store
-                        .update_task(&id, "failed", 1.0, "failed", Some(&e))
+                        .update_task(&id, TaskState::Failed, 1.0, "failed", Some(&e))
                         .await
                 }
             };
@@ -205,12 +201,12 @@ impl Controller {
         if let Some(agent) = self.agent(&img.host_id) {
             // Pools that clone keep a copy of the image; it goes with the image.
             for p in self.store.pools().await? {
-                if p.host_id == img.host_id && p.driver != "dir" {
+                if p.host_id == img.host_id && p.driver != PoolDriver::Dir {
                     let _ = agent
                         .pool_forget_image(wire::ForgetImageRequest {
                             pool: wire::PoolSpec {
                                 name: p.name,
-                                driver: p.driver,
+                                driver: p.driver.as_str().into(),
                                 path: p.path,
                             },
                             image_id: img.id.clone(),

@@ -7,26 +7,22 @@ use crate::error::Error;
 use crate::Controller;
 use hostel_api::public::{RenewRequest, Vm};
 use hostel_model::{Invalid, VmState};
+use hostel_store::Timestamp;
 use std::sync::Arc;
 use std::time::Duration;
-use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
 
 type Res<T> = crate::error::Result<T>;
 
 /// How long before the end `list`/`describe` start to warn.
 pub const WARN_DAYS: i64 = 7;
 
-pub fn in_days(days: u32) -> String {
-    (OffsetDateTime::now_utc() + time::Duration::days(days as i64))
-        .format(&Rfc3339)
-        .unwrap_or_default()
+pub fn in_days(days: u32) -> Timestamp {
+    hostel_store::now() + time::Duration::days(days as i64)
 }
 
 /// The warning for a lease ending at `end`, if it ends soon or has ended.
-pub fn warning(end: &str) -> Option<String> {
-    let end_t = OffsetDateTime::parse(end, &Rfc3339).ok()?;
-    let left = end_t - OffsetDateTime::now_utc();
+pub fn warning(end: Timestamp) -> Option<String> {
+    let left = end - hostel_store::now();
     if left <= time::Duration::ZERO {
         Some(format!(
             "the lease ended at {end}: the VM was shut down; `hostel renew` it to use it again"
@@ -52,12 +48,8 @@ impl Controller {
                         "only an admin may set an exact end; give --days",
                     ));
                 }
-                let t = OffsetDateTime::parse(u, &Rfc3339)
-                    .map_err(|_| Invalid::new("until", format!("{u:?} is not an RFC 3339 time")))?;
-                // Stored in UTC: leases are compared as text.
-                t.to_offset(time::UtcOffset::UTC)
-                    .format(&Rfc3339)
-                    .unwrap_or_else(|_| u.clone())
+                Timestamp::parse(u)
+                    .map_err(|_| Invalid::new("until", format!("{u:?} is not an RFC 3339 time")))?
             }
             (None, Some(0)) => {
                 return Err(Invalid::new("days", "renew for at least one day").into())
@@ -67,7 +59,7 @@ impl Controller {
             }
             (None, d) => in_days(d.or(self.cfg.default_lease_days).unwrap_or(30)),
         };
-        self.store.set_vm_lease(&vm.id, Some(&end)).await?;
+        self.store.set_vm_lease(&vm.id, Some(end)).await?;
         let vm = self.vm_named(ctx, name).await?;
         self.view(&vm, false).await
     }
@@ -88,20 +80,18 @@ impl Controller {
     async fn reap_leases(&self) -> Res<()> {
         let now = hostel_store::now();
         // Only the ended leases: this runs every 2 s, whatever the number of VMs.
-        for vm in self.store.vms_lease_ended(&now).await? {
-            let Some(end) = &vm.lease_expires_at else {
+        for vm in self.store.vms_lease_ended(now).await? {
+            let Some(end) = vm.lease_expires_at else {
                 continue;
             };
-            let running = VmState::parse(&vm.state)
-                .map(|s| s.has_process())
-                .unwrap_or(false);
-            if end.as_str() > now.as_str() || !running {
+            let running = vm.state.has_process();
+            if end > now || !running {
                 continue;
             }
             tracing::info!(vm = %vm.name, %end, "lease ended: shutting the VM down");
             // A paused guest cannot hear the power button: it is stopped at once.
             let ctx = &Ctx::system(SystemActor::LeaseReaper);
-            let r = if vm.state == VmState::Paused.as_str() {
+            let r = if vm.state == VmState::Paused {
                 self.simple_action(ctx, &vm.name, hostel_model::Op::Destroy)
                     .await
             } else {

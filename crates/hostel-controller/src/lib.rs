@@ -255,7 +255,7 @@ impl Controller {
                     url: agent.url.clone(),
                     cpus: facts.cpus,
                     memory_mib: facts.memory_total_mib,
-                    accel: facts.accel.as_str().into(),
+                    accel: facts.accel,
                     accel_reason: facts.accel_reason.clone(),
                     qemu_version: facts.qemu_version.clone(),
                     kernel: facts.kernel.clone(),
@@ -312,7 +312,7 @@ impl Controller {
             // Reconcile only once the subscription is live, so no change falls between.
             if conn_rx.await.is_ok() {
                 self.set_online(&host, true);
-                let _ = self.store.touch_host(&host, &hostel_store::now()).await;
+                let _ = self.store.touch_host(&host, hostel_store::now()).await;
                 if let Err(e) = self.reconcile(&host, &agent).await {
                     tracing::warn!(%host, "reconcile failed: {e:#}");
                 }
@@ -334,7 +334,7 @@ impl Controller {
             let _ = (&mut follower.0).await;
             if self.is_online(&host) {
                 self.set_online(&host, false);
-                let _ = self.store.touch_host(&host, &hostel_store::now()).await;
+                let _ = self.store.touch_host(&host, hostel_store::now()).await;
                 tracing::warn!(%host, "lost the agent's event stream; reconnecting");
                 retry = Duration::from_millis(500);
             } else {
@@ -350,7 +350,7 @@ impl Controller {
             Ok(Some(_)) => {
                 let _ = self
                     .store
-                    .set_vm_state(&ev.vm_id, ev.state.as_str(), ev.reason.as_deref(), ev.pid)
+                    .set_vm_state(&ev.vm_id, ev.state, ev.reason.as_deref(), ev.pid)
                     .await;
             }
             _ => tracing::debug!(vm = %ev.vm_id, "event for a VM the database does not have"),
@@ -377,22 +377,19 @@ impl Controller {
             match running.get(&vm.id) {
                 // Written only when it changed: after a restart, thousands of VMs agree.
                 Some(s)
-                    if vm.state != s.state.as_str()
-                        || vm.pid != s.pid
-                        || vm.state_reason != s.reason =>
+                    if vm.state != s.state || vm.pid != s.pid || vm.state_reason != s.reason =>
                 {
                     self.store
-                        .set_vm_state(&vm.id, s.state.as_str(), s.reason.as_deref(), s.pid)
+                        .set_vm_state(&vm.id, s.state, s.reason.as_deref(), s.pid)
                         .await?;
                 }
                 Some(_) => {}
                 None => {
-                    let state = hostel_model::VmState::parse(&vm.state);
-                    if state.map(|s| s.has_process()).unwrap_or(false) {
+                    if vm.state.has_process() {
                         self.store
                             .set_vm_state(
                                 &vm.id,
-                                "crashed",
+                                hostel_model::VmState::Crashed,
                                 Some("its QEMU was not running when the host's agent came back"),
                                 None,
                             )

@@ -14,10 +14,6 @@ use std::collections::HashSet;
 
 type Res<T> = crate::error::Result<T>;
 
-fn state_of_vm(vm: &VmRecord) -> VmState {
-    VmState::parse(&vm.state).unwrap_or(VmState::Crashed)
-}
-
 /// The network `hostel up` creates so that a first VM has connectivity.
 pub const DEFAULT_NETWORK: &str = "default";
 pub const DEFAULT_CIDR: &str = "10.213.0.0/24";
@@ -74,13 +70,13 @@ impl Controller {
             name: n.name,
             cidr: n.cidr,
             gateway: n.gateway,
-            mode: NetMode::parse("mode", &n.mode).unwrap_or_default(),
+            mode: n.mode,
             uplink: n.uplink,
             domain: n.domain,
             ipv6: n.ipv6_prefix,
             dns_forward: n.dns_forward,
             used_by,
-            created_at: n.created_at,
+            created_at: n.created_at.to_string(),
         })
     }
 
@@ -153,7 +149,7 @@ impl Controller {
             name: req.name.clone(),
             cidr: cidr.to_string(),
             gateway: gateway.to_string(),
-            mode: req.mode.as_str().into(),
+            mode: req.mode,
             uplink: req.uplink.clone(),
             domain: req.domain.clone(),
             ipv6_prefix: req.ipv6.clone(),
@@ -223,7 +219,7 @@ impl Controller {
                 .collect();
             networks.push(NetworkSpec {
                 bridge: mnet::bridge_name(&n.id),
-                mode: NetMode::parse("mode", &n.mode).unwrap_or_default(),
+                mode: n.mode,
                 id: n.id,
                 name: n.name,
                 cidr: n.cidr,
@@ -403,7 +399,7 @@ impl Controller {
     pub async fn add_nic(&self, ctx: &Ctx, name: &str, req: NicRequest) -> Res<Nic> {
         ctx.params(serde_json::json!({"network": req.network, "ip": req.ip, "mac": req.mac}));
         let (_g, vm) = self.locked_vm(ctx, name).await?;
-        if state_of_vm(&vm) == VmState::Saved {
+        if vm.state == VmState::Saved {
             return Err(Invalid::new(
                 "state",
                 "a saved VM cannot change its devices (its saved state would no longer fit): restore it first",
@@ -422,7 +418,7 @@ impl Controller {
         })?;
         // DHCP and DNS learn the NIC before the guest sees it.
         self.sync_networks().await?;
-        let state = VmState::parse(&vm.state).unwrap_or(VmState::Stopped);
+        let state = vm.state;
         if state.has_process() {
             let agent = self.host_agent(&vm)?;
             if let Err(e) = agent.add_nic(&vm.id, Self::nic_spec(&nic)).await {
@@ -451,7 +447,7 @@ impl Controller {
                     "VM {name:?} has no NIC {which:?}: give its MAC or index (`hostel nic list {name}`)"
                 ))
             })?;
-        let state = VmState::parse(&vm.state).unwrap_or(VmState::Stopped);
+        let state = vm.state;
         if state.has_process() {
             let agent = self.host_agent(&vm)?;
             agent
@@ -533,7 +529,7 @@ impl Controller {
         let mut nic = None;
         for n in &nics {
             if let Some(net) = self.store.network_by_id(&n.network_id).await? {
-                if net.mode == NetMode::Nat.as_str() {
+                if net.mode == NetMode::Nat {
                     nic = Some(n.clone());
                     break;
                 }

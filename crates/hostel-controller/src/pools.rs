@@ -9,7 +9,7 @@ use crate::Controller;
 use hostel_api::agent as wire;
 use hostel_api::agent::AgentApi;
 use hostel_api::public::{CreatePoolRequest, Pool};
-use hostel_model::{validate_name, Invalid};
+use hostel_model::{validate_name, Invalid, PoolDriver};
 use hostel_store::{new_id, now, PoolRecord};
 use std::sync::Arc;
 
@@ -91,11 +91,11 @@ impl Controller {
             out.push(
                 self.pool_view(
                     p.name,
-                    p.driver,
+                    p.driver.as_str().into(),
                     p.path,
                     p.host_id,
                     Some(&p.id),
-                    p.created_at,
+                    p.created_at.to_string(),
                 )
                 .await?,
             );
@@ -117,11 +117,11 @@ impl Controller {
         })?;
         self.pool_view(
             p.name,
-            p.driver,
+            p.driver.as_str().into(),
             p.path,
             p.host_id,
             Some(&p.id),
-            p.created_at,
+            p.created_at.to_string(),
         )
         .await
     }
@@ -137,7 +137,7 @@ impl Controller {
                 "every host has a pool named \"default\" already: choose another name",
             ));
         }
-        if hostel_storage_driver(&req.driver).is_none() {
+        let Some(driver) = PoolDriver::parse(&req.driver) else {
             return Err(Invalid::new(
                 "driver",
                 format!(
@@ -147,7 +147,7 @@ impl Controller {
                 ),
             )
             .into());
-        }
+        };
         if !req.path.starts_with('/') || req.path.split('/').any(|c| c == "..") {
             return Err(Invalid::new(
                 "path",
@@ -202,7 +202,7 @@ impl Controller {
         let rec = PoolRecord {
             id: new_id("pool"),
             name: req.name.clone(),
-            driver: req.driver.clone(),
+            driver,
             path,
             host_id: host,
             created_at: now(),
@@ -243,7 +243,7 @@ impl Controller {
                     .pool_forget_image(wire::ForgetImageRequest {
                         pool: wire::PoolSpec {
                             name: p.name.clone(),
-                            driver: p.driver.clone(),
+                            driver: p.driver.as_str().into(),
                             path: p.path.clone(),
                         },
                         image_id: img.id,
@@ -252,13 +252,5 @@ impl Controller {
             }
         }
         Ok(())
-    }
-}
-
-fn hostel_storage_driver(d: &str) -> Option<&'static str> {
-    match d {
-        "dir" => Some("dir"),
-        "btrfs" => Some("btrfs"),
-        _ => None,
     }
 }

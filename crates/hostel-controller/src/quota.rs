@@ -6,7 +6,7 @@ use crate::context::Ctx;
 use crate::error::Error;
 use crate::Controller;
 use hostel_api::public::{Quota, QuotaLimits, QuotaUse};
-use hostel_model::{format_mib, Invalid, VmState};
+use hostel_model::{format_mib, Invalid};
 use hostel_store::VmRecord;
 
 type Res<T> = crate::error::Result<T>;
@@ -35,12 +35,6 @@ pub struct Charge {
     /// The VM's max memory and its disks' total after the request (per-VM limits).
     pub vm_max_ram_mib: u64,
     pub vm_disk_mib: u64,
-}
-
-fn running(v: &VmRecord) -> bool {
-    VmState::parse(&v.state)
-        .map(|s| s.has_process())
-        .unwrap_or(false)
 }
 
 /// The owner key of a VM: `user:ID`, `group:ID`, or none (ownerless: admins only).
@@ -90,7 +84,7 @@ impl Controller {
                 continue;
             }
             u.vms += 1;
-            if running(&v) {
+            if v.state.has_process() {
                 u.vms_running += 1;
                 u.ram_mib += v.memory_mib;
                 u.vcpus += v.vcpus as u64;
@@ -239,7 +233,7 @@ impl Controller {
             .iter()
             .map(|d| d.size_mib)
             .sum();
-        let on = running(vm);
+        let on = vm.state.has_process();
         Ok(Charge {
             ram_mib: if on { vm.memory_mib } else { 0 },
             disk_mib: disk,

@@ -165,7 +165,7 @@ impl Controller {
                 boot_cfg.kernel.is_none()
                     && image
                         .as_ref()
-                        .map(|i| i.kind == ImageKind::Disk.as_str())
+                        .map(|i| i.kind == ImageKind::Disk)
                         .unwrap_or(false)
             }),
             ssh_keys: req
@@ -220,10 +220,7 @@ impl Controller {
         }
         // The disk: an overlay of a disk image (at least the image's size), or a blank one.
         let mut disk_plan: Option<wire::CreateDiskRequest> = None;
-        if let Some(image) = image
-            .as_ref()
-            .filter(|i| i.kind == ImageKind::Disk.as_str())
-        {
+        if let Some(image) = image.as_ref().filter(|i| i.kind == ImageKind::Disk) {
             let size = req.disk_mib.unwrap_or(image.virtual_size_mib);
             if size < image.virtual_size_mib {
                 return Err(Invalid::new(
@@ -302,11 +299,11 @@ impl Controller {
             max_memory_mib: sizing.max_memory_mib,
             vcpus: sizing.vcpus,
             max_vcpus: sizing.max_vcpus,
-            state: VmState::Stopped.as_str().into(),
+            state: VmState::Stopped,
             state_reason: Some("created".into()),
-            on_poweroff: req.on_poweroff.as_str().into(),
-            on_reboot: req.on_reboot.as_str().into(),
-            on_crash: req.on_crash.as_str().into(),
+            on_poweroff: req.on_poweroff,
+            on_reboot: req.on_reboot,
+            on_crash: req.on_crash,
             saved_path: None,
             pid: None,
             created_at: now(),
@@ -434,7 +431,7 @@ impl Controller {
         let mut cdrom_image = None;
         if let Some(cd) = &req.cdrom {
             match self.store.image_by_name(cd).await? {
-                Some(img) if img.kind == ImageKind::Disk.as_str() => cdrom_image = Some(img),
+                Some(img) if img.kind == ImageKind::Disk => cdrom_image = Some(img),
                 Some(_) => {
                     return Err(Invalid::new(
                         "cdrom",
@@ -464,7 +461,7 @@ impl Controller {
             .into());
         }
         if let Some(img) = image {
-            if img.kind == ImageKind::DirectKernel.as_str() && req.firmware == Firmware::Uefi {
+            if img.kind == ImageKind::DirectKernel && req.firmware == Firmware::Uefi {
                 return Err(Invalid::new(
                     "firmware",
                     format!(

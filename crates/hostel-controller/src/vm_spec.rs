@@ -10,8 +10,6 @@ use hostel_api::public::*;
 use hostel_model::ImageKind;
 use hostel_store::VmRecord;
 
-use crate::vms::{policy, state_of};
-
 type Res<T> = crate::error::Result<T>;
 
 impl Controller {
@@ -37,13 +35,11 @@ impl Controller {
                 initrd: bc.initrd.clone(),
                 cmdline: bc.cmdline.clone().unwrap_or_else(|| "console=ttyS0".into()),
             },
-            (None, Some(img)) if img.kind == ImageKind::DirectKernel.as_str() => {
-                Boot::DirectKernel {
-                    kernel: img.path.clone(),
-                    initrd: img.initrd.clone(),
-                    cmdline: img.cmdline.clone().unwrap_or_default(),
-                }
-            }
+            (None, Some(img)) if img.kind == ImageKind::DirectKernel => Boot::DirectKernel {
+                kernel: img.path.clone(),
+                initrd: img.initrd.clone(),
+                cmdline: img.cmdline.clone().unwrap_or_default(),
+            },
             _ => match bc.firmware {
                 Firmware::Bios => Boot::Bios,
                 Firmware::Uefi => Boot::Uefi,
@@ -116,9 +112,9 @@ impl Controller {
                         .and_then(|p| pools.get(p).cloned().flatten()),
                 })
                 .collect(),
-            on_poweroff: policy(&vm.on_poweroff),
-            on_reboot: policy(&vm.on_reboot),
-            on_crash: policy(&vm.on_crash),
+            on_poweroff: vm.on_poweroff,
+            on_reboot: vm.on_reboot,
+            on_crash: vm.on_crash,
             nics: nics.iter().map(Self::nic_spec).collect(),
         })
     }
@@ -135,14 +131,14 @@ impl Controller {
         })?;
         Ok(Some(wire::PoolSpec {
             name: p.name,
-            driver: p.driver,
+            driver: p.driver.as_str().into(),
             path: p.path,
         }))
     }
 
     /// What the API shows of a VM; `live`: ask its host for what runs now.
     pub(crate) async fn view(&self, vm: &VmRecord, live: bool) -> Res<Vm> {
-        let state = state_of(vm);
+        let state = vm.state;
         let spec = self.spec_of(vm).await?;
         let image = self.image_of(vm).await?;
         let disks = self.store.disks_of(&vm.id).await?;
@@ -207,11 +203,8 @@ impl Controller {
             name: vm.name.clone(),
             owner,
             admin_group,
-            lease_warning: vm
-                .lease_expires_at
-                .as_deref()
-                .and_then(crate::lease::warning),
-            lease_expires_at: vm.lease_expires_at.clone(),
+            lease_warning: vm.lease_expires_at.and_then(crate::lease::warning),
+            lease_expires_at: vm.lease_expires_at.map(|t| t.to_string()),
             state,
             state_reason: vm.state_reason.clone(),
             host: vm.host_id.clone(),
@@ -288,7 +281,7 @@ impl Controller {
                 on_crash: spec.on_crash,
             },
             saved_to: vm.saved_path.clone(),
-            created_at: vm.created_at.clone(),
+            created_at: vm.created_at.to_string(),
         })
     }
 }

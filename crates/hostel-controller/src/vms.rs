@@ -9,30 +9,21 @@ use crate::Controller;
 use hostel_api::agent::AgentApi;
 use hostel_api::agent::{self as wire, SaveHeader};
 use hostel_api::public::*;
-use hostel_model::{Invalid, Op, Policy, VmState};
+use hostel_model::{Invalid, Op, VmState};
 use hostel_store::{now, ImageRecord, VmRecord};
 
 type Res<T> = crate::error::Result<T>;
 
 /// The states in which a VM has a QEMU process (and holds its memory), by name.
-pub(crate) fn live_states() -> Vec<&'static str> {
+pub(crate) fn live_states() -> Vec<VmState> {
     VmState::ALL
         .into_iter()
         .filter(|s| s.has_process())
-        .map(|s| s.as_str())
         .collect()
 }
 
 /// The most VMs one page of a list holds.
 pub(crate) const MAX_PAGE: u32 = 1000;
-
-pub(crate) fn state_of(v: &VmRecord) -> VmState {
-    VmState::parse(&v.state).unwrap_or(VmState::Crashed)
-}
-
-pub(crate) fn policy(s: &str) -> Policy {
-    Policy::parse("policy", s).unwrap_or_default()
-}
 
 impl Controller {
     /// The VM named `name`, if the caller may operate it: to anyone else it does not
@@ -136,6 +127,7 @@ impl Controller {
                 .into());
             }
         }
+        let state = state.and_then(VmState::parse);
         if let Some(h) = host {
             if self.store.host(h).await?.is_none() {
                 return Err(Error::not_found(
@@ -166,7 +158,7 @@ impl Controller {
         let out = rows
             .into_iter()
             .map(|r| {
-                let state = state_of(&r.vm);
+                let state = r.vm.state;
                 let v = r.vm;
                 VmSummary {
                     owner: match (r.owner_user, r.owner_group) {
@@ -184,12 +176,9 @@ impl Controller {
                     max_vcpus: v.max_vcpus,
                     ips: r.ips,
                     pid: if state.has_process() { v.pid } else { None },
-                    lease_warning: v
-                        .lease_expires_at
-                        .as_deref()
-                        .and_then(crate::lease::warning),
-                    lease_expires_at: v.lease_expires_at,
-                    created_at: v.created_at,
+                    lease_warning: v.lease_expires_at.and_then(crate::lease::warning),
+                    lease_expires_at: v.lease_expires_at.map(|t| t.to_string()),
+                    created_at: v.created_at.to_string(),
                     id: v.id,
                     name: v.name,
                 }
@@ -212,12 +201,7 @@ impl Controller {
             )
             .await?;
         self.store
-            .set_vm_state(
-                &vm.id,
-                status.state.as_str(),
-                status.reason.as_deref(),
-                status.pid,
-            )
+            .set_vm_state(&vm.id, status.state, status.reason.as_deref(), status.pid)
             .await?;
         Ok(())
     }
@@ -237,7 +221,7 @@ impl Controller {
             Some(lock.lock().await)
         };
         let vm = self.vm_named(ctx, name).await?;
-        op.check(state_of(&vm))?;
+        op.check(vm.state)?;
         let agent = self.host_agent(&vm)?;
         let rec = self.store.begin_operation(Some(&vm.id), op.name()).await?;
         let result = f(vm.clone(), agent).await;
@@ -250,7 +234,7 @@ impl Controller {
 
     pub(crate) async fn sync_status(&self, vm_id: &str, s: &wire::VmStatus) -> Res<()> {
         self.store
-            .set_vm_state(vm_id, s.state.as_str(), s.reason.as_deref(), s.pid)
+            .set_vm_state(vm_id, s.state, s.reason.as_deref(), s.pid)
             .await?;
         Ok(())
     }
@@ -259,15 +243,16 @@ impl Controller {
         self.operate(ctx, name, Op::Start, |vm, _| async move {
             if vm
                 .lease_expires_at
-                .as_deref()
-                .is_some_and(|e| e <= hostel_store::now().as_str())
+                .is_some_and(|e| e <= hostel_store::now())
             {
                 return Err(Invalid::new(
                     "lease",
                     format!(
                         "the lease of {:?} ended at {}: `hostel renew {}` first",
                         vm.name,
-                        vm.lease_expires_at.as_deref().unwrap_or_default(),
+                        vm.lease_expires_at
+                            .map(|t| t.to_string())
+                            .unwrap_or_default(),
                         vm.name
                     ),
                 )
@@ -340,7 +325,7 @@ impl Controller {
                 .charge(
                     crate::quota::owner_key(&vm).as_deref(),
                     &crate::quota::Charge {
-                        ram_mib: if state_of(&vm).has_process() {
+                        ram_mib: if vm.state.has_process() {
                             memory_mib.saturating_sub(vm.memory_mib)
                         } else {
                             0
@@ -362,7 +347,7 @@ impl Controller {
                 )
                 .into());
             }
-            if state_of(&vm).has_process() {
+            if vm.state.has_process() {
                 agent
                     .set_balloon(&vm.id, wire::BalloonRequest { memory_mib })
                     .await?;
@@ -380,7 +365,7 @@ impl Controller {
                 .charge(
                     crate::quota::owner_key(&vm).as_deref(),
                     &crate::quota::Charge {
-                        vcpus: if state_of(&vm).has_process() {
+                        vcpus: if vm.state.has_process() {
                             (vcpus as u64).saturating_sub(vm.vcpus as u64)
                         } else {
                             0
@@ -400,7 +385,7 @@ impl Controller {
                 )
                 .into());
             }
-            if state_of(&vm).has_process() {
+            if vm.state.has_process() {
                 agent
                     .set_vcpus(&vm.id, wire::VcpusRequest { vcpus })
                     .await?;
@@ -419,7 +404,7 @@ impl Controller {
                 magic: wire::SAVE_MAGIC.into(),
                 vm_id: vm.id.clone(),
                 vm_name: vm.name.clone(),
-                saved_at: now(),
+                saved_at: now().to_string(),
             };
             let s = agent
                 .save_vm(
@@ -489,7 +474,7 @@ impl Controller {
     ) -> Res<Vec<String>> {
         ctx.params(serde_json::json!({"keep_disks": keep_disks}));
         let (_g, vm) = self.locked_vm(ctx, name).await?;
-        Op::Delete.check(state_of(&vm))?;
+        Op::Delete.check(vm.state)?;
         let agent = self.host_agent(&vm)?;
         let disks = self.store.disks_of(&vm.id).await?;
         agent.forget_vm(&vm.id).await?;

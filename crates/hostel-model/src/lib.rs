@@ -434,6 +434,57 @@ impl ImageKind {
     }
 }
 
+/// Where a storage pool keeps its disks (the agent's `hostel_storage::pool` implements
+/// each driver; this is only the name, so that records can carry it without I/O).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolDriver {
+    Dir,
+    Btrfs,
+}
+
+impl PoolDriver {
+    pub fn parse(s: &str) -> Option<PoolDriver> {
+        match s {
+            "dir" => Some(PoolDriver::Dir),
+            "btrfs" => Some(PoolDriver::Btrfs),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolDriver::Dir => "dir",
+            PoolDriver::Btrfs => "btrfs",
+        }
+    }
+    /// The format of the disk files the driver makes.
+    pub fn disk_format(self) -> &'static str {
+        match self {
+            PoolDriver::Dir => "qcow2",
+            PoolDriver::Btrfs => "raw",
+        }
+    }
+}
+
+/// How far a background task (or a VM operation) got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum TaskState {
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl TaskState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Running => "running",
+            TaskState::Succeeded => "succeeded",
+            TaskState::Failed => "failed",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

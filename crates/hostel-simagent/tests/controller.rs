@@ -262,7 +262,7 @@ async fn quotas_refuse_before_anything_is_made() {
     let e = k.c.start_vm(&carol, "q1").await.unwrap_err();
     assert!(matches!(e, Error::Quota(_)), "{e:?}");
     let vm = k.c.store.vm_by_name("q1").await.unwrap().unwrap();
-    assert_eq!(vm.state, VmState::Stopped.as_str());
+    assert_eq!(vm.state, VmState::Stopped);
 }
 
 #[tokio::test]
@@ -275,14 +275,17 @@ async fn the_lease_reaper_stops_ended_leases_as_a_named_system_actor() {
             .await
             .unwrap();
     k.c.store
-        .set_vm_lease(&vm.id, Some("2020-01-01T00:00:00Z"))
+        .set_vm_lease(
+            &vm.id,
+            Some(hostel_store::Timestamp::parse("2020-01-01T00:00:00Z").unwrap()),
+        )
         .await
         .unwrap();
     k.c.spawn_lease_reaper(Duration::from_millis(20));
     let until = Instant::now() + Duration::from_secs(10);
     loop {
         let v = k.c.store.vm_by_id(&vm.id).await.unwrap().unwrap();
-        if v.state == VmState::Stopped.as_str() {
+        if v.state == VmState::Stopped {
             break;
         }
         assert!(

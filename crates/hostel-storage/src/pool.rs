@@ -16,35 +16,9 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Driver {
-    Dir,
-    Btrfs,
-}
-
-impl Driver {
-    pub fn parse(s: &str) -> Option<Driver> {
-        match s {
-            "dir" => Some(Driver::Dir),
-            "btrfs" => Some(Driver::Btrfs),
-            _ => None,
-        }
-    }
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Driver::Dir => "dir",
-            Driver::Btrfs => "btrfs",
-        }
-    }
-    /// The format of the disk files the driver makes.
-    pub fn disk_format(self) -> &'static str {
-        match self {
-            Driver::Dir => "qcow2",
-            Driver::Btrfs => "raw",
-        }
-    }
-}
+/// The driver names live in `hostel-model`, so that the controller's records carry them
+/// without depending on this crate.
+pub use hostel_model::PoolDriver as Driver;
 
 const BTRFS_SUPER_MAGIC: i64 = 0x9123_683E;
 

@@ -2,8 +2,17 @@
 //! that the one SQL code path really serves both.
 
 use super::*;
+use hostel_model::net::NetMode;
+use hostel_model::{Accel, ImageKind, Policy, PoolDriver, TaskState, VmState};
 
 mod pg;
+mod typed;
+
+use typed::*;
+
+fn at(s: &str) -> Timestamp {
+    Timestamp::parse(s).unwrap()
+}
 
 fn sqlite_url(dir: &tempfile::TempDir) -> String {
     format!("sqlite://{}/hostel.db", dir.path().display())
@@ -16,7 +25,7 @@ fn host() -> HostRecord {
         url: "https://127.0.0.1:1".into(),
         cpus: 2,
         memory_mib: 1024,
-        accel: "tcg".into(),
+        accel: Accel::Tcg,
         accel_reason: "test".into(),
         qemu_version: "10.0.2".into(),
         kernel: "6.1".into(),
@@ -34,11 +43,11 @@ fn vm(name: &str) -> VmRecord {
         max_memory_mib: 512,
         vcpus: 1,
         max_vcpus: 2,
-        state: "stopped".into(),
+        state: VmState::Stopped,
         state_reason: None,
-        on_poweroff: "destroy".into(),
-        on_reboot: "restart".into(),
-        on_crash: "destroy".into(),
+        on_poweroff: Policy::Destroy,
+        on_reboot: Policy::Restart,
+        on_crash: Policy::Destroy,
         saved_path: None,
         pid: None,
         created_at: now(),
@@ -75,11 +84,11 @@ async fn vm_round_trip_and_unique_names(url: &str) {
     let dup = s.insert_vm(&vm("web"), &[]).await.unwrap_err();
     assert!(is_unique_violation(&dup), "{dup:#}");
 
-    s.set_vm_state(&v.id, "running", Some("why"), Some(42))
+    s.set_vm_state(&v.id, VmState::Running, Some("why"), Some(42))
         .await
         .unwrap();
     let got = s.vm_by_id(&v.id).await.unwrap().unwrap();
-    assert_eq!((got.state.as_str(), got.pid), ("running", Some(42)));
+    assert_eq!((got.state, got.pid), (VmState::Running, Some(42)));
 
     // A failed insert of a VM whose disk path clashes leaves no VM row behind.
     let other = vm("other");
@@ -93,7 +102,10 @@ async fn vm_round_trip_and_unique_names(url: &str) {
 
     let op = s.begin_operation(Some(&v.id), "start").await.unwrap();
     s.finish_operation(&op, None).await.unwrap();
-    assert_eq!(s.operations(&v.id).await.unwrap()[0].state, "succeeded");
+    assert_eq!(
+        s.operations(&v.id).await.unwrap()[0].state,
+        TaskState::Succeeded
+    );
 
     s.delete_vm(&v.id).await.unwrap();
     assert!(s.vm_by_name("web").await.unwrap().is_none());
@@ -106,7 +118,7 @@ async fn images_in_use_cannot_be_deleted(url: &str) {
     let img = ImageRecord {
         id: new_id("img"),
         name: "tiny".into(),
-        kind: "direct-kernel".into(),
+        kind: ImageKind::DirectKernel,
         format: "kernel".into(),
         path: "/i/vmlinuz".into(),
         initrd: Some("/i/initrd".into()),
@@ -148,7 +160,7 @@ async fn migrations_are_idempotent_and_tasks_survive(url: &str) {
         id: "task-1".into(),
         kind: "image-build".into(),
         target: "tiny".into(),
-        state: "running".into(),
+        state: TaskState::Running,
         progress: 0.5,
         message: "half".into(),
         error: None,
@@ -160,7 +172,7 @@ async fn migrations_are_idempotent_and_tasks_survive(url: &str) {
     let s = Store::open(url).await.unwrap();
     assert_eq!(s.fail_interrupted_tasks().await.unwrap(), 1);
     let got = s.task("task-1").await.unwrap().unwrap();
-    assert_eq!(got.state, "failed");
+    assert_eq!(got.state, TaskState::Failed);
     assert!(got.error.unwrap().contains("interrupted"));
 }
 
@@ -170,7 +182,7 @@ fn lab_network() -> NetworkRecord {
         name: "lab".into(),
         cidr: "10.1.0.0/24".into(),
         gateway: "10.1.0.1".into(),
-        mode: "nat".into(),
+        mode: NetMode::Nat,
         uplink: None,
         domain: Some("lab.test".into()),
         ipv6_prefix: None,
@@ -245,7 +257,7 @@ async fn pools_in_use_cannot_be_deleted(url: &str) {
     let p = PoolRecord {
         id: new_id("pool"),
         name: "fast".into(),
-        driver: "btrfs".into(),
+        driver: PoolDriver::Btrfs,
         path: "/srv/fast".into(),
         host_id: "host-1".into(),
         created_at: now(),
@@ -320,15 +332,17 @@ async fn accounts_tokens_and_audit(url: &str) {
         name: "cli".into(),
         secret_hash: "ab".repeat(32),
         read_only: true,
-        expires_at: Some("2030-01-01T00:00:00Z".into()),
+        expires_at: Some(at("2030-01-01T00:00:00Z")),
         revoked_at: None,
         created_at: now(),
         last_used_at: None,
     };
     s.insert_token(&t).await.unwrap();
-    s.revoke_token(&t.id, "2026-01-01T00:00:00Z").await.unwrap();
+    s.revoke_token(&t.id, at("2026-01-01T00:00:00Z"))
+        .await
+        .unwrap();
     let got = s.token_by_id(&t.id).await.unwrap().unwrap();
-    assert_eq!(got.revoked_at.as_deref(), Some("2026-01-01T00:00:00Z"));
+    assert_eq!(got.revoked_at, Some(at("2026-01-01T00:00:00Z")));
     assert!(got.read_only);
 
     let mut v = vm("owned");
@@ -348,7 +362,7 @@ async fn accounts_tokens_and_audit(url: &str) {
     for (i, who) in ["alice", "bob", "alice"].iter().enumerate() {
         s.insert_audit(&AuditRecord {
             id: format!("a{i}"),
-            at: format!("2026-01-0{}T00:00:00Z", i + 1),
+            at: at(&format!("2026-01-0{}T00:00:00Z", i + 1)),
             user_name: Some(who.to_string()),
             source: "127.0.0.1".into(),
             action: "start".into(),
@@ -390,17 +404,17 @@ async fn only_ended_leases_are_listed(url: &str) {
     let s = Store::open(url).await.unwrap();
     s.upsert_host(&host()).await.unwrap();
     let mut ended = vm("ended");
-    ended.lease_expires_at = Some("2026-01-01T00:00:00Z".into());
+    ended.lease_expires_at = Some(at("2026-01-01T00:00:00Z"));
     let mut later = vm("later");
-    later.lease_expires_at = Some("2027-01-01T00:00:00Z".into());
+    later.lease_expires_at = Some(at("2027-01-01T00:00:00Z"));
     for v in [&ended, &later, &vm("none")] {
         s.insert_vm(v, &[]).await.unwrap();
     }
-    let got = s.vms_lease_ended("2026-06-01T00:00:00Z").await.unwrap();
+    let got = s.vms_lease_ended(at("2026-06-01T00:00:00Z")).await.unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].name, "ended");
     assert_eq!(
-        s.vms_lease_ended("2028-01-01T00:00:00Z")
+        s.vms_lease_ended(at("2028-01-01T00:00:00Z"))
             .await
             .unwrap()
             .len(),
@@ -429,10 +443,10 @@ async fn memory_per_host_and_what_an_owner_has(url: &str) {
     .await
     .unwrap();
     let mut a = vm("a");
-    a.state = "running".into();
+    a.state = VmState::Running;
     a.owner_user_id = Some(alice.into());
     let mut b = vm("b");
-    b.state = "paused".into();
+    b.state = VmState::Paused;
     let mut c = vm("c");
     c.owner_group_id = Some("grp-1".into());
     let disk = |v: &VmRecord, mib| DiskRecord {
@@ -448,10 +462,20 @@ async fn memory_per_host_and_what_an_owner_has(url: &str) {
     s.insert_vm(&a, &[disk(&a, 100)]).await.unwrap();
     s.insert_vm(&b, &[]).await.unwrap();
     s.insert_vm(&c, &[disk(&c, 7)]).await.unwrap();
-    let m = s.memory_by_host(&["running", "paused"]).await.unwrap();
+    let m = s
+        .memory_by_host(&[VmState::Running, VmState::Paused])
+        .await
+        .unwrap();
     assert_eq!(m, vec![("host-1".to_string(), 1024)]);
-    assert!(s.memory_by_host(&["starting"]).await.unwrap().is_empty());
-    let usage = s.host_usage(&["running", "paused"], None).await.unwrap();
+    assert!(s
+        .memory_by_host(&[VmState::Starting])
+        .await
+        .unwrap()
+        .is_empty());
+    let usage = s
+        .host_usage(&[VmState::Running, VmState::Paused], None)
+        .await
+        .unwrap();
     let want = HostUsage {
         vms: 3,
         live: 2,
@@ -459,12 +483,12 @@ async fn memory_per_host_and_what_an_owner_has(url: &str) {
     };
     assert_eq!(usage.get("host-1"), Some(&want));
     let one = s
-        .host_usage(&["running", "paused"], Some("host-1"))
+        .host_usage(&[VmState::Running, VmState::Paused], Some("host-1"))
         .await
         .unwrap();
     assert_eq!(one.len(), 1);
     assert!(s
-        .host_usage(&["running"], Some("nosuch"))
+        .host_usage(&[VmState::Running], Some("nosuch"))
         .await
         .unwrap()
         .is_empty());
@@ -515,25 +539,25 @@ async fn vm_pages_filter_join_and_continue(url: &str) {
     // e: alice's; d: bob's, administered by lab; c: lab's; b: ops's; a: nobody's.
     let mut made = Vec::new();
     for (name, user, group, admin, host, state) in [
-        ("e", Some("user-a"), None, None, "host-1", "running"),
+        ("e", Some("user-a"), None, None, "host-1", VmState::Running),
         (
             "d",
             Some("user-b"),
             None,
             Some("grp-lab"),
             "host-2",
-            "stopped",
+            VmState::Stopped,
         ),
-        ("c", None, Some("grp-lab"), None, "host-1", "stopped"),
-        ("b", None, Some("grp-ops"), None, "host-2", "running"),
-        ("a", None, None, None, "host-1", "stopped"),
+        ("c", None, Some("grp-lab"), None, "host-1", VmState::Stopped),
+        ("b", None, Some("grp-ops"), None, "host-2", VmState::Running),
+        ("a", None, None, None, "host-1", VmState::Stopped),
     ] {
         let mut v = vm(name);
         v.owner_user_id = user.map(Into::into);
         v.owner_group_id = group.map(Into::into);
         v.admin_group_id = admin.map(Into::into);
         v.host_id = Some(host.into());
-        v.state = state.into();
+        v.state = state;
         s.insert_vm(&v, &[]).await.unwrap();
         made.push(v);
     }
@@ -616,12 +640,12 @@ async fn vm_pages_filter_join_and_continue(url: &str) {
         ["b", "d"]
     );
     assert_eq!(
-        names(&s.vms_page(&by(None, Some("running"))).await.unwrap()),
+        names(&s.vms_page(&by(None, Some(VmState::Running))).await.unwrap()),
         ["b", "e"]
     );
     assert_eq!(
         names(
-            &s.vms_page(&by(Some("host-1"), Some("running")))
+            &s.vms_page(&by(Some("host-1"), Some(VmState::Running)))
                 .await
                 .unwrap()
         ),
@@ -659,10 +683,12 @@ async fn hosts_upserted_at_once(url: &str) {
     let stored = s.hosts().await.unwrap();
     assert_eq!(stored.len(), 40);
     assert!(stored.iter().all(|h| h.url == "https://192.0.2.9:8471"));
-    s.touch_host("h1", "2030-01-01T00:00:00Z").await.unwrap();
+    s.touch_host("h1", at("2030-01-01T00:00:00Z"))
+        .await
+        .unwrap();
     assert_eq!(
         s.host("h1").await.unwrap().unwrap().last_seen,
-        "2030-01-01T00:00:00Z"
+        at("2030-01-01T00:00:00Z")
     );
     assert_eq!(s.host_refs("h1").await.unwrap(), (0, 0, 0));
     s.delete_host("h1").await.unwrap();
@@ -702,5 +728,8 @@ on_both!(
     only_ended_leases_are_listed,
     memory_per_host_and_what_an_owner_has,
     vm_pages_filter_join_and_continue,
-    hosts_upserted_at_once
+    hosts_upserted_at_once,
+    bad_values_in_rows_are_named,
+    leases_end_by_time_not_text,
+    user_and_group_deletion_wait_for_new_vms
 );

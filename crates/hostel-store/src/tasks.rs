@@ -1,0 +1,184 @@
+//! Background tasks (image builds) and the log of VM operations.
+
+use crate::row::{binds, Cols, FromRow, Record, Value};
+use crate::{new_id, now, Store, Timestamp};
+use anyhow::Result;
+use hostel_model::TaskState;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskRecord {
+    pub id: String,
+    pub kind: String,
+    pub target: String,
+    pub state: TaskState,
+    pub progress: f64,
+    pub message: String,
+    pub error: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OperationRecord {
+    pub id: String,
+    pub vm_id: Option<String>,
+    pub kind: String,
+    pub state: TaskState,
+    pub error: Option<String>,
+    pub started_at: Timestamp,
+    pub finished_at: Option<Timestamp>,
+}
+
+impl FromRow for TaskRecord {
+    const TABLE: &'static str = "tasks";
+    fn from_row(c: &Cols<'_>) -> Result<Self> {
+        Ok(TaskRecord {
+            id: c.text("id")?,
+            kind: c.text("kind")?,
+            target: c.text("target")?,
+            state: c.enumed("state")?,
+            progress: c.real("progress")?,
+            message: c.text("message")?,
+            error: c.opt_text("error")?,
+            created_at: c.time("created_at")?,
+            updated_at: c.time("updated_at")?,
+        })
+    }
+}
+
+impl Record for TaskRecord {
+    const COLS: &'static str =
+        "id, kind, target, state, progress, message, error, created_at, updated_at";
+    fn values(&self) -> Vec<Value<'_>> {
+        binds![
+            &self.id,
+            &self.kind,
+            &self.target,
+            self.state,
+            self.progress,
+            &self.message,
+            &self.error,
+            self.created_at,
+            self.updated_at,
+        ]
+    }
+}
+
+impl FromRow for OperationRecord {
+    const TABLE: &'static str = "operations";
+    fn from_row(c: &Cols<'_>) -> Result<Self> {
+        Ok(OperationRecord {
+            id: c.text("id")?,
+            vm_id: c.opt_text("vm_id")?,
+            kind: c.text("kind")?,
+            state: c.enumed("state")?,
+            error: c.opt_text("error")?,
+            started_at: c.time("started_at")?,
+            finished_at: c.opt_time("finished_at")?,
+        })
+    }
+}
+
+impl Record for OperationRecord {
+    const COLS: &'static str = "id, vm_id, kind, state, error, started_at, finished_at";
+    fn values(&self) -> Vec<Value<'_>> {
+        binds![
+            &self.id,
+            &self.vm_id,
+            &self.kind,
+            self.state,
+            &self.error,
+            self.started_at,
+            self.finished_at,
+        ]
+    }
+}
+
+impl Store {
+    pub async fn insert_task(&self, t: &TaskRecord) -> Result<()> {
+        self.insert(t).await
+    }
+
+    pub async fn update_task(
+        &self,
+        id: &str,
+        state: TaskState,
+        progress: f64,
+        message: &str,
+        error: Option<&str>,
+    ) -> Result<()> {
+        self.execute(
+            "UPDATE tasks SET state = $2, progress = $3, message = $4, error = $5, \
+             updated_at = $6 WHERE id = $1",
+            binds![id, state, progress, message, error, now()],
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn task(&self, id: &str) -> Result<Option<TaskRecord>> {
+        let sql = format!("SELECT {} FROM tasks WHERE id = $1", TaskRecord::COLS);
+        self.fetch_optional(&sql, binds![id]).await
+    }
+
+    /// Every task, newest first.
+    pub async fn tasks(&self) -> Result<Vec<TaskRecord>> {
+        let sql = format!(
+            "SELECT {} FROM tasks ORDER BY created_at DESC",
+            TaskRecord::COLS
+        );
+        let mut tasks: Vec<TaskRecord> = self.fetch_all(&sql, binds![]).await?;
+        // Stored times sort as text, which puts "…:05Z" after "…:05.5Z": order by time.
+        tasks.sort_by_key(|t| std::cmp::Reverse(t.created_at));
+        Ok(tasks)
+    }
+
+    /// Marks tasks that were running when the daemon stopped as failed.
+    pub async fn fail_interrupted_tasks(&self) -> Result<u64> {
+        self.execute(
+            "UPDATE tasks SET state = $2, error = 'interrupted: the daemon stopped while \
+             the task ran', updated_at = $1 WHERE state = $3",
+            binds![now(), TaskState::Failed, TaskState::Running],
+        )
+        .await
+    }
+
+    pub async fn begin_operation(&self, vm_id: Option<&str>, kind: &str) -> Result<String> {
+        let op = OperationRecord {
+            id: new_id("op"),
+            vm_id: vm_id.map(Into::into),
+            kind: kind.into(),
+            state: TaskState::Running,
+            error: None,
+            started_at: now(),
+            finished_at: None,
+        };
+        self.insert(&op).await?;
+        Ok(op.id)
+    }
+
+    pub async fn finish_operation(&self, id: &str, error: Option<&str>) -> Result<()> {
+        let state = if error.is_some() {
+            TaskState::Failed
+        } else {
+            TaskState::Succeeded
+        };
+        self.execute(
+            "UPDATE operations SET state = $2, error = $3, finished_at = $4 WHERE id = $1",
+            binds![id, state, error, now()],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// A VM's operations, oldest first.
+    pub async fn operations(&self, vm_id: &str) -> Result<Vec<OperationRecord>> {
+        let sql = format!(
+            "SELECT {} FROM operations WHERE vm_id = $1 ORDER BY started_at",
+            OperationRecord::COLS
+        );
+        let mut ops: Vec<OperationRecord> = self.fetch_all(&sql, binds![vm_id]).await?;
+        ops.sort_by_key(|o| o.started_at);
+        Ok(ops)
+    }
+}
