@@ -1,5 +1,10 @@
 //! One VM's QEMU process: start, supervise, operate, and re-adopt after a restart.
 //!
+//! Long because it is one state machine: every operation on a running QEMU (start,
+//! save, snapshot, hotplug, balloon, shutdown) goes through the same lock, the same QMP
+//! connection and the same record of what the agent asked for, which decides whether an
+//! exit is a crash. Split apart, those would have to share that state across files.
+//!
 //! QEMU's own events (SHUTDOWN, RESET, STOP, RESUME, GUEST_PANICKED) and the end of its
 //! process decide the state at once; nothing polls.
 

@@ -1,4 +1,9 @@
 //! The public REST API's request and response bodies.
+//!
+//! Long because it is the whole public wire schema in one place: every body type with
+//! its OpenAPI limits (patterns, ranges, enums), which the checked-in document and the
+//! schemathesis run are generated from and compared against. Splitting it by resource
+//! would spread one contract over files that always change together.
 
 use hostel_model::{Accel, ImageKind, Policy, VmState};
 use serde::{Deserialize, Serialize};

@@ -1,5 +1,8 @@
 //! The `tiny` guest image: Debian's cloud kernel plus a busybox initramfs.
 //!
+//! Long because most of it is the guest's own init script and its tests, kept beside
+//! the builder so that the contract below and the guest that keeps it change together.
+//!
 //! Hostel boots this guest in its own tests (and offers it to users as a
 //! smoke-test VM), so nothing has to be downloaded: everything comes from
 //! packages on the host (`linux-image-cloud-amd64`, `busybox-static`).
