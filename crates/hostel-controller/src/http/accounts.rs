@@ -53,8 +53,10 @@ pub(super) async fn delete_user(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Sets a user's password (admins). An admin changing their own gives the current one,
+/// checked like a login (rate-limited: 429 after too many wrong ones).
 #[utoipa::path(post, path = "/api/v1/users/{name}/password", params(("name" = String, Path)), request_body = PasswordRequest,
-    responses((status = 204), (status = 400, body = ErrorBody)))]
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub(super) async fn user_password(
     State(c): S,
     Extension(ctx): X,
