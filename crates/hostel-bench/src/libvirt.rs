@@ -15,7 +15,7 @@ pub(crate) struct Libvirt {
     ns: String,
     pub(crate) dir: PathBuf,
     child: Child,
-    uri: String,
+    pub(crate) uri: String,
 }
 
 impl Libvirt {

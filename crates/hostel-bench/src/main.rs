@@ -7,6 +7,7 @@
 
 mod daemon;
 mod fleet;
+mod latency;
 mod libvirt;
 
 use anyhow::{bail, Context, Result};
@@ -23,6 +24,10 @@ struct Args {
     runs: usize,
     out: Option<PathBuf>,
     quick: bool,
+    /// `--only create-latency`: just the create → QEMU running rows.
+    only: Option<String>,
+    /// Runs of the create → QEMU running rows.
+    create_runs: usize,
 }
 
 fn parse_args() -> Result<Args> {
@@ -31,6 +36,8 @@ fn parse_args() -> Result<Args> {
         runs: 11,
         out: None,
         quick: false,
+        only: None,
+        create_runs: latency::FULL_RUNS,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -39,13 +46,22 @@ fn parse_args() -> Result<Args> {
             "--runs" => a.runs = it.next().context("--runs N")?.parse()?,
             "--out" => a.out = Some(it.next().context("--out FILE")?.into()),
             "--quick" => a.quick = true,
+            "--create-runs" => a.create_runs = it.next().context("--create-runs N")?.parse()?,
+            "--only" => match it.next().as_deref() {
+                Some("create-latency") => a.only = Some("create-latency".into()),
+                other => bail!("--only {other:?}: the one part that runs alone is create-latency"),
+            },
             other => {
-                bail!("unknown argument {other:?}: use --hostel PATH --runs N --out FILE --quick")
+                bail!(
+                    "unknown argument {other:?}: use --hostel PATH --runs N --out FILE --quick \
+                     --create-runs N --only create-latency"
+                )
             }
         }
     }
     if a.quick {
         a.runs = 1;
+        a.create_runs = 3;
     }
     Ok(a)
 }
@@ -282,6 +298,10 @@ fn main() -> Result<()> {
     let args = parse_args()?;
     let mut d = Daemon::start(&args.hostel)?;
     let lv = Libvirt::start()?;
+    if args.only.is_some() {
+        let rows = latency::rows(&d, &lv, args.create_runs)?;
+        return write_out(&args, &d, &lv, &rows);
+    }
     let lv_idle = lv.rss_kib();
     let mut rows = Vec::new();
 
@@ -331,6 +351,9 @@ fn main() -> Result<()> {
         ratio: format!("{:.3}", dm / lm),
         budget: "≤ 0.1 s".into(),
     });
+
+    // b2. create → QEMU running (the control plane's own share), against `virsh create`.
+    rows.extend(latency::rows(&d, &lv, args.create_runs)?);
 
     // c. provisioning from a large image against a full copy.
     let sizes: &[u64] = if args.quick { &[2] } else { &[2, 20] };
@@ -554,10 +577,16 @@ fn main() -> Result<()> {
         });
     }
 
+    write_out(&args, &d, &lv, &rows)
+}
+
+/// Prints the table and, with `--out`, writes it as the benchmarks document with the plot's
+/// data beside it.
+fn write_out(args: &Args, d: &Daemon, lv: &Libvirt, rows: &[Row]) -> Result<()> {
     let mut table = String::from(
         "| measurement | Hostel | peer | ratio | budget |\n| --- | --- | --- | --- | --- |\n",
     );
-    for r in &rows {
+    for r in rows {
         table.push_str(&format!(
             "| {} | {} | {} | {} | {} |\n",
             r.what, r.hostel, r.peer, r.ratio, r.budget
@@ -601,6 +630,7 @@ fn main() -> Result<()> {
              libvirt {} runs in a network and mount namespace of the benchmark's own, as root with \
              `security_driver = \"none\"`; its domain is the plain QEMU guest in XML (q35, TCG, `-cpu max`, \
              256 MiB, the tiny image's kernel and initrd, serial to a file, balloon, pvpanic).\n\n\
+             {}\n\n\
              The simulated fleet is the one fake in these benchmarks: `hostel-simagent` (crates/hostel-bench/src/bin), \
              one process serving 1,000 SIMULATED agents, each on a port of its own with the agent API over mutual TLS \
              (a certificate from `hostel agent-cert`), the same wire types as `hostel agent`, no QEMU. The hosts \
@@ -615,7 +645,8 @@ fn main() -> Result<()> {
             lv.virsh(&["version", "--daemon"])
                 .ok()
                 .and_then(|v| v.lines().find(|l| l.contains("daemon")).map(|l| l.trim().to_string()))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            latency::NOTE,
         );
         // The plot's data: one ratio per row that has one.
         let mut tsv = String::new();
