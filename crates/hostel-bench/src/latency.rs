@@ -54,8 +54,9 @@ millisecond) at which a `CPU n/…` thread of the new QEMU has spent 1 ms on a C
 (`/proc/PID/task/TID/schedstat`). \"QEMU alone\" starts the Hostel VM's own command \
 line (from its runtime.json) from the benchmark, as root, and times exec → QMP `query-status` \
 says `running` on that QEMU's socket (`qmp_capabilities`, then `query-status` about every \
-millisecond): QEMU's own start-up, which any create that starts a QEMU pays. p99 is over the runs of this row (the slowest of them \
-below 100 runs).";
+millisecond): QEMU's own start-up, which any create that starts a QEMU pays. Each timed \
+step starts after a 200 ms pause (the step right after `virsh destroy` took about 14 ms longer \
+without it). p99 is the nearest rank over the row's runs (at 100 runs, the second slowest).";
 
 /// Runs of the create → QEMU running rows in a full run: enough for a p99.
 pub(crate) const FULL_RUNS: usize = 100;
