@@ -5,7 +5,14 @@
 //! Every time is a wall-clock median over several runs, and every comparison is a ratio
 //! taken in the same run, so that the machine's speed of the day cancels out.
 
+mod daemon;
+mod fleet;
+mod latency;
+mod libvirt;
+
 use anyhow::{bail, Context, Result};
+use daemon::{run, timed, wait_marker, wait_text, Daemon};
+use libvirt::{libvirt_boot, Libvirt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,6 +24,10 @@ struct Args {
     runs: usize,
     out: Option<PathBuf>,
     quick: bool,
+    /// `--only create-latency`: just the create → QEMU running rows.
+    only: Option<String>,
+    /// Runs of the create → QEMU running rows.
+    create_runs: usize,
 }
 
 fn parse_args() -> Result<Args> {
@@ -25,6 +36,8 @@ fn parse_args() -> Result<Args> {
         runs: 11,
         out: None,
         quick: false,
+        only: None,
+        create_runs: latency::FULL_RUNS,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -33,267 +46,33 @@ fn parse_args() -> Result<Args> {
             "--runs" => a.runs = it.next().context("--runs N")?.parse()?,
             "--out" => a.out = Some(it.next().context("--out FILE")?.into()),
             "--quick" => a.quick = true,
+            "--create-runs" => a.create_runs = it.next().context("--create-runs N")?.parse()?,
+            "--only" => match it.next().as_deref() {
+                Some("create-latency") => a.only = Some("create-latency".into()),
+                other => bail!("--only {other:?}: the one part that runs alone is create-latency"),
+            },
             other => {
-                bail!("unknown argument {other:?}: use --hostel PATH --runs N --out FILE --quick")
+                bail!(
+                    "unknown argument {other:?}: use --hostel PATH --runs N --out FILE --quick \
+                     --create-runs N --only create-latency"
+                )
             }
         }
     }
     if a.quick {
         a.runs = 1;
+        a.create_runs = 3;
     }
     Ok(a)
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = v.len();
     if n % 2 == 1 {
         v[n / 2]
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-/// A `hostel up` in a network namespace of its own.
-struct Daemon {
-    ns: String,
-    dir: PathBuf,
-    child: Child,
-    hostel: PathBuf,
-    proxy: String,
-}
-
-impl Daemon {
-    fn start(hostel: &Path) -> Result<Daemon> {
-        let ns = format!("hostel-bench-{}", std::process::id());
-        let dir = std::env::temp_dir().join(&ns);
-        std::fs::create_dir_all(&dir)?;
-        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-        run(Command::new("ip").args(["netns", "add", &ns]))?;
-        run(Command::new("ip").args(["-n", &ns, "link", "set", "lo", "up"]))?;
-        // The namespace's only way out: a proxy to the Debian mirror, for image builds.
-        let proxy = relay_proxy(&ns)?;
-        let child = Self::spawn(&ns, &dir, hostel, &proxy)?;
-        let d = Daemon {
-            ns,
-            dir,
-            child,
-            hostel: hostel.to_path_buf(),
-            proxy,
-        };
-        d.wait_ready()?;
-        Ok(d)
-    }
-
-    fn spawn(ns: &str, dir: &Path, hostel: &Path, proxy: &str) -> Result<Child> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("daemon.out"))?;
-        Ok(Command::new("ip")
-            .args(["netns", "exec", ns])
-            .arg(hostel)
-            .args([
-                "up",
-                "--listen",
-                "127.0.0.1:0",
-                "--no-default-network",
-                "--data-dir",
-            ])
-            .arg(dir.join("data"))
-            .env("HOSTEL_CONFIG", dir.join("client.toml"))
-            .env("http_proxy", format!("http://{proxy}"))
-            .env("no_proxy", "127.0.0.1,localhost")
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?)
-    }
-
-    /// SIGTERM: the daemon stops, its VMs go on.
-    fn stop(&mut self) -> Result<()> {
-        run(Command::new("kill").args(["-TERM", &self.child.id().to_string()]))?;
-        self.child.wait()?;
-        let _ = std::fs::remove_file(self.dir.join("client.toml"));
-        Ok(())
-    }
-
-    fn restart(&mut self) -> Result<()> {
-        self.child = Self::spawn(&self.ns, &self.dir, &self.hostel, &self.proxy)?;
-        self.wait_ready()
-    }
-
-    /// The API's address and the admin token, from the client config.
-    fn client(&self) -> Result<(String, String)> {
-        let cfg: toml::Value =
-            toml::from_str(&std::fs::read_to_string(self.dir.join("client.toml"))?)?;
-        Ok((
-            cfg["url"]
-                .as_str()
-                .unwrap_or_default()
-                .trim_end_matches('/')
-                .to_string(),
-            cfg["token"].as_str().unwrap_or_default().to_string(),
-        ))
-    }
-
-    fn wait_ready(&self) -> Result<()> {
-        let d = self;
-        let deadline = Instant::now() + Duration::from_secs(300);
-        while !d.dir.join("client.toml").exists() {
-            if Instant::now() > deadline {
-                bail!(
-                    "hostel up was not ready in 300 s; see {}",
-                    d.dir.join("daemon.out").display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(())
-    }
-
-    fn cli(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.ns])
-            .arg(&self.hostel)
-            .args(args)
-            .env("HOSTEL_CONFIG", self.dir.join("client.toml"))
-            .output()?;
-        if !out.status.success() {
-            bail!("hostel {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.join("data")
-    }
-
-    fn vm_id(&self, name: &str) -> Result<String> {
-        let v: serde_json::Value =
-            serde_json::from_str(&self.cli(&["describe", name, "-o", "json"])?)?;
-        Ok(v["id"].as_str().unwrap_or_default().to_string())
-    }
-
-    fn rss_kib(&self) -> u64 {
-        rss_kib(self.child.id())
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        end(&mut self.child, &self.ns, &self.dir);
-    }
-}
-
-/// Ends `child`, then everything left in namespace `ns` (all of it started by this
-/// benchmark: QEMUs, virtlogd), removes the namespace and the directory `dir`.
-fn end(child: &mut Child, ns: &str, dir: &Path) {
-    let _ = child.kill();
-    let _ = child.wait();
-    if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
-        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-            let _ = Command::new("kill").args(["-9", pid]).status();
-        }
-    }
-    let _ = Command::new("ip").args(["netns", "del", ns]).status();
-    let _ = std::fs::remove_dir_all(dir);
-}
-
-fn run(cmd: &mut Command) -> Result<()> {
-    let st = cmd.status()?;
-    if !st.success() {
-        bail!("{cmd:?} failed");
-    }
-    Ok(())
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|n| n.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// An HTTP forward proxy listening inside namespace `ns` that relays each connection,
-/// from the bench's own namespace, to the port-80 host its request names.
-fn relay_proxy(ns: &str) -> Result<String> {
-    use std::io::{BufRead, BufReader, Write};
-    let path = format!("/run/netns/{ns}");
-    let listener = std::thread::spawn(move || -> Result<std::net::TcpListener> {
-        let f = std::fs::File::open(&path)?;
-        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)?;
-        Ok(std::net::TcpListener::bind("127.0.0.1:0")?)
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("the proxy thread panicked"))??;
-    let addr = listener.local_addr()?.to_string();
-    std::thread::spawn(move || {
-        for client in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(client.try_clone().ok()?);
-                let mut first = String::new();
-                reader.read_line(&mut first).ok()?;
-                let rest = first.split_whitespace().nth(1)?.strip_prefix("http://")?;
-                let host = rest.split('/').next()?;
-                let host = host.strip_suffix(":80").unwrap_or(host).to_string();
-                if host.contains(':') {
-                    return None;
-                }
-                let mut origin = std::net::TcpStream::connect((host.as_str(), 80)).ok()?;
-                origin.write_all(first.as_bytes()).ok()?;
-                origin.write_all(reader.buffer()).ok()?;
-                let mut up = reader.into_inner();
-                let mut o2 = origin.try_clone().ok()?;
-                let t = std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut up, &mut o2);
-                    let _ = o2.shutdown(std::net::Shutdown::Write);
-                });
-                let mut down = client;
-                let _ = std::io::copy(&mut origin, &mut down);
-                let _ = down.shutdown(std::net::Shutdown::Both);
-                let _ = t.join();
-                Some(())
-            });
-        }
-    });
-    Ok(addr)
-}
-
-/// Waits until `file` contains `needle`.
-fn wait_text(file: &Path, needle: &str, timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if std::fs::read(file)
-            .map(|b| String::from_utf8_lossy(&b).contains(needle))
-            .unwrap_or(false)
-        {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("no {needle:?} in {} within {timeout:?}", file.display());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn wait_marker(file: &Path, timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if std::fs::read(file)
-            .map(|b| String::from_utf8_lossy(&b).contains(READY))
-            .unwrap_or(false)
-        {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("no {READY} in {} within {timeout:?}", file.display());
-        }
-        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
@@ -343,145 +122,6 @@ fn plain_boot(d: &Daemon, cmdline: &str) -> Result<(f64, Child)> {
     Ok((t.elapsed().as_secs_f64(), child))
 }
 
-/// libvirt, for comparison: its own `libvirtd` and `virtlogd`, started for the benchmark
-/// in a network namespace and a private mount namespace of their own (so the host's
-/// /etc/libvirt/qemu.conf, /run/libvirt and /var/lib/libvirt are not touched), as root
-/// with `security_driver = "none"`; stopped and removed afterwards.
-struct Libvirt {
-    ns: String,
-    dir: PathBuf,
-    child: Child,
-    uri: String,
-}
-
-impl Libvirt {
-    fn start() -> Result<Libvirt> {
-        for tool in ["libvirtd", "virtlogd", "virsh"] {
-            if !Command::new("sh")
-                .args(["-c", &format!("command -v {tool}")])
-                .stdout(Stdio::null())
-                .status()?
-                .success()
-            {
-                bail!(
-                    "{tool} is missing: bench/run installs libvirt-daemon, \
-                     libvirt-daemon-driver-qemu and libvirt-clients from bookworm-backports"
-                );
-            }
-        }
-        let ns = format!("hostel-bench-lv-{}", std::process::id());
-        let dir = std::env::temp_dir().join(&ns);
-        for sub in ["run", "lib", "cache", "log"] {
-            std::fs::create_dir_all(dir.join(sub))?;
-        }
-        std::fs::write(
-            dir.join("qemu.conf"),
-            "security_driver = \"none\"\nuser = \"root\"\ngroup = \"root\"\n\
-             dynamic_ownership = 0\nremember_owner = 0\n",
-        )?;
-        std::fs::write(
-            dir.join("libvirtd.conf"),
-            "unix_sock_rw_perms = \"0700\"\nauth_unix_rw = \"none\"\n",
-        )?;
-        let d = dir.display();
-        std::fs::write(
-            dir.join("inner.sh"),
-            format!(
-                "set -e\nmount --make-rprivate /\n\
-                 mount --bind {d}/qemu.conf /etc/libvirt/qemu.conf\n\
-                 mkdir -p /run/libvirt /var/lib/libvirt /var/cache/libvirt /var/log/libvirt\n\
-                 mount --bind {d}/run /run/libvirt\n\
-                 mount --bind {d}/lib /var/lib/libvirt\n\
-                 mount --bind {d}/cache /var/cache/libvirt\n\
-                 mount --bind {d}/log /var/log/libvirt\n\
-                 virtlogd -d\n\
-                 exec libvirtd -f {d}/libvirtd.conf\n"
-            ),
-        )?;
-        run(Command::new("ip").args(["netns", "add", &ns]))?;
-        run(Command::new("ip").args(["-n", &ns, "link", "set", "lo", "up"]))?;
-        let log = std::fs::File::create(dir.join("libvirtd.out"))?;
-        // ip netns exec, unshare and sh all exec: the child's pid is libvirtd's.
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ns, "unshare", "-m", "sh"])
-            .arg(dir.join("inner.sh"))
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
-        let lv = Libvirt {
-            uri: format!("qemu:///system?socket={d}/run/libvirt-sock"),
-            ns,
-            dir,
-            child,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while lv.virsh(&["version"]).is_err() {
-            if Instant::now() > deadline {
-                bail!(
-                    "libvirtd did not answer in 60 s; see {}",
-                    lv.dir.join("libvirtd.out").display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(lv)
-    }
-
-    fn virsh(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new("virsh")
-            .args(["-q", "-c", &self.uri])
-            .args(args)
-            .output()?;
-        if !out.status.success() {
-            bail!("virsh {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    fn rss_kib(&self) -> u64 {
-        rss_kib(self.child.id())
-    }
-
-    /// A transient domain like the plain QEMU one: q35, TCG, `-cpu max`, 256 MiB, the
-    /// tiny image's kernel and initrd, a serial console to a file, balloon and pvpanic.
-    fn domain_xml(&self, name: &str, img: &Path, cmdline: &str, serial: &Path) -> String {
-        format!(
-            "<domain type='qemu'>\n  <name>{name}</name>\n  <memory unit='MiB'>256</memory>\n  \
-             <vcpu>1</vcpu>\n  <os>\n    <type arch='x86_64' machine='q35'>hvm</type>\n    \
-             <kernel>{k}</kernel>\n    <initrd>{i}</initrd>\n    <cmdline>{c} hostel.name={name}</cmdline>\n  \
-             </os>\n  <cpu mode='maximum'/>\n  <devices>\n    \
-             <emulator>/usr/bin/qemu-system-x86_64</emulator>\n    \
-             <controller type='usb' model='none'/>\n    \
-             <serial type='file'><source path='{s}'/><target port='0'/></serial>\n    \
-             <memballoon model='virtio'/>\n    <panic model='pvpanic'/>\n  </devices>\n</domain>\n",
-            k = img.join("vmlinuz").display(),
-            i = img.join("initrd.img").display(),
-            c = cmdline.trim(),
-            s = serial.display(),
-        )
-    }
-}
-
-impl Drop for Libvirt {
-    fn drop(&mut self) {
-        end(&mut self.child, &self.ns, &self.dir);
-    }
-}
-
-/// `virsh create` → ready marker, then `virsh destroy`: (boot s, destroy s).
-fn libvirt_boot(lv: &Libvirt, img: &Path, cmdline: &str, i: usize) -> Result<(f64, f64)> {
-    let name = format!("lv{i}");
-    let serial = lv.dir.join(format!("{name}.serial"));
-    let xml = lv.dir.join(format!("{name}.xml"));
-    std::fs::write(&xml, lv.domain_xml(&name, img, cmdline, &serial))?;
-    let t = Instant::now();
-    lv.virsh(&["create", xml.to_str().unwrap_or_default()])?;
-    wait_marker(&serial, Duration::from_secs(120))?;
-    let boot = t.elapsed().as_secs_f64();
-    let destroy = timed(|| lv.virsh(&["destroy", &name]).map(|_| ()))?;
-    Ok((boot, destroy))
-}
-
 /// Every image carries this much real data (the rest is sparse), so a full copy has
 /// something to copy while the images' sizes differ tenfold.
 const DATA_MIB: usize = 1024;
@@ -495,12 +135,6 @@ fn fill(path: &Path, mib: usize) -> Result<()> {
     }
     f.sync_all()?;
     Ok(())
-}
-
-fn timed(f: impl FnOnce() -> Result<()>) -> Result<f64> {
-    let t = Instant::now();
-    f()?;
-    Ok(t.elapsed().as_secs_f64())
 }
 
 /// A SIMULATED fleet of agents (`hostel-simagent`, one process, a port per host) that
@@ -620,7 +254,7 @@ fn wait_hosts_online(d: &Daemon, want: usize) -> Result<()> {
 }
 
 /// p50, p99 and the rate of a set of latencies, as a table row.
-fn latency_row(what: String, v: &mut [f64], budget: &str) -> Row {
+pub(crate) fn latency_row(what: String, v: &mut [f64], budget: &str) -> Row {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let pct = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize] * 1e3;
     let total: f64 = v.iter().sum();
@@ -638,204 +272,6 @@ fn latency_row(what: String, v: &mut [f64], budget: &str) -> Row {
     }
 }
 
-/// The control plane at scale: `vms` VMs on `hosts` simulated hosts (and the real local
-/// one), through the real API and CLI.
-fn fleet(d: &Daemon, hosts: usize, vms: usize, samples: usize, round: usize) -> Result<Vec<Row>> {
-    let (url, token) = d.client()?;
-    let curl = |path: &str| -> Result<f64> {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &d.ns,
-                "curl",
-                "-sf",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{time_total}",
-            ])
-            .arg("-H")
-            .arg(format!("Authorization: Bearer {token}"))
-            .arg(format!("{url}{path}"))
-            .output()?;
-        if !out.status.success() {
-            bail!("GET {path} failed");
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
-    };
-    let what = |s: &str| format!("simulated fleet ({hosts} hosts, {vms} VMs): {s}");
-    let mut rows = Vec::new();
-    // Spread over the whole list: the k-th sample looks at a pseudo-random VM or host.
-    let pick = |i: usize, n: usize| (i * 7919 + 13) % n;
-    let mut first = Vec::new();
-    let mut deep = Vec::new();
-    let mut by_host = Vec::new();
-    for i in 0..samples * 10 {
-        first.push(curl("/api/v1/vms")?);
-        deep.push(curl(&format!("/api/v1/vms?after=sim{}", pick(i, vms)))?);
-        by_host.push(curl(&format!(
-            "/api/v1/vms?host=simhost-{}",
-            pick(i, hosts)
-        ))?);
-    }
-    rows.push(latency_row(
-        what("list, first page of 1,000, API"),
-        &mut first,
-        "p99 ≤ 50 ms",
-    ));
-    rows.push(latency_row(
-        what("list, a page of 1,000 anywhere in the list, API"),
-        &mut deep,
-        "p99 ≤ 50 ms",
-    ));
-    rows.push(latency_row(
-        what(&format!("list of one host's VMs ({}), API", vms / hosts)),
-        &mut by_host,
-        "p99 ≤ 50 ms",
-    ));
-    let mut whole = Vec::new();
-    for _ in 0..3 {
-        whole.push(timed(|| d.cli(&["list", "-o", "json"]).map(|_| ()))?);
-    }
-    let whole = median(&mut whole);
-    rows.push(Row {
-        what: what("the whole list, every page, `hostel list -o json` (s)"),
-        hostel: format!("{whole:.2} ({:.0} VMs/s)", vms as f64 / whole),
-        peer: "n/a".into(),
-        ratio: "".into(),
-        budget: "".into(),
-    });
-    let mut describe = Vec::new();
-    for i in 0..samples * 10 {
-        describe.push(curl(&format!("/api/v1/vms/sim{}", pick(i, vms)))?);
-    }
-    rows.push(latency_row(
-        what("describe, API (asks the VM's simulated host)"),
-        &mut describe,
-        "",
-    ));
-    // Placement over the whole fleet: VMs with nothing host-bound (a kernel file, a
-    // blank disk) go to the online host with the most memory free.
-    let sim_create = |name: &str| -> Result<()> {
-        d.cli(&[
-            "create",
-            name,
-            "--kernel",
-            "/simulated/vmlinuz",
-            "--memory",
-            "512M",
-            "--disk",
-            "1G",
-            "--no-start",
-            "--no-network",
-        ])
-        .map(|_| ())
-    };
-    let mut placed = Vec::new();
-    for i in 0..samples * 2 {
-        let name = format!("placed{round}x{i}");
-        placed.push(timed(|| sim_create(&name))?);
-    }
-    let host = serde_json::from_str::<serde_json::Value>(&d.cli(&[
-        "describe",
-        &format!("placed{round}x0"),
-        "-o",
-        "json",
-    ])?)?["host"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    if !host.starts_with("simhost-") {
-        bail!("a VM with nothing host-bound was placed on {host:?}, not on a simulated host");
-    }
-    rows.push(latency_row(
-        what("create --no-start placed over the fleet, CLI"),
-        &mut placed,
-        "",
-    ));
-    // Placements per second: 4 clients creating at once.
-    let (clients, each) = (4, samples * 2);
-    let t = Instant::now();
-    std::thread::scope(|s| -> Result<()> {
-        let hs: Vec<_> = (0..clients)
-            .map(|c| {
-                let sim_create = &sim_create;
-                s.spawn(move || -> Result<()> {
-                    for i in 0..each {
-                        sim_create(&format!("burst{round}c{c}x{i}"))?;
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        for h in hs {
-            h.join()
-                .map_err(|_| anyhow::anyhow!("a client panicked"))??;
-        }
-        Ok(())
-    })?;
-    let rate = (clients * each) as f64 / t.elapsed().as_secs_f64();
-    rows.push(Row {
-        what: what(&format!(
-            "placements: create --no-start by {clients} CLI clients at once (VMs/s)"
-        )),
-        hostel: format!("{rate:.1}"),
-        peer: "n/a".into(),
-        ratio: "".into(),
-        budget: "".into(),
-    });
-    // Start and destroy on simulated hosts: the controller's round trip to the agent.
-    let (mut start, mut stop) = (Vec::new(), Vec::new());
-    for i in 0..samples {
-        let name = format!("placed{round}x{i}");
-        start.push(timed(|| d.cli(&["start", &name]).map(|_| ()))?);
-        stop.push(timed(|| d.cli(&["destroy", &name]).map(|_| ()))?);
-    }
-    rows.push(latency_row(
-        what("start, CLI, simulated host"),
-        &mut start,
-        "",
-    ));
-    rows.push(latency_row(
-        what("destroy, CLI, simulated host"),
-        &mut stop,
-        "",
-    ));
-    let mut create = Vec::new();
-    for i in 0..samples * 2 {
-        let name = format!("fleetnew{round}x{i}");
-        create.push(timed(|| {
-            d.cli(&[
-                "create",
-                &name,
-                "--image",
-                "tiny",
-                "--memory",
-                "64M",
-                "--no-start",
-                "--no-network",
-            ])
-            .map(|_| ())
-        })?);
-    }
-    rows.push(latency_row(
-        what("create --no-start from the tiny image (on its host, the real local agent), CLI"),
-        &mut create,
-        "",
-    ));
-    rows.push(Row {
-        what: format!(
-            "RSS of `hostel up` with {vms} VMs and {hosts} connected simulated agents, after the above (MiB)"
-        ),
-        hostel: format!("{:.1}", d.rss_kib() as f64 / 1024.0),
-        peer: "n/a".into(),
-        ratio: "".into(),
-        budget: "controller ≤ 60 MB at 10,000 VMs".into(),
-    });
-    Ok(rows)
-}
-
 /// A short label for the plot: what, against whom.
 fn plot_label(r: &Row) -> String {
     let what = r.what.split([',', '(']).next().unwrap_or(&r.what).trim();
@@ -850,18 +286,22 @@ fn plot_label(r: &Row) -> String {
         .replace('"', "'")
 }
 
-struct Row {
-    what: String,
-    hostel: String,
-    peer: String,
-    ratio: String,
-    budget: String,
+pub(crate) struct Row {
+    pub(crate) what: String,
+    pub(crate) hostel: String,
+    pub(crate) peer: String,
+    pub(crate) ratio: String,
+    pub(crate) budget: String,
 }
 
 fn main() -> Result<()> {
     let args = parse_args()?;
     let mut d = Daemon::start(&args.hostel)?;
     let lv = Libvirt::start()?;
+    if args.only.is_some() {
+        let rows = latency::rows(&d, &lv, args.create_runs)?;
+        return write_out(&args, &d, &lv, &rows);
+    }
     let lv_idle = lv.rss_kib();
     let mut rows = Vec::new();
 
@@ -911,6 +351,9 @@ fn main() -> Result<()> {
         ratio: format!("{:.3}", dm / lm),
         budget: "≤ 0.1 s".into(),
     });
+
+    // b2. create → QEMU running (the control plane's own share), against `virsh create`.
+    rows.extend(latency::rows(&d, &lv, args.create_runs)?);
 
     // c. provisioning from a large image against a full copy.
     let sizes: &[u64] = if args.quick { &[2] } else { &[2, 20] };
@@ -1118,7 +561,7 @@ fn main() -> Result<()> {
             ratio: "".into(),
             budget: "".into(),
         });
-        rows.extend(fleet(&d, hosts, vms, samples, round)?);
+        rows.extend(fleet::fleet(&d, hosts, vms, samples, round)?);
         had = vms;
     }
     let _ = sim.child.kill();
@@ -1134,10 +577,16 @@ fn main() -> Result<()> {
         });
     }
 
+    write_out(&args, &d, &lv, &rows)
+}
+
+/// Prints the table and, with `--out`, writes it as the benchmarks document with the plot's
+/// data beside it.
+fn write_out(args: &Args, d: &Daemon, lv: &Libvirt, rows: &[Row]) -> Result<()> {
     let mut table = String::from(
         "| measurement | Hostel | peer | ratio | budget |\n| --- | --- | --- | --- | --- |\n",
     );
-    for r in &rows {
+    for r in rows {
         table.push_str(&format!(
             "| {} | {} | {} | {} | {} |\n",
             r.what, r.hostel, r.peer, r.ratio, r.budget
@@ -1181,6 +630,7 @@ fn main() -> Result<()> {
              libvirt {} runs in a network and mount namespace of the benchmark's own, as root with \
              `security_driver = \"none\"`; its domain is the plain QEMU guest in XML (q35, TCG, `-cpu max`, \
              256 MiB, the tiny image's kernel and initrd, serial to a file, balloon, pvpanic).\n\n\
+             {}\n\n\
              The simulated fleet is the one fake in these benchmarks: `hostel-simagent` (crates/hostel-bench/src/bin), \
              one process serving 1,000 SIMULATED agents, each on a port of its own with the agent API over mutual TLS \
              (a certificate from `hostel agent-cert`), the same wire types as `hostel agent`, no QEMU. The hosts \
@@ -1195,7 +645,8 @@ fn main() -> Result<()> {
             lv.virsh(&["version", "--daemon"])
                 .ok()
                 .and_then(|v| v.lines().find(|l| l.contains("daemon")).map(|l| l.trim().to_string()))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            latency::NOTE,
         );
         // The plot's data: one ratio per row that has one.
         let mut tsv = String::new();
