@@ -355,23 +355,28 @@ impl Controller {
             }
         }
         let op = self.store.begin_operation(Some(&vm_id), "create").await?;
+        let mut started = None;
         if req.start {
             let lock = self.vm_lock(&vm_id);
             let _g = lock.lock().await;
-            if let Err(e) = self.start_locked(&record, None).await {
-                // A failed create removes everything it made.
-                let _ = agent.forget_vm(&vm_id).await;
-                let _ = self.store.delete_vm(&vm_id).await;
-                self.remove_disk_files(&agent, &disks).await;
-                let _ = self.sync_networks().await;
-                return Err(
-                    e.context("the VM was created but could not start, so nothing was kept")
-                );
+            match self.start_locked(&record, None).await {
+                Ok(status) => started = Some(status),
+                Err(e) => {
+                    // A failed create removes everything it made.
+                    let _ = agent.forget_vm(&vm_id).await;
+                    let _ = self.store.delete_vm(&vm_id).await;
+                    self.remove_disk_files(&agent, &disks).await;
+                    let _ = self.sync_networks().await;
+                    return Err(
+                        e.context("the VM was created but could not start, so nothing was kept")
+                    );
+                }
             }
         }
         self.store.finish_operation(&op, None).await?;
         let vm = self.vm_named(ctx, &req.name).await?;
-        self.view(&vm, true).await
+        // What runs is what the start just answered: no second call to the host.
+        self.view_with(&vm, true, started).await
     }
 
     /// How a new VM boots: checks the firmware, CD-ROM and kernel asked for.

@@ -138,12 +138,23 @@ impl Controller {
 
     /// What the API shows of a VM; `live`: ask its host for what runs now.
     pub(crate) async fn view(&self, vm: &VmRecord, live: bool) -> Res<Vm> {
+        self.view_with(vm, live, None).await
+    }
+
+    /// [`Self::view`], with the status the host's agent has just given (a start's
+    /// answer), so that the host is not asked again.
+    pub(crate) async fn view_with(
+        &self,
+        vm: &VmRecord,
+        live: bool,
+        known: Option<wire::VmStatus>,
+    ) -> Res<Vm> {
         let state = vm.state;
         let spec = self.spec_of(vm).await?;
         let image = self.image_of(vm).await?;
         let disks = self.store.disks_of(&vm.id).await?;
-        let mut status = None;
-        if live && state.has_process() {
+        let mut status = known.filter(|s| s.state == state);
+        if status.is_none() && live && state.has_process() {
             if let Some(agent) = vm.host_id.as_deref().and_then(|h| self.agent(h)) {
                 status = agent.get_vm(&vm.id).await.ok();
             }

@@ -187,7 +187,12 @@ impl Controller {
         Ok((out, next))
     }
 
-    pub(crate) async fn start_locked(&self, vm: &VmRecord, restore_from: Option<&str>) -> Res<()> {
+    /// Starts the VM on its host and records what the host says; the host's answer.
+    pub(crate) async fn start_locked(
+        &self,
+        vm: &VmRecord,
+        restore_from: Option<&str>,
+    ) -> Res<wire::VmStatus> {
         let agent = self.host_agent(vm)?;
         let spec = self.spec_of(vm).await?;
         let status = agent
@@ -203,7 +208,7 @@ impl Controller {
         self.store
             .set_vm_state(&vm.id, status.state, status.reason.as_deref(), status.pid)
             .await?;
-        Ok(())
+        Ok(status)
     }
 
     /// Runs `f` under the VM's lock as a recorded operation, after checking the state.
@@ -259,7 +264,7 @@ impl Controller {
                 .into());
             }
             let _quota = self.charge_start(&vm).await?;
-            self.start_locked(&vm, None).await
+            self.start_locked(&vm, None).await.map(|_| ())
         })
         .await
     }
