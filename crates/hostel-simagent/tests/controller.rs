@@ -11,20 +11,18 @@ use hostel_api::public::*;
 use hostel_controller::agent_client::{AgentClient, ClientTls};
 use hostel_controller::context::{Ctx, SystemActor};
 use hostel_controller::error::Error;
-use hostel_controller::{Controller, ControllerConfig};
+use hostel_controller::testing::TestController;
+use hostel_controller::Controller;
 use hostel_model::{Op, VmState};
 use hostel_simagent::SimHost;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const ADMIN_TOKEN: &str =
-    "hostel-tok-admin.0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-
 struct Cluster {
     c: Arc<Controller>,
     admin: Ctx,
     sims: Vec<Arc<SimHost>>,
-    _dir: tempfile::TempDir,
+    t: TestController,
 }
 
 impl Cluster {
@@ -32,78 +30,37 @@ impl Cluster {
     async fn new(hosts: usize) -> Cluster {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let certs: Certs = certs();
-        let dir = tempfile::tempdir().unwrap();
-        let store =
-            hostel_store::Store::open(&format!("sqlite://{}/hostel.db", dir.path().display()))
-                .await
-                .unwrap();
-        let c = Controller::new(
-            store,
-            ControllerConfig {
-                data_dir: dir.path().to_path_buf(),
-                admin_token: ADMIN_TOKEN.into(),
-                log_file: dir.path().join("hostel.log"),
-                default_lease_days: None,
-                web_dir: None,
-            },
-        );
-        let tls = ClientTls {
+        let t = TestController::new().await;
+        let tls = || ClientTls {
             ca_pem: certs.ca.clone(),
             cert_pem: certs.controller.0.clone(),
             key_pem: certs.controller.1.clone(),
         };
-        c.set_agent_tls(ClientTls {
-            ca_pem: tls.ca_pem.clone(),
-            cert_pem: tls.cert_pem.clone(),
-            key_pem: tls.key_pem.clone(),
-        })
-        .unwrap();
+        t.c.set_agent_tls(tls()).unwrap();
         let mut sims = Vec::new();
         for i in 0..hosts {
-            let sim = Arc::new(SimHost::new(i, hosts, dir.path().join("no-fleet")));
+            let sim = Arc::new(SimHost::new(i, hosts, t.dir.path().join("no-fleet")));
             let url = serve_sim(&certs, sim.clone());
-            c.add_host(AgentClient::new(&url, &tls).unwrap())
+            t.c.add_host(AgentClient::new(&url, &tls()).unwrap())
                 .await
                 .unwrap();
             sims.push(sim);
         }
-        c.bootstrap_admin(ADMIN_TOKEN).await.unwrap();
-        let admin = Ctx::user(c.caller_for(ADMIN_TOKEN).await.unwrap(), "test");
         Cluster {
-            c,
-            admin,
+            c: t.c.clone(),
+            admin: Ctx::user(t.admin.caller().unwrap().clone(), "test"),
             sims,
-            _dir: dir,
+            t,
         }
     }
 
     async fn user(&self, name: &str) -> Ctx {
-        self.c
-            .create_user(
-                &self.admin,
-                CreateUserRequest {
-                    name: name.into(),
-                    password: None,
-                    admin: false,
-                },
-            )
-            .await
-            .unwrap();
-        let t = self
-            .c
-            .create_token(
-                &self.admin,
-                Some(name),
-                CreateTokenRequest {
-                    name: "t".into(),
-                    read_only: false,
-                    expires_in_days: Some(1),
-                    expires_at: None,
-                },
-            )
-            .await
-            .unwrap();
-        Ctx::user(self.c.caller_for(&t.token).await.unwrap(), "test")
+        self.t.user(name).await
+    }
+
+    /// A user's context made again (their groups are read when a token is checked).
+    async fn user_again(&self, name: &str) -> Ctx {
+        self.t.context_of(name).await
     }
 
     /// The `tiny` image, built (simulated) on the first host through a task.
@@ -363,25 +320,4 @@ async fn others_vms_do_not_exist_until_shared_with_a_group() {
             .await
             .unwrap_err();
     assert!(matches!(e, Error::Conflict { .. }), "{e:?}");
-}
-
-impl Cluster {
-    /// A user's context made again (their groups are read when a token is checked).
-    async fn user_again(&self, name: &str) -> Ctx {
-        let t = self
-            .c
-            .create_token(
-                &self.admin,
-                Some(name),
-                CreateTokenRequest {
-                    name: format!("t{}", hostel_store::new_id("x")),
-                    read_only: false,
-                    expires_in_days: Some(1),
-                    expires_at: None,
-                },
-            )
-            .await
-            .unwrap();
-        Ctx::user(self.c.caller_for(&t.token).await.unwrap(), "test")
-    }
 }

@@ -1,8 +1,8 @@
 //! Who may do what: users, admins and Hostel's own actors, each with only its rights.
 
-use super::Harness;
 use crate::context::{Ctx, SystemActor};
 use crate::error::Error;
+use crate::testing::TestController as Harness;
 use hostel_api::public::*;
 
 #[tokio::test]
