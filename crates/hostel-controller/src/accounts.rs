@@ -578,7 +578,7 @@ impl Controller {
     /// and per source address; too many lock both out for a while.
     /// A password login from `source`, recorded in the audit trail either way.
     pub async fn login(&self, req: LoginRequest, source: &str) -> Res<NewToken> {
-        let user = req.user.clone();
+        let user = crate::audit::short(&req.user);
         let r = self.check_login(req, source).await;
         self.record_audit(AuditRecord {
             id: new_id("aud"),

@@ -80,6 +80,17 @@ impl Controller {
     }
 }
 
+/// What an entry keeps of a name the request gave (a user name at a login, a name in a
+/// path): names are at most 63 characters, so anything longer is cut, and an
+/// unauthenticated request cannot write megabytes into the trail.
+pub fn short(name: &str) -> String {
+    const MAX: usize = 64;
+    match name.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}…", &name[..i]),
+        None => name.to_string(),
+    }
+}
+
 /// An audit row for an event that is not a request (a console attach or detach, the
 /// lease reaper's shutdown), about the VM `vm` (id if known, name).
 pub fn event_record(
@@ -105,5 +116,17 @@ pub fn event_record(
         }
         .to_string(),
         error: error.map(|e| e.message()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names_in_the_trail_are_cut_to_a_name_s_length() {
+        assert_eq!(super::short("web-1"), "web-1");
+        let long = "é".repeat(2_000_000);
+        let kept = super::short(&long);
+        assert_eq!(kept.chars().count(), 65);
+        assert!(kept.ends_with('…'));
     }
 }

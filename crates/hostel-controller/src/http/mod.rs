@@ -250,7 +250,7 @@ fn target_in_path(route: &str, path: &str) -> Option<String> {
     r.iter()
         .zip(&p)
         .find(|(r, _)| **r == "{name}" || **r == "{owner}")
-        .map(|(_, p)| p.to_string())
+        .map(|(_, p)| crate::audit::short(p))
 }
 
 /// Authenticates every API request, refuses what the caller's token or role does not

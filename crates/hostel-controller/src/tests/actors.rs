@@ -130,3 +130,39 @@ async fn a_token_cannot_outlive_the_token_that_makes_it() {
     assert!(t.read_only);
     assert_eq!(carol.note().target.as_deref(), Some("short"));
 }
+
+#[tokio::test]
+async fn a_token_outliving_its_maker_is_refused_whatever_the_offset_says() {
+    use time::format_description::well_known::Rfc3339;
+    let h = Harness::new().await;
+    // Carol's token expires in a day; she asks for one 23 hours later than that, written
+    // with an offset of -23:59: as text it sorts before her token's end, as a time it is
+    // after it.
+    let carol = h.user("carol").await;
+    let limit = carol.caller().unwrap().token_expires_at.unwrap();
+    let later = time::OffsetDateTime::parse(&limit.to_string(), &Rfc3339).unwrap()
+        + time::Duration::hours(23);
+    let written = later
+        .to_offset(time::UtcOffset::from_hms(-23, -59, 0).unwrap())
+        .format(&Rfc3339)
+        .unwrap();
+    assert!(
+        written < limit.to_string(),
+        "{written} sorts before {limit}"
+    );
+    let e =
+        h.c.create_token(
+            &carol,
+            None,
+            CreateTokenRequest {
+                name: "sneaky".into(),
+                read_only: false,
+                expires_in_days: None,
+                expires_at: Some(written),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Invalid { .. }), "{e:?}");
+    assert!(e.message().contains("expires at"), "{e}");
+}
