@@ -159,7 +159,10 @@ async fn debian_image_boots_to_login_with_the_seed() {
     assert_eq!(hostname, "deb1");
     d.ok(&["destroy", "deb1"]);
 
-    // The same image under UEFI: systemd-boot from the boot partition.
+    // The same image under UEFI: systemd-boot from the boot partition. One vCPU: under
+    // TCG a two-vCPU Debian kernel sometimes stalls at boot (an RCU stall while a module's
+    // init waits on the other vCPU, seen once in three full runs), which is QEMU's
+    // emulation, not what this test is about.
     d.ok(&[
         "create",
         "deb2",
@@ -169,8 +172,6 @@ async fn debian_image_boots_to_login_with_the_seed() {
         "uefi",
         "--memory",
         "1G",
-        "--vcpus",
-        "2",
     ]);
     let mut c = d.console("deb2").await;
     c.wait_for("deb2 login:", Duration::from_secs(420)).await;
