@@ -111,7 +111,7 @@ pub fn event_record(
         params: Some(params.to_string()),
         result: match error {
             None => "ok",
-            Some(Error::NotFound { .. } | Error::Forbidden(_) | Error::Unauthorized(_)) => "denied",
+            Some(e) if e.is_refusal() => "denied",
             Some(_) => "failed",
         }
         .to_string(),

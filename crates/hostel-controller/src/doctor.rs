@@ -1,6 +1,8 @@
-//! `hostel doctor`: what the database says, compared with what the hosts hold.
+//! An admin's diagnostics: `hostel doctor` (what the database says, compared with what
+//! the hosts hold) and `hostel dmesg` (the daemon's log).
 
 use crate::context::Ctx;
+use crate::error::Error;
 use crate::Controller;
 use hostel_api::agent::AgentApi;
 use hostel_api::agent::{self as wire};
@@ -98,5 +100,17 @@ impl Controller {
             images.len()
         ));
         Ok(DoctorReport { problems, checked })
+    }
+
+    /// The last `lines` lines of the daemon's log (admins).
+    pub fn dmesg(&self, ctx: &Ctx, lines: usize) -> Res<Vec<String>> {
+        ctx.require_admin()?;
+        if lines > 100_000 {
+            return Err(Error::invalid("lines", "--lines is at most 100000"));
+        }
+        let text = std::fs::read_to_string(&self.cfg.log_file).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        let n = lines.min(all.len());
+        Ok(all[all.len() - n..].iter().map(|s| s.to_string()).collect())
     }
 }

@@ -92,6 +92,18 @@ impl Error {
         Error::Internal(anyhow::anyhow!(message.into()))
     }
 
+    /// Was the request refused (who asked, or what they may see), rather than failed?
+    /// The audit trail files the first as `denied`, the rest as `failed`.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            Error::NotFound { .. }
+                | Error::Forbidden(_)
+                | Error::Unauthorized(_)
+                | Error::RateLimited(_)
+        )
+    }
+
     /// The error's message, for people and for the audit trail.
     pub fn message(&self) -> String {
         self.to_string()

@@ -15,7 +15,7 @@ impl Controller {
     /// Every recorded host (or `only` that one), with its agent's connection state and
     /// what runs on it: from the database and the controller's own connection state (no
     /// agent is asked).
-    pub async fn hosts_info(&self, _ctx: &Ctx, only: Option<&str>) -> Res<Vec<HostInfo>> {
+    pub(crate) async fn hosts_info(&self, only: Option<&str>) -> Res<Vec<HostInfo>> {
         let usage = self
             .store
             .host_usage(&crate::vms::live_states(), only)
@@ -50,7 +50,7 @@ impl Controller {
     /// Every recorded host, for admins.
     pub async fn list_hosts(&self, ctx: &Ctx) -> Res<Vec<HostInfo>> {
         ctx.require_admin()?;
-        self.hosts_info(ctx, None).await
+        self.hosts_info(None).await
     }
 
     /// Adds the host whose agent answers at `url`: checks that it answers (over mutual
@@ -107,7 +107,7 @@ impl Controller {
             }
         }
         let id = self.add_host(agent).await?;
-        self.hosts_info(ctx, Some(&id))
+        self.hosts_info(Some(&id))
             .await?
             .pop()
             .ok_or_else(|| Error::from(anyhow::anyhow!("host {id} vanished")))

@@ -333,16 +333,4 @@ impl Controller {
         }
         Ok(out)
     }
-
-    /// The last `lines` lines of the daemon's log (admins).
-    pub fn dmesg(&self, ctx: &Ctx, lines: usize) -> Res<Vec<String>> {
-        ctx.require_admin()?;
-        if lines > 100_000 {
-            return Err(Error::invalid("lines", "--lines is at most 100000"));
-        }
-        let text = std::fs::read_to_string(&self.cfg.log_file).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        let n = lines.min(all.len());
-        Ok(all[all.len() - n..].iter().map(|s| s.to_string()).collect())
-    }
 }

@@ -461,38 +461,28 @@ impl Controller {
         self.sync_networks().await
     }
 
-    pub async fn forwards(&self, _ctx: &Ctx, name: Option<&str>) -> Res<Vec<PortForward>> {
-        let vms: std::collections::HashMap<String, VmRecord> = self
+    /// The port forwards of the VM `name`: its own NICs and forwards, not every VM's.
+    pub async fn forwards(&self, ctx: &Ctx, name: &str) -> Res<Vec<PortForward>> {
+        let vm = self.vm_named(ctx, name).await?;
+        let nics = self.store.nics_of(&vm.id).await?;
+        Ok(self
             .store
-            .vms()
+            .forwards()
             .await?
             .into_iter()
-            .map(|v| (v.id.clone(), v))
-            .collect();
-        let nics: std::collections::HashMap<String, String> = self
-            .store
-            .all_nics()
-            .await?
-            .into_iter()
-            .map(|n| (n.id, n.ip))
-            .collect();
-        let mut out = Vec::new();
-        for f in self.store.forwards().await? {
-            let Some(vm) = vms.get(&f.vm_id) else {
-                continue;
-            };
-            if name.is_some_and(|n| n != vm.name) {
-                continue;
-            }
-            out.push(PortForward {
+            .filter(|f| f.vm_id == vm.id)
+            .map(|f| PortForward {
                 vm: vm.name.clone(),
+                ip: nics
+                    .iter()
+                    .find(|n| n.id == f.nic_id)
+                    .map(|n| n.ip.clone())
+                    .unwrap_or_default(),
                 proto: f.proto,
                 host_port: f.host_port,
                 guest_port: f.guest_port,
-                ip: nics.get(&f.nic_id).cloned().unwrap_or_default(),
-            });
-        }
-        Ok(out)
+            })
+            .collect())
     }
 
     pub async fn add_forward(

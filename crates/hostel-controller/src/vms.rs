@@ -37,37 +37,36 @@ impl Controller {
             )
         };
         let vm = self.store.vm_by_name(name).await?.ok_or_else(missing)?;
-        if ctx.may_operate(&vm) {
-            Ok(vm)
-        } else {
-            Err(missing())
+        if !ctx.may_operate(&vm) {
+            return Err(missing());
         }
+        // What the operation acts on, for its audit entry.
+        ctx.target(&vm.name, Some(&vm.id));
+        Ok(vm)
     }
 
     /// Save files of non-admins live in `DATA/saves/USER/`; admins may name any path.
     pub(crate) fn check_save_path(&self, ctx: &Ctx, path: &str) -> Res<()> {
         if !ctx.is_admin() {
             let c = ctx.caller()?;
-            {
-                let dir = self.cfg.data_dir.join("saves").join(&c.user_name);
-                let p = std::path::Path::new(path);
-                let inside = p.starts_with(&dir)
-                    && !p
-                        .components()
-                        .any(|x| matches!(x, std::path::Component::ParentDir));
-                if !inside {
-                    return Err(Invalid::new(
-                        "path",
-                        format!(
-                            "{path} is outside your save directory: save to a file in {}/",
-                            dir.display()
-                        ),
-                    )
-                    .into());
-                }
-                // All-in-one: the controller's data dir is the host's.
-                let _ = std::fs::create_dir_all(&dir);
+            let dir = self.cfg.data_dir.join("saves").join(&c.user_name);
+            let p = std::path::Path::new(path);
+            let inside = p.starts_with(&dir)
+                && !p
+                    .components()
+                    .any(|x| matches!(x, std::path::Component::ParentDir));
+            if !inside {
+                return Err(Invalid::new(
+                    "path",
+                    format!(
+                        "{path} is outside your save directory: save to a file in {}/",
+                        dir.display()
+                    ),
+                )
+                .into());
             }
+            // All-in-one: the controller's data dir is the host's.
+            let _ = std::fs::create_dir_all(&dir);
         }
         Ok(())
     }
@@ -500,7 +499,7 @@ impl Controller {
     }
 
     pub async fn info(&self, ctx: &Ctx) -> Res<Info> {
-        let mut hosts = self.hosts_info(ctx, None).await?;
+        let mut hosts = self.hosts_info(None).await?;
         // Where agents and the data live is for admins (`hostel host list`).
         let admin = ctx.is_admin();
         if !admin {

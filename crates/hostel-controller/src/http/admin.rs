@@ -97,11 +97,7 @@ pub(super) async fn delete_image(
 
 #[utoipa::path(get, path = "/api/v1/tasks/{id}", params(("id" = String, Path)),
     responses((status = 200, body = Task), (status = 404, body = ErrorBody)))]
-pub(super) async fn get_task(
-    State(c): S,
-    Extension(_ctx): X,
-    ApiPath(id): ApiPath<String>,
-) -> R<Task> {
+pub(super) async fn get_task(State(c): S, ApiPath(id): ApiPath<String>) -> R<Task> {
     Ok(Json(c.task(&id).await?))
 }
 

@@ -53,8 +53,7 @@ pub(super) async fn list_forwards(
     Extension(ctx): X,
     ApiPath(name): ApiPath<String>,
 ) -> R<Vec<PortForward>> {
-    c.vm_named(&ctx, &name).await?;
-    Ok(Json(c.forwards(&ctx, Some(&name)).await?))
+    Ok(Json(c.forwards(&ctx, &name).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{name}/port-forwards", params(("name" = String, Path)), request_body = PortForwardRequest,

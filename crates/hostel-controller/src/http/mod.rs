@@ -278,17 +278,12 @@ async fn auth(State(c): S, mut req: Request, next: Next) -> Response {
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("")
         .to_string();
-    let mut trail = Trail {
+    let trail = Trail {
         action: action_of(&method, &route),
         target: target_in_path(&route, &path),
-        vm_id: None,
+        vm_route: route.starts_with("/api/v1/vms/{name}"),
         source: source.clone(),
     };
-    if route.starts_with("/api/v1/vms/{name}") {
-        if let Some(n) = &trail.target {
-            trail.vm_id = c.store.vm_by_name(n).await.ok().flatten().map(|v| v.id);
-        }
-    }
     let caller = match c.caller_for(&token).await {
         Ok(caller) => caller,
         Err(e) => {
@@ -329,7 +324,8 @@ async fn auth(State(c): S, mut req: Request, next: Next) -> Response {
 struct Trail {
     action: &'static str,
     target: Option<String>,
-    vm_id: Option<String>,
+    /// A route under `/api/v1/vms/{name}`: its target is a VM's name.
+    vm_route: bool,
     source: String,
 }
 
@@ -363,6 +359,16 @@ impl Trail {
             "failed"
         };
         let note = ctx.map(|x| x.note()).unwrap_or_default();
+        // The operation noted the VM it found; a request refused before that (no token,
+        // read-only, or a VM the caller may not see) is filed under the VM its path names,
+        // so that the VM's owner sees the attempt.
+        let vm_id = match (note.vm_id, &self.target) {
+            (Some(id), _) => Some(id),
+            (None, Some(name)) if self.vm_route => {
+                c.store.vm_by_name(name).await.ok().flatten().map(|v| v.id)
+            }
+            _ => None,
+        };
         c.record_audit(hostel_store::AuditRecord {
             id: hostel_store::new_id("aud"),
             at: hostel_store::now(),
@@ -370,7 +376,7 @@ impl Trail {
             source: self.source,
             action: note.action.unwrap_or(self.action).to_string(),
             target: note.target.or(self.target),
-            vm_id: note.vm_id.or(self.vm_id),
+            vm_id,
             params: note.params.map(|p| p.to_string()),
             result: result.into(),
             error,
