@@ -1,12 +1,12 @@
 //! The host side of VM networking: the controller sends the whole desired network state
-//! (`PUT /v1/networks`) and the agent converges bridges, dnsmasq and NAT to it; a VM's
+//! (`PUT /v1/networks`) and the agent converges the filter, bridges, dnsmasq and NAT to it; a VM's
 //! taps and port guards come and go with its QEMU.
 
 use crate::{AgentError, Shared};
 use anyhow::{anyhow, Context};
-use hostel_api::agent::{NetworksState, NicSpec, VmSpec};
-use hostel_model::net::{bridge_name, link_local, parse_mac, NetMode};
-use hostel_net::{dnsmasq, guard, link, nat, tap};
+use hostel_api::agent::{NetworksApplied, NetworksState, NicSpec, SkippedForward, VmSpec};
+use hostel_model::net::{bridge_name, link_local, parse_host_port, parse_mac, NetMode};
+use hostel_net::{dnsmasq, filter, guard, link, nat, tap};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
@@ -15,21 +15,81 @@ impl Shared {
         self.cfg.data_dir.join("net")
     }
 
-    /// Converges this host's bridges, dnsmasqs and NAT rules to `state`.
-    pub fn apply_networks(&self, state: &NetworksState) -> anyhow::Result<()> {
+    /// Converges this host's filter, bridges, dnsmasqs and NAT rules to `state`. A port
+    /// forward whose host port a host service holds is skipped and named in the answer;
+    /// the rest is applied.
+    pub fn apply_networks(&self, state: &NetworksState) -> anyhow::Result<NetworksApplied> {
         let _one_at_a_time = self.net_apply.lock().unwrap();
         self.apply_locked(state)
     }
 
-    fn apply_locked(&self, state: &NetworksState) -> anyhow::Result<()> {
+    /// Set when this agent turned IPv4 forwarding on (it was off): then the host forwards
+    /// VM traffic only. Kept on disk so a restarted agent remembers.
+    fn forwarding_marker(&self) -> PathBuf {
+        self.cfg.data_dir.join("forwarding-enabled-by-hostel")
+    }
+
+    /// The filter for `state` (`hostel-net/src/filter.rs`): what VMs may reach.
+    fn filter_of(&self, state: &NetworksState) -> anyhow::Result<filter::Filter> {
+        let bridge_of = |id: &str| {
+            state
+                .networks
+                .iter()
+                .find(|n| n.id == id)
+                .map(|n| n.bridge.clone())
+        };
+        let nets = state
+            .networks
+            .iter()
+            .map(|n| {
+                Ok(filter::FilterNet {
+                    bridge: n.bridge.clone(),
+                    nat: n.mode == NetMode::Nat,
+                    uplink: if n.mode == NetMode::Nat {
+                        n.uplink.clone()
+                    } else {
+                        None
+                    },
+                    host_ports: n
+                        .host_ports
+                        .iter()
+                        .map(|p| parse_host_port("host_ports", p).map_err(|e| anyhow!(e)))
+                        .collect::<anyhow::Result<_>>()?,
+                    links: n
+                        .links
+                        .iter()
+                        .map(|l| bridge_of(l).unwrap_or_else(|| l.clone()))
+                        .collect(),
+                    allow_to: n
+                        .allow_to
+                        .iter()
+                        .map(|c| {
+                            c.parse::<ipnet::Ipv4Net>()
+                                .map(|c| c.trunc().to_string())
+                                .with_context(|| format!("allow_to: {c:?} is not an IPv4 CIDR"))
+                        })
+                        .collect::<anyhow::Result<_>>()?,
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(filter::Filter {
+            nets,
+            host_lan: filter::host_lan()?,
+            forward_only_vms: self.forwarding_marker().exists(),
+        })
+    }
+
+    fn apply_locked(&self, state: &NetworksState) -> anyhow::Result<NetworksApplied> {
         let ran_any = std::fs::read_dir(self.net_dir())
             .map(|mut d| d.next().is_some())
             .unwrap_or(false);
         if state.networks.is_empty() && state.forwards.is_empty() && !ran_any {
             // Nothing to run and nothing to take down: leave the host's networking alone.
             *self.networks.lock().unwrap() = state.clone();
-            return Ok(());
+            return Ok(NetworksApplied::default());
         }
+        // The filter first: no bridge exists, and no tap joins one, without it.
+        filter::apply(&self.filter_of(state)?).context("installing the network filter")?;
         std::fs::create_dir_all(self.net_dir())?;
         for n in &state.networks {
             let cidr: ipnet::Ipv4Net = n.cidr.parse().context("network cidr")?;
@@ -88,41 +148,53 @@ impl Shared {
                 uplink: n.uplink.clone(),
             })
             .collect();
-        let forwards: Vec<nat::Forward> = state
-            .forwards
-            .iter()
-            .map(|f| {
-                Ok(nat::Forward {
-                    proto: f.proto.clone(),
-                    host_port: f.host_port,
-                    ip: f.ip.parse()?,
-                    guest_port: f.guest_port,
-                })
-            })
-            .collect::<anyhow::Result<_>>()?;
+        // A forward on a port a host service holds (say a second host's agent) is
+        // skipped and reported; it does not take every other user's forwards down.
         let applied = self.networks.lock().unwrap().forwards.clone();
+        let mut kept = Vec::new();
+        let mut answer = NetworksApplied::default();
         for f in &state.forwards {
-            let new = !applied
+            let ours = applied
                 .iter()
                 .any(|a| a.proto == f.proto && a.host_port == f.host_port);
-            if new && nat::host_listens(&f.proto, f.host_port) {
-                anyhow::bail!(
-                    "host_port: {}/{} is in use by a service on the host: choose another port",
-                    f.host_port,
-                    f.proto
-                );
+            if !ours && nat::host_listens(&f.proto, f.host_port) {
+                answer.skipped.push(SkippedForward {
+                    forward: f.clone(),
+                    reason: format!(
+                        "host_port: {}/{} is in use by a service on the host",
+                        f.host_port, f.proto
+                    ),
+                });
+                continue;
             }
+            kept.push(nat::Forward {
+                proto: f.proto.clone(),
+                host_port: f.host_port,
+                ip: f.ip.parse()?,
+                guest_port: f.guest_port,
+            });
         }
-        nat::apply(&nats, &forwards)?;
+        if (!nats.is_empty() || !kept.is_empty()) && link::enable_forwarding()? {
+            std::fs::write(self.forwarding_marker(), "")?;
+            filter::apply(&self.filter_of(state)?)?;
+        }
+        nat::apply(&nats, &kept)?;
         if state.networks.is_empty() && self.guards.lock().unwrap().is_empty() {
             let _ = guard::remove_all();
+            let _ = filter::remove();
         }
-        *self.networks.lock().unwrap() = state.clone();
-        Ok(())
+        let mut now = state.clone();
+        now.forwards
+            .retain(|f| !answer.skipped.iter().any(|s| &s.forward == f));
+        *self.networks.lock().unwrap() = now;
+        for s in &answer.skipped {
+            tracing::warn!("port forward skipped: {}", s.reason);
+        }
+        Ok(answer)
     }
 
-    /// Restarts any network's dnsmasq that died, for ever (dnsmasq runs on its own, so
-    /// nothing else would notice).
+    /// Restarts any network's dnsmasq that died, and puts back a filter or port guards a
+    /// flushed ruleset took away, for ever (nothing else would notice).
     pub fn supervise_dnsmasq(self: &std::sync::Arc<Self>) {
         let me = self.clone();
         tokio::spawn(async move {
@@ -136,11 +208,32 @@ impl Shared {
                     let dead = state.networks.iter().any(|n| {
                         !dnsmasq::is_running(&dnsmasq::Files::new(&m.net_dir().join(&n.id)))
                     });
-                    if !dead {
+                    // A flushed ruleset takes the filter and the guards with it: put
+                    // them back at once.
+                    {
+                        let guards = m.guards.lock().unwrap();
+                        if !guards.is_empty() && !guard::installed() {
+                            tracing::warn!(
+                                "the port guards are gone from the kernel; installing them again"
+                            );
+                            let all: Vec<guard::Guard> = guards.values().cloned().collect();
+                            if let Err(e) = guard::reinstall(&all) {
+                                tracing::error!("installing the port guards again failed: {e:#}");
+                            }
+                        }
+                    }
+                    let unfiltered = !state.networks.is_empty() && !filter::installed();
+                    if !dead && !unfiltered {
                         return Ok(());
                     }
-                    tracing::warn!("a network's dnsmasq is not running; starting it again");
-                    m.apply_locked(&state)
+                    if unfiltered {
+                        tracing::warn!(
+                            "the network filter is gone from the kernel; installing it again"
+                        );
+                    } else {
+                        tracing::warn!("a network's dnsmasq is not running; starting it again");
+                    }
+                    m.apply_locked(&state).map(|_| ())
                 })
                 .await;
                 if let Ok(Err(e)) = r {
@@ -168,6 +261,14 @@ impl Shared {
             return Err(AgentError::Conflict(format!(
                 "the bridge {} of NIC {} does not exist on this host (its network is not set up)",
                 nic.bridge, nic.mac
+            )));
+        }
+        // Fail closed: no tap joins a bridge unless the filter is in the kernel.
+        if !filter::installed() {
+            return Err(AgentError::Conflict(format!(
+                "the network filter is not installed on this host, so NIC {} is not plugged: \
+                 the agent installs it with the networks; check the agent's log",
+                nic.mac
             )));
         }
         let g = Self::guard_of(nic)?;

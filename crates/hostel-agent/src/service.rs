@@ -277,7 +277,7 @@ impl AgentApi for Shared {
         Ok(out)
     }
 
-    async fn put_networks(&self, state: NetworksState) -> Res<()> {
+    async fn put_networks(&self, state: NetworksState) -> Res<NetworksApplied> {
         // An uplink the host does not have is the caller's mistake, told before any change.
         for n in &state.networks {
             if let Some(u) = n.uplink.as_deref() {

@@ -561,6 +561,50 @@ pub struct CreateNetworkRequest {
     #[serde(default)]
     #[schema(format = Ipv4)]
     pub dns_forward: Option<String>,
+    /// What the network's VMs may reach beyond DHCP, DNS and (NAT) the world, and who
+    /// may attach; see [`NetworkPolicy`].
+    #[serde(default, flatten)]
+    pub policy: NetworkPolicy,
+}
+
+/// A network's isolation policy. By default its VMs reach DHCP and DNS on the host and,
+/// on a NAT network, the world beyond the host's LAN: no host service, no other network,
+/// no link-local (metadata) address.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, Default, PartialEq)]
+pub struct NetworkPolicy {
+    /// Host services its VMs may reach through the gateway, as `PROTO/PORT`.
+    #[serde(default)]
+    #[schema(max_items = 64)]
+    pub host_ports: Vec<String>,
+    /// Networks whose VMs its VMs may reach (and back).
+    #[serde(default)]
+    #[schema(max_items = 64)]
+    pub links: Vec<String>,
+    /// IPv4 CIDRs on the host's LAN its VMs may reach (NAT networks).
+    #[serde(default)]
+    #[schema(max_items = 64)]
+    pub allow_to: Vec<String>,
+    /// Users and groups who may attach NICs to a bridged network (others: admins only).
+    #[serde(default)]
+    #[schema(max_items = 256)]
+    pub attach: Vec<String>,
+}
+
+/// Changes a network's policy: each list given replaces the one it names.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, Default)]
+pub struct UpdateNetworkRequest {
+    #[serde(default)]
+    #[schema(max_items = 64)]
+    pub host_ports: Option<Vec<String>>,
+    #[serde(default)]
+    #[schema(max_items = 64)]
+    pub links: Option<Vec<String>>,
+    #[serde(default)]
+    #[schema(max_items = 64)]
+    pub allow_to: Option<Vec<String>>,
+    #[serde(default)]
+    #[schema(max_items = 256)]
+    pub attach: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -578,6 +622,9 @@ pub struct Network {
     /// VMs with a NIC on this network.
     pub used_by: Vec<String>,
     pub created_at: String,
+    /// Links are shown on both networks, whichever side an admin set them on.
+    #[serde(flatten)]
+    pub policy: NetworkPolicy,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

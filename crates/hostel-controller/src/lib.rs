@@ -15,6 +15,7 @@ mod hosts;
 mod http;
 mod images;
 mod lease;
+mod net_policy;
 mod networks;
 mod pools;
 mod quota;
@@ -65,6 +66,8 @@ pub struct Controller {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Network state is pushed to hosts one push at a time.
     net_sync: tokio::sync::Mutex<()>,
+    /// Ports this controller's own listeners hold (API, SSH gateway): never forwarded.
+    own_ports: Mutex<Vec<(u16, &'static str)>>,
     /// Failed logins, per account and per source address.
     pub(crate) logins: auth::LoginLimiter,
     /// Quota checks and the changes they allow happen one at a time.
@@ -101,6 +104,7 @@ impl Controller {
             ssh_console: Mutex::new(None),
             tickets: consoles::Tickets::default(),
             net_sync: tokio::sync::Mutex::new(()),
+            own_ports: Mutex::new(Vec::new()),
             online: Mutex::default(),
             followers: Mutex::default(),
             agent_template: std::sync::OnceLock::new(),
@@ -120,6 +124,12 @@ impl Controller {
     }
 
     /// Names the host whose agent runs in this process; it cannot be removed.
+    /// Records a port one of this controller's listeners holds (API, SSH gateway), so
+    /// that no port forward takes it.
+    pub fn reserve_own_port(&self, port: u16, what: &'static str) {
+        self.own_ports.lock().unwrap().push((port, what));
+    }
+
     pub fn set_local_host(&self, id: &str) {
         let _ = self.local_host.set(id.to_string());
     }

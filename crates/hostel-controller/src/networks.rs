@@ -65,7 +65,9 @@ impl Controller {
             }
         }
         used_by.sort();
+        let policy = self.policy_view(&n).await?;
         Ok(Network {
+            policy,
             bridge: mnet::bridge_name(&n.id),
             name: n.name,
             cidr: n.cidr,
@@ -144,7 +146,11 @@ impl Controller {
                 ));
             }
         }
+        let policy = self
+            .policy_from_request(None, req.mode, &req.policy)
+            .await?;
         let rec = NetworkRecord {
+            policy,
             id: new_id("net"),
             name: req.name.clone(),
             cidr: cidr.to_string(),
@@ -202,7 +208,8 @@ impl Controller {
         let names = self.store.names_of_vms_with_nics().await?;
         let name_of = |id: &str| names.get(id).cloned();
         let mut networks = Vec::new();
-        for n in self.store.networks().await? {
+        let all = self.store.networks().await?;
+        for n in all.iter().cloned() {
             let hosts = self
                 .store
                 .nics_on(&n.id)
@@ -217,7 +224,17 @@ impl Controller {
                     })
                 })
                 .collect();
+            // A link set on either side opens both ways.
+            let links = all
+                .iter()
+                .filter(|o| o.id != n.id)
+                .filter(|o| n.policy.links.contains(&o.id) || o.policy.links.contains(&n.id))
+                .map(|o| o.id.clone())
+                .collect();
             networks.push(NetworkSpec {
+                host_ports: n.policy.host_ports.clone(),
+                links,
+                allow_to: n.policy.allow_to.clone(),
                 bridge: mnet::bridge_name(&n.id),
                 mode: n.mode,
                 id: n.id,
@@ -252,13 +269,37 @@ impl Controller {
 
     /// Pushes the desired network state to every connected host.
     pub async fn sync_networks(&self) -> Res<()> {
+        self.sync_networks_reporting().await.map(|_| ())
+    }
+
+    /// Pushes the desired network state to every connected host, and returns the port
+    /// forwards some host skipped (a host service holds the port). Every host gets the
+    /// state even when one fails; the first failure is the answer then.
+    pub(crate) async fn sync_networks_reporting(&self) -> Res<Vec<wire::SkippedForward>> {
         // Built and sent under one lock, so an older state never lands after a newer one.
         let _in_order = self.net_sync.lock().await;
         let state = self.networks_state().await?;
-        for (_, agent) in self.agents() {
-            agent.put_networks(state.clone()).await?;
+        let mut skipped = Vec::new();
+        let mut first_error = None;
+        for (host, agent) in self.agents() {
+            match agent.put_networks(state.clone()).await {
+                Ok(applied) => {
+                    for s in &applied.skipped {
+                        tracing::warn!(%host, "port forward skipped: {}", s.reason);
+                    }
+                    skipped.extend(applied.skipped);
+                }
+                Err(e) => {
+                    let e = Error::from(e);
+                    tracing::warn!(%host, "the host could not apply the network state: {e}");
+                    first_error.get_or_insert(e);
+                }
+            }
         }
-        Ok(())
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(skipped),
+        }
     }
 
     pub(crate) fn nic_spec(nic: &NicRecord) -> NicSpec {
@@ -276,12 +317,14 @@ impl Controller {
     /// Plans a NIC on a network: validates or allocates its IP and MAC. Not stored yet.
     pub(crate) async fn plan_nic(
         &self,
+        ctx: &Ctx,
         vm_id: &str,
         idx: u32,
         req: &NicRequest,
         taken: &[NicRecord],
     ) -> Res<NicRecord> {
         let net = self.network_named(&req.network).await?;
+        self.check_attach(ctx, &net, req).await?;
         let cidr = mnet::parse_cidr("cidr", &net.cidr)?;
         let gateway = mnet::parse_ip("gateway", &net.gateway)?;
         let mut used: HashSet<std::net::Ipv4Addr> = self
@@ -408,7 +451,7 @@ impl Controller {
         }
         let existing = self.store.nics_of(&vm.id).await?;
         let idx = existing.iter().map(|n| n.idx + 1).max().unwrap_or(0);
-        let nic = self.plan_nic(&vm.id, idx, &req, &[]).await?;
+        let nic = self.plan_nic(ctx, &vm.id, idx, &req, &[]).await?;
         self.store.insert_nic(&nic).await.map_err(|e| {
             if hostel_store::is_unique_violation(&e) {
                 Error::conflict("the IP or MAC was taken meanwhile: try again")
@@ -515,6 +558,7 @@ impl Controller {
             )
             .into());
         }
+        self.check_forward_port(&req.proto, req.host_port).await?;
         let nics = self.store.nics_of(&vm.id).await?;
         let mut nic = None;
         for n in &nics {
@@ -552,9 +596,19 @@ impl Controller {
                 e.into()
             }
         })?;
-        if let Err(e) = self.sync_networks().await {
+        let skipped = match self.sync_networks_reporting().await {
+            Ok(skipped) => skipped,
+            Err(e) => {
+                self.store.delete_forward(&rec.id).await?;
+                let _ = self.sync_networks().await;
+                return Err(e);
+            }
+        };
+        let ours = |f: &wire::ForwardSpec| f.proto == rec.proto && f.host_port == rec.host_port;
+        if let Some(s) = skipped.iter().find(|s| ours(&s.forward)) {
             self.store.delete_forward(&rec.id).await?;
-            return Err(e);
+            let _ = self.sync_networks().await;
+            return Err(crate::net_policy::skipped_error(&s.reason, rec.host_port));
         }
         Ok(PortForward {
             vm: vm.name,
@@ -609,6 +663,7 @@ impl Controller {
                 domain: Some(DEFAULT_DOMAIN.into()),
                 ipv6: None,
                 dns_forward: None,
+                policy: Default::default(),
             },
         )
         .await

@@ -209,7 +209,7 @@ impl Controller {
         };
         let mut nics: Vec<hostel_store::NicRecord> = Vec::new();
         for (i, r) in nic_reqs.iter().enumerate() {
-            let planned = self.plan_nic(&vm_id, i as u32, r, &nics).await?;
+            let planned = self.plan_nic(ctx, &vm_id, i as u32, r, &nics).await?;
             if let Some(dup) = nics.iter().find(|n| n.mac == planned.mac) {
                 return Err(Error::conflict_field(
                     "mac",

@@ -319,3 +319,49 @@ mod tests {
         assert_eq!(tap_name("nic-0123456789ab"), "htp0123456789");
     }
 }
+
+/// What an admin lets a network's VMs reach beyond the default (DHCP, DNS and, for a NAT
+/// network, the world outside the host's own LAN), and who may attach to it. Kept with
+/// the network; rendered into the hosts' nftables filter (`hostel-net/src/filter.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, ToSchema)]
+pub struct NetPolicy {
+    /// Host services the network's VMs may reach on the host, as `PROTO/PORT`
+    /// (`tcp/22`). None by default.
+    #[serde(default)]
+    pub host_ports: Vec<String>,
+    /// Ids of the networks whose VMs this network's VMs may reach, and back. A link is
+    /// kept on both networks.
+    #[serde(default)]
+    pub links: Vec<String>,
+    /// Destinations on the host's own LAN (or elsewhere otherwise dropped) that a NAT
+    /// network's VMs may reach, as IPv4 CIDRs.
+    #[serde(default)]
+    pub allow_to: Vec<String>,
+    /// Users and groups (by name) who may attach NICs. Bridged networks only: VMs there
+    /// sit on a real segment, so nobody but an admin attaches unless listed here.
+    #[serde(default)]
+    pub attach: Vec<String>,
+}
+
+/// Parses `PROTO/PORT` (`tcp/22`, `udp/123`) for a host port a network may reach.
+pub fn parse_host_port(field: &str, s: &str) -> Result<(String, u16), Invalid> {
+    let bad = || {
+        Invalid::new(
+            field,
+            format!("{s:?} is not a host port: write PROTO/PORT, like tcp/22 or udp/123"),
+        )
+    };
+    let (proto, port) = s.split_once('/').ok_or_else(bad)?;
+    if proto != "tcp" && proto != "udp" {
+        return Err(bad());
+    }
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if port == 0 {
+        return Err(bad());
+    }
+    Ok((proto.to_string(), port))
+}
+
+/// Addresses no guest may reach: link-local, where clouds serve instance metadata
+/// (169.254.169.254) and where hosts talk to their own firmware.
+pub const LINK_LOCAL_V4: &str = "169.254.0.0/16";

@@ -108,6 +108,21 @@ pub fn install(g: &Guard, all: &[Guard]) -> Result<()> {
     nft(&format!("{}{}{}", base(), chain_script(g), map_script(all)))
 }
 
+/// Installs every guard in `all` again (after a flushed ruleset took them away).
+pub fn reinstall(all: &[Guard]) -> Result<()> {
+    let mut s = base();
+    for g in all {
+        s.push_str(&chain_script(g));
+    }
+    s.push_str(&map_script(all));
+    nft(&s)
+}
+
+/// True if the guards' table is in the kernel.
+pub fn installed() -> bool {
+    crate::run(std::process::Command::new("nft").args(["list", "table", "bridge", TABLE])).is_ok()
+}
+
 /// Removes the guard of `tap`; `rest` are the guards that stay.
 pub fn remove(tap: &str, rest: &[Guard]) -> Result<()> {
     let exists = crate::run(std::process::Command::new("nft").args([

@@ -6,6 +6,7 @@
 //! agent that restarts converges to the same state.
 
 pub mod dnsmasq;
+pub mod filter;
 pub mod guard;
 pub mod link;
 pub mod nat;

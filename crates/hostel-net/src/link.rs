@@ -42,7 +42,13 @@ pub fn delete(name: &str) -> Result<()> {
 }
 
 /// Turns on IPv4 forwarding, which NAT needs (in the agent's network namespace).
-pub fn enable_forwarding() -> Result<()> {
-    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
-    Ok(())
+/// Returns true if it was off: Hostel turned it on, so the filter forwards only VM
+/// traffic and the host does not become a router for its other interfaces.
+pub fn enable_forwarding() -> Result<bool> {
+    const KNOB: &str = "/proc/sys/net/ipv4/ip_forward";
+    let was_on = std::fs::read_to_string(KNOB)?.trim() == "1";
+    if !was_on {
+        std::fs::write(KNOB, "1")?;
+    }
+    Ok(!was_on)
 }

@@ -11,7 +11,7 @@ pub const TABLE: &str = "hostel_nat";
 pub struct NatNet {
     pub cidr: String,
     pub bridge: String,
-    /// Masquerade only out of this interface; any other interface when None.
+    /// Masquerade only out of this interface; any interface but Hostel's bridges when None.
     pub uplink: Option<String>,
 }
 
@@ -28,7 +28,9 @@ pub fn script(nets: &[NatNet], forwards: &[Forward]) -> String {
     for n in nets {
         let out = match &n.uplink {
             Some(u) => format!("oifname \"{u}\""),
-            None => format!("oifname != \"{}\"", n.bridge),
+            // Never into another Hostel network: that traffic is dropped by the filter,
+            // or, for linked networks, goes unmasqueraded so VMs see each other's addresses.
+            None => "oifname != \"hbr*\"".to_string(),
         };
         post.push(format!("ip saddr {} {out} masquerade", n.cidr));
     }
@@ -86,11 +88,12 @@ pub fn host_listens(proto: &str, port: u16) -> bool {
     })
 }
 
+/// Replaces the NAT table. Forwarding must be on first (`link::enable_forwarding`), and
+/// the filter (`filter.rs`) in place.
 pub fn apply(nets: &[NatNet], forwards: &[Forward]) -> Result<()> {
     if nets.is_empty() && forwards.is_empty() {
         return nft(&format!("add table ip {TABLE}\ndelete table ip {TABLE}\n"));
     }
-    crate::link::enable_forwarding()?;
     nft(&script(nets, forwards))
 }
 
@@ -113,7 +116,7 @@ mod tests {
                 guest_port: 80,
             }],
         );
-        assert!(s.contains("ip saddr 10.9.0.0/24 oifname != \"hbr1\" masquerade"));
+        assert!(s.contains("ip saddr 10.9.0.0/24 oifname != \"hbr*\" masquerade"));
         assert!(s.contains("fib daddr type local tcp dport 8080 dnat to 10.9.0.2:80"));
         assert_eq!(s.matches("dnat to").count(), 2, "prerouting and output");
         assert!(s.contains("ip daddr != 127.0.0.0/8 fib daddr type local tcp dport 8080"));

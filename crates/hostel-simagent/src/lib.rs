@@ -306,9 +306,9 @@ impl AgentApi for SimHost {
         self.list_files().await
     }
 
-    async fn put_networks(&self, state: NetworksState) -> Res<()> {
+    async fn put_networks(&self, state: NetworksState) -> Res<NetworksApplied> {
         *self.networks.lock().unwrap() = state;
-        Ok(())
+        Ok(NetworksApplied::default())
     }
 
     async fn get_networks(&self) -> Res<NetworksState> {

@@ -213,4 +213,6 @@ pub const MIGRATIONS: &[&[&str]] = &[
     // Audit entries name a domain action (`vm.create`) and keep the parameters that
     // matter, as JSON.
     &["ALTER TABLE audit ADD COLUMN params TEXT"],
+    // A network's policy: host ports and networks its VMs may reach, who may attach.
+    &["ALTER TABLE networks ADD COLUMN policy TEXT"],
 ];

@@ -3,8 +3,8 @@
 
 use crate::row::{binds, execute_on, Cols, FromRow, Record, Value};
 use crate::{Store, Timestamp};
-use anyhow::Result;
-use hostel_model::net::NetMode;
+use anyhow::{Context, Result};
+use hostel_model::net::{NetMode, NetPolicy};
 use std::collections::HashMap;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -20,6 +20,8 @@ pub struct NetworkRecord {
     pub created_at: Timestamp,
     /// Upstream DNS server for names the network does not own (none: answer only its own).
     pub dns_forward: Option<String>,
+    /// What its VMs may reach beyond the default, and who may attach (JSON in the row).
+    pub policy: NetPolicy,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -57,13 +59,18 @@ impl FromRow for NetworkRecord {
             ipv6_prefix: c.opt_text("ipv6_prefix")?,
             created_at: c.time("created_at")?,
             dns_forward: c.opt_text("dns_forward")?,
+            policy: match c.opt_text("policy")? {
+                None => NetPolicy::default(),
+                Some(json) => serde_json::from_str(&json)
+                    .with_context(|| format!("networks.policy: {json:?} is not a policy"))?,
+            },
         })
     }
 }
 
 impl Record for NetworkRecord {
     const COLS: &'static str =
-        "id, name, cidr, gateway, mode, uplink, domain, ipv6_prefix, created_at, dns_forward";
+        "id, name, cidr, gateway, mode, uplink, domain, ipv6_prefix, created_at, dns_forward, policy";
     fn values(&self) -> Vec<Value<'_>> {
         binds![
             &self.id,
@@ -76,6 +83,7 @@ impl Record for NetworkRecord {
             &self.ipv6_prefix,
             self.created_at,
             &self.dns_forward,
+            serde_json::to_string(&self.policy).expect("a policy serializes"),
         ]
     }
 }
@@ -141,6 +149,17 @@ impl Record for ForwardRecord {
 impl Store {
     pub async fn insert_network(&self, n: &NetworkRecord) -> Result<()> {
         self.insert(n).await
+    }
+
+    /// Replaces a network's policy.
+    pub async fn set_network_policy(&self, id: &str, policy: &NetPolicy) -> Result<()> {
+        let json = serde_json::to_string(policy)?;
+        self.execute(
+            "UPDATE networks SET policy = $1 WHERE id = $2",
+            binds![json, id],
+        )
+        .await?;
+        Ok(())
     }
 
     pub async fn networks(&self) -> Result<Vec<NetworkRecord>> {

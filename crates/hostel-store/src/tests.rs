@@ -2,7 +2,7 @@
 //! that the one SQL code path really serves both.
 
 use super::*;
-use hostel_model::net::NetMode;
+use hostel_model::net::{NetMode, NetPolicy};
 use hostel_model::{Accel, ImageKind, Policy, PoolDriver, TaskState, VmState};
 
 mod pg;
@@ -188,6 +188,12 @@ fn lab_network() -> NetworkRecord {
         ipv6_prefix: None,
         created_at: now(),
         dns_forward: Some("10.0.0.53".into()),
+        policy: NetPolicy {
+            host_ports: vec!["tcp/22".into()],
+            links: vec![],
+            allow_to: vec!["192.168.1.0/24".into()],
+            attach: vec!["alice".into()],
+        },
     }
 }
 
@@ -197,6 +203,17 @@ async fn networks_nics_and_forwards(url: &str) {
     let net = lab_network();
     s.insert_network(&net).await.unwrap();
     assert_eq!(s.network_by_name("lab").await.unwrap().unwrap(), net);
+    let linked = NetPolicy {
+        links: vec!["net-other".into()],
+        ..NetPolicy::default()
+    };
+    s.set_network_policy(&net.id, &linked).await.unwrap();
+    assert_eq!(
+        s.network_by_id(&net.id).await.unwrap().unwrap().policy,
+        linked,
+        "a policy is replaced whole"
+    );
+    s.set_network_policy(&net.id, &net.policy).await.unwrap();
     let v = vm("a");
     s.insert_vm(&v, &[]).await.unwrap();
     let nic = NicRecord {

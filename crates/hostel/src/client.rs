@@ -157,6 +157,19 @@ impl Api {
             .await
     }
 
+    pub async fn patch<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T> {
+        self.send(
+            self.http
+                .patch(format!("{}{path}", self.cfg.url))
+                .json(body),
+        )
+        .await
+    }
+
     pub async fn delete(&self, path: &str) -> Result<()> {
         let _: serde_json::Value = self
             .send(self.http.delete(format!("{}{path}", self.cfg.url)))

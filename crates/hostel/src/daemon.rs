@@ -250,6 +250,21 @@ pub async fn up(opts: UpOptions) -> Result<()> {
         tracing::warn!(n, "marked tasks interrupted by the last stop as failed");
     }
 
+    // Hostel's own ports are bound before any network state (with its port forwards) is
+    // applied, so a forward can never take them; they are served further down.
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("listening on {}", opts.listen))?;
+    let api_addr = listener.local_addr()?;
+    let ssh_listener = tokio::net::TcpListener::bind(opts.ssh_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "listening on {} for the SSH console gateway (--ssh-listen)",
+                opts.ssh_listen
+            )
+        })?;
+
     let host_name = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "localhost".into());
@@ -282,6 +297,11 @@ pub async fn up(opts: UpOptions) -> Result<()> {
             web_dir: web_dir(opts.web_dir.clone()),
         },
     );
+    controller.reserve_own_port(api_addr.port(), "Hostel's API");
+    controller.reserve_own_port(
+        ssh_listener.local_addr()?.port(),
+        "Hostel's SSH console gateway",
+    );
     controller.spawn_lease_reaper(std::time::Duration::from_secs(2));
     controller.set_agent_tls(ClientTls {
         ca_pem: pki.ca_pem()?,
@@ -305,10 +325,6 @@ pub async fn up(opts: UpOptions) -> Result<()> {
         }
     }
 
-    let listener = tokio::net::TcpListener::bind(opts.listen)
-        .await
-        .with_context(|| format!("listening on {}", opts.listen))?;
-    let api_addr = listener.local_addr()?;
     let mut rx = stop_rx.clone();
     let app = hostel_controller::router(controller.clone());
     // TCP_NODELAY, so that a response's last small segment does not wait for an ACK.
@@ -326,14 +342,6 @@ pub async fn up(opts: UpOptions) -> Result<()> {
         .await
     });
     tracing::info!(%api_addr, "API listening");
-    let ssh_listener = tokio::net::TcpListener::bind(opts.ssh_listen)
-        .await
-        .with_context(|| {
-            format!(
-                "listening on {} for the SSH console gateway (--ssh-listen)",
-                opts.ssh_listen
-            )
-        })?;
     let host_key =
         hostel_controller::sshgw::host_key(&data_dir.join("pki").join("ssh_host_ed25519_key"))?;
     tracing::info!(addr = %ssh_listener.local_addr()?, "SSH console gateway listening");

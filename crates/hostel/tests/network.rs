@@ -7,6 +7,16 @@ use std::time::Duration;
 
 const BOOT: Duration = Duration::from_secs(180);
 
+/// A process of the test's, ended when the test ends (pass or fail).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn dhcp_dns_guards_and_cleanup() {
     let d = Daemon::start();
@@ -422,10 +432,27 @@ async fn port_forward_hotplug_and_restart() {
     d.ok(&["port-forward", "add", "web", "8080:80/tcp"]);
     let err = d.fails(&["port-forward", "add", "web", "8080:81"]);
     assert!(err.contains("already forwarded"), "{err}");
-    // A host port a host service listens on (here Hostel's own API) is not taken.
-    let api_port = d.url.rsplit(':').next().unwrap().to_string();
-    let err = d.fails(&["port-forward", "add", "web", &format!("{api_port}:80")]);
+    // A host port a host service listens on is not taken (Hostel's own are reserved
+    // outright: tests/isolation.rs).
+    let service = std::process::Command::new("ip")
+        .args([
+            "netns", "exec", &d.ns.name, "busybox", "httpd", "-f", "-p", "8090", "-h", "/",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let service = KillOnDrop(service);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while d.ns.try_connect("127.0.0.1:8090").is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "httpd on 8090 did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let err = d.fails(&["port-forward", "add", "web", "8090:80"]);
     assert!(err.contains("in use by a service on the host"), "{err}");
+    drop(service);
     let list = d.json(&["port-forward", "list", "web"]);
     assert_eq!(list[0]["host_port"], 8080);
     let fetch = |client: &Netns| client.http_body("192.0.2.1:8080");

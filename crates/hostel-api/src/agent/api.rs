@@ -75,7 +75,7 @@ pub trait AgentApi: Send + Sync + 'static {
     fn put_networks(
         &self,
         state: NetworksState,
-    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    ) -> impl Future<Output = Result<NetworksApplied, Self::Error>> + Send;
     fn get_networks(&self) -> impl Future<Output = Result<NetworksState, Self::Error>> + Send;
     fn add_nic(
         &self,

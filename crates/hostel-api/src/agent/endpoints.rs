@@ -179,7 +179,8 @@ json_endpoints! {
     /// [`ListFiles`], with the disk files of these pools too.
     ListFilesInPools: Post "/v1/files", (), Vec<PoolSpec> => StoredFiles;
     /// Converges the host's networks (bridges, dnsmasq, NAT, forwards) to this state.
-    PutNetworks: Put "/v1/networks", (), NetworksState => ();
+    /// Forwards whose host port a host service holds are skipped and named, not fatal.
+    PutNetworks: Put "/v1/networks", (), NetworksState => NetworksApplied;
     /// The network state last applied.
     GetNetworks: Get "/v1/networks", (), Empty => NetworksState;
     /// Hot-plugs a NIC into a running VM.

@@ -125,6 +125,15 @@ pub struct NetworkSpec {
     #[serde(default)]
     pub dns_forward: Option<String>,
     pub hosts: Vec<NetHost>,
+    /// Host services (`PROTO/PORT`) its VMs may reach on the host; nothing else is.
+    #[serde(default)]
+    pub host_ports: Vec<String>,
+    /// Bridges of the networks its VMs may reach (links are listed on both sides).
+    #[serde(default)]
+    pub links: Vec<String>,
+    /// IPv4 CIDRs its VMs may reach although they are on the host's own LAN.
+    #[serde(default)]
+    pub allow_to: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -141,6 +150,21 @@ pub struct ForwardSpec {
     pub host_port: u16,
     pub ip: String,
     pub guest_port: u16,
+}
+
+/// A port forward the host could not apply (a service on the host listens on its port);
+/// the others were applied.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SkippedForward {
+    pub forward: ForwardSpec,
+    pub reason: String,
+}
+
+/// What a host made of a network state: everything, but the forwards it lists.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct NetworksApplied {
+    #[serde(default)]
+    pub skipped: Vec<SkippedForward>,
 }
 
 /// Everything network-related a host should run; the agent converges to it.

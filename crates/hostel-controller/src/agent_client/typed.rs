@@ -142,7 +142,7 @@ impl AgentApi for AgentClient {
     async fn list_files_in_pools(&self, pools: Vec<PoolSpec>) -> Res<StoredFiles> {
         self.call_endpoint::<ep::ListFilesInPools>((), &pools).await
     }
-    async fn put_networks(&self, state: NetworksState) -> Res<()> {
+    async fn put_networks(&self, state: NetworksState) -> Res<NetworksApplied> {
         self.call_endpoint::<ep::PutNetworks>((), &state).await
     }
     async fn get_networks(&self) -> Res<NetworksState> {

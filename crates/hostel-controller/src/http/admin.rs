@@ -119,6 +119,19 @@ pub(super) async fn create_network(
     ))
 }
 
+#[utoipa::path(patch, path = "/api/v1/networks/{name}", params(("name" = String, Path)),
+    request_body = UpdateNetworkRequest,
+    responses((status = 200, body = Network), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(super) async fn update_network(
+    State(c): S,
+    Extension(ctx): X,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<UpdateNetworkRequest>,
+) -> R<Network> {
+    Ok(Json(c.update_network(&ctx, &name, req).await?))
+}
+
 #[utoipa::path(get, path = "/api/v1/networks/{name}", params(("name" = String, Path)),
     responses((status = 200, body = Network), (status = 404, body = ErrorBody)))]
 pub(super) async fn get_network(

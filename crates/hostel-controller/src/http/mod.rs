@@ -46,7 +46,7 @@ type R<T> = Result<Json<T>, Error>;
         info, list_vms, create_vm, get_vm, delete_vm, start_vm, reboot_vm, pause_vm,
         unpause_vm, destroy_vm, shutdown_vm, mem_set, vcpu_set, save_vm, restore_vm,
         console, console_log, console_ticket, dmesg, list_images, build_image, import_image, delete_image, get_task,
-        list_networks, create_network, get_network, delete_network, list_nics, add_nic,
+        list_networks, create_network, get_network, update_network, delete_network, list_nics, add_nic,
         remove_nic, list_forwards, add_forward, remove_forward, list_disks, add_disk,
         remove_disk, resize_disk, list_snapshots, create_snapshot, revert_snapshot,
         delete_snapshot, doctor, list_pools, create_pool, get_pool, delete_pool, login, whoami,
@@ -131,7 +131,9 @@ pub fn router(c: Arc<Controller>) -> Router {
         .route("/api/v1/networks", get(list_networks).post(create_network))
         .route(
             "/api/v1/networks/{name}",
-            get(get_network).delete(delete_network),
+            get(get_network)
+                .patch(update_network)
+                .delete(delete_network),
         )
         .route("/api/v1/vms/{name}/nics", get(list_nics).post(add_nic))
         .route("/api/v1/vms/{name}/disks", get(list_disks).post(add_disk))
@@ -222,6 +224,7 @@ fn action_of(method: &Method, route: &str) -> &'static str {
         ("DELETE", "/api/v1/images/{name}") => "image.delete",
         ("POST", "/api/v1/networks") => "network.create",
         ("DELETE", "/api/v1/networks/{name}") => "network.delete",
+        ("PATCH", "/api/v1/networks/{name}") => "network.update",
         ("POST", "/api/v1/pools") => "pool.create",
         ("DELETE", "/api/v1/pools/{name}") => "pool.delete",
         ("POST", "/api/v1/hosts") => "host.add",

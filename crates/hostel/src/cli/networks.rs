@@ -42,6 +42,15 @@ pub enum NetworkCmd {
         /// Upstream DNS server for names outside the network (default: none answered).
         #[arg(long)]
         dns_forward: Option<String>,
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
+    /// Change what a network's VMs may reach, and who may attach (admins). Each option
+    /// given replaces its list; an empty value (`--host-ports ''`) clears it.
+    Set {
+        name: String,
+        #[command(flatten)]
+        policy: PolicyArgs,
     },
     List {
         #[arg(short, long, value_enum, default_value = "table")]
@@ -54,6 +63,38 @@ pub enum NetworkCmd {
     },
     /// Delete a network no NIC uses.
     Delete { name: String },
+}
+
+/// A network's policy: by default its VMs reach DHCP and DNS on the host and, on a NAT
+/// network, the world beyond the host's LAN; nothing else.
+#[derive(clap::Args)]
+pub struct PolicyArgs {
+    /// Host services its VMs may reach, as PROTO/PORT, comma-separated (tcp/22,udp/123).
+    #[arg(long, value_delimiter = ',')]
+    host_ports: Option<Vec<String>>,
+    /// Networks its VMs may reach, and back, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    links: Option<Vec<String>>,
+    /// IPv4 CIDRs on the host's LAN its VMs may reach (NAT networks), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    allow_to: Option<Vec<String>>,
+    /// Users and groups who may attach NICs (bridged networks; others: admins only).
+    #[arg(long, value_delimiter = ',')]
+    attach: Option<Vec<String>>,
+}
+
+impl PolicyArgs {
+    fn update(self) -> UpdateNetworkRequest {
+        // `--links ''` is an empty list, not a list of one empty name.
+        let clean =
+            |v: Option<Vec<String>>| v.map(|v| v.into_iter().filter(|s| !s.is_empty()).collect());
+        UpdateNetworkRequest {
+            host_ports: clean(self.host_ports),
+            links: clean(self.links),
+            allow_to: clean(self.allow_to),
+            attach: clean(self.attach),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -141,8 +182,16 @@ async fn network(api: &Api, cmd: NetworkCmd) -> Result<()> {
             domain,
             ipv6,
             dns_forward,
+            policy,
         } => {
+            let p = policy.update();
             let req = CreateNetworkRequest {
+                policy: NetworkPolicy {
+                    host_ports: p.host_ports.unwrap_or_default(),
+                    links: p.links.unwrap_or_default(),
+                    allow_to: p.allow_to.unwrap_or_default(),
+                    attach: p.attach.unwrap_or_default(),
+                },
                 name,
                 cidr,
                 gateway,
@@ -156,6 +205,27 @@ async fn network(api: &Api, cmd: NetworkCmd) -> Result<()> {
             println!(
                 "created network {} ({}, bridge {})",
                 n.name, n.cidr, n.bridge
+            );
+            Ok(())
+        }
+        NetworkCmd::Set { name, policy } => {
+            let n: Network = api
+                .patch(&format!("/api/v1/networks/{name}"), &policy.update())
+                .await?;
+            let list = |v: &[String]| {
+                if v.is_empty() {
+                    "none".to_string()
+                } else {
+                    v.join(",")
+                }
+            };
+            println!(
+                "network {}: host ports {}; links {}; allow to {}; attach {}",
+                n.name,
+                list(&n.policy.host_ports),
+                list(&n.policy.links),
+                list(&n.policy.allow_to),
+                list(&n.policy.attach)
             );
             Ok(())
         }
