@@ -297,7 +297,7 @@ mod tests {
         assert!(s.contains("ip daddr { 192.0.2.0/24 } counter name \"to-host-lan\" drop"));
         assert!(s.contains("iifname \"hbra\" meta nfproto ipv4 accept"));
         assert!(
-            !s.contains("iifname \"hbrb\""),
+            !s.contains("iifname \"hbrb\" meta nfproto ipv4 accept"),
             "a bridged network is not routed by the host: {s}"
         );
         assert!(s.contains("counter name \"not-vm-traffic\" drop"));
