@@ -55,6 +55,18 @@ fn plain(line: &str) -> String {
     out
 }
 
+/// Removes a console log and its rotated predecessor.
+pub fn clear_log(log: &Path) -> anyhow::Result<()> {
+    for f in [log.to_path_buf(), log.with_extension("log.1")] {
+        match std::fs::remove_file(&f) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => anyhow::bail!("removing {}: {e}", f.display()),
+        }
+    }
+    Ok(())
+}
+
 pub struct ConsoleHub {
     scrollback: Mutex<VecDeque<u8>>,
     out: broadcast::Sender<Bytes>,
@@ -131,6 +143,15 @@ impl ConsoleHub {
                 .map_err(|_| anyhow::anyhow!("the VM's console is not connected")),
             None => anyhow::bail!("the VM is not running, so its console is not connected"),
         }
+    }
+
+    /// Forgets everything seen so far: the scrollback and the log files (a VM that
+    /// changed hands starts a clean console). Held under the scrollback's lock, so no
+    /// output is recorded halfway.
+    pub fn clear(&self) -> anyhow::Result<()> {
+        let mut sb = self.scrollback.lock().unwrap();
+        sb.clear();
+        clear_log(&self.log)
     }
 
     fn record(&self, data: &[u8]) {

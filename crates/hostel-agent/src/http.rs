@@ -161,6 +161,12 @@ where
             json::<A, ep::ConsoleLog, _, _>(|a, id, r| async move { a.console_log(&id, r).await }),
         )
         .route(
+            ep::ClearConsoleLog::ROUTE,
+            json::<A, ep::ClearConsoleLog, _, _>(|a, id, _| async move {
+                a.clear_console_log(&id).await
+            }),
+        )
+        .route(
             ep::ReadSaveHeader::ROUTE,
             json::<A, ep::ReadSaveHeader, _, _>(
                 |a, (), r| async move { a.read_save_header(r).await },

@@ -249,6 +249,26 @@ impl AgentApi for Shared {
             .map_err(internal)
     }
 
+    async fn clear_console_log(&self, id: &str) -> Res<()> {
+        if id.is_empty() || id.contains('/') || id.starts_with('.') {
+            return Err(invalid(anyhow::anyhow!("bad VM id {id:?}")));
+        }
+        let path = hostel_qemu::RuntimePaths::new(&self.run_dir(), id).console_log();
+        let hub = self
+            .vms
+            .lock()
+            .unwrap()
+            .get(id)
+            .map(|vm| vm.console.clone());
+        tokio::task::spawn_blocking(move || match hub {
+            Some(hub) => hub.clear(),
+            None => crate::console::clear_log(&path),
+        })
+        .await
+        .map_err(internal)?
+        .map_err(|e| AgentError::Internal(e).into())
+    }
+
     async fn read_save_header(&self, req: SaveHeaderRequest) -> Res<SaveHeader> {
         Ok(crate::vm::read_save_header(&req.path)?.0)
     }

@@ -5,6 +5,7 @@ use crate::context::Caller;
 use crate::context::Ctx;
 use crate::error::Error;
 use crate::Controller;
+use hostel_api::agent::AgentApi;
 use hostel_api::public::*;
 use hostel_model::{validate_name, Invalid};
 use hostel_store::{
@@ -215,6 +216,8 @@ impl Controller {
                 owned.join(", ")
             )));
         }
+        // Consoles opened with what was just taken away end now.
+        self.recheck_consoles().await;
         Ok(())
     }
 
@@ -321,6 +324,8 @@ impl Controller {
                 used.join(", ")
             )));
         }
+        // Consoles opened with what was just taken away end now.
+        self.recheck_consoles().await;
         Ok(())
     }
 
@@ -353,6 +358,8 @@ impl Controller {
                 format!("{} is not in group {group:?}", req.user),
             ));
         }
+        // Consoles opened with what was just taken away end now.
+        self.recheck_consoles().await;
         self.group_view(g).await
     }
 
@@ -508,6 +515,8 @@ impl Controller {
                 )
             })?;
         self.store.revoke_token(&t.id, now()).await?;
+        // Consoles opened with what was just taken away end now.
+        self.recheck_consoles().await;
         Ok(())
     }
 
@@ -569,6 +578,8 @@ impl Controller {
                 format!("{} has no key named {name:?}", u.name),
             ));
         }
+        // Consoles opened with what was just taken away end now.
+        self.recheck_consoles().await;
         Ok(())
     }
 
@@ -682,7 +693,8 @@ impl Controller {
             _ => unreachable!("an owner is a user or a group"),
         };
         let charge = self.vm_charge(&vm).await?;
-        let _quota = if crate::quota::owner_key(&vm).as_deref() != Some(new_key.as_str()) {
+        let owner_changes = crate::quota::owner_key(&vm).as_deref() != Some(new_key.as_str());
+        let _quota = if owner_changes {
             self.charge(Some(&new_key), &charge).await?
         } else {
             None
@@ -705,6 +717,16 @@ impl Controller {
             .vm_by_id(&vm.id)
             .await?
             .ok_or_else(|| Error::not_found("vm", vm_name, "the VM is gone"))?;
+        // Consoles opened with what was just taken away end now, and the new owner starts
+        // with a clean console log: not what the previous owner typed and saw.
+        self.recheck_consoles().await;
+        if owner_changes {
+            if let Some(agent) = vm.host_id.as_deref().and_then(|h| self.agent(h)) {
+                if let Err(e) = agent.clear_console_log(&vm.id).await {
+                    tracing::warn!(vm = %vm.name, "clearing the console log for its new owner failed: {e}");
+                }
+            }
+        }
         self.view(&vm, false).await
     }
 }

@@ -87,11 +87,13 @@ impl Door {
 pub type Upstream =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// An open console: the VM (id, name) and the agent's websocket.
+/// An open console: the VM (id, name), the agent's websocket, and the session, whose
+/// `ended` says when (and why) a revocation closes it.
 pub struct Attached {
     pub vm_id: String,
     pub vm_name: String,
     pub upstream: Upstream,
+    pub session: crate::console_sessions::SessionGuard,
 }
 
 fn kind_name(kind: ConsoleKind) -> &'static str {
@@ -125,6 +127,17 @@ impl Controller {
         };
         let opened = async {
             let vm = found?;
+            let caller = ctx.caller()?;
+            let credential = crate::console_sessions::Credential::of(&caller.token_name);
+            // A right taken away since the caller's context was made (an SSH login
+            // outlives its key, say) is not used for a new session either.
+            if let Some(why) = self
+                .console_refusal(&vm.id, &caller.user_id, &credential)
+                .await
+            {
+                return Err(Error::forbidden(why));
+            }
+            let session = self.consoles.open(&vm.id, &caller.user_id, credential);
             Op::Console.check(vm.state)?;
             let agent = self.host_agent(&vm)?;
             let upstream = match kind {
@@ -135,6 +148,7 @@ impl Controller {
                 vm_id: vm.id,
                 vm_name: vm.name,
                 upstream,
+                session,
             })
         }
         .await;

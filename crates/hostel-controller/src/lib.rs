@@ -6,6 +6,7 @@ pub mod agent_client;
 pub mod audit;
 pub mod auth;
 mod boot;
+pub mod console_sessions;
 pub mod consoles;
 pub mod context;
 mod disks;
@@ -76,6 +77,8 @@ pub struct Controller {
     pub ssh_console: Mutex<Option<sshgw::SshConsole>>,
     /// Browser console tickets not yet spent.
     pub tickets: consoles::Tickets,
+    /// Open consoles, ended when their right is taken away.
+    pub consoles: console_sessions::ConsoleSessions,
     /// Hosts whose agent's event stream is connected now.
     online: Mutex<std::collections::HashSet<String>>,
     /// The task following each registered host's agent, to end it when the host goes.
@@ -103,6 +106,7 @@ impl Controller {
             quota_lock: tokio::sync::Mutex::new(()),
             ssh_console: Mutex::new(None),
             tickets: consoles::Tickets::default(),
+            consoles: console_sessions::ConsoleSessions::default(),
             net_sync: tokio::sync::Mutex::new(()),
             own_ports: Mutex::new(Vec::new()),
             online: Mutex::default(),

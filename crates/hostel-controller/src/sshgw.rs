@@ -82,7 +82,8 @@ impl Controller {
                 user_name: user.name,
                 is_admin: user.is_admin,
                 read_only: false,
-                token_name: "ssh".into(),
+                // The key, so that removing it ends the sessions it opened.
+                token_name: format!("{}{id}", crate::console_sessions::SSH_KEY_PREFIX),
                 token_expires_at: None,
             };
             if caller.may_operate(&vm) {
@@ -124,6 +125,10 @@ impl Controller {
     }
 }
 
+/// Console channels one SSH connection may have open at once, and open in all.
+const MAX_OPEN_CHANNELS: usize = 4;
+const MAX_CHANNELS_PER_CONNECTION: usize = 64;
+
 struct Gateway {
     ctl: Arc<Controller>,
 }
@@ -137,6 +142,7 @@ impl Server for Gateway {
                 .map(|p| p.ip().to_string())
                 .unwrap_or_else(|| "unknown".into()),
             admitted: None,
+            opened: 0,
             channels: HashMap::new(),
             inputs: HashMap::new(),
             sizes: HashMap::new(),
@@ -148,6 +154,8 @@ struct Conn {
     ctl: Arc<Controller>,
     peer: String,
     admitted: Option<(VmRecord, Caller)>,
+    /// Channels opened on this connection so far.
+    opened: usize,
     channels: HashMap<ChannelId, Channel<Msg>>,
     inputs: HashMap<ChannelId, (mpsc::UnboundedSender<Vec<u8>>, Instant)>,
     sizes: HashMap<ChannelId, (u32, u32)>,
@@ -214,6 +222,21 @@ impl Handler for Conn {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
+        // A connection gets a few sessions at once and a bounded number in all, so one
+        // login cannot open channels (and audit rows) for ever.
+        self.opened += 1;
+        if self.channels.len() >= MAX_OPEN_CHANNELS || self.opened > MAX_CHANNELS_PER_CONNECTION {
+            reply
+                .reject(russh::ChannelOpenFailure::Other {
+                    code: 4, // SSH_OPEN_RESOURCE_SHORTAGE, with the reason spelt out
+                    reason: format!(
+                        "hostel: at most {MAX_OPEN_CHANNELS} consoles at once and \
+                         {MAX_CHANNELS_PER_CONNECTION} per connection: connect again"
+                    ),
+                })
+                .await;
+            return Ok(());
+        }
         self.channels.insert(channel.id(), channel);
         reply.accept().await;
         Ok(())
@@ -244,8 +267,8 @@ impl Handler for Conn {
                 terminal,
             )
             .await;
-        let ws = match attached {
-            Ok(a) => a.upstream,
+        let (ws, guard) = match attached {
+            Ok(a) => (a.upstream, a.session),
             Err(e) => {
                 let _ = session.data(
                     channel,
@@ -264,17 +287,38 @@ impl Handler for Conn {
         let handle = session.handle();
         tokio::spawn(async move {
             use tokio_tungstenite::tungstenite::Message as T;
-            while let Some(Ok(m)) = from_vm.next().await {
-                let bytes = match m {
-                    T::Binary(b) => b.to_vec(),
-                    T::Text(t) => t.as_bytes().to_vec(),
-                    T::Close(_) => break,
-                    _ => continue,
-                };
-                if handle.data(channel, bytes).await.is_err() {
-                    break;
+            let mut ended = guard.ended.clone();
+            let output = async {
+                while let Some(Ok(m)) = from_vm.next().await {
+                    let bytes = match m {
+                        T::Binary(b) => b.to_vec(),
+                        T::Text(t) => t.as_bytes().to_vec(),
+                        T::Close(_) => break,
+                        _ => continue,
+                    };
+                    if handle.data(channel, bytes).await.is_err() {
+                        break;
+                    }
+                }
+            };
+            let revoked = async {
+                let why = ended
+                    .wait_for(|e| e.is_some())
+                    .await
+                    .map(|e| e.clone().unwrap_or_default());
+                match why {
+                    Ok(why) => why,
+                    Err(_) => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = output => {}
+                why = revoked => {
+                    let note = format!("\r\nhostel: console closed: {why}\r\n");
+                    let _ = handle.data(channel, note.into_bytes()).await;
                 }
             }
+            drop(guard);
             let _ = handle.close(channel).await;
         });
         let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();

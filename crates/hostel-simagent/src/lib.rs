@@ -281,6 +281,10 @@ impl AgentApi for SimHost {
         Ok(std::iter::repeat_n(line, n).collect())
     }
 
+    async fn clear_console_log(&self, _id: &str) -> Res<()> {
+        Ok(())
+    }
+
     async fn read_save_header(&self, req: SaveHeaderRequest) -> Res<SaveHeader> {
         self.saves
             .lock()

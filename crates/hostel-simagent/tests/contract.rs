@@ -218,6 +218,7 @@ async fn every_endpoint_agrees_between_client_and_router() {
     assert_eq!(a.destroy_vm(id).await.unwrap().state, VmState::Stopped);
     let log = a.console_log(id, ConsoleLogRequest { lines: Some(5) });
     assert_eq!(log.await.unwrap().len(), 1);
+    a.clear_console_log(id).await.unwrap();
     assert!(!a.render_argv(spec(id)).await.unwrap().is_empty());
 
     let nets = NetworksState::default();

@@ -303,6 +303,8 @@ pub async fn up(opts: UpOptions) -> Result<()> {
         "Hostel's SSH console gateway",
     );
     controller.spawn_lease_reaper(std::time::Duration::from_secs(2));
+    // Consoles whose token expires while open end within this.
+    controller.spawn_console_watch(std::time::Duration::from_secs(5));
     controller.set_agent_tls(ClientTls {
         ca_pem: pki.ca_pem()?,
         cert_pem: ctl_pair.cert_pem,

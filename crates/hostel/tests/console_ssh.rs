@@ -280,3 +280,108 @@ async fn ssh_gateway_attaches_by_key() {
     let err = d.fails(&["console", "c1", "--log", "--lines", "999999999"]);
     assert!(err.contains("at most 100000"), "{err}");
 }
+
+/// Taking a right away ends the consoles it opened, within a second or two and with a
+/// message, through the SSH gateway and the API's websocket alike: a removed key, a
+/// revoked token, leaving the owning group, a VM given away. The new owner does not read
+/// the previous owner's console log.
+#[tokio::test(flavor = "multi_thread")]
+async fn revocation_ends_open_consoles() {
+    let d = Daemon::start();
+    let dir = d.dir.path();
+    let info = d.json(&["info"]);
+    let port = info["ssh_console"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    let known = dir.join("known_hosts");
+    std::fs::write(
+        &known,
+        format!(
+            "[127.0.0.1]:{port} {}\n",
+            info["ssh_host_key"].as_str().unwrap()
+        ),
+    )
+    .unwrap();
+    d.ok(&["user", "create", "dave"]);
+    d.ok(&["user", "create", "erin"]);
+    d.ok(&["group", "create", "crew"]);
+    d.ok(&["group", "add-member", "crew", "dave"]);
+    d.ok(&["create", "rv", "--image", "tiny", "--memory", "128M"]);
+    d.ok(&["chown", "rv", "user:dave"]);
+    let closed = "console closed";
+    let mut admin = d.console("rv").await;
+    admin.wait_for(READY, Duration::from_secs(180)).await;
+
+    // A removed key ends the SSH session it opened; the connection cannot open another.
+    let key = keygen(dir, "dave");
+    d.ok(&[
+        "key",
+        "add",
+        "laptop",
+        key.with_extension("pub").to_str().unwrap(),
+        "--user",
+        "dave",
+    ]);
+    let mut s = Ssh::spawn(&d, &port, &key, &known, "rv", true);
+    s.wait_for("console of rv", Duration::from_secs(20));
+    s.send("echo dave-was-$((40+2))\r");
+    s.wait_for("dave-was-42", Duration::from_secs(20));
+    let t = Instant::now();
+    d.ok(&["key", "remove", "laptop", "--user", "dave"]);
+    s.wait_for(closed, Duration::from_secs(5));
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    let out = s.finish(Duration::from_secs(10));
+    assert!(
+        out.contains("SSH key this console was opened with was removed"),
+        "{out}"
+    );
+
+    // A revoked token ends the API console it opened.
+    let token = d
+        .ok(&["token", "create", "cli", "--user", "dave"])
+        .trim()
+        .to_string();
+    let stream = d.ns.connect(d.url.trim_start_matches("http://"));
+    let mut c = Console::open(stream, &d.url, &token, "rv").await;
+    c.send("\n").await;
+    d.ok(&["token", "revoke", "cli", "--user", "dave"]);
+    c.wait_for(closed, Duration::from_secs(5)).await;
+    assert!(c.seen.contains("was revoked or expired"), "{}", c.tail());
+
+    // Leaving the owning group ends the member's console.
+    d.ok(&["chown", "rv", "group:crew"]);
+    let token = d
+        .ok(&["token", "create", "cli2", "--user", "dave"])
+        .trim()
+        .to_string();
+    let stream = d.ns.connect(d.url.trim_start_matches("http://"));
+    let mut c = Console::open(stream, &d.url, &token, "rv").await;
+    c.send("\n").await;
+    d.ok(&["group", "remove-member", "crew", "dave"]);
+    c.wait_for(closed, Duration::from_secs(5)).await;
+    assert!(c.seen.contains("may no longer operate rv"), "{}", c.tail());
+
+    // A VM given away: the previous owner's console ends, and the new owner's log starts
+    // clean.
+    d.ok(&["group", "add-member", "crew", "dave"]);
+    let stream = d.ns.connect(d.url.trim_start_matches("http://"));
+    let mut c = Console::open(stream, &d.url, &token, "rv").await;
+    c.send("echo crew-was-$((40+2))\n").await;
+    c.wait_for("crew-was-42", Duration::from_secs(20)).await;
+    let before = d.ok(&["console", "rv", "--log", "--lines", "1000"]);
+    assert!(before.contains("crew-was-42"), "the log had it: {before}");
+    d.ok(&["chown", "rv", "user:erin"]);
+    c.wait_for(closed, Duration::from_secs(5)).await;
+    let after = d.ok(&["console", "rv", "--log", "--lines", "1000"]);
+    assert!(
+        !after.contains("crew-was-42"),
+        "the new owner reads the old owner's log: {after}"
+    );
+    admin.send("echo erin-$((6*7))\n").await;
+    admin.wait_for("erin-42", Duration::from_secs(20)).await;
+    d.ok(&["destroy", "rv"]);
+}

@@ -59,6 +59,7 @@ pub trait AgentApi: Send + Sync + 'static {
         id: &str,
         req: ConsoleLogRequest,
     ) -> impl Future<Output = Result<Vec<String>, Self::Error>> + Send;
+    fn clear_console_log(&self, id: &str) -> impl Future<Output = Result<(), Self::Error>> + Send;
     fn read_save_header(
         &self,
         req: SaveHeaderRequest,

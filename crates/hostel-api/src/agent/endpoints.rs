@@ -170,6 +170,9 @@ json_endpoints! {
     ForgetVm: Post "/v1/vms/{id}/forget", VmId, Empty => ();
     /// The last lines of a VM's console log (also of a stopped VM).
     ConsoleLog: Get "/v1/vms/{id}/console-log", VmId, ConsoleLogRequest => Vec<String>;
+    /// Forgets a VM's console output (log files and scrollback): its new owner does not
+    /// read what the previous owner typed and saw.
+    ClearConsoleLog: Post "/v1/vms/{id}/console-log/clear", VmId, Empty => ();
     /// The header of a file written by a save.
     ReadSaveHeader: Post "/v1/save-header", (), SaveHeaderRequest => SaveHeader;
     /// The QEMU command line this definition would start with on this host.

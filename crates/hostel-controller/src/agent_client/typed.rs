@@ -130,6 +130,10 @@ impl AgentApi for AgentClient {
     async fn console_log(&self, id: &str, req: ConsoleLogRequest) -> Res<Vec<String>> {
         self.call_endpoint::<ep::ConsoleLog>(id.into(), &req).await
     }
+    async fn clear_console_log(&self, id: &str) -> Res<()> {
+        self.call_endpoint::<ep::ClearConsoleLog>(id.into(), &Empty {})
+            .await
+    }
     async fn read_save_header(&self, req: SaveHeaderRequest) -> Res<SaveHeader> {
         self.call_endpoint::<ep::ReadSaveHeader>((), &req).await
     }

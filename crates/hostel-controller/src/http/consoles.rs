@@ -42,9 +42,16 @@ pub(super) async fn console(
     }))
 }
 
-async fn bridge(client: WebSocket, upstream: Upstream) {
+/// Bridges the client's websocket and the VM's, until either ends or the session is
+/// ended by a revocation (the client is told why, then closed).
+async fn bridge(
+    client: WebSocket,
+    upstream: Upstream,
+    mut ended: tokio::sync::watch::Receiver<Option<String>>,
+) {
     use tokio_tungstenite::tungstenite::Message as T;
-    let (mut ctx, mut crx) = client.split();
+    let (ctx, mut crx) = client.split();
+    let ctx = tokio::sync::Mutex::new(ctx);
     let (mut utx, mut urx) = upstream.split();
     let down = async {
         while let Some(Ok(m)) = urx.next().await {
@@ -54,11 +61,11 @@ async fn bridge(client: WebSocket, upstream: Upstream) {
                 T::Close(_) => break,
                 _ => continue,
             };
-            if ctx.send(out).await.is_err() {
+            if ctx.lock().await.send(out).await.is_err() {
                 break;
             }
         }
-        let _ = ctx.send(Message::Close(None)).await;
+        let _ = ctx.lock().await.send(Message::Close(None)).await;
     };
     let up = async {
         while let Some(Ok(m)) = crx.next().await {
@@ -74,9 +81,23 @@ async fn bridge(client: WebSocket, upstream: Upstream) {
         }
         let _ = utx.send(T::Close(None)).await;
     };
+    let revoked = async {
+        let why = ended
+            .wait_for(|e| e.is_some())
+            .await
+            .map(|e| e.clone().unwrap_or_default());
+        let Ok(why) = why else {
+            return std::future::pending().await;
+        };
+        let mut c = ctx.lock().await;
+        let note = format!("\r\nhostel: console closed: {why}\r\n");
+        let _ = c.send(Message::Binary(note.into_bytes().into())).await;
+        let _ = c.send(Message::Close(None)).await;
+    };
     tokio::select! {
         _ = down => {},
         _ = up => {},
+        _ = revoked => {},
     }
 }
 
@@ -167,7 +188,9 @@ async fn bridge_audited(
     door: Door,
 ) {
     let since = std::time::Instant::now();
-    bridge(client, a.upstream).await;
+    let ended = a.session.ended.clone();
+    bridge(client, a.upstream, ended).await;
+    drop(a.session);
     c.console_detached(
         &ctx,
         (&a.vm_id, &a.vm_name),
