@@ -574,37 +574,88 @@ pub struct CreateNetworkRequest {
 pub struct NetworkPolicy {
     /// Host services its VMs may reach through the gateway, as `PROTO/PORT`.
     #[serde(default)]
-    #[schema(max_items = 64)]
+    #[schema(schema_with = host_port_list)]
     pub host_ports: Vec<String>,
     /// Networks whose VMs its VMs may reach (and back).
     #[serde(default)]
-    #[schema(max_items = 64)]
+    #[schema(schema_with = name_list)]
     pub links: Vec<String>,
     /// IPv4 CIDRs on the host's LAN its VMs may reach (NAT networks).
     #[serde(default)]
-    #[schema(max_items = 64)]
+    #[schema(schema_with = cidr_list)]
     pub allow_to: Vec<String>,
     /// Users and groups who may attach NICs to a bridged network (others: admins only).
     #[serde(default)]
-    #[schema(max_items = 256)]
+    #[schema(schema_with = name_list)]
     pub attach: Vec<String>,
 }
 
-/// Changes a network's policy: each list given replaces the one it names.
+/// Changes a network's policy: each list given replaces the one it names; a list left
+/// out stays as it is.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, Default)]
 pub struct UpdateNetworkRequest {
-    #[serde(default)]
-    #[schema(max_items = 64)]
+    #[serde(
+        default,
+        deserialize_with = "given",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(schema_with = host_port_list)]
     pub host_ports: Option<Vec<String>>,
-    #[serde(default)]
-    #[schema(max_items = 64)]
+    #[serde(
+        default,
+        deserialize_with = "given",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(schema_with = name_list)]
     pub links: Option<Vec<String>>,
-    #[serde(default)]
-    #[schema(max_items = 64)]
+    #[serde(
+        default,
+        deserialize_with = "given",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(schema_with = cidr_list)]
     pub allow_to: Option<Vec<String>>,
-    #[serde(default)]
-    #[schema(max_items = 256)]
+    #[serde(
+        default,
+        deserialize_with = "given",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(schema_with = name_list)]
     pub attach: Option<Vec<String>>,
+}
+
+/// A list that is given: `null` is not a list (leave the field out to keep it).
+fn given<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    Vec::<String>::deserialize(d).map(Some)
+}
+
+/// A list of at most 64 strings, each matching `pattern`.
+fn string_list(pattern: &str) -> utoipa::openapi::Array {
+    use utoipa::openapi::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(pattern)),
+        )
+        .max_items(Some(64))
+        .build()
+}
+
+fn host_port_list() -> utoipa::openapi::Array {
+    string_list(
+        "^(tcp|udp)/([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$",
+    )
+}
+
+fn name_list() -> utoipa::openapi::Array {
+    string_list("^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
+}
+
+fn cidr_list() -> utoipa::openapi::Array {
+    string_list(
+        "^(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}/([0-9]|[12][0-9]|3[0-2])$",
+    )
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

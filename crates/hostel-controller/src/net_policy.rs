@@ -30,7 +30,7 @@ impl Controller {
             ("host_ports", &req.host_ports, MAX_ENTRIES),
             ("links", &req.links, MAX_ENTRIES),
             ("allow_to", &req.allow_to, MAX_ENTRIES),
-            ("attach", &req.attach, 256),
+            ("attach", &req.attach, MAX_ENTRIES),
         ] {
             if list.len() > max {
                 return Err(Invalid::new(field, format!("at most {max} entries")).into());
@@ -48,11 +48,10 @@ impl Controller {
         for name in &req.links {
             let other = self.network_named(name).await?;
             if Some(&other.id) == network.map(|n| &n.id) {
-                return Err(Invalid::new(
+                return Err(Error::conflict_field(
                     "links",
                     format!("{name:?} is this network: a network always reaches itself"),
-                )
-                .into());
+                ));
             }
             if !links.contains(&other.id) {
                 links.push(other.id);
@@ -66,30 +65,24 @@ impl Controller {
                     format!("{c:?} is not an IPv4 network: write it like 192.168.1.0/24"),
                 )
             })?;
-            if net.trunc() != net {
-                return Err(Invalid::new(
-                    "allow_to",
-                    format!("{c} has host bits set: the network is {}", net.trunc()),
-                )
-                .into());
-            }
+            // 192.168.1.7/24 means its network, as `ip route` reads it.
+            let net = net.trunc();
             let link_local: ipnet::Ipv4Net = mnet::LINK_LOCAL_V4.parse().expect("a CIDR");
+            // Refusals that depend on what the network is, not on the value's form: 409.
             if mnet::overlaps(net, link_local) {
-                return Err(Invalid::new(
+                return Err(Error::conflict_field(
                     "allow_to",
                     format!(
                         "{c} overlaps {}: link-local addresses (cloud metadata) stay closed",
                         mnet::LINK_LOCAL_V4
                     ),
-                )
-                .into());
+                ));
             }
             if mode == NetMode::Bridged {
-                return Err(Invalid::new(
+                return Err(Error::conflict_field(
                     "allow_to",
                     "a bridged network's VMs are on the LAN already: allow_to is for NAT networks",
-                )
-                .into());
+                ));
             }
             allow_to.push(net.to_string());
         }
@@ -109,11 +102,10 @@ impl Controller {
             }
         }
         if !attach.is_empty() && mode != NetMode::Bridged {
-            return Err(Invalid::new(
+            return Err(Error::conflict_field(
                 "attach",
                 "anyone may attach to a NAT network: attach lists are for bridged networks",
-            )
-            .into());
+            ));
         }
         Ok(NetPolicy {
             host_ports,

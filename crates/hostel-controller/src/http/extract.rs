@@ -126,6 +126,15 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let Json(mut v) = Json::<serde_json::Value>::from_request(req, state).await?;
+        // Every request body the API takes is an object; serde would also read a struct
+        // from an array of its fields, which the document does not allow.
+        if !v.is_object() {
+            return Err(Unreadable::new(
+                StatusCode::BAD_REQUEST,
+                "the JSON body does not fit",
+                "the body must be a JSON object".into(),
+            ));
+        }
         integers(&mut v);
         let bytes = serde_json::to_vec(&v).map_err(|e| {
             Unreadable::new(
