@@ -401,7 +401,7 @@ impl Shared {
         let _ = std::fs::remove_file(dir.join(format!("{name}.building")));
         res?;
         progress(0.98, "recording the checksum");
-        let info = hostel_storage::disk::info(&dest)?;
+        let info = hostel_storage::disk::info(&dest, "qcow2")?;
         Ok(ImageFiles {
             name: name.to_string(),
             kind: ImageKind::Disk,
@@ -447,7 +447,7 @@ impl Shared {
         }
         progress(0.95, "recording the checksum");
         std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o644))?;
-        let info = hostel_storage::disk::info(&dest)?;
+        let info = hostel_storage::disk::info(&dest, "qcow2")?;
         Ok(ImageFiles {
             name: name.to_string(),
             kind: ImageKind::Disk,

@@ -399,9 +399,16 @@ impl AgentApi for Shared {
                         "path: {path} is not in this host's disk store"
                     )));
                 }
+                // The format comes from the disk's record: qemu-img never probes a file
+                // its guest wrote.
+                let format = req.format.ok_or_else(|| {
+                    invalid(anyhow::anyhow!(
+                        "format: an offline resize needs the disk's format (qcow2 or raw)"
+                    ))
+                })?;
                 let size = req.size_mib;
                 tokio::task::spawn_blocking(move || {
-                    hostel_storage::disk::resize(std::path::Path::new(&path), size)
+                    hostel_storage::disk::resize(std::path::Path::new(&path), &format, size)
                 })
                 .await
                 .map_err(internal)?
@@ -488,7 +495,7 @@ impl AgentApi for Shared {
         let (action, name) = (req.action.clone(), req.name.clone());
         let work = move || -> anyhow::Result<()> {
             for (d, pool) in disks.iter().zip(&pools) {
-                pool.snapshot(std::path::Path::new(&d.path), &action, &name)?;
+                pool.snapshot(std::path::Path::new(&d.path), &d.format, &action, &name)?;
             }
             Ok(())
         };

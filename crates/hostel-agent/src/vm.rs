@@ -325,6 +325,14 @@ impl VmRuntime {
                 {
                     self.set_state(shared, state, None);
                 }
+                if let Some(path) = restore_from {
+                    // A restore consumes its save file: the VM's disks move on from here,
+                    // so the saved memory would no longer fit them, and the file's quota
+                    // charge ends with the restore.
+                    if let Err(e) = std::fs::remove_file(path) {
+                        tracing::warn!("removing the restored save file {path}: {e}");
+                    }
+                }
                 Ok(())
             }
             Err(e) => {
