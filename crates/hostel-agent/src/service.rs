@@ -233,6 +233,9 @@ impl AgentApi for Shared {
             let dir = hostel_qemu::RuntimePaths::new(&self.run_dir(), id).dir;
             let _ = std::fs::remove_dir_all(dir);
         }
+        if let Some(u) = &self.vm_uids {
+            u.release(id).map_err(AgentError::Internal)?;
+        }
         Ok(())
     }
 
@@ -360,9 +363,12 @@ impl AgentApi for Shared {
         .await
         .map_err(internal)?
         .map_err(invalid)?;
-        if let Err(e) = self.give_to_qemu(&path) {
+        // Root's alone until its VM starts (or hot-plugs it): then it is given to the
+        // VM's own uid.
+        let private = std::os::unix::fs::PermissionsExt::from_mode(0o600);
+        if let Err(e) = std::fs::set_permissions(&path, private) {
             let _ = pool.delete_disk(&path);
-            return Err(AgentError::from(e).into());
+            return Err(AgentError::from(anyhow::Error::from(e)).into());
         }
         Ok(DiskCreated {
             path: path.display().to_string(),
@@ -435,6 +441,9 @@ impl AgentApi for Shared {
             )));
         }
         let _g = vm.op.lock().await;
+        // QEMU opens the hot-plugged file itself, as the VM's uid.
+        let identity = self.qemu_identity(id).map_err(AgentError::Internal)?;
+        self.give_disks(std::slice::from_ref(&disk), identity.as_ref())?;
         vm.add_disk(disk).await?;
         Ok(vm.status(self).await)
     }
