@@ -571,6 +571,19 @@ async fn snapshots_and_save_files_are_charged_as_disk_space() {
         VmState::Running,
         "a refused save leaves the VM running"
     );
+
+    // Deleting a saved VM removes its save file: its charge ends with the VM.
+    k.c.quota_set(&k.admin, "user:hal", QuotaLimits::default())
+        .await
+        .unwrap();
+    let path = saves.join("s1-again.state");
+    k.c.save_vm(&hal, "s1", path.display().to_string())
+        .await
+        .unwrap();
+    // (The simulated host writes no file; the one a real host would have written.)
+    std::fs::write(&path, b"saved state").unwrap();
+    k.c.delete_vm(&hal, "s1").await.unwrap();
+    assert!(!path.exists(), "the save file went with the VM");
 }
 
 #[tokio::test]
