@@ -540,6 +540,20 @@ mod tests {
         )
         .unwrap();
         assert_eq!(import(&mono, &dir.join("mono.qcow2")).unwrap(), "vmdk");
+        // The other formats import takes are recognised by their magic too.
+        for format in ["vdi", "vhdx", "qcow2"] {
+            let src = dir.join(format!("src.{format}"));
+            run(
+                Command::new("qemu-img")
+                    .args(["create", "-q", "-f", format])
+                    .arg(&src)
+                    .arg("1M"),
+                "test",
+            )
+            .unwrap();
+            let dest = dir.join(format!("from-{format}.qcow2"));
+            assert_eq!(import(&src, &dest).unwrap(), format);
+        }
         let split = dir.join("split.vmdk");
         run(
             Command::new("qemu-img")
