@@ -5,6 +5,7 @@ pub mod console;
 mod http;
 mod net;
 mod service;
+pub mod uids;
 pub mod vm;
 
 use anyhow::{anyhow, Context};
@@ -48,8 +49,10 @@ pub struct AgentConfig {
     pub host_name: String,
     pub qemu_binary: String,
     pub accel: AccelChoice,
-    /// When the agent runs as root, QEMU runs as this user.
+    /// When the agent runs as root, its supplementary groups (`kvm`) are every QEMU's.
     pub qemu_user: String,
+    /// When the agent runs as root, each VM's QEMU runs as a uid of its own from here.
+    pub qemu_uids: uids::UidRange,
     /// Where the KVM probe's answer is cached (per host boot).
     pub probe_cache: PathBuf,
 }
@@ -100,7 +103,10 @@ pub struct Shared {
     pub cfg: AgentConfig,
     pub vms: Mutex<HashMap<String, Arc<VmRuntime>>>,
     events: broadcast::Sender<Event>,
+    /// The QEMU user's identity (when root); VMs run as their own, [`Shared::vm_uids`].
     pub run_as: Option<RunAs>,
+    /// Each VM's QEMU identity (when root).
+    pub vm_uids: Option<uids::VmUids>,
     accel: OnceCell<(Accel, String)>,
     pub qemu_version: String,
     /// Port guards of the NICs of running VMs, by tap name.
@@ -261,8 +267,20 @@ impl Shared {
         }
     }
 
-    /// Makes a VM's runtime directory, private to the QEMU user, without stale sockets.
-    pub fn prepare_runtime_dir(&self, paths: &RuntimePaths) -> Result<(), AgentError> {
+    /// The identity VM `vm_id`'s QEMU runs as: its own uid (when the agent is root).
+    pub fn qemu_identity(&self, vm_id: &str) -> anyhow::Result<Option<RunAs>> {
+        match &self.vm_uids {
+            Some(u) => Ok(Some(u.identity(vm_id)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Makes a VM's runtime directory, private to its QEMU's uid, without stale sockets.
+    pub fn prepare_runtime_dir(
+        &self,
+        paths: &RuntimePaths,
+        identity: Option<&RunAs>,
+    ) -> Result<(), AgentError> {
         std::fs::create_dir_all(&paths.dir)
             .with_context(|| format!("creating {}", paths.dir.display()))?;
         for stale in [
@@ -276,19 +294,32 @@ impl Shared {
         }
         std::fs::set_permissions(&paths.dir, std::fs::Permissions::from_mode(0o700))
             .context("chmod runtime dir")?;
-        self.give_to_qemu(&paths.dir)?;
+        if let Some(owner) = identity {
+            uids::give(&paths.dir, owner, 0o700)?;
+        }
         Ok(())
     }
 
-    /// Hands a file or directory to the QEMU user (when QEMU runs as one).
-    pub fn give_to_qemu(&self, path: &Path) -> anyhow::Result<()> {
-        if let Some(u) = &self.run_as {
-            nix::unistd::chown(
-                path,
-                Some(nix::unistd::Uid::from_raw(u.uid)),
-                Some(nix::unistd::Gid::from_raw(u.gid)),
-            )
-            .with_context(|| format!("chown {}", path.display()))?;
+    /// Gives a VM's disk files to its QEMU's uid alone (0600), each checked to be inside
+    /// its pool first: root chowns only what it made. Image bases (the backing files of
+    /// overlays) stay root's, readable by every VM and writable by none.
+    pub fn give_disks(
+        &self,
+        disks: &[hostel_api::agent::DiskSpec],
+        identity: Option<&RunAs>,
+    ) -> Result<(), AgentError> {
+        let Some(owner) = identity else {
+            return Ok(());
+        };
+        for d in disks {
+            let path = Path::new(&d.path);
+            if !self.pool(d.pool.as_ref())?.holds(path) {
+                return Err(AgentError::Invalid(anyhow!(
+                    "path: {} is not in the disk's pool",
+                    d.path
+                )));
+            }
+            uids::give(path, owner, 0o600)?;
         }
         Ok(())
     }
@@ -401,7 +432,7 @@ impl Shared {
         let _ = std::fs::remove_file(dir.join(format!("{name}.building")));
         res?;
         progress(0.98, "recording the checksum");
-        let info = hostel_storage::disk::info(&dest)?;
+        let info = hostel_storage::disk::info(&dest, "qcow2")?;
         Ok(ImageFiles {
             name: name.to_string(),
             kind: ImageKind::Disk,
@@ -447,7 +478,7 @@ impl Shared {
         }
         progress(0.95, "recording the checksum");
         std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o644))?;
-        let info = hostel_storage::disk::info(&dest)?;
+        let info = hostel_storage::disk::info(&dest, "qcow2")?;
         Ok(ImageFiles {
             name: name.to_string(),
             kind: ImageKind::Disk,
@@ -560,7 +591,7 @@ pub fn host_memory_mib() -> u64 {
 }
 
 /// Checks that the QEMU user can reach `dir` (every ancestor searchable by it).
-fn check_reachable(dir: &Path, user: &str, u: &RunAs) -> anyhow::Result<()> {
+fn check_reachable(dir: &Path, who: &str, u: &RunAs) -> anyhow::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let mut p = Some(dir);
     while let Some(d) = p {
@@ -574,7 +605,7 @@ fn check_reachable(dir: &Path, user: &str, u: &RunAs) -> anyhow::Result<()> {
         };
         if !ok {
             anyhow::bail!(
-                "QEMU runs as user {user}, which cannot reach {} because {} has mode {:o}: \
+                "QEMU runs as {who}, which cannot reach {} because {} has mode {:o}: \
                  `chmod o+x {}` or choose another --data-dir",
                 dir.display(),
                 d.display(),
@@ -587,6 +618,21 @@ fn check_reachable(dir: &Path, user: &str, u: &RunAs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Makes the files of the default pool private to their owners: disks made before each
+/// VM had its own uid were readable by all (mode 0644); a VM's start gives them to it.
+fn private_disk_files(dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Ok(m) = e.metadata() else { continue };
+        if m.is_file() && m.mode() & 0o077 != 0 {
+            let _ = std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(0o600));
+        }
+    }
+}
+
 /// Creates the agent: makes its directories, and re-adopts every QEMU that an earlier
 /// agent left running.
 pub async fn start(cfg: AgentConfig) -> anyhow::Result<Arc<Shared>> {
@@ -596,14 +642,32 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<Arc<Shared>> {
     } else {
         None
     };
+    let vm_uids = match &run_as {
+        Some(u) => {
+            // The QEMU user's own group stays out: files from before per-VM uids are its.
+            let groups = u.groups.iter().copied().filter(|g| *g != u.gid).collect();
+            let table = cfg.data_dir.join("qemu-uids.json");
+            Some(uids::VmUids::load(&table, cfg.qemu_uids, groups)?)
+        }
+        None => None,
+    };
     for d in ["", "run", "disks", "images"] {
         let p = cfg.data_dir.join(d);
         std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
         let mode = if d == "images" { 0o755 } else { 0o711 };
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))?;
     }
-    if let Some(u) = &run_as {
-        check_reachable(&cfg.data_dir.join("disks"), &cfg.qemu_user, u)?;
+    if run_as.is_some() {
+        // A VM's uid is neither owner nor group of the directories above its files.
+        let any_vm = RunAs {
+            uid: cfg.qemu_uids.first,
+            gid: cfg.qemu_uids.first,
+            groups: Vec::new(),
+        };
+        let who = "a uid of its own per VM";
+        check_reachable(&cfg.data_dir.join("disks"), who, &any_vm)?;
+        check_reachable(&cfg.data_dir.join("run"), who, &any_vm)?;
+        private_disk_files(&cfg.data_dir.join("disks"));
     }
     let qemu_version = hostel_qemu::probe::qemu_version(&cfg.qemu_binary).await?;
     let shared = Arc::new_cyclic(|me| Shared {
@@ -612,6 +676,7 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<Arc<Shared>> {
         vms: Mutex::new(HashMap::new()),
         events: broadcast::channel(1024).0,
         run_as,
+        vm_uids,
         accel: OnceCell::new(),
         qemu_version,
         guards: Mutex::new(HashMap::new()),

@@ -233,6 +233,9 @@ impl AgentApi for Shared {
             let dir = hostel_qemu::RuntimePaths::new(&self.run_dir(), id).dir;
             let _ = std::fs::remove_dir_all(dir);
         }
+        if let Some(u) = &self.vm_uids {
+            u.release(id).map_err(AgentError::Internal)?;
+        }
         Ok(())
     }
 
@@ -380,9 +383,12 @@ impl AgentApi for Shared {
         .await
         .map_err(internal)?
         .map_err(invalid)?;
-        if let Err(e) = self.give_to_qemu(&path) {
+        // Root's alone until its VM starts (or hot-plugs it): then it is given to the
+        // VM's own uid.
+        let private = std::os::unix::fs::PermissionsExt::from_mode(0o600);
+        if let Err(e) = std::fs::set_permissions(&path, private) {
             let _ = pool.delete_disk(&path);
-            return Err(AgentError::from(e).into());
+            return Err(AgentError::from(anyhow::Error::from(e)).into());
         }
         Ok(DiskCreated {
             path: path.display().to_string(),
@@ -419,9 +425,16 @@ impl AgentApi for Shared {
                         "path: {path} is not in this host's disk store"
                     )));
                 }
+                // The format comes from the disk's record: qemu-img never probes a file
+                // its guest wrote.
+                let format = req.format.ok_or_else(|| {
+                    invalid(anyhow::anyhow!(
+                        "format: an offline resize needs the disk's format (qcow2 or raw)"
+                    ))
+                })?;
                 let size = req.size_mib;
                 tokio::task::spawn_blocking(move || {
-                    hostel_storage::disk::resize(std::path::Path::new(&path), size)
+                    hostel_storage::disk::resize(std::path::Path::new(&path), &format, size)
                 })
                 .await
                 .map_err(internal)?
@@ -448,6 +461,9 @@ impl AgentApi for Shared {
             )));
         }
         let _g = vm.op.lock().await;
+        // QEMU opens the hot-plugged file itself, as the VM's uid.
+        let identity = self.qemu_identity(id).map_err(AgentError::Internal)?;
+        self.give_disks(std::slice::from_ref(&disk), identity.as_ref())?;
         vm.add_disk(disk).await?;
         Ok(vm.status(self).await)
     }
@@ -508,7 +524,7 @@ impl AgentApi for Shared {
         let (action, name) = (req.action.clone(), req.name.clone());
         let work = move || -> anyhow::Result<()> {
             for (d, pool) in disks.iter().zip(&pools) {
-                pool.snapshot(std::path::Path::new(&d.path), &action, &name)?;
+                pool.snapshot(std::path::Path::new(&d.path), &d.format, &action, &name)?;
             }
             Ok(())
         };

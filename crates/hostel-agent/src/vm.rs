@@ -230,8 +230,11 @@ impl VmRuntime {
             Some(path) => Some(open_saved(path, &spec.id)?),
             None => None,
         };
-        shared.prepare_runtime_dir(&self.paths)?;
-        prepare_boot_files(shared, &self.paths, &spec)?;
+        // This VM's own uid owns its disks and runtime files, and nothing of other VMs.
+        let identity = shared.qemu_identity(&spec.id)?;
+        shared.prepare_runtime_dir(&self.paths, identity.as_ref())?;
+        shared.give_disks(&spec.disks, identity.as_ref())?;
+        prepare_boot_files(shared, &self.paths, &spec, identity.as_ref())?;
         let host = shared.host_opts().await;
         let mut argv = hostel_qemu::render(
             &spec,
@@ -264,7 +267,7 @@ impl VmRuntime {
         let started = process::spawn(Launch {
             argv: &argv,
             log: &self.paths.log(),
-            run_as: shared.run_as.clone(),
+            run_as: identity,
             incoming,
             taps,
         })
@@ -324,6 +327,14 @@ impl VmRuntime {
                     && self.state() == VmState::Starting
                 {
                     self.set_state(shared, state, None);
+                }
+                if let Some(path) = restore_from {
+                    // A restore consumes its save file: the VM's disks move on from here,
+                    // so the saved memory would no longer fit them, and the file's quota
+                    // charge ends with the restore.
+                    if let Err(e) = std::fs::remove_file(path) {
+                        tracing::warn!("removing the restored save file {path}: {e}");
+                    }
                 }
                 Ok(())
             }
@@ -1290,6 +1301,7 @@ fn prepare_boot_files(
     shared: &Shared,
     paths: &RuntimePaths,
     spec: &VmSpec,
+    identity: Option<&hostel_qemu::process::RunAs>,
 ) -> Result<(), AgentError> {
     if let Some(seed) = &spec.seed {
         hostel_storage::seed::write_seed_iso(
@@ -1299,7 +1311,9 @@ fn prepare_boot_files(
             &seed.network_config,
         )
         .map_err(AgentError::Internal)?;
-        shared.give_to_qemu(&paths.seed_iso())?;
+        if let Some(owner) = identity {
+            crate::uids::give(&paths.seed_iso(), owner, 0o600)?;
+        }
     }
     if spec.boot == hostel_api::agent::Boot::Uefi && !paths.efivars().exists() {
         let template = Path::new(hostel_qemu::argv::OVMF_VARS);
@@ -1313,7 +1327,9 @@ fn prepare_boot_files(
         let tmp = paths.efivars().with_extension("tmp");
         std::fs::copy(template, &tmp).context("copying the UEFI variables template")?;
         std::fs::rename(&tmp, paths.efivars()).context("placing the UEFI variables")?;
-        shared.give_to_qemu(&paths.efivars())?;
+    }
+    if let (Some(owner), true) = (identity, paths.efivars().exists()) {
+        crate::uids::give(&paths.efivars(), owner, 0o600)?;
     }
     // A file QEMU cannot load is the caller's mistake, told before QEMU is started.
     if let hostel_api::agent::Boot::DirectKernel { kernel, initrd, .. } = &spec.boot {

@@ -1045,13 +1045,14 @@ pub struct AuditEntry {
 /// Quota limits; a missing limit is no limit. Charged to a VM's owner.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct QuotaLimits {
-    /// Memory of the owner's running VMs added up (their balloon targets), MiB.
+    /// Max memory of the owner's running VMs added up, MiB: QEMU is given a VM's max
+    /// memory, and a guest without a balloon driver uses all of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ram_total_mib: Option<u64>,
     /// Max memory of any one VM, MiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ram_per_vm_mib: Option<u64>,
-    /// Sizes of all the owner's disks added up, MiB.
+    /// All the owner's disk space added up, MiB: disks, snapshots and save files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_total_mib: Option<u64>,
     /// Sizes of one VM's disks added up, MiB.
@@ -1064,15 +1065,40 @@ pub struct QuotaLimits {
     /// vCPUs of the owner's running VMs added up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vcpus_total: Option<u64>,
+    /// NICs of all the owner's VMs, running or not (each holds an address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nics_total: Option<u64>,
+    /// Port forwards of all the owner's VMs (each holds a host port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_forwards_total: Option<u64>,
+    /// Snapshots of all the owner's VMs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshots_total: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct QuotaUse {
+    /// Max memory of the running VMs added up, MiB.
     pub ram_mib: u64,
+    /// Disk space charged, MiB: the disks' sizes plus `snapshots_mib` plus `saves_mib`.
     pub disk_mib: u64,
+    /// What the snapshots are charged, MiB (part of `disk_mib`): each is charged its VM's
+    /// disk sizes, plus max memory and 64 MiB of device state if it holds memory.
+    #[serde(default)]
+    pub snapshots_mib: u64,
+    /// What save files are charged, MiB (part of `disk_mib`): max memory and 64 MiB of
+    /// device state per saved VM.
+    #[serde(default)]
+    pub saves_mib: u64,
     pub vms: u64,
     pub vms_running: u64,
     pub vcpus: u64,
+    #[serde(default)]
+    pub nics: u64,
+    #[serde(default)]
+    pub port_forwards: u64,
+    #[serde(default)]
+    pub snapshots: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -89,16 +89,7 @@ impl Controller {
         let pool_spec = self.pool_spec(pool.as_ref().map(|p| p.id.as_str())).await?;
         let disks = self.store.disks_of(&vm.id).await?;
         let idx = disks.iter().map(|d| d.idx + 1).max().unwrap_or(0);
-        let _quota = self
-            .charge(
-                crate::quota::owner_key(&vm).as_deref(),
-                &crate::quota::Charge {
-                    disk_mib: size,
-                    vm_disk_mib: disks.iter().map(|d| d.size_mib).sum::<u64>() + size,
-                    ..Default::default()
-                },
-            )
-            .await?;
+        let _quota = self.charge_disk_growth(&vm, size).await?;
         let made = agent
             .create_disk(wire::CreateDiskRequest {
                 vm_id: vm.id.clone(),
@@ -203,30 +194,15 @@ impl Controller {
             )
             .into());
         }
-        let all: u64 = self
-            .store
-            .disks_of(&vm.id)
-            .await?
-            .iter()
-            .map(|d| d.size_mib)
-            .sum();
         let grow = req.size_mib - disk.size_mib;
-        let _quota = self
-            .charge(
-                crate::quota::owner_key(&vm).as_deref(),
-                &crate::quota::Charge {
-                    disk_mib: grow,
-                    vm_disk_mib: all + grow,
-                    ..Default::default()
-                },
-            )
-            .await?;
+        let _quota = self.charge_disk_growth(&vm, grow).await?;
         let body = if vm.state.has_process() {
             wire::ResizeDiskRequest {
                 index: Some(disk.idx),
                 path: None,
                 size_mib: req.size_mib,
                 pool: None,
+                format: None,
             }
         } else {
             wire::ResizeDiskRequest {
@@ -234,6 +210,7 @@ impl Controller {
                 path: Some(disk.path.clone()),
                 size_mib: req.size_mib,
                 pool: self.pool_spec(disk.pool_id.as_deref()).await?,
+                format: Some(disk.format.clone()),
             }
         };
         agent
@@ -342,6 +319,7 @@ impl Controller {
                 format!("VM {name:?} has a snapshot {snap:?} already"),
             ));
         }
+        let _quota = self.charge_snapshot(&vm, req.memory).await?;
         self.snapshot_call(&vm, "create", &snap, req.memory).await?;
         let rec = hostel_store::SnapshotRecord {
             id: new_id("snap"),

@@ -449,6 +449,7 @@ impl Controller {
             )
             .into());
         }
+        let _quota = self.charge_nic(&vm).await?;
         let existing = self.store.nics_of(&vm.id).await?;
         let idx = existing.iter().map(|n| n.idx + 1).max().unwrap_or(0);
         let nic = self.plan_nic(ctx, &vm.id, idx, &req, &[]).await?;
@@ -575,6 +576,7 @@ impl Controller {
                 format!("VM {name:?} has no NIC on a NAT network: port forwards reach VMs behind NAT only"),
             ))
         })?;
+        let _quota = self.charge_port_forward(&vm).await?;
         let rec = ForwardRecord {
             id: new_id("fwd"),
             vm_id: vm.id.clone(),

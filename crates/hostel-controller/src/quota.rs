@@ -1,6 +1,13 @@
 //! Quotas, charged to a VM's owner (Invirt's `owners` table): cluster-wide defaults,
 //! per-owner overrides, checked under one lock so that concurrent requests never pass a
 //! limit together.
+//!
+//! What is charged is what a VM can take, not what it asks for: memory at the VM's max
+//! memory (QEMU is started with it, and a guest without a balloon driver uses it all, as
+//! Proxmox charges configured memory), disk space for disks, snapshots and save files,
+//! and the shared things a VM holds: NICs (addresses) and port forwards (host ports).
+//! Snapshots and saves are charged a bound, not a measurement, so that the charge is
+//! known before the file is written and cannot grow behind the quota's back.
 
 use crate::context::Ctx;
 use crate::error::Error;
@@ -21,7 +28,25 @@ pub fn builtin_defaults() -> QuotaLimits {
         vms_total: Some(10),
         vms_running: Some(5),
         vcpus_total: Some(8),
+        nics_total: Some(8),
+        port_forwards_total: Some(8),
+        snapshots_total: Some(20),
     }
+}
+
+/// QEMU's device state beside guest RAM in a save file or a memory snapshot (VGA RAM
+/// alone is 16 MiB), so a memory state is charged max memory plus this.
+pub const DEVICE_STATE_MIB: u64 = 64;
+
+/// What a memory state (save file, snapshot with memory) of `vm` is charged.
+pub fn memory_state_mib(vm: &VmRecord) -> u64 {
+    vm.max_memory_mib + DEVICE_STATE_MIB
+}
+
+/// What one snapshot of `vm` is charged: a snapshot keeps every block the VM overwrites
+/// later, up to its disks' sizes, so it is charged them (plus a memory state).
+pub fn snapshot_mib(vm: &VmRecord, disks_mib: u64, with_memory: bool) -> u64 {
+    disks_mib + if with_memory { memory_state_mib(vm) } else { 0 }
 }
 
 /// What a request would add to its owner's use.
@@ -32,6 +57,9 @@ pub struct Charge {
     pub vms: u64,
     pub vms_running: u64,
     pub vcpus: u64,
+    pub nics: u64,
+    pub port_forwards: u64,
+    pub snapshots: u64,
     /// The VM's max memory and its disks' total after the request (per-VM limits).
     pub vm_max_ram_mib: u64,
     pub vm_disk_mib: u64,
@@ -68,6 +96,9 @@ impl Controller {
             vms_total: own.vms_total.or(defaults.vms_total),
             vms_running: own.vms_running.or(defaults.vms_running),
             vcpus_total: own.vcpus_total.or(defaults.vcpus_total),
+            nics_total: own.nics_total.or(defaults.nics_total),
+            port_forwards_total: own.port_forwards_total.or(defaults.port_forwards_total),
+            snapshots_total: own.snapshots_total.or(defaults.snapshots_total),
         })
     }
 
@@ -79,6 +110,7 @@ impl Controller {
             Some(("group", id)) => self.store.owned(None, Some(id)).await?,
             _ => (Vec::new(), Vec::new()),
         };
+        let mut counted = std::collections::HashSet::new();
         for v in vms {
             if owner_key(&v).as_deref() != Some(owner) || Some(v.id.as_str()) == except_vm {
                 continue;
@@ -86,15 +118,33 @@ impl Controller {
             u.vms += 1;
             if v.state.has_process() {
                 u.vms_running += 1;
-                u.ram_mib += v.memory_mib;
+                u.ram_mib += v.max_memory_mib;
                 u.vcpus += v.vcpus as u64;
             }
-            u.disk_mib += disks
+            let disks_mib = disks
                 .iter()
                 .filter(|d| d.vm_id == v.id)
                 .map(|d| d.size_mib)
                 .sum::<u64>();
+            u.disk_mib += disks_mib;
+            for s in self.store.snapshots_of(&v.id).await? {
+                u.snapshots += 1;
+                u.snapshots_mib += snapshot_mib(&v, disks_mib, s.with_memory);
+            }
+            if v.saved_path.is_some() {
+                u.saves_mib += memory_state_mib(&v);
+            }
+            u.nics += self.store.nics_of(&v.id).await?.len() as u64;
+            counted.insert(v.id);
         }
+        u.disk_mib += u.snapshots_mib + u.saves_mib;
+        u.port_forwards = self
+            .store
+            .forwards()
+            .await?
+            .iter()
+            .filter(|f| counted.contains(&f.vm_id))
+            .count() as u64;
         Ok(u)
     }
 
@@ -132,7 +182,9 @@ impl Controller {
         let over =
             |what: &str, now: u64, add: u64, limit: Option<u64>, unit: &dyn Fn(u64) -> String| {
                 match limit {
-                    Some(l) if now + add > l => Some(format!(
+                    // A request that adds nothing to a quantity is not refused by it: an
+                    // owner over a lowered limit can still restore, stop and delete.
+                    Some(l) if add > 0 && now + add > l => Some(format!(
                         "over quota: {what} of {who} would be {} with this, the limit is {} \
                      (over by {}): free some, or ask an admin to raise it (`hostel quota show`)",
                         unit(now + add),
@@ -161,14 +213,14 @@ impl Controller {
                 &mib,
             ),
             over(
-                "the memory of running VMs",
+                "the max memory of running VMs",
                 used.ram_mib,
                 charge.ram_mib,
                 limits.ram_total_mib,
                 &mib,
             ),
             over(
-                "the disks",
+                "the disk space (disks, snapshots, save files)",
                 used.disk_mib,
                 charge.disk_mib,
                 limits.disk_total_mib,
@@ -193,6 +245,27 @@ impl Controller {
                 used.vcpus,
                 charge.vcpus,
                 limits.vcpus_total,
+                &count,
+            ),
+            over(
+                "the number of NICs",
+                used.nics,
+                charge.nics,
+                limits.nics_total,
+                &count,
+            ),
+            over(
+                "the number of port forwards",
+                used.port_forwards,
+                charge.port_forwards,
+                limits.port_forwards_total,
+                &count,
+            ),
+            over(
+                "the number of snapshots",
+                used.snapshots,
+                charge.snapshots,
+                limits.snapshots_total,
                 &count,
             ),
         ];
@@ -226,23 +299,125 @@ impl Controller {
 
     /// What a VM as a whole charges its owner (for a transfer), and its per-VM sizes.
     pub(crate) async fn vm_charge(&self, vm: &VmRecord) -> Res<Charge> {
-        let disk: u64 = self
+        let disks_mib: u64 = self
             .store
             .disks_of(&vm.id)
             .await?
             .iter()
             .map(|d| d.size_mib)
             .sum();
+        let snapshots = self.store.snapshots_of(&vm.id).await?;
+        let snapshots_mib: u64 = snapshots
+            .iter()
+            .map(|s| snapshot_mib(vm, disks_mib, s.with_memory))
+            .sum();
+        let saves_mib = if vm.saved_path.is_some() {
+            memory_state_mib(vm)
+        } else {
+            0
+        };
+        let port_forwards = self
+            .store
+            .forwards()
+            .await?
+            .iter()
+            .filter(|f| f.vm_id == vm.id)
+            .count() as u64;
         let on = vm.state.has_process();
         Ok(Charge {
-            ram_mib: if on { vm.memory_mib } else { 0 },
-            disk_mib: disk,
+            ram_mib: if on { vm.max_memory_mib } else { 0 },
+            disk_mib: disks_mib + snapshots_mib + saves_mib,
             vms: 1,
             vms_running: on as u64,
             vcpus: if on { vm.vcpus as u64 } else { 0 },
+            nics: self.store.nics_of(&vm.id).await?.len() as u64,
+            port_forwards,
+            snapshots: snapshots.len() as u64,
             vm_max_ram_mib: vm.max_memory_mib,
-            vm_disk_mib: disk,
+            vm_disk_mib: disks_mib,
         })
+    }
+
+    /// Checks that one more NIC fits the owner's quota of `vm`; the guard is to be held
+    /// until the NIC is recorded.
+    pub(crate) async fn charge_nic(
+        &self,
+        vm: &VmRecord,
+    ) -> Res<Option<tokio::sync::MutexGuard<'_, ()>>> {
+        let charge = Charge {
+            nics: 1,
+            ..Default::default()
+        };
+        self.charge(owner_key(vm).as_deref(), &charge).await
+    }
+
+    /// Checks that one more port forward fits the owner's quota of `vm`; the guard is to
+    /// be held until the forward is recorded.
+    pub(crate) async fn charge_port_forward(
+        &self,
+        vm: &VmRecord,
+    ) -> Res<Option<tokio::sync::MutexGuard<'_, ()>>> {
+        let charge = Charge {
+            port_forwards: 1,
+            ..Default::default()
+        };
+        self.charge(owner_key(vm).as_deref(), &charge).await
+    }
+
+    /// Checks that one more snapshot of `vm` fits, charged what [`snapshot_mib`] says.
+    pub(crate) async fn charge_snapshot(
+        &self,
+        vm: &VmRecord,
+        with_memory: bool,
+    ) -> Res<Option<tokio::sync::MutexGuard<'_, ()>>> {
+        let disks_mib: u64 = self
+            .store
+            .disks_of(&vm.id)
+            .await?
+            .iter()
+            .map(|d| d.size_mib)
+            .sum();
+        let charge = Charge {
+            snapshots: 1,
+            disk_mib: snapshot_mib(vm, disks_mib, with_memory),
+            ..Default::default()
+        };
+        self.charge(owner_key(vm).as_deref(), &charge).await
+    }
+
+    /// Checks that a save file of `vm` fits the owner's disk space.
+    pub(crate) async fn charge_save(
+        &self,
+        vm: &VmRecord,
+    ) -> Res<Option<tokio::sync::MutexGuard<'_, ()>>> {
+        let charge = Charge {
+            disk_mib: memory_state_mib(vm),
+            ..Default::default()
+        };
+        self.charge(owner_key(vm).as_deref(), &charge).await
+    }
+
+    /// Checks that `grow_mib` more disk on `vm` fits: each of the VM's snapshots is
+    /// charged the VM's disk sizes, so it grows with them.
+    pub(crate) async fn charge_disk_growth(
+        &self,
+        vm: &VmRecord,
+        grow_mib: u64,
+    ) -> Res<Option<tokio::sync::MutexGuard<'_, ()>>> {
+        let disks_mib: u64 = self
+            .store
+            .disks_of(&vm.id)
+            .await?
+            .iter()
+            .map(|d| d.size_mib)
+            .sum();
+        let snapshots = self.store.snapshots_of(&vm.id).await?.len() as u64;
+        let charge = Charge {
+            disk_mib: grow_mib * (1 + snapshots),
+            vm_disk_mib: disks_mib + grow_mib,
+            ..Default::default()
+        };
+        self.charge(owner_key(vm).as_deref(), &charge).await
     }
 
     /// `hostel quota show [OWNER]`: limits and use; users see their own and their groups'.

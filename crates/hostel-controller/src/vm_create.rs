@@ -262,11 +262,14 @@ impl Controller {
             .charge(
                 owner.as_deref(),
                 &crate::quota::Charge {
-                    ram_mib: if req.start { sizing.memory_mib } else { 0 },
+                    ram_mib: if req.start { sizing.max_memory_mib } else { 0 },
                     disk_mib,
                     vms: 1,
                     vms_running: req.start as u64,
                     vcpus: if req.start { sizing.vcpus as u64 } else { 0 },
+                    nics: nics.len() as u64,
+                    port_forwards: 0,
+                    snapshots: 0,
                     vm_max_ram_mib: sizing.max_memory_mib,
                     vm_disk_mib: disk_mib,
                 },

@@ -71,6 +71,23 @@ impl Controller {
         Ok(())
     }
 
+    /// Removes the save file of a VM being deleted: its quota charge ends with the VM. Only
+    /// files in the save directories: like `check_save_path`, this takes the controller's
+    /// data dir for the host's (all-in-one).
+    fn remove_save_file(&self, path: &str) {
+        let saves = self.cfg.data_dir.join("saves");
+        let p = std::path::Path::new(path);
+        let inside = p.starts_with(&saves)
+            && !p
+                .components()
+                .any(|x| matches!(x, std::path::Component::ParentDir));
+        if inside {
+            if let Err(e) = std::fs::remove_file(p) {
+                tracing::warn!("removing the save file {path} of a deleted VM: {e}");
+            }
+        }
+    }
+
     /// The VM under its operation lock, read again once the lock is held (an operation
     /// that ran meanwhile may have changed it).
     pub(crate) async fn locked_vm(
@@ -304,7 +321,8 @@ impl Controller {
         .await
     }
 
-    /// The quota a start charges: one more running VM, its memory and vCPUs.
+    /// The quota a start charges: one more running VM, its max memory (what QEMU is
+    /// given, whatever the balloon target) and vCPUs.
     pub(crate) async fn charge_start(
         &self,
         vm: &VmRecord,
@@ -312,7 +330,7 @@ impl Controller {
         self.charge(
             crate::quota::owner_key(vm).as_deref(),
             &crate::quota::Charge {
-                ram_mib: vm.memory_mib,
+                ram_mib: vm.max_memory_mib,
                 vms_running: 1,
                 vcpus: vm.vcpus as u64,
                 vm_max_ram_mib: vm.max_memory_mib,
@@ -325,19 +343,8 @@ impl Controller {
     pub async fn mem_set(&self, ctx: &Ctx, name: &str, memory_mib: u64) -> Res<Vm> {
         ctx.params(serde_json::json!({"memory_mib": memory_mib}));
         self.operate(ctx, name, Op::MemSet, |vm, agent| async move {
-            let _quota = self
-                .charge(
-                    crate::quota::owner_key(&vm).as_deref(),
-                    &crate::quota::Charge {
-                        ram_mib: if vm.state.has_process() {
-                            memory_mib.saturating_sub(vm.memory_mib)
-                        } else {
-                            0
-                        },
-                        ..Default::default()
-                    },
-                )
-                .await?;
+            // No quota check: memory is charged at the VM's max memory, which a balloon
+            // target never passes.
             if memory_mib < hostel_model::MIN_MEMORY_MIB || memory_mib > vm.max_memory_mib {
                 return Err(Invalid::new(
                     "memory",
@@ -404,6 +411,7 @@ impl Controller {
         ctx.params(serde_json::json!({"path": path}));
         self.check_save_path(ctx, &path)?;
         self.operate(ctx, name, Op::Save, |vm, agent| async move {
+            let _quota = self.charge_save(&vm).await?;
             let header = SaveHeader {
                 magic: wire::SAVE_MAGIC.into(),
                 vm_id: vm.id.clone(),
@@ -477,6 +485,14 @@ impl Controller {
         keep_disks: bool,
     ) -> Res<Vec<String>> {
         ctx.params(serde_json::json!({"keep_disks": keep_disks}));
+        if keep_disks && !ctx.is_admin() {
+            // Kept files belong to no VM, so no quota would charge them.
+            return Err(Error::forbidden(
+                "only an admin may delete a VM and keep its disk files: files no VM owns \
+                 are charged to no quota. Delete the VM without --keep-disks, or ask an \
+                 admin to keep them for you",
+            ));
+        }
         let (_g, vm) = self.locked_vm(ctx, name).await?;
         Op::Delete.check(vm.state)?;
         let agent = self.host_agent(&vm)?;
@@ -486,9 +502,16 @@ impl Controller {
         let had_nics = !self.store.nics_of(&vm.id).await?.is_empty();
         self.store.delete_vm(&vm.id).await?;
         let kept = if keep_disks {
-            disks.iter().map(|d| d.path.clone()).collect()
+            disks
+                .iter()
+                .map(|d| d.path.clone())
+                .chain(vm.saved_path.clone())
+                .collect()
         } else {
             self.remove_disk_files(&agent, &disks).await;
+            if let Some(path) = &vm.saved_path {
+                self.remove_save_file(path);
+            }
             Vec::new()
         };
         self.locks.lock().unwrap().remove(&vm.id);

@@ -265,7 +265,7 @@ impl AgentApi for SimHost {
     }
 
     async fn save_vm(&self, id: &str, req: SaveRequest) -> Res<VmStatus> {
-        let s = self.to_state(id, VmState::Stopped)?;
+        let s = self.to_state(id, VmState::Saved)?;
         self.saves.lock().unwrap().insert(req.path, req.header);
         Ok(s)
     }

@@ -164,6 +164,7 @@ async fn every_endpoint_agrees_between_client_and_router() {
             path: None,
             size_mib: 128,
             pool: None,
+            format: None,
         },
     };
     a.resize_disk(resize.clone()).await.unwrap();

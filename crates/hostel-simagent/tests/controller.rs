@@ -321,3 +321,293 @@ async fn others_vms_do_not_exist_until_shared_with_a_group() {
             .unwrap_err();
     assert!(matches!(e, Error::Conflict { .. }), "{e:?}");
 }
+
+/// The owner's quota use, as `hostel quota show` reads it.
+async fn used(k: &Cluster, ctx: &Ctx) -> QuotaUse {
+    k.c.quota_show(ctx, None).await.unwrap().used
+}
+
+#[tokio::test]
+async fn memory_is_charged_at_max_memory_not_the_balloon_target() {
+    let k = Cluster::new(1).await;
+    k.tiny().await;
+    let fay = k.user("fay").await;
+    k.c.quota_set(
+        &k.admin,
+        "user:fay",
+        QuotaLimits {
+            ram_total_mib: Some(300),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    // A 64M balloon target on a 256M VM: QEMU is given 256M, and a guest without a
+    // balloon driver uses all of it.
+    k.c.create_vm(
+        &fay,
+        create(
+            "m1",
+            serde_json::json!({"image": "tiny", "max_memory_mib": 256, "nics": []}),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(used(&k, &fay).await.ram_mib, 256);
+    let e =
+        k.c.create_vm(
+            &fay,
+            create(
+                "m2",
+                serde_json::json!({"image": "tiny", "max_memory_mib": 64, "nics": []}),
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::Quota(_)) && e.message().contains("would be 320M"),
+        "{e:?}"
+    );
+    // Lowering the balloon target frees nothing.
+    k.c.mem_set(&fay, "m1", 32).await.unwrap();
+    assert_eq!(used(&k, &fay).await.ram_mib, 256);
+}
+
+#[tokio::test]
+async fn nics_port_forwards_and_snapshots_are_limited() {
+    let k = Cluster::new(1).await;
+    k.tiny().await;
+    k.c.ensure_default_network(&k.admin).await.unwrap();
+    let gus = k.user("gus").await;
+    k.c.quota_set(
+        &k.admin,
+        "user:gus",
+        QuotaLimits {
+            nics_total: Some(2),
+            port_forwards_total: Some(1),
+            snapshots_total: Some(1),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let nic = || NicRequest {
+        network: "default".into(),
+        ip: None,
+        mac: None,
+    };
+    // A create with more NICs than the quota makes nothing.
+    let e =
+        k.c.create_vm(
+            &gus,
+            create(
+                "n0",
+                serde_json::json!({"image": "tiny", "disk_mib": 64, "start": false,
+                    "nics": [{"network": "default"}, {"network": "default"}, {"network": "default"}]}),
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::Quota(_)) && e.message().contains("the number of NICs"),
+        "{e:?}"
+    );
+    assert!(k.c.store.vm_by_name("n0").await.unwrap().is_none());
+    // A stopped VM cannot take every address of `default` either.
+    k.c.create_vm(
+        &gus,
+        create(
+            "n1",
+            serde_json::json!({"image": "tiny", "disk_mib": 64, "start": false}),
+        ),
+    )
+    .await
+    .unwrap();
+    k.c.add_nic(&gus, "n1", nic()).await.unwrap();
+    let e = k.c.add_nic(&gus, "n1", nic()).await.unwrap_err();
+    assert!(
+        matches!(e, Error::Quota(_)) && e.message().contains("NICs of user gus would be 3"),
+        "{e:?}"
+    );
+    assert_eq!(k.c.store.all_nics().await.unwrap().len(), 2);
+
+    let fwd = |port: u16| PortForwardRequest {
+        host_port: port,
+        guest_port: 22,
+        proto: "tcp".into(),
+    };
+    k.c.add_forward(&gus, "n1", fwd(20022)).await.unwrap();
+    let e = k.c.add_forward(&gus, "n1", fwd(20023)).await.unwrap_err();
+    assert!(
+        matches!(e, Error::Quota(_)) && e.message().contains("port forwards"),
+        "{e:?}"
+    );
+    assert_eq!(k.c.store.forwards().await.unwrap().len(), 1);
+
+    let snap = |name: &str| CreateSnapshotRequest {
+        name: Some(name.into()),
+        memory: false,
+    };
+    k.c.create_snapshot(&gus, "n1", snap("s1")).await.unwrap();
+    let e =
+        k.c.create_snapshot(&gus, "n1", snap("s2"))
+            .await
+            .unwrap_err();
+    assert!(
+        matches!(e, Error::Quota(_)) && e.message().contains("the number of snapshots"),
+        "{e:?}"
+    );
+    let u = used(&k, &gus).await;
+    assert_eq!((u.nics, u.port_forwards, u.snapshots), (2, 1, 1));
+
+    // Admins' own VMs are not limited, as for the other quotas.
+    k.c.create_vm(
+        &k.admin,
+        create(
+            "n2",
+            serde_json::json!({"image": "tiny", "disk_mib": 64, "start": false,
+                "nics": [{"network": "default"}, {"network": "default"}, {"network": "default"}]}),
+        ),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn snapshots_and_save_files_are_charged_as_disk_space() {
+    let k = Cluster::new(1).await;
+    k.tiny().await;
+    let hal = k.user("hal").await;
+    k.c.quota_set(
+        &k.admin,
+        "user:hal",
+        QuotaLimits {
+            disk_total_mib: Some(900),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    k.c.create_vm(
+        &hal,
+        create(
+            "s1",
+            serde_json::json!({"image": "tiny", "disk_mib": 200, "max_memory_mib": 128,
+                "nics": []}),
+        ),
+    )
+    .await
+    .unwrap();
+    // A disk snapshot is charged the VM's disks (200M), one with memory also its max
+    // memory and device state (128M + 64M).
+    let snap = |name: &str, memory: bool| CreateSnapshotRequest {
+        name: Some(name.into()),
+        memory,
+    };
+    k.c.create_snapshot(&hal, "s1", snap("disk", false))
+        .await
+        .unwrap();
+    k.c.create_snapshot(&hal, "s1", snap("mem", true))
+        .await
+        .unwrap();
+    let u = used(&k, &hal).await;
+    assert_eq!((u.snapshots_mib, u.disk_mib), (200 + 392, 200 + 200 + 392));
+    let e =
+        k.c.create_snapshot(&hal, "s1", snap("third", false))
+            .await
+            .unwrap_err();
+    assert!(
+        matches!(e, Error::Quota(_)) && e.message().contains("would be 992M"),
+        "{e:?}"
+    );
+    // Growing a disk grows every snapshot's charge too: +100M is +300M here.
+    let e =
+        k.c.resize_disk(
+            &hal,
+            "s1",
+            ResizeDiskRequest {
+                disk: 0,
+                size_mib: 300,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::Quota(_)) && e.message().contains("would be 1092M"),
+        "{e:?}"
+    );
+    k.c.delete_snapshot(&hal, "s1", "mem").await.unwrap();
+    k.c.delete_snapshot(&hal, "s1", "disk").await.unwrap();
+
+    // A save file is charged max memory and device state while the VM is saved.
+    let saves = k.t.c.cfg.data_dir.join("saves").join("hal");
+    let path = saves.join("s1.state").display().to_string();
+    k.c.save_vm(&hal, "s1", path.clone()).await.unwrap();
+    let u = used(&k, &hal).await;
+    assert_eq!((u.saves_mib, u.disk_mib), (192, 392));
+    k.c.quota_set(
+        &k.admin,
+        "user:hal",
+        QuotaLimits {
+            disk_total_mib: Some(300),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    k.c.restore_vm(&hal, path.clone()).await.unwrap();
+    assert_eq!(
+        used(&k, &hal).await.disk_mib,
+        200,
+        "a restore ends the charge"
+    );
+    let e = k.c.save_vm(&hal, "s1", path).await.unwrap_err();
+    assert!(
+        matches!(e, Error::Quota(_)) && e.message().contains("would be 392M"),
+        "{e:?}"
+    );
+    assert_eq!(
+        k.c.store.vm_by_name("s1").await.unwrap().unwrap().state,
+        VmState::Running,
+        "a refused save leaves the VM running"
+    );
+
+    // Deleting a saved VM removes its save file: its charge ends with the VM.
+    k.c.quota_set(&k.admin, "user:hal", QuotaLimits::default())
+        .await
+        .unwrap();
+    let path = saves.join("s1-again.state");
+    k.c.save_vm(&hal, "s1", path.display().to_string())
+        .await
+        .unwrap();
+    // (The simulated host writes no file; the one a real host would have written.)
+    std::fs::write(&path, b"saved state").unwrap();
+    k.c.delete_vm(&hal, "s1").await.unwrap();
+    assert!(!path.exists(), "the save file went with the VM");
+}
+
+#[tokio::test]
+async fn only_admins_keep_disk_files_of_a_deleted_vm() {
+    let k = Cluster::new(1).await;
+    k.tiny().await;
+    let ivy = k.user("ivy").await;
+    k.c.create_vm(
+        &ivy,
+        create(
+            "k1",
+            serde_json::json!({"image": "tiny", "disk_mib": 64, "start": false}),
+        ),
+    )
+    .await
+    .unwrap();
+    let e = k.c.delete_vm_keeping(&ivy, "k1", true).await.unwrap_err();
+    assert!(
+        matches!(e, Error::Forbidden(_)) && e.message().contains("charged to no quota"),
+        "{e:?}"
+    );
+    assert!(k.c.store.vm_by_name("k1").await.unwrap().is_some());
+    assert_eq!(k.sims[0].disk_files().len(), 1);
+    let kept = k.c.delete_vm_keeping(&k.admin, "k1", true).await.unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(k.sims[0].disk_files().len(), 1, "the admin kept the file");
+}

@@ -177,7 +177,7 @@ impl Pool {
                                 Command::new("cp").arg("--reflink=always").arg(c).arg(&path),
                                 "cloning the image (reflink)",
                             )?;
-                            disk::resize_format(&path, "raw", size_mib)?;
+                            disk::resize(&path, "raw", size_mib)?;
                         }
                         None => {
                             let f = std::fs::File::create_new(&path)?;
@@ -203,7 +203,7 @@ impl Pool {
         if cached.exists() {
             return Ok(cached);
         }
-        let info = disk::info(b.path)?;
+        let info = disk::info(b.path, b.format)?;
         // The raw copy is sparse: it takes about what the image file holds.
         self.refuse_out_of_space(info.actual_size, "a copy of the image")?;
         let tmp = dir.join(format!("{}.raw.tmp", b.id));
@@ -303,9 +303,9 @@ impl Pool {
 
     /// Snapshot `create`, `revert` or `delete` on a disk no QEMU writes to (stopped, or
     /// paused by the caller).
-    pub fn snapshot(&self, path: &Path, action: &str, name: &str) -> Result<()> {
+    pub fn snapshot(&self, path: &Path, format: &str, action: &str, name: &str) -> Result<()> {
         match self.driver {
-            Driver::Dir => disk::snapshot(path, action, name),
+            Driver::Dir => disk::snapshot(path, format, action, name),
             Driver::Btrfs => {
                 let sub = self.subvolume_of(path)?;
                 let snap = self.snapshot_path(&sub, name);

@@ -21,9 +21,18 @@ pub struct QemuOptions {
     /// auto: KVM only if a test guest really boots under it, else TCG.
     #[arg(long, default_value = "auto")]
     pub accel: AccelChoice,
-    /// The unprivileged user QEMU runs as when the daemon runs as root.
+    /// The unprivileged user whose supplementary groups (`kvm`) every QEMU gets when the
+    /// daemon runs as root.
     #[arg(long, default_value = "hostel-qemu")]
     pub qemu_user: String,
+    /// When the daemon runs as root, each VM's QEMU runs as a uid (and gid) of its own
+    /// from this reserved range: the first uid...
+    #[arg(long, default_value_t = hostel_agent::uids::UidRange::DEFAULT.first)]
+    pub qemu_uid_first: u32,
+    /// ... and how many (at most this many VMs on the host). The range must not overlap
+    /// a user of /etc/passwd or a range of /etc/subuid or /etc/subgid.
+    #[arg(long, default_value_t = hostel_agent::uids::UidRange::DEFAULT.count)]
+    pub qemu_uid_count: u32,
     #[arg(long, default_value = "qemu-system-x86_64")]
     pub qemu_binary: String,
 }
@@ -210,6 +219,10 @@ async fn start_agent(
         qemu_binary: qemu.qemu_binary,
         accel: qemu.accel,
         qemu_user: qemu.qemu_user,
+        qemu_uids: hostel_agent::uids::UidRange {
+            first: qemu.qemu_uid_first,
+            count: qemu.qemu_uid_count,
+        },
         probe_cache,
     })
     .await

@@ -235,8 +235,34 @@ async fn btrfs_pool_clones_snapshots_and_space() {
     let err = d.fails(&["pool", "delete", "fast"]);
     assert!(err.contains("holds disks of b"), "{err}");
 
-    // Deleting the VM removes its subvolumes and their snapshots.
+    // The guest wrote a qcow2 header naming a host file on its raw disk (written here
+    // from the host, as the guest would through /dev/vda): an offline resize reads the
+    // disk as the raw file its record says, never as that qcow2. The named file is a
+    // FIFO, so a qemu-img that opened it would hang there.
     d.ok(&["destroy", "b"]);
+    let fifo = d.dir.path().join("host.fifo");
+    let header = d.dir.path().join("header.qcow2");
+    std::fs::write(&fifo, vec![0u8; 1 << 20]).unwrap();
+    sh(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(&fifo)
+        .arg(&header));
+    std::fs::remove_file(&fifo).unwrap();
+    sh(Command::new("mkfifo").arg(&fifo));
+    let vda = PathBuf::from(disks[0]["path"].as_str().unwrap());
+    sh(Command::new("dd")
+        .arg(format!("if={}", header.display()))
+        .arg(format!("of={}", vda.display()))
+        .args(["conv=notrunc", "status=none"]));
+    d.ok(&["disk", "resize", "b", "0", "24M"]);
+    assert_eq!(std::fs::metadata(&vda).unwrap().len(), 24 << 20);
+    assert_eq!(
+        &std::fs::read(&vda).unwrap()[..4],
+        b"QFI\xfb",
+        "the guest's bytes are untouched"
+    );
+
+    // Deleting the VM removes its subvolumes and their snapshots.
     d.ok(&["delete", "b"]);
     let left: Vec<String> = subvolumes(&fs.mnt);
     assert!(left.is_empty(), "subvolumes left: {left:?}");

@@ -46,7 +46,13 @@ async fn save_and_restore_keep_guest_memory() {
         "guest RAM survived save/restore"
     );
 
+    assert!(
+        !file.exists(),
+        "a restore consumes its save file (its disks moved on; its quota charge ended)"
+    );
+
     // Saving over an existing file is refused and loses nothing.
+    std::fs::write(&file, b"someone's file\n").unwrap();
     let err = d.fails(&["save", "keeper", f]);
     assert!(err.contains("save never overwrites"), "{err}");
     assert_eq!(d.state("keeper"), "running");

@@ -367,6 +367,9 @@ pub struct ResizeDiskRequest {
     /// The pool of the disk file (offline resize); absent: the default pool.
     #[serde(default)]
     pub pool: Option<PoolSpec>,
+    /// The disk file's format from its record (offline resize): never probed.
+    #[serde(default)]
+    pub format: Option<String>,
 }
 
 /// A disk resize: [`ResizeDiskRequest`] and, for an online resize, the VM.

@@ -99,14 +99,15 @@ pub(super) async fn get_vm(
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(super) struct DeleteQuery {
-    /// Keep the VM's disk files (their paths come back); they are no longer Hostel's.
+    /// Admins only: keep the VM's disk files and save file (their paths come back); they
+    /// are no longer Hostel's, and no quota charges them.
     #[serde(default)]
     keep_disks: bool,
 }
 
 #[utoipa::path(delete, path = "/api/v1/vms/{name}", params(("name" = String, Path), DeleteQuery),
     responses((status = 200, body = Vec<String>, description = "paths of kept disk files"),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(super) async fn delete_vm(
     State(c): S,
     Extension(ctx): X,

@@ -154,6 +154,6 @@ dd if="$W/root.img" of="$W/disk.raw" bs=512 seek=$P2_START conv=notrunc,sparse s
 rm -f "$W/boot.img" "$W/root.img"
 
 progress 0.95 "converting to qcow2"
-qemu-img convert -O qcow2 "$W/disk.raw" "$OUT/disk.qcow2"
+qemu-img convert -f raw -O qcow2 "$W/disk.raw" "$OUT/disk.qcow2"
 rm -rf "$W"
 progress 1.0 "built"

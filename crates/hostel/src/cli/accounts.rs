@@ -96,6 +96,15 @@ pub enum QuotaCmd {
         vms_running: Option<u64>,
         #[arg(long)]
         vcpus_total: Option<u64>,
+        /// NICs of all the owner's VMs.
+        #[arg(long)]
+        nics_total: Option<u64>,
+        /// Port forwards of all the owner's VMs.
+        #[arg(long)]
+        port_forwards_total: Option<u64>,
+        /// Snapshots of all the owner's VMs.
+        #[arg(long)]
+        snapshots_total: Option<u64>,
     },
 }
 
@@ -507,6 +516,9 @@ async fn quota(api: &Api, cmd: QuotaCmd) -> Result<()> {
             vms_total,
             vms_running,
             vcpus_total,
+            nics_total,
+            port_forwards_total,
+            snapshots_total,
         } => {
             let limits = QuotaLimits {
                 ram_total_mib: ram_total,
@@ -516,6 +528,9 @@ async fn quota(api: &Api, cmd: QuotaCmd) -> Result<()> {
                 vms_total,
                 vms_running,
                 vcpus_total,
+                nics_total,
+                port_forwards_total,
+                snapshots_total,
             };
             let q: Quota = api.put(&format!("/api/v1/quotas/{owner}"), &limits).await?;
             println!("quota of {} set", q.owner);
@@ -534,16 +549,18 @@ fn print_quota(q: &Quota) {
     };
     let rows = [
         [
-            "memory (running)",
+            "max memory (running)",
             &format_mib(u.ram_mib),
             &lim(l.ram_total_mib, true),
         ],
         ["memory per VM", "", &lim(l.ram_per_vm_mib, true)],
         [
-            "disks",
+            "disk space",
             &format_mib(u.disk_mib),
             &lim(l.disk_total_mib, true),
         ],
+        ["  of it snapshots", &format_mib(u.snapshots_mib), ""],
+        ["  of it save files", &format_mib(u.saves_mib), ""],
         ["disks per VM", "", &lim(l.disk_per_vm_mib, true)],
         ["VMs", &u.vms.to_string(), &lim(l.vms_total, false)],
         [
@@ -555,6 +572,17 @@ fn print_quota(q: &Quota) {
             "vCPUs (running)",
             &u.vcpus.to_string(),
             &lim(l.vcpus_total, false),
+        ],
+        ["NICs", &u.nics.to_string(), &lim(l.nics_total, false)],
+        [
+            "port forwards",
+            &u.port_forwards.to_string(),
+            &lim(l.port_forwards_total, false),
+        ],
+        [
+            "snapshots",
+            &u.snapshots.to_string(),
+            &lim(l.snapshots_total, false),
         ],
     ];
     println!(

@@ -42,7 +42,8 @@ pub enum Cmd {
     /// Delete a stopped VM and its disks.
     Delete {
         name: String,
-        /// Keep the disk files (their paths are printed).
+        /// Keep the disk files (their paths are printed); admins only, as no quota
+        /// charges files no VM owns.
         #[arg(long)]
         keep_disks: bool,
     },
