@@ -203,7 +203,7 @@ async fn every_endpoint_agrees_between_client_and_router() {
             header: header.clone(),
         },
     );
-    assert_eq!(save.await.unwrap().state, VmState::Stopped);
+    assert_eq!(save.await.unwrap().state, VmState::Saved);
     let read = a.read_save_header(SaveHeaderRequest {
         path: "/simulated/save".into(),
     });
