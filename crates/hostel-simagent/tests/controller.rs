@@ -252,16 +252,26 @@ async fn the_lease_reaper_stops_ended_leases_as_a_named_system_actor() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let trail =
-        k.c.audit(&dan, Some("l1".into()), None, None)
-            .await
-            .unwrap();
-    assert!(
-        trail.iter().any(|e| e.action == "vm.shutdown"
-            && e.user.as_deref() == Some("system:lease-reaper")
-            && e.result == "ok"),
-        "{trail:?}"
-    );
+    // The reaper writes its audit entry after the state change: wait for it too.
+    loop {
+        let trail =
+            k.c.audit(&dan, Some("l1".into()), None, None)
+                .await
+                .unwrap();
+        let reaped = trail.iter().any(|e| {
+            e.action == "vm.shutdown"
+                && e.user.as_deref() == Some("system:lease-reaper")
+                && e.result == "ok"
+        });
+        if reaped {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "no audit entry of the reaper: {trail:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Starting it again needs a renewal.
     let e = k.c.start_vm(&dan, "l1").await.unwrap_err();
     assert!(e.message().contains("renew"), "{e}");
