@@ -67,6 +67,7 @@ impl Controller {
         ctx.target(&req.name, None);
         ctx.params(serde_json::json!({"image": req.image, "memory_mib": req.memory_mib, "max_memory_mib": req.max_memory_mib, "vcpus": req.vcpus, "disk_mib": req.disk_mib, "start": req.start}));
         validate_name("name", &req.name)?;
+        self.require_free_space()?;
         let sizing = Sizing {
             memory_mib: req.memory_mib,
             max_memory_mib: req.max_memory_mib.unwrap_or(req.memory_mib),

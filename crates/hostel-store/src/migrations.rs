@@ -213,4 +213,13 @@ pub const MIGRATIONS: &[&[&str]] = &[
     // Audit entries name a domain action (`vm.create`) and keep the parameters that
     // matter, as JSON.
     &["ALTER TABLE audit ADD COLUMN params TEXT"],
+    // A task is its creator's to read (`created_by`, a user id); settings admins change
+    // at run time (the audit trail's retention) live in the database with the rest.
+    &[
+        "ALTER TABLE tasks ADD COLUMN created_by TEXT",
+        "CREATE TABLE settings (
+            name TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        )",
+    ],
 ];

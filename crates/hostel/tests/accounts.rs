@@ -311,8 +311,16 @@ async fn who_may_do_what() {
     ]);
     let expiring = As::new(&d, "short", short.trim());
     assert!(expiring.ok(&["whoami"]).contains("dave"));
-    // A token cannot make one that outlives it.
-    let err = expiring.fails(&["token", "create", "forever"]);
+    // A token cannot make one that outlives it: one made without an expiry gets its
+    // maker's, and says so; a later one is refused.
+    let made = expiring.run(&["token", "create", "inherits"]);
+    let said = String::from_utf8_lossy(&made.stderr);
+    assert!(made.status.success(), "{said}");
+    assert!(
+        said.contains("(the expiry of the token you used)"),
+        "{said}"
+    );
+    let err = expiring.fails(&["token", "create", "forever", "--expires-in-days", "30"]);
     assert!(err.contains("must expire by then"), "{err}");
     let deadline = Instant::now() + Duration::from_secs(30);
     let err = loop {
