@@ -121,7 +121,8 @@ pub fn check_password(user: &str, password: &str) -> Result<(), String> {
 /// entries go first, then the one whose last failure is oldest. Evicting a locked-out
 /// account early would take `MAX_KEYS` other failed logins within its window, and the
 /// request throttle (`throttle.rs`) lets through far fewer than that in `WINDOW`
-/// (`TOTAL_PER_SECOND` × 300 s), so a lock-out lasts its whole window.
+/// (by default 5 a second for all addresses: 1,500 in 300 s), so a lock-out lasts its
+/// whole window.
 #[derive(Default)]
 pub struct LoginLimiter {
     failures: Mutex<HashMap<String, VecDeque<Instant>>>,

@@ -62,6 +62,8 @@ pub struct ControllerConfig {
     /// The free space the data directory's filesystem keeps: below it, new work that
     /// takes disk space is refused.
     pub min_free_space: space::FreeSpaceFloor,
+    /// What refused and unauthenticated requests may cost (`throttle::Budgets`).
+    pub refusal_budgets: throttle::Budgets,
 }
 
 pub struct Controller {
@@ -100,13 +102,14 @@ pub struct Controller {
 
 impl Controller {
     pub fn new(store: Store, cfg: ControllerConfig) -> Arc<Controller> {
+        let refusal_budgets = cfg.refusal_budgets;
         Arc::new(Controller {
             store,
             cfg,
             agents: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
             logins: auth::LoginLimiter::default(),
-            throttle: throttle::Throttle::default(),
+            throttle: throttle::Throttle::new(refusal_budgets),
             quota_lock: tokio::sync::Mutex::new(()),
             ssh_console: Mutex::new(None),
             tickets: consoles::Tickets::default(),

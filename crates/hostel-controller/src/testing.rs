@@ -36,6 +36,7 @@ impl TestController {
             default_lease_days: None,
             web_dir: None,
             min_free_space: Default::default(),
+            refusal_budgets: Default::default(),
         };
         change(&mut cfg);
         let c = Controller::new(store, cfg);

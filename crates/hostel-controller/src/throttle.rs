@@ -18,16 +18,47 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Refusals an address may have in a burst, then one every `1 / PER_SECOND` s.
-pub const ADDRESS_BURST: f64 = 10.0;
-pub const ADDRESS_PER_SECOND: f64 = 0.5;
-/// The same for a logged-in user's refused changes (their audit rows, not their answers).
-pub const USER_BURST: f64 = 20.0;
-pub const USER_PER_SECOND: f64 = 1.0;
-/// Refusals of requests without a valid token from all addresses together: what a
-/// flood from many addresses may cost.
-pub const TOTAL_BURST: f64 = 100.0;
-pub const TOTAL_PER_SECOND: f64 = 5.0;
+/// The budgets, all scaled from one number, `address_burst` (`hostel up
+/// --refusal-budget`, default `DEFAULT_ADDRESS_BURST`): the refusals an address may have
+/// in a burst; it then gets one back every 20 / `address_burst` s (default 10, then one
+/// every 2 s). A logged-in user's refused changes (their audit rows, not their answers):
+/// twice the burst, back twice as fast. All addresses together (what a flood from many
+/// addresses may cost): ten times the burst, back ten times as fast (default 100, then 5
+/// a second). One knob, because an API behind a proxy sees every user at the proxy's
+/// address and needs them all raised together.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Budgets {
+    address: (f64, f64),
+    user: (f64, f64),
+    total: (f64, f64),
+}
+
+pub const DEFAULT_ADDRESS_BURST: u32 = 10;
+
+impl Budgets {
+    pub fn scaled(address_burst: u32) -> Budgets {
+        let burst = f64::from(address_burst.max(1));
+        let per_second = burst / 20.0;
+        Budgets {
+            address: (burst, per_second),
+            user: (2.0 * burst, 2.0 * per_second),
+            total: (10.0 * burst, 10.0 * per_second),
+        }
+    }
+
+    fn of(&self, who: Requester<'_>) -> (f64, f64) {
+        match who {
+            Requester::Address(_) => self.address,
+            Requester::User(_) => self.user,
+        }
+    }
+}
+
+impl Default for Budgets {
+    fn default() -> Self {
+        Budgets::scaled(DEFAULT_ADDRESS_BURST)
+    }
+}
 /// Budgets kept at most (an address or a user each).
 pub const MAX_REQUESTERS: usize = 10_000;
 /// Requesters tallied separately in one summary period; the rest are summed together.
@@ -47,13 +78,6 @@ impl Requester<'_> {
         match self {
             Requester::Address(a) => format!("address {}", at_most_64(a)),
             Requester::User(u) => format!("user {}", at_most_64(u)),
-        }
-    }
-
-    fn rates(&self) -> (f64, f64) {
-        match self {
-            Requester::Address(_) => (ADDRESS_BURST, ADDRESS_PER_SECOND),
-            Requester::User(_) => (USER_BURST, USER_PER_SECOND),
         }
     }
 }
@@ -131,24 +155,28 @@ struct Inner {
 }
 
 pub struct Throttle {
+    rates: Budgets,
     inner: Mutex<Inner>,
 }
 
 impl Default for Throttle {
     fn default() -> Self {
+        Throttle::new(Budgets::default())
+    }
+}
+
+impl Throttle {
+    pub fn new(rates: Budgets) -> Throttle {
         Throttle {
+            rates,
             inner: Mutex::new(Inner {
                 budgets: HashMap::new(),
-                total: Bucket::full(TOTAL_BURST, Instant::now()),
+                total: Bucket::full(rates.total.0, Instant::now()),
                 tally: Tally::default(),
             }),
         }
     }
-}
 
-const TOTAL_RATES: (f64, f64) = (TOTAL_BURST, TOTAL_PER_SECOND);
-
-impl Throttle {
     /// May `who` be refused once more and answered as usual? Spends nothing.
     pub fn admission(&self, who: Requester<'_>) -> Admission {
         self.admission_at(who, Instant::now())
@@ -156,15 +184,15 @@ impl Throttle {
 
     fn admission_at(&self, who: Requester<'_>, now: Instant) -> Admission {
         let mut inner = self.inner.lock().unwrap();
-        let rates = who.rates();
+        let rates = self.rates.of(who);
         let own = inner.budgets.get_mut(&who.key()).and_then(|b| {
             b.refill(rates, now);
             b.wait(rates)
         });
         let total = match who {
             Requester::Address(_) => {
-                inner.total.refill(TOTAL_RATES, now);
-                inner.total.wait(TOTAL_RATES)
+                inner.total.refill(self.rates.total, now);
+                inner.total.wait(self.rates.total)
             }
             Requester::User(_) => None,
         };
@@ -181,10 +209,10 @@ impl Throttle {
 
     fn charge_at(&self, who: Requester<'_>, now: Instant) {
         let mut inner = self.inner.lock().unwrap();
-        let rates = who.rates();
+        let rates = self.rates.of(who);
         let key = who.key();
         if !inner.budgets.contains_key(&key) {
-            make_room(&mut inner.budgets, now);
+            make_room(&mut inner.budgets, &self.rates, now);
             inner
                 .budgets
                 .insert(key.clone(), Bucket::full(rates.0, now));
@@ -194,7 +222,7 @@ impl Throttle {
             b.spend();
         }
         if let Requester::Address(_) = who {
-            inner.total.refill(TOTAL_RATES, now);
+            inner.total.refill(self.rates.total, now);
             inner.total.spend();
         }
     }
@@ -242,15 +270,15 @@ impl Throttle {
 
 /// Frees one place in a full map of budgets: a budget back to full is the same as none,
 /// so those go first; otherwise the one unused for longest.
-fn make_room(budgets: &mut HashMap<String, Bucket>, now: Instant) {
+fn make_room(budgets: &mut HashMap<String, Bucket>, all: &Budgets, now: Instant) {
     if budgets.len() < MAX_REQUESTERS {
         return;
     }
     budgets.retain(|key, b| {
         let rates = if key.starts_with("user ") {
-            (USER_BURST, USER_PER_SECOND)
+            all.user
         } else {
-            (ADDRESS_BURST, ADDRESS_PER_SECOND)
+            all.address
         };
         let mut b = *b;
         b.refill(rates, now);
@@ -273,6 +301,18 @@ pub const SUMMARY_PERIOD: Duration = Duration::from_secs(60);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const ADDRESS_BURST: f64 = DEFAULT_ADDRESS_BURST as f64;
+    const ADDRESS_PER_SECOND: f64 = 0.5;
+    const TOTAL_BURST: f64 = 100.0;
+
+    #[test]
+    fn the_default_budgets_are_as_documented() {
+        let b = Budgets::default();
+        assert_eq!(b.address, (ADDRESS_BURST, ADDRESS_PER_SECOND));
+        assert_eq!(b.user, (20.0, 1.0));
+        assert_eq!(b.total, (TOTAL_BURST, 5.0));
+    }
 
     #[test]
     fn an_address_is_refused_after_its_burst_and_comes_back_at_its_rate() {

@@ -42,6 +42,7 @@ pub struct UpOptions {
     /// tree's `web/node_modules`, else /usr/local/share/hostel/web.
     pub web_dir: Option<PathBuf>,
     pub min_free_space: hostel_controller::FreeSpaceFloor,
+    pub refusal_budget: u32,
 }
 
 /// Where the browser consoles' packages are: the flag, else the source tree this binary
@@ -306,6 +307,7 @@ pub async fn up(opts: UpOptions) -> Result<()> {
             default_lease_days: opts.default_lease_days,
             web_dir: web_dir(opts.web_dir.clone()),
             min_free_space: opts.min_free_space,
+            refusal_budgets: hostel_controller::throttle::Budgets::scaled(opts.refusal_budget),
         },
     );
     controller.spawn_lease_reaper(std::time::Duration::from_secs(2));

@@ -37,6 +37,12 @@ pub enum Cmd {
         /// (5%) or an amount (2GiB); 0: no floor.
         #[arg(long, default_value = "5%", value_parser = parse_floor)]
         min_free_space: hostel_controller::FreeSpaceFloor,
+        /// Refused requests (bad logins, wrong or missing tokens) an address may have in
+        /// a burst before it is answered 429; it gets one back every 20/N s, and the
+        /// budgets of users and of all addresses together scale with it (see
+        /// docs/operations.md). Raise it when every user comes through one proxy.
+        #[arg(long, env = "HOSTEL_REFUSAL_BUDGET", default_value_t = hostel_controller::throttle::DEFAULT_ADDRESS_BURST)]
+        refusal_budget: u32,
     },
     /// Run one host's agent on its own, for a controller elsewhere to add (`hostel host
     /// add`). Prints its address.
@@ -88,9 +94,11 @@ pub async fn run(cmd: Cmd) -> Result<()> {
             ssh_listen,
             web_dir,
             min_free_space,
+            refusal_budget,
         } => {
             daemon::up(daemon::UpOptions {
                 min_free_space,
+                refusal_budget,
                 data_dir: data_dir.unwrap_or_else(daemon::default_data_dir),
                 listen,
                 qemu,
