@@ -48,7 +48,11 @@ fn description(status: &str) -> Option<&'static str> {
         }
         "500" => "internal: the server failed (the message says how)",
         "502" => "the host's agent answered something the controller could not read",
-        "503" => "unavailable: the host that would do it has no connected agent",
+        "503" => {
+            "unavailable: the host that would do it has no connected agent; or, for what \
+             takes disk space (a VM, a disk, a resize, a snapshot, an image, a save), the \
+             data filesystem is under its free-space floor (`hostel up --min-free-space`)"
+        }
         "504" => "the guest did not do it in time",
         _ => return None,
     })
