@@ -77,7 +77,10 @@ pub struct CreateVmRequest {
         pattern = "^(/([^/.\\x00][^/\\x00]*|\\.([^/.\\x00][^/\\x00]*)?|\\.\\.[^/\\x00]+)?)+$"
     )]
     pub initrd: Option<String>,
+    /// The kernel's command line (with `kernel`); at most 2,048 characters, as x86 Linux
+    /// takes.
     #[serde(default)]
+    #[schema(max_length = 2048)]
     pub cmdline: Option<String>,
     /// SSH public keys put in the guest by the first-boot seed (root's and the image's
     /// default user's).

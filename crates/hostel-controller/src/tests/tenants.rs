@@ -129,6 +129,16 @@ async fn below_the_free_space_floor_new_work_is_refused_and_reads_go_on() {
     // Reads still work.
     assert!(h.c.list_vms(&alice, 10, None, None, None).await.is_ok());
     assert!(h.c.images(&alice).await.is_ok());
+    // A field kept in the database is bounded.
+    let long: CreateVmRequest = serde_json::from_value(serde_json::json!({
+        "name": "v2", "memory_mib": 64, "kernel": "/k", "cmdline": "x".repeat(3000)
+    }))
+    .unwrap();
+    let e = h.c.create_vm(&alice, long).await.unwrap_err();
+    assert!(
+        matches!(&e, Error::Invalid { field, .. } if field == "cmdline"),
+        "{e:?}"
+    );
     // No floor: no refusal for space (the create fails later, for want of a host).
     let h = Harness::with_config(|cfg| cfg.min_free_space = FreeSpaceFloor::Bytes(0)).await;
     let alice = h.user("alice").await;
