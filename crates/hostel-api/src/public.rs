@@ -77,7 +77,10 @@ pub struct CreateVmRequest {
         pattern = "^(/([^/.\\x00][^/\\x00]*|\\.([^/.\\x00][^/\\x00]*)?|\\.\\.[^/\\x00]+)?)+$"
     )]
     pub initrd: Option<String>,
+    /// The kernel's command line (with `kernel`); at most 2,048 characters, as x86 Linux
+    /// takes.
     #[serde(default)]
+    #[schema(max_length = 2048)]
     pub cmdline: Option<String>,
     /// SSH public keys put in the guest by the first-boot seed (root's and the image's
     /// default user's).
@@ -963,6 +966,10 @@ pub struct NewToken {
     pub token: String,
     pub read_only: bool,
     pub expires_at: Option<String>,
+    /// The request gave no expiry and the token that made this one has one: this one
+    /// expires with it (a token never outlives the token that made it).
+    #[serde(default)]
+    pub expiry_inherited: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -981,7 +988,8 @@ pub struct AddKeyRequest {
     )]
     pub name: String,
     #[schema(
-        pattern = "^[ \\t\\r\\n]*(ssh-|ecdsa-sha2-|sk-ssh-|sk-ecdsa-)[^\\s\\x85]*[ \\t]+[A-Za-z0-9+/=]{16,}([ \\t][^\\r\\n]*)?[ \\t\\r\\n]*$"
+        pattern = "^[ \\t\\r\\n]*(ssh-|ecdsa-sha2-|sk-ssh-|sk-ecdsa-)[^\\s\\x85]*[ \\t]+[A-Za-z0-9+/=]{16,}([ \\t][^\\r\\n]*)?[ \\t\\r\\n]*$",
+        max_length = 8192
     )]
     pub public_key: String,
 }
@@ -1040,6 +1048,31 @@ pub struct AuditEntry {
     /// `ok`, `denied` or `failed`.
     pub result: String,
     pub error: Option<String>,
+}
+
+/// How long the audit trail keeps its entries in the database.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AuditRetention {
+    /// Entries older than this many days are removed (those of successful changes
+    /// exported first, see `AuditPruneReport`); none: kept for ever.
+    #[schema(minimum = 1, maximum = 36600)]
+    pub days: Option<u32>,
+}
+
+/// What a pruning of the audit trail did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AuditPruneReport {
+    /// Entries removed from the database.
+    pub removed: u64,
+    /// Of those, entries that were not refusals (`ok` and `failed`), written first as
+    /// JSON lines to the archive files below.
+    pub exported: u64,
+    /// The archive files written to, one per day of the entries
+    /// (`DATA_DIR/audit-archive/audit-YYYY-MM-DD.jsonl`).
+    pub files: Vec<String>,
+    /// Entries made before this time were removed; none: nothing is pruned (no
+    /// retention set).
+    pub before: Option<String>,
 }
 
 /// Quota limits; a missing limit is no limit. Charged to a VM's owner.

@@ -4,6 +4,7 @@ use crate::auth;
 use crate::context::Caller;
 use crate::context::Ctx;
 use crate::error::Error;
+use crate::throttle::{Admission, Requester};
 use crate::Controller;
 use hostel_api::agent::AgentApi;
 use hostel_api::public::*;
@@ -247,9 +248,10 @@ impl Controller {
             };
             let key = format!("user:{}", u.name);
             if let Some(wait) = self.logins.locked(&key) {
-                return Err(Error::RateLimited(format!(
-                    "too many wrong passwords: try again in {wait} s"
-                )));
+                return Err(Error::rate_limited(
+                    format!("too many wrong passwords: try again in {wait} s"),
+                    wait,
+                ));
             }
             self.logins.fail(&key);
             let who = u.clone();
@@ -422,6 +424,7 @@ impl Controller {
             token: auth::format_token(&id, &secret),
             read_only,
             expires_at: expires_at.map(|t| t.to_string()),
+            expiry_inherited: false,
         })
     }
 
@@ -451,34 +454,48 @@ impl Controller {
         ctx.params(serde_json::json!({"user": user, "read_only": req.read_only, "expires_in_days": req.expires_in_days}));
         let u = self.subject(ctx, user).await?;
         // A token cannot make one that outlives it (a stolen short-lived token must not
-        // become a permanent one).
+        // become a permanent one): one asked for without an expiry gets its maker's.
         let c = ctx.caller()?;
+        let mut expires_at = req.expires_at.clone();
+        let mut inherited = false;
         if let Some(limit) = c.token_expires_at {
+            // Compared as times, whatever offset the text is written with.
             let asked = match (&req.expires_at, req.expires_in_days) {
                 // Text that is no time passes here: `new_token` refuses it as such.
                 (Some(at), _) => Some(Timestamp::parse(at).unwrap_or(limit)),
                 (None, Some(d)) => Some(in_days(d.min(3660))),
                 (None, None) => None,
             };
-            if asked.is_none_or(|a| a > limit) {
-                return Err(Invalid::new(
-                    "expires",
-                    format!(
-                        "the token you use expires at {limit}: a token it makes must expire \
-                         by then (give --expires-at), or log in again"
-                    ),
-                )
-                .into());
+            match asked {
+                None => {
+                    expires_at = Some(limit.to_string());
+                    inherited = true;
+                }
+                Some(a) if a > limit => {
+                    return Err(Invalid::new(
+                        "expires",
+                        format!(
+                            "the token you use expires at {limit}: a token it makes must expire \
+                             by then (give an earlier --expires-at, or none to expire with it), \
+                             or log in again"
+                        ),
+                    )
+                    .into());
+                }
+                Some(_) => {}
             }
         }
-        self.new_token(
-            &u,
-            &req.name,
-            req.read_only,
-            req.expires_in_days,
-            req.expires_at,
-        )
-        .await
+        let mut t = self
+            .new_token(
+                &u,
+                &req.name,
+                req.read_only,
+                req.expires_in_days,
+                expires_at,
+            )
+            .await?;
+        t.expiry_inherited = inherited;
+        Ok(t)
     }
 
     pub async fn tokens(&self, ctx: &Ctx, user: Option<&str>) -> Res<Vec<TokenInfo>> {
@@ -588,9 +605,27 @@ impl Controller {
     /// Checks a password and hands out a new token. Failures are counted per account
     /// and per source address; too many lock both out for a while.
     /// A password login from `source`, recorded in the audit trail either way.
+    ///
+    /// A failed login is a refusal of its address (`throttle.rs`): over its budget, the
+    /// address's logins are refused before any password is checked, and tallied instead
+    /// of recorded one by one.
     pub async fn login(&self, req: LoginRequest, source: &str) -> Res<NewToken> {
+        let requester = Requester::Address(source);
+        if let Admission::Spent { retry_after_secs } = self.throttle.admission(requester) {
+            self.throttle.tally(requester);
+            return Err(Error::rate_limited(
+                format!(
+                    "too many refused requests from {}: try again in {retry_after_secs} s",
+                    crate::audit::short(source)
+                ),
+                retry_after_secs,
+            ));
+        }
         let user = crate::audit::short(&req.user);
         let r = self.check_login(req, source).await;
+        if r.is_err() {
+            self.throttle.charge(requester);
+        }
         self.record_audit(AuditRecord {
             id: new_id("aud"),
             at: now(),
@@ -609,11 +644,16 @@ impl Controller {
 
     async fn check_login(&self, req: LoginRequest, source: &str) -> Res<NewToken> {
         let keys = [format!("user:{}", req.user), format!("addr:{source}")];
+        // No user has a name or a password that long: refused before any lookup or hash.
+        if req.user.len() > 63 || req.password.len() > auth::MAX_PASSWORD_BYTES {
+            return Err(Error::Unauthorized("wrong user name or password".into()));
+        }
         for k in &keys {
             if let Some(wait) = self.logins.locked(k) {
-                return Err(Error::RateLimited(format!(
-                    "too many failed logins: try again in {wait} s"
-                )));
+                return Err(Error::rate_limited(
+                    format!("too many failed logins: try again in {wait} s"),
+                    wait,
+                ));
             }
         }
         // Counted as a failure before the check, so that parallel guesses cannot all pass
@@ -702,6 +742,16 @@ impl Controller {
         let admin_group = match req.admin_group.as_deref() {
             None => vm.admin_group_id.clone(),
             Some("") => None,
+            // A group the caller is not in would get rights over the VM it never asked
+            // for (and the answer would tell which groups exist): admins only.
+            Some(g) if !c.is_admin => match self.store.group_by_name(g).await? {
+                Some(group) if c.group_ids.contains(&group.id) => Some(group.id),
+                _ => {
+                    return Err(forbidden(&format!(
+                        "you are not in a group named {g:?}: a VM's administrator group must                          be one of yours (`hostel group list` shows them); an admin may set any"
+                    )))
+                }
+            },
             Some(g) => Some(self.group_named(g).await?.id),
         };
         self.store

@@ -13,8 +13,10 @@ type Res<T> = crate::error::Result<T>;
 
 impl Controller {
     /// Records one request and emits it through tracing. Never holds secrets: the
-    /// action is a method and a path, the error an API error message.
+    /// action is a method and a path, the error an API error message. Every field is
+    /// cut to a bounded size first (`bounded`), whoever made the record.
     pub async fn record_audit(&self, a: AuditRecord) {
+        let a = bounded(a);
         tracing::info!(
             target: "audit",
             user = a.user_name.as_deref().unwrap_or("-"),
@@ -80,15 +82,102 @@ impl Controller {
     }
 }
 
+/// Writes the refusals that went over their requester's budget since the last call
+/// (`throttle.rs`) as one entry per requester: "N refused requests from ADDR in the last
+/// minute". The daemon calls it every `throttle::SUMMARY_PERIOD`.
+impl Controller {
+    pub async fn record_refusal_summary(&self) {
+        for line in self.throttle.take_tally() {
+            let (user, source, who) = match line.requester.as_deref() {
+                Some(r) => match r.strip_prefix("user ") {
+                    Some(u) => (Some(u.to_string()), "-".to_string(), r.to_string()),
+                    None => (
+                        None,
+                        r.strip_prefix("address ").unwrap_or(r).to_string(),
+                        r.to_string(),
+                    ),
+                },
+                None => (None, "-".into(), "other requesters".into()),
+            };
+            let period = crate::throttle::SUMMARY_PERIOD.as_secs();
+            self.record_audit(AuditRecord {
+                id: hostel_store::new_id("aud"),
+                at: hostel_store::now(),
+                user_name: user,
+                source,
+                action: "request.refused-summary".into(),
+                target: None,
+                vm_id: None,
+                params: Some(
+                    serde_json::json!({"refused": line.count, "seconds": period}).to_string(),
+                ),
+                result: "denied".into(),
+                error: Some(format!(
+                    "{} refused requests from {who} in the last {period} s, over its budget: \
+                     answered, not recorded one by one",
+                    line.count
+                )),
+            })
+            .await;
+        }
+    }
+}
+
+/// The longest error message an entry keeps.
+const MAX_ERROR_CHARS: usize = 512;
+/// The longest text a parameter keeps, and the most items of a list or an object.
+const MAX_PARAM_CHARS: usize = 256;
+const MAX_PARAM_ITEMS: usize = 32;
+
+/// The record with every field cut to a bounded size, so that no request, whatever it
+/// sends, makes an entry larger than a few kilobytes.
+fn bounded(mut a: AuditRecord) -> AuditRecord {
+    a.user_name = a.user_name.map(|u| short(&u));
+    a.source = short(&a.source);
+    a.target = a.target.map(|t| short(&t));
+    a.error = a.error.map(|e| cut(&e, MAX_ERROR_CHARS));
+    a.params = a.params.map(|p| match serde_json::from_str(&p) {
+        Ok(mut v) => {
+            bound_value(&mut v);
+            v.to_string()
+        }
+        Err(_) => cut(&p, MAX_PARAM_CHARS),
+    });
+    a
+}
+
+fn bound_value(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => *s = cut(s, MAX_PARAM_CHARS),
+        Value::Array(items) => {
+            items.truncate(MAX_PARAM_ITEMS);
+            items.iter_mut().for_each(bound_value);
+        }
+        Value::Object(fields) => {
+            let extra: Vec<String> = fields.keys().skip(MAX_PARAM_ITEMS).cloned().collect();
+            for k in extra {
+                fields.remove(&k);
+            }
+            fields.values_mut().for_each(bound_value);
+        }
+        _ => {}
+    }
+}
+
+/// `text` cut to `max` characters, marked with `…` where it was cut.
+fn cut(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text.to_string(),
+    }
+}
+
 /// What an entry keeps of a name the request gave (a user name at a login, a name in a
 /// path): names are at most 63 characters, so anything longer is cut, and an
 /// unauthenticated request cannot write megabytes into the trail.
 pub fn short(name: &str) -> String {
-    const MAX: usize = 64;
-    match name.char_indices().nth(MAX) {
-        Some((i, _)) => format!("{}…", &name[..i]),
-        None => name.to_string(),
-    }
+    cut(name, 64)
 }
 
 /// An audit row for an event that is not a request (a console attach or detach, the
@@ -128,5 +217,30 @@ mod tests {
         let kept = super::short(&long);
         assert_eq!(kept.chars().count(), 65);
         assert!(kept.ends_with('…'));
+    }
+
+    #[test]
+    fn every_field_of_an_entry_is_bounded() {
+        let huge = "x".repeat(2_000_000);
+        let a = super::bounded(hostel_store::AuditRecord {
+            id: "a".into(),
+            at: hostel_store::now(),
+            user_name: Some(huge.clone()),
+            source: huge.clone(),
+            action: "token.create".into(),
+            target: Some(huge.clone()),
+            vm_id: None,
+            params: Some(
+                serde_json::json!({"user": huge, "list": vec![huge.clone(); 1000]}).to_string(),
+            ),
+            result: "denied".into(),
+            error: Some(format!("there is no user named {huge:?}")),
+        });
+        let size = a.user_name.unwrap().len()
+            + a.source.len()
+            + a.target.unwrap().len()
+            + a.params.unwrap().len()
+            + a.error.unwrap().len();
+        assert!(size < 16 * 1024, "{size} bytes");
     }
 }

@@ -3,7 +3,7 @@
 
 use hostel_store::{Timestamp, TokenRecord, UserRecord};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -90,6 +90,9 @@ pub fn burn_password_check(password: &str) {
     }
 }
 
+/// The longest password there can be: 1,024 characters of up to 4 bytes each.
+pub const MAX_PASSWORD_BYTES: usize = 4096;
+
 /// Checks a new password: long enough, not all one character, not the user's name.
 pub fn check_password(user: &str, password: &str) -> Result<(), String> {
     if password.is_empty() {
@@ -112,26 +115,38 @@ pub fn check_password(user: &str, password: &str) -> Result<(), String> {
 
 /// Failed logins per account and per source address: after `MAX_FAILURES` within
 /// `WINDOW`, further attempts are refused until the window has passed.
+///
+/// Bounded: at most `MAX_KEYS` accounts and addresses, each with its last
+/// `MAX_FAILURES` failures; a key's text is cut to a name's length. When full, expired
+/// entries go first, then the one whose last failure is oldest. Evicting a locked-out
+/// account early would take `MAX_KEYS` other failed logins within its window, and the
+/// request throttle (`throttle.rs`) lets through far fewer than that in `WINDOW`
+/// (by default 5 a second for all addresses: 1,500 in 300 s), so a lock-out lasts its
+/// whole window.
 #[derive(Default)]
 pub struct LoginLimiter {
-    failures: Mutex<HashMap<String, Vec<Instant>>>,
+    failures: Mutex<HashMap<String, VecDeque<Instant>>>,
 }
 
 pub const MAX_FAILURES: usize = 5;
 pub const WINDOW: Duration = Duration::from_secs(300);
+pub const MAX_KEYS: usize = 10_000;
 
 impl LoginLimiter {
     /// Seconds to wait if `key` is locked out.
     pub fn locked(&self, key: &str) -> Option<u64> {
-        let mut m = self.failures.lock().unwrap();
-        // Forget what is older than the window, so that the map does not grow for ever.
-        m.retain(|_, v| {
-            v.retain(|t| t.elapsed() < WINDOW);
-            !v.is_empty()
-        });
-        let v = m.get(key)?;
-        if v.len() >= MAX_FAILURES {
-            let oldest = v.iter().min().copied().unwrap_or_else(Instant::now);
+        let m = self.failures.lock().unwrap();
+        let recent: Vec<&Instant> = m
+            .get(&crate::audit::short(key))?
+            .iter()
+            .filter(|t| t.elapsed() < WINDOW)
+            .collect();
+        if recent.len() >= MAX_FAILURES {
+            let oldest = recent
+                .into_iter()
+                .min()
+                .copied()
+                .unwrap_or_else(Instant::now);
             Some(WINDOW.saturating_sub(oldest.elapsed()).as_secs().max(1))
         } else {
             None
@@ -139,16 +154,37 @@ impl LoginLimiter {
     }
 
     pub fn fail(&self, key: &str) {
-        self.failures
-            .lock()
-            .unwrap()
-            .entry(key.to_string())
-            .or_default()
-            .push(Instant::now());
+        let key = crate::audit::short(key);
+        let mut m = self.failures.lock().unwrap();
+        if !m.contains_key(&key) && m.len() >= MAX_KEYS {
+            m.retain(|_, v| v.back().is_some_and(|t| t.elapsed() < WINDOW));
+            if m.len() >= MAX_KEYS {
+                let oldest = m
+                    .iter()
+                    .min_by_key(|(_, v)| v.back().copied())
+                    .map(|(k, _)| k.clone());
+                if let Some(k) = oldest {
+                    m.remove(&k);
+                }
+            }
+        }
+        let v = m.entry(key).or_default();
+        v.push_back(Instant::now());
+        while v.len() > MAX_FAILURES {
+            v.pop_front();
+        }
     }
 
     pub fn clear(&self, key: &str) {
-        self.failures.lock().unwrap().remove(key);
+        self.failures
+            .lock()
+            .unwrap()
+            .remove(&crate::audit::short(key));
+    }
+
+    #[cfg(test)]
+    fn keys(&self) -> usize {
+        self.failures.lock().unwrap().len()
     }
 }
 
@@ -222,5 +258,25 @@ mod tests {
         assert_eq!(l.locked("user:bob"), None);
         l.clear("user:alice");
         assert_eq!(l.locked("user:alice"), None);
+    }
+
+    #[test]
+    fn the_limiter_s_memory_is_bounded_and_still_locks_out() {
+        let l = LoginLimiter::default();
+        for _ in 0..MAX_FAILURES {
+            l.fail("user:alice");
+        }
+        // A long name is kept at a name's length.
+        l.fail(&format!("user:{}", "x".repeat(2_000_000)));
+        for i in 0..MAX_KEYS + 100 {
+            l.fail(&format!("user:guess-{i}"));
+        }
+        assert!(l.keys() <= MAX_KEYS);
+        // The newest lock-outs are there (the oldest entries went first).
+        for _ in 0..MAX_FAILURES {
+            l.fail("user:bob");
+        }
+        assert!(l.locked("user:bob").is_some());
+        assert!(l.keys() <= MAX_KEYS);
     }
 }

@@ -48,7 +48,12 @@ impl CloudConfig {
 }
 
 /// Checks one SSH public key: one line, a known key type, a base64 body.
+/// The longest SSH public key line taken (a 16384-bit RSA key with a comment is ~3 KB).
+pub const MAX_SSH_KEY_BYTES: usize = 8192;
+
 pub fn check_ssh_key(key: &str) -> Result<String, Invalid> {
+    // Checked before trimming, as the API's schema (`maxLength`) counts.
+    let too_long = key.len() > MAX_SSH_KEY_BYTES;
     let key = key.trim();
     let bad = |why: &str| {
         Invalid::new(
@@ -61,6 +66,11 @@ pub fn check_ssh_key(key: &str) -> Result<String, Invalid> {
     };
     if key.is_empty() {
         return Err(bad("an SSH key is empty"));
+    }
+    if too_long {
+        return Err(bad(&format!(
+            "an SSH key is longer than {MAX_SSH_KEY_BYTES} bytes"
+        )));
     }
     if key.contains(['\n', '\r']) {
         return Err(bad("an SSH key spans several lines"));

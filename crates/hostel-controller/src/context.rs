@@ -47,6 +47,8 @@ pub enum Right {
     ManageNetworks,
     /// Build images (the tiny image at first start).
     BuildImages,
+    /// Apply the audit trail's retention (export, then remove old entries).
+    PruneAudit,
 }
 
 /// Hostel's own actors, each with the rights it needs and no more.
@@ -56,6 +58,8 @@ pub enum SystemActor {
     LeaseReaper,
     /// `hostel up`'s start-up: makes the default network and the tiny image.
     Startup,
+    /// Applies the audit trail's retention, every hour.
+    AuditKeeper,
 }
 
 impl SystemActor {
@@ -63,6 +67,7 @@ impl SystemActor {
         match self {
             SystemActor::LeaseReaper => "lease-reaper",
             SystemActor::Startup => "startup",
+            SystemActor::AuditKeeper => "audit-keeper",
         }
     }
 
@@ -70,6 +75,7 @@ impl SystemActor {
         match self {
             SystemActor::LeaseReaper => &[Right::OperateAnyVm],
             SystemActor::Startup => &[Right::ManageNetworks, Right::BuildImages],
+            SystemActor::AuditKeeper => &[Right::PruneAudit],
         }
     }
 }

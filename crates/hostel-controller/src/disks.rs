@@ -23,6 +23,7 @@ impl Controller {
             serde_json::json!({"size_mib": req.size_mib, "image": req.image, "pool": req.pool}),
         );
         let (_g, vm) = self.locked_vm(ctx, name).await?;
+        self.require_free_space()?;
         let agent = self.host_agent(&vm)?;
         let image = match &req.image {
             Some(i) => {
@@ -180,6 +181,7 @@ impl Controller {
     ) -> Res<DiskView> {
         ctx.params(serde_json::json!({"disk": req.disk, "size_mib": req.size_mib}));
         let (_g, vm) = self.locked_vm(ctx, name).await?;
+        self.require_free_space()?;
         let agent = self.host_agent(&vm)?;
         let disk = self.disk_at(&vm, req.disk).await?;
         hostel_model::check_disk_size("size", req.size_mib)?;
@@ -273,6 +275,7 @@ impl Controller {
     ) -> Res<Snapshot> {
         ctx.params(serde_json::json!({"snapshot": req.name, "memory": req.memory}));
         let (_g, vm) = self.locked_vm(ctx, name).await?;
+        self.require_free_space()?;
         if self.store.disks_of(&vm.id).await?.is_empty() {
             return Err(Invalid::new(
                 "vm",

@@ -34,9 +34,12 @@ pub enum Error {
     /// No valid credentials.
     #[error("{0}")]
     Unauthorized(String),
-    /// Too many attempts: wait.
-    #[error("{0}")]
-    RateLimited(String),
+    /// Too many attempts: wait this long before the next.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after_secs: u64,
+    },
     /// The owner's quota does not allow the request.
     #[error("{0}")]
     Quota(String),
@@ -88,6 +91,13 @@ impl Error {
     pub fn unavailable(message: impl Into<String>) -> Self {
         Error::Unavailable(message.into())
     }
+    /// Too many attempts; the message says what, and when to try again.
+    pub fn rate_limited(message: impl Into<String>, retry_after_secs: u64) -> Self {
+        Error::RateLimited {
+            message: message.into(),
+            retry_after_secs,
+        }
+    }
     pub fn internal(message: impl Into<String>) -> Self {
         Error::Internal(anyhow::anyhow!(message.into()))
     }
@@ -100,7 +110,7 @@ impl Error {
             Error::NotFound { .. }
                 | Error::Forbidden(_)
                 | Error::Unauthorized(_)
-                | Error::RateLimited(_)
+                | Error::RateLimited { .. }
         )
     }
 
@@ -132,7 +142,13 @@ impl Error {
             },
             Error::Forbidden(m) => Error::Forbidden(pre(m)),
             Error::Unauthorized(m) => Error::Unauthorized(pre(m)),
-            Error::RateLimited(m) => Error::RateLimited(pre(m)),
+            Error::RateLimited {
+                message,
+                retry_after_secs,
+            } => Error::RateLimited {
+                message: pre(message),
+                retry_after_secs,
+            },
             Error::Quota(m) => Error::Quota(pre(m)),
             Error::Unavailable(m) => Error::Unavailable(pre(m)),
             Error::Timeout(m) => Error::Timeout(pre(m)),

@@ -39,12 +39,21 @@ impl Controller {
         }
     }
 
-    pub async fn task(&self, id: &str) -> Res<Task> {
-        let t = self
-            .store
-            .task(id)
-            .await?
-            .ok_or_else(|| Error::not_found("task", id, format!("there is no task {id:?}")))?;
+    /// A task, to the user who started it and to admins; to anyone else it does not
+    /// exist (the same answer as for an id that is no task's). Hostel's own actors read
+    /// the tasks they started.
+    pub async fn task(&self, ctx: &Ctx, id: &str) -> Res<Task> {
+        let missing = || Error::not_found("task", id, format!("there is no task {id:?}"));
+        let t = self.store.task(id).await?.ok_or_else(missing)?;
+        let mine = match &ctx.actor {
+            crate::context::Actor::User(c) => {
+                c.is_admin || t.created_by.as_deref() == Some(c.user_id.as_str())
+            }
+            crate::context::Actor::System(_) => t.created_by.is_none(),
+        };
+        if !mine {
+            return Err(missing());
+        }
         Ok(Self::task_view(t))
     }
 
@@ -79,7 +88,7 @@ impl Controller {
     }
 
     /// Starts an image build or import as a task; the task's id comes back at once.
-    async fn image_task(self: &Arc<Self>, name: String, job: ImageJob) -> Res<Task> {
+    async fn image_task(self: &Arc<Self>, ctx: &Ctx, name: String, job: ImageJob) -> Res<Task> {
         let kind = match &job {
             ImageJob::Build(_) => "image-build",
             ImageJob::Import(_) => "image-import",
@@ -106,6 +115,7 @@ impl Controller {
             error: None,
             created_at: now(),
             updated_at: now(),
+            created_by: ctx.caller().ok().map(|c| c.user_id.clone()),
         };
         self.store.insert_task(&task).await?;
         let me = self.clone();
@@ -183,7 +193,7 @@ impl Controller {
                 }
             };
         });
-        self.task(&task.id).await
+        self.task(ctx, &task.id).await
     }
 
     pub async fn delete_image(&self, ctx: &Ctx, name: &str) -> Res<()> {
@@ -226,6 +236,7 @@ impl Controller {
     /// Starts building an image from a recipe (admins): a task, whose id comes back.
     pub async fn build_image(self: &Arc<Self>, ctx: &Ctx, req: BuildImageRequest) -> Res<Task> {
         ctx.require_admin_or(crate::context::Right::BuildImages)?;
+        self.require_free_space()?;
         let name = match req.recipe.as_str() {
             "tiny" => req.name.clone().unwrap_or_else(|| "tiny".into()),
             "debian" => {
@@ -298,12 +309,13 @@ impl Controller {
             size_mib: req.size_mib,
             mirror: req.mirror.clone(),
         };
-        self.image_task(name, ImageJob::Build(body)).await
+        self.image_task(ctx, name, ImageJob::Build(body)).await
     }
 
     /// Starts importing an image from a file on the host or a URL (admins).
     pub async fn import_image(self: &Arc<Self>, ctx: &Ctx, req: ImportImageRequest) -> Res<Task> {
         ctx.require_admin()?;
+        self.require_free_space()?;
         let url = req.path.starts_with("http://") || req.path.starts_with("https://");
         if !url && !std::path::Path::new(&req.path).is_absolute() {
             return Err(Invalid::new(
@@ -322,7 +334,7 @@ impl Controller {
             name: req.name.clone(),
             source: req.path.clone(),
         };
-        self.image_task(req.name, ImageJob::Import(body)).await
+        self.image_task(ctx, req.name, ImageJob::Import(body)).await
     }
 
     /// Every image, with the VMs (of the caller's) that use it.

@@ -4,6 +4,7 @@
 pub mod accounts;
 pub mod agent_client;
 pub mod audit;
+mod audit_retention;
 pub mod auth;
 mod boot;
 pub mod console_sessions;
@@ -20,7 +21,9 @@ mod net_policy;
 mod networks;
 mod pools;
 mod quota;
+mod space;
 pub mod sshgw;
+pub mod throttle;
 mod vm_create;
 mod vm_spec;
 mod vms;
@@ -45,6 +48,7 @@ impl Drop for AbortOnDrop {
     }
 }
 pub use networks::{DEFAULT_CIDR, DEFAULT_NETWORK};
+pub use space::FreeSpaceFloor;
 
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
@@ -57,6 +61,11 @@ pub struct ControllerConfig {
     pub default_lease_days: Option<u32>,
     /// Where the npm packages of the browser consoles are (a `node_modules`).
     pub web_dir: Option<PathBuf>,
+    /// The free space the data directory's filesystem keeps: below it, new work that
+    /// takes disk space is refused.
+    pub min_free_space: space::FreeSpaceFloor,
+    /// What refused and unauthenticated requests may cost (`throttle::Budgets`).
+    pub refusal_budgets: throttle::Budgets,
 }
 
 pub struct Controller {
@@ -71,6 +80,8 @@ pub struct Controller {
     own_ports: Mutex<Vec<(u16, &'static str)>>,
     /// Failed logins, per account and per source address.
     pub(crate) logins: auth::LoginLimiter,
+    /// What refused and unauthenticated requests may cost.
+    pub(crate) throttle: throttle::Throttle,
     /// Quota checks and the changes they allow happen one at a time.
     pub(crate) quota_lock: tokio::sync::Mutex<()>,
     /// The SSH console gateway, once it listens.
@@ -97,12 +108,14 @@ pub struct Controller {
 
 impl Controller {
     pub fn new(store: Store, cfg: ControllerConfig) -> Arc<Controller> {
+        let refusal_budgets = cfg.refusal_budgets;
         Arc::new(Controller {
             store,
             cfg,
             agents: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
             logins: auth::LoginLimiter::default(),
+            throttle: throttle::Throttle::new(refusal_budgets),
             quota_lock: tokio::sync::Mutex::new(()),
             ssh_console: Mutex::new(None),
             tickets: consoles::Tickets::default(),

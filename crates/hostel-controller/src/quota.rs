@@ -423,10 +423,19 @@ impl Controller {
     /// `hostel quota show [OWNER]`: limits and use; users see their own and their groups'.
     pub async fn quota_show(&self, ctx: &Ctx, owner: Option<&str>) -> Res<Quota> {
         let c = ctx.caller()?;
+        let not_yours =
+            || Error::forbidden("you may see your own quota, your groups' and the defaults");
         let key = match owner {
             None => format!("user:{}", c.user_id),
             Some("default") => "default".into(),
-            Some(o) => self.resolve_owner(o).await?,
+            Some(o) if c.is_admin => self.resolve_owner(o).await?,
+            // Anyone else's is refused alike whether or not the name exists, so that the
+            // answer does not tell which names do.
+            Some(o) => match self.resolve_owner(o).await {
+                Ok(key) => key,
+                Err(Error::NotFound { .. }) => return Err(not_yours()),
+                Err(e) => return Err(e),
+            },
         };
         let allowed = c.is_admin
             || key == "default"
@@ -435,9 +444,7 @@ impl Controller {
                 .strip_prefix("group:")
                 .is_some_and(|g| c.group_ids.iter().any(|x| x == g));
         if !allowed {
-            return Err(Error::forbidden(
-                "you may see your own quota, your groups' and the defaults",
-            ));
+            return Err(not_yours());
         }
         Ok(Quota {
             owner: match key.as_str() {

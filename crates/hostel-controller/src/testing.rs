@@ -19,21 +19,27 @@ pub struct TestController {
 
 impl TestController {
     pub async fn new() -> TestController {
+        Self::with_config(|_| {}).await
+    }
+
+    /// The same, with the controller's configuration changed by `change` first.
+    pub async fn with_config(change: impl FnOnce(&mut ControllerConfig)) -> TestController {
         let dir = tempfile::tempdir().unwrap();
         let store =
             hostel_store::Store::open(&format!("sqlite://{}/hostel.db", dir.path().display()))
                 .await
                 .unwrap();
-        let c = Controller::new(
-            store,
-            ControllerConfig {
-                data_dir: dir.path().to_path_buf(),
-                admin_token: ADMIN_TOKEN.into(),
-                log_file: dir.path().join("hostel.log"),
-                default_lease_days: None,
-                web_dir: None,
-            },
-        );
+        let mut cfg = ControllerConfig {
+            data_dir: dir.path().to_path_buf(),
+            admin_token: ADMIN_TOKEN.into(),
+            log_file: dir.path().join("hostel.log"),
+            default_lease_days: None,
+            web_dir: None,
+            min_free_space: Default::default(),
+            refusal_budgets: Default::default(),
+        };
+        change(&mut cfg);
+        let c = Controller::new(store, cfg);
         c.bootstrap_admin(ADMIN_TOKEN).await.unwrap();
         let admin = Ctx::user(c.caller_for(ADMIN_TOKEN).await.unwrap(), "test");
         TestController { c, admin, dir }

@@ -67,6 +67,20 @@ impl Controller {
         ctx.target(&req.name, None);
         ctx.params(serde_json::json!({"image": req.image, "memory_mib": req.memory_mib, "max_memory_mib": req.max_memory_mib, "vcpus": req.vcpus, "disk_mib": req.disk_mib, "start": req.start}));
         validate_name("name", &req.name)?;
+        // Kept in the VM's record: no longer than a kernel takes.
+        if req
+            .cmdline
+            .as_ref()
+            .is_some_and(|c| c.chars().count() > 2048)
+        {
+            return Err(Invalid::new(
+                "cmdline",
+                "the kernel command line is longer than 2,048 characters, which x86 Linux \
+                 takes at most: shorten it",
+            )
+            .into());
+        }
+        self.require_free_space()?;
         let sizing = Sizing {
             memory_mib: req.memory_mib,
             max_memory_mib: req.max_memory_mib.unwrap_or(req.memory_mib),

@@ -410,6 +410,7 @@ impl Controller {
     pub async fn save_vm(&self, ctx: &Ctx, name: &str, path: String) -> Res<Vm> {
         ctx.params(serde_json::json!({"path": path}));
         self.check_save_path(ctx, &path)?;
+        self.require_free_space()?;
         self.operate(ctx, name, Op::Save, |vm, agent| async move {
             let _quota = self.charge_save(&vm).await?;
             let header = SaveHeader {

@@ -82,7 +82,7 @@ impl Cluster {
             .unwrap();
         let until = Instant::now() + Duration::from_secs(10);
         loop {
-            let t = self.c.task(&task.id).await.unwrap();
+            let t = self.c.task(&self.admin, &task.id).await.unwrap();
             match t.state {
                 TaskState::Succeeded => return,
                 TaskState::Failed => panic!("{:?}", t.error),
@@ -620,4 +620,51 @@ async fn only_admins_keep_disk_files_of_a_deleted_vm() {
     let kept = k.c.delete_vm_keeping(&k.admin, "k1", true).await.unwrap();
     assert_eq!(kept.len(), 1);
     assert_eq!(k.sims[0].disk_files().len(), 1, "the admin kept the file");
+}
+
+#[tokio::test]
+async fn a_vm_s_administrator_group_is_one_the_owner_is_in() {
+    let k = Cluster::new(1).await;
+    k.tiny().await;
+    for g in ["lab", "ops"] {
+        k.c.create_group(&k.admin, CreateGroupRequest { name: g.into() })
+            .await
+            .unwrap();
+    }
+    k.user("gina").await;
+    k.c.add_member(
+        &k.admin,
+        "lab",
+        MemberRequest {
+            user: "gina".into(),
+        },
+    )
+    .await
+    .unwrap();
+    let gina = k.user_again("gina").await;
+    k.c.create_vm(&gina, create("g1", serde_json::json!({"image": "tiny"})))
+        .await
+        .unwrap();
+    let chown = |admin_group: &str| SetOwnerRequest {
+        owner: "group:lab".into(),
+        admin_group: Some(admin_group.into()),
+    };
+    // A group she is not in, or none by that name: the same refusal, nothing changed.
+    let not_hers = k.c.set_owner(&gina, "g1", chown("ops")).await.unwrap_err();
+    let no_such =
+        k.c.set_owner(&gina, "g1", chown("nogroup"))
+            .await
+            .unwrap_err();
+    assert!(matches!(not_hers, Error::Forbidden(_)), "{not_hers:?}");
+    assert_eq!(
+        not_hers.message().replace("ops", "G"),
+        no_such.message().replace("nogroup", "G")
+    );
+    let vm = k.c.store.vm_by_name("g1").await.unwrap().unwrap();
+    assert_eq!(vm.admin_group_id, None);
+    // Her own group she may set; an admin may set any.
+    let vm = k.c.set_owner(&gina, "g1", chown("lab")).await.unwrap();
+    assert_eq!(vm.admin_group.as_deref(), Some("lab"));
+    let vm = k.c.set_owner(&k.admin, "g1", chown("ops")).await.unwrap();
+    assert_eq!(vm.admin_group.as_deref(), Some("ops"));
 }

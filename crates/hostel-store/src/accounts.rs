@@ -478,4 +478,42 @@ impl Store {
         out.reverse();
         Ok(out)
     }
+
+    /// Up to `limit` entries made before `before` (compared as times), from the oldest
+    /// seconds (within one second in no set order: stored text sorts `…05.5Z` before
+    /// `…05Z`), oldest first: what a retention policy removes next.
+    pub async fn audit_before(&self, before: Timestamp, limit: u32) -> Result<Vec<AuditRecord>> {
+        // Text that sorts at or after every stored time up to `before`; exact below.
+        let sql = select::<AuditRecord>(&format!(
+            "WHERE at <= $1 ORDER BY at, id LIMIT {}",
+            limit.max(1)
+        ));
+        let mut out: Vec<AuditRecord> = self
+            .fetch_all(&sql, binds![before.upper_bound_text()])
+            .await?;
+        out.retain(|a| a.at < before);
+        out.sort_by(|a, b| a.at.cmp(&b.at).then_with(|| a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// Deletes the audit entries with these ids; gives how many there were.
+    pub async fn delete_audit(&self, ids: &[String]) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let sql = format!(
+            "DELETE FROM audit WHERE id IN ({})",
+            crate::placeholders(1, ids.len())
+        );
+        self.execute(&sql, ids.iter().map(Value::from).collect())
+            .await
+    }
+
+    /// How many audit entries there are.
+    pub async fn audit_count(&self) -> Result<u64> {
+        let n: crate::row::Count = self
+            .fetch_one("SELECT CAST(COUNT(*) AS BIGINT) FROM audit", binds![])
+            .await?;
+        Ok(n.0)
+    }
 }

@@ -15,6 +15,7 @@ mod migrations;
 mod net;
 mod pools;
 mod row;
+mod settings;
 mod stamp;
 mod tasks;
 mod vms;

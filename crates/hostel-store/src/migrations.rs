@@ -215,4 +215,13 @@ pub const MIGRATIONS: &[&[&str]] = &[
     &["ALTER TABLE audit ADD COLUMN params TEXT"],
     // A network's policy: host ports and networks its VMs may reach, who may attach.
     &["ALTER TABLE networks ADD COLUMN policy TEXT"],
+    // A task is its creator's to read (`created_by`, a user id); settings admins change
+    // at run time (the audit trail's retention) live in the database with the rest.
+    &[
+        "ALTER TABLE tasks ADD COLUMN created_by TEXT",
+        "CREATE TABLE settings (
+            name TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        )",
+    ],
 ];

@@ -16,6 +16,9 @@ pub struct TaskRecord {
     pub error: Option<String>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// The id of the user who started it; none for Hostel's own actors (and tasks
+    /// recorded before creators were).
+    pub created_by: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -42,13 +45,14 @@ impl FromRow for TaskRecord {
             error: c.opt_text("error")?,
             created_at: c.time("created_at")?,
             updated_at: c.time("updated_at")?,
+            created_by: c.opt_text("created_by")?,
         })
     }
 }
 
 impl Record for TaskRecord {
     const COLS: &'static str =
-        "id, kind, target, state, progress, message, error, created_at, updated_at";
+        "id, kind, target, state, progress, message, error, created_at, updated_at, created_by";
     fn values(&self) -> Vec<Value<'_>> {
         binds![
             &self.id,
@@ -60,6 +64,7 @@ impl Record for TaskRecord {
             &self.error,
             self.created_at,
             self.updated_at,
+            &self.created_by,
         ]
     }
 }

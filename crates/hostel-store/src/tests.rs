@@ -166,6 +166,7 @@ async fn migrations_are_idempotent_and_tasks_survive(url: &str) {
         error: None,
         created_at: now(),
         updated_at: now(),
+        created_by: Some("user-1".into()),
     };
     s.insert_task(&t).await.unwrap();
     drop(s);
@@ -174,6 +175,63 @@ async fn migrations_are_idempotent_and_tasks_survive(url: &str) {
     let got = s.task("task-1").await.unwrap().unwrap();
     assert_eq!(got.state, TaskState::Failed);
     assert!(got.error.unwrap().contains("interrupted"));
+    assert_eq!(got.created_by.as_deref(), Some("user-1"));
+}
+
+async fn settings_and_audit_retention(url: &str) {
+    let s = Store::open(url).await.unwrap();
+    assert_eq!(s.setting("audit.retention_days").await.unwrap(), None);
+    s.set_setting("audit.retention_days", Some("30"))
+        .await
+        .unwrap();
+    s.set_setting("audit.retention_days", Some("7"))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.setting("audit.retention_days").await.unwrap().as_deref(),
+        Some("7")
+    );
+    s.set_setting("audit.retention_days", None).await.unwrap();
+    assert_eq!(s.setting("audit.retention_days").await.unwrap(), None);
+
+    // Same second, with and without a fraction: compared as times, not as text.
+    for (id, when) in [
+        ("b", "2026-01-01T00:00:05.5Z"),
+        ("a", "2026-01-01T00:00:05Z"),
+        ("c", "2026-01-01T00:00:06Z"),
+        ("d", "2026-02-01T00:00:00Z"),
+    ] {
+        s.insert_audit(&AuditRecord {
+            id: id.into(),
+            at: at(when),
+            user_name: None,
+            source: "127.0.0.1".into(),
+            action: "vm.start".into(),
+            target: None,
+            vm_id: None,
+            params: None,
+            result: "ok".into(),
+            error: None,
+        })
+        .await
+        .unwrap();
+    }
+    let old = s
+        .audit_before(at("2026-01-01T00:00:05.7Z"), 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        old.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    // A batch is of the oldest seconds (within one second, in no set order).
+    let first = s.audit_before(at("2026-03-01T00:00:00Z"), 2).await.unwrap();
+    assert_eq!(
+        first.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    assert_eq!(s.delete_audit(&["a".into(), "b".into()]).await.unwrap(), 2);
+    assert_eq!(s.audit_count().await.unwrap(), 2);
 }
 
 fn lab_network() -> NetworkRecord {
@@ -739,6 +797,7 @@ on_both!(
     vm_round_trip_and_unique_names,
     images_in_use_cannot_be_deleted,
     migrations_are_idempotent_and_tasks_survive,
+    settings_and_audit_retention,
     networks_nics_and_forwards,
     pools_in_use_cannot_be_deleted,
     accounts_tokens_and_audit,

@@ -50,6 +50,8 @@ pub struct UpOptions {
     /// The npm packages of the browser consoles (a `node_modules`); default: the source
     /// tree's `web/node_modules`, else /usr/local/share/hostel/web.
     pub web_dir: Option<PathBuf>,
+    pub min_free_space: hostel_controller::FreeSpaceFloor,
+    pub refusal_budget: u32,
 }
 
 /// Where the browser consoles' packages are: the flag, else the source tree this binary
@@ -112,6 +114,29 @@ fn init_logging(log_file: &Path) -> Result<()> {
                 .with_writer(std::sync::Mutex::new(file)),
         )
         .init();
+    Ok(())
+}
+
+/// Makes `path` (if it is not there) readable by its owner only, before anything is
+/// written to it: the database holds password and token hashes and the audit trail.
+/// SQLite gives its -wal, -shm and -journal files the database file's mode. Files an
+/// older Hostel made readable by others are made private too.
+fn create_private(path: &Path) -> Result<()> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let file = PathBuf::from(format!("{}{suffix}", path.display()));
+        if let Ok(meta) = std::fs::metadata(&file) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+            }
+        }
+    }
     Ok(())
 }
 
@@ -256,8 +281,9 @@ pub async fn up(opts: UpOptions) -> Result<()> {
     )?;
     let admin_token = read_or_make_token(&data_dir.join("admin.token"))?;
 
-    let store =
-        hostel_store::Store::open(&format!("sqlite://{}/hostel.db", data_dir.display())).await?;
+    let db = data_dir.join("hostel.db");
+    create_private(&db)?;
+    let store = hostel_store::Store::open(&format!("sqlite://{}", db.display())).await?;
     let n = store.fail_interrupted_tasks().await?;
     if n > 0 {
         tracing::warn!(n, "marked tasks interrupted by the last stop as failed");
@@ -308,6 +334,8 @@ pub async fn up(opts: UpOptions) -> Result<()> {
             log_file: log_file.clone(),
             default_lease_days: opts.default_lease_days,
             web_dir: web_dir(opts.web_dir.clone()),
+            min_free_space: opts.min_free_space,
+            refusal_budgets: hostel_controller::throttle::Budgets::scaled(opts.refusal_budget),
         },
     );
     controller.reserve_own_port(api_addr.port(), "Hostel's API");
@@ -318,6 +346,7 @@ pub async fn up(opts: UpOptions) -> Result<()> {
     controller.spawn_lease_reaper(std::time::Duration::from_secs(2));
     // Consoles whose token expires while open end within this.
     controller.spawn_console_watch(std::time::Duration::from_secs(5));
+    controller.spawn_audit_upkeep();
     controller.set_agent_tls(ClientTls {
         ca_pem: pki.ca_pem()?,
         cert_pem: ctl_pair.cert_pem,
@@ -407,7 +436,7 @@ async fn ensure_tiny_image(c: &std::sync::Arc<Controller>) {
         }
     };
     loop {
-        match c.task(&task.id).await {
+        match c.task(&startup, &task.id).await {
             Ok(t) if t.state != hostel_api::public::TaskState::Running => {
                 match t.error {
                     Some(e) => tracing::error!("building the tiny image failed: {e}"),
@@ -495,9 +524,7 @@ pub fn agent_cert(data_dir: &Path, name: &str, sans: &[String], out: &Path) -> R
     let pair = pki.issue(&format!("node-{name}"), sans, Role::Agent)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     std::fs::write(out.join("agent.pem"), &pair.cert_pem)?;
-    let key = out.join("agent.key");
-    std::fs::write(&key, &pair.key_pem)?;
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+    crate::pki::write_private(&out.join("agent.key"), &pair.key_pem)?;
     std::fs::write(out.join("ca.pem"), pki.ca_pem()?)?;
     Ok(())
 }

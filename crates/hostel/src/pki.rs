@@ -28,11 +28,13 @@ pub struct Pair {
     pub key_pem: Vec<u8>,
 }
 
-fn write_private(path: &Path, data: &[u8]) -> Result<()> {
+/// Writes a private key readable by its owner only from the moment it exists: a new
+/// file is made 0600 (and an old one, which may have another mode, replaced by it).
+pub fn write_private(path: &Path, data: &[u8]) -> Result<()> {
+    let _ = std::fs::remove_file(path);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(path)
         .with_context(|| format!("writing {}", path.display()))?;

@@ -97,8 +97,12 @@ pub(super) async fn delete_image(
 
 #[utoipa::path(get, path = "/api/v1/tasks/{id}", params(("id" = String, Path)),
     responses((status = 200, body = Task), (status = 404, body = ErrorBody)))]
-pub(super) async fn get_task(State(c): S, ApiPath(id): ApiPath<String>) -> R<Task> {
-    Ok(Json(c.task(&id).await?))
+pub(super) async fn get_task(
+    State(c): S,
+    Extension(ctx): X,
+    ApiPath(id): ApiPath<String>,
+) -> R<Task> {
+    Ok(Json(c.task(&ctx, &id).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/networks", responses((status = 200, body = Vec<Network>)))]

@@ -7,6 +7,7 @@ use super::{LinesQuery, R, S, X};
 use crate::consoles::{Attached, Door, Upstream, VmRef};
 use crate::context::Ctx;
 use crate::error::Error;
+use crate::throttle::{Admission, Requester};
 use crate::Controller;
 use axum::extract::ws::{Message, WebSocket};
 use axum::extract::State;
@@ -216,7 +217,17 @@ pub(super) async fn console_ws(
     ApiWebSocket(ws): ApiWebSocket,
 ) -> Result<Response, Error> {
     let source = peer.ip().to_string();
+    // A wrong ticket is a refusal of its address, like a wrong token (`throttle.rs`).
+    let anonymous = Requester::Address(&source);
+    if let Admission::Spent { retry_after_secs } = c.throttle.admission(anonymous) {
+        c.throttle.tally(anonymous);
+        return Err(Error::rate_limited(
+            format!("too many refused requests from {source}: try again in {retry_after_secs} s"),
+            retry_after_secs,
+        ));
+    }
     let Some(t) = c.tickets.take(&q.ticket) else {
+        c.throttle.charge(anonymous);
         let why = Error::forbidden(
             "the console ticket is unknown, already used or expired: a ticket opens one \
              connection within 30 s; ask for a new one (`hostel console NAME --web`)",

@@ -19,7 +19,7 @@ pub fn status_and_code(e: &Error) -> (StatusCode, &'static str) {
         Error::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid"),
         Error::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
         Error::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
-        Error::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate-limited"),
+        Error::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate-limited"),
         // Bad input as far as the caller can tell: the request asks for more than the
         // owner may have.
         Error::Quota(_) => (StatusCode::BAD_REQUEST, "quota"),
@@ -55,6 +55,13 @@ impl IntoResponse for Error {
         let message = body.message.clone();
         let mut resp = (status, Json(body)).into_response();
         resp.extensions_mut().insert(ErrorMessage(message));
+        if let Error::RateLimited {
+            retry_after_secs, ..
+        } = self
+        {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, retry_after_secs.into());
+        }
         resp
     }
 }
@@ -71,7 +78,7 @@ mod tests {
             (Error::invalid("memory", "too small"), 400, "invalid"),
             (Error::forbidden("no"), 403, "forbidden"),
             (Error::Unauthorized("who?".into()), 401, "unauthorized"),
-            (Error::RateLimited("wait".into()), 429, "rate-limited"),
+            (Error::rate_limited("wait", 2), 429, "rate-limited"),
             (Error::Quota("over".into()), 400, "quota"),
             (Error::unavailable("later"), 503, "unavailable"),
             (Error::Timeout("slow".into()), 504, "timeout"),
@@ -98,5 +105,12 @@ mod tests {
             .into();
         assert_eq!(status_and_code(&e).0, StatusCode::CONFLICT);
         assert_eq!(body(&e).field.as_deref(), Some("state"));
+    }
+
+    #[test]
+    fn a_rate_limit_says_when_to_try_again() {
+        let resp = Error::rate_limited("too many", 7).into_response();
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(resp.headers()["retry-after"], "7");
     }
 }

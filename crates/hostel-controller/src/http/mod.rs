@@ -5,6 +5,7 @@
 
 mod accounts;
 mod admin;
+mod audit;
 mod consoles;
 mod devices;
 mod error;
@@ -14,10 +15,12 @@ mod vms;
 
 use crate::context::Ctx;
 use crate::error::Error;
+use crate::throttle::{Admission, Requester};
 use crate::Controller;
 use accounts::*;
 use admin::*;
-use axum::extract::{MatchedPath, Request, State};
+use audit::*;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -52,7 +55,8 @@ type R<T> = Result<Json<T>, Error>;
         delete_snapshot, doctor, list_pools, create_pool, get_pool, delete_pool, login, whoami,
         list_users, create_user, delete_user, user_password, my_password, list_tokens,
         create_token, revoke_token, list_keys, add_key, remove_key, list_groups, create_group,
-        delete_group, add_member, remove_member, set_owner, audit, show_quota, set_quota,
+        delete_group, add_member, remove_member, set_owner, audit, audit_retention,
+        set_audit_retention, prune_audit, show_quota, set_quota,
         renew_vm, list_hosts, add_host, remove_host
     ),
     components(schemas(ErrorBody)),
@@ -123,6 +127,11 @@ pub fn router(c: Arc<Controller>) -> Router {
         .route("/api/v1/groups/{name}/members/remove", post(remove_member))
         .route("/api/v1/vms/{name}/owner", post(set_owner))
         .route("/api/v1/audit", get(audit))
+        .route(
+            "/api/v1/audit/retention",
+            get(audit_retention).put(set_audit_retention),
+        )
+        .route("/api/v1/audit/prune", post(prune_audit))
         .route("/api/v1/quotas", get(show_quota))
         .route("/api/v1/quotas/{owner}", put(set_quota))
         .route("/api/v1/vms/{name}/renew", post(renew_vm))
@@ -168,8 +177,13 @@ pub fn router(c: Arc<Controller>) -> Router {
         .route("/console/vga.html", get(|| page(VGA_PAGE)))
         .route("/web/{*path}", get(web_asset))
         .merge(api)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(c)
 }
+
+/// The largest request body read. The largest valid one (a VM with many SSH keys and a
+/// kernel command line) is a few kilobytes; a larger body only costs memory and time.
+pub const BODY_LIMIT: usize = 256 * 1024;
 
 /// Routes only admins may use, whatever the method, and routes only admins may change.
 /// (The operations check this too; refusing here first keeps a non-admin from learning
@@ -179,6 +193,8 @@ fn admin_only(method: &Method, route: &str) -> bool {
     let under = |p: &str| route == p || route.starts_with(&format!("{p}/"));
     under("/api/v1/doctor")
         || under("/api/v1/dmesg")
+        || under("/api/v1/audit/retention")
+        || under("/api/v1/audit/prune")
         || under("/api/v1/hosts")
         || under("/api/v1/users")
         || (mutating
@@ -242,6 +258,8 @@ fn action_of(method: &Method, route: &str) -> &'static str {
         ("POST", "/api/v1/groups/{name}/members") => "group.add-member",
         ("POST", "/api/v1/groups/{name}/members/remove") => "group.remove-member",
         ("PUT", "/api/v1/quotas/{owner}") => "quota.set",
+        ("PUT", "/api/v1/audit/retention") => "audit.retention-set",
+        ("POST", "/api/v1/audit/prune") => "audit.prune",
         _ => "api.request",
     }
 }
@@ -259,6 +277,11 @@ fn target_in_path(route: &str, path: &str) -> Option<String> {
 /// Authenticates every API request, refuses what the caller's token or role does not
 /// allow, serves the rest with the caller's context, and records every state-changing
 /// request (allowed or not) in the audit trail as the domain action it asked for.
+///
+/// Refusals spend their requester's budget (`throttle.rs`): an address over budget gets
+/// 429 for any request without a well-formed token, before any lookup; a logged-in
+/// user's allowed requests are never slowed. Refusals over budget are tallied for the
+/// minute's summary instead of written one by one.
 async fn auth(State(c): S, mut req: Request, next: Next) -> Response {
     let source = req
         .extensions()
@@ -287,9 +310,34 @@ async fn auth(State(c): S, mut req: Request, next: Next) -> Response {
         vm_route: route.starts_with("/api/v1/vms/{name}"),
         source: source.clone(),
     };
+    let anonymous = Requester::Address(&source);
+    let spent = match c.throttle.admission(anonymous) {
+        Admission::Open => None,
+        Admission::Spent { retry_after_secs } => Some(retry_after_secs),
+    };
+    let too_many = |wait: u64| {
+        c.throttle.tally(anonymous);
+        Error::rate_limited(
+            format!(
+                "too many refused requests from {}: try again in {wait} s (requests with a \
+                 valid token are not limited)",
+                crate::audit::short(&source)
+            ),
+            wait,
+        )
+        .into_response()
+    };
+    // Over budget, only a request that may hold a valid token is looked at.
+    if let Some(wait) = spent.filter(|_| crate::auth::parse_token(&token).is_none()) {
+        return too_many(wait);
+    }
     let caller = match c.caller_for(&token).await {
         Ok(caller) => caller,
         Err(e) => {
+            c.throttle.charge(anonymous);
+            if let Some(wait) = spent {
+                return too_many(wait);
+            }
             let resp = e.into_response();
             if audited {
                 trail.write(&c, None, None, &resp).await;
@@ -310,7 +358,7 @@ async fn auth(State(c): S, mut req: Request, next: Next) -> Response {
     if let Some(e) = refusal {
         let resp = e.into_response();
         if audited {
-            trail.write(&c, Some(user), None, &resp).await;
+            trail.write_unless_over_budget(&c, user, None, &resp).await;
         }
         return resp;
     }
@@ -318,9 +366,16 @@ async fn auth(State(c): S, mut req: Request, next: Next) -> Response {
     req.extensions_mut().insert(ctx.clone());
     let resp = next.run(req).await;
     if audited && !console {
-        trail.write(&c, Some(user), Some(&ctx), &resp).await;
+        trail
+            .write_unless_over_budget(&c, user, Some(&ctx), &resp)
+            .await;
     }
     resp
+}
+
+/// Is this answer a refusal (who asked, or what they may see)?
+fn refused(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 401 | 403 | 404 | 429)
 }
 
 /// What the middleware knows of a request for its audit entry.
@@ -333,6 +388,32 @@ struct Trail {
 }
 
 impl Trail {
+    /// Writes a logged-in user's entry, but a refusal over the user's budget only
+    /// counts towards the minute's summary.
+    fn write_unless_over_budget<'a>(
+        self,
+        c: &'a Controller,
+        user: String,
+        ctx: Option<&'a Ctx>,
+        resp: &Response,
+    ) -> impl std::future::Future<Output = ()> + Send + 'a {
+        let over = refused(resp.status()) && {
+            let who = Requester::User(&user);
+            let over = c.throttle.admission(who) != Admission::Open;
+            c.throttle.charge(who);
+            if over {
+                c.throttle.tally(who);
+            }
+            over
+        };
+        let entry = (!over).then(|| self.write(c, Some(user), ctx, resp));
+        async move {
+            if let Some(entry) = entry {
+                entry.await
+            }
+        }
+    }
+
     /// Writes the entry: the route's action and target, or what the operation noted.
     fn write<'a>(
         self,
@@ -356,7 +437,7 @@ impl Trail {
     ) {
         let result = if status.is_success() {
             "ok"
-        } else if matches!(status.as_u16(), 401 | 403 | 404 | 429) {
+        } else if refused(status) {
             "denied"
         } else {
             "failed"

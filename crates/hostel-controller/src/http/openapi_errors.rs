@@ -10,6 +10,8 @@
 //!   missing or wrong; the token is read-only, or the caller is not allowed;
 //! - 404 where a path parameter names something;
 //! - 413 and 415 where there is a JSON body: too large, or not sent as JSON;
+//! - 429 everywhere, with `Retry-After`: a request without a valid token from an address
+//!   refused too often (`throttle.rs`);
 //! - 500 everywhere: the server failed (a database error, say).
 //!
 //! `PUBLIC` routes also get `security: []`: they take no token.
@@ -35,27 +37,52 @@ fn description(status: &str) -> Option<&'static str> {
         }
         "404" => "not-found: what the path names does not exist (or is not the caller's)",
         "409" => "conflict: the state of what is named does not allow it, or the name is taken",
-        "413" => "invalid: the body is too large",
+        "413" => "invalid: the body is too large (over 256 KiB)",
         "415" => "invalid: the body must be JSON, sent with `Content-Type: application/json`",
         "426" => "invalid: the connection cannot be upgraded to a websocket",
-        "429" => "rate-limited: too many failed attempts; try again later",
+        "429" => {
+            "rate-limited: too many refused requests or failed logins from this address (or \
+             from all addresses together), or too many wrong passwords for this user; try \
+             again after the seconds the `Retry-After` header gives. Requests with a valid \
+             token are not limited"
+        }
         "500" => "internal: the server failed (the message says how)",
         "502" => "the host's agent answered something the controller could not read",
-        "503" => "unavailable: the host that would do it has no connected agent",
+        "503" => {
+            "unavailable: the host that would do it has no connected agent; or, for what \
+             takes disk space (a VM, a disk, a resize, a snapshot, an image, a save), the \
+             data filesystem is under its free-space floor (`hostel up --min-free-space`)"
+        }
         "504" => "the guest did not do it in time",
         _ => return None,
     })
 }
 
 fn error_response(status: &str) -> Response {
-    ResponseBuilder::new()
+    let mut response = ResponseBuilder::new()
         .description(description(status).unwrap_or("error"))
         .content(
             "application/json",
             ContentBuilder::new()
                 .schema(Some(Ref::from_schema_name("ErrorBody")))
                 .build(),
+        );
+    if status == "429" {
+        response = response.header("Retry-After", retry_after());
+    }
+    response.build()
+}
+
+/// The `Retry-After` header of a 429: whole seconds to wait.
+fn retry_after() -> utoipa::openapi::header::Header {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    utoipa::openapi::header::HeaderBuilder::new()
+        .schema(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(1)),
         )
+        .description(Some("Seconds to wait before trying again."))
         .build()
 }
 
@@ -87,7 +114,9 @@ fn add_errors(op: &mut Operation, public: bool) {
     let has_path = params.iter().any(|p| p.parameter_in == ParameterIn::Path);
     let has_query = params.iter().any(|p| p.parameter_in == ParameterIn::Query);
     let has_body = op.request_body.is_some();
-    let mut statuses = vec!["500"];
+    // Any request may be answered 429: without a valid token, once its address has
+    // been refused too often.
+    let mut statuses = vec!["500", "429"];
     if has_path || has_query || has_body {
         statuses.push("400");
     }
@@ -121,6 +150,9 @@ fn add_errors(op: &mut Operation, public: bool) {
         }
         if r.content.is_empty() {
             r.content = standard.content;
+        }
+        if r.headers.is_empty() {
+            r.headers = standard.headers;
         }
     }
 }

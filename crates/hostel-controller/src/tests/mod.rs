@@ -3,3 +3,4 @@
 //! actor would call them, each with its context (`crate::testing`).
 
 mod actors;
+mod tenants;

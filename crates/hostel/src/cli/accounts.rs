@@ -57,8 +57,11 @@ pub enum Cmd {
     #[command(subcommand)]
     Quota(QuotaCmd),
     /// The audit trail: every action that changed something, or was refused (`-o json`
-    /// shows each one's parameters).
+    /// shows each one's parameters); `retention` and `prune` manage how long it is kept.
+    #[command(args_conflicts_with_subcommands = true)]
     Audit {
+        #[command(subcommand)]
+        manage: Option<super::audit::AuditCmd>,
         #[arg(long)]
         vm: Option<String>,
         #[arg(long)]
@@ -307,6 +310,10 @@ pub async fn run(cmd: Cmd) -> Result<()> {
         }
         Cmd::Quota(cmd) => quota(&api, cmd).await,
         Cmd::Audit {
+            manage: Some(cmd), ..
+        } => super::audit::run(&api, cmd).await,
+        Cmd::Audit {
+            manage: None,
             vm,
             user,
             since,
@@ -434,13 +441,15 @@ async fn token(api: &Api, cmd: TokenCmd) -> Result<()> {
                 .post(&format!("/api/v1/me/tokens{}", user_q(&user)), &req)
                 .await?;
             println!("{}", t.token);
+            let expiry = match (&t.expires_at, t.expiry_inherited) {
+                (Some(e), true) => format!(", expires at {e} (the expiry of the token you used)"),
+                (Some(e), false) => format!(", expires at {e}"),
+                (None, _) => String::new(),
+            };
             eprintln!(
-                "token {} made{}{}; this is the only time it is shown",
+                "token {} made{}{expiry}; this is the only time it is shown",
                 t.name,
                 if t.read_only { ", read-only" } else { "" },
-                t.expires_at
-                    .map(|e| format!(", expires {e}"))
-                    .unwrap_or_default()
             );
             Ok(())
         }

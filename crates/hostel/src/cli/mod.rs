@@ -3,6 +3,7 @@
 //! table or JSON, `parse` holds the value parsers, `files` the client's local files.
 
 pub mod accounts;
+pub mod audit;
 pub mod consoles;
 pub mod disks;
 pub mod files;

@@ -32,6 +32,17 @@ pub enum Cmd {
         /// made by `npm ci` in the source tree's web/. Default: that one, when present.
         #[arg(long)]
         web_dir: Option<PathBuf>,
+        /// Free space the data directory's filesystem keeps for the VMs' disks: below
+        /// it, new VMs, disks, resizes, snapshots, images and saves are refused. A share
+        /// (5%) or an amount (2GiB); 0: no floor.
+        #[arg(long, default_value = "5%", value_parser = parse_floor)]
+        min_free_space: hostel_controller::FreeSpaceFloor,
+        /// Refused requests (bad logins, wrong or missing tokens) an address may have in
+        /// a burst before it is answered 429; it gets one back every 20/N s, and the
+        /// budgets of users and of all addresses together scale with it (see
+        /// docs/operations.md). Raise it when every user comes through one proxy.
+        #[arg(long, env = "HOSTEL_REFUSAL_BUDGET", default_value_t = hostel_controller::throttle::DEFAULT_ADDRESS_BURST)]
+        refusal_budget: u32,
     },
     /// Run one host's agent on its own, for a controller elsewhere to add (`hostel host
     /// add`). Prints its address.
@@ -68,6 +79,10 @@ pub enum Cmd {
     Openapi,
 }
 
+fn parse_floor(s: &str) -> Result<hostel_controller::FreeSpaceFloor, String> {
+    s.parse()
+}
+
 pub async fn run(cmd: Cmd) -> Result<()> {
     match cmd {
         Cmd::Up {
@@ -78,8 +93,12 @@ pub async fn run(cmd: Cmd) -> Result<()> {
             default_lease_days,
             ssh_listen,
             web_dir,
+            min_free_space,
+            refusal_budget,
         } => {
             daemon::up(daemon::UpOptions {
+                min_free_space,
+                refusal_budget,
                 data_dir: data_dir.unwrap_or_else(daemon::default_data_dir),
                 listen,
                 qemu,
