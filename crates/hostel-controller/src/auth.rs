@@ -43,6 +43,15 @@ pub fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Why a token is not accepted, said plainly (never echoing the token).
+/// The first two fields of an OpenSSH public key line: type and base64 body (what
+/// identifies a key, whatever its comment).
+pub fn ssh_key_id(line: &str) -> String {
+    line.split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 pub fn check_token(t: &TokenRecord, secret: &str, now: Timestamp) -> Result<(), &'static str> {
     if !same(hash_secret(secret).as_bytes(), t.secret_hash.as_bytes()) {
         return Err("wrong API token");

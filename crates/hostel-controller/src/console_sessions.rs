@@ -15,7 +15,7 @@ use tokio::sync::watch;
 pub enum Credential {
     /// An API token, by name (a browser ticket carries the token that asked for it).
     Token(String),
-    /// An SSH public key, by its type and body ([`crate::sshgw::key_id`]).
+    /// An SSH public key, by its type and body ([`crate::auth::ssh_key_id`]).
     SshKey(String),
 }
 
@@ -123,7 +123,7 @@ impl Controller {
                 let keys = self.store.ssh_keys_of(user_id).await.ok()?;
                 if !keys
                     .iter()
-                    .any(|k| crate::sshgw::key_id(&k.public_key) == *key)
+                    .any(|k| crate::auth::ssh_key_id(&k.public_key) == *key)
                 {
                     return Some("the SSH key this console was opened with was removed".into());
                 }

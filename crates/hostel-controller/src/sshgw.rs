@@ -29,13 +29,7 @@ pub struct SshConsole {
     pub fingerprint: String,
 }
 
-/// The first two fields of an OpenSSH public key line: type and base64 body.
-pub fn key_id(line: &str) -> String {
-    line.split_whitespace()
-        .take(2)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
+pub use crate::auth::ssh_key_id as key_id;
 
 /// Loads the gateway's host key, making it on first use (`ssh-keygen`).
 pub fn host_key(path: &Path) -> anyhow::Result<russh::keys::PrivateKey> {

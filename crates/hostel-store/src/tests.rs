@@ -1,5 +1,6 @@
 //! Every body runs on SQLite and on a real PostgreSQL (started by `pg::Server`), so
-//! that the one SQL code path really serves both.
+//! that the one SQL code path really serves both. Long because the bodies share their
+//! fixtures and the one PostgreSQL server; split by resource when it grows further.
 
 use super::*;
 use hostel_model::net::{NetMode, NetPolicy};
