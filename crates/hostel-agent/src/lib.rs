@@ -115,6 +115,9 @@ pub struct Shared {
     pub networks: Mutex<hostel_api::agent::NetworksState>,
     /// Network changes are applied one at a time.
     net_apply: Mutex<()>,
+    /// The host LAN the filter in the kernel was rendered with: when the host's own
+    /// addresses change, the filter is rendered again.
+    filtered_lan: Mutex<Vec<String>>,
 }
 
 impl Shared {
@@ -682,6 +685,7 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<Arc<Shared>> {
         guards: Mutex::new(HashMap::new()),
         networks: Mutex::new(Default::default()),
         net_apply: Mutex::new(()),
+        filtered_lan: Mutex::new(Vec::new()),
     });
     adopt_all(&shared).await;
     shared.supervise_dnsmasq();

@@ -89,7 +89,9 @@ impl Shared {
             return Ok(NetworksApplied::default());
         }
         // The filter first: no bridge exists, and no tap joins one, without it.
-        filter::apply(&self.filter_of(state)?).context("installing the network filter")?;
+        let f = self.filter_of(state)?;
+        filter::apply(&f).context("installing the network filter")?;
+        *self.filtered_lan.lock().unwrap() = f.host_lan;
         std::fs::create_dir_all(self.net_dir())?;
         for n in &state.networks {
             let cidr: ipnet::Ipv4Net = n.cidr.parse().context("network cidr")?;
@@ -223,10 +225,18 @@ impl Shared {
                         }
                     }
                     let unfiltered = !state.networks.is_empty() && !filter::installed();
-                    if !dead && !unfiltered {
+                    // The host's LAN is what its own interfaces say: an address added
+                    // or changed since (DHCP on the host, a new link) is closed too.
+                    let lan_moved = !state.networks.is_empty()
+                        && filter::host_lan().is_ok_and(|l| *m.filtered_lan.lock().unwrap() != l);
+                    if !dead && !unfiltered && !lan_moved {
                         return Ok(());
                     }
-                    if unfiltered {
+                    if lan_moved && !unfiltered {
+                        tracing::info!(
+                            "the host's own addresses changed; rendering the network filter again"
+                        );
+                    } else if unfiltered {
                         tracing::warn!(
                             "the network filter is gone from the kernel; installing it again"
                         );

@@ -299,13 +299,7 @@ impl Controller {
 
     /// What a VM as a whole charges its owner (for a transfer), and its per-VM sizes.
     pub(crate) async fn vm_charge(&self, vm: &VmRecord) -> Res<Charge> {
-        let disks_mib: u64 = self
-            .store
-            .disks_of(&vm.id)
-            .await?
-            .iter()
-            .map(|d| d.size_mib)
-            .sum();
+        let disks_mib = self.disks_mib(vm).await?;
         let snapshots = self.store.snapshots_of(&vm.id).await?;
         let snapshots_mib: u64 = snapshots
             .iter()
@@ -364,19 +358,24 @@ impl Controller {
         self.charge(owner_key(vm).as_deref(), &charge).await
     }
 
+    /// The sizes of `vm`'s disks, added up.
+    async fn disks_mib(&self, vm: &VmRecord) -> Res<u64> {
+        Ok(self
+            .store
+            .disks_of(&vm.id)
+            .await?
+            .iter()
+            .map(|d| d.size_mib)
+            .sum())
+    }
+
     /// Checks that one more snapshot of `vm` fits, charged what [`snapshot_mib`] says.
     pub(crate) async fn charge_snapshot(
         &self,
         vm: &VmRecord,
         with_memory: bool,
     ) -> Res<Option<tokio::sync::MutexGuard<'_, ()>>> {
-        let disks_mib: u64 = self
-            .store
-            .disks_of(&vm.id)
-            .await?
-            .iter()
-            .map(|d| d.size_mib)
-            .sum();
+        let disks_mib = self.disks_mib(vm).await?;
         let charge = Charge {
             snapshots: 1,
             disk_mib: snapshot_mib(vm, disks_mib, with_memory),
@@ -404,13 +403,7 @@ impl Controller {
         vm: &VmRecord,
         grow_mib: u64,
     ) -> Res<Option<tokio::sync::MutexGuard<'_, ()>>> {
-        let disks_mib: u64 = self
-            .store
-            .disks_of(&vm.id)
-            .await?
-            .iter()
-            .map(|d| d.size_mib)
-            .sum();
+        let disks_mib = self.disks_mib(vm).await?;
         let snapshots = self.store.snapshots_of(&vm.id).await?.len() as u64;
         let charge = Charge {
             disk_mib: grow_mib * (1 + snapshots),

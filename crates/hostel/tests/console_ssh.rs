@@ -290,13 +290,7 @@ async fn revocation_ends_open_consoles() {
     let d = Daemon::start();
     let dir = d.dir.path();
     let info = d.json(&["info"]);
-    let port = info["ssh_console"]
-        .as_str()
-        .unwrap()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .to_string();
+    let port = d.ssh_port();
     let known = dir.join("known_hosts");
     std::fs::write(
         &known,

@@ -301,6 +301,36 @@ async fn guests_reach_only_what_their_network_allows() {
         "the host stays closed after the rules came back"
     );
     assert_eq!(fetch(&mut a, "http://203.0.113.10/").await, "the-world");
+
+    // The host's LAN is what its interfaces say now: a subnet added later is closed too.
+    sh(&d.ns, &format!("ip addr add 198.51.100.1/24 dev hl{tag}"));
+    sh(&lan, "ip addr add 198.51.100.2/24 dev eth0");
+    let _new_lan = Httpd::start(&lan, "198.51.100.2:80", "new-lan");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let rules = String::from_utf8(
+            d.ns.cmd("nft")
+                .args(["list", "table", "inet", "hostel_filter"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
+        if rules.contains("198.51.100.0/24") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the filter did not learn the host's new subnet: {rules}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(d.ns.http_body("198.51.100.2:80"), "new-lan");
+    assert_eq!(
+        fetch(&mut a, "http://198.51.100.2/").await,
+        "FAILED",
+        "a LAN subnet the host gained later is out of reach"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -309,14 +339,7 @@ async fn forwards_keep_off_hostels_ports_and_bridged_networks_keep_their_list() 
     d.ok(&["create", "web", "--image", "tiny", "--memory", "128M"]);
 
     // The README's example, on a default install: 2222 is the SSH console gateway's.
-    let info = d.json(&["info"]);
-    let ssh_port = info["ssh_console"]
-        .as_str()
-        .unwrap()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .to_string();
+    let ssh_port = d.ssh_port();
     let err = d.fails(&["port-forward", "add", "web", &format!("{ssh_port}:22")]);
     assert!(
         err.contains("reserved for Hostel's SSH console gateway") && err.contains("try "),

@@ -309,7 +309,7 @@ mod tests {
                 .collect();
             assert!(params.iter().all(|p| p.starts_with("{id}")), "{}", d.route);
         }
-        assert_eq!(all().count(), 36);
+        assert_eq!(all().count(), 37);
     }
 
     fn declared<E: Endpoint>() -> Declared {

@@ -307,6 +307,18 @@ impl Daemon {
         pids
     }
 
+    /// The port of the SSH console gateway, as `hostel info` tells it.
+    pub fn ssh_port(&self) -> String {
+        let info = self.json(&["info"]);
+        info["ssh_console"]
+            .as_str()
+            .expect("hostel info names the SSH console gateway")
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .to_string()
+    }
+
     pub async fn console(&self, vm: &str) -> Console {
         let stream = self.ns.connect(self.url.trim_start_matches("http://"));
         Console::open(stream, &self.url, &self.token, vm).await
