@@ -31,13 +31,6 @@ impl Shared {
 
     /// The filter for `state` (`hostel-net/src/filter.rs`): what VMs may reach.
     fn filter_of(&self, state: &NetworksState) -> anyhow::Result<filter::Filter> {
-        let bridge_of = |id: &str| {
-            state
-                .networks
-                .iter()
-                .find(|n| n.id == id)
-                .map(|n| n.bridge.clone())
-        };
         let nets = state
             .networks
             .iter()
@@ -55,11 +48,7 @@ impl Shared {
                         .iter()
                         .map(|p| parse_host_port("host_ports", p).map_err(|e| anyhow!(e)))
                         .collect::<anyhow::Result<_>>()?,
-                    links: n
-                        .links
-                        .iter()
-                        .map(|l| bridge_of(l).unwrap_or_else(|| l.clone()))
-                        .collect(),
+                    links: n.links.clone(),
                     allow_to: n
                         .allow_to
                         .iter()
@@ -91,7 +80,7 @@ impl Shared {
         // The filter first: no bridge exists, and no tap joins one, without it.
         let f = self.filter_of(state)?;
         filter::apply(&f).context("installing the network filter")?;
-        *self.filtered_lan.lock().unwrap() = f.host_lan;
+        *self.filtered_lan.lock().unwrap() = f.host_lan.clone();
         std::fs::create_dir_all(self.net_dir())?;
         for n in &state.networks {
             let cidr: ipnet::Ipv4Net = n.cidr.parse().context("network cidr")?;
@@ -163,7 +152,7 @@ impl Shared {
                 answer.skipped.push(SkippedForward {
                     forward: f.clone(),
                     reason: format!(
-                        "host_port: {}/{} is in use by a service on the host",
+                        "{}/{} is in use by a service on the host",
                         f.host_port, f.proto
                     ),
                 });
@@ -178,7 +167,10 @@ impl Shared {
         }
         if (!nats.is_empty() || !kept.is_empty()) && link::enable_forwarding()? {
             std::fs::write(self.forwarding_marker(), "")?;
-            filter::apply(&self.filter_of(state)?)?;
+            filter::apply(&filter::Filter {
+                forward_only_vms: true,
+                ..f
+            })?;
         }
         nat::apply(&nats, &kept)?;
         if state.networks.is_empty() && self.guards.lock().unwrap().is_empty() {
@@ -211,10 +203,11 @@ impl Shared {
                         !dnsmasq::is_running(&dnsmasq::Files::new(&m.net_dir().join(&n.id)))
                     });
                     // A flushed ruleset takes the filter and the guards with it: put
-                    // them back at once.
+                    // them back at once. (One look at the kernel's tables for both.)
+                    let tables = hostel_net::tables();
                     {
                         let guards = m.guards.lock().unwrap();
-                        if !guards.is_empty() && !guard::installed() {
+                        if !guards.is_empty() && !tables.contains(&guard::table()) {
                             tracing::warn!(
                                 "the port guards are gone from the kernel; installing them again"
                             );
@@ -224,7 +217,8 @@ impl Shared {
                             }
                         }
                     }
-                    let unfiltered = !state.networks.is_empty() && !filter::installed();
+                    let unfiltered =
+                        !state.networks.is_empty() && !tables.contains(&filter::table());
                     // The host's LAN is what its own interfaces say: an address added
                     // or changed since (DHCP on the host, a new link) is closed too.
                     let lan_moved = !state.networks.is_empty()

@@ -4,7 +4,7 @@ use crate::auth;
 use crate::context::Caller;
 use crate::context::Ctx;
 use crate::error::Error;
-use crate::throttle::{Admission, Requester};
+use crate::throttle::Requester;
 use crate::Controller;
 use hostel_api::agent::AgentApi;
 use hostel_api::public::*;
@@ -611,16 +611,7 @@ impl Controller {
     /// of recorded one by one.
     pub async fn login(&self, req: LoginRequest, source: &str) -> Res<NewToken> {
         let requester = Requester::Address(source);
-        if let Admission::Spent { retry_after_secs } = self.throttle.admission(requester) {
-            self.throttle.tally(requester);
-            return Err(Error::rate_limited(
-                format!(
-                    "too many refused requests from {}: try again in {retry_after_secs} s",
-                    crate::audit::short(source)
-                ),
-                retry_after_secs,
-            ));
-        }
+        self.throttle.gate(source)?;
         let user = crate::audit::short(&req.user);
         let r = self.check_login(req, source).await;
         if r.is_err() {
@@ -748,7 +739,8 @@ impl Controller {
                 Some(group) if c.group_ids.contains(&group.id) => Some(group.id),
                 _ => {
                     return Err(forbidden(&format!(
-                        "you are not in a group named {g:?}: a VM's administrator group must                          be one of yours (`hostel group list` shows them); an admin may set any"
+                        "you are not in a group named {g:?}: a VM's administrator group must \
+                         be one of yours (`hostel group list` shows them); an admin may set any"
                     )))
                 }
             },

@@ -42,7 +42,6 @@ pub fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Why a token is not accepted, said plainly (never echoing the token).
 /// The first two fields of an OpenSSH public key line: type and base64 body (what
 /// identifies a key, whatever its comment).
 pub fn ssh_key_id(line: &str) -> String {
@@ -52,6 +51,7 @@ pub fn ssh_key_id(line: &str) -> String {
         .join(" ")
 }
 
+/// Why a token is not accepted, said plainly (never echoing the token).
 pub fn check_token(t: &TokenRecord, secret: &str, now: Timestamp) -> Result<(), &'static str> {
     if !same(hash_secret(secret).as_bytes(), t.secret_hash.as_bytes()) {
         return Err("wrong API token");

@@ -47,10 +47,10 @@ impl CloudConfig {
     }
 }
 
-/// Checks one SSH public key: one line, a known key type, a base64 body.
 /// The longest SSH public key line taken (a 16384-bit RSA key with a comment is ~3 KB).
 pub const MAX_SSH_KEY_BYTES: usize = 8192;
 
+/// Checks one SSH public key: one line, a known key type, a base64 body.
 pub fn check_ssh_key(key: &str) -> Result<String, Invalid> {
     // Checked before trimming, as the API's schema (`maxLength`) counts.
     let too_long = key.len() > MAX_SSH_KEY_BYTES;

@@ -52,7 +52,23 @@ pub struct SessionGuard {
     id: u64,
     map: Map,
     /// Becomes `Some(reason)` when the session must end.
-    pub ended: watch::Receiver<Option<String>>,
+    ended: watch::Receiver<Option<String>>,
+}
+
+impl SessionGuard {
+    /// Waits until a revocation ends the session, and returns the line to tell its user
+    /// (never, if the registry goes first).
+    pub async fn revoked(&self) -> String {
+        let mut ended = self.ended.clone();
+        let why = ended
+            .wait_for(|e| e.is_some())
+            .await
+            .map(|e| e.clone().unwrap_or_default());
+        match why {
+            Ok(why) => format!("\r\nhostel: console closed: {why}\r\n"),
+            Err(_) => std::future::pending().await,
+        }
+    }
 }
 
 impl Drop for SessionGuard {

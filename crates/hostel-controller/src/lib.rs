@@ -140,13 +140,13 @@ impl Controller {
         Ok(())
     }
 
-    /// Names the host whose agent runs in this process; it cannot be removed.
     /// Records a port one of this controller's listeners holds (API, SSH gateway), so
     /// that no port forward takes it.
     pub fn reserve_own_port(&self, port: u16, what: &'static str) {
         self.own_ports.lock().unwrap().push((port, what));
     }
 
+    /// Names the host whose agent runs in this process; it cannot be removed.
     pub fn set_local_host(&self, id: &str) {
         let _ = self.local_host.set(id.to_string());
     }

@@ -115,24 +115,6 @@ impl Controller {
         })
     }
 
-    /// The policy as the API shows it: names, with links from either side.
-    pub(crate) async fn policy_view(&self, n: &NetworkRecord) -> Res<NetworkPolicy> {
-        let all = self.store.networks().await?;
-        let mut links: Vec<String> = all
-            .iter()
-            .filter(|o| o.id != n.id)
-            .filter(|o| n.policy.links.contains(&o.id) || o.policy.links.contains(&n.id))
-            .map(|o| o.name.clone())
-            .collect();
-        links.sort();
-        Ok(NetworkPolicy {
-            host_ports: n.policy.host_ports.clone(),
-            links,
-            allow_to: n.policy.allow_to.clone(),
-            attach: n.policy.attach.clone(),
-        })
-    }
-
     /// Changes a network's policy (admins): each list given replaces the one it names.
     pub async fn update_network(
         &self,
@@ -144,7 +126,8 @@ impl Controller {
         ctx.params(serde_json::to_value(&req).unwrap_or_default());
         ctx.require_admin()?;
         let n = self.network_named(name).await?;
-        let shown = self.policy_view(&n).await?;
+        let before: Vec<NetworkRecord> = self.store.networks().await?;
+        let shown = policy_view(&n, &before);
         let links_given = req.links.is_some();
         let wanted = NetworkPolicy {
             host_ports: req.host_ports.unwrap_or(shown.host_ports),
@@ -153,7 +136,6 @@ impl Controller {
             attach: req.attach.unwrap_or(shown.attach),
         };
         let new = self.policy_from_request(Some(&n), n.mode, &wanted).await?;
-        let before: Vec<NetworkRecord> = self.store.networks().await?;
         self.store.set_network_policy(&n.id, &new).await?;
         if links_given {
             // Links live on both sides; one that was dropped here is dropped there too.
@@ -245,13 +227,27 @@ impl Controller {
     /// Refuses a host port Hostel needs, suggesting the nearest free one.
     pub(crate) async fn check_forward_port(&self, proto: &str, host_port: u16) -> Res<()> {
         let reserved = self.reserved_ports().await?;
-        let Some((_, what)) = reserved.iter().find(|(p, _)| *p == host_port) else {
-            return Ok(());
-        };
+        match reserved.iter().find(|(p, _)| *p == host_port) {
+            None => Ok(()),
+            Some((_, what)) => Err(self
+                .forward_port_taken(
+                    proto,
+                    host_port,
+                    &format!("host port {host_port} is reserved for {what}"),
+                )
+                .await),
+        }
+    }
+
+    /// Refuses a forward's host port for `why`, suggesting the next port that no forward
+    /// of `proto` and no Hostel listener holds.
+    pub(crate) async fn forward_port_taken(&self, proto: &str, host_port: u16, why: &str) -> Error {
+        let reserved = self.reserved_ports().await.unwrap_or_default();
         let forwarded: Vec<u16> = self
             .store
             .forwards()
-            .await?
+            .await
+            .unwrap_or_default()
             .into_iter()
             .filter(|f| f.proto == proto)
             .map(|f| f.host_port)
@@ -262,21 +258,29 @@ impl Controller {
             Some(p) => format!(": try {p}"),
             None => String::new(),
         };
-        Err(Error::conflict_field(
-            "host_port",
-            format!("host port {host_port} is reserved for {what}{hint}"),
-        ))
+        Error::conflict_field("host_port", format!("{why}{hint}"))
     }
 }
 
-/// A forward the hosts skipped, as the error its maker gets.
-pub(crate) fn skipped_error(reason: &str, host_port: u16) -> Error {
-    let next = host_port
-        .checked_add(1)
-        .map(|p| format!(": try {p}"))
-        .unwrap_or_default();
-    Error::conflict_field(
-        "host_port",
-        format!("{}{next}", reason.trim_start_matches("host_port: ")),
-    )
+/// The networks `n`'s VMs reach, and that reach them: a link set on either side opens
+/// both ways.
+pub(crate) fn linked<'a>(
+    n: &'a NetworkRecord,
+    all: &'a [NetworkRecord],
+) -> impl Iterator<Item = &'a NetworkRecord> {
+    all.iter()
+        .filter(move |o| o.id != n.id)
+        .filter(move |o| n.policy.links.contains(&o.id) || o.policy.links.contains(&n.id))
+}
+
+/// The policy as the API shows it: names, with links from either side.
+pub(crate) fn policy_view(n: &NetworkRecord, all: &[NetworkRecord]) -> NetworkPolicy {
+    let mut links: Vec<String> = linked(n, all).map(|o| o.name.clone()).collect();
+    links.sort();
+    NetworkPolicy {
+        host_ports: n.policy.host_ports.clone(),
+        links,
+        allow_to: n.policy.allow_to.clone(),
+        attach: n.policy.attach.clone(),
+    }
 }

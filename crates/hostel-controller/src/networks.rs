@@ -32,26 +32,34 @@ impl Controller {
 
     /// Every network, with the VMs (the caller's) on it.
     pub async fn networks(&self, ctx: &Ctx) -> Res<Vec<Network>> {
+        let all = self.store.networks().await?;
         let mut out = Vec::new();
-        for n in self.store.networks().await? {
-            out.push(self.network_view(ctx, n).await?);
+        for n in &all {
+            out.push(self.network_view(ctx, n, &all).await?);
         }
         Ok(out)
     }
 
     /// One network by name.
     pub async fn network(&self, ctx: &Ctx, name: &str) -> Res<Network> {
-        let n = self.store.network_by_name(name).await?.ok_or_else(|| {
+        let all = self.store.networks().await?;
+        let n = all.iter().find(|n| n.name == name).ok_or_else(|| {
             Error::not_found(
                 "network",
                 name,
                 format!("there is no network named {name:?}"),
             )
         })?;
-        self.network_view(ctx, n).await
+        self.network_view(ctx, n, &all).await
     }
 
-    pub async fn network_view(&self, ctx: &Ctx, n: NetworkRecord) -> Res<Network> {
+    /// `n` as the API shows it; `all` are every network (its links name them).
+    pub async fn network_view(
+        &self,
+        ctx: &Ctx,
+        n: &NetworkRecord,
+        all: &[NetworkRecord],
+    ) -> Res<Network> {
         let mut used_by = Vec::new();
         for nic in self.store.nics_on(&n.id).await? {
             if let Some(vm) = self.store.vm_by_id(&nic.vm_id).await? {
@@ -65,18 +73,17 @@ impl Controller {
             }
         }
         used_by.sort();
-        let policy = self.policy_view(&n).await?;
         Ok(Network {
-            policy,
+            policy: crate::net_policy::policy_view(n, all),
             bridge: mnet::bridge_name(&n.id),
-            name: n.name,
-            cidr: n.cidr,
-            gateway: n.gateway,
+            name: n.name.clone(),
+            cidr: n.cidr.clone(),
+            gateway: n.gateway.clone(),
             mode: n.mode,
-            uplink: n.uplink,
-            domain: n.domain,
-            ipv6: n.ipv6_prefix,
-            dns_forward: n.dns_forward,
+            uplink: n.uplink.clone(),
+            domain: n.domain.clone(),
+            ipv6: n.ipv6_prefix.clone(),
+            dns_forward: n.dns_forward.clone(),
             used_by,
             created_at: n.created_at.to_string(),
         })
@@ -180,7 +187,8 @@ impl Controller {
                 e.context("the network could not be set up on the host, so it was not kept")
             );
         }
-        self.network_view(ctx, rec).await
+        let all = self.store.networks().await?;
+        self.network_view(ctx, &rec, &all).await
     }
 
     pub async fn delete_network(&self, ctx: &Ctx, name: &str) -> Res<()> {
@@ -224,12 +232,8 @@ impl Controller {
                     })
                 })
                 .collect();
-            // A link set on either side opens both ways.
-            let links = all
-                .iter()
-                .filter(|o| o.id != n.id)
-                .filter(|o| n.policy.links.contains(&o.id) || o.policy.links.contains(&n.id))
-                .map(|o| o.id.clone())
+            let links = crate::net_policy::linked(&n, &all)
+                .map(|o| mnet::bridge_name(&o.id))
                 .collect();
             networks.push(NetworkSpec {
                 host_ports: n.policy.host_ports.clone(),
@@ -598,19 +602,23 @@ impl Controller {
                 e.into()
             }
         })?;
-        let skipped = match self.sync_networks_reporting().await {
-            Ok(skipped) => skipped,
-            Err(e) => {
-                self.store.delete_forward(&rec.id).await?;
-                let _ = self.sync_networks().await;
-                return Err(e);
-            }
-        };
+        // A host that could not apply it, or skipped it (a host service holds the port):
+        // taken back, so that no row names a forward no host runs.
         let ours = |f: &wire::ForwardSpec| f.proto == rec.proto && f.host_port == rec.host_port;
-        if let Some(s) = skipped.iter().find(|s| ours(&s.forward)) {
+        let refused = match self.sync_networks_reporting().await {
+            Ok(skipped) => match skipped.iter().find(|s| ours(&s.forward)) {
+                Some(s) => Some(
+                    self.forward_port_taken(&rec.proto, rec.host_port, &s.reason)
+                        .await,
+                ),
+                None => None,
+            },
+            Err(e) => Some(e),
+        };
+        if let Some(e) = refused {
             self.store.delete_forward(&rec.id).await?;
             let _ = self.sync_networks().await;
-            return Err(crate::net_policy::skipped_error(&s.reason, rec.host_port));
+            return Err(e);
         }
         Ok(PortForward {
             vm: vm.name,

@@ -29,8 +29,6 @@ pub struct SshConsole {
     pub fingerprint: String,
 }
 
-pub use crate::auth::ssh_key_id as key_id;
-
 /// Loads the gateway's host key, making it on first use (`ssh-keygen`).
 pub fn host_key(path: &Path) -> anyhow::Result<russh::keys::PrivateKey> {
     if !path.exists() {
@@ -64,9 +62,9 @@ impl Controller {
     /// The VM named `vm` and the user a key belongs to, if that user may operate it.
     pub async fn ssh_console_access(&self, vm: &str, key: &str) -> Option<(VmRecord, Caller)> {
         let vm = self.store.vm_by_name(vm).await.ok()??;
-        let id = key_id(key);
+        let id = crate::auth::ssh_key_id(key);
         for (user_id, public_key) in self.store.all_ssh_keys().await.ok()? {
-            if key_id(&public_key) != id {
+            if crate::auth::ssh_key_id(&public_key) != id {
                 continue;
             }
             let user = self.store.user_by_id(&user_id).await.ok()??;
@@ -281,7 +279,6 @@ impl Handler for Conn {
         let handle = session.handle();
         tokio::spawn(async move {
             use tokio_tungstenite::tungstenite::Message as T;
-            let mut ended = guard.ended.clone();
             let output = async {
                 while let Some(Ok(m)) = from_vm.next().await {
                     let bytes = match m {
@@ -295,20 +292,9 @@ impl Handler for Conn {
                     }
                 }
             };
-            let revoked = async {
-                let why = ended
-                    .wait_for(|e| e.is_some())
-                    .await
-                    .map(|e| e.clone().unwrap_or_default());
-                match why {
-                    Ok(why) => why,
-                    Err(_) => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 _ = output => {}
-                why = revoked => {
-                    let note = format!("\r\nhostel: console closed: {why}\r\n");
+                note = guard.revoked() => {
                     let _ = handle.data(channel, note.into_bytes()).await;
                 }
             }

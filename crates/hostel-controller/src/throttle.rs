@@ -227,6 +227,31 @@ impl Throttle {
         }
     }
 
+    /// Refuses an address over its budget: the refusal is tallied (not recorded on its
+    /// own) and the error says when to try again. Open addresses pass.
+    pub fn gate(&self, address: &str) -> Result<(), crate::error::Error> {
+        match self.admission(Requester::Address(address)) {
+            Admission::Open => Ok(()),
+            Admission::Spent { retry_after_secs } => {
+                Err(self.over_budget(address, retry_after_secs))
+            }
+        }
+    }
+
+    /// The answer to a request from `address`, over its budget: tallied, and told to
+    /// wait `retry_after_secs`.
+    pub fn over_budget(&self, address: &str, retry_after_secs: u64) -> crate::error::Error {
+        self.tally(Requester::Address(address));
+        crate::error::Error::rate_limited(
+            format!(
+                "too many refused requests from {}: try again in {retry_after_secs} s \
+                 (requests with a valid token are not limited)",
+                at_most_64(address)
+            ),
+            retry_after_secs,
+        )
+    }
+
     /// Counts a refusal of `who` that is not recorded on its own (it went over budget).
     pub fn tally(&self, who: Requester<'_>) {
         let key = who.key();

@@ -50,12 +50,7 @@ impl Controller {
         if !ctx.is_admin() {
             let c = ctx.caller()?;
             let dir = self.cfg.data_dir.join("saves").join(&c.user_name);
-            let p = std::path::Path::new(path);
-            let inside = p.starts_with(&dir)
-                && !p
-                    .components()
-                    .any(|x| matches!(x, std::path::Component::ParentDir));
-            if !inside {
+            if !within(&dir, path) {
                 return Err(Invalid::new(
                     "path",
                     format!(
@@ -75,14 +70,8 @@ impl Controller {
     /// files in the save directories: like `check_save_path`, this takes the controller's
     /// data dir for the host's (all-in-one).
     fn remove_save_file(&self, path: &str) {
-        let saves = self.cfg.data_dir.join("saves");
-        let p = std::path::Path::new(path);
-        let inside = p.starts_with(&saves)
-            && !p
-                .components()
-                .any(|x| matches!(x, std::path::Component::ParentDir));
-        if inside {
-            if let Err(e) = std::fs::remove_file(p) {
+        if within(&self.cfg.data_dir.join("saves"), path) {
+            if let Err(e) = std::fs::remove_file(path) {
                 tracing::warn!("removing the save file {path} of a deleted VM: {e}");
             }
         }
@@ -545,4 +534,13 @@ impl Controller {
             ssh_host_key_fingerprint: ssh.map(|s| s.fingerprint),
         })
     }
+}
+
+/// True if `path` names something under `dir`, with no `..` to climb out.
+fn within(dir: &std::path::Path, path: &str) -> bool {
+    let p = std::path::Path::new(path);
+    p.starts_with(dir)
+        && !p
+            .components()
+            .any(|x| matches!(x, std::path::Component::ParentDir))
 }

@@ -203,9 +203,14 @@ pub fn apply(f: &Filter) -> Result<()> {
     nft(&script(f))
 }
 
+/// The filter's table as [`crate::tables`] names it.
+pub fn table() -> String {
+    format!("inet {TABLE}")
+}
+
 /// True if the table is in the kernel (a flushed ruleset took it away otherwise).
 pub fn installed() -> bool {
-    crate::run(std::process::Command::new("nft").args(["list", "table", "inet", TABLE])).is_ok()
+    crate::tables().contains(&table())
 }
 
 /// Removes the table (the agent's last network went, and no VM runs).

@@ -118,9 +118,9 @@ pub fn reinstall(all: &[Guard]) -> Result<()> {
     nft(&s)
 }
 
-/// True if the guards' table is in the kernel.
-pub fn installed() -> bool {
-    crate::run(std::process::Command::new("nft").args(["list", "table", "bridge", TABLE])).is_ok()
+/// The guards' table as [`crate::tables`] names it.
+pub fn table() -> String {
+    format!("bridge {TABLE}")
 }
 
 /// Removes the guard of `tap`; `rest` are the guards that stay.

@@ -30,6 +30,17 @@ pub(crate) fn run(cmd: &mut Command) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The nftables tables in the kernel, as `FAMILY NAME` (`inet hostel_filter`); none if
+/// `nft` cannot be asked.
+pub fn tables() -> Vec<String> {
+    run(Command::new("nft").args(["list", "tables"]))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("table "))
+        .map(|t| t.trim().to_string())
+        .collect()
+}
+
 /// Feeds a script to `nft -f -` as one atomic transaction.
 pub(crate) fn nft(script: &str) -> anyhow::Result<()> {
     use std::io::Write;

@@ -4,10 +4,11 @@
 
 use super::extract::{ApiJson, ApiPath, ApiQuery, ApiWebSocket};
 use super::{LinesQuery, R, S, X};
+use crate::console_sessions::SessionGuard;
 use crate::consoles::{Attached, Door, Upstream, VmRef};
 use crate::context::Ctx;
 use crate::error::Error;
-use crate::throttle::{Admission, Requester};
+use crate::throttle::Requester;
 use crate::Controller;
 use axum::extract::ws::{Message, WebSocket};
 use axum::extract::State;
@@ -45,11 +46,7 @@ pub(super) async fn console(
 
 /// Bridges the client's websocket and the VM's, until either ends or the session is
 /// ended by a revocation (the client is told why, then closed).
-async fn bridge(
-    client: WebSocket,
-    upstream: Upstream,
-    mut ended: tokio::sync::watch::Receiver<Option<String>>,
-) {
+async fn bridge(client: WebSocket, upstream: Upstream, session: &SessionGuard) {
     use tokio_tungstenite::tungstenite::Message as T;
     let (ctx, mut crx) = client.split();
     let ctx = tokio::sync::Mutex::new(ctx);
@@ -83,15 +80,8 @@ async fn bridge(
         let _ = utx.send(T::Close(None)).await;
     };
     let revoked = async {
-        let why = ended
-            .wait_for(|e| e.is_some())
-            .await
-            .map(|e| e.clone().unwrap_or_default());
-        let Ok(why) = why else {
-            return std::future::pending().await;
-        };
+        let note = session.revoked().await;
         let mut c = ctx.lock().await;
-        let note = format!("\r\nhostel: console closed: {why}\r\n");
         let _ = c.send(Message::Binary(note.into_bytes().into())).await;
         let _ = c.send(Message::Close(None)).await;
     };
@@ -189,8 +179,7 @@ async fn bridge_audited(
     door: Door,
 ) {
     let since = std::time::Instant::now();
-    let ended = a.session.ended.clone();
-    bridge(client, a.upstream, ended).await;
+    bridge(client, a.upstream, &a.session).await;
     drop(a.session);
     c.console_detached(
         &ctx,
@@ -218,16 +207,9 @@ pub(super) async fn console_ws(
 ) -> Result<Response, Error> {
     let source = peer.ip().to_string();
     // A wrong ticket is a refusal of its address, like a wrong token (`throttle.rs`).
-    let anonymous = Requester::Address(&source);
-    if let Admission::Spent { retry_after_secs } = c.throttle.admission(anonymous) {
-        c.throttle.tally(anonymous);
-        return Err(Error::rate_limited(
-            format!("too many refused requests from {source}: try again in {retry_after_secs} s"),
-            retry_after_secs,
-        ));
-    }
+    c.throttle.gate(&source)?;
     let Some(t) = c.tickets.take(&q.ticket) else {
-        c.throttle.charge(anonymous);
+        c.throttle.charge(Requester::Address(&source));
         let why = Error::forbidden(
             "the console ticket is unknown, already used or expired: a ticket opens one \
              connection within 30 s; ask for a new one (`hostel console NAME --web`)",

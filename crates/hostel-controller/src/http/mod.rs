@@ -315,18 +315,7 @@ async fn auth(State(c): S, mut req: Request, next: Next) -> Response {
         Admission::Open => None,
         Admission::Spent { retry_after_secs } => Some(retry_after_secs),
     };
-    let too_many = |wait: u64| {
-        c.throttle.tally(anonymous);
-        Error::rate_limited(
-            format!(
-                "too many refused requests from {}: try again in {wait} s (requests with a \
-                 valid token are not limited)",
-                crate::audit::short(&source)
-            ),
-            wait,
-        )
-        .into_response()
-    };
+    let too_many = |wait: u64| c.throttle.over_budget(&source, wait).into_response();
     // Over budget, only a request that may hold a valid token is looked at.
     if let Some(wait) = spent.filter(|_| crate::auth::parse_token(&token).is_none()) {
         return too_many(wait);
