@@ -108,6 +108,11 @@ pub struct CreateVmRequest {
     #[serde(default)]
     #[schema(minimum = 1, maximum = 366)]
     pub lease_days: Option<u32>,
+    /// Who owns (and is charged for) the VM: `group:NAME` of a group the caller is in,
+    /// or for admins any `user:NAME` or `group:NAME`. Default: the caller.
+    #[serde(default)]
+    #[schema(pattern = "^(user:.*|group:.*)$")]
+    pub owner: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -936,6 +941,10 @@ pub struct TokenInfo {
     pub revoked: bool,
     pub created_at: String,
     pub last_used_at: Option<String>,
+    /// A browser session (a web UI login): the browser and address it was made from.
+    /// Revoking it logs that browser out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -1155,4 +1164,18 @@ pub struct RenewRequest {
     #[serde(default)]
     #[schema(format = DateTime)]
     pub until: Option<String>,
+}
+
+/// One message of the live event stream (`GET /api/v1/events`, server-sent events whose
+/// `data` is this, as JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum VmEvent {
+    /// A VM the caller may operate was created or changed: what it is now.
+    Changed { vm: Box<VmSummary> },
+    /// A VM the caller could operate is gone from their view (deleted, or given to
+    /// someone else).
+    Gone { id: String, name: String },
+    /// The stream fell behind and missed changes: read the list again.
+    Resync,
 }

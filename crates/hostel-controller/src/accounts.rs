@@ -77,6 +77,7 @@ impl Controller {
                 revoked_at: None,
                 created_at: now(),
                 last_used_at: None,
+                session: None,
             })
             .await
     }
@@ -367,6 +368,39 @@ impl Controller {
 
     // ---- tokens ----
 
+    /// A browser session's token: named `web-` and a random tag, good for
+    /// [`auth::SESSION_LIFETIME`] at most.
+    async fn new_session(&self, user: &UserRecord, client: &str, source: &str) -> Res<NewToken> {
+        let id = new_id("tok");
+        let secret = auth::new_secret();
+        let name = format!("web-{}", &id[4..12]);
+        let client: String = client
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(120)
+            .collect();
+        let t = TokenRecord {
+            id: id.clone(),
+            user_id: user.id.clone(),
+            name: name.clone(),
+            secret_hash: auth::hash_secret(&secret),
+            read_only: false,
+            expires_at: Some(now() + auth::SESSION_LIFETIME),
+            revoked_at: None,
+            created_at: now(),
+            last_used_at: None,
+            session: Some(format!("{client} from {source}")),
+        };
+        self.store.insert_token(&t).await?;
+        Ok(NewToken {
+            name,
+            token: auth::format_token(&id, &secret),
+            read_only: false,
+            expires_at: t.expires_at.map(|e| e.to_string()),
+            expiry_inherited: false,
+        })
+    }
+
     async fn new_token(
         &self,
         user: &UserRecord,
@@ -406,6 +440,7 @@ impl Controller {
             revoked_at: None,
             created_at: now(),
             last_used_at: None,
+            session: None,
         };
         if let Err(e) = self.store.insert_token(&t).await {
             if hostel_store::is_unique_violation(&e) {
@@ -512,6 +547,7 @@ impl Controller {
                 revoked: t.revoked_at.is_some(),
                 created_at: t.created_at.to_string(),
                 last_used_at: t.last_used_at.map(|t| t.to_string()),
+                session: t.session,
             })
             .collect())
     }
@@ -610,10 +646,39 @@ impl Controller {
     /// address's logins are refused before any password is checked, and tallied instead
     /// of recorded one by one.
     pub async fn login(&self, req: LoginRequest, source: &str) -> Res<NewToken> {
+        self.login_as(req, source, None).await
+    }
+
+    /// A password login for a browser: a session token, noted with the browser it was
+    /// made from (`client`), that ends when idle for [`auth::SESSION_IDLE`] and at
+    /// most [`auth::SESSION_LIFETIME`] after the login. Failures count towards the same
+    /// lock-out as the CLI's logins.
+    pub async fn login_session(
+        &self,
+        user: &str,
+        password: &str,
+        source: &str,
+        client: &str,
+    ) -> Res<NewToken> {
+        let req = LoginRequest {
+            user: user.into(),
+            password: password.into(),
+            token_name: None,
+            expires_in_days: None,
+        };
+        self.login_as(req, source, Some(client)).await
+    }
+
+    async fn login_as(
+        &self,
+        req: LoginRequest,
+        source: &str,
+        session: Option<&str>,
+    ) -> Res<NewToken> {
         let requester = Requester::Address(source);
         self.throttle.gate(source)?;
         let user = crate::audit::short(&req.user);
-        let r = self.check_login(req, source).await;
+        let r = self.check_login(req, source, session).await;
         if r.is_err() {
             self.throttle.charge(requester);
         }
@@ -622,7 +687,12 @@ impl Controller {
             at: now(),
             user_name: Some(user.clone()),
             source: source.to_string(),
-            action: "user.login".into(),
+            action: if session.is_some() {
+                "user.login-web"
+            } else {
+                "user.login"
+            }
+            .into(),
             target: Some(user),
             vm_id: None,
             params: None,
@@ -633,7 +703,12 @@ impl Controller {
         r
     }
 
-    async fn check_login(&self, req: LoginRequest, source: &str) -> Res<NewToken> {
+    async fn check_login(
+        &self,
+        req: LoginRequest,
+        source: &str,
+        session: Option<&str>,
+    ) -> Res<NewToken> {
         let keys = [format!("user:{}", req.user), format!("addr:{source}")];
         // No user has a name or a password that long: refused before any lookup or hash.
         if req.user.len() > 63 || req.password.len() > auth::MAX_PASSWORD_BYTES {
@@ -672,6 +747,9 @@ impl Controller {
         for k in &keys {
             self.logins.clear(k);
         }
+        if let Some(client) = session {
+            return self.new_session(&user, client, source).await;
+        }
         let name = req.token_name.clone().unwrap_or_else(|| {
             format!("login-{}", time::OffsetDateTime::now_utc().unix_timestamp())
         });
@@ -686,6 +764,40 @@ impl Controller {
     }
 
     // ---- ownership ----
+
+    /// The owner a new VM gets (user id, group id): the caller by default; a group
+    /// the caller is in; anyone an admin names. The same rule as giving a VM away.
+    pub(crate) async fn create_owner(
+        &self,
+        ctx: &Ctx,
+        owner: Option<&str>,
+    ) -> Res<(Option<String>, Option<String>)> {
+        let c = ctx.caller()?;
+        let Some(owner) = owner.filter(|o| !o.is_empty()) else {
+            return Ok((Some(c.user_id.clone()), None));
+        };
+        let (kind, name) = owner.split_once(':').unwrap_or(("user", owner));
+        let (user_id, group_id) = match kind {
+            "user" => (Some(self.user_named(name).await?.id), None),
+            "group" => (None, Some(self.group_named(name).await?.id)),
+            _ => {
+                return Err(Invalid::new(
+                    "owner",
+                    format!("{owner:?}: give user:NAME or group:NAME"),
+                )
+                .into())
+            }
+        };
+        let own_group = group_id.as_ref().is_some_and(|g| c.group_ids.contains(g));
+        let self_ = user_id.as_deref() == Some(c.user_id.as_str());
+        if !(c.is_admin || own_group || self_) {
+            return Err(forbidden(
+                "a VM may be made for yourself or for a group you are in; only an admin \
+                 may make one for someone else",
+            ));
+        }
+        Ok((user_id, group_id))
+    }
 
     /// Gives a VM to a user or group: admins to anyone; the owner to a group they are in.
     pub async fn set_owner(&self, ctx: &Ctx, vm_name: &str, req: SetOwnerRequest) -> Res<Vm> {

@@ -51,10 +51,27 @@ pub fn ssh_key_id(line: &str) -> String {
         .join(" ")
 }
 
+/// A browser session ends this long after it was last used...
+pub const SESSION_IDLE: time::Duration = time::Duration::hours(1);
+/// ...and this long after its login, whatever its use.
+pub const SESSION_LIFETIME: time::Duration = time::Duration::hours(12);
+
 /// Why a token is not accepted, said plainly (never echoing the token).
 pub fn check_token(t: &TokenRecord, secret: &str, now: Timestamp) -> Result<(), &'static str> {
     if !same(hash_secret(secret).as_bytes(), t.secret_hash.as_bytes()) {
         return Err("wrong API token");
+    }
+    if t.session.is_some() {
+        if t.revoked_at.is_some() {
+            return Err("this session was ended (logged out or revoked): log in again");
+        }
+        if t.expires_at.is_some_and(|e| e <= now) {
+            return Err("this session has reached its 12-hour limit: log in again");
+        }
+        let last = t.last_used_at.unwrap_or(t.created_at);
+        if last + SESSION_IDLE <= now {
+            return Err("this session was idle for an hour and has ended: log in again");
+        }
     }
     if t.revoked_at.is_some() {
         return Err("this API token was revoked: make a new one with `hostel login`");
@@ -222,6 +239,7 @@ mod tests {
             revoked_at: None,
             created_at: at("2026-01-01T00:00:00Z"),
             last_used_at: None,
+            session: None,
         };
         assert!(check_token(&rec, &secret, at("2026-01-01T00:00:00Z")).is_ok());
         assert!(check_token(&rec, &new_secret(), at("2026-01-01T00:00:00Z"))

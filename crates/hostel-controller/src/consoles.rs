@@ -263,6 +263,7 @@ pub fn web_file(web_dir: &Path, path: &str) -> Option<PathBuf> {
         "xterm" => "@xterm/xterm",
         "xterm-fit" => "@xterm/addon-fit",
         "novnc" => "@novnc/novnc",
+        "htmx" => "htmx.org/dist",
         _ => return None,
     };
     let rest = Path::new(rest);

@@ -13,6 +13,7 @@ pub mod context;
 mod disks;
 mod doctor;
 pub mod error;
+mod events;
 mod hosts;
 mod http;
 mod images;

@@ -270,7 +270,11 @@ impl Controller {
         }
         // Quota, charged to the caller, checked and held until the VM is recorded (and
         // started), so that concurrent creates cannot pass a limit together.
-        let owner = Some(format!("user:{}", ctx.caller()?.user_id));
+        let (owner_user_id, owner_group_id) = self.create_owner(ctx, req.owner.as_deref()).await?;
+        let owner = Some(match (&owner_user_id, &owner_group_id) {
+            (_, Some(g)) => format!("group:{g}"),
+            (u, None) => format!("user:{}", u.as_deref().unwrap_or_default()),
+        });
         let disk_mib = disk_plan.as_ref().map(|p| p.size_mib).unwrap_or(0);
         let _quota = self
             .charge(
@@ -337,7 +341,8 @@ impl Controller {
                 .map(crate::lease::in_days),
         };
         let mut record = record;
-        record.owner_user_id = Some(ctx.caller()?.user_id.clone());
+        record.owner_user_id = owner_user_id;
+        record.owner_group_id = owner_group_id;
         if let Err(e) = self.store.insert_vm(&record, &disks).await {
             self.remove_disk_files(&agent, &disks).await;
             if hostel_store::is_unique_violation(&e) {

@@ -33,6 +33,9 @@ pub struct TokenRecord {
     pub revoked_at: Option<Timestamp>,
     pub created_at: Timestamp,
     pub last_used_at: Option<Timestamp>,
+    /// Set for a browser session (the web UI's login): the browser and address it was
+    /// made from. A session also ends after it has been idle too long.
+    pub session: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -128,13 +131,14 @@ impl FromRow for TokenRecord {
             revoked_at: c.opt_time("revoked_at")?,
             created_at: c.time("created_at")?,
             last_used_at: c.opt_time("last_used_at")?,
+            session: c.opt_text("session")?,
         })
     }
 }
 
 impl Record for TokenRecord {
     const COLS: &'static str = "id, user_id, name, secret_hash, read_only, expires_at, \
-        revoked_at, created_at, last_used_at";
+        revoked_at, created_at, last_used_at, session";
     fn values(&self) -> Vec<Value<'_>> {
         binds![
             &self.id,
@@ -146,6 +150,7 @@ impl Record for TokenRecord {
             self.revoked_at,
             self.created_at,
             self.last_used_at,
+            &self.session,
         ]
     }
 }

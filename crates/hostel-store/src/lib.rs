@@ -40,7 +40,13 @@ pub use vms::{VmListRow, VmPageQuery, VmRecord};
 pub struct Store {
     pool: AnyPool,
     sqlite: bool,
+    /// The id of every VM whose row was written, after the write: what live views
+    /// (the API's event stream, the web UI) follow. In this process only.
+    vm_changes: tokio::sync::broadcast::Sender<String>,
 }
+
+/// How many VM changes a slow follower may fall behind before it is told it lagged.
+const VM_CHANGES_BACKLOG: usize = 4096;
 
 /// The time now, as records keep it.
 pub fn now() -> Timestamp {
@@ -104,7 +110,11 @@ impl Store {
             .connect(&url)
             .await
             .with_context(|| format!("opening the database {url}"))?;
-        let store = Store { pool, sqlite };
+        let store = Store {
+            pool,
+            sqlite,
+            vm_changes: tokio::sync::broadcast::channel(VM_CHANGES_BACKLOG).0,
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -115,6 +125,17 @@ impl Store {
 
     pub fn is_sqlite(&self) -> bool {
         self.sqlite
+    }
+
+    /// Follows VM writes: each message is the id of a VM whose row (or its NICs, disks,
+    /// snapshots or forwards) was written or deleted.
+    pub fn follow_vm_changes(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.vm_changes.subscribe()
+    }
+
+    /// Tells followers that a VM changed (nobody following is fine).
+    pub fn vm_changed(&self, id: &str) {
+        let _ = self.vm_changes.send(id.to_string());
     }
 
     async fn migrate(&self) -> Result<()> {

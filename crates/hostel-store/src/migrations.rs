@@ -224,4 +224,6 @@ pub const MIGRATIONS: &[&[&str]] = &[
             value TEXT NOT NULL
         )",
     ],
+    // A browser session is a token with a note of its browser; it also ends when idle.
+    &["ALTER TABLE tokens ADD COLUMN session TEXT"],
 ];

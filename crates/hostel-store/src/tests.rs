@@ -412,6 +412,7 @@ async fn accounts_tokens_and_audit(url: &str) {
         revoked_at: None,
         created_at: now(),
         last_used_at: None,
+        session: None,
     };
     s.insert_token(&t).await.unwrap();
     s.revoke_token(&t.id, at("2026-01-01T00:00:00Z"))

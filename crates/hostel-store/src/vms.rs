@@ -167,6 +167,7 @@ impl Store {
             insert_on(&mut tx, d).await?;
         }
         tx.commit().await?;
+        self.vm_changed(&v.id);
         Ok(())
     }
 
@@ -326,6 +327,7 @@ impl Store {
             binds![id, state, reason, pid, now()],
         )
         .await?;
+        self.vm_changed(id);
         Ok(())
     }
 
@@ -335,6 +337,7 @@ impl Store {
             binds![id, memory_mib, now()],
         )
         .await?;
+        self.vm_changed(id);
         Ok(())
     }
 
@@ -344,6 +347,7 @@ impl Store {
             binds![id, vcpus, now()],
         )
         .await?;
+        self.vm_changed(id);
         Ok(())
     }
 
@@ -353,6 +357,7 @@ impl Store {
             binds![id, path, now()],
         )
         .await?;
+        self.vm_changed(id);
         Ok(())
     }
 
@@ -369,6 +374,7 @@ impl Store {
             binds![owner_user_id, owner_group_id, admin_group_id, vm_id],
         )
         .await?;
+        self.vm_changed(vm_id);
         Ok(())
     }
 
@@ -378,6 +384,7 @@ impl Store {
             binds![expires_at, vm_id],
         )
         .await?;
+        self.vm_changed(vm_id);
         Ok(())
     }
 
@@ -395,6 +402,7 @@ impl Store {
             execute_on(&mut tx, q, binds![id]).await?;
         }
         tx.commit().await?;
+        self.vm_changed(id);
         Ok(())
     }
 }

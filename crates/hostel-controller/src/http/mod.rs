@@ -57,7 +57,7 @@ type R<T> = Result<Json<T>, Error>;
         create_token, revoke_token, list_keys, add_key, remove_key, list_groups, create_group,
         delete_group, add_member, remove_member, set_owner, audit, audit_retention,
         set_audit_retention, prune_audit, show_quota, set_quota,
-        renew_vm, list_hosts, add_host, remove_host
+        renew_vm, list_hosts, add_host, remove_host, events
     ),
     components(schemas(ErrorBody)),
     modifiers(&BearerAuth, &StandardErrors),
@@ -91,6 +91,7 @@ pub fn router(c: Arc<Controller>) -> Router {
         .route("/api/v1/hosts", get(list_hosts).post(add_host))
         .route("/api/v1/hosts/{name}", delete(remove_host))
         .route("/api/v1/vms", get(list_vms).post(create_vm))
+        .route("/api/v1/events", get(events))
         .route("/api/v1/vms/{name}", get(get_vm).delete(delete_vm))
         .route("/api/v1/vms/{name}/start", post(start_vm))
         .route("/api/v1/vms/{name}/reboot", post(reboot_vm))

@@ -232,3 +232,25 @@ pub(super) async fn renew_vm(
 ) -> R<Vm> {
     Ok(Json(c.renew(&ctx, &name, req).await?))
 }
+
+/// Live changes to the caller's VMs, as server-sent events: each event's `data` is a
+/// `VmEvent` (JSON). `changed` carries the VM's summary as it is now; `gone` a VM that
+/// left the caller's view; `resync` asks the client to read the list again. A comment
+/// line every 15 s keeps proxies from closing an idle stream.
+#[utoipa::path(get, path = "/api/v1/events",
+    responses((status = 200, description = "a stream of server-sent events, each one's data a VmEvent", content_type = "text/event-stream", body = VmEvent)))]
+pub(super) async fn events(State(c): S, Extension(ctx): X) -> Result<Response, Error> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures::StreamExt;
+    let stream = c.vm_events(ctx).await?.map(|e| {
+        let name = match &e {
+            VmEvent::Changed { .. } => "changed",
+            VmEvent::Gone { .. } => "gone",
+            VmEvent::Resync => "resync",
+        };
+        Event::default().event(name).json_data(&e)
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
+        .into_response())
+}

@@ -153,6 +153,10 @@ pub struct CreateArgs {
     /// A lease in days (default: the cluster's).
     #[arg(long)]
     lease_days: Option<u32>,
+    /// Make the VM a group's (`group:NAME`, a group you are in); admins may name any
+    /// `user:NAME` too. Default: yours.
+    #[arg(long)]
+    owner: Option<String>,
     #[arg(short, long, value_enum, default_value = "table")]
     output: Format,
 }
@@ -384,6 +388,7 @@ async fn create(api: &Api, a: CreateArgs) -> Result<()> {
         seed: if a.no_seed { Some(false) } else { None },
         pool: a.pool,
         lease_days: a.lease_days,
+        owner: a.owner,
     };
     let vm: Vm = api.post("/api/v1/vms", &req).await?;
     show_vm(&vm, a.output)

@@ -1,0 +1,86 @@
+//! Live VM changes, as the API's event stream serves them: each write to a VM the caller
+//! may operate becomes its summary; a VM that leaves the caller's view (deleted, given
+//! away) becomes `gone`. The store says which VM changed (`Store::follow_vm_changes`);
+//! here each change is read again and checked against the caller, like any other read.
+
+use crate::context::Ctx;
+use crate::error::Error;
+use crate::Controller;
+use futures::Stream;
+use hostel_api::public::{VmEvent, VmSummary};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::broadcast::error::RecvError;
+
+type Res<T> = Result<T, Error>;
+
+struct Follower {
+    c: Arc<Controller>,
+    ctx: Arc<Ctx>,
+    changes: tokio::sync::broadcast::Receiver<String>,
+    /// The VMs the caller may operate, by id, with their names: a change to one that
+    /// is no longer visible is its `gone`.
+    seen: HashMap<String, String>,
+}
+
+impl Controller {
+    /// The caller's live VM changes, from now on. Ends when the controller does.
+    pub async fn vm_events(
+        self: &Arc<Self>,
+        ctx: Arc<Ctx>,
+    ) -> Res<impl Stream<Item = VmEvent> + Send + 'static> {
+        // Follow first, then list: a change between the two is not missed.
+        let changes = self.store.follow_vm_changes();
+        let mut seen = HashMap::new();
+        for vm in self.store.vms().await? {
+            if ctx.may_operate(&vm) {
+                seen.insert(vm.id, vm.name);
+            }
+        }
+        let f = Follower {
+            c: self.clone(),
+            ctx,
+            changes,
+            seen,
+        };
+        Ok(futures::stream::unfold(f, |mut f| async move {
+            loop {
+                let id = match f.changes.recv().await {
+                    Ok(id) => id,
+                    Err(RecvError::Lagged(_)) => return Some((VmEvent::Resync, f)),
+                    Err(RecvError::Closed) => return None,
+                };
+                if let Some(event) = f.event_for(&id).await {
+                    return Some((event, f));
+                }
+            }
+        }))
+    }
+}
+
+impl Follower {
+    /// What the caller is told of a change to VM `id`, if anything.
+    async fn event_for(&mut self, id: &str) -> Option<VmEvent> {
+        let record = match self.c.store.vm_by_id(id).await {
+            Ok(r) => r.filter(|vm| self.ctx.may_operate(vm)),
+            // The database did not answer: the caller reads the list again.
+            Err(_) => return Some(VmEvent::Resync),
+        };
+        match record {
+            Some(vm) => {
+                let view = match self.c.view(&vm, false).await {
+                    Ok(v) => v,
+                    Err(_) => return Some(VmEvent::Resync),
+                };
+                self.seen.insert(vm.id.clone(), vm.name.clone());
+                Some(VmEvent::Changed {
+                    vm: Box::new(VmSummary::from(&view)),
+                })
+            }
+            None => self.seen.remove(id).map(|name| VmEvent::Gone {
+                id: id.into(),
+                name,
+            }),
+        }
+    }
+}

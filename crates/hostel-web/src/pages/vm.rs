@@ -1,0 +1,415 @@
+//! A VM's page: overview, actions, consoles, snapshots, disks, NICs, port forwards,
+//! sharing and its audit rows; and every action on it, each one API call.
+
+use super::{mib, page, when, Layout};
+use crate::api::{seg, ApiResult};
+use crate::session::{back, back_err, Flash, Form, Session};
+use askama::Template;
+use axum::extract::Path;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use hostel_api::public::*;
+use hostel_model::{Op, VmState};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+#[derive(Template)]
+#[template(path = "vm.html")]
+struct VmPage {
+    layout: Layout,
+    vm: Vm,
+    snapshots: Vec<Snapshot>,
+    forwards: Vec<PortForward>,
+    audit: Vec<AuditEntry>,
+    networks: Vec<String>,
+    images: Vec<String>,
+    groups: Vec<String>,
+    save_dir: String,
+}
+
+impl VmPage {
+    /// Whether the VM's state allows an operation now (the API says so too, and why).
+    pub fn can(&self, op: &str) -> bool {
+        let op = match op {
+            "start" => Op::Start,
+            "shutdown" => Op::Shutdown,
+            "destroy" => Op::Destroy,
+            "reboot" => Op::Reboot,
+            "pause" => Op::Pause,
+            "unpause" => Op::Unpause,
+            "save" => Op::Save,
+            "restore" => Op::Restore,
+            "delete" => Op::Delete,
+            _ => return true,
+        };
+        op.check(self.vm.state).is_ok()
+    }
+    pub fn state(&self) -> &'static str {
+        self.vm.state.as_str()
+    }
+    pub fn running(&self) -> bool {
+        matches!(self.vm.state, VmState::Running | VmState::Paused)
+    }
+    pub fn memory(&self) -> String {
+        mib(&self.vm.memory.current_mib)
+    }
+    pub fn max_memory(&self) -> String {
+        mib(&self.vm.memory.max_mib)
+    }
+    pub fn lease(&self) -> String {
+        self.vm
+            .lease_expires_at
+            .as_deref()
+            .map(when)
+            .unwrap_or_else(|| "none".into())
+    }
+    pub fn created(&self) -> String {
+        when(&self.vm.created_at)
+    }
+    pub fn at(&self, t: &str) -> String {
+        when(t)
+    }
+    pub fn params(&self, e: &AuditEntry) -> String {
+        e.params.as_ref().map(|p| p.to_string()).unwrap_or_default()
+    }
+    pub fn size(&self, m: &u64) -> String {
+        mib(m)
+    }
+}
+
+pub async fn show(s: Session, headers: HeaderMap, Path(name): Path<String>) -> Response {
+    let api = &s.api;
+    let n = seg(&name);
+    let vm: Vm = match api.get(&format!("/api/v1/vms/{n}")).await {
+        Ok(v) => v,
+        Err(e) => return super::error_page(&e),
+    };
+    let snapshots = api
+        .get(&format!("/api/v1/vms/{n}/snapshots"))
+        .await
+        .unwrap_or_default();
+    let forwards = api
+        .get(&format!("/api/v1/vms/{n}/port-forwards"))
+        .await
+        .unwrap_or_default();
+    let mut audit: Vec<AuditEntry> = api
+        .get(&format!("/api/v1/audit?vm={n}"))
+        .await
+        .unwrap_or_default();
+    audit.reverse();
+    audit.truncate(100);
+    let networks = api
+        .get::<Vec<Network>>("/api/v1/networks")
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    let images = api
+        .get::<Vec<Image>>("/api/v1/images")
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|i| i.kind == hostel_model::ImageKind::Disk)
+        .map(|i| i.name)
+        .collect();
+    let groups = if s.me.admin {
+        api.get::<Vec<Group>>("/api/v1/groups")
+            .await
+            .map(|g| g.into_iter().map(|g| g.name).collect())
+            .unwrap_or_else(|_| s.me.groups.clone())
+    } else {
+        s.me.groups.clone()
+    };
+    let layout = Layout::new(&s, &headers, format!("VM {}", vm.name), "vms");
+    let data_dir = api
+        .get::<Info>("/api/v1/info")
+        .await
+        .map(|i| i.data_dir)
+        .unwrap_or_default();
+    let save_dir = format!("{data_dir}/saves/{}", s.me.user);
+    let p = VmPage {
+        vm,
+        snapshots,
+        forwards,
+        audit,
+        networks,
+        images,
+        groups,
+        save_dir,
+        layout,
+    };
+    page(&p.layout, &p)
+}
+
+/// Every field any action's form has; each action reads its own.
+#[derive(Deserialize, Default)]
+pub struct ActionForm {
+    #[serde(default)]
+    memory_mib: String,
+    #[serde(default)]
+    vcpus: String,
+    #[serde(default)]
+    path: String,
+    #[serde(default)]
+    days: String,
+    #[serde(default)]
+    snapshot: String,
+    #[serde(default)]
+    with_memory: Option<String>,
+    #[serde(default)]
+    disk: String,
+    #[serde(default)]
+    size_mib: String,
+    #[serde(default)]
+    image: String,
+    #[serde(default)]
+    nic: String,
+    #[serde(default)]
+    network: String,
+    #[serde(default)]
+    host_port: String,
+    #[serde(default)]
+    guest_port: String,
+    #[serde(default)]
+    proto: String,
+    #[serde(default)]
+    owner: String,
+    #[serde(default)]
+    admin_group: String,
+    #[serde(default)]
+    force: Option<String>,
+}
+
+fn num<T: std::str::FromStr>(what: &str, v: &str) -> Result<T, String> {
+    v.trim()
+        .parse()
+        .map_err(|_| format!("{what}: {:?} is not a whole number", v.trim()))
+}
+
+fn opt_num<T: std::str::FromStr>(what: &str, v: &str) -> Result<Option<T>, String> {
+    if v.trim().is_empty() {
+        Ok(None)
+    } else {
+        num(what, v).map(Some)
+    }
+}
+
+/// What an action asks of the API: the method's path under the VM and its body.
+enum Call {
+    Post(&'static str, Value),
+    /// A route not under the VM's own (restore names the save file, not the VM).
+    Top(&'static str, Value),
+    Delete,
+}
+
+fn call_for(action: &str, f: &ActionForm) -> Result<(Call, String), String> {
+    let empty = json!({});
+    Ok(match action {
+        "start" => (Call::Post("start", empty), "is starting".into()),
+        "shutdown" => (
+            Call::Post(
+                "shutdown",
+                json!({"timeout_secs": 60, "force": f.force.is_some()}),
+            ),
+            "has shut down".into(),
+        ),
+        "destroy" => (
+            Call::Post("destroy", empty),
+            "was stopped (powered off)".into(),
+        ),
+        "reboot" => (Call::Post("reboot", empty), "is rebooting".into()),
+        "pause" => (Call::Post("pause", empty), "is paused".into()),
+        "unpause" => (Call::Post("unpause", empty), "runs again".into()),
+        "save" => (
+            Call::Post("save", json!({"path": f.path.trim()})),
+            "was saved".into(),
+        ),
+        "restore" => (
+            Call::Top("/api/v1/restore", json!({"path": f.path.trim()})),
+            "was restored and runs".into(),
+        ),
+        "memory" => {
+            let m: u64 = num("memory", &f.memory_mib)?;
+            (
+                Call::Post("memory", json!({"memory_mib": m})),
+                format!("now has {} of memory", mib(&m)),
+            )
+        }
+        "vcpus" => {
+            let v: u32 = num("vCPUs", &f.vcpus)?;
+            (
+                Call::Post("vcpus", json!({"vcpus": v})),
+                format!("now has {v} vCPUs"),
+            )
+        }
+        "renew" => {
+            let d: Option<u32> = opt_num("days", &f.days)?;
+            (
+                Call::Post("renew", json!({"days": d})),
+                "has its lease renewed".into(),
+            )
+        }
+        "snapshot" => {
+            let name = Some(f.snapshot.trim()).filter(|n| !n.is_empty());
+            (
+                Call::Post(
+                    "snapshots",
+                    json!({"name": name, "memory": f.with_memory.is_some()}),
+                ),
+                "has a new snapshot".into(),
+            )
+        }
+        "revert" => (
+            Call::Post("snapshots/revert", json!({"name": f.snapshot})),
+            format!("is back at snapshot {}", f.snapshot),
+        ),
+        "delete-snapshot" => (
+            Call::Post("snapshots/delete", json!({"name": f.snapshot})),
+            format!("no longer has snapshot {}", f.snapshot),
+        ),
+        "add-disk" => {
+            let size: Option<u64> = opt_num("size", &f.size_mib)?;
+            let image = Some(f.image.as_str()).filter(|i| !i.is_empty());
+            (
+                Call::Post("disks", json!({"size_mib": size, "image": image})),
+                "has a new disk".into(),
+            )
+        }
+        "resize-disk" => {
+            let disk: u32 = num("disk", &f.disk)?;
+            let size: u64 = num("size", &f.size_mib)?;
+            (
+                Call::Post("disks/resize", json!({"disk": disk, "size_mib": size})),
+                format!("has disk {disk} at {}", mib(&size)),
+            )
+        }
+        "remove-disk" => {
+            let disk: u32 = num("disk", &f.disk)?;
+            (
+                Call::Post("disks/remove", json!({"disk": disk})),
+                format!("no longer has disk {disk}"),
+            )
+        }
+        "add-nic" => (
+            Call::Post("nics", json!({"network": f.network})),
+            format!("has a new NIC on {}", f.network),
+        ),
+        "remove-nic" => (
+            Call::Post("nics/remove", json!({"nic": f.nic})),
+            "lost a NIC".into(),
+        ),
+        "add-forward" => {
+            let host: u16 = num("host port", &f.host_port)?;
+            let guest: u16 = num("guest port", &f.guest_port)?;
+            let proto = if f.proto.is_empty() {
+                "tcp"
+            } else {
+                f.proto.as_str()
+            };
+            (
+                Call::Post(
+                    "port-forwards",
+                    json!({"host_port": host, "guest_port": guest, "proto": proto}),
+                ),
+                format!("is reached on host port {host}/{proto}"),
+            )
+        }
+        "remove-forward" => {
+            let host: u16 = num("host port", &f.host_port)?;
+            let proto = if f.proto.is_empty() {
+                "tcp"
+            } else {
+                f.proto.as_str()
+            };
+            (
+                Call::Post(
+                    "port-forwards/remove",
+                    json!({"host_port": host, "proto": proto}),
+                ),
+                format!("no longer has host port {host}/{proto}"),
+            )
+        }
+        "share" => (
+            Call::Post(
+                "owner",
+                json!({"owner": f.owner, "admin_group": f.admin_group}),
+            ),
+            "has its sharing changed".into(),
+        ),
+        "delete" => (Call::Delete, "was deleted".into()),
+        other => return Err(format!("{other:?} is not something a VM's page does")),
+    })
+}
+
+/// One action on a VM, through the API; back to the VM's page (the list after a
+/// delete) with what happened.
+pub async fn act(Path((name, action)): Path<(String, String)>, f: Form<ActionForm>) -> Response {
+    let Form { session: s, data } = f;
+    let page_path = format!("/vms/{}", seg(&name));
+    let (call, done) = match call_for(&action, &data) {
+        Ok(c) => c,
+        Err(why) => return back(&page_path, Flash::err(why)),
+    };
+    let base = format!("/api/v1/vms/{}", seg(&name));
+    let result: ApiResult<Value> = match &call {
+        Call::Post(sub, body) => s.api.post(&format!("{base}/{sub}"), body).await,
+        Call::Top(path, body) => s.api.post(path, body).await,
+        Call::Delete => s.api.delete(&base).await,
+    };
+    match (result, call) {
+        (Ok(_), Call::Delete) => back("/vms", Flash::ok(format!("{name} {done}."))),
+        (Ok(_), _) => back(&page_path, Flash::ok(format!("{name} {done}."))),
+        (Err(e), _) => back_err(&page_path, &e),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "console.html")]
+struct ConsolePage {
+    layout: Layout,
+    vm: String,
+    kind: &'static str,
+    websocket: String,
+}
+
+/// A console, embedded: the page asks the API for a single-use ticket as the user and
+/// hands its websocket to the console script.
+pub async fn console(
+    s: Session,
+    headers: HeaderMap,
+    Path((name, kind)): Path<(String, String)>,
+) -> Response {
+    let kind = match kind.as_str() {
+        "serial" => "serial",
+        "vga" => "vga",
+        _ => {
+            return super::refusal(
+                axum::http::StatusCode::NOT_FOUND,
+                "a VM has a serial and a VGA console",
+            )
+        }
+    };
+    let path = format!("/api/v1/vms/{}/console/ticket", seg(&name));
+    let t: ConsoleTicket = match s.api.post(&path, &json!({"console": kind})).await {
+        Ok(t) => t,
+        Err(e) => return back_err(&format!("/vms/{}", seg(&name)), &e),
+    };
+    let title = format!(
+        "{} console of {name}",
+        if kind == "vga" { "VGA" } else { "Serial" }
+    );
+    let layout = Layout::new(&s, &headers, title, "vms");
+    let p = ConsolePage {
+        vm: name,
+        kind,
+        websocket: t.websocket,
+        layout,
+    };
+    super::render(
+        axum::http::StatusCode::OK,
+        &p.layout,
+        &p,
+        super::CONSOLE_CSP,
+    )
+}
