@@ -37,3 +37,8 @@ pub async fn serve(Path(file): Path<String>) -> Response {
         None => (StatusCode::NOT_FOUND, "no such file").into_response(),
     }
 }
+
+/// Browsers ask for `/favicon.ico` whatever the page says.
+pub async fn favicon() -> Response {
+    serve(Path("icon.svg".into())).await
+}

@@ -45,6 +45,7 @@ pub fn router(c: Arc<Controller>, api: Router) -> Router {
         .route("/vms/{name}/console/{kind}", get(pages::vm::console))
         .route("/ui/events", get(pages::events))
         .route("/ui/{file}", get(assets::serve))
+        .route("/favicon.ico", get(assets::favicon))
         .fallback(pages::not_found)
         .with_state(web)
 }

@@ -1,0 +1,241 @@
+// The web UI as a new user uses it, in Debian's headless Chromium (playwright-core, no
+// browser download), against a real `hostel up`. Every page met is audited with axe-core
+// (WCAG 2.1 AA) and must load without a Content-Security-Policy violation; screenshots
+// of the main pages (desktop and phone width) go to SHOTS.
+//
+// node ui.mjs URL SHOTS_DIR
+// Environment: ALICE / BOB (user:password; bob is in group `team`, alice is not an
+// admin), VM (the VM's name), ADMIN (user:password of an admin).
+import { chromium } from "playwright-core";
+import { createRequire } from "node:module";
+import { readFileSync } from "node:fs";
+
+const require = createRequire(import.meta.url);
+const axeSource = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
+const [base, shots] = process.argv.slice(2);
+const vm = process.env.VM || "webvm";
+const [alice, alicePw] = (process.env.ALICE || "alice:pw").split(":");
+const [bob, bobPw] = (process.env.BOB || "bob:pw").split(":");
+const problems = [];
+const expected = new Set();
+const step = (s) => console.log("step:", s);
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  headless: true,
+  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+
+async function context(viewport = { width: 1280, height: 860 }) {
+  const ctx = await browser.newContext({ viewport });
+  await ctx.addInitScript(() => document.addEventListener("securitypolicyviolation", (e) =>
+    console.log(`CSP violation: ${e.violatedDirective} by ${e.sourceFile}:${e.lineNumber}:${e.columnNumber} ${e.sample}`)));
+  ctx.on("page", watch);
+  return ctx;
+}
+
+// CSP violations and script errors are failures.
+function watch(page) {
+  page.on("console", (m) => {
+    const t = m.text();
+    // (axe itself, run from the test, sets style attributes while it audits.)
+    if (/Content Security Policy|Refused to/i.test(t) && !auditing) problems.push(`CSP on ${page.url()}: ${t}`);
+  });
+  page.on("response", (r) => { if (r.status() >= 400 && !expected.has(r.url())) console.log(`HTTP ${r.status()} ${r.url()}`); });
+  page.on("pageerror", (e) => problems.push(`script error on ${page.url()}: ${e.message}`));
+}
+
+const audited = new Set();
+let auditing = false;
+async function audit(page, name) {
+  const key = name || new URL(page.url()).pathname;
+  if (audited.has(key)) return;
+  audited.add(key);
+  auditing = true;
+  await page.evaluate(axeSource + "\n;0");
+  const r = await page.evaluate(() => axe.run(document, {
+    runOnly: { type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"] },
+  }));
+  await page.waitForTimeout(50);
+  auditing = false;
+  for (const v of r.violations) {
+    problems.push(`axe ${key}: ${v.id} (${v.impact}): ${v.help} — ${v.nodes.slice(0, 3).map((n) => n.target.join(" ")).join("; ")}`);
+  }
+  console.log(`axe ${key}: ${r.violations.length} violations, ${r.passes.length} rules passed`);
+}
+
+async function shoot(page, name) {
+  if (!shots) return;
+  await page.screenshot({ path: `${shots}/${name}-desktop.png`, fullPage: false });
+  const size = page.viewportSize();
+  await page.setViewportSize({ width: 375, height: 740 });
+  await page.waitForTimeout(150);
+  await page.screenshot({ path: `${shots}/${name}-phone.png`, fullPage: false });
+  await page.setViewportSize(size);
+}
+
+async function login(page, user, pw, next = "/vms") {
+  await page.goto(base + next);
+  if (!page.url().includes("/login")) throw new Error(`not sent to the login page: ${page.url()}`);
+  await audit(page, "/login");
+  await page.getByLabel("User name").fill(user);
+  await page.getByLabel("Password").fill(pw);
+  await Promise.all([page.waitForURL((u) => !u.pathname.startsWith("/login")), page.getByRole("button", { name: "Log in" }).click()]);
+  const landed = new URL(page.url());
+  if (landed.pathname + landed.search !== next) throw new Error(`after login: ${page.url()}, asked for ${next}`);
+}
+
+async function until(what, f, ms = 30000) {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await f();
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+const flash = (page) => page.locator("#flash").innerText();
+
+try {
+  // ---- alice, a new user ----
+  const a = await context();
+  const page = await a.newPage();
+  step("log in (and land on the page asked for)");
+  await login(page, alice, alicePw, "/vms/new");
+  await audit(page);
+  await shoot(page, "create");
+
+  step("create a VM from tiny in the form");
+  await page.getByLabel("Name", { exact: true }).fill(vm);
+  await page.getByLabel("Image").selectOption("tiny");
+  await page.getByLabel("Memory (MiB)").fill("128");
+  await page.getByLabel("Disk (MiB)").fill("64");
+  await until("the CLI line to follow the form", async () =>
+    (await page.locator("#cli-line").innerText()).includes(`hostel create ${vm} --image tiny --memory 128`), 10000)
+    .catch(async (e) => { throw new Error(`${e.message}: ${await page.locator("#cli-line").innerText()}`); });
+  await page.getByLabel("Start it once created").uncheck();
+  await page.getByRole("button", { name: "Create" }).click();
+  await page.waitForURL(`**/vms/${vm}`);
+  if (!(await flash(page)).includes(`${vm} is created`)) throw new Error(`no creation message: ${await flash(page)}`);
+  await audit(page, "/vms/NAME");
+
+  step("watch its state turn running without a reload");
+  const list = await a.newPage();
+  await list.goto(base + "/vms");
+  await audit(list);
+  await until("the event stream", () => list.evaluate(() => window.hostelLive && window.hostelLive.connected), 10000);
+  await list.evaluate(() => { window.notReloaded = true; });
+  const row = list.locator(`tr[data-vm="${vm}"] [data-field="state"]`);
+  if (!(await row.innerText()).startsWith("stopped")) throw new Error(`row state: ${await row.innerText()}`);
+  const clicked = Date.now();
+  await page.getByRole("button", { name: "Start", exact: true }).click();
+  await until("the list's row to say running", async () => (await row.innerText()).startsWith("running"), 60000);
+  console.log(`list updated ${Date.now() - clicked} ms after the click`);
+  if (!(await list.evaluate(() => window.notReloaded === true))) throw new Error("the list page was reloaded");
+  await shoot(list, "vms");
+
+  step("open the serial console and run a command");
+  const con = await a.newPage();
+  await con.goto(`${base}/vms/${vm}/console/serial`);
+  await until("the console to connect", () => con.evaluate(() => window.hostelConsole && window.hostelConsole.connected));
+  await audit(con, "/vms/NAME/console/serial");
+  const screen = () => con.evaluate(() => {
+    const b = window.hostelTerm.buffer.active;
+    let s = "";
+    for (let i = 0; i < b.length; i++) s += b.getLine(i).translateToString(true) + "\n";
+    return s;
+  });
+  await until("the guest to boot", async () => (await screen()).includes("HOSTEL-READY"), 120000);
+  await con.locator("#console").click();
+  await con.keyboard.type("echo web-$((6*7))", { delay: 10 });
+  await con.keyboard.press("Enter");
+  await until("the command's output", async () => (await screen()).includes("web-42"), 30000);
+  await shoot(con, "console-serial");
+  // A second console beside the first: both stay connected, the first is told.
+  const con2 = await a.newPage();
+  await con2.goto(`${base}/vms/${vm}/console/serial`);
+  await until("the second console", () => con2.evaluate(() => window.hostelConsole && window.hostelConsole.connected));
+  await con.waitForTimeout(500);
+  if (await con.evaluate(() => window.hostelConsole.closed)) throw new Error("the first console was closed by the second");
+  await con2.close();
+  await con.close();
+
+  step("open the VGA console and see a non-blank screen");
+  const vga = await a.newPage();
+  await vga.goto(`${base}/vms/${vm}/console/vga`);
+  await until("VGA to connect", () => vga.evaluate(() => window.hostelConsole && window.hostelConsole.connected));
+  await until("a non-blank screen", () => vga.evaluate(() => {
+    const c = document.querySelector("#console canvas");
+    if (!c || !c.width) return false;
+    const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+    let lit = 0;
+    for (let i = 0; i < d.length; i += 4) if (d[i] + d[i + 1] + d[i + 2] > 60) lit++;
+    return lit > 200;
+  }), 60000);
+  await audit(vga, "/vms/NAME/console/vga");
+  await shoot(vga, "console-vga");
+  await vga.close();
+
+  step("resize memory");
+  await page.bringToFront();
+  await page.getByLabel(/^Memory \(MiB, up to/).fill("96");
+  await page.getByRole("button", { name: "Set memory" }).click();
+  await until("the memory message", async () => (await flash(page)).includes("now has 96 MiB"), 30000);
+  await shoot(page, "vm");
+
+  step("take and revert a snapshot");
+  await page.getByLabel("New snapshot's name").fill("before");
+  await page.getByRole("button", { name: "Take a snapshot" }).click();
+  await until("the snapshot", async () => (await page.locator("#snapshots").innerText()).includes("before"), 60000);
+  await page.locator("#actions details.danger").first().locator("summary").click();
+  await page.getByRole("button", { name: `Power off ${vm}` }).click();
+  await until("the VM to stop", async () => (await page.locator("#vm-state").innerText()).startsWith("stopped"), 30000);
+  await page.getByRole("button", { name: "Revert to before" }).click();
+  await until("the revert message", async () => (await flash(page)).includes("is back at snapshot before"), 60000);
+
+  step("share it with a group; a member sees it in a second browser");
+  const b = await context();
+  const bp = await b.newPage();
+  await login(bp, bob, bobPw);
+  const before = await bp.goto(`${base}/vms/${vm}`);
+  if (before.status() !== 404) throw new Error(`a stranger got ${before.status()} for another's VM page`);
+  await audit(bp, "404");
+  await page.getByLabel("Group that operates it too").selectOption("team");
+  await page.getByRole("button", { name: "Save sharing" }).click();
+  await until("the sharing message", async () => (await flash(page)).includes("sharing changed"), 10000);
+  await bp.goto(base + "/vms");
+  await until("the shared VM in bob's list", async () => (await bp.locator(`tr[data-vm="${vm}"]`).count()) === 1, 10000);
+
+  step("CSRF: a form without its token is refused");
+  const refused = await page.evaluate(async (vm) => {
+    const r = await fetch(`/vms/${vm}/do/start`, { method: "POST", headers: { "content-type": "application/x-www-form-urlencoded" }, body: "x=1" });
+    return r.status;
+  }, vm);
+  if (refused !== 403) throw new Error(`a form without its CSRF token got ${refused}`);
+
+  step("delete it");
+  await page.goto(`${base}/vms/${vm}`);
+  await page.locator("#actions > details.danger summary").click();
+  await page.getByRole("button", { name: `Delete ${vm} for good` }).click();
+  await page.waitForURL("**/vms");
+  if (!(await flash(page)).includes(`${vm} was deleted`)) throw new Error(`no deletion message: ${await flash(page)}`);
+  if ((await page.locator(`tr[data-vm="${vm}"]`).count()) !== 0) throw new Error("the deleted VM is still listed");
+  await until("bob's list to lose it", async () => (await bp.locator(`tr[data-vm="${vm}"]`).count()) === 0, 10000);
+
+  step("log out ends the session");
+  await page.getByRole("button", { name: "Log out" }).click();
+  await page.waitForURL("**/login");
+  await page.goto(base + "/vms");
+  if (!page.url().includes("/login")) throw new Error("still logged in after logging out");
+  await shoot(page, "login");
+} catch (e) {
+  problems.push(String((e && e.stack) || e));
+}
+await browser.close();
+if (problems.length) {
+  for (const p of problems) console.error("PROBLEM:", p);
+  process.exit(1);
+}
+console.log("all steps passed");
