@@ -241,6 +241,10 @@ where
             json::<A, ep::DeleteImage, _, _>(|a, (), r| async move { a.delete_image(r).await }),
         )
         .route(
+            ep::VmStats::ROUTE,
+            json::<A, ep::VmStats, _, _>(|a, (), _| async move { a.vm_stats().await }),
+        )
+        .route(
             ep::Events::ROUTE,
             lines::<A, ep::Events, _, _>(Some(HEARTBEAT), |a, _| async move { a.events().await }),
         )

@@ -5,6 +5,7 @@ pub mod console;
 mod http;
 mod net;
 mod service;
+mod stats;
 pub mod uids;
 pub mod vm;
 

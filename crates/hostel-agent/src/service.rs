@@ -545,6 +545,11 @@ impl AgentApi for Shared {
         self.delete_image_files(&req.path).map_err(invalid)
     }
 
+    /// The counters of every VM with a QEMU process (`stats.rs`).
+    async fn vm_stats(&self) -> Res<Vec<VmCounters>> {
+        Ok(self.vm_counters().await)
+    }
+
     async fn events(&self) -> Res<Lines<Event, AgentFailure>> {
         Ok(event_lines(self.subscribe()))
     }

@@ -124,6 +124,12 @@ impl VmRuntime {
             .ok_or_else(|| AgentError::Conflict("the VM has no running QEMU".into()))
     }
 
+    /// The running QEMU's pid and QMP connection, when it has both.
+    pub(crate) fn process(&self) -> Option<(u32, Arc<Qmp>)> {
+        let l = self.live.lock().unwrap();
+        Some((l.pid?, l.qmp.clone()?))
+    }
+
     pub async fn status(&self, shared: &Shared) -> VmStatus {
         let (state, reason, pid, argv, qmp) = {
             let l = self.live.lock().unwrap();

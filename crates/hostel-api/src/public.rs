@@ -323,6 +323,45 @@ impl From<&Vm> for VmSummary {
     }
 }
 
+/// A VM's resource use over the last hour (`GET /api/v1/vms/{name}/stats`), for graphs.
+/// The controller asks every host for its VMs' counters each `interval_seconds` and
+/// keeps an hour of points in memory: they start afresh when the controller restarts.
+/// A VM's points go when its QEMU stops; while its host is offline it gets no new ones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct VmStats {
+    /// How often the controller takes a point, in seconds.
+    #[schema(minimum = 1)]
+    pub interval_seconds: u32,
+    /// Oldest first, an hour's worth at most. The first point of a running VM comes one
+    /// interval after the controller first sees it; a restarted QEMU's counters start
+    /// again, so one interval has no point.
+    pub points: Vec<VmStatsPoint>,
+}
+
+/// The VM's use over the interval that ends at `at` (averages over the interval; memory
+/// as it was at `at`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct VmStatsPoint {
+    #[schema(format = DateTime)]
+    pub at: String,
+    /// CPU time the VM's QEMU used, in percent of one CPU: 100 is one vCPU busy all the
+    /// interval, so a VM with several vCPUs may go above 100. QEMU's own work for the
+    /// guest (device emulation, I/O) counts too.
+    #[schema(minimum = 0)]
+    pub cpu_percent: f64,
+    /// Host memory the VM's QEMU holds (its resident set: the guest memory it has
+    /// touched, and QEMU's own).
+    pub memory_bytes: u64,
+    /// Bytes per second the guest read from its disks.
+    pub disk_read_bps: u64,
+    /// Bytes per second the guest wrote to its disks.
+    pub disk_write_bps: u64,
+    /// Bytes per second the guest received on its NICs.
+    pub net_rx_bps: u64,
+    /// Bytes per second the guest sent on its NICs.
+    pub net_tx_bps: u64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ShutdownRequest {
     /// How long to wait for the guest to power off, in seconds.

@@ -24,6 +24,7 @@ mod pools;
 mod quota;
 mod space;
 pub mod sshgw;
+pub mod stats;
 pub mod throttle;
 mod vm_create;
 mod vm_spec;
@@ -105,6 +106,8 @@ pub struct Controller {
     /// Held (shared) while a new VM is placed and recorded; (alone) while a host is
     /// connected or removed, so that no VM lands on a host being removed.
     pub(crate) hosts_lock: tokio::sync::RwLock<()>,
+    /// The last hour of every running VM's use, sampled from the hosts (memory only).
+    pub(crate) usage: stats::UsageHistory,
 }
 
 impl Controller {
@@ -129,6 +132,7 @@ impl Controller {
             local_host: std::sync::OnceLock::new(),
             reconnects: Mutex::default(),
             hosts_lock: tokio::sync::RwLock::new(()),
+            usage: stats::UsageHistory::new(),
         })
     }
 

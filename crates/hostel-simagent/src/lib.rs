@@ -33,6 +33,12 @@ pub struct SimHost {
     /// SIMULATION of a failure: every start is refused while set (for tests of the
     /// controller's rollbacks).
     refuse_starts: std::sync::atomic::AtomicBool,
+    /// When this simulated host came up: simulated usage counters grow from here.
+    born: std::time::Instant,
+    /// SIMULATION: counters set by a test, reported instead of the generated ones.
+    counters: Mutex<HashMap<String, VmCounters>>,
+    /// SIMULATION of a slow host: how long a counters request takes.
+    stats_delay: Mutex<std::time::Duration>,
 }
 
 type Res<T> = Result<T, AgentFailure>;
@@ -73,7 +79,21 @@ impl SimHost {
             saves: Mutex::default(),
             networks: Mutex::default(),
             refuse_starts: Default::default(),
+            born: std::time::Instant::now(),
+            counters: Mutex::default(),
+            stats_delay: Mutex::default(),
         }
+    }
+
+    /// SIMULATION: report these counters for VM `c.id` (while it runs) instead of
+    /// generated ones, until set again.
+    pub fn set_counters(&self, c: VmCounters) {
+        self.counters.lock().unwrap().insert(c.id.clone(), c);
+    }
+
+    /// SIMULATION of a slow host: every counters request answers after `d`.
+    pub fn delay_stats(&self, d: std::time::Duration) {
+        *self.stats_delay.lock().unwrap() = d;
     }
 
     /// SIMULATION: refuse every start from now on (`true`) or no longer (`false`), as a
@@ -174,6 +194,29 @@ impl SimHost {
             virtual_size_mib: 1024,
             sha256: "0".repeat(64),
         }
+    }
+}
+
+/// SIMULATED usage counters of a running VM: they grow steadily from the host's start,
+/// at rates that differ from VM to VM (10 to 40 % of a vCPU, tens of KB/s of disk and
+/// network), so that graphs have something plausible to show.
+fn simulated_counters(s: &VmStatus, since_start: std::time::Duration) -> VmCounters {
+    let k = 1 + s.id.bytes().map(u64::from).sum::<u64>() % 4;
+    let ms = since_start.as_millis() as u64;
+    let at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    VmCounters {
+        id: s.id.clone(),
+        pid: s.pid.unwrap_or(0),
+        at_ms,
+        cpu_ns: ms * 1_000_000 * k / 10,
+        memory_bytes: (32 + 16 * k) << 20,
+        disk_read_bytes: ms * 64 * k,
+        disk_write_bytes: ms * 16 * k,
+        net_rx_bytes: ms * 8 * k,
+        net_tx_bytes: ms * 4 * k,
     }
 }
 
@@ -385,6 +428,27 @@ impl AgentApi for SimHost {
     async fn delete_image(&self, req: DeleteImageRequest) -> Res<()> {
         self.images.lock().unwrap().remove(&req.path);
         Ok(())
+    }
+
+    /// SIMULATED counters of the running VMs: those a test set, else generated ones.
+    async fn vm_stats(&self) -> Res<Vec<VmCounters>> {
+        let delay = *self.stats_delay.lock().unwrap();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let set = self.counters.lock().unwrap().clone();
+        let since_start = self.born.elapsed();
+        Ok(self
+            .list_vms()
+            .await?
+            .into_iter()
+            .filter(|s| s.state.has_process())
+            .map(|s| {
+                set.get(&s.id)
+                    .cloned()
+                    .unwrap_or_else(|| simulated_counters(&s, since_start))
+            })
+            .collect())
     }
 
     async fn events(&self) -> Res<Lines<Event, AgentFailure>> {

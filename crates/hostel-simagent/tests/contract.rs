@@ -114,6 +114,12 @@ async fn every_endpoint_agrees_between_client_and_router() {
     assert_eq!((ev.vm_id.as_str(), ev.state), (id, VmState::Running));
 
     assert!(a.list_vms().await.unwrap().iter().any(|v| v.id == id));
+    let counters = a.vm_stats().await.unwrap();
+    let mine = counters
+        .iter()
+        .find(|c| c.id == id)
+        .expect("a running VM is counted");
+    assert!(mine.memory_bytes > 0 && mine.at_ms > 0, "{mine:?}");
     assert_eq!(a.get_vm(id).await.unwrap().id, id);
     let missing = a.get_vm("vm-none").await.unwrap_err();
     assert!(missing.is_not_found(), "{missing:?}");

@@ -668,3 +668,96 @@ async fn a_vm_s_administrator_group_is_one_the_owner_is_in() {
     let vm = k.c.set_owner(&k.admin, "g1", chown("ops")).await.unwrap();
     assert_eq!(vm.admin_group.as_deref(), Some("ops"));
 }
+
+#[tokio::test]
+async fn usage_rates_come_from_consecutive_counters_and_strangers_see_no_vm() {
+    let k = Cluster::new(2).await;
+    k.tiny().await;
+    let hana = k.user("hana").await;
+    let vm =
+        k.c.create_vm(&hana, create("u1", serde_json::json!({"image": "tiny"})))
+            .await
+            .unwrap();
+    let sim = k.sims.iter().find(|s| Some(s.name()) == vm.host).unwrap();
+    let pid = vm.qemu.pid.unwrap();
+    // SIMULATED counters: known readings, 10 s apart by the host's clock.
+    let t0 = 1_700_000_000_000; // 2023-11-14T22:13:20Z
+    let reading =
+        |pid: u32, secs: u64, cpu_s: u64, mib: u64, n: u64| hostel_api::agent::VmCounters {
+            id: vm.id.clone(),
+            pid,
+            at_ms: t0 + secs * 1000,
+            cpu_ns: cpu_s * 1_000_000_000,
+            memory_bytes: mib << 20,
+            disk_read_bytes: n << 20,
+            disk_write_bytes: n << 19,
+            net_rx_bytes: n * 1000,
+            net_tx_bytes: n * 250,
+        };
+    let tick = || k.c.sample_usage(Duration::from_secs(5));
+    let stats = || k.c.vm_stats(&hana, "u1");
+
+    sim.set_counters(reading(pid, 0, 1, 100, 0));
+    tick().await;
+    let s = stats().await.unwrap();
+    assert_eq!(s.interval_seconds, 10);
+    assert!(s.points.is_empty(), "one reading is no rate: {s:?}");
+
+    sim.set_counters(reading(pid, 10, 6, 120, 10));
+    tick().await;
+    let s = stats().await.unwrap();
+    assert_eq!(
+        s.points,
+        vec![VmStatsPoint {
+            at: "2023-11-14T22:13:30Z".into(),
+            cpu_percent: 50.0,
+            memory_bytes: 120 << 20,
+            disk_read_bps: 1 << 20,
+            disk_write_bps: 1 << 19,
+            net_rx_bps: 1000,
+            net_tx_bps: 250,
+        }]
+    );
+    // Two busy vCPUs are 200 %.
+    sim.set_counters(reading(pid, 20, 26, 120, 10));
+    tick().await;
+    let p = stats().await.unwrap().points.pop().unwrap();
+    assert_eq!((p.cpu_percent, p.disk_write_bps), (200.0, 0));
+
+    // A new QEMU starts from zero: no point for that interval, then rates again.
+    sim.set_counters(reading(pid + 1, 30, 1, 50, 1));
+    tick().await;
+    assert_eq!(stats().await.unwrap().points.len(), 2);
+    sim.set_counters(reading(pid + 1, 40, 2, 50, 3));
+    tick().await;
+    let s = stats().await.unwrap();
+    assert_eq!(s.points.len(), 3);
+    assert_eq!(s.points[2].cpu_percent, 10.0);
+    assert_eq!(s.points[2].net_rx_bps, 200);
+
+    // Authorised like the VM itself: a stranger is told it does not exist.
+    let ivan = k.user("ivan").await;
+    match k.c.vm_stats(&ivan, "u1").await {
+        Err(Error::NotFound { kind: "vm", .. }) => {}
+        other => panic!("a stranger got {other:?}"),
+    }
+    assert_eq!(k.c.vm_stats(&k.admin, "u1").await.unwrap().points.len(), 3);
+
+    // One slow host keeps nobody waiting: the round ends at the timeout, with the others.
+    let other = k.sims.iter().find(|s| Some(s.name()) != vm.host).unwrap();
+    other.delay_stats(Duration::from_secs(30));
+    sim.set_counters(reading(pid + 1, 50, 3, 50, 5));
+    let began = Instant::now();
+    k.c.sample_usage(Duration::from_millis(300)).await;
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        began.elapsed()
+    );
+    assert_eq!(stats().await.unwrap().points.len(), 4);
+
+    // A VM its host no longer runs is dropped.
+    k.c.simple_action(&hana, "u1", Op::Destroy).await.unwrap();
+    k.c.sample_usage(Duration::from_millis(300)).await;
+    assert!(stats().await.unwrap().points.is_empty());
+}

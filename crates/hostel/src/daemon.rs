@@ -347,6 +347,8 @@ pub async fn up(opts: UpOptions) -> Result<()> {
     // Consoles whose token expires while open end within this.
     controller.spawn_console_watch(std::time::Duration::from_secs(5));
     controller.spawn_audit_upkeep();
+    // The VMs' usage graphs (in memory only).
+    controller.spawn_usage_sampler(hostel_controller::stats::STATS_INTERVAL);
     controller.set_agent_tls(ClientTls {
         ca_pem: pki.ca_pem()?,
         cert_pem: ctl_pair.cert_pem,

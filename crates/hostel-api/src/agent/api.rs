@@ -127,6 +127,7 @@ pub trait AgentApi: Send + Sync + 'static {
         &self,
         req: DeleteImageRequest,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    fn vm_stats(&self) -> impl Future<Output = Result<Vec<VmCounters>, Self::Error>> + Send;
 
     /// The state changes from now on (the subscription is in place when this returns).
     /// Heartbeats are the HTTP binding's business, not the stream's.

@@ -204,6 +204,9 @@ json_endpoints! {
     Snapshot: Post "/v1/vms/{id}/snapshot", VmId, SnapshotRequest => ();
     /// Removes an image's files from the host's image store.
     DeleteImage: Post "/v1/images/delete", (), DeleteImageRequest => ();
+    /// The cumulative counters (CPU time, memory, disk and network bytes) of every VM
+    /// with a QEMU process on the host, read at once.
+    VmStats: Get "/v1/stats", (), Empty => Vec<VmCounters>;
 }
 
 /// State changes as they happen: an [`Event`] a line, an empty line first (the
@@ -309,7 +312,7 @@ mod tests {
                 .collect();
             assert!(params.iter().all(|p| p.starts_with("{id}")), "{}", d.route);
         }
-        assert_eq!(all().count(), 37);
+        assert_eq!(all().count(), 38);
     }
 
     fn declared<E: Endpoint>() -> Declared {
@@ -331,6 +334,7 @@ mod tests {
             declared::<StartVm>(),
             declared::<ResizeDisk>(),
             declared::<DeleteImage>(),
+            declared::<VmStats>(),
             stream::<Events>(),
             stream::<BuildImage>(),
             stream::<ImportImage>(),

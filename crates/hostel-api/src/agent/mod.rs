@@ -210,6 +210,30 @@ pub struct VmStatus {
     pub nics: Vec<NicStatus>,
 }
 
+/// The cumulative counters of one VM that has a QEMU process, as its host read them at
+/// `at_ms`. Raw and ever-growing while the same QEMU runs; the controller turns two
+/// readings into rates. A new QEMU (another `pid`) starts again from zero.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmCounters {
+    pub id: String,
+    /// The QEMU process the counters are of.
+    pub pid: u32,
+    /// When they were read: milliseconds since the Unix epoch, by the host's clock.
+    pub at_ms: u64,
+    /// CPU time the QEMU process has used (user + system, all its threads: the vCPUs
+    /// and QEMU's own work for the guest), in nanoseconds.
+    pub cpu_ns: u64,
+    /// The QEMU process's resident memory (the guest's touched memory and QEMU's own).
+    pub memory_bytes: u64,
+    /// Bytes the guest has read from and written to its disks (and CD-ROMs), summed.
+    pub disk_read_bytes: u64,
+    pub disk_write_bytes: u64,
+    /// Bytes the guest has received and sent on its NICs, summed: seen from the guest,
+    /// so a tap's transmitted bytes are the guest's received ones.
+    pub net_rx_bytes: u64,
+    pub net_tx_bytes: u64,
+}
+
 /// An agent's event stream carries an empty line at least every 5 s; a controller that
 /// hears nothing for this long takes the agent for gone (a dead host or a cut network
 /// sends no FIN) and reconnects.

@@ -185,6 +185,9 @@ impl AgentApi for AgentClient {
     async fn delete_image(&self, req: DeleteImageRequest) -> Res<()> {
         self.call_endpoint::<ep::DeleteImage>((), &req).await
     }
+    async fn vm_stats(&self) -> Res<Vec<VmCounters>> {
+        self.call_endpoint::<ep::VmStats>((), &Empty {}).await
+    }
 
     /// The agent's events; returns once the agent has confirmed the subscription (its
     /// first, empty line). The stream fails when the agent is silent for

@@ -46,7 +46,7 @@ type R<T> = Result<Json<T>, Error>;
 #[openapi(
     info(title = "Hostel API", description = "Self-service virtual machine hosting."),
     paths(
-        info, list_vms, create_vm, get_vm, delete_vm, start_vm, reboot_vm, pause_vm,
+        info, list_vms, create_vm, get_vm, vm_stats, delete_vm, start_vm, reboot_vm, pause_vm,
         unpause_vm, destroy_vm, shutdown_vm, mem_set, vcpu_set, save_vm, restore_vm,
         console, console_log, console_ticket, dmesg, list_images, build_image, import_image, delete_image, get_task,
         list_networks, create_network, get_network, update_network, delete_network, list_nics, add_nic,
@@ -93,6 +93,7 @@ pub fn router(c: Arc<Controller>) -> Router {
         .route("/api/v1/vms", get(list_vms).post(create_vm))
         .route("/api/v1/events", get(events))
         .route("/api/v1/vms/{name}", get(get_vm).delete(delete_vm))
+        .route("/api/v1/vms/{name}/stats", get(vm_stats))
         .route("/api/v1/vms/{name}/start", post(start_vm))
         .route("/api/v1/vms/{name}/reboot", post(reboot_vm))
         .route("/api/v1/vms/{name}/pause", post(pause_vm))

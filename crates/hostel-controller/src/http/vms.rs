@@ -96,6 +96,18 @@ pub(super) async fn get_vm(
     Ok(Json(c.view(&vm, true).await?))
 }
 
+/// The VM's CPU, memory, disk and network use over the last hour, a point per sampling
+/// interval (oldest first), for graphs. Kept in the controller's memory only.
+#[utoipa::path(get, path = "/api/v1/vms/{name}/stats", params(("name" = String, Path)),
+    responses((status = 200, body = VmStats), (status = 404, body = ErrorBody)))]
+pub(super) async fn vm_stats(
+    State(c): S,
+    Extension(ctx): X,
+    ApiPath(name): ApiPath<String>,
+) -> R<VmStats> {
+    Ok(Json(c.vm_stats(&ctx, &name).await?))
+}
+
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(super) struct DeleteQuery {

@@ -84,3 +84,29 @@ pub fn opt_mib(b: Option<u64>) -> String {
     b.map(|b| hostel_model::format_mib(b >> 20))
         .unwrap_or_else(|| "?".into())
 }
+
+/// A byte count in binary units with one decimal (`512 B`, `1.5 MiB`, `2.0 GiB`).
+pub fn bytes(n: f64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024.0 {
+        return format!("{n:.0} B");
+    }
+    let mut v = n / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn bytes_in_binary_units() {
+        assert_eq!(super::bytes(0.0), "0 B");
+        assert_eq!(super::bytes(1023.0), "1023 B");
+        assert_eq!(super::bytes(1536.0), "1.5 KiB");
+        assert_eq!(super::bytes((3u64 << 30) as f64), "3.0 GiB");
+    }
+}

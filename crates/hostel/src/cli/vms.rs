@@ -65,6 +65,13 @@ pub enum Cmd {
     },
     /// Set a VM's vCPU count (hotplug), up to its max vCPUs.
     VcpuSet { name: String, vcpus: u32 },
+    /// Show a VM's latest use (CPU, memory, disk and network) and a summary of the last
+    /// hour; `-o json` gives every point.
+    Stats {
+        name: String,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+    },
     /// Show a VM: definition, live state, host, accelerator, QEMU command line.
     Describe {
         name: String,
@@ -208,6 +215,10 @@ pub async fn run(cmd: Cmd) -> Result<()> {
             api.post(&action(&name, "vcpus"), &VcpuSetRequest { vcpus })
                 .await?
         }
+        Cmd::Stats { name, output } => {
+            let stats: VmStats = api.get(&action(&name, "stats")).await?;
+            return output::show(output, &stats, |s| print_stats(&name, s));
+        }
         Cmd::Describe { name, output } => {
             let vm: Vm = api.get(&vm_path(&name)).await?;
             return output::describe(output, &vm);
@@ -301,6 +312,60 @@ fn vm_table(vms: &[VmSummary]) {
         if let Some(w) = &v.lease_warning {
             println!("warning: {}: {w}", v.name);
         }
+    }
+}
+
+const STATS_COLUMNS: &[Column<VmStatsPoint>] = &[
+    ("AT", |p| p.at.replace('T', " ")),
+    ("CPU", |p| format!("{:.1}%", p.cpu_percent)),
+    ("MEMORY", |p| output::bytes(p.memory_bytes as f64)),
+    ("DISK READ", |p| rate(p.disk_read_bps as f64)),
+    ("DISK WRITE", |p| rate(p.disk_write_bps as f64)),
+    ("NET RX", |p| rate(p.net_rx_bps as f64)),
+    ("NET TX", |p| rate(p.net_tx_bps as f64)),
+];
+
+fn rate(bps: f64) -> String {
+    format!("{}/s", output::bytes(bps))
+}
+
+/// A quantity of a point, and how it is shown.
+type Measure = fn(&VmStatsPoint) -> f64;
+type Shown = fn(f64) -> String;
+
+/// What `hostel stats` sums up over all the points: average and peak of each.
+const STATS_SUMMARY: &[(&str, Measure, Shown)] = &[
+    ("cpu", |p| p.cpu_percent, |v| format!("{v:.1}%")),
+    ("memory", |p| p.memory_bytes as f64, output::bytes),
+    ("disk read", |p| p.disk_read_bps as f64, rate),
+    ("disk write", |p| p.disk_write_bps as f64, rate),
+    ("net rx", |p| p.net_rx_bps as f64, rate),
+    ("net tx", |p| p.net_tx_bps as f64, rate),
+];
+
+/// The latest point as a table, then the averages and peaks of all the points.
+fn print_stats(name: &str, s: &VmStats) {
+    let Some(last) = s.points.last() else {
+        println!(
+            "no usage of {name} yet: the controller samples running VMs every {} s, and \
+             the first point comes one interval after it first sees the VM running",
+            s.interval_seconds
+        );
+        return;
+    };
+    output::print_table(std::slice::from_ref(last), STATS_COLUMNS);
+    let n = s.points.len();
+    println!(
+        "\n{n} point{} from {} to {} (one every {} s):",
+        if n == 1 { "" } else { "s" },
+        s.points[0].at.replace('T', " "),
+        last.at.replace('T', " "),
+        s.interval_seconds
+    );
+    for (what, measure, shown) in STATS_SUMMARY {
+        let avg = s.points.iter().map(measure).sum::<f64>() / n as f64;
+        let max = s.points.iter().map(measure).fold(0.0, f64::max);
+        println!("  {what:<10}  avg {}, max {}", shown(avg), shown(max));
     }
 }
 
