@@ -39,6 +39,7 @@ async function context(viewport = { width: 1280, height: 860 }) {
 function watch(page) {
   page.on("console", (m) => {
     const t = m.text();
+    if (t.startsWith("CSP violation")) console.log(t);
     // (axe itself, run from the test, sets style attributes while it audits.)
     if (/Content Security Policy|Refused to/i.test(t) && !auditing) problems.push(`CSP on ${page.url()}: ${t}`);
   });

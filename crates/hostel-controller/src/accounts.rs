@@ -816,6 +816,12 @@ impl Controller {
                 .into())
             }
         };
+        let new_key = match (&user_id, &group_id) {
+            (Some(u), _) => format!("user:{u}"),
+            (None, Some(g)) => format!("group:{g}"),
+            _ => unreachable!("an owner is a user or a group"),
+        };
+        let owner_changes = crate::quota::owner_key(&vm).as_deref() != Some(new_key.as_str());
         if !c.is_admin {
             let to_own_group = group_id.as_ref().is_some_and(|g| c.group_ids.contains(g));
             let is_owner = vm.owner_user_id.as_deref() == Some(c.user_id.as_str())
@@ -823,20 +829,15 @@ impl Controller {
                     .owner_group_id
                     .as_ref()
                     .is_some_and(|g| c.group_ids.contains(g));
-            if !(is_owner && to_own_group) {
+            // Naming the owner it has (to change only the administrator group) is no gift.
+            if !(is_owner && (to_own_group || !owner_changes)) {
                 return Err(forbidden(
                     "only an admin may do this; an owner may give a VM to a group they are in",
                 ));
             }
         }
         // The new owner is charged the whole VM (unless it is the same owner).
-        let new_key = match (&user_id, &group_id) {
-            (Some(u), _) => format!("user:{u}"),
-            (None, Some(g)) => format!("group:{g}"),
-            _ => unreachable!("an owner is a user or a group"),
-        };
         let charge = self.vm_charge(&vm).await?;
-        let owner_changes = crate::quota::owner_key(&vm).as_deref() != Some(new_key.as_str());
         let _quota = if owner_changes {
             self.charge(Some(&new_key), &charge).await?
         } else {

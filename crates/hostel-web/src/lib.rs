@@ -43,6 +43,7 @@ pub fn router(c: Arc<Controller>, api: Router) -> Router {
         .route("/vms/{name}", get(pages::vm::show))
         .route("/vms/{name}/do/{action}", post(pages::vm::act))
         .route("/vms/{name}/console/{kind}", get(pages::vm::console))
+        .route("/vms/{name}/graphs", get(pages::graphs::fragment))
         .route("/ui/events", get(pages::events))
         .route("/ui/{file}", get(assets::serve))
         .route("/favicon.ico", get(assets::favicon))

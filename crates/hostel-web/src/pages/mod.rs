@@ -3,6 +3,7 @@
 //! back with the API's answer as the next page's message.
 
 pub mod create;
+pub mod graphs;
 pub mod login;
 pub mod vm;
 pub mod vms;

@@ -25,6 +25,7 @@ struct VmPage {
     images: Vec<String>,
     groups: Vec<String>,
     save_dir: String,
+    graphs: Option<super::graphs::Graphs>,
 }
 
 impl VmPage {
@@ -128,7 +129,9 @@ pub async fn show(s: Session, headers: HeaderMap, Path(name): Path<String>) -> R
         .map(|i| i.data_dir)
         .unwrap_or_default();
     let save_dir = format!("{data_dir}/saves/{}", s.me.user);
+    let graphs = super::graphs::Graphs::load(api, &vm.name).await;
     let p = VmPage {
+        graphs,
         vm,
         snapshots,
         forwards,
