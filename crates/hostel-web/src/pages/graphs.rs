@@ -73,11 +73,14 @@ fn polyline(values: &[f64], top: f64) -> String {
         .join(" ")
 }
 
+/// A line's CSS class, its label and how it reads a point.
+type Series = (&'static str, &'static str, fn(&VmStatsPoint) -> f64);
+
 fn graph(
     id: &'static str,
     title: &'static str,
     p: &[VmStatsPoint],
-    series: &[(&'static str, &'static str, fn(&VmStatsPoint) -> f64)],
+    series: &[Series],
     show: fn(f64) -> String,
     floor: f64,
 ) -> Graph {
