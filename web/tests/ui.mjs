@@ -158,10 +158,9 @@ try {
   const con2 = await a.newPage();
   await con2.goto(`${base}/vms/${vm}/console/serial`);
   await until("the second console", () => con2.evaluate(() => window.hostelConsole && window.hostelConsole.connected));
-  await con.waitForTimeout(500);
+  await until("the first console to be told", async () => (await screen()).includes("alice attached the serial console (web); you stay connected"), 10000);
   if (await con.evaluate(() => window.hostelConsole.closed)) throw new Error("the first console was closed by the second");
   await con2.close();
-  await con.close();
 
   step("open the VGA console and see a non-blank screen");
   const vga = await a.newPage();
@@ -176,6 +175,14 @@ try {
     return lit > 200;
   }), 60000);
   await audit(vga, "/vms/NAME/console/vga");
+  // A serial console opened meanwhile is announced on the VGA page, which stays up.
+  await vga.waitForTimeout(1600);
+  const con3 = await a.newPage();
+  await con3.goto(`${base}/vms/${vm}/console/serial`);
+  await until("the VGA page to be told", async () => (await vga.locator("#console-status").innerText()).includes("attached the serial console"), 10000);
+  if (await vga.evaluate(() => window.hostelConsole.closed)) throw new Error("VGA was closed by a serial console");
+  await con3.close();
+  await con.close();
   await shoot(vga, "console-vga");
   await vga.close();
 

@@ -1215,6 +1215,9 @@ pub enum VmEvent {
     /// A VM the caller could operate is gone from their view (deleted, or given to
     /// someone else).
     Gone { id: String, name: String },
+    /// Someone attached a console to a VM the caller may operate (consoles never take
+    /// each other over: everyone attached stays connected).
+    Console { name: String, note: String },
     /// The stream fell behind and missed changes: read the list again.
     Resync,
 }

@@ -8,7 +8,7 @@ use hostel_store::Timestamp;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 /// What a console was opened with, checked again on every revocation.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,18 +41,41 @@ struct Session {
 
 type Map = Arc<Mutex<HashMap<u64, Session>>>;
 
-#[derive(Default)]
+/// A console opened on a VM, told to those already attached to it (and to the event
+/// stream): a second console never silently takes over, nor goes unnoticed.
+#[derive(Debug, Clone)]
+pub struct AttachNote {
+    pub vm_id: String,
+    /// The session that opened.
+    pub session: u64,
+    /// `alice attached the serial console (web)`.
+    pub text: String,
+}
+
 pub struct ConsoleSessions {
     next: AtomicU64,
     map: Map,
+    notes: broadcast::Sender<AttachNote>,
+}
+
+impl Default for ConsoleSessions {
+    fn default() -> Self {
+        ConsoleSessions {
+            next: AtomicU64::new(0),
+            map: Map::default(),
+            notes: broadcast::channel(256).0,
+        }
+    }
 }
 
 /// An open session; dropping it forgets the session.
 pub struct SessionGuard {
     id: u64,
+    vm_id: String,
     map: Map,
     /// Becomes `Some(reason)` when the session must end.
     ended: watch::Receiver<Option<String>>,
+    notes: tokio::sync::Mutex<broadcast::Receiver<AttachNote>>,
 }
 
 impl SessionGuard {
@@ -69,6 +92,21 @@ impl SessionGuard {
             Err(_) => std::future::pending().await,
         }
     }
+
+    /// Waits until someone else attaches a console to the same VM, and returns the line
+    /// to tell this session's user.
+    pub async fn next_attach(&self) -> String {
+        let mut notes = self.notes.lock().await;
+        loop {
+            match notes.recv().await {
+                Ok(n) if n.vm_id == self.vm_id && n.session != self.id => {
+                    return format!("\r\nhostel: {}; you stay connected\r\n", n.text)
+                }
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+            }
+        }
+    }
 }
 
 impl Drop for SessionGuard {
@@ -78,9 +116,18 @@ impl Drop for SessionGuard {
 }
 
 impl ConsoleSessions {
-    pub fn open(&self, vm_id: &str, user_id: &str, credential: Credential) -> SessionGuard {
+    /// Registers a session and tells the VM's other sessions (and the event stream)
+    /// `note`, what was attached by whom.
+    pub fn open(
+        &self,
+        vm_id: &str,
+        user_id: &str,
+        credential: Credential,
+        note: String,
+    ) -> SessionGuard {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (end, ended) = watch::channel(None);
+        let notes = self.notes.subscribe();
         self.map.lock().unwrap().insert(
             id,
             Session {
@@ -90,11 +137,23 @@ impl ConsoleSessions {
                 end,
             },
         );
+        let _ = self.notes.send(AttachNote {
+            vm_id: vm_id.to_string(),
+            session: id,
+            text: note,
+        });
         SessionGuard {
             id,
+            vm_id: vm_id.to_string(),
             map: self.map.clone(),
             ended,
+            notes: tokio::sync::Mutex::new(notes),
         }
+    }
+
+    /// Follows console attaches on every VM.
+    pub fn follow_attaches(&self) -> broadcast::Receiver<AttachNote> {
+        self.notes.subscribe()
     }
 
     pub fn len(&self) -> usize {

@@ -137,8 +137,16 @@ impl Controller {
             {
                 return Err(Error::forbidden(why));
             }
-            let session = self.consoles.open(&vm.id, &caller.user_id, credential);
             Op::Console.check(vm.state)?;
+            let note = format!(
+                "{} attached the {} console ({})",
+                caller.user_name,
+                kind_name(kind),
+                door.name()
+            );
+            let session = self
+                .consoles
+                .open(&vm.id, &caller.user_id, credential, note);
             let agent = self.host_agent(&vm)?;
             let upstream = match kind {
                 ConsoleKind::Serial => agent.console_socket(&vm.id).await?,

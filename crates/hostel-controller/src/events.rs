@@ -18,6 +18,7 @@ struct Follower {
     c: Arc<Controller>,
     ctx: Arc<Ctx>,
     changes: tokio::sync::broadcast::Receiver<String>,
+    attaches: tokio::sync::broadcast::Receiver<crate::console_sessions::AttachNote>,
     /// The VMs the caller may operate, by id, with their names: a change to one that
     /// is no longer visible is its `gone`.
     seen: HashMap<String, String>,
@@ -31,6 +32,7 @@ impl Controller {
     ) -> Res<impl Stream<Item = VmEvent> + Send + 'static> {
         // Follow first, then list: a change between the two is not missed.
         let changes = self.store.follow_vm_changes();
+        let attaches = self.consoles.follow_attaches();
         let mut seen = HashMap::new();
         for vm in self.store.vms().await? {
             if ctx.may_operate(&vm) {
@@ -41,14 +43,28 @@ impl Controller {
             c: self.clone(),
             ctx,
             changes,
+            attaches,
             seen,
         };
         Ok(futures::stream::unfold(f, |mut f| async move {
             loop {
-                let id = match f.changes.recv().await {
-                    Ok(id) => id,
-                    Err(RecvError::Lagged(_)) => return Some((VmEvent::Resync, f)),
-                    Err(RecvError::Closed) => return None,
+                let id = tokio::select! {
+                    change = f.changes.recv() => match change {
+                        Ok(id) => id,
+                        Err(RecvError::Lagged(_)) => return Some((VmEvent::Resync, f)),
+                        Err(RecvError::Closed) => return None,
+                    },
+                    note = f.attaches.recv() => match note {
+                        Ok(n) => match f.seen.get(&n.vm_id) {
+                            Some(name) => {
+                                let event = VmEvent::Console { name: name.clone(), note: n.text };
+                                return Some((event, f));
+                            }
+                            None => continue,
+                        },
+                        Err(RecvError::Lagged(_)) => continue,
+                        Err(RecvError::Closed) => return None,
+                    },
                 };
                 if let Some(event) = f.event_for(&id).await {
                     return Some((event, f));

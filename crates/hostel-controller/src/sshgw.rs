@@ -292,8 +292,18 @@ impl Handler for Conn {
                     }
                 }
             };
+            // Someone else attaching a console to the VM is told, and nobody is cut off.
+            let attaches = async {
+                loop {
+                    let note = guard.next_attach().await;
+                    if handle.data(channel, note.into_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            };
             tokio::select! {
                 _ = output => {}
+                _ = attaches => {}
                 note = guard.revoked() => {
                     let _ = handle.data(channel, note.into_bytes()).await;
                 }

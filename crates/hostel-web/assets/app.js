@@ -87,6 +87,17 @@
     }
   }
 
+  // Someone attached another console to the VM of the console on this page: say so
+  // (nobody is disconnected). This page's own attach comes first and is not news.
+  function onConsole(ev) {
+    const m = main();
+    const c = window.hostelConsole;
+    if (!m || m.dataset.live !== "console" || m.dataset.vm !== ev.name) return;
+    if (!c || !c.connectedAt || Date.now() - c.connectedAt < 1500) return;
+    const st = document.getElementById("console-status");
+    if (st) st.textContent = "connected; " + ev.note + " (you stay connected)";
+  }
+
   // The stream; after three failures in a row, plain polling every 5 s instead.
   let failures = 0;
   function poll() {
@@ -108,6 +119,7 @@
     });
     on("changed", (ev) => onChanged(ev.vm));
     on("gone", onGone);
+    on("console", onConsole);
     on("resync", () => refresh());
   }
 

@@ -19,7 +19,7 @@ if (el.dataset.kind === "serial") {
   window.addEventListener("resize", () => fit.fit());
   const ws = new WebSocket(url, ["binary"]);
   ws.binaryType = "arraybuffer";
-  ws.onopen = () => { say("connected"); window.hostelConsole.connected = true; term.focus(); };
+  ws.onopen = () => { say("connected"); Object.assign(window.hostelConsole, { connected: true, connectedAt: Date.now() }); term.focus(); };
   ws.onmessage = (e) => term.write(typeof e.data === "string" ? e.data : new Uint8Array(e.data));
   ws.onclose = () => {
     say("disconnected: reload the page to attach again");
@@ -31,7 +31,7 @@ if (el.dataset.kind === "serial") {
 } else {
   const rfb = new RFB(el, url, { shared: true, wsProtocols: ["binary"] });
   rfb.scaleViewport = true;
-  rfb.addEventListener("connect", () => { say("connected"); window.hostelConsole.connected = true; rfb.focus(); });
+  rfb.addEventListener("connect", () => { say("connected"); Object.assign(window.hostelConsole, { connected: true, connectedAt: Date.now() }); rfb.focus(); });
   rfb.addEventListener("disconnect", () => {
     say("disconnected: reload the page to attach again");
     window.hostelConsole.closed = true;

@@ -29,17 +29,16 @@ fn a_new_user_does_a_day_of_work_in_the_browser() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let shots = root.join("test-artifacts/screenshots");
     std::fs::create_dir_all(&shots).unwrap();
-    let out = d
-        .ns
-        .cmd("node")
-        .arg(root.join("web/tests/ui.mjs"))
-        .arg(&d.url)
-        .arg(&shots)
-        .env("ALICE", "alice:correct-horse-7")
-        .env("BOB", "bob:battery-staple-9")
-        .env("VM", "webvm")
-        .output()
-        .expect("run node");
+    let out =
+        d.ns.cmd("node")
+            .arg(root.join("web/tests/ui.mjs"))
+            .arg(&d.url)
+            .arg(&shots)
+            .env("ALICE", "alice:correct-horse-7")
+            .env("BOB", "bob:battery-staple-9")
+            .env("VM", "webvm")
+            .output()
+            .expect("run node");
     let log = format!(
         "{}\n{}",
         String::from_utf8_lossy(&out.stdout),
@@ -57,7 +56,12 @@ fn a_new_user_does_a_day_of_work_in_the_browser() {
         .unwrap()
         .iter()
         .filter(|e| e["target"] == "webvm")
-        .map(|e| (e["action"].as_str().unwrap(), e["user"].as_str().unwrap_or("")))
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap(),
+                e["user"].as_str().unwrap_or(""),
+            )
+        })
         .collect();
     for want in [
         "vm.create",
@@ -79,7 +83,10 @@ fn a_new_user_does_a_day_of_work_in_the_browser() {
     assert_eq!(starts, 1, "{actions:?}");
     let list = d.json(&["list"]);
     assert!(
-        list.as_array().unwrap().iter().all(|v| v["name"] != "webvm"),
+        list.as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["name"] != "webvm"),
         "{list}"
     );
     // Logging out revoked alice's browser session on the server.
@@ -95,11 +102,20 @@ fn a_new_user_does_a_day_of_work_in_the_browser() {
         web.iter().all(|t| t["revoked"] == true),
         "a logged-out session is still valid: {sessions}"
     );
-    for page in ["create", "vms", "vm", "console-serial", "console-vga", "login"] {
+    for page in [
+        "create",
+        "vms",
+        "vm",
+        "console-serial",
+        "console-vga",
+        "login",
+    ] {
         for size in ["desktop", "phone"] {
             let f = shots.join(format!("{page}-{size}.png"));
             assert!(
-                std::fs::metadata(&f).map(|m| m.len() > 5000).unwrap_or(false),
+                std::fs::metadata(&f)
+                    .map(|m| m.len() > 5000)
+                    .unwrap_or(false),
                 "no screenshot {}",
                 f.display()
             );

@@ -45,8 +45,11 @@ pub(super) async fn console(
 }
 
 /// Bridges the client's websocket and the VM's, until either ends or the session is
-/// ended by a revocation (the client is told why, then closed).
-async fn bridge(client: WebSocket, upstream: Upstream, session: &SessionGuard) {
+/// ended by a revocation (the client is told why, then closed). A serial console's
+/// client is also told when someone else attaches a console to the VM (a VGA stream
+/// carries the VNC protocol, which has no room for a note: its page hears of it from
+/// the event stream).
+async fn bridge(client: WebSocket, upstream: Upstream, session: &SessionGuard, kind: ConsoleKind) {
     use tokio_tungstenite::tungstenite::Message as T;
     let (ctx, mut crx) = client.split();
     let ctx = tokio::sync::Mutex::new(ctx);
@@ -85,10 +88,28 @@ async fn bridge(client: WebSocket, upstream: Upstream, session: &SessionGuard) {
         let _ = c.send(Message::Binary(note.into_bytes().into())).await;
         let _ = c.send(Message::Close(None)).await;
     };
+    let attaches = async {
+        if kind != ConsoleKind::Serial {
+            return std::future::pending().await;
+        }
+        loop {
+            let note = session.next_attach().await;
+            if ctx
+                .lock()
+                .await
+                .send(Message::Binary(note.into_bytes().into()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    };
     tokio::select! {
         _ = down => {},
         _ = up => {},
         _ = revoked => {},
+        _ = attaches => {},
     }
 }
 
@@ -179,7 +200,7 @@ async fn bridge_audited(
     door: Door,
 ) {
     let since = std::time::Instant::now();
-    bridge(client, a.upstream, &a.session).await;
+    bridge(client, a.upstream, &a.session, kind).await;
     drop(a.session);
     c.console_detached(
         &ctx,

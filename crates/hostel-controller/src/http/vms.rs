@@ -258,6 +258,7 @@ pub(super) async fn events(State(c): S, Extension(ctx): X) -> Result<Response, E
         let name = match &e {
             VmEvent::Changed { .. } => "changed",
             VmEvent::Gone { .. } => "gone",
+            VmEvent::Console { .. } => "console",
             VmEvent::Resync => "resync",
         };
         Event::default().event(name).json_data(&e)
