@@ -9,6 +9,7 @@ mod daemon;
 mod fleet;
 mod latency;
 mod libvirt;
+mod web;
 
 use anyhow::{bail, Context, Result};
 use daemon::{run, timed, wait_marker, wait_text, Daemon};
@@ -562,6 +563,9 @@ fn main() -> Result<()> {
             budget: "".into(),
         });
         rows.extend(fleet::fleet(&d, hosts, vms, samples, round)?);
+        if round == 0 {
+            rows.extend(web::web(&d, vms, samples, &format!("placed{round}x0"))?);
+        }
         had = vms;
     }
     let _ = sim.child.kill();
