@@ -24,6 +24,23 @@ pub fn forbidden(message: &str) -> Error {
     Error::forbidden(message)
 }
 
+/// Where `hostel up` leaves the admin's first password (mode 0600), in its data dir.
+pub const INITIAL_ADMIN_PASSWORD: &str = "initial-admin-password";
+
+fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
 fn in_days(days: u32) -> Timestamp {
     now() + time::Duration::days(days as i64)
 }
@@ -42,13 +59,20 @@ impl Controller {
                 u
             }
             None => {
+                // A first password, so that the admin can log in to the web UI at once:
+                // written for root only, to be changed (`hostel user passwd admin`).
+                let password = auth::new_secret()[..24].to_string();
                 let u = UserRecord {
                     id: new_id("user"),
                     name: ADMIN_USER.into(),
-                    password_hash: None,
+                    password_hash: Some(
+                        auth::hash_password(&password).map_err(|e| anyhow::anyhow!(e))?,
+                    ),
                     is_admin: true,
                     created_at: now(),
                 };
+                let file = self.cfg.data_dir.join(INITIAL_ADMIN_PASSWORD);
+                write_private(&file, &format!("{password}\n"))?;
                 self.store.insert_user(&u).await?;
                 u
             }

@@ -403,6 +403,16 @@ pub async fn up(opts: UpOptions) -> Result<()> {
     }
     .write(&opts.client_config)?;
     tracing::info!(%url, config = %opts.client_config.display(), "hostel is ready");
+    let first_password = opts
+        .data_dir
+        .join(hostel_controller::accounts::INITIAL_ADMIN_PASSWORD);
+    if first_password.exists() {
+        tracing::info!(
+            web = %format!("{url}/"),
+            password_file = %first_password.display(),
+            "the web UI: log in as admin with the password in the file (then change it)"
+        );
+    }
 
     stop_signal().await?;
     let _ = stop_tx.send(true);
