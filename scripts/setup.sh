@@ -33,5 +33,7 @@ else
 fi
 hostel info
 hostel image list
+url=$(sed -n 's/^url = "\(.*\)"/\1/p' "$config")
 echo
-echo "Ready. Try: hostel create first --image tiny && hostel console first"
+echo "Ready. The web UI: $url/ (user admin; first password in $data_dir/initial-admin-password)"
+echo "Or try: hostel create first --image tiny && hostel console first"
