@@ -761,3 +761,142 @@ async fn usage_rates_come_from_consecutive_counters_and_strangers_see_no_vm() {
     k.c.sample_usage(Duration::from_millis(300)).await;
     assert!(stats().await.unwrap().points.is_empty());
 }
+
+/// The next event of a stream, within 5 s.
+async fn next_event(s: &mut (impl futures::Stream<Item = VmEvent> + Unpin)) -> VmEvent {
+    use futures::StreamExt;
+    tokio::time::timeout(Duration::from_secs(5), s.next())
+        .await
+        .expect("an event within 5 s")
+        .expect("the stream goes on")
+}
+
+#[tokio::test]
+async fn the_event_stream_tells_each_user_of_their_own_vms_only() {
+    let k = Cluster::new(1).await;
+    k.tiny().await;
+    let alice = Arc::new(k.user("alice").await);
+    let bob = Arc::new(k.user("bob").await);
+    let mut hers = Box::pin(k.c.vm_events(alice.clone()).await.unwrap());
+    let mut his = Box::pin(k.c.vm_events(bob.clone()).await.unwrap());
+    let mut admins = Box::pin(
+        k.c.vm_events(Arc::new(Ctx::user(
+            k.admin.caller().unwrap().clone(),
+            "test",
+        )))
+        .await
+        .unwrap(),
+    );
+    k.c.create_vm(
+        &alice,
+        create("e1", serde_json::json!({"image": "tiny", "start": false})),
+    )
+    .await
+    .unwrap();
+    match next_event(&mut hers).await {
+        VmEvent::Changed { vm } => {
+            assert_eq!((vm.name.as_str(), vm.state), ("e1", VmState::Stopped))
+        }
+        e => panic!("{e:?}"),
+    }
+    assert!(matches!(next_event(&mut admins).await, VmEvent::Changed { vm } if vm.name == "e1"));
+    k.c.start_vm(&alice, "e1").await.unwrap();
+    // Every write is an event; the last one of a start says it runs.
+    let mut last = None;
+    while let Ok(Some(e)) = tokio::time::timeout(
+        Duration::from_millis(300),
+        futures::StreamExt::next(&mut hers),
+    )
+    .await
+    {
+        last = Some(e);
+    }
+    assert!(
+        matches!(&last, Some(VmEvent::Changed { vm }) if vm.state == VmState::Running),
+        "{last:?}"
+    );
+    k.c.delete_vm(&alice, "e1").await.err(); // running: refused, nothing happens
+    k.c.simple_action(&alice, "e1", Op::Destroy).await.unwrap();
+    k.c.delete_vm(&alice, "e1").await.unwrap();
+    loop {
+        match next_event(&mut hers).await {
+            VmEvent::Gone { name, .. } => {
+                assert_eq!(name, "e1");
+                break;
+            }
+            VmEvent::Changed { vm } => assert_eq!(vm.name, "e1"),
+            e => panic!("{e:?}"),
+        }
+    }
+    // Bob saw nothing of alice's VM, not even its deletion.
+    let nothing = tokio::time::timeout(
+        Duration::from_millis(300),
+        futures::StreamExt::next(&mut his),
+    )
+    .await;
+    assert!(nothing.is_err(), "bob was told {nothing:?}");
+}
+
+#[tokio::test]
+async fn a_vm_is_made_for_a_group_of_the_caller_and_keeps_its_owner_when_shared() {
+    let k = Cluster::new(1).await;
+    k.tiny().await;
+    for g in ["lab", "ops"] {
+        k.c.create_group(&k.admin, CreateGroupRequest { name: g.into() })
+            .await
+            .unwrap();
+    }
+    k.user("hana").await;
+    k.c.add_member(
+        &k.admin,
+        "lab",
+        MemberRequest {
+            user: "hana".into(),
+        },
+    )
+    .await
+    .unwrap();
+    let hana = k.user_again("hana").await;
+    // For a group she is not in, or for someone else: refused, nothing made.
+    for owner in ["group:ops", "user:admin"] {
+        let e =
+            k.c.create_vm(
+                &hana,
+                create("o1", serde_json::json!({"image": "tiny", "owner": owner})),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Forbidden(_)), "{owner}: {e:?}");
+        assert!(k.c.store.vm_by_name("o1").await.unwrap().is_none());
+    }
+    let vm =
+        k.c.create_vm(
+            &hana,
+            create(
+                "o1",
+                serde_json::json!({"image": "tiny", "owner": "group:lab"}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(vm.owner.as_deref(), Some("group:lab"));
+    let q = k.c.quota_show(&k.admin, Some("group:lab")).await.unwrap();
+    assert_eq!(q.used.vms, 1, "the group is charged");
+    // Her own VM: naming its owner again, she changes only its administrator group.
+    k.c.create_vm(&hana, create("o2", serde_json::json!({"image": "tiny"})))
+        .await
+        .unwrap();
+    let vm =
+        k.c.set_owner(
+            &hana,
+            "o2",
+            SetOwnerRequest {
+                owner: "user:hana".into(),
+                admin_group: Some("lab".into()),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(vm.owner.as_deref(), Some("user:hana"));
+    assert_eq!(vm.admin_group.as_deref(), Some("lab"));
+}
