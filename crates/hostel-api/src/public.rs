@@ -290,6 +290,9 @@ pub struct VmSummary {
     /// The IPv4 addresses of its NICs, in NIC order.
     #[serde(default)]
     pub ips: Vec<String>,
+    /// `NAME.DOMAIN` of its NICs on networks with a domain, in NIC order.
+    #[serde(default)]
+    pub dns_names: Vec<String>,
     /// QEMU's pid while the VM has a process.
     #[serde(default)]
     pub pid: Option<u32>,
@@ -315,6 +318,7 @@ impl From<&Vm> for VmSummary {
             vcpus: v.vcpus.current,
             max_vcpus: v.vcpus.max,
             ips: v.nics.iter().map(|n| n.ip.clone()).collect(),
+            dns_names: v.nics.iter().filter_map(|n| n.dns_name.clone()).collect(),
             pid: v.qemu.pid,
             lease_expires_at: v.lease_expires_at.clone(),
             lease_warning: v.lease_warning.clone(),

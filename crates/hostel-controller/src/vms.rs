@@ -180,6 +180,7 @@ impl Controller {
                     vcpus: v.vcpus,
                     max_vcpus: v.max_vcpus,
                     ips: r.ips,
+                    dns_names: r.dns_names,
                     pid: if state.has_process() { v.pid } else { None },
                     lease_warning: v.lease_expires_at.and_then(crate::lease::warning),
                     lease_expires_at: v.lease_expires_at.map(|t| t.to_string()),

@@ -608,7 +608,7 @@ async fn vm_pages_filter_join_and_continue(url: &str) {
         .unwrap();
     }
     let net = NetworkRecord {
-        domain: None,
+        domain: Some("vm.test".into()),
         dns_forward: None,
         ..lab_network()
     };
@@ -680,6 +680,7 @@ async fn vm_pages_filter_join_and_continue(url: &str) {
     assert_eq!(e.vm, made[0]);
     assert_eq!(e.owner_user.as_deref(), Some("alice"));
     assert_eq!(e.ips, ["10.1.0.3", "10.1.0.9"]);
+    assert_eq!(e.dns_names, ["e.vm.test", "e.vm.test"]);
     let c = &s.vms_page(&page(Some("b"), 1)).await.unwrap()[0];
     assert_eq!(
         (c.vm.name.as_str(), c.owner_group.as_deref(), c.ips.len()),

@@ -129,6 +129,8 @@ pub struct VmListRow {
     pub image: Option<String>,
     /// Its NICs' IPv4 addresses, in NIC order.
     pub ips: Vec<String>,
+    /// `NAME.DOMAIN` for each of its NICs on a network with a domain, in NIC order.
+    pub dns_names: Vec<String>,
 }
 
 impl FromRow for VmListRow {
@@ -140,6 +142,7 @@ impl FromRow for VmListRow {
             owner_group: c.opt_text("owner_group_name")?,
             image: c.opt_text("image_name")?,
             ips: Vec::new(),
+            dns_names: Vec::new(),
         })
     }
 }
@@ -245,14 +248,21 @@ impl Store {
         let ids: Vec<String> = out.iter().map(|r| r.vm.id.clone()).collect();
         for chunk in ids.chunks(1000) {
             let sql = format!(
-                "SELECT vm_id, ip FROM nics WHERE vm_id IN ({}) ORDER BY vm_id, idx",
+                "SELECT n.vm_id, n.ip || ' ' || COALESCE(w.domain, '') FROM nics n \
+                 JOIN networks w ON w.id = n.network_id \
+                 WHERE n.vm_id IN ({}) ORDER BY n.vm_id, n.idx",
                 placeholders(1, chunk.len())
             );
             let values = chunk.iter().map(Value::from).collect();
             let ips: Vec<(String, String)> = self.fetch_all(&sql, values).await?;
-            for (vm_id, ip) in ips {
+            for (vm_id, ip_domain) in ips {
                 if let Some(&i) = at.get(&vm_id) {
-                    out[i].ips.push(ip);
+                    let (ip, domain) = ip_domain.split_once(' ').unwrap_or((&ip_domain, ""));
+                    out[i].ips.push(ip.to_string());
+                    if !domain.is_empty() {
+                        let name = format!("{}.{domain}", out[i].vm.name);
+                        out[i].dns_names.push(name);
+                    }
                 }
             }
         }

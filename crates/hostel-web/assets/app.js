@@ -64,6 +64,7 @@
       set("vcpus", String(vm.vcpus));
       set("host", vm.host || "");
       set("ips", (vm.ips || []).join(", "));
+      set("dns", (vm.dns_names || []).join(", "));
       announce(vm.name + " is " + vm.state);
     } else if (m.dataset.live === "vm" && m.dataset.vm === vm.name) {
       const st = document.getElementById("vm-state");
