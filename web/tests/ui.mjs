@@ -223,12 +223,39 @@ try {
   }, vm);
   if (refused !== 403) throw new Error(`a form without its CSRF token got ${refused}`);
 
-  step("delete it");
-  await page.goto(`${base}/vms/${vm}`);
-  await page.locator("#actions > details.danger summary").click();
-  await page.getByRole("button", { name: `Delete ${vm} for good` }).click();
-  await page.waitForURL("**/vms");
-  if (!(await flash(page)).includes(`${vm} was deleted`)) throw new Error(`no deletion message: ${await flash(page)}`);
+  step("without JavaScript: a member reads the VM's page and starts it");
+  const plain = await browser.newContext({ javaScriptEnabled: false, viewport: { width: 1280, height: 860 } });
+  const pp = await plain.newPage();
+  watch(pp);
+  await pp.goto(base + "/login?next=/vms/" + vm);
+  await pp.getByLabel("User name").fill(bob);
+  await pp.getByLabel("Password").fill(bobPw);
+  await pp.getByRole("button", { name: "Log in" }).click();
+  await pp.waitForURL(`**/vms/${vm}`);
+  await pp.getByRole("button", { name: "Start", exact: true }).click();
+  await pp.waitForURL(`**/vms/${vm}`);
+  if (!(await flash(pp)).includes(`${vm} is starting`)) throw new Error(`no-JS start: ${await flash(pp)}`);
+  if (!(await pp.locator("#vm-state").innerText()).startsWith("running")) throw new Error("no-JS page does not say running");
+  await plain.close();
+
+  step("bulk: stop both VMs, each with its own result; then delete both");
+  await page.goto(base + "/vms/new");
+  await page.getByLabel("Name", { exact: true }).fill(vm + "2");
+  await page.getByLabel("Memory (MiB)").fill("64");
+  await page.getByLabel("Start it once created").uncheck();
+  await page.getByRole("button", { name: "Create" }).click();
+  await page.waitForURL(`**/vms/${vm}2`);
+  await page.goto(base + "/vms");
+  for (const n of [vm, vm + "2"]) await page.getByLabel(`Choose ${n}`, { exact: true }).check();
+  await page.getByRole("button", { name: "Stop", exact: true }).click();
+  await until("the bulk results", async () => (await flash(page)).includes(`${vm}: stopped`), 90000);
+  const results = await flash(page);
+  if (!results.includes(`${vm}2: `) || results.includes(`${vm}2: stopped`)) throw new Error(`bulk results: ${results}`);
+  for (const n of [vm, vm + "2"]) await page.getByLabel(`Choose ${n}`, { exact: true }).check();
+  await page.locator("#vm-list details.danger summary").click();
+  await page.getByRole("button", { name: "Delete the chosen VMs" }).click();
+  await until("the deletions", async () => (await flash(page)).includes(`${vm}2: deleted`), 30000);
+  if (!(await flash(page)).includes(`${vm}: deleted`)) throw new Error(`bulk delete: ${await flash(page)}`);
   if ((await page.locator(`tr[data-vm="${vm}"]`).count()) !== 0) throw new Error("the deleted VM is still listed");
   await until("bob's list to lose it", async () => (await bp.locator(`tr[data-vm="${vm}"]`).count()) === 0, 10000);
 

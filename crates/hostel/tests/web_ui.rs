@@ -78,9 +78,18 @@ fn a_new_user_does_a_day_of_work_in_the_browser() {
             "no {want} by alice in {actions:?}"
         );
     }
-    // The form posted without its CSRF token changed nothing and reached no operation.
+    // The form posted without its CSRF token changed nothing and reached no operation:
+    // alice started the VM once (bob, once more, without JavaScript).
     let starts = actions.iter().filter(|(a, _)| *a == "vm.start").count();
     assert_eq!(starts, 1, "{actions:?}");
+    let bobs = d.json(&["audit", "--user", "bob"]);
+    assert!(
+        bobs.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "vm.start" && e["target"] == "webvm" && e["result"] == "ok"),
+        "{bobs}"
+    );
     let list = d.json(&["list"]);
     assert!(
         list.as_array()
