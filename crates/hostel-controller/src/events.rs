@@ -22,7 +22,13 @@ struct Follower {
     /// The VMs the caller may operate, by id, with their names: a change to one that
     /// is no longer visible is its `gone`.
     seen: HashMap<String, String>,
+    /// When to look again whether the caller's token still holds (a revoked session's
+    /// stream ends).
+    check: tokio::time::Interval,
 }
+
+/// How often a stream checks that its token was not revoked and has not expired.
+const CREDENTIAL_CHECK: std::time::Duration = std::time::Duration::from_secs(15);
 
 impl Controller {
     /// The caller's live VM changes, from now on. Ends when the controller does.
@@ -45,10 +51,20 @@ impl Controller {
             changes,
             attaches,
             seen,
+            check: tokio::time::interval_at(
+                tokio::time::Instant::now() + CREDENTIAL_CHECK,
+                CREDENTIAL_CHECK,
+            ),
         };
         Ok(futures::stream::unfold(f, |mut f| async move {
             loop {
                 let id = tokio::select! {
+                    _ = f.check.tick() => {
+                        if f.credential_gone().await {
+                            return None;
+                        }
+                        continue;
+                    }
                     change = f.changes.recv() => match change {
                         Ok(id) => id,
                         Err(RecvError::Lagged(_)) => return Some((VmEvent::Resync, f)),
@@ -75,6 +91,23 @@ impl Controller {
 }
 
 impl Follower {
+    /// Whether the token the stream was opened with was revoked or expired since (a
+    /// database that does not answer ends nothing).
+    async fn credential_gone(&self) -> bool {
+        let Ok(caller) = self.ctx.caller() else {
+            return false;
+        };
+        let Ok(tokens) = self.c.store.tokens_of(&caller.user_id).await else {
+            return false;
+        };
+        let now = hostel_store::now();
+        !tokens.iter().any(|t| {
+            t.name == caller.token_name
+                && t.revoked_at.is_none()
+                && t.expires_at.is_none_or(|e| e > now)
+        })
+    }
+
     /// What the caller is told of a change to VM `id`, if anything.
     async fn event_for(&mut self, id: &str) -> Option<VmEvent> {
         let record = match self.c.store.vm_by_id(id).await {
