@@ -380,6 +380,14 @@ pub struct HostInfo {
     /// When the controller last connected to the agent or lost it (UTC).
     #[serde(default)]
     pub last_seen: String,
+    /// Seconds since the host last reported: 0 while its agent is connected, else the
+    /// time since the controller lost it (or, after a controller restart, last had it).
+    #[serde(default)]
+    pub last_seen_age_seconds: u64,
+    /// Offline for longer than the controller's threshold (`hostel up --stale-after`):
+    /// what is shown for it (its VMs' states, its use) is that old.
+    #[serde(default)]
+    pub stale: bool,
     pub cpus: u32,
     pub memory_total_mib: u64,
     /// Memory promised to VMs that have a QEMU process (their max memory).

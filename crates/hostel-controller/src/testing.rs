@@ -37,6 +37,7 @@ impl TestController {
             web_dir: None,
             min_free_space: Default::default(),
             refusal_budgets: Default::default(),
+            stale_after: crate::DEFAULT_STALE_AFTER,
         };
         change(&mut cfg);
         let c = Controller::new(store, cfg);
