@@ -974,6 +974,12 @@ pub struct CreateTokenRequest {
     #[serde(default)]
     #[schema(format = DateTime)]
     pub expires_at: Option<String>,
+    /// Your password. Without it a token cannot make one that outlives it (it gets
+    /// the maker's expiry, or is refused); with it, the new token's expiry is the one
+    /// asked for. The web UI sends it: a browser session lasts hours.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[^\\r\\n\\x00]*$", max_length = 1024)]
+    pub password: Option<String>,
 }
 
 /// A new token: the only time its secret is shown.

@@ -74,6 +74,7 @@ impl TestController {
                     read_only: false,
                     expires_in_days: Some(1),
                     expires_at: None,
+                    password: None,
                 },
             )
             .await
