@@ -43,6 +43,8 @@ pub fn router(c: Arc<Controller>, api: Router) -> Router {
         .route("/vms/{name}", get(pages::vm::show))
         .route("/vms/{name}/do/{action}", post(pages::vm::act))
         .route("/vms/{name}/console/{kind}", get(pages::vm::console))
+        .merge(pages::account::routes())
+        .merge(pages::admin::routes())
         .route("/ui/events", get(pages::events))
         .route("/ui/{file}", get(assets::serve))
         .fallback(pages::not_found)

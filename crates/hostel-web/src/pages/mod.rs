@@ -2,7 +2,10 @@
 //! for what it shows, renders a template, and for a form, calls the API and redirects
 //! back with the API's answer as the next page's message.
 
+pub mod account;
+pub mod admin;
 pub mod create;
+pub mod fields;
 pub mod login;
 pub mod vm;
 pub mod vms;
