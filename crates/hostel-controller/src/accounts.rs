@@ -1,4 +1,8 @@
 //! Users, groups, tokens, SSH keys, logins, VM ownership and the audit trail.
+//!
+//! It is long because these share their checks (who the subject is, a user's own
+//! password, the lock-out after wrong ones, the revocation sweep of open consoles);
+//! tokens and keys with logins are the part to move out when it grows again.
 
 use crate::auth;
 use crate::context::Caller;

@@ -140,6 +140,12 @@ pub fn refusal(status: StatusCode, message: &str) -> Response {
     render(status, &p.layout, &p, CSP)
 }
 
+impl IntoResponse for crate::session::Refusal {
+    fn into_response(self) -> Response {
+        refusal(self.status, &self.message)
+    }
+}
+
 pub async fn not_found(uri: Uri) -> Response {
     refusal(
         StatusCode::NOT_FOUND,
