@@ -71,7 +71,11 @@ pub async fn task(s: Session, headers: HeaderMap, Path(id): Path<String>) -> Res
         Ok(t) => t,
         Err(e) => return error_page(&e),
     };
-    let title = format!("{} of {}", t.kind, t.target);
+    let title = match t.kind.as_str() {
+        "image-build" => format!("Building image {}", t.target),
+        "image-import" => format!("Importing image {}", t.target),
+        kind => format!("{kind} of {}", t.target),
+    };
     let layout = Layout::new(&s, &headers, title, "images");
     let p = TaskPage { t, layout };
     page(&p.layout, &p)
