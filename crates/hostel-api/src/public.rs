@@ -423,6 +423,14 @@ pub struct HostInfo {
     /// When the controller last connected to the agent or lost it (UTC).
     #[serde(default)]
     pub last_seen: String,
+    /// Seconds since the host last reported: 0 while its agent is connected, else the
+    /// time since the controller lost it (or, after a controller restart, last had it).
+    #[serde(default)]
+    pub last_seen_age_seconds: u64,
+    /// Offline for longer than the controller's threshold (`hostel up --stale-after`):
+    /// what is shown for it (its VMs' states, its use) is that old.
+    #[serde(default)]
+    pub stale: bool,
     pub cpus: u32,
     pub memory_total_mib: u64,
     /// Memory promised to VMs that have a QEMU process (their max memory).
@@ -1009,6 +1017,12 @@ pub struct CreateTokenRequest {
     #[serde(default)]
     #[schema(format = DateTime)]
     pub expires_at: Option<String>,
+    /// Your password. Without it a token cannot make one that outlives it (it gets
+    /// the maker's expiry, or is refused); with it, the new token's expiry is the one
+    /// asked for. The web UI sends it: a browser session lasts hours.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[^\\r\\n\\x00]*$", max_length = 1024)]
+    pub password: Option<String>,
 }
 
 /// A new token: the only time its secret is shown.

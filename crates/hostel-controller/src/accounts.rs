@@ -1,4 +1,8 @@
 //! Users, groups, tokens, SSH keys, logins, VM ownership and the audit trail.
+//!
+//! It is long because these share their checks (who the subject is, a user's own
+//! password, the lock-out after wrong ones, the revocation sweep of open consoles);
+//! tokens and keys with logins are the part to move out when it grows again.
 
 use crate::auth;
 use crate::context::Caller;
@@ -271,30 +275,46 @@ impl Controller {
                 )
                 .into());
             };
-            let key = format!("user:{}", u.name);
-            if let Some(wait) = self.logins.locked(&key) {
-                return Err(Error::rate_limited(
-                    format!("too many wrong passwords: try again in {wait} s"),
-                    wait,
-                ));
-            }
-            self.logins.fail(&key);
-            let who = u.clone();
-            let ok = tokio::task::spawn_blocking(move || auth::verify_password(&who, &current))
-                .await
-                .unwrap_or(false);
-            if !ok {
-                return Err(Invalid::new(
-                    "current_password",
-                    "the current password is wrong: nothing was changed",
-                )
-                .into());
-            }
-            self.logins.clear(&key);
+            self.check_own_password(
+                &u,
+                current,
+                "current_password",
+                "the current password is wrong: nothing was changed",
+            )
+            .await?;
         }
         auth::check_password(&u.name, &req.password).map_err(|m| Invalid::new("password", m))?;
         let h = auth::hash_password(&req.password).map_err(|e| Error::from(anyhow::anyhow!(e)))?;
         self.store.set_user_password(&u.id, &h).await?;
+        Ok(())
+    }
+
+    /// Checks a user's own password, as a login does (the same lock-out after wrong
+    /// ones), before something a token alone may not do; a wrong one is refused as
+    /// `field` with `wrong`.
+    async fn check_own_password(
+        &self,
+        u: &UserRecord,
+        given: String,
+        field: &str,
+        wrong: &str,
+    ) -> Res<()> {
+        let key = format!("user:{}", u.name);
+        if let Some(wait) = self.logins.locked(&key) {
+            return Err(Error::rate_limited(
+                format!("too many wrong passwords: try again in {wait} s"),
+                wait,
+            ));
+        }
+        self.logins.fail(&key);
+        let who = u.clone();
+        let ok = tokio::task::spawn_blocking(move || auth::verify_password(&who, &given))
+            .await
+            .unwrap_or(false);
+        if !ok {
+            return Err(Invalid::new(field, wrong).into());
+        }
+        self.logins.clear(&key);
         Ok(())
     }
 
@@ -517,7 +537,24 @@ impl Controller {
         let c = ctx.caller()?;
         let mut expires_at = req.expires_at.clone();
         let mut inherited = false;
-        if let Some(limit) = c.token_expires_at {
+        // The caller's password proves more than the token: with it, the new token may
+        // outlive this one (how a browser session, which lasts hours, makes an API
+        // token for days).
+        let proven = match req.password.clone() {
+            Some(p) => {
+                let me = self.user_named(&c.user_name).await?;
+                self.check_own_password(
+                    &me,
+                    p,
+                    "password",
+                    "the password is wrong: no token was made",
+                )
+                .await?;
+                true
+            }
+            None => false,
+        };
+        if let Some(limit) = c.token_expires_at.filter(|_| !proven) {
             // Compared as times, whatever offset the text is written with.
             let asked = match (&req.expires_at, req.expires_in_days) {
                 // Text that is no time passes here: `new_token` refuses it as such.

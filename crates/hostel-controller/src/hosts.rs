@@ -24,12 +24,17 @@ impl Controller {
             Some(id) => self.store.host(id).await?.into_iter().collect(),
             None => self.store.hosts().await?,
         };
+        let now = hostel_store::now();
         Ok(hosts
             .into_iter()
             .map(|h| {
                 let u = usage.get(&h.id).copied().unwrap_or_default();
+                let online = self.is_online(&h.id);
+                let (stale, age) = staleness(online, now - h.last_seen, self.cfg.stale_after);
                 HostInfo {
-                    online: self.is_online(&h.id),
+                    online,
+                    stale,
+                    last_seen_age_seconds: age,
                     memory_vms_mib: u.live_memory_mib,
                     vms_running: u.live as u32,
                     vms_total: u.vms as u32,
@@ -146,5 +151,36 @@ impl Controller {
         self.set_online(&h.id, false);
         self.store.delete_host(&h.id).await?;
         Ok(())
+    }
+}
+
+/// Whether a host's report is stale, and its age in whole seconds: a connected agent
+/// reports as things happen (age 0); one that is not is stale once it has been gone
+/// `after` or longer.
+fn staleness(online: bool, since: time::Duration, after: Duration) -> (bool, u64) {
+    if online {
+        return (false, 0);
+    }
+    let since = since.max(time::Duration::ZERO);
+    (
+        since >= after,
+        u64::try_from(since.whole_seconds()).unwrap_or(0),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::staleness;
+    use std::time::Duration;
+
+    #[test]
+    fn a_host_is_stale_once_offline_past_the_threshold() {
+        let two_min = Duration::from_secs(120);
+        let t = time::Duration::seconds;
+        assert_eq!(staleness(true, t(9999), two_min), (false, 0));
+        assert_eq!(staleness(false, t(119), two_min), (false, 119));
+        assert_eq!(staleness(false, t(120), two_min), (true, 120));
+        assert_eq!(staleness(false, t(-5), two_min), (false, 0));
+        assert_eq!(staleness(false, t(0), Duration::ZERO), (true, 0));
     }
 }

@@ -68,7 +68,12 @@ pub struct ControllerConfig {
     pub min_free_space: space::FreeSpaceFloor,
     /// What refused and unauthenticated requests may cost (`throttle::Budgets`).
     pub refusal_budgets: throttle::Budgets,
+    /// A host offline for this long is shown as stale (`HostInfo::stale`).
+    pub stale_after: Duration,
 }
+
+/// How long a host may be offline before it is shown as stale, by default.
+pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(120);
 
 pub struct Controller {
     pub store: Store,

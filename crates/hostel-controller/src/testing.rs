@@ -37,6 +37,7 @@ impl TestController {
             web_dir: None,
             min_free_space: Default::default(),
             refusal_budgets: Default::default(),
+            stale_after: crate::DEFAULT_STALE_AFTER,
         };
         change(&mut cfg);
         let c = Controller::new(store, cfg);
@@ -73,6 +74,7 @@ impl TestController {
                     read_only: false,
                     expires_in_days: Some(1),
                     expires_at: None,
+                    password: None,
                 },
             )
             .await

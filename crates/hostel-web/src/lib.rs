@@ -44,6 +44,8 @@ pub fn router(c: Arc<Controller>, api: Router) -> Router {
         .route("/vms/{name}/do/{action}", post(pages::vm::act))
         .route("/vms/{name}/console/{kind}", get(pages::vm::console))
         .route("/vms/{name}/graphs", get(pages::graphs::fragment))
+        .merge(pages::account::routes())
+        .merge(pages::admin::routes())
         .route("/ui/events", get(pages::events))
         .route("/ui/{file}", get(assets::serve))
         .route("/favicon.ico", get(assets::favicon))

@@ -155,7 +155,24 @@ where
                 );
                 Err(r)
             }
-            Err(e) => Err(crate::pages::error_page(&e)),
+            Err(e) => Err(Refusal::new(e.status, e.message()).into_response()),
+        }
+    }
+}
+
+/// A request refused before any page runs (no session, a form that does not pass):
+/// its status and why. It is rendered as the error page (`pages`' `IntoResponse` for
+/// it), so that this module needs nothing of the pages.
+pub struct Refusal {
+    pub status: axum::http::StatusCode,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(status: axum::http::StatusCode, message: &str) -> Refusal {
+        Refusal {
+            status,
+            message: message.to_string(),
         }
     }
 }
@@ -178,7 +195,8 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let (mut parts, body) = req.into_parts();
         let session = Session::from_request_parts(&mut parts, state).await?;
-        let refuse = |why: &str| crate::pages::refusal(axum::http::StatusCode::FORBIDDEN, why);
+        let refuse =
+            |why: &str| Refusal::new(axum::http::StatusCode::FORBIDDEN, why).into_response();
         if let Some(origin) = parts.headers.get("origin").and_then(|o| o.to_str().ok()) {
             let host = parts
                 .headers
@@ -217,10 +235,11 @@ where
             ));
         }
         let data = serde_html_form::from_bytes(&bytes).map_err(|e| {
-            crate::pages::refusal(
+            Refusal::new(
                 axum::http::StatusCode::BAD_REQUEST,
                 &format!("the form did not read: {e}"),
             )
+            .into_response()
         })?;
         Ok(Form { session, data })
     }

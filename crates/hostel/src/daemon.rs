@@ -52,6 +52,8 @@ pub struct UpOptions {
     pub web_dir: Option<PathBuf>,
     pub min_free_space: hostel_controller::FreeSpaceFloor,
     pub refusal_budget: u32,
+    /// A host offline this long is shown as stale.
+    pub stale_after: std::time::Duration,
 }
 
 /// Where the browser consoles' packages are: the flag, else the source tree this binary
@@ -336,6 +338,7 @@ pub async fn up(opts: UpOptions) -> Result<()> {
             web_dir: web_dir(opts.web_dir.clone()),
             min_free_space: opts.min_free_space,
             refusal_budgets: hostel_controller::throttle::Budgets::scaled(opts.refusal_budget),
+            stale_after: opts.stale_after,
         },
     );
     controller.reserve_own_port(api_addr.port(), "Hostel's API");

@@ -89,6 +89,47 @@ async fn a_vm_nobody_may_see_is_not_found_for_anyone_but_its_owner() {
 }
 
 #[tokio::test]
+async fn with_the_password_a_token_may_outlive_the_token_that_makes_it() {
+    // A browser session lasts hours; the API token it makes, days: the user's password,
+    // not the session, vouches for that.
+    let h = Harness::new().await;
+    h.c.create_user(
+        &h.admin,
+        CreateUserRequest {
+            name: "dora".into(),
+            password: Some("dora's long password".into()),
+            admin: false,
+        },
+    )
+    .await
+    .unwrap();
+    let dora = h.context_of("dora").await;
+    let ask = |name: &str, password: Option<&str>| CreateTokenRequest {
+        name: name.into(),
+        read_only: true,
+        expires_in_days: Some(30),
+        expires_at: None,
+        password: password.map(String::from),
+    };
+    let e =
+        h.c.create_token(&dora, None, ask("wrong", Some("not it at all")))
+            .await
+            .unwrap_err();
+    match &e {
+        Error::Invalid { field, .. } => assert_eq!(field, "password", "{e:?}"),
+        other => panic!("{other:?}"),
+    }
+    let t =
+        h.c.create_token(&dora, None, ask("month", Some("dora's long password")))
+            .await
+            .unwrap();
+    let limit = dora.caller().unwrap().token_expires_at.unwrap();
+    let end = hostel_store::Timestamp::parse(t.expires_at.as_deref().unwrap()).unwrap();
+    assert!(end > limit, "{end} is after the maker's {limit}");
+    assert!(t.read_only && !t.expiry_inherited);
+}
+
+#[tokio::test]
 async fn a_token_cannot_outlive_the_token_that_makes_it() {
     let h = Harness::new().await;
     let carol = h.user("carol").await;
@@ -101,6 +142,7 @@ async fn a_token_cannot_outlive_the_token_that_makes_it() {
                 read_only: false,
                 expires_in_days: Some(30),
                 expires_at: None,
+                password: None,
             },
         )
         .await
@@ -123,6 +165,7 @@ async fn a_token_cannot_outlive_the_token_that_makes_it() {
                         .format(&time::format_description::well_known::Rfc3339)
                         .unwrap(),
                 ),
+                password: None,
             },
         )
         .await
@@ -159,6 +202,7 @@ async fn a_token_outliving_its_maker_is_refused_whatever_the_offset_says() {
                 read_only: false,
                 expires_in_days: None,
                 expires_at: Some(written),
+                password: None,
             },
         )
         .await

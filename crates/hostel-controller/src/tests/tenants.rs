@@ -13,6 +13,7 @@ fn token(name: &str) -> CreateTokenRequest {
         read_only: false,
         expires_in_days: None,
         expires_at: None,
+        password: None,
     }
 }
 

@@ -2,7 +2,10 @@
 //! for what it shows, renders a template, and for a form, calls the API and redirects
 //! back with the API's answer as the next page's message.
 
+pub mod account;
+pub mod admin;
 pub mod create;
+pub mod fields;
 pub mod graphs;
 pub mod login;
 pub mod vm;
@@ -136,6 +139,12 @@ pub fn refusal(status: StatusCode, message: &str) -> Response {
         },
     };
     render(status, &p.layout, &p, CSP)
+}
+
+impl IntoResponse for crate::session::Refusal {
+    fn into_response(self) -> Response {
+        refusal(self.status, &self.message)
+    }
 }
 
 pub async fn not_found(uri: Uri) -> Response {

@@ -436,6 +436,7 @@ async fn token(api: &Api, cmd: TokenCmd) -> Result<()> {
                 read_only,
                 expires_in_days,
                 expires_at,
+                password: None,
             };
             let t: NewToken = api
                 .post(&format!("/api/v1/me/tokens{}", user_q(&user)), &req)

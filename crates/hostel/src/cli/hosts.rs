@@ -52,9 +52,26 @@ pub enum HostCmd {
 fn online(h: &HostInfo) -> &'static str {
     if h.online {
         "online"
+    } else if h.stale {
+        "stale"
     } else {
         "offline"
     }
+}
+
+/// How long ago a host last reported, as `3m 20s ago`; nothing while it is online.
+fn age(h: &HostInfo) -> String {
+    if h.online {
+        return String::new();
+    }
+    let s = h.last_seen_age_seconds;
+    let text = match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m {}s", s / 60, s % 60),
+        3600..86400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d {}h", s / 86400, s % 86400 / 3600),
+    };
+    format!("{text} ago")
 }
 
 const HOST_COLUMNS: &[Column<HostInfo>] = &[
@@ -72,6 +89,7 @@ const HOST_COLUMNS: &[Column<HostInfo>] = &[
             .unwrap_or(&h.last_seen)
             .replace('T', " ")
     }),
+    ("LAST REPORT", age),
     ("URL", |h| h.url.clone()),
 ];
 
@@ -136,6 +154,11 @@ fn print_info(info: &Info) {
     }
     for h in &info.hosts {
         println!("host {}", h.name);
+        if h.online {
+            println!("  state:        online");
+        } else {
+            println!("  state:        {} (last report {})", online(h), age(h));
+        }
         println!("  cpus:         {}", h.cpus);
         println!(
             "  memory:       {} total, {} given to VMs",

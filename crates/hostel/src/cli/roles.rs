@@ -43,6 +43,10 @@ pub enum Cmd {
         /// docs/operations.md). Raise it when every user comes through one proxy.
         #[arg(long, env = "HOSTEL_REFUSAL_BUDGET", default_value_t = hostel_controller::throttle::DEFAULT_ADDRESS_BURST)]
         refusal_budget: u32,
+        /// Seconds a host may be offline before `hostel info` and the web UI show it as
+        /// stale (greyed, with the age of its last report).
+        #[arg(long, env = "HOSTEL_STALE_AFTER_SECS", value_name = "SECS", default_value_t = hostel_controller::DEFAULT_STALE_AFTER.as_secs())]
+        stale_after: u64,
     },
     /// Run one host's agent on its own, for a controller elsewhere to add (`hostel host
     /// add`). Prints its address.
@@ -95,10 +99,12 @@ pub async fn run(cmd: Cmd) -> Result<()> {
             web_dir,
             min_free_space,
             refusal_budget,
+            stale_after,
         } => {
             daemon::up(daemon::UpOptions {
                 min_free_space,
                 refusal_budget,
+                stale_after: std::time::Duration::from_secs(stale_after),
                 data_dir: data_dir.unwrap_or_else(daemon::default_data_dir),
                 listen,
                 qemu,
