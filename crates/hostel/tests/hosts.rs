@@ -5,40 +5,9 @@
 
 mod common;
 use common::*;
-use std::io::BufRead;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
-
-/// `hostel agent` in `ns`, listening on `ip` at a fixed port (the namespace is the
-/// test's own, and a restarted agent must be found where it was); gives its process and
-/// its URL.
-fn start_agent(ns: &Netns, dir: &std::path::Path, ip: &str) -> (Child, String) {
-    let mut child = ns
-        .cmd(bin())
-        .args([
-            "agent",
-            "--name",
-            "node2",
-            "--listen",
-            &format!("{ip}:8471"),
-        ])
-        .arg("--tls-dir")
-        .arg(dir.join("tls"))
-        .arg("--data-dir")
-        .arg(dir.join("agent2"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.starts_with("https://"), "the agent printed {line:?}");
-    (child, line.trim().to_string())
-}
 
 fn stop(mut child: Child) {
     nix::sys::signal::kill(
@@ -108,31 +77,7 @@ fn wait_online(d: &Daemon, want: bool) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_host_is_added_used_lost_regained_and_removed() {
     let mut d = Daemon::start();
-    let node = Netns::new();
-    // A link between the two namespaces: the controller's 10.254.0.1, node2's .2.
-    let id = std::process::id() % 100_000;
-    let (a, b) = (format!("hva{id}"), format!("hvb{id}"));
-    for args in [
-        vec!["link", "add", &a, "type", "veth", "peer", "name", &b],
-        vec!["link", "set", &a, "netns", &d.ns.name],
-        vec!["link", "set", &b, "netns", &node.name],
-    ] {
-        assert!(Command::new("ip").args(&args).status().unwrap().success());
-    }
-    for (ns, dev, ip) in [(&d.ns, &a, "10.254.0.1/30"), (&node, &b, "10.254.0.2/30")] {
-        for args in [
-            vec!["addr", "add", ip, "dev", dev],
-            vec!["link", "set", dev, "up"],
-        ] {
-            let ok = Command::new("ip")
-                .arg("-n")
-                .arg(&ns.name)
-                .args(&args)
-                .status()
-                .unwrap();
-            assert!(ok.success());
-        }
-    }
+    let (node, b) = linked_node(&d);
     let dir = d.dir.path().to_path_buf();
     let data = d.data_dir();
     let tls = dir.join("tls");

@@ -131,3 +131,70 @@ fn a_new_user_does_a_day_of_work_in_the_browser() {
         }
     }
 }
+
+#[test]
+fn an_admin_sees_a_host_go_stale_and_a_quota_change_the_create_form() {
+    let mut d = Daemon::unstarted();
+    d.env.push(("HOSTEL_STALE_AFTER_SECS".into(), "4".into()));
+    d.launch();
+    let alice_pw = password_file(&d, "alice", "correct-horse-7");
+    d.ok(&["user", "create", "alice", "--password-file", &alice_pw]);
+    // The admin's first password, as `hostel up` left it for root.
+    let first = d.data_dir().join("initial-admin-password");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&first).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "the first password is for root only");
+    let admin_pw = std::fs::read_to_string(&first).unwrap().trim().to_string();
+
+    // A second host, to be stopped.
+    let (node, _dev) = linked_node(&d);
+    let tls = d.dir.path().join("tls");
+    d.ok(&[
+        "agent-cert",
+        "node2",
+        "--data-dir",
+        d.data_dir().to_str().unwrap(),
+        "--san",
+        "10.254.0.2",
+        "--out",
+        tls.to_str().unwrap(),
+    ]);
+    let (mut agent, url) = start_agent(&node, d.dir.path(), "10.254.0.2");
+    d.ok(&["host", "add", &url]);
+
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let shots = root.join("test-artifacts/screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let out =
+        d.ns.cmd("node")
+            .arg(root.join("web/tests/admin.mjs"))
+            .arg(&d.url)
+            .arg(&shots)
+            .env("ADMIN", format!("admin:{admin_pw}"))
+            .env("ALICE", "alice:correct-horse-7")
+            .env("AGENT_PID", agent.id().to_string())
+            .env("HOST", "node2")
+            .output()
+            .expect("run node");
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let log = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{log}");
+    assert!(out.status.success(), "the browser test failed:\n{log}");
+    assert!(log.contains("all steps passed"), "{log}");
+    // What the browser saw is what the API says.
+    let hosts = d.json(&["host", "list"]);
+    let node2 = hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == "node2")
+        .unwrap();
+    assert_eq!(node2["stale"], true, "{node2}");
+    let quota = d.json(&["quota", "show", "user:alice"]);
+    assert_eq!(quota["limits"]["vcpus_total"], 5, "{quota}");
+}

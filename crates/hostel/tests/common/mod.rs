@@ -557,3 +557,65 @@ pub fn file_names(dir: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// A second namespace, joined to the daemon's by a veth pair: the daemon's side is
+/// 10.254.0.1, the node's 10.254.0.2 (the namespaces are the test's own). Gives the
+/// namespace and the node's end of the pair.
+pub fn linked_node(d: &Daemon) -> (Netns, String) {
+    let node = Netns::new();
+    let id = std::process::id() % 100_000;
+    let (a, b) = (format!("hva{id}"), format!("hvb{id}"));
+    for args in [
+        vec!["link", "add", &a, "type", "veth", "peer", "name", &b],
+        vec!["link", "set", &a, "netns", &d.ns.name],
+        vec!["link", "set", &b, "netns", &node.name],
+    ] {
+        assert!(Command::new("ip").args(&args).status().unwrap().success());
+    }
+    for (ns, dev, ip) in [(&d.ns, &a, "10.254.0.1/30"), (&node, &b, "10.254.0.2/30")] {
+        for args in [
+            vec!["addr", "add", ip, "dev", dev],
+            vec!["link", "set", dev, "up"],
+        ] {
+            let ok = Command::new("ip")
+                .arg("-n")
+                .arg(&ns.name)
+                .args(&args)
+                .status()
+                .unwrap();
+            assert!(ok.success());
+        }
+    }
+    (node, b)
+}
+
+/// `hostel agent` in `ns`, listening on `ip` at a fixed port (the namespace is the
+/// test's own, and a restarted agent must be found where it was); gives its process and
+/// its URL.
+pub fn start_agent(ns: &Netns, dir: &std::path::Path, ip: &str) -> (Child, String) {
+    let mut child = ns
+        .cmd(bin())
+        .args([
+            "agent",
+            "--name",
+            "node2",
+            "--listen",
+            &format!("{ip}:8471"),
+        ])
+        .arg("--tls-dir")
+        .arg(dir.join("tls"))
+        .arg("--data-dir")
+        .arg(dir.join("agent2"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    use std::io::BufRead;
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("https://"), "the agent printed {line:?}");
+    (child, line.trim().to_string())
+}

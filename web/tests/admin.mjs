@@ -1,0 +1,149 @@
+// The web UI as an admin uses it, in Debian's headless Chromium against a real `hostel
+// up` with a second host: the host's agent stops, and its row goes offline, then stale
+// (greyed); a quota edited on its page changes what a member's create form offers. Every
+// admin page is audited with axe-core (WCAG 2.1 AA) and must load without a CSP
+// violation; screenshots of the admin pages go to SHOTS.
+//
+// node admin.mjs URL SHOTS_DIR
+// Environment: ADMIN and ALICE (user:password), AGENT_PID (node2's agent, started by the
+// test, which this script stops), HOST (its name, node2).
+import { chromium } from "playwright-core";
+import { createRequire } from "node:module";
+import { readFileSync } from "node:fs";
+
+const require = createRequire(import.meta.url);
+const axeSource = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
+const [base, shots] = process.argv.slice(2);
+const [admin, adminPw] = process.env.ADMIN.split(":");
+const [alice, alicePw] = process.env.ALICE.split(":");
+const host = process.env.HOST || "node2";
+const problems = [];
+const step = (s) => console.log("step:", s);
+let auditing = false;
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  headless: true,
+  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+
+async function context() {
+  const ctx = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+  await ctx.addInitScript(() => document.addEventListener("securitypolicyviolation", (e) =>
+    console.log(`CSP violation: ${e.violatedDirective} by ${e.sourceFile}:${e.lineNumber}`)));
+  ctx.on("page", (page) => {
+    page.on("console", (m) => {
+      const t = m.text();
+      if (/Content Security Policy|Refused to|CSP violation/i.test(t) && !auditing) problems.push(`CSP on ${page.url()}: ${t}`);
+    });
+    page.on("pageerror", (e) => problems.push(`script error on ${page.url()}: ${e.message}`));
+  });
+  return ctx;
+}
+
+async function audit(page, name) {
+  auditing = true;
+  await page.evaluate(axeSource + "\n;0");
+  const r = await page.evaluate(() => axe.run(document, {
+    runOnly: { type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"] },
+  }));
+  await page.waitForTimeout(50);
+  auditing = false;
+  for (const v of r.violations) {
+    problems.push(`axe ${name}: ${v.id} (${v.impact}): ${v.help} — ${v.nodes.slice(0, 3).map((n) => n.target.join(" ")).join("; ")}`);
+  }
+  console.log(`axe ${name}: ${r.violations.length} violations, ${r.passes.length} rules passed`);
+}
+
+async function shoot(page, name) {
+  if (!shots) return;
+  await page.screenshot({ path: `${shots}/${name}-desktop.png` });
+  await page.setViewportSize({ width: 375, height: 740 });
+  await page.waitForTimeout(150);
+  await page.screenshot({ path: `${shots}/${name}-phone.png` });
+  await page.setViewportSize({ width: 1280, height: 860 });
+}
+
+async function login(page, user, pw, next) {
+  await page.goto(`${base}/login?next=${encodeURIComponent(next)}`);
+  await page.getByLabel("User name").fill(user);
+  await page.getByLabel("Password").fill(pw);
+  await Promise.all([page.waitForURL((u) => !u.pathname.startsWith("/login")), page.getByRole("button", { name: "Log in" }).click()]);
+}
+
+async function until(what, f, ms = 30000) {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await f();
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+try {
+  const a = await context();
+  const page = await a.newPage();
+  step("an admin logs in; every admin page passes axe");
+  await login(page, admin, adminPw, "/admin/hosts");
+  for (const p of ["/admin/hosts", "/admin/users", "/admin/groups", "/admin/quotas", "/admin/images",
+    "/admin/networks", "/admin/pools", "/admin/audit", "/account", "/vms"]) {
+    const r = await page.goto(base + p);
+    if (r.status() !== 200) problems.push(`${p}: ${r.status()}`);
+    await audit(page, p);
+  }
+  await page.goto(base + "/admin/audit");
+  await shoot(page, "admin-audit");
+  await page.goto(base + "/account");
+  await shoot(page, "account");
+
+  step("a host whose agent stopped goes offline, then stale (greyed)");
+  await page.goto(base + "/admin/hosts");
+  const row = page.locator(`tr[data-host="${host}"]`);
+  const cls = () => row.getAttribute("class");
+  if (!(await cls()).includes("host-online")) throw new Error(`${host} is not online at first: ${await cls()}`);
+  process.kill(Number(process.env.AGENT_PID), "SIGTERM");
+  await until(`${host} to go offline`, async () => (await cls()).includes("host-offline") || (await cls()).includes("stale"), 20000);
+  console.log(`row: ${await cls()}: ${await row.innerText()}`);
+  await until(`${host} to go stale`, async () => (await cls()).includes("stale"), 30000);
+  const text = await row.innerText();
+  if (!/last report \d+ s ago|last report/.test(text)) throw new Error(`no age on the stale row: ${text}`);
+  const grey = await row.locator("th").evaluate((e) => getComputedStyle(e).color);
+  const normal = await page.locator("header .brand").evaluate((e) => getComputedStyle(e).color);
+  if (grey === normal) throw new Error(`the stale row is not greyed (${grey})`);
+  await shoot(page, "admin-hosts");
+
+  step("a member's create form follows the quota an admin edits");
+  const m = await context();
+  const mp = await m.newPage();
+  await login(mp, alice, alicePw, "/vms/new");
+  const side = () => mp.locator("#create-side").innerText();
+  const before = await side();
+  if (before.includes("3 of 3 vCPUs left")) throw new Error(`the limit is there before it was set: ${before}`);
+  await page.goto(`${base}/admin/quotas?owner=user:${alice}`);
+  await page.locator("#q-vcpus_total").fill("3");
+  await page.getByRole("button", { name: "Save the limits" }).click();
+  await until("the quota to be saved", async () => (await page.locator("#flash").innerText()).length > 0, 10000);
+  await audit(page, "/admin/quotas (saved)");
+  // Typing in the form re-reads its side panel: the new limit shows, no reload.
+  await mp.getByLabel("Name", { exact: true }).fill("quota-probe");
+  await until("the create form to show the new limit", async () => (await side()).includes("3 of 3 vCPUs left"), 10000);
+  const max = await mp.getByLabel("vCPUs").getAttribute("max");
+  await mp.reload();
+  const maxAfter = await mp.getByLabel("vCPUs").getAttribute("max");
+  if (maxAfter !== "3") throw new Error(`the vCPU field's max is ${maxAfter} (before the reload: ${max})`);
+  await page.locator("#q-vcpus_total").fill("5");
+  await page.getByRole("button", { name: "Save the limits" }).click();
+  await page.waitForTimeout(300);
+  await mp.getByLabel("Name", { exact: true }).fill("quota-probe-2");
+  await until("the create form to follow the second edit", async () => (await side()).includes("5 of 5 vCPUs left"), 10000);
+} catch (e) {
+  problems.push(String((e && e.stack) || e));
+}
+await browser.close();
+if (problems.length) {
+  for (const p of problems) console.error("PROBLEM:", p);
+  process.exit(1);
+}
+console.log("all steps passed");
