@@ -139,8 +139,12 @@ try {
 
   step("open the serial console and run a command");
   const con = await a.newPage();
-  await con.goto(`${base}/vms/${vm}/console/serial`);
-  await until("the console to connect", () => con.evaluate(() => window.hostelConsole && window.hostelConsole.connected));
+  // From the VM's page, by its link, as a user gets there.
+  await con.goto(`${base}/vms/${vm}`);
+  await con.getByRole("link", { name: "Serial console" }).click();
+  await con.waitForURL(`**/vms/${vm}/console/serial`);
+  await until("the console to connect", () => con.evaluate(() => window.hostelConsole && window.hostelConsole.connected))
+    .catch(async (e) => { throw new Error(`${e.message}: ${await con.locator("#console-status").innerText()}`); });
   await audit(con, "/vms/NAME/console/serial");
   const screen = () => con.evaluate(() => {
     const b = window.hostelTerm.buffer.active;
@@ -164,7 +168,9 @@ try {
 
   step("open the VGA console and see a non-blank screen");
   const vga = await a.newPage();
-  await vga.goto(`${base}/vms/${vm}/console/vga`);
+  await vga.goto(`${base}/vms/${vm}`);
+  await vga.getByRole("link", { name: "VGA console" }).click();
+  await vga.waitForURL(`**/vms/${vm}/console/vga`);
   await until("VGA to connect", () => vga.evaluate(() => window.hostelConsole && window.hostelConsole.connected));
   await until("a non-blank screen", () => vga.evaluate(() => {
     const c = document.querySelector("#console canvas");
@@ -176,7 +182,6 @@ try {
   }), 60000);
   await audit(vga, "/vms/NAME/console/vga");
   // A serial console opened meanwhile is announced on the VGA page, which stays up.
-  await vga.waitForTimeout(1600);
   const con3 = await a.newPage();
   await con3.goto(`${base}/vms/${vm}/console/serial`);
   await until("the VGA page to be told", async () => (await vga.locator("#console-status").innerText()).includes("attached the serial console"), 10000);

@@ -1076,6 +1076,12 @@ pub struct LoginRequest {
     #[serde(default)]
     #[schema(minimum = 1, maximum = 3660)]
     pub expires_in_days: Option<u32>,
+    /// Make a browser session (what the web UI's login makes) instead of an API token:
+    /// the browser, as it will be listed among the user's sessions. A session ends after
+    /// an hour unused and twelve hours after the login.
+    #[serde(default)]
+    #[schema(max_length = 120)]
+    pub browser: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -1235,7 +1241,14 @@ pub enum VmEvent {
     Gone { id: String, name: String },
     /// Someone attached a console to a VM the caller may operate (consoles never take
     /// each other over: everyone attached stays connected).
-    Console { name: String, note: String },
+    Console {
+        name: String,
+        note: String,
+        /// The first 12 characters of the browser ticket that opened it (a console page
+        /// knows its own attach by it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ticket: Option<String>,
+    },
     /// The stream fell behind and missed changes: read the list again.
     Resync,
 }

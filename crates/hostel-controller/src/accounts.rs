@@ -76,6 +76,8 @@ impl Controller {
                     created_at: now(),
                 };
                 let file = self.cfg.data_dir.join(INITIAL_ADMIN_PASSWORD);
+                // A file left from another database could be anyone's: made anew, 0600.
+                let _ = std::fs::remove_file(&file);
                 write_private(&file, &format!("{password}\n"))?;
                 self.store.insert_user(&u).await?;
                 u
@@ -129,7 +131,13 @@ impl Controller {
             .user_by_id(&t.user_id)
             .await?
             .ok_or_else(|| unauthorized("the token's user no longer exists"))?;
-        let _ = self.store.touch_token(&t.id, now()).await;
+        // Last use to the minute: enough for the idle limit and the token list, without a
+        // write per request.
+        if t.last_used_at
+            .is_none_or(|l| l + time::Duration::minutes(1) <= now())
+        {
+            let _ = self.store.touch_token(&t.id, now()).await;
+        }
         Ok(Caller {
             group_ids: self.store.group_ids_of(&user.id).await?,
             user_id: user.id,
@@ -286,6 +294,20 @@ impl Controller {
         auth::check_password(&u.name, &req.password).map_err(|m| Invalid::new("password", m))?;
         let h = auth::hash_password(&req.password).map_err(|e| Error::from(anyhow::anyhow!(e)))?;
         self.store.set_user_password(&u.id, &h).await?;
+        // The password's browser sessions end with it (but the one changing it): a reset
+        // locks out whoever logged in with the old one. API tokens stay; revoke those
+        // with `hostel token revoke`.
+        let keep = (target == c.user_name).then_some(c.token_name.as_str());
+        for t in self.store.tokens_of(&u.id).await? {
+            if t.session.is_some() && t.revoked_at.is_none() && Some(t.name.as_str()) != keep {
+                self.store.revoke_token(&t.id, now()).await?;
+            }
+        }
+        self.recheck_consoles().await;
+        if u.name == ADMIN_USER {
+            // The first password is no longer the one in force.
+            let _ = std::fs::remove_file(self.cfg.data_dir.join(INITIAL_ADMIN_PASSWORD));
+        }
         Ok(())
     }
 
@@ -415,6 +437,15 @@ impl Controller {
     /// A browser session's token: named `web-` and a random tag, good for
     /// [`auth::SESSION_LIFETIME`] at most.
     async fn new_session(&self, user: &UserRecord, client: &str, source: &str) -> Res<NewToken> {
+        // Sessions that ended (revoked or expired) a day ago are forgotten here, so that
+        // logins do not pile rows up.
+        let day_ago = now() + time::Duration::days(-1);
+        for t in self.store.tokens_of(&user.id).await? {
+            let ended = t.revoked_at.or(t.expires_at).filter(|e| *e <= day_ago);
+            if t.session.is_some() && ended.is_some() {
+                self.store.delete_token(&t.id).await?;
+            }
+        }
         let id = new_id("tok");
         let secret = auth::new_secret();
         let name = format!("web-{}", &id[4..12]);
@@ -706,28 +737,13 @@ impl Controller {
     /// A failed login is a refusal of its address (`throttle.rs`): over its budget, the
     /// address's logins are refused before any password is checked, and tallied instead
     /// of recorded one by one.
+    /// A password login: an API token, or with `browser`, a browser session: a token
+    /// noted with the browser it was made from, that ends when idle for
+    /// [`auth::SESSION_IDLE`] and at most [`auth::SESSION_LIFETIME`] after the login.
+    /// Failures of either count towards the same lock-out.
     pub async fn login(&self, req: LoginRequest, source: &str) -> Res<NewToken> {
-        self.login_as(req, source, None).await
-    }
-
-    /// A password login for a browser: a session token, noted with the browser it was
-    /// made from (`client`), that ends when idle for [`auth::SESSION_IDLE`] and at
-    /// most [`auth::SESSION_LIFETIME`] after the login. Failures count towards the same
-    /// lock-out as the CLI's logins.
-    pub async fn login_session(
-        &self,
-        user: &str,
-        password: &str,
-        source: &str,
-        client: &str,
-    ) -> Res<NewToken> {
-        let req = LoginRequest {
-            user: user.into(),
-            password: password.into(),
-            token_name: None,
-            expires_in_days: None,
-        };
-        self.login_as(req, source, Some(client)).await
+        let browser = req.browser.clone();
+        self.login_as(req, source, browser.as_deref()).await
     }
 
     async fn login_as(

@@ -61,6 +61,13 @@ pub fn check_token(t: &TokenRecord, secret: &str, now: Timestamp) -> Result<(), 
     if !same(hash_secret(secret).as_bytes(), t.secret_hash.as_bytes()) {
         return Err("wrong API token");
     }
+    token_live(t, now)
+}
+
+/// Why a token (whatever its secret) no longer holds: revoked, expired, or a browser
+/// session idle too long. What opened with it (an event stream, a console) asks this
+/// again as it goes on.
+pub fn token_live(t: &TokenRecord, now: Timestamp) -> Result<(), &'static str> {
     if t.session.is_some() {
         if t.revoked_at.is_some() {
             return Err("this session was ended (logged out or revoked): log in again");

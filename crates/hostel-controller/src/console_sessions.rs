@@ -4,7 +4,6 @@
 //! browser, SSH). Each adapter selects on its session's `ended` channel.
 
 use crate::Controller;
-use hostel_store::Timestamp;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -50,6 +49,8 @@ pub struct AttachNote {
     pub session: u64,
     /// `alice attached the serial console (web)`.
     pub text: String,
+    /// The start of the browser ticket that opened it: how a console page knows its own.
+    pub ticket: Option<String>,
 }
 
 pub struct ConsoleSessions {
@@ -116,15 +117,8 @@ impl Drop for SessionGuard {
 }
 
 impl ConsoleSessions {
-    /// Registers a session and tells the VM's other sessions (and the event stream)
-    /// `note`, what was attached by whom.
-    pub fn open(
-        &self,
-        vm_id: &str,
-        user_id: &str,
-        credential: Credential,
-        note: String,
-    ) -> SessionGuard {
+    /// Registers a session (see [`Self::announce`] for telling the others).
+    pub fn open(&self, vm_id: &str, user_id: &str, credential: Credential) -> SessionGuard {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (end, ended) = watch::channel(None);
         let notes = self.notes.subscribe();
@@ -137,11 +131,6 @@ impl ConsoleSessions {
                 end,
             },
         );
-        let _ = self.notes.send(AttachNote {
-            vm_id: vm_id.to_string(),
-            session: id,
-            text: note,
-        });
         SessionGuard {
             id,
             vm_id: vm_id.to_string(),
@@ -149,6 +138,17 @@ impl ConsoleSessions {
             ended,
             notes: tokio::sync::Mutex::new(notes),
         }
+    }
+
+    /// Tells the VM's other sessions (and the event stream) `text`, what was attached
+    /// by whom, once the session is connected.
+    pub fn announce(&self, session: &SessionGuard, text: String, ticket: Option<String>) {
+        let _ = self.notes.send(AttachNote {
+            vm_id: session.vm_id.clone(),
+            session: session.id,
+            text,
+            ticket,
+        });
     }
 
     /// Follows console attaches on every VM.
@@ -181,13 +181,12 @@ impl Controller {
             Err(_) => return None,
         };
         let now = hostel_store::now();
-        let live = |expires: Option<Timestamp>| expires.is_none_or(|e| e > now);
         match credential {
             Credential::Token(name) => {
                 let tokens = self.store.tokens_of(user_id).await.ok()?;
                 let ok = tokens
                     .iter()
-                    .any(|t| &t.name == name && t.revoked_at.is_none() && live(t.expires_at));
+                    .any(|t| &t.name == name && crate::auth::token_live(t, now).is_ok());
                 if !ok {
                     return Some(format!(
                         "the API token {name:?} this console was opened with was revoked or expired"

@@ -103,6 +103,9 @@ fn kind_name(kind: ConsoleKind) -> &'static str {
     }
 }
 
+/// How much of a browser ticket names its console in the event stream.
+pub const TICKET_TAG: usize = 12;
+
 impl Controller {
     /// Opens the console of the VM `vm` (a name, or the id a ticket or SSH login named)
     /// for the actor, and records the attach, allowed or not.
@@ -113,6 +116,7 @@ impl Controller {
         kind: ConsoleKind,
         door: Door,
         detail: Option<String>,
+        ticket: Option<&str>,
     ) -> Res<Attached> {
         let found = match vm {
             VmRef::Name(n) => self.vm_named(ctx, n).await,
@@ -144,14 +148,14 @@ impl Controller {
                 kind_name(kind),
                 door.name()
             );
-            let session = self
-                .consoles
-                .open(&vm.id, &caller.user_id, credential, note);
+            let session = self.consoles.open(&vm.id, &caller.user_id, credential);
             let agent = self.host_agent(&vm)?;
             let upstream = match kind {
                 ConsoleKind::Serial => agent.console_socket(&vm.id).await?,
                 ConsoleKind::Vga => agent.vnc_socket(&vm.id).await?,
             };
+            let tag = ticket.map(|t| t.chars().take(TICKET_TAG).collect());
+            self.consoles.announce(&session, note, tag);
             Ok::<_, Error>(Attached {
                 vm_id: vm.id,
                 vm_name: vm.name,

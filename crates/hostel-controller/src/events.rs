@@ -23,8 +23,10 @@ struct Follower {
     /// is no longer visible is its `gone`.
     seen: HashMap<String, String>,
     /// When to look again whether the caller's token still holds (a revoked session's
-    /// stream ends).
+    /// stream ends) and which groups they are in.
     check: tokio::time::Interval,
+    /// Events found by a check, to send before waiting again.
+    pending: std::collections::VecDeque<VmEvent>,
 }
 
 /// How often a stream checks that its token was not revoked and has not expired.
@@ -51,6 +53,7 @@ impl Controller {
             changes,
             attaches,
             seen,
+            pending: Default::default(),
             check: tokio::time::interval_at(
                 tokio::time::Instant::now() + CREDENTIAL_CHECK,
                 CREDENTIAL_CHECK,
@@ -58,11 +61,15 @@ impl Controller {
         };
         Ok(futures::stream::unfold(f, |mut f| async move {
             loop {
+                if let Some(e) = f.pending.pop_front() {
+                    return Some((e, f));
+                }
                 let id = tokio::select! {
                     _ = f.check.tick() => {
                         if f.credential_gone().await {
                             return None;
                         }
+                        f.refresh_caller().await;
                         continue;
                     }
                     change = f.changes.recv() => match change {
@@ -73,7 +80,11 @@ impl Controller {
                     note = f.attaches.recv() => match note {
                         Ok(n) => match f.seen.get(&n.vm_id) {
                             Some(name) => {
-                                let event = VmEvent::Console { name: name.clone(), note: n.text };
+                                let event = VmEvent::Console {
+                                    name: name.clone(),
+                                    note: n.text,
+                                    ticket: n.ticket,
+                                };
                                 return Some((event, f));
                             }
                             None => continue,
@@ -91,8 +102,8 @@ impl Controller {
 }
 
 impl Follower {
-    /// Whether the token the stream was opened with was revoked or expired since (a
-    /// database that does not answer ends nothing).
+    /// Whether the token the stream was opened with no longer holds (revoked, expired,
+    /// an idle session); a database that does not answer ends nothing.
     async fn credential_gone(&self) -> bool {
         let Ok(caller) = self.ctx.caller() else {
             return false;
@@ -101,11 +112,42 @@ impl Follower {
             return false;
         };
         let now = hostel_store::now();
-        !tokens.iter().any(|t| {
-            t.name == caller.token_name
-                && t.revoked_at.is_none()
-                && t.expires_at.is_none_or(|e| e > now)
-        })
+        !tokens
+            .iter()
+            .any(|t| t.name == caller.token_name && crate::auth::token_live(t, now).is_ok())
+    }
+
+    /// Reads the caller's groups and admin flag again (a member removed from a group no
+    /// longer hears of its VMs), and tells which VMs left their view.
+    async fn refresh_caller(&mut self) {
+        let Ok(old) = self.ctx.caller() else {
+            return;
+        };
+        let (Ok(Some(user)), Ok(group_ids)) = (
+            self.c.store.user_by_id(&old.user_id).await,
+            self.c.store.group_ids_of(&old.user_id).await,
+        ) else {
+            return;
+        };
+        let caller = crate::context::Caller {
+            is_admin: user.is_admin,
+            group_ids,
+            ..old.clone()
+        };
+        self.ctx = Arc::new(Ctx::user(caller, self.ctx.source.clone()));
+        let ids: Vec<String> = self.seen.keys().cloned().collect();
+        for id in ids {
+            let visible = match self.c.store.vm_by_id(&id).await {
+                Ok(Some(vm)) => self.ctx.may_operate(&vm),
+                Ok(None) => false,
+                Err(_) => true,
+            };
+            if !visible {
+                if let Some(name) = self.seen.remove(&id) {
+                    self.pending.push_back(VmEvent::Gone { id, name });
+                }
+            }
+        }
     }
 
     /// What the caller is told of a change to VM `id`, if anything.

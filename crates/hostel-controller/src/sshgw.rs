@@ -257,6 +257,7 @@ impl Handler for Conn {
                 ConsoleKind::Serial,
                 Door::Ssh,
                 terminal,
+                None,
             )
             .await;
         let (ws, guard) = match attached {

@@ -50,7 +50,7 @@ impl Site {
             stops.push(Some(stop));
         }
         let api = hostel_controller::router(t.c.clone());
-        let app = hostel_web::router(t.c.clone(), api.clone()).merge(api);
+        let app = hostel_web::router(api.clone()).merge(api);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move {

@@ -17,20 +17,39 @@
     if (m) e.detail.headers["X-CSRF-Token"] = m.content;
   });
 
-  // Re-reads the live part of the page, keeping which VMs were chosen.
+  // Re-reads the live parts of the page: on a VM's page its facts and its state's
+  // buttons (never the forms, which may hold what the user is typing); on the list, the
+  // list, keeping which VMs are chosen. Bursts of events make one request at a time.
+  let again = false, running = false;
   function refresh() {
+    if (running) { again = true; return; }
     const m = main();
     if (!m || typeof htmx === "undefined") return;
+    running = true;
+    let parts;
     if (m.dataset.live === "list") {
-      const chosen = new Set(Array.from(m.querySelectorAll('input[name="vm"]:checked')).map((i) => i.value));
-      htmx.ajax("GET", location.pathname + location.search, { target: "#vm-list", select: "#vm-list", swap: "outerHTML" })
+      let chosen = new Set();
+      const keep = () => { chosen = new Set(Array.from(document.querySelectorAll('input[name="vm"]:checked')).map((i) => i.value)); };
+      document.addEventListener("htmx:beforeSwap", keep, { once: true });
+      parts = htmx.ajax("GET", location.pathname + location.search, { target: "#vm-list", select: "#vm-list", swap: "outerHTML" })
         .then(() => {
           for (const i of document.querySelectorAll('input[name="vm"]')) if (chosen.has(i.value)) i.checked = true;
         });
     } else if (m.dataset.live === "vm") {
-      htmx.ajax("GET", location.pathname, { target: "#vm-live", select: "#vm-live", swap: "outerHTML" });
+      const get = (id) => htmx.ajax("GET", location.pathname, { target: id, select: id, swap: "outerHTML" });
+      parts = get("#vm-facts").then(() => get("#vm-buttons"));
+    } else {
+      running = false;
+      return;
     }
+    parts.finally(() => {
+      running = false;
+      if (again) { again = false; setTimeout(refresh, 100); }
+    });
   }
+
+  // Whether the list is filtered (a VM that is not shown may not belong in it).
+  const filtered = () => /[?&](q|state|host|owner|after)=[^&]/.test(location.search);
 
   function mib(v) {
     if (v >= 1024 && v % 1024 === 0) return v / 1024 + " GiB";
@@ -57,7 +76,7 @@
     if (!m) return;
     if (m.dataset.live === "list") {
       const row = Array.from(m.querySelectorAll("tr[data-vm]")).find((r) => r.dataset.vm === vm.name);
-      if (!row) return refresh();
+      if (!row) return filtered() ? undefined : refresh();
       setState(row.querySelector('[data-field="state"]'), vm);
       const set = (f, v) => { const c = row.querySelector('[data-field="' + f + '"]'); if (c) c.textContent = v; };
       set("memory", mib(vm.memory_mib));
@@ -89,12 +108,12 @@
   }
 
   // Someone attached another console to the VM of the console on this page: say so
-  // (nobody is disconnected). This page's own attach comes first and is not news.
+  // (nobody is disconnected). This page's own attach (its ticket's) is not news.
   function onConsole(ev) {
     const m = main();
     const c = window.hostelConsole;
     if (!m || m.dataset.live !== "console" || m.dataset.vm !== ev.name) return;
-    if (!c || !c.connectedAt || Date.now() - c.connectedAt < 1500) return;
+    if (!c || !c.connected || (ev.ticket && ev.ticket === c.ticket)) return;
     const st = document.getElementById("console-status");
     if (st) st.textContent = "connected; " + ev.note + " (you stay connected)";
   }
@@ -106,26 +125,65 @@
     live.polling = true;
     setInterval(() => { if (document.visibilityState === "visible") refresh(); }, 5000);
   }
-  function follow() {
-    if (!("EventSource" in window)) return poll();
-    const es = new EventSource("/ui/events");
-    es.onopen = () => { failures = 0; live.connected = true; };
-    es.onerror = () => {
-      live.connected = false;
-      if (++failures >= 3) { es.close(); poll(); }
-    };
-    const on = (name, f) => es.addEventListener(name, (e) => {
-      live.events++;
-      try { f(JSON.parse(e.data)); } catch (err) { console.error("hostel event", err); }
-    });
-    on("changed", (ev) => onChanged(ev.vm));
-    on("gone", onGone);
-    on("console", onConsole);
-    on("resync", () => refresh());
+  function dispatch(type, data) {
+    live.events++;
+    try {
+      const ev = JSON.parse(data);
+      if (type === "changed") onChanged(ev.vm);
+      else if (type === "gone") onGone(ev);
+      else if (type === "console") onConsole(ev);
+      else if (type === "resync") refresh();
+    } catch (err) { console.error("hostel event", err); }
   }
 
+  // The session's one stream, shared by its tabs through a worker (see
+  // events-worker.js); a browser without shared workers opens its own.
+  function follow(csrf) {
+    const opened = () => { failures = 0; live.connected = true; };
+    const failed = (closed) => {
+      live.connected = false;
+      // A refusal (an ended session) closes the stream for good at once.
+      if (closed || ++failures >= 3) { stop(); poll(); }
+    };
+    let stop = () => {};
+    if ("SharedWorker" in window) {
+      const w = new SharedWorker("/ui/events-worker.js", { name: "hostel-events-" + csrf });
+      w.port.onmessage = (m) => {
+        const d = m.data;
+        if (d.type === "open") opened();
+        else if (d.type === "error") failed(d.closed);
+        else dispatch(d.type, d.data);
+      };
+      w.port.start();
+      addEventListener("pagehide", () => w.port.postMessage("bye"));
+      stop = () => w.port.postMessage("bye");
+      return;
+    }
+    if (!("EventSource" in window)) return poll();
+    const es = new EventSource("/ui/events");
+    stop = () => es.close();
+    es.onopen = opened;
+    es.onerror = () => failed(es.readyState === EventSource.CLOSED);
+    for (const name of ["changed", "gone", "console", "resync"]) {
+      es.addEventListener(name, (e) => dispatch(name, e.data));
+    }
+  }
+
+  // After a page swapped in by a boosted link or form: focus the first field in error,
+  // else the page's main part, and say its message (a new live region is not read).
+  document.addEventListener("htmx:afterSettle", (e) => {
+    if (!e.detail.boosted) return;
+    const bad = document.querySelector('[aria-invalid="true"]');
+    const m = main();
+    if (bad) bad.focus();
+    else if (m) m.focus({ preventScroll: true });
+    const f = document.querySelector("#flash .flash");
+    if (f) announce(f.textContent.trim());
+  });
+
   function start() {
-    if (document.querySelector('meta[name="csrf-token"]')) follow();
+    const csrf = document.querySelector('meta[name="csrf-token"]');
+    if (csrf) follow(csrf.content);
   }
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
   else start();

@@ -33,9 +33,6 @@ impl ApiError {
     pub fn message(&self) -> &str {
         &self.body.message
     }
-    pub fn not_found(&self) -> bool {
-        self.status == StatusCode::NOT_FOUND
-    }
     pub fn unauthorized(&self) -> bool {
         self.status == StatusCode::UNAUTHORIZED
     }
@@ -44,18 +41,7 @@ impl ApiError {
 pub type ApiResult<T> = Result<T, ApiError>;
 
 /// Encodes one path segment (a name typed by a user may hold anything).
-pub fn seg(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(b as char)
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
-}
+pub use hostel_api::agent::endpoints::encode_segment as seg;
 
 /// Encodes a query string from pairs, leaving out empty values.
 pub fn query(pairs: &[(&str, Option<&str>)]) -> String {

@@ -21,6 +21,16 @@ const FILES: &[(&str, &str, &str)] = &[
         "text/javascript; charset=utf-8",
         include_str!("../assets/console.js"),
     ),
+    (
+        "events-worker.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../assets/events-worker.js"),
+    ),
+    (
+        "icon.svg",
+        "image/svg+xml",
+        include_str!("../assets/icon.svg"),
+    ),
 ];
 
 pub async fn serve(Path(file): Path<String>) -> Response {

@@ -13,22 +13,20 @@ pub mod session;
 
 use axum::routing::{get, post};
 use axum::Router;
-use hostel_controller::Controller;
 use std::sync::Arc;
 
 /// The largest form read (the create form with a few SSH keys is a few kilobytes).
 pub const FORM_LIMIT: usize = 256 * 1024;
 
-/// What every page handler has: the controller (for logins) and the API router.
+/// What every page handler has: the API's router, called in-process.
 pub struct Web {
-    pub c: Arc<Controller>,
     pub api: Router,
 }
 
 /// The web UI's routes, to merge with the API's (`api` is that router, which the pages
 /// call in-process).
-pub fn router(c: Arc<Controller>, api: Router) -> Router {
-    let web = Arc::new(Web { c, api });
+pub fn router(api: Router) -> Router {
+    let web = Arc::new(Web { api });
     Router::new()
         .route("/", get(pages::home))
         .route("/login", get(pages::login::form).post(pages::login::submit))
@@ -43,6 +41,10 @@ pub fn router(c: Arc<Controller>, api: Router) -> Router {
         .route("/vms/{name}", get(pages::vm::show))
         .route("/vms/{name}/do/{action}", post(pages::vm::act))
         .route("/vms/{name}/console/{kind}", get(pages::vm::console))
+        .route(
+            "/vms/{name}/console/{kind}/ticket",
+            post(pages::vm::console_ticket),
+        )
         .route("/vms/{name}/graphs", get(pages::graphs::fragment))
         .merge(pages::account::routes())
         .merge(pages::admin::routes())

@@ -1,7 +1,7 @@
 //! Browser sessions: the cookie, who it is (asked of the API), the CSRF token every
 //! state-changing request carries, and the one-shot message a page shows after a form.
 //!
-//! The cookie holds a session token made by `Controller::login_session`: an API token
+//! The cookie holds a session token made by the API's login (with `browser`): an API token
 //! that also ends after an hour idle and twelve hours after login, listed among the
 //! user's tokens (with its browser) and revocable like one. It is `HttpOnly`,
 //! `SameSite=Lax`, and `Secure` with the `__Host-` prefix wherever the browser treats the
@@ -100,7 +100,7 @@ pub fn peer_of(parts: &Parts) -> SocketAddr {
 }
 
 /// Where a request that needs a login is sent: the login page, then back here.
-fn to_login(parts: &Parts, why: Option<&str>) -> Response {
+fn to_login(parts: &Parts, ended: bool) -> Response {
     let here = if parts.method == Method::GET {
         parts
             .uri
@@ -118,14 +118,18 @@ fn to_login(parts: &Parts, why: Option<&str>) -> Response {
             .unwrap_or("/")
     };
     let mut to = format!("/login?next={}", crate::api::seg(here));
-    if let Some(why) = why {
-        to.push_str(&format!("&why={}", crate::api::seg(why)));
+    if ended {
+        to.push_str("&why=ended");
     }
-    let mut r = Redirect::to(&to).into_response();
-    // An htmx request follows the login page as a whole page, not into a fragment.
-    r.headers_mut()
-        .insert("hx-redirect", to.parse().expect("an ASCII path"));
-    r
+    // An htmx request (a poll, a preview) is not followed to the login page into a
+    // fragment: htmx is told to load it as the whole page.
+    if parts.headers.contains_key("hx-request") {
+        let mut r = axum::http::StatusCode::UNAUTHORIZED.into_response();
+        r.headers_mut()
+            .insert("hx-redirect", to.parse().expect("an ASCII path"));
+        return r;
+    }
+    Redirect::to(&to).into_response()
 }
 
 impl<S> FromRequestParts<S> for Session
@@ -138,7 +142,7 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let web = Arc::<Web>::from_ref(state);
         let Some(token) = token_of(&parts.headers) else {
-            return Err(to_login(parts, None));
+            return Err(to_login(parts, false));
         };
         let api = Api::new(web.api.clone(), token.clone(), peer_of(parts));
         match api.get::<WhoAmI>("/api/v1/whoami").await {
@@ -148,7 +152,7 @@ where
                 csrf: csrf_of(&token),
             }),
             Err(e) if e.unauthorized() => {
-                let mut r = to_login(parts, Some(e.message()));
+                let mut r = to_login(parts, true);
                 r.headers_mut().append(
                     "set-cookie",
                     session_cookie(&parts.headers, None).parse().expect("ASCII"),
@@ -177,6 +181,20 @@ impl Refusal {
     }
 }
 
+/// Whether a request says it comes from a page of another site (its `Origin` is not
+/// this `Host`). Browsers send `Origin` with every POST.
+pub fn from_elsewhere(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get("origin").and_then(|o| o.to_str().ok()) else {
+        return false;
+    };
+    let host = headers
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let origin_host = origin.split_once("://").map(|(_, h)| h).unwrap_or(origin);
+    origin != "null" && origin_host != host
+}
+
 /// A form posted by a logged-in user, after its CSRF token (field `csrf` or header
 /// `X-CSRF-Token`) and, when the browser sends one, its `Origin` were checked.
 pub struct Form<T> {
@@ -197,18 +215,10 @@ where
         let session = Session::from_request_parts(&mut parts, state).await?;
         let refuse =
             |why: &str| Refusal::new(axum::http::StatusCode::FORBIDDEN, why).into_response();
-        if let Some(origin) = parts.headers.get("origin").and_then(|o| o.to_str().ok()) {
-            let host = parts
-                .headers
-                .get("host")
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("");
-            let origin_host = origin.split_once("://").map(|(_, h)| h).unwrap_or(origin);
-            if origin != "null" && origin_host != host {
-                return Err(refuse(
-                    "this form was sent from another site: it was refused",
-                ));
-            }
+        if from_elsewhere(&parts.headers) {
+            return Err(refuse(
+                "this form was sent from another site: it was refused",
+            ));
         }
         let bytes = axum::body::to_bytes(body, crate::FORM_LIMIT)
             .await
@@ -268,8 +278,20 @@ impl Flash {
     }
 
     pub fn cookie(&self) -> String {
-        let v = format!("{}{}", if self.ok { 'o' } else { 'e' }, self.text);
-        let v: String = crate::api::seg(&v).chars().take(3000).collect();
+        // A cookie holds about 4 KiB: the text is cut (at a character, with a mark) so
+        // that its encoding fits.
+        let mut v = crate::api::seg(&format!("{}{}", if self.ok { 'o' } else { 'e' }, self.text));
+        if v.len() > 3000 {
+            let (mut text, mut len) = (String::new(), 0);
+            for c in self.text.chars() {
+                len += crate::api::seg(c.encode_utf8(&mut [0u8; 4])).len();
+                if len > 2980 {
+                    break;
+                }
+                text.push(c);
+            }
+            v = crate::api::seg(&format!("{}{text}\n…", if self.ok { 'o' } else { 'e' }));
+        }
         format!("{FLASH_COOKIE}={v}; Path=/; HttpOnly; SameSite=Lax; Max-Age=60")
     }
 
@@ -338,6 +360,17 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("cookie", value.parse().unwrap());
         assert_eq!(Flash::from_headers(&h), Some(f));
+    }
+
+    #[test]
+    fn a_long_flash_is_cut_to_fit_its_cookie() {
+        let f = Flash::ok("vm-ä: started\n".repeat(400));
+        let set = f.cookie();
+        assert!(set.len() < 3200, "{}", set.len());
+        let mut h = HeaderMap::new();
+        h.insert("cookie", set.split(';').next().unwrap().parse().unwrap());
+        let back = Flash::from_headers(&h).unwrap();
+        assert!(back.text.ends_with('…') && back.text.starts_with("vm-ä: started\n"));
     }
 
     #[test]

@@ -376,7 +376,7 @@ pub async fn up(opts: UpOptions) -> Result<()> {
 
     let mut rx = stop_rx.clone();
     let api = hostel_controller::router(controller.clone());
-    let app = hostel_web::router(controller.clone(), api.clone()).merge(api);
+    let app = hostel_web::router(api.clone()).merge(api);
     // TCP_NODELAY, so that a response's last small segment does not wait for an ACK.
     let listener = axum::serve::ListenerExt::tap_io(listener, |s| {
         let _ = s.set_nodelay(true);

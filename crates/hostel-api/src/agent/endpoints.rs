@@ -64,7 +64,7 @@ impl PathParams for VmId {
 
 /// `s` as one path segment: bytes other than ASCII letters, digits and `-._~` are
 /// percent-encoded.
-fn encode_segment(s: &str) -> String {
+pub fn encode_segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {

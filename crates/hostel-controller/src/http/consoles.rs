@@ -37,6 +37,7 @@ pub(super) async fn console(
             ConsoleKind::Serial,
             Door::Api,
             None,
+            None,
         )
         .await?;
     Ok(ws.on_upgrade(move |socket| {
@@ -85,8 +86,25 @@ async fn bridge(client: WebSocket, upstream: Upstream, session: &SessionGuard, k
     let revoked = async {
         let note = session.revoked().await;
         let mut c = ctx.lock().await;
-        let _ = c.send(Message::Binary(note.into_bytes().into())).await;
-        let _ = c.send(Message::Close(None)).await;
+        // A VGA stream carries the VNC protocol: the reason goes in the close frame only.
+        if kind == ConsoleKind::Serial {
+            let _ = c
+                .send(Message::Binary(note.clone().into_bytes().into()))
+                .await;
+        }
+        // A close frame's reason holds 123 bytes.
+        let mut reason = String::new();
+        for ch in note.trim().chars() {
+            if reason.len() + ch.len_utf8() > 120 {
+                break;
+            }
+            reason.push(ch);
+        }
+        let frame = axum::extract::ws::CloseFrame {
+            code: 1008,
+            reason: reason.into(),
+        };
+        let _ = c.send(Message::Close(Some(frame))).await;
     };
     let attaches = async {
         if kind != ConsoleKind::Serial {
@@ -258,6 +276,7 @@ pub(super) async fn console_ws(
             t.kind,
             Door::Web,
             None,
+            Some(&q.ticket),
         )
         .await?;
     let kind = t.kind;

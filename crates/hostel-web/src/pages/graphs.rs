@@ -179,9 +179,20 @@ struct GraphsFragment {
 }
 
 /// The graphs alone, for the page's periodic refresh.
-pub async fn fragment(s: Session, _h: HeaderMap, Path(name): Path<String>) -> Response {
+pub async fn fragment(s: Session, Path(name): Path<String>) -> Response {
+    use axum::response::IntoResponse;
     let Some(g) = Graphs::load(&s.api, &name).await else {
-        return super::refusal(StatusCode::NOT_FOUND, "no such VM");
+        // 286 tells htmx to stop polling: the VM is gone (or cannot be read now).
+        let stopped = "<div id=\"graphs\" class=\"graphs\"><p class=\"hint\">The graphs \
+                       stopped: the VM is gone or its use could not be read; reload the page \
+                       to try again.</p></div>";
+        let status = StatusCode::from_u16(286).expect("a valid status");
+        return (
+            status,
+            [("content-type", "text/html; charset=utf-8")],
+            stopped,
+        )
+            .into_response();
     };
     let layout = Layout::new(&s, &HeaderMap::new(), "graphs", "vms");
     super::render(StatusCode::OK, &layout, &GraphsFragment { g }, super::CSP)

@@ -1,4 +1,4 @@
-//! Logging in and out. A login makes a session token (`Controller::login_session`):
+//! Logging in and out. A login makes a session token (the API's login with `browser`):
 //! failures count towards the same lock-out as the CLI's, and the audit trail has
 //! each attempt. After a login the browser goes to the page it asked for.
 
@@ -25,18 +25,28 @@ struct LoginPage {
     error: Option<String>,
 }
 
-/// Only a path on this site is a place to go after login (never another site).
+/// Only a path on this site is a place to go after login (never another site): it
+/// starts with one `/`, and holds only characters a URL path and query keep as they are
+/// (browsers drop tabs and newlines, so `/\t/evil.example` would lead away).
 fn safe_next(next: Option<&str>) -> String {
+    let plain = |n: &str| {
+        n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/-._~%?&=+,:@!$'()*;".contains(&b))
+    };
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.into(),
+        Some(n) if n.starts_with('/') && !n.starts_with("//") && plain(n) => n.into(),
         _ => "/vms".into(),
     }
 }
 
 pub async fn form(headers: HeaderMap, Query(q): Query<LoginQuery>) -> Response {
     let mut layout = Layout::anonymous(&headers, "Log in");
-    if let Some(why) = q.why {
-        layout.flash = Some(Flash::err(why));
+    // A code, never text from the link: the login page says only what Hostel says.
+    if q.why.as_deref() == Some("ended") {
+        layout.flash = Some(Flash::err(
+            "Your session has ended (logged out, revoked, an hour unused, or twelve hours \
+             old): log in again.",
+        ));
     }
     let p = LoginPage {
         next: safe_next(q.next.as_deref()),
@@ -58,6 +68,13 @@ pub struct LoginForm {
 pub async fn submit(State(web): W, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let headers = parts.headers.clone();
+    // Another site may not log this browser in (to an account of its choosing).
+    if crate::session::from_elsewhere(&headers) {
+        return super::refusal(
+            StatusCode::FORBIDDEN,
+            "this login was sent from another site: it was refused",
+        );
+    }
     let peer = peer_of(&parts);
     let bytes = match axum::body::to_bytes(body, crate::FORM_LIMIT).await {
         Ok(b) => b,
@@ -72,10 +89,17 @@ pub async fn submit(State(web): W, req: Request) -> Response {
         .and_then(|v| v.to_str().ok())
         .map(browser_name)
         .unwrap_or("a browser");
-    let source = peer.ip().to_string();
-    match web
-        .c
-        .login_session(&f.user, &f.password, &source, client)
+    // Through the API's login, as the CLI's: the same checks, lock-out and audit.
+    let api = crate::api::Api::new(web.api.clone(), String::new(), peer);
+    let req = hostel_api::public::LoginRequest {
+        user: f.user.clone(),
+        password: f.password,
+        token_name: None,
+        expires_in_days: None,
+        browser: Some(client.to_string()),
+    };
+    match api
+        .post::<_, hostel_api::public::NewToken>("/api/v1/login", &req)
         .await
     {
         Ok(t) => {
@@ -89,20 +113,14 @@ pub async fn submit(State(web): W, req: Request) -> Response {
             r
         }
         Err(e) => {
-            let status = match e {
-                hostel_controller::error::Error::RateLimited { .. } => {
-                    StatusCode::TOO_MANY_REQUESTS
-                }
-                _ => StatusCode::UNAUTHORIZED,
-            };
             let layout = Layout::anonymous(&HeaderMap::new(), "Log in");
             let p = LoginPage {
                 next,
                 user: f.user,
-                error: Some(e.message()),
+                error: Some(e.message().to_string()),
                 layout,
             };
-            super::render(status, &p.layout, &p, super::CSP)
+            super::render(e.status, &p.layout, &p, super::CSP)
         }
     }
 }
@@ -139,4 +157,26 @@ pub async fn logout(headers: HeaderMap, f: Form<serde::de::IgnoredAny>) -> Respo
         session_cookie(&headers, None).parse().expect("ASCII"),
     );
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe_next;
+
+    #[test]
+    fn after_login_only_paths_of_this_site() {
+        assert_eq!(safe_next(Some("/vms/web?x=1&y=%20")), "/vms/web?x=1&y=%20");
+        for bad in [
+            "//evil.example",
+            "/\t/evil.example",
+            "/\\evil",
+            "https://evil.example",
+            "/a\nb",
+            "/ x",
+            "vms",
+        ] {
+            assert_eq!(safe_next(Some(bad)), "/vms", "{bad:?}");
+        }
+        assert_eq!(safe_next(None), "/vms");
+    }
 }

@@ -58,7 +58,7 @@ impl Layout {
             user: s.me.user.clone(),
             admin: s.me.admin,
             csrf: s.csrf.clone(),
-            flash: Flash::from_headers(headers),
+            flash: shown_flash(headers),
         }
     }
 
@@ -70,8 +70,19 @@ impl Layout {
             user: String::new(),
             admin: false,
             csrf: String::new(),
-            flash: Flash::from_headers(headers),
+            flash: shown_flash(headers),
         }
+    }
+}
+
+/// The one-shot message for a page the browser shows as a page: a poll or a preview
+/// (htmx, not boosted) neither shows nor spends it.
+fn shown_flash(headers: &HeaderMap) -> Option<Flash> {
+    let fragment = headers.contains_key("hx-request") && !headers.contains_key("hx-boosted");
+    if fragment {
+        None
+    } else {
+        Flash::from_headers(headers)
     }
 }
 

@@ -180,6 +180,9 @@ pub struct ActionForm {
     owner: String,
     #[serde(default)]
     admin_group: String,
+    /// The administrator group the page showed: sent on only when changed.
+    #[serde(default)]
+    admin_group_was: String,
     #[serde(default)]
     force: Option<String>,
 }
@@ -336,7 +339,10 @@ fn call_for(action: &str, f: &ActionForm) -> Result<(Call, String), String> {
         "share" => (
             Call::Post(
                 "owner",
-                json!({"owner": f.owner, "admin_group": f.admin_group}),
+                json!({
+                    "owner": f.owner,
+                    "admin_group": (f.admin_group != f.admin_group_was).then_some(&f.admin_group),
+                }),
             ),
             "has its sharing changed".into(),
         ),
@@ -373,31 +379,38 @@ struct ConsolePage {
     layout: Layout,
     vm: String,
     kind: &'static str,
-    websocket: String,
 }
 
-/// A console, embedded: the page asks the API for a single-use ticket as the user and
-/// hands its websocket to the console script.
+fn console_kind(kind: &str) -> Option<&'static str> {
+    match kind {
+        "serial" => Some("serial"),
+        "vga" => Some("vga"),
+        _ => None,
+    }
+}
+
+/// A console's page. It attaches nothing by itself (a link from another site must not
+/// open a console): its script asks for a ticket with the page's CSRF token
+/// ([`console_ticket`]), then opens the websocket.
 pub async fn console(
     s: Session,
     headers: HeaderMap,
     Path((name, kind)): Path<(String, String)>,
 ) -> Response {
-    let kind = match kind.as_str() {
-        "serial" => "serial",
-        "vga" => "vga",
-        _ => {
-            return super::refusal(
-                axum::http::StatusCode::NOT_FOUND,
-                "a VM has a serial and a VGA console",
-            )
-        }
+    let Some(kind) = console_kind(&kind) else {
+        return super::refusal(
+            axum::http::StatusCode::NOT_FOUND,
+            "a VM has a serial and a VGA console",
+        );
     };
-    let path = format!("/api/v1/vms/{}/console/ticket", seg(&name));
-    let t: ConsoleTicket = match s.api.post(&path, &json!({"console": kind})).await {
-        Ok(t) => t,
-        Err(e) => return back_err(&format!("/vms/{}", seg(&name)), &e),
-    };
+    // The VM must be one the user may operate (else the same 404 as any missing VM).
+    if let Err(e) = s
+        .api
+        .get::<Value>(&format!("/api/v1/vms/{}", seg(&name)))
+        .await
+    {
+        return super::error_page(&e);
+    }
     let title = format!(
         "{} console of {name}",
         if kind == "vga" { "VGA" } else { "Serial" }
@@ -406,7 +419,6 @@ pub async fn console(
     let p = ConsolePage {
         vm: name,
         kind,
-        websocket: t.websocket,
         layout,
     };
     super::render(
@@ -415,4 +427,26 @@ pub async fn console(
         &p,
         super::CONSOLE_CSP,
     )
+}
+
+/// A single-use console ticket for the page's script (a CSRF-checked POST): the API's
+/// answer as JSON, or its error with its status.
+pub async fn console_ticket(
+    Path((name, kind)): Path<(String, String)>,
+    f: Form<serde::de::IgnoredAny>,
+) -> Response {
+    use axum::response::IntoResponse;
+    let Some(kind) = console_kind(&kind) else {
+        return (axum::http::StatusCode::NOT_FOUND, "no such console").into_response();
+    };
+    let path = format!("/api/v1/vms/{}/console/ticket", seg(&name));
+    match f
+        .session
+        .api
+        .post::<_, ConsoleTicket>(&path, &json!({"console": kind}))
+        .await
+    {
+        Ok(t) => axum::Json(t).into_response(),
+        Err(e) => (e.status, axum::Json(e.body)).into_response(),
+    }
 }

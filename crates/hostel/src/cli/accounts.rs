@@ -634,6 +634,7 @@ async fn login(
             password,
             token_name: None,
             expires_in_days: Some(days),
+            browser: None,
         })
         .send()
         .await
