@@ -50,7 +50,10 @@ fn parse_args() -> Result<Args> {
             "--create-runs" => a.create_runs = it.next().context("--create-runs N")?.parse()?,
             "--only" => match it.next().as_deref() {
                 Some("create-latency") => a.only = Some("create-latency".into()),
-                other => bail!("--only {other:?}: the one part that runs alone is create-latency"),
+                Some("web") => a.only = Some("web".into()),
+                other => {
+                    bail!("--only {other:?}: the parts that run alone are create-latency and web")
+                }
             },
             other => {
                 bail!(
@@ -298,6 +301,16 @@ pub(crate) struct Row {
 fn main() -> Result<()> {
     let args = parse_args()?;
     let mut d = Daemon::start(&args.hostel)?;
+    if args.only.as_deref() == Some("web") {
+        let rows = web_alone(&mut d)?;
+        let table = table(&rows);
+        print!("{table}");
+        if let Some(out) = &args.out {
+            let command = std::env::var("HOSTEL_BENCH_COMMAND").unwrap_or_default();
+            std::fs::write(out, format!("Command: `{command}`\n\n{table}"))?;
+        }
+        return Ok(());
+    }
     let lv = Libvirt::start()?;
     if args.only.is_some() {
         let rows = latency::rows(&d, &lv, args.create_runs)?;
@@ -584,9 +597,34 @@ fn main() -> Result<()> {
     write_out(&args, &d, &lv, &rows)
 }
 
-/// Prints the table and, with `--out`, writes it as the benchmarks document with the plot's
-/// data beside it.
-fn write_out(args: &Args, d: &Daemon, lv: &Libvirt, rows: &[Row]) -> Result<()> {
+/// The web UI's rows alone (`--only web`): 20 simulated hosts, 1,000 VMs, one of them
+/// on a simulated host to start and stop.
+fn web_alone(d: &mut Daemon) -> Result<Vec<Row>> {
+    let (hosts, vms) = (20, 1_000);
+    let mut sim = SimFleet::start(d, hosts)?;
+    for url in &sim.urls {
+        d.cli(&["host", "add", url])?;
+    }
+    fleet_records(d, &sim, 0, vms)?;
+    d.cli(&[
+        "create",
+        "webbench0",
+        "--kernel",
+        "/simulated/vmlinuz",
+        "--memory",
+        "512M",
+        "--disk",
+        "1G",
+        "--no-start",
+        "--no-network",
+    ])?;
+    let rows = web::web(d, vms, 10, "webbench0");
+    let _ = sim.child.kill();
+    let _ = sim.child.wait();
+    rows
+}
+
+fn table(rows: &[Row]) -> String {
     let mut table = String::from(
         "| measurement | Hostel | peer | ratio | budget |\n| --- | --- | --- | --- | --- |\n",
     );
@@ -596,6 +634,13 @@ fn write_out(args: &Args, d: &Daemon, lv: &Libvirt, rows: &[Row]) -> Result<()> 
             r.what, r.hostel, r.peer, r.ratio, r.budget
         ));
     }
+    table
+}
+
+/// Prints the table and, with `--out`, writes it as the benchmarks document with the plot's
+/// data beside it.
+fn write_out(args: &Args, d: &Daemon, lv: &Libvirt, rows: &[Row]) -> Result<()> {
+    let table = table(rows);
     print!("{table}");
     if let Some(out) = &args.out {
         let machine = format!(

@@ -99,12 +99,18 @@ impl Store {
     }
 
     pub async fn insert_disk(&self, d: &DiskRecord) -> Result<()> {
-        self.insert(d).await
+        self.insert(d).await?;
+        self.vm_changed(&d.vm_id);
+        Ok(())
     }
 
     pub async fn delete_disk(&self, id: &str) -> Result<()> {
+        let vm = self.vm_of("disks", id).await?;
         self.execute("DELETE FROM disks WHERE id = $1", binds![id])
             .await?;
+        if let Some(vm) = vm {
+            self.vm_changed(&vm);
+        }
         Ok(())
     }
 
@@ -114,11 +120,16 @@ impl Store {
             binds![id, size_mib],
         )
         .await?;
+        if let Some(vm) = self.vm_of("disks", id).await? {
+            self.vm_changed(&vm);
+        }
         Ok(())
     }
 
     pub async fn insert_snapshot(&self, s: &SnapshotRecord) -> Result<()> {
-        self.insert(s).await
+        self.insert(s).await?;
+        self.vm_changed(&s.vm_id);
+        Ok(())
     }
 
     pub async fn snapshots_of(&self, vm_id: &str) -> Result<Vec<SnapshotRecord>> {
@@ -133,8 +144,12 @@ impl Store {
     }
 
     pub async fn delete_snapshot(&self, id: &str) -> Result<()> {
+        let vm = self.vm_of("snapshots", id).await?;
         self.execute("DELETE FROM snapshots WHERE id = $1", binds![id])
             .await?;
+        if let Some(vm) = vm {
+            self.vm_changed(&vm);
+        }
         Ok(())
     }
 }

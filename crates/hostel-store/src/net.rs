@@ -193,7 +193,9 @@ impl Store {
     }
 
     pub async fn insert_nic(&self, n: &NicRecord) -> Result<()> {
-        self.insert(n).await
+        self.insert(n).await?;
+        self.vm_changed(&n.vm_id);
+        Ok(())
     }
 
     /// The names of the VMs that have NICs, by VM id.
@@ -230,6 +232,7 @@ impl Store {
     }
 
     pub async fn delete_nic(&self, id: &str) -> Result<()> {
+        let vm = self.vm_of("nics", id).await?;
         let mut tx = self.pool().begin().await?;
         for sql in [
             "DELETE FROM port_forwards WHERE nic_id = $1",
@@ -238,11 +241,16 @@ impl Store {
             execute_on(&mut tx, sql, binds![id]).await?;
         }
         tx.commit().await?;
+        if let Some(vm) = vm {
+            self.vm_changed(&vm);
+        }
         Ok(())
     }
 
     pub async fn insert_forward(&self, f: &ForwardRecord) -> Result<()> {
-        self.insert(f).await
+        self.insert(f).await?;
+        self.vm_changed(&f.vm_id);
+        Ok(())
     }
 
     pub async fn forwards(&self) -> Result<Vec<ForwardRecord>> {
@@ -254,8 +262,12 @@ impl Store {
     }
 
     pub async fn delete_forward(&self, id: &str) -> Result<()> {
+        let vm = self.vm_of("port_forwards", id).await?;
         self.execute("DELETE FROM port_forwards WHERE id = $1", binds![id])
             .await?;
+        if let Some(vm) = vm {
+            self.vm_changed(&vm);
+        }
         Ok(())
     }
 }

@@ -330,6 +330,18 @@ pub(crate) async fn insert_on<T: Record>(conn: &mut AnyConnection, r: &T) -> Res
 }
 
 impl Store {
+    /// The VM a row of one of its parts (`nics`, `port_forwards`, `disks`, `snapshots`)
+    /// belongs to.
+    pub(crate) async fn vm_of(&self, table: &'static str, id: &str) -> Result<Option<String>> {
+        let row: Option<(String, String)> = self
+            .fetch_optional(
+                &format!("SELECT vm_id, id FROM {table} WHERE id = $1"),
+                binds![id],
+            )
+            .await?;
+        Ok(row.map(|(vm, _)| vm))
+    }
+
     pub(crate) async fn fetch_all<T: FromRow>(
         &self,
         sql: &str,

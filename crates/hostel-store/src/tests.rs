@@ -311,8 +311,16 @@ async fn networks_nics_and_forwards(url: &str) {
         host_port: 8080,
         guest_port: 80,
     };
+    // Each write to a VM's parts tells the VM's followers (the live views).
+    let mut changes = s.follow_vm_changes();
     s.insert_forward(&fwd).await.unwrap();
-    assert_eq!(s.forwards().await.unwrap(), vec![fwd]);
+    assert_eq!(s.forwards().await.unwrap(), vec![fwd.clone()]);
+    s.delete_forward(&fwd.id).await.unwrap();
+    s.insert_forward(&fwd).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(changes.try_recv().unwrap(), v.id, "a forward's VM is told");
+    }
+    assert!(changes.try_recv().is_err());
     assert_eq!(
         s.delete_network_if_unused(&net.id).await.unwrap(),
         vec!["a".to_string()]

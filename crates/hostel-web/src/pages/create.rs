@@ -171,7 +171,7 @@ async fn render(
         .iter()
         .map(|i| Choice {
             value: i.name.clone(),
-            label: format!("{} ({}, {})", i.name, kind_name(i.kind), size(i.size_bytes)),
+            label: format!("{} ({}, {})", i.name, i.kind.as_str(), size(i.size_bytes)),
             disabled: match disk_left {
                 Some(left)
                     if i.kind == ImageKind::Disk && i.size_bytes.div_ceil(1 << 20) > left =>
@@ -230,10 +230,6 @@ async fn render(
         axum::http::StatusCode::OK
     };
     super::render(status, &p.layout, &p, super::CSP)
-}
-
-fn kind_name(k: ImageKind) -> &'static str {
-    k.as_str()
 }
 
 fn size(bytes: u64) -> String {

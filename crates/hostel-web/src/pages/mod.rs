@@ -107,7 +107,6 @@ pub fn render<T: Template>(status: StatusCode, layout: &Layout, t: &T, csp: &str
             ("cache-control", "no-store"),
             ("x-content-type-options", "nosniff"),
             ("referrer-policy", "same-origin"),
-            ("vary", "HX-Request"),
         ],
         body,
     )

@@ -67,8 +67,10 @@ struct VmsPage {
     states: Vec<&'static str>,
     hosts: Vec<String>,
     owners: Vec<String>,
-    /// The name to continue after, when more VMs follow.
+    /// The link to the next page, when more VMs follow.
     next: Option<String>,
+    /// This page with its filters (where a bulk action comes back to).
+    here: String,
     total_shown: usize,
 }
 
@@ -86,8 +88,21 @@ pub async fn list(s: Session, headers: HeaderMap, Query(q): Query<ListQuery>) ->
         Ok(v) => v,
         Err(e) => return super::error_page(&e),
     };
+    let page_url = |after: &str| {
+        format!(
+            "/vms{}",
+            query(&[
+                ("q", Some(&q.q)),
+                ("state", Some(&q.state)),
+                ("host", Some(&q.host)),
+                ("owner", Some(&q.owner)),
+                ("after", Some(after)),
+            ])
+        )
+    };
+    let here = page_url(&q.after);
     let next = (vms.len() == PAGE)
-        .then(|| vms.last().map(|v| v.name.clone()))
+        .then(|| vms.last().map(|v| page_url(&v.name)))
         .flatten();
     let mut owners: Vec<String> = vms.iter().filter_map(|v| v.owner.clone()).collect();
     owners.sort();
@@ -117,6 +132,7 @@ pub async fn list(s: Session, headers: HeaderMap, Query(q): Query<ListQuery>) ->
     );
     let p = VmsPage {
         total_shown: rows.len(),
+        here,
         rows,
         q,
         states: hostel_model::VmState::ALL
