@@ -56,21 +56,7 @@ fn ensure_subids(file: &Path, user: &str) -> Result<()> {
 
 /// Makes the build user and its subordinate id ranges if they are missing.
 pub fn ensure_build_user() -> Result<()> {
-    let exists = Command::new("id")
-        .arg(BUILD_USER)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !exists {
-        run(
-            Command::new("useradd")
-                .args(["--system", "--create-home", "--home-dir", BUILD_HOME])
-                .args(["--shell", "/usr/sbin/nologin", BUILD_USER]),
-            "creating the build user",
-        )?;
-    }
+    crate::sysuser::ensure_system_user(BUILD_USER, Some(BUILD_HOME))?;
     ensure_subids(Path::new("/etc/subuid"), BUILD_USER)?;
     ensure_subids(Path::new("/etc/subgid"), BUILD_USER)?;
     for tool in [

@@ -4,4 +4,5 @@ pub mod debian;
 pub mod disk;
 pub mod pool;
 pub mod seed;
+pub mod sysuser;
 pub mod tiny;

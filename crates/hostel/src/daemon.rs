@@ -169,16 +169,7 @@ fn ensure_qemu_user(name: &str) -> Result<()> {
     if !nix::unistd::Uid::effective().is_root() {
         return Ok(());
     }
-    if nix::unistd::User::from_name(name)?.is_none() {
-        let status = std::process::Command::new("useradd")
-            .args(["--system", "--no-create-home", "--home-dir", "/nonexistent"])
-            .args(["--shell", "/usr/sbin/nologin", name])
-            .status()
-            .context("running useradd")?;
-        if !status.success() {
-            bail!("could not create the user {name} that QEMU runs as (useradd failed)");
-        }
-    }
+    hostel_storage::sysuser::ensure_system_user(name, None)?;
     if let Some(kvm) = nix::unistd::Group::from_name("kvm")? {
         if !kvm.mem.iter().any(|m| m == name) {
             let status = std::process::Command::new("usermod")
