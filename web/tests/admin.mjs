@@ -7,63 +7,13 @@
 // node admin.mjs URL SHOTS_DIR
 // Environment: ADMIN and ALICE (user:password), AGENT_PID (node2's agent, started by the
 // test, which this script stops), HOST (its name, node2).
-import { chromium } from "playwright-core";
-import { createRequire } from "node:module";
-import { readFileSync } from "node:fs";
+import { problems, step, context, audit, shoot as shootIn, until, finish } from "./harness.mjs";
 
-const require = createRequire(import.meta.url);
-const axeSource = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
 const [base, shots] = process.argv.slice(2);
 const [admin, adminPw] = process.env.ADMIN.split(":");
 const [alice, alicePw] = process.env.ALICE.split(":");
 const host = process.env.HOST || "node2";
-const problems = [];
-const step = (s) => console.log("step:", s);
-let auditing = false;
-
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
-
-async function context() {
-  const ctx = await browser.newContext({ viewport: { width: 1280, height: 860 } });
-  await ctx.addInitScript(() => document.addEventListener("securitypolicyviolation", (e) =>
-    console.log(`CSP violation: ${e.violatedDirective} by ${e.sourceFile}:${e.lineNumber}`)));
-  ctx.on("page", (page) => {
-    page.on("console", (m) => {
-      const t = m.text();
-      if (/Content Security Policy|Refused to|CSP violation/i.test(t) && !auditing) problems.push(`CSP on ${page.url()}: ${t}`);
-    });
-    page.on("pageerror", (e) => problems.push(`script error on ${page.url()}: ${e.message}`));
-  });
-  return ctx;
-}
-
-async function audit(page, name) {
-  auditing = true;
-  await page.evaluate(axeSource + "\n;0");
-  const r = await page.evaluate(() => axe.run(document, {
-    runOnly: { type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"] },
-  }));
-  await page.waitForTimeout(50);
-  auditing = false;
-  for (const v of r.violations) {
-    problems.push(`axe ${name}: ${v.id} (${v.impact}): ${v.help} — ${v.nodes.slice(0, 3).map((n) => n.target.join(" ")).join("; ")}`);
-  }
-  console.log(`axe ${name}: ${r.violations.length} violations, ${r.passes.length} rules passed`);
-}
-
-async function shoot(page, name) {
-  if (!shots) return;
-  await page.screenshot({ path: `${shots}/${name}-desktop.png` });
-  await page.setViewportSize({ width: 375, height: 740 });
-  await page.waitForTimeout(150);
-  await page.screenshot({ path: `${shots}/${name}-phone.png` });
-  await page.setViewportSize({ width: 1280, height: 860 });
-}
+const shoot = (page, name) => shootIn(page, shots, name);
 
 async function login(page, user, pw, next) {
   await page.goto(`${base}/login?next=${encodeURIComponent(next)}`);
@@ -72,15 +22,6 @@ async function login(page, user, pw, next) {
   await Promise.all([page.waitForURL((u) => !u.pathname.startsWith("/login")), page.getByRole("button", { name: "Log in" }).click()]);
 }
 
-async function until(what, f, ms = 30000) {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await f();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 try {
   const a = await context();
@@ -141,9 +82,4 @@ try {
 } catch (e) {
   problems.push(String((e && e.stack) || e));
 }
-await browser.close();
-if (problems.length) {
-  for (const p of problems) console.error("PROBLEM:", p);
-  process.exit(1);
-}
-console.log("all steps passed");
+await finish();

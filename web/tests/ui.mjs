@@ -6,75 +6,13 @@
 // node ui.mjs URL SHOTS_DIR
 // Environment: ALICE / BOB (user:password; bob is in group `team`, alice is not an
 // admin), VM (the VM's name), ADMIN (user:password of an admin).
-import { chromium } from "playwright-core";
-import { createRequire } from "node:module";
-import { readFileSync } from "node:fs";
+import { problems, step, context, audit, shoot as shootIn, until, finish } from "./harness.mjs";
 
-const require = createRequire(import.meta.url);
-const axeSource = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
 const [base, shots] = process.argv.slice(2);
 const vm = process.env.VM || "webvm";
 const [alice, alicePw] = (process.env.ALICE || "alice:pw").split(":");
 const [bob, bobPw] = (process.env.BOB || "bob:pw").split(":");
-const problems = [];
-const expected = new Set();
-const step = (s) => console.log("step:", s);
-
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
-
-async function context(viewport = { width: 1280, height: 860 }) {
-  const ctx = await browser.newContext({ viewport });
-  await ctx.addInitScript(() => document.addEventListener("securitypolicyviolation", (e) =>
-    console.log(`CSP violation: ${e.violatedDirective} by ${e.sourceFile}:${e.lineNumber}:${e.columnNumber} ${e.sample}`)));
-  ctx.on("page", watch);
-  return ctx;
-}
-
-// CSP violations and script errors are failures.
-function watch(page) {
-  page.on("console", (m) => {
-    const t = m.text();
-    if (t.startsWith("CSP violation")) console.log(t);
-    // (axe itself, run from the test, sets style attributes while it audits.)
-    if (/Content Security Policy|Refused to/i.test(t) && !auditing) problems.push(`CSP on ${page.url()}: ${t}`);
-  });
-  page.on("response", (r) => { if (r.status() >= 400 && !expected.has(r.url())) console.log(`HTTP ${r.status()} ${r.url()}`); });
-  page.on("pageerror", (e) => problems.push(`script error on ${page.url()}: ${e.message}`));
-}
-
-const audited = new Set();
-let auditing = false;
-async function audit(page, name) {
-  const key = name || new URL(page.url()).pathname;
-  if (audited.has(key)) return;
-  audited.add(key);
-  auditing = true;
-  await page.evaluate(axeSource + "\n;0");
-  const r = await page.evaluate(() => axe.run(document, {
-    runOnly: { type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"] },
-  }));
-  await page.waitForTimeout(50);
-  auditing = false;
-  for (const v of r.violations) {
-    problems.push(`axe ${key}: ${v.id} (${v.impact}): ${v.help} — ${v.nodes.slice(0, 3).map((n) => n.target.join(" ")).join("; ")}`);
-  }
-  console.log(`axe ${key}: ${r.violations.length} violations, ${r.passes.length} rules passed`);
-}
-
-async function shoot(page, name) {
-  if (!shots) return;
-  await page.screenshot({ path: `${shots}/${name}-desktop.png`, fullPage: false });
-  const size = page.viewportSize();
-  await page.setViewportSize({ width: 375, height: 740 });
-  await page.waitForTimeout(150);
-  await page.screenshot({ path: `${shots}/${name}-phone.png`, fullPage: false });
-  await page.setViewportSize(size);
-}
+const shoot = (page, name) => shootIn(page, shots, name);
 
 async function login(page, user, pw, next = "/vms") {
   await page.goto(base + next);
@@ -87,15 +25,6 @@ async function login(page, user, pw, next = "/vms") {
   if (landed.pathname + landed.search !== next) throw new Error(`after login: ${page.url()}, asked for ${next}`);
 }
 
-async function until(what, f, ms = 30000) {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await f();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 const flash = (page) => page.locator("#flash").innerText();
 
@@ -229,9 +158,8 @@ try {
   if (refused !== 403) throw new Error(`a form without its CSRF token got ${refused}`);
 
   step("without JavaScript: a member reads the VM's page and starts it");
-  const plain = await browser.newContext({ javaScriptEnabled: false, viewport: { width: 1280, height: 860 } });
+  const plain = await context({ javaScriptEnabled: false });
   const pp = await plain.newPage();
-  watch(pp);
   await pp.goto(base + "/login?next=/vms/" + vm);
   await pp.getByLabel("User name").fill(bob);
   await pp.getByLabel("Password").fill(bobPw);
@@ -273,9 +201,4 @@ try {
 } catch (e) {
   problems.push(String((e && e.stack) || e));
 }
-await browser.close();
-if (problems.length) {
-  for (const p of problems) console.error("PROBLEM:", p);
-  process.exit(1);
-}
-console.log("all steps passed");
+await finish();

@@ -51,6 +51,7 @@ impl Drop for AbortOnDrop {
 }
 pub use networks::{DEFAULT_CIDR, DEFAULT_NETWORK};
 pub use space::FreeSpaceFloor;
+pub use vms::VmFilter;
 
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {

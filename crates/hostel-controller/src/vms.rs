@@ -25,6 +25,17 @@ pub(crate) fn live_states() -> Vec<VmState> {
 /// The most VMs one page of a list holds.
 pub(crate) const MAX_PAGE: u32 = 1000;
 
+/// Which of the caller's VMs a list holds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VmFilter<'a> {
+    pub host: Option<&'a str>,
+    pub state: Option<&'a str>,
+    /// Text in the VM's name or one of its IP addresses.
+    pub search: Option<&'a str>,
+    /// `user:NAME` or `group:NAME`.
+    pub owner: Option<&'a str>,
+}
+
 impl Controller {
     /// The VM named `name`, if the caller may operate it: to anyone else it does not
     /// exist (a 404, the same as for a name nobody uses).
@@ -103,16 +114,17 @@ impl Controller {
         }
     }
 
-    /// One page of the VMs the caller may operate, in name order, and the name to
+    /// One page of the VMs the caller may operate (of those `filter` lets through), in
+    /// name order, and the name to
     /// continue after when more follow. Two queries whatever the page's size.
     pub async fn list_vms(
         &self,
         ctx: &Ctx,
         limit: u32,
         after: Option<&str>,
-        host: Option<&str>,
-        state: Option<&str>,
+        filter: &VmFilter<'_>,
     ) -> Res<(Vec<VmSummary>, Option<String>)> {
+        let VmFilter { host, state, .. } = *filter;
         if !(1..=MAX_PAGE).contains(&limit) {
             return Err(Invalid::new(
                 "limit",
@@ -142,6 +154,26 @@ impl Controller {
                 ));
             }
         }
+        let (owner_user_id, owner_group_id) = match filter.owner {
+            None => (None, None),
+            Some(o) => match o.split_once(':') {
+                Some(("user", n)) => (Some(self.store.user_by_name(n).await?.map(|u| u.id)), None),
+                Some(("group", n)) => {
+                    (None, Some(self.store.group_by_name(n).await?.map(|g| g.id)))
+                }
+                _ => {
+                    return Err(Invalid::new(
+                        "owner",
+                        format!("{o:?}: give user:NAME or group:NAME"),
+                    )
+                    .into())
+                }
+            },
+        };
+        // An owner that does not exist owns nothing: an empty list, not a tell.
+        if owner_user_id == Some(None) || owner_group_id == Some(None) {
+            return Ok((Vec::new(), None));
+        }
         let visible_to = ctx.visible_to()?;
         let mut rows = self
             .store
@@ -150,6 +182,9 @@ impl Controller {
                 host_id: host,
                 state,
                 after,
+                search: filter.search.filter(|t| !t.is_empty()),
+                owner_user_id: owner_user_id.flatten().as_deref(),
+                owner_group_id: owner_group_id.flatten().as_deref(),
                 // One more than asked tells whether another page follows.
                 limit: limit + 1,
             })

@@ -299,7 +299,10 @@ async fn others_vms_do_not_exist_until_shared_with_a_group() {
     };
     not_found(k.c.simple_action(&frank, "o1", Op::Destroy).await);
     not_found(k.c.mem_set(&frank, "o1", 128).await);
-    let (frank_sees, _) = k.c.list_vms(&frank, 100, None, None, None).await.unwrap();
+    let (frank_sees, _) =
+        k.c.list_vms(&frank, 100, None, &Default::default())
+            .await
+            .unwrap();
     assert!(frank_sees.is_empty());
     // Shared with a group Frank is in, it is his to operate too.
     k.c.create_group(&k.admin, CreateGroupRequest { name: "lab".into() })

@@ -689,6 +689,41 @@ async fn vm_pages_filter_join_and_continue(url: &str) {
     assert_eq!(e.owner_user.as_deref(), Some("alice"));
     assert_eq!(e.ips, ["10.1.0.3", "10.1.0.9"]);
     assert_eq!(e.dns_names, ["e.vm.test", "e.vm.test"]);
+    // Searching names and addresses, and an owner's VMs, in the query itself.
+    let find = |search: Option<&'static str>,
+                user: Option<&'static str>,
+                group: Option<&'static str>| VmPageQuery {
+        search,
+        owner_user_id: user,
+        owner_group_id: group,
+        limit: 10,
+        ..Default::default()
+    };
+    assert_eq!(
+        names(&s.vms_page(&find(Some("1.0.9"), None, None)).await.unwrap()),
+        ["e"]
+    );
+    assert_eq!(
+        names(&s.vms_page(&find(Some("d"), None, None)).await.unwrap()),
+        ["d"]
+    );
+    assert!(s
+        .vms_page(&find(Some("%"), None, None))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        names(&s.vms_page(&find(None, Some("user-b"), None)).await.unwrap()),
+        ["d"]
+    );
+    assert_eq!(
+        names(
+            &s.vms_page(&find(None, None, Some("grp-lab")))
+                .await
+                .unwrap()
+        ),
+        ["c"]
+    );
     let c = &s.vms_page(&page(Some("b"), 1)).await.unwrap()[0];
     assert_eq!(
         (c.vm.name.as_str(), c.owner_group.as_deref(), c.ips.len()),

@@ -117,6 +117,11 @@ pub struct VmPageQuery<'a> {
     pub state: Option<VmState>,
     /// Only VMs whose name sorts after this one (the last name of the previous page).
     pub after: Option<&'a str>,
+    /// Only VMs whose name, or one of whose NICs' addresses, holds this text.
+    pub search: Option<&'a str>,
+    /// Only the VMs of this owner: a user's id or a group's id.
+    pub owner_user_id: Option<&'a str>,
+    pub owner_group_id: Option<&'a str>,
     pub limit: u32,
 }
 
@@ -216,6 +221,24 @@ impl Store {
         }
         if let Some(after) = q.after {
             cond.push(format!("v.name > {}", mark(&mut binds, after)));
+        }
+        if let Some(text) = q.search {
+            // LIKE's own characters in the text match themselves.
+            let escaped = text
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            let pattern = mark(&mut binds, format!("%{escaped}%"));
+            cond.push(format!(
+                "(v.name LIKE {pattern} ESCAPE '\\' OR EXISTS (SELECT 1 FROM nics sn \
+                 WHERE sn.vm_id = v.id AND sn.ip LIKE {pattern} ESCAPE '\\'))"
+            ));
+        }
+        if let Some(u) = q.owner_user_id {
+            cond.push(format!("v.owner_user_id = {}", mark(&mut binds, u)));
+        }
+        if let Some(g) = q.owner_group_id {
+            cond.push(format!("v.owner_group_id = {}", mark(&mut binds, g)));
         }
         let cols: Vec<String> = VmRecord::COLS
             .split(',')

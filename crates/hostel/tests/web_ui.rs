@@ -15,6 +15,34 @@ fn password_file(d: &Daemon, name: &str, password: &str) -> String {
     p.to_str().unwrap().to_string()
 }
 
+/// Runs `web/tests/SCRIPT` in Chromium against the daemon, inside its namespace, with
+/// `env`; panics with its log unless every step passed. Gives the screenshots' directory.
+fn browser_test(d: &Daemon, script: &str, env: &[(&str, &str)]) -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let shots = root.join("test-artifacts/screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let out =
+        d.ns.cmd("node")
+            .arg(root.join("web/tests").join(script))
+            .arg(&d.url)
+            .arg(&shots)
+            .envs(env.iter().copied())
+            .output()
+            .expect("run node");
+    let log = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{log}");
+    assert!(
+        out.status.success(),
+        "the browser test {script} failed:\n{log}"
+    );
+    assert!(log.contains("all steps passed"), "{log}");
+    shots
+}
+
 #[test]
 fn a_new_user_does_a_day_of_work_in_the_browser() {
     let d = Daemon::start();
@@ -26,27 +54,15 @@ fn a_new_user_does_a_day_of_work_in_the_browser() {
     d.ok(&["group", "add-member", "team", "alice"]);
     d.ok(&["group", "add-member", "team", "bob"]);
 
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let shots = root.join("test-artifacts/screenshots");
-    std::fs::create_dir_all(&shots).unwrap();
-    let out =
-        d.ns.cmd("node")
-            .arg(root.join("web/tests/ui.mjs"))
-            .arg(&d.url)
-            .arg(&shots)
-            .env("ALICE", "alice:correct-horse-7")
-            .env("BOB", "bob:battery-staple-9")
-            .env("VM", "webvm")
-            .output()
-            .expect("run node");
-    let log = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let shots = browser_test(
+        &d,
+        "ui.mjs",
+        &[
+            ("ALICE", "alice:correct-horse-7"),
+            ("BOB", "bob:battery-staple-9"),
+            ("VM", "webvm"),
+        ],
     );
-    println!("{log}");
-    assert!(out.status.success(), "the browser test failed:\n{log}");
-    assert!(log.contains("all steps passed"), "{log}");
 
     // What the browser did went through the API: the audit trail has it, as alice, from
     // the browser's address, and the VM is gone.
@@ -162,30 +178,25 @@ fn an_admin_sees_a_host_go_stale_and_a_quota_change_the_create_form() {
     let (mut agent, url) = start_agent(&node, d.dir.path(), "10.254.0.2");
     d.ok(&["host", "add", &url]);
 
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let shots = root.join("test-artifacts/screenshots");
-    std::fs::create_dir_all(&shots).unwrap();
-    let out =
-        d.ns.cmd("node")
-            .arg(root.join("web/tests/admin.mjs"))
-            .arg(&d.url)
-            .arg(&shots)
-            .env("ADMIN", format!("admin:{admin_pw}"))
-            .env("ALICE", "alice:correct-horse-7")
-            .env("AGENT_PID", agent.id().to_string())
-            .env("HOST", "node2")
-            .output()
-            .expect("run node");
+    let admin = format!("admin:{admin_pw}");
+    let pid = agent.id().to_string();
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        browser_test(
+            &d,
+            "admin.mjs",
+            &[
+                ("ADMIN", admin.as_str()),
+                ("ALICE", "alice:correct-horse-7"),
+                ("AGENT_PID", pid.as_str()),
+                ("HOST", "node2"),
+            ],
+        )
+    }));
     let _ = agent.kill();
     let _ = agent.wait();
-    let log = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    println!("{log}");
-    assert!(out.status.success(), "the browser test failed:\n{log}");
-    assert!(log.contains("all steps passed"), "{log}");
+    if let Err(e) = ran {
+        std::panic::resume_unwind(e);
+    }
     // What the browser saw is what the API says.
     let hosts = d.json(&["host", "list"]);
     let node2 = hosts

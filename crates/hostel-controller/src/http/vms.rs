@@ -26,6 +26,12 @@ pub(super) struct ListQuery {
     /// Only the VMs in this state.
     #[param(value_type = Option<hostel_model::VmState>)]
     state: Option<String>,
+    /// Only the VMs whose name or an IP address of whose holds this text.
+    #[param(max_length = 253)]
+    q: Option<String>,
+    /// Only the VMs of this owner: `user:NAME` or `group:NAME`.
+    #[param(pattern = "^(user|group):.*$")]
+    owner: Option<String>,
 }
 
 /// The VMs the caller may operate, in name order, a page at a time: when more follow, the
@@ -45,8 +51,12 @@ pub(super) async fn list_vms(
             &ctx,
             limit,
             q.after.as_deref(),
-            q.host.as_deref(),
-            q.state.as_deref(),
+            &crate::vms::VmFilter {
+                host: q.host.as_deref(),
+                state: q.state.as_deref(),
+                search: q.q.as_deref(),
+                owner: q.owner.as_deref(),
+            },
         )
         .await?;
     let mut resp = Json(vms).into_response();
@@ -61,6 +71,12 @@ pub(super) async fn list_vms(
             }
             if let Some(s) = &q.state {
                 p.append_pair("state", s);
+            }
+            if let Some(t) = &q.q {
+                p.append_pair("q", t);
+            }
+            if let Some(o) = &q.owner {
+                p.append_pair("owner", o);
             }
         }
         let link = format!(

@@ -128,7 +128,11 @@ async fn below_the_free_space_floor_new_work_is_refused_and_reads_go_on() {
         .unwrap_err();
     assert!(matches!(e, Error::Unavailable(_)), "{e:?}");
     // Reads still work.
-    assert!(h.c.list_vms(&alice, 10, None, None, None).await.is_ok());
+    assert!(h
+        .c
+        .list_vms(&alice, 10, None, &Default::default())
+        .await
+        .is_ok());
     assert!(h.c.images(&alice).await.is_ok());
     // A field kept in the database is bounded.
     let long: CreateVmRequest = serde_json::from_value(serde_json::json!({

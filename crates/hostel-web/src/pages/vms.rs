@@ -16,7 +16,7 @@ pub const PAGE: usize = 1000;
 
 #[derive(Deserialize, Default)]
 pub struct ListQuery {
-    /// Part of a name, an IP or an owner.
+    /// Part of a name or an IP address.
     #[serde(default)]
     q: String,
     #[serde(default)]
@@ -81,6 +81,8 @@ pub async fn list(s: Session, headers: HeaderMap, Query(q): Query<ListQuery>) ->
             ("limit", Some(&PAGE.to_string())),
             ("state", Some(&q.state)),
             ("host", Some(&q.host)),
+            ("q", Some(q.q.trim())),
+            ("owner", Some(&q.owner)),
             ("after", Some(&q.after)),
         ])
     );
@@ -104,21 +106,12 @@ pub async fn list(s: Session, headers: HeaderMap, Query(q): Query<ListQuery>) ->
     let next = (vms.len() == PAGE)
         .then(|| vms.last().map(|v| page_url(&v.name)))
         .flatten();
-    let mut owners: Vec<String> = vms.iter().filter_map(|v| v.owner.clone()).collect();
-    owners.sort();
-    owners.dedup();
-    let needle = q.q.trim().to_lowercase();
-    let rows: Vec<Row> = vms
-        .into_iter()
-        .filter(|v| q.owner.is_empty() || v.owner.as_deref() == Some(q.owner.as_str()))
-        .filter(|v| {
-            needle.is_empty()
-                || v.name.contains(&needle)
-                || v.ips.iter().any(|i| i.contains(&needle))
-                || v.owner.as_deref().is_some_and(|o| o.contains(&needle))
-        })
-        .map(|vm| Row { vm })
-        .collect();
+    let owners = if s.me.admin {
+        owner_names(&s.api).await
+    } else {
+        Vec::new()
+    };
+    let rows: Vec<Row> = vms.into_iter().map(|vm| Row { vm }).collect();
     let hosts = if s.me.admin {
         host_names(&s.api).await
     } else {
@@ -145,6 +138,18 @@ pub async fn list(s: Session, headers: HeaderMap, Query(q): Query<ListQuery>) ->
         layout,
     };
     page(&p.layout, &p)
+}
+
+/// Every user and group, as an owner filter names them (admins only).
+async fn owner_names(api: &Api) -> Vec<String> {
+    let users: Vec<hostel_api::public::User> = api.get("/api/v1/users").await.unwrap_or_default();
+    let groups: Vec<hostel_api::public::Group> =
+        api.get("/api/v1/groups").await.unwrap_or_default();
+    users
+        .into_iter()
+        .map(|u| format!("user:{}", u.name))
+        .chain(groups.into_iter().map(|g| format!("group:{}", g.name)))
+        .collect()
 }
 
 async fn host_names(api: &Api) -> Vec<String> {

@@ -21,6 +21,12 @@ pub enum Cmd {
         /// Only the VMs in this state (running, stopped, paused, saved, crashed, ...).
         #[arg(long, value_parser = parse::vm_state)]
         state: Option<VmState>,
+        /// Only the VMs whose name or an IP address holds this text.
+        #[arg(long)]
+        search: Option<String>,
+        /// Only the VMs of this owner (`user:NAME` or `group:NAME`).
+        #[arg(long)]
+        owner: Option<String>,
         /// How many VMs each request asks for (1 to 1000); the list is whole either way.
         #[arg(long, default_value_t = 1000)]
         page_size: u32,
@@ -177,9 +183,14 @@ pub async fn run(cmd: Cmd) -> Result<()> {
         Cmd::List {
             host,
             state,
+            search,
+            owner,
             page_size,
             output,
-        } => return list(&api, host, state, page_size, output).await,
+        } => {
+            let filter = [("host", host), ("q", search), ("owner", owner)];
+            return list(&api, filter, state, page_size, output).await;
+        }
         Cmd::Create(args) => return create(&api, *args).await,
         Cmd::Start { name } => api.post(&action(&name, "start"), &empty).await?,
         Cmd::Reboot { name } => api.post(&action(&name, "reboot"), &empty).await?,
@@ -256,7 +267,7 @@ pub async fn run(cmd: Cmd) -> Result<()> {
 
 async fn list(
     api: &Api,
-    host: Option<String>,
+    filter: [(&str, Option<String>); 3],
     state: Option<VmState>,
     page_size: u32,
     output: Format,
@@ -264,7 +275,8 @@ async fn list(
     let mut url = reqwest::Url::parse("http://hostel/api/v1/vms")?;
     let state = state.map(|s| s.as_str().to_string());
     let limit = Some(page_size.to_string());
-    for (k, v) in [("host", &host), ("state", &state), ("limit", &limit)] {
+    let rest = [("state", state), ("limit", limit)];
+    for (k, v) in filter.iter().chain(rest.iter()) {
         if let Some(v) = v {
             url.query_pairs_mut().append_pair(k, v);
         }
