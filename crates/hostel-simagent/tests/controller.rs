@@ -902,4 +902,44 @@ async fn a_vm_is_made_for_a_group_of_the_caller_and_keeps_its_owner_when_shared(
         .unwrap();
     assert_eq!(vm.owner.as_deref(), Some("user:hana"));
     assert_eq!(vm.admin_group.as_deref(), Some("lab"));
+    // Her list, filtered by owner and by text in the query itself (GET /vms?owner=&q=).
+    let hana = k.user_again("hana").await;
+    let names = |f: hostel_controller::VmFilter<'static>| {
+        let (c, hana) = (k.c.clone(), &hana);
+        async move {
+            let (vms, _) = c.list_vms(hana, 100, None, &f).await.unwrap();
+            vms.into_iter().map(|v| v.name).collect::<Vec<_>>()
+        }
+    };
+    let by_owner = |o: &'static str| hostel_controller::VmFilter {
+        owner: Some(o),
+        ..Default::default()
+    };
+    assert_eq!(names(Default::default()).await, ["o1", "o2"]);
+    assert_eq!(names(by_owner("group:lab")).await, ["o1"]);
+    assert_eq!(names(by_owner("user:hana")).await, ["o2"]);
+    assert!(names(by_owner("user:nobody")).await.is_empty());
+    let search = |q: &'static str| hostel_controller::VmFilter {
+        search: Some(q),
+        ..Default::default()
+    };
+    assert_eq!(names(search("2")).await, ["o2"]);
+    assert_eq!(
+        names(search("O")).await,
+        ["o1", "o2"],
+        "case does not matter"
+    );
+    assert!(
+        names(search("%")).await.is_empty(),
+        "LIKE's wildcards are text"
+    );
+    let e =
+        k.c.list_vms(&hana, 100, None, &by_owner("lab"))
+            .await
+            .unwrap_err();
+    assert!(e.to_string().contains("user:NAME or group:NAME"), "{e}");
+    // Someone else's search finds none of hers.
+    let ivan = k.user("ivan").await;
+    let (seen, _) = k.c.list_vms(&ivan, 100, None, &search("o")).await.unwrap();
+    assert!(seen.is_empty());
 }

@@ -930,6 +930,20 @@ fn list_pages(d: &Daemon, erin: &As, names: &[String]) {
     assert!(err.contains("no host is named \"nosuch\""), "{err}");
     let err = erin.fails(&["list", "--page-size", "0"]);
     assert!(err.contains("ask for 1 to 1000"), "{err}");
+    // Search and owner filters go in the query, so the next page keeps them.
+    let all_q = names_in(&erin.ok(&["list", "--search", "Q", "--page-size", "1", "-o", "json"]));
+    assert_eq!(all_q, names, "every page of the search");
+    let one = names_in(&erin.ok(&["list", "--search", &names[2], "-o", "json"]));
+    assert!(
+        one.contains(&names[2]) && one.iter().all(|n| n.contains(names[2].as_str())),
+        "{one:?}"
+    );
+    let mine = names_in(&erin.ok(&["list", "--owner", "user:erin", "-o", "json"]));
+    assert_eq!(mine, names);
+    let none = erin.ok(&["list", "--owner", "group:nosuch", "-o", "json"]);
+    assert_eq!(none.trim(), "[]");
+    let err = erin.fails(&["list", "--owner", "erin"]);
+    assert!(err.contains("user:NAME or group:NAME"), "{err}");
 }
 
 /// The names in a JSON list of VMs.
