@@ -154,6 +154,13 @@ impl Controller {
                 ));
             }
         }
+        if filter.search.is_some_and(|q| q.chars().count() > 253) {
+            return Err(Invalid::new(
+                "q",
+                "the search text is longer than 253 characters (a DNS name's most): shorten it",
+            )
+            .into());
+        }
         let (owner_user_id, owner_group_id) = match filter.owner {
             None => (None, None),
             Some(o) => match o.split_once(':') {
