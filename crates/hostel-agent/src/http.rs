@@ -13,9 +13,10 @@ use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::{Json, Router};
 use futures::{SinkExt, StreamExt};
 use hostel_api::agent::endpoints::{
-    self as ep, Endpoint, Method, PathParams, SocketEndpoint, StreamEndpoint, VmId,
+    self as ep, DownloadEndpoint, Endpoint, Method, PathParams, SocketEndpoint, StreamEndpoint,
+    UploadEndpoint, VmId,
 };
-use hostel_api::agent::{AgentApi, AgentFailure, Lines};
+use hostel_api::agent::{AgentApi, AgentFailure, ByteStream, Lines, SizedBytes};
 use hostel_api::ErrorBody;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -266,6 +267,16 @@ where
             ep::VncSocket::ROUTE,
             socket::<A, ep::VncSocket, _, _>(|a, id| async move { a.vnc_socket(&id).await }),
         )
+        .route(
+            ep::ReadImageFile::ROUTE,
+            download::<A, ep::ReadImageFile, _, _>(
+                |a, r| async move { a.read_image_file(r).await },
+            ),
+        )
+        .route(
+            ep::PutImage::ROUTE,
+            upload::<A, ep::PutImage, _, _>(|a, r, body| async move { a.put_image(r, body).await }),
+        )
         .with_state(api)
 }
 
@@ -375,6 +386,69 @@ fn ndjson<L: Serialize + Send + 'static>(
         .header("content-type", "application/x-ndjson")
         .body(Body::from_stream(hello.chain(body)))
         .unwrap()
+}
+
+/// The route of a download: `f` gives the bytes, sent as they come.
+fn download<A, E, F, Fut>(f: F) -> MethodRouter<Arc<A>>
+where
+    A: AgentApi<Error = AgentFailure>,
+    E: DownloadEndpoint,
+    F: Fn(Arc<A>, E::Request) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<SizedBytes<AgentFailure>, AgentFailure>> + Send + 'static,
+{
+    let handler = move |State(api): State<Arc<A>>, uri: Uri| {
+        let f = f.clone();
+        async move {
+            let req = request::<E::Request>(Method::Get, &uri, &[])?;
+            let sized = f(api, req).await.map_err(Failure)?;
+            // An error mid-way ends the body early: the receiver sees fewer bytes than it
+            // was told to expect, and its checksum fails.
+            let body = sized
+                .bytes
+                .map(|b| b.map_err(|e| std::io::Error::other(e.to_string())));
+            Ok::<_, Failure>(
+                Response::builder()
+                    .header("content-type", "application/octet-stream")
+                    .header("content-length", sized.size)
+                    .body(Body::from_stream(body))
+                    .unwrap(),
+            )
+        }
+    };
+    on(MethodFilter::GET, handler)
+}
+
+/// The query parameter an upload's request comes in, as JSON.
+#[derive(serde::Deserialize)]
+struct UploadQuery {
+    request: String,
+}
+
+/// The route of an upload: `f` reads the body's bytes and answers JSON.
+fn upload<A, E, F, Fut>(f: F) -> MethodRouter<Arc<A>>
+where
+    A: AgentApi<Error = AgentFailure>,
+    E: UploadEndpoint,
+    F: Fn(Arc<A>, E::Request, ByteStream<AgentFailure>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<E::Response, AgentFailure>> + Send + 'static,
+{
+    let handler = move |State(api): State<Arc<A>>, uri: Uri, body: Body| {
+        let f = f.clone();
+        async move {
+            let bad = |e: &dyn std::fmt::Display| {
+                Failure(AgentFailure::invalid(format!("the request: {e}")))
+            };
+            let q: UploadQuery =
+                serde_urlencoded::from_str(uri.query().unwrap_or("")).map_err(|e| bad(&e))?;
+            let req: E::Request = serde_json::from_str(&q.request).map_err(|e| bad(&e))?;
+            let bytes = body
+                .into_data_stream()
+                .map(|b| b.map_err(|e| AgentFailure::unavailable(format!("the upload broke: {e}"))))
+                .boxed();
+            f(api, req, bytes).await.map(Json).map_err(Failure)
+        }
+    };
+    on(MethodFilter::PUT, handler)
 }
 
 /// The route of a VM's websocket: `f` gives the byte stream it is served from.

@@ -3,6 +3,7 @@
 
 pub mod console;
 mod http;
+mod images;
 mod net;
 mod service;
 mod stats;

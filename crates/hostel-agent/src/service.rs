@@ -572,6 +572,18 @@ impl AgentApi for Shared {
         }))
     }
 
+    async fn read_image_file(&self, req: ReadImageFileRequest) -> Res<SizedBytes<AgentFailure>> {
+        self.image_file_bytes(&req.path).await
+    }
+
+    async fn put_image(
+        &self,
+        req: PutImageRequest,
+        body: ByteStream<AgentFailure>,
+    ) -> Res<ImageFiles> {
+        self.put_image_bytes(req, body).await
+    }
+
     /// The VM's console hub (scrollback, then live output; input goes to the guest).
     async fn console_socket(&self, id: &str) -> Res<Box<dyn ByteIo>> {
         let vm = find(self, id)?;

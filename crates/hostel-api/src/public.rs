@@ -113,6 +113,38 @@ pub struct CreateVmRequest {
     #[serde(default)]
     #[schema(pattern = "^(user:.*|group:.*)$")]
     pub owner: Option<String>,
+    /// Only hosts with every one of these tags (`hostel host set --tags`) are considered.
+    #[serde(default)]
+    pub host_tags: Vec<String>,
+    /// An anti-affinity group: the VM goes to no host that has a VM of the same group.
+    #[serde(default)]
+    #[schema(
+        pattern = "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$",
+        min_length = 1,
+        max_length = 63
+    )]
+    pub anti_affinity: Option<String>,
+    /// Answer with how the host was chosen (`Vm.placement`).
+    #[serde(default)]
+    pub explain: bool,
+}
+
+/// How a new VM's host was chosen: every host considered, and why each was or was not.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Placement {
+    pub chosen: String,
+    /// The rule it was chosen by.
+    pub rule: String,
+    pub hosts: Vec<PlacementHost>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PlacementHost {
+    pub host: String,
+    /// Memory not promised to running VMs, in MiB.
+    pub free_mib: i64,
+    /// `chosen`, `candidate`, or why the host was left out.
+    pub verdict: String,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -267,6 +299,12 @@ pub struct Vm {
     /// The file a saved VM's memory state is in.
     pub saved_to: Option<String>,
     pub created_at: String,
+    /// Its anti-affinity group (no two VMs of a group share a host).
+    #[serde(default)]
+    pub anti_affinity: Option<String>,
+    /// How its host was chosen: in a create's answer, when asked for (`explain`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
 }
 
 /// One VM in a list: what `hostel list` shows. `GET /api/v1/vms/{name}` has the rest.
@@ -442,6 +480,17 @@ pub struct HostInfo {
     pub vms_running: u32,
     pub vms_total: u32,
     pub kernel: String,
+    /// Its tags, which a create may ask for (`--host-tag`).
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// What an admin sets on a host.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SetHostRequest {
+    /// The host's tags, replacing the ones it had (empty: none). Each like a name:
+    /// lower-case letters, digits and dashes.
+    pub tags: Vec<String>,
 }
 
 /// A host to add: the address of its agent (`hostel agent`), which must present a
@@ -484,6 +533,30 @@ pub struct Image {
     pub created_at: String,
     /// Names of the VMs whose disks are based on this image.
     pub used_by: Vec<String>,
+    /// The hosts that hold a copy of the image (`ready`) or are being given one
+    /// (`copying`); the image is usable on any host, copied there on first use.
+    #[serde(default)]
+    pub hosts: Vec<ImageCopy>,
+}
+
+/// A host's copy of an image.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ImageCopy {
+    pub host: String,
+    /// `ready` or `copying`.
+    pub state: String,
+}
+
+/// Copies an image to hosts ahead of its first use there: to one host, or to every
+/// connected host.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PushImageRequest {
+    /// The host to copy the image to.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Every connected host that has no copy yet.
+    #[serde(default)]
+    pub all: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -244,6 +244,7 @@ mod tests {
             owner_group_id: None,
             admin_group_id: None,
             lease_expires_at: None,
+            anti_affinity: None,
         }
     }
 

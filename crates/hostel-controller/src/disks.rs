@@ -91,13 +91,18 @@ impl Controller {
         let disks = self.store.disks_of(&vm.id).await?;
         let idx = disks.iter().map(|d| d.idx + 1).max().unwrap_or(0);
         let _quota = self.charge_disk_growth(&vm, size).await?;
+        // The image as the VM's host holds it (copied there now if it has none).
+        let base = match (&image, &vm.host_id) {
+            (Some(i), Some(h)) => self.image_on(i, h, None).await?.path,
+            _ => None,
+        };
         let made = agent
             .create_disk(wire::CreateDiskRequest {
                 vm_id: vm.id.clone(),
                 index: idx,
                 size_mib: size,
                 backing: image.as_ref().map(|i| wire::Backing {
-                    path: i.path.clone(),
+                    path: base.clone().unwrap_or_else(|| i.path.clone()),
                     format: i.format.clone(),
                     image_id: i.id.clone(),
                 }),

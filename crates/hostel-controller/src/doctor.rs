@@ -19,6 +19,12 @@ impl Controller {
         let mut checked = Vec::new();
         let disks = self.store.all_disks().await?;
         let images = self.store.images().await?;
+        let mut copies = Vec::new();
+        for i in &images {
+            for c in self.store.image_copies(&i.id).await? {
+                copies.push((i.name.clone(), c));
+            }
+        }
         let vms = self.store.vms().await?;
         for (host, agent) in self.agents() {
             let pools: Vec<wire::PoolSpec> = self
@@ -65,17 +71,27 @@ impl Controller {
                     ));
                 }
             }
+            let here: Vec<(&str, &hostel_store::ImageCopyRecord)> = copies
+                .iter()
+                .filter(|(_, c)| c.host_id == *host)
+                .map(|(n, c)| (n.as_str(), c))
+                .collect();
             for f in &files.images {
-                let known = images.iter().any(|i| {
-                    &i.path == f
-                        || std::path::Path::new(&i.path)
-                            .parent()
-                            .map(|p| p.display().to_string())
-                            == Some(f.clone())
-                });
-                if !known && !f.contains(".tiny-build-") {
+                let known = here
+                    .iter()
+                    .any(|(_, c)| c.path.as_deref().is_some_and(|p| is_entry_of(p, f)));
+                if !known && !f.contains(".tiny-build-") && !f.contains(".incoming") {
                     problems.push(format!(
                         "host {host}: image file {f} belongs to no image: remove it"
+                    ));
+                }
+            }
+            for (name, c) in here.iter().filter(|(_, c)| c.is_ready()) {
+                let p = c.path.as_deref().unwrap_or_default();
+                if !files.images.iter().any(|f| is_entry_of(p, f)) {
+                    problems.push(format!(
+                        "image {name}: its copy {p} on host {host} is missing: restore the file, \
+                         or delete the image"
                     ));
                 }
             }
@@ -83,14 +99,6 @@ impl Controller {
                 if !vms.iter().any(|v| &v.id == id) {
                     problems.push(format!("host {host}: runtime state of an unknown VM {id}"));
                 }
-            }
-        }
-        for i in &images {
-            if self.agent(&i.host_id).is_some() && !std::path::Path::new(&i.path).exists() {
-                problems.push(format!(
-                    "image {}: its file {} is missing: delete the image",
-                    i.name, i.path
-                ));
             }
         }
         checked.push(format!(
@@ -113,4 +121,13 @@ impl Controller {
         let n = lines.min(all.len());
         Ok(all[all.len() - n..].iter().map(|s| s.to_string()).collect())
     }
+}
+
+/// Whether `entry` of an image store listing is the image file at `path`, or the
+/// directory holding it (a kernel image's).
+fn is_entry_of(path: &str, entry: &str) -> bool {
+    path == entry
+        || std::path::Path::new(path)
+            .parent()
+            .is_some_and(|d| d.display().to_string() == entry)
 }

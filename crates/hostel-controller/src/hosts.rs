@@ -5,7 +5,7 @@ use crate::context::Ctx;
 use crate::error::Error;
 use crate::Controller;
 use hostel_api::agent::AgentApi;
-use hostel_api::public::{AddHostRequest, HostInfo};
+use hostel_api::public::{AddHostRequest, HostInfo, SetHostRequest};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,9 +47,37 @@ impl Controller {
                     accel_reason: h.accel_reason,
                     qemu_version: h.qemu_version,
                     kernel: h.kernel,
+                    tags: h.tags,
                 }
             })
             .collect())
+    }
+
+    /// Sets a host's tags (admins); placement filters on them (`host_tags` of a create).
+    pub async fn set_host(&self, ctx: &Ctx, name: &str, req: SetHostRequest) -> Res<HostInfo> {
+        ctx.require_admin()?;
+        ctx.target(name, None);
+        ctx.params(serde_json::json!({"tags": req.tags}));
+        if self.store.host(name).await?.is_none() {
+            return Err(Error::not_found(
+                "host",
+                name,
+                format!("no host is named {name:?}: `hostel host list` lists the hosts"),
+            ));
+        }
+        let mut tags = Vec::new();
+        for t in &req.tags {
+            hostel_model::validate_name("tags", t)?;
+            if !tags.contains(t) {
+                tags.push(t.clone());
+            }
+        }
+        self.store.set_host_tags(name, &tags).await?;
+        Ok(self
+            .hosts_info(Some(name))
+            .await?
+            .pop()
+            .expect("the host was just read"))
     }
 
     /// Every recorded host, for admins.

@@ -7,7 +7,7 @@ use crate::Controller;
 use hostel_api::agent::AgentApi;
 use hostel_api::agent::{self as wire};
 use hostel_api::public::*;
-use hostel_model::{validate_name, Invalid, PoolDriver};
+use hostel_model::{validate_name, Invalid};
 use hostel_store::{new_id, now, ImageRecord, TaskRecord};
 use std::sync::Arc;
 
@@ -78,6 +78,7 @@ impl Controller {
                 }
                 names
             },
+            hosts: self.image_hosts(&i).await?,
             name: i.name,
             kind: i.kind,
             format: i.format,
@@ -201,6 +202,7 @@ impl Controller {
         let img = self.store.image_by_name(name).await?.ok_or_else(|| {
             Error::not_found("image", name, format!("there is no image named {name:?}"))
         })?;
+        let copies = self.store.image_copies(&img.id).await?;
         let users = self.store.delete_image_if_unused(&img.id).await?;
         if !users.is_empty() {
             return Err(Error::conflict(format!(
@@ -208,28 +210,8 @@ impl Controller {
                 users.join(", ")
             )));
         }
-        if let Some(agent) = self.agent(&img.host_id) {
-            // Pools that clone keep a copy of the image; it goes with the image.
-            for p in self.store.pools().await? {
-                if p.host_id == img.host_id && p.driver != PoolDriver::Dir {
-                    let _ = agent
-                        .pool_forget_image(wire::ForgetImageRequest {
-                            pool: wire::PoolSpec {
-                                name: p.name,
-                                driver: p.driver.as_str().into(),
-                                path: p.path,
-                            },
-                            image_id: img.id.clone(),
-                        })
-                        .await;
-                }
-            }
-            agent
-                .delete_image(wire::DeleteImageRequest {
-                    path: img.path.clone(),
-                })
-                .await?;
-        }
+        // The rows are gone first: no VM can be placed on a copy being removed.
+        self.delete_image_copies(&img, &copies).await;
         Ok(())
     }
 

@@ -16,10 +16,12 @@ pub mod error;
 mod events;
 mod hosts;
 mod http;
+mod image_copies;
 mod images;
 mod lease;
 mod net_policy;
 mod networks;
+mod placement;
 mod pools;
 mod quota;
 mod space;
@@ -76,6 +78,9 @@ pub struct ControllerConfig {
 /// How long a host may be offline before it is shown as stale, by default.
 pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(120);
 
+/// A lock whose holder is the only one doing something (a copy of an image to a host).
+type OneAtATime = Arc<tokio::sync::Mutex<()>>;
+
 pub struct Controller {
     pub store: Store,
     pub cfg: ControllerConfig,
@@ -114,6 +119,8 @@ pub struct Controller {
     pub(crate) hosts_lock: tokio::sync::RwLock<()>,
     /// The last hour of every running VM's use, sampled from the hosts (memory only).
     pub(crate) usage: stats::UsageHistory,
+    /// One lock per image and host: a copy of an image to a host is made once at a time.
+    copy_locks: Mutex<HashMap<(String, String), OneAtATime>>,
 }
 
 impl Controller {
@@ -139,6 +146,7 @@ impl Controller {
             reconnects: Mutex::default(),
             hosts_lock: tokio::sync::RwLock::new(()),
             usage: stats::UsageHistory::new(),
+            copy_locks: Mutex::default(),
         })
     }
 
@@ -298,6 +306,8 @@ impl Controller {
                     qemu_version: facts.qemu_version.clone(),
                     kernel: facts.kernel.clone(),
                     last_seen: hostel_store::now(),
+                    // Kept as they are for a known host (the upsert leaves them).
+                    tags: Vec::new(),
                 })
                 .await?;
             self.agents

@@ -13,60 +13,16 @@ use hostel_model::{validate_name, ImageKind, Invalid, Sizing, VmState};
 use hostel_store::{new_id, now, DiskRecord, ImageRecord, VmRecord};
 use std::sync::Arc;
 
-use crate::vms::live_states;
-
 type Res<T> = crate::error::Result<T>;
 
 impl Controller {
-    /// Where a new VM goes: the connected host with the most memory not promised to VMs;
-    /// `only`: the host that holds what the VM needs (its image lives there).
-    pub(crate) async fn place(
-        &self,
-        max_memory_mib: u64,
-        only: Option<&str>,
-    ) -> Res<(String, u64)> {
-        if let Some(h) = only {
-            let rec = self.store.host(h).await?.ok_or_else(|| {
-                Error::from(anyhow::anyhow!("the image's host {h:?} is not recorded"))
-            })?;
-            if !self.is_online(h) {
-                return Err(Error::unavailable(format!(
-                    "the VM's image is on host {h:?}, whose agent is not connected now: start \
-                     `hostel agent` there or wait until `hostel host list` shows it online, \
-                     or use an image on another host"
-                )));
-            }
-            return Ok((rec.id, rec.memory_mib));
-        }
-        let hosts = self.store.hosts().await?;
-        // Memory promised to VMs with a QEMU, per host, added up by the database.
-        let used_by: std::collections::HashMap<String, u64> = self
-            .store
-            .memory_by_host(&live_states())
-            .await?
-            .into_iter()
-            .collect();
-        let mut best: Option<(String, i64, u64)> = None;
-        for h in hosts {
-            if !self.is_online(&h.id) {
-                continue;
-            }
-            let used: u64 = used_by.get(&h.id).copied().unwrap_or(0);
-            let free = h.memory_mib as i64 - used as i64;
-            if best.as_ref().map(|b| free > b.1).unwrap_or(true) {
-                best = Some((h.id.clone(), free, h.memory_mib));
-            }
-        }
-        let (id, _, total) =
-            best.ok_or_else(|| Error::unavailable("no host is connected to place the VM on"))?;
-        let _ = max_memory_mib;
-        Ok((id, total))
-    }
-
     pub async fn create_vm(self: &Arc<Self>, ctx: &Ctx, req: CreateVmRequest) -> Res<Vm> {
         ctx.target(&req.name, None);
         ctx.params(serde_json::json!({"image": req.image, "memory_mib": req.memory_mib, "max_memory_mib": req.max_memory_mib, "vcpus": req.vcpus, "disk_mib": req.disk_mib, "start": req.start}));
         validate_name("name", &req.name)?;
+        if let Some(g) = &req.anti_affinity {
+            validate_name("anti_affinity", g)?;
+        }
         // Kept in the VM's record: no longer than a kernel takes.
         if req
             .cmdline
@@ -104,39 +60,10 @@ impl Controller {
             })?),
             None => None,
         };
-        // Files the VM boots from live on one host: the VM goes there.
-        let cdrom_host = match &req.cdrom {
-            Some(c) if !c.starts_with('/') => self.store.image_by_name(c).await?.map(|i| i.host_id),
-            _ => None,
-        };
-        let files_host = match (image.as_ref().map(|i| &i.host_id), &cdrom_host) {
-            (Some(a), Some(b)) if a != b => {
-                return Err(Invalid::new(
-                    "cdrom",
-                    format!(
-                        "the image is on host {a}, the CD-ROM image on host {b}: a VM needs \
-                         both on its own host"
-                    ),
-                )
-                .into());
-            }
-            (Some(a), _) => Some(a.clone()),
-            (None, b) => b.clone(),
-        };
         // Held until the VM is recorded: a host is not removed under a VM placed on it.
         let _placing = self.hosts_lock.read().await;
+        let mut placement = None;
         let (host, host_mem) = match &pool {
-            Some(p) if files_host.as_ref().is_some_and(|h| h != &p.host_id) => {
-                return Err(Invalid::new(
-                    "pool",
-                    format!(
-                        "pool {:?} is on host {}, the image on another: use a pool on the \
-                         image's host (`hostel pool list` shows each pool's host)",
-                        p.name, p.host_id
-                    ),
-                )
-                .into());
-            }
             Some(p) => {
                 let h = self
                     .store
@@ -154,8 +81,15 @@ impl Controller {
                 (h.id, h.memory_mib)
             }
             None => {
-                self.place(sizing.max_memory_mib, files_host.as_deref())
-                    .await?
+                let (h, mem, why) = self
+                    .place(&crate::placement::Ask {
+                        need_mib: if req.start { sizing.max_memory_mib } else { 0 },
+                        tags: &req.host_tags,
+                        anti_affinity: req.anti_affinity.as_deref(),
+                    })
+                    .await?;
+                placement = Some(why);
+                (h, mem)
             }
         };
         sizing.validate(host_mem)?;
@@ -208,6 +142,14 @@ impl Controller {
                 "host {host} went away while the VM was placed on it: try again"
             ))
         })?;
+        // The host's copies of what the VM boots from, copied there now if it has none.
+        let image_files = match &image {
+            Some(i) => Some(self.image_on(i, &host, None).await?),
+            None => None,
+        };
+        if let Some(cd) = &cdrom_image {
+            self.image_on(cd, &host, None).await?;
+        }
         let vm_id = new_id("vm");
         ctx.target(&req.name, Some(&vm_id));
         let nic_reqs = match &req.nics {
@@ -253,7 +195,10 @@ impl Controller {
                 index: 0,
                 size_mib: size,
                 backing: Some(wire::Backing {
-                    path: image.path.clone(),
+                    path: image_files
+                        .as_ref()
+                        .and_then(|c| c.path.clone())
+                        .unwrap_or_else(|| image.path.clone()),
                     format: image.format.clone(),
                     image_id: image.id.clone(),
                 }),
@@ -339,6 +284,7 @@ impl Controller {
                 .lease_days
                 .or(self.cfg.default_lease_days)
                 .map(crate::lease::in_days),
+            anti_affinity: req.anti_affinity.clone(),
         };
         let mut record = record;
         record.owner_user_id = owner_user_id;
@@ -398,7 +344,11 @@ impl Controller {
         self.store.finish_operation(&op, None).await?;
         let vm = self.vm_named(ctx, &req.name).await?;
         // What runs is what the start just answered: no second call to the host.
-        self.view_with(&vm, true, started).await
+        let mut view = self.view_with(&vm, true, started).await?;
+        if req.explain {
+            view.placement = placement;
+        }
+        Ok(view)
     }
 
     /// How a new VM boots: checks the firmware, CD-ROM and kernel asked for.

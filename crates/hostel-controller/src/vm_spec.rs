@@ -29,29 +29,37 @@ impl Controller {
                 }
             }
         }
+        // The files of the VM's images as its host holds them.
+        let host = vm.host_id.clone().unwrap_or_default();
         let boot = match (&bc.kernel, image) {
             (Some(kernel), _) => Boot::DirectKernel {
                 kernel: kernel.clone(),
                 initrd: bc.initrd.clone(),
                 cmdline: bc.cmdline.clone().unwrap_or_else(|| "console=ttyS0".into()),
             },
-            (None, Some(img)) if img.kind == ImageKind::DirectKernel => Boot::DirectKernel {
-                kernel: img.path.clone(),
-                initrd: img.initrd.clone(),
-                cmdline: img.cmdline.clone().unwrap_or_default(),
-            },
+            (None, Some(img)) if img.kind == ImageKind::DirectKernel => {
+                let (kernel, initrd) = self.image_files_on(&img, &host).await?;
+                Boot::DirectKernel {
+                    kernel,
+                    initrd,
+                    cmdline: img.cmdline.clone().unwrap_or_default(),
+                }
+            }
             _ => match bc.firmware {
                 Firmware::Bios => Boot::Bios,
                 Firmware::Uefi => Boot::Uefi,
             },
         };
         let cdrom = match (&vm.cdrom_image_id, &bc.cdrom_path) {
-            (Some(id), _) => self.store.image_by_id(id).await?.map(|i| DiskSpec {
-                index: 0,
-                path: i.path,
-                format: i.format,
-                pool: None,
-            }),
+            (Some(id), _) => match self.store.image_by_id(id).await? {
+                Some(i) => Some(DiskSpec {
+                    index: 0,
+                    path: self.image_files_on(&i, &host).await?.0,
+                    format: i.format,
+                    pool: None,
+                }),
+                None => None,
+            },
             (None, Some(path)) => Some(DiskSpec {
                 index: 0,
                 path: path.clone(),
@@ -210,6 +218,8 @@ impl Controller {
             None => None,
         };
         Ok(Vm {
+            anti_affinity: vm.anti_affinity.clone(),
+            placement: None,
             id: vm.id.clone(),
             name: vm.name.clone(),
             owner,

@@ -28,11 +28,17 @@ pub struct SimHost {
     /// Simulated files: disks and images "created", save files "written".
     disks: Mutex<BTreeSet<String>>,
     images: Mutex<BTreeSet<String>>,
+    /// The simulated bytes of each image file, by path (for copies between hosts).
+    image_bytes: Mutex<HashMap<String, bytes::Bytes>>,
     saves: Mutex<HashMap<String, SaveHeader>>,
     networks: Mutex<NetworksState>,
     /// SIMULATION of a failure: every start is refused while set (for tests of the
     /// controller's rollbacks).
     refuse_starts: std::sync::atomic::AtomicBool,
+    /// SIMULATION of a failure: image files read out with one byte changed.
+    corrupt_reads: std::sync::atomic::AtomicBool,
+    /// Images stored from another host's bytes (copies received), counted.
+    puts: std::sync::atomic::AtomicUsize,
     /// When this simulated host came up: simulated usage counters grow from here.
     born: std::time::Instant,
     /// SIMULATION: counters set by a test, reported instead of the generated ones.
@@ -76,9 +82,12 @@ impl SimHost {
             events: tokio::sync::broadcast::channel(1024).0,
             disks: Mutex::default(),
             images: Mutex::default(),
+            image_bytes: Mutex::default(),
             saves: Mutex::default(),
             networks: Mutex::default(),
             refuse_starts: Default::default(),
+            corrupt_reads: Default::default(),
+            puts: Default::default(),
             born: std::time::Instant::now(),
             counters: Mutex::default(),
             stats_delay: Mutex::default(),
@@ -101,6 +110,23 @@ impl SimHost {
     pub fn refuse_starts(&self, on: bool) {
         self.refuse_starts
             .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// SIMULATION: image files are read out with a byte changed (`true`), as a failing
+    /// disk or a broken link would deliver them, or intact (`false`).
+    pub fn corrupt_image_reads(&self, on: bool) {
+        self.corrupt_reads
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// SIMULATION: the image files this host holds now.
+    pub fn image_files(&self) -> Vec<String> {
+        self.images.lock().unwrap().iter().cloned().collect()
+    }
+
+    /// SIMULATION: how many copies of images other hosts' bytes were sent here.
+    pub fn images_received(&self) -> usize {
+        self.puts.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// SIMULATION: the disk files this host holds now.
@@ -180,9 +206,16 @@ impl SimHost {
         Ok(self.keep(s))
     }
 
+    /// A simulated image: one file of 1 MiB of its name repeated, with its real SHA-256.
     fn image(&self, name: &str, kind: ImageKind) -> ImageFiles {
-        let path = format!("/simulated/images/{name}.qcow2");
+        let path = format!("{SIM_IMAGES}/{name}.qcow2");
+        let content: Vec<u8> = name.bytes().cycle().take(1 << 20).collect();
+        let sha256 = sha256_hex(&content);
         self.images.lock().unwrap().insert(path.clone());
+        self.image_bytes
+            .lock()
+            .unwrap()
+            .insert(path.clone(), content.into());
         ImageFiles {
             name: name.into(),
             kind,
@@ -192,7 +225,7 @@ impl SimHost {
             cmdline: None,
             size_bytes: 1 << 20,
             virtual_size_mib: 1024,
-            sha256: "0".repeat(64),
+            sha256,
         }
     }
 }
@@ -218,6 +251,17 @@ fn simulated_counters(s: &VmStatus, since_start: std::time::Duration) -> VmCount
         net_rx_bytes: ms * 8 * k,
         net_tx_bytes: ms * 4 * k,
     }
+}
+
+/// Where the simulated image store is (no such directory exists).
+const SIM_IMAGES: &str = "/simulated/images";
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(b)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A simulated build or import: one progress line, then `done`.
@@ -427,6 +471,7 @@ impl AgentApi for SimHost {
 
     async fn delete_image(&self, req: DeleteImageRequest) -> Res<()> {
         self.images.lock().unwrap().remove(&req.path);
+        self.image_bytes.lock().unwrap().remove(&req.path);
         Ok(())
     }
 
@@ -470,5 +515,76 @@ impl AgentApi for SimHost {
 
     async fn import_image(&self, req: ImportImageRequest) -> Res<Lines<ImageLine, AgentFailure>> {
         Ok(image_lines(self.image(&req.name, ImageKind::Disk)))
+    }
+
+    async fn read_image_file(&self, req: ReadImageFileRequest) -> Res<SizedBytes<AgentFailure>> {
+        let b = self
+            .image_bytes
+            .lock()
+            .unwrap()
+            .get(&req.path)
+            .cloned()
+            .ok_or_else(|| {
+                AgentFailure::not_found(format!("{} is no image file here", req.path))
+            })?;
+        let b = if self.corrupt_reads.load(std::sync::atomic::Ordering::SeqCst) {
+            let mut v = b.to_vec();
+            v[0] ^= 1;
+            bytes::Bytes::from(v)
+        } else {
+            b
+        };
+        let pieces: Vec<Res<bytes::Bytes>> =
+            b.chunks(64 * 1024).map(|c| Ok(b.slice_ref(c))).collect();
+        Ok(SizedBytes {
+            size: b.len() as u64,
+            bytes: Box::pin(futures::stream::iter(pieces)),
+        })
+    }
+
+    /// Like the real agent's: the bytes must be as long and add up to the sum the
+    /// request says, or nothing is kept.
+    async fn put_image(
+        &self,
+        req: PutImageRequest,
+        body: ByteStream<AgentFailure>,
+    ) -> Res<ImageFiles> {
+        use futures::TryStreamExt;
+        self.puts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let all: Vec<bytes::Bytes> = body.try_collect().await?;
+        let all: Vec<u8> = all.concat();
+        let total: u64 = req.files.iter().map(|f| f.size).sum();
+        if all.len() as u64 != total {
+            return Err(AgentFailure::invalid(format!(
+                "the body holds {} bytes, not the files' {total}",
+                all.len()
+            )));
+        }
+        if sha256_hex(&all) != req.sha256 {
+            return Err(AgentFailure::invalid(
+                "sha256: the bytes received do not add up",
+            ));
+        }
+        let mut at = 0usize;
+        let mut paths = Vec::new();
+        for f in &req.files {
+            let path = format!("{SIM_IMAGES}/{}", f.name);
+            let piece = bytes::Bytes::copy_from_slice(&all[at..at + f.size as usize]);
+            at += f.size as usize;
+            self.images.lock().unwrap().insert(path.clone());
+            self.image_bytes.lock().unwrap().insert(path.clone(), piece);
+            paths.push(path);
+        }
+        Ok(ImageFiles {
+            name: req.name,
+            kind: req.kind,
+            format: req.format,
+            path: paths[0].clone(),
+            initrd: paths.get(1).cloned(),
+            cmdline: req.cmdline,
+            size_bytes: total,
+            virtual_size_mib: 1024,
+            sha256: req.sha256,
+        })
     }
 }

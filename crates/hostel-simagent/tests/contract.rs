@@ -252,7 +252,45 @@ async fn every_endpoint_agrees_between_client_and_router() {
         name: "i".into(),
         source: "/x.img".into(),
     });
-    image_done(imported.await.unwrap()).await;
+    let imported = image_done(imported.await.unwrap()).await;
+    // An image's bytes read out and stored again under another name: the lengths and the
+    // checksum travel through both bindings; a wrong checksum is refused.
+    let read = a
+        .read_image_file(ReadImageFileRequest {
+            path: imported.path.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(read.size, imported.size_bytes);
+    let put = |sha256: String, bytes: ByteStream<AgentCallError>| {
+        a.put_image(
+            PutImageRequest {
+                name: "j".into(),
+                kind: imported.kind,
+                format: imported.format.clone(),
+                cmdline: None,
+                files: vec![ImageFilePart {
+                    name: "j.qcow2".into(),
+                    size: read.size,
+                }],
+                sha256,
+            },
+            bytes,
+        )
+    };
+    let copy = put(imported.sha256.clone(), read.bytes).await.unwrap();
+    assert_eq!(copy.sha256, imported.sha256);
+    assert!(copy.path.ends_with("/j.qcow2"), "{}", copy.path);
+    let again = a
+        .read_image_file(ReadImageFileRequest {
+            path: imported.path.clone(),
+        })
+        .await
+        .unwrap();
+    match put("0".repeat(64), again.bytes).await {
+        Err(AgentCallError::Refused(f)) => assert_eq!(f.code, FailureCode::Invalid),
+        other => panic!("a wrong checksum was not refused: {other:?}"),
+    }
     a.delete_image(DeleteImageRequest { path: built.path })
         .await
         .unwrap();

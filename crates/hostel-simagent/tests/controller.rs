@@ -63,6 +63,38 @@ impl Cluster {
         self.t.context_of(name).await
     }
 
+    /// Waits for a task to end; its error when it failed.
+    async fn task_end(&self, id: &str) -> Result<(), String> {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let t = self.c.task(&self.admin, id).await.unwrap();
+            match t.state {
+                TaskState::Succeeded => return Ok(()),
+                TaskState::Failed => return Err(t.error.unwrap_or_default()),
+                TaskState::Running => {}
+            }
+            assert!(Instant::now() < until, "task {id} did not end");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The hosts with a ready copy of an image, and those with one under way.
+    async fn copies(&self, image: &str) -> Vec<(String, String)> {
+        let imgs = self.c.images(&self.admin).await.unwrap();
+        let img = imgs.into_iter().find(|i| i.name == image).unwrap();
+        img.hosts.into_iter().map(|c| (c.host, c.state)).collect()
+    }
+
+    /// A host other than the one that made `image`.
+    async fn other_host(&self, image: &str) -> String {
+        let origin = self.copies(image).await[0].0.clone();
+        self.sims
+            .iter()
+            .map(|s| s.name())
+            .find(|n| *n != origin)
+            .unwrap()
+    }
+
     /// The `tiny` image, built (simulated) on the first host through a task.
     async fn tiny(&self) {
         let task = self
@@ -942,4 +974,233 @@ async fn a_vm_is_made_for_a_group_of_the_caller_and_keeps_its_owner_when_shared(
     let ivan = k.user("ivan").await;
     let (seen, _) = k.c.list_vms(&ivan, 100, None, &search("o")).await.unwrap();
     assert!(seen.is_empty());
+}
+
+#[tokio::test]
+async fn an_image_is_copied_to_a_host_on_first_use_and_checked() {
+    let k = Cluster::new(2).await;
+    k.tiny().await;
+    let copies = k.copies("tiny").await;
+    assert_eq!(copies.len(), 1, "made on one host: {copies:?}");
+    let origin = copies[0].0.clone();
+    let sim = |h: &str| k.sims.iter().find(|s| s.name() == h).unwrap().clone();
+    let other = k.sims.iter().find(|s| s.name() != origin).unwrap().name();
+    // Two VMs: the second goes to the host with more memory free, the one without a copy,
+    // and the image is copied there as it is created.
+    for n in ["c1", "c2"] {
+        k.c.create_vm(&k.admin, create(n, serde_json::json!({"image": "tiny"})))
+            .await
+            .unwrap();
+    }
+    let mut hosts = std::collections::BTreeSet::new();
+    for n in ["c1", "c2"] {
+        let vm = k.c.store.vm_by_name(n).await.unwrap().unwrap();
+        hosts.insert(vm.host_id.unwrap());
+    }
+    assert_eq!(hosts.len(), 2, "one VM on each host");
+    let mut copies = k.copies("tiny").await;
+    copies.sort();
+    let mut want = vec![
+        (origin.clone(), "ready".to_string()),
+        (other.clone(), "ready".to_string()),
+    ];
+    want.sort();
+    assert_eq!(copies, want);
+    assert_eq!(sim(&other).images_received(), 1);
+    assert_eq!(sim(&other).image_files(), sim(&origin).image_files());
+
+    // Pushed ahead of time: a second image, to the other host, by two admins at once:
+    // one copy is made, both tasks succeed.
+    let t =
+        k.c.build_image(
+            &k.admin,
+            BuildImageRequest {
+                recipe: "debian".into(),
+                name: Some("deb".into()),
+                suite: None,
+                packages: Vec::new(),
+                size_mib: None,
+                mirror: None,
+            },
+        )
+        .await
+        .unwrap();
+    k.task_end(&t.id).await.unwrap();
+    let target = k.other_host("deb").await;
+    let before = sim(&target).images_received();
+    let push = || PushImageRequest {
+        host: Some(target.clone()),
+        all: false,
+    };
+    let (a, b) = tokio::join!(
+        k.c.push_image(&k.admin, "deb", push()),
+        k.c.push_image(&k.admin, "deb", push())
+    );
+    for t in a.unwrap().into_iter().chain(b.unwrap()) {
+        k.task_end(&t.id).await.unwrap();
+    }
+    assert_eq!(sim(&target).images_received(), before + 1, "one copy made");
+    // Pushed again: nothing to do.
+    let again = k.c.push_image(&k.admin, "deb", push()).await.unwrap();
+    assert!(again.is_empty(), "{again:?}");
+
+    // Bytes that do not add up to the image's SHA-256 are refused: no copy, no file.
+    let t =
+        k.c.import_image(
+            &k.admin,
+            ImportImageRequest {
+                name: "imp".into(),
+                path: "/srv/imp.qcow2".into(),
+            },
+        )
+        .await
+        .unwrap();
+    k.task_end(&t.id).await.unwrap();
+    let imp_origin = k.copies("imp").await[0].0.clone();
+    let imp_target = k.other_host("imp").await;
+    sim(&imp_origin).corrupt_image_reads(true);
+    let tasks =
+        k.c.push_image(
+            &k.admin,
+            "imp",
+            PushImageRequest {
+                host: None,
+                all: true,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(tasks.len(), 1, "only the host without a copy");
+    let err = k.task_end(&tasks[0].id).await.unwrap_err();
+    assert!(err.contains("sha256"), "{err}");
+    assert_eq!(
+        k.copies("imp").await,
+        [(imp_origin.clone(), "ready".into())]
+    );
+    assert!(!sim(&imp_target)
+        .image_files()
+        .iter()
+        .any(|f| f.contains("imp")));
+    sim(&imp_origin).corrupt_image_reads(false);
+
+    // Bad requests: both or neither of host and all, an unknown host.
+    let both = PushImageRequest {
+        host: Some(target.clone()),
+        all: true,
+    };
+    let e = k.c.push_image(&k.admin, "deb", both).await.unwrap_err();
+    assert!(e.to_string().contains("not both"), "{e}");
+    let nowhere = PushImageRequest {
+        host: Some("nosuch".into()),
+        all: false,
+    };
+    let e = k.c.push_image(&k.admin, "deb", nowhere).await.unwrap_err();
+    assert!(matches!(e, Error::NotFound { kind: "host", .. }), "{e:?}");
+    let erin = k.user("erin").await;
+    assert!(k.c.push_image(&erin, "deb", push()).await.is_err());
+
+    // Deleting an image removes every host's copy.
+    k.c.delete_image(&k.admin, "deb").await.unwrap();
+    for s in &k.sims {
+        assert!(
+            !s.image_files().iter().any(|f| f.contains("/deb.")),
+            "{:?}",
+            s.image_files()
+        );
+    }
+}
+
+#[tokio::test]
+async fn placement_follows_tags_and_anti_affinity_and_says_why() {
+    let k = Cluster::new(3).await;
+    k.tiny().await;
+    let names: Vec<String> = k.sims.iter().map(|s| s.name()).collect();
+    // Two hosts tagged ssd; an unknown host and a bad tag are refused.
+    for h in &names[..2] {
+        let info =
+            k.c.set_host(
+                &k.admin,
+                h,
+                SetHostRequest {
+                    tags: vec!["ssd".into(), "ssd".into()],
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(info.tags, ["ssd"]);
+    }
+    let e =
+        k.c.set_host(&k.admin, "nosuch", SetHostRequest { tags: vec![] })
+            .await
+            .unwrap_err();
+    assert!(matches!(e, Error::NotFound { kind: "host", .. }), "{e:?}");
+    let e =
+        k.c.set_host(
+            &k.admin,
+            &names[0],
+            SetHostRequest {
+                tags: vec!["Not A Tag".into()],
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("tags"), "{e}");
+    let erin = k.user("erin").await;
+    assert!(k
+        .c
+        .set_host(&erin, &names[0], SetHostRequest { tags: vec![] })
+        .await
+        .is_err());
+
+    // Three VMs of one anti-affinity group on the ssd hosts: two fit, one per host; the
+    // third is refused, naming each host's verdict.
+    let ask = |n: &str| {
+        create(
+            n,
+            serde_json::json!({"image": "tiny", "host_tags": ["ssd"],
+                "anti_affinity": "web", "explain": true}),
+        )
+    };
+    let mut used = Vec::new();
+    for n in ["w1", "w2"] {
+        let vm = k.c.create_vm(&k.admin, ask(n)).await.unwrap();
+        let p = vm.placement.expect("explained");
+        assert_eq!(Some(&p.chosen), vm.host.as_ref());
+        assert!(names[..2].contains(&p.chosen), "{p:?}");
+        let third = p.hosts.iter().find(|h| h.host == names[2]).unwrap();
+        assert_eq!(third.verdict, "lacks tag ssd");
+        assert_eq!(vm.anti_affinity.as_deref(), Some("web"));
+        used.push(p.chosen);
+    }
+    assert_ne!(used[0], used[1], "one VM of the group per host");
+    let e = k.c.create_vm(&k.admin, ask("w3")).await.unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("anti-affinity group web") && msg.contains("lacks tag ssd"),
+        "{msg}"
+    );
+    assert!(k.c.store.vm_by_name("w3").await.unwrap().is_none());
+    // Without the group, it fits; not asked to explain, the answer has no placement.
+    let vm =
+        k.c.create_vm(
+            &k.admin,
+            create(
+                "w4",
+                serde_json::json!({"image": "tiny", "host_tags": ["ssd"]}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert!(vm.placement.is_none());
+    let e =
+        k.c.create_vm(
+            &k.admin,
+            create(
+                "w5",
+                serde_json::json!({"image": "tiny", "anti_affinity": "Bad Group"}),
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("anti_affinity"), "{e}");
 }

@@ -1,6 +1,6 @@
 //! Hosts: the machines whose agents run VMs.
 
-use crate::row::{binds, Cols, Count, FromRow, Record, Value};
+use crate::row::{binds, execute_on, Cols, Count, FromRow, Record, Value};
 use crate::{placeholders, Store, Timestamp};
 use anyhow::Result;
 use hostel_model::{Accel, VmState};
@@ -18,6 +18,8 @@ pub struct HostRecord {
     pub qemu_version: String,
     pub kernel: String,
     pub last_seen: Timestamp,
+    /// Tags an admin gave the host (`hostel host set --tags`), for placement.
+    pub tags: Vec<String>,
 }
 
 /// What runs on a host, as `Store::host_usage` counts it.
@@ -43,13 +45,20 @@ impl FromRow for HostRecord {
             qemu_version: c.text("qemu_version")?,
             kernel: c.text("kernel")?,
             last_seen: c.time("last_seen")?,
+            tags: c
+                .text("tags")?
+                .split(',')
+                .filter(|t| !t.is_empty())
+                .map(String::from)
+                .collect(),
         })
     }
 }
 
 impl Record for HostRecord {
     const COLS: &'static str =
-        "id, name, url, cpus, memory_mib, accel, accel_reason, qemu_version, kernel, last_seen";
+        "id, name, url, cpus, memory_mib, accel, accel_reason, qemu_version, kernel, last_seen, \
+         tags";
     fn values(&self) -> Vec<Value<'_>> {
         binds![
             &self.id,
@@ -62,6 +71,7 @@ impl Record for HostRecord {
             &self.qemu_version,
             &self.kernel,
             self.last_seen,
+            self.tags.join(","),
         ]
     }
 }
@@ -109,6 +119,25 @@ impl Store {
         self.fetch_optional(&sql, binds![id]).await
     }
 
+    /// Sets a host's tags (replacing the ones it had).
+    pub async fn set_host_tags(&self, id: &str, tags: &[String]) -> Result<()> {
+        self.execute(
+            "UPDATE hosts SET tags = $2 WHERE id = $1",
+            binds![id, tags.join(",")],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The hosts with a VM of anti-affinity group `group` (in any state).
+    pub async fn hosts_with_group(&self, group: &str) -> Result<Vec<String>> {
+        self.fetch_all(
+            "SELECT DISTINCT host_id FROM vms WHERE anti_affinity = $1 AND host_id IS NOT NULL",
+            binds![group],
+        )
+        .await
+    }
+
     /// When a host's agent was last heard from (connected, or its stream ended).
     pub async fn touch_host(&self, id: &str, at: Timestamp) -> Result<()> {
         self.execute(
@@ -130,9 +159,17 @@ impl Store {
         Ok((n[0], n[1], n[2]))
     }
 
+    /// Deletes a host and what it held of the images (their copies' rows).
     pub async fn delete_host(&self, id: &str) -> Result<()> {
-        self.execute("DELETE FROM hosts WHERE id = $1", binds![id])
-            .await?;
+        let mut tx = self.pool().begin().await?;
+        execute_on(
+            &mut tx,
+            "DELETE FROM image_copies WHERE host_id = $1",
+            binds![id],
+        )
+        .await?;
+        execute_on(&mut tx, "DELETE FROM hosts WHERE id = $1", binds![id]).await?;
+        tx.commit().await?;
         Ok(())
     }
 

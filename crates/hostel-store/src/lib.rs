@@ -28,7 +28,7 @@ use std::time::Duration;
 pub use accounts::{AuditFilter, AuditRecord, GroupRecord, SshKeyRecord, TokenRecord, UserRecord};
 pub use disks::{DiskRecord, SnapshotRecord};
 pub use hosts::{HostRecord, HostUsage};
-pub use images::ImageRecord;
+pub use images::{ImageCopyRecord, ImageRecord};
 pub use migrations::MIGRATIONS;
 pub use net::{ForwardRecord, NetworkRecord, NicRecord};
 pub use pools::PoolRecord;

@@ -226,4 +226,26 @@ pub const MIGRATIONS: &[&[&str]] = &[
     ],
     // A browser session is a token with a note of its browser; it also ends when idle.
     &["ALTER TABLE tokens ADD COLUMN session TEXT"],
+    // An image is usable on every host that holds a copy of it (`ready`), copied there
+    // on first use or ahead of time; a `copying` row is a copy under way. The host that
+    // made the image holds the first copy.
+    &[
+        "CREATE TABLE image_copies (
+            image_id TEXT NOT NULL REFERENCES images(id),
+            host_id TEXT NOT NULL REFERENCES hosts(id),
+            state TEXT NOT NULL,
+            path TEXT,
+            initrd TEXT,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (image_id, host_id)
+        )",
+        "INSERT INTO image_copies (image_id, host_id, state, path, initrd, updated_at) \
+         SELECT id, host_id, 'ready', path, initrd, created_at FROM images",
+    ],
+    // Placement filters: a host's tags (comma-separated) that a create may ask for, and
+    // a VM's anti-affinity group (no two of a group on one host).
+    &[
+        "ALTER TABLE hosts ADD COLUMN tags TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE vms ADD COLUMN anti_affinity TEXT",
+    ],
 ];

@@ -31,6 +31,7 @@ fn host() -> HostRecord {
         qemu_version: "10.0.2".into(),
         kernel: "6.1".into(),
         last_seen: now(),
+        tags: Vec::new(),
     }
 }
 
@@ -60,6 +61,7 @@ fn vm(name: &str) -> VmRecord {
         owner_group_id: None,
         admin_group_id: None,
         lease_expires_at: None,
+        anti_affinity: None,
     }
 }
 

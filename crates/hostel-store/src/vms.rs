@@ -39,6 +39,8 @@ pub struct VmRecord {
     pub admin_group_id: Option<String>,
     /// When the VM's lease runs out (it is then shut down, never deleted).
     pub lease_expires_at: Option<Timestamp>,
+    /// Its anti-affinity group: placement puts no two VMs of a group on one host.
+    pub anti_affinity: Option<String>,
 }
 
 impl FromRow for VmRecord {
@@ -69,6 +71,7 @@ impl FromRow for VmRecord {
             owner_group_id: c.opt_text("owner_group_id")?,
             admin_group_id: c.opt_text("admin_group_id")?,
             lease_expires_at: c.opt_time("lease_expires_at")?,
+            anti_affinity: c.opt_text("anti_affinity")?,
         })
     }
 }
@@ -77,7 +80,7 @@ impl Record for VmRecord {
     const COLS: &'static str = "id, name, host_id, image_id, memory_mib, max_memory_mib, \
         vcpus, max_vcpus, state, state_reason, on_poweroff, on_reboot, on_crash, saved_path, \
         pid, created_at, updated_at, cdrom_image_id, boot_json, cloud_json, owner_user_id, \
-        owner_group_id, admin_group_id, lease_expires_at";
+        owner_group_id, admin_group_id, lease_expires_at, anti_affinity";
     fn values(&self) -> Vec<Value<'_>> {
         binds![
             &self.id,
@@ -104,6 +107,7 @@ impl Record for VmRecord {
             &self.owner_group_id,
             &self.admin_group_id,
             self.lease_expires_at,
+            &self.anti_affinity,
         ]
     }
 }

@@ -141,11 +141,26 @@ async fn a_second_host_is_added_used_lost_regained_and_removed() {
         .unwrap()
         .to_string();
 
-    // A VM from an image stays with the image (running, it leaves the local host with
-    // less memory free than node2); one with nothing host-bound goes where most memory is
-    // free, node2; one in node2's pool runs on node2, in a real QEMU that node2's agent
-    // started in node2's namespace.
-    d.ok(&[
+    // Tags steer placement: a VM asking for the local host's tag goes there (running, it
+    // leaves the local host with less memory free than node2); one with nothing
+    // host-bound goes where most memory is free, node2; one in node2's pool runs on
+    // node2, in a real QEMU that node2's agent started in node2's namespace.
+    let err = d.fails(&["host", "set", "nosuch", "--tags", "x"]);
+    assert!(err.contains("no host is named"), "{err}");
+    let out = d.ok(&["host", "set", &local, "--tags", "first,local"]);
+    assert!(out.contains("tags first,local"), "{out}");
+    d.ok(&["host", "set", "node2", "--tags", "second"]);
+    let err = d.fails(&[
+        "create",
+        "nowhere",
+        "--image",
+        "tiny",
+        "--host-tag",
+        "third",
+        "--no-network",
+    ]);
+    assert!(err.contains("lacks tag third"), "{err}");
+    let o = d.cli(&[
         "create",
         "here",
         "--image",
@@ -153,7 +168,16 @@ async fn a_second_host_is_added_used_lost_regained_and_removed() {
         "--memory",
         "128M",
         "--no-network",
+        "--host-tag",
+        "first",
+        "--explain",
     ]);
+    assert!(o.status.success(), "{o:?}");
+    let why = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        why.contains(&format!("placed on {local}")) && why.contains("lacks tag first"),
+        "{why}"
+    );
     assert_eq!(d.describe("here")["host"], local.as_str());
     let pool_dir = dir.join("pool2");
     std::fs::create_dir_all(&pool_dir).unwrap();
@@ -176,14 +200,54 @@ async fn a_second_host_is_added_used_lost_regained_and_removed() {
     d.ok(&[&["create", "free"][..], &small, &kernel].concat());
     assert_eq!(d.describe("free")["host"], "node2");
     d.ok(&["delete", "free"]);
-    let err = d.fails(
-        &[
-            &["create", "mixed", "--image", "tiny", "--pool", "p2"][..],
-            &small,
-        ]
-        .concat(),
+    // An image made on the local host is used on node2: copied there by the two agents
+    // (through the controller, checked by its SHA-256) when the first VM there needs it,
+    // and node2 boots it from its own copy.
+    d.ok(&[
+        "create",
+        "mixed",
+        "--image",
+        "tiny",
+        "--pool",
+        "p2",
+        "--memory",
+        "128M",
+        "--no-network",
+    ]);
+    let mixed = d.describe("mixed");
+    assert_eq!(mixed["host"], "node2");
+    let kernel2 = mixed["boot"]["kernel"].as_str().unwrap().to_string();
+    assert_ne!(
+        kernel2,
+        boot["kernel"].as_str().unwrap(),
+        "node2's own copy"
     );
-    assert!(err.contains("use a pool on the image's host"), "{err}");
+    assert!(std::path::Path::new(&kernel2).exists(), "{kernel2}");
+    d.console("mixed")
+        .await
+        .wait_for(READY, Duration::from_secs(180))
+        .await;
+    let images = d.json(&["image", "list"]);
+    let hosts: Vec<String> = images[0]["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            format!(
+                "{}={}",
+                c["host"].as_str().unwrap(),
+                c["state"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert!(
+        hosts.contains(&"node2=ready".to_string()) && hosts.contains(&format!("{local}=ready")),
+        "{hosts:?}"
+    );
+    let out = d.ok(&["image", "push", "tiny", "--all"]);
+    assert!(out.contains("has a copy already"), "{out}");
+    d.ok(&["destroy", "mixed"]);
+    d.ok(&["delete", "mixed"]);
     d.ok(&[
         &["create", "there", "--pool", "p2", "--disk", "64M"][..],
         &small,

@@ -12,6 +12,17 @@ use std::future::Future;
 /// it ends after the last line or at the first error.
 pub type Lines<L, E> = BoxStream<'static, Result<L, E>>;
 
+/// Raw bytes in pieces, of a [`DownloadEndpoint`](super::endpoints::DownloadEndpoint)'s
+/// answer or an [`UploadEndpoint`](super::endpoints::UploadEndpoint)'s body; it ends
+/// after the last piece or at the first error.
+pub type ByteStream<E> = BoxStream<'static, Result<bytes::Bytes, E>>;
+
+/// A [`ByteStream`] of known length (a download's `Content-Length`).
+pub struct SizedBytes<E> {
+    pub size: u64,
+    pub bytes: ByteStream<E>,
+}
+
 /// The agent API. Each method is the endpoint of the same name in
 /// [`super::endpoints`] (`start_vm` is [`StartVm`](super::endpoints::StartVm), ...);
 /// the routers and clients check at compile time that the types match the declaration.
@@ -141,6 +152,19 @@ pub trait AgentApi: Send + Sync + 'static {
         &self,
         req: ImportImageRequest,
     ) -> impl Future<Output = Result<Lines<ImageLine, Self::Error>, Self::Error>> + Send;
+
+    /// The bytes of one file of the host's image store.
+    fn read_image_file(
+        &self,
+        req: ReadImageFileRequest,
+    ) -> impl Future<Output = Result<SizedBytes<Self::Error>, Self::Error>> + Send;
+    /// Stores an image from the bytes of its files (another host's copy), checked against
+    /// its SHA-256 before it is kept; an image of that name already there is replaced.
+    fn put_image(
+        &self,
+        req: PutImageRequest,
+        body: ByteStream<Self::Error>,
+    ) -> impl Future<Output = Result<ImageFiles, Self::Error>> + Send;
 
     /// The VM's serial console. By default an agent has none (`unavailable`).
     fn console_socket(

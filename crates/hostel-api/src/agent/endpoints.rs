@@ -8,6 +8,10 @@
 //!   response, or an [`AgentFailure`](super::AgentFailure) with its HTTP status.
 //! - [`StreamEndpoint`]: a JSON request, then a stream of JSON lines (`application/x-ndjson`).
 //! - [`SocketEndpoint`]: a websocket of a VM carrying raw bytes both ways.
+//! - [`DownloadEndpoint`]: a request in the query string, raw bytes back
+//!   (`application/octet-stream`).
+//! - [`UploadEndpoint`]: raw bytes in the body, the request as JSON in the query
+//!   parameter `request`, a JSON response.
 
 use super::*;
 use serde::de::DeserializeOwned;
@@ -102,12 +106,29 @@ pub trait SocketEndpoint {
     const ROUTE: &'static str;
 }
 
+/// A `GET` whose answer is raw bytes.
+pub trait DownloadEndpoint {
+    const NAME: &'static str;
+    const ROUTE: &'static str;
+    type Request: Serialize + DeserializeOwned + Send + 'static;
+}
+
+/// A `PUT` of raw bytes, its request as JSON in the query parameter `request`.
+pub trait UploadEndpoint {
+    const NAME: &'static str;
+    const ROUTE: &'static str;
+    type Request: Serialize + DeserializeOwned + Send + 'static;
+    type Response: Serialize + DeserializeOwned + Send + 'static;
+}
+
 /// What kind of endpoint a [`Declared`] one is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Json,
     Stream,
     Socket,
+    Download,
+    Upload,
 }
 
 /// An endpoint as listed in [`all`].
@@ -255,6 +276,41 @@ impl SocketEndpoint for VncSocket {
     const ROUTE: &'static str = "/v1/vms/{id}/vnc";
 }
 
+/// One file of the host's image store, as bytes.
+pub struct ReadImageFile;
+impl DownloadEndpoint for ReadImageFile {
+    const NAME: &'static str = "ReadImageFile";
+    const ROUTE: &'static str = "/v1/images/file";
+    type Request = ReadImageFileRequest;
+}
+
+/// Stores an image sent as its files' bytes (another host's copy of it).
+pub struct PutImage;
+impl UploadEndpoint for PutImage {
+    const NAME: &'static str = "PutImage";
+    const ROUTE: &'static str = "/v1/images/put";
+    type Request = PutImageRequest;
+    type Response = ImageFiles;
+}
+
+const fn download<E: DownloadEndpoint>() -> Declared {
+    Declared {
+        name: E::NAME,
+        method: Method::Get,
+        route: E::ROUTE,
+        kind: Kind::Download,
+    }
+}
+
+const fn upload<E: UploadEndpoint>() -> Declared {
+    Declared {
+        name: E::NAME,
+        method: Method::Put,
+        route: E::ROUTE,
+        kind: Kind::Upload,
+    }
+}
+
 const fn stream<E: StreamEndpoint>() -> Declared {
     Declared {
         name: E::NAME,
@@ -280,6 +336,8 @@ pub const OTHER_ENDPOINTS: &[Declared] = &[
     stream::<ImportImage>(),
     socket::<ConsoleSocket>(),
     socket::<VncSocket>(),
+    download::<ReadImageFile>(),
+    upload::<PutImage>(),
 ];
 
 /// Every endpoint of the agent API.
@@ -312,7 +370,7 @@ mod tests {
                 .collect();
             assert!(params.iter().all(|p| p.starts_with("{id}")), "{}", d.route);
         }
-        assert_eq!(all().count(), 38);
+        assert_eq!(all().count(), 40);
     }
 
     fn declared<E: Endpoint>() -> Declared {
@@ -340,6 +398,8 @@ mod tests {
             stream::<ImportImage>(),
             socket::<ConsoleSocket>(),
             socket::<VncSocket>(),
+            download::<ReadImageFile>(),
+            upload::<PutImage>(),
         ] {
             assert!(listed.contains(&d), "{} is not in all()", d.name);
         }

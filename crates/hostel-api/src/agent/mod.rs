@@ -14,7 +14,7 @@ mod api;
 pub mod endpoints;
 mod failure;
 
-pub use api::{AgentApi, Lines};
+pub use api::{AgentApi, ByteStream, Lines, SizedBytes};
 pub use failure::{AgentFailure, FailureCode};
 
 use hostel_model::{Accel, ImageKind, Policy, VmState};
@@ -358,6 +358,36 @@ pub struct ImageFiles {
     pub size_bytes: u64,
     pub virtual_size_mib: u64,
     pub sha256: String,
+}
+
+/// One file of an image to read from a host's image store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReadImageFileRequest {
+    /// The file's path on that host, inside its image store (as in [`ImageFiles`]).
+    pub path: String,
+}
+
+/// An image to store on a host from the bytes of its files, sent one after another in
+/// the body of [`PutImage`](endpoints::PutImage) (the disk file; or the kernel, then the
+/// initrd).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PutImageRequest {
+    pub name: String,
+    pub kind: ImageKind,
+    pub format: String,
+    pub cmdline: Option<String>,
+    /// Each file: its path inside the image store (`NAME.qcow2`, `NAME/vmlinuz`, ...)
+    /// and its length in bytes, in the order of the body.
+    pub files: Vec<ImageFilePart>,
+    /// The SHA-256 the files must add up to (as [`ImageFiles::sha256`]); anything else
+    /// is refused and nothing is kept.
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageFilePart {
+    pub name: String,
+    pub size: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -3,7 +3,9 @@
 
 use super::{AgentCallError, AgentClient, LineReader};
 use anyhow::anyhow;
-use hostel_api::agent::endpoints::{self as ep, Endpoint, Method, PathParams, StreamEndpoint};
+use hostel_api::agent::endpoints::{
+    self as ep, DownloadEndpoint, Endpoint, Method, PathParams, StreamEndpoint, UploadEndpoint,
+};
 use hostel_api::agent::*;
 use serde::Serialize;
 
@@ -47,6 +49,25 @@ impl AgentClient {
         })
     }
 
+    /// Sends a request and decodes its JSON answer.
+    async fn answer<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+        rb: reqwest::RequestBuilder,
+    ) -> Res<T> {
+        let body = self.send(name, rb).await?.bytes().await.map_err(|e| {
+            AgentCallError::Unreachable(
+                anyhow!(e).context(format!("reading the answer of the agent at {}", self.url)),
+            )
+        })?;
+        serde_json::from_slice(&body).map_err(|e| {
+            AgentCallError::BadAnswer(anyhow!(
+                "the answer of the agent at {} to {name} does not decode: {e}",
+                self.url
+            ))
+        })
+    }
+
     /// Calls the request/response endpoint `E`.
     async fn call_endpoint<E: Endpoint>(
         &self,
@@ -54,18 +75,7 @@ impl AgentClient {
         req: &E::Request,
     ) -> Res<E::Response> {
         let rb = self.request(E::METHOD, &path.render(E::ROUTE), req);
-        let body = self.send(E::NAME, rb).await?.bytes().await.map_err(|e| {
-            AgentCallError::Unreachable(
-                anyhow!(e).context(format!("reading the answer of the agent at {}", self.url)),
-            )
-        })?;
-        serde_json::from_slice(&body).map_err(|e| {
-            AgentCallError::BadAnswer(anyhow!(
-                "the answer of the agent at {} to {} does not decode: {e}",
-                self.url,
-                E::NAME
-            ))
-        })
+        self.answer(E::NAME, rb).await
     }
 
     /// Opens the streaming endpoint `E`.
@@ -76,6 +86,53 @@ impl AgentClient {
     ) -> Res<LineReader> {
         let rb = self.request(E::METHOD, E::ROUTE, req);
         Ok(LineReader::new(self.send(E::NAME, rb).await?, silence))
+    }
+}
+
+impl AgentClient {
+    /// Opens the download endpoint `E`: its bytes as they arrive.
+    async fn download<E: DownloadEndpoint>(
+        &self,
+        req: &E::Request,
+    ) -> Res<SizedBytes<AgentCallError>> {
+        use futures::StreamExt;
+        let rb = self.request(Method::Get, E::ROUTE, req);
+        let resp = self.send(E::NAME, rb).await?;
+        let url = self.url.clone();
+        let size = resp.content_length().ok_or_else(|| {
+            AgentCallError::BadAnswer(anyhow!(
+                "the agent at {url} answered {} without a Content-Length",
+                E::NAME
+            ))
+        })?;
+        let bytes = resp
+            .bytes_stream()
+            .map(move |b| {
+                b.map_err(|e| {
+                    AgentCallError::Unreachable(
+                        anyhow!(e).context(format!("reading bytes from the agent at {url}")),
+                    )
+                })
+            })
+            .boxed();
+        Ok(SizedBytes { size, bytes })
+    }
+
+    /// Calls the upload endpoint `E` with `body` as its bytes.
+    async fn upload<E: UploadEndpoint>(
+        &self,
+        req: &E::Request,
+        body: ByteStream<AgentCallError>,
+    ) -> Res<E::Response> {
+        use futures::StreamExt;
+        let json = serde_json::to_string(req).map_err(|e| AgentCallError::BadAnswer(e.into()))?;
+        let body = reqwest::Body::wrap_stream(body.map(|b| b.map_err(std::io::Error::other)));
+        let rb = self
+            .http
+            .put(format!("{}{}", self.url, E::ROUTE))
+            .query(&[("request", json)])
+            .body(body);
+        self.answer(E::NAME, rb).await
     }
 }
 
@@ -214,6 +271,17 @@ impl AgentApi for AgentClient {
             .open_lines::<ep::ImportImage>(&req, None)
             .await?
             .typed())
+    }
+
+    async fn read_image_file(&self, req: ReadImageFileRequest) -> Res<SizedBytes<AgentCallError>> {
+        self.download::<ep::ReadImageFile>(&req).await
+    }
+    async fn put_image(
+        &self,
+        req: PutImageRequest,
+        body: ByteStream<AgentCallError>,
+    ) -> Res<ImageFiles> {
+        self.upload::<ep::PutImage>(&req, body).await
     }
 
     async fn console_socket(&self, id: &str) -> Res<AgentSocket> {

@@ -31,6 +31,20 @@ pub(super) async fn add_host(
     ))
 }
 
+/// Sets a host's tags (what a create's `host_tags` asks for).
+#[utoipa::path(put, path = "/api/v1/hosts/{name}", params(("name" = String, Path)),
+    request_body = SetHostRequest,
+    responses((status = 200, body = HostInfo), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub(super) async fn set_host(
+    State(c): S,
+    Extension(ctx): X,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<SetHostRequest>,
+) -> R<HostInfo> {
+    Ok(Json(c.set_host(&ctx, &name, req).await?))
+}
+
 /// Removes a host with no VMs, images or pools left (admins only).
 #[utoipa::path(delete, path = "/api/v1/hosts/{name}", params(("name" = String, Path)),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
@@ -93,6 +107,24 @@ pub(super) async fn delete_image(
 ) -> Result<StatusCode, Error> {
     c.delete_image(&ctx, &name).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Copies an image ahead of its first use to one host (`host`) or every connected host
+/// without a copy (`all`): one task per host, answered at once.
+#[utoipa::path(post, path = "/api/v1/images/{name}/push", params(("name" = String, Path)),
+    request_body = PushImageRequest,
+    responses((status = 202, body = Vec<Task>), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub(super) async fn push_image(
+    State(c): S,
+    Extension(ctx): X,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<PushImageRequest>,
+) -> Result<(StatusCode, Json<Vec<Task>>), Error> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(c.push_image(&ctx, &name, req).await?),
+    ))
 }
 
 #[utoipa::path(get, path = "/api/v1/tasks/{id}", params(("id" = String, Path)),

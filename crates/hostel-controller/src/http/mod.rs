@@ -48,7 +48,7 @@ type R<T> = Result<Json<T>, Error>;
     paths(
         info, list_vms, create_vm, get_vm, vm_stats, delete_vm, start_vm, reboot_vm, pause_vm,
         unpause_vm, destroy_vm, shutdown_vm, mem_set, vcpu_set, save_vm, restore_vm,
-        console, console_log, console_ticket, dmesg, list_images, build_image, import_image, delete_image, get_task,
+        console, console_log, console_ticket, dmesg, list_images, build_image, import_image, delete_image, push_image, get_task,
         list_networks, create_network, get_network, update_network, delete_network, list_nics, add_nic,
         remove_nic, list_forwards, add_forward, remove_forward, list_disks, add_disk,
         remove_disk, resize_disk, list_snapshots, create_snapshot, revert_snapshot,
@@ -57,7 +57,7 @@ type R<T> = Result<Json<T>, Error>;
         create_token, revoke_token, list_keys, add_key, remove_key, list_groups, create_group,
         delete_group, add_member, remove_member, set_owner, audit, audit_retention,
         set_audit_retention, prune_audit, show_quota, set_quota,
-        renew_vm, list_hosts, add_host, remove_host, events
+        renew_vm, list_hosts, add_host, set_host, remove_host, events
     ),
     components(schemas(ErrorBody)),
     modifiers(&BearerAuth, &StandardErrors),
@@ -89,7 +89,7 @@ pub fn router(c: Arc<Controller>) -> Router {
     let api = Router::new()
         .route("/api/v1/info", get(info))
         .route("/api/v1/hosts", get(list_hosts).post(add_host))
-        .route("/api/v1/hosts/{name}", delete(remove_host))
+        .route("/api/v1/hosts/{name}", delete(remove_host).put(set_host))
         .route("/api/v1/vms", get(list_vms).post(create_vm))
         .route("/api/v1/events", get(events))
         .route("/api/v1/vms/{name}", get(get_vm).delete(delete_vm))
@@ -113,6 +113,7 @@ pub fn router(c: Arc<Controller>) -> Router {
         .route("/api/v1/images/build", post(build_image))
         .route("/api/v1/images/import", post(import_image))
         .route("/api/v1/images/{name}", delete(delete_image))
+        .route("/api/v1/images/{name}/push", post(push_image))
         .route("/api/v1/tasks/{id}", get(get_task))
         .route("/api/v1/whoami", get(whoami))
         .route("/api/v1/users", get(list_users).post(create_user))
@@ -240,6 +241,7 @@ fn action_of(method: &Method, route: &str) -> &'static str {
         ("POST", "/api/v1/images/build") => "image.build",
         ("POST", "/api/v1/images/import") => "image.import",
         ("DELETE", "/api/v1/images/{name}") => "image.delete",
+        ("POST", "/api/v1/images/{name}/push") => "image.push",
         ("POST", "/api/v1/networks") => "network.create",
         ("DELETE", "/api/v1/networks/{name}") => "network.delete",
         ("PATCH", "/api/v1/networks/{name}") => "network.update",
@@ -247,6 +249,7 @@ fn action_of(method: &Method, route: &str) -> &'static str {
         ("DELETE", "/api/v1/pools/{name}") => "pool.delete",
         ("POST", "/api/v1/hosts") => "host.add",
         ("DELETE", "/api/v1/hosts/{name}") => "host.remove",
+        ("PUT", "/api/v1/hosts/{name}") => "host.set",
         ("POST", "/api/v1/users") => "user.create",
         ("DELETE", "/api/v1/users/{name}") => "user.delete",
         ("POST", "/api/v1/users/{name}/password") => "user.password",

@@ -39,6 +39,11 @@ pub struct CreateForm {
     pub password: String,
     #[serde(default)]
     pub lease_days: String,
+    /// Host tags the VM's host must have, comma-separated.
+    #[serde(default)]
+    pub host_tags: String,
+    #[serde(default)]
+    pub anti_affinity: String,
     #[serde(default)]
     pub start: Option<String>,
 }
@@ -111,6 +116,7 @@ impl CreatePage {
             "ssh_keys",
             "password",
             "lease_days",
+            "anti_affinity",
         ];
         if FIELDS.contains(&self.error_field.as_str()) {
             None
@@ -313,6 +319,15 @@ fn cli_line(f: &CreateForm, keys: &[SshKey]) -> String {
     opt("network", &f.network);
     opt("owner", &f.owner);
     opt("lease-days", &f.lease_days);
+    for t in f
+        .host_tags
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
+        opt("host-tag", t);
+    }
+    opt("anti-affinity", &f.anti_affinity);
     for k in keys.iter().filter(|k| f.key.contains(&k.name)) {
         opt("ssh-key", &k.public_key);
     }
@@ -386,6 +401,14 @@ fn request(f: &CreateForm, keys: &[SshKey]) -> Result<CreateVmRequest, (String, 
     req.ssh_keys = ssh_keys;
     req.password = Some(f.password.clone()).filter(|p| !p.is_empty());
     req.owner = Some(f.owner.clone()).filter(|o| !o.is_empty());
+    req.host_tags = f
+        .host_tags
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(String::from)
+        .collect();
+    req.anti_affinity = Some(f.anti_affinity.trim().to_string()).filter(|g| !g.is_empty());
     req.start = f.start.is_some();
     Ok(req)
 }

@@ -47,6 +47,13 @@ pub enum HostCmd {
     },
     /// Remove a host that has no VMs, images or pools left.
     Remove { name: String },
+    /// Set a host's tags, which `create --host-tag` asks for.
+    Set {
+        name: String,
+        /// The tags, comma-separated, replacing the host's (an empty string: none).
+        #[arg(long, value_delimiter = ',', required = true, num_args = 0..)]
+        tags: Vec<String>,
+    },
 }
 
 fn online(h: &HostInfo) -> &'static str {
@@ -90,6 +97,7 @@ const HOST_COLUMNS: &[Column<HostInfo>] = &[
             .replace('T', " ")
     }),
     ("LAST REPORT", age),
+    ("TAGS", |h| h.tags.join(",")),
     ("URL", |h| h.url.clone()),
 ];
 
@@ -136,6 +144,20 @@ pub async fn run(cmd: Cmd) -> Result<()> {
                 h.accel.as_str(),
                 online(&h)
             );
+            Ok(())
+        }
+        Cmd::Host(HostCmd::Set { name, tags }) => {
+            let tags: Vec<String> = tags.into_iter().filter(|t| !t.is_empty()).collect();
+            let h: HostInfo = api
+                .put(
+                    &format!(
+                        "/api/v1/hosts/{}",
+                        hostel_api::agent::endpoints::encode_segment(&name)
+                    ),
+                    &SetHostRequest { tags },
+                )
+                .await?;
+            println!("host {}: tags {}", h.name, h.tags.join(","));
             Ok(())
         }
         Cmd::Host(HostCmd::Remove { name }) => {

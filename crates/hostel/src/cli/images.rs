@@ -49,8 +49,19 @@ pub enum ImageCmd {
         #[arg(short, long, value_enum, default_value = "yaml")]
         output: DescribeFormat,
     },
-    /// Delete an image no VM uses.
+    /// Delete an image no VM uses (every host's copy of it).
     Delete { name: String },
+    /// Copy an image to a host (or every connected host) ahead of its first use there;
+    /// without this it is copied when a VM there first needs it.
+    Push {
+        name: String,
+        /// The host to copy it to.
+        #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+        host: Option<String>,
+        /// Every connected host without a copy.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 const IMAGE_COLUMNS: &[Column<Image>] = &[
@@ -60,6 +71,16 @@ const IMAGE_COLUMNS: &[Column<Image>] = &[
     ("SIZE", |i| format_mib(i.size_bytes.div_ceil(1 << 20))),
     ("SHA256", |i| i.sha256.chars().take(12).collect()),
     ("USED BY", |i| i.used_by.join(",")),
+    ("HOSTS", |i| {
+        i.hosts
+            .iter()
+            .map(|c| match c.state.as_str() {
+                "ready" => c.host.clone(),
+                s => format!("{} ({s})", c.host),
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }),
 ];
 
 pub async fn run(cmd: Cmd) -> Result<()> {
@@ -116,6 +137,21 @@ pub async fn run(cmd: Cmd) -> Result<()> {
         ImageCmd::Delete { name } => {
             api.delete(&format!("/api/v1/images/{name}")).await?;
             println!("deleted image {name}");
+            Ok(())
+        }
+        ImageCmd::Push { name, host, all } => {
+            let req = PushImageRequest { host, all };
+            let path = format!(
+                "/api/v1/images/{}/push",
+                hostel_api::agent::endpoints::encode_segment(&name)
+            );
+            let tasks: Vec<Task> = api.post(&path, &req).await?;
+            if tasks.is_empty() {
+                println!("image {name}: every host asked for has a copy already");
+            }
+            for t in tasks {
+                wait_task(&api, t).await?;
+            }
             Ok(())
         }
     }

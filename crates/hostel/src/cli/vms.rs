@@ -170,6 +170,15 @@ pub struct CreateArgs {
     /// `user:NAME` too. Default: yours.
     #[arg(long)]
     owner: Option<String>,
+    /// Only a host with this tag (`hostel host set --tags`); repeat for several.
+    #[arg(long = "host-tag")]
+    host_tags: Vec<String>,
+    /// An anti-affinity group: the VM goes to no host with a VM of the same group.
+    #[arg(long)]
+    anti_affinity: Option<String>,
+    /// Also print how the host was chosen: every host considered and its verdict.
+    #[arg(long)]
+    explain: bool,
     #[arg(short, long, value_enum, default_value = "table")]
     output: Format,
 }
@@ -466,7 +475,17 @@ async fn create(api: &Api, a: CreateArgs) -> Result<()> {
         pool: a.pool,
         lease_days: a.lease_days,
         owner: a.owner,
+        host_tags: a.host_tags,
+        anti_affinity: a.anti_affinity,
+        explain: a.explain,
     };
     let vm: Vm = api.post("/api/v1/vms", &req).await?;
+    if let Some(p) = vm.placement.as_ref().filter(|_| a.output == Format::Table) {
+        // On stderr, so that the VM's row stays the output.
+        eprintln!("placed on {}: {}", p.chosen, p.rule);
+        for h in &p.hosts {
+            eprintln!("  {:<24} {:>8} MiB free  {}", h.host, h.free_mib, h.verdict);
+        }
+    }
     show_vm(&vm, a.output)
 }

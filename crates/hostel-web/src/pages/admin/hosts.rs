@@ -11,7 +11,7 @@ use askama::Template;
 use axum::extract::Path;
 use axum::http::HeaderMap;
 use axum::response::Response;
-use hostel_api::public::{AddHostRequest, HostInfo, VmSummary};
+use hostel_api::public::{AddHostRequest, HostInfo, SetHostRequest, VmSummary};
 use std::collections::HashMap;
 
 /// The VMs read to add up each host's vCPUs (one page of the VM list).
@@ -115,6 +115,23 @@ pub async fn act(Path(action): Path<String>, f: Form<Fields>) -> Response {
                     mib(&h.memory_total_mib),
                     if h.online { "online" } else { "offline" }
                 )
+            })
+        }
+        "tags" => {
+            let name = f.get("name");
+            let req = SetHostRequest {
+                tags: f.list("tags"),
+            };
+            let r = s
+                .api
+                .put::<_, HostInfo>(&format!("/api/v1/hosts/{}", seg(name)), &req)
+                .await;
+            done(HERE, r, |h| {
+                if h.tags.is_empty() {
+                    format!("Host {} has no tags now.", h.name)
+                } else {
+                    format!("Host {} is tagged {}.", h.name, h.tags.join(", "))
+                }
             })
         }
         "remove" => {

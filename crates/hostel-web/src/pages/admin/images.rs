@@ -11,7 +11,9 @@ use askama::Template;
 use axum::extract::Path;
 use axum::http::HeaderMap;
 use axum::response::Response;
-use hostel_api::public::{BuildImageRequest, Image, ImportImageRequest, Task, TaskState};
+use hostel_api::public::{
+    BuildImageRequest, Image, ImportImageRequest, PushImageRequest, Task, TaskState,
+};
 
 #[derive(Template)]
 #[template(path = "admin_images.html")]
@@ -74,6 +76,7 @@ pub async fn task(s: Session, headers: HeaderMap, Path(id): Path<String>) -> Res
     let title = match t.kind.as_str() {
         "image-build" => format!("Building image {}", t.target),
         "image-import" => format!("Importing image {}", t.target),
+        "image-copy" => format!("Copying image {}", t.target),
         kind => format!("{kind} of {}", t.target),
     };
     let layout = Layout::new(&s, &headers, title, "images");
@@ -122,6 +125,35 @@ pub async fn act(Path(action): Path<String>, f: Form<Fields>) -> Response {
             };
             match api.post::<_, Task>("/api/v1/images/import", &req).await {
                 Ok(t) => follow(t, "The import of"),
+                Err(e) => back_err(HERE, &e),
+            }
+        }
+        "push" => {
+            let name = f.get("name");
+            let req = PushImageRequest {
+                host: None,
+                all: true,
+            };
+            let path = format!("/api/v1/images/{}/push", seg(name));
+            match api.post::<_, Vec<Task>>(&path, &req).await {
+                Ok(tasks) if tasks.len() == 1 => {
+                    follow(tasks.into_iter().next().expect("one"), "The copy of")
+                }
+                Ok(tasks) if tasks.is_empty() => back(
+                    HERE,
+                    Flash::ok(format!("Every connected host has image {name} already.")),
+                ),
+                Ok(tasks) => back(
+                    HERE,
+                    Flash::ok(format!(
+                        "Copying image {name}: {}.",
+                        tasks
+                            .iter()
+                            .map(|t| t.target.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )),
+                ),
                 Err(e) => back_err(HERE, &e),
             }
         }
