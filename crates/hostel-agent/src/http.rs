@@ -268,6 +268,14 @@ where
             socket::<A, ep::VncSocket, _, _>(|a, id| async move { a.vnc_socket(&id).await }),
         )
         .route(
+            ep::MigrateIn::ROUTE,
+            json::<A, ep::MigrateIn, _, _>(|a, id, r| async move { a.migrate_in(&id, r).await }),
+        )
+        .route(
+            ep::MigrateOut::ROUTE,
+            lines::<A, ep::MigrateOut, _, _>(None, |a, r| async move { a.migrate_out(r).await }),
+        )
+        .route(
             ep::ReadImageFile::ROUTE,
             download::<A, ep::ReadImageFile, _, _>(
                 |a, r| async move { a.read_image_file(r).await },

@@ -4,6 +4,7 @@
 pub mod console;
 mod http;
 mod images;
+mod migrate;
 mod net;
 mod service;
 mod stats;

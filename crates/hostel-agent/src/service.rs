@@ -572,6 +572,50 @@ impl AgentApi for Shared {
         }))
     }
 
+    /// Starts a QEMU that waits for the VM's state from a live migration.
+    async fn migrate_in(&self, id: &str, req: MigrateInRequest) -> Res<MigrateInReady> {
+        check_id(id)?;
+        if req.spec.id != id {
+            return Err(invalid(anyhow::anyhow!("spec: id does not match the path")));
+        }
+        let vm = self.vm_or_new(&req.spec);
+        let _g = vm.op.lock().await;
+        let caps = serde_json::to_value(&req.capabilities)
+            .map_err(|e| invalid(anyhow::anyhow!("capabilities: {e}")))?;
+        let (uri, port) = vm
+            .start_incoming(&self.arc(), req.spec, &req.listen, caps)
+            .await?;
+        Ok(MigrateInReady { uri, port })
+    }
+
+    /// Sends a VM to a waiting host, with progress lines (one operation of the VM).
+    async fn migrate_out(&self, req: MigrateOutRequest) -> Res<Lines<MigrationLine, AgentFailure>> {
+        let vm = find(self, &req.vm_id)?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<MigrationLine>();
+        tokio::spawn(async move {
+            let _g = vm.op.lock().await;
+            let t = tx.clone();
+            let r = vm
+                .migrate_out(&req, &mut |p, m| {
+                    let _ = t.send(MigrationLine::Progress {
+                        progress: p,
+                        message: m,
+                    });
+                })
+                .await;
+            let _ = tx.send(match r {
+                Ok(done) => MigrationLine::Done { done },
+                Err(e) => MigrationLine::Error {
+                    error: e.to_string(),
+                },
+            });
+        });
+        Ok(Box::pin(futures::StreamExt::map(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
+            Ok,
+        )))
+    }
+
     async fn read_image_file(&self, req: ReadImageFileRequest) -> Res<SizedBytes<AgentFailure>> {
         self.image_file_bytes(&req.path).await
     }

@@ -124,6 +124,11 @@ impl VmRuntime {
             .ok_or_else(|| AgentError::Conflict("the VM has no running QEMU".into()))
     }
 
+    /// The running QEMU's QMP connection (for `migrate.rs`).
+    pub(crate) fn qmp_handle(&self) -> Result<Arc<Qmp>, AgentError> {
+        self.qmp()
+    }
+
     /// The running QEMU's pid and QMP connection, when it has both.
     pub(crate) fn process(&self) -> Option<(u32, Arc<Qmp>)> {
         let l = self.live.lock().unwrap();
@@ -216,6 +221,43 @@ impl VmRuntime {
         restore_from: Option<&str>,
         load_snapshot: Option<&str>,
     ) -> Result<(), AgentError> {
+        self.start_inner(shared, spec, restore_from, load_snapshot, None)
+            .await
+    }
+
+    /// Starts QEMU waiting for the VM's state from a live migration, with the migration
+    /// settings `caps` (`migrate-set-capabilities`), listening on `listen` (an address of
+    /// this host); the stream's address comes back. The VM resumes here by itself once
+    /// the migration completes.
+    pub async fn start_incoming(
+        self: &Arc<Self>,
+        shared: &Arc<Shared>,
+        spec: VmSpec,
+        listen: &str,
+        caps: serde_json::Value,
+    ) -> Result<(String, u16), AgentError> {
+        let port = std::net::TcpListener::bind((listen, 0))
+            .and_then(|l| l.local_addr())
+            .map_err(|e| AgentError::Invalid(anyhow!("listen: cannot listen on {listen}: {e}")))?
+            .port();
+        let uri = if listen.contains(':') {
+            format!("tcp:[{listen}]:{port}")
+        } else {
+            format!("tcp:{listen}:{port}")
+        };
+        self.start_inner(shared, spec, None, None, Some((&uri, caps)))
+            .await?;
+        Ok((uri, port))
+    }
+
+    async fn start_inner(
+        self: &Arc<Self>,
+        shared: &Arc<Shared>,
+        spec: VmSpec,
+        restore_from: Option<&str>,
+        load_snapshot: Option<&str>,
+        migrate_from: Option<(&str, serde_json::Value)>,
+    ) -> Result<(), AgentError> {
         if self.state().has_process() {
             return Err(AgentError::Conflict(format!(
                 "the VM is already running (QEMU pid {})",
@@ -242,12 +284,12 @@ impl VmRuntime {
         shared.give_disks(&spec.disks, identity.as_ref())?;
         prepare_boot_files(shared, &self.paths, &spec, identity.as_ref())?;
         let host = shared.host_opts().await;
-        let mut argv = hostel_qemu::render(
-            &spec,
-            &self.paths,
-            &host,
-            incoming.as_ref().map(|_| INCOMING_FD),
-        );
+        let from = match (&incoming, &migrate_from) {
+            (Some(_), _) => Some(hostel_qemu::Incoming::Fd(INCOMING_FD)),
+            (None, Some(_)) => Some(hostel_qemu::Incoming::Defer),
+            (None, None) => None,
+        };
+        let mut argv = hostel_qemu::render(&spec, &self.paths, &host, from);
         if let Some(tag) = load_snapshot {
             argv.extend(["-loadvm".to_string(), tag.to_string()]);
         }
@@ -312,6 +354,15 @@ impl VmRuntime {
                 // Restore resumes the VM, like `xm restore`, whatever its state when saved.
                 wait_incoming(&qmp).await?;
                 qmp.execute("cont", json!({})).await?;
+            }
+            if let Some((uri, caps)) = &migrate_from {
+                // Both ends of a migration use the same capabilities.
+                qmp.execute("migrate-set-capabilities", json!({ "capabilities": caps }))
+                    .await?;
+                qmp.execute("migrate-incoming", json!({ "uri": uri }))
+                    .await?;
+                // Waiting for the stream: paused until it completes, then running.
+                return Ok(VmState::Paused);
             }
             if spec.memory_mib < spec.max_memory_mib {
                 // The balloon driver picks the target up when the guest loads it.

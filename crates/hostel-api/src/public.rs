@@ -129,6 +129,26 @@ pub struct CreateVmRequest {
     pub explain: bool,
 }
 
+/// Moves a running VM to another host while it runs (live migration).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct MigrateRequest {
+    /// The host to move to; default: placement's choice among the other hosts.
+    #[serde(default)]
+    pub to: Option<String>,
+    /// The most the guest may be paused for at the switch-over, in ms (default 300).
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 60000)]
+    pub max_downtime_ms: Option<u64>,
+    /// A bandwidth cap for the memory stream, in MiB/s; default: none.
+    #[serde(default)]
+    #[schema(minimum = 1)]
+    pub bandwidth_mibps: Option<u64>,
+    /// When the guest writes memory faster than it can be sent, pause it to finish
+    /// (downtime then longer than `max_downtime_ms`), instead of giving up.
+    #[serde(default)]
+    pub force_complete: bool,
+}
+
 /// How a new VM's host was chosen: every host considered, and why each was or was not.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Placement {

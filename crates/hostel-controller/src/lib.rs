@@ -19,6 +19,7 @@ mod http;
 mod image_copies;
 mod images;
 mod lease;
+mod migrate;
 mod net_policy;
 mod networks;
 mod placement;
@@ -121,6 +122,8 @@ pub struct Controller {
     pub(crate) usage: stats::UsageHistory,
     /// One lock per image and host: a copy of an image to a host is made once at a time.
     copy_locks: Mutex<HashMap<(String, String), OneAtATime>>,
+    /// VMs being migrated: their agents' state events wait until it ends.
+    migrating: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Controller {
@@ -147,6 +150,7 @@ impl Controller {
             hosts_lock: tokio::sync::RwLock::new(()),
             usage: stats::UsageHistory::new(),
             copy_locks: Mutex::default(),
+            migrating: Mutex::default(),
         })
     }
 
@@ -376,7 +380,7 @@ impl Controller {
                     let _ = r.send(());
                 }
                 while let Some(ev) = rx.recv().await {
-                    self.apply_event(ev).await;
+                    self.apply_event(&host, ev).await;
                 }
             }
             let _ = (&mut follower.0).await;
@@ -393,8 +397,16 @@ impl Controller {
         }
     }
 
-    async fn apply_event(&self, ev: Event) {
+    /// Writes a VM's state as its host reports it; a report from another host (one the
+    /// VM left, or is moving to) or about a VM that is migrating is not written.
+    async fn apply_event(&self, host: &str, ev: Event) {
+        if self.is_migrating(&ev.vm_id) {
+            return;
+        }
         match self.store.vm_by_id(&ev.vm_id).await {
+            Ok(Some(vm)) if vm.host_id.as_deref() != Some(host) => {
+                tracing::debug!(vm = %ev.vm_id, %host, "event from a host the VM is not on");
+            }
             Ok(Some(_)) => {
                 let _ = self
                     .store
@@ -422,6 +434,9 @@ impl Controller {
             })
             .await?;
         for vm in on_host.into_iter().map(|r| r.vm) {
+            if self.is_migrating(&vm.id) {
+                continue;
+            }
             match running.get(&vm.id) {
                 // Written only when it changed: after a restart, thousands of VMs agree.
                 Some(s)

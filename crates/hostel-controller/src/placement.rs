@@ -18,6 +18,12 @@ pub(crate) struct Ask<'a> {
     pub tags: &'a [String],
     /// No VM of this group may be on the host.
     pub anti_affinity: Option<&'a str>,
+    /// Not this host (a migrating VM's own).
+    pub exclude: Option<&'a str>,
+    /// Only this host (a migration's target, named).
+    pub only: Option<&'a str>,
+    /// The VM this is for, whose own anti-affinity group does not count against it.
+    pub vm_id: Option<&'a str>,
 }
 
 /// The placement rule, in words, for the explanation.
@@ -37,7 +43,7 @@ impl Controller {
             .into_iter()
             .collect();
         let taken: Vec<String> = match ask.anti_affinity {
-            Some(g) => self.store.hosts_with_group(g).await?,
+            Some(g) => self.store.hosts_with_group(g, ask.vm_id).await?,
             None => Vec::new(),
         };
         let mut verdicts = Vec::new();
@@ -51,7 +57,11 @@ impl Controller {
                 .filter(|t| !h.tags.contains(t))
                 .map(|t| t.as_str())
                 .collect();
-            let verdict = if !self.is_online(&h.id) {
+            let verdict = if ask.exclude == Some(h.id.as_str()) {
+                "the VM's own host".to_string()
+            } else if ask.only.is_some_and(|o| o != h.id) {
+                "not the host asked for".to_string()
+            } else if !self.is_online(&h.id) {
                 "offline".to_string()
             } else if !missing.is_empty() {
                 format!("lacks tag {}", missing.join(", "))

@@ -86,6 +86,9 @@ impl Controller {
                         need_mib: if req.start { sizing.max_memory_mib } else { 0 },
                         tags: &req.host_tags,
                         anti_affinity: req.anti_affinity.as_deref(),
+                        exclude: None,
+                        only: None,
+                        vm_id: None,
                     })
                     .await?;
                 placement = Some(why);

@@ -101,11 +101,20 @@ pub fn nic_device(nic: &hostel_api::agent::NicSpec) -> String {
 /// The kernel command line parameter that tells a Hostel guest its name.
 pub const NAME_PARAM: &str = "hostel.name";
 
+/// Where a QEMU that starts by receiving a VM's state reads it from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Incoming {
+    /// A save file, open on this descriptor (a restore).
+    Fd(i32),
+    /// A migration stream, whose address QMP's `migrate-incoming` gives later.
+    Defer,
+}
+
 pub fn render(
     spec: &VmSpec,
     paths: &RuntimePaths,
     host: &HostOptions,
-    incoming_fd: Option<i32>,
+    incoming: Option<Incoming>,
 ) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
@@ -306,8 +315,10 @@ pub fn render(
     ]);
     push(&["-pidfile", &paths.pidfile().display().to_string()]);
     push(&["-msg", "timestamp=on"]);
-    if let Some(fd) = incoming_fd {
-        push(&["-incoming", &format!("fd:{fd}")]);
+    match incoming {
+        Some(Incoming::Fd(fd)) => push(&["-incoming", &format!("fd:{fd}")]),
+        Some(Incoming::Defer) => push(&["-incoming", "defer"]),
+        None => {}
     }
     a
 }
@@ -453,7 +464,12 @@ mod tests {
         let mut h = host();
         h.accel = Accel::Kvm;
         h.strict_sandbox = false;
-        let argv = render(&s, &RuntimePaths::new(Path::new("/r"), "x"), &h, Some(3));
+        let argv = render(
+            &s,
+            &RuntimePaths::new(Path::new("/r"), "x"),
+            &h,
+            Some(Incoming::Fd(3)),
+        );
         assert_eq!(after(&argv, "-cpu"), ["host"]);
         assert_eq!(after(&argv, "-accel"), ["kvm"]);
         assert!(after(&argv, "-action")[0].starts_with("reboot=shutdown"));

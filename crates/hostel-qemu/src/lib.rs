@@ -6,5 +6,5 @@ pub mod probe;
 pub mod process;
 pub mod qmp;
 
-pub use argv::{render, RuntimePaths};
+pub use argv::{render, Incoming, RuntimePaths};
 pub use qmp::{Qmp, QmpError, QmpEvent};

@@ -517,6 +517,43 @@ impl AgentApi for SimHost {
         Ok(image_lines(self.image(&req.name, ImageKind::Disk)))
     }
 
+    /// SIMULATION: the VM "arrives" at once and runs here (no stream is awaited).
+    async fn migrate_in(&self, id: &str, req: MigrateInRequest) -> Res<MigrateInReady> {
+        if self.refuse_starts.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(AgentFailure::conflict(
+                "QEMU did not start (simulated failure)",
+            ));
+        }
+        let pid = 200_000 + (self.vms.lock().unwrap().len() as u32);
+        let mut s = status(id, &req.spec.name, VmState::Running, Some(pid));
+        s.vcpus = req.spec.vcpus;
+        self.set(s);
+        Ok(MigrateInReady {
+            uri: format!("tcp:{}:49152", req.listen),
+            port: 49152,
+        })
+    }
+
+    /// SIMULATION: one progress line, then done; the VM stops running here.
+    async fn migrate_out(&self, req: MigrateOutRequest) -> Res<Lines<MigrationLine, AgentFailure>> {
+        self.find(&req.vm_id)?;
+        self.to_state(&req.vm_id, VmState::Paused)?;
+        Ok(Box::pin(futures::stream::iter([
+            Ok(MigrationLine::Progress {
+                progress: 0.5,
+                message: "simulated".into(),
+            }),
+            Ok(MigrationLine::Done {
+                done: MigrationResult {
+                    downtime_ms: 1,
+                    total_ms: 2,
+                    transferred_bytes: 1 << 20,
+                    forced: false,
+                },
+            }),
+        ])))
+    }
+
     async fn read_image_file(&self, req: ReadImageFileRequest) -> Res<SizedBytes<AgentFailure>> {
         let b = self
             .image_bytes

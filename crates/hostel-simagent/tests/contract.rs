@@ -291,6 +291,41 @@ async fn every_endpoint_agrees_between_client_and_router() {
         Err(AgentCallError::Refused(f)) => assert_eq!(f.code, FailureCode::Invalid),
         other => panic!("a wrong checksum was not refused: {other:?}"),
     }
+    // A VM received by migration, then sent on: the lines end with `done`.
+    let ready = a
+        .migrate_in(
+            "vm-m",
+            MigrateInRequest {
+                spec: spec("vm-m"),
+                listen: "127.0.0.1".into(),
+                capabilities: vec![MigrationCapability {
+                    capability: "events".into(),
+                    state: true,
+                }],
+            },
+        )
+        .await
+        .unwrap();
+    assert!(ready.uri.ends_with(&format!(":{}", ready.port)), "{}", ready.uri);
+    let mut lines = a
+        .migrate_out(MigrateOutRequest {
+            vm_id: "vm-m".into(),
+            uri: ready.uri,
+            capabilities: vec![],
+            max_downtime_ms: 300,
+            bandwidth_mibps: None,
+            force_complete: false,
+            stall_secs: 10,
+        })
+        .await
+        .unwrap();
+    let mut done = None;
+    while let Some(l) = futures::StreamExt::next(&mut lines).await {
+        if let MigrationLine::Done { done: d } = l.unwrap() {
+            done = Some(d);
+        }
+    }
+    assert!(done.is_some(), "the migration's lines end with done");
     a.delete_image(DeleteImageRequest { path: built.path })
         .await
         .unwrap();

@@ -7,6 +7,7 @@
 mod common;
 
 use common::{certs, serve_sim, Certs};
+use hostel_api::agent::AgentApi;
 use hostel_api::public::*;
 use hostel_controller::agent_client::{AgentClient, ClientTls};
 use hostel_controller::context::{Ctx, SystemActor};
@@ -1203,4 +1204,70 @@ async fn placement_follows_tags_and_anti_affinity_and_says_why() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("anti_affinity"), "{e}");
+}
+
+#[tokio::test]
+async fn a_running_vm_migrates_and_the_database_follows_it() {
+    let k = Cluster::new(2).await;
+    k.tiny().await;
+    k.c.create_vm(&k.admin, create("m1", serde_json::json!({"image": "tiny"})))
+        .await
+        .unwrap();
+    let from = k.c.store.vm_by_name("m1").await.unwrap().unwrap();
+    let source = from.host_id.clone().unwrap();
+    let target = k
+        .sims
+        .iter()
+        .map(|s| s.name())
+        .find(|n| *n != source)
+        .unwrap();
+    // Refused up front, each with its reason: not an admin, the same host, an unknown
+    // host, a downtime out of range.
+    let erin = k.user("erin").await;
+    let ask = |to: Option<&str>| MigrateRequest {
+        to: to.map(String::from),
+        ..Default::default()
+    };
+    assert!(k.c.migrate_vm(&erin, "m1", ask(None)).await.is_err());
+    let e =
+        k.c.migrate_vm(&k.admin, "m1", ask(Some(&source)))
+            .await
+            .unwrap_err();
+    assert!(e.to_string().contains("already"), "{e}");
+    let e =
+        k.c.migrate_vm(&k.admin, "m1", ask(Some("nosuch")))
+            .await
+            .unwrap_err();
+    assert!(matches!(e, Error::NotFound { kind: "host", .. }), "{e:?}");
+    let slow = MigrateRequest {
+        max_downtime_ms: Some(0),
+        ..Default::default()
+    };
+    let e = k.c.migrate_vm(&k.admin, "m1", slow).await.unwrap_err();
+    assert!(e.to_string().contains("downtime"), "{e}");
+    // Placement's choice: the other host; the task ends with the downtime.
+    let t = k.c.migrate_vm(&k.admin, "m1", ask(None)).await.unwrap();
+    k.task_end(&t.id).await.unwrap();
+    let done = k.c.task(&k.admin, &t.id).await.unwrap();
+    assert!(done.message.contains("ms downtime"), "{}", done.message);
+    let vm = k.c.store.vm_by_name("m1").await.unwrap().unwrap();
+    assert_eq!(vm.host_id.as_deref(), Some(target.as_str()));
+    assert_eq!(vm.state, VmState::Running);
+    // The source's agent no longer has the VM; an event from it is not written.
+    let src = k.sims.iter().find(|s| s.name() == source).unwrap();
+    assert!(src.list_vms().await.unwrap().iter().all(|s| s.id != vm.id));
+    // A VM with a disk is refused for now, and a stopped one.
+    k.c.create_vm(
+        &k.admin,
+        create("m3", serde_json::json!({"image": "tiny", "disk_mib": 1024})),
+    )
+    .await
+    .unwrap();
+    let e = k.c.migrate_vm(&k.admin, "m3", ask(None)).await.unwrap_err();
+    assert!(e.to_string().contains("NBD mirror"), "{e}");
+    k.c.simple_action(&k.admin, "m1", Op::Destroy)
+        .await
+        .unwrap();
+    let e = k.c.migrate_vm(&k.admin, "m1", ask(None)).await.unwrap_err();
+    assert!(e.to_string().contains("only a running or paused"), "{e}");
 }

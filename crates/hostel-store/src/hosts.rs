@@ -129,11 +129,13 @@ impl Store {
         Ok(())
     }
 
-    /// The hosts with a VM of anti-affinity group `group` (in any state).
-    pub async fn hosts_with_group(&self, group: &str) -> Result<Vec<String>> {
+    /// The hosts with a VM of anti-affinity group `group` (in any state), but for VM
+    /// `except`.
+    pub async fn hosts_with_group(&self, group: &str, except: Option<&str>) -> Result<Vec<String>> {
         self.fetch_all(
-            "SELECT DISTINCT host_id FROM vms WHERE anti_affinity = $1 AND host_id IS NOT NULL",
-            binds![group],
+            "SELECT DISTINCT host_id FROM vms WHERE anti_affinity = $1 AND host_id IS NOT NULL \
+             AND id <> $2",
+            binds![group, except.unwrap_or("")],
         )
         .await
     }

@@ -368,6 +368,24 @@ impl Store {
         Ok(())
     }
 
+    /// A migrated VM's new host, with its state there.
+    pub async fn set_vm_host(
+        &self,
+        id: &str,
+        host_id: &str,
+        state: VmState,
+        pid: Option<u32>,
+    ) -> Result<()> {
+        self.execute(
+            "UPDATE vms SET host_id = $2, state = $3, pid = $4, state_reason = NULL, \
+             updated_at = $5 WHERE id = $1",
+            binds![id, host_id, state, pid, crate::now()],
+        )
+        .await?;
+        self.vm_changed(id);
+        Ok(())
+    }
+
     pub async fn set_vm_memory(&self, id: &str, memory_mib: u64) -> Result<()> {
         self.execute(
             "UPDATE vms SET memory_mib = $2, updated_at = $3 WHERE id = $1",

@@ -223,10 +223,8 @@ async fn a_second_host_is_added_used_lost_regained_and_removed() {
         "node2's own copy"
     );
     assert!(std::path::Path::new(&kernel2).exists(), "{kernel2}");
-    d.console("mixed")
-        .await
-        .wait_for(READY, Duration::from_secs(180))
-        .await;
+    let mut con = d.console("mixed").await;
+    con.wait_for(READY, Duration::from_secs(180)).await;
     let images = d.json(&["image", "list"]);
     let hosts: Vec<String> = images[0]["hosts"]
         .as_array()
@@ -246,7 +244,51 @@ async fn a_second_host_is_added_used_lost_regained_and_removed() {
     );
     let out = d.ok(&["image", "push", "tiny", "--all"]);
     assert!(out.contains("has a copy already"), "{out}");
+
+    // Live migration: the running guest moves from node2 to the local host, its memory
+    // with it: a counter it keeps in a file goes on counting, from where it was.
+    con.run("(i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done) & true")
+        .await;
+    let count = |s: String| s.trim().parse::<u64>().unwrap_or(0);
+    let before = count(con.run("cat /tmp/count").await);
+    assert!(before > 0, "the guest counts");
+    drop(con);
+    let err = d.fails(&["migrate", "mixed", "--to", "node2"]);
+    assert!(err.contains("on host node2 already"), "{err}");
+    let err = d.fails(&["migrate", "mixed", "--to", "nosuch"]);
+    assert!(err.contains("no host is named"), "{err}");
+    let err = d.fails(&["migrate", "mixed", "--max-downtime", "0"]);
+    assert!(err.contains("max_downtime_ms"), "{err}");
+    let out = d.ok(&["migrate", "mixed", "--to", &local]);
+    assert!(out.contains("ms downtime"), "{out}");
+    let moved = d.describe("mixed");
+    assert_eq!(moved["host"], local.as_str());
+    assert_eq!(moved["state"], "running");
+    let pid = moved["qemu"]["pid"].as_u64().unwrap() as u32;
+    assert!(
+        !node.pids().contains(&pid),
+        "QEMU {pid} runs on the local host now"
+    );
+    let mut con = d.console("mixed").await;
+    let after = count(con.run("cat /tmp/count").await);
+    assert!(after > before, "the counter went on: {before} then {after}");
+    let later = count(con.run("sleep 0.5; cat /tmp/count").await);
+    assert!(later > after, "and goes on counting: {after} then {later}");
+    drop(con);
+    let task = d.json(&["audit", "--vm", "mixed"]);
+    assert!(
+        task.to_string().contains("vm.migrate"),
+        "the migration is in the VM's audit trail: {task}"
+    );
+    // A stopped VM does not migrate live; one with disks is refused up front, for now.
+    let err = d.fails(&["migrate", "free"]);
+    assert!(
+        err.contains("there is no VM") || err.contains("only a running"),
+        "{err}"
+    );
     d.ok(&["destroy", "mixed"]);
+    let err = d.fails(&["migrate", "mixed"]);
+    assert!(err.contains("only a running or paused VM"), "{err}");
     d.ok(&["delete", "mixed"]);
     d.ok(&[
         &["create", "there", "--pool", "p2", "--disk", "64M"][..],

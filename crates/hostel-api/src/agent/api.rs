@@ -153,6 +153,16 @@ pub trait AgentApi: Send + Sync + 'static {
         req: ImportImageRequest,
     ) -> impl Future<Output = Result<Lines<ImageLine, Self::Error>, Self::Error>> + Send;
 
+    fn migrate_in(
+        &self,
+        id: &str,
+        req: MigrateInRequest,
+    ) -> impl Future<Output = Result<MigrateInReady, Self::Error>> + Send;
+    fn migrate_out(
+        &self,
+        req: MigrateOutRequest,
+    ) -> impl Future<Output = Result<Lines<MigrationLine, Self::Error>, Self::Error>> + Send;
+
     /// The bytes of one file of the host's image store.
     fn read_image_file(
         &self,

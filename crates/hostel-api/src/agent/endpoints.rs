@@ -225,6 +225,8 @@ json_endpoints! {
     Snapshot: Post "/v1/vms/{id}/snapshot", VmId, SnapshotRequest => ();
     /// Removes an image's files from the host's image store.
     DeleteImage: Post "/v1/images/delete", (), DeleteImageRequest => ();
+    /// Starts a QEMU waiting for a VM's state from a live migration.
+    MigrateIn: Post "/v1/vms/{id}/migrate-in", VmId, MigrateInRequest => MigrateInReady;
     /// The cumulative counters (CPU time, memory, disk and network bytes) of every VM
     /// with a QEMU process on the host, read at once.
     VmStats: Get "/v1/stats", (), Empty => Vec<VmCounters>;
@@ -250,6 +252,17 @@ impl StreamEndpoint for BuildImage {
     const ROUTE: &'static str = "/v1/images/build";
     type Request = BuildImageRequest;
     type Line = ImageLine;
+}
+
+/// Sends a running VM to a host waiting for it ([`MigrateIn`]), with progress lines,
+/// then a `done` or an `error` line.
+pub struct MigrateOut;
+impl StreamEndpoint for MigrateOut {
+    const NAME: &'static str = "MigrateOut";
+    const METHOD: Method = Method::Post;
+    const ROUTE: &'static str = "/v1/migrate-out";
+    type Request = MigrateOutRequest;
+    type Line = MigrationLine;
 }
 
 /// Imports an image from a file on the host or a URL, with lines like [`BuildImage`]'s.
@@ -334,6 +347,7 @@ pub const OTHER_ENDPOINTS: &[Declared] = &[
     stream::<Events>(),
     stream::<BuildImage>(),
     stream::<ImportImage>(),
+    stream::<MigrateOut>(),
     socket::<ConsoleSocket>(),
     socket::<VncSocket>(),
     download::<ReadImageFile>(),
@@ -370,7 +384,7 @@ mod tests {
                 .collect();
             assert!(params.iter().all(|p| p.starts_with("{id}")), "{}", d.route);
         }
-        assert_eq!(all().count(), 40);
+        assert_eq!(all().count(), 42);
     }
 
     fn declared<E: Endpoint>() -> Declared {
@@ -396,6 +410,8 @@ mod tests {
             stream::<Events>(),
             stream::<BuildImage>(),
             stream::<ImportImage>(),
+            stream::<MigrateOut>(),
+            declared::<MigrateIn>(),
             socket::<ConsoleSocket>(),
             socket::<VncSocket>(),
             download::<ReadImageFile>(),

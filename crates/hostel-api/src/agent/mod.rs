@@ -360,6 +360,78 @@ pub struct ImageFiles {
     pub sha256: String,
 }
 
+/// A VM to receive by live migration: its definition as on this host (its files this
+/// host's), the address to listen on, and the migration capabilities both ends use.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MigrateInRequest {
+    pub spec: VmSpec,
+    /// The address to listen on: one of this host's, or `0.0.0.0` for all of them.
+    pub listen: String,
+    /// QMP `migrate-set-capabilities` entries, the same on both ends.
+    pub capabilities: Vec<MigrationCapability>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MigrationCapability {
+    pub capability: String,
+    pub state: bool,
+}
+
+/// Where the receiving QEMU waits for the stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MigrateInReady {
+    /// `tcp:ADDRESS:PORT`, as it listens.
+    pub uri: String,
+    pub port: u16,
+}
+
+/// Sends a running VM's state to a receiving QEMU ([`MigrateInReady::uri`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MigrateOutRequest {
+    pub vm_id: String,
+    pub uri: String,
+    pub capabilities: Vec<MigrationCapability>,
+    /// The most the guest may be paused for at the switch-over, in ms; the limit starts
+    /// lower and is raised towards this while the migration does not converge.
+    pub max_downtime_ms: u64,
+    /// Bandwidth cap in MiB/s; none: QEMU's default.
+    #[serde(default)]
+    pub bandwidth_mibps: Option<u64>,
+    /// When it does not converge within the downtime: pause the guest and finish
+    /// (`true`), or give up and leave it running here (`false`).
+    #[serde(default)]
+    pub force_complete: bool,
+    /// Seconds without progress (the memory left to send not shrinking) before the
+    /// migration counts as not converging.
+    #[serde(default = "default_stall_secs")]
+    pub stall_secs: u64,
+}
+
+fn default_stall_secs() -> u64 {
+    10
+}
+
+/// One line of a migration: progress, then `done` or `error`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum MigrationLine {
+    Progress { progress: f64, message: String },
+    Done { done: MigrationResult },
+    Error { error: String },
+}
+
+/// How a migration went, as QEMU measured it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MigrationResult {
+    /// How long the guest was paused for the switch-over (ms).
+    pub downtime_ms: u64,
+    pub total_ms: u64,
+    /// Memory sent, in bytes.
+    pub transferred_bytes: u64,
+    /// The guest was paused to finish (`force_complete`): the downtime is longer.
+    pub forced: bool,
+}
+
 /// One file of an image to read from a host's image store.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReadImageFileRequest {

@@ -273,6 +273,16 @@ impl AgentApi for AgentClient {
             .typed())
     }
 
+    async fn migrate_in(&self, id: &str, req: MigrateInRequest) -> Res<MigrateInReady> {
+        self.call_endpoint::<ep::MigrateIn>(id.into(), &req).await
+    }
+    /// No silence limit: progress lines come every half second while it runs.
+    async fn migrate_out(
+        &self,
+        req: MigrateOutRequest,
+    ) -> Res<Lines<MigrationLine, AgentCallError>> {
+        Ok(self.open_lines::<ep::MigrateOut>(&req, None).await?.typed())
+    }
     async fn read_image_file(&self, req: ReadImageFileRequest) -> Res<SizedBytes<AgentCallError>> {
         self.download::<ep::ReadImageFile>(&req).await
     }

@@ -109,6 +109,26 @@ pub(super) async fn delete_image(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Moves a running VM to another host while it runs (admins): checked up front, then a
+/// task (`vm-migrate`) whose progress and result (the downtime) `GET /api/v1/tasks/{id}`
+/// shows.
+#[utoipa::path(post, path = "/api/v1/vms/{name}/migrate", params(("name" = String, Path)),
+    request_body = MigrateRequest,
+    responses((status = 202, body = Task), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+pub(super) async fn migrate_vm(
+    State(c): S,
+    Extension(ctx): X,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<MigrateRequest>,
+) -> Result<(StatusCode, Json<Task>), Error> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(c.migrate_vm(&ctx, &name, req).await?),
+    ))
+}
+
 /// Copies an image ahead of its first use to one host (`host`) or every connected host
 /// without a copy (`all`): one task per host, answered at once.
 #[utoipa::path(post, path = "/api/v1/images/{name}/push", params(("name" = String, Path)),

@@ -48,7 +48,7 @@ type R<T> = Result<Json<T>, Error>;
     paths(
         info, list_vms, create_vm, get_vm, vm_stats, delete_vm, start_vm, reboot_vm, pause_vm,
         unpause_vm, destroy_vm, shutdown_vm, mem_set, vcpu_set, save_vm, restore_vm,
-        console, console_log, console_ticket, dmesg, list_images, build_image, import_image, delete_image, push_image, get_task,
+        console, console_log, console_ticket, dmesg, list_images, build_image, import_image, delete_image, push_image, migrate_vm, get_task,
         list_networks, create_network, get_network, update_network, delete_network, list_nics, add_nic,
         remove_nic, list_forwards, add_forward, remove_forward, list_disks, add_disk,
         remove_disk, resize_disk, list_snapshots, create_snapshot, revert_snapshot,
@@ -114,6 +114,7 @@ pub fn router(c: Arc<Controller>) -> Router {
         .route("/api/v1/images/import", post(import_image))
         .route("/api/v1/images/{name}", delete(delete_image))
         .route("/api/v1/images/{name}/push", post(push_image))
+        .route("/api/v1/vms/{name}/migrate", post(migrate_vm))
         .route("/api/v1/tasks/{id}", get(get_task))
         .route("/api/v1/whoami", get(whoami))
         .route("/api/v1/users", get(list_users).post(create_user))
@@ -242,6 +243,7 @@ fn action_of(method: &Method, route: &str) -> &'static str {
         ("POST", "/api/v1/images/import") => "image.import",
         ("DELETE", "/api/v1/images/{name}") => "image.delete",
         ("POST", "/api/v1/images/{name}/push") => "image.push",
+        ("POST", "/api/v1/vms/{name}/migrate") => "vm.migrate",
         ("POST", "/api/v1/networks") => "network.create",
         ("DELETE", "/api/v1/networks/{name}") => "network.delete",
         ("PATCH", "/api/v1/networks/{name}") => "network.update",

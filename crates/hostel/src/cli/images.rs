@@ -158,7 +158,7 @@ pub async fn run(cmd: Cmd) -> Result<()> {
 }
 
 /// Follows a task to its end with a progress bar (plain words when not on a terminal).
-async fn wait_task(api: &Api, task: Task) -> Result<()> {
+pub(super) async fn wait_task(api: &Api, task: Task) -> Result<()> {
     let bar = indicatif::ProgressBar::new(100);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {percent:>3}% {msg}")
@@ -171,7 +171,7 @@ async fn wait_task(api: &Api, task: Task) -> Result<()> {
         match t.state {
             TaskState::Running => {}
             TaskState::Succeeded => {
-                let done = format!("{} {}: done", t.kind, t.target);
+                let done = format!("{} {}: {}", t.kind, t.target, t.message);
                 if bar.is_hidden() {
                     // Not a terminal: no bar was drawn, so say it in plain words.
                     println!("{done}");

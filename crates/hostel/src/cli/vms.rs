@@ -97,6 +97,23 @@ pub enum Cmd {
         #[arg(long)]
         until: Option<String>,
     },
+    /// Move a running VM to another host while it runs (admins), with a progress bar;
+    /// prints the downtime it achieved.
+    Migrate {
+        name: String,
+        /// The host to move to (default: placement's choice among the others).
+        #[arg(long)]
+        to: Option<String>,
+        /// The most the guest may be paused for at the switch-over, in ms (default 300).
+        #[arg(long)]
+        max_downtime: Option<u64>,
+        /// A bandwidth cap for the memory stream, in MiB/s.
+        #[arg(long)]
+        bandwidth: Option<u64>,
+        /// When the guest writes memory faster than it can be sent, pause it to finish.
+        #[arg(long)]
+        force_complete: bool,
+    },
 }
 
 #[derive(Args)]
@@ -258,6 +275,23 @@ pub async fn run(cmd: Cmd) -> Result<()> {
                 path: absolute(&file)?,
             };
             api.post("/api/v1/restore", &req).await?
+        }
+        Cmd::Migrate {
+            name,
+            to,
+            max_downtime,
+            bandwidth,
+            force_complete,
+        } => {
+            let req = MigrateRequest {
+                to,
+                max_downtime_ms: max_downtime,
+                bandwidth_mibps: bandwidth,
+                force_complete,
+            };
+            let t: Task = api.post(&action(&name, "migrate"), &req).await?;
+            super::images::wait_task(&api, t).await?;
+            return Ok(());
         }
         Cmd::Renew { name, days, until } => {
             let v: Vm = api
