@@ -185,6 +185,11 @@ pub struct ActionForm {
     admin_group_was: String,
     #[serde(default)]
     force: Option<String>,
+    /// A migration's target host (empty: placement's choice).
+    #[serde(default)]
+    to: String,
+    #[serde(default)]
+    max_downtime: String,
 }
 
 fn num<T: std::str::FromStr>(what: &str, v: &str) -> Result<T, String> {
@@ -346,6 +351,14 @@ fn call_for(action: &str, f: &ActionForm) -> Result<(Call, String), String> {
             ),
             "has its sharing changed".into(),
         ),
+        "migrate" => {
+            let to = Some(f.to.trim()).filter(|t| !t.is_empty());
+            let downtime: Option<u64> = opt_num("downtime", &f.max_downtime)?;
+            (
+                Call::Post("migrate", json!({"to": to, "max_downtime_ms": downtime})),
+                "is moving to another host".into(),
+            )
+        }
         "delete" => (Call::Delete, "was deleted".into()),
         other => return Err(format!("{other:?} is not something a VM's page does")),
     })
@@ -368,6 +381,11 @@ pub async fn act(Path((name, action)): Path<(String, String)>, f: Form<ActionFor
     };
     match (result, call) {
         (Ok(_), Call::Delete) => back("/vms", Flash::ok(format!("{name} {done}."))),
+        // A migration is a task: its page follows it to the end.
+        (Ok(t), _) if action == "migrate" => back(
+            &format!("/admin/tasks/{}", seg(t["id"].as_str().unwrap_or_default())),
+            Flash::ok(format!("{name} {done}.")),
+        ),
         (Ok(_), _) => back(&page_path, Flash::ok(format!("{name} {done}."))),
         (Err(e), _) => back_err(&page_path, &e),
     }

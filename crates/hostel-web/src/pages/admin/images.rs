@@ -77,6 +77,7 @@ pub async fn task(s: Session, headers: HeaderMap, Path(id): Path<String>) -> Res
         "image-build" => format!("Building image {}", t.target),
         "image-import" => format!("Importing image {}", t.target),
         "image-copy" => format!("Copying image {}", t.target),
+        "vm-migrate" => format!("Migrating {}", t.target),
         kind => format!("{kind} of {}", t.target),
     };
     let layout = Layout::new(&s, &headers, title, "images");
