@@ -12,7 +12,7 @@
 use crate::vm::VmRuntime;
 use crate::AgentError;
 use anyhow::anyhow;
-use hostel_api::agent::{MigrateOutRequest, MigrationResult};
+use hostel_api::agent::{DiskMirror, MigrateOutRequest, MigrationResult};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,28 @@ impl VmRuntime {
         progress: &mut (dyn FnMut(f64, String) + Send),
     ) -> Result<MigrationResult, AgentError> {
         let qmp = self.qmp_handle()?;
+        if let Some(m) = &req.mirror {
+            if let Err(e) = mirror_disks(&qmp, m, progress).await {
+                stop_mirrors(&qmp, m, true).await;
+                return Err(e);
+            }
+        }
+        let res = self.send_memory(&qmp, req, progress).await;
+        if let Some(m) = &req.mirror {
+            // Completed: the target has every write (the guest is paused since the
+            // switch-over); failed: the target's copy is dropped. Either way the mirror
+            // jobs end here without switching the source's disks over.
+            stop_mirrors(&qmp, m, res.is_err()).await;
+        }
+        res
+    }
+
+    async fn send_memory(
+        &self,
+        qmp: &hostel_qemu::Qmp,
+        req: &MigrateOutRequest,
+        progress: &mut (dyn FnMut(f64, String) + Send),
+    ) -> Result<MigrationResult, AgentError> {
         let fail = |e: hostel_qemu::QmpError| AgentError::Internal(anyhow!("{e}"));
         qmp.execute(
             "migrate-set-capabilities",
@@ -136,5 +158,119 @@ impl VmRuntime {
                 }
             }
         }
+    }
+}
+
+/// Starts mirroring each disk to its NBD export on the target (only the VM's own layer:
+/// the target's disk has the same image under it) and waits until every mirror is in
+/// step; from then on each guest write reaches both sides before it completes.
+async fn mirror_disks(
+    qmp: &hostel_qemu::Qmp,
+    m: &DiskMirror,
+    progress: &mut (dyn FnMut(f64, String) + Send),
+) -> Result<(), AgentError> {
+    let fail = |e: hostel_qemu::QmpError| AgentError::Internal(anyhow!("mirroring the disks: {e}"));
+    for i in &m.disks {
+        qmp.execute(
+            "blockdev-add",
+            json!({"driver": "nbd", "node-name": format!("mig{i}"),
+                "server": {"type": "inet", "host": m.host, "port": m.port.to_string()},
+                "export": format!("disk{i}")}),
+        )
+        .await
+        .map_err(fail)?;
+        qmp.execute(
+            "blockdev-mirror",
+            json!({"job-id": format!("mig{i}"), "device": format!("disk{i}"),
+                "target": format!("mig{i}"), "sync": "top", "copy-mode": "write-blocking",
+                "auto-dismiss": false}),
+        )
+        .await
+        .map_err(fail)?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    loop {
+        let jobs = qmp
+            .execute("query-block-jobs", json!({}))
+            .await
+            .map_err(fail)?;
+        let ours: Vec<&serde_json::Value> = jobs
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|j| j["device"].as_str().is_some_and(|d| d.starts_with("mig")))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(j) = ours
+            .iter()
+            .find(|j| j["status"] == "concluded" || j["error"].is_string())
+        {
+            return Err(AgentError::Internal(anyhow!(
+                "mirroring disk {} failed: {}",
+                j["device"],
+                j["error"].as_str().unwrap_or("it ended early")
+            )));
+        }
+        let (len, done) = ours.iter().fold((0u64, 0u64), |(l, o), j| {
+            (
+                l + j["len"].as_u64().unwrap_or(0),
+                o + j["offset"].as_u64().unwrap_or(0),
+            )
+        });
+        if ours.len() == m.disks.len() && ours.iter().all(|j| j["ready"] == true) {
+            return Ok(());
+        }
+        progress(
+            0.0,
+            format!("mirroring the disks: {} of {} MiB", done >> 20, len >> 20),
+        );
+        if Instant::now() > deadline {
+            return Err(AgentError::Timeout(
+                "the disks' mirror was not in step within an hour".into(),
+            ));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Ends the mirror jobs without switching the source over, and drops their targets:
+/// after a completed migration each job first finishes its last writes (`force` off),
+/// after a failed one it is abandoned.
+async fn stop_mirrors(qmp: &hostel_qemu::Qmp, m: &DiskMirror, force: bool) {
+    for i in &m.disks {
+        let _ = qmp
+            .execute(
+                "block-job-cancel",
+                json!({"device": format!("mig{i}"), "force": force}),
+            )
+            .await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let jobs = qmp
+            .execute("query-block-jobs", json!({}))
+            .await
+            .unwrap_or_default();
+        let mut left = false;
+        for j in jobs.as_array().into_iter().flatten() {
+            let Some(d) = j["device"].as_str().filter(|d| d.starts_with("mig")) else {
+                continue;
+            };
+            if j["status"] == "concluded" {
+                let _ = qmp.execute("job-dismiss", json!({"id": d})).await;
+            } else {
+                left = true;
+            }
+        }
+        if !left || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for i in &m.disks {
+        let _ = qmp
+            .execute("blockdev-del", json!({"node-name": format!("mig{i}")}))
+            .await;
     }
 }

@@ -582,10 +582,14 @@ impl AgentApi for Shared {
         let _g = vm.op.lock().await;
         let caps = serde_json::to_value(&req.capabilities)
             .map_err(|e| invalid(anyhow::anyhow!("capabilities: {e}")))?;
-        let (uri, port) = vm
-            .start_incoming(&self.arc(), req.spec, &req.listen, caps)
+        let (uri, port, nbd_port) = vm
+            .start_incoming(&self.arc(), req.spec, &req.listen, caps, req.export_disks)
             .await?;
-        Ok(MigrateInReady { uri, port })
+        Ok(MigrateInReady {
+            uri,
+            port,
+            nbd_port,
+        })
     }
 
     /// Sends a VM to a waiting host, with progress lines (one operation of the VM).

@@ -235,19 +235,33 @@ impl VmRuntime {
         spec: VmSpec,
         listen: &str,
         caps: serde_json::Value,
-    ) -> Result<(String, u16), AgentError> {
-        let port = std::net::TcpListener::bind((listen, 0))
-            .and_then(|l| l.local_addr())
-            .map_err(|e| AgentError::Invalid(anyhow!("listen: cannot listen on {listen}: {e}")))?
-            .port();
+        export_disks: bool,
+    ) -> Result<(String, u16, Option<u16>), AgentError> {
+        let free_port = || {
+            std::net::TcpListener::bind((listen, 0))
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .map_err(|e| AgentError::Invalid(anyhow!("listen: cannot listen on {listen}: {e}")))
+        };
+        let port = free_port()?;
+        let nbd = if export_disks && !spec.disks.is_empty() {
+            Some(free_port()?)
+        } else {
+            None
+        };
         let uri = if listen.contains(':') {
             format!("tcp:[{listen}]:{port}")
         } else {
             format!("tcp:{listen}:{port}")
         };
-        self.start_inner(shared, spec, None, None, Some((&uri, caps)))
+        let receive = Receive {
+            uri: uri.clone(),
+            caps,
+            nbd: nbd.map(|p| (listen.to_string(), p)),
+        };
+        self.start_inner(shared, spec, None, None, Some(receive))
             .await?;
-        Ok((uri, port))
+        Ok((uri, port, nbd))
     }
 
     async fn start_inner(
@@ -256,7 +270,7 @@ impl VmRuntime {
         spec: VmSpec,
         restore_from: Option<&str>,
         load_snapshot: Option<&str>,
-        migrate_from: Option<(&str, serde_json::Value)>,
+        migrate_from: Option<Receive>,
     ) -> Result<(), AgentError> {
         if self.state().has_process() {
             return Err(AgentError::Conflict(format!(
@@ -355,12 +369,18 @@ impl VmRuntime {
                 wait_incoming(&qmp).await?;
                 qmp.execute("cont", json!({})).await?;
             }
-            if let Some((uri, caps)) = &migrate_from {
+            if let Some(r) = &migrate_from {
                 // Both ends of a migration use the same capabilities.
-                qmp.execute("migrate-set-capabilities", json!({ "capabilities": caps }))
+                qmp.execute(
+                    "migrate-set-capabilities",
+                    json!({ "capabilities": r.caps }),
+                )
+                .await?;
+                qmp.execute("migrate-incoming", json!({ "uri": r.uri }))
                     .await?;
-                qmp.execute("migrate-incoming", json!({ "uri": uri }))
-                    .await?;
+                if let Some((host, port)) = &r.nbd {
+                    export_disks(&qmp, &spec, host, *port).await?;
+                }
                 // Waiting for the stream: paused until it completes, then running.
                 return Ok(VmState::Paused);
             }
@@ -1207,6 +1227,50 @@ async fn wait_migration(qmp: &Qmp) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// How a QEMU that receives a live migration starts.
+struct Receive {
+    /// `tcp:ADDRESS:PORT` it listens on.
+    uri: String,
+    /// `migrate-set-capabilities` entries.
+    caps: serde_json::Value,
+    /// Where its NBD server listens, exporting the disks for the source's mirror.
+    nbd: Option<(String, u16)>,
+}
+
+/// Serves the VM's disks over NBD (writable, export `disk` and the index) for the
+/// source's mirror, and stops serving once the VM runs here (the migration completed)
+/// or its QEMU is gone.
+async fn export_disks(qmp: &Arc<Qmp>, spec: &VmSpec, host: &str, port: u16) -> anyhow::Result<()> {
+    qmp.execute(
+        "nbd-server-start",
+        json!({"addr": {"type": "inet", "data": {"host": host, "port": port.to_string()}}}),
+    )
+    .await?;
+    for d in &spec.disks {
+        qmp.execute(
+            "block-export-add",
+            json!({"type": "nbd", "id": format!("disk{}", d.index),
+                "node-name": format!("disk{}", d.index), "writable": true}),
+        )
+        .await?;
+    }
+    let q = qmp.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            match q.execute("query-status", json!({})).await {
+                Ok(s) if s["status"] == "inmigrate" => continue,
+                Ok(_) => {
+                    let _ = q.execute("nbd-server-stop", json!({})).await;
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+    });
+    Ok(())
 }
 
 async fn wait_incoming(qmp: &Qmp) -> anyhow::Result<()> {

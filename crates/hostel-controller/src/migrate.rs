@@ -1,16 +1,18 @@
 //! Live migration: a running VM moves to another host while it runs. The target's agent
-//! starts a QEMU that waits for the VM's state (`MigrateIn`), the source's agent sends
-//! it (`MigrateOut`, with progress and its convergence rules, `hostel-agent/src/
-//! migrate.rs`), and only once QEMU says it completed does the database move the VM to
-//! the target; the source's QEMU is then ended. Before that, any failure ends the
-//! target's QEMU and leaves the VM running on the source.
+//! gets new files for the VM's disks and starts a QEMU that waits for the VM's state and
+//! serves those disks over NBD (`MigrateIn`); the source's agent mirrors the disks into
+//! them, then sends the memory (`MigrateOut`, with progress and its convergence rules,
+//! `hostel-agent/src/migrate.rs`). Only once QEMU says it completed does the database move
+//! the VM and its disks to the target; the source's QEMU and disk files then go. Before
+//! that, any failure ends the target's QEMU, removes its new disk files and leaves the VM
+//! running on the source.
 //!
 //! While a VM migrates, its agents' state events are not written (the migration writes
 //! the outcome), and events from a host that is not the VM's are never written.
 //!
-//! Not yet (issue #15): disks moving by NBD mirror and pools shared between hosts (a VM
-//! with disks is refused up front), the migration's steps kept in the database for
-//! recovery after a crash, cancel, drain and rebalance.
+//! Not yet (issue #15): pools shared between hosts (memory only), TLS on the streams, the
+//! migration's steps kept in the database for recovery after a crash, cancel, drain and
+//! rebalance.
 
 use crate::context::Ctx;
 use crate::error::Error;
@@ -137,13 +139,10 @@ impl Controller {
                 ));
             }
         }
-        let disks = self.store.disks_of(&vm.id).await?;
-        if let Some(d) = disks.first() {
+        if !self.store.snapshots_of(&vm.id).await?.is_empty() {
             return Err(Error::conflict(format!(
-                "VM {name} has {} disk(s) ({}) on host {source}'s storage: moving disks by NBD \
-                 mirror is not built yet, so only VMs without disks migrate live",
-                disks.len(),
-                d.path
+                "VM {name} has snapshots, which do not move with its disks: delete them first \
+                 (`hostel snapshot list {name}`)"
             )));
         }
         let source_agent = self.host_agent(&vm)?;
@@ -247,8 +246,65 @@ impl Controller {
         }
         let mut there = vm.clone();
         there.host_id = Some(m.target.clone());
-        let spec = self.spec_of(&there).await?;
-        let ready = m
+        let mut spec = self.spec_of(&there).await?;
+        // The disks move too: new files on the target (in its default pool, on its copy
+        // of their image), which the source mirrors into before the memory goes.
+        let disks = self.store.disks_of(&vm.id).await?;
+        let mut made: Vec<(hostel_store::DiskRecord, wire::DiskCreated)> = Vec::new();
+        let prepared = async {
+            for d in &disks {
+                let backing = match &d.image_id {
+                    Some(i) => match self.store.image_by_id(i).await? {
+                        Some(img) => {
+                            let copy = self.image_on(&img, &m.target, None).await?;
+                            Some(wire::Backing {
+                                path: copy.path.unwrap_or_default(),
+                                format: img.format.clone(),
+                                image_id: img.id.clone(),
+                            })
+                        }
+                        None => None,
+                    },
+                    None => None,
+                };
+                let c = m
+                    .target_agent
+                    .create_disk(wire::CreateDiskRequest {
+                        vm_id: vm.id.clone(),
+                        index: d.idx,
+                        size_mib: d.size_mib,
+                        backing,
+                        pool: None,
+                    })
+                    .await?;
+                made.push((d.clone(), c));
+            }
+            Ok::<(), Error>(())
+        }
+        .await;
+        let drop_made = |made: Vec<(hostel_store::DiskRecord, wire::DiskCreated)>| async move {
+            for (_, c) in made {
+                let _ = m
+                    .target_agent
+                    .delete_disk(wire::DeleteDiskRequest {
+                        path: c.path,
+                        pool: None,
+                    })
+                    .await;
+            }
+        };
+        if let Err(e) = prepared {
+            drop_made(made).await;
+            return Err(e);
+        }
+        for s in spec.disks.iter_mut() {
+            if let Some((_, c)) = made.iter().find(|(d, _)| d.idx == s.index) {
+                s.path = c.path.clone();
+                s.format = c.format.clone();
+                s.pool = None;
+            }
+        }
+        let ready = match m
             .target_agent
             .migrate_in(
                 &vm.id,
@@ -256,9 +312,35 @@ impl Controller {
                     spec,
                     listen: "0.0.0.0".into(),
                     capabilities: capabilities(),
+                    export_disks: !made.is_empty(),
                 },
             )
-            .await?;
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = m.target_agent.forget_vm(&vm.id).await;
+                drop_made(made).await;
+                return Err(e.into());
+            }
+        };
+        let mirror = match (ready.nbd_port, made.is_empty()) {
+            (_, true) => None,
+            (Some(port), false) => Some(wire::DiskMirror {
+                host: m.connect.clone(),
+                port,
+                disks: made.iter().map(|(d, _)| d.idx).collect(),
+            }),
+            (None, false) => {
+                let _ = m.target_agent.destroy_vm(&vm.id).await;
+                let _ = m.target_agent.forget_vm(&vm.id).await;
+                drop_made(made).await;
+                return Err(Error::from(anyhow::anyhow!(
+                    "host {}'s agent did not export the disks",
+                    m.target
+                )));
+            }
+        };
         let uri = if m.connect.contains(':') {
             format!("tcp:[{}]:{}", m.connect, ready.port)
         } else {
@@ -266,31 +348,46 @@ impl Controller {
         };
         self.progress(&m.task, 0.05, &format!("sending to {uri}"))
             .await;
-        let sent = self.send_state(m, &uri).await;
+        let sent = self.send_state(m, &uri, mirror).await;
         let result = match sent {
             Ok(r) => r,
             Err(e) => {
-                // Before the switch: the target's QEMU goes, the VM runs on the source.
+                // Before the switch: the target's QEMU and disks go, the VM runs on the
+                // source.
                 let _ = m.target_agent.destroy_vm(&vm.id).await;
                 let _ = m.target_agent.forget_vm(&vm.id).await;
+                drop_made(made).await;
                 return Err(e);
             }
         };
-        // The switch is done: the VM runs on the target. The database says so first,
-        // then the source's QEMU (paused after sending) is ended.
+        // The switch is done: the VM runs on the target. The database says so first
+        // (its host, its disks' new files), then the source's QEMU (paused after sending)
+        // is ended and its disk files removed.
         let status = m.target_agent.get_vm(&vm.id).await?;
+        let moved: Vec<(String, String, String)> = made
+            .iter()
+            .map(|(d, c)| (d.id.clone(), c.path.clone(), c.format.clone()))
+            .collect();
         self.store
             .set_vm_host(&vm.id, &m.target, status.state, status.pid)
             .await?;
+        self.store.move_disks(&moved).await?;
         let _ = m.source_agent.destroy_vm(&vm.id).await;
         let _ = m.source_agent.forget_vm(&vm.id).await;
+        let old: Vec<hostel_store::DiskRecord> = made.into_iter().map(|(d, _)| d).collect();
+        self.remove_disk_files(&m.source_agent, &old).await;
         tracing::info!(vm = %vm.name, from = %m.source, to = %m.target,
             downtime_ms = result.downtime_ms, "migrated");
         Ok(result)
     }
 
     /// The source's agent sends the VM's state; its progress goes to the task.
-    async fn send_state(&self, m: &Moving, uri: &str) -> Res<wire::MigrationResult> {
+    async fn send_state(
+        &self,
+        m: &Moving,
+        uri: &str,
+        mirror: Option<wire::DiskMirror>,
+    ) -> Res<wire::MigrationResult> {
         let mut lines = m
             .source_agent
             .migrate_out(wire::MigrateOutRequest {
@@ -301,6 +398,7 @@ impl Controller {
                 bandwidth_mibps: m.req.bandwidth_mibps,
                 force_complete: m.req.force_complete,
                 stall_secs: 10,
+                mirror,
             })
             .await?;
         while let Some(line) = lines.next().await {

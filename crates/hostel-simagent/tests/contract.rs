@@ -302,11 +302,16 @@ async fn every_endpoint_agrees_between_client_and_router() {
                     capability: "events".into(),
                     state: true,
                 }],
+                export_disks: true,
             },
         )
         .await
         .unwrap();
-    assert!(ready.uri.ends_with(&format!(":{}", ready.port)), "{}", ready.uri);
+    assert!(
+        ready.uri.ends_with(&format!(":{}", ready.port)),
+        "{}",
+        ready.uri
+    );
     let mut lines = a
         .migrate_out(MigrateOutRequest {
             vm_id: "vm-m".into(),
@@ -316,6 +321,11 @@ async fn every_endpoint_agrees_between_client_and_router() {
             bandwidth_mibps: None,
             force_complete: false,
             stall_secs: 10,
+            mirror: ready.nbd_port.map(|port| DiskMirror {
+                host: "127.0.0.1".into(),
+                port,
+                disks: vec![0],
+            }),
         })
         .await
         .unwrap();

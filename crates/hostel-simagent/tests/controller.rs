@@ -1256,15 +1256,39 @@ async fn a_running_vm_migrates_and_the_database_follows_it() {
     // The source's agent no longer has the VM; an event from it is not written.
     let src = k.sims.iter().find(|s| s.name() == source).unwrap();
     assert!(src.list_vms().await.unwrap().iter().all(|s| s.id != vm.id));
-    // A VM with a disk is refused for now, and a stopped one.
+    // A VM with a disk: the disk gets a new file on the target, the source's goes.
     k.c.create_vm(
         &k.admin,
         create("m3", serde_json::json!({"image": "tiny", "disk_mib": 1024})),
     )
     .await
     .unwrap();
+    let m3 = k.c.store.vm_by_name("m3").await.unwrap().unwrap();
+    let old = k.c.store.disks_of(&m3.id).await.unwrap().remove(0);
+    let from3 = m3.host_id.clone().unwrap();
+    let t = k.c.migrate_vm(&k.admin, "m3", ask(None)).await.unwrap();
+    k.task_end(&t.id).await.unwrap();
+    let m3 = k.c.store.vm_by_name("m3").await.unwrap().unwrap();
+    assert_ne!(m3.host_id.as_deref(), Some(from3.as_str()));
+    let new = k.c.store.disks_of(&m3.id).await.unwrap().remove(0);
+    let sim_of = |h: &str| k.sims.iter().find(|s| s.name() == h).unwrap().clone();
+    assert!(sim_of(m3.host_id.as_deref().unwrap())
+        .disk_files()
+        .contains(&new.path));
+    assert!(!sim_of(&from3).disk_files().contains(&old.path));
+    // Snapshots do not move: refused, with what to do. A stopped VM does not migrate live.
+    k.c.create_snapshot(
+        &k.admin,
+        "m3",
+        CreateSnapshotRequest {
+            name: Some("s1".into()),
+            memory: false,
+        },
+    )
+    .await
+    .unwrap();
     let e = k.c.migrate_vm(&k.admin, "m3", ask(None)).await.unwrap_err();
-    assert!(e.to_string().contains("NBD mirror"), "{e}");
+    assert!(e.to_string().contains("snapshots"), "{e}");
     k.c.simple_action(&k.admin, "m1", Op::Destroy)
         .await
         .unwrap();

@@ -1,6 +1,6 @@
 //! VM disks and snapshots.
 
-use crate::row::{binds, Cols, FromRow, Record, Value};
+use crate::row::{binds, execute_on, Cols, FromRow, Record, Value};
 use crate::{Store, Timestamp};
 use anyhow::Result;
 
@@ -111,6 +111,21 @@ impl Store {
         if let Some(vm) = vm {
             self.vm_changed(&vm);
         }
+        Ok(())
+    }
+
+    /// Migrated disks' new files, in their new host's default pool: `(id, path, format)`.
+    pub async fn move_disks(&self, moved: &[(String, String, String)]) -> Result<()> {
+        let mut tx = self.pool().begin().await?;
+        for (id, path, format) in moved {
+            execute_on(
+                &mut tx,
+                "UPDATE disks SET path = $2, format = $3, pool_id = NULL WHERE id = $1",
+                binds![id.as_str(), path.as_str(), format.as_str()],
+            )
+            .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 

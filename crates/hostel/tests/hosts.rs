@@ -280,12 +280,52 @@ async fn a_second_host_is_added_used_lost_regained_and_removed() {
         task.to_string().contains("vm.migrate"),
         "the migration is in the VM's audit trail: {task}"
     );
-    // A stopped VM does not migrate live; one with disks is refused up front, for now.
-    let err = d.fails(&["migrate", "free"]);
+    // A VM with a disk on node2's own storage moves too: its disk is mirrored into a new
+    // file on the local host (NBD), and what the guest wrote is there.
+    d.ok(&[
+        "create",
+        "disky",
+        "--image",
+        "tiny",
+        "--memory",
+        "128M",
+        "--disk",
+        "64M",
+        "--no-network",
+        "--host-tag",
+        "second",
+    ]);
+    let old_disk = d.describe("disky")["disks"][0]["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut dc = d.console("disky").await;
+    dc.wait_for(READY, Duration::from_secs(180)).await;
+    dc.run("echo disk-went-along | dd of=/dev/vda bs=512 count=1 conv=sync 2>/dev/null; sync")
+        .await;
+    drop(dc);
+    let out = d.ok(&["migrate", "disky", "--to", &local]);
+    assert!(out.contains("ms downtime"), "{out}");
+    let moved = d.describe("disky");
+    assert_eq!(moved["host"], local.as_str());
+    let new_disk = moved["disks"][0]["path"].as_str().unwrap().to_string();
+    assert_ne!(new_disk, old_disk);
+    assert!(std::path::Path::new(&new_disk).exists(), "{new_disk}");
     assert!(
-        err.contains("there is no VM") || err.contains("only a running"),
-        "{err}"
+        !std::path::Path::new(&old_disk).exists(),
+        "node2's file {old_disk} went once the VM ran on the local host"
     );
+    let mut dc = d.console("disky").await;
+    assert_eq!(
+        dc.run("echo 3 > /proc/sys/vm/drop_caches; head -c 15 /dev/vda")
+            .await,
+        "disk-went-along"
+    );
+    drop(dc);
+    d.ok(&["destroy", "disky"]);
+    d.ok(&["delete", "disky"]);
+
+    // A stopped VM does not migrate live.
     d.ok(&["destroy", "mixed"]);
     let err = d.fails(&["migrate", "mixed"]);
     assert!(err.contains("only a running or paused VM"), "{err}");

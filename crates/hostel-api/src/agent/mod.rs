@@ -369,6 +369,10 @@ pub struct MigrateInRequest {
     pub listen: String,
     /// QMP `migrate-set-capabilities` entries, the same on both ends.
     pub capabilities: Vec<MigrationCapability>,
+    /// Serve the VM's disks (as [`VmSpec::disks`] names them, new files on this host)
+    /// over NBD for the source to mirror its disks into, until the VM runs here.
+    #[serde(default)]
+    pub export_disks: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -383,6 +387,19 @@ pub struct MigrateInReady {
     /// `tcp:ADDRESS:PORT`, as it listens.
     pub uri: String,
     pub port: u16,
+    /// The NBD server's port, when it exports the disks; each disk's export is named
+    /// `disk` and its index.
+    #[serde(default)]
+    pub nbd_port: Option<u16>,
+}
+
+/// Where the source mirrors a migrating VM's disks to: the target's NBD server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DiskMirror {
+    pub host: String,
+    pub port: u16,
+    /// The disks' indexes (`disk` and the index is each one's export).
+    pub disks: Vec<u32>,
 }
 
 /// Sends a running VM's state to a receiving QEMU ([`MigrateInReady::uri`]).
@@ -405,6 +422,9 @@ pub struct MigrateOutRequest {
     /// migration counts as not converging.
     #[serde(default = "default_stall_secs")]
     pub stall_secs: u64,
+    /// Copy the VM's disks too, first, to the target's NBD exports (no shared storage).
+    #[serde(default)]
+    pub mirror: Option<DiskMirror>,
 }
 
 fn default_stall_secs() -> u64 {
