@@ -503,6 +503,32 @@ pub struct HostInfo {
     /// Its tags, which a create may ask for (`--host-tag`).
     #[serde(default)]
     pub tags: Vec<String>,
+    /// `draining` while an admin's drain moves its VMs away, `drained` once none is
+    /// left; either way it gets no new VMs. Empty otherwise.
+    #[serde(default)]
+    pub drain: String,
+}
+
+/// Empties a host for maintenance: it gets no new VMs, and its running VMs migrate live
+/// to other hosts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct DrainRequest {
+    /// How many VMs move at once (default 2).
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 16)]
+    pub concurrency: Option<u32>,
+    /// VMs that are not running move too (nothing of theirs runs; those with disks are
+    /// not moved yet, and are reported).
+    #[serde(default)]
+    pub allow_offline: bool,
+}
+
+/// Opens a drained host to new VMs again.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct UndrainRequest {
+    /// Also move back the VMs its drain moved away.
+    #[serde(default, rename = "return")]
+    pub return_vms: bool,
 }
 
 /// What an admin sets on a host.

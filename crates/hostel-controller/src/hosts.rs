@@ -48,6 +48,7 @@ impl Controller {
                     qemu_version: h.qemu_version,
                     kernel: h.kernel,
                     tags: h.tags,
+                    drain: h.drain,
                 }
             })
             .collect())

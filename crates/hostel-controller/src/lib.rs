@@ -12,6 +12,7 @@ pub mod consoles;
 pub mod context;
 mod disks;
 mod doctor;
+mod drain;
 pub mod error;
 mod events;
 mod hosts;
@@ -312,6 +313,7 @@ impl Controller {
                     last_seen: hostel_store::now(),
                     // Kept as they are for a known host (the upsert leaves them).
                     tags: Vec::new(),
+                    drain: String::new(),
                 })
                 .await?;
             self.agents

@@ -61,6 +61,8 @@ impl Controller {
                 "the VM's own host".to_string()
             } else if ask.only.is_some_and(|o| o != h.id) {
                 "not the host asked for".to_string()
+            } else if !h.drain.is_empty() {
+                format!("{} (no new VMs)", h.drain)
             } else if !self.is_online(&h.id) {
                 "offline".to_string()
             } else if !missing.is_empty() {

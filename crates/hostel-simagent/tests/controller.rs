@@ -1295,3 +1295,105 @@ async fn a_running_vm_migrates_and_the_database_follows_it() {
     let e = k.c.migrate_vm(&k.admin, "m1", ask(None)).await.unwrap_err();
     assert!(e.to_string().contains("only a running or paused"), "{e}");
 }
+
+#[tokio::test]
+async fn a_drained_host_gets_no_vms_and_its_vms_come_back_when_undrained() {
+    let k = Cluster::new(2).await;
+    k.tiny().await;
+    let (a, b) = (k.sims[0].name(), k.sims[1].name());
+    k.c.set_host(
+        &k.admin,
+        &a,
+        SetHostRequest {
+            tags: vec!["a".into()],
+        },
+    )
+    .await
+    .unwrap();
+    // Three VMs on host a: two running, one stopped without disks; and one stopped with
+    // a disk, which cannot move while stopped.
+    for (n, extra) in [
+        ("d1", serde_json::json!({})),
+        ("d2", serde_json::json!({})),
+        ("d3", serde_json::json!({"start": false})),
+        ("d4", serde_json::json!({"start": false, "disk_mib": 1024})),
+    ] {
+        let mut v = serde_json::json!({"image": "tiny", "host_tags": ["a"]});
+        for (key, x) in extra.as_object().unwrap() {
+            v[key] = x.clone();
+        }
+        k.c.create_vm(&k.admin, create(n, v)).await.unwrap();
+    }
+    let on = |n: &'static str| {
+        let c = k.c.clone();
+        async move {
+            c.store
+                .vm_by_name(n)
+                .await
+                .unwrap()
+                .unwrap()
+                .host_id
+                .unwrap()
+        }
+    };
+    let erin = k.user("erin").await;
+    assert!(k
+        .c
+        .drain_host(&erin, &a, DrainRequest::default())
+        .await
+        .is_err());
+    let e =
+        k.c.drain_host(&k.admin, "nosuch", DrainRequest::default())
+            .await
+            .unwrap_err();
+    assert!(matches!(e, Error::NotFound { kind: "host", .. }), "{e:?}");
+    let t =
+        k.c.drain_host(
+            &k.admin,
+            &a,
+            DrainRequest {
+                concurrency: Some(2),
+                allow_offline: true,
+            },
+        )
+        .await
+        .unwrap();
+    // d4 stays (stopped, with a disk): the task fails, naming it, after moving the rest.
+    let err = k.task_end(&t.id).await.unwrap_err();
+    assert!(err.contains("d4: stays:"), "{err}");
+    for n in ["d1", "d2", "d3"] {
+        assert_eq!(on(n).await, b, "{n} moved off {a}");
+        assert!(err.contains(&format!("{n}: ")), "{n} is reported: {err}");
+    }
+    assert_eq!(on("d4").await, a);
+    let hosts = k.c.list_hosts(&k.admin).await.unwrap();
+    let ha = hosts.iter().find(|h| h.name == a).unwrap();
+    assert_eq!(ha.drain, "draining", "a VM is left");
+    // No new VM goes to a draining host, even one asking for its tag.
+    let e =
+        k.c.create_vm(
+            &k.admin,
+            create(
+                "d5",
+                serde_json::json!({"image": "tiny", "host_tags": ["a"]}),
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("draining (no new VMs)"), "{e}");
+    // Every move is in the audit trail.
+    let trail = k.c.store.audit(&Default::default()).await.unwrap();
+    let moves = trail.iter().filter(|r| r.action == "vm.migrate").count();
+    assert!(moves >= 4, "{moves} vm.migrate entries");
+    // Undrained with --return: the running VMs it moved go back.
+    let t =
+        k.c.undrain_host(&k.admin, &a, UndrainRequest { return_vms: true })
+            .await
+            .unwrap();
+    k.task_end(&t.id).await.unwrap();
+    for n in ["d1", "d2", "d3"] {
+        assert_eq!(on(n).await, a, "{n} came back");
+    }
+    let hosts = k.c.list_hosts(&k.admin).await.unwrap();
+    assert_eq!(hosts.iter().find(|h| h.name == a).unwrap().drain, "");
+}

@@ -20,6 +20,8 @@ pub struct HostRecord {
     pub last_seen: Timestamp,
     /// Tags an admin gave the host (`hostel host set --tags`), for placement.
     pub tags: Vec<String>,
+    /// `draining` or `drained` while an admin empties it; empty otherwise.
+    pub drain: String,
 }
 
 /// What runs on a host, as `Store::host_usage` counts it.
@@ -51,6 +53,7 @@ impl FromRow for HostRecord {
                 .filter(|t| !t.is_empty())
                 .map(String::from)
                 .collect(),
+            drain: c.text("drain")?,
         })
     }
 }
@@ -58,7 +61,7 @@ impl FromRow for HostRecord {
 impl Record for HostRecord {
     const COLS: &'static str =
         "id, name, url, cpus, memory_mib, accel, accel_reason, qemu_version, kernel, last_seen, \
-         tags";
+         tags, drain";
     fn values(&self) -> Vec<Value<'_>> {
         binds![
             &self.id,
@@ -72,6 +75,7 @@ impl Record for HostRecord {
             &self.kernel,
             self.last_seen,
             self.tags.join(","),
+            &self.drain,
         ]
     }
 }
@@ -117,6 +121,35 @@ impl Store {
     pub async fn host(&self, id: &str) -> Result<Option<HostRecord>> {
         let sql = format!("SELECT {} FROM hosts WHERE id = $1", HostRecord::COLS);
         self.fetch_optional(&sql, binds![id]).await
+    }
+
+    /// Sets a host's drain state: `draining`, `drained`, or empty.
+    pub async fn set_host_drain(&self, id: &str, drain: &str) -> Result<()> {
+        self.execute(
+            "UPDATE hosts SET drain = $2 WHERE id = $1",
+            binds![id, drain],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The VMs a drain of `host` moved away (to return them).
+    pub async fn vms_drained_from(&self, host: &str) -> Result<Vec<String>> {
+        self.fetch_all(
+            "SELECT name FROM vms WHERE drained_from = $1 ORDER BY name",
+            binds![host],
+        )
+        .await
+    }
+
+    /// Notes (or clears) the host a VM's drain moved it away from.
+    pub async fn set_vm_drained_from(&self, vm_id: &str, host: Option<&str>) -> Result<()> {
+        self.execute(
+            "UPDATE vms SET drained_from = $2 WHERE id = $1",
+            binds![vm_id, host],
+        )
+        .await?;
+        Ok(())
     }
 
     /// Sets a host's tags (replacing the ones it had).

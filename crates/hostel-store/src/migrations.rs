@@ -248,4 +248,10 @@ pub const MIGRATIONS: &[&[&str]] = &[
         "ALTER TABLE hosts ADD COLUMN tags TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE vms ADD COLUMN anti_affinity TEXT",
     ],
+    // A host being emptied (`draining`, then `drained`) gets no new VMs; a VM moved off
+    // a host by its drain remembers that host, to go back when it is undrained.
+    &[
+        "ALTER TABLE hosts ADD COLUMN drain TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE vms ADD COLUMN drained_from TEXT",
+    ],
 ];

@@ -32,6 +32,7 @@ fn host() -> HostRecord {
         kernel: "6.1".into(),
         last_seen: now(),
         tags: Vec::new(),
+        drain: String::new(),
     }
 }
 

@@ -45,6 +45,40 @@ pub(super) async fn set_host(
     Ok(Json(c.set_host(&ctx, &name, req).await?))
 }
 
+/// Drains a host for maintenance (admins): no new VMs go there, its running VMs migrate
+/// live to other hosts a few at a time; a task (`host-drain`) reports each VM.
+#[utoipa::path(post, path = "/api/v1/hosts/{name}/drain", params(("name" = String, Path)),
+    request_body = DrainRequest,
+    responses((status = 202, body = Task), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub(super) async fn drain_host(
+    State(c): S,
+    Extension(ctx): X,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<DrainRequest>,
+) -> Result<(StatusCode, Json<Task>), Error> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(c.drain_host(&ctx, &name, req).await?),
+    ))
+}
+
+/// Opens a drained host to new VMs again (admins); `return` moves its VMs back.
+#[utoipa::path(post, path = "/api/v1/hosts/{name}/undrain", params(("name" = String, Path)),
+    request_body = UndrainRequest,
+    responses((status = 202, body = Task), (status = 404, body = ErrorBody)))]
+pub(super) async fn undrain_host(
+    State(c): S,
+    Extension(ctx): X,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<UndrainRequest>,
+) -> Result<(StatusCode, Json<Task>), Error> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(c.undrain_host(&ctx, &name, req).await?),
+    ))
+}
+
 /// Removes a host with no VMs, images or pools left (admins only).
 #[utoipa::path(delete, path = "/api/v1/hosts/{name}", params(("name" = String, Path)),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]

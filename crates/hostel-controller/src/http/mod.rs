@@ -57,7 +57,7 @@ type R<T> = Result<Json<T>, Error>;
         create_token, revoke_token, list_keys, add_key, remove_key, list_groups, create_group,
         delete_group, add_member, remove_member, set_owner, audit, audit_retention,
         set_audit_retention, prune_audit, show_quota, set_quota,
-        renew_vm, list_hosts, add_host, set_host, remove_host, events
+        renew_vm, list_hosts, add_host, set_host, drain_host, undrain_host, remove_host, events
     ),
     components(schemas(ErrorBody)),
     modifiers(&BearerAuth, &StandardErrors),
@@ -90,6 +90,8 @@ pub fn router(c: Arc<Controller>) -> Router {
         .route("/api/v1/info", get(info))
         .route("/api/v1/hosts", get(list_hosts).post(add_host))
         .route("/api/v1/hosts/{name}", delete(remove_host).put(set_host))
+        .route("/api/v1/hosts/{name}/drain", post(drain_host))
+        .route("/api/v1/hosts/{name}/undrain", post(undrain_host))
         .route("/api/v1/vms", get(list_vms).post(create_vm))
         .route("/api/v1/events", get(events))
         .route("/api/v1/vms/{name}", get(get_vm).delete(delete_vm))
@@ -252,6 +254,8 @@ fn action_of(method: &Method, route: &str) -> &'static str {
         ("POST", "/api/v1/hosts") => "host.add",
         ("DELETE", "/api/v1/hosts/{name}") => "host.remove",
         ("PUT", "/api/v1/hosts/{name}") => "host.set",
+        ("POST", "/api/v1/hosts/{name}/drain") => "host.drain",
+        ("POST", "/api/v1/hosts/{name}/undrain") => "host.undrain",
         ("POST", "/api/v1/users") => "user.create",
         ("DELETE", "/api/v1/users/{name}") => "user.delete",
         ("POST", "/api/v1/users/{name}/password") => "user.password",

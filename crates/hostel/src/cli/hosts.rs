@@ -47,6 +47,24 @@ pub enum HostCmd {
     },
     /// Remove a host that has no VMs, images or pools left.
     Remove { name: String },
+    /// Empty a host for maintenance: no new VMs go there, and its running VMs migrate
+    /// live to other hosts; prints each VM's outcome.
+    Drain {
+        name: String,
+        /// How many VMs move at once (default 2).
+        #[arg(long)]
+        concurrency: Option<u32>,
+        /// Move VMs that are not running too (those without disks, for now).
+        #[arg(long)]
+        allow_offline: bool,
+    },
+    /// Open a drained host to new VMs again.
+    Undrain {
+        name: String,
+        /// Also move back the VMs its drain moved away.
+        #[arg(long = "return")]
+        return_vms: bool,
+    },
     /// Set a host's tags, which `create --host-tag` asks for.
     Set {
         name: String,
@@ -56,8 +74,10 @@ pub enum HostCmd {
     },
 }
 
-fn online(h: &HostInfo) -> &'static str {
-    if h.online {
+fn online(h: &HostInfo) -> &str {
+    if !h.drain.is_empty() {
+        h.drain.as_str()
+    } else if h.online {
         "online"
     } else if h.stale {
         "stale"
@@ -160,6 +180,24 @@ pub async fn run(cmd: Cmd) -> Result<()> {
             println!("host {}: tags {}", h.name, h.tags.join(","));
             Ok(())
         }
+        Cmd::Host(HostCmd::Drain {
+            name,
+            concurrency,
+            allow_offline,
+        }) => {
+            let req = DrainRequest {
+                concurrency,
+                allow_offline,
+            };
+            let t: Task = api.post(&host_path(&name, "drain"), &req).await?;
+            report_task(&api, t).await
+        }
+        Cmd::Host(HostCmd::Undrain { name, return_vms }) => {
+            let t: Task = api
+                .post(&host_path(&name, "undrain"), &UndrainRequest { return_vms })
+                .await?;
+            report_task(&api, t).await
+        }
         Cmd::Host(HostCmd::Remove { name }) => {
             api.delete(&format!("/api/v1/hosts/{name}")).await?;
             println!("removed host {name}");
@@ -198,4 +236,27 @@ fn print_info(info: &Info) {
             a.rsplit(':').next().unwrap_or(a)
         );
     }
+}
+
+fn host_path(name: &str, verb: &str) -> String {
+    format!(
+        "/api/v1/hosts/{}/{verb}",
+        hostel_api::agent::endpoints::encode_segment(name)
+    )
+}
+
+/// Waits for a drain's task and prints each VM's outcome, a line each.
+async fn report_task(api: &Api, t: Task) -> Result<()> {
+    let mut t = t;
+    while t.state == TaskState::Running {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        t = api.get(&format!("/api/v1/tasks/{}", t.id)).await?;
+    }
+    for line in t.message.split("; ") {
+        println!("{line}");
+    }
+    if t.state == TaskState::Failed {
+        bail!("{} of host {}: not every VM moved", t.kind, t.target);
+    }
+    Ok(())
 }
