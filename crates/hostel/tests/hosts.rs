@@ -325,6 +325,64 @@ async fn a_second_host_is_added_used_lost_regained_and_removed() {
     d.ok(&["destroy", "disky"]);
     d.ok(&["delete", "disky"]);
 
+    // Draining node2 with three VMs on it (two running, one stopped): all three go to the
+    // local host, node2 is drained and gets no new VM; undrained with --return, they
+    // come back, the running ones still running.
+    for (n, start) in [("r1", true), ("r2", true), ("r3", false)] {
+        let mut args = vec![
+            "create",
+            n,
+            "--image",
+            "tiny",
+            "--memory",
+            "96M",
+            "--no-network",
+            "--host-tag",
+            "second",
+        ];
+        if !start {
+            args.push("--no-start");
+        }
+        d.ok(&args);
+        assert_eq!(d.describe(n)["host"], "node2");
+    }
+    let out = d.ok(&["host", "drain", "node2", "--allow-offline"]);
+    for n in ["r1", "r2", "r3"] {
+        assert!(out.contains(&format!("{n}: ")), "{out}");
+        assert_eq!(d.describe(n)["host"], local.as_str(), "{n}: {out}");
+    }
+    assert_eq!(d.describe("r1")["state"], "running");
+    let hosts = d.json(&["host", "list"]);
+    let n2 = hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == "node2")
+        .unwrap()
+        .clone();
+    assert_eq!(n2["drain"], "drained", "{n2}");
+    let err = d.fails(&[
+        "create",
+        "late2",
+        "--image",
+        "tiny",
+        "--no-network",
+        "--host-tag",
+        "second",
+    ]);
+    assert!(err.contains("drained (no new VMs)"), "{err}");
+    d.ok(&["host", "undrain", "node2", "--return"]);
+    for n in ["r1", "r2", "r3"] {
+        assert_eq!(d.describe(n)["host"], "node2", "{n} came back");
+    }
+    assert_eq!(d.describe("r2")["state"], "running");
+    for n in ["r1", "r2"] {
+        d.ok(&["destroy", n]);
+    }
+    for n in ["r1", "r2", "r3"] {
+        d.ok(&["delete", n]);
+    }
+
     // A stopped VM does not migrate live.
     d.ok(&["destroy", "mixed"]);
     let err = d.fails(&["migrate", "mixed"]);
