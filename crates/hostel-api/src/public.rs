@@ -359,6 +359,14 @@ pub struct VmSummary {
     #[serde(default)]
     pub lease_warning: Option<String>,
     pub created_at: String,
+    /// Seconds since its host last confirmed its state: 0 while the host's agent is
+    /// connected (every change is reported as it happens), else since the host was lost.
+    #[serde(default)]
+    pub state_age_seconds: u64,
+    /// Its host is stale (offline longer than the controller's threshold): its state is
+    /// that old.
+    #[serde(default)]
+    pub host_stale: bool,
 }
 
 impl From<&Vm> for VmSummary {
@@ -381,6 +389,8 @@ impl From<&Vm> for VmSummary {
             lease_expires_at: v.lease_expires_at.clone(),
             lease_warning: v.lease_warning.clone(),
             created_at: v.created_at.clone(),
+            state_age_seconds: 0,
+            host_stale: false,
         }
     }
 }

@@ -186,7 +186,8 @@ impl Controller {
 /// Whether a host's report is stale, and its age in whole seconds: a connected agent
 /// reports as things happen (age 0); one that is not is stale once it has been gone
 /// `after` or longer.
-fn staleness(online: bool, since: time::Duration, after: Duration) -> (bool, u64) {
+/// Whether a host is stale, and seconds since it last reported (0 while online).
+pub(crate) fn staleness(online: bool, since: time::Duration, after: Duration) -> (bool, u64) {
     if online {
         return (false, 0);
     }

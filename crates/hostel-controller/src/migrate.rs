@@ -363,7 +363,22 @@ impl Controller {
         // The switch is done: the VM runs on the target. The database says so first
         // (its host, its disks' new files), then the source's QEMU (paused after sending)
         // is ended and its disk files removed.
-        let status = m.target_agent.get_vm(&vm.id).await?;
+        // The target resumes a running VM itself, just after QEMU says it completed: its
+        // state is read once it has (a paused VM stays paused).
+        if result.forced && vm.state == VmState::Running {
+            // Paused to finish, it arrives paused: it runs again here.
+            let _ = m.target_agent.unpause_vm(&vm.id).await;
+        }
+        let mut status = m.target_agent.get_vm(&vm.id).await?;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while vm.state == VmState::Running
+            && status.state == VmState::Paused
+            && !result.forced
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            status = m.target_agent.get_vm(&vm.id).await?;
+        }
         let moved: Vec<(String, String, String)> = made
             .iter()
             .map(|(d, c)| (d.id.clone(), c.path.clone(), c.format.clone()))

@@ -202,12 +202,35 @@ impl Controller {
         } else {
             None
         };
+        // How fresh each row's state is: as fresh as its host's last report.
+        let now = hostel_store::now();
+        let freshness: std::collections::HashMap<String, (bool, u64)> = self
+            .store
+            .hosts()
+            .await?
+            .into_iter()
+            .map(|h| {
+                let f = crate::hosts::staleness(
+                    self.is_online(&h.id),
+                    now - h.last_seen,
+                    self.cfg.stale_after,
+                );
+                (h.id, f)
+            })
+            .collect();
         let out = rows
             .into_iter()
             .map(|r| {
                 let state = r.vm.state;
                 let v = r.vm;
+                let (host_stale, state_age_seconds) = v
+                    .host_id
+                    .as_ref()
+                    .and_then(|h| freshness.get(h).copied())
+                    .unwrap_or_default();
                 VmSummary {
+                    host_stale,
+                    state_age_seconds,
                     owner: match (r.owner_user, r.owner_group) {
                         (Some(u), _) => Some(format!("user:{u}")),
                         (None, Some(g)) => Some(format!("group:{g}")),

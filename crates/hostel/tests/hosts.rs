@@ -430,8 +430,41 @@ async fn a_second_host_is_added_used_lost_regained_and_removed() {
     );
 
     // The agent goes: node2 shows offline and gets no VMs; it comes back by itself.
+    d.ok(&[
+        "create",
+        "r3",
+        "--image",
+        "tiny",
+        "--no-network",
+        "--no-start",
+        "--host-tag",
+        "second",
+    ]);
     stop(agent);
     wait_online(&d, false);
+    // The list says how fresh each VM's state is: live for the local host's, as old as
+    // node2's last report for r3 (stopped there).
+    std::thread::sleep(Duration::from_millis(1100));
+    let list = d.json(&["list"]);
+    let row = |n: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == n)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(row("here")["state_age_seconds"], 0);
+    assert!(
+        row("r3")["state_age_seconds"].as_u64().unwrap() >= 1,
+        "{list}"
+    );
+    assert_eq!(row("r3")["host_stale"], false, "offline, not yet stale");
+    let table = d.ok(&["list"]);
+    assert!(
+        table.contains("CONFIRMED") && table.contains("s ago"),
+        "{table}"
+    );
     let err = d.fails(&[
         "create",
         "late",
@@ -446,6 +479,7 @@ async fn a_second_host_is_added_used_lost_regained_and_removed() {
     let (agent, url2) = start_agent(&node, &dir, "10.254.0.2");
     assert_eq!(url2, url);
     wait_online(&d, true);
+    d.ok(&["delete", "r3"]);
 
     // A controller restart reconnects to the recorded host without anyone adding it.
     assert!(d.sigterm().success());

@@ -358,6 +358,21 @@ const VM_COLUMNS: &[Column<VmSummary>] = &[
             .unwrap_or_default()
     }),
     ("PID", |v| v.pid.map(|p| p.to_string()).unwrap_or_default()),
+    ("CONFIRMED", |v| {
+        let s = v.state_age_seconds;
+        let age = match s {
+            0 => return "live".into(),
+            1..60 => format!("{s}s ago"),
+            60..3600 => format!("{}m ago", s / 60),
+            3600..86400 => format!("{}h ago", s / 3600),
+            _ => format!("{}d ago", s / 86400),
+        };
+        if v.host_stale {
+            format!("{age} (stale host)")
+        } else {
+            age
+        }
+    }),
 ];
 
 /// The VMs' table, then a warning for each lease that ends soon.
