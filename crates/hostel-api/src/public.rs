@@ -603,16 +603,13 @@ pub struct ImageCopy {
     pub state: String,
 }
 
-/// Copies an image to hosts ahead of its first use there: to one host, or to every
-/// connected host.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+/// Copies an image to hosts ahead of its first use there: to one host, or (no host
+/// named) to every connected host that has no copy yet.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct PushImageRequest {
-    /// The host to copy the image to.
+    /// The host to copy the image to; none: every connected host.
     #[serde(default)]
     pub host: Option<String>,
-    /// Every connected host that has no copy yet.
-    #[serde(default)]
-    pub all: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -210,7 +210,7 @@ impl Controller {
     ) -> Res<Vec<Task>> {
         ctx.require_admin()?;
         ctx.target(name, None);
-        ctx.params(serde_json::json!({"host": req.host, "all": req.all}));
+        ctx.params(serde_json::json!({"host": req.host}));
         let img = self.store.image_by_name(name).await?.ok_or_else(|| {
             Error::not_found(
                 "image",
@@ -218,8 +218,8 @@ impl Controller {
                 format!("there is no image named {name:?}: `hostel image list` shows them"),
             )
         })?;
-        let hosts: Vec<String> = match (&req.host, req.all) {
-            (Some(h), false) => {
+        let hosts: Vec<String> = match &req.host {
+            Some(h) => {
                 if self.store.host(h).await?.is_none() {
                     return Err(Error::not_found(
                         "host",
@@ -235,7 +235,7 @@ impl Controller {
                 }
                 vec![h.clone()]
             }
-            (None, true) => self
+            None => self
                 .store
                 .hosts()
                 .await?
@@ -243,13 +243,6 @@ impl Controller {
                 .map(|h| h.id)
                 .filter(|h| self.is_online(h))
                 .collect(),
-            _ => {
-                return Err(hostel_model::Invalid::new(
-                    "host",
-                    "name one host, or ask for all of them (`--host H` or `--all`), not both",
-                )
-                .into())
-            }
         };
         self.require_free_space()?;
         let mut tasks = Vec::new();

@@ -91,15 +91,19 @@ impl Controller {
                 .iter()
                 .map(|v| format!("{}: {}", v.host, v.verdict))
                 .collect();
-            return Err(Error::unavailable(if why.is_empty() {
-                "no host is connected to place the VM on".to_string()
-            } else {
-                format!(
-                    "no host can take the VM ({}): ask for other tags or another anti-affinity \
-                     group, free memory, or wait for a host to come back",
-                    why.join("; ")
-                )
-            }));
+            // No host connected: unavailable, for now. Hosts there, but none that fits
+            // what was asked: a conflict with the cluster as it is.
+            if verdicts.iter().all(|v| v.verdict == "offline") {
+                return Err(Error::unavailable(
+                    "no host is connected to place the VM on: start an agent, or wait for \
+                     `hostel host list` to show one online",
+                ));
+            }
+            return Err(Error::conflict(format!(
+                "no host can take the VM ({}): ask for other tags or another anti-affinity \
+                 group, free memory, or wait for a host to come back",
+                why.join("; ")
+            )));
         };
         verdicts[i].verdict = "chosen".into();
         let chosen = verdicts[i].host.clone();

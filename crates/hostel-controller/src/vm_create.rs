@@ -23,6 +23,9 @@ impl Controller {
         if let Some(g) = &req.anti_affinity {
             validate_name("anti_affinity", g)?;
         }
+        for t in &req.host_tags {
+            validate_name("host_tags", t)?;
+        }
         // Kept in the VM's record: no longer than a kernel takes.
         if req
             .cmdline
@@ -81,6 +84,18 @@ impl Controller {
                 (h.id, h.memory_mib)
             }
             None => {
+                // A VM bigger than every connected host: said as such, not as "no room".
+                let biggest = self
+                    .store
+                    .hosts()
+                    .await?
+                    .into_iter()
+                    .filter(|h| self.is_online(&h.id))
+                    .map(|h| h.memory_mib)
+                    .max();
+                if let Some(b) = biggest {
+                    sizing.validate(b)?;
+                }
                 let (h, mem, why) = self
                     .place(&crate::placement::Ask {
                         need_mib: if req.start { sizing.max_memory_mib } else { 0 },

@@ -1031,7 +1031,6 @@ async fn an_image_is_copied_to_a_host_on_first_use_and_checked() {
     let before = sim(&target).images_received();
     let push = || PushImageRequest {
         host: Some(target.clone()),
-        all: false,
     };
     let (a, b) = tokio::join!(
         k.c.push_image(&k.admin, "deb", push()),
@@ -1061,16 +1060,9 @@ async fn an_image_is_copied_to_a_host_on_first_use_and_checked() {
     let imp_target = k.other_host("imp").await;
     sim(&imp_origin).corrupt_image_reads(true);
     let tasks =
-        k.c.push_image(
-            &k.admin,
-            "imp",
-            PushImageRequest {
-                host: None,
-                all: true,
-            },
-        )
-        .await
-        .unwrap();
+        k.c.push_image(&k.admin, "imp", PushImageRequest { host: None })
+            .await
+            .unwrap();
     assert_eq!(tasks.len(), 1, "only the host without a copy");
     let err = k.task_end(&tasks[0].id).await.unwrap_err();
     assert!(err.contains("sha256"), "{err}");
@@ -1084,16 +1076,9 @@ async fn an_image_is_copied_to_a_host_on_first_use_and_checked() {
         .any(|f| f.contains("imp")));
     sim(&imp_origin).corrupt_image_reads(false);
 
-    // Bad requests: both or neither of host and all, an unknown host.
-    let both = PushImageRequest {
-        host: Some(target.clone()),
-        all: true,
-    };
-    let e = k.c.push_image(&k.admin, "deb", both).await.unwrap_err();
-    assert!(e.to_string().contains("not both"), "{e}");
+    // Bad requests: an unknown host, a user who is not an admin.
     let nowhere = PushImageRequest {
         host: Some("nosuch".into()),
-        all: false,
     };
     let e = k.c.push_image(&k.admin, "deb", nowhere).await.unwrap_err();
     assert!(matches!(e, Error::NotFound { kind: "host", .. }), "{e:?}");

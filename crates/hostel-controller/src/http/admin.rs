@@ -197,7 +197,9 @@ pub(super) async fn list_networks(State(c): S, Extension(ctx): X) -> R<Vec<Netwo
 }
 
 #[utoipa::path(post, path = "/api/v1/networks", request_body = CreateNetworkRequest,
-    responses((status = 201, body = Network), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 201, body = Network), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody, description = "a user or group in `attach` does not exist"),
+        (status = 409, body = ErrorBody)))]
 pub(super) async fn create_network(
     State(c): S,
     Extension(ctx): X,

@@ -51,7 +51,7 @@ pub enum ImageCmd {
     },
     /// Delete an image no VM uses (every host's copy of it).
     Delete { name: String },
-    /// Copy an image to a host (or every connected host) ahead of its first use there;
+    /// Copy an image to a host (or, with --all, every connected host) ahead of its first use there;
     /// without this it is copied when a VM there first needs it.
     Push {
         name: String,
@@ -140,7 +140,9 @@ pub async fn run(cmd: Cmd) -> Result<()> {
             Ok(())
         }
         ImageCmd::Push { name, host, all } => {
-            let req = PushImageRequest { host, all };
+            // `--all` (clap requires it without `--host`) is the request without a host.
+            let _ = all;
+            let req = PushImageRequest { host };
             let path = format!(
                 "/api/v1/images/{}/push",
                 hostel_api::agent::endpoints::encode_segment(&name)

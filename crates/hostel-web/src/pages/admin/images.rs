@@ -131,10 +131,7 @@ pub async fn act(Path(action): Path<String>, f: Form<Fields>) -> Response {
         }
         "push" => {
             let name = f.get("name");
-            let req = PushImageRequest {
-                host: None,
-                all: true,
-            };
+            let req = PushImageRequest { host: None };
             let path = format!("/api/v1/images/{}/push", seg(name));
             match api.post::<_, Vec<Task>>(&path, &req).await {
                 Ok(tasks) if tasks.len() == 1 => {
