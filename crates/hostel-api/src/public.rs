@@ -533,6 +533,38 @@ pub struct DrainRequest {
     pub allow_offline: bool,
 }
 
+/// Evens out the hosts' load by live migrations.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct RebalanceRequest {
+    /// Only show the plan.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// The least a move must lower the score by (default 0.01).
+    #[serde(default)]
+    #[schema(minimum = 0.0, maximum = 1.0)]
+    pub min_gain: Option<f64>,
+}
+
+/// A rebalance's plan: the cluster's score (the standard deviation of the hosts' memory
+/// use plus that of their vCPUs per CPU; lower is more even) before and after its moves,
+/// and the task applying them unless it was a dry run.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RebalancePlan {
+    pub score_before: f64,
+    pub score_after: f64,
+    pub moves: Vec<PlannedMove>,
+    #[serde(default)]
+    pub task: Option<Task>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PlannedMove {
+    pub vm: String,
+    pub from: String,
+    pub to: String,
+    pub memory_mib: u64,
+}
+
 /// Opens a drained host to new VMs again.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct UndrainRequest {

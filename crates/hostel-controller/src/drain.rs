@@ -196,7 +196,7 @@ impl Controller {
     }
 
     /// Waits for a task to end: its message, or its error.
-    async fn wait_task(&self, id: &str) -> Res<String> {
+    pub(crate) async fn wait_task(&self, id: &str) -> Res<String> {
         loop {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             let Some(t) = self.store.task(id).await? else {
@@ -237,7 +237,13 @@ impl Controller {
             .collect())
     }
 
-    async fn new_task(&self, ctx: &Ctx, kind: &str, target: &str, message: &str) -> Res<Task> {
+    pub(crate) async fn new_task(
+        &self,
+        ctx: &Ctx,
+        kind: &str,
+        target: &str,
+        message: &str,
+    ) -> Res<Task> {
         let task = TaskRecord {
             id: new_id("task"),
             kind: kind.into(),
@@ -255,7 +261,7 @@ impl Controller {
     }
 
     /// Ends a drain's task with each VM's outcome; failed if any VM stayed.
-    async fn finish_report(&self, id: &str, left: usize, outcomes: Vec<String>) {
+    pub(crate) async fn finish_report(&self, id: &str, left: usize, outcomes: Vec<String>) {
         let failed = outcomes.iter().any(|o| o.contains(": stays: "));
         let mut report = outcomes.join("; ");
         if report.is_empty() {

@@ -26,6 +26,7 @@ mod networks;
 mod placement;
 mod pools;
 mod quota;
+mod rebalance;
 mod space;
 pub mod sshgw;
 pub mod stats;
@@ -124,7 +125,11 @@ pub struct Controller {
     /// One lock per image and host: a copy of an image to a host is made once at a time.
     copy_locks: Mutex<HashMap<(String, String), OneAtATime>>,
     /// VMs being migrated: their agents' state events wait until it ends.
-    migrating: Mutex<std::collections::HashSet<String>>,
+    /// VMs being migrated (by id), with the host each goes to and the memory it holds
+    /// there meanwhile (placement counts it).
+    migrating: Mutex<HashMap<String, (String, u64)>>,
+    /// Held while a migration's target is chosen and reserved.
+    migrate_placing: tokio::sync::Mutex<()>,
 }
 
 impl Controller {
@@ -152,6 +157,7 @@ impl Controller {
             usage: stats::UsageHistory::new(),
             copy_locks: Mutex::default(),
             migrating: Mutex::default(),
+            migrate_placing: tokio::sync::Mutex::new(()),
         })
     }
 

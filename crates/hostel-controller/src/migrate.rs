@@ -87,9 +87,14 @@ fn stream_address(target_url: &str, source_url: &str) -> Option<String> {
 }
 
 impl Controller {
+    /// Each migration's target host and the memory it holds there.
+    pub(crate) fn migrating_to(&self) -> Vec<(String, u64)> {
+        self.migrating.lock().unwrap().values().cloned().collect()
+    }
+
     /// Whether a migration of this VM is under way (its agents' events then wait).
     pub(crate) fn is_migrating(&self, vm_id: &str) -> bool {
-        self.migrating.lock().unwrap().contains(vm_id)
+        self.migrating.lock().unwrap().contains_key(vm_id)
     }
 
     /// Starts moving a running VM to another host (admins): checked up front, then a
@@ -146,6 +151,9 @@ impl Controller {
             )));
         }
         let source_agent = self.host_agent(&vm)?;
+        // The target is chosen and its memory held for the VM at once: two migrations
+        // at a time (a drain's) do not both fill the same room.
+        let placing = self.migrate_placing.lock().await;
         let (target, _, _) = self
             .place(&crate::placement::Ask {
                 need_mib: vm.max_memory_mib,
@@ -189,7 +197,11 @@ impl Controller {
             created_by: ctx.caller().ok().map(|c| c.user_id.clone()),
         };
         self.store.insert_task(&task).await?;
-        self.migrating.lock().unwrap().insert(vm.id.clone());
+        self.migrating
+            .lock()
+            .unwrap()
+            .insert(vm.id.clone(), (target.clone(), vm.max_memory_mib));
+        drop(placing);
         let me = self.clone();
         let id = task.id.clone();
         tokio::spawn(async move {

@@ -46,10 +46,16 @@ impl Controller {
             Some(g) => self.store.hosts_with_group(g, ask.vm_id).await?,
             None => Vec::new(),
         };
+        // Memory held on migrations' targets until they complete.
+        let mut held: std::collections::HashMap<String, u64> = Default::default();
+        for (host, mib) in self.migrating_to() {
+            *held.entry(host).or_default() += mib;
+        }
         let mut verdicts = Vec::new();
         let mut best: Option<(usize, i64, u64)> = None;
         for h in hosts {
-            let used = used_by.get(&h.id).copied().unwrap_or(0);
+            let used =
+                used_by.get(&h.id).copied().unwrap_or(0) + held.get(&h.id).copied().unwrap_or(0);
             let free = h.memory_mib as i64 - used as i64;
             let missing: Vec<&str> = ask
                 .tags

@@ -1382,3 +1382,69 @@ async fn a_drained_host_gets_no_vms_and_its_vms_come_back_when_undrained() {
     let hosts = k.c.list_hosts(&k.admin).await.unwrap();
     assert_eq!(hosts.iter().find(|h| h.name == a).unwrap().drain, "");
 }
+
+#[tokio::test]
+async fn rebalance_plans_even_moves_and_applies_them() {
+    let k = Cluster::new(2).await;
+    k.tiny().await;
+    let (a, b) = (k.sims[0].name(), k.sims[1].name());
+    k.c.set_host(
+        &k.admin,
+        &a,
+        SetHostRequest {
+            tags: vec!["a".into()],
+        },
+    )
+    .await
+    .unwrap();
+    for i in 0..4 {
+        k.c.create_vm(
+            &k.admin,
+            create(
+                &format!("b{i}"),
+                serde_json::json!({"image": "tiny", "host_tags": ["a"], "memory_mib": 1024}),
+            ),
+        )
+        .await
+        .unwrap();
+    }
+    let erin = k.user("erin").await;
+    assert!(k
+        .c
+        .rebalance(&erin, RebalanceRequest::default())
+        .await
+        .is_err());
+    let bad = RebalanceRequest {
+        min_gain: Some(2.0),
+        ..Default::default()
+    };
+    assert!(k.c.rebalance(&k.admin, bad).await.is_err());
+    let dry = RebalanceRequest {
+        dry_run: true,
+        ..Default::default()
+    };
+    let p = k.c.rebalance(&k.admin, dry.clone()).await.unwrap();
+    assert_eq!(p.moves.len(), 2, "{p:?}");
+    assert!(p.task.is_none() && p.score_after < p.score_before, "{p:?}");
+    assert!(p.moves.iter().all(|m| m.from == a && m.to == b));
+    // Nothing moved on a dry run; applied, the plan's VMs move.
+    let on_b = |c: Arc<Controller>, b: String| async move {
+        let mut n = 0;
+        for i in 0..4 {
+            let v = c.store.vm_by_name(&format!("b{i}")).await.unwrap().unwrap();
+            n += (v.host_id.as_deref() == Some(b.as_str())) as usize;
+        }
+        n
+    };
+    assert_eq!(on_b(k.c.clone(), b.clone()).await, 0);
+    let p =
+        k.c.rebalance(&k.admin, RebalanceRequest::default())
+            .await
+            .unwrap();
+    let t = p.task.expect("applied");
+    k.task_end(&t.id).await.unwrap();
+    assert_eq!(on_b(k.c.clone(), b.clone()).await, 2);
+    // Even now: nothing more to do.
+    let again = k.c.rebalance(&k.admin, dry).await.unwrap();
+    assert!(again.moves.is_empty(), "{again:?}");
+}

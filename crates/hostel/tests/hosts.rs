@@ -383,6 +383,30 @@ async fn a_second_host_is_added_used_lost_regained_and_removed() {
         d.ok(&["delete", n]);
     }
 
+    // Uneven now: two running VMs on the local host, none on node2. A dry run plans one
+    // move and moves nothing; applied, that VM runs on node2.
+    let plan = d.json(&["rebalance", "--dry-run"]);
+    let moves = plan["moves"].as_array().unwrap().clone();
+    assert_eq!(moves.len(), 1, "{plan}");
+    let vm = moves[0]["vm"].as_str().unwrap().to_string();
+    assert!(vm == "here" || vm == "mixed", "{plan}");
+    assert_eq!(moves[0]["to"], "node2");
+    assert!(plan["score_after"].as_f64() < plan["score_before"].as_f64());
+    assert_eq!(
+        d.describe(&vm)["host"],
+        local.as_str(),
+        "a dry run moves nothing"
+    );
+    let out = d.ok(&["rebalance"]);
+    assert!(out.contains(&format!("{vm}: to node2")), "{out}");
+    assert_eq!(d.describe(&vm)["host"], "node2");
+    assert_eq!(d.describe(&vm)["state"], "running");
+    let again = d.json(&["rebalance", "--dry-run"]);
+    assert!(again["moves"].as_array().unwrap().is_empty(), "{again}");
+    if vm == "here" {
+        d.ok(&["migrate", "here", "--to", &local]);
+    }
+
     // A stopped VM does not migrate live.
     d.ok(&["destroy", "mixed"]);
     let err = d.fails(&["migrate", "mixed"]);

@@ -79,6 +79,18 @@ pub(super) async fn undrain_host(
     ))
 }
 
+/// Plans moves that even out the hosts' memory and vCPU load (admins): the plan, and
+/// unless `dry_run` the task applying it as live migrations.
+#[utoipa::path(post, path = "/api/v1/rebalance", request_body = RebalanceRequest,
+    responses((status = 200, body = RebalancePlan), (status = 400, body = ErrorBody)))]
+pub(super) async fn rebalance(
+    State(c): S,
+    Extension(ctx): X,
+    ApiJson(req): ApiJson<RebalanceRequest>,
+) -> R<RebalancePlan> {
+    Ok(Json(c.rebalance(&ctx, req).await?))
+}
+
 /// Removes a host with no VMs, images or pools left (admins only).
 #[utoipa::path(delete, path = "/api/v1/hosts/{name}", params(("name" = String, Path)),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]

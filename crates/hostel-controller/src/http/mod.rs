@@ -57,7 +57,7 @@ type R<T> = Result<Json<T>, Error>;
         create_token, revoke_token, list_keys, add_key, remove_key, list_groups, create_group,
         delete_group, add_member, remove_member, set_owner, audit, audit_retention,
         set_audit_retention, prune_audit, show_quota, set_quota,
-        renew_vm, list_hosts, add_host, set_host, drain_host, undrain_host, remove_host, events
+        renew_vm, list_hosts, add_host, set_host, drain_host, undrain_host, rebalance, remove_host, events
     ),
     components(schemas(ErrorBody)),
     modifiers(&BearerAuth, &StandardErrors),
@@ -92,6 +92,7 @@ pub fn router(c: Arc<Controller>) -> Router {
         .route("/api/v1/hosts/{name}", delete(remove_host).put(set_host))
         .route("/api/v1/hosts/{name}/drain", post(drain_host))
         .route("/api/v1/hosts/{name}/undrain", post(undrain_host))
+        .route("/api/v1/rebalance", post(rebalance))
         .route("/api/v1/vms", get(list_vms).post(create_vm))
         .route("/api/v1/events", get(events))
         .route("/api/v1/vms/{name}", get(get_vm).delete(delete_vm))
@@ -202,6 +203,7 @@ fn admin_only(method: &Method, route: &str) -> bool {
         || under("/api/v1/audit/retention")
         || under("/api/v1/audit/prune")
         || under("/api/v1/hosts")
+        || under("/api/v1/rebalance")
         || under("/api/v1/users")
         || (mutating
             && (under("/api/v1/networks")
@@ -256,6 +258,7 @@ fn action_of(method: &Method, route: &str) -> &'static str {
         ("PUT", "/api/v1/hosts/{name}") => "host.set",
         ("POST", "/api/v1/hosts/{name}/drain") => "host.drain",
         ("POST", "/api/v1/hosts/{name}/undrain") => "host.undrain",
+        ("POST", "/api/v1/rebalance") => "host.rebalance",
         ("POST", "/api/v1/users") => "user.create",
         ("DELETE", "/api/v1/users/{name}") => "user.delete",
         ("POST", "/api/v1/users/{name}/password") => "user.password",

@@ -29,6 +29,18 @@ pub enum Cmd {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Format,
     },
+    /// Even out the hosts' memory and vCPU load by live migrations (admins): shows the
+    /// plan, then applies it and prints each move's outcome.
+    Rebalance {
+        /// Only show the plan.
+        #[arg(long)]
+        dry_run: bool,
+        /// The least a move must lower the score by (default 0.01).
+        #[arg(long)]
+        min_gain: Option<f64>,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+    },
 }
 
 #[derive(Subcommand)]
@@ -124,6 +136,37 @@ const HOST_COLUMNS: &[Column<HostInfo>] = &[
 pub async fn run(cmd: Cmd) -> Result<()> {
     let api = Api::new()?;
     match cmd {
+        Cmd::Rebalance {
+            dry_run,
+            min_gain,
+            output,
+        } => {
+            let plan: RebalancePlan = api
+                .post("/api/v1/rebalance", &RebalanceRequest { dry_run, min_gain })
+                .await?;
+            output::show(output, &plan, |p| {
+                println!(
+                    "score {:.3} → {:.3} ({} move(s){})",
+                    p.score_before,
+                    p.score_after,
+                    p.moves.len(),
+                    if dry_run { ", not applied" } else { "" }
+                );
+                for m in &p.moves {
+                    println!(
+                        "  {}: {} → {} ({})",
+                        m.vm,
+                        m.from,
+                        m.to,
+                        format_mib(m.memory_mib)
+                    );
+                }
+            })?;
+            match plan.task {
+                Some(t) => report_task(&api, t).await,
+                None => Ok(()),
+            }
+        }
         Cmd::Info { output } => {
             let info: Info = api.get("/api/v1/info").await?;
             output::show(output, &info, print_info)
