@@ -81,6 +81,27 @@ impl Controller {
             .expect("the host was just read"))
     }
 
+    /// Each host's (stale, seconds since it last reported), by id.
+    pub(crate) async fn host_freshness(
+        &self,
+    ) -> Res<std::collections::HashMap<String, (bool, u64)>> {
+        let now = hostel_store::now();
+        Ok(self
+            .store
+            .hosts()
+            .await?
+            .into_iter()
+            .map(|h| {
+                let f = staleness(
+                    self.is_online(&h.id),
+                    now - h.last_seen,
+                    self.cfg.stale_after,
+                );
+                (h.id, f)
+            })
+            .collect())
+    }
+
     /// Every recorded host, for admins.
     pub async fn list_hosts(&self, ctx: &Ctx) -> Res<Vec<HostInfo>> {
         ctx.require_admin()?;
@@ -187,7 +208,7 @@ impl Controller {
 /// reports as things happen (age 0); one that is not is stale once it has been gone
 /// `after` or longer.
 /// Whether a host is stale, and seconds since it last reported (0 while online).
-pub(crate) fn staleness(online: bool, since: time::Duration, after: Duration) -> (bool, u64) {
+fn staleness(online: bool, since: time::Duration, after: Duration) -> (bool, u64) {
     if online {
         return (false, 0);
     }

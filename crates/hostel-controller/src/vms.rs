@@ -203,21 +203,7 @@ impl Controller {
             None
         };
         // How fresh each row's state is: as fresh as its host's last report.
-        let now = hostel_store::now();
-        let freshness: std::collections::HashMap<String, (bool, u64)> = self
-            .store
-            .hosts()
-            .await?
-            .into_iter()
-            .map(|h| {
-                let f = crate::hosts::staleness(
-                    self.is_online(&h.id),
-                    now - h.last_seen,
-                    self.cfg.stale_after,
-                );
-                (h.id, f)
-            })
-            .collect();
+        let freshness = self.host_freshness().await?;
         let out = rows
             .into_iter()
             .map(|r| {
