@@ -10,7 +10,7 @@ use crate::Controller;
 use futures::StreamExt;
 use hostel_api::public::*;
 use hostel_model::VmState;
-use hostel_store::{new_id, now, TaskRecord, VmRecord};
+use hostel_store::VmRecord;
 use std::sync::Arc;
 
 type Res<T> = crate::error::Result<T>;
@@ -235,29 +235,6 @@ impl Controller {
             .into_iter()
             .map(|r| r.vm)
             .collect())
-    }
-
-    pub(crate) async fn new_task(
-        &self,
-        ctx: &Ctx,
-        kind: &str,
-        target: &str,
-        message: &str,
-    ) -> Res<Task> {
-        let task = TaskRecord {
-            id: new_id("task"),
-            kind: kind.into(),
-            target: target.into(),
-            state: TaskState::Running,
-            progress: 0.0,
-            message: message.into(),
-            error: None,
-            created_at: now(),
-            updated_at: now(),
-            created_by: ctx.caller().ok().map(|c| c.user_id.clone()),
-        };
-        self.store.insert_task(&task).await?;
-        self.task(ctx, &task.id).await
     }
 
     /// Ends a drain's task with each VM's outcome; failed if any VM stayed.

@@ -10,7 +10,7 @@ use crate::Controller;
 use futures::StreamExt;
 use hostel_api::agent::{self as wire, AgentApi};
 use hostel_api::public::*;
-use hostel_store::{new_id, now, ImageCopyRecord, ImageRecord, TaskRecord};
+use hostel_store::{ImageCopyRecord, ImageRecord};
 use std::sync::Arc;
 
 type Res<T> = crate::error::Result<T>;
@@ -255,19 +255,14 @@ impl Controller {
             {
                 continue;
             }
-            let task = TaskRecord {
-                id: new_id("task"),
-                kind: "image-copy".into(),
-                target: format!("{} to {h}", img.name),
-                state: TaskState::Running,
-                progress: 0.0,
-                message: "copying".into(),
-                error: None,
-                created_at: now(),
-                updated_at: now(),
-                created_by: ctx.caller().ok().map(|c| c.user_id.clone()),
-            };
-            self.store.insert_task(&task).await?;
+            let task = self
+                .new_task(
+                    ctx,
+                    "image-copy",
+                    &format!("{} to {h}", img.name),
+                    "copying",
+                )
+                .await?;
             let (me, img, id) = (self.clone(), img.clone(), task.id.clone());
             tokio::spawn(async move {
                 // The copy notes its progress; a writer puts it in the task twice a
@@ -318,7 +313,7 @@ impl Controller {
                     }
                 };
             });
-            tasks.push(self.task(ctx, &task.id).await?);
+            tasks.push(task);
         }
         Ok(tasks)
     }

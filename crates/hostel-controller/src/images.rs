@@ -39,6 +39,30 @@ impl Controller {
         }
     }
 
+    /// Records a new running task of the caller's, and its view.
+    pub(crate) async fn new_task(
+        &self,
+        ctx: &Ctx,
+        kind: &str,
+        target: &str,
+        message: &str,
+    ) -> Res<Task> {
+        let task = TaskRecord {
+            id: new_id("task"),
+            kind: kind.into(),
+            target: target.into(),
+            state: TaskState::Running,
+            progress: 0.0,
+            message: message.into(),
+            error: None,
+            created_at: now(),
+            updated_at: now(),
+            created_by: ctx.caller().ok().map(|c| c.user_id.clone()),
+        };
+        self.store.insert_task(&task).await?;
+        self.task(ctx, &task.id).await
+    }
+
     /// A task, to the user who started it and to admins; to anyone else it does not
     /// exist (the same answer as for an id that is no task's). Hostel's own actors read
     /// the tasks they started.

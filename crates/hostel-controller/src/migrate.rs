@@ -21,7 +21,7 @@ use futures::StreamExt;
 use hostel_api::agent::{self as wire, AgentApi};
 use hostel_api::public::*;
 use hostel_model::VmState;
-use hostel_store::{new_id, now, TaskRecord, VmRecord};
+use hostel_store::VmRecord;
 use std::sync::Arc;
 
 type Res<T> = crate::error::Result<T>;
@@ -184,19 +184,14 @@ impl Controller {
             Error::unavailable(format!("host {target} is not connected: try again"))
         })?;
         ctx.target(&vm.name, Some(&vm.id));
-        let task = TaskRecord {
-            id: new_id("task"),
-            kind: "vm-migrate".into(),
-            target: format!("{} from {source} to {target}", vm.name),
-            state: TaskState::Running,
-            progress: 0.0,
-            message: "preparing the target".into(),
-            error: None,
-            created_at: now(),
-            updated_at: now(),
-            created_by: ctx.caller().ok().map(|c| c.user_id.clone()),
-        };
-        self.store.insert_task(&task).await?;
+        let task = self
+            .new_task(
+                ctx,
+                "vm-migrate",
+                &format!("{} from {source} to {target}", vm.name),
+                "preparing the target",
+            )
+            .await?;
         self.migrating
             .lock()
             .unwrap()
@@ -242,7 +237,7 @@ impl Controller {
                 }
             };
         });
-        self.task(ctx, &task.id).await
+        Ok(task)
     }
 
     async fn run_migration(&self, m: &Moving) -> Res<wire::MigrationResult> {
