@@ -809,6 +809,7 @@ async fn every_route_refuses_who_it_must() {
             || under("/api/v1/dmesg")
             || under("/api/v1/users")
             || under("/api/v1/hosts")
+            || under("/api/v1/rebalance")
             || under("/api/v1/audit/retention")
             || under("/api/v1/audit/prune")
             || (m != "GET"
