@@ -212,16 +212,6 @@ impl Controller {
         }
     }
 
-    async fn host_named(&self, name: &str) -> Res<hostel_store::HostRecord> {
-        self.store.host(name).await?.ok_or_else(|| {
-            Error::not_found(
-                "host",
-                name,
-                format!("no host is named {name:?}: `hostel host list` lists the hosts"),
-            )
-        })
-    }
-
     /// Every VM recorded on a host.
     async fn vms_on(&self, host: &str) -> Res<Vec<VmRecord>> {
         Ok(self
@@ -256,10 +246,12 @@ impl Controller {
     }
 }
 
-fn caller_of(ctx: &Ctx) -> Res<crate::context::Caller> {
+pub(crate) fn caller_of(ctx: &Ctx) -> Res<crate::context::Caller> {
     match &ctx.actor {
         Actor::User(c) => Ok(c.clone()),
-        Actor::System(_) => Err(Error::forbidden("a drain is an admin's")),
+        Actor::System(_) => Err(Error::forbidden(
+            "only an admin may drain or rebalance hosts",
+        )),
     }
 }
 

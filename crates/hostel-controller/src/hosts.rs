@@ -59,13 +59,7 @@ impl Controller {
         ctx.require_admin()?;
         ctx.target(name, None);
         ctx.params(serde_json::json!({"tags": req.tags}));
-        if self.store.host(name).await?.is_none() {
-            return Err(Error::not_found(
-                "host",
-                name,
-                format!("no host is named {name:?}: `hostel host list` lists the hosts"),
-            ));
-        }
+        self.host_named(name).await?;
         let mut tags = Vec::new();
         for t in &req.tags {
             hostel_model::validate_name("tags", t)?;
@@ -79,6 +73,17 @@ impl Controller {
             .await?
             .pop()
             .expect("the host was just read"))
+    }
+
+    /// The recorded host `name`, or not found with where the hosts are listed.
+    pub(crate) async fn host_named(&self, name: &str) -> Res<hostel_store::HostRecord> {
+        self.store.host(name).await?.ok_or_else(|| {
+            Error::not_found(
+                "host",
+                name,
+                format!("no host is named {name:?}: `hostel host list` lists the hosts"),
+            )
+        })
     }
 
     /// Each host's (stale, seconds since it last reported), by id.

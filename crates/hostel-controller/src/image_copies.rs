@@ -220,13 +220,7 @@ impl Controller {
         })?;
         let hosts: Vec<String> = match &req.host {
             Some(h) => {
-                if self.store.host(h).await?.is_none() {
-                    return Err(Error::not_found(
-                        "host",
-                        h,
-                        format!("no host is named {h:?}: `hostel host list` lists the hosts"),
-                    ));
-                }
+                self.host_named(h).await?;
                 if !self.is_online(h) {
                     return Err(Error::unavailable(format!(
                         "host {h} is not connected: start its agent, or push when `hostel host \

@@ -136,13 +136,7 @@ impl Controller {
             .into());
         }
         if let Some(t) = &req.to {
-            if self.store.host(t).await?.is_none() {
-                return Err(Error::not_found(
-                    "host",
-                    t,
-                    format!("no host is named {t:?}: `hostel host list` lists the hosts"),
-                ));
-            }
+            self.host_named(t).await?;
         }
         if !self.store.snapshots_of(&vm.id).await?.is_empty() {
             return Err(Error::conflict(format!(

@@ -7,7 +7,6 @@
 //! it is applied as migrations, one at a time, in a task.
 
 use crate::context::Ctx;
-use crate::error::Error;
 use crate::Controller;
 use hostel_api::public::*;
 use hostel_model::VmState;
@@ -246,12 +245,7 @@ impl Controller {
                 &format!("{} move(s)", moves.len()),
             )
             .await?;
-        let caller = match &ctx.actor {
-            crate::context::Actor::User(c) => c.clone(),
-            crate::context::Actor::System(_) => {
-                return Err(Error::forbidden("a rebalance is an admin's"))
-            }
-        };
+        let caller = crate::drain::caller_of(ctx)?;
         let (me, id, moves) = (self.clone(), task.id.clone(), moves.to_vec());
         tokio::spawn(async move {
             let ctx = Ctx::user(caller, "rebalance");
