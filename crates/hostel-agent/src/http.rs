@@ -272,6 +272,16 @@ where
             json::<A, ep::MigrateIn, _, _>(|a, id, r| async move { a.migrate_in(&id, r).await }),
         )
         .route(
+            ep::GetMigration::ROUTE,
+            json::<A, ep::GetMigration, _, _>(|a, id, _| async move { a.get_migration(&id).await }),
+        )
+        .route(
+            ep::AbandonMigration::ROUTE,
+            json::<A, ep::AbandonMigration, _, _>(|a, id, r| async move {
+                a.abandon_migration(&id, r).await
+            }),
+        )
+        .route(
             ep::MigrateOut::ROUTE,
             lines::<A, ep::MigrateOut, _, _>(None, |a, r| async move { a.migrate_out(r).await }),
         )

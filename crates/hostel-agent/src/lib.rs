@@ -8,6 +8,7 @@ mod migrate;
 mod net;
 mod service;
 mod stats;
+mod stream_tls;
 pub mod uids;
 pub mod vm;
 

@@ -8,13 +8,93 @@
 //! watchdog gives up after `stall_secs` without progress at the highest limit, either
 //! pausing the guest to finish (`force_complete`) or cancelling, which leaves the guest
 //! running here as it was.
+//!
+//! The disks (when they move) are mirrored first, in write-blocking mode once in step;
+//! QEMU then pauses before the switch-over (`pause-before-switchover`), the mirrors
+//! finish while the guest is paused, and only then does the switch-over go on: disks and
+//! memory switch together. With TLS (`StreamTls`) both streams are QEMU's TLS, with a
+//! certificate for this migration only (`tls_creds`).
+//!
+//! Recovery (`migration_state`, `abandon_migration`) reads and ends a migration through
+//! QMP alone, without the VM's operation lock a migration holds.
 
+use crate::stream_tls::{drop_tls_files, tls_creds, TLS_ID};
 use crate::vm::VmRuntime;
 use crate::AgentError;
 use anyhow::anyhow;
-use hostel_api::agent::{DiskMirror, MigrateOutRequest, MigrationResult};
+use hostel_api::agent::{
+    DiskMirror, MigrateOutRequest, MigrationResult, MigrationState, MigrationStep, StreamTls,
+};
+use hostel_qemu::process::RunAs;
 use serde_json::json;
 use std::time::{Duration, Instant};
+
+/// Progress of a migration: the fraction done, a message, the step it is at.
+pub type Progress<'a> = dyn FnMut(f64, String, MigrationStep) + Send + 'a;
+
+/// What this host's QEMU for the VM is doing about a migration.
+pub(crate) async fn migration_state(vm: Option<&VmRuntime>) -> MigrationState {
+    let Some((_, qmp)) = vm.and_then(|v| v.process()) else {
+        return MigrationState::default();
+    };
+    let runstate = qmp
+        .execute("query-status", json!({}))
+        .await
+        .ok()
+        .and_then(|s| s["status"].as_str().map(String::from));
+    let migration = qmp
+        .execute("query-migrate", json!({}))
+        .await
+        .ok()
+        .and_then(|m| m["status"].as_str().map(String::from));
+    MigrationState {
+        qemu: runstate.is_some(),
+        runstate,
+        migration,
+    }
+}
+
+/// Gives up an outgoing migration before its switch-over: the stream and the disks'
+/// mirrors stop, the mirrors' targets go, and with `resume` a guest left paused runs
+/// again. Refused once the migration completed (the VM runs on the other host then).
+pub(crate) async fn abandon_migration(
+    vm: &VmRuntime,
+    resume: bool,
+) -> Result<MigrationState, AgentError> {
+    let Some((_, qmp)) = vm.process() else {
+        return Ok(MigrationState::default());
+    };
+    let fail = |e: hostel_qemu::QmpError| AgentError::Internal(anyhow!("{e}"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = migration_state(Some(vm)).await;
+        match st.migration.as_deref() {
+            Some("completed") => {
+                return Err(AgentError::Conflict(
+                    "the migration completed: the VM runs on the other host".into(),
+                ))
+            }
+            Some("active" | "setup" | "device" | "pre-switchover" | "wait-unplug") => {
+                let _ = qmp.execute("migrate_cancel", json!({})).await;
+            }
+            Some("cancelling") => {}
+            _ => break,
+        }
+        if Instant::now() > deadline {
+            return Err(AgentError::Timeout(
+                "QEMU did not cancel the migration within 30 s".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop_mirrors(&qmp, None, true).await;
+    drop_tls_files(&vm.paths);
+    let st = migration_state(Some(vm)).await;
+    if resume && st.runstate.as_deref() != Some("running") && st.qemu {
+        qmp.execute("cont", json!({})).await.map_err(fail)?;
+    }
+    Ok(migration_state(Some(vm)).await)
+}
 
 /// The downtime limit a migration starts with (ms), or the caller's most if lower.
 const FIRST_DOWNTIME_MS: u64 = 50;
@@ -24,25 +104,42 @@ const POLL: Duration = Duration::from_millis(200);
 const ESCALATE_AFTER: Duration = Duration::from_secs(2);
 
 impl VmRuntime {
-    /// Sends the VM to `req.uri`; `progress` hears the fraction sent and a message.
+    /// Sends the VM to `req.uri`; `progress` hears the fraction sent, a message and the
+    /// step. `owner` is the uid its QEMU runs as (which reads the TLS files).
     pub async fn migrate_out(
         &self,
         req: &MigrateOutRequest,
-        progress: &mut (dyn FnMut(f64, String) + Send),
+        owner: Option<&RunAs>,
+        progress: &mut Progress<'_>,
     ) -> Result<MigrationResult, AgentError> {
         let qmp = self.qmp_handle()?;
-        if let Some(m) = &req.mirror {
-            if let Err(e) = mirror_disks(&qmp, m, progress).await {
-                stop_mirrors(&qmp, m, true).await;
-                return Err(e);
+        let was_running = qmp
+            .execute("query-status", json!({}))
+            .await
+            .map(|s| s["status"] == "running")
+            .unwrap_or(false);
+        let res = async {
+            if let Some(t) = &req.tls {
+                tls_creds(&qmp, &self.paths, t, "client", owner).await?;
             }
+            if let Some(m) = &req.mirror {
+                // Nothing left over from an earlier try stands in the way.
+                stop_mirrors(&qmp, None, true).await;
+                hostel_faults::hold("agent.migrate-out.storage").await;
+                mirror_disks(&qmp, m, req.tls.as_ref(), progress).await?;
+            }
+            hostel_faults::hold("agent.migrate-out.memory").await;
+            self.send_memory(&qmp, req, progress).await
         }
-        let res = self.send_memory(&qmp, req, progress).await;
-        if let Some(m) = &req.mirror {
-            // Completed: the target has every write (the guest is paused since the
-            // switch-over); failed: the target's copy is dropped. Either way the mirror
-            // jobs end here without switching the source's disks over.
-            stop_mirrors(&qmp, m, res.is_err()).await;
+        .await;
+        drop_tls_files(&self.paths);
+        if res.is_err() {
+            // Not switched over: the target's copy of the disks is dropped, and the
+            // guest runs here again if it ran before.
+            stop_mirrors(&qmp, req.mirror.as_ref(), true).await;
+            if was_running {
+                let _ = qmp.execute("cont", json!({})).await;
+            }
         }
         res
     }
@@ -51,20 +148,30 @@ impl VmRuntime {
         &self,
         qmp: &hostel_qemu::Qmp,
         req: &MigrateOutRequest,
-        progress: &mut (dyn FnMut(f64, String) + Send),
+        progress: &mut Progress<'_>,
     ) -> Result<MigrationResult, AgentError> {
         let fail = |e: hostel_qemu::QmpError| AgentError::Internal(anyhow!("{e}"));
-        qmp.execute(
-            "migrate-set-capabilities",
-            json!({ "capabilities": req.capabilities }),
-        )
-        .await
-        .map_err(fail)?;
+        // This end also stops before the switch-over, to finish the disks' mirrors
+        // while the guest is paused.
+        let mut caps = serde_json::to_value(&req.capabilities).unwrap_or_default();
+        if let Some(a) = caps.as_array_mut() {
+            a.push(json!({"capability": "pause-before-switchover", "state": true}));
+        }
+        qmp.execute("migrate-set-capabilities", json!({ "capabilities": caps }))
+            .await
+            .map_err(fail)?;
         let max_downtime = req.max_downtime_ms.max(1);
         let mut downtime = FIRST_DOWNTIME_MS.min(max_downtime);
         let mut params = json!({ "downtime-limit": downtime });
         if let Some(b) = req.bandwidth_mibps {
             params["max-bandwidth"] = json!(b << 20);
+        }
+        match &req.tls {
+            Some(t) => {
+                params["tls-creds"] = json!(TLS_ID);
+                params["tls-hostname"] = json!(t.hostname);
+            }
+            None => params["tls-creds"] = json!(""),
         }
         qmp.execute("migrate-set-parameters", params)
             .await
@@ -76,6 +183,7 @@ impl VmRuntime {
         let mut last_gain = Instant::now();
         let mut escalated = Instant::now();
         let mut forced = false;
+        let mut switched = false;
         loop {
             tokio::time::sleep(POLL).await;
             let m = qmp
@@ -93,15 +201,30 @@ impl VmRuntime {
                         total_ms: m["total-time"].as_u64().unwrap_or(0),
                         transferred_bytes: sent,
                         forced,
+                        tls: req.tls.is_some(),
                     })
                 }
                 "failed" | "cancelled" => {
                     let why = m["error-desc"].as_str().unwrap_or(status).to_string();
-                    // A migration that did not finish leaves the guest running here.
-                    let _ = qmp.execute("cont", json!({})).await;
                     return Err(AgentError::Internal(anyhow!(
                         "the migration {status}: {why}"
                     )));
+                }
+                "pre-switchover" if !switched => {
+                    // The guest is paused: the mirrors take their last writes and end,
+                    // then the switch-over goes on.
+                    switched = true;
+                    progress(
+                        1.0,
+                        "switching over: the guest is paused".into(),
+                        MigrationStep::Switchover,
+                    );
+                    hostel_faults::hold("agent.migrate-out.switchover").await;
+                    stop_mirrors(qmp, req.mirror.as_ref(), false).await;
+                    qmp.execute("migrate-continue", json!({"state": "pre-switchover"}))
+                        .await
+                        .map_err(fail)?;
+                    continue;
                 }
                 _ => {}
             }
@@ -117,6 +240,7 @@ impl VmRuntime {
                     sent >> 20,
                     left >> 20
                 ),
+                MigrationStep::Memory,
             );
             if status != "active" || forced {
                 continue;
@@ -144,6 +268,7 @@ impl VmRuntime {
                     progress(
                         sent as f64 / total as f64,
                         "not converging: the guest is paused to finish".into(),
+                        MigrationStep::Memory,
                     );
                 } else {
                     let _ = qmp.execute("migrate_cancel", json!({})).await;
@@ -167,18 +292,19 @@ impl VmRuntime {
 async fn mirror_disks(
     qmp: &hostel_qemu::Qmp,
     m: &DiskMirror,
-    progress: &mut (dyn FnMut(f64, String) + Send),
+    tls: Option<&StreamTls>,
+    progress: &mut Progress<'_>,
 ) -> Result<(), AgentError> {
     let fail = |e: hostel_qemu::QmpError| AgentError::Internal(anyhow!("mirroring the disks: {e}"));
     for i in &m.disks {
-        qmp.execute(
-            "blockdev-add",
-            json!({"driver": "nbd", "node-name": format!("mig{i}"),
-                "server": {"type": "inet", "host": m.host, "port": m.port.to_string()},
-                "export": format!("disk{i}")}),
-        )
-        .await
-        .map_err(fail)?;
+        let mut node = json!({"driver": "nbd", "node-name": format!("mig{i}"),
+            "server": {"type": "inet", "host": m.host, "port": m.port.to_string()},
+            "export": format!("disk{i}")});
+        if let Some(t) = tls {
+            node["tls-creds"] = json!(TLS_ID);
+            node["tls-hostname"] = json!(t.hostname);
+        }
+        qmp.execute("blockdev-add", node).await.map_err(fail)?;
         qmp.execute(
             "blockdev-mirror",
             json!({"job-id": format!("mig{i}"), "device": format!("disk{i}"),
@@ -224,6 +350,7 @@ async fn mirror_disks(
         progress(
             0.0,
             format!("mirroring the disks: {} of {} MiB", done >> 20, len >> 20),
+            MigrationStep::Storage,
         );
         if Instant::now() > deadline {
             return Err(AgentError::Timeout(
@@ -234,16 +361,44 @@ async fn mirror_disks(
     }
 }
 
-/// Ends the mirror jobs without switching the source over, and drops their targets:
-/// after a completed migration each job first finishes its last writes (`force` off),
-/// after a failed one it is abandoned.
-async fn stop_mirrors(qmp: &hostel_qemu::Qmp, m: &DiskMirror, force: bool) {
-    for i in &m.disks {
+/// Ends the mirror jobs without switching the source over, and drops their targets
+/// (`m`'s disks, or every mirror of a migration when not known): at the switch-over
+/// each job first finishes its last writes (`force` off), after a failure it is
+/// abandoned.
+async fn stop_mirrors(qmp: &hostel_qemu::Qmp, m: Option<&DiskMirror>, force: bool) {
+    let ours = |d: &str| d.starts_with("mig");
+    let jobs = qmp
+        .execute("query-block-jobs", json!({}))
+        .await
+        .unwrap_or_default();
+    let mut nodes: Vec<String> = m
+        .map(|m| m.disks.iter().map(|i| format!("mig{i}")).collect())
+        .unwrap_or_default();
+    // Left by an earlier life of the agent too: the jobs and the NBD nodes there are.
+    let named = qmp
+        .execute("query-named-block-nodes", json!({"flat": true}))
+        .await
+        .unwrap_or_default();
+    let found = jobs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|j| j["device"].as_str())
+        .chain(
+            named
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|n| n["node-name"].as_str()),
+        );
+    for d in found.filter(|d| ours(d)) {
+        if !nodes.iter().any(|n| n == d) {
+            nodes.push(d.to_string());
+        }
+    }
+    for n in &nodes {
         let _ = qmp
-            .execute(
-                "block-job-cancel",
-                json!({"device": format!("mig{i}"), "force": force}),
-            )
+            .execute("block-job-cancel", json!({"device": n, "force": force}))
             .await;
     }
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -254,7 +409,7 @@ async fn stop_mirrors(qmp: &hostel_qemu::Qmp, m: &DiskMirror, force: bool) {
             .unwrap_or_default();
         let mut left = false;
         for j in jobs.as_array().into_iter().flatten() {
-            let Some(d) = j["device"].as_str().filter(|d| d.starts_with("mig")) else {
+            let Some(d) = j["device"].as_str().filter(|d| ours(d)) else {
                 continue;
             };
             if j["status"] == "concluded" {
@@ -268,9 +423,7 @@ async fn stop_mirrors(qmp: &hostel_qemu::Qmp, m: &DiskMirror, force: bool) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    for i in &m.disks {
-        let _ = qmp
-            .execute("blockdev-del", json!({"node-name": format!("mig{i}")}))
-            .await;
+    for n in &nodes {
+        let _ = qmp.execute("blockdev-del", json!({"node-name": n})).await;
     }
 }

@@ -583,7 +583,14 @@ impl AgentApi for Shared {
         let caps = serde_json::to_value(&req.capabilities)
             .map_err(|e| invalid(anyhow::anyhow!("capabilities: {e}")))?;
         let (uri, port, nbd_port) = vm
-            .start_incoming(&self.arc(), req.spec, &req.listen, caps, req.export_disks)
+            .start_incoming(
+                &self.arc(),
+                req.spec,
+                &req.listen,
+                caps,
+                req.export_disks,
+                req.tls,
+            )
             .await?;
         Ok(MigrateInReady {
             uri,
@@ -595,15 +602,21 @@ impl AgentApi for Shared {
     /// Sends a VM to a waiting host, with progress lines (one operation of the VM).
     async fn migrate_out(&self, req: MigrateOutRequest) -> Res<Lines<MigrationLine, AgentFailure>> {
         let vm = find(self, &req.vm_id)?;
+        let owner = self
+            .qemu_identity(&req.vm_id)
+            .map_err(AgentError::Internal)?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<MigrationLine>();
+        // Runs to its end even if the caller goes: QEMU's migration is not left half
+        // watched (no downtime escalation, no mirror finished at the switch-over).
         tokio::spawn(async move {
             let _g = vm.op.lock().await;
             let t = tx.clone();
             let r = vm
-                .migrate_out(&req, &mut |p, m| {
+                .migrate_out(&req, owner.as_ref(), &mut |p, m, step| {
                     let _ = t.send(MigrationLine::Progress {
                         progress: p,
                         message: m,
+                        step: Some(step),
                     });
                 })
                 .await;
@@ -618,6 +631,23 @@ impl AgentApi for Shared {
             tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
             Ok,
         )))
+    }
+
+    /// Read through QMP alone: a migration under way holds the VM's operation lock.
+    async fn get_migration(&self, id: &str) -> Res<MigrationState> {
+        check_id(id)?;
+        Ok(crate::migrate::migration_state(self.vm(id).as_deref()).await)
+    }
+
+    /// Through QMP alone, like [`get_migration`](Self::get_migration): the migration it
+    /// ends may hold the VM's operation lock.
+    async fn abandon_migration(
+        &self,
+        id: &str,
+        req: AbandonMigrationRequest,
+    ) -> Res<MigrationState> {
+        let vm = find(self, id)?;
+        Ok(crate::migrate::abandon_migration(&vm, req.resume).await?)
     }
 
     async fn read_image_file(&self, req: ReadImageFileRequest) -> Res<SizedBytes<AgentFailure>> {

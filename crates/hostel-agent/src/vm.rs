@@ -236,6 +236,7 @@ impl VmRuntime {
         listen: &str,
         caps: serde_json::Value,
         export_disks: bool,
+        tls: Option<hostel_api::agent::StreamTls>,
     ) -> Result<(String, u16, Option<u16>), AgentError> {
         let free_port = || {
             std::net::TcpListener::bind((listen, 0))
@@ -258,6 +259,7 @@ impl VmRuntime {
             uri: uri.clone(),
             caps,
             nbd: nbd.map(|p| (listen.to_string(), p)),
+            tls,
         };
         self.start_inner(shared, spec, None, None, Some(receive))
             .await?;
@@ -329,7 +331,7 @@ impl VmRuntime {
         let started = process::spawn(Launch {
             argv: &argv,
             log: &self.paths.log(),
-            run_as: identity,
+            run_as: identity.clone(),
             incoming,
             taps,
         })
@@ -376,11 +378,22 @@ impl VmRuntime {
                     json!({ "capabilities": r.caps }),
                 )
                 .await?;
+                if let Some(t) = &r.tls {
+                    crate::stream_tls::tls_creds(&qmp, &self.paths, t, "server", identity.as_ref())
+                        .await
+                        .map_err(|e| anyhow!("{e}"))?;
+                    qmp.execute(
+                        "migrate-set-parameters",
+                        json!({ "tls-creds": crate::stream_tls::TLS_ID }),
+                    )
+                    .await?;
+                }
                 qmp.execute("migrate-incoming", json!({ "uri": r.uri }))
                     .await?;
                 if let Some((host, port)) = &r.nbd {
-                    export_disks(&qmp, &spec, host, *port).await?;
+                    export_disks(&qmp, &spec, host, *port, r.tls.is_some()).await?;
                 }
+                self.clone().watch_incoming(qmp.clone(), r.nbd.is_some());
                 // Waiting for the stream: paused until it completes, then running.
                 return Ok(VmState::Paused);
             }
@@ -1237,17 +1250,26 @@ struct Receive {
     caps: serde_json::Value,
     /// Where its NBD server listens, exporting the disks for the source's mirror.
     nbd: Option<(String, u16)>,
+    /// TLS on the stream and the NBD server; none: plain TCP.
+    tls: Option<hostel_api::agent::StreamTls>,
 }
 
 /// Serves the VM's disks over NBD (writable, export `disk` and the index) for the
 /// source's mirror, and stops serving once the VM runs here (the migration completed)
 /// or its QEMU is gone.
-async fn export_disks(qmp: &Arc<Qmp>, spec: &VmSpec, host: &str, port: u16) -> anyhow::Result<()> {
-    qmp.execute(
-        "nbd-server-start",
-        json!({"addr": {"type": "inet", "data": {"host": host, "port": port.to_string()}}}),
-    )
-    .await?;
+async fn export_disks(
+    qmp: &Arc<Qmp>,
+    spec: &VmSpec,
+    host: &str,
+    port: u16,
+    tls: bool,
+) -> anyhow::Result<()> {
+    let mut args =
+        json!({"addr": {"type": "inet", "data": {"host": host, "port": port.to_string()}}});
+    if tls {
+        args["tls-creds"] = json!(crate::stream_tls::TLS_ID);
+    }
+    qmp.execute("nbd-server-start", args).await?;
     for d in &spec.disks {
         qmp.execute(
             "block-export-add",
@@ -1256,21 +1278,30 @@ async fn export_disks(qmp: &Arc<Qmp>, spec: &VmSpec, host: &str, port: u16) -> a
         )
         .await?;
     }
-    let q = qmp.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            match q.execute("query-status", json!({})).await {
-                Ok(s) if s["status"] == "inmigrate" => continue,
-                Ok(_) => {
-                    let _ = q.execute("nbd-server-stop", json!({})).await;
-                    return;
-                }
-                Err(_) => return,
-            }
-        }
-    });
     Ok(())
+}
+
+impl VmRuntime {
+    /// Once the VM runs here (the migration completed) or its QEMU is gone: the NBD
+    /// server (`nbd`) stops serving the disks and the migration's certificates go.
+    fn watch_incoming(self: Arc<Self>, q: Arc<Qmp>, nbd: bool) {
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                match q.execute("query-status", json!({})).await {
+                    Ok(s) if s["status"] == "inmigrate" => continue,
+                    Ok(_) => {
+                        if nbd {
+                            let _ = q.execute("nbd-server-stop", json!({})).await;
+                        }
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            crate::stream_tls::drop_tls_files(&self.paths);
+        });
+    }
 }
 
 async fn wait_incoming(qmp: &Qmp) -> anyhow::Result<()> {

@@ -147,6 +147,10 @@ pub struct MigrateRequest {
     /// (downtime then longer than `max_downtime_ms`), instead of giving up.
     #[serde(default)]
     pub force_complete: bool,
+    /// Send memory and disks as plain TCP instead of QEMU's TLS (only on a network
+    /// trusted as much as the hosts themselves).
+    #[serde(default)]
+    pub unencrypted: bool,
 }
 
 /// How a new VM's host was chosen: every host considered, and why each was or was not.

@@ -21,8 +21,10 @@ mod image_copies;
 mod images;
 mod lease;
 mod migrate;
+mod migrate_recover;
 mod net_policy;
 mod networks;
+pub mod pki;
 mod placement;
 mod pools;
 mod quota;
@@ -124,10 +126,14 @@ pub struct Controller {
     pub(crate) usage: stats::UsageHistory,
     /// One lock per image and host: a copy of an image to a host is made once at a time.
     copy_locks: Mutex<HashMap<(String, String), OneAtATime>>,
-    /// VMs being migrated: their agents' state events wait until it ends.
     /// VMs being migrated (by id), with the host each goes to and the memory it holds
-    /// there meanwhile (placement counts it).
-    migrating: Mutex<HashMap<String, (String, u64)>>,
+    /// there meanwhile (placement counts it); their agents' state events wait until it
+    /// ends. Mirrors the journal (`vm_moves`).
+    migrating: Mutex<HashMap<String, migrate_recover::Reservation>>,
+    /// How to cancel each migration this process runs, by task id.
+    migration_cancels: Mutex<HashMap<String, tokio::sync::watch::Sender<bool>>>,
+    /// The cluster's CAs: the migration CA signs QEMU's certificates for a migration.
+    pki: std::sync::OnceLock<pki::Pki>,
     /// Held while a migration's target is chosen and reserved.
     migrate_placing: tokio::sync::Mutex<()>,
 }
@@ -157,6 +163,8 @@ impl Controller {
             usage: stats::UsageHistory::new(),
             copy_locks: Mutex::default(),
             migrating: Mutex::default(),
+            migration_cancels: Mutex::default(),
+            pki: std::sync::OnceLock::new(),
             migrate_placing: tokio::sync::Mutex::new(()),
         })
     }
@@ -168,6 +176,11 @@ impl Controller {
             .agent_template
             .set(AgentClient::new("https://agent", &tls)?);
         Ok(())
+    }
+
+    /// Gives the controller the cluster's CAs (for migrations' certificates).
+    pub fn set_pki(&self, pki: pki::Pki) {
+        let _ = self.pki.set(pki);
     }
 
     /// Records a port one of this controller's listeners holds (API, SSH gateway), so

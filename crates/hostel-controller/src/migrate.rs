@@ -2,26 +2,32 @@
 //! gets new files for the VM's disks and starts a QEMU that waits for the VM's state and
 //! serves those disks over NBD (`MigrateIn`); the source's agent mirrors the disks into
 //! them, then sends the memory (`MigrateOut`, with progress and its convergence rules,
-//! `hostel-agent/src/migrate.rs`). Only once QEMU says it completed does the database move
-//! the VM and its disks to the target; the source's QEMU and disk files then go. Before
-//! that, any failure ends the target's QEMU, removes its new disk files and leaves the VM
-//! running on the source.
+//! `hostel-agent/src/migrate.rs`). Both streams are QEMU's TLS with certificates from the
+//! cluster's migration CA made for this migration (`pki.rs`), unless the admin asks for
+//! a plain stream.
+//!
+//! Each step is written to the migration's journal row (`vm_moves`): prepare, storage,
+//! memory, switchover (the source's), commit, cleanup. Only once QEMU says it completed
+//! does the database move the VM and its disks to the target, with the row's step, in
+//! one transaction; the source's QEMU and disk files then go. Any failure, and a
+//! controller that starts with rows left, ends in `migrate_recover.rs`, which asks both
+//! hosts' QEMU what happened and finishes the move or undoes it.
 //!
 //! While a VM migrates, its agents' state events are not written (the migration writes
 //! the outcome), and events from a host that is not the VM's are never written.
 //!
-//! Not yet (issue #15): pools shared between hosts (memory only), TLS on the streams, the
-//! migration's steps kept in the database for recovery after a crash, cancel, drain and
-//! rebalance.
+//! Not yet (issue #15): pools shared between hosts (memory only), post-copy, offline
+//! moves of stopped VMs.
 
 use crate::context::Ctx;
 use crate::error::Error;
+use crate::migrate_recover::{MovedDisk, Reservation, Settled};
 use crate::Controller;
 use futures::StreamExt;
 use hostel_api::agent::{self as wire, AgentApi};
 use hostel_api::public::*;
 use hostel_model::VmState;
-use hostel_store::VmRecord;
+use hostel_store::{MoveRecord, VmRecord};
 use std::sync::Arc;
 
 type Res<T> = crate::error::Result<T>;
@@ -32,7 +38,7 @@ const DEFAULT_MAX_DOWNTIME_MS: u64 = 300;
 /// What both ends of every migration use: auto-converge throttles a guest that writes
 /// memory faster than it is sent; events let QEMU report its steps.
 fn capabilities() -> Vec<wire::MigrationCapability> {
-    ["auto-converge", "events"]
+    ["auto-converge", "events", "multifd"]
         .into_iter()
         .map(|c| wire::MigrationCapability {
             capability: c.into(),
@@ -89,7 +95,12 @@ fn stream_address(target_url: &str, source_url: &str) -> Option<String> {
 impl Controller {
     /// Each migration's target host and the memory it holds there.
     pub(crate) fn migrating_to(&self) -> Vec<(String, u64)> {
-        self.migrating.lock().unwrap().values().cloned().collect()
+        self.migrating
+            .lock()
+            .unwrap()
+            .values()
+            .map(|r| (r.target.clone(), r.mib))
+            .collect()
     }
 
     /// Whether a migration of this VM is under way (its agents' events then wait).
@@ -108,7 +119,8 @@ impl Controller {
         ctx.require_admin()?;
         ctx.params(
             serde_json::json!({"to": req.to, "max_downtime_ms": req.max_downtime_ms,
-            "bandwidth_mibps": req.bandwidth_mibps, "force_complete": req.force_complete}),
+            "bandwidth_mibps": req.bandwidth_mibps, "force_complete": req.force_complete,
+            "unencrypted": req.unencrypted}),
         );
         let (guard, vm) = self.locked_vm(ctx, name).await?;
         if !matches!(vm.state, VmState::Running | VmState::Paused) {
@@ -116,6 +128,11 @@ impl Controller {
                 "VM {name} is {}: only a running or paused VM migrates live (start it, or move \
                  a stopped VM by offline migration, not built yet)",
                 vm.state.as_str()
+            )));
+        }
+        if self.is_migrating(&vm.id) {
+            return Err(Error::conflict(format!(
+                "VM {name} is migrating already: wait for that migration to end"
             )));
         }
         if let Some(d) = req.max_downtime_ms {
@@ -144,6 +161,11 @@ impl Controller {
                  (`hostel snapshot list {name}`)"
             )));
         }
+        if !req.unencrypted && self.pki.get().is_none() {
+            return Err(Error::unavailable(
+                "this controller has no migration CA to encrypt the stream with",
+            ));
+        }
         let source_agent = self.host_agent(&vm)?;
         // The target is chosen and its memory held for the VM at once: two migrations
         // at a time (a drain's) do not both fill the same room.
@@ -161,12 +183,23 @@ impl Controller {
         let target_rec = self.store.host(&target).await?.ok_or_else(|| {
             Error::from(anyhow::anyhow!("host {target} went while it was chosen"))
         })?;
-        let source_url = self
-            .store
-            .host(&source)
-            .await?
-            .map(|h| h.url)
+        let source_rec = self.store.host(&source).await?;
+        let source_url = source_rec
+            .as_ref()
+            .map(|h| h.url.clone())
             .unwrap_or_default();
+        // QEMU resolves the VM's machine type (`q35`) and CPU model to its own version's:
+        // a stream from one version is not what another expects.
+        if let Some(s) = &source_rec {
+            if s.qemu_version != target_rec.qemu_version {
+                return Err(Error::conflict(format!(
+                    "host {source} runs QEMU {} and host {target} QEMU {}: the VM's machine \
+                     type and CPU model differ between versions, so it cannot move live; \
+                     run the same QEMU on both hosts",
+                    s.qemu_version, target_rec.qemu_version
+                )));
+            }
+        }
         let connect = stream_address(&target_rec.url, &source_url).ok_or_else(|| {
             Error::from(anyhow::anyhow!(
                 "no address of host {target} that host {source} reaches is known (agent \
@@ -186,126 +219,225 @@ impl Controller {
                 "preparing the target",
             )
             .await?;
-        self.migrating
+        let row = MoveRecord {
+            id: task.id.clone(),
+            vm_id: vm.id.clone(),
+            source: source.clone(),
+            target: target.clone(),
+            memory_mib: vm.max_memory_mib,
+            step: "prepare".into(),
+            was_running: vm.state == VmState::Running,
+            disks: "[]".into(),
+            started_at: hostel_store::now(),
+            updated_at: hostel_store::now(),
+        };
+        if let Err(e) = self.store.insert_move(&row).await {
+            let _ = self
+                .store
+                .update_task(
+                    &task.id,
+                    TaskState::Failed,
+                    1.0,
+                    "failed",
+                    Some(&format!("{e:#}")),
+                )
+                .await;
+            return Err(e.into());
+        }
+        self.migrating.lock().unwrap().insert(
+            vm.id.clone(),
+            Reservation {
+                target: target.clone(),
+                mib: vm.max_memory_mib,
+                live: true,
+            },
+        );
+        drop(placing);
+        let (cancel_tx, cancel) = tokio::sync::watch::channel(false);
+        self.migration_cancels
             .lock()
             .unwrap()
-            .insert(vm.id.clone(), (target.clone(), vm.max_memory_mib));
-        drop(placing);
+            .insert(task.id.clone(), cancel_tx);
         let me = self.clone();
-        let id = task.id.clone();
         tokio::spawn(async move {
             // The VM's lock is held to the end: no other operation runs on it meanwhile.
             let _guard = guard;
             let moving = Moving {
                 vm,
-                source,
-                target,
+                row,
                 connect,
                 source_agent,
                 target_agent,
                 req,
-                task: id.clone(),
+                cancel,
             };
             let res = me.run_migration(&moving).await;
-            me.migrating.lock().unwrap().remove(&moving.vm.id);
-            let _ = match res {
-                Ok(r) => {
-                    let msg = format!(
-                        "done: {} ms downtime, {} ms in all{}",
-                        r.downtime_ms,
-                        r.total_ms,
-                        if r.forced {
-                            " (the guest was paused to finish)"
-                        } else {
-                            ""
-                        }
-                    );
-                    me.store
-                        .update_task(&id, TaskState::Succeeded, 1.0, &msg, None)
-                        .await
-                }
-                Err(e) => {
-                    me.store
-                        .update_task(&id, TaskState::Failed, 1.0, "failed", Some(&e.to_string()))
-                        .await
-                }
-            };
+            me.migration_cancels.lock().unwrap().remove(&moving.row.id);
+            me.end_migration(&moving, res).await;
         });
         Ok(task)
     }
 
+    /// Asks a migration under way to stop (its task's id); it ends with the VM where it
+    /// was, unless its switch-over is already done.
+    pub async fn cancel_task(&self, ctx: &Ctx, id: &str) -> Res<Task> {
+        ctx.require_admin()?;
+        let task = self.task(ctx, id).await?;
+        if task.state != TaskState::Running {
+            return Err(Error::conflict(format!(
+                "task {id} has ended ({}): nothing to cancel",
+                task.state.as_str()
+            )));
+        }
+        let sent = match self.migration_cancels.lock().unwrap().get(id) {
+            Some(tx) => tx.send(true).is_ok(),
+            None => false,
+        };
+        if !sent {
+            return Err(Error::conflict(format!(
+                "task {id} ({}) cannot be cancelled: only a migration under way can",
+                task.kind
+            )));
+        }
+        self.task(ctx, id).await
+    }
+
+    async fn end_migration(&self, m: &Moving, res: Res<wire::MigrationResult>) {
+        let id = &m.row.id;
+        let _ = match res {
+            Ok(r) => {
+                self.migrating.lock().unwrap().remove(&m.vm.id);
+                let msg = format!(
+                    "done: {} ms downtime, {} ms in all{}{}",
+                    r.downtime_ms,
+                    r.total_ms,
+                    if r.forced {
+                        " (the guest was paused to finish)"
+                    } else {
+                        ""
+                    },
+                    if r.tls {
+                        ", encrypted"
+                    } else {
+                        ", unencrypted"
+                    }
+                );
+                self.store
+                    .update_task(id, TaskState::Succeeded, 1.0, &msg, None)
+                    .await
+            }
+            Err(e) => {
+                // Whatever happened, both hosts' QEMU say how it ends.
+                match self.settle_move(&m.row.id).await {
+                    Ok(Settled::Back) => {
+                        self.migrating.lock().unwrap().remove(&m.vm.id);
+                        self.store
+                            .update_task(id, TaskState::Failed, 1.0, "failed", Some(&e.message()))
+                            .await
+                    }
+                    Ok(Settled::Forward) => {
+                        self.migrating.lock().unwrap().remove(&m.vm.id);
+                        let msg = format!(
+                            "done: the VM runs on {} (its switch-over completed although \
+                             the migration reported: {})",
+                            m.row.target,
+                            e.message()
+                        );
+                        self.store
+                            .update_task(id, TaskState::Succeeded, 1.0, &msg, None)
+                            .await
+                    }
+                    Err(e2) => {
+                        // A host is not back: recovery settles it once both answer.
+                        if let Some(r) = self.migrating.lock().unwrap().get_mut(&m.vm.id) {
+                            r.live = false;
+                        }
+                        let msg = format!(
+                            "{}; waiting for both hosts to answer to settle it ({})",
+                            e.message(),
+                            e2.message()
+                        );
+                        self.store
+                            .update_task(id, TaskState::Running, 0.99, &msg, None)
+                            .await
+                    }
+                }
+            }
+        };
+    }
+
     async fn run_migration(&self, m: &Moving) -> Res<wire::MigrationResult> {
         let vm = &m.vm;
+        let cancelled = || {
+            if *m.cancel.borrow() {
+                Err(Error::conflict("the migration was cancelled"))
+            } else {
+                Ok(())
+            }
+        };
         // What boots the VM, as the target holds it (copied there first if it has none).
         if let Some(img) = self.image_of(vm).await? {
-            self.image_on(&img, &m.target, None).await?;
+            self.image_on(&img, &m.row.target, None).await?;
         }
         if let Some(cd) = &vm.cdrom_image_id {
             if let Some(img) = self.store.image_by_id(cd).await? {
-                self.image_on(&img, &m.target, None).await?;
+                self.image_on(&img, &m.row.target, None).await?;
             }
         }
+        cancelled()?;
         let mut there = vm.clone();
-        there.host_id = Some(m.target.clone());
+        there.host_id = Some(m.row.target.clone());
         let mut spec = self.spec_of(&there).await?;
         // The disks move too: new files on the target (in its default pool, on its copy
-        // of their image), which the source mirrors into before the memory goes.
-        let disks = self.store.disks_of(&vm.id).await?;
-        let mut made: Vec<(hostel_store::DiskRecord, wire::DiskCreated)> = Vec::new();
-        let prepared = async {
-            for d in &disks {
-                let backing = match &d.image_id {
-                    Some(i) => match self.store.image_by_id(i).await? {
-                        Some(img) => {
-                            let copy = self.image_on(&img, &m.target, None).await?;
-                            Some(wire::Backing {
-                                path: copy.path.unwrap_or_default(),
-                                format: img.format.clone(),
-                                image_id: img.id.clone(),
-                            })
-                        }
-                        None => None,
-                    },
+        // of their image), which the source mirrors into before the memory goes. Each
+        // is in the journal as soon as it exists.
+        let mut disks: Vec<MovedDisk> = self
+            .store
+            .disks_of(&vm.id)
+            .await?
+            .iter()
+            .map(MovedDisk::of)
+            .collect();
+        self.journal_disks(&m.row.id, &disks).await?;
+        for i in 0..disks.len() {
+            let backing = match &disks[i].image_id {
+                Some(id) => match self.store.image_by_id(id).await? {
+                    Some(img) => {
+                        let copy = self.image_on(&img, &m.row.target, None).await?;
+                        Some(wire::Backing {
+                            path: copy.path.unwrap_or_default(),
+                            format: img.format.clone(),
+                            image_id: img.id.clone(),
+                        })
+                    }
                     None => None,
-                };
-                let c = m
-                    .target_agent
-                    .create_disk(wire::CreateDiskRequest {
-                        vm_id: vm.id.clone(),
-                        index: d.idx,
-                        size_mib: d.size_mib,
-                        backing,
-                        pool: None,
-                    })
-                    .await?;
-                made.push((d.clone(), c));
-            }
-            Ok::<(), Error>(())
-        }
-        .await;
-        let drop_made = |made: Vec<(hostel_store::DiskRecord, wire::DiskCreated)>| async move {
-            for (_, c) in made {
-                let _ = m
-                    .target_agent
-                    .delete_disk(wire::DeleteDiskRequest {
-                        path: c.path,
-                        pool: None,
-                    })
-                    .await;
-            }
-        };
-        if let Err(e) = prepared {
-            drop_made(made).await;
-            return Err(e);
+                },
+                None => None,
+            };
+            let c = m
+                .target_agent
+                .create_disk(wire::CreateDiskRequest {
+                    vm_id: vm.id.clone(),
+                    index: disks[i].idx,
+                    size_mib: disks[i].size_mib,
+                    backing,
+                    pool: None,
+                })
+                .await?;
+            disks[i].new_path = Some(c.path);
+            disks[i].new_format = Some(c.format);
+            self.journal_disks(&m.row.id, &disks).await?;
         }
         for s in spec.disks.iter_mut() {
-            if let Some((_, c)) = made.iter().find(|(d, _)| d.idx == s.index) {
-                s.path = c.path.clone();
-                s.format = c.format.clone();
+            if let Some(d) = disks.iter().find(|d| d.idx == s.index) {
+                s.path = d.new_path.clone().unwrap_or_default();
+                s.format = d.new_format.clone().unwrap_or_default();
                 s.pool = None;
             }
         }
-        let ready = match m
+        cancelled()?;
+        let (target_tls, source_tls) = self.stream_tls(m)?;
+        let ready = m
             .target_agent
             .migrate_in(
                 &vm.id,
@@ -313,32 +445,24 @@ impl Controller {
                     spec,
                     listen: "0.0.0.0".into(),
                     capabilities: capabilities(),
-                    export_disks: !made.is_empty(),
+                    export_disks: !disks.is_empty(),
+                    tls: target_tls,
                 },
             )
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = m.target_agent.forget_vm(&vm.id).await;
-                drop_made(made).await;
-                return Err(e.into());
-            }
-        };
-        let mirror = match (ready.nbd_port, made.is_empty()) {
+            .await?;
+        hostel_faults::hold("controller.migrate.prepare").await;
+        cancelled()?;
+        let mirror = match (ready.nbd_port, disks.is_empty()) {
             (_, true) => None,
             (Some(port), false) => Some(wire::DiskMirror {
                 host: m.connect.clone(),
                 port,
-                disks: made.iter().map(|(d, _)| d.idx).collect(),
+                disks: disks.iter().map(|d| d.idx).collect(),
             }),
             (None, false) => {
-                let _ = m.target_agent.destroy_vm(&vm.id).await;
-                let _ = m.target_agent.forget_vm(&vm.id).await;
-                drop_made(made).await;
                 return Err(Error::from(anyhow::anyhow!(
                     "host {}'s agent did not export the disks",
-                    m.target
+                    m.row.target
                 )));
             }
         };
@@ -347,62 +471,78 @@ impl Controller {
         } else {
             format!("tcp:{}:{}", m.connect, ready.port)
         };
-        self.progress(&m.task, 0.05, &format!("sending to {uri}"))
+        self.progress(&m.row.id, 0.05, &format!("sending to {uri}"))
             .await;
-        let sent = self.send_state(m, &uri, mirror).await;
-        let result = match sent {
-            Ok(r) => r,
-            Err(e) => {
-                // Before the switch: the target's QEMU and disks go, the VM runs on the
-                // source.
-                let _ = m.target_agent.destroy_vm(&vm.id).await;
-                let _ = m.target_agent.forget_vm(&vm.id).await;
-                drop_made(made).await;
-                return Err(e);
-            }
-        };
-        // The switch is done: the VM runs on the target. The database says so first
-        // (its host, its disks' new files), then the source's QEMU (paused after sending)
-        // is ended and its disk files removed.
-        // The target resumes a running VM itself, just after QEMU says it completed: its
-        // state is read once it has (a paused VM stays paused).
-        if result.forced && vm.state == VmState::Running {
-            // Paused to finish, it arrives paused: it runs again here.
-            let _ = m.target_agent.unpause_vm(&vm.id).await;
-        }
-        let mut status = m.target_agent.get_vm(&vm.id).await?;
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-        while vm.state == VmState::Running
-            && status.state == VmState::Paused
-            && !result.forced
-            && tokio::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            status = m.target_agent.get_vm(&vm.id).await?;
-        }
-        let moved: Vec<(String, String, String)> = made
+        let result = self.send_state(m, &uri, mirror, source_tls).await?;
+        // QEMU completed: the VM runs on the target. The journal says so, then the
+        // database moves it there (its host, its disks' new files) with the step, and
+        // only then do the source's QEMU (paused after sending) and files go.
+        self.store.set_move_step(&m.row.id, "commit").await?;
+        hostel_faults::hold("controller.migrate.commit").await;
+        let state = self
+            .arrived_state(&m.target_agent, vm, m.row.was_running, result.forced)
+            .await?;
+        let moved: Vec<(String, String, String)> = disks
             .iter()
-            .map(|(d, c)| (d.id.clone(), c.path.clone(), c.format.clone()))
+            .map(|d| {
+                (
+                    d.id.clone(),
+                    d.new_path.clone().unwrap_or_default(),
+                    d.new_format.clone().unwrap_or_default(),
+                )
+            })
             .collect();
         self.store
-            .set_vm_host(&vm.id, &m.target, status.state, status.pid)
+            .commit_move(&m.row, state.state, state.pid, &moved)
             .await?;
-        self.store.move_disks(&moved).await?;
-        let _ = m.source_agent.destroy_vm(&vm.id).await;
-        let _ = m.source_agent.forget_vm(&vm.id).await;
-        let old: Vec<hostel_store::DiskRecord> = made.into_iter().map(|(d, _)| d).collect();
-        self.remove_disk_files(&m.source_agent, &old).await;
-        tracing::info!(vm = %vm.name, from = %m.source, to = %m.target,
-            downtime_ms = result.downtime_ms, "migrated");
+        hostel_faults::hold("controller.migrate.cleanup").await;
+        let row = MoveRecord {
+            disks: serde_json::to_string(&disks).map_err(anyhow::Error::from)?,
+            ..m.row.clone()
+        };
+        self.clean_source(&row).await;
+        tracing::info!(vm = %vm.name, from = %m.row.source, to = %m.row.target,
+            downtime_ms = result.downtime_ms, tls = result.tls, "migrated");
         Ok(result)
     }
 
-    /// The source's agent sends the VM's state; its progress goes to the task.
+    /// The certificates of both ends (target, source) for this migration's streams;
+    /// none if the admin asked for a plain stream.
+    fn stream_tls(&self, m: &Moving) -> Res<(Option<wire::StreamTls>, Option<wire::StreamTls>)> {
+        if m.req.unencrypted {
+            return Ok((None, None));
+        }
+        let pki = self
+            .pki
+            .get()
+            .ok_or_else(|| Error::unavailable("this controller has no migration CA"))?;
+        let hostname = format!("{}.migration.hostel", m.row.id.to_ascii_lowercase());
+        let end = |server: bool| -> anyhow::Result<wire::StreamTls> {
+            let (ca, pair) = pki.stream_pair(&hostname, server)?;
+            Ok(wire::StreamTls {
+                ca_pem: ca,
+                cert_pem: String::from_utf8(pair.cert_pem)?,
+                key_pem: String::from_utf8(pair.key_pem)?,
+                hostname: hostname.clone(),
+            })
+        };
+        Ok((Some(end(true)?), Some(end(false)?)))
+    }
+
+    pub(crate) async fn journal_disks(&self, id: &str, disks: &[MovedDisk]) -> Res<()> {
+        let json = serde_json::to_string(disks).map_err(anyhow::Error::from)?;
+        self.store.set_move_disks(id, &json).await?;
+        Ok(())
+    }
+
+    /// The source's agent sends the VM's state; its progress goes to the task, its steps
+    /// to the journal. A cancel asks the source to give the migration up.
     async fn send_state(
         &self,
         m: &Moving,
         uri: &str,
         mirror: Option<wire::DiskMirror>,
+        tls: Option<wire::StreamTls>,
     ) -> Res<wire::MigrationResult> {
         let mut lines = m
             .source_agent
@@ -415,15 +555,54 @@ impl Controller {
                 force_complete: m.req.force_complete,
                 stall_secs: 10,
                 mirror,
+                tls,
             })
             .await?;
-        while let Some(line) = lines.next().await {
+        let mut step: Option<wire::MigrationStep> = None;
+        let mut cancel = m.cancel.clone();
+        let mut asked = false;
+        loop {
+            let line = tokio::select! {
+                l = lines.next() => l,
+                changed = cancel.changed(), if !asked => {
+                    if changed.is_ok() && *cancel.borrow() {
+                        asked = true;
+                        self.progress(&m.row.id, 0.5, "cancelling").await;
+                        let _ = m
+                            .source_agent
+                            .abandon_migration(
+                                &m.vm.id,
+                                wire::AbandonMigrationRequest { resume: m.row.was_running },
+                            )
+                            .await;
+                    }
+                    continue;
+                }
+            };
+            let Some(line) = line else { break };
             match line? {
-                wire::MigrationLine::Progress { progress, message } => {
-                    self.progress(&m.task, 0.05 + 0.9 * progress, &message)
+                wire::MigrationLine::Progress {
+                    progress,
+                    message,
+                    step: s,
+                } => {
+                    if s.is_some() && s != step {
+                        step = s;
+                        if let Some(s) = s {
+                            self.store.set_move_step(&m.row.id, s.as_str()).await?;
+                            hostel_faults::hold(&format!("controller.migrate.{}", s.as_str()))
+                                .await;
+                        }
+                    }
+                    self.progress(&m.row.id, 0.05 + 0.9 * progress, &message)
                         .await;
                 }
                 wire::MigrationLine::Done { done } => return Ok(done),
+                wire::MigrationLine::Error { error } if asked => {
+                    return Err(Error::conflict(format!(
+                        "the migration was cancelled ({error})"
+                    )))
+                }
                 wire::MigrationLine::Error { error } => return Err(Error::conflict(error)),
             }
         }
@@ -432,7 +611,7 @@ impl Controller {
         ))
     }
 
-    async fn progress(&self, task: &str, f: f64, message: &str) {
+    pub(crate) async fn progress(&self, task: &str, f: f64, message: &str) {
         let _ = self
             .store
             .update_task(task, TaskState::Running, f, message, None)
@@ -443,14 +622,15 @@ impl Controller {
 /// A migration under way.
 struct Moving {
     vm: VmRecord,
-    source: String,
-    target: String,
+    /// Its journal row as it began.
+    row: MoveRecord,
     /// The target's address the source sends the stream to.
     connect: String,
     source_agent: crate::agent_client::AgentClient,
     target_agent: crate::agent_client::AgentClient,
     req: MigrateRequest,
-    task: String,
+    /// Set by `cancel_task`.
+    cancel: tokio::sync::watch::Receiver<bool>,
 }
 
 #[cfg(test)]

@@ -41,6 +41,7 @@ impl TestController {
         };
         change(&mut cfg);
         let c = Controller::new(store, cfg);
+        c.set_pki(crate::pki::Pki::open(&dir.path().join("pki")).unwrap());
         c.bootstrap_admin(ADMIN_TOKEN).await.unwrap();
         let admin = Ctx::user(c.caller_for(ADMIN_TOKEN).await.unwrap(), "test");
         TestController { c, admin, dir }

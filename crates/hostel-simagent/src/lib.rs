@@ -45,6 +45,8 @@ pub struct SimHost {
     counters: Mutex<HashMap<String, VmCounters>>,
     /// SIMULATION of a slow host: how long a counters request takes.
     stats_delay: Mutex<std::time::Duration>,
+    /// SIMULATED outgoing migrations' statuses (`completed`, `cancelled`), by VM id.
+    migrations: Mutex<HashMap<String, String>>,
 }
 
 type Res<T> = Result<T, AgentFailure>;
@@ -91,6 +93,7 @@ impl SimHost {
             born: std::time::Instant::now(),
             counters: Mutex::default(),
             stats_delay: Mutex::default(),
+            migrations: Mutex::default(),
         }
     }
 
@@ -539,10 +542,15 @@ impl AgentApi for SimHost {
     async fn migrate_out(&self, req: MigrateOutRequest) -> Res<Lines<MigrationLine, AgentFailure>> {
         self.find(&req.vm_id)?;
         self.to_state(&req.vm_id, VmState::Paused)?;
+        self.migrations
+            .lock()
+            .unwrap()
+            .insert(req.vm_id.clone(), "completed".into());
         Ok(Box::pin(futures::stream::iter([
             Ok(MigrationLine::Progress {
                 progress: 0.5,
                 message: "simulated".into(),
+                step: Some(MigrationStep::Memory),
             }),
             Ok(MigrationLine::Done {
                 done: MigrationResult {
@@ -550,9 +558,46 @@ impl AgentApi for SimHost {
                     total_ms: 2,
                     transferred_bytes: 1 << 20,
                     forced: false,
+                    tls: req.tls.is_some(),
                 },
             }),
         ])))
+    }
+
+    /// SIMULATION: a VM migrated away is `postmigrate` with a `completed` migration.
+    async fn get_migration(&self, id: &str) -> Res<MigrationState> {
+        let Ok(s) = self.find(id) else {
+            return Ok(MigrationState::default());
+        };
+        let migration = self.migrations.lock().unwrap().get(id).cloned();
+        let runstate = match s.state {
+            VmState::Running => Some("running"),
+            VmState::Paused if migration.as_deref() == Some("completed") => Some("postmigrate"),
+            VmState::Paused => Some("paused"),
+            _ => None,
+        };
+        Ok(MigrationState {
+            qemu: s.state.has_process(),
+            runstate: runstate.map(String::from),
+            migration,
+        })
+    }
+
+    /// SIMULATION: an outgoing migration not completed is cancelled.
+    async fn abandon_migration(
+        &self,
+        id: &str,
+        req: AbandonMigrationRequest,
+    ) -> Res<MigrationState> {
+        if let Some(m) = self.migrations.lock().unwrap().get_mut(id) {
+            if m != "completed" {
+                *m = "cancelled".into();
+            }
+        }
+        if req.resume && self.find(id)?.state == VmState::Paused {
+            self.to_state(id, VmState::Running)?;
+        }
+        self.get_migration(id).await
     }
 
     async fn read_image_file(&self, req: ReadImageFileRequest) -> Res<SizedBytes<AgentFailure>> {

@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
 mod common;
-use common::{certs, Certs};
+use common::{certs, spec, Certs};
 
 type Seen = Arc<Mutex<BTreeSet<(String, String)>>>;
 
@@ -49,25 +49,6 @@ async fn serve(certs: &Certs) -> (String, Seen) {
         futures::future::pending(),
     ));
     (url, seen)
-}
-
-fn spec(id: &str) -> VmSpec {
-    VmSpec {
-        id: id.into(),
-        name: format!("name-{id}"),
-        memory_mib: 256,
-        max_memory_mib: 512,
-        vcpus: 1,
-        max_vcpus: 4,
-        boot: Boot::Bios,
-        disks: vec![],
-        on_poweroff: Default::default(),
-        on_reboot: Default::default(),
-        on_crash: Default::default(),
-        nics: vec![],
-        cdrom: None,
-        seed: None,
-    }
 }
 
 fn pool() -> PoolSpec {
@@ -303,6 +284,7 @@ async fn every_endpoint_agrees_between_client_and_router() {
                     state: true,
                 }],
                 export_disks: true,
+                tls: None,
             },
         )
         .await
@@ -326,6 +308,7 @@ async fn every_endpoint_agrees_between_client_and_router() {
                 port,
                 disks: vec![0],
             }),
+            tls: None,
         })
         .await
         .unwrap();
@@ -336,6 +319,15 @@ async fn every_endpoint_agrees_between_client_and_router() {
         }
     }
     assert!(done.is_some(), "the migration's lines end with done");
+    // Sent, the VM's QEMU says its migration completed; abandoning it then changes
+    // nothing.
+    let sent = a.get_migration("vm-m").await.unwrap();
+    assert_eq!(sent.migration.as_deref(), Some("completed"), "{sent:?}");
+    let kept = a
+        .abandon_migration("vm-m", AbandonMigrationRequest { resume: true })
+        .await
+        .unwrap();
+    assert_eq!(kept.migration.as_deref(), Some("completed"), "{kept:?}");
     a.delete_image(DeleteImageRequest { path: built.path })
         .await
         .unwrap();

@@ -1235,6 +1235,15 @@ async fn a_running_vm_migrates_and_the_database_follows_it() {
     k.task_end(&t.id).await.unwrap();
     let done = k.c.task(&k.admin, &t.id).await.unwrap();
     assert!(done.message.contains("ms downtime"), "{}", done.message);
+    assert!(done.message.contains(", encrypted"), "{}", done.message);
+    assert!(
+        k.c.store.moves().await.unwrap().is_empty(),
+        "the journal row goes when the migration ends"
+    );
+    // Only a migration under way is cancelled, and only by an admin.
+    let e = k.c.cancel_task(&k.admin, &t.id).await.unwrap_err();
+    assert!(e.to_string().contains("has ended"), "{e}");
+    assert!(k.c.cancel_task(&erin, &t.id).await.is_err());
     let vm = k.c.store.vm_by_name("m1").await.unwrap().unwrap();
     assert_eq!(vm.host_id.as_deref(), Some(target.as_str()));
     assert_eq!(vm.state, VmState::Running);
@@ -1447,4 +1456,100 @@ async fn rebalance_plans_even_moves_and_applies_them() {
     // Even now: nothing more to do.
     let again = k.c.rebalance(&k.admin, dry).await.unwrap();
     assert!(again.moves.is_empty(), "{again:?}");
+}
+
+/// Migrations a dead controller left in the journal are settled by the next one from
+/// what both hosts' QEMU say: one whose stream completed goes forward (the database
+/// moves the VM), one that had not is undone (the VM stays, the target's copy goes).
+#[tokio::test]
+async fn migrations_left_in_the_journal_are_settled_at_start() {
+    let k = Cluster::new(2).await;
+    k.tiny().await;
+    k.c.set_host(
+        &k.admin,
+        &k.sims[0].name(),
+        SetHostRequest {
+            tags: vec!["a".into()],
+        },
+    )
+    .await
+    .unwrap();
+    for n in ["done", "undone"] {
+        k.c.create_vm(
+            &k.admin,
+            create(n, serde_json::json!({"image": "tiny", "host_tags": ["a"]})),
+        )
+        .await
+        .unwrap();
+    }
+    let (a, b) = (&k.sims[0], &k.sims[1]);
+    let row = |vm: &hostel_store::VmRecord, step: &str| hostel_store::MoveRecord {
+        id: hostel_store::new_id("task"),
+        vm_id: vm.id.clone(),
+        source: a.name(),
+        target: b.name(),
+        memory_mib: vm.max_memory_mib,
+        step: step.into(),
+        was_running: true,
+        disks: "[]".into(),
+        started_at: hostel_store::now(),
+        updated_at: hostel_store::now(),
+    };
+    let done = k.c.store.vm_by_name("done").await.unwrap().unwrap();
+    let undone = k.c.store.vm_by_name("undone").await.unwrap().unwrap();
+    assert_eq!(done.host_id.as_deref(), Some(a.name().as_str()));
+    // "done": both QEMUs went through the migration while no controller watched.
+    let spec = hostel_api::agent::VmSpec {
+        name: done.name.clone(),
+        ..common::spec(&done.id)
+    };
+    b.migrate_in(
+        &done.id,
+        hostel_api::agent::MigrateInRequest {
+            spec,
+            listen: "127.0.0.1".into(),
+            capabilities: vec![],
+            export_disks: false,
+            tls: None,
+        },
+    )
+    .await
+    .unwrap();
+    let mut lines = a
+        .migrate_out(hostel_api::agent::MigrateOutRequest {
+            vm_id: done.id.clone(),
+            uri: "tcp:127.0.0.1:1".into(),
+            capabilities: vec![],
+            max_downtime_ms: 300,
+            bandwidth_mibps: None,
+            force_complete: false,
+            stall_secs: 10,
+            mirror: None,
+            tls: None,
+        })
+        .await
+        .unwrap();
+    while futures::StreamExt::next(&mut lines).await.is_some() {}
+    let rows = [row(&done, "switchover"), row(&undone, "memory")];
+    for r in &rows {
+        k.c.store.insert_move(r).await.unwrap();
+    }
+    k.c.resume_migrations().await.unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    while !k.c.store.moves().await.unwrap().is_empty() {
+        assert!(Instant::now() < until, "the journal was not settled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let done = k.c.store.vm_by_name("done").await.unwrap().unwrap();
+    assert_eq!(done.host_id.as_deref(), Some(b.name().as_str()));
+    assert!(a.list_vms().await.unwrap().iter().all(|s| s.id != done.id));
+    let undone = k.c.store.vm_by_name("undone").await.unwrap().unwrap();
+    assert_eq!(undone.host_id.as_deref(), Some(a.name().as_str()));
+    assert_eq!(undone.state, VmState::Running);
+    assert!(b
+        .list_vms()
+        .await
+        .unwrap()
+        .iter()
+        .all(|s| s.id != undone.id));
 }

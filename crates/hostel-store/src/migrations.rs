@@ -254,4 +254,18 @@ pub const MIGRATIONS: &[&[&str]] = &[
         "ALTER TABLE hosts ADD COLUMN drain TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE vms ADD COLUMN drained_from TEXT",
     ],
+    // A migration's journal: its steps, its new disk files, the memory it holds on the
+    // target; one at a time per VM.
+    &["CREATE TABLE vm_moves (
+            id TEXT PRIMARY KEY,
+            vm_id TEXT NOT NULL UNIQUE REFERENCES vms(id),
+            source TEXT NOT NULL,
+            target TEXT NOT NULL,
+            memory_mib BIGINT NOT NULL,
+            step TEXT NOT NULL,
+            was_running BIGINT NOT NULL,
+            disks TEXT NOT NULL,
+            started_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        )"],
 ];

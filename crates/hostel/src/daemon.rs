@@ -2,11 +2,11 @@
 //! over the agent API (HTTPS, mutual TLS) exactly as they do across hosts.
 
 use crate::client::ClientConfig;
-use crate::pki::{Pki, Role};
 use anyhow::{bail, Context, Result};
 use hostel_agent::{AccelChoice, AgentConfig, TlsFiles};
 use hostel_controller::agent_client::ClientTls;
 use hostel_controller::context::{Ctx, SystemActor};
+use hostel_controller::pki::{Pki, Role};
 use hostel_controller::{Controller, ControllerConfig};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -353,6 +353,13 @@ pub async fn up(opts: UpOptions) -> Result<()> {
         .bootstrap_admin(&admin_token)
         .await
         .context("registering the admin user's token")?;
+    controller.set_pki(Pki::open(&data_dir.join("pki"))?);
+    // Before any host's state is read: VMs whose migration was under way wait for it
+    // to be settled.
+    controller
+        .resume_migrations()
+        .await
+        .context("reading the migrations under way")?;
     let host = controller.add_host(agent).await?;
     controller.set_local_host(&host);
     tracing::info!(%host, agent = %agent_addr, "local agent registered");
@@ -531,7 +538,7 @@ pub fn agent_cert(data_dir: &Path, name: &str, sans: &[String], out: &Path) -> R
     let pair = pki.issue(&format!("node-{name}"), sans, Role::Agent)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     std::fs::write(out.join("agent.pem"), &pair.cert_pem)?;
-    crate::pki::write_private(&out.join("agent.key"), &pair.key_pem)?;
+    hostel_controller::pki::write_private(&out.join("agent.key"), &pair.key_pem)?;
     std::fs::write(out.join("ca.pem"), pki.ca_pem()?)?;
     Ok(())
 }

@@ -5,7 +5,6 @@ mod cli;
 mod client;
 mod console;
 mod daemon;
-mod pki;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};

@@ -812,6 +812,7 @@ async fn every_route_refuses_who_it_must() {
             || under("/api/v1/rebalance")
             || under("/api/v1/audit/retention")
             || under("/api/v1/audit/prune")
+            || (m != "GET" && p.starts_with("/api/v1/tasks/") && p.ends_with("/cancel"))
             || (m != "GET"
                 && (under("/api/v1/networks")
                     || under("/api/v1/images")

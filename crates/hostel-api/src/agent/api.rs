@@ -162,6 +162,15 @@ pub trait AgentApi: Send + Sync + 'static {
         &self,
         req: MigrateOutRequest,
     ) -> impl Future<Output = Result<Lines<MigrationLine, Self::Error>, Self::Error>> + Send;
+    fn get_migration(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<MigrationState, Self::Error>> + Send;
+    fn abandon_migration(
+        &self,
+        id: &str,
+        req: AbandonMigrationRequest,
+    ) -> impl Future<Output = Result<MigrationState, Self::Error>> + Send;
 
     /// The bytes of one file of the host's image store.
     fn read_image_file(

@@ -227,6 +227,11 @@ json_endpoints! {
     DeleteImage: Post "/v1/images/delete", (), DeleteImageRequest => ();
     /// Starts a QEMU waiting for a VM's state from a live migration.
     MigrateIn: Post "/v1/vms/{id}/migrate-in", VmId, MigrateInRequest => MigrateInReady;
+    /// What the host's QEMU for the VM is doing about a migration (recovery asks both
+    /// hosts).
+    GetMigration: Get "/v1/vms/{id}/migration", VmId, Empty => MigrationState;
+    /// Gives up a migration on the sending host, before the switch-over.
+    AbandonMigration: Post "/v1/vms/{id}/migration/abandon", VmId, AbandonMigrationRequest => MigrationState;
     /// The cumulative counters (CPU time, memory, disk and network bytes) of every VM
     /// with a QEMU process on the host, read at once.
     VmStats: Get "/v1/stats", (), Empty => Vec<VmCounters>;
@@ -384,7 +389,7 @@ mod tests {
                 .collect();
             assert!(params.iter().all(|p| p.starts_with("{id}")), "{}", d.route);
         }
-        assert_eq!(all().count(), 42);
+        assert_eq!(all().count(), 44);
     }
 
     fn declared<E: Endpoint>() -> Declared {
@@ -412,6 +417,8 @@ mod tests {
             stream::<ImportImage>(),
             stream::<MigrateOut>(),
             declared::<MigrateIn>(),
+            declared::<GetMigration>(),
+            declared::<AbandonMigration>(),
             socket::<ConsoleSocket>(),
             socket::<VncSocket>(),
             download::<ReadImageFile>(),

@@ -373,6 +373,57 @@ pub struct MigrateInRequest {
     /// over NBD for the source to mirror its disks into, until the VM runs here.
     #[serde(default)]
     pub export_disks: bool,
+    /// TLS for the incoming stream and the NBD server (this end's certificate is the
+    /// server's); none: plain TCP, only when the admin asked for it.
+    #[serde(default)]
+    pub tls: Option<StreamTls>,
+}
+
+/// QEMU's TLS on one end of a migration's streams (memory and NBD): the cluster CA, and
+/// a certificate and key from it made for this one migration, which QEMU reads from a
+/// directory of the VM's own for as long as the migration lasts. Both ends check the
+/// other's certificate against the CA.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct StreamTls {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// The name the receiving end's certificate is made for, which the sending end
+    /// checks.
+    pub hostname: String,
+}
+
+impl std::fmt::Debug for StreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never a private key in a log line.
+        f.debug_struct("StreamTls")
+            .field("hostname", &self.hostname)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a host's QEMU is doing about a VM's migration, as QEMU itself says: what
+/// recovery reads on both hosts to tell whether the switch-over happened.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct MigrationState {
+    /// A QEMU for the VM runs on this host.
+    pub qemu: bool,
+    /// Its run state (`query-status`): `inmigrate` while it waits for the VM's state,
+    /// `postmigrate` once it sent it, `running`, `paused`, ...
+    #[serde(default)]
+    pub runstate: Option<String>,
+    /// Its outgoing migration's status (`query-migrate`: `active`, `device`,
+    /// `pre-switchover`, `completed`, `failed`, `cancelled`); none if it never sent one.
+    #[serde(default)]
+    pub migration: Option<String>,
+}
+
+/// Ends a migration on its sending host without the switch-over: its QEMU stops sending
+/// and mirroring and drops the mirror's targets; `resume` runs the guest again if the
+/// migration left it paused.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AbandonMigrationRequest {
+    pub resume: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -425,6 +476,10 @@ pub struct MigrateOutRequest {
     /// Copy the VM's disks too, first, to the target's NBD exports (no shared storage).
     #[serde(default)]
     pub mirror: Option<DiskMirror>,
+    /// TLS towards the receiving QEMU (this end's certificate is a client's); none:
+    /// plain TCP.
+    #[serde(default)]
+    pub tls: Option<StreamTls>,
 }
 
 fn default_stall_secs() -> u64 {
@@ -435,9 +490,42 @@ fn default_stall_secs() -> u64 {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum MigrationLine {
-    Progress { progress: f64, message: String },
-    Done { done: MigrationResult },
-    Error { error: String },
+    Progress {
+        progress: f64,
+        message: String,
+        /// The step the migration is at.
+        #[serde(default)]
+        step: Option<MigrationStep>,
+    },
+    Done {
+        done: MigrationResult,
+    },
+    Error {
+        error: String,
+    },
+}
+
+/// The steps of a migration the sending host takes.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationStep {
+    /// The disks are mirrored to the target.
+    Storage,
+    /// The memory is sent.
+    Memory,
+    /// The guest is paused and the disks' mirrors finish: the last moment the migration
+    /// can still be given up.
+    Switchover,
+}
+
+impl MigrationStep {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MigrationStep::Storage => "storage",
+            MigrationStep::Memory => "memory",
+            MigrationStep::Switchover => "switchover",
+        }
+    }
 }
 
 /// How a migration went, as QEMU measured it.
@@ -450,6 +538,9 @@ pub struct MigrationResult {
     pub transferred_bytes: u64,
     /// The guest was paused to finish (`force_complete`): the downtime is longer.
     pub forced: bool,
+    /// The streams were encrypted (QEMU's TLS).
+    #[serde(default)]
+    pub tls: bool,
 }
 
 /// One file of an image to read from a host's image store.

@@ -276,6 +276,18 @@ impl AgentApi for AgentClient {
     async fn migrate_in(&self, id: &str, req: MigrateInRequest) -> Res<MigrateInReady> {
         self.call_endpoint::<ep::MigrateIn>(id.into(), &req).await
     }
+    async fn get_migration(&self, id: &str) -> Res<MigrationState> {
+        self.call_endpoint::<ep::GetMigration>(id.into(), &Empty {})
+            .await
+    }
+    async fn abandon_migration(
+        &self,
+        id: &str,
+        req: AbandonMigrationRequest,
+    ) -> Res<MigrationState> {
+        self.call_endpoint::<ep::AbandonMigration>(id.into(), &req)
+            .await
+    }
     /// No silence limit: progress lines come every half second while it runs.
     async fn migrate_out(
         &self,

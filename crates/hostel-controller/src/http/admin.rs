@@ -203,6 +203,20 @@ pub(super) async fn get_task(
     Ok(Json(c.task(&ctx, &id).await?))
 }
 
+/// Cancels a task that can be cancelled (admins): a migration under way stops, and the
+/// VM stays where it was unless the switch-over was already done. The task ends soon
+/// after, as its `GET` shows.
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/cancel", params(("id" = String, Path)),
+    responses((status = 202, body = Task), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(super) async fn cancel_task(
+    State(c): S,
+    Extension(ctx): X,
+    ApiPath(id): ApiPath<String>,
+) -> Result<(StatusCode, Json<Task>), Error> {
+    Ok((StatusCode::ACCEPTED, Json(c.cancel_task(&ctx, &id).await?)))
+}
+
 #[utoipa::path(get, path = "/api/v1/networks", responses((status = 200, body = Vec<Network>)))]
 pub(super) async fn list_networks(State(c): S, Extension(ctx): X) -> R<Vec<Network>> {
     Ok(Json(c.networks(&ctx).await?))

@@ -48,7 +48,7 @@ type R<T> = Result<Json<T>, Error>;
     paths(
         info, list_vms, create_vm, get_vm, vm_stats, delete_vm, start_vm, reboot_vm, pause_vm,
         unpause_vm, destroy_vm, shutdown_vm, mem_set, vcpu_set, save_vm, restore_vm,
-        console, console_log, console_ticket, dmesg, list_images, build_image, import_image, delete_image, push_image, migrate_vm, get_task,
+        console, console_log, console_ticket, dmesg, list_images, build_image, import_image, delete_image, push_image, migrate_vm, get_task, cancel_task,
         list_networks, create_network, get_network, update_network, delete_network, list_nics, add_nic,
         remove_nic, list_forwards, add_forward, remove_forward, list_disks, add_disk,
         remove_disk, resize_disk, list_snapshots, create_snapshot, revert_snapshot,
@@ -119,6 +119,7 @@ pub fn router(c: Arc<Controller>) -> Router {
         .route("/api/v1/images/{name}/push", post(push_image))
         .route("/api/v1/vms/{name}/migrate", post(migrate_vm))
         .route("/api/v1/tasks/{id}", get(get_task))
+        .route("/api/v1/tasks/{id}/cancel", post(cancel_task))
         .route("/api/v1/whoami", get(whoami))
         .route("/api/v1/users", get(list_users).post(create_user))
         .route("/api/v1/users/{name}", delete(delete_user))
@@ -205,6 +206,7 @@ fn admin_only(method: &Method, route: &str) -> bool {
         || under("/api/v1/hosts")
         || under("/api/v1/rebalance")
         || under("/api/v1/users")
+        || (mutating && route.starts_with("/api/v1/tasks/") && route.ends_with("/cancel"))
         || (mutating
             && (under("/api/v1/networks")
                 || under("/api/v1/images")
@@ -259,6 +261,7 @@ fn action_of(method: &Method, route: &str) -> &'static str {
         ("POST", "/api/v1/hosts/{name}/drain") => "host.drain",
         ("POST", "/api/v1/hosts/{name}/undrain") => "host.undrain",
         ("POST", "/api/v1/rebalance") => "host.rebalance",
+        ("POST", "/api/v1/tasks/{id}/cancel") => "task.cancel",
         ("POST", "/api/v1/users") => "user.create",
         ("DELETE", "/api/v1/users/{name}") => "user.delete",
         ("POST", "/api/v1/users/{name}/password") => "user.password",

@@ -55,3 +55,25 @@ pub fn serve_sim(certs: &Certs, sim: Arc<SimHost>) -> String {
     ));
     url
 }
+
+/// A small VM's definition as an agent gets it.
+#[allow(dead_code)] // not every test file uses it
+pub fn spec(id: &str) -> hostel_api::agent::VmSpec {
+    use hostel_api::agent::*;
+    VmSpec {
+        id: id.into(),
+        name: format!("name-{id}"),
+        memory_mib: 256,
+        max_memory_mib: 512,
+        vcpus: 1,
+        max_vcpus: 4,
+        boot: Boot::Bios,
+        disks: vec![],
+        on_poweroff: Default::default(),
+        on_reboot: Default::default(),
+        on_crash: Default::default(),
+        nics: vec![],
+        cdrom: None,
+        seed: None,
+    }
+}

@@ -41,6 +41,23 @@ pub enum Cmd {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Format,
     },
+    /// Background tasks (image builds, copies, migrations): show one, or cancel a
+    /// migration under way (admins).
+    #[command(subcommand)]
+    Task(TaskCmd),
+}
+
+#[derive(Subcommand)]
+pub enum TaskCmd {
+    /// A task's state, progress and message.
+    Show {
+        id: String,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Stop a migration under way: the VM stays where it was, unless the switch-over
+    /// was already done.
+    Cancel { id: String },
 }
 
 #[derive(Subcommand)]
@@ -136,6 +153,20 @@ const HOST_COLUMNS: &[Column<HostInfo>] = &[
 pub async fn run(cmd: Cmd) -> Result<()> {
     let api = Api::new()?;
     match cmd {
+        Cmd::Task(TaskCmd::Show { id, output }) => {
+            let t: Task = api.get(&format!("/api/v1/tasks/{id}")).await?;
+            output::show(output, &t, show_task)
+        }
+        Cmd::Task(TaskCmd::Cancel { id }) => {
+            let t: Task = api
+                .post(
+                    &format!("/api/v1/tasks/{id}/cancel"),
+                    &serde_json::json!({}),
+                )
+                .await?;
+            println!("cancelling {} {} ({})", t.kind, t.target, t.id);
+            Ok(())
+        }
         Cmd::Rebalance {
             dry_run,
             min_gain,
@@ -302,4 +333,19 @@ async fn report_task(api: &Api, t: Task) -> Result<()> {
         bail!("{} of host {}: not every VM moved", t.kind, t.target);
     }
     Ok(())
+}
+
+fn show_task(t: &Task) {
+    println!(
+        "{} {} {}: {:.0}% {}",
+        t.id,
+        t.kind,
+        t.target,
+        t.progress * 100.0,
+        t.message
+    );
+    println!("state: {}", t.state.as_str());
+    if let Some(e) = &t.error {
+        println!("error: {e}");
+    }
 }

@@ -113,6 +113,12 @@ pub enum Cmd {
         /// When the guest writes memory faster than it can be sent, pause it to finish.
         #[arg(long)]
         force_complete: bool,
+        /// Send memory and disks as plain TCP, not TLS (a network trusted like the hosts).
+        #[arg(long)]
+        unencrypted: bool,
+        /// Print the migration's task id and return at once (`hostel task show|cancel`).
+        #[arg(long)]
+        detach: bool,
     },
 }
 
@@ -282,14 +288,21 @@ pub async fn run(cmd: Cmd) -> Result<()> {
             max_downtime,
             bandwidth,
             force_complete,
+            unencrypted,
+            detach,
         } => {
             let req = MigrateRequest {
                 to,
                 max_downtime_ms: max_downtime,
                 bandwidth_mibps: bandwidth,
                 force_complete,
+                unencrypted,
             };
             let t: Task = api.post(&action(&name, "migrate"), &req).await?;
+            if detach {
+                println!("{}", t.id);
+                return Ok(());
+            }
             super::images::wait_task(&api, t).await?;
             return Ok(());
         }

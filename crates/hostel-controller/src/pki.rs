@@ -1,5 +1,11 @@
 //! The cluster CA and the node certificates the controller and agents use for mutual TLS.
 //! Made once per data directory and kept.
+//!
+//! Beside it, the cluster's migration CA (`migration-ca.pem`) signs the certificates
+//! QEMU shows on a migration's streams: made for one migration, valid for a day, and
+//! kept in the VM's directory (its QEMU's uid reads them) only while it lasts. Agents
+//! do not trust that CA for their API, so a QEMU that got hold of such a key opens no
+//! agent.
 
 use anyhow::{Context, Result};
 use rcgen::{
@@ -42,11 +48,19 @@ pub fn write_private(path: &Path, data: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn ca_params() -> Result<CertificateParams> {
+/// The migration CA's files' stem in the PKI directory.
+const STREAM_CA: &str = "migration-ca";
+
+fn ca_params(stem: &str) -> Result<CertificateParams> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "Hostel cluster CA");
+    params.distinguished_name.push(
+        DnType::CommonName,
+        if stem == STREAM_CA {
+            "Hostel migration CA"
+        } else {
+            "Hostel cluster CA"
+        },
+    );
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     Ok(params)
@@ -59,13 +73,58 @@ impl Pki {
         let pki = Pki {
             dir: dir.to_path_buf(),
         };
-        if !dir.join("ca.pem").exists() {
-            let key = KeyPair::generate()?;
-            let cert = ca_params()?.self_signed(&key)?;
-            write_private(&dir.join("ca.key"), key.serialize_pem().as_bytes())?;
-            std::fs::write(dir.join("ca.pem"), cert.pem())?;
-        }
+        pki.make_ca("ca")?;
         Ok(pki)
+    }
+
+    /// Makes the CA `stem` (`stem.pem`, `stem.key`) unless it is there.
+    fn make_ca(&self, stem: &str) -> Result<()> {
+        if !self.dir.join(format!("{stem}.pem")).exists() {
+            let key = KeyPair::generate()?;
+            let cert = ca_params(stem)?.self_signed(&key)?;
+            write_private(
+                &self.dir.join(format!("{stem}.key")),
+                key.serialize_pem().as_bytes(),
+            )?;
+            std::fs::write(self.dir.join(format!("{stem}.pem")), cert.pem())?;
+        }
+        Ok(())
+    }
+
+    /// A certificate from the migration CA for one end of one migration's streams,
+    /// valid for `name` (the receiving end's) for a day, as a server's (`server`) or a
+    /// client's; with the migration CA's certificate. Not written anywhere.
+    pub fn stream_pair(&self, name: &str, server: bool) -> Result<(String, Pair)> {
+        self.make_ca(STREAM_CA)?;
+        let mut params = CertificateParams::new(vec![name.to_string()])?;
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![if server {
+            ExtendedKeyUsagePurpose::ServerAuth
+        } else {
+            ExtendedKeyUsagePurpose::ClientAuth
+        }];
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::hours(1);
+        params.not_after = now + time::Duration::days(1);
+        let pair = self.sign(STREAM_CA, params)?;
+        let ca = std::fs::read_to_string(self.dir.join(format!("{STREAM_CA}.pem")))?;
+        Ok((ca, pair))
+    }
+
+    /// A new key and its certificate from `params`, signed by the CA `stem`.
+    fn sign(&self, stem: &str, params: CertificateParams) -> Result<Pair> {
+        let ca_key = KeyPair::from_pem(&std::fs::read_to_string(
+            self.dir.join(format!("{stem}.key")),
+        )?)?;
+        // The same subject and key as the stored CA certificate: what it signs verifies
+        // against that certificate.
+        let ca = ca_params(stem)?.self_signed(&ca_key)?;
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &ca, &ca_key)?;
+        Ok(Pair {
+            cert_pem: cert.pem().into_bytes(),
+            key_pem: key.serialize_pem().into_bytes(),
+        })
     }
 
     pub fn ca_pem(&self) -> Result<Vec<u8>> {
@@ -90,22 +149,13 @@ impl Pki {
     /// the other way round.
     pub fn issue(&self, name: &str, sans: &[String], role: Role) -> Result<Pair> {
         let (cert_path, key_path) = self.paths(name);
-        let ca_key = KeyPair::from_pem(&std::fs::read_to_string(self.dir.join("ca.key"))?)?;
-        // The same subject and key as the stored CA certificate: what it signs verifies
-        // against that certificate.
-        let ca = ca_params()?.self_signed(&ca_key)?;
         let mut params = CertificateParams::new(sans.to_vec())?;
         params.distinguished_name.push(DnType::CommonName, name);
         params.extended_key_usages = vec![match role {
             Role::Agent => ExtendedKeyUsagePurpose::ServerAuth,
             Role::Controller => ExtendedKeyUsagePurpose::ClientAuth,
         }];
-        let key = KeyPair::generate()?;
-        let cert = params.signed_by(&key, &ca, &ca_key)?;
-        let pair = Pair {
-            cert_pem: cert.pem().into_bytes(),
-            key_pem: key.serialize_pem().into_bytes(),
-        };
+        let pair = self.sign("ca", params)?;
         write_private(&key_path, &pair.key_pem)?;
         std::fs::write(&cert_path, &pair.cert_pem)?;
         Ok(pair)

@@ -1,0 +1,322 @@
+//! How every migration ends, whatever died when: from its journal row (`vm_moves`) and
+//! what both hosts' QEMU say (`GetMigration`), with exactly one copy of the VM running
+//! and the database saying where.
+//!
+//! - The database says the target (step `cleanup`): the source's QEMU and old disk
+//!   files go.
+//! - Else, the switch-over happened if the source's QEMU says its migration completed,
+//!   or if it is gone and the target's QEMU runs the VM (no longer `inmigrate`): the
+//!   move is committed (the VM on the target, its disks the new files), then cleaned
+//!   up as above.
+//! - Else it did not: the source gives the migration up (the guest runs on if it ran),
+//!   the target's QEMU and new disk files go, and the VM stays where the database
+//!   says.
+//!
+//! A controller that starts with rows left holds their VMs (no events written, their
+//! memory held on the target) and settles each once both hosts' agents answer.
+
+use crate::error::Error;
+use crate::Controller;
+use hostel_api::agent::{self as wire, AgentApi};
+use hostel_model::VmState;
+use hostel_store::MoveRecord;
+use std::sync::Arc;
+use std::time::Duration;
+
+type Res<T> = crate::error::Result<T>;
+
+/// One disk of a migrating VM as the journal keeps it: its record as it was (on the
+/// source), and its new file on the target once made.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct MovedDisk {
+    pub id: String,
+    pub idx: u32,
+    pub path: String,
+    pub format: String,
+    pub size_mib: u64,
+    pub image_id: Option<String>,
+    pub pool_id: Option<String>,
+    pub new_path: Option<String>,
+    pub new_format: Option<String>,
+}
+
+impl MovedDisk {
+    pub(crate) fn of(d: &hostel_store::DiskRecord) -> MovedDisk {
+        MovedDisk {
+            id: d.id.clone(),
+            idx: d.idx,
+            path: d.path.clone(),
+            format: d.format.clone(),
+            size_mib: d.size_mib,
+            image_id: d.image_id.clone(),
+            pool_id: d.pool_id.clone(),
+            new_path: None,
+            new_format: None,
+        }
+    }
+
+    /// The disk's record on the source (for removing its file there).
+    pub(crate) fn old_record(&self, vm_id: &str) -> hostel_store::DiskRecord {
+        hostel_store::DiskRecord {
+            id: self.id.clone(),
+            vm_id: vm_id.to_string(),
+            idx: self.idx,
+            path: self.path.clone(),
+            format: self.format.clone(),
+            size_mib: self.size_mib,
+            image_id: self.image_id.clone(),
+            pool_id: self.pool_id.clone(),
+        }
+    }
+}
+
+pub(crate) fn moved_disks(row: &MoveRecord) -> Vec<MovedDisk> {
+    serde_json::from_str(&row.disks).unwrap_or_default()
+}
+
+/// A VM's memory held on the host it migrates to; `live`: a migration in this process
+/// runs it (else recovery finishes it).
+#[derive(Debug, Clone)]
+pub(crate) struct Reservation {
+    pub target: String,
+    pub mib: u64,
+    pub live: bool,
+}
+
+/// How a migration ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settled {
+    /// The VM runs on the target, and the database says so.
+    Forward,
+    /// The VM runs (or is paused, or stopped) on the source, where it was.
+    Back,
+}
+
+impl Controller {
+    /// Holds the VMs of migrations a previous life of this controller left, before any
+    /// host's events are read, and settles each once both its hosts answer.
+    pub async fn resume_migrations(self: &Arc<Self>) -> anyhow::Result<()> {
+        let rows = self.store.moves().await?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        {
+            let mut m = self.migrating.lock().unwrap();
+            for r in &rows {
+                m.insert(
+                    r.vm_id.clone(),
+                    Reservation {
+                        target: r.target.clone(),
+                        mib: r.memory_mib,
+                        live: false,
+                    },
+                );
+            }
+        }
+        tracing::warn!(
+            count = rows.len(),
+            "migrations were under way when the controller stopped: settling them"
+        );
+        let me = self.clone();
+        tokio::spawn(async move { me.recovery_loop().await });
+        Ok(())
+    }
+
+    /// Settles, every 2 s, the migrations no task of this process runs, until none is
+    /// left.
+    async fn recovery_loop(self: Arc<Self>) {
+        loop {
+            let orphans: Vec<String> = self
+                .migrating
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(_, r)| !r.live)
+                .map(|(vm, _)| vm.clone())
+                .collect();
+            let rows = self.store.moves().await.unwrap_or_default();
+            for row in rows.iter().filter(|r| orphans.contains(&r.vm_id)) {
+                let lock = self.vm_lock(&row.vm_id);
+                let _g = lock.lock().await;
+                match self.settle_move(&row.id).await {
+                    Ok(how) => {
+                        self.migrating.lock().unwrap().remove(&row.vm_id);
+                        let (state, msg, err) = match how {
+                            Settled::Forward => (
+                                hostel_model::TaskState::Succeeded,
+                                format!(
+                                    "done: the VM runs on {} (settled by recovery)",
+                                    row.target
+                                ),
+                                None,
+                            ),
+                            Settled::Back => (
+                                hostel_model::TaskState::Failed,
+                                "failed".to_string(),
+                                Some(format!(
+                                    "the migration was interrupted at its {} step; the VM \
+                                     stays on {}",
+                                    row.step, row.source
+                                )),
+                            ),
+                        };
+                        let _ = self
+                            .store
+                            .update_task(&row.id, state, 1.0, &msg, err.as_deref())
+                            .await;
+                        tracing::info!(vm = %row.vm_id, ?how, "migration settled");
+                    }
+                    Err(e) => tracing::debug!(vm = %row.vm_id, "not settled yet: {}", e.message()),
+                }
+            }
+            if !self.migrating.lock().unwrap().values().any(|r| !r.live) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+
+    /// Ends the migration whose journal row is `id` (see the module's documentation).
+    /// Fails, changing nothing, while either host does not answer.
+    pub(crate) async fn settle_move(&self, id: &str) -> Res<Settled> {
+        let Some(row) = self.store.moves().await?.into_iter().find(|r| r.id == id) else {
+            return Err(Error::from(anyhow::anyhow!(
+                "no migration {id} in the journal"
+            )));
+        };
+        let agent = |host: &str| {
+            self.agent(host)
+                .filter(|_| self.is_online(host))
+                .ok_or_else(|| Error::unavailable(format!("host {host} is not connected")))
+        };
+        let source = agent(&row.source)?;
+        if row.step == "cleanup" {
+            self.clean_source(&row).await;
+            return Ok(Settled::Forward);
+        }
+        let target = agent(&row.target)?;
+        let src = source.get_migration(&row.vm_id).await?;
+        let tgt = target.get_migration(&row.vm_id).await?;
+        let switched = src.migration.as_deref() == Some("completed")
+            || (!src.qemu && tgt.qemu && tgt.runstate.as_deref() != Some("inmigrate"));
+        tracing::info!(vm = %row.vm_id, step = %row.step, ?src, ?tgt, switched,
+            "settling a migration");
+        if switched {
+            let vm = self
+                .store
+                .vm_by_id(&row.vm_id)
+                .await?
+                .ok_or_else(|| Error::from(anyhow::anyhow!("VM {} is gone", row.vm_id)))?;
+            let status = self
+                .arrived_state(&target, &vm, row.was_running, false)
+                .await?;
+            let moved: Vec<(String, String, String)> = moved_disks(&row)
+                .into_iter()
+                .filter_map(|d| Some((d.id, d.new_path?, d.new_format?)))
+                .collect();
+            self.store
+                .commit_move(&row, status.state, status.pid, &moved)
+                .await?;
+            self.clean_source(&row).await;
+            return Ok(Settled::Forward);
+        }
+        if src.qemu {
+            match source
+                .abandon_migration(
+                    &row.vm_id,
+                    wire::AbandonMigrationRequest {
+                        resume: row.was_running,
+                    },
+                )
+                .await
+            {
+                Ok(_) => {}
+                // Completed meanwhile: settled next time, forward.
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let _ = target.destroy_vm(&row.vm_id).await;
+        let _ = target.forget_vm(&row.vm_id).await;
+        for d in moved_disks(&row) {
+            if let Some(path) = d.new_path {
+                if let Err(e) = target
+                    .delete_disk(wire::DeleteDiskRequest {
+                        path: path.clone(),
+                        pool: None,
+                    })
+                    .await
+                {
+                    tracing::warn!(%path, "could not remove a migration's new disk file: {e:#}");
+                }
+            }
+        }
+        // Its state as the source has it now (events were not written meanwhile).
+        match source.get_vm(&row.vm_id).await {
+            Ok(s) => {
+                let _ = self
+                    .store
+                    .set_vm_state(&row.vm_id, s.state, s.reason.as_deref(), s.pid)
+                    .await;
+            }
+            Err(_) => {
+                let _ = self
+                    .store
+                    .set_vm_state(
+                        &row.vm_id,
+                        VmState::Crashed,
+                        Some("its QEMU was gone when its migration was settled"),
+                        None,
+                    )
+                    .await;
+            }
+        }
+        self.store.delete_move(&row.id).await?;
+        Ok(Settled::Back)
+    }
+
+    /// The VM's state on the target once its migration completed: a VM that ran runs
+    /// there (resumed by its QEMU, or here if it was paused to finish, `forced`).
+    pub(crate) async fn arrived_state(
+        &self,
+        target: &crate::agent_client::AgentClient,
+        vm: &hostel_store::VmRecord,
+        was_running: bool,
+        forced: bool,
+    ) -> Res<wire::VmStatus> {
+        let mut status = target.get_vm(&vm.id).await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while was_running && status.state == VmState::Paused {
+            if forced || tokio::time::Instant::now() > deadline {
+                // Paused to finish, or not resumed by its QEMU: it runs again here.
+                status = target.unpause_vm(&vm.id).await?;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            status = target.get_vm(&vm.id).await?;
+        }
+        Ok(status)
+    }
+
+    /// After the commit: the source's QEMU (paused since it sent the VM) and its old
+    /// disk files go, then the journal row. A host that does not answer keeps the row
+    /// for the next try.
+    pub(crate) async fn clean_source(&self, row: &MoveRecord) {
+        let Some(source) = self
+            .agent(&row.source)
+            .filter(|_| self.is_online(&row.source))
+        else {
+            return;
+        };
+        let _ = source.destroy_vm(&row.vm_id).await;
+        let _ = source.forget_vm(&row.vm_id).await;
+        let old: Vec<hostel_store::DiskRecord> = moved_disks(row)
+            .iter()
+            .filter(|d| d.new_path.is_some())
+            .map(|d| d.old_record(&row.vm_id))
+            .collect();
+        self.remove_disk_files(&source, &old).await;
+        if let Err(e) = self.store.delete_move(&row.id).await {
+            tracing::warn!(vm = %row.vm_id, "could not end the migration's journal row: {e:#}");
+        }
+    }
+}
