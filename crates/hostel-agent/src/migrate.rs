@@ -27,6 +27,7 @@ use hostel_api::agent::{
 };
 use hostel_qemu::process::RunAs;
 use serde_json::json;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// Progress of a migration: the fraction done, a message, the step it is at.
@@ -56,11 +57,14 @@ pub(crate) async fn migration_state(vm: Option<&VmRuntime>) -> MigrationState {
 
 /// Gives up an outgoing migration before its switch-over: the stream and the disks'
 /// mirrors stop, the mirrors' targets go, and with `resume` a guest left paused runs
-/// again. Refused once the migration completed (the VM runs on the other host then).
+/// again. Refused once the migration completed (the VM runs on the other host then),
+/// unless the other host's QEMU is gone (`target_gone`): this one then runs on.
 pub(crate) async fn abandon_migration(
     vm: &VmRuntime,
     resume: bool,
+    target_gone: bool,
 ) -> Result<MigrationState, AgentError> {
+    vm.migration_abandoned.store(true, Ordering::SeqCst);
     let Some((_, qmp)) = vm.process() else {
         return Ok(MigrationState::default());
     };
@@ -68,8 +72,10 @@ pub(crate) async fn abandon_migration(
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let st = migration_state(Some(vm)).await;
+        // "completed" after a migration that brought the VM here is not one it sent.
+        let sent = st.runstate.as_deref() == Some("postmigrate");
         match st.migration.as_deref() {
-            Some("completed") => {
+            Some("completed") if sent && !target_gone => {
                 return Err(AgentError::Conflict(
                     "the migration completed: the VM runs on the other host".into(),
                 ))
@@ -87,6 +93,7 @@ pub(crate) async fn abandon_migration(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    yank_streams(&qmp).await;
     stop_mirrors(&qmp, None, true).await;
     drop_tls_files(&vm.paths);
     let st = migration_state(Some(vm)).await;
@@ -118,6 +125,9 @@ impl VmRuntime {
             .await
             .map(|s| s["status"] == "running")
             .unwrap_or(false);
+        // A VM that came here by migration serves no NBD export any more: a writable one
+        // left over would stop QEMU from handing its disks over at the switch-over.
+        let _ = qmp.execute("nbd-server-stop", json!({})).await;
         let res = async {
             if let Some(t) = &req.tls {
                 tls_creds(&qmp, &self.paths, t, "client", owner).await?;
@@ -126,9 +136,11 @@ impl VmRuntime {
                 // Nothing left over from an earlier try stands in the way.
                 stop_mirrors(&qmp, None, true).await;
                 hostel_faults::hold("agent.migrate-out.storage").await;
+                self.still_wanted()?;
                 mirror_disks(&qmp, m, req.tls.as_ref(), progress).await?;
             }
             hostel_faults::hold("agent.migrate-out.memory").await;
+            self.still_wanted()?;
             self.send_memory(&qmp, req, progress).await
         }
         .await;
@@ -136,12 +148,21 @@ impl VmRuntime {
         if res.is_err() {
             // Not switched over: the target's copy of the disks is dropped, and the
             // guest runs here again if it ran before.
+            yank_streams(&qmp).await;
             stop_mirrors(&qmp, req.mirror.as_ref(), true).await;
             if was_running {
                 let _ = qmp.execute("cont", json!({})).await;
             }
         }
         res
+    }
+
+    /// Fails once the migration was given up.
+    fn still_wanted(&self) -> Result<(), AgentError> {
+        if self.migration_abandoned.load(Ordering::SeqCst) {
+            return Err(AgentError::Conflict("the migration was cancelled".into()));
+        }
+        Ok(())
     }
 
     async fn send_memory(
@@ -242,6 +263,19 @@ impl VmRuntime {
                 ),
                 MigrationStep::Memory,
             );
+            if self.migration_abandoned.load(Ordering::SeqCst)
+                && !matches!(status, "cancelling" | "completed")
+            {
+                let _ = qmp.execute("migrate_cancel", json!({})).await;
+            }
+            if status == "setup" && last_gain.elapsed() >= Duration::from_secs(req.stall_secs) {
+                let _ = qmp.execute("migrate_cancel", json!({})).await;
+                return Err(AgentError::Timeout(format!(
+                    "the target did not take the stream within {} s (is the link between \
+                     the hosts down?); the VM keeps running here",
+                    req.stall_secs
+                )));
+            }
             if status != "active" || forced {
                 continue;
             }
@@ -283,6 +317,32 @@ impl VmRuntime {
                 }
             }
         }
+    }
+}
+
+/// Cuts a given-up migration's connections at once (QMP `yank`): the memory stream and
+/// the mirrors' NBD links. Over a link that went dead, they would otherwise hold their
+/// requests, and the guest's writes with them, until TCP gives up many minutes later.
+async fn yank_streams(qmp: &hostel_qemu::Qmp) {
+    let instances = qmp
+        .execute("query-yank", json!({}))
+        .await
+        .unwrap_or_default();
+    let ours: Vec<serde_json::Value> = instances
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| {
+            i["type"] == "migration"
+                || (i["type"] == "block-node"
+                    && i["node-name"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with("mig")))
+        })
+        .cloned()
+        .collect();
+    if !ours.is_empty() {
+        let _ = qmp.execute("yank", json!({ "instances": ours })).await;
     }
 }
 

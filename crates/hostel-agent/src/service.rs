@@ -605,6 +605,8 @@ impl AgentApi for Shared {
         let owner = self
             .qemu_identity(&req.vm_id)
             .map_err(AgentError::Internal)?;
+        vm.migration_abandoned
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<MigrationLine>();
         // Runs to its end even if the caller goes: QEMU's migration is not left half
         // watched (no downtime escalation, no mirror finished at the switch-over).
@@ -647,7 +649,7 @@ impl AgentApi for Shared {
         req: AbandonMigrationRequest,
     ) -> Res<MigrationState> {
         let vm = find(self, id)?;
-        Ok(crate::migrate::abandon_migration(&vm, req.resume).await?)
+        Ok(crate::migrate::abandon_migration(&vm, req.resume, req.target_gone).await?)
     }
 
     async fn read_image_file(&self, req: ReadImageFileRequest) -> Res<SizedBytes<AgentFailure>> {

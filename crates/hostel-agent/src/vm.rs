@@ -75,6 +75,9 @@ pub struct VmRuntime {
     restarts: Mutex<Vec<std::time::Instant>>,
     /// Serializes operations on this VM.
     pub op: tokio::sync::Mutex<()>,
+    /// Set when the outgoing migration is given up (`migrate::abandon_migration`), even
+    /// before its stream began: it then never does.
+    pub(crate) migration_abandoned: std::sync::atomic::AtomicBool,
 }
 
 impl VmRuntime {
@@ -100,6 +103,7 @@ impl VmRuntime {
             state_watch: tokio::sync::watch::channel(VmState::Stopped).0,
             restarts: Mutex::new(Vec::new()),
             op: tokio::sync::Mutex::new(()),
+            migration_abandoned: Default::default(),
         })
     }
 
@@ -500,10 +504,22 @@ impl VmRuntime {
         *self.spec.lock().unwrap() = rt.spec.clone();
         shared.adopt_guards(&rt.spec);
         let _ = self.console.attach(&self.paths.serial()).await;
+        let runstate = status["status"].as_str().unwrap_or("");
+        if runstate == "inmigrate" {
+            // Still receiving a migration: its NBD export and certificates go when it
+            // ends, as if this agent had never stopped.
+            self.clone().watch_incoming(qmp.clone(), true);
+        } else {
+            // A migration this QEMU received or sent while the agent was down may have
+            // left its NBD server (writable exports of the disks) or certificates.
+            let _ = qmp.execute("nbd-server-stop", json!({})).await;
+            crate::stream_tls::drop_tls_files(&self.paths);
+        }
         self.clone()
             .supervise(shared.clone(), qmp, generation, None);
-        let state = match status["status"].as_str() {
-            Some("paused") => VmState::Paused,
+        let state = match runstate {
+            "paused" | "inmigrate" | "postmigrate" | "finish-migrate" | "prelaunch"
+            | "suspended" => VmState::Paused,
             _ => VmState::Running,
         };
         self.set_state(
@@ -629,8 +645,9 @@ impl VmRuntime {
                 _ => (
                     VmState::Crashed,
                     format!(
-                        "QEMU ended unexpectedly: {how}; on_crash={}",
-                        spec.on_crash.as_str()
+                        "QEMU ended unexpectedly: {how}; on_crash={}; its log: {}",
+                        spec.on_crash.as_str(),
+                        tail_file(&self.paths.log(), 2)
                     ),
                     spec.on_crash == Policy::Restart,
                 ),

@@ -134,6 +134,8 @@ pub struct Controller {
     migration_cancels: Mutex<HashMap<String, tokio::sync::watch::Sender<bool>>>,
     /// The cluster's CAs: the migration CA signs QEMU's certificates for a migration.
     pki: std::sync::OnceLock<pki::Pki>,
+    /// A recovery loop settles migrations left unsettled (`migrate_recover.rs`).
+    recovering: std::sync::atomic::AtomicBool,
     /// Held while a migration's target is chosen and reserved.
     migrate_placing: tokio::sync::Mutex<()>,
 }
@@ -165,6 +167,7 @@ impl Controller {
             migrating: Mutex::default(),
             migration_cancels: Mutex::default(),
             pki: std::sync::OnceLock::new(),
+            recovering: Default::default(),
             migrate_placing: tokio::sync::Mutex::new(()),
         })
     }

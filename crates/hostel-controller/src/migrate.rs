@@ -247,6 +247,7 @@ impl Controller {
         self.migrating.lock().unwrap().insert(
             vm.id.clone(),
             Reservation {
+                id: task.id.clone(),
                 target: target.clone(),
                 mib: vm.max_memory_mib,
                 live: true,
@@ -274,6 +275,10 @@ impl Controller {
             let res = me.run_migration(&moving).await;
             me.migration_cancels.lock().unwrap().remove(&moving.row.id);
             me.end_migration(&moving, res).await;
+            if me.is_migrating(&moving.vm.id) {
+                // Not settled yet (a host did not answer): recovery goes on with it.
+                me.ensure_recovery();
+            }
         });
         Ok(task)
     }
@@ -306,7 +311,12 @@ impl Controller {
         let id = &m.row.id;
         let _ = match res {
             Ok(r) => {
-                self.migrating.lock().unwrap().remove(&m.vm.id);
+                {
+                    let mut held = self.migrating.lock().unwrap();
+                    if held.get(&m.vm.id).is_some_and(|r| r.live) {
+                        held.remove(&m.vm.id);
+                    }
+                }
                 let msg = format!(
                     "done: {} ms downtime, {} ms in all{}{}",
                     r.downtime_ms,
@@ -500,7 +510,12 @@ impl Controller {
             disks: serde_json::to_string(&disks).map_err(anyhow::Error::from)?,
             ..m.row.clone()
         };
-        self.clean_source(&row).await;
+        if !self.clean_source(&row).await {
+            // The VM runs on the target; recovery removes the source's copy later.
+            if let Some(r) = self.migrating.lock().unwrap().get_mut(&vm.id) {
+                r.live = false;
+            }
+        }
         tracing::info!(vm = %vm.name, from = %m.row.source, to = %m.row.target,
             downtime_ms = result.downtime_ms, tls = result.tls, "migrated");
         Ok(result)
@@ -572,7 +587,10 @@ impl Controller {
                             .source_agent
                             .abandon_migration(
                                 &m.vm.id,
-                                wire::AbandonMigrationRequest { resume: m.row.was_running },
+                                wire::AbandonMigrationRequest {
+                                    resume: m.row.was_running,
+                                    target_gone: false,
+                                },
                             )
                             .await;
                     }

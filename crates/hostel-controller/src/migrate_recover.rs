@@ -4,13 +4,14 @@
 //!
 //! - The database says the target (step `cleanup`): the source's QEMU and old disk
 //!   files go.
-//! - Else, the switch-over happened if the source's QEMU says its migration completed,
-//!   or if it is gone and the target's QEMU runs the VM (no longer `inmigrate`): the
-//!   move is committed (the VM on the target, its disks the new files), then cleaned
-//!   up as above.
-//! - Else it did not: the source gives the migration up (the guest runs on if it ran),
-//!   the target's QEMU and new disk files go, and the VM stays where the database
-//!   says.
+//! - Else, the switch-over happened if the target's QEMU has the VM (it left
+//!   `inmigrate`, which only a QEMU that received all of it does): the move is
+//!   committed (the VM on the target, its disks the new files), then cleaned up as
+//!   above.
+//! - Else it did not: the source gives the migration up (the guest runs on if it ran;
+//!   if the target's QEMU died after the source sent everything, the source's QEMU,
+//!   the only copy left, takes its disks back and runs), the target's QEMU and new disk
+//!   files go, and the VM stays where the database says.
 //!
 //! A controller that starts with rows left holds their VMs (no events written, their
 //! memory held on the target) and settles each once both hosts' agents answer.
@@ -78,6 +79,8 @@ pub(crate) fn moved_disks(row: &MoveRecord) -> Vec<MovedDisk> {
 /// runs it (else recovery finishes it).
 #[derive(Debug, Clone)]
 pub(crate) struct Reservation {
+    /// The migration's journal row (its task's id).
+    pub id: String,
     pub target: String,
     pub mib: u64,
     pub live: bool,
@@ -106,6 +109,7 @@ impl Controller {
                 m.insert(
                     r.vm_id.clone(),
                     Reservation {
+                        id: r.id.clone(),
                         target: r.target.clone(),
                         mib: r.memory_mib,
                         live: false,
@@ -117,9 +121,27 @@ impl Controller {
             count = rows.len(),
             "migrations were under way when the controller stopped: settling them"
         );
-        let me = self.clone();
-        tokio::spawn(async move { me.recovery_loop().await });
+        self.ensure_recovery();
         Ok(())
+    }
+
+    /// Settles, in the background, the migrations no task of this process runs (left
+    /// by an earlier life, or by a task that could not settle its own): one loop at a
+    /// time.
+    pub(crate) fn ensure_recovery(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        if self.recovering.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            me.clone().recovery_loop().await;
+            me.recovering.store(false, Ordering::SeqCst);
+            // One left unsettled just as the loop ended is not forgotten.
+            if me.migrating.lock().unwrap().values().any(|r| !r.live) {
+                me.ensure_recovery();
+            }
+        });
     }
 
     /// Settles, every 2 s, the migrations no task of this process runs, until none is
@@ -130,14 +152,24 @@ impl Controller {
                 .migrating
                 .lock()
                 .unwrap()
-                .iter()
-                .filter(|(_, r)| !r.live)
-                .map(|(vm, _)| vm.clone())
+                .values()
+                .filter(|r| !r.live)
+                .map(|r| r.id.clone())
                 .collect();
             let rows = self.store.moves().await.unwrap_or_default();
-            for row in rows.iter().filter(|r| orphans.contains(&r.vm_id)) {
+            for row in rows.iter().filter(|r| orphans.contains(&r.id)) {
                 let lock = self.vm_lock(&row.vm_id);
                 let _g = lock.lock().await;
+                // Settled meanwhile by the task that ran it?
+                if !self
+                    .migrating
+                    .lock()
+                    .unwrap()
+                    .get(&row.vm_id)
+                    .is_some_and(|r| r.id == row.id && !r.live)
+                {
+                    continue;
+                }
                 match self.settle_move(&row.id).await {
                     Ok(how) => {
                         self.migrating.lock().unwrap().remove(&row.vm_id);
@@ -191,14 +223,24 @@ impl Controller {
         };
         let source = agent(&row.source)?;
         if row.step == "cleanup" {
-            self.clean_source(&row).await;
+            if !self.clean_source(&row).await {
+                return Err(Error::unavailable(format!(
+                    "host {} did not let its copy be removed",
+                    row.source
+                )));
+            }
             return Ok(Settled::Forward);
         }
         let target = agent(&row.target)?;
         let src = source.get_migration(&row.vm_id).await?;
         let tgt = target.get_migration(&row.vm_id).await?;
-        let switched = src.migration.as_deref() == Some("completed")
-            || (!src.qemu && tgt.qemu && tgt.runstate.as_deref() != Some("inmigrate"));
+        // Only a QEMU that received the whole VM leaves `inmigrate`. (The source's
+        // "completed" is no proof: a VM that came to it by migration says so too.)
+        let switched = tgt.qemu
+            && !matches!(
+                tgt.runstate.as_deref(),
+                None | Some("inmigrate") | Some("prelaunch")
+            );
         tracing::info!(vm = %row.vm_id, step = %row.step, ?src, ?tgt, switched,
             "settling a migration");
         if switched {
@@ -217,7 +259,13 @@ impl Controller {
             self.store
                 .commit_move(&row, status.state, status.pid, &moved)
                 .await?;
-            self.clean_source(&row).await;
+            if !self.clean_source(&row).await {
+                // Committed: the VM runs on the target; its source copy goes later.
+                return Err(Error::unavailable(format!(
+                    "host {} did not let its copy be removed",
+                    row.source
+                )));
+            }
             return Ok(Settled::Forward);
         }
         if src.qemu {
@@ -226,6 +274,7 @@ impl Controller {
                     &row.vm_id,
                     wire::AbandonMigrationRequest {
                         resume: row.was_running,
+                        target_gone: !tgt.qemu,
                     },
                 )
                 .await
@@ -299,13 +348,13 @@ impl Controller {
 
     /// After the commit: the source's QEMU (paused since it sent the VM) and its old
     /// disk files go, then the journal row. A host that does not answer keeps the row
-    /// for the next try.
-    pub(crate) async fn clean_source(&self, row: &MoveRecord) {
+    /// for the next try (false).
+    pub(crate) async fn clean_source(&self, row: &MoveRecord) -> bool {
         let Some(source) = self
             .agent(&row.source)
             .filter(|_| self.is_online(&row.source))
         else {
-            return;
+            return false;
         };
         let _ = source.destroy_vm(&row.vm_id).await;
         let _ = source.forget_vm(&row.vm_id).await;
@@ -317,6 +366,8 @@ impl Controller {
         self.remove_disk_files(&source, &old).await;
         if let Err(e) = self.store.delete_move(&row.id).await {
             tracing::warn!(vm = %row.vm_id, "could not end the migration's journal row: {e:#}");
+            return false;
         }
+        true
     }
 }

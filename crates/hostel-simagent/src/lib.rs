@@ -590,7 +590,7 @@ impl AgentApi for SimHost {
         req: AbandonMigrationRequest,
     ) -> Res<MigrationState> {
         if let Some(m) = self.migrations.lock().unwrap().get_mut(id) {
-            if m != "completed" {
+            if m != "completed" || req.target_gone {
                 *m = "cancelled".into();
             }
         }

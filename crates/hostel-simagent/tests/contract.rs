@@ -324,7 +324,13 @@ async fn every_endpoint_agrees_between_client_and_router() {
     let sent = a.get_migration("vm-m").await.unwrap();
     assert_eq!(sent.migration.as_deref(), Some("completed"), "{sent:?}");
     let kept = a
-        .abandon_migration("vm-m", AbandonMigrationRequest { resume: true })
+        .abandon_migration(
+            "vm-m",
+            AbandonMigrationRequest {
+                resume: true,
+                target_gone: false,
+            },
+        )
         .await
         .unwrap();
     assert_eq!(kept.migration.as_deref(), Some("completed"), "{kept:?}");

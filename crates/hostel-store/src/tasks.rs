@@ -138,11 +138,13 @@ impl Store {
         Ok(tasks)
     }
 
-    /// Marks tasks that were running when the daemon stopped as failed.
+    /// Marks tasks that were running when the daemon stopped as failed; not a
+    /// migration's, which its journal row (`vm_moves`) lets recovery finish.
     pub async fn fail_interrupted_tasks(&self) -> Result<u64> {
         self.execute(
             "UPDATE tasks SET state = $2, error = 'interrupted: the daemon stopped while \
-             the task ran', updated_at = $1 WHERE state = $3",
+             the task ran', updated_at = $1 WHERE state = $3 \
+             AND id NOT IN (SELECT id FROM vm_moves)",
             binds![now(), TaskState::Failed, TaskState::Running],
         )
         .await

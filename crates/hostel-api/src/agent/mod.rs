@@ -424,6 +424,10 @@ pub struct MigrationState {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AbandonMigrationRequest {
     pub resume: bool,
+    /// The receiving QEMU is gone: even a migration that completed is undone, and this
+    /// QEMU (which then holds the only copy of the VM) takes its disks back and runs.
+    #[serde(default)]
+    pub target_gone: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -116,6 +116,8 @@ pub struct Daemon {
     pub token: String,
     /// Extra environment for `hostel up`.
     pub env: Vec<(String, String)>,
+    /// Extra arguments for `hostel up`.
+    pub args: Vec<String>,
 }
 
 impl Daemon {
@@ -153,6 +155,7 @@ impl Daemon {
             url: String::new(),
             token: String::new(),
             env: Vec::new(),
+            args: Vec::new(),
         }
     }
 
@@ -175,6 +178,7 @@ impl Daemon {
                 "--data-dir",
             ])
             .arg(self.data_dir())
+            .args(&self.args)
             .env("HOSTEL_CONFIG", self.config())
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -593,22 +597,47 @@ pub fn linked_node(d: &Daemon) -> (Netns, String) {
 /// test's own, and a restarted agent must be found where it was); gives its process and
 /// its URL.
 pub fn start_agent(ns: &Netns, dir: &std::path::Path, ip: &str) -> (Child, String) {
+    start_agent_as(
+        ns,
+        &AgentAt {
+            name: "node2",
+            listen: format!("{ip}:8471"),
+            tls: dir.join("tls"),
+            data: dir.join("agent2"),
+            env: Vec::new(),
+        },
+    )
+}
+
+/// Where and as what a `hostel agent` runs.
+pub struct AgentAt {
+    pub name: &'static str,
+    /// ADDRESS:PORT.
+    pub listen: String,
+    /// Its certificate's directory (from `hostel agent-cert --out`).
+    pub tls: PathBuf,
+    pub data: PathBuf,
+    pub env: Vec<(String, String)>,
+}
+
+pub fn start_agent_as(ns: &Netns, at: &AgentAt) -> (Child, String) {
     let mut child = ns
         .cmd(bin())
-        .args([
-            "agent",
-            "--name",
-            "node2",
-            "--listen",
-            &format!("{ip}:8471"),
-        ])
+        .args(["agent", "--name", at.name, "--listen", &at.listen])
         .arg("--tls-dir")
-        .arg(dir.join("tls"))
+        .arg(&at.tls)
         .arg("--data-dir")
-        .arg(dir.join("agent2"))
+        .arg(&at.data)
+        .envs(at.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(at.data.with_extension("log"))
+                .unwrap(),
+        )
         .spawn()
         .unwrap();
     let mut line = String::new();

@@ -1,0 +1,453 @@
+//! A live migration killed at each of its steps: the controller, the sending agent or
+//! the receiving agent SIGKILLed while the migration is held at that step (a hold
+//! point, `hostel-faults`), then started again. Whatever died, the migration ends with
+//! exactly one QEMU for the VM, on the host the database names, with the guest still
+//! counting and its disk as it wrote it. A cut link between the hosts mid-stream leaves
+//! the VM running where it was, and a cancel does too.
+//!
+//! Two real `hostel agent`s share one network namespace (their own addresses' ports),
+//! reached from `hostel up`'s namespace over a veth pair; `hostel up` runs no default
+//! network, so the two agents set up nothing that could clash.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+const NODES: [(&str, &str); 2] = [("node2", "10.254.0.2:8471"), ("node3", "10.254.0.2:8472")];
+
+struct Cluster {
+    d: Daemon,
+    node: Netns,
+    holds: PathBuf,
+    agents: Vec<Option<Child>>,
+    dir: PathBuf,
+}
+
+impl Cluster {
+    fn agent_at(&self, i: usize) -> AgentAt {
+        AgentAt {
+            name: NODES[i].0,
+            listen: NODES[i].1.to_string(),
+            tls: self.dir.join(format!("tls-{}", NODES[i].0)),
+            data: self.dir.join(format!("agent-{}", NODES[i].0)),
+            env: vec![("HOSTEL_HOLD_DIR".into(), self.holds.display().to_string())],
+        }
+    }
+
+    fn start_agent(&mut self, i: usize) -> String {
+        let (child, url) = start_agent_as(&self.node, &self.agent_at(i));
+        self.agents[i] = Some(child);
+        url
+    }
+
+    fn kill_agent(&mut self, i: usize) {
+        let mut c = self.agents[i].take().unwrap();
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+
+    fn index_of(host: &str) -> usize {
+        NODES.iter().position(|(n, _)| *n == host).unwrap()
+    }
+
+    /// Waits until every agent is online.
+    fn wait_online(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let hosts = self.d.json(&["host", "list"]);
+            let up = hosts
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|h| NODES.iter().any(|(n, _)| h["name"] == *n) && h["online"] == true)
+                .count();
+            if up >= NODES.len() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "agents not back: {hosts}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn arm(&self, point: &str) {
+        let _ = std::fs::remove_file(self.holds.join(format!("{point}.reached")));
+        std::fs::write(self.holds.join(point), b"").unwrap();
+    }
+
+    fn wait_reached(&self, point: &str) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !self.holds.join(format!("{point}.reached")).exists() {
+            assert!(
+                Instant::now() < deadline,
+                "the migration never reached {point}: {}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The last lines of the agents' logs.
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for (n, _) in NODES {
+            let log = std::fs::read_to_string(self.dir.join(format!("agent-{n}.log")))
+                .unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            out += &format!(
+                "--- {n}\n{}\n",
+                lines[lines.len().saturating_sub(30)..].join("\n")
+            );
+        }
+        out
+    }
+
+    fn release(&self, point: &str) {
+        std::fs::write(self.holds.join(format!("{point}.go")), b"").unwrap();
+    }
+
+    /// Waits for a task to end; its state.
+    fn task_end(&self, id: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let t = self.d.json(&["task", "show", id]);
+            if t["state"] != "running" {
+                return t;
+            }
+            assert!(Instant::now() < deadline, "task {id} did not end: {t}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// The pids of the QEMU processes whose command line names this VM id, and for each the
+/// agent data directory it runs from.
+fn qemus_of(vm_id: &str) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains("qemu-system") && cmd.contains(vm_id) {
+            let agent = NODES
+                .iter()
+                .find(|(n, _)| cmd.contains(&format!("agent-{n}/run/")))
+                .map(|(n, _)| n.to_string())
+                .unwrap_or_else(|| "elsewhere".into());
+            out.push((pid, agent));
+        }
+    }
+    out
+}
+
+fn count(s: String) -> u64 {
+    s.trim().parse::<u64>().unwrap_or(0)
+}
+
+/// After each fault: one QEMU, where the database says, the guest counting on.
+async fn check_one_copy(k: &Cluster, vm_id: &str, last: &mut u64, what: &str) -> String {
+    // The database settles within a few seconds of both hosts answering.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (host, pid) = loop {
+        let v = k.d.describe("mover");
+        let q = qemus_of(vm_id);
+        let host = v["host"].as_str().unwrap_or("").to_string();
+        if v["state"] == "running" && q.len() == 1 && q[0].1 == host {
+            assert_eq!(
+                v["qemu"]["pid"].as_u64(),
+                Some(q[0].0 as u64),
+                "{what}: the database's pid is the running QEMU's: {v}"
+            );
+            break (host, q[0].0);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not exactly one QEMU where the database says: {q:?}, {v}\n{}",
+            k.d.daemon_output()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut con = k.d.console("mover").await;
+    let now = count(con.run("cat /tmp/count").await);
+    assert!(
+        now > *last,
+        "{what}: the guest counts on ({last} then {now})"
+    );
+    *last = now;
+    assert_eq!(
+        con.run("echo 3 > /proc/sys/vm/drop_caches; head -c 12 /dev/vda")
+            .await,
+        "still-mine-1",
+        "{what}: the disk is as the guest wrote it"
+    );
+    let _ = pid;
+    host
+}
+
+fn other(host: &str) -> &'static str {
+    if host == NODES[0].0 {
+        NODES[1].0
+    } else {
+        NODES[0].0
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Victim {
+    Controller,
+    Source,
+    Target,
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_migration_killed_at_any_step_ends_with_exactly_one_vm() {
+    let holds = tempfile::tempdir().unwrap();
+    let mut d = Daemon::unstarted();
+    d.env
+        .push(("HOSTEL_HOLD_DIR".into(), holds.path().display().to_string()));
+    d.args.push("--no-default-network".into());
+    d.launch();
+    let (node, _) = linked_node(&d);
+    let dir = d.dir.path().to_path_buf();
+    let data = d.data_dir();
+    for (name, _) in NODES {
+        let out = dir.join(format!("tls-{name}"));
+        d.ok(&[
+            "agent-cert",
+            name,
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--san",
+            "10.254.0.2",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+    }
+    let mut k = Cluster {
+        d,
+        node,
+        holds: holds.path().to_path_buf(),
+        agents: vec![None, None],
+        dir,
+    };
+    for i in 0..NODES.len() {
+        let url = k.start_agent(i);
+        k.d.ok(&["host", "add", &url]);
+    }
+    k.wait_online();
+    // New VMs go to the two agents' hosts, not the controller's own.
+    let local = k.d.json(&["info"])["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| !NODES.iter().any(|(n, _)| h["name"] == *n))
+        .unwrap()["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    k.d.ok(&["host", "drain", &local]);
+    let boot = {
+        // The tiny guest's kernel and initrd as files the agents read (one machine).
+        k.d.ok(&[
+            "create",
+            "probe",
+            "--image",
+            "tiny",
+            "--no-start",
+            "--no-network",
+        ]);
+        let b = k.d.describe("probe")["boot"].clone();
+        k.d.ok(&["delete", "probe"]);
+        b
+    };
+    k.d.ok(&[
+        "create",
+        "mover",
+        "--memory",
+        "128M",
+        "--disk",
+        "32M",
+        "--no-network",
+        "--kernel",
+        boot["kernel"].as_str().unwrap(),
+        "--initrd",
+        boot["initrd"].as_str().unwrap(),
+        "--cmdline",
+        boot["cmdline"].as_str().unwrap(),
+    ]);
+    let vm = k.d.describe("mover");
+    let vm_id = vm["id"].as_str().unwrap().to_string();
+    let mut con = k.d.console("mover").await;
+    con.wait_for(READY, Duration::from_secs(180)).await;
+    con.run("echo still-mine-1 | dd of=/dev/vda bs=512 count=1 conv=sync 2>/dev/null; sync")
+        .await;
+    con.run("(i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done) & true")
+        .await;
+    drop(con);
+    let mut last = 0;
+    let mut host = check_one_copy(&k, &vm_id, &mut last, "at first").await;
+
+    // Each step, and who dies there. The hold is in the process named first; the
+    // victim dies while it holds (the holder, when they are the same, never resumes).
+    let cases: &[(&str, Victim)] = &[
+        ("controller.migrate.prepare", Victim::Controller),
+        ("agent.migrate-out.storage", Victim::Source),
+        ("controller.migrate.memory", Victim::Controller),
+        ("agent.migrate-out.memory", Victim::Target),
+        ("agent.migrate-out.switchover", Victim::Source),
+        ("agent.migrate-out.switchover", Victim::Target),
+        ("controller.migrate.switchover", Victim::Controller),
+        ("controller.migrate.commit", Victim::Controller),
+        ("controller.migrate.commit", Victim::Target),
+        ("controller.migrate.cleanup", Victim::Controller),
+        ("controller.migrate.cleanup", Victim::Source),
+    ];
+    let mut outcomes = Vec::new();
+    for (point, victim) in cases {
+        let what = format!("{victim:?} killed at {point}");
+        eprintln!("case: {what}");
+        let to = other(&host);
+        k.arm(point);
+        let task = k.d.ok(&["migrate", "mover", "--to", to, "--detach"]);
+        let task = task.trim().to_string();
+        k.wait_reached(point);
+        let holder_dies = match victim {
+            Victim::Controller => {
+                k.d.kill9();
+                k.d.launch();
+                point.starts_with("controller.")
+            }
+            Victim::Source => {
+                let i = Cluster::index_of(&host);
+                k.kill_agent(i);
+                k.start_agent(i);
+                point.starts_with("agent.")
+            }
+            Victim::Target => {
+                let i = Cluster::index_of(to);
+                k.kill_agent(i);
+                k.start_agent(i);
+                false
+            }
+        };
+        if !holder_dies {
+            k.release(point);
+        }
+        k.wait_online();
+        let t = k.task_end(&task);
+        eprintln!("{what}: {t}");
+        let now = check_one_copy(&k, &vm_id, &mut last, &what).await;
+        assert!(
+            k.d.json(&["task", "show", &task])["state"] != "running",
+            "{what}: {t}"
+        );
+        outcomes.push(format!("{what}: {} ({})", now, t["state"]));
+        host = now;
+    }
+    // Both ends happen: some migrations were undone, some finished.
+    let moved = outcomes.iter().filter(|o| o.contains("succeeded")).count();
+    assert!(
+        moved > 0 && moved < outcomes.len(),
+        "some moves finish, some are undone: {outcomes:#?}"
+    );
+
+    // A cancel while the memory is sent: the VM stays where it was.
+    k.arm("agent.migrate-out.memory");
+    let task =
+        k.d.ok(&["migrate", "mover", "--to", other(&host), "--detach"]);
+    let task = task.trim().to_string();
+    k.wait_reached("agent.migrate-out.memory");
+    let out = k.d.ok(&["task", "cancel", &task]);
+    assert!(out.contains("cancelling"), "{out}");
+    k.release("agent.migrate-out.memory");
+    let t = k.task_end(&task);
+    assert_eq!(t["state"], "failed", "{t}");
+    assert!(t["error"].as_str().unwrap().contains("cancelled"), "{t}");
+    let after = check_one_copy(&k, &vm_id, &mut last, "cancelled").await;
+    assert_eq!(
+        after, host,
+        "a cancelled migration leaves the VM where it was"
+    );
+
+    // The link between the hosts cut mid-stream (every packet between the two agents'
+    // QEMUs dropped, the controller's links kept): the migration gives up, the VM runs
+    // on where it was, the target's copy goes.
+    k.arm("agent.migrate-out.memory");
+    let task = k.d.ok(&[
+        "migrate",
+        "mover",
+        "--to",
+        other(&host),
+        "--bandwidth",
+        "1",
+        "--detach",
+    ]);
+    let task = task.trim().to_string();
+    k.wait_reached("agent.migrate-out.memory");
+    k.release("agent.migrate-out.memory");
+    // Cut once the memory flows.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let t = k.d.json(&["task", "show", &task]);
+        if t["message"].as_str().unwrap_or("").starts_with("active:") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the memory never flowed: {t}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let nft = |rules: &str| {
+        let ok = Command::new("ip")
+            .args(["netns", "exec", &k.node.name, "nft", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin.take().unwrap().write_all(rules.as_bytes())?;
+                c.wait()
+            })
+            .unwrap();
+        assert!(ok.success(), "nft {rules}");
+    };
+    nft("table inet hostel_test_cut {
+        chain out { type filter hook output priority 0;
+            ip saddr 10.254.0.2 ip daddr 10.254.0.2 tcp dport != { 8471, 8472 } drop
+            ip saddr 10.254.0.2 ip daddr 10.254.0.2 tcp sport != { 8471, 8472 } drop
+        }
+    }");
+    let t = k.task_end(&task);
+    nft("delete table inet hostel_test_cut");
+    assert_eq!(t["state"], "failed", "{t}");
+    let after = check_one_copy(&k, &vm_id, &mut last, "link cut").await;
+    assert_eq!(after, host, "a cut link leaves the VM where it was");
+    let left = files_of(&k.dir, &vm_id);
+    assert_eq!(
+        left.len(),
+        1,
+        "one disk file for the VM, on its host: {left:?}"
+    );
+
+    k.d.ok(&["destroy", "mover"]);
+    k.d.ok(&["delete", "mover"]);
+    for i in 0..NODES.len() {
+        k.kill_agent(i);
+    }
+}
+
+/// The VM's disk files in both agents' default pools.
+fn files_of(dir: &Path, vm_id: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for (n, _) in NODES {
+        let disks = dir.join(format!("agent-{n}")).join("disks");
+        for e in std::fs::read_dir(&disks).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().contains(vm_id) {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
