@@ -295,6 +295,14 @@ where
             ep::PutImage::ROUTE,
             upload::<A, ep::PutImage, _, _>(|a, r, body| async move { a.put_image(r, body).await }),
         )
+        .route(
+            ep::ReadDiskFile::ROUTE,
+            download::<A, ep::ReadDiskFile, _, _>(|a, r| async move { a.read_disk_file(r).await }),
+        )
+        .route(
+            ep::PutDisk::ROUTE,
+            upload::<A, ep::PutDisk, _, _>(|a, r, body| async move { a.put_disk(r, body).await }),
+        )
         .with_state(api)
 }
 

@@ -26,35 +26,7 @@ impl Shared {
                 "{path} is not a file of this host's image store"
             )));
         }
-        let f = tokio::fs::File::open(p)
-            .await
-            .map_err(|e| AgentFailure::internal(format!("opening {path}: {e}")))?;
-        let size = f
-            .metadata()
-            .await
-            .map_err(|e| AgentFailure::internal(format!("reading {path}: {e}")))?
-            .len();
-        let path = path.to_string();
-        let bytes = futures::stream::unfold(Some(f), move |f| {
-            let path = path.clone();
-            async move {
-                let mut f = f?;
-                let mut buf = vec![0u8; CHUNK];
-                match f.read(&mut buf).await {
-                    Ok(0) => None,
-                    Ok(n) => {
-                        buf.truncate(n);
-                        Some((Ok(Bytes::from(buf)), Some(f)))
-                    }
-                    Err(e) => Some((
-                        Err(AgentFailure::internal(format!("reading {path}: {e}"))),
-                        None,
-                    )),
-                }
-            }
-        })
-        .boxed();
-        Ok(SizedBytes { size, bytes })
+        file_bytes(p).await
     }
 
     /// Stores the image of `req` from `body`; replaces an image of that name.
@@ -231,6 +203,39 @@ async fn receive(req: &PutImageRequest, mut body: ByteStream<AgentFailure>, dir:
         )));
     }
     Ok(())
+}
+
+/// The bytes of a file, read as they are sent.
+pub(crate) async fn file_bytes(p: &Path) -> Res<SizedBytes<AgentFailure>> {
+    let f = tokio::fs::File::open(p)
+        .await
+        .map_err(|e| AgentFailure::internal(format!("opening {}: {e}", p.display())))?;
+    let size = f
+        .metadata()
+        .await
+        .map_err(|e| AgentFailure::internal(format!("reading {}: {e}", p.display())))?
+        .len();
+    let path = p.display().to_string();
+    let bytes = futures::stream::unfold(Some(f), move |f| {
+        let path = path.clone();
+        async move {
+            let mut f = f?;
+            let mut buf = vec![0u8; CHUNK];
+            match f.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok(Bytes::from(buf)), Some(f)))
+                }
+                Err(e) => Some((
+                    Err(AgentFailure::internal(format!("reading {path}: {e}"))),
+                    None,
+                )),
+            }
+        }
+    })
+    .boxed();
+    Ok(SizedBytes { size, bytes })
 }
 
 #[cfg(test)]

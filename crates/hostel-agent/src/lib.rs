@@ -2,6 +2,7 @@
 //! and serves the agent API (HTTPS with mutual TLS) to the controller.
 
 pub mod console;
+mod disk_moves;
 mod http;
 mod images;
 mod migrate;

@@ -664,6 +664,18 @@ impl AgentApi for Shared {
         self.put_image_bytes(req, body).await
     }
 
+    async fn read_disk_file(&self, req: ReadDiskFileRequest) -> Res<SizedBytes<AgentFailure>> {
+        self.disk_file_bytes(req).await
+    }
+
+    async fn put_disk(
+        &self,
+        req: PutDiskRequest,
+        body: ByteStream<AgentFailure>,
+    ) -> Res<DiskCreated> {
+        self.put_disk_bytes(req, body).await
+    }
+
     /// The VM's console hub (scrollback, then live output; input goes to the guest).
     async fn console_socket(&self, id: &str) -> Res<Box<dyn ByteIo>> {
         let vm = find(self, id)?;

@@ -151,6 +151,10 @@ pub struct MigrateRequest {
     /// trusted as much as the hosts themselves).
     #[serde(default)]
     pub unencrypted: bool,
+    /// Move a VM that is not running: its disk files are copied to the other host
+    /// (through the controller, over the agents' mutual TLS) and it is recorded there.
+    #[serde(default)]
+    pub offline: bool,
 }
 
 /// How a new VM's host was chosen: every host considered, and why each was or was not.

@@ -124,8 +124,8 @@ impl Controller {
         Ok(task)
     }
 
-    /// Moves one VM to `to` (or placement's choice): a running one by live migration, a
-    /// stopped one without disks by recording it on the other host. Audited as
+    /// Moves one VM to `to` (or placement's choice): a running one by live migration, one
+    /// that does not run by an offline move (its disks copied), if allowed. Audited as
     /// `vm.migrate` for the drain's admin.
     async fn move_off(
         self: &Arc<Self>,
@@ -134,17 +134,17 @@ impl Controller {
         to: Option<&str>,
         allow_offline: bool,
     ) -> Res<String> {
-        let req = MigrateRequest {
-            to: to.map(String::from),
-            ..Default::default()
-        };
-        let res = if matches!(vm.state, VmState::Running | VmState::Paused) {
+        let live = matches!(vm.state, VmState::Running | VmState::Paused);
+        let res = if live || allow_offline {
+            let req = MigrateRequest {
+                to: to.map(String::from),
+                offline: !live,
+                ..Default::default()
+            };
             match self.migrate_vm(ctx, &vm.name, req).await {
                 Ok(t) => self.wait_task(&t.id).await,
                 Err(e) => Err(e),
             }
-        } else if allow_offline {
-            self.rehome_stopped(vm, to).await
         } else {
             Err(Error::conflict(format!(
                 "it is {}: only running VMs move unless offline moves are allowed \
@@ -161,38 +161,6 @@ impl Controller {
         );
         self.record_audit(rec).await;
         res
-    }
-
-    /// A VM with no QEMU and no disks holds nothing on its host: it is recorded on
-    /// another (its image follows it there when it starts).
-    async fn rehome_stopped(&self, vm: &VmRecord, to: Option<&str>) -> Res<String> {
-        if !self.store.disks_of(&vm.id).await?.is_empty() {
-            return Err(Error::conflict(
-                "it is stopped and has disks: moving a stopped VM's disks is not built yet; \
-                 start it to move it live, or move it after the maintenance"
-                    .to_string(),
-            ));
-        }
-        let (target, _, _) = self
-            .place(&crate::placement::Ask {
-                need_mib: 0,
-                tags: &[],
-                anti_affinity: vm.anti_affinity.as_deref(),
-                exclude: vm.host_id.as_deref(),
-                only: to,
-                vm_id: Some(&vm.id),
-            })
-            .await?;
-        if let Some(img) = self.image_of(vm).await? {
-            self.image_on(&img, &target, None).await?;
-        }
-        if let Some(old) = vm.host_id.as_deref().and_then(|h| self.agent(h)) {
-            let _ = hostel_api::agent::AgentApi::forget_vm(&old, &vm.id).await;
-        }
-        self.store
-            .set_vm_host(&vm.id, &target, vm.state, None)
-            .await?;
-        Ok(format!("recorded on {target} (it was not running)"))
     }
 
     /// Waits for a task to end: its message, or its error.

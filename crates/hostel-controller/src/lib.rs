@@ -21,6 +21,7 @@ mod image_copies;
 mod images;
 mod lease;
 mod migrate;
+mod migrate_offline;
 mod migrate_recover;
 mod net_policy;
 mod networks;

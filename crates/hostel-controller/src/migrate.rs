@@ -120,13 +120,20 @@ impl Controller {
         ctx.params(
             serde_json::json!({"to": req.to, "max_downtime_ms": req.max_downtime_ms,
             "bandwidth_mibps": req.bandwidth_mibps, "force_complete": req.force_complete,
-            "unencrypted": req.unencrypted}),
+            "unencrypted": req.unencrypted, "offline": req.offline}),
         );
         let (guard, vm) = self.locked_vm(ctx, name).await?;
-        if !matches!(vm.state, VmState::Running | VmState::Paused) {
+        if req.offline && vm.state.has_process() {
             return Err(Error::conflict(format!(
-                "VM {name} is {}: only a running or paused VM migrates live (start it, or move \
-                 a stopped VM by offline migration, not built yet)",
+                "VM {name} is {}: an offline move is for a VM that does not run; stop it \
+                 first (`hostel shutdown {name}`), or move it live (without --offline)",
+                vm.state.as_str()
+            )));
+        }
+        if !req.offline && !matches!(vm.state, VmState::Running | VmState::Paused) {
+            return Err(Error::conflict(format!(
+                "VM {name} is {}: only a running or paused VM migrates live; move it with \
+                 --offline (its disks are copied), or start it first",
                 vm.state.as_str()
             )));
         }
@@ -161,7 +168,7 @@ impl Controller {
                  (`hostel snapshot list {name}`)"
             )));
         }
-        if !req.unencrypted && self.pki.get().is_none() {
+        if !req.offline && !req.unencrypted && self.pki.get().is_none() {
             return Err(Error::unavailable(
                 "this controller has no migration CA to encrypt the stream with",
             ));
@@ -170,9 +177,11 @@ impl Controller {
         // The target is chosen and its memory held for the VM at once: two migrations
         // at a time (a drain's) do not both fill the same room.
         let placing = self.migrate_placing.lock().await;
+        // A VM that does not run holds no memory anywhere.
+        let need_mib = if req.offline { 0 } else { vm.max_memory_mib };
         let (target, _, _) = self
             .place(&crate::placement::Ask {
-                need_mib: vm.max_memory_mib,
+                need_mib,
                 tags: &[],
                 anti_affinity: vm.anti_affinity.as_deref(),
                 exclude: Some(&source),
@@ -190,7 +199,7 @@ impl Controller {
             .unwrap_or_default();
         // QEMU resolves the VM's machine type (`q35`) and CPU model to its own version's:
         // a stream from one version is not what another expects.
-        if let Some(s) = &source_rec {
+        if let Some(s) = source_rec.as_ref().filter(|_| !req.offline) {
             if s.qemu_version != target_rec.qemu_version {
                 return Err(Error::conflict(format!(
                     "host {source} runs QEMU {} and host {target} QEMU {}: the VM's machine \
@@ -224,8 +233,8 @@ impl Controller {
             vm_id: vm.id.clone(),
             source: source.clone(),
             target: target.clone(),
-            memory_mib: vm.max_memory_mib,
-            step: "prepare".into(),
+            memory_mib: need_mib,
+            step: if req.offline { "offline" } else { "prepare" }.into(),
             was_running: vm.state == VmState::Running,
             disks: "[]".into(),
             started_at: hostel_store::now(),
@@ -249,7 +258,7 @@ impl Controller {
             Reservation {
                 id: task.id.clone(),
                 target: target.clone(),
-                mib: vm.max_memory_mib,
+                mib: need_mib,
                 live: true,
             },
         );
@@ -272,7 +281,11 @@ impl Controller {
                 req,
                 cancel,
             };
-            let res = me.run_migration(&moving).await;
+            let res = if moving.req.offline {
+                me.run_offline(&moving).await
+            } else {
+                me.run_migration(&moving).await.map(|r| done_message(&r))
+            };
             me.migration_cancels.lock().unwrap().remove(&moving.row.id);
             me.end_migration(&moving, res).await;
             if me.is_migrating(&moving.vm.id) {
@@ -307,31 +320,16 @@ impl Controller {
         self.task(ctx, id).await
     }
 
-    async fn end_migration(&self, m: &Moving, res: Res<wire::MigrationResult>) {
+    async fn end_migration(&self, m: &Moving, res: Res<String>) {
         let id = &m.row.id;
         let _ = match res {
-            Ok(r) => {
+            Ok(msg) => {
                 {
                     let mut held = self.migrating.lock().unwrap();
                     if held.get(&m.vm.id).is_some_and(|r| r.live) {
                         held.remove(&m.vm.id);
                     }
                 }
-                let msg = format!(
-                    "done: {} ms downtime, {} ms in all{}{}",
-                    r.downtime_ms,
-                    r.total_ms,
-                    if r.forced {
-                        " (the guest was paused to finish)"
-                    } else {
-                        ""
-                    },
-                    if r.tls {
-                        ", encrypted"
-                    } else {
-                        ", unencrypted"
-                    }
-                );
                 self.store
                     .update_task(id, TaskState::Succeeded, 1.0, &msg, None)
                     .await
@@ -376,24 +374,41 @@ impl Controller {
         };
     }
 
-    async fn run_migration(&self, m: &Moving) -> Res<wire::MigrationResult> {
-        let vm = &m.vm;
-        let cancelled = || {
-            if *m.cancel.borrow() {
-                Err(Error::conflict("the migration was cancelled"))
-            } else {
-                Ok(())
-            }
-        };
-        // What boots the VM, as the target holds it (copied there first if it has none).
+    /// What boots the VM, as the target holds it (copied there first if it has none).
+    pub(crate) async fn boot_images_to(&self, vm: &VmRecord, target: &str) -> Res<()> {
         if let Some(img) = self.image_of(vm).await? {
-            self.image_on(&img, &m.row.target, None).await?;
+            self.image_on(&img, target, None).await?;
         }
         if let Some(cd) = &vm.cdrom_image_id {
             if let Some(img) = self.store.image_by_id(cd).await? {
-                self.image_on(&img, &m.row.target, None).await?;
+                self.image_on(&img, target, None).await?;
             }
         }
+        Ok(())
+    }
+
+    /// The target's copy of a disk's image, to make the disk's new file on.
+    pub(crate) async fn backing_on(
+        &self,
+        image_id: Option<&str>,
+        target: &str,
+    ) -> Res<Option<wire::Backing>> {
+        let Some(id) = image_id else { return Ok(None) };
+        let Some(img) = self.store.image_by_id(id).await? else {
+            return Ok(None);
+        };
+        let copy = self.image_on(&img, target, None).await?;
+        Ok(Some(wire::Backing {
+            path: copy.path.unwrap_or_default(),
+            format: img.format.clone(),
+            image_id: img.id.clone(),
+        }))
+    }
+
+    async fn run_migration(&self, m: &Moving) -> Res<wire::MigrationResult> {
+        let vm = &m.vm;
+        let cancelled = || m.cancelled();
+        self.boot_images_to(vm, &m.row.target).await?;
         cancelled()?;
         let mut there = vm.clone();
         there.host_id = Some(m.row.target.clone());
@@ -401,29 +416,11 @@ impl Controller {
         // The disks move too: new files on the target (in its default pool, on its copy
         // of their image), which the source mirrors into before the memory goes. Each
         // is in the journal as soon as it exists.
-        let mut disks: Vec<MovedDisk> = self
-            .store
-            .disks_of(&vm.id)
-            .await?
-            .iter()
-            .map(MovedDisk::of)
-            .collect();
-        self.journal_disks(&m.row.id, &disks).await?;
+        let mut disks = self.disks_to_move(m).await?;
         for i in 0..disks.len() {
-            let backing = match &disks[i].image_id {
-                Some(id) => match self.store.image_by_id(id).await? {
-                    Some(img) => {
-                        let copy = self.image_on(&img, &m.row.target, None).await?;
-                        Some(wire::Backing {
-                            path: copy.path.unwrap_or_default(),
-                            format: img.format.clone(),
-                            image_id: img.id.clone(),
-                        })
-                    }
-                    None => None,
-                },
-                None => None,
-            };
+            let backing = self
+                .backing_on(disks[i].image_id.as_deref(), &m.row.target)
+                .await?;
             let c = m
                 .target_agent
                 .create_disk(wire::CreateDiskRequest {
@@ -492,30 +489,7 @@ impl Controller {
         let state = self
             .arrived_state(&m.target_agent, vm, m.row.was_running, result.forced)
             .await?;
-        let moved: Vec<(String, String, String)> = disks
-            .iter()
-            .map(|d| {
-                (
-                    d.id.clone(),
-                    d.new_path.clone().unwrap_or_default(),
-                    d.new_format.clone().unwrap_or_default(),
-                )
-            })
-            .collect();
-        self.store
-            .commit_move(&m.row, state.state, state.pid, &moved)
-            .await?;
-        hostel_faults::hold("controller.migrate.cleanup").await;
-        let row = MoveRecord {
-            disks: serde_json::to_string(&disks).map_err(anyhow::Error::from)?,
-            ..m.row.clone()
-        };
-        if !self.clean_source(&row).await {
-            // The VM runs on the target; recovery removes the source's copy later.
-            if let Some(r) = self.migrating.lock().unwrap().get_mut(&vm.id) {
-                r.live = false;
-            }
-        }
+        self.commit_moved(m, &disks, state.state, state.pid).await?;
         tracing::info!(vm = %vm.name, from = %m.row.source, to = %m.row.target,
             downtime_ms = result.downtime_ms, tls = result.tls, "migrated");
         Ok(result)
@@ -542,6 +516,47 @@ impl Controller {
             })
         };
         Ok((Some(end(true)?), Some(end(false)?)))
+    }
+
+    /// The move is done: the database says the VM is on the target (in `state`, QEMU
+    /// `pid`) with its disks' new files, then the source's QEMU and old files go (or,
+    /// if the source does not answer, recovery removes them later).
+    pub(crate) async fn commit_moved(
+        &self,
+        m: &Moving,
+        disks: &[MovedDisk],
+        state: VmState,
+        pid: Option<u32>,
+    ) -> Res<()> {
+        let moved: Vec<(String, String, String)> = disks
+            .iter()
+            .filter_map(|d| Some((d.id.clone(), d.new_path.clone()?, d.new_format.clone()?)))
+            .collect();
+        self.store.commit_move(&m.row, state, pid, &moved).await?;
+        hostel_faults::hold("controller.migrate.cleanup").await;
+        let row = MoveRecord {
+            disks: serde_json::to_string(disks).map_err(anyhow::Error::from)?,
+            ..m.row.clone()
+        };
+        if !self.clean_source(&row).await {
+            if let Some(r) = self.migrating.lock().unwrap().get_mut(&m.vm.id) {
+                r.live = false;
+            }
+        }
+        Ok(())
+    }
+
+    /// The VM's disks as they are, written to the journal before any moves.
+    pub(crate) async fn disks_to_move(&self, m: &Moving) -> Res<Vec<MovedDisk>> {
+        let disks: Vec<MovedDisk> = self
+            .store
+            .disks_of(&m.vm.id)
+            .await?
+            .iter()
+            .map(MovedDisk::of)
+            .collect();
+        self.journal_disks(&m.row.id, &disks).await?;
+        Ok(disks)
     }
 
     pub(crate) async fn journal_disks(&self, id: &str, disks: &[MovedDisk]) -> Res<()> {
@@ -637,18 +652,47 @@ impl Controller {
     }
 }
 
+/// The task's message of a live migration that went through.
+fn done_message(r: &wire::MigrationResult) -> String {
+    format!(
+        "done: {} ms downtime, {} ms in all{}{}",
+        r.downtime_ms,
+        r.total_ms,
+        if r.forced {
+            " (the guest was paused to finish)"
+        } else {
+            ""
+        },
+        if r.tls {
+            ", encrypted"
+        } else {
+            ", unencrypted"
+        }
+    )
+}
+
+impl Moving {
+    pub(crate) fn cancelled(&self) -> Res<()> {
+        if *self.cancel.borrow() {
+            Err(Error::conflict("the migration was cancelled"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
 /// A migration under way.
-struct Moving {
-    vm: VmRecord,
+pub(crate) struct Moving {
+    pub vm: VmRecord,
     /// Its journal row as it began.
-    row: MoveRecord,
+    pub row: MoveRecord,
     /// The target's address the source sends the stream to.
-    connect: String,
-    source_agent: crate::agent_client::AgentClient,
-    target_agent: crate::agent_client::AgentClient,
-    req: MigrateRequest,
+    pub connect: String,
+    pub source_agent: crate::agent_client::AgentClient,
+    pub target_agent: crate::agent_client::AgentClient,
+    pub req: MigrateRequest,
     /// Set by `cancel_task`.
-    cancel: tokio::sync::watch::Receiver<bool>,
+    pub cancel: tokio::sync::watch::Receiver<bool>,
 }
 
 #[cfg(test)]

@@ -232,6 +232,10 @@ impl Controller {
             return Ok(Settled::Forward);
         }
         let target = agent(&row.target)?;
+        if row.step == "offline" {
+            self.undo_offline(&row, &target).await?;
+            return Ok(Settled::Back);
+        }
         let src = source.get_migration(&row.vm_id).await?;
         let tgt = target.get_migration(&row.vm_id).await?;
         // Only a QEMU that received the whole VM leaves `inmigrate`. (The source's

@@ -173,6 +173,17 @@ impl SimHost {
         Err(not_found(id))
     }
 
+    /// A SIMULATED new disk file of a VM.
+    fn new_disk(&self, vm_id: &str, index: u32, size_mib: u64) -> DiskCreated {
+        let path = format!("/simulated/{vm_id}/disk{index}.qcow2");
+        self.disks.lock().unwrap().insert(path.clone());
+        DiskCreated {
+            path,
+            format: "qcow2".into(),
+            size_mib,
+        }
+    }
+
     /// Records a VM's new state, streamed as an event.
     fn set(&self, s: VmStatus) -> VmStatus {
         let _ = self.events.send(Event {
@@ -436,13 +447,7 @@ impl AgentApi for SimHost {
     }
 
     async fn create_disk(&self, req: CreateDiskRequest) -> Res<DiskCreated> {
-        let path = format!("/simulated/{}/disk{}.qcow2", req.vm_id, req.index);
-        self.disks.lock().unwrap().insert(path.clone());
-        Ok(DiskCreated {
-            path,
-            format: "qcow2".into(),
-            size_mib: req.size_mib,
-        })
+        Ok(self.new_disk(&req.vm_id, req.index, req.size_mib))
     }
 
     async fn delete_disk(&self, req: DeleteDiskRequest) -> Res<()> {
@@ -623,6 +628,46 @@ impl AgentApi for SimHost {
             size: b.len() as u64,
             bytes: Box::pin(futures::stream::iter(pieces)),
         })
+    }
+
+    /// SIMULATION: a disk file's bytes are its path's, repeated to 100 KiB.
+    async fn read_disk_file(&self, req: ReadDiskFileRequest) -> Res<SizedBytes<AgentFailure>> {
+        if !self.disks.lock().unwrap().contains(&req.file) {
+            return Err(AgentFailure::not_found(format!(
+                "{} is no disk file here",
+                req.file
+            )));
+        }
+        let b = bytes::Bytes::from(
+            req.file
+                .as_bytes()
+                .repeat(100 * 1024 / req.file.len().max(1)),
+        );
+        let pieces: Vec<Res<bytes::Bytes>> =
+            b.chunks(64 * 1024).map(|c| Ok(b.slice_ref(c))).collect();
+        Ok(SizedBytes {
+            size: b.len() as u64,
+            bytes: Box::pin(futures::stream::iter(pieces)),
+        })
+    }
+
+    /// Like the real agent's: the body must be as long as the request says, or nothing
+    /// is kept.
+    async fn put_disk(
+        &self,
+        req: PutDiskRequest,
+        body: ByteStream<AgentFailure>,
+    ) -> Res<DiskCreated> {
+        use futures::TryStreamExt;
+        let all: Vec<bytes::Bytes> = body.try_collect().await?;
+        let got: usize = all.iter().map(|b| b.len()).sum();
+        if got as u64 != req.bytes {
+            return Err(AgentFailure::invalid(format!(
+                "the body ended after {got} of {} bytes: the disk is not kept",
+                req.bytes
+            )));
+        }
+        Ok(self.new_disk(&req.vm_id, req.index, req.size_mib))
     }
 
     /// Like the real agent's: the bytes must be as long and add up to the sum the

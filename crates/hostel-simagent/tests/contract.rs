@@ -137,6 +137,42 @@ async fn every_endpoint_agrees_between_client_and_router() {
         pool: Some(pool()),
     });
     let made = made.await.unwrap();
+    // A disk file read out, and stored again from its bytes; a body shorter than said
+    // is refused.
+    let read = a
+        .read_disk_file(ReadDiskFileRequest {
+            file: made.path.clone(),
+            pool: Some(pool()),
+        })
+        .await
+        .unwrap();
+    let put = |bytes: u64, body: ByteStream<AgentCallError>| {
+        a.put_disk(
+            PutDiskRequest {
+                vm_id: "vm-moved".into(),
+                index: 0,
+                size_mib: 64,
+                format: "qcow2".into(),
+                bytes,
+                backing: None,
+                pool: None,
+            },
+            body,
+        )
+    };
+    let copied = put(read.size, read.bytes).await.unwrap();
+    assert!(copied.path.contains("vm-moved"), "{}", copied.path);
+    let again = a
+        .read_disk_file(ReadDiskFileRequest {
+            file: made.path.clone(),
+            pool: Some(pool()),
+        })
+        .await
+        .unwrap();
+    match put(again.size + 1, again.bytes).await {
+        Err(AgentCallError::Refused(f)) => assert_eq!(f.code, FailureCode::Invalid),
+        other => panic!("a short body was not refused: {other:?}"),
+    }
     let disk = DiskSpec {
         index: 1,
         path: made.path.clone(),

@@ -1347,22 +1347,25 @@ async fn a_drained_host_gets_no_vms_and_its_vms_come_back_when_undrained() {
             &a,
             DrainRequest {
                 concurrency: Some(2),
-                allow_offline: true,
+                allow_offline: false,
             },
         )
         .await
         .unwrap();
-    // d4 stays (stopped, with a disk): the task fails, naming it, after moving the rest.
+    // Without offline moves, d3 and d4 (stopped) stay: the task fails, naming them,
+    // after moving the rest.
     let err = k.task_end(&t.id).await.unwrap_err();
-    assert!(err.contains("d4: stays:"), "{err}");
-    for n in ["d1", "d2", "d3"] {
+    for n in ["d3", "d4"] {
+        assert!(err.contains(&format!("{n}: stays:")), "{err}");
+        assert_eq!(on(n).await, a);
+    }
+    for n in ["d1", "d2"] {
         assert_eq!(on(n).await, b, "{n} moved off {a}");
         assert!(err.contains(&format!("{n}: ")), "{n} is reported: {err}");
     }
-    assert_eq!(on("d4").await, a);
     let hosts = k.c.list_hosts(&k.admin).await.unwrap();
     let ha = hosts.iter().find(|h| h.name == a).unwrap();
-    assert_eq!(ha.drain, "draining", "a VM is left");
+    assert_eq!(ha.drain, "draining", "VMs are left");
     // No new VM goes to a draining host, even one asking for its tag.
     let e =
         k.c.create_vm(
@@ -1375,17 +1378,41 @@ async fn a_drained_host_gets_no_vms_and_its_vms_come_back_when_undrained() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("draining (no new VMs)"), "{e}");
+    // With offline moves, the stopped ones go too, d4's disk copied to a new file on b
+    // and its old file removed from a; a is drained.
+    let d4 = k.c.store.vm_by_name("d4").await.unwrap().unwrap();
+    let old = k.c.store.disks_of(&d4.id).await.unwrap().remove(0);
+    let t =
+        k.c.drain_host(
+            &k.admin,
+            &a,
+            DrainRequest {
+                concurrency: Some(2),
+                allow_offline: true,
+            },
+        )
+        .await
+        .unwrap();
+    k.task_end(&t.id).await.unwrap();
+    for n in ["d3", "d4"] {
+        assert_eq!(on(n).await, b, "{n} moved off {a}");
+    }
+    let new = k.c.store.disks_of(&d4.id).await.unwrap().remove(0);
+    assert!(k.sims[1].disk_files().contains(&new.path));
+    assert!(!k.sims[0].disk_files().contains(&old.path));
+    let hosts = k.c.list_hosts(&k.admin).await.unwrap();
+    assert_eq!(hosts.iter().find(|h| h.name == a).unwrap().drain, "drained");
     // Every move is in the audit trail.
     let trail = k.c.store.audit(&Default::default()).await.unwrap();
     let moves = trail.iter().filter(|r| r.action == "vm.migrate").count();
-    assert!(moves >= 4, "{moves} vm.migrate entries");
-    // Undrained with --return: the running VMs it moved go back.
+    assert!(moves >= 6, "{moves} vm.migrate entries");
+    // Undrained with --return: the VMs it moved go back.
     let t =
         k.c.undrain_host(&k.admin, &a, UndrainRequest { return_vms: true })
             .await
             .unwrap();
     k.task_end(&t.id).await.unwrap();
-    for n in ["d1", "d2", "d3"] {
+    for n in ["d1", "d2", "d3", "d4"] {
         assert_eq!(on(n).await, a, "{n} came back");
     }
     let hosts = k.c.list_hosts(&k.admin).await.unwrap();

@@ -431,6 +431,52 @@ async fn a_migration_killed_at_any_step_ends_with_exactly_one_vm() {
         "one disk file for the VM, on its host: {left:?}"
     );
 
+    // Offline: a stopped VM moves with its disk copied. Killed before its commit, it
+    // stays where it was and the new file goes; then it moves, and boots there with its
+    // disk as it was.
+    k.d.ok(&["destroy", "mover"]);
+    let err = k.d.fails(&["migrate", "mover", "--to", other(&host)]);
+    assert!(err.contains("--offline"), "{err}");
+    k.arm("controller.migrate.offline-commit");
+    let task = k.d.ok(&[
+        "migrate",
+        "mover",
+        "--to",
+        other(&host),
+        "--offline",
+        "--detach",
+    ]);
+    let task = task.trim().to_string();
+    k.wait_reached("controller.migrate.offline-commit");
+    assert_eq!(files_of(&k.dir, &vm_id).len(), 2, "the copy is made");
+    k.d.kill9();
+    k.d.launch();
+    k.wait_online();
+    let t = k.task_end(&task);
+    assert_eq!(t["state"], "failed", "{t}");
+    assert_eq!(k.d.describe("mover")["host"], host.as_str());
+    let left = files_of(&k.dir, &vm_id);
+    assert_eq!(left.len(), 1, "the half-made move's file went: {left:?}");
+    let out =
+        k.d.ok(&["migrate", "mover", "--to", other(&host), "--offline"]);
+    assert!(out.contains("moved offline"), "{out}");
+    let moved = k.d.describe("mover");
+    assert_eq!(moved["host"], other(&host));
+    let left = files_of(&k.dir, &vm_id);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(
+        left[0]
+            .to_string_lossy()
+            .contains(&format!("agent-{}/", other(&host))),
+        "{left:?}"
+    );
+    k.d.ok(&["start", "mover"]);
+    let mut con = k.d.console("mover").await;
+    con.wait_for(READY, Duration::from_secs(180)).await;
+    assert_eq!(con.run("head -c 12 /dev/vda").await, "still-mine-1");
+    drop(con);
+    assert_eq!(qemus_of(&vm_id).len(), 1);
+
     k.d.ok(&["destroy", "mover"]);
     k.d.ok(&["delete", "mover"]);
     for i in 0..NODES.len() {

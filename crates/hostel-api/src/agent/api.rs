@@ -184,6 +184,18 @@ pub trait AgentApi: Send + Sync + 'static {
         req: PutImageRequest,
         body: ByteStream<Self::Error>,
     ) -> impl Future<Output = Result<ImageFiles, Self::Error>> + Send;
+    /// The bytes of one disk file of a stopped VM.
+    fn read_disk_file(
+        &self,
+        req: ReadDiskFileRequest,
+    ) -> impl Future<Output = Result<SizedBytes<Self::Error>, Self::Error>> + Send;
+    /// Stores a stopped VM's disk from another host's file; nothing is kept unless all
+    /// of it arrived.
+    fn put_disk(
+        &self,
+        req: PutDiskRequest,
+        body: ByteStream<Self::Error>,
+    ) -> impl Future<Output = Result<DiskCreated, Self::Error>> + Send;
 
     /// The VM's serial console. By default an agent has none (`unavailable`).
     fn console_socket(

@@ -311,6 +311,23 @@ impl UploadEndpoint for PutImage {
     type Response = ImageFiles;
 }
 
+/// One disk file of a stopped VM, as bytes (an offline move).
+pub struct ReadDiskFile;
+impl DownloadEndpoint for ReadDiskFile {
+    const NAME: &'static str = "ReadDiskFile";
+    const ROUTE: &'static str = "/v1/disks/file";
+    type Request = ReadDiskFileRequest;
+}
+
+/// Stores a stopped VM's disk sent as another host's file's bytes (an offline move).
+pub struct PutDisk;
+impl UploadEndpoint for PutDisk {
+    const NAME: &'static str = "PutDisk";
+    const ROUTE: &'static str = "/v1/disks/put";
+    type Request = PutDiskRequest;
+    type Response = DiskCreated;
+}
+
 const fn download<E: DownloadEndpoint>() -> Declared {
     Declared {
         name: E::NAME,
@@ -357,6 +374,8 @@ pub const OTHER_ENDPOINTS: &[Declared] = &[
     socket::<VncSocket>(),
     download::<ReadImageFile>(),
     upload::<PutImage>(),
+    download::<ReadDiskFile>(),
+    upload::<PutDisk>(),
 ];
 
 /// Every endpoint of the agent API.
@@ -389,7 +408,7 @@ mod tests {
                 .collect();
             assert!(params.iter().all(|p| p.starts_with("{id}")), "{}", d.route);
         }
-        assert_eq!(all().count(), 44);
+        assert_eq!(all().count(), 46);
     }
 
     fn declared<E: Endpoint>() -> Declared {
@@ -423,6 +442,8 @@ mod tests {
             socket::<VncSocket>(),
             download::<ReadImageFile>(),
             upload::<PutImage>(),
+            download::<ReadDiskFile>(),
+            upload::<PutDisk>(),
         ] {
             assert!(listed.contains(&d), "{} is not in all()", d.name);
         }

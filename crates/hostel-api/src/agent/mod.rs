@@ -547,6 +547,35 @@ pub struct MigrationResult {
     pub tls: bool,
 }
 
+/// A stopped VM's disk file to read out, for a move to another host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReadDiskFileRequest {
+    /// The disk file's path.
+    pub file: String,
+    /// The pool it is in; none: the host's default pool. (Its fields are query
+    /// parameters of their own: `name`, `driver`, `path`.)
+    #[serde(default, flatten)]
+    pub pool: Option<PoolSpec>,
+}
+
+/// A stopped VM's disk, stored on this host from another host's disk file sent as the
+/// body of [`PutDisk`](endpoints::PutDisk): a new file in `pool` (named like any disk of
+/// the VM), on this host's copy of its image (`backing`), in the pool's format.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PutDiskRequest {
+    pub vm_id: String,
+    pub index: u32,
+    pub size_mib: u64,
+    /// The sent file's format (`qcow2` or `raw`).
+    pub format: String,
+    /// The sent file's length: a body of any other length is refused.
+    pub bytes: u64,
+    #[serde(default)]
+    pub backing: Option<Backing>,
+    #[serde(default)]
+    pub pool: Option<PoolSpec>,
+}
+
 /// One file of an image to read from a host's image store.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReadImageFileRequest {

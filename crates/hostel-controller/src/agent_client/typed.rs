@@ -305,6 +305,16 @@ impl AgentApi for AgentClient {
     ) -> Res<ImageFiles> {
         self.upload::<ep::PutImage>(&req, body).await
     }
+    async fn read_disk_file(&self, req: ReadDiskFileRequest) -> Res<SizedBytes<AgentCallError>> {
+        self.download::<ep::ReadDiskFile>(&req).await
+    }
+    async fn put_disk(
+        &self,
+        req: PutDiskRequest,
+        body: ByteStream<AgentCallError>,
+    ) -> Res<DiskCreated> {
+        self.upload::<ep::PutDisk>(&req, body).await
+    }
 
     async fn console_socket(&self, id: &str) -> Res<AgentSocket> {
         self.socket::<ep::ConsoleSocket>(id).await

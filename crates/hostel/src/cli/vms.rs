@@ -119,6 +119,9 @@ pub enum Cmd {
         /// Print the migration's task id and return at once (`hostel task show|cancel`).
         #[arg(long)]
         detach: bool,
+        /// Move a VM that does not run: its disks are copied to the other host.
+        #[arg(long)]
+        offline: bool,
     },
 }
 
@@ -290,6 +293,7 @@ pub async fn run(cmd: Cmd) -> Result<()> {
             force_complete,
             unencrypted,
             detach,
+            offline,
         } => {
             let req = MigrateRequest {
                 to,
@@ -297,6 +301,7 @@ pub async fn run(cmd: Cmd) -> Result<()> {
                 bandwidth_mibps: bandwidth,
                 force_complete,
                 unencrypted,
+                offline,
             };
             let t: Task = api.post(&action(&name, "migrate"), &req).await?;
             if detach {
