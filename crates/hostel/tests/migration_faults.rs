@@ -431,6 +431,34 @@ async fn a_migration_killed_at_any_step_ends_with_exactly_one_vm() {
         "one disk file for the VM, on its host: {left:?}"
     );
 
+    // A busy guest (writing memory all the time) that cannot converge within the
+    // downtime allowed: the migration gives up and the VM runs on where it was; with
+    // --force-complete it is paused to finish, and arrives.
+    let mut con = k.d.console("mover").await;
+    con.run(
+        "(while true; do i=0; while [ $i -lt 300 ]; do echo $i$i$i$i$i$i$i$i > /tmp/x$i; \
+         i=$((i+1)); done; done) & true",
+    )
+    .await;
+    drop(con);
+    let slow = ["--max-downtime", "1", "--bandwidth", "4"];
+    let err =
+        k.d.fails(&[&["migrate", "mover", "--to", other(&host)][..], &slow].concat());
+    assert!(err.contains("did not converge"), "{err}");
+    let after = check_one_copy(&k, &vm_id, &mut last, "not converging").await;
+    assert_eq!(
+        after, host,
+        "a migration given up leaves the VM where it was"
+    );
+    let out = k.d.ok(&[
+        &["migrate", "mover", "--to", other(&host), "--force-complete"][..],
+        &slow,
+    ]
+    .concat());
+    assert!(out.contains("paused to finish"), "{out}");
+    host = check_one_copy(&k, &vm_id, &mut last, "forced").await;
+    assert_eq!(host, other(&after));
+
     // Offline: a stopped VM moves with its disk copied. Killed before its commit, it
     // stays where it was and the new file goes; then it moves, and boots there with its
     // disk as it was.
