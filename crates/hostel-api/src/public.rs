@@ -535,8 +535,7 @@ pub struct DrainRequest {
     #[serde(default)]
     #[schema(minimum = 1, maximum = 16)]
     pub concurrency: Option<u32>,
-    /// VMs that are not running move too (nothing of theirs runs; those with disks are
-    /// not moved yet, and are reported).
+    /// VMs that are not running move too, by offline moves (their disks copied).
     #[serde(default)]
     pub allow_offline: bool,
 }

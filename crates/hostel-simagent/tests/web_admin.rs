@@ -676,3 +676,121 @@ async fn names_with_markup_come_back_escaped() {
     assert!(p.body.contains("alert(2)"), "{}", p.body);
     assert!(!p.body.contains("<script>alert"), "{}", p.body);
 }
+
+/// Waits until the task page at `path` says the task succeeded; its body.
+async fn task_succeeds(b: &Browser, path: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let p = b.get(path).await;
+        if p.body.contains("<strong>succeeded</strong>") {
+            return p.body;
+        }
+        assert!(!p.body.contains("<strong>failed</strong>"), "{}", p.body);
+        assert!(Instant::now() < deadline, "{}", p.body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn hosts_are_drained_rebalanced_and_vms_moved_from_the_pages() {
+    let site = Site::new(2, Duration::from_secs(120)).await;
+    let alice = site.browser("alice").await;
+    let p = alice
+        .submit(
+            "/admin/images",
+            "/admin/images/do/build",
+            &[("recipe", "tiny")],
+        )
+        .await;
+    task_succeeds(&alice, &p.path).await;
+    let hosts: Vec<HostInfo> = site.api("/api/v1/hosts").await;
+    let (a, b) = (hosts[0].name.clone(), hosts[1].name.clone());
+    alice
+        .submit(
+            "/admin/hosts",
+            "/admin/hosts/do/tags",
+            &[("name", &a), ("tags", "a")],
+        )
+        .await;
+    let admin = &site._t.admin;
+    for n in ["w1", "w2"] {
+        let req: CreateVmRequest = serde_json::from_value(
+            serde_json::json!({"name": n, "image": "tiny", "host_tags": ["a"]}),
+        )
+        .unwrap();
+        site.c.create_vm(admin, req).await.unwrap();
+    }
+    let on = |n: &'static str| {
+        let c = site.c.clone();
+        async move {
+            c.store
+                .vm_by_name(n)
+                .await
+                .unwrap()
+                .unwrap()
+                .host_id
+                .unwrap()
+        }
+    };
+    // Both on a, none on b: the plan moves one, and applies nothing yet.
+    let p = alice
+        .submit(
+            "/admin/hosts",
+            "/admin/hosts/do/rebalance",
+            &[("dry_run", "on")],
+        )
+        .await;
+    assert_eq!(p.path, "/admin/hosts");
+    assert!(p.body.contains("The plan (not applied)"), "{}", p.body);
+    assert_eq!((on("w1").await, on("w2").await), (a.clone(), a.clone()));
+    // A drain goes to its task's page, which reports each VM; both end on b.
+    let p = alice
+        .submit(
+            "/admin/hosts",
+            "/admin/hosts/do/drain",
+            &[("name", &a), ("concurrency", "2")],
+        )
+        .await;
+    assert!(p.path.starts_with("/admin/tasks/"), "{}", p.path);
+    assert!(p.body.contains("Draining host"), "{}", p.body);
+    let done = task_succeeds(&alice, &p.path).await;
+    assert!(done.contains("w1: ") && done.contains("w2: "), "{done}");
+    assert_eq!((on("w1").await, on("w2").await), (b.clone(), b.clone()));
+    let err = alice
+        .submit(
+            "/admin/hosts",
+            "/admin/hosts/do/drain",
+            &[("name", &a), ("concurrency", "99")],
+        )
+        .await;
+    assert!(err.body.contains("flash err"), "{}", err.body);
+    // Undrained with the VMs' return: both come back.
+    let p = alice
+        .submit(
+            "/admin/hosts",
+            "/admin/hosts/do/undrain",
+            &[("name", &a), ("return", "on")],
+        )
+        .await;
+    task_succeeds(&alice, &p.path).await;
+    assert_eq!((on("w1").await, on("w2").await), (a.clone(), a.clone()));
+    // A running VM's page offers the live move with its options; a stopped one's, the
+    // offline move, which goes through its task's page.
+    let page = alice.get("/vms/w1").await.body;
+    assert!(page.contains(r#"name="force_complete""#), "{page}");
+    assert!(!page.contains("/do/move-offline"), "{page}");
+    site.c
+        .simple_action(admin, "w1", hostel_model::Op::Destroy)
+        .await
+        .unwrap();
+    let page = alice.get("/vms/w1").await.body;
+    assert!(page.contains("/do/move-offline"), "{page}");
+    let p = alice
+        .submit("/vms/w1", "/vms/w1/do/move-offline", &[("to", &b)])
+        .await;
+    assert!(p.body.contains("Migrating w1"), "{}", p.body);
+    let done = task_succeeds(&alice, &p.path).await;
+    assert!(done.contains("moved offline"), "{done}");
+    assert!(!done.contains("Cancel the migration"), "{done}");
+    assert_eq!(on("w1").await, b);
+}

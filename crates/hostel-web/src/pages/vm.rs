@@ -190,6 +190,10 @@ pub struct ActionForm {
     to: String,
     #[serde(default)]
     max_downtime: String,
+    #[serde(default)]
+    force_complete: Option<String>,
+    #[serde(default)]
+    unencrypted: Option<String>,
 }
 
 fn num<T: std::str::FromStr>(what: &str, v: &str) -> Result<T, String> {
@@ -351,11 +355,17 @@ fn call_for(action: &str, f: &ActionForm) -> Result<(Call, String), String> {
             ),
             "has its sharing changed".into(),
         ),
-        "migrate" => {
+        "migrate" | "move-offline" => {
             let to = Some(f.to.trim()).filter(|t| !t.is_empty());
             let downtime: Option<u64> = opt_num("downtime", &f.max_downtime)?;
             (
-                Call::Post("migrate", json!({"to": to, "max_downtime_ms": downtime})),
+                Call::Post(
+                    "migrate",
+                    json!({"to": to, "max_downtime_ms": downtime,
+                        "force_complete": f.force_complete.is_some(),
+                        "unencrypted": f.unencrypted.is_some(),
+                        "offline": action == "move-offline"}),
+                ),
                 "is moving to another host".into(),
             )
         }
@@ -382,7 +392,7 @@ pub async fn act(Path((name, action)): Path<(String, String)>, f: Form<ActionFor
     match (result, call) {
         (Ok(_), Call::Delete) => back("/vms", Flash::ok(format!("{name} {done}."))),
         // A migration is a task: its page follows it to the end.
-        (Ok(t), _) if action == "migrate" => back(
+        (Ok(t), _) if action == "migrate" || action == "move-offline" => back(
             &format!("/admin/tasks/{}", seg(t["id"].as_str().unwrap_or_default())),
             Flash::ok(format!("{name} {done}.")),
         ),

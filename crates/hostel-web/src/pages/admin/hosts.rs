@@ -11,7 +11,10 @@ use askama::Template;
 use axum::extract::Path;
 use axum::http::HeaderMap;
 use axum::response::Response;
-use hostel_api::public::{AddHostRequest, HostInfo, SetHostRequest, VmSummary};
+use hostel_api::public::{
+    AddHostRequest, DrainRequest, HostInfo, RebalancePlan, RebalanceRequest, SetHostRequest, Task,
+    UndrainRequest, VmSummary,
+};
 use std::collections::HashMap;
 
 /// The VMs read to add up each host's vCPUs (one page of the VM list).
@@ -134,6 +137,66 @@ pub async fn act(Path(action): Path<String>, f: Form<Fields>) -> Response {
                 }
             })
         }
+        "drain" => {
+            let name = f.get("name");
+            let concurrency = match f.num::<u32>("concurrency", "VMs moved at once") {
+                Ok(n) => n,
+                Err(why) => return super::super::fields::refused(HERE, why),
+            };
+            let req = DrainRequest {
+                concurrency,
+                allow_offline: f.on("allow_offline"),
+            };
+            let r = s
+                .api
+                .post::<_, Task>(&format!("/api/v1/hosts/{}/drain", seg(name)), &req)
+                .await;
+            follow_or_back(HERE, r, "The drain of host")
+        }
+        "undrain" => {
+            let name = f.get("name");
+            let req = UndrainRequest {
+                return_vms: f.on("return"),
+            };
+            let r = s
+                .api
+                .post::<_, Task>(&format!("/api/v1/hosts/{}/undrain", seg(name)), &req)
+                .await;
+            follow_or_back(HERE, r, "The undrain of host")
+        }
+        "rebalance" => {
+            let req = RebalanceRequest {
+                dry_run: f.on("dry_run"),
+                min_gain: None,
+            };
+            let r = s
+                .api
+                .post::<_, RebalancePlan>("/api/v1/rebalance", &req)
+                .await;
+            match r {
+                Ok(RebalancePlan { task: Some(t), .. }) => super::images::follow(t, "Rebalancing"),
+                r => done(HERE, r, |p| {
+                    let moves: Vec<String> = p
+                        .moves
+                        .iter()
+                        .map(|m| format!("{} from {} to {}", m.vm, m.from, m.to))
+                        .collect();
+                    if moves.is_empty() {
+                        format!(
+                            "The hosts are balanced (score {:.3}): nothing to move.",
+                            p.score_before
+                        )
+                    } else {
+                        format!(
+                            "The plan (not applied), score {:.3} → {:.3}: {}.",
+                            p.score_before,
+                            p.score_after,
+                            moves.join("; ")
+                        )
+                    }
+                }),
+            }
+        }
         "remove" => {
             let name = f.get("name");
             let r = s
@@ -146,5 +209,13 @@ pub async fn act(Path(action): Path<String>, f: Form<Fields>) -> Response {
             HERE,
             format!("{other:?} is not something this page does"),
         ),
+    }
+}
+
+/// A task's page once it started, or this page with why it did not.
+fn follow_or_back(here: &str, r: crate::api::ApiResult<Task>, what: &str) -> Response {
+    match r {
+        Ok(t) => super::images::follow(t, what),
+        Err(e) => crate::session::back_err(here, &e),
     }
 }

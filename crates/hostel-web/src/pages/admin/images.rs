@@ -31,6 +31,22 @@ impl ImagesPage {
     }
 }
 
+/// Cancels a migration from its task's page, and shows the page again.
+pub async fn cancel(Path(id): Path<String>, f: Form<Fields>) -> Response {
+    let here = format!("/admin/tasks/{}", seg(&id));
+    let r = f
+        .session
+        .api
+        .post::<_, Task>(
+            &format!("/api/v1/tasks/{}/cancel", seg(&id)),
+            &serde_json::json!({}),
+        )
+        .await;
+    done(&here, r, |t| {
+        format!("Cancelling the migration of {}.", t.target)
+    })
+}
+
 pub async fn show(s: Session, headers: HeaderMap) -> Response {
     let images = match s.api.get::<Vec<Image>>("/api/v1/images").await {
         Ok(i) => i,
@@ -63,6 +79,21 @@ impl TaskPage {
     pub fn percent(&self) -> u32 {
         (self.t.progress.clamp(0.0, 1.0) * 100.0).round() as u32
     }
+    /// Where the page's way back leads: the images, or the hosts for a move.
+    pub fn back_to(&self) -> &'static str {
+        if self.t.kind.starts_with("image") {
+            "/admin/images"
+        } else {
+            "/admin/hosts"
+        }
+    }
+    pub fn back_what(&self) -> &'static str {
+        if self.t.kind.starts_with("image") {
+            "images"
+        } else {
+            "hosts"
+        }
+    }
     pub fn at(&self, t: &str) -> String {
         when(t)
     }
@@ -78,6 +109,9 @@ pub async fn task(s: Session, headers: HeaderMap, Path(id): Path<String>) -> Res
         "image-import" => format!("Importing image {}", t.target),
         "image-copy" => format!("Copying image {}", t.target),
         "vm-migrate" => format!("Migrating {}", t.target),
+        "host-drain" => format!("Draining host {}", t.target),
+        "host-undrain" => format!("Undraining host {}", t.target),
+        "rebalance" => format!("Rebalancing {}", t.target),
         kind => format!("{kind} of {}", t.target),
     };
     let layout = Layout::new(&s, &headers, title, "images");
@@ -86,7 +120,7 @@ pub async fn task(s: Session, headers: HeaderMap, Path(id): Path<String>) -> Res
 }
 
 /// A task's page, after the form that started it.
-fn follow(t: Task, what: &str) -> Response {
+pub(super) fn follow(t: Task, what: &str) -> Response {
     back(
         &format!("/admin/tasks/{}", seg(&t.id)),
         Flash::ok(format!("{what} {} has started.", t.target)),

@@ -26,6 +26,7 @@ pub fn routes() -> Router<Arc<Web>> {
         .route("/admin/images", get(images::show))
         .route("/admin/images/do/{action}", post(images::act))
         .route("/admin/tasks/{id}", get(images::task))
+        .route("/admin/tasks/{id}/cancel", post(images::cancel))
         .route("/admin/networks", get(networks::networks))
         .route("/admin/pools", get(networks::pools))
         .route("/admin/networks/do/{action}", post(networks::act))
