@@ -298,7 +298,7 @@ fn p50_p99(v: &mut [f64]) -> (f64, f64) {
 
 /// `program`, to be spawned straight into network namespace `ns` (a `setns` between fork
 /// and exec: no `ip netns exec`, whose mount namespace and /sys remount would be timed).
-fn in_netns(ns: &str, program: &Path) -> Result<Command> {
+pub(crate) fn in_netns(ns: &str, program: &Path) -> Result<Command> {
     let f = std::fs::File::open(format!("/run/netns/{ns}"))?;
     let mut cmd = Command::new(program);
     // SAFETY: the closure makes one system call (setns) between fork and exec; the file

@@ -9,6 +9,7 @@ mod daemon;
 mod fleet;
 mod latency;
 mod libvirt;
+mod migration;
 mod web;
 
 use anyhow::{bail, Context, Result};
@@ -25,7 +26,7 @@ struct Args {
     runs: usize,
     out: Option<PathBuf>,
     quick: bool,
-    /// `--only create-latency`: just the create → QEMU running rows.
+    /// `--only create-latency`, `web` or `migration`: just those rows.
     only: Option<String>,
     /// Runs of the create → QEMU running rows.
     create_runs: usize,
@@ -51,14 +52,18 @@ fn parse_args() -> Result<Args> {
             "--only" => match it.next().as_deref() {
                 Some("create-latency") => a.only = Some("create-latency".into()),
                 Some("web") => a.only = Some("web".into()),
+                Some("migration") => a.only = Some("migration".into()),
                 other => {
-                    bail!("--only {other:?}: the parts that run alone are create-latency and web")
+                    bail!(
+                        "--only {other:?}: the parts that run alone are create-latency, web \
+                         and migration"
+                    )
                 }
             },
             other => {
                 bail!(
                     "unknown argument {other:?}: use --hostel PATH --runs N --out FILE --quick \
-                     --create-runs N --only create-latency"
+                     --create-runs N --only create-latency|web|migration"
                 )
             }
         }
@@ -301,13 +306,22 @@ pub(crate) struct Row {
 fn main() -> Result<()> {
     let args = parse_args()?;
     let mut d = Daemon::start(&args.hostel)?;
-    if args.only.as_deref() == Some("web") {
-        let rows = web_alone(&mut d)?;
+    let alone = match args.only.as_deref() {
+        Some("web") => Some(web_alone(&mut d)?),
+        Some("migration") => Some(migration::rows(&d, args.quick)?),
+        _ => None,
+    };
+    if let Some(rows) = alone {
         let table = table(&rows);
         print!("{table}");
         if let Some(out) = &args.out {
             let command = std::env::var("HOSTEL_BENCH_COMMAND").unwrap_or_default();
-            std::fs::write(out, format!("Command: `{command}`\n\n{table}"))?;
+            let note = if args.only.as_deref() == Some("migration") {
+                format!("\n{}\n", migration::NOTE)
+            } else {
+                String::new()
+            };
+            std::fs::write(out, format!("Command: `{command}`\n\n{table}{note}"))?;
         }
         return Ok(());
     }
@@ -536,6 +550,10 @@ fn main() -> Result<()> {
         budget: "".into(),
     });
 
+    // f. live migration between two real agents, against plain QEMU's `migrate`: before
+    // the simulated fleet, whose hosts would otherwise be placement's choices too.
+    rows.extend(migration::rows(&d, args.quick)?);
+
     // d. the control plane over a simulated fleet's records.
     // A simulated fleet: the hosts join through the API; then 10,000 VMs (the memory
     // budget's size), then 100,000 (the list's).
@@ -583,17 +601,6 @@ fn main() -> Result<()> {
     }
     let _ = sim.child.kill();
     let _ = sim.child.wait();
-    // f. Slots for live migration, against plain QEMU's migrate, once Hostel has it.
-    for what in ["downtime", "total time"] {
-        rows.push(Row {
-            what: format!("live migration {what}, tiny guest, without and with shared storage (s)"),
-            hostel: "not yet: no live migration".into(),
-            peer: "plain QEMU `migrate`: not yet".into(),
-            ratio: "".into(),
-            budget: "".into(),
-        });
-    }
-
     write_out(&args, &d, &lv, &rows)
 }
 
@@ -680,6 +687,7 @@ fn write_out(args: &Args, d: &Daemon, lv: &Libvirt, rows: &[Row]) -> Result<()> 
              `security_driver = \"none\"`; its domain is the plain QEMU guest in XML (q35, TCG, `-cpu max`, \
              256 MiB, the tiny image's kernel and initrd, serial to a file, balloon, pvpanic).\n\n\
              {}\n\n\
+             {}\n\n\
              The simulated fleet is the one fake in these benchmarks: `hostel-simagent` (crates/hostel-bench/src/bin), \
              one process serving 1,000 SIMULATED agents, each on a port of its own with the agent API over mutual TLS \
              (a certificate from `hostel agent-cert`), the same wire types as `hostel agent`, no QEMU. The hosts \
@@ -688,7 +696,7 @@ fn write_out(args: &Args, d: &Daemon, lv: &Libvirt, rows: &[Row]) -> Result<()> 
              is restarted, so that it reconnects to and reconciles every host. List, describe, create, start and \
              destroy then go through the real API, CLI and controller; describe, start and destroy reach the \
              VM's simulated agent. A list page is up to 1,000 VMs (the API's default and most). The VM counts \
-             are the written rows (the create rows add a few). Not measured yet: live migration (no cluster yet).\n",
+             are the written rows (the create rows add a few).\n",
             args.runs,
             std::env::var("HOSTEL_BENCH_COMMAND").unwrap_or_else(|_| "bash bench/run".into()),
             lv.virsh(&["version", "--daemon"])
@@ -696,6 +704,7 @@ fn write_out(args: &Args, d: &Daemon, lv: &Libvirt, rows: &[Row]) -> Result<()> 
                 .and_then(|v| v.lines().find(|l| l.contains("daemon")).map(|l| l.trim().to_string()))
                 .unwrap_or_default(),
             latency::NOTE,
+            migration::NOTE,
         );
         // The plot's data: one ratio per row that has one.
         let mut tsv = String::new();
