@@ -106,7 +106,10 @@ pub(crate) async fn abandon_migration(
 /// The downtime limit a migration starts with (ms), or the caller's most if lower.
 const FIRST_DOWNTIME_MS: u64 = 50;
 /// How often QEMU is asked how far it is.
-const POLL: Duration = Duration::from_millis(200);
+/// (Often: the switch-over is noticed within this, and the guest's pause with it.)
+const POLL: Duration = Duration::from_millis(20);
+/// How often progress is reported.
+const REPORT: Duration = Duration::from_millis(200);
 /// Without progress for this long, the downtime limit is raised.
 const ESCALATE_AFTER: Duration = Duration::from_secs(2);
 
@@ -172,11 +175,13 @@ impl VmRuntime {
         progress: &mut Progress<'_>,
     ) -> Result<MigrationResult, AgentError> {
         let fail = |e: hostel_qemu::QmpError| AgentError::Internal(anyhow!("{e}"));
-        // This end also stops before the switch-over, to finish the disks' mirrors
-        // while the guest is paused.
+        // When disks are mirrored, this end also stops before the switch-over, to finish
+        // the mirrors while the guest is paused (set either way: the QEMU may have sent
+        // a VM before).
         let mut caps = serde_json::to_value(&req.capabilities).unwrap_or_default();
         if let Some(a) = caps.as_array_mut() {
-            a.push(json!({"capability": "pause-before-switchover", "state": true}));
+            a.push(json!({"capability": "pause-before-switchover",
+                "state": req.mirror.is_some()}));
         }
         qmp.execute("migrate-set-capabilities", json!({ "capabilities": caps }))
             .await
@@ -205,6 +210,7 @@ impl VmRuntime {
         let mut escalated = Instant::now();
         let mut forced = false;
         let mut switched = false;
+        let mut reported = Instant::now() - REPORT;
         loop {
             tokio::time::sleep(POLL).await;
             let m = qmp
@@ -254,15 +260,18 @@ impl VmRuntime {
                 last_gain = Instant::now();
             }
             let total = (sent + left).max(1);
-            progress(
-                sent as f64 / total as f64,
-                format!(
-                    "{status}: {} MiB sent, {} MiB left, downtime limit {downtime} ms",
-                    sent >> 20,
-                    left >> 20
-                ),
-                MigrationStep::Memory,
-            );
+            if reported.elapsed() >= REPORT {
+                reported = Instant::now();
+                progress(
+                    sent as f64 / total as f64,
+                    format!(
+                        "{status}: {} MiB sent, {} MiB left, downtime limit {downtime} ms",
+                        sent >> 20,
+                        left >> 20
+                    ),
+                    MigrationStep::Memory,
+                );
+            }
             if self.migration_abandoned.load(Ordering::SeqCst)
                 && !matches!(status, "cancelling" | "completed")
             {
@@ -417,7 +426,7 @@ async fn mirror_disks(
                 "the disks' mirror was not in step within an hour".into(),
             ));
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(REPORT).await;
     }
 }
 

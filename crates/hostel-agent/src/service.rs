@@ -582,16 +582,7 @@ impl AgentApi for Shared {
         let _g = vm.op.lock().await;
         let caps = serde_json::to_value(&req.capabilities)
             .map_err(|e| invalid(anyhow::anyhow!("capabilities: {e}")))?;
-        let (uri, port, nbd_port) = vm
-            .start_incoming(
-                &self.arc(),
-                req.spec,
-                &req.listen,
-                caps,
-                req.export_disks,
-                req.tls,
-            )
-            .await?;
+        let (uri, port, nbd_port) = vm.start_incoming(&self.arc(), req, caps).await?;
         Ok(MigrateInReady {
             uri,
             port,

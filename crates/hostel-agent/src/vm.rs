@@ -236,12 +236,18 @@ impl VmRuntime {
     pub async fn start_incoming(
         self: &Arc<Self>,
         shared: &Arc<Shared>,
-        spec: VmSpec,
-        listen: &str,
+        req: hostel_api::agent::MigrateInRequest,
         caps: serde_json::Value,
-        export_disks: bool,
-        tls: Option<hostel_api::agent::StreamTls>,
     ) -> Result<(String, u16, Option<u16>), AgentError> {
+        let hostel_api::agent::MigrateInRequest {
+            spec,
+            listen,
+            export_disks,
+            shared_disks,
+            tls,
+            ..
+        } = req;
+        let listen = listen.as_str();
         let free_port = || {
             std::net::TcpListener::bind((listen, 0))
                 .and_then(|l| l.local_addr())
@@ -249,7 +255,12 @@ impl VmRuntime {
                 .map_err(|e| AgentError::Invalid(anyhow!("listen: cannot listen on {listen}: {e}")))
         };
         let port = free_port()?;
-        let nbd = if export_disks && !spec.disks.is_empty() {
+        let exported = spec
+            .disks
+            .iter()
+            .filter(|d| !shared_disks.contains(&d.index))
+            .count();
+        let nbd = if export_disks && exported > 0 {
             Some(free_port()?)
         } else {
             None
@@ -263,6 +274,7 @@ impl VmRuntime {
             uri: uri.clone(),
             caps,
             nbd: nbd.map(|p| (listen.to_string(), p)),
+            shared_disks,
             tls,
         };
         self.start_inner(shared, spec, None, None, Some(receive))
@@ -395,7 +407,8 @@ impl VmRuntime {
                 qmp.execute("migrate-incoming", json!({ "uri": r.uri }))
                     .await?;
                 if let Some((host, port)) = &r.nbd {
-                    export_disks(&qmp, &spec, host, *port, r.tls.is_some()).await?;
+                    export_disks(&qmp, &spec, &r.shared_disks, host, *port, r.tls.is_some())
+                        .await?;
                 }
                 self.clone().watch_incoming(qmp.clone(), r.nbd.is_some());
                 // Waiting for the stream: paused until it completes, then running.
@@ -1267,6 +1280,8 @@ struct Receive {
     caps: serde_json::Value,
     /// Where its NBD server listens, exporting the disks for the source's mirror.
     nbd: Option<(String, u16)>,
+    /// Disks on shared storage, not exported.
+    shared_disks: Vec<u32>,
     /// TLS on the stream and the NBD server; none: plain TCP.
     tls: Option<hostel_api::agent::StreamTls>,
 }
@@ -1277,6 +1292,7 @@ struct Receive {
 async fn export_disks(
     qmp: &Arc<Qmp>,
     spec: &VmSpec,
+    shared: &[u32],
     host: &str,
     port: u16,
     tls: bool,
@@ -1287,7 +1303,7 @@ async fn export_disks(
         args["tls-creds"] = json!(crate::stream_tls::TLS_ID);
     }
     qmp.execute("nbd-server-start", args).await?;
-    for d in &spec.disks {
+    for d in spec.disks.iter().filter(|d| !shared.contains(&d.index)) {
         qmp.execute(
             "block-export-add",
             json!({"type": "nbd", "id": format!("disk{}", d.index),

@@ -1006,9 +1006,14 @@ pub struct CreatePoolRequest {
         pattern = "^(/([^/.\\x00][^/\\x00]*|\\.([^/.\\x00][^/\\x00]*)?|\\.\\.[^/\\x00]+)?)+$"
     )]
     pub path: String,
-    /// The host, by name; default the only (or first) host.
+    /// The host, by name; default the only (or first) host. For a shared pool, the
+    /// host that records it (every connected host checks the path).
     #[serde(default)]
     pub host: Option<String>,
+    /// Every host reaches this path as the same storage (NFS, a cluster filesystem):
+    /// its VMs may run on any host, and migrate with their memory only.
+    #[serde(default)]
+    pub shared: bool,
 }
 
 fn dir_driver() -> String {
@@ -1029,6 +1034,9 @@ pub struct Pool {
     pub disks: u32,
     pub provisioned_mib: u64,
     pub created_at: String,
+    /// Every host reaches it at the same path.
+    #[serde(default)]
+    pub shared: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

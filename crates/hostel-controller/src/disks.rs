@@ -72,7 +72,7 @@ impl Controller {
         let pool = match &req.pool {
             Some(p) => {
                 let p = self.pool_named(p).await?;
-                if Some(&p.host_id) != vm.host_id.as_ref() {
+                if !p.shared && Some(&p.host_id) != vm.host_id.as_ref() {
                     return Err(Invalid::new(
                         "pool",
                         format!(

@@ -417,7 +417,12 @@ impl Controller {
         // of their image), which the source mirrors into before the memory goes. Each
         // is in the journal as soon as it exists.
         let mut disks = self.disks_to_move(m).await?;
+        // Disks on a shared pool stay where they are: both hosts reach the same file.
+        let shared = self.on_shared_pools(&disks).await?;
         for i in 0..disks.len() {
+            if shared.contains(&disks[i].idx) {
+                continue;
+            }
             let backing = self
                 .backing_on(disks[i].image_id.as_deref(), &m.row.target)
                 .await?;
@@ -437,11 +442,18 @@ impl Controller {
         }
         for s in spec.disks.iter_mut() {
             if let Some(d) = disks.iter().find(|d| d.idx == s.index) {
-                s.path = d.new_path.clone().unwrap_or_default();
-                s.format = d.new_format.clone().unwrap_or_default();
-                s.pool = None;
+                if let (Some(path), Some(format)) = (&d.new_path, &d.new_format) {
+                    s.path = path.clone();
+                    s.format = format.clone();
+                    s.pool = None;
+                }
             }
         }
+        let moving: Vec<u32> = disks
+            .iter()
+            .filter(|d| d.new_path.is_some())
+            .map(|d| d.idx)
+            .collect();
         cancelled()?;
         let (target_tls, source_tls) = self.stream_tls(m)?;
         let ready = m
@@ -452,19 +464,20 @@ impl Controller {
                     spec,
                     listen: "0.0.0.0".into(),
                     capabilities: capabilities(),
-                    export_disks: !disks.is_empty(),
+                    export_disks: !moving.is_empty(),
+                    shared_disks: shared.clone(),
                     tls: target_tls,
                 },
             )
             .await?;
         hostel_faults::hold("controller.migrate.prepare").await;
         cancelled()?;
-        let mirror = match (ready.nbd_port, disks.is_empty()) {
+        let mirror = match (ready.nbd_port, moving.is_empty()) {
             (_, true) => None,
             (Some(port), false) => Some(wire::DiskMirror {
                 host: m.connect.clone(),
                 port,
-                disks: disks.iter().map(|d| d.idx).collect(),
+                disks: moving,
             }),
             (None, false) => {
                 return Err(Error::from(anyhow::anyhow!(
@@ -546,6 +559,23 @@ impl Controller {
         Ok(())
     }
 
+    /// The indexes of those disks that are in a shared pool.
+    pub(crate) async fn on_shared_pools(&self, disks: &[MovedDisk]) -> Res<Vec<u32>> {
+        let shared: Vec<String> = self
+            .store
+            .pools()
+            .await?
+            .into_iter()
+            .filter(|p| p.shared)
+            .map(|p| p.id)
+            .collect();
+        Ok(disks
+            .iter()
+            .filter(|d| d.pool_id.as_ref().is_some_and(|p| shared.contains(p)))
+            .map(|d| d.idx)
+            .collect())
+    }
+
     /// The VM's disks as they are, written to the journal before any moves.
     pub(crate) async fn disks_to_move(&self, m: &Moving) -> Res<Vec<MovedDisk>> {
         let disks: Vec<MovedDisk> = self
@@ -583,7 +613,8 @@ impl Controller {
                 max_downtime_ms: m.req.max_downtime_ms.unwrap_or(DEFAULT_MAX_DOWNTIME_MS),
                 bandwidth_mibps: m.req.bandwidth_mibps,
                 force_complete: m.req.force_complete,
-                stall_secs: 10,
+                // Auto-converge throttles the guest step by step: time to work.
+                stall_secs: 20,
                 mirror,
                 tls,
             })

@@ -21,10 +21,15 @@ impl Controller {
         let vm = &m.vm;
         self.boot_images_to(vm, &m.row.target).await?;
         let mut disks = self.disks_to_move(m).await?;
+        let shared = self.on_shared_pools(&disks).await?;
         let n = disks.len();
         let mut bytes = 0u64;
         for i in 0..n {
             m.cancelled()?;
+            if shared.contains(&disks[i].idx) {
+                // Both hosts reach the same file.
+                continue;
+            }
             self.progress(
                 &m.row.id,
                 i as f64 / n as f64,
@@ -67,8 +72,10 @@ impl Controller {
         tracing::info!(vm = %vm.name, from = %m.row.source, to = %m.row.target, bytes,
             "moved offline");
         Ok(format!(
-            "done: moved offline, {n} disk(s), {} MiB copied",
-            bytes.div_ceil(1 << 20)
+            "done: moved offline, {} disk(s) copied ({} MiB), {} on shared storage",
+            n - shared.len(),
+            bytes.div_ceil(1 << 20),
+            shared.len()
         ))
     }
 

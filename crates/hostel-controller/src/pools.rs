@@ -18,6 +18,22 @@ type Res<T> = crate::error::Result<T>;
 pub const DEFAULT_POOL: &str = "default";
 
 impl Controller {
+    /// A recorded pool's view.
+    async fn record_view(&self, p: PoolRecord) -> Res<Pool> {
+        let mut v = self
+            .pool_view(
+                p.name,
+                p.driver.as_str().into(),
+                p.path,
+                p.host_id,
+                Some(&p.id),
+                p.created_at.to_string(),
+            )
+            .await?;
+        v.shared = p.shared;
+        Ok(v)
+    }
+
     async fn pool_view(
         &self,
         name: String,
@@ -65,6 +81,7 @@ impl Controller {
             disks: disks.len() as u32,
             provisioned_mib: disks.iter().map(|d| d.size_mib).sum(),
             created_at,
+            shared: false,
         })
     }
 
@@ -88,17 +105,7 @@ impl Controller {
             );
         }
         for p in self.store.pools().await? {
-            out.push(
-                self.pool_view(
-                    p.name,
-                    p.driver.as_str().into(),
-                    p.path,
-                    p.host_id,
-                    Some(&p.id),
-                    p.created_at.to_string(),
-                )
-                .await?,
-            );
+            out.push(self.record_view(p).await?);
         }
         Ok(out)
     }
@@ -115,20 +122,14 @@ impl Controller {
         let p = self.store.pool_by_name(name).await?.ok_or_else(|| {
             Error::not_found("pool", name, format!("there is no pool named {name:?}"))
         })?;
-        self.pool_view(
-            p.name,
-            p.driver.as_str().into(),
-            p.path,
-            p.host_id,
-            Some(&p.id),
-            p.created_at.to_string(),
-        )
-        .await
+        self.record_view(p).await
     }
 
     pub async fn create_pool(self: &Arc<Self>, ctx: &Ctx, req: CreatePoolRequest) -> Res<Pool> {
         ctx.target(&req.name, None);
-        ctx.params(serde_json::json!({"driver": req.driver, "path": req.path}));
+        ctx.params(
+            serde_json::json!({"driver": req.driver, "path": req.path, "shared": req.shared}),
+        );
         ctx.require_admin()?;
         validate_name("name", &req.name)?;
         if req.name == DEFAULT_POOL {
@@ -198,7 +199,25 @@ impl Controller {
             driver: req.driver.clone(),
             path: path.clone(),
         };
-        agent.check_pool(spec).await?;
+        agent.check_pool(spec.clone()).await?;
+        if req.shared {
+            // Every connected host must reach it, or a VM placed there could not start.
+            for (h, a) in self.agents() {
+                if h == host || !self.is_online(&h) {
+                    continue;
+                }
+                if let Err(e) = a.check_pool(spec.clone()).await {
+                    return Err(Invalid::new(
+                        "path",
+                        format!(
+                            "host {h} does not reach {path} as a pool ({e}): mount the shared \
+                             storage at the same path on every host first"
+                        ),
+                    )
+                    .into());
+                }
+            }
+        }
         let rec = PoolRecord {
             id: new_id("pool"),
             name: req.name.clone(),
@@ -206,6 +225,7 @@ impl Controller {
             path,
             host_id: host,
             created_at: now(),
+            shared: req.shared,
         };
         if let Err(e) = self.store.insert_pool(&rec).await {
             if hostel_store::is_unique_violation(&e) {

@@ -66,7 +66,8 @@ impl Controller {
         // Held until the VM is recorded: a host is not removed under a VM placed on it.
         let _placing = self.hosts_lock.read().await;
         let mut placement = None;
-        let (host, host_mem) = match &pool {
+        // A VM in a host's own pool goes to that host; one in a shared pool, anywhere.
+        let (host, host_mem) = match pool.as_ref().filter(|p| !p.shared) {
             Some(p) => {
                 let h = self
                     .store

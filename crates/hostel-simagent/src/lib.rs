@@ -539,7 +539,8 @@ impl AgentApi for SimHost {
         Ok(MigrateInReady {
             uri: format!("tcp:{}:49152", req.listen),
             port: 49152,
-            nbd_port: (req.export_disks && !req.spec.disks.is_empty()).then_some(49153),
+            nbd_port: (req.export_disks && req.spec.disks.len() > req.shared_disks.len())
+                .then_some(49153),
         })
     }
 

@@ -320,6 +320,7 @@ async fn every_endpoint_agrees_between_client_and_router() {
                     state: true,
                 }],
                 export_disks: true,
+                shared_disks: vec![],
                 tls: None,
             },
         )

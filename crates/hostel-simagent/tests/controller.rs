@@ -1537,6 +1537,7 @@ async fn migrations_left_in_the_journal_are_settled_at_start() {
             listen: "127.0.0.1".into(),
             capabilities: vec![],
             export_disks: false,
+            shared_disks: vec![],
             tls: None,
         },
     )
@@ -1579,4 +1580,80 @@ async fn migrations_left_in_the_journal_are_settled_at_start() {
         .unwrap()
         .iter()
         .all(|s| s.id != undone.id));
+}
+
+/// A VM whose disk is in a shared pool runs on any host and migrates with its memory
+/// only, live or offline: its disk stays the same file, and no host gets a copy.
+#[tokio::test]
+async fn a_vm_on_a_shared_pool_moves_without_its_disk() {
+    let k = Cluster::new(2).await;
+    k.tiny().await;
+    let pool =
+        k.c.create_pool(
+            &k.admin,
+            CreatePoolRequest {
+                name: "nfs".into(),
+                driver: "dir".into(),
+                path: "/srv/nfs-pool".into(),
+                host: Some(k.sims[0].name()),
+                shared: true,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(pool.shared);
+    k.c.create_vm(
+        &k.admin,
+        create(
+            "s1",
+            serde_json::json!({"image": "tiny", "disk_mib": 512, "pool": "nfs"}),
+        ),
+    )
+    .await
+    .unwrap();
+    let vm = k.c.store.vm_by_name("s1").await.unwrap().unwrap();
+    let disk = k.c.store.disks_of(&vm.id).await.unwrap().remove(0);
+    let from = vm.host_id.clone().unwrap();
+    let sim_of = |h: &str| k.sims.iter().find(|s| s.name() == h).unwrap().clone();
+    let ask = MigrateRequest::default();
+    let t = k.c.migrate_vm(&k.admin, "s1", ask.clone()).await.unwrap();
+    k.task_end(&t.id).await.unwrap();
+    let vm = k.c.store.vm_by_name("s1").await.unwrap().unwrap();
+    let to = vm.host_id.clone().unwrap();
+    assert_ne!(to, from);
+    let after = k.c.store.disks_of(&vm.id).await.unwrap().remove(0);
+    assert_eq!(after, disk, "the disk is the same file, in the same pool");
+    assert!(
+        sim_of(&from).disk_files().contains(&disk.path),
+        "the shared file was not removed"
+    );
+    assert!(
+        !sim_of(&to).disk_files().contains(&disk.path),
+        "no copy made"
+    );
+    // Offline too.
+    k.c.simple_action(&k.admin, "s1", Op::Destroy)
+        .await
+        .unwrap();
+    let t =
+        k.c.migrate_vm(
+            &k.admin,
+            "s1",
+            MigrateRequest {
+                offline: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    k.task_end(&t.id).await.unwrap();
+    let done = k.c.task(&k.admin, &t.id).await.unwrap();
+    assert!(
+        done.message.contains("1 on shared storage"),
+        "{}",
+        done.message
+    );
+    let vm = k.c.store.vm_by_name("s1").await.unwrap().unwrap();
+    assert_eq!(vm.host_id.as_deref(), Some(from.as_str()));
+    assert_eq!(k.c.store.disks_of(&vm.id).await.unwrap().remove(0), disk);
 }

@@ -268,4 +268,7 @@ pub const MIGRATIONS: &[&[&str]] = &[
             started_at TEXT NOT NULL,
             updated_at TEXT NOT NULL
         )"],
+    // A pool every host reaches at the same path (NFS, a cluster filesystem): its VMs
+    // run on any host, and migrate with their memory only.
+    &["ALTER TABLE pools ADD COLUMN shared BIGINT NOT NULL DEFAULT 0"],
 ];

@@ -11,8 +11,11 @@ pub struct PoolRecord {
     pub name: String,
     pub driver: PoolDriver,
     pub path: String,
+    /// The host it was made on, which checked it first.
     pub host_id: String,
     pub created_at: Timestamp,
+    /// Every host reaches it at the same path: its disks never move between hosts.
+    pub shared: bool,
 }
 
 impl FromRow for PoolRecord {
@@ -25,12 +28,13 @@ impl FromRow for PoolRecord {
             path: c.text("path")?,
             host_id: c.text("host_id")?,
             created_at: c.time("created_at")?,
+            shared: c.flag("shared")?,
         })
     }
 }
 
 impl Record for PoolRecord {
-    const COLS: &'static str = "id, name, driver, path, host_id, created_at";
+    const COLS: &'static str = "id, name, driver, path, host_id, created_at, shared";
     fn values(&self) -> Vec<Value<'_>> {
         binds![
             &self.id,
@@ -39,6 +43,7 @@ impl Record for PoolRecord {
             &self.path,
             &self.host_id,
             self.created_at,
+            self.shared,
         ]
     }
 }

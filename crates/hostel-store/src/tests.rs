@@ -348,6 +348,7 @@ async fn pools_in_use_cannot_be_deleted(url: &str) {
         path: "/srv/fast".into(),
         host_id: "host-1".into(),
         created_at: now(),
+        shared: false,
     };
     s.insert_pool(&p).await.unwrap();
     assert_eq!(s.pool_by_name("fast").await.unwrap().unwrap(), p);

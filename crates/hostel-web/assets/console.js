@@ -2,8 +2,7 @@
 // noVNC. The script asks for a single-use ticket (a POST with the page's CSRF token: a
 // link from elsewhere opens nothing), then opens its websocket. Output goes to the
 // terminal or canvas, never into the page's markup. Ctrl+] gives the keyboard back to
-// the page.
-import RFB from "/web/novnc/core/rfb.js";
+// the page. noVNC (some thirty modules) is loaded only for a VGA console.
 
 const el = document.getElementById("console");
 const status = document.getElementById("console-status");
@@ -12,13 +11,28 @@ const say = (t) => { if (status) status.textContent = t; };
 const state = (window.hostelConsole = { connected: false, closed: false, ticket: "" });
 const leave = () => { if (back) back.focus(); };
 
+// A ticket request that gets no answer within 10 s is asked again (three times in all).
 async function ticket() {
   const csrf = document.querySelector('meta[name="csrf-token"]');
-  const r = await fetch(`/vms/${encodeURIComponent(el.dataset.vm)}/console/${el.dataset.kind}/ticket`, {
-    method: "POST",
-    headers: { "x-csrf-token": csrf ? csrf.content : "", "content-type": "application/x-www-form-urlencoded" },
-    body: "",
-  });
+  let r;
+  for (let tries = 1; ; tries++) {
+    const stop = new AbortController();
+    const timer = setTimeout(() => stop.abort(), 10000);
+    try {
+      r = await fetch(`/vms/${encodeURIComponent(el.dataset.vm)}/console/${el.dataset.kind}/ticket`, {
+        method: "POST",
+        headers: { "x-csrf-token": csrf ? csrf.content : "", "content-type": "application/x-www-form-urlencoded" },
+        body: "",
+        signal: stop.signal,
+      });
+      break;
+    } catch (e) {
+      if (tries >= 3) throw new Error(`no answer to the ticket request (${e.message})`);
+      say("connecting… (asking again)");
+    } finally {
+      clearTimeout(timer);
+    }
+  }
   const body = await r.json().catch(() => ({}));
   if (!r.ok) throw new Error(body.message || `the ticket was refused (${r.status})`);
   state.ticket = body.ticket.slice(0, 12);
@@ -50,7 +64,8 @@ function serial(url) {
   window.hostelTerm = term;
 }
 
-function vga(url) {
+async function vga(url) {
+  const { default: RFB } = await import("/web/novnc/core/rfb.js");
   const rfb = new RFB(el, url, { shared: true, wsProtocols: ["binary"] });
   rfb.scaleViewport = true;
   rfb.addEventListener("connect", () => { say("connected"); Object.assign(state, { connected: true, connectedAt: Date.now() }); rfb.focus(); });

@@ -265,21 +265,27 @@ async fn a_migration_killed_at_any_step_ends_with_exactly_one_vm() {
         k.d.ok(&["delete", "probe"]);
         b
     };
-    k.d.ok(&[
-        "create",
-        "mover",
-        "--memory",
-        "128M",
-        "--disk",
-        "32M",
-        "--no-network",
-        "--kernel",
-        boot["kernel"].as_str().unwrap(),
-        "--initrd",
-        boot["initrd"].as_str().unwrap(),
-        "--cmdline",
-        boot["cmdline"].as_str().unwrap(),
-    ]);
+    // A small guest booting the tiny image's kernel, with a 32 MiB disk (`extra` more).
+    let create_small = |d: &Daemon, name: &str, extra: &[&str]| {
+        let mut args = vec![
+            "create",
+            name,
+            "--memory",
+            "128M",
+            "--disk",
+            "32M",
+            "--no-network",
+            "--kernel",
+            boot["kernel"].as_str().unwrap(),
+            "--initrd",
+            boot["initrd"].as_str().unwrap(),
+            "--cmdline",
+            boot["cmdline"].as_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        d.ok(&args);
+    };
+    create_small(&k.d, "mover", &[]);
     let vm = k.d.describe("mover");
     let vm_id = vm["id"].as_str().unwrap().to_string();
     let mut con = k.d.console("mover").await;
@@ -507,6 +513,51 @@ async fn a_migration_killed_at_any_step_ends_with_exactly_one_vm() {
 
     k.d.ok(&["destroy", "mover"]);
     k.d.ok(&["delete", "mover"]);
+
+    // Shared storage (both agents reach the same directory, as NFS would give them):
+    // only the memory moves; the disk stays the same file, which the guest still reads.
+    let shared = k.dir.join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    k.d.ok(&[
+        "pool",
+        "create",
+        "nfs",
+        "--path",
+        shared.to_str().unwrap(),
+        "--shared",
+        "--host",
+        NODES[0].0,
+    ]);
+    create_small(&k.d, "sharer", &["--pool", "nfs"]);
+    let before = k.d.describe("sharer");
+    let sharer_id = before["id"].as_str().unwrap().to_string();
+    let path = before["disks"][0]["path"].as_str().unwrap().to_string();
+    assert!(path.starts_with(shared.to_str().unwrap()), "{path}");
+    let mut con = k.d.console("sharer").await;
+    con.wait_for(READY, Duration::from_secs(180)).await;
+    con.run("echo on-shared-disk | dd of=/dev/vda bs=512 count=1 conv=sync 2>/dev/null; sync")
+        .await;
+    drop(con);
+    let from = before["host"].as_str().unwrap().to_string();
+    let out = k.d.ok(&["migrate", "sharer", "--to", other(&from)]);
+    assert!(out.contains("ms downtime"), "{out}");
+    let after = k.d.describe("sharer");
+    assert_eq!(after["host"], other(&from));
+    assert_eq!(after["disks"][0]["path"], path.as_str(), "the same file");
+    let q = qemus_of(&sharer_id);
+    assert_eq!(q.len(), 1, "{q:?}");
+    assert_eq!(q[0].1, other(&from));
+    let mut con = k.d.console("sharer").await;
+    assert_eq!(
+        con.run("echo 3 > /proc/sys/vm/drop_caches; head -c 14 /dev/vda")
+            .await,
+        "on-shared-disk"
+    );
+    drop(con);
+    assert!(std::path::Path::new(&path).exists());
+    k.d.ok(&["destroy", "sharer"]);
+    k.d.ok(&["delete", "sharer"]);
+    k.d.ok(&["pool", "delete", "nfs"]);
     for i in 0..NODES.len() {
         k.kill_agent(i);
     }

@@ -373,6 +373,9 @@ pub struct MigrateInRequest {
     /// over NBD for the source to mirror its disks into, until the VM runs here.
     #[serde(default)]
     pub export_disks: bool,
+    /// The disks (by index) on storage both hosts share: the same file, not exported.
+    #[serde(default)]
+    pub shared_disks: Vec<u32>,
     /// TLS for the incoming stream and the NBD server (this end's certificate is the
     /// server's); none: plain TCP, only when the admin asked for it.
     #[serde(default)]

@@ -24,6 +24,10 @@ pub enum PoolCmd {
         path: String,
         #[arg(long)]
         host: Option<String>,
+        /// Every host reaches PATH as the same storage (NFS, a cluster filesystem): its
+        /// VMs run on any host and migrate with their memory only.
+        #[arg(long)]
+        shared: bool,
     },
     List {
         #[arg(short, long, value_enum, default_value = "table")]
@@ -46,6 +50,10 @@ const POOL_COLUMNS: &[Column<Pool>] = &[
     ("USED", |p| opt_mib(p.used_bytes)),
     ("FREE", |p| opt_mib(p.free_bytes)),
     ("DISKS", |p| p.disks.to_string()),
+    (
+        "SHARED",
+        |p| if p.shared { "yes".into() } else { "".into() },
+    ),
     ("PATH", |p| p.path.clone()),
 ];
 
@@ -58,12 +66,14 @@ pub async fn run(cmd: Cmd) -> Result<()> {
             driver,
             path,
             host,
+            shared,
         } => {
             let req = CreatePoolRequest {
                 name,
                 driver,
                 path,
                 host,
+                shared,
             };
             let p: Pool = api.post("/api/v1/pools", &req).await?;
             println!(

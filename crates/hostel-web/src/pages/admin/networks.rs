@@ -159,6 +159,7 @@ pub async fn act(Path(action): Path<String>, f: Form<Fields>) -> Response {
                 driver: f.opt("driver").unwrap_or_else(|| "dir".into()),
                 path: f.get("path").into(),
                 host: f.opt("host"),
+                shared: f.on("shared"),
             };
             let r = api.post::<_, Pool>("/api/v1/pools", &req).await;
             done(POOLS, r, |p| {
