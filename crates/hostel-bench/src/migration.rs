@@ -51,7 +51,7 @@ const PAUSE: &str = "pause-before-switchover";
 /// The "not shared" VMs' disk.
 const DISK: &str = "64M";
 /// The most a busy guest's plain QEMU migration is given (Hostel's agent has its own
-/// watchdog: 10 s without progress at the highest downtime limit).
+/// watchdog: 20 s without progress at the highest downtime limit).
 const BUSY_CAP: Duration = Duration::from_secs(60);
 /// QEMU's own `max-bandwidth` (MiB/s), which Hostel leaves as it is without `--bandwidth`.
 const DEFAULT_BANDWIDTH_MIB: u64 = 128;
@@ -80,8 +80,8 @@ default downtime limit (300 ms) and bandwidth cap (128 MiB/s, which Hostel keeps
 \"command\" is target spawn → target `running`. With a disk (`--disk 64M`: not shared, so \
 mirrored to the target's NBD export) plain QEMU does what Hostel's agent does: \
 `blockdev-mirror` in write-blocking mode until ready, `pause-before-switchover`, the mirror \
-finished while paused, `migrate-continue`. \"No disk\" stands in for shared storage, which \
-Hostel does not have yet: no disk moves, only memory. The ratio column is Hostel \
+finished while paused, `migrate-continue`. \"No disk\": only memory moves, as for a VM \
+whose disks are in a shared pool (the same files on both hosts). The ratio column is Hostel \
 `--unencrypted` over plain QEMU (neither encrypts); the TLS figure beside it shows what \
 encryption adds. The busy guest types, on its serial console (`hostel console` with the \
 command piped in; plain QEMU: the chardev socket), a loop that rewrites a 64 MiB tmpfs file \
@@ -986,7 +986,7 @@ fn idle_rows(mib: u64, disk: bool, tls: &[Moved], tcp: &[Moved], plain: &[Moved]
     let storage = if disk {
         "with a 64 MiB disk (not shared: mirrored over NBD)"
     } else {
-        "without a disk (stands in for shared storage, which Hostel does not have yet)"
+        "without a disk (only memory moves, as with a shared pool)"
     };
     let what = |m: &str| {
         let (metric, detail) = m.split_once(", ").unwrap_or((m, ""));
@@ -1315,7 +1315,7 @@ fn busy_rows(
         Row {
             what: format!(
                 "{}, QEMU's `total-time`, `hostel migrate{flags}` (max downtime 300 ms, gives \
-                 up after 10 s without progress) (s, {runs} runs)",
+                 up after 20 s without progress) (s, {runs} runs)",
                 what("time to converge")
             ),
             hostel: hostel(total, 1e-3, 1),
