@@ -2,6 +2,10 @@
 //! real `hostel agent`s on this machine, against plain QEMU's `migrate` between two QEMU
 //! processes the benchmark starts itself with the Hostel VM's own command line.
 //!
+//! It is long because both sides live here, each driven step by step so that they do the
+//! same thing: the cluster of two agents, the plain QEMU pair with its own QMP and NBD
+//! mirror, the busy guest on both, and the rows and their wording.
+//!
 //! The two agents share one network namespace of the benchmark's own, linked to the
 //! daemon's by a veth pair (as in crates/hostel/tests/migration_faults.rs); both hosts
 //! carry a tag, and every benchmark VM is created with `--host-tag` for it, so that it goes
