@@ -93,7 +93,6 @@ pub(crate) async fn abandon_migration(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    yank_streams(&qmp).await;
     stop_mirrors(&qmp, None, true).await;
     drop_tls_files(&vm.paths);
     let st = migration_state(Some(vm)).await;
@@ -151,7 +150,6 @@ impl VmRuntime {
         if res.is_err() {
             // Not switched over: the target's copy of the disks is dropped, and the
             // guest runs here again if it ran before.
-            yank_streams(&qmp).await;
             stop_mirrors(&qmp, req.mirror.as_ref(), true).await;
             if was_running {
                 let _ = qmp.execute("cont", json!({})).await;
@@ -433,8 +431,12 @@ async fn mirror_disks(
 /// Ends the mirror jobs without switching the source over, and drops their targets
 /// (`m`'s disks, or every mirror of a migration when not known): at the switch-over
 /// each job first finishes its last writes (`force` off), after a failure it is
-/// abandoned.
+/// abandoned, the migration's connections cut first (`yank_streams`).
 async fn stop_mirrors(qmp: &hostel_qemu::Qmp, m: Option<&DiskMirror>, force: bool) {
+    if force {
+        // Given up: its links go at once, before the jobs wait on a dead one.
+        yank_streams(qmp).await;
+    }
     let ours = |d: &str| d.starts_with("mig");
     let jobs = qmp
         .execute("query-block-jobs", json!({}))

@@ -211,7 +211,7 @@ impl Controller {
     /// Ends the migration whose journal row is `id` (see the module's documentation).
     /// Fails, changing nothing, while either host does not answer.
     pub(crate) async fn settle_move(&self, id: &str) -> Res<Settled> {
-        let Some(row) = self.store.moves().await?.into_iter().find(|r| r.id == id) else {
+        let Some(row) = self.store.move_by_id(id).await? else {
             return Err(Error::from(anyhow::anyhow!(
                 "no migration {id} in the journal"
             )));

@@ -82,6 +82,12 @@ impl Store {
         self.fetch_all(&sql, vec![]).await
     }
 
+    /// One migration's row, if it has not ended.
+    pub async fn move_by_id(&self, id: &str) -> Result<Option<MoveRecord>> {
+        let sql = format!("SELECT {} FROM vm_moves WHERE id = $1", MoveRecord::COLS);
+        self.fetch_optional(&sql, binds![id]).await
+    }
+
     pub async fn set_move_step(&self, id: &str, step: &str) -> Result<()> {
         self.execute(
             "UPDATE vm_moves SET step = $2, updated_at = $3 WHERE id = $1",
