@@ -420,18 +420,18 @@ impl Controller {
         // Disks on a shared pool stay where they are: both hosts reach the same file.
         let shared = self.on_shared_pools(&disks).await?;
         for i in 0..disks.len() {
-            if shared.contains(&disks[i].idx) {
+            if shared.contains(&disks[i].disk.idx) {
                 continue;
             }
             let backing = self
-                .backing_on(disks[i].image_id.as_deref(), &m.row.target)
+                .backing_on(disks[i].disk.image_id.as_deref(), &m.row.target)
                 .await?;
             let c = m
                 .target_agent
                 .create_disk(wire::CreateDiskRequest {
                     vm_id: vm.id.clone(),
-                    index: disks[i].idx,
-                    size_mib: disks[i].size_mib,
+                    index: disks[i].disk.idx,
+                    size_mib: disks[i].disk.size_mib,
                     backing,
                     pool: None,
                 })
@@ -441,7 +441,7 @@ impl Controller {
             self.journal_disks(&m.row.id, &disks).await?;
         }
         for s in spec.disks.iter_mut() {
-            if let Some(d) = disks.iter().find(|d| d.idx == s.index) {
+            if let Some(d) = disks.iter().find(|d| d.disk.idx == s.index) {
                 if let (Some(path), Some(format)) = (&d.new_path, &d.new_format) {
                     s.path = path.clone();
                     s.format = format.clone();
@@ -452,7 +452,7 @@ impl Controller {
         let moving: Vec<u32> = disks
             .iter()
             .filter(|d| d.new_path.is_some())
-            .map(|d| d.idx)
+            .map(|d| d.disk.idx)
             .collect();
         cancelled()?;
         let (target_tls, source_tls) = self.stream_tls(m)?;
@@ -543,7 +543,13 @@ impl Controller {
     ) -> Res<()> {
         let moved: Vec<(String, String, String)> = disks
             .iter()
-            .filter_map(|d| Some((d.id.clone(), d.new_path.clone()?, d.new_format.clone()?)))
+            .filter_map(|d| {
+                Some((
+                    d.disk.id.clone(),
+                    d.new_path.clone()?,
+                    d.new_format.clone()?,
+                ))
+            })
             .collect();
         self.store.commit_move(&m.row, state, pid, &moved).await?;
         hostel_faults::hold("controller.migrate.cleanup").await;
@@ -571,8 +577,8 @@ impl Controller {
             .collect();
         Ok(disks
             .iter()
-            .filter(|d| d.pool_id.as_ref().is_some_and(|p| shared.contains(p)))
-            .map(|d| d.idx)
+            .filter(|d| d.disk.pool_id.as_ref().is_some_and(|p| shared.contains(p)))
+            .map(|d| d.disk.idx)
             .collect())
     }
 

@@ -26,7 +26,7 @@ impl Controller {
         let mut bytes = 0u64;
         for i in 0..n {
             m.cancelled()?;
-            if shared.contains(&disks[i].idx) {
+            if shared.contains(&disks[i].disk.idx) {
                 // Both hosts reach the same file.
                 continue;
             }
@@ -36,25 +36,25 @@ impl Controller {
                 &format!("copying disk {} of {n}", i + 1),
             )
             .await;
-            let pool = self.pool_spec(disks[i].pool_id.as_deref()).await?;
+            let pool = self.pool_spec(disks[i].disk.pool_id.as_deref()).await?;
             let sized = m
                 .source_agent
                 .read_disk_file(wire::ReadDiskFileRequest {
-                    file: disks[i].path.clone(),
+                    file: disks[i].disk.path.clone(),
                     pool,
                 })
                 .await?;
             let backing = self
-                .backing_on(disks[i].image_id.as_deref(), &m.row.target)
+                .backing_on(disks[i].disk.image_id.as_deref(), &m.row.target)
                 .await?;
             let c = m
                 .target_agent
                 .put_disk(
                     wire::PutDiskRequest {
                         vm_id: vm.id.clone(),
-                        index: disks[i].idx,
-                        size_mib: disks[i].size_mib,
-                        format: disks[i].format.clone(),
+                        index: disks[i].disk.idx,
+                        size_mib: disks[i].disk.size_mib,
+                        format: disks[i].disk.format.clone(),
                         bytes: sized.size,
                         backing,
                         pool: None,

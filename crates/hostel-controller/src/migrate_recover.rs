@@ -30,13 +30,9 @@ type Res<T> = crate::error::Result<T>;
 /// source), and its new file on the target once made.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct MovedDisk {
-    pub id: String,
-    pub idx: u32,
-    pub path: String,
-    pub format: String,
-    pub size_mib: u64,
-    pub image_id: Option<String>,
-    pub pool_id: Option<String>,
+    /// Its record as it was (on the source).
+    #[serde(flatten)]
+    pub disk: hostel_store::DiskRecord,
     pub new_path: Option<String>,
     pub new_format: Option<String>,
 }
@@ -44,29 +40,9 @@ pub(crate) struct MovedDisk {
 impl MovedDisk {
     pub(crate) fn of(d: &hostel_store::DiskRecord) -> MovedDisk {
         MovedDisk {
-            id: d.id.clone(),
-            idx: d.idx,
-            path: d.path.clone(),
-            format: d.format.clone(),
-            size_mib: d.size_mib,
-            image_id: d.image_id.clone(),
-            pool_id: d.pool_id.clone(),
+            disk: d.clone(),
             new_path: None,
             new_format: None,
-        }
-    }
-
-    /// The disk's record on the source (for removing its file there).
-    pub(crate) fn old_record(&self, vm_id: &str) -> hostel_store::DiskRecord {
-        hostel_store::DiskRecord {
-            id: self.id.clone(),
-            vm_id: vm_id.to_string(),
-            idx: self.idx,
-            path: self.path.clone(),
-            format: self.format.clone(),
-            size_mib: self.size_mib,
-            image_id: self.image_id.clone(),
-            pool_id: self.pool_id.clone(),
         }
     }
 }
@@ -258,7 +234,7 @@ impl Controller {
                 .await?;
             let moved: Vec<(String, String, String)> = moved_disks(&row)
                 .into_iter()
-                .filter_map(|d| Some((d.id, d.new_path?, d.new_format?)))
+                .filter_map(|d| Some((d.disk.id, d.new_path?, d.new_format?)))
                 .collect();
             self.store
                 .commit_move(&row, status.state, status.pid, &moved)
@@ -365,7 +341,7 @@ impl Controller {
         let old: Vec<hostel_store::DiskRecord> = moved_disks(row)
             .iter()
             .filter(|d| d.new_path.is_some())
-            .map(|d| d.old_record(&row.vm_id))
+            .map(|d| d.disk.clone())
             .collect();
         self.remove_disk_files(&source, &old).await;
         if let Err(e) = self.store.delete_move(&row.id).await {

@@ -4,9 +4,10 @@ use crate::row::{binds, execute_on, Cols, FromRow, Record, Value};
 use crate::{Store, Timestamp};
 use anyhow::Result;
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DiskRecord {
     pub id: String,
+    #[serde(default)]
     pub vm_id: String,
     pub idx: u32,
     pub path: String,
