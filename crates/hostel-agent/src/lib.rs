@@ -113,6 +113,8 @@ pub struct Shared {
     /// Each VM's QEMU identity (when root).
     pub vm_uids: Option<uids::VmUids>,
     accel: OnceCell<(Accel, String)>,
+    /// What this host's QEMU offers VMs, asked once.
+    platform: OnceCell<hostel_api::agent::Platform>,
     pub qemu_version: String,
     /// Port guards of the NICs of running VMs, by tap name.
     guards: Mutex<HashMap<String, hostel_net::guard::Guard>>,
@@ -272,7 +274,24 @@ impl Shared {
                 .map(|u| u.release().to_string_lossy().into_owned())
                 .unwrap_or_default(),
             disks_dir: self.disks_dir().display().to_string(),
+            platform: self.platform(accel).await,
         }
+    }
+
+    /// The machine types and CPU models this host's QEMU offers under `accel`; empty
+    /// (and said in the log) when QEMU cannot be asked, so no VM is pinned to them.
+    async fn platform(&self, accel: Accel) -> hostel_api::agent::Platform {
+        self.platform
+            .get_or_init(|| async {
+                hostel_qemu::platform::probe(&self.cfg.qemu_binary, accel)
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::warn!("cannot list QEMU's machine types and CPU models: {e:#}");
+                        Default::default()
+                    })
+            })
+            .await
+            .clone()
     }
 
     /// The identity VM `vm_id`'s QEMU runs as: its own uid (when the agent is root).
@@ -686,6 +705,7 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<Arc<Shared>> {
         run_as,
         vm_uids,
         accel: OnceCell::new(),
+        platform: OnceCell::new(),
         qemu_version,
         guards: Mutex::new(HashMap::new()),
         networks: Mutex::new(Default::default()),

@@ -846,7 +846,8 @@ impl VmRuntime {
                 }
                 qmp.execute(
                     "device_add",
-                    json!({"driver": cpu_type(accel), "id": cpu_id(socket),
+                    json!({"driver": cpu_type(accel, self.spec().cpu_model.as_deref()),
+                           "id": cpu_id(socket),
                            "socket-id": socket, "core-id": 0, "thread-id": 0}),
                 )
                 .await?;

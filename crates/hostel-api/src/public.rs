@@ -127,6 +127,21 @@ pub struct CreateVmRequest {
     /// Answer with how the host was chosen (`Vm.placement`).
     #[serde(default)]
     pub explain: bool,
+    /// The guest's CPU: `host` (all the host's accelerator offers: fastest, but the VM
+    /// then moves live only between hosts with the same CPU and QEMU) or a QEMU model's
+    /// name that the host runs in full (`hostel host show`). Default: `host` on a
+    /// single host, the cluster baseline (`Westmere-v1`) once there are more.
+    #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
+    pub cpu_model: Option<String>,
+}
+
+/// Sets a stopped VM's CPU model (its next start uses it).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SetCpuModelRequest {
+    /// `host`, or a QEMU model's name that the VM's host runs in full.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
+    pub cpu_model: String,
 }
 
 /// Moves a running VM to another host while it runs (live migration).
@@ -256,6 +271,13 @@ pub struct VcpuView {
 pub struct QemuView {
     /// The QEMU process, while one runs.
     pub pid: Option<u32>,
+    /// The machine type the VM is pinned to (`pc-q35-10.0`); `q35` until a VM made
+    /// before pinning is next started.
+    #[serde(default)]
+    pub machine: String,
+    /// Its CPU model: `host` or a QEMU model's name.
+    #[serde(default)]
+    pub cpu_model: String,
     /// The command line rendered from the VM's record (the running one, or what the next
     /// start would use).
     pub argv: Vec<String>,
@@ -525,6 +547,19 @@ pub struct HostInfo {
     /// left; either way it gets no new VMs. Empty otherwise.
     #[serde(default)]
     pub drain: String,
+    /// The machine type `q35` stands for in its QEMU: new VMs on it are pinned to it.
+    #[serde(default)]
+    pub machine: String,
+    /// Every q35 machine type its QEMU runs: VMs pinned to one of them may move here.
+    #[serde(default)]
+    pub machines: Vec<String>,
+    /// The named CPU models it runs with all their features (for `--cpu-model`).
+    #[serde(default)]
+    pub cpu_models: Vec<String>,
+    /// Its CPU's model name: VMs on the `host` model move only between hosts with the
+    /// same one.
+    #[serde(default)]
+    pub cpu_name: String,
 }
 
 /// Empties a host for maintenance: it gets no new VMs, and its running VMs migrate live

@@ -245,6 +245,8 @@ mod tests {
             admin_group_id: None,
             lease_expires_at: None,
             anti_affinity: None,
+            machine: None,
+            cpu_model: None,
         }
     }
 

@@ -49,6 +49,10 @@ impl Controller {
                     kernel: h.kernel,
                     tags: h.tags,
                     drain: h.drain,
+                    machine: h.platform.machine,
+                    machines: h.platform.machines,
+                    cpu_models: h.platform.cpu_models,
+                    cpu_name: h.platform.cpu_name,
                 }
             })
             .collect())

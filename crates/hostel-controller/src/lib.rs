@@ -27,6 +27,7 @@ mod net_policy;
 mod networks;
 pub mod pki;
 mod placement;
+mod platform;
 mod pools;
 mod quota;
 mod rebalance;
@@ -337,6 +338,7 @@ impl Controller {
                     // Kept as they are for a known host (the upsert leaves them).
                     tags: Vec::new(),
                     drain: String::new(),
+                    platform: facts.platform.clone(),
                 })
                 .await?;
             self.agents

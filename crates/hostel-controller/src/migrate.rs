@@ -179,6 +179,22 @@ impl Controller {
         let placing = self.migrate_placing.lock().await;
         // A VM that does not run holds no memory anywhere.
         let need_mib = if req.offline { 0 } else { vm.max_memory_mib };
+        // Hosts whose QEMU lacks the VM's machine type or CPU model: the one named is
+        // refused with the reason, the others are left out of placement's choice.
+        let mut unfit = Vec::new();
+        if let Some(s) = self.store.host(&source).await? {
+            for h in self.store.hosts().await? {
+                if h.id == source {
+                    continue;
+                }
+                if let Err(e) = crate::platform::check_movable(&vm, &s, &h, !req.offline) {
+                    if req.to.as_deref() == Some(h.id.as_str()) {
+                        return Err(e);
+                    }
+                    unfit.push((h.id.clone(), e.message()));
+                }
+            }
+        }
         let (target, _, _) = self
             .place(&crate::placement::Ask {
                 need_mib,
@@ -187,6 +203,7 @@ impl Controller {
                 exclude: Some(&source),
                 only: req.to.as_deref(),
                 vm_id: Some(&vm.id),
+                unfit: &unfit,
             })
             .await?;
         let target_rec = self.store.host(&target).await?.ok_or_else(|| {
@@ -197,18 +214,7 @@ impl Controller {
             .as_ref()
             .map(|h| h.url.clone())
             .unwrap_or_default();
-        // QEMU resolves the VM's machine type (`q35`) and CPU model to its own version's:
-        // a stream from one version is not what another expects.
-        if let Some(s) = source_rec.as_ref().filter(|_| !req.offline) {
-            if s.qemu_version != target_rec.qemu_version {
-                return Err(Error::conflict(format!(
-                    "host {source} runs QEMU {} and host {target} QEMU {}: the VM's machine \
-                     type and CPU model differ between versions, so it cannot move live; \
-                     run the same QEMU on both hosts",
-                    s.qemu_version, target_rec.qemu_version
-                )));
-            }
-        }
+        self.check_networks_on(&vm, &target).await?;
         let connect = stream_address(&target_rec.url, &source_url).ok_or_else(|| {
             Error::from(anyhow::anyhow!(
                 "no address of host {target} that host {source} reaches is known (agent \

@@ -24,6 +24,9 @@ pub(crate) struct Ask<'a> {
     pub only: Option<&'a str>,
     /// The VM this is for, whose own anti-affinity group does not count against it.
     pub vm_id: Option<&'a str>,
+    /// Hosts the VM cannot run on, by id, and why (a moving VM's machine type or CPU
+    /// model missing there).
+    pub unfit: &'a [(String, String)],
 }
 
 /// The placement rule, in words, for the explanation.
@@ -71,6 +74,8 @@ impl Controller {
                 format!("{} (no new VMs)", h.drain)
             } else if !self.is_online(&h.id) {
                 "offline".to_string()
+            } else if let Some((_, why)) = ask.unfit.iter().find(|(id, _)| *id == h.id) {
+                why.clone()
             } else if !missing.is_empty() {
                 format!("lacks tag {}", missing.join(", "))
             } else if taken.contains(&h.id) {

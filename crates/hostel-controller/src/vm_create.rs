@@ -105,6 +105,7 @@ impl Controller {
                         exclude: None,
                         only: None,
                         vm_id: None,
+                        unfit: &[],
                     })
                     .await?;
                 placement = Some(why);
@@ -112,6 +113,12 @@ impl Controller {
             }
         };
         sizing.validate(host_mem)?;
+        // Pinned now: the VM keeps its machine type and CPU model wherever it moves.
+        let host_rec = self.host_named(&host).await?;
+        let cpu_model = self
+            .choose_cpu_model(req.cpu_model.as_deref(), &host_rec)
+            .await?;
+        let machine = Some(host_rec.platform.machine.clone()).filter(|m| !m.is_empty());
         if let Some(d) = req.disk_mib {
             hostel_model::check_disk_size("disk", d)?;
         }
@@ -304,6 +311,8 @@ impl Controller {
                 .or(self.cfg.default_lease_days)
                 .map(crate::lease::in_days),
             anti_affinity: req.anti_affinity.clone(),
+            machine,
+            cpu_model: Some(cpu_model),
         };
         let mut record = record;
         record.owner_user_id = owner_user_id;

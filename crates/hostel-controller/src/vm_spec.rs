@@ -124,6 +124,8 @@ impl Controller {
             on_reboot: vm.on_reboot,
             on_crash: vm.on_crash,
             nics: nics.iter().map(Self::nic_spec).collect(),
+            machine: vm.machine.clone(),
+            cpu_model: vm.cpu_model.clone(),
         })
     }
 
@@ -249,6 +251,11 @@ impl Controller {
                     .and_then(|s| s.pid)
                     .or(if state.has_process() { vm.pid } else { None }),
                 argv,
+                machine: vm.machine.clone().unwrap_or_else(|| "q35".into()),
+                cpu_model: vm
+                    .cpu_model
+                    .clone()
+                    .unwrap_or_else(|| hostel_model::CPU_HOST.into()),
             },
             disks: disks
                 .iter()

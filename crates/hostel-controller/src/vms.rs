@@ -251,6 +251,12 @@ impl Controller {
         restore_from: Option<&str>,
     ) -> Res<wire::VmStatus> {
         let agent = self.host_agent(vm)?;
+        // A restore needs the machine type its state was saved from, which is the one
+        // recorded (or, unpinned, `q35` as before).
+        let vm = &match restore_from {
+            None => self.pin_platform(vm).await?,
+            Some(_) => vm.clone(),
+        };
         let spec = self.spec_of(vm).await?;
         let status = agent
             .start_vm(

@@ -37,6 +37,48 @@ pub const MAX_VCPUS: u32 = 255;
 pub const MIN_DISK_MIB: u64 = 1;
 pub const MAX_DISK_MIB: u64 = 64 * 1024 * 1024;
 
+/// What a host's QEMU offers a VM: a VM moves live only to a host that offers its
+/// machine type and its CPU model with every feature.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Platform {
+    /// The versioned machine type `q35` stands for in this QEMU (`pc-q35-10.0`).
+    pub machine: String,
+    /// Every q35 machine type this QEMU runs.
+    pub machines: Vec<String>,
+    /// The named CPU models this host runs with all their features under its
+    /// accelerator (QMP `query-cpu-definitions` without unavailable features).
+    pub cpu_models: Vec<String>,
+    /// The host CPU's model name (`/proc/cpuinfo`): VMs on the `host` CPU model move
+    /// only between hosts with the same one.
+    pub cpu_name: String,
+}
+
+/// The CPU model of all a host's accelerator offers (QEMU's `host` under KVM, `max`
+/// under TCG): the fastest, but it ties a VM to hosts with the same CPU and QEMU.
+pub const CPU_HOST: &str = "host";
+/// The named model VMs get by default once a cluster has more than one host: the
+/// x86-64-v2 level with AES (as Proxmox's default), which every x86-64 server of the
+/// last decade and QEMU's TCG run in full, so a VM on it moves to any host.
+pub const CPU_BASELINE: &str = "Westmere-v1";
+
+/// A CPU model's name as a VM may ask for it: `host`, or a QEMU model's name.
+pub fn validate_cpu_model(model: &str) -> Result<(), Invalid> {
+    let ok = !model.is_empty()
+        && model.len() <= 64
+        && model
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !ok {
+        return Err(Invalid::new(
+            "cpu_model",
+            format!(
+                "{model:?} is not a CPU model: give `host` or a QEMU model's name such as                  {CPU_BASELINE} (`hostel host show HOST` lists those a host runs)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Names of VMs and images: a DNS label, so that the networking work can use the name as
 /// the VM's host name unchanged.
 pub fn validate_name(field: &str, name: &str) -> Result<(), Invalid> {

@@ -121,15 +121,9 @@ pub fn render(
     push(&[&host.qemu_binary]);
     push(&["-name", &format!("guest={},debug-threads=on", spec.name)]);
     push(&["-no-user-config", "-nodefaults"]);
-    push(&["-machine", "q35"]);
+    push(&["-machine", spec.machine.as_deref().unwrap_or("q35")]);
     push(&["-accel", host.accel.as_str()]);
-    push(&[
-        "-cpu",
-        match host.accel {
-            Accel::Kvm => "host",
-            Accel::Tcg => "max",
-        },
-    ]);
+    push(&["-cpu", &cpu_model(host.accel, spec.cpu_model.as_deref())]);
     push(&["-m", &format!("{}M", spec.max_memory_mib)]);
     // One boot vCPU; the others are devices, so that every one of them can be unplugged
     // by `vcpu-set` and a restore recreates exactly the set that was saved.
@@ -141,7 +135,10 @@ pub fn render(
         ),
     ]);
     for socket in 1..spec.vcpus {
-        push(&["-device", &cpu_device(host.accel, socket)]);
+        push(&[
+            "-device",
+            &cpu_device(host.accel, spec.cpu_model.as_deref(), socket),
+        ]);
     }
     let sandbox = if host.strict_sandbox {
         "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
@@ -335,12 +332,20 @@ pub fn vcpu_thread_budget(accel: Accel, max_vcpus: u32) -> Option<u32> {
     }
 }
 
-/// The QOM type of a vCPU for the accelerator's `-cpu` model.
-pub fn cpu_type(accel: Accel) -> &'static str {
-    match accel {
-        Accel::Kvm => "host-x86_64-cpu",
-        Accel::Tcg => "max-x86_64-cpu",
+/// QEMU's `-cpu` for a VM's CPU model (none or `host`: all the accelerator offers).
+pub fn cpu_model(accel: Accel, model: Option<&str>) -> String {
+    match model.filter(|m| *m != hostel_model::CPU_HOST) {
+        Some(m) => m.to_string(),
+        None => match accel {
+            Accel::Kvm => "host".into(),
+            Accel::Tcg => "max".into(),
+        },
     }
+}
+
+/// The QOM type of a vCPU of the VM's `-cpu` model.
+pub fn cpu_type(accel: Accel, model: Option<&str>) -> String {
+    format!("{}-x86_64-cpu", cpu_model(accel, model))
 }
 
 /// The device id of the vCPU in `socket` (socket 0 is the boot vCPU and has none).
@@ -348,10 +353,10 @@ pub fn cpu_id(socket: u32) -> String {
     format!("vcpu{socket}")
 }
 
-pub fn cpu_device(accel: Accel, socket: u32) -> String {
+pub fn cpu_device(accel: Accel, model: Option<&str>, socket: u32) -> String {
     format!(
         "{},id={},socket-id={socket},core-id=0,thread-id=0",
-        cpu_type(accel),
+        cpu_type(accel, model),
         cpu_id(socket)
     )
 }
@@ -399,6 +404,8 @@ mod tests {
             }],
             cdrom: None,
             seed: None,
+            machine: None,
+            cpu_model: None,
         }
     }
 
@@ -472,6 +479,15 @@ mod tests {
         );
         assert_eq!(after(&argv, "-cpu"), ["host"]);
         assert_eq!(after(&argv, "-accel"), ["kvm"]);
+        // A VM pinned to a machine type and a named CPU model gets them under any
+        // accelerator, its hot-plugged vCPUs too.
+        let mut pinned = spec();
+        pinned.machine = Some("pc-q35-9.2".into());
+        pinned.cpu_model = Some("Westmere-v1".into());
+        let p = render(&pinned, &RuntimePaths::new(Path::new("/r"), "x"), &h, None);
+        assert_eq!(after(&p, "-machine"), ["pc-q35-9.2"]);
+        assert_eq!(after(&p, "-cpu"), ["Westmere-v1"]);
+        assert!(after(&p, "-device")[0].starts_with("Westmere-v1-x86_64-cpu,id=vcpu1,"));
         assert!(after(&argv, "-action")[0].starts_with("reboot=shutdown"));
         assert_eq!(after(&argv, "-incoming"), ["fd:3"]);
         assert!(!argv.iter().any(|a| a == "-kernel"));

@@ -2,6 +2,7 @@
 //! definition, process launch with least privilege, and the KVM probe.
 
 pub mod argv;
+pub mod platform;
 pub mod probe;
 pub mod process;
 pub mod qmp;

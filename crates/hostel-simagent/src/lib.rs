@@ -47,6 +47,8 @@ pub struct SimHost {
     stats_delay: Mutex<std::time::Duration>,
     /// SIMULATED outgoing migrations' statuses (`completed`, `cancelled`), by VM id.
     migrations: Mutex<HashMap<String, String>>,
+    /// SIMULATED machine types and CPU models this host's QEMU would offer.
+    platform: Mutex<hostel_api::agent::Platform>,
 }
 
 type Res<T> = Result<T, AgentFailure>;
@@ -94,7 +96,23 @@ impl SimHost {
             counters: Mutex::default(),
             stats_delay: Mutex::default(),
             migrations: Mutex::default(),
+            platform: Mutex::new(hostel_api::agent::Platform {
+                machine: "pc-q35-10.0".into(),
+                machines: vec!["pc-q35-10.0".into(), "pc-q35-9.2".into()],
+                cpu_models: vec![
+                    "Nehalem-v1".into(),
+                    hostel_model::CPU_BASELINE.into(),
+                    "Haswell-v4".into(),
+                ],
+                cpu_name: "simulated CPU".into(),
+            }),
         }
+    }
+
+    /// SIMULATION: the machine types and CPU models this host reports when the
+    /// controller next asks for its facts (a host with another QEMU or CPU).
+    pub fn set_platform(&self, p: hostel_api::agent::Platform) {
+        *self.platform.lock().unwrap() = p;
     }
 
     /// SIMULATION: report these counters for VM `c.id` (while it runs) instead of
@@ -305,6 +323,7 @@ impl AgentApi for SimHost {
             qemu_version: "simulated".into(),
             kernel: "simulated".into(),
             disks_dir: "/simulated".into(),
+            platform: self.platform.lock().unwrap().clone(),
         })
     }
 

@@ -1291,6 +1291,168 @@ async fn a_running_vm_migrates_and_the_database_follows_it() {
 }
 
 #[tokio::test]
+async fn vms_are_pinned_to_a_machine_type_and_cpu_model_and_move_only_where_both_exist() {
+    // One host: a new VM gets all its host offers (`host`), pinned to its `q35`.
+    let one = Cluster::new(1).await;
+    one.tiny().await;
+    let v = one
+        .c
+        .create_vm(
+            &one.admin,
+            create("solo", serde_json::json!({"image": "tiny"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (v.qemu.cpu_model.as_str(), v.qemu.machine.as_str()),
+        ("host", "pc-q35-10.0")
+    );
+    // More hosts: the cluster baseline, a named model every host runs.
+    let k = Cluster::new(2).await;
+    k.tiny().await;
+    let v =
+        k.c.create_vm(&k.admin, create("p1", serde_json::json!({"image": "tiny"})))
+            .await
+            .unwrap();
+    assert_eq!(v.qemu.cpu_model, hostel_model::CPU_BASELINE);
+    assert_eq!(v.qemu.machine, "pc-q35-10.0");
+    // A model the host does not run in full is refused at create, with the choices.
+    let e =
+        k.c.create_vm(
+            &k.admin,
+            create(
+                "p2",
+                serde_json::json!({"image": "tiny", "cpu_model": "Skylake-Client-v4"}),
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("does not run CPU model") && e.to_string().contains("Nehalem-v1"),
+        "{e}"
+    );
+    let e =
+        k.c.create_vm(
+            &k.admin,
+            create(
+                "p2",
+                serde_json::json!({"image": "tiny", "cpu_model": "a b"}),
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("not a CPU model"), "{e}");
+    assert!(k.c.store.vm_by_name("p2").await.unwrap().is_none());
+    // The CPU model changes only while the VM is stopped.
+    let e =
+        k.c.set_cpu_model(
+            &k.admin,
+            "p1",
+            SetCpuModelRequest {
+                cpu_model: "Nehalem-v1".into(),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("only while it is stopped"), "{e}");
+    // The other host's QEMU is older: it has neither the VM's machine type nor model.
+    let p1 = k.c.store.vm_by_name("p1").await.unwrap().unwrap();
+    let source = p1.host_id.clone().unwrap();
+    let other = k
+        .sims
+        .iter()
+        .map(|s| s.name())
+        .find(|n| *n != source)
+        .unwrap();
+    let mut old = k.c.store.host(&other).await.unwrap().unwrap();
+    old.qemu_version = "9.2.0".into();
+    old.platform.machine = "pc-q35-9.2".into();
+    old.platform.machines = vec!["pc-q35-9.2".into()];
+    old.platform.cpu_models = vec!["Nehalem-v1".into()];
+    k.c.store.upsert_host(&old).await.unwrap();
+    let to = |h: &str| MigrateRequest {
+        to: Some(h.into()),
+        ..Default::default()
+    };
+    let e =
+        k.c.migrate_vm(&k.admin, "p1", to(&other))
+            .await
+            .unwrap_err();
+    assert!(
+        e.to_string().contains("pinned to machine type pc-q35-10.0"),
+        "{e}"
+    );
+    // Placement's choice leaves it out, and says why.
+    let e =
+        k.c.migrate_vm(&k.admin, "p1", MigrateRequest::default())
+            .await
+            .unwrap_err();
+    assert!(e.to_string().contains("does not have"), "{e}");
+    // With the machine type there but not the model, the model is what is refused.
+    old.platform.machines.push("pc-q35-10.0".into());
+    k.c.store.upsert_host(&old).await.unwrap();
+    let e =
+        k.c.migrate_vm(&k.admin, "p1", to(&other))
+            .await
+            .unwrap_err();
+    assert!(e.to_string().contains("CPU model Westmere-v1"), "{e}");
+    // A VM on `host` moves live only between hosts with the same CPU and QEMU.
+    k.c.simple_action(&k.admin, "p1", Op::Destroy)
+        .await
+        .unwrap();
+    let v =
+        k.c.set_cpu_model(
+            &k.admin,
+            "p1",
+            SetCpuModelRequest {
+                cpu_model: "host".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(v.qemu.cpu_model, "host");
+    k.c.start_vm(&k.admin, "p1").await.unwrap();
+    let e =
+        k.c.migrate_vm(&k.admin, "p1", to(&other))
+            .await
+            .unwrap_err();
+    assert!(
+        e.to_string().contains("CPU model `host`") && e.to_string().contains("9.2.0"),
+        "{e}"
+    );
+    // Once the hosts match again, it moves.
+    old.qemu_version = "simulated".into();
+    k.c.store.upsert_host(&old).await.unwrap();
+    let t = k.c.migrate_vm(&k.admin, "p1", to(&other)).await.unwrap();
+    k.task_end(&t.id).await.unwrap();
+    let p1 = k.c.store.vm_by_name("p1").await.unwrap().unwrap();
+    assert_eq!(p1.host_id.as_deref(), Some(other.as_str()));
+    assert_eq!(
+        p1.machine.as_deref(),
+        Some("pc-q35-10.0"),
+        "the pin moves with it"
+    );
+    // A VM recorded before pinning runs `q35` and `host` as before, and is pinned to
+    // its host's machine type when it next starts from cold.
+    let legacy = hostel_store::VmRecord {
+        id: hostel_store::new_id("vm"),
+        name: "legacy".into(),
+        state: VmState::Stopped,
+        machine: None,
+        cpu_model: None,
+        pid: None,
+        ..p1.clone()
+    };
+    k.c.store.insert_vm(&legacy, &[]).await.unwrap();
+    k.c.start_vm(&k.admin, "legacy").await.unwrap();
+    let pinned = k.c.store.vm_by_name("legacy").await.unwrap().unwrap();
+    assert_eq!(
+        (pinned.machine.as_deref(), pinned.cpu_model.as_deref()),
+        (Some("pc-q35-9.2"), Some("host"))
+    );
+}
+
+#[tokio::test]
 async fn a_drained_host_gets_no_vms_and_its_vms_come_back_when_undrained() {
     let k = Cluster::new(2).await;
     k.tiny().await;

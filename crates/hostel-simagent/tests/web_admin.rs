@@ -785,6 +785,29 @@ async fn hosts_are_drained_rebalanced_and_vms_moved_from_the_pages() {
         .unwrap();
     let page = alice.get("/vms/w1").await.body;
     assert!(page.contains("/do/move-offline"), "{page}");
+    // Its CPU model is shown, and changes while it is stopped; a bad one is refused.
+    assert!(page.contains("Westmere-v1 (machine pc-q35-10.0)"), "{page}");
+    let p = alice
+        .submit(
+            "/vms/w1",
+            "/vms/w1/do/cpu-model",
+            &[("cpu_model", "Nehalem-v1")],
+        )
+        .await;
+    assert!(p.body.contains("gets CPU model Nehalem-v1"), "{}", p.body);
+    assert!(
+        p.body.contains("Nehalem-v1 (machine pc-q35-10.0)"),
+        "{}",
+        p.body
+    );
+    let p = alice
+        .submit(
+            "/vms/w1",
+            "/vms/w1/do/cpu-model",
+            &[("cpu_model", "Skylake-Client-v4")],
+        )
+        .await;
+    assert!(p.body.contains("does not run CPU model"), "{}", p.body);
     let p = alice
         .submit("/vms/w1", "/vms/w1/do/move-offline", &[("to", &b)])
         .await;

@@ -22,6 +22,8 @@ pub struct HostRecord {
     pub tags: Vec<String>,
     /// `draining` or `drained` while an admin empties it; empty otherwise.
     pub drain: String,
+    /// The machine types and CPU models its QEMU offers (JSON in the row).
+    pub platform: hostel_model::Platform,
 }
 
 /// What runs on a host, as `Store::host_usage` counts it.
@@ -54,6 +56,7 @@ impl FromRow for HostRecord {
                 .map(String::from)
                 .collect(),
             drain: c.text("drain")?,
+            platform: serde_json::from_str(&c.text("platform")?).unwrap_or_default(),
         })
     }
 }
@@ -61,7 +64,7 @@ impl FromRow for HostRecord {
 impl Record for HostRecord {
     const COLS: &'static str =
         "id, name, url, cpus, memory_mib, accel, accel_reason, qemu_version, kernel, last_seen, \
-         tags, drain";
+         tags, drain, platform";
     fn values(&self) -> Vec<Value<'_>> {
         binds![
             &self.id,
@@ -76,6 +79,7 @@ impl Record for HostRecord {
             self.last_seen,
             self.tags.join(","),
             &self.drain,
+            serde_json::to_string(&self.platform).unwrap_or_default(),
         ]
     }
 }
@@ -106,7 +110,8 @@ impl Store {
             "{} ON CONFLICT (id) DO UPDATE SET name = excluded.name, url = excluded.url, \
              cpus = excluded.cpus, memory_mib = excluded.memory_mib, accel = excluded.accel, \
              accel_reason = excluded.accel_reason, qemu_version = excluded.qemu_version, \
-             kernel = excluded.kernel, last_seen = excluded.last_seen",
+             kernel = excluded.kernel, last_seen = excluded.last_seen, \
+             platform = excluded.platform",
             crate::row::insert_sql::<HostRecord>()
         );
         self.execute(&sql, h.values()).await?;

@@ -271,4 +271,12 @@ pub const MIGRATIONS: &[&[&str]] = &[
     // A pool every host reaches at the same path (NFS, a cluster filesystem): its VMs
     // run on any host, and migrate with their memory only.
     &["ALTER TABLE pools ADD COLUMN shared BIGINT NOT NULL DEFAULT 0"],
+    // What a host's QEMU offers (machine types, CPU models), and what a VM is pinned to:
+    // a VM moves live only to a host that offers both. A VM without them (made before)
+    // runs on `q35` and the accelerator's own CPU, and is pinned at its next start.
+    &[
+        "ALTER TABLE hosts ADD COLUMN platform TEXT NOT NULL DEFAULT '{}'",
+        "ALTER TABLE vms ADD COLUMN machine TEXT",
+        "ALTER TABLE vms ADD COLUMN cpu_model TEXT",
+    ],
 ];

@@ -33,6 +33,12 @@ fn host() -> HostRecord {
         last_seen: now(),
         tags: Vec::new(),
         drain: String::new(),
+        platform: hostel_model::Platform {
+            machine: "pc-q35-10.0".into(),
+            machines: vec!["pc-q35-10.0".into()],
+            cpu_models: vec!["Westmere-v1".into()],
+            cpu_name: "test CPU".into(),
+        },
     }
 }
 
@@ -63,6 +69,8 @@ fn vm(name: &str) -> VmRecord {
         admin_group_id: None,
         lease_expires_at: None,
         anti_affinity: None,
+        machine: Some("pc-q35-10.0".into()),
+        cpu_model: Some("Westmere-v1".into()),
     }
 }
 

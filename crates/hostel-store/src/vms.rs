@@ -41,6 +41,10 @@ pub struct VmRecord {
     pub lease_expires_at: Option<Timestamp>,
     /// Its anti-affinity group: placement puts no two VMs of a group on one host.
     pub anti_affinity: Option<String>,
+    /// The machine type it is pinned to (`pc-q35-10.0`); none: made before pinning.
+    pub machine: Option<String>,
+    /// Its CPU model: `host` or a named QEMU model; none: made before (as `host`).
+    pub cpu_model: Option<String>,
 }
 
 impl FromRow for VmRecord {
@@ -72,6 +76,8 @@ impl FromRow for VmRecord {
             admin_group_id: c.opt_text("admin_group_id")?,
             lease_expires_at: c.opt_time("lease_expires_at")?,
             anti_affinity: c.opt_text("anti_affinity")?,
+            machine: c.opt_text("machine")?,
+            cpu_model: c.opt_text("cpu_model")?,
         })
     }
 }
@@ -80,7 +86,7 @@ impl Record for VmRecord {
     const COLS: &'static str = "id, name, host_id, image_id, memory_mib, max_memory_mib, \
         vcpus, max_vcpus, state, state_reason, on_poweroff, on_reboot, on_crash, saved_path, \
         pid, created_at, updated_at, cdrom_image_id, boot_json, cloud_json, owner_user_id, \
-        owner_group_id, admin_group_id, lease_expires_at, anti_affinity";
+        owner_group_id, admin_group_id, lease_expires_at, anti_affinity, machine, cpu_model";
     fn values(&self) -> Vec<Value<'_>> {
         binds![
             &self.id,
@@ -108,6 +114,8 @@ impl Record for VmRecord {
             &self.admin_group_id,
             self.lease_expires_at,
             &self.anti_affinity,
+            &self.machine,
+            &self.cpu_model,
         ]
     }
 }
@@ -400,6 +408,23 @@ impl Store {
         self.execute(
             "UPDATE vms SET vcpus = $2, updated_at = $3 WHERE id = $1",
             binds![id, vcpus, now()],
+        )
+        .await?;
+        self.vm_changed(id);
+        Ok(())
+    }
+
+    /// Pins a VM to a machine type and a CPU model (either left as it is when none).
+    pub async fn set_vm_platform(
+        &self,
+        id: &str,
+        machine: Option<&str>,
+        cpu_model: Option<&str>,
+    ) -> Result<()> {
+        self.execute(
+            "UPDATE vms SET machine = COALESCE($2, machine), \
+             cpu_model = COALESCE($3, cpu_model), updated_at = $4 WHERE id = $1",
+            binds![id, machine, cpu_model, now()],
         )
         .await?;
         self.vm_changed(id);

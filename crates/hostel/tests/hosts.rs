@@ -225,6 +225,39 @@ async fn a_second_host_is_added_used_lost_regained_and_removed() {
     assert!(std::path::Path::new(&kernel2).exists(), "{kernel2}");
     let mut con = d.console("mixed").await;
     con.wait_for(READY, Duration::from_secs(180)).await;
+    // With two hosts, a VM gets the cluster's named baseline CPU and the machine type its
+    // host's QEMU has, pinned in its record: the guest sees that CPU, on either host.
+    assert_eq!(mixed["qemu"]["cpu_model"], "Westmere-v1", "{mixed}");
+    let machine = mixed["qemu"]["machine"].as_str().unwrap().to_string();
+    assert!(machine.starts_with("pc-q35-"), "{machine}");
+    let argv: Vec<String> = serde_json::from_value(mixed["qemu"]["argv"].clone()).unwrap();
+    let after_flag = |f: &str| argv.iter().skip_while(|a| *a != f).nth(1).cloned();
+    assert_eq!(
+        after_flag("-cpu").as_deref(),
+        Some("Westmere-v1"),
+        "{argv:?}"
+    );
+    assert_eq!(after_flag("-machine").as_deref(), Some(machine.as_str()));
+    let cpu = con.run("grep -m1 'model name' /proc/cpuinfo").await;
+    assert!(cpu.contains("Westmere"), "the guest's CPU: {cpu}");
+    let shown = d.ok(&["host", "show", "node2"]);
+    assert!(
+        shown.contains("Westmere-v1") && shown.contains(&machine),
+        "{shown}"
+    );
+    let err = d.fails(&[
+        "create",
+        "fancy",
+        "--image",
+        "tiny",
+        "--cpu-model",
+        "Skylake-Client-v4",
+        "--host-tag",
+        "second",
+        "--no-network",
+        "--no-start",
+    ]);
+    assert!(err.contains("does not run CPU model"), "{err}");
     let images = d.json(&["image", "list"]);
     let hosts: Vec<String> = images[0]["hosts"]
         .as_array()
@@ -269,7 +302,14 @@ async fn a_second_host_is_added_used_lost_regained_and_removed() {
         !node.pids().contains(&pid),
         "QEMU {pid} runs on the local host now"
     );
+    assert_eq!(moved["qemu"]["cpu_model"], "Westmere-v1");
+    assert_eq!(moved["qemu"]["machine"], machine.as_str());
     let mut con = d.console("mixed").await;
+    let cpu = con.run("grep -m1 'model name' /proc/cpuinfo").await;
+    assert!(
+        cpu.contains("Westmere"),
+        "the guest's CPU after the move: {cpu}"
+    );
     let after = count(con.run("cat /tmp/count").await);
     assert!(after > before, "the counter went on: {before} then {after}");
     let later = count(con.run("sleep 0.5; cat /tmp/count").await);

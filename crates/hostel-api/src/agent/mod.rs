@@ -17,6 +17,7 @@ mod failure;
 pub use api::{AgentApi, ByteStream, Lines, SizedBytes};
 pub use failure::{AgentFailure, FailureCode};
 
+pub use hostel_model::Platform;
 use hostel_model::{Accel, ImageKind, Policy, VmState};
 use serde::{Deserialize, Serialize};
 
@@ -96,6 +97,13 @@ pub struct VmSpec {
     /// The first-boot configuration, attached as a second CD-ROM.
     #[serde(default)]
     pub seed: Option<Seed>,
+    /// The machine type the VM is pinned to (`pc-q35-10.0`); none: this QEMU's `q35`.
+    #[serde(default)]
+    pub machine: Option<String>,
+    /// A named QEMU CPU model (`Westmere-v1`); none: all the host's accelerator offers
+    /// (`host` under KVM, `max` under TCG).
+    #[serde(default)]
+    pub cpu_model: Option<String>,
 }
 
 /// A VM's network interface: a tap on the network's bridge, guarded to its addresses.
@@ -621,6 +629,9 @@ pub struct HostFacts {
     /// The directory of the host's default `dir` pool.
     #[serde(default)]
     pub disks_dir: String,
+    /// The machine types and CPU models its QEMU offers.
+    #[serde(default)]
+    pub platform: Platform,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -261,6 +261,17 @@ pub(super) async fn renew_vm(
     Ok(Json(c.renew(&ctx, &name, req).await?))
 }
 
+#[utoipa::path(post, path = "/api/v1/vms/{name}/cpu-model", params(("name" = String, Path)), request_body = SetCpuModelRequest,
+    responses((status = 200, body = Vm), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(super) async fn set_cpu_model(
+    State(c): S,
+    Extension(ctx): X,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<SetCpuModelRequest>,
+) -> R<Vm> {
+    Ok(Json(c.set_cpu_model(&ctx, &name, req).await?))
+}
+
 /// Live changes to the caller's VMs, as server-sent events: each event's `data` is a
 /// `VmEvent` (JSON). `changed` carries the VM's summary as it is now; `gone` a VM that
 /// left the caller's view; `resync` asks the client to read the list again. A comment

@@ -75,5 +75,7 @@ pub fn spec(id: &str) -> hostel_api::agent::VmSpec {
         nics: vec![],
         cdrom: None,
         seed: None,
+        machine: Some("pc-q35-10.0".into()),
+        cpu_model: Some(hostel_model::CPU_BASELINE.into()),
     }
 }

@@ -45,6 +45,8 @@ pub struct CreateForm {
     #[serde(default)]
     pub anti_affinity: String,
     #[serde(default)]
+    pub cpu_model: String,
+    #[serde(default)]
     pub start: Option<String>,
 }
 
@@ -117,6 +119,7 @@ impl CreatePage {
             "password",
             "lease_days",
             "anti_affinity",
+            "cpu_model",
         ];
         if FIELDS.contains(&self.error_field.as_str()) {
             None
@@ -328,6 +331,7 @@ fn cli_line(f: &CreateForm, keys: &[SshKey]) -> String {
         opt("host-tag", t);
     }
     opt("anti-affinity", &f.anti_affinity);
+    opt("cpu-model", &f.cpu_model);
     for k in keys.iter().filter(|k| f.key.contains(&k.name)) {
         opt("ssh-key", &k.public_key);
     }
@@ -409,6 +413,7 @@ fn request(f: &CreateForm, keys: &[SshKey]) -> Result<CreateVmRequest, (String, 
         .map(String::from)
         .collect();
     req.anti_affinity = Some(f.anti_affinity.trim().to_string()).filter(|g| !g.is_empty());
+    req.cpu_model = Some(f.cpu_model.trim().to_string()).filter(|m| !m.is_empty());
     req.start = f.start.is_some();
     Ok(req)
 }
@@ -448,4 +453,30 @@ pub async fn preview(headers: HeaderMap, f: Form<CreateForm>) -> Response {
     let Form { session: s, data } = f;
     let layout = Layout::new(&s, &headers, "Create a VM", "create");
     render(&s, layout, data, None).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_forms_placement_and_cpu_fields_reach_the_request_and_the_command_line() {
+        let f = CreateForm {
+            name: "web".into(),
+            image: "tiny".into(),
+            anti_affinity: " front ".into(),
+            cpu_model: " Westmere-v1 ".into(),
+            ..Default::default()
+        };
+        let req = request(&f, &[]).unwrap();
+        assert_eq!(req.cpu_model.as_deref(), Some("Westmere-v1"));
+        assert_eq!(req.anti_affinity.as_deref(), Some("front"));
+        let line = cli_line(&f, &[]);
+        assert!(
+            line.contains("--cpu-model Westmere-v1") && line.contains("--anti-affinity front"),
+            "{line}"
+        );
+        let empty = request(&CreateForm::default(), &[]).unwrap();
+        assert_eq!(empty.cpu_model, None, "empty: the cluster's default");
+    }
 }

@@ -153,6 +153,8 @@ pub struct ActionForm {
     #[serde(default)]
     vcpus: String,
     #[serde(default)]
+    cpu_model: String,
+    #[serde(default)]
     path: String,
     #[serde(default)]
     days: String,
@@ -258,6 +260,10 @@ fn call_for(action: &str, f: &ActionForm) -> Result<(Call, String), String> {
                 format!("now has {v} vCPUs"),
             )
         }
+        "cpu-model" => (
+            Call::Post("cpu-model", json!({"cpu_model": f.cpu_model.trim()})),
+            format!("gets CPU model {} from its next start", f.cpu_model.trim()),
+        ),
         "renew" => {
             let d: Option<u32> = opt_num("days", &f.days)?;
             (

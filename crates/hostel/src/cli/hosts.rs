@@ -67,6 +67,12 @@ pub enum HostCmd {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Format,
     },
+    /// One host: its state, QEMU, machine types and the CPU models it runs in full.
+    Show {
+        name: String,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+    },
     /// Add the host whose agent (`hostel agent`) answers at URL (https://ADDRESS:PORT).
     Add {
         url: String,
@@ -225,6 +231,40 @@ pub async fn run(cmd: Cmd) -> Result<()> {
         Cmd::Host(HostCmd::List { output }) => {
             let hosts: Vec<HostInfo> = api.get("/api/v1/hosts").await?;
             output::list(output, &hosts, HOST_COLUMNS)
+        }
+        Cmd::Host(HostCmd::Show { name, output }) => {
+            let hosts: Vec<HostInfo> = api.get("/api/v1/hosts").await?;
+            let Some(h) = hosts.into_iter().find(|h| h.name == name) else {
+                bail!("no host is named {name:?}: `hostel host list` lists the hosts");
+            };
+            output::show(output, &h, |h| {
+                let rows = [
+                    ("name", h.name.clone()),
+                    ("state", online(h).to_string()),
+                    ("url", h.url.clone()),
+                    ("cpus", format!("{} ({})", h.cpus, h.cpu_name)),
+                    ("memory", format_mib(h.memory_total_mib)),
+                    ("promised", format_mib(h.memory_vms_mib)),
+                    (
+                        "vms",
+                        format!("{} ({} running)", h.vms_total, h.vms_running),
+                    ),
+                    (
+                        "accel",
+                        format!("{} ({})", h.accel.as_str(), h.accel_reason),
+                    ),
+                    ("qemu", h.qemu_version.clone()),
+                    ("kernel", h.kernel.clone()),
+                    ("machine", h.machine.clone()),
+                    ("machines", h.machines.join(" ")),
+                    ("cpu models", h.cpu_models.join(" ")),
+                    ("tags", h.tags.join(",")),
+                    ("last seen", format!("{} {}", h.last_seen, age(h))),
+                ];
+                for (k, v) in rows {
+                    println!("{k:<11} {v}");
+                }
+            })
         }
         Cmd::Host(HostCmd::Add { url, replace }) => {
             let h: HostInfo = api

@@ -97,6 +97,10 @@ pub enum Cmd {
         #[arg(long)]
         until: Option<String>,
     },
+    /// Set a stopped VM's CPU model: `host` (all its host offers; it then moves live only
+    /// between hosts with the same CPU and QEMU) or a QEMU model the host runs in full
+    /// (`hostel host show HOST` lists them).
+    CpuModel { name: String, model: String },
     /// Move a running VM to another host while it runs (admins), with a progress bar;
     /// prints the downtime it achieved.
     Migrate {
@@ -205,6 +209,10 @@ pub struct CreateArgs {
     /// Also print how the host was chosen: every host considered and its verdict.
     #[arg(long)]
     explain: bool,
+    /// The guest's CPU: `host`, or a QEMU model the host runs in full (default: `host`
+    /// on one host; the cluster baseline, Westmere-v1, once there are more).
+    #[arg(long)]
+    cpu_model: Option<String>,
     #[arg(short, long, value_enum, default_value = "table")]
     output: Format,
 }
@@ -309,6 +317,19 @@ pub async fn run(cmd: Cmd) -> Result<()> {
                 return Ok(());
             }
             super::images::wait_task(&api, t).await?;
+            return Ok(());
+        }
+        Cmd::CpuModel { name, model } => {
+            let v: Vm = api
+                .post(
+                    &action(&name, "cpu-model"),
+                    &SetCpuModelRequest { cpu_model: model },
+                )
+                .await?;
+            println!(
+                "{}: CPU model {}, machine type {} (from its next start)",
+                v.name, v.qemu.cpu_model, v.qemu.machine
+            );
             return Ok(());
         }
         Cmd::Renew { name, days, until } => {
@@ -544,6 +565,7 @@ async fn create(api: &Api, a: CreateArgs) -> Result<()> {
         owner: a.owner,
         host_tags: a.host_tags,
         anti_affinity: a.anti_affinity,
+        cpu_model: a.cpu_model,
         explain: a.explain,
     };
     let vm: Vm = api.post("/api/v1/vms", &req).await?;
