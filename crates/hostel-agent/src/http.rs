@@ -282,6 +282,18 @@ where
             }),
         )
         .route(
+            ep::RecoverMigration::ROUTE,
+            json::<A, ep::RecoverMigration, _, _>(|a, id, r| async move {
+                a.recover_migration(&id, r).await
+            }),
+        )
+        .route(
+            ep::ResumeMigration::ROUTE,
+            json::<A, ep::ResumeMigration, _, _>(|a, id, r| async move {
+                a.resume_migration(&id, r).await
+            }),
+        )
+        .route(
             ep::MigrateOut::ROUTE,
             lines::<A, ep::MigrateOut, _, _>(None, |a, r| async move { a.migrate_out(r).await }),
         )

@@ -10,6 +10,7 @@ mod net;
 mod service;
 mod stats;
 mod stream_tls;
+mod uffd;
 pub mod uids;
 pub mod vm;
 
@@ -274,7 +275,10 @@ impl Shared {
                 .map(|u| u.release().to_string_lossy().into_owned())
                 .unwrap_or_default(),
             disks_dir: self.disks_dir().display().to_string(),
-            platform: self.platform(accel).await,
+            platform: hostel_api::agent::Platform {
+                postcopy: uffd::available(self.vm_uids.is_some()),
+                ..self.platform(accel).await
+            },
         }
     }
 

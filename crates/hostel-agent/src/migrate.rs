@@ -80,6 +80,12 @@ pub(crate) async fn abandon_migration(
                     "the migration completed: the VM runs on the other host".into(),
                 ))
             }
+            Some(s) if s.starts_with("postcopy") && !target_gone => {
+                return Err(AgentError::Conflict(format!(
+                    "the migration is in post-copy ({s}): the VM runs on the other host, \
+                     which still needs memory from this one"
+                )))
+            }
             Some("active" | "setup" | "device" | "pre-switchover" | "wait-unplug") => {
                 let _ = qmp.execute("migrate_cancel", json!({})).await;
             }
@@ -99,6 +105,75 @@ pub(crate) async fn abandon_migration(
     if resume && st.runstate.as_deref() != Some("running") && st.qemu {
         qmp.execute("cont", json!({})).await.map_err(fail)?;
     }
+    Ok(migration_state(Some(vm)).await)
+}
+
+/// A post-copy whose link broke (`postcopy-paused` on both ends) resumes: the receiving
+/// QEMU listens again on `listen` (`migrate-recover`), once; its port is the answer.
+pub(crate) async fn recover_incoming(vm: &VmRuntime, listen: &str) -> Result<u16, AgentError> {
+    let Some((_, qmp)) = vm.process() else {
+        return Err(AgentError::Conflict(
+            "the VM has no QEMU on this host".into(),
+        ));
+    };
+    let mut st = migration_state(Some(vm)).await;
+    // The source found the link dead; this end may not have yet (a link that drops
+    // everything tells nobody): it stops waiting on it.
+    if st.migration.as_deref() == Some("postcopy-active") {
+        let _ = qmp.execute("migrate-pause", json!({})).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while st.migration.as_deref() == Some("postcopy-active") && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            st = migration_state(Some(vm)).await;
+        }
+    }
+    if st.migration.as_deref() != Some("postcopy-paused") {
+        *vm.recover_port.lock().unwrap() = None;
+        return Err(AgentError::Conflict(format!(
+            "no post-copy waits for its link here (the migration is {})",
+            st.migration.as_deref().unwrap_or("none")
+        )));
+    }
+    if let Some(port) = *vm.recover_port.lock().unwrap() {
+        return Ok(port);
+    }
+    let port = std::net::TcpListener::bind((listen, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| AgentError::Invalid(anyhow!("listen: cannot listen on {listen}: {e}")))?;
+    let uri = if listen.contains(':') {
+        format!("tcp:[{listen}]:{port}")
+    } else {
+        format!("tcp:{listen}:{port}")
+    };
+    qmp.execute("migrate-recover", json!({ "uri": uri }))
+        .await
+        .map_err(|e| AgentError::Internal(anyhow!("QEMU refused to listen again: {e}")))?;
+    *vm.recover_port.lock().unwrap() = Some(port);
+    Ok(port)
+}
+
+/// The sending QEMU of a post-copy whose link broke sends the rest to `uri`, where the
+/// receiving one listens again.
+pub(crate) async fn resume_outgoing(
+    vm: &VmRuntime,
+    uri: &str,
+) -> Result<MigrationState, AgentError> {
+    let Some((_, qmp)) = vm.process() else {
+        return Err(AgentError::Conflict(
+            "the VM has no QEMU on this host".into(),
+        ));
+    };
+    let st = migration_state(Some(vm)).await;
+    if st.migration.as_deref() != Some("postcopy-paused") {
+        return Err(AgentError::Conflict(format!(
+            "no post-copy lost its link here (the migration is {})",
+            st.migration.as_deref().unwrap_or("none")
+        )));
+    }
+    qmp.execute("migrate", json!({ "uri": uri, "resume": true }))
+        .await
+        .map_err(|e| AgentError::Internal(anyhow!("QEMU refused to resume: {e}")))?;
     Ok(migration_state(Some(vm)).await)
 }
 
@@ -147,9 +222,18 @@ impl VmRuntime {
         }
         .await;
         drop_tls_files(&self.paths);
-        if res.is_err() {
+        let in_postcopy = qmp
+            .execute("query-migrate", json!({}))
+            .await
+            .is_ok_and(|m| {
+                m["status"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("postcopy"))
+            });
+        if res.is_err() && !in_postcopy {
             // Not switched over: the target's copy of the disks is dropped, and the
-            // guest runs here again if it ran before.
+            // guest runs here again if it ran before. (In post-copy the guest runs on
+            // the target: this QEMU only keeps the memory it still needs.)
             stop_mirrors(&qmp, req.mirror.as_ref(), true).await;
             if was_running {
                 let _ = qmp.execute("cont", json!({})).await;
@@ -188,7 +272,9 @@ impl VmRuntime {
         let mut downtime = FIRST_DOWNTIME_MS.min(max_downtime);
         let mut params = json!({ "downtime-limit": downtime });
         if let Some(b) = req.bandwidth_mibps {
+            // The cap holds in post-copy too (QEMU has a limit of its own for it).
             params["max-bandwidth"] = json!(b << 20);
+            params["max-postcopy-bandwidth"] = json!(b << 20);
         }
         match &req.tls {
             Some(t) => {
@@ -204,10 +290,17 @@ impl VmRuntime {
             .await
             .map_err(|e| AgentError::Invalid(anyhow!("uri: QEMU refused to migrate: {e}")))?;
         let mut best_left = u64::MAX;
+        let mut best_sent = 0;
         let mut last_gain = Instant::now();
         let mut escalated = Instant::now();
         let mut forced = false;
         let mut switched = false;
+        // Post-copy is the last step where the caller set it up (memory only moves).
+        let may_postcopy = req
+            .capabilities
+            .iter()
+            .any(|c| c.capability == "postcopy-ram" && c.state);
+        let mut postcopy = false;
         let mut reported = Instant::now() - REPORT;
         loop {
             tokio::time::sleep(POLL).await;
@@ -227,7 +320,14 @@ impl VmRuntime {
                         transferred_bytes: sent,
                         forced,
                         tls: req.tls.is_some(),
+                        postcopy,
                     })
+                }
+                "postcopy-paused" => {
+                    return Err(AgentError::Internal(anyhow!(
+                        "the link to the target broke during post-copy: the VM waits there, \
+                         paused, for the rest of its memory, which this host keeps"
+                    )));
                 }
                 "failed" | "cancelled" => {
                     let why = m["error-desc"].as_str().unwrap_or(status).to_string();
@@ -253,10 +353,11 @@ impl VmRuntime {
                 }
                 _ => {}
             }
-            if left < best_left {
-                best_left = left;
+            if left < best_left || (postcopy && sent > best_sent) {
+                best_left = left.min(best_left);
                 last_gain = Instant::now();
             }
+            best_sent = best_sent.max(sent);
             let total = (sent + left).max(1);
             if reported.elapsed() >= REPORT {
                 reported = Instant::now();
@@ -283,7 +384,14 @@ impl VmRuntime {
                     req.stall_secs
                 )));
             }
-            if status != "active" || forced {
+            if status == "postcopy-active"
+                && last_gain.elapsed() >= Duration::from_secs(req.stall_secs)
+            {
+                // Nothing sent for that long in post-copy: the link is dead even if no
+                // error came back. Paused, it can be resumed over a new one.
+                let _ = qmp.execute("migrate-pause", json!({})).await;
+            }
+            if status != "active" || forced || postcopy {
                 continue;
             }
             let stalled = last_gain.elapsed();
@@ -301,7 +409,22 @@ impl VmRuntime {
                     .await;
             }
             if downtime >= max_downtime && stalled >= Duration::from_secs(req.stall_secs) {
-                if req.force_complete {
+                if may_postcopy {
+                    // The guest runs on the target from here; the pages it has not got
+                    // are fetched from here when it touches them, the rest sent after.
+                    qmp.execute("migrate-start-postcopy", json!({}))
+                        .await
+                        .map_err(fail)?;
+                    postcopy = true;
+                    last_gain = Instant::now();
+                    progress(
+                        sent as f64 / total as f64,
+                        "not converging: post-copy, the guest runs on the target and its \
+                         memory follows"
+                            .into(),
+                        MigrationStep::Switchover,
+                    );
+                } else if req.force_complete {
                     // Paused, the guest dirties nothing more: what is left is sent, then
                     // the VM resumes on the other side.
                     qmp.execute("stop", json!({})).await.map_err(fail)?;

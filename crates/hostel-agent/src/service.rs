@@ -643,6 +643,22 @@ impl AgentApi for Shared {
         Ok(crate::migrate::abandon_migration(&vm, req.resume, req.target_gone).await?)
     }
 
+    /// Through QMP alone, like [`abandon_migration`](Self::abandon_migration).
+    async fn recover_migration(
+        &self,
+        id: &str,
+        req: RecoverMigrationRequest,
+    ) -> Res<RecoverMigrationReady> {
+        let vm = find(self, id)?;
+        let port = crate::migrate::recover_incoming(&vm, &req.listen).await?;
+        Ok(RecoverMigrationReady { port })
+    }
+
+    async fn resume_migration(&self, id: &str, req: ResumeMigrationRequest) -> Res<MigrationState> {
+        let vm = find(self, id)?;
+        Ok(crate::migrate::resume_outgoing(&vm, &req.uri).await?)
+    }
+
     async fn read_image_file(&self, req: ReadImageFileRequest) -> Res<SizedBytes<AgentFailure>> {
         self.image_file_bytes(&req.path).await
     }

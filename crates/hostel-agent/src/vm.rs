@@ -78,6 +78,9 @@ pub struct VmRuntime {
     /// Set when the outgoing migration is given up (`migrate::abandon_migration`), even
     /// before its stream began: it then never does.
     pub(crate) migration_abandoned: std::sync::atomic::AtomicBool,
+    /// Where this QEMU, receiving a post-copy whose link broke, listens again (QEMU
+    /// takes `migrate-recover` once: a later ask gets the same port).
+    pub(crate) recover_port: Mutex<Option<u16>>,
 }
 
 impl VmRuntime {
@@ -104,6 +107,7 @@ impl VmRuntime {
             restarts: Mutex::new(Vec::new()),
             op: tokio::sync::Mutex::new(()),
             migration_abandoned: Default::default(),
+            recover_port: Mutex::default(),
         })
     }
 
@@ -388,6 +392,13 @@ impl VmRuntime {
                 qmp.execute("cont", json!({})).await?;
             }
             if let Some(r) = &migrate_from {
+                // Post-copy: this QEMU serves its page faults itself (`uffd.rs`), from
+                // the capabilities' check on until it runs the VM (`watch_incoming`).
+                if let Some(uid) = identity.as_ref().map(|i| i.uid).filter(|_| r.postcopy()) {
+                    crate::uffd::grant(uid).map_err(|e| {
+                        anyhow!("cannot let the VM's QEMU use userfaultfd for post-copy: {e:#}")
+                    })?;
+                }
                 // Both ends of a migration use the same capabilities.
                 qmp.execute(
                     "migrate-set-capabilities",
@@ -410,7 +421,11 @@ impl VmRuntime {
                     export_disks(&qmp, &spec, &r.shared_disks, host, *port, r.tls.is_some())
                         .await?;
                 }
-                self.clone().watch_incoming(qmp.clone(), r.nbd.is_some());
+                self.clone().watch_incoming(
+                    qmp.clone(),
+                    r.nbd.is_some(),
+                    identity.as_ref().map(|i| i.uid).filter(|_| r.postcopy()),
+                );
                 // Waiting for the stream: paused until it completes, then running.
                 return Ok(VmState::Paused);
             }
@@ -448,6 +463,11 @@ impl VmRuntime {
             Err(e) => {
                 if self.state().has_process() {
                     let _ = self.destroy(shared).await;
+                }
+                if let Some(uid) = identity.as_ref().map(|i| i.uid) {
+                    if migrate_from.as_ref().is_some_and(|r| r.postcopy()) {
+                        crate::uffd::revoke(uid);
+                    }
                 }
                 if restore_from.is_some() {
                     // The save file is intact: the VM stays saved, ready for another try.
@@ -518,11 +538,21 @@ impl VmRuntime {
         shared.adopt_guards(&rt.spec);
         let _ = self.console.attach(&self.paths.serial()).await;
         let runstate = status["status"].as_str().unwrap_or("");
+        // A grant of userfaultfd (post-copy) to its uid goes when it no longer waits.
+        let uffd_uid = shared
+            .qemu_identity(&rt.spec.id)
+            .ok()
+            .flatten()
+            .map(|i| i.uid)
+            .filter(|u| crate::uffd::granted(*u));
         if runstate == "inmigrate" {
             // Still receiving a migration: its NBD export and certificates go when it
             // ends, as if this agent had never stopped.
-            self.clone().watch_incoming(qmp.clone(), true);
+            self.clone().watch_incoming(qmp.clone(), true, uffd_uid);
         } else {
+            if let Some(uid) = uffd_uid {
+                crate::uffd::revoke(uid);
+            }
             // A migration this QEMU received or sent while the agent was down may have
             // left its NBD server (writable exports of the disks) or certificates.
             let _ = qmp.execute("nbd-server-stop", json!({})).await;
@@ -1287,6 +1317,16 @@ struct Receive {
     tls: Option<hostel_api::agent::StreamTls>,
 }
 
+impl Receive {
+    /// The migration may end in post-copy (the `postcopy-ram` capability is on).
+    fn postcopy(&self) -> bool {
+        self.caps.as_array().is_some_and(|a| {
+            a.iter()
+                .any(|c| c["capability"] == "postcopy-ram" && c["state"] == true)
+        })
+    }
+}
+
 /// Serves the VM's disks over NBD (writable, export `disk` and the index) for the
 /// source's mirror, and stops serving once the VM runs here (the migration completed)
 /// or its QEMU is gone.
@@ -1318,7 +1358,7 @@ async fn export_disks(
 impl VmRuntime {
     /// Once the VM runs here (the migration completed) or its QEMU is gone: the NBD
     /// server (`nbd`) stops serving the disks and the migration's certificates go.
-    fn watch_incoming(self: Arc<Self>, q: Arc<Qmp>, nbd: bool) {
+    fn watch_incoming(self: Arc<Self>, q: Arc<Qmp>, nbd: bool, uffd_uid: Option<u32>) {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -1334,6 +1374,9 @@ impl VmRuntime {
                 }
             }
             crate::stream_tls::drop_tls_files(&self.paths);
+            if let Some(uid) = uffd_uid {
+                crate::uffd::revoke(uid);
+            }
         });
     }
 }

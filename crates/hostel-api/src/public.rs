@@ -166,6 +166,12 @@ pub struct MigrateRequest {
     /// trusted as much as the hosts themselves).
     #[serde(default)]
     pub unencrypted: bool,
+    /// Never end in post-copy. Otherwise a guest that does not converge, whose memory
+    /// alone moves (no disk to mirror), finishes by post-copy: it runs on the target
+    /// at once and fetches the pages it lacks from the source, which must then stay up
+    /// until all have gone (if either host dies meanwhile, the guest is lost).
+    #[serde(default)]
+    pub no_postcopy: bool,
     /// Move a VM that is not running: its disk files are copied to the other host
     /// (through the controller, over the agents' mutual TLS) and it is recorded there.
     #[serde(default)]
@@ -560,6 +566,9 @@ pub struct HostInfo {
     /// same one.
     #[serde(default)]
     pub cpu_name: String,
+    /// It can receive a VM by post-copy (its QEMU may use userfaultfd).
+    #[serde(default)]
+    pub postcopy: bool,
 }
 
 /// Empties a host for maintenance: it gets no new VMs, and its running VMs migrate live

@@ -53,6 +53,7 @@ impl Controller {
                     machines: h.platform.machines,
                     cpu_models: h.platform.cpu_models,
                     cpu_name: h.platform.cpu_name,
+                    postcopy: h.platform.postcopy,
                 }
             })
             .collect())

@@ -34,6 +34,7 @@ mod rebalance;
 mod space;
 pub mod sshgw;
 pub mod stats;
+mod stream_address;
 pub mod throttle;
 mod vm_create;
 mod vm_spec;

@@ -22,6 +22,7 @@
 use crate::context::Ctx;
 use crate::error::Error;
 use crate::migrate_recover::{MovedDisk, Reservation, Settled};
+use crate::stream_address::{stream_address, stream_uri};
 use crate::Controller;
 use futures::StreamExt;
 use hostel_api::agent::{self as wire, AgentApi};
@@ -37,59 +38,18 @@ const DEFAULT_MAX_DOWNTIME_MS: u64 = 300;
 
 /// What both ends of every migration use: auto-converge throttles a guest that writes
 /// memory faster than it is sent; events let QEMU report its steps.
-fn capabilities() -> Vec<wire::MigrationCapability> {
-    ["auto-converge", "events", "multifd"]
+/// QEMU's capabilities for both ends. With `postcopy` (memory alone moves, and the
+/// target's QEMU may use userfaultfd) the migration may end in post-copy, which QEMU 10
+/// does not combine with multifd: one stream then.
+fn capabilities(postcopy: bool) -> Vec<wire::MigrationCapability> {
+    let last = if postcopy { "postcopy-ram" } else { "multifd" };
+    ["auto-converge", "events", last]
         .into_iter()
         .map(|c| wire::MigrationCapability {
             capability: c.into(),
             state: true,
         })
         .collect()
-}
-
-/// The address part of an agent's `https://ADDRESS:PORT`, where the host's QEMU listens
-/// for a migration stream.
-fn host_address(url: &str) -> Option<String> {
-    let rest = url.strip_prefix("https://")?;
-    let hostport = rest.split('/').next()?;
-    let host = match hostport.strip_prefix('[') {
-        Some(v6) => v6.split(']').next()?,
-        None => hostport
-            .rsplit_once(':')
-            .map(|(h, _)| h)
-            .unwrap_or(hostport),
-    };
-    (!host.is_empty()).then(|| host.to_string())
-}
-
-/// The address the source host sends a migration stream to: the target agent's, unless
-/// that is a loopback address (the agent inside `hostel up`, reached by the controller on
-/// its own machine), whose machine is then reached at the address it uses itself to
-/// reach the source.
-fn stream_address(target_url: &str, source_url: &str) -> Option<String> {
-    let target = host_address(target_url)?;
-    let loopback = target
-        .parse::<std::net::IpAddr>()
-        .map(|a| a.is_loopback())
-        .unwrap_or(target == "localhost");
-    if !loopback {
-        return Some(target);
-    }
-    let source: std::net::IpAddr = host_address(source_url)?.parse().ok()?;
-    if source.is_loopback() {
-        // Both agents on this machine: loopback reaches the target.
-        return Some(target);
-    }
-    let any: std::net::IpAddr = if source.is_ipv4() {
-        std::net::Ipv4Addr::UNSPECIFIED.into()
-    } else {
-        std::net::Ipv6Addr::UNSPECIFIED.into()
-    };
-    // A datagram socket "connected" sends nothing; it only picks the route's address.
-    let sock = std::net::UdpSocket::bind((any, 0)).ok()?;
-    sock.connect((source, 9)).ok()?;
-    let me = sock.local_addr().ok()?.ip();
-    (!me.is_loopback()).then(|| me.to_string())
 }
 
 impl Controller {
@@ -120,7 +80,8 @@ impl Controller {
         ctx.params(
             serde_json::json!({"to": req.to, "max_downtime_ms": req.max_downtime_ms,
             "bandwidth_mibps": req.bandwidth_mibps, "force_complete": req.force_complete,
-            "unencrypted": req.unencrypted, "offline": req.offline}),
+            "unencrypted": req.unencrypted, "offline": req.offline,
+            "no_postcopy": req.no_postcopy}),
         );
         let (guard, vm) = self.locked_vm(ctx, name).await?;
         if req.offline && vm.state.has_process() {
@@ -461,6 +422,16 @@ impl Controller {
             .map(|d| d.disk.idx)
             .collect();
         cancelled()?;
+        // Post-copy is the last step for a guest that does not converge, where only its
+        // memory moves (a mirror must finish before the switch-over) and the target
+        // can take it, unless the admin asked for none.
+        let postcopy = moving.is_empty()
+            && !m.req.no_postcopy
+            && self
+                .store
+                .host(&m.row.target)
+                .await?
+                .is_some_and(|h| h.platform.postcopy);
         let (target_tls, source_tls) = self.stream_tls(m)?;
         let ready = m
             .target_agent
@@ -469,7 +440,7 @@ impl Controller {
                 wire::MigrateInRequest {
                     spec,
                     listen: "0.0.0.0".into(),
-                    capabilities: capabilities(),
+                    capabilities: capabilities(postcopy),
                     export_disks: !moving.is_empty(),
                     shared_disks: shared.clone(),
                     tls: target_tls,
@@ -492,14 +463,12 @@ impl Controller {
                 )));
             }
         };
-        let uri = if m.connect.contains(':') {
-            format!("tcp:[{}]:{}", m.connect, ready.port)
-        } else {
-            format!("tcp:{}:{}", m.connect, ready.port)
-        };
+        let uri = stream_uri(&m.connect, ready.port);
         self.progress(&m.row.id, 0.05, &format!("sending to {uri}"))
             .await;
-        let result = self.send_state(m, &uri, mirror, source_tls).await?;
+        let result = self
+            .send_state(m, &uri, mirror, source_tls, capabilities(postcopy))
+            .await?;
         // QEMU completed: the VM runs on the target. The journal says so, then the
         // database moves it there (its host, its disks' new files) with the step, and
         // only then do the source's QEMU (paused after sending) and files go.
@@ -615,13 +584,14 @@ impl Controller {
         uri: &str,
         mirror: Option<wire::DiskMirror>,
         tls: Option<wire::StreamTls>,
+        capabilities: Vec<wire::MigrationCapability>,
     ) -> Res<wire::MigrationResult> {
         let mut lines = m
             .source_agent
             .migrate_out(wire::MigrateOutRequest {
                 vm_id: m.vm.id.clone(),
                 uri: uri.to_string(),
-                capabilities: capabilities(),
+                capabilities,
                 max_downtime_ms: m.req.max_downtime_ms.unwrap_or(DEFAULT_MAX_DOWNTIME_MS),
                 bandwidth_mibps: m.req.bandwidth_mibps,
                 force_complete: m.req.force_complete,
@@ -703,6 +673,8 @@ fn done_message(r: &wire::MigrationResult) -> String {
         r.total_ms,
         if r.forced {
             " (the guest was paused to finish)"
+        } else if r.postcopy {
+            " (finished by post-copy: the guest ran on the target while its memory followed)"
         } else {
             ""
         },
@@ -736,40 +708,4 @@ pub(crate) struct Moving {
     pub req: MigrateRequest,
     /// Set by `cancel_task`.
     pub cancel: tokio::sync::watch::Receiver<bool>,
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn host_addresses() {
-        use super::host_address;
-        assert_eq!(
-            host_address("https://10.0.0.2:8471").as_deref(),
-            Some("10.0.0.2")
-        );
-        assert_eq!(
-            host_address("https://[fd00::2]:8471").as_deref(),
-            Some("fd00::2")
-        );
-        assert_eq!(
-            host_address("https://node2:8471/").as_deref(),
-            Some("node2")
-        );
-        assert_eq!(host_address("http://x:1"), None);
-    }
-
-    #[test]
-    fn stream_addresses() {
-        use super::stream_address;
-        let at = |t: &str, s: &str| stream_address(t, s);
-        assert_eq!(
-            at("https://10.0.0.2:1", "https://10.0.0.3:1").as_deref(),
-            Some("10.0.0.2")
-        );
-        // Two agents on one machine.
-        assert_eq!(
-            at("https://127.0.0.1:1", "https://127.0.0.1:2").as_deref(),
-            Some("127.0.0.1")
-        );
-    }
 }

@@ -199,6 +199,7 @@ impl Controller {
         };
         let source = agent(&row.source)?;
         if row.step == "cleanup" {
+            self.postcopy_done(&source, &row).await?;
             if !self.clean_source(&row).await {
                 return Err(Error::unavailable(format!(
                     "host {} did not let its copy be removed",
@@ -214,8 +215,9 @@ impl Controller {
         }
         let src = source.get_migration(&row.vm_id).await?;
         let tgt = target.get_migration(&row.vm_id).await?;
-        // Only a QEMU that received the whole VM leaves `inmigrate`. (The source's
-        // "completed" is no proof: a VM that came to it by migration says so too.)
+        // Only a QEMU that received the whole VM, or runs it by post-copy, leaves
+        // `inmigrate`. (The source's "completed" is no proof: a VM that came to it by
+        // migration says so too.)
         let switched = tgt.qemu
             && !matches!(
                 tgt.runstate.as_deref(),
@@ -239,6 +241,7 @@ impl Controller {
             self.store
                 .commit_move(&row, status.state, status.pid, &moved)
                 .await?;
+            self.postcopy_done(&source, &row).await?;
             if !self.clean_source(&row).await {
                 // Committed: the VM runs on the target; its source copy goes later.
                 return Err(Error::unavailable(format!(
@@ -349,5 +352,81 @@ impl Controller {
             return false;
         }
         true
+    }
+}
+
+impl Controller {
+    /// Refuses to let the source's copy go while a post-copy is under way: the guest
+    /// runs on the target, but pages it has not fetched yet are only on the source.
+    /// Recovery asks again until QEMU says the migration completed; a post-copy whose
+    /// link broke is resumed meanwhile.
+    async fn postcopy_done(
+        &self,
+        source: &crate::agent_client::AgentClient,
+        row: &MoveRecord,
+    ) -> Res<()> {
+        let st = source.get_migration(&row.vm_id).await?;
+        let Some(s) = st.migration.filter(|s| s.starts_with("postcopy")) else {
+            return Ok(());
+        };
+        if s == "postcopy-paused" {
+            // Resuming is asked for each time: QEMU reconnects in the background, and
+            // falls back to paused while the link is still down.
+            let tried = match self.resume_postcopy(source, row).await {
+                Ok(()) => "asked to resume".to_string(),
+                Err(e) => format!("resuming failed ({})", e.message()),
+            };
+            return Err(Error::unavailable(format!(
+                "post-copy paused, its link broken: the VM waits on host {} for the rest of \
+                 its memory, which host {} keeps; {tried}, and asked again shortly",
+                row.target, row.source
+            )));
+        }
+        Err(Error::unavailable(format!(
+            "post-copy under way ({s}): the VM runs on host {}, and host {} keeps its copy \
+             until the rest of its memory is there",
+            row.target, row.source
+        )))
+    }
+
+    /// The target listens again (`migrate-recover`), and the source sends the rest there.
+    async fn resume_postcopy(
+        &self,
+        source: &crate::agent_client::AgentClient,
+        row: &MoveRecord,
+    ) -> Res<()> {
+        let target = self
+            .agent(&row.target)
+            .filter(|_| self.is_online(&row.target))
+            .ok_or_else(|| Error::unavailable(format!("host {} is not connected", row.target)))?;
+        let url = |h: Option<hostel_store::HostRecord>| h.map(|h| h.url).unwrap_or_default();
+        let (t, s) = (
+            url(self.store.host(&row.target).await?),
+            url(self.store.host(&row.source).await?),
+        );
+        let connect = crate::stream_address::stream_address(&t, &s).ok_or_else(|| {
+            Error::from(anyhow::anyhow!(
+                "no address of host {} is known",
+                row.target
+            ))
+        })?;
+        let ready = target
+            .recover_migration(
+                &row.vm_id,
+                wire::RecoverMigrationRequest {
+                    listen: "0.0.0.0".into(),
+                },
+            )
+            .await?;
+        source
+            .resume_migration(
+                &row.vm_id,
+                wire::ResumeMigrationRequest {
+                    uri: crate::stream_address::stream_uri(&connect, ready.port),
+                },
+            )
+            .await?;
+        tracing::info!(vm = %row.vm_id, "post-copy resumed after its link broke");
+        Ok(())
     }
 }

@@ -51,6 +51,9 @@ pub struct Platform {
     /// The host CPU's model name (`/proc/cpuinfo`): VMs on the `host` CPU model move
     /// only between hosts with the same one.
     pub cpu_name: String,
+    /// Its QEMU can receive a VM by post-copy (userfaultfd is open to it).
+    #[serde(default)]
+    pub postcopy: bool,
 }
 
 /// The CPU model of all a host's accelerator offers (QEMU's `host` under KVM, `max`

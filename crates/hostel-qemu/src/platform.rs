@@ -46,6 +46,8 @@ pub async fn probe(binary: &str, accel: Accel) -> anyhow::Result<Platform> {
         machines,
         cpu_models,
         cpu_name: cpu_name(&std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default()),
+        // Whether userfaultfd is open to the VMs' QEMU is the agent's to say.
+        postcopy: false,
     })
 }
 

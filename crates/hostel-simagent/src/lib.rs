@@ -47,6 +47,8 @@ pub struct SimHost {
     stats_delay: Mutex<std::time::Duration>,
     /// SIMULATED outgoing migrations' statuses (`completed`, `cancelled`), by VM id.
     migrations: Mutex<HashMap<String, String>>,
+    /// The QEMU capabilities the last outgoing migration asked for (for tests).
+    sent_capabilities: Mutex<Vec<String>>,
     /// SIMULATED machine types and CPU models this host's QEMU would offer.
     platform: Mutex<hostel_api::agent::Platform>,
 }
@@ -96,6 +98,7 @@ impl SimHost {
             counters: Mutex::default(),
             stats_delay: Mutex::default(),
             migrations: Mutex::default(),
+            sent_capabilities: Mutex::default(),
             platform: Mutex::new(hostel_api::agent::Platform {
                 machine: "pc-q35-10.0".into(),
                 machines: vec!["pc-q35-10.0".into(), "pc-q35-9.2".into()],
@@ -105,8 +108,14 @@ impl SimHost {
                     "Haswell-v4".into(),
                 ],
                 cpu_name: "simulated CPU".into(),
+                postcopy: true,
             }),
         }
+    }
+
+    /// The capabilities the last migration sent from here asked QEMU for.
+    pub fn sent_capabilities(&self) -> Vec<String> {
+        self.sent_capabilities.lock().unwrap().clone()
     }
 
     /// SIMULATION: the machine types and CPU models this host reports when the
@@ -567,6 +576,12 @@ impl AgentApi for SimHost {
     async fn migrate_out(&self, req: MigrateOutRequest) -> Res<Lines<MigrationLine, AgentFailure>> {
         self.find(&req.vm_id)?;
         self.to_state(&req.vm_id, VmState::Paused)?;
+        *self.sent_capabilities.lock().unwrap() = req
+            .capabilities
+            .iter()
+            .filter(|c| c.state)
+            .map(|c| c.capability.clone())
+            .collect();
         self.migrations
             .lock()
             .unwrap()
@@ -584,6 +599,7 @@ impl AgentApi for SimHost {
                     transferred_bytes: 1 << 20,
                     forced: false,
                     tls: req.tls.is_some(),
+                    postcopy: false,
                 },
             }),
         ])))
@@ -623,6 +639,30 @@ impl AgentApi for SimHost {
             self.to_state(id, VmState::Running)?;
         }
         self.get_migration(id).await
+    }
+
+    /// SIMULATION: a simulated migration never breaks mid-way, so no post-copy waits.
+    async fn recover_migration(
+        &self,
+        id: &str,
+        _req: RecoverMigrationRequest,
+    ) -> Res<RecoverMigrationReady> {
+        self.find(id)?;
+        Err(AgentFailure::conflict(
+            "no post-copy waits for its link here (simulated)",
+        ))
+    }
+
+    /// SIMULATION: as [`recover_migration`](Self::recover_migration).
+    async fn resume_migration(
+        &self,
+        id: &str,
+        _req: ResumeMigrationRequest,
+    ) -> Res<MigrationState> {
+        self.find(id)?;
+        Err(AgentFailure::conflict(
+            "no post-copy lost its link here (simulated)",
+        ))
     }
 
     async fn read_image_file(&self, req: ReadImageFileRequest) -> Res<SizedBytes<AgentFailure>> {

@@ -371,6 +371,27 @@ async fn every_endpoint_agrees_between_client_and_router() {
         .await
         .unwrap();
     assert_eq!(kept.migration.as_deref(), Some("completed"), "{kept:?}");
+    // No post-copy lost its link: neither end resumes one, each says so.
+    let e = a
+        .recover_migration(
+            "vm-m",
+            RecoverMigrationRequest {
+                listen: "127.0.0.1".into(),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("post-copy"), "{e}");
+    let e = a
+        .resume_migration(
+            "vm-m",
+            ResumeMigrationRequest {
+                uri: "tcp:127.0.0.1:1".into(),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("post-copy"), "{e}");
     a.delete_image(DeleteImageRequest { path: built.path })
         .await
         .unwrap();

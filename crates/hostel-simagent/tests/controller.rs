@@ -1270,6 +1270,46 @@ async fn a_running_vm_migrates_and_the_database_follows_it() {
         .disk_files()
         .contains(&new.path));
     assert!(!sim_of(&from3).disk_files().contains(&old.path));
+    // Its disk was mirrored: one multifd stream of memory, no post-copy (a mirror must
+    // end before the switch-over). Memory alone (m1) may end in post-copy, unless the
+    // admin says no.
+    let caps = sim_of(&from3).sent_capabilities();
+    assert!(
+        caps.contains(&"multifd".to_string()) && !caps.contains(&"postcopy-ram".to_string()),
+        "{caps:?}"
+    );
+    let m1 = k.c.store.vm_by_name("m1").await.unwrap().unwrap();
+    let back = |no_postcopy| MigrateRequest {
+        to: Some(source.clone()),
+        no_postcopy,
+        ..Default::default()
+    };
+    let t = k.c.migrate_vm(&k.admin, "m1", back(false)).await.unwrap();
+    k.task_end(&t.id).await.unwrap();
+    let caps = sim_of(&target).sent_capabilities();
+    assert!(
+        caps.contains(&"postcopy-ram".to_string()) && !caps.contains(&"multifd".to_string()),
+        "{caps:?}"
+    );
+    let t =
+        k.c.migrate_vm(
+            &k.admin,
+            "m1",
+            MigrateRequest {
+                to: Some(target.clone()),
+                no_postcopy: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    k.task_end(&t.id).await.unwrap();
+    let caps = sim_of(&source).sent_capabilities();
+    assert!(!caps.contains(&"postcopy-ram".to_string()), "{caps:?}");
+    assert_eq!(
+        k.c.store.vm_by_name("m1").await.unwrap().unwrap().host_id,
+        m1.host_id
+    );
     // Snapshots do not move: refused, with what to do. A stopped VM does not migrate live.
     k.c.create_snapshot(
         &k.admin,

@@ -778,6 +778,7 @@ async fn hosts_are_drained_rebalanced_and_vms_moved_from_the_pages() {
     // offline move, which goes through its task's page.
     let page = alice.get("/vms/w1").await.body;
     assert!(page.contains(r#"name="force_complete""#), "{page}");
+    assert!(page.contains(r#"name="no_postcopy""#), "{page}");
     assert!(!page.contains("/do/move-offline"), "{page}");
     site.c
         .simple_action(admin, "w1", hostel_model::Op::Destroy)

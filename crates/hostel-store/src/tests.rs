@@ -38,6 +38,7 @@ fn host() -> HostRecord {
             machines: vec!["pc-q35-10.0".into()],
             cpu_models: vec!["Westmere-v1".into()],
             cpu_name: "test CPU".into(),
+            postcopy: true,
         },
     }
 }

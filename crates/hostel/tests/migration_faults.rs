@@ -553,6 +553,105 @@ async fn a_migration_killed_at_any_step_ends_with_exactly_one_vm() {
             .await,
         "on-shared-disk"
     );
+    // Busy there, and not converging within the downtime allowed: with only memory to
+    // move it ends in post-copy (the guest runs on the target at once and fetches the
+    // pages it lacks), and arrives whole: its counter goes on from where it was.
+    con.run("(i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done) & true")
+        .await;
+    con.run(
+        "(while true; do i=0; while [ $i -lt 300 ]; do echo $i$i$i$i$i$i$i$i > /tmp/x$i; \
+         i=$((i+1)); done; done) & true",
+    )
+    .await;
+    let before = count(con.run("cat /tmp/count").await);
+    drop(con);
+    let out = k.d.ok(&[
+        "migrate",
+        "sharer",
+        "--to",
+        &from,
+        "--max-downtime",
+        "1",
+        "--bandwidth",
+        "4",
+    ]);
+    assert!(out.contains("finished by post-copy"), "{out}");
+    let back = k.d.describe("sharer");
+    assert_eq!(
+        (back["host"].as_str(), back["state"].as_str()),
+        (Some(from.as_str()), Some("running"))
+    );
+    let q = qemus_of(&sharer_id);
+    assert_eq!(q.len(), 1, "one QEMU once the post-copy completed: {q:?}");
+    assert_eq!(q[0].1, from);
+    let mut con = k.d.console("sharer").await;
+    let now = count(con.run("cat /tmp/count").await);
+    assert!(now > before, "the guest counts on ({before} then {now})");
+    assert_eq!(
+        con.run("echo 3 > /proc/sys/vm/drop_caches; head -c 14 /dev/vda")
+            .await,
+        "on-shared-disk"
+    );
+    // 32 MiB of random bytes (zero pages cost nothing to send) rewritten nonstop: a
+    // post-copy long enough to cut its link, at 4 MiB/s.
+    con.run(
+        "(while true; do dd if=/dev/urandom of=/tmp/big bs=1M count=32 2>/dev/null; done) & true",
+    )
+    .await;
+    let before = count(con.run("cat /tmp/count").await);
+    drop(con);
+    // The link broken in the middle of a post-copy (every connection between the QEMUs
+    // reset): the guest waits on the target for the pages still on the source, which
+    // keeps them; recovery resumes the post-copy once the link is back, and the guest
+    // goes on, whole.
+    let task = k.d.ok(&[
+        "migrate",
+        "sharer",
+        "--to",
+        other(&from),
+        "--max-downtime",
+        "1",
+        "--bandwidth",
+        "4",
+        "--detach",
+    ]);
+    let task = task.trim().to_string();
+    let message_starts = |prefix: &str| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let t = k.d.json(&["task", "show", &task]);
+            if t["message"].as_str().unwrap_or("").contains(prefix) {
+                return t;
+            }
+            assert!(Instant::now() < deadline, "never {prefix:?}: {t}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    message_starts("postcopy-active");
+    nft("table inet hostel_test_reset {
+        chain out { type filter hook output priority 0;
+            ip saddr 10.254.0.2 ip daddr 10.254.0.2 tcp dport != { 8471, 8472 } reject with tcp reset
+            ip saddr 10.254.0.2 ip daddr 10.254.0.2 tcp sport != { 8471, 8472 } reject with tcp reset
+        }
+    }");
+    let waiting = message_starts("post-copy paused");
+    assert_eq!(waiting["state"], "running", "{waiting}");
+    assert_eq!(
+        qemus_of(&sharer_id).len(),
+        2,
+        "both halves of the VM are kept"
+    );
+    nft("delete table inet hostel_test_reset");
+    let t = k.task_end(&task);
+    assert_eq!(t["state"], "succeeded", "{t}");
+    let there = k.d.describe("sharer");
+    assert_eq!(there["host"], other(&from));
+    let q = qemus_of(&sharer_id);
+    assert_eq!(q.len(), 1, "{q:?}");
+    assert_eq!(q[0].1, other(&from));
+    let mut con = k.d.console("sharer").await;
+    let now = count(con.run("cat /tmp/count").await);
+    assert!(now > before, "the guest counts on ({before} then {now})");
     drop(con);
     assert!(std::path::Path::new(&path).exists());
     k.d.ok(&["destroy", "sharer"]);

@@ -171,6 +171,16 @@ pub trait AgentApi: Send + Sync + 'static {
         id: &str,
         req: AbandonMigrationRequest,
     ) -> impl Future<Output = Result<MigrationState, Self::Error>> + Send;
+    fn recover_migration(
+        &self,
+        id: &str,
+        req: RecoverMigrationRequest,
+    ) -> impl Future<Output = Result<RecoverMigrationReady, Self::Error>> + Send;
+    fn resume_migration(
+        &self,
+        id: &str,
+        req: ResumeMigrationRequest,
+    ) -> impl Future<Output = Result<MigrationState, Self::Error>> + Send;
 
     /// The bytes of one file of the host's image store.
     fn read_image_file(

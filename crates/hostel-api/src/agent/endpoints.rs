@@ -232,6 +232,10 @@ json_endpoints! {
     GetMigration: Get "/v1/vms/{id}/migration", VmId, Empty => MigrationState;
     /// Gives up a migration on the sending host, before the switch-over.
     AbandonMigration: Post "/v1/vms/{id}/migration/abandon", VmId, AbandonMigrationRequest => MigrationState;
+    /// Makes the receiving QEMU of a post-copy whose link broke listen again.
+    RecoverMigration: Post "/v1/vms/{id}/migration/recover", VmId, RecoverMigrationRequest => RecoverMigrationReady;
+    /// Resumes a post-copy whose link broke, from the sending QEMU.
+    ResumeMigration: Post "/v1/vms/{id}/migration/resume", VmId, ResumeMigrationRequest => MigrationState;
     /// The cumulative counters (CPU time, memory, disk and network bytes) of every VM
     /// with a QEMU process on the host, read at once.
     VmStats: Get "/v1/stats", (), Empty => Vec<VmCounters>;
@@ -408,7 +412,7 @@ mod tests {
                 .collect();
             assert!(params.iter().all(|p| p.starts_with("{id}")), "{}", d.route);
         }
-        assert_eq!(all().count(), 46);
+        assert_eq!(all().count(), 48);
     }
 
     fn declared<E: Endpoint>() -> Declared {
@@ -438,6 +442,8 @@ mod tests {
             declared::<MigrateIn>(),
             declared::<GetMigration>(),
             declared::<AbandonMigration>(),
+            declared::<RecoverMigration>(),
+            declared::<ResumeMigration>(),
             socket::<ConsoleSocket>(),
             socket::<VncSocket>(),
             download::<ReadImageFile>(),

@@ -447,6 +447,26 @@ pub struct MigrationCapability {
     pub state: bool,
 }
 
+/// Makes the receiving QEMU of a post-copy whose link broke (`postcopy-paused`) listen
+/// again, on `listen`, for the sending QEMU to resume.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecoverMigrationRequest {
+    pub listen: String,
+}
+
+/// Where the receiving QEMU of a paused post-copy listens again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecoverMigrationReady {
+    pub port: u16,
+}
+
+/// Resumes a post-copy whose link broke, from the sending QEMU, to `uri`
+/// (`tcp:ADDRESS:PORT`, where the receiving QEMU listens again).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResumeMigrationRequest {
+    pub uri: String,
+}
+
 /// Where the receiving QEMU waits for the stream.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MigrateInReady {
@@ -556,6 +576,10 @@ pub struct MigrationResult {
     /// The streams were encrypted (QEMU's TLS).
     #[serde(default)]
     pub tls: bool,
+    /// The guest did not converge and finished by post-copy: it ran on the target while
+    /// the rest of its memory followed on demand.
+    #[serde(default)]
+    pub postcopy: bool,
 }
 
 /// A stopped VM's disk file to read out, for a move to another host.

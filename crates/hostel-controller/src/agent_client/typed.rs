@@ -288,6 +288,18 @@ impl AgentApi for AgentClient {
         self.call_endpoint::<ep::AbandonMigration>(id.into(), &req)
             .await
     }
+    async fn recover_migration(
+        &self,
+        id: &str,
+        req: RecoverMigrationRequest,
+    ) -> Res<RecoverMigrationReady> {
+        self.call_endpoint::<ep::RecoverMigration>(id.into(), &req)
+            .await
+    }
+    async fn resume_migration(&self, id: &str, req: ResumeMigrationRequest) -> Res<MigrationState> {
+        self.call_endpoint::<ep::ResumeMigration>(id.into(), &req)
+            .await
+    }
     /// No silence limit: progress lines come every half second while it runs.
     async fn migrate_out(
         &self,

@@ -196,6 +196,8 @@ pub struct ActionForm {
     force_complete: Option<String>,
     #[serde(default)]
     unencrypted: Option<String>,
+    #[serde(default)]
+    no_postcopy: Option<String>,
 }
 
 fn num<T: std::str::FromStr>(what: &str, v: &str) -> Result<T, String> {
@@ -370,6 +372,7 @@ fn call_for(action: &str, f: &ActionForm) -> Result<(Call, String), String> {
                     json!({"to": to, "max_downtime_ms": downtime,
                         "force_complete": f.force_complete.is_some(),
                         "unencrypted": f.unencrypted.is_some(),
+                        "no_postcopy": f.no_postcopy.is_some(),
                         "offline": action == "move-offline"}),
                 ),
                 "is moving to another host".into(),

@@ -258,6 +258,15 @@ pub async fn run(cmd: Cmd) -> Result<()> {
                     ("machine", h.machine.clone()),
                     ("machines", h.machines.join(" ")),
                     ("cpu models", h.cpu_models.join(" ")),
+                    (
+                        "post-copy",
+                        if h.postcopy {
+                            "can receive"
+                        } else {
+                            "cannot receive (no /dev/userfaultfd)"
+                        }
+                        .into(),
+                    ),
                     ("tags", h.tags.join(",")),
                     ("last seen", format!("{} {}", h.last_seen, age(h))),
                 ];

@@ -120,6 +120,10 @@ pub enum Cmd {
         /// Send memory and disks as plain TCP, not TLS (a network trusted like the hosts).
         #[arg(long)]
         unencrypted: bool,
+        /// Never finish by post-copy (otherwise the last step, when only memory moves,
+        /// for a guest that does not converge).
+        #[arg(long)]
+        no_postcopy: bool,
         /// Print the migration's task id and return at once (`hostel task show|cancel`).
         #[arg(long)]
         detach: bool,
@@ -300,6 +304,7 @@ pub async fn run(cmd: Cmd) -> Result<()> {
             bandwidth,
             force_complete,
             unencrypted,
+            no_postcopy,
             detach,
             offline,
         } => {
@@ -309,6 +314,7 @@ pub async fn run(cmd: Cmd) -> Result<()> {
                 bandwidth_mibps: bandwidth,
                 force_complete,
                 unencrypted,
+                no_postcopy,
                 offline,
             };
             let t: Task = api.post(&action(&name, "migrate"), &req).await?;
