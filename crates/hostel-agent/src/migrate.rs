@@ -80,7 +80,8 @@ pub(crate) async fn abandon_migration(
                     "the migration completed: the VM runs on the other host".into(),
                 ))
             }
-            Some(s) if s.starts_with("postcopy") && !target_gone => {
+            // Never resumed here: the other side ran the guest since (even if it is gone).
+            Some(s) if s.starts_with("postcopy") => {
                 return Err(AgentError::Conflict(format!(
                     "the migration is in post-copy ({s}): the VM runs on the other host, \
                      which still needs memory from this one"

@@ -200,11 +200,31 @@ impl Controller {
         let source = agent(&row.source)?;
         if row.step == "cleanup" {
             self.postcopy_done(&source, &row).await?;
+            if let Some(target) = self
+                .agent(&row.target)
+                .filter(|_| self.is_online(&row.target))
+            {
+                let src = source.get_migration(&row.vm_id).await?;
+                let tgt = target.get_migration(&row.vm_id).await?;
+                if let Some(settled) = self.lost_in_postcopy(&row, &src, &tgt).await? {
+                    return Ok(settled);
+                }
+            }
             if !self.clean_source(&row).await {
                 return Err(Error::unavailable(format!(
                     "host {} did not let its copy be removed",
                     row.source
                 )));
+            }
+            // Its state as the target has it now (a post-copy's end resumed it there
+            // while its reports were not written).
+            if let Some(target) = self.agent(&row.target) {
+                if let Ok(s) = target.get_vm(&row.vm_id).await {
+                    let _ = self
+                        .store
+                        .set_vm_state(&row.vm_id, s.state, s.reason.as_deref(), s.pid)
+                        .await;
+                }
             }
             return Ok(Settled::Forward);
         }
@@ -225,15 +245,27 @@ impl Controller {
             );
         tracing::info!(vm = %row.vm_id, step = %row.step, ?src, ?tgt, switched,
             "settling a migration");
+        if let Some(settled) = self.lost_in_postcopy(&row, &src, &tgt).await? {
+            return Ok(settled);
+        }
         if switched {
             let vm = self
                 .store
                 .vm_by_id(&row.vm_id)
                 .await?
                 .ok_or_else(|| Error::from(anyhow::anyhow!("VM {} is gone", row.vm_id)))?;
-            let status = self
-                .arrived_state(&target, &vm, row.was_running, false)
-                .await?;
+            // In post-copy the guest runs there already, or waits for its pages: QEMU
+            // resumes it itself, and refuses a `cont` until the migration is over.
+            let in_postcopy = tgt
+                .migration
+                .as_deref()
+                .is_some_and(|m| m.starts_with("postcopy"));
+            let status = if in_postcopy {
+                target.get_vm(&row.vm_id).await?
+            } else {
+                self.arrived_state(&target, &vm, row.was_running, false)
+                    .await?
+            };
             let moved: Vec<(String, String, String)> = moved_disks(&row)
                 .into_iter()
                 .filter_map(|d| Some((d.disk.id, d.new_path?, d.new_format?)))
@@ -387,6 +419,68 @@ impl Controller {
              until the rest of its memory is there",
             row.target, row.source
         )))
+    }
+
+    /// A post-copy one of whose QEMUs died: the guest's memory was split between the
+    /// hosts, so neither copy is whole and neither may run on (the other side ran the
+    /// guest, and wrote its disks, since). The survivor ends and the VM is crashed: it
+    /// starts again from its disks. None when this is not such a case.
+    async fn lost_in_postcopy(
+        &self,
+        row: &MoveRecord,
+        src: &wire::MigrationState,
+        tgt: &wire::MigrationState,
+    ) -> Res<Option<Settled>> {
+        let postcopy = |s: &wire::MigrationState| {
+            s.migration
+                .as_deref()
+                .is_some_and(|m| m.starts_with("postcopy"))
+        };
+        let reason = |dead: &str| {
+            format!(
+                "host {dead}'s QEMU died during a post-copy migration, with part of the \
+                 guest's memory: the VM stopped; start it again"
+            )
+        };
+        if postcopy(src) && !tgt.qemu {
+            if let Some(source) = self.agent(&row.source) {
+                let _ = source.destroy_vm(&row.vm_id).await;
+            }
+            if let Some(target) = self.agent(&row.target) {
+                let _ = target.forget_vm(&row.vm_id).await;
+            }
+            self.store
+                .set_vm_state(
+                    &row.vm_id,
+                    VmState::Crashed,
+                    Some(&reason(&row.target)),
+                    None,
+                )
+                .await?;
+            self.store.delete_move(&row.id).await?;
+            return Ok(Some(Settled::Back));
+        }
+        if postcopy(tgt) && !src.qemu {
+            if let Some(target) = self.agent(&row.target) {
+                let _ = target.destroy_vm(&row.vm_id).await;
+            }
+            if row.step != "cleanup" {
+                self.store
+                    .commit_move(row, VmState::Crashed, None, &[])
+                    .await?;
+            }
+            self.store
+                .set_vm_state(
+                    &row.vm_id,
+                    VmState::Crashed,
+                    Some(&reason(&row.source)),
+                    None,
+                )
+                .await?;
+            self.clean_source(row).await;
+            return Ok(Some(Settled::Forward));
+        }
+        Ok(None)
     }
 
     /// The target listens again (`migrate-recover`), and the source sends the rest there.

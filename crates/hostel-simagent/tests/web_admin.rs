@@ -742,6 +742,13 @@ async fn hosts_are_drained_rebalanced_and_vms_moved_from_the_pages() {
         .await;
     assert_eq!(p.path, "/admin/hosts");
     assert!(p.body.contains("The plan (not applied)"), "{}", p.body);
+    // What each host's QEMU offers a moving VM.
+    assert!(
+        p.body.contains("machine pc-q35-10.0, receives post-copy")
+            && p.body.contains("Westmere-v1"),
+        "{}",
+        p.body
+    );
     assert_eq!((on("w1").await, on("w2").await), (a.clone(), a.clone()));
     // A drain goes to its task's page, which reports each VM; both end on b.
     let p = alice
