@@ -649,6 +649,10 @@ pub struct AddHostRequest {
 pub struct Info {
     pub version: String,
     pub data_dir: String,
+    /// The controller's database: `sqlite` (in the data directory) or `postgresql`
+    /// (admins only).
+    #[serde(default)]
+    pub database: String,
     pub hosts: Vec<HostInfo>,
     /// Where `ssh -p PORT VMNAME@HOST` reaches serial consoles.
     #[serde(default)]

@@ -586,6 +586,11 @@ impl Controller {
             } else {
                 String::new()
             },
+            database: match (admin, self.store.is_sqlite()) {
+                (false, _) => String::new(),
+                (true, true) => "sqlite".into(),
+                (true, false) => "postgresql".into(),
+            },
             hosts,
             ssh_console: ssh.as_ref().map(|s| s.addr.clone()),
             ssh_host_key: ssh.as_ref().map(|s| s.host_key.clone()),

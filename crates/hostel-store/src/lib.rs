@@ -8,6 +8,7 @@
 //! decoded into them and records bound into statements. One module per resource.
 
 mod accounts;
+pub mod copy;
 mod disks;
 mod hosts;
 mod images;
@@ -78,6 +79,21 @@ pub fn is_unique_violation(e: &anyhow::Error) -> bool {
     })
 }
 
+/// A database URL fit for a log or an error: its password, if any, replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (auth, host) = match rest.split_once('@') {
+        Some(p) => p,
+        None => return url.to_string(),
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
 impl Store {
     /// Opens (creating if needed) the database at `url` (`sqlite:///path/hostel.db` or
     /// `postgres://...`) and applies pending migrations.
@@ -111,7 +127,7 @@ impl Store {
             })
             .connect(&url)
             .await
-            .with_context(|| format!("opening the database {url}"))?;
+            .with_context(|| format!("opening the database {}", redact_url(&url)))?;
         let store = Store {
             pool,
             sqlite,
@@ -177,5 +193,7 @@ impl Store {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 #[cfg(test)]
 mod tests;

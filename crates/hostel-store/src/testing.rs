@@ -1,12 +1,13 @@
-//! A real PostgreSQL server for the store's tests: its own cluster in a temporary
-//! directory, reachable only through a unix socket there, stopped when dropped.
+//! A real PostgreSQL server for tests (the store's, and with the `testing` feature the
+//! daemon's): its own cluster in a temporary directory, reachable only through a unix
+//! socket there, stopped when dropped.
 
 use sqlx::Connection;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub struct Server {
+pub struct PgServer {
     dir: tempfile::TempDir,
     child: Child,
     port: u16,
@@ -33,8 +34,8 @@ fn as_postgres(program: PathBuf) -> Command {
     c
 }
 
-impl Server {
-    pub fn start() -> Server {
+impl PgServer {
+    pub fn start() -> PgServer {
         let dir = tempfile::Builder::new()
             .prefix("hostel-pg-")
             .tempdir()
@@ -82,7 +83,7 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Server { dir, child, port }
+        PgServer { dir, child, port }
     }
 
     fn url(&self, db: &str) -> String {
@@ -116,7 +117,7 @@ impl Server {
     }
 }
 
-impl Drop for Server {
+impl Drop for PgServer {
     fn drop(&mut self) {
         // The server's own pid, from its pid file (runuser waits for it to end).
         let pid = std::fs::read_to_string(self.dir.path().join("data/postmaster.pid"))

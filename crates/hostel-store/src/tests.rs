@@ -1,4 +1,4 @@
-//! Every body runs on SQLite and on a real PostgreSQL (started by `pg::Server`), so
+//! Every body runs on SQLite and on a real PostgreSQL (started by `testing::PgServer`), so
 //! that the one SQL code path really serves both. Long because the bodies share their
 //! fixtures and the one PostgreSQL server; split by resource when it grows further.
 
@@ -6,7 +6,6 @@ use super::*;
 use hostel_model::net::{NetMode, NetPolicy};
 use hostel_model::{Accel, ImageKind, Policy, PoolDriver, TaskState, VmState};
 
-mod pg;
 mod typed;
 
 use typed::*;
@@ -844,7 +843,7 @@ macro_rules! on_both {
         /// One PostgreSQL server for all bodies, a fresh database for each.
         #[tokio::test]
         async fn postgres() {
-            let server = pg::Server::start();
+            let server = crate::testing::PgServer::start();
             $(
                 $name(&server.database(stringify!($name)).await).await;
             )*
@@ -868,3 +867,48 @@ on_both!(
     leases_end_by_time_not_text,
     user_and_group_deletion_wait_for_new_vms
 );
+
+/// An installation's records go from SQLite to PostgreSQL and back unchanged, whatever
+/// the bodies above leave in them; a target that has records is refused; the copy knows
+/// every table of the schema.
+#[tokio::test]
+async fn copies_go_to_postgresql_and_back_unchanged() {
+    let server = crate::testing::PgServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = |name: &str| format!("sqlite://{}/{name}.db", dir.path().display());
+    for (i, what) in ["accounts", "networks", "vm pages"].into_iter().enumerate() {
+        let url = sqlite(&format!("src{i}"));
+        match i {
+            0 => accounts_tokens_and_audit(&url).await,
+            1 => networks_nics_and_forwards(&url).await,
+            _ => vm_pages_filter_join_and_continue(&url).await,
+        }
+        let src = Store::open(&url).await.unwrap();
+        let pg = Store::open(&server.database(&format!("copy{i}")).await)
+            .await
+            .unwrap();
+        let copied = src.copy_into(&pg).await.unwrap();
+        assert!(
+            copied.iter().map(|(_, n)| n).sum::<u64>() > 0,
+            "{what}: {copied:?}"
+        );
+        let before = src.dump().await.unwrap();
+        assert_eq!(before, pg.dump().await.unwrap(), "{what}: to PostgreSQL");
+        let back = Store::open(&sqlite(&format!("back{i}"))).await.unwrap();
+        pg.copy_into(&back).await.unwrap();
+        assert_eq!(before, back.dump().await.unwrap(), "{what}: and back");
+        let e = src.copy_into(&back).await.unwrap_err();
+        assert!(e.to_string().contains("not empty"), "{e:#}");
+        assert_eq!(
+            before,
+            back.dump().await.unwrap(),
+            "a refused copy writes nothing"
+        );
+    }
+    let mut tables: Vec<String> = crate::copy::TABLES.iter().map(|t| t.to_string()).collect();
+    tables.sort();
+    let fresh = Store::open(&sqlite("fresh")).await.unwrap();
+    assert_eq!(fresh.table_names().await.unwrap(), tables);
+    let pg = Store::open(&server.database("fresh").await).await.unwrap();
+    assert_eq!(pg.table_names().await.unwrap(), tables);
+}

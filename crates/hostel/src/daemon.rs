@@ -54,6 +54,9 @@ pub struct UpOptions {
     pub refusal_budget: u32,
     /// A host offline this long is shown as stale.
     pub stale_after: std::time::Duration,
+    /// The controller's database: none, SQLite in the data directory (`hostel.db`);
+    /// else a `postgres://` URL.
+    pub database: Option<String>,
 }
 
 /// Where the browser consoles' packages are: the flag, else the source tree this binary
@@ -257,6 +260,72 @@ async fn stop_signal() -> Result<()> {
     Ok(())
 }
 
+/// `hostel db copy`: every record of the database at `from` into the empty one at `to`.
+/// A SQLite file is used only if it exists and no daemon holds its data dir.
+pub async fn copy_database(from: &str, to: &str) -> Result<()> {
+    let mut _locks = Vec::new();
+    for url in [from, to] {
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            let path = Path::new(path.split('?').next().unwrap_or(path));
+            if url == from && !path.is_file() {
+                bail!("{}: no such database file", path.display());
+            }
+            if let Some(dir) = path.parent().filter(|d| d.is_dir()) {
+                _locks.push(lock_data_dir(dir)?);
+            }
+        } else if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            bail!(
+                "{}: give a postgres:// URL or sqlite:///PATH",
+                hostel_store::redact_url(url)
+            );
+        }
+    }
+    let open = |url: &str| {
+        let url = url.to_string();
+        async move {
+            hostel_store::Store::open(&url)
+                .await
+                .with_context(|| format!("opening {}", hostel_store::redact_url(&url)))
+        }
+    };
+    let (src, dst) = (open(from).await?, open(to).await?);
+    let copied = src.copy_into(&dst).await?;
+    let rows: u64 = copied.iter().map(|(_, n)| n).sum();
+    for (t, n) in &copied {
+        println!("{t:<14} {n}");
+    }
+    println!(
+        "copied {rows} rows of {} tables into {}",
+        copied.len(),
+        hostel_store::redact_url(to)
+    );
+    Ok(())
+}
+
+/// The controller's database: SQLite in the data directory, or the PostgreSQL named.
+async fn open_store(data_dir: &Path, database: Option<&str>) -> Result<hostel_store::Store> {
+    let Some(url) = database else {
+        let db = data_dir.join("hostel.db");
+        create_private(&db)?;
+        return hostel_store::Store::open(&format!("sqlite://{}", db.display())).await;
+    };
+    let shown = hostel_store::redact_url(url);
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        bail!(
+            "--database {shown}: give a postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE URL \
+             (leave --database out for SQLite in the data directory)"
+        );
+    }
+    let store = hostel_store::Store::open(url).await.with_context(|| {
+        format!(
+            "cannot use the PostgreSQL database {shown}: is the server up, does the database \
+             exist (createdb), and may its user connect and create tables?"
+        )
+    })?;
+    tracing::info!(database = %shown, "the controller's database is PostgreSQL");
+    Ok(store)
+}
+
 pub async fn up(opts: UpOptions) -> Result<()> {
     let (data_dir, _lock) = open_data_dir(&opts.data_dir, "hostel.log")?;
     let log_file = data_dir.join("hostel.log");
@@ -274,9 +343,7 @@ pub async fn up(opts: UpOptions) -> Result<()> {
     )?;
     let admin_token = read_or_make_token(&data_dir.join("admin.token"))?;
 
-    let db = data_dir.join("hostel.db");
-    create_private(&db)?;
-    let store = hostel_store::Store::open(&format!("sqlite://{}", db.display())).await?;
+    let store = open_store(&data_dir, opts.database.as_deref()).await?;
     let n = store.fail_interrupted_tasks().await?;
     if n > 0 {
         tracing::warn!(n, "marked tasks interrupted by the last stop as failed");

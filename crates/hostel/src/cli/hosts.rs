@@ -335,6 +335,9 @@ fn print_info(info: &Info) {
     } else {
         println!("hostel {}  data dir {}", info.version, info.data_dir);
     }
+    if !info.database.is_empty() {
+        println!("database {}", info.database);
+    }
     for h in &info.hosts {
         println!("host {}", h.name);
         if h.online {

@@ -1,5 +1,5 @@
-//! The daemon roles' command lines: `up`, `agent`, `agent-cert`, and `openapi`. What
-//! they run is in `daemon.rs` and `pki.rs`.
+//! The daemon roles' command lines: `up`, `agent`, `agent-cert`, `db`, and `openapi`.
+//! What they run is in `daemon.rs` and `pki.rs`.
 
 use super::files::absolute;
 use crate::{client, daemon};
@@ -47,6 +47,11 @@ pub enum Cmd {
         /// stale (greyed, with the age of its last report).
         #[arg(long, env = "HOSTEL_STALE_AFTER_SECS", value_name = "SECS", default_value_t = hostel_controller::DEFAULT_STALE_AFTER.as_secs())]
         stale_after: u64,
+        /// The controller's database: a postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE
+        /// URL (the database must exist; its tables are made). Default: SQLite in the
+        /// data directory.
+        #[arg(long, env = "HOSTEL_DATABASE", value_name = "URL")]
+        database: Option<String>,
     },
     /// Run one host's agent on its own, for a controller elsewhere to add (`hostel host
     /// add`). Prints its address.
@@ -81,6 +86,31 @@ pub enum Cmd {
     },
     /// Print the OpenAPI document of the REST API.
     Openapi,
+    /// The controller's database, with `hostel up` stopped: move an installation from
+    /// SQLite to PostgreSQL, or copy it between any two.
+    #[command(subcommand)]
+    Db(DbCmd),
+}
+
+#[derive(Subcommand)]
+pub enum DbCmd {
+    /// Copy an installation's records from its SQLite file (DATA/hostel.db) into an
+    /// empty PostgreSQL database; then run `hostel up --database URL` on the same
+    /// data dir. Stop `hostel up` first.
+    MigrateFromSqlite {
+        file: PathBuf,
+        /// The PostgreSQL database: postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE.
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
+    /// Copy every record from one database into another, empty one: each a
+    /// postgres:// URL or sqlite:///PATH (back to SQLite, say).
+    Copy {
+        #[arg(long, value_name = "URL")]
+        from: String,
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
 }
 
 fn parse_floor(s: &str) -> Result<hostel_controller::FreeSpaceFloor, String> {
@@ -100,8 +130,10 @@ pub async fn run(cmd: Cmd) -> Result<()> {
             min_free_space,
             refusal_budget,
             stale_after,
+            database,
         } => {
             daemon::up(daemon::UpOptions {
+                database,
                 min_free_space,
                 refusal_budget,
                 stale_after: std::time::Duration::from_secs(stale_after),
@@ -154,6 +186,16 @@ pub async fn run(cmd: Cmd) -> Result<()> {
             );
             Ok(())
         }
+        Cmd::Db(DbCmd::MigrateFromSqlite { file, to }) => {
+            if !to.starts_with("postgres://") && !to.starts_with("postgresql://") {
+                anyhow::bail!(
+                    "--to {}: give the PostgreSQL database as postgres://USER[:PASSWORD]@HOST/DATABASE",
+                    hostel_store::redact_url(&to)
+                );
+            }
+            daemon::copy_database(&format!("sqlite://{}", absolute(&file)?), &to).await
+        }
+        Cmd::Db(DbCmd::Copy { from, to }) => daemon::copy_database(&from, &to).await,
         Cmd::Openapi => {
             println!("{}", hostel_controller::openapi_json());
             Ok(())

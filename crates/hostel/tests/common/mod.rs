@@ -118,6 +118,9 @@ pub struct Daemon {
     pub env: Vec<(String, String)>,
     /// Extra arguments for `hostel up`.
     pub args: Vec<String>,
+    /// The PostgreSQL server the daemon's database is on, if not SQLite (dropped after
+    /// the daemon: fields drop after `Drop::drop`).
+    pub pg: Option<hostel_store::testing::PgServer>,
 }
 
 impl Daemon {
@@ -156,7 +159,40 @@ impl Daemon {
             token: String::new(),
             env: Vec::new(),
             args: Vec::new(),
+            pg: None,
         }
+        .on_postgres_if_asked()
+    }
+
+    /// `HOSTEL_TEST_DATABASE=postgres`: every test daemon runs on a PostgreSQL server of
+    /// its own instead of SQLite (the whole suite can run so).
+    fn on_postgres_if_asked(mut self) -> Daemon {
+        if std::env::var("HOSTEL_TEST_DATABASE").is_ok_and(|v| v == "postgres") {
+            self.use_postgres();
+        }
+        self
+    }
+
+    /// Runs the daemon on a real PostgreSQL server of its own (`--database`).
+    pub fn use_postgres(&mut self) {
+        if self.pg.is_some() {
+            return;
+        }
+        let server = hostel_store::testing::PgServer::start();
+        // Its own runtime on its own thread: a test's runtime may not block.
+        let url = std::thread::scope(|s| {
+            s.spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(server.database("hostel"))
+            })
+            .join()
+            .unwrap()
+        });
+        self.args.extend(["--database".to_string(), url]);
+        self.pg = Some(server);
     }
 
     pub fn launch(&mut self) {
