@@ -719,6 +719,12 @@ async fn vm_pages_filter_join_and_continue(url: &str) {
         names(&s.vms_page(&find(Some("d"), None, None)).await.unwrap()),
         ["d"]
     );
+    // Case does not matter, on either database (SQLite's LIKE ignores it, PostgreSQL's
+    // does not).
+    assert_eq!(
+        names(&s.vms_page(&find(Some("D"), None, None)).await.unwrap()),
+        ["d"]
+    );
     assert!(s
         .vms_page(&find(Some("%"), None, None))
         .await

@@ -235,15 +235,17 @@ impl Store {
             cond.push(format!("v.name > {}", mark(&mut binds, after)));
         }
         if let Some(text) = q.search {
-            // LIKE's own characters in the text match themselves.
+            // LIKE's own characters in the text match themselves; case does not matter
+            // (as SQLite's LIKE, and not PostgreSQL's, has it on its own).
             let escaped = text
+                .to_lowercase()
                 .replace('\\', "\\\\")
                 .replace('%', "\\%")
                 .replace('_', "\\_");
             let pattern = mark(&mut binds, format!("%{escaped}%"));
             cond.push(format!(
-                "(v.name LIKE {pattern} ESCAPE '\\' OR EXISTS (SELECT 1 FROM nics sn \
-                 WHERE sn.vm_id = v.id AND sn.ip LIKE {pattern} ESCAPE '\\'))"
+                "(LOWER(v.name) LIKE {pattern} ESCAPE '\\' OR EXISTS (SELECT 1 FROM nics sn \
+                 WHERE sn.vm_id = v.id AND LOWER(sn.ip) LIKE {pattern} ESCAPE '\\'))"
             ));
         }
         if let Some(u) = q.owner_user_id {
