@@ -39,6 +39,8 @@ pub(crate) struct PlanVm {
     /// Other VMs of its anti-affinity group are not moved by this plan, but hold their
     /// host; a VM that cannot move live (snapshots) holds its host too.
     pub movable: bool,
+    /// Hosts it cannot run on (their QEMU lacks its machine type or CPU model).
+    pub unfit: Vec<String>,
 }
 
 fn stdev(xs: &[f64]) -> f64 {
@@ -119,7 +121,10 @@ pub(crate) fn plan(
         for (vi, v) in live.iter().enumerate().filter(|(_, v)| v.movable) {
             let from = at[vi];
             for to in 0..hosts.len() {
-                if to == from || used(to, &at) + v.memory_mib > hosts[to].memory_mib {
+                if to == from
+                    || used(to, &at) + v.memory_mib > hosts[to].memory_mib
+                    || v.unfit.contains(&hosts[to].id)
+                {
                     continue;
                 }
                 let apart = v.anti_affinity.as_ref().is_none_or(|g| {
@@ -176,10 +181,9 @@ impl Controller {
             )
             .into());
         }
-        let hosts: Vec<PlanHost> = self
-            .store
-            .hosts()
-            .await?
+        let records = self.store.hosts().await?;
+        let hosts: Vec<PlanHost> = records
+            .clone()
             .into_iter()
             .filter(|h| self.is_online(&h.id) && h.drain.is_empty())
             .map(|h| PlanHost {
@@ -202,7 +206,16 @@ impl Controller {
                 continue;
             }
             let movable = self.store.snapshots_of(&v.id).await?.is_empty();
+            let source = records.iter().find(|h| Some(&h.id) == v.host_id.as_ref());
+            let unfit = records
+                .iter()
+                .filter(|t| {
+                    source.is_some_and(|s| crate::platform::check_movable(&v, s, t, true).is_err())
+                })
+                .map(|t| t.id.clone())
+                .collect();
             vms.push(PlanVm {
+                unfit,
                 name: v.name,
                 host: v.host_id.unwrap_or_default(),
                 memory_mib: v.max_memory_mib,
@@ -290,6 +303,7 @@ mod tests {
             vcpus: 1,
             anti_affinity: None,
             movable: true,
+            unfit: Vec::new(),
         }
     }
 
@@ -303,6 +317,15 @@ mod tests {
         assert!(after < before && after < 1e-9, "{before} → {after}");
         let even = [vm("x", "a", 512), vm("y", "b", 512)];
         assert!(plan(&hosts, &even, 0.01).2.is_empty());
+        // VMs that cannot run on b (its QEMU lacks their machine type or CPU model)
+        // stay where they are, however uneven.
+        let pinned: Vec<PlanVm> = (0..4)
+            .map(|i| PlanVm {
+                unfit: vec!["b".into()],
+                ..vm(&format!("p{i}"), "a", 512)
+            })
+            .collect();
+        assert!(plan(&hosts, &pinned, 0.01).2.is_empty());
     }
 
     #[test]
