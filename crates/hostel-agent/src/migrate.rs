@@ -362,10 +362,15 @@ impl VmRuntime {
             let total = (sent + left).max(1);
             if reported.elapsed() >= REPORT {
                 reported = Instant::now();
+                // In post-copy, the pages the target asked for show that it runs the guest.
+                let asked = match ram["postcopy-requests"].as_u64() {
+                    Some(n) if postcopy => format!(", {n} pages fetched on demand"),
+                    _ => String::new(),
+                };
                 progress(
                     sent as f64 / total as f64,
                     format!(
-                        "{status}: {} MiB sent, {} MiB left, downtime limit {downtime} ms",
+                        "{status}: {} MiB sent, {} MiB left, downtime limit {downtime} ms{asked}",
                         sent >> 20,
                         left >> 20
                     ),

@@ -390,28 +390,40 @@ impl Controller {
                     .await;
             }));
             // Reconcile only once the subscription is live, so no change falls between.
+            let mut ended = false;
             if conn_rx.await.is_ok() {
                 self.set_online(&host, true);
                 let _ = self.store.touch_host(&host, hostel_store::now()).await;
-                if let Err(e) = self.reconcile(&host, &agent).await {
-                    tracing::warn!(%host, "reconcile failed: {e:#}");
-                }
-                match self.networks_state().await {
-                    Ok(state) => {
-                        if let Err(e) = agent.put_networks(state).await {
-                            tracing::warn!(%host, "setting up networks failed: {e:#}");
+                let setup = async {
+                    if let Err(e) = self.reconcile(&host, &agent).await {
+                        tracing::warn!(%host, "reconcile failed: {e:#}");
+                    }
+                    match self.networks_state().await {
+                        Ok(state) => {
+                            if let Err(e) = agent.put_networks(state).await {
+                                tracing::warn!(%host, "setting up networks failed: {e:#}");
+                            }
+                        }
+                        Err(e) => tracing::warn!("{}", e.message()),
+                    }
+                };
+                // A stream lost while the host is set up (a link cut then) takes it
+                // offline at once, not once the setup's requests time out.
+                tokio::select! {
+                    _ = setup => {
+                        if let Some(r) = ready.take() {
+                            let _ = r.send(());
+                        }
+                        while let Some(ev) = rx.recv().await {
+                            self.apply_event(&host, ev).await;
                         }
                     }
-                    Err(e) => tracing::warn!("{}", e.message()),
-                }
-                if let Some(r) = ready.take() {
-                    let _ = r.send(());
-                }
-                while let Some(ev) = rx.recv().await {
-                    self.apply_event(&host, ev).await;
+                    _ = &mut follower.0 => ended = true,
                 }
             }
-            let _ = (&mut follower.0).await;
+            if !ended {
+                let _ = (&mut follower.0).await;
+            }
             if self.is_online(&host) {
                 self.set_online(&host, false);
                 let _ = self.store.touch_host(&host, hostel_store::now()).await;

@@ -616,7 +616,25 @@ async fn a_migration_killed_at_any_step_ends_with_exactly_one_vm() {
             std::thread::sleep(Duration::from_millis(50));
         }
     };
-    message_starts("postcopy-active");
+    // Cut once the target runs the guest (it asked for pages): a cut while the device
+    // state is still on its way ends the receiving QEMU, and the VM with it (below).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let t = k.d.json(&["task", "show", &task]);
+        let m = t["message"].as_str().unwrap_or("").to_string();
+        let asked = m
+            .split(", ")
+            .find_map(|p| p.strip_suffix(" pages fetched on demand"))
+            .and_then(|n| n.parse::<u64>().ok());
+        if m.starts_with("postcopy-active") && asked.is_some_and(|n| n > 0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the target never ran the guest: {t}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     nft("table inet hostel_test_reset {
         chain out { type filter hook output priority 0;
             ip saddr 10.254.0.2 ip daddr 10.254.0.2 tcp dport != { 8471, 8472 } reject with tcp reset
