@@ -605,17 +605,6 @@ async fn a_migration_killed_at_any_step_ends_with_exactly_one_vm() {
     // keeps them; recovery resumes the post-copy once the link is back, and the guest
     // goes on, whole.
     let task = slowly(other(&from), true);
-    let message_starts = |prefix: &str| {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let t = k.d.json(&["task", "show", &task]);
-            if t["message"].as_str().unwrap_or("").contains(prefix) {
-                return t;
-            }
-            assert!(Instant::now() < deadline, "never {prefix:?}: {t}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
     // Cut once the target runs the guest (it asked for pages): a cut while the device
     // state is still on its way ends the receiving QEMU, and the VM with it (below).
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -641,24 +630,47 @@ async fn a_migration_killed_at_any_step_ends_with_exactly_one_vm() {
             ip saddr 10.254.0.2 ip daddr 10.254.0.2 tcp sport != { 8471, 8472 } reject with tcp reset
         }
     }");
-    let waiting = message_starts("post-copy paused");
-    assert_eq!(waiting["state"], "running", "{waiting}");
-    assert_eq!(
-        qemus_of(&sharer_id).len(),
-        2,
-        "both halves of the VM are kept"
-    );
+    // Either the post-copy pauses, both halves kept, and resumes once the link is back;
+    // or the receiving QEMU ends on the reset (seen in CI: QEMU does not always pause),
+    // and the VM is crashed, never run on from the stale source. Never two copies.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let t = k.d.json(&["task", "show", &task]);
+        let paused = t["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("post-copy paused");
+        if paused {
+            assert_eq!(qemus_of(&sharer_id).len(), 2, "both halves are kept: {t}");
+        }
+        if paused || t["state"] != "running" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the reset link never told: {t}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     nft("delete table inet hostel_test_reset");
     let t = k.task_end(&task);
-    assert_eq!(t["state"], "succeeded", "{t}");
-    let there = k.d.describe("sharer");
-    assert_eq!(there["host"], other(&from));
     let q = qemus_of(&sharer_id);
-    assert_eq!(q.len(), 1, "{q:?}");
-    assert_eq!(q[0].1, other(&from));
+    let there = k.d.describe("sharer");
+    if t["state"] == "succeeded" {
+        assert_eq!(there["host"], other(&from));
+        assert_eq!(q.len(), 1, "{q:?}");
+        assert_eq!(q[0].1, other(&from));
+        let mut con = k.d.console("sharer").await;
+        let now = count(con.run("cat /tmp/count").await);
+        assert!(now > before, "the guest counts on ({before} then {now})");
+        drop(con);
+    } else {
+        assert_eq!(there["state"], "crashed", "{t} {there}");
+        assert!(q.is_empty(), "no half runs on: {q:?}");
+        k.d.ok(&["start", "sharer"]);
+        let mut con = k.d.console("sharer").await;
+        con.wait_for(READY, Duration::from_secs(180)).await;
+        drop(con);
+    }
+    let at = k.d.describe("sharer")["host"].as_str().unwrap().to_string();
     let mut con = k.d.console("sharer").await;
-    let now = count(con.run("cat /tmp/count").await);
-    assert!(now > before, "the guest counts on ({before} then {now})");
     con.run(
         "(while true; do dd if=/dev/urandom of=/tmp/big bs=1M count=32 2>/dev/null; done) & true",
     )
@@ -668,7 +680,7 @@ async fn a_migration_killed_at_any_step_ends_with_exactly_one_vm() {
     // between the hosts, so the source's stale copy must not run on (the target ran the
     // guest and wrote its disk since). It ends, and the VM is crashed, whole on its disk:
     // started again, it boots.
-    let task = slowly(&from, true);
+    let task = slowly(other(&at), true);
     let deadline = Instant::now() + Duration::from_secs(120);
     let target_qemu = loop {
         let t = k.d.json(&["task", "show", &task]);
@@ -678,7 +690,7 @@ async fn a_migration_killed_at_any_step_ends_with_exactly_one_vm() {
             .contains("postcopy-active")
         {
             let q = qemus_of(&sharer_id);
-            break q.iter().find(|(_, h)| *h == from).unwrap().0;
+            break q.iter().find(|(_, h)| *h == other(&at)).unwrap().0;
         }
         assert!(Instant::now() < deadline, "never in post-copy: {t}");
         std::thread::sleep(Duration::from_millis(50));
@@ -699,7 +711,7 @@ async fn a_migration_killed_at_any_step_ends_with_exactly_one_vm() {
             .contains("post-copy"),
         "{lost}"
     );
-    assert_eq!(lost["host"], other(&from));
+    assert_eq!(lost["host"], at.as_str());
     assert!(qemus_of(&sharer_id).is_empty(), "no half of the VM runs on");
     k.d.ok(&["start", "sharer"]);
     let mut con = k.d.console("sharer").await;
