@@ -142,11 +142,7 @@ pub(crate) async fn recover_incoming(vm: &VmRuntime, listen: &str) -> Result<u16
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .map_err(|e| AgentError::Invalid(anyhow!("listen: cannot listen on {listen}: {e}")))?;
-    let uri = if listen.contains(':') {
-        format!("tcp:[{listen}]:{port}")
-    } else {
-        format!("tcp:{listen}:{port}")
-    };
+    let uri = hostel_api::agent::tcp_uri(listen, port);
     qmp.execute("migrate-recover", json!({ "uri": uri }))
         .await
         .map_err(|e| AgentError::Internal(anyhow!("QEMU refused to listen again: {e}")))?;

@@ -269,11 +269,7 @@ impl VmRuntime {
         } else {
             None
         };
-        let uri = if listen.contains(':') {
-            format!("tcp:[{listen}]:{port}")
-        } else {
-            format!("tcp:{listen}:{port}")
-        };
+        let uri = hostel_api::agent::tcp_uri(listen, port);
         let receive = Receive {
             uri: uri.clone(),
             caps,

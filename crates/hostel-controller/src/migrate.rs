@@ -22,7 +22,7 @@
 use crate::context::Ctx;
 use crate::error::Error;
 use crate::migrate_recover::{MovedDisk, Reservation, Settled};
-use crate::stream_address::{stream_address, stream_uri};
+use crate::stream_address::stream_address;
 use crate::Controller;
 use futures::StreamExt;
 use hostel_api::agent::{self as wire, AgentApi};
@@ -463,7 +463,7 @@ impl Controller {
                 )));
             }
         };
-        let uri = stream_uri(&m.connect, ready.port);
+        let uri = wire::tcp_uri(&m.connect, ready.port);
         self.progress(&m.row.id, 0.05, &format!("sending to {uri}"))
             .await;
         let result = self

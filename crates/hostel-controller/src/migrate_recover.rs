@@ -256,11 +256,7 @@ impl Controller {
                 .ok_or_else(|| Error::from(anyhow::anyhow!("VM {} is gone", row.vm_id)))?;
             // In post-copy the guest runs there already, or waits for its pages: QEMU
             // resumes it itself, and refuses a `cont` until the migration is over.
-            let in_postcopy = tgt
-                .migration
-                .as_deref()
-                .is_some_and(|m| m.starts_with("postcopy"));
-            let status = if in_postcopy {
+            let status = if tgt.in_postcopy() {
                 target.get_vm(&row.vm_id).await?
             } else {
                 self.arrived_state(&target, &vm, row.was_running, false)
@@ -398,9 +394,10 @@ impl Controller {
         row: &MoveRecord,
     ) -> Res<()> {
         let st = source.get_migration(&row.vm_id).await?;
-        let Some(s) = st.migration.filter(|s| s.starts_with("postcopy")) else {
+        if !st.in_postcopy() {
             return Ok(());
-        };
+        }
+        let s = st.migration.unwrap_or_default();
         if s == "postcopy-paused" {
             // Resuming is asked for each time: QEMU reconnects in the background, and
             // falls back to paused while the link is still down.
@@ -431,18 +428,13 @@ impl Controller {
         src: &wire::MigrationState,
         tgt: &wire::MigrationState,
     ) -> Res<Option<Settled>> {
-        let postcopy = |s: &wire::MigrationState| {
-            s.migration
-                .as_deref()
-                .is_some_and(|m| m.starts_with("postcopy"))
-        };
         let reason = |dead: &str| {
             format!(
                 "host {dead}'s QEMU died during a post-copy migration, with part of the \
                  guest's memory: the VM stopped; start it again"
             )
         };
-        if postcopy(src) && !tgt.qemu {
+        if src.in_postcopy() && !tgt.qemu {
             if let Some(source) = self.agent(&row.source) {
                 let _ = source.destroy_vm(&row.vm_id).await;
             }
@@ -460,7 +452,7 @@ impl Controller {
             self.store.delete_move(&row.id).await?;
             return Ok(Some(Settled::Back));
         }
-        if postcopy(tgt) && !src.qemu {
+        if tgt.in_postcopy() && !src.qemu {
             if let Some(target) = self.agent(&row.target) {
                 let _ = target.destroy_vm(&row.vm_id).await;
             }
@@ -516,7 +508,7 @@ impl Controller {
             .resume_migration(
                 &row.vm_id,
                 wire::ResumeMigrationRequest {
-                    uri: crate::stream_address::stream_uri(&connect, ready.port),
+                    uri: wire::tcp_uri(&connect, ready.port),
                 },
             )
             .await?;

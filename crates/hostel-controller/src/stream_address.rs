@@ -46,15 +46,6 @@ pub(crate) fn stream_address(target_url: &str, source_url: &str) -> Option<Strin
     (!me.is_loopback()).then(|| me.to_string())
 }
 
-/// QEMU's `tcp:` URI of a stream to `address` (an IPv6 one in brackets) and `port`.
-pub(crate) fn stream_uri(address: &str, port: u16) -> String {
-    if address.contains(':') {
-        format!("tcp:[{address}]:{port}")
-    } else {
-        format!("tcp:{address}:{port}")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #[test]

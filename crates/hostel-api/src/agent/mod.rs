@@ -429,6 +429,26 @@ pub struct MigrationState {
     pub migration: Option<String>,
 }
 
+impl MigrationState {
+    /// Its migration is in post-copy (the guest runs on the target, memory still on the
+    /// source): neither QEMU may go, nor the source run on.
+    pub fn in_postcopy(&self) -> bool {
+        self.migration
+            .as_deref()
+            .is_some_and(|m| m.starts_with("postcopy"))
+    }
+}
+
+/// QEMU's `tcp:` URI of a migration stream at `address` (an IPv6 one in brackets) and
+/// `port`, as both the listening and the sending end write it.
+pub fn tcp_uri(address: &str, port: u16) -> String {
+    if address.contains(':') {
+        format!("tcp:[{address}]:{port}")
+    } else {
+        format!("tcp:{address}:{port}")
+    }
+}
+
 /// Ends a migration on its sending host without the switch-over: its QEMU stops sending
 /// and mirroring and drops the mirror's targets; `resume` runs the guest again if the
 /// migration left it paused.
