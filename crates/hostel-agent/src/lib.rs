@@ -725,6 +725,7 @@ async fn adopt_all(shared: &Arc<Shared>) {
     let Ok(entries) = std::fs::read_dir(shared.run_dir()) else {
         return;
     };
+    let mut adopted = Vec::new();
     for e in entries.flatten() {
         let id = e.file_name().to_string_lossy().into_owned();
         let paths = RuntimePaths::new(&shared.run_dir(), &id);
@@ -735,10 +736,20 @@ async fn adopt_all(shared: &Arc<Shared>) {
         let pid = rt.pid;
         if vm.adopt(shared, rt).await {
             tracing::info!(vm = %vm.spec().name, pid, "re-adopted a running QEMU");
+            adopted.push(pid);
         } else {
             tracing::warn!(vm = %vm.spec().name, pid, "its QEMU is gone; not re-adopted");
             let _ = std::fs::remove_file(paths.state());
             shared.vms.lock().unwrap().remove(&id);
+        }
+    }
+    // A QEMU of ours that nothing above adopted (its agent died between starting it and
+    // recording it) would run on unknown, holding its disks and taps: it is ended, and
+    // its VM is crashed as far as the controller can tell.
+    for (pid, id) in hostel_qemu::process::qemus_under(&shared.run_dir()) {
+        if !adopted.contains(&pid) {
+            tracing::warn!(vm = %id, pid, "ending a QEMU no agent recorded (its agent died as it started it)");
+            hostel_qemu::process::kill(pid);
         }
     }
 }

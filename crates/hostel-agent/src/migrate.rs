@@ -209,11 +209,11 @@ impl VmRuntime {
             if let Some(m) = &req.mirror {
                 // Nothing left over from an earlier try stands in the way.
                 stop_mirrors(&qmp, None, true).await;
-                hostel_faults::hold("agent.migrate-out.storage").await;
+                hostel_faults::point("agent.migrate-out.storage").await;
                 self.still_wanted()?;
                 mirror_disks(&qmp, m, req.tls.as_ref(), progress).await?;
             }
-            hostel_faults::hold("agent.migrate-out.memory").await;
+            hostel_faults::point("agent.migrate-out.memory").await;
             self.still_wanted()?;
             self.send_memory(&qmp, req, progress).await
         }
@@ -341,7 +341,7 @@ impl VmRuntime {
                         "switching over: the guest is paused".into(),
                         MigrationStep::Switchover,
                     );
-                    hostel_faults::hold("agent.migrate-out.switchover").await;
+                    hostel_faults::point("agent.migrate-out.switchover").await;
                     stop_mirrors(qmp, req.mirror.as_ref(), false).await;
                     qmp.execute("migrate-continue", json!({"state": "pre-switchover"}))
                         .await

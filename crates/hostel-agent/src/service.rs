@@ -390,6 +390,7 @@ impl AgentApi for Shared {
             let _ = pool.delete_disk(&path);
             return Err(AgentError::from(anyhow::Error::from(e)).into());
         }
+        hostel_faults::point("agent.disk.created").await;
         Ok(DiskCreated {
             path: path.display().to_string(),
             format: pool.driver.disk_format().into(),

@@ -358,6 +358,10 @@ impl VmRuntime {
         })?;
         let pid = started.pid;
         self.live.lock().unwrap().pid = Some(pid);
+        hostel_faults::point("agent.start.spawned").await;
+        // Before anything else: an agent that dies from here on finds this QEMU again
+        // at its next start (see `adopt`), instead of leaving it running unknown.
+        write_runtime_file(&self.paths, &spec, &argv, pid);
         let qmp = match self.connect_qmp(pid).await {
             Ok(q) => q,
             Err(e) => {
@@ -373,7 +377,6 @@ impl VmRuntime {
         };
         self.live.lock().unwrap().qmp = Some(qmp.clone());
         let _ = self.console.attach(&self.paths.serial()).await;
-        write_runtime_file(&self.paths, &spec, &argv, pid);
         self.clone()
             .supervise(shared.clone(), qmp.clone(), generation, Some(started.exit));
 
@@ -509,11 +512,28 @@ impl VmRuntime {
         if !process::is_our_qemu(rt.pid, &self.paths.qmp().display().to_string()) {
             return false;
         }
-        let qmp = match Qmp::connect(&self.paths.qmp()).await {
-            Ok(q) => q,
-            Err(e) => {
-                tracing::warn!(vm = %rt.spec.name, "cannot re-adopt QEMU pid {}: {e}", rt.pid);
-                return false;
+        // A QEMU the last agent started just before it died may not serve QMP yet.
+        let marker = self.paths.qmp().display().to_string();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        let qmp = loop {
+            match Qmp::connect(&self.paths.qmp()).await {
+                Ok(q) => break q,
+                Err(e) => {
+                    if !process::is_our_qemu(rt.pid, &marker) {
+                        return false;
+                    }
+                    if std::time::Instant::now() > deadline {
+                        // Never left running unknown: a QEMU no agent can drive is ended.
+                        tracing::warn!(
+                            vm = %rt.spec.name,
+                            "cannot re-adopt QEMU pid {}: {e}; ending it", rt.pid
+                        );
+                        process::kill(rt.pid);
+                        wait_gone(rt.pid, &marker).await;
+                        return false;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
             }
         };
         let status = qmp

@@ -762,6 +762,30 @@ pub struct Task {
     pub updated_at: String,
 }
 
+/// One operation of the journal: what was asked, how far it got, how it ended. One a
+/// crash interrupted ends `failed`, with what was done about it in `error`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Operation {
+    pub id: String,
+    /// `create`, `delete`, `start`, `disk-add`, `snapshot-create`, ...
+    pub kind: String,
+    /// The VM, network or image it acts on, by name.
+    pub target: String,
+    pub host: Option<String>,
+    pub state: TaskState,
+    /// The last step it finished, if any.
+    pub step: Option<String>,
+    pub error: Option<String>,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OperationList {
+    /// Newest first.
+    pub operations: Vec<Operation>,
+}
+
 /// Which console a browser ticket opens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]

@@ -920,6 +920,7 @@ impl Controller {
         } else {
             None
         };
+        hostel_faults::point("controller.chown.checked").await;
         let admin_group = match req.admin_group.as_deref() {
             None => vm.admin_group_id.clone(),
             Some("") => None,

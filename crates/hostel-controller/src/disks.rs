@@ -96,50 +96,65 @@ impl Controller {
             (Some(i), Some(h)) => self.image_on(i, h, None).await?.path,
             _ => None,
         };
-        let made = agent
-            .create_disk(wire::CreateDiskRequest {
-                vm_id: vm.id.clone(),
-                index: idx,
-                size_mib: size,
-                backing: image.as_ref().map(|i| wire::Backing {
-                    path: base.clone().unwrap_or_else(|| i.path.clone()),
-                    format: i.format.clone(),
-                    image_id: i.id.clone(),
-                }),
-                pool: pool_spec.clone(),
-            })
-            .await?;
-        let rec = DiskRecord {
-            id: new_id("disk"),
-            vm_id: vm.id.clone(),
-            idx,
-            path: made.path.clone(),
-            format: made.format.clone(),
-            size_mib: made.size_mib,
-            image_id: image.as_ref().map(|i| i.id.clone()),
-            pool_id: pool.as_ref().map(|p| p.id.clone()),
+        let intent = crate::journal::Intent {
+            files: vec![crate::journal::DiskFile::of(&vm.id, idx)],
+            ..Default::default()
         };
-        if let Err(e) = self.store.insert_disk(&rec).await {
-            self.remove_disk_files(&agent, std::slice::from_ref(&rec))
-                .await;
-            return Err(e.into());
-        }
-        if vm.state.has_process() {
-            let spec = DiskSpec {
-                index: idx,
-                path: made.path,
-                format: made.format,
-                pool: pool_spec,
+        let op = self
+            .journal(ctx, "disk-add", name, Some(&vm), &intent)
+            .await?;
+        let result: Res<()> = async {
+            let made = agent
+                .create_disk(wire::CreateDiskRequest {
+                    vm_id: vm.id.clone(),
+                    index: idx,
+                    size_mib: size,
+                    backing: image.as_ref().map(|i| wire::Backing {
+                        path: base.clone().unwrap_or_else(|| i.path.clone()),
+                        format: i.format.clone(),
+                        image_id: i.id.clone(),
+                    }),
+                    pool: pool_spec.clone(),
+                })
+                .await?;
+            let rec = DiskRecord {
+                id: new_id("disk"),
+                vm_id: vm.id.clone(),
+                idx,
+                path: made.path.clone(),
+                format: made.format.clone(),
+                size_mib: made.size_mib,
+                image_id: image.as_ref().map(|i| i.id.clone()),
+                pool_id: pool.as_ref().map(|p| p.id.clone()),
             };
-            if let Err(e) = agent.add_disk(&vm.id, spec).await {
-                self.store.delete_disk(&rec.id).await?;
+            op.step("file-made").await?;
+            if let Err(e) = self.store.insert_disk(&rec).await {
                 self.remove_disk_files(&agent, std::slice::from_ref(&rec))
                     .await;
-                return Err(
-                    Error::from(e).context("hot-plugging the disk failed, so it was not kept")
-                );
+                return Err(e.into());
             }
+            op.step("row-written").await?;
+            if vm.state.has_process() {
+                let spec = DiskSpec {
+                    index: idx,
+                    path: made.path,
+                    format: made.format,
+                    pool: pool_spec,
+                };
+                if let Err(e) = agent.add_disk(&vm.id, spec).await {
+                    self.store.delete_disk(&rec.id).await?;
+                    self.remove_disk_files(&agent, std::slice::from_ref(&rec))
+                        .await;
+                    return Err(
+                        Error::from(e).context("hot-plugging the disk failed, so it was not kept")
+                    );
+                }
+            }
+            Ok(())
         }
+        .await;
+        op.end(&result).await;
+        result?;
         let views = self.view(&vm, false).await?.disks;
         Ok(views
             .into_iter()
@@ -168,14 +183,28 @@ impl Controller {
         let (_g, vm) = self.locked_vm(ctx, name).await?;
         let agent = self.host_agent(&vm)?;
         let disk = self.disk_at(&vm, index).await?;
-        if vm.state.has_process() {
-            agent.remove_disk(&vm.id, wire::DiskIndex { index }).await?;
+        let intent = crate::journal::Intent {
+            files: vec![crate::journal::DiskFile::at(&disk)],
+            ..Default::default()
+        };
+        let op = self
+            .journal(ctx, "disk-remove", name, Some(&vm), &intent)
+            .await?;
+        let result: Res<()> = async {
+            if vm.state.has_process() {
+                agent.remove_disk(&vm.id, wire::DiskIndex { index }).await?;
+            }
+            op.step("detached").await?;
+            // The row goes first: a file is never removed while a row points to it.
+            self.store.delete_disk(&disk.id).await?;
+            op.step("row-deleted").await?;
+            self.remove_disk_files(&agent, std::slice::from_ref(&disk))
+                .await;
+            Ok(())
         }
-        // The row goes first: a file is never removed while a row points to it.
-        self.store.delete_disk(&disk.id).await?;
-        self.remove_disk_files(&agent, std::slice::from_ref(&disk))
-            .await;
-        Ok(())
+        .await;
+        op.end(&result).await;
+        result
     }
 
     pub async fn resize_disk(
@@ -220,13 +249,23 @@ impl Controller {
                 format: Some(disk.format.clone()),
             }
         };
-        agent
-            .resize_disk(wire::ResizeDiskArgs {
-                vm: Some(vm.id.clone()),
-                disk: body,
-            })
+        let op = self
+            .journal_simple(ctx, "disk-resize", name, Some(&vm))
             .await?;
-        self.store.set_disk_size(&disk.id, req.size_mib).await?;
+        let result: Res<()> = async {
+            agent
+                .resize_disk(wire::ResizeDiskArgs {
+                    vm: Some(vm.id.clone()),
+                    disk: body,
+                })
+                .await?;
+            op.step("grown").await?;
+            self.store.set_disk_size(&disk.id, req.size_mib).await?;
+            Ok(())
+        }
+        .await;
+        op.end(&result).await;
+        result?;
         let views = self.view(&vm, false).await?.disks;
         Ok(views
             .into_iter()
@@ -328,7 +367,13 @@ impl Controller {
             ));
         }
         let _quota = self.charge_snapshot(&vm, req.memory).await?;
-        self.snapshot_call(&vm, "create", &snap, req.memory).await?;
+        let intent = crate::journal::Intent {
+            snapshot: Some(snap.clone()),
+            ..Default::default()
+        };
+        let op = self
+            .journal(ctx, "snapshot-create", name, Some(&vm), &intent)
+            .await?;
         let rec = hostel_store::SnapshotRecord {
             id: new_id("snap"),
             vm_id: vm.id.clone(),
@@ -336,10 +381,18 @@ impl Controller {
             with_memory: req.memory,
             created_at: now(),
         };
-        if let Err(e) = self.store.insert_snapshot(&rec).await {
-            let _ = self.snapshot_call(&vm, "delete", &snap, false).await;
-            return Err(e.into());
+        let result: Res<()> = async {
+            self.snapshot_call(&vm, "create", &snap, req.memory).await?;
+            op.step("taken").await?;
+            if let Err(e) = self.store.insert_snapshot(&rec).await {
+                let _ = self.snapshot_call(&vm, "delete", &snap, false).await;
+                return Err(e.into());
+            }
+            Ok(())
         }
+        .await;
+        op.end(&result).await;
+        result?;
         Ok(Snapshot {
             name: snap,
             with_memory: req.memory,
@@ -402,6 +455,7 @@ impl Controller {
         } else {
             self.snapshot_call(&vm, "revert", snap, false).await?;
         }
+        hostel_faults::point("controller.snapshot-revert.reverted").await;
         let vm = self.vm_named(ctx, name).await?;
         self.view(&vm, true).await
     }
@@ -410,8 +464,21 @@ impl Controller {
         ctx.params(serde_json::json!({"snapshot": snap}));
         let (_g, vm) = self.locked_vm(ctx, name).await?;
         let s = Self::find_snapshot(self.store.snapshots_of(&vm.id).await?, name, snap)?;
-        self.snapshot_call(&vm, "delete", snap, false).await?;
-        self.store.delete_snapshot(&s.id).await?;
-        Ok(())
+        let intent = crate::journal::Intent {
+            snapshot: Some(snap.to_string()),
+            ..Default::default()
+        };
+        let op = self
+            .journal(ctx, "snapshot-delete", name, Some(&vm), &intent)
+            .await?;
+        let result: Res<()> = async {
+            self.snapshot_call(&vm, "delete", snap, false).await?;
+            op.step("deleted-on-disk").await?;
+            self.store.delete_snapshot(&s.id).await?;
+            Ok(())
+        }
+        .await;
+        op.end(&result).await;
+        result
     }
 }

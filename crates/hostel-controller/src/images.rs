@@ -190,6 +190,7 @@ impl Controller {
                         host_id: host.clone(),
                         created_at: now(),
                     };
+                    hostel_faults::point("controller.image.file-made").await;
                     match me.store.insert_image(&rec).await {
                         Ok(()) => Ok(()),
                         Err(e) => {

@@ -19,6 +19,7 @@ mod hosts;
 mod http;
 mod image_copies;
 mod images;
+mod journal;
 mod lease;
 mod migrate;
 mod migrate_offline;

@@ -447,7 +447,7 @@ impl Controller {
                 },
             )
             .await?;
-        hostel_faults::hold("controller.migrate.prepare").await;
+        hostel_faults::point("controller.migrate.prepare").await;
         cancelled()?;
         let mirror = match (ready.nbd_port, moving.is_empty()) {
             (_, true) => None,
@@ -473,7 +473,7 @@ impl Controller {
         // database moves it there (its host, its disks' new files) with the step, and
         // only then do the source's QEMU (paused after sending) and files go.
         self.store.set_move_step(&m.row.id, "commit").await?;
-        hostel_faults::hold("controller.migrate.commit").await;
+        hostel_faults::point("controller.migrate.commit").await;
         let state = self
             .arrived_state(&m.target_agent, vm, m.row.was_running, result.forced)
             .await?;
@@ -527,7 +527,7 @@ impl Controller {
             })
             .collect();
         self.store.commit_move(&m.row, state, pid, &moved).await?;
-        hostel_faults::hold("controller.migrate.cleanup").await;
+        hostel_faults::point("controller.migrate.cleanup").await;
         let row = MoveRecord {
             disks: serde_json::to_string(disks).map_err(anyhow::Error::from)?,
             ..m.row.clone()
@@ -636,7 +636,7 @@ impl Controller {
                         step = s;
                         if let Some(s) = s {
                             self.store.set_move_step(&m.row.id, s.as_str()).await?;
-                            hostel_faults::hold(&format!("controller.migrate.{}", s.as_str()))
+                            hostel_faults::point(&format!("controller.migrate.{}", s.as_str()))
                                 .await;
                         }
                     }

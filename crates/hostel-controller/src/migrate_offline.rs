@@ -67,7 +67,7 @@ impl Controller {
             disks[i].new_format = Some(c.format);
             self.journal_disks(&m.row.id, &disks).await?;
         }
-        hostel_faults::hold("controller.migrate.offline-commit").await;
+        hostel_faults::point("controller.migrate.offline-commit").await;
         self.commit_moved(m, &disks, vm.state, None).await?;
         tracing::info!(vm = %vm.name, from = %m.row.source, to = %m.row.target, bytes,
             "moved offline");

@@ -179,6 +179,9 @@ impl Controller {
                 e.into()
             }
         })?;
+        // The hosts are told the whole desired state at every (re)connection: a crash
+        // here leaves a network the next start sets up.
+        hostel_faults::point("controller.network-create.row-written").await;
         if let Err(e) = self.sync_networks().await {
             // The host could not run it: take the record back so nothing points at nothing.
             let _ = self.store.delete_network_if_unused(&rec.id).await;
@@ -208,6 +211,7 @@ impl Controller {
                 users.join(", ")
             )));
         }
+        hostel_faults::point("controller.network-delete.rows-deleted").await;
         self.sync_networks().await
     }
 
@@ -464,12 +468,31 @@ impl Controller {
                 e.into()
             }
         })?;
+        let op = self.journal_simple(ctx, "nic-add", name, Some(&vm)).await?;
+        let result = self.plug_nic(&vm, &nic, &op).await;
+        op.end(&result).await;
+        result?;
+        let views = self.list_nics(ctx, name).await?;
+        Ok(views
+            .into_iter()
+            .find(|n| n.id == nic.id)
+            .expect("just added"))
+    }
+
+    /// The rest of `add_nic` once its row is written: DHCP and DNS, then the guest.
+    async fn plug_nic(
+        &self,
+        vm: &hostel_store::VmRecord,
+        nic: &hostel_store::NicRecord,
+        op: &crate::journal::OpLog,
+    ) -> Res<()> {
+        op.step("row-written").await?;
         // DHCP and DNS learn the NIC before the guest sees it.
         self.sync_networks().await?;
         let state = vm.state;
         if state.has_process() {
-            let agent = self.host_agent(&vm)?;
-            if let Err(e) = agent.add_nic(&vm.id, Self::nic_spec(&nic)).await {
+            let agent = self.host_agent(vm)?;
+            if let Err(e) = agent.add_nic(&vm.id, Self::nic_spec(nic)).await {
                 self.store.delete_nic(&nic.id).await?;
                 let _ = self.sync_networks().await;
                 return Err(
@@ -477,11 +500,7 @@ impl Controller {
                 );
             }
         }
-        let views = self.list_nics(ctx, name).await?;
-        Ok(views
-            .into_iter()
-            .find(|n| n.id == nic.id)
-            .expect("just added"))
+        Ok(())
     }
 
     pub async fn remove_nic(&self, ctx: &Ctx, name: &str, which: &str) -> Res<()> {
@@ -496,17 +515,26 @@ impl Controller {
                 ))
             })?;
         let state = vm.state;
-        if state.has_process() {
-            let agent = self.host_agent(&vm)?;
-            agent
-                .remove_nic(
-                    &vm.id,
-                    hostel_api::agent::RemoveNicRequest { id: nic.id.clone() },
-                )
-                .await?;
+        let op = self
+            .journal_simple(ctx, "nic-remove", name, Some(&vm))
+            .await?;
+        let result: Res<()> = async {
+            if state.has_process() {
+                let agent = self.host_agent(&vm)?;
+                agent
+                    .remove_nic(
+                        &vm.id,
+                        hostel_api::agent::RemoveNicRequest { id: nic.id.clone() },
+                    )
+                    .await?;
+            }
+            op.step("detached").await?;
+            self.store.delete_nic(&nic.id).await?;
+            self.sync_networks().await
         }
-        self.store.delete_nic(&nic.id).await?;
-        self.sync_networks().await
+        .await;
+        op.end(&result).await;
+        result
     }
 
     /// The port forwards of the VM `name`: its own NICs and forwards, not every VM's.

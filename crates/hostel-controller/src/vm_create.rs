@@ -264,119 +264,140 @@ impl Controller {
                 },
             )
             .await?;
-        let mut disks = Vec::new();
-        if let Some(plan) = &disk_plan {
-            let made = agent.create_disk(plan.clone()).await?;
-            disks.push(DiskRecord {
-                id: new_id("disk"),
-                vm_id: vm_id.clone(),
-                idx: 0,
-                path: made.path,
-                format: made.format,
-                size_mib: made.size_mib,
-                image_id: plan
-                    .backing
-                    .as_ref()
-                    .and(image.as_ref())
-                    .map(|i| i.id.clone()),
-                pool_id: pool.as_ref().map(|p| p.id.clone()),
-            });
-        }
-        let record = VmRecord {
-            id: vm_id.clone(),
-            name: req.name.clone(),
-            host_id: Some(host.clone()),
-            image_id: image.as_ref().map(|i| i.id.clone()),
-            memory_mib: sizing.memory_mib,
-            max_memory_mib: sizing.max_memory_mib,
-            vcpus: sizing.vcpus,
-            max_vcpus: sizing.max_vcpus,
-            state: VmState::Stopped,
-            state_reason: Some("created".into()),
-            on_poweroff: req.on_poweroff,
-            on_reboot: req.on_reboot,
-            on_crash: req.on_crash,
-            saved_path: None,
-            pid: None,
-            created_at: now(),
-            updated_at: now(),
-            cdrom_image_id: cdrom_image.map(|i| i.id),
-            boot_json: Some(serde_json::to_string(&boot_cfg).map_err(anyhow::Error::from)?),
-            cloud_json: Some(serde_json::to_string(&cloud).map_err(anyhow::Error::from)?),
-            owner_user_id: None,
-            owner_group_id: None,
-            admin_group_id: None,
-            lease_expires_at: req
-                .lease_days
-                .or(self.cfg.default_lease_days)
-                .map(crate::lease::in_days),
-            anti_affinity: req.anti_affinity.clone(),
-            machine,
-            cpu_model: Some(cpu_model),
+        // From here on the host and the database change: journaled, so that a crash
+        // midway is undone at the next start (`journal.rs`).
+        let intent = crate::journal::Intent {
+            files: disk_plan
+                .iter()
+                .map(|_| crate::journal::DiskFile::of(&vm_id, 0))
+                .collect(),
+            ..Default::default()
         };
-        let mut record = record;
-        record.owner_user_id = owner_user_id;
-        record.owner_group_id = owner_group_id;
-        if let Err(e) = self.store.insert_vm(&record, &disks).await {
-            self.remove_disk_files(&agent, &disks).await;
-            if hostel_store::is_unique_violation(&e) {
-                return Err(Error::conflict_field(
-                    "name",
-                    format!(
-                        "a VM named {:?} exists already: choose another name",
-                        req.name
-                    ),
-                ));
+        let op = self
+            .journal_at(ctx, "create", &req.name, None, Some(&host), &intent)
+            .await?;
+        let result: Res<Vm> = async {
+            let mut disks = Vec::new();
+            if let Some(plan) = &disk_plan {
+                let made = agent.create_disk(plan.clone()).await?;
+                disks.push(DiskRecord {
+                    id: new_id("disk"),
+                    vm_id: vm_id.clone(),
+                    idx: 0,
+                    path: made.path,
+                    format: made.format,
+                    size_mib: made.size_mib,
+                    image_id: plan
+                        .backing
+                        .as_ref()
+                        .and(image.as_ref())
+                        .map(|i| i.id.clone()),
+                    pool_id: pool.as_ref().map(|p| p.id.clone()),
+                });
             }
-            return Err(e.into());
-        }
-        for nic in &nics {
-            if let Err(e) = self.store.insert_nic(nic).await {
-                let _ = self.store.delete_vm(&vm_id).await;
+            let record = VmRecord {
+                id: vm_id.clone(),
+                name: req.name.clone(),
+                host_id: Some(host.clone()),
+                image_id: image.as_ref().map(|i| i.id.clone()),
+                memory_mib: sizing.memory_mib,
+                max_memory_mib: sizing.max_memory_mib,
+                vcpus: sizing.vcpus,
+                max_vcpus: sizing.max_vcpus,
+                state: VmState::Stopped,
+                state_reason: Some("created".into()),
+                on_poweroff: req.on_poweroff,
+                on_reboot: req.on_reboot,
+                on_crash: req.on_crash,
+                saved_path: None,
+                pid: None,
+                created_at: now(),
+                updated_at: now(),
+                cdrom_image_id: cdrom_image.map(|i| i.id),
+                boot_json: Some(serde_json::to_string(&boot_cfg).map_err(anyhow::Error::from)?),
+                cloud_json: Some(serde_json::to_string(&cloud).map_err(anyhow::Error::from)?),
+                owner_user_id: None,
+                owner_group_id: None,
+                admin_group_id: None,
+                lease_expires_at: req
+                    .lease_days
+                    .or(self.cfg.default_lease_days)
+                    .map(crate::lease::in_days),
+                anti_affinity: req.anti_affinity.clone(),
+                machine,
+                cpu_model: Some(cpu_model),
+            };
+            op.step("disks-made").await?;
+            let mut record = record;
+            record.owner_user_id = owner_user_id;
+            record.owner_group_id = owner_group_id;
+            if let Err(e) = self.store.insert_vm(&record, &disks).await {
                 self.remove_disk_files(&agent, &disks).await;
                 if hostel_store::is_unique_violation(&e) {
-                    return Err(Error::conflict(
-                        "an IP or MAC was taken meanwhile; nothing was created: try again",
+                    return Err(Error::conflict_field(
+                        "name",
+                        format!(
+                            "a VM named {:?} exists already: choose another name",
+                            req.name
+                        ),
                     ));
                 }
                 return Err(e.into());
             }
-        }
-        if !nics.is_empty() {
-            if let Err(e) = self.sync_networks().await {
-                let _ = self.store.delete_vm(&vm_id).await;
-                self.remove_disk_files(&agent, &disks).await;
-                let _ = self.sync_networks().await;
-                return Err(e.context("setting up the VM's network failed, so nothing was kept"));
+            for nic in &nics {
+                if let Err(e) = self.store.insert_nic(nic).await {
+                    let _ = self.store.delete_vm(&vm_id).await;
+                    self.remove_disk_files(&agent, &disks).await;
+                    if hostel_store::is_unique_violation(&e) {
+                        return Err(Error::conflict(
+                            "an IP or MAC was taken meanwhile; nothing was created: try again",
+                        ));
+                    }
+                    return Err(e.into());
+                }
             }
-        }
-        let op = self.store.begin_operation(Some(&vm_id), "create").await?;
-        let mut started = None;
-        if req.start {
-            let lock = self.vm_lock(&vm_id);
-            let _g = lock.lock().await;
-            match self.start_locked(&record, None).await {
-                Ok(status) => started = Some(status),
-                Err(e) => {
-                    // A failed create removes everything it made.
-                    let _ = agent.forget_vm(&vm_id).await;
+            op.made_vm(&vm_id, &host).await?;
+            op.step("rows-written").await?;
+            if !nics.is_empty() {
+                if let Err(e) = self.sync_networks().await {
                     let _ = self.store.delete_vm(&vm_id).await;
                     self.remove_disk_files(&agent, &disks).await;
                     let _ = self.sync_networks().await;
                     return Err(
-                        e.context("the VM was created but could not start, so nothing was kept")
+                        e.context("setting up the VM's network failed, so nothing was kept")
                     );
                 }
             }
+            op.step("networks-set").await?;
+            let mut started = None;
+            if req.start {
+                let lock = self.vm_lock(&vm_id);
+                let _g = lock.lock().await;
+                match self.start_locked(&record, None).await {
+                    Ok(status) => started = Some(status),
+                    Err(e) => {
+                        // A failed create removes everything it made.
+                        let _ = agent.forget_vm(&vm_id).await;
+                        let _ = self.store.delete_vm(&vm_id).await;
+                        self.remove_disk_files(&agent, &disks).await;
+                        let _ = self.sync_networks().await;
+                        return Err(e.context(
+                            "the VM was created but could not start, so nothing was kept",
+                        ));
+                    }
+                }
+            }
+            let vm = self.vm_named(ctx, &req.name).await?;
+            // What runs is what the start just answered: no second call to the host.
+            let mut view = self.view_with(&vm, true, started).await?;
+            if req.explain {
+                view.placement = placement;
+            }
+            Ok(view)
         }
-        self.store.finish_operation(&op, None).await?;
-        let vm = self.vm_named(ctx, &req.name).await?;
-        // What runs is what the start just answered: no second call to the host.
-        let mut view = self.view_with(&vm, true, started).await?;
-        if req.explain {
-            view.placement = placement;
-        }
-        Ok(view)
+        .await;
+        op.end(&result).await;
+        result
     }
 
     /// How a new VM boots: checks the firmware, CD-ROM and kernel asked for.

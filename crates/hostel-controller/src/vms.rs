@@ -268,6 +268,7 @@ impl Controller {
                 },
             )
             .await?;
+        hostel_faults::point("controller.start.launched").await;
         self.store
             .set_vm_state(&vm.id, status.state, status.reason.as_deref(), status.pid)
             .await?;
@@ -291,16 +292,16 @@ impl Controller {
         let vm = self.vm_named(ctx, name).await?;
         op.check(vm.state)?;
         let agent = self.host_agent(&vm)?;
-        let rec = self.store.begin_operation(Some(&vm.id), op.name()).await?;
+        let rec = self.journal_simple(ctx, op.name(), name, Some(&vm)).await?;
         let result = f(vm.clone(), agent).await;
-        let err = result.as_ref().err().map(|e| e.message());
-        self.store.finish_operation(&rec, err.as_deref()).await?;
+        rec.end(&result).await;
         result?;
         let vm = self.vm_named(ctx, name).await?;
         self.view(&vm, true).await
     }
 
     pub(crate) async fn sync_status(&self, vm_id: &str, s: &wire::VmStatus) -> Res<()> {
+        hostel_faults::point("controller.action.done-on-host").await;
         self.store
             .set_vm_state(vm_id, s.state, s.reason.as_deref(), s.pid)
             .await?;
@@ -475,8 +476,11 @@ impl Controller {
                     },
                 )
                 .await?;
-            self.sync_status(&vm.id, &s).await?;
+            // The file first: a crash between the two leaves a VM the host says is
+            // saved (the next reconcile) whose file is known.
             self.store.set_vm_saved(&vm.id, Some(&path)).await?;
+            hostel_faults::point("controller.save.saved").await;
+            self.sync_status(&vm.id, &s).await?;
             Ok(())
         })
         .await
@@ -514,6 +518,7 @@ impl Controller {
         self.operate(ctx, &vm.name, Op::Restore, |vm, _| async move {
             let _quota = self.charge_start(&vm).await?;
             self.start_locked(&vm, Some(&path)).await?;
+            hostel_faults::point("controller.restore.restored").await;
             self.store.set_vm_saved(&vm.id, None).await?;
             Ok(())
         })
@@ -545,27 +550,46 @@ impl Controller {
         Op::Delete.check(vm.state)?;
         let agent = self.host_agent(&vm)?;
         let disks = self.store.disks_of(&vm.id).await?;
-        agent.forget_vm(&vm.id).await?;
-        // Rows first, then files: a disk file is never removed while a row points to it.
-        let had_nics = !self.store.nics_of(&vm.id).await?.is_empty();
-        self.store.delete_vm(&vm.id).await?;
-        let kept = if keep_disks {
-            disks
-                .iter()
-                .map(|d| d.path.clone())
-                .chain(vm.saved_path.clone())
-                .collect()
-        } else {
-            self.remove_disk_files(&agent, &disks).await;
-            if let Some(path) = &vm.saved_path {
-                self.remove_save_file(path);
-            }
-            Vec::new()
+        let intent = crate::journal::Intent {
+            files: if keep_disks {
+                Vec::new()
+            } else {
+                disks.iter().map(crate::journal::DiskFile::at).collect()
+            },
+            ..Default::default()
         };
-        self.locks.lock().unwrap().remove(&vm.id);
-        if had_nics {
-            self.sync_networks().await?;
+        let op = self
+            .journal(ctx, "delete", name, Some(&vm), &intent)
+            .await?;
+        let result: Res<Vec<String>> = async {
+            agent.forget_vm(&vm.id).await?;
+            op.step("host-forgot").await?;
+            // Rows first, then files: a disk file is never removed while a row points to it.
+            let had_nics = !self.store.nics_of(&vm.id).await?.is_empty();
+            self.store.delete_vm(&vm.id).await?;
+            op.step("rows-deleted").await?;
+            let kept = if keep_disks {
+                disks
+                    .iter()
+                    .map(|d| d.path.clone())
+                    .chain(vm.saved_path.clone())
+                    .collect()
+            } else {
+                self.remove_disk_files(&agent, &disks).await;
+                if let Some(path) = &vm.saved_path {
+                    self.remove_save_file(path);
+                }
+                Vec::new()
+            };
+            if had_nics {
+                self.sync_networks().await?;
+            }
+            Ok(kept)
         }
+        .await;
+        op.end(&result).await;
+        let kept = result?;
+        self.locks.lock().unwrap().remove(&vm.id);
         Ok(kept)
     }
 

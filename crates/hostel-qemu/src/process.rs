@@ -167,6 +167,36 @@ pub fn is_our_qemu(pid: u32, marker: &str) -> bool {
     text.contains("qemu-system") && text.contains(marker)
 }
 
+/// Every live QEMU whose command line names a directory under `run_dir` (the agent's
+/// runtime directories), with that directory's name (the VM's id).
+pub fn qemus_under(run_dir: &Path) -> Vec<(u32, String)> {
+    let marker = format!("{}/", run_dir.display());
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&cmdline);
+        let Some(at) = text.find(&marker) else {
+            continue;
+        };
+        let id: String = text[at + marker.len()..]
+            .chars()
+            .take_while(|c| *c != '/' && *c != '\0' && *c != ',')
+            .collect();
+        if !id.is_empty() && is_our_qemu(pid, &marker) {
+            out.push((pid, id));
+        }
+    }
+    out
+}
+
 pub fn read_pidfile(path: &Path) -> Option<u32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }

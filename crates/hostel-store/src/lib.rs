@@ -15,6 +15,7 @@ mod images;
 mod migrations;
 mod moves;
 mod net;
+mod operations;
 mod pools;
 mod row;
 mod settings;
@@ -34,9 +35,10 @@ pub use images::{ImageCopyRecord, ImageRecord};
 pub use migrations::MIGRATIONS;
 pub use moves::MoveRecord;
 pub use net::{ForwardRecord, NetworkRecord, NicRecord};
+pub use operations::{OperationFilter, OperationRecord};
 pub use pools::PoolRecord;
 pub use stamp::Timestamp;
-pub use tasks::{OperationRecord, TaskRecord};
+pub use tasks::TaskRecord;
 pub use vms::{VmListRow, VmPageQuery, VmRecord};
 
 #[derive(Clone)]

@@ -279,4 +279,34 @@ pub const MIGRATIONS: &[&[&str]] = &[
         "ALTER TABLE vms ADD COLUMN machine TEXT",
         "ALTER TABLE vms ADD COLUMN cpu_model TEXT",
     ],
+    // The operations journal: every multi-step operation records what it is about to
+    // do (`intent`) and how far it got (`step`), so that one interrupted by a crash is
+    // finished or undone at the next start. Its VM is a plain id (no reference): the
+    // record outlives a deleted VM.
+    &[
+        "CREATE TABLE journal (
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            target TEXT NOT NULL,
+            vm_id TEXT,
+            host_id TEXT,
+            user_id TEXT,
+            state TEXT NOT NULL,
+            step TEXT NOT NULL,
+            intent TEXT NOT NULL,
+            error TEXT,
+            started_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            finished_at TEXT
+        )",
+        "INSERT INTO journal (id, kind, target, vm_id, host_id, user_id, state, step, \
+         intent, error, started_at, updated_at, finished_at) \
+         SELECT o.id, o.kind, COALESCE((SELECT v.name FROM vms v WHERE v.id = o.vm_id), ''), \
+         o.vm_id, NULL, NULL, o.state, '', '{}', o.error, o.started_at, \
+         COALESCE(o.finished_at, o.started_at), o.finished_at FROM operations o",
+        "DROP TABLE operations",
+        "ALTER TABLE journal RENAME TO operations",
+        "CREATE INDEX operations_state ON operations (state)",
+        "CREATE INDEX operations_vm_id ON operations (vm_id)",
+    ],
 ];

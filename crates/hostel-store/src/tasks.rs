@@ -1,7 +1,7 @@
-//! Background tasks (image builds) and the log of VM operations.
+//! Background tasks (image builds); the operations journal is `operations.rs`.
 
 use crate::row::{binds, Cols, FromRow, Record, Value};
-use crate::{new_id, now, Store, Timestamp};
+use crate::{now, Store, Timestamp};
 use anyhow::Result;
 use hostel_model::TaskState;
 
@@ -19,17 +19,6 @@ pub struct TaskRecord {
     /// The id of the user who started it; none for Hostel's own actors (and tasks
     /// recorded before creators were).
     pub created_by: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct OperationRecord {
-    pub id: String,
-    pub vm_id: Option<String>,
-    pub kind: String,
-    pub state: TaskState,
-    pub error: Option<String>,
-    pub started_at: Timestamp,
-    pub finished_at: Option<Timestamp>,
 }
 
 impl FromRow for TaskRecord {
@@ -65,36 +54,6 @@ impl Record for TaskRecord {
             self.created_at,
             self.updated_at,
             &self.created_by,
-        ]
-    }
-}
-
-impl FromRow for OperationRecord {
-    const TABLE: &'static str = "operations";
-    fn from_row(c: &Cols<'_>) -> Result<Self> {
-        Ok(OperationRecord {
-            id: c.text("id")?,
-            vm_id: c.opt_text("vm_id")?,
-            kind: c.text("kind")?,
-            state: c.enumed("state")?,
-            error: c.opt_text("error")?,
-            started_at: c.time("started_at")?,
-            finished_at: c.opt_time("finished_at")?,
-        })
-    }
-}
-
-impl Record for OperationRecord {
-    const COLS: &'static str = "id, vm_id, kind, state, error, started_at, finished_at";
-    fn values(&self) -> Vec<Value<'_>> {
-        binds![
-            &self.id,
-            &self.vm_id,
-            &self.kind,
-            self.state,
-            &self.error,
-            self.started_at,
-            self.finished_at,
         ]
     }
 }
@@ -148,44 +107,5 @@ impl Store {
             binds![now(), TaskState::Failed, TaskState::Running],
         )
         .await
-    }
-
-    pub async fn begin_operation(&self, vm_id: Option<&str>, kind: &str) -> Result<String> {
-        let op = OperationRecord {
-            id: new_id("op"),
-            vm_id: vm_id.map(Into::into),
-            kind: kind.into(),
-            state: TaskState::Running,
-            error: None,
-            started_at: now(),
-            finished_at: None,
-        };
-        self.insert(&op).await?;
-        Ok(op.id)
-    }
-
-    pub async fn finish_operation(&self, id: &str, error: Option<&str>) -> Result<()> {
-        let state = if error.is_some() {
-            TaskState::Failed
-        } else {
-            TaskState::Succeeded
-        };
-        self.execute(
-            "UPDATE operations SET state = $2, error = $3, finished_at = $4 WHERE id = $1",
-            binds![id, state, error, now()],
-        )
-        .await?;
-        Ok(())
-    }
-
-    /// A VM's operations, oldest first.
-    pub async fn operations(&self, vm_id: &str) -> Result<Vec<OperationRecord>> {
-        let sql = format!(
-            "SELECT {} FROM operations WHERE vm_id = $1 ORDER BY started_at",
-            OperationRecord::COLS
-        );
-        let mut ops: Vec<OperationRecord> = self.fetch_all(&sql, binds![vm_id]).await?;
-        ops.sort_by_key(|o| o.started_at);
-        Ok(ops)
     }
 }

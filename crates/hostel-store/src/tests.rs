@@ -112,16 +112,44 @@ async fn vm_round_trip_and_unique_names(url: &str) {
     assert!(s.insert_vm(&other, &[clash]).await.is_err());
     assert!(s.vm_by_name("other").await.unwrap().is_none());
 
-    let op = s.begin_operation(Some(&v.id), "start").await.unwrap();
-    s.finish_operation(&op, None).await.unwrap();
+    let mut op = new_op("start", "web");
+    op.vm_id = Some(v.id.clone());
+    s.begin_operation(&op).await.unwrap();
+    let interrupted = new_op("delete", "web");
+    s.begin_operation(&interrupted).await.unwrap();
+    s.operation_step(&interrupted.id, "host-forgot", Some("{\"x\":1}"))
+        .await
+        .unwrap();
+    s.finish_operation(&op.id, None).await.unwrap();
     assert_eq!(
         s.operations(&v.id).await.unwrap()[0].state,
         TaskState::Succeeded
     );
+    let running = s.running_operations().await.unwrap();
+    assert_eq!(running.len(), 1);
+    assert_eq!(running[0].step, "host-forgot");
+    assert_eq!(running[0].intent, "{\"x\":1}");
+    s.finish_operation(&interrupted.id, Some("interrupted"))
+        .await
+        .unwrap();
+    // An end once recorded stays.
+    s.finish_operation(&interrupted.id, None).await.unwrap();
+    let failed = s
+        .list_operations(&crate::OperationFilter {
+            state: Some(TaskState::Failed),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].error.as_deref(), Some("interrupted"));
 
     s.delete_vm(&v.id).await.unwrap();
     assert!(s.vm_by_name("web").await.unwrap().is_none());
     assert!(s.all_disks().await.unwrap().is_empty());
+    // The journal outlives the VM.
+    assert_eq!(s.operations(&v.id).await.unwrap().len(), 1);
 }
 
 async fn images_in_use_cannot_be_deleted(url: &str) {
@@ -917,4 +945,8 @@ async fn copies_go_to_postgresql_and_back_unchanged() {
     assert_eq!(fresh.table_names().await.unwrap(), tables);
     let pg = Store::open(&server.database("fresh").await).await.unwrap();
     assert_eq!(pg.table_names().await.unwrap(), tables);
+}
+
+fn new_op(kind: &str, target: &str) -> crate::OperationRecord {
+    crate::OperationRecord::begin(kind, target)
 }

@@ -470,7 +470,8 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes a VM and its disk rows in one transaction.
+    /// Deletes a VM and its disk rows in one transaction (its operations stay in the
+    /// journal).
     pub async fn delete_vm(&self, id: &str) -> Result<()> {
         let mut tx = self.pool().begin().await?;
         for q in [
@@ -478,7 +479,6 @@ impl Store {
             "DELETE FROM port_forwards WHERE vm_id = $1",
             "DELETE FROM nics WHERE vm_id = $1",
             "DELETE FROM disks WHERE vm_id = $1",
-            "DELETE FROM operations WHERE vm_id = $1",
             "DELETE FROM vms WHERE id = $1",
         ] {
             execute_on(&mut tx, q, binds![id]).await?;

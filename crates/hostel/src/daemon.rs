@@ -427,6 +427,11 @@ pub async fn up(opts: UpOptions) -> Result<()> {
         .resume_migrations()
         .await
         .context("reading the migrations under way")?;
+    // Operations a crash interrupted are finished or undone once their hosts answer.
+    controller
+        .resume_operations()
+        .await
+        .context("reading the operations journal")?;
     let host = controller.add_host(agent).await?;
     controller.set_local_host(&host);
     tracing::info!(%host, agent = %agent_addr, "local agent registered");

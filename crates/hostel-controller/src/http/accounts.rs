@@ -234,6 +234,30 @@ pub(super) async fn audit(
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
+pub(super) struct OperationsQuery {
+    /// `running`, `succeeded` or `failed`.
+    state: Option<TaskState>,
+    /// Only this VM's.
+    vm: Option<String>,
+    /// At most this many, newest first (100 if absent).
+    #[param(minimum = 1, maximum = 10000)]
+    limit: Option<u32>,
+}
+
+#[utoipa::path(get, path = "/api/v1/operations", params(OperationsQuery), responses((status = 200, body = OperationList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn operations(
+    State(c): S,
+    Extension(ctx): X,
+    ApiQuery(q): ApiQuery<OperationsQuery>,
+) -> R<OperationList> {
+    Ok(Json(
+        c.list_operations(&ctx, q.state, q.vm.as_deref(), q.limit.unwrap_or(100))
+            .await?,
+    ))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct QuotaQuery {
     /// `user:NAME`, `group:NAME` or `default`; yours when absent.
     #[param(pattern = "^(user:.*|group:.*|[^:]*)$")]

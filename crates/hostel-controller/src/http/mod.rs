@@ -55,7 +55,7 @@ type R<T> = Result<Json<T>, Error>;
         delete_snapshot, doctor, list_pools, create_pool, get_pool, delete_pool, login, whoami,
         list_users, create_user, delete_user, user_password, my_password, list_tokens,
         create_token, revoke_token, list_keys, add_key, remove_key, list_groups, create_group,
-        delete_group, add_member, remove_member, set_owner, audit, audit_retention,
+        delete_group, add_member, remove_member, set_owner, audit, operations, audit_retention,
         set_audit_retention, prune_audit, show_quota, set_quota,
         renew_vm, set_cpu_model, list_hosts, add_host, set_host, drain_host, undrain_host, rebalance, remove_host, events
     ),
@@ -135,6 +135,7 @@ pub fn router(c: Arc<Controller>) -> Router {
         .route("/api/v1/groups/{name}/members/remove", post(remove_member))
         .route("/api/v1/vms/{name}/owner", post(set_owner))
         .route("/api/v1/audit", get(audit))
+        .route("/api/v1/operations", get(operations))
         .route(
             "/api/v1/audit/retention",
             get(audit_retention).put(set_audit_retention),

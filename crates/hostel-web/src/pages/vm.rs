@@ -1,5 +1,5 @@
 //! A VM's page: overview, actions, consoles, snapshots, disks, NICs, port forwards,
-//! sharing and its audit rows; and every action on it, each one API call.
+//! sharing, its operations and audit rows; and every action on it, each one API call.
 
 use super::{mib, page, when, Layout};
 use crate::api::{seg, ApiResult};
@@ -21,6 +21,7 @@ struct VmPage {
     snapshots: Vec<Snapshot>,
     forwards: Vec<PortForward>,
     audit: Vec<AuditEntry>,
+    operations: Vec<Operation>,
     networks: Vec<String>,
     images: Vec<String>,
     groups: Vec<String>,
@@ -99,6 +100,11 @@ pub async fn show(s: Session, headers: HeaderMap, Path(name): Path<String>) -> R
         .unwrap_or_default();
     audit.reverse();
     audit.truncate(100);
+    let operations = api
+        .get::<OperationList>(&format!("/api/v1/operations?vm={n}&limit=20"))
+        .await
+        .map(|l| l.operations)
+        .unwrap_or_default();
     let networks = api
         .get::<Vec<Network>>("/api/v1/networks")
         .await
@@ -136,6 +142,7 @@ pub async fn show(s: Session, headers: HeaderMap, Path(name): Path<String>) -> R
         snapshots,
         forwards,
         audit,
+        operations,
         networks,
         images,
         groups,

@@ -72,6 +72,21 @@ pub enum Cmd {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Format,
     },
+    /// The operations journal: what each multi-step operation did, how far it got and
+    /// how it ended (one a crash interrupted ends failed, saying what was undone).
+    Operations {
+        /// Only those running, succeeded or failed.
+        #[arg(long, value_parser = ["running", "succeeded", "failed"])]
+        state: Option<String>,
+        /// Only this VM's.
+        #[arg(long)]
+        vm: Option<String>,
+        /// At most this many, newest first.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+    },
 }
 
 #[derive(Subcommand)]
@@ -248,6 +263,15 @@ const AUDIT_COLUMNS: &[Column<AuditEntry>] = &[
     ("ERROR", |e| e.error.clone().unwrap_or_default()),
 ];
 
+const OPERATION_COLUMNS: &[Column<Operation>] = &[
+    ("STARTED", |o| o.started_at.clone()),
+    ("KIND", |o| o.kind.clone()),
+    ("TARGET", |o| o.target.clone()),
+    ("STATE", |o| o.state.as_str().into()),
+    ("STEP", |o| o.step.clone().unwrap_or_else(|| "-".into())),
+    ("ERROR", |o| o.error.clone().unwrap_or_default()),
+];
+
 /// `?user=NAME` when a user is given.
 fn user_q(user: &Option<String>) -> String {
     user.as_ref()
@@ -328,6 +352,23 @@ pub async fn run(cmd: Cmd) -> Result<()> {
             let entries: Vec<AuditEntry> =
                 api.get(&format!("/api/v1/audit?{}", q.join("&"))).await?;
             output::list(output, &entries, AUDIT_COLUMNS)
+        }
+        Cmd::Operations {
+            state,
+            vm,
+            limit,
+            output,
+        } => {
+            let mut q = vec![format!("limit={limit}")];
+            for (k, v) in [("state", state), ("vm", vm)] {
+                if let Some(v) = v {
+                    q.push(format!("{k}={v}"));
+                }
+            }
+            let list: OperationList = api
+                .get(&format!("/api/v1/operations?{}", q.join("&")))
+                .await?;
+            output::list(output, &list.operations, OPERATION_COLUMNS)
         }
     }
 }

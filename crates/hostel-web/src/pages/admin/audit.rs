@@ -8,7 +8,7 @@ use askama::Template;
 use axum::extract::Query;
 use axum::http::HeaderMap;
 use axum::response::Response;
-use hostel_api::public::AuditEntry;
+use hostel_api::public::{AuditEntry, Operation, OperationList};
 use serde::Deserialize;
 
 /// The most rows the page shows.
@@ -36,6 +36,8 @@ struct AuditPage {
     rows: Vec<AuditEntry>,
     /// Some entries that match are not shown (the cap, or the API's own).
     capped: bool,
+    /// Operations that have not succeeded (running now, or failed), newest first.
+    unfinished: Vec<Operation>,
 }
 
 impl AuditPage {
@@ -85,11 +87,22 @@ pub async fn show(s: Session, headers: HeaderMap, Query(q): Query<AuditQuery>) -
         rows.truncate(SHOWN);
         capped = true;
     }
+    let mut unfinished = Vec::new();
+    for state in ["running", "failed"] {
+        if let Ok(l) = s
+            .api
+            .get::<OperationList>(&format!("/api/v1/operations?state={state}&limit=20"))
+            .await
+        {
+            unfinished.extend(l.operations);
+        }
+    }
     let layout = Layout::new(&s, &headers, "Audit trail", "audit");
     let p = AuditPage {
         q,
         rows,
         capped,
+        unfinished,
         layout,
     };
     page(&p.layout, &p)
