@@ -662,6 +662,28 @@ pub struct Info {
     pub ssh_host_key: Option<String>,
     #[serde(default)]
     pub ssh_host_key_fingerprint: Option<String>,
+    /// The controllers sharing the database, alive and stopped (admins only; one on
+    /// SQLite).
+    #[serde(default)]
+    pub controllers: Vec<ControllerInfo>,
+    /// The controller that answered.
+    #[serde(default)]
+    pub controller: String,
+}
+
+/// A controller, from its heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ControllerInfo {
+    pub id: String,
+    /// Its machine's hostname.
+    pub name: String,
+    /// Where it serves the API.
+    pub api: String,
+    /// It follows the hosts and runs the background work.
+    pub leader: bool,
+    /// Its heartbeat is recent; a stopped one's work was taken over.
+    pub alive: bool,
+    pub last_seen: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -15,11 +15,19 @@ pub(crate) struct Daemon {
     pub(crate) child: Child,
     pub(crate) hostel: PathBuf,
     proxy: String,
+    /// `--database`: the controller's PostgreSQL database; none: SQLite.
+    pub(crate) database: Option<String>,
 }
 
 impl Daemon {
     pub(crate) fn start(hostel: &Path) -> Result<Daemon> {
-        let ns = format!("hostel-bench-{}", std::process::id());
+        Self::start_on(hostel, None, "")
+    }
+
+    /// A daemon on the database given (none: SQLite), its namespace and directory named
+    /// with `tag`.
+    pub(crate) fn start_on(hostel: &Path, database: Option<&str>, tag: &str) -> Result<Daemon> {
+        let ns = format!("hostel-bench-{}{tag}", std::process::id());
         let dir = std::env::temp_dir().join(&ns);
         std::fs::create_dir_all(&dir)?;
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
@@ -27,19 +35,26 @@ impl Daemon {
         run(Command::new("ip").args(["-n", &ns, "link", "set", "lo", "up"]))?;
         // The namespace's only way out: a proxy to the Debian mirror, for image builds.
         let proxy = relay_proxy(&ns)?;
-        let child = Self::spawn(&ns, &dir, hostel, &proxy)?;
+        let child = Self::spawn(&ns, &dir, hostel, &proxy, database)?;
         let d = Daemon {
             ns,
             dir,
             child,
             hostel: hostel.to_path_buf(),
             proxy,
+            database: database.map(String::from),
         };
         d.wait_ready()?;
         Ok(d)
     }
 
-    fn spawn(ns: &str, dir: &Path, hostel: &Path, proxy: &str) -> Result<Child> {
+    fn spawn(
+        ns: &str,
+        dir: &Path,
+        hostel: &Path,
+        proxy: &str,
+        database: Option<&str>,
+    ) -> Result<Child> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -55,6 +70,7 @@ impl Daemon {
                 "--data-dir",
             ])
             .arg(dir.join("data"))
+            .args(database.map(|d| ["--database", d]).into_iter().flatten())
             .env("HOSTEL_CONFIG", dir.join("client.toml"))
             .env("http_proxy", format!("http://{proxy}"))
             .env("no_proxy", "127.0.0.1,localhost")
@@ -72,7 +88,13 @@ impl Daemon {
     }
 
     pub(crate) fn restart(&mut self) -> Result<()> {
-        self.child = Self::spawn(&self.ns, &self.dir, &self.hostel, &self.proxy)?;
+        self.child = Self::spawn(
+            &self.ns,
+            &self.dir,
+            &self.hostel,
+            &self.proxy,
+            self.database.as_deref(),
+        )?;
         self.wait_ready()
     }
 

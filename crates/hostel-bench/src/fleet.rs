@@ -16,6 +16,18 @@ pub(crate) fn fleet(
     samples: usize,
     round: usize,
 ) -> Result<Vec<Row>> {
+    fleet_on(d, hosts, vms, samples, round, "")
+}
+
+/// The same rows, their names marked with `db` (`, PostgreSQL`, say).
+pub(crate) fn fleet_on(
+    d: &Daemon,
+    hosts: usize,
+    vms: usize,
+    samples: usize,
+    round: usize,
+    db: &str,
+) -> Result<Vec<Row>> {
     let (url, token) = d.client()?;
     let curl = |path: &str| -> Result<f64> {
         let out = Command::new("ip")
@@ -39,7 +51,7 @@ pub(crate) fn fleet(
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
     };
-    let what = |s: &str| format!("simulated fleet ({hosts} hosts, {vms} VMs): {s}");
+    let what = |s: &str| format!("simulated fleet ({hosts} hosts, {vms} VMs{db}): {s}");
     let mut rows = Vec::new();
     // Spread over the whole list: the k-th sample looks at a pseudo-random VM or host.
     let pick = |i: usize, n: usize| (i * 7919 + 13) % n;
@@ -201,7 +213,7 @@ pub(crate) fn fleet(
     ));
     rows.push(Row {
         what: format!(
-            "RSS of `hostel up` with {vms} VMs and {hosts} connected simulated agents, after the above (MiB)"
+            "RSS of `hostel up` with {vms} VMs and {hosts} connected simulated agents{db}, after the above (MiB)"
         ),
         hostel: format!("{:.1}", d.rss_kib() as f64 / 1024.0),
         peer: "n/a".into(),

@@ -6,6 +6,7 @@
 //! taken in the same run, so that the machine's speed of the day cancels out.
 
 mod daemon;
+mod databases;
 mod fleet;
 mod latency;
 mod libvirt;
@@ -53,17 +54,18 @@ fn parse_args() -> Result<Args> {
                 Some("create-latency") => a.only = Some("create-latency".into()),
                 Some("web") => a.only = Some("web".into()),
                 Some("migration") => a.only = Some("migration".into()),
+                Some("databases") => a.only = Some("databases".into()),
                 other => {
                     bail!(
-                        "--only {other:?}: the parts that run alone are create-latency, web \
-                         and migration"
+                        "--only {other:?}: the parts that run alone are create-latency, web, \
+                         migration and databases"
                     )
                 }
             },
             other => {
                 bail!(
                     "unknown argument {other:?}: use --hostel PATH --runs N --out FILE --quick \
-                     --create-runs N --only create-latency|web|migration"
+                     --create-runs N --only create-latency|web|migration|databases"
                 )
             }
         }
@@ -148,15 +150,15 @@ fn fill(path: &Path, mib: usize) -> Result<()> {
 
 /// A SIMULATED fleet of agents (`hostel-simagent`, one process, a port per host) that
 /// answers the agent API over mutual TLS with a certificate from the daemon's CA.
-struct SimFleet {
-    child: Child,
-    urls: Vec<String>,
+pub(crate) struct SimFleet {
+    pub(crate) child: Child,
+    pub(crate) urls: Vec<String>,
     /// How many fleet VMs the simulated hosts report as running.
     fleet_file: PathBuf,
 }
 
 impl SimFleet {
-    fn start(d: &Daemon, hosts: usize) -> Result<SimFleet> {
+    pub(crate) fn start(d: &Daemon, hosts: usize) -> Result<SimFleet> {
         let tls = d.dir.join("simtls");
         run(Command::new(&d.hostel)
             .args(["agent-cert", "simfleet", "--san", "127.0.0.1", "--data-dir"])
@@ -204,7 +206,7 @@ impl SimFleet {
 /// the daemon stopped: running on the simulated hosts (VM i on `simhost-(i % hosts)`, as
 /// `hostel-simagent` reports them), owned by the admin. Then restarts the daemon and
 /// gives how long until every host's agent is connected again.
-fn fleet_records(d: &mut Daemon, sim: &SimFleet, from: usize, to: usize) -> Result<f64> {
+pub(crate) fn fleet_records(d: &mut Daemon, sim: &SimFleet, from: usize, to: usize) -> Result<f64> {
     let hosts = sim.urls.len();
     d.stop()?;
     let db = d.data().join("hostel.db");
@@ -221,8 +223,28 @@ fn fleet_records(d: &mut Daemon, sim: &SimFleet, from: usize, to: usize) -> Resu
          COMMIT;\n",
         last = to - 1,
     );
-    let out = Command::new("sqlite3")
-        .arg(&db)
+    let sql = match &d.database {
+        None => sql,
+        // The same rows on PostgreSQL: a series instead of a recursive query.
+        Some(_) => sql.replace(
+            &format!("WITH RECURSIVE n(i) AS (SELECT {from} UNION ALL SELECT i + 1 FROM n WHERE i < {})\n", to - 1),
+            "",
+        )
+        .replace(" FROM n;", &format!(" FROM generate_series({from}, {}) AS i;", to - 1)),
+    };
+    let mut client = match &d.database {
+        None => {
+            let mut c = Command::new("sqlite3");
+            c.arg(&db);
+            c
+        }
+        Some(url) => {
+            let mut c = Command::new(databases::psql()?);
+            c.args(["-v", "ON_ERROR_STOP=1", "-q", url]);
+            c
+        }
+    };
+    let out = client
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -233,7 +255,10 @@ fn fleet_records(d: &mut Daemon, sim: &SimFleet, from: usize, to: usize) -> Resu
             c.wait_with_output()
         })?;
     if !out.status.success() {
-        bail!("sqlite3: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "writing the fleet's rows: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     std::fs::write(&sim.fleet_file, to.to_string())?;
     let t = Instant::now();
@@ -305,6 +330,20 @@ pub(crate) struct Row {
 
 fn main() -> Result<()> {
     let args = parse_args()?;
+    if args.only.as_deref() == Some("databases") {
+        // Two daemons of its own, one on each database.
+        let rows = databases::rows(&args.hostel, args.quick)?;
+        let table = table(&rows);
+        print!("{table}");
+        if let Some(out) = &args.out {
+            let command = std::env::var("HOSTEL_BENCH_COMMAND").unwrap_or_default();
+            std::fs::write(
+                out,
+                format!("Command: `{command}`\n\n{table}\n{}\n", databases::NOTE),
+            )?;
+        }
+        return Ok(());
+    }
     let mut d = Daemon::start(&args.hostel)?;
     let alone = match args.only.as_deref() {
         Some("web") => Some(web_alone(&mut d)?),

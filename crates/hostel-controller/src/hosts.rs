@@ -208,7 +208,7 @@ impl Controller {
             }
         }
         self.agents.lock().unwrap().remove(&h.id);
-        self.set_online(&h.id, false);
+        self.set_online(&h.id, false).await;
         self.store.delete_host(&h.id).await?;
         Ok(())
     }

@@ -125,6 +125,7 @@ impl Controller {
         op.vm_id = vm_id.map(Into::into);
         op.host_id = host.map(Into::into);
         op.user_id = ctx.caller().ok().map(|c| c.user_id.clone());
+        op.owner = Some(self.id.clone());
         op.intent = serde_json::to_string(intent).map_err(anyhow::Error::from)?;
         self.store.begin_operation(&op).await?;
         Ok(OpLog {
@@ -147,23 +148,19 @@ impl Controller {
             .await
     }
 
-    /// At a start: takes up every operation the last life of the controller left
-    /// running, and settles each in the background once its host answers.
-    pub async fn resume_operations(self: &Arc<Self>) -> anyhow::Result<()> {
-        let ops = self.store.running_operations().await?;
-        if ops.is_empty() {
-            return Ok(());
-        }
-        tracing::warn!(
-            count = ops.len(),
-            "operations were under way when the controller stopped: settling them"
-        );
-        let me = self.clone();
-        tokio::spawn(async move {
-            let mut left = ops;
-            loop {
-                let mut still = Vec::new();
-                for op in left {
+    /// Settles, each in the background once its host answers, the operations a dead
+    /// controller (or an earlier life of this one) left running; those being settled
+    /// already are left to it.
+    pub(crate) fn settle_operations(self: &Arc<Self>, ops: Vec<OperationRecord>) {
+        for op in ops {
+            if !self.settling.lock().unwrap().insert(op.id.clone()) {
+                continue;
+            }
+            tracing::warn!(op = %op.id, kind = %op.kind, target = %op.target,
+                "an operation was under way when its controller stopped: settling it");
+            let me = self.clone();
+            tokio::spawn(async move {
+                loop {
                     match me.settle_operation(&op).await {
                         Ok(Some((finished, done))) => {
                             let why = if op.step.is_empty() {
@@ -179,22 +176,18 @@ impl Controller {
                             // says why.
                             let err = (!finished).then_some(why.as_str());
                             let _ = me.store.finish_operation(&op.id, err).await;
+                            break;
                         }
-                        Ok(None) => still.push(op),
+                        Ok(None) => {}
                         Err(e) => {
                             tracing::warn!(op = %op.id, "settling an interrupted operation: {}", e.message());
-                            still.push(op);
                         }
                     }
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
                 }
-                if still.is_empty() {
-                    return;
-                }
-                left = still;
-                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-            }
-        });
-        Ok(())
+                me.settling.lock().unwrap().remove(&op.id);
+            });
+        }
     }
 
     /// Finishes or undoes one interrupted operation: whether it was finished, and what
@@ -208,9 +201,8 @@ impl Controller {
             },
             None => None,
         };
-        let lock = op.vm_id.as_deref().map(|id| self.vm_lock(id));
-        let _g = match &lock {
-            Some(l) => Some(l.lock().await),
+        let _g = match op.vm_id.as_deref() {
+            Some(id) => Some(self.lock_vm(id).await),
             None => None,
         };
         let vm = match &op.vm_id {
@@ -222,6 +214,13 @@ impl Controller {
         match (op.kind.as_str(), &vm, &agent) {
             // A create that did not end is undone: no half-made VM stays.
             ("create", Some(vm), Some(agent)) | ("delete", Some(vm), Some(agent)) => {
+                // A create that got as far as starting the VM left it running (and a
+                // VM may have been started since): it ends first.
+                if let Ok(s) = agent.get_vm(&vm.id).await {
+                    if s.state.has_process() {
+                        agent.destroy_vm(&vm.id).await?;
+                    }
+                }
                 agent.forget_vm(&vm.id).await?;
                 let had_nics = !self.store.nics_of(&vm.id).await?.is_empty();
                 self.store.delete_vm(&vm.id).await?;

@@ -7,6 +7,7 @@ pub mod audit;
 mod audit_retention;
 pub mod auth;
 mod boot;
+pub mod cluster;
 pub mod console_sessions;
 pub mod consoles;
 pub mod context;
@@ -142,6 +143,12 @@ pub struct Controller {
     recovering: std::sync::atomic::AtomicBool,
     /// Held while a migration's target is chosen and reserved.
     migrate_placing: tokio::sync::Mutex<()>,
+    /// This controller's id among those sharing the database (`cluster.rs`).
+    id: String,
+    /// Whether this controller leads now (`cluster.rs`).
+    leading: std::sync::atomic::AtomicBool,
+    /// Interrupted operations being settled now (`journal.rs`), by id.
+    settling: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Controller {
@@ -173,6 +180,9 @@ impl Controller {
             pki: std::sync::OnceLock::new(),
             recovering: Default::default(),
             migrate_placing: tokio::sync::Mutex::new(()),
+            id: hostel_store::new_id("ctl"),
+            leading: Default::default(),
+            settling: Mutex::default(),
         })
     }
 
@@ -206,12 +216,19 @@ impl Controller {
         self.online.lock().unwrap().contains(host_id)
     }
 
-    fn set_online(&self, host_id: &str, up: bool) {
-        let mut o = self.online.lock().unwrap();
-        if up {
-            o.insert(host_id.to_string());
-        } else {
-            o.remove(host_id);
+    /// Records whether this (leading) controller follows a host's agent now: for itself,
+    /// and in the database for the others.
+    async fn set_online(&self, host_id: &str, up: bool) {
+        {
+            let mut o = self.online.lock().unwrap();
+            if up {
+                o.insert(host_id.to_string());
+            } else {
+                o.remove(host_id);
+            }
+        }
+        if let Err(e) = self.store.set_host_online(host_id, up).await {
+            tracing::warn!(host = %host_id, "cannot record whether the host is online: {e:#}");
         }
     }
 
@@ -240,36 +257,45 @@ impl Controller {
                 if me.local_host.get() == Some(&h.id) || me.agent(&h.id).is_some() {
                     continue;
                 }
-                let me2 = me.clone();
-                let id = h.id.clone();
-                let task = tokio::spawn(async move {
-                    let me = me2;
-                    let mut said = false;
-                    loop {
-                        match me.agent_client(&h.url) {
-                            Ok(agent) => match me.connect_host(agent, Some(&h.id)).await {
-                                Ok(_) => return,
-                                Err(e) if !said => {
-                                    tracing::warn!(host = %h.id, "not back yet, retrying every 5 s: {e:#}");
-                                    said = true;
-                                }
-                                Err(e) => tracing::debug!(host = %h.id, "not back yet: {e:#}"),
-                            },
-                            Err(e) => {
-                                tracing::error!(host = %h.id, "{e:#}");
-                                return;
-                            }
-                        }
-                        tokio::time::sleep(Duration::from_secs(5)).await;
-                    }
-                });
-                // Ended if the host is removed before it is back.
-                me.reconnects
-                    .lock()
-                    .unwrap()
-                    .insert(id, task.abort_handle());
+                me.reconnect_host(h);
             }
         });
+    }
+
+    /// Connects to a recorded host in the background, again every 5 s until its agent
+    /// answers.
+    fn reconnect_host(self: &Arc<Self>, h: HostRecord) {
+        let me = self.clone();
+        let id = h.id.clone();
+        let task = tokio::spawn(async move {
+            let mut said = false;
+            loop {
+                match me.agent_client(&h.url) {
+                    Ok(agent) => match me.connect_host(agent, Some(&h.id)).await {
+                        Ok(_) => return,
+                        Err(e) if !said => {
+                            tracing::warn!(host = %h.id, "not back yet, retrying every 5 s: {e:#}");
+                            said = true;
+                        }
+                        Err(e) => tracing::debug!(host = %h.id, "not back yet: {e:#}"),
+                    },
+                    Err(e) => {
+                        tracing::error!(host = %h.id, "{e:#}");
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        });
+        // Ended if the host is removed before it is back.
+        if let Some(old) = self
+            .reconnects
+            .lock()
+            .unwrap()
+            .insert(id, task.abort_handle())
+        {
+            old.abort();
+        }
     }
 
     pub fn agent(&self, host_id: &str) -> Option<AgentClient> {
@@ -347,6 +373,20 @@ impl Controller {
                 .lock()
                 .unwrap()
                 .insert(id.clone(), agent.clone());
+            if !self.leads() {
+                // A standby: the leader follows the host (it reads the new row within a
+                // second); this one waits until it does.
+                drop(_hosts);
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+                while tokio::time::Instant::now() < deadline {
+                    if self.store.online_hosts().await?.contains(&id) {
+                        self.online.lock().unwrap().insert(id.clone());
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                return Ok(Some(id));
+            }
             let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
             let me = self.clone();
             let host = id.clone();
@@ -393,7 +433,7 @@ impl Controller {
             // Reconcile only once the subscription is live, so no change falls between.
             let mut ended = false;
             if conn_rx.await.is_ok() {
-                self.set_online(&host, true);
+                self.set_online(&host, true).await;
                 let _ = self.store.touch_host(&host, hostel_store::now()).await;
                 let setup = async {
                     if let Err(e) = self.reconcile(&host, &agent).await {
@@ -426,7 +466,7 @@ impl Controller {
                 let _ = (&mut follower.0).await;
             }
             if self.is_online(&host) {
-                self.set_online(&host, false);
+                self.set_online(&host, false).await;
                 let _ = self.store.touch_host(&host, hostel_store::now()).await;
                 tracing::warn!(%host, "lost the agent's event stream; reconnecting");
                 retry = Duration::from_millis(500);
@@ -442,6 +482,10 @@ impl Controller {
     /// VM left, or is moving to) or about a VM that is migrating is not written.
     async fn apply_event(&self, host: &str, ev: Event) {
         if self.is_migrating(&ev.vm_id) {
+            return;
+        }
+        // A migration another controller runs.
+        if self.shared_database() && self.store.is_moving(&ev.vm_id).await.unwrap_or(false) {
             return;
         }
         match self.store.vm_by_id(&ev.vm_id).await {
@@ -474,8 +518,19 @@ impl Controller {
                 ..Default::default()
             })
             .await?;
+        // Migrations other controllers run are theirs to settle.
+        let moving: Vec<String> = if self.shared_database() {
+            self.store
+                .moves()
+                .await?
+                .into_iter()
+                .map(|m| m.vm_id)
+                .collect()
+        } else {
+            Vec::new()
+        };
         for vm in on_host.into_iter().map(|r| r.vm) {
-            if self.is_migrating(&vm.id) {
+            if self.is_migrating(&vm.id) || moving.contains(&vm.id) {
                 continue;
             }
             match running.get(&vm.id) {

@@ -206,6 +206,7 @@ impl Controller {
             disks: "[]".into(),
             started_at: hostel_store::now(),
             updated_at: hostel_store::now(),
+            owner: Some(self.id.clone()),
         };
         if let Err(e) = self.store.insert_move(&row).await {
             let _ = self

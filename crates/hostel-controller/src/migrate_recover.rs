@@ -101,6 +101,37 @@ impl Controller {
         Ok(())
     }
 
+    /// Settles the migrations a dead controller left (the leader's takeover, see
+    /// `cluster.rs`): each is held here as this process's, and recovery settles it.
+    pub(crate) fn adopt_moves(self: &Arc<Self>, rows: Vec<hostel_store::MoveRecord>) {
+        let mut new = 0;
+        {
+            let mut m = self.migrating.lock().unwrap();
+            for r in rows {
+                if m.contains_key(&r.vm_id) {
+                    continue;
+                }
+                m.insert(
+                    r.vm_id.clone(),
+                    Reservation {
+                        id: r.id.clone(),
+                        target: r.target.clone(),
+                        mib: r.memory_mib,
+                        live: false,
+                    },
+                );
+                new += 1;
+            }
+        }
+        if new > 0 {
+            tracing::warn!(
+                count = new,
+                "taking over migrations whose controller stopped"
+            );
+            self.ensure_recovery();
+        }
+    }
+
     /// Settles, in the background, the migrations no task of this process runs (left
     /// by an earlier life, or by a task that could not settle its own): one loop at a
     /// time.
@@ -134,8 +165,7 @@ impl Controller {
                 .collect();
             let rows = self.store.moves().await.unwrap_or_default();
             for row in rows.iter().filter(|r| orphans.contains(&r.id)) {
-                let lock = self.vm_lock(&row.vm_id);
-                let _g = lock.lock().await;
+                let _g = self.lock_vm(&row.vm_id).await;
                 // Settled meanwhile by the task that ran it?
                 if !self
                     .migrating

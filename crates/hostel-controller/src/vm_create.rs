@@ -371,8 +371,7 @@ impl Controller {
             op.step("networks-set").await?;
             let mut started = None;
             if req.start {
-                let lock = self.vm_lock(&vm_id);
-                let _g = lock.lock().await;
+                let _g = self.lock_vm(&vm_id).await;
                 match self.start_locked(&record, None).await {
                     Ok(status) => started = Some(status),
                     Err(e) => {

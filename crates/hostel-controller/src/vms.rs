@@ -94,9 +94,9 @@ impl Controller {
         &self,
         ctx: &Ctx,
         name: &str,
-    ) -> Res<(tokio::sync::OwnedMutexGuard<()>, VmRecord)> {
+    ) -> Res<(crate::cluster::VmGuard, VmRecord)> {
         let vm = self.vm_named(ctx, name).await?;
-        let guard = self.vm_lock(&vm.id).lock_owned().await;
+        let guard = self.lock_vm(&vm.id).await;
         Ok((guard, self.vm_named(ctx, name).await?))
     }
 
@@ -282,12 +282,11 @@ impl Controller {
         Fut: std::future::Future<Output = Res<()>>,
     {
         let vm = self.vm_named(ctx, name).await?;
-        let lock = self.vm_lock(&vm.id);
         let _g = if op == Op::Destroy {
             // Destroy must be able to end an operation that hangs.
             None
         } else {
-            Some(lock.lock().await)
+            Some(self.lock_vm(&vm.id).await)
         };
         let vm = self.vm_named(ctx, name).await?;
         op.check(vm.state)?;
@@ -619,6 +618,30 @@ impl Controller {
             ssh_console: ssh.as_ref().map(|s| s.addr.clone()),
             ssh_host_key: ssh.as_ref().map(|s| s.host_key.clone()),
             ssh_host_key_fingerprint: ssh.map(|s| s.fingerprint),
+            controllers: if admin {
+                let stale = hostel_store::Store::stale_before();
+                let all = self.store.controllers().await?;
+                // A leader that died says so until its heartbeat is stale; the one that
+                // took over has said it since.
+                let leader = all
+                    .iter()
+                    .filter(|c| c.leader && c.last_seen > stale)
+                    .max_by_key(|c| c.last_seen)
+                    .map(|c| c.id.clone());
+                all.into_iter()
+                    .map(|c| ControllerInfo {
+                        alive: c.last_seen > stale,
+                        leader: leader.as_ref() == Some(&c.id),
+                        last_seen: c.last_seen.to_string(),
+                        id: c.id,
+                        name: c.name,
+                        api: c.api,
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            controller: self.id().to_string(),
         })
     }
 }

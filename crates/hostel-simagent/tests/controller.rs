@@ -1723,6 +1723,8 @@ async fn migrations_left_in_the_journal_are_settled_at_start() {
         disks: "[]".into(),
         started_at: hostel_store::now(),
         updated_at: hostel_store::now(),
+        // Left by an earlier life of the controller.
+        owner: None,
     };
     let done = k.c.store.vm_by_name("done").await.unwrap().unwrap();
     let undone = k.c.store.vm_by_name("undone").await.unwrap().unwrap();

@@ -31,6 +31,8 @@ pub const TABLES: &[&str] = &[
     "settings",
     "image_copies",
     "vm_moves",
+    "controllers",
+    "vm_locks",
 ];
 
 /// How a column's values are read and bound: the schema has these three kinds only.

@@ -8,6 +8,7 @@
 //! decoded into them and records bound into statements. One module per resource.
 
 mod accounts;
+pub mod cluster;
 pub mod copy;
 mod disks;
 mod hosts;
@@ -46,8 +47,11 @@ pub struct Store {
     pool: AnyPool,
     sqlite: bool,
     /// The id of every VM whose row was written, after the write: what live views
-    /// (the API's event stream, the web UI) follow. In this process only.
+    /// (the API's event stream, the web UI) follow; on PostgreSQL, other controllers'
+    /// writes too.
     vm_changes: tokio::sync::broadcast::Sender<String>,
+    /// This store's name in the notifications it sends, to skip its own.
+    instance: std::sync::Arc<str>,
 }
 
 /// How many VM changes a slow follower may fall behind before it is told it lagged.
@@ -134,8 +138,12 @@ impl Store {
             pool,
             sqlite,
             vm_changes: tokio::sync::broadcast::channel(VM_CHANGES_BACKLOG).0,
+            instance: new_id("store").into(),
         };
         store.migrate().await?;
+        if !sqlite {
+            store.follow_notifications(url.to_string());
+        }
         Ok(store)
     }
 
@@ -153,12 +161,71 @@ impl Store {
         self.vm_changes.subscribe()
     }
 
-    /// Tells followers that a VM changed (nobody following is fine).
+    /// Tells followers that a VM changed (nobody following is fine); on PostgreSQL, the
+    /// other controllers' followers too (`NOTIFY`, see `follow_notifications`).
     pub fn vm_changed(&self, id: &str) {
         let _ = self.vm_changes.send(id.to_string());
+        if !self.sqlite {
+            let pool = self.pool.clone();
+            let payload = format!("{} {id}", self.instance);
+            tokio::spawn(async move {
+                let _ = sqlx::query("SELECT pg_notify('hostel_vm', $1)")
+                    .bind(payload)
+                    .execute(&pool)
+                    .await;
+            });
+        }
+    }
+
+    /// Passes on the VM changes other controllers on this PostgreSQL database announce,
+    /// for as long as the store lives, reconnecting when the link drops.
+    fn follow_notifications(&self, url: String) {
+        let tx = self.vm_changes.clone();
+        let me = self.instance.clone();
+        tokio::spawn(async move {
+            loop {
+                let listener = async {
+                    let mut l = sqlx::postgres::PgListener::connect(&url).await?;
+                    l.listen("hostel_vm").await?;
+                    loop {
+                        let n = l.recv().await?;
+                        if let Some((from, id)) = n.payload().split_once(' ') {
+                            if from != &*me {
+                                let _ = tx.send(id.to_string());
+                            }
+                        }
+                    }
+                    #[allow(unreachable_code)]
+                    Ok::<(), sqlx::Error>(())
+                };
+                if let Err(e) = listener.await {
+                    tracing::warn!("following other controllers' changes: {e}; again in 1 s");
+                }
+                // Ends with the last store: nobody left to tell.
+                if tx.receiver_count() == 0 && std::sync::Arc::strong_count(&me) == 1 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
     }
 
     async fn migrate(&self) -> Result<()> {
+        if self.sqlite {
+            return self.migrate_unlocked().await;
+        }
+        // Two controllers starting together: one applies, the other then finds it done.
+        let mut conn = self.pool.acquire().await?.detach();
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(cluster::MIGRATE_KEY)
+            .execute(&mut conn)
+            .await?;
+        let result = self.migrate_unlocked().await;
+        let _ = sqlx::Connection::close(conn).await;
+        result
+    }
+
+    async fn migrate_unlocked(&self) -> Result<()> {
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, \
              applied_at TEXT NOT NULL)",

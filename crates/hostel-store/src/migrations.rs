@@ -309,4 +309,26 @@ pub const MIGRATIONS: &[&[&str]] = &[
         "CREATE INDEX operations_state ON operations (state)",
         "CREATE INDEX operations_vm_id ON operations (vm_id)",
     ],
+    // More than one controller on one PostgreSQL database (`cluster.rs`): each one's
+    // heartbeat; whether the leader follows a host's agent now; who runs an operation or
+    // a migration, and who operates a VM now, so that a dead controller's are taken over.
+    &[
+        "CREATE TABLE controllers (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            api TEXT NOT NULL,
+            started_at TEXT NOT NULL,
+            last_seen TEXT NOT NULL,
+            leader BIGINT NOT NULL DEFAULT 0
+        )",
+        "ALTER TABLE hosts ADD COLUMN online BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE operations ADD COLUMN owner TEXT",
+        "ALTER TABLE vm_moves ADD COLUMN owner TEXT",
+        "CREATE TABLE vm_locks (
+            vm_id TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            token TEXT NOT NULL,
+            taken_at TEXT NOT NULL
+        )",
+    ],
 ];

@@ -28,6 +28,8 @@ pub struct MoveRecord {
     pub disks: String,
     pub started_at: Timestamp,
     pub updated_at: Timestamp,
+    /// The controller that runs it (`cluster.rs`): when it dies, the leader settles it.
+    pub owner: Option<String>,
 }
 
 impl FromRow for MoveRecord {
@@ -44,13 +46,15 @@ impl FromRow for MoveRecord {
             disks: c.text("disks")?,
             started_at: c.time("started_at")?,
             updated_at: c.time("updated_at")?,
+            owner: c.opt_text("owner")?,
         })
     }
 }
 
 impl Record for MoveRecord {
     const COLS: &'static str =
-        "id, vm_id, source, target, memory_mib, step, was_running, disks, started_at, updated_at";
+        "id, vm_id, source, target, memory_mib, step, was_running, disks, started_at, updated_at, \
+         owner";
     fn values(&self) -> Vec<Value<'_>> {
         binds![
             &self.id,
@@ -63,6 +67,7 @@ impl Record for MoveRecord {
             &self.disks,
             self.started_at,
             self.updated_at,
+            &self.owner,
         ]
     }
 }

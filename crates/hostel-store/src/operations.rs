@@ -29,6 +29,8 @@ pub struct OperationRecord {
     pub started_at: Timestamp,
     pub updated_at: Timestamp,
     pub finished_at: Option<Timestamp>,
+    /// The controller that runs it (`cluster.rs`): when it dies, the leader settles it.
+    pub owner: Option<String>,
 }
 
 impl OperationRecord {
@@ -48,6 +50,7 @@ impl OperationRecord {
             started_at: now(),
             updated_at: now(),
             finished_at: None,
+            owner: None,
         }
     }
 }
@@ -69,13 +72,14 @@ impl FromRow for OperationRecord {
             started_at: c.time("started_at")?,
             updated_at: c.time("updated_at")?,
             finished_at: c.opt_time("finished_at")?,
+            owner: c.opt_text("owner")?,
         })
     }
 }
 
 impl Record for OperationRecord {
     const COLS: &'static str = "id, kind, target, vm_id, host_id, user_id, state, step, intent, \
-                                error, started_at, updated_at, finished_at";
+                                error, started_at, updated_at, finished_at, owner";
     fn values(&self) -> Vec<Value<'_>> {
         binds![
             &self.id,
@@ -91,6 +95,7 @@ impl Record for OperationRecord {
             self.started_at,
             self.updated_at,
             self.finished_at,
+            &self.owner,
         ]
     }
 }

@@ -40,7 +40,9 @@ pub struct QemuOptions {
 pub struct UpOptions {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
-    pub qemu: QemuOptions,
+    /// The local agent's QEMU; none: a controller alone (`hostel controller`), one of
+    /// several on one PostgreSQL database, for agents elsewhere.
+    pub qemu: Option<QemuOptions>,
     pub client_config: PathBuf,
     /// Create (and run) the `default` NAT network.
     pub default_network: bool,
@@ -326,10 +328,19 @@ async fn open_store(data_dir: &Path, database: Option<&str>) -> Result<hostel_st
     Ok(store)
 }
 
+/// `hostel up` (a controller and its local agent), or `hostel controller` (a controller
+/// alone: no `qemu`).
 pub async fn up(opts: UpOptions) -> Result<()> {
+    let alone = opts.qemu.is_none();
+    if alone && opts.database.is_none() {
+        bail!(
+            "hostel controller needs --database postgres://USER[:PASSWORD]@HOST/DATABASE: the \
+             controllers share one PostgreSQL database (run `hostel up` for one machine on SQLite)"
+        );
+    }
     let (data_dir, _lock) = open_data_dir(&opts.data_dir, "hostel.log")?;
     let log_file = data_dir.join("hostel.log");
-    tracing::info!(data_dir = %data_dir.display(), "hostel up starting");
+    tracing::info!(data_dir = %data_dir.display(), role = if alone { "controller" } else { "up" }, "hostel starting");
 
     let pki = Pki::open(&data_dir.join("pki"))?;
     let sans = vec!["127.0.0.1".to_string(), "localhost".to_string()];
@@ -344,10 +355,6 @@ pub async fn up(opts: UpOptions) -> Result<()> {
     let admin_token = read_or_make_token(&data_dir.join("admin.token"))?;
 
     let store = open_store(&data_dir, opts.database.as_deref()).await?;
-    let n = store.fail_interrupted_tasks().await?;
-    if n > 0 {
-        tracing::warn!(n, "marked tasks interrupted by the last stop as failed");
-    }
 
     // Hostel's own ports are bound before any network state (with its port forwards) is
     // applied, so a forward can never take them; they are served further down.
@@ -367,24 +374,30 @@ pub async fn up(opts: UpOptions) -> Result<()> {
     let host_name = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "localhost".into());
-    let shared = start_agent(&data_dir, host_name, opts.qemu.clone()).await?;
-
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let agent_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let agent_addr = agent_listener.local_addr()?;
-    let mut rx = stop_rx.clone();
-    let agent_task = tokio::spawn(hostel_agent::serve(
-        shared.clone(),
-        agent_listener,
-        TlsFiles {
-            cert_pem: agent_pair.cert_pem,
-            key_pem: agent_pair.key_pem,
-            client_ca_pem: pki.ca_pem()?,
-        },
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        },
-    ));
+    // The local agent (`hostel up`), serving on a loopback port of its own.
+    let local = match &opts.qemu {
+        Some(qemu) => {
+            let shared = start_agent(&data_dir, host_name.clone(), qemu.clone()).await?;
+            let agent_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+            let agent_addr = agent_listener.local_addr()?;
+            let mut rx = stop_rx.clone();
+            let task = tokio::spawn(hostel_agent::serve(
+                shared.clone(),
+                agent_listener,
+                TlsFiles {
+                    cert_pem: agent_pair.cert_pem,
+                    key_pem: agent_pair.key_pem,
+                    client_ca_pem: pki.ca_pem()?,
+                },
+                async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                },
+            ));
+            Some((agent_addr, task))
+        }
+        None => None,
+    };
 
     let controller = Controller::new(
         store,
@@ -404,10 +417,8 @@ pub async fn up(opts: UpOptions) -> Result<()> {
         ssh_listener.local_addr()?.port(),
         "Hostel's SSH console gateway",
     );
-    controller.spawn_lease_reaper(std::time::Duration::from_secs(2));
     // Consoles whose token expires while open end within this.
     controller.spawn_console_watch(std::time::Duration::from_secs(5));
-    controller.spawn_audit_upkeep();
     // The VMs' usage graphs (in memory only).
     controller.spawn_usage_sampler(hostel_controller::stats::STATS_INTERVAL);
     controller.set_agent_tls(ClientTls {
@@ -415,32 +426,51 @@ pub async fn up(opts: UpOptions) -> Result<()> {
         cert_pem: ctl_pair.cert_pem,
         key_pem: ctl_pair.key_pem,
     })?;
-    let agent = controller.agent_client(&format!("https://{agent_addr}"))?;
     controller
         .bootstrap_admin(&admin_token)
         .await
         .context("registering the admin user's token")?;
     controller.set_pki(Pki::open(&data_dir.join("pki"))?);
-    // Before any host's state is read: VMs whose migration was under way wait for it
-    // to be settled.
-    controller
-        .resume_migrations()
-        .await
-        .context("reading the migrations under way")?;
-    // Operations a crash interrupted are finished or undone once their hosts answer.
-    controller
-        .resume_operations()
-        .await
-        .context("reading the operations journal")?;
-    let host = controller.add_host(agent).await?;
-    controller.set_local_host(&host);
-    tracing::info!(%host, agent = %agent_addr, "local agent registered");
-    // Hosts added with `hostel host add` come back by themselves.
-    controller.reconnect_known_hosts();
-    if opts.default_network {
-        let startup = Ctx::system(SystemActor::Startup);
-        if let Err(e) = controller.ensure_default_network(&startup).await {
-            tracing::error!("cannot set up the default network: {e}");
+    controller.spawn_heartbeat(host_name.clone(), format!("http://{api_addr}"));
+    // Held for as long as this process runs (`hostel up` leads alone).
+    let mut _lead = None;
+    match &local {
+        Some((agent_addr, _)) => {
+            // The only controller: if another leads this database, it stops here.
+            _lead = Some(controller.lead_alone().await?);
+            // Before any host's state is read: VMs whose migration was under way wait
+            // for it to be settled.
+            controller
+                .resume_migrations()
+                .await
+                .context("reading the migrations under way")?;
+            let n = controller.store.fail_interrupted_tasks().await?;
+            if n > 0 {
+                tracing::warn!(n, "marked tasks interrupted by the last stop as failed");
+            }
+            let agent = controller.agent_client(&format!("https://{agent_addr}"))?;
+            let host = controller.add_host(agent).await?;
+            controller.set_local_host(&host);
+            tracing::info!(%host, agent = %agent_addr, "local agent registered");
+            // The lease reaper, the audit upkeep, the hosts added with `hostel host add`
+            // (back by themselves), and the operations a crash interrupted.
+            controller.start_leader_work();
+            if opts.default_network {
+                let startup = Ctx::system(SystemActor::Startup);
+                if let Err(e) = controller.ensure_default_network(&startup).await {
+                    tracing::error!("cannot set up the default network: {e}");
+                }
+            }
+        }
+        None => {
+            // One of several: it stands by and leads when it can; a lead lost ends it.
+            let c = controller.clone();
+            tokio::spawn(async move {
+                let e = c.contend().await;
+                tracing::error!("{e:#}");
+                eprintln!("hostel controller: {e:#}");
+                std::process::exit(3);
+            });
         }
     }
 
@@ -467,7 +497,9 @@ pub async fn up(opts: UpOptions) -> Result<()> {
     tracing::info!(addr = %ssh_listener.local_addr()?, "SSH console gateway listening");
     controller.spawn_ssh_gateway(ssh_listener, host_key);
 
-    ensure_tiny_image(&controller).await;
+    if local.is_some() {
+        ensure_tiny_image(&controller).await;
+    }
 
     let url = format!("http://{api_addr}");
     ClientConfig {
@@ -490,7 +522,9 @@ pub async fn up(opts: UpOptions) -> Result<()> {
     stop_signal().await?;
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), api_task).await;
-    let _ = tokio::time::timeout(Duration::from_secs(5), agent_task).await;
+    if let Some((_, agent_task)) = local {
+        let _ = tokio::time::timeout(Duration::from_secs(5), agent_task).await;
+    }
     Ok(())
 }
 

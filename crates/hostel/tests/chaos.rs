@@ -589,7 +589,7 @@ fn the_invariants_hold_through_random_kills() {
     let minutes: f64 = std::env::var("HOSTEL_CHAOS_MINUTES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(3.0);
+        .unwrap_or(2.0);
     eprintln!("chaos: seed {seed} (replay: HOSTEL_CHAOS_SEED={seed}), {minutes} minutes");
     let mut rng = Rng(seed);
     let mut h = Harness::new(seed);
@@ -702,6 +702,24 @@ fn each_interrupted_operation_is_finished_or_undone() {
             "half",
             false,
         ),
+        // A create whose VM was already running: undone, its QEMU ended.
+        (
+            "controller.start.launched",
+            &[
+                "create",
+                "half",
+                "--image",
+                "tiny",
+                "--memory",
+                MEMORY,
+                "--disk",
+                "16M",
+                "--no-network",
+            ],
+            "create",
+            "half",
+            false,
+        ),
         (
             "controller.delete.host-forgot",
             &["delete", "gone"],
@@ -778,7 +796,9 @@ fn each_interrupted_operation_is_finished_or_undone() {
         }
         // A second disk once the add was undone, a snapshot once its taking was.
         match *point {
-            "controller.create.disks-made" | "controller.create.rows-written" => {
+            "controller.create.disks-made"
+            | "controller.create.rows-written"
+            | "controller.start.launched" => {
                 assert!(h.d.fails(&["describe", "half"]).contains("no VM"));
             }
             "controller.delete.host-forgot" => {

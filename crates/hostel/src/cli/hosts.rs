@@ -335,6 +335,22 @@ fn print_info(info: &Info) {
     } else {
         println!("hostel {}  data dir {}", info.version, info.data_dir);
     }
+    for c in &info.controllers {
+        println!(
+            "controller {} on {} at {}{}{}",
+            c.id,
+            c.name,
+            c.api,
+            if c.leader { " (leads)" } else { "" },
+            if !c.alive {
+                format!(" (stopped, last seen {})", c.last_seen)
+            } else if c.id == info.controller {
+                " (answered this)".to_string()
+            } else {
+                String::new()
+            }
+        );
+    }
     if !info.database.is_empty() {
         println!("database {}", info.database);
     }

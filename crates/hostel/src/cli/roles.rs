@@ -12,46 +12,22 @@ use std::path::PathBuf;
 pub enum Cmd {
     /// Run everything on this machine: controller, local agent, SQLite, API.
     Up {
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        #[arg(long, default_value = "127.0.0.1:8470")]
-        listen: SocketAddr,
+        #[command(flatten)]
+        serve: ServeArgs,
         #[command(flatten)]
         qemu: daemon::QemuOptions,
         /// Do not create the `default` NAT network.
         #[arg(long)]
         no_default_network: bool,
-        /// Give new VMs a lease of this many days (they are shut down when it ends,
-        /// until renewed). Default: no leases.
-        #[arg(long)]
-        default_lease_days: Option<u32>,
-        /// Where the SSH console gateway listens (`ssh -p PORT VMNAME@HOST`).
-        #[arg(long, default_value = "127.0.0.1:2222")]
-        ssh_listen: SocketAddr,
-        /// The npm packages the browser consoles load (xterm.js, noVNC): a node_modules
-        /// made by `npm ci` in the source tree's web/. Default: that one, when present.
-        #[arg(long)]
-        web_dir: Option<PathBuf>,
-        /// Free space the data directory's filesystem keeps for the VMs' disks: below
-        /// it, new VMs, disks, resizes, snapshots, images and saves are refused. A share
-        /// (5%) or an amount (2GiB); 0: no floor.
-        #[arg(long, default_value = "5%", value_parser = parse_floor)]
-        min_free_space: hostel_controller::FreeSpaceFloor,
-        /// Refused requests (bad logins, wrong or missing tokens) an address may have in
-        /// a burst before it is answered 429; it gets one back every 20/N s, and the
-        /// budgets of users and of all addresses together scale with it (see
-        /// docs/operations.md). Raise it when every user comes through one proxy.
-        #[arg(long, env = "HOSTEL_REFUSAL_BUDGET", default_value_t = hostel_controller::throttle::DEFAULT_ADDRESS_BURST)]
-        refusal_budget: u32,
-        /// Seconds a host may be offline before `hostel info` and the web UI show it as
-        /// stale (greyed, with the age of its last report).
-        #[arg(long, env = "HOSTEL_STALE_AFTER_SECS", value_name = "SECS", default_value_t = hostel_controller::DEFAULT_STALE_AFTER.as_secs())]
-        stale_after: u64,
-        /// The controller's database: a postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE
-        /// URL (the database must exist; its tables are made). Default: SQLite in the
-        /// data directory.
-        #[arg(long, env = "HOSTEL_DATABASE", value_name = "URL")]
-        database: Option<String>,
+    },
+    /// Run a controller alone (API, web UI, SSH console gateway), one of several sharing
+    /// one PostgreSQL database (--database), for agents elsewhere (`hostel host add`).
+    /// One of them leads: it follows the hosts and runs the background work; another
+    /// takes over within seconds when it dies. Copy the first one's DATA/pki and
+    /// DATA/admin.token into the others' data directories.
+    Controller {
+        #[command(flatten)]
+        serve: ServeArgs,
     },
     /// Run one host's agent on its own, for a controller elsewhere to add (`hostel host
     /// add`). Prints its address.
@@ -92,6 +68,46 @@ pub enum Cmd {
     Db(DbCmd),
 }
 
+/// What a controller serves, and from where: `hostel up`'s and `hostel controller`'s.
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long, default_value = "127.0.0.1:8470")]
+    pub listen: SocketAddr,
+    /// Give new VMs a lease of this many days (they are shut down when it ends,
+    /// until renewed). Default: no leases.
+    #[arg(long)]
+    pub default_lease_days: Option<u32>,
+    /// Where the SSH console gateway listens (`ssh -p PORT VMNAME@HOST`).
+    #[arg(long, default_value = "127.0.0.1:2222")]
+    pub ssh_listen: SocketAddr,
+    /// The npm packages the browser consoles load (xterm.js, noVNC): a node_modules
+    /// made by `npm ci` in the source tree's web/. Default: that one, when present.
+    #[arg(long)]
+    pub web_dir: Option<PathBuf>,
+    /// Free space the data directory's filesystem keeps for the VMs' disks: below
+    /// it, new VMs, disks, resizes, snapshots, images and saves are refused. A share
+    /// (5%) or an amount (2GiB); 0: no floor.
+    #[arg(long, default_value = "5%", value_parser = parse_floor)]
+    pub min_free_space: hostel_controller::FreeSpaceFloor,
+    /// Refused requests (bad logins, wrong or missing tokens) an address may have in
+    /// a burst before it is answered 429; it gets one back every 20/N s, and the
+    /// budgets of users and of all addresses together scale with it (see
+    /// docs/operations.md). Raise it when every user comes through one proxy.
+    #[arg(long, env = "HOSTEL_REFUSAL_BUDGET", default_value_t = hostel_controller::throttle::DEFAULT_ADDRESS_BURST)]
+    pub refusal_budget: u32,
+    /// Seconds a host may be offline before `hostel info` and the web UI show it as
+    /// stale (greyed, with the age of its last report).
+    #[arg(long, env = "HOSTEL_STALE_AFTER_SECS", value_name = "SECS", default_value_t = hostel_controller::DEFAULT_STALE_AFTER.as_secs())]
+    pub stale_after: u64,
+    /// The controller's database: a postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE
+    /// URL (the database must exist; its tables are made). Default: SQLite in the
+    /// data directory.
+    #[arg(long, env = "HOSTEL_DATABASE", value_name = "URL")]
+    pub database: Option<String>,
+}
+
 #[derive(Subcommand)]
 pub enum DbCmd {
     /// Copy an installation's records from its SQLite file (DATA/hostel.db) into an
@@ -113,6 +129,32 @@ pub enum DbCmd {
     },
 }
 
+/// What `hostel up` (with its agent's QEMU) and `hostel controller` (without) run.
+fn up_options(
+    serve: ServeArgs,
+    qemu: Option<daemon::QemuOptions>,
+    default_network: bool,
+) -> Result<daemon::UpOptions> {
+    Ok(daemon::UpOptions {
+        database: serve.database,
+        min_free_space: serve.min_free_space,
+        refusal_budget: serve.refusal_budget,
+        stale_after: std::time::Duration::from_secs(serve.stale_after),
+        data_dir: serve.data_dir.unwrap_or_else(daemon::default_data_dir),
+        listen: serve.listen,
+        qemu,
+        client_config: client::config_path(),
+        default_network,
+        default_lease_days: serve.default_lease_days,
+        ssh_listen: serve.ssh_listen,
+        web_dir: serve
+            .web_dir
+            .map(|d| absolute(&d))
+            .transpose()?
+            .map(PathBuf::from),
+    })
+}
+
 fn parse_floor(s: &str) -> Result<hostel_controller::FreeSpaceFloor, String> {
     s.parse()
 }
@@ -120,37 +162,11 @@ fn parse_floor(s: &str) -> Result<hostel_controller::FreeSpaceFloor, String> {
 pub async fn run(cmd: Cmd) -> Result<()> {
     match cmd {
         Cmd::Up {
-            data_dir,
-            listen,
+            serve,
             qemu,
             no_default_network,
-            default_lease_days,
-            ssh_listen,
-            web_dir,
-            min_free_space,
-            refusal_budget,
-            stale_after,
-            database,
-        } => {
-            daemon::up(daemon::UpOptions {
-                database,
-                min_free_space,
-                refusal_budget,
-                stale_after: std::time::Duration::from_secs(stale_after),
-                data_dir: data_dir.unwrap_or_else(daemon::default_data_dir),
-                listen,
-                qemu,
-                client_config: client::config_path(),
-                default_network: !no_default_network,
-                default_lease_days,
-                ssh_listen,
-                web_dir: web_dir
-                    .map(|d| absolute(&d))
-                    .transpose()?
-                    .map(PathBuf::from),
-            })
-            .await
-        }
+        } => daemon::up(up_options(serve, Some(qemu), !no_default_network)?).await,
+        Cmd::Controller { serve } => daemon::up(up_options(serve, None, false)?).await,
         Cmd::Agent {
             data_dir,
             listen,
