@@ -76,28 +76,7 @@ impl Controller {
     /// host's events are read, and settles each once both its hosts answer.
     pub async fn resume_migrations(self: &Arc<Self>) -> anyhow::Result<()> {
         let rows = self.store.moves().await?;
-        if rows.is_empty() {
-            return Ok(());
-        }
-        {
-            let mut m = self.migrating.lock().unwrap();
-            for r in &rows {
-                m.insert(
-                    r.vm_id.clone(),
-                    Reservation {
-                        id: r.id.clone(),
-                        target: r.target.clone(),
-                        mib: r.memory_mib,
-                        live: false,
-                    },
-                );
-            }
-        }
-        tracing::warn!(
-            count = rows.len(),
-            "migrations were under way when the controller stopped: settling them"
-        );
-        self.ensure_recovery();
+        self.adopt_moves(rows);
         Ok(())
     }
 

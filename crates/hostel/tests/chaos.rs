@@ -364,7 +364,7 @@ impl Harness {
         let checked = &self.counts.invariants_checked;
 
         // 1. Every VM has exactly the QEMU processes its state says: zero or one.
-        let qemus = qemu_by_vm(d);
+        let qemus = qemus_under(&d.data_dir().join("run"));
         for v in vms {
             let id = v["id"].as_str().unwrap();
             let want = matches!(v["state"].as_str(), Some("running" | "paused")) as usize;
@@ -469,33 +469,6 @@ fn alive(pid: u32) -> bool {
                 .starts_with('Z')
         })
         .unwrap_or(false)
-}
-
-/// The QEMU processes of this daemon's VMs, counted by VM id (their QMP socket lies in
-/// `DATA/run/VMID/`).
-fn qemu_by_vm(d: &Daemon) -> BTreeMap<String, usize> {
-    let run = format!("{}/run/", d.data_dir().display());
-    let mut out = BTreeMap::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        if !cmd.contains("qemu-system") || !alive(pid) {
-            continue;
-        }
-        if let Some(at) = cmd.find(&run) {
-            let id: String = cmd[at + run.len()..]
-                .chars()
-                .take_while(|c| *c != '/' && *c != ' ' && *c != ',')
-                .collect();
-            *out.entry(id).or_insert(0) += 1;
-        }
-    }
-    out
 }
 
 /// The VMs' taps in the daemon's namespace.

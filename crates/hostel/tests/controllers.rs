@@ -132,27 +132,7 @@ fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Dura
 
 /// QEMU processes under the agent's runtime directory, by VM id.
 fn qemus(agent_data: &Path) -> std::collections::BTreeMap<String, usize> {
-    let run = format!("{}/run/", agent_data.display());
-    let mut out = std::collections::BTreeMap::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        if cmd.contains("qemu-system") && is_alive_qemu(pid) {
-            if let Some(at) = cmd.find(&run) {
-                let id: String = cmd[at + run.len()..]
-                    .chars()
-                    .take_while(|c| *c != '/' && *c != ' ' && *c != ',')
-                    .collect();
-                *out.entry(id).or_insert(0) += 1;
-            }
-        }
-    }
-    out
+    qemus_under(&agent_data.join("run"))
 }
 
 #[test]
@@ -346,42 +326,16 @@ fn two_controllers_one_dies_the_other_takes_over() {
         t.elapsed()
     );
     drop(a);
-    let mut a = {
-        // Again, armed to die where the disk file is made.
-        let dir = tmp.path().join("a");
-        let config = dir.join("client.toml");
-        let _ = std::fs::remove_file(&config);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("controller.out"))
-            .unwrap();
-        let child = ns
-            .cmd(bin())
-            .args([
-                "controller",
-                "--listen",
-                "127.0.0.1:0",
-                "--ssh-listen",
-                "127.0.0.1:0",
-            ])
-            .args(["--database", &url, "--data-dir"])
-            .arg(dir.join("data"))
-            .env("HOSTEL_CONFIG", &config)
-            .env("HOSTEL_CRASH_AT", "controller.disk-add.file-made")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let c = Ctl {
-            dir,
-            config,
-            child: Some(child),
-        };
-        wait_for("a again", Duration::from_secs(60), || c.config.exists());
-        c
-    };
+    // Again, armed to die where its disk add's file is made.
+    let mut a = Ctl::launch_with(
+        &ns,
+        &tmp.path().join("a"),
+        &url,
+        &[(
+            "HOSTEL_CRASH_AT",
+            Path::new("controller.disk-add.file-made"),
+        )],
+    );
     // b still leads (a came back as a standby).
     assert_eq!(leader(&ns, &b).as_deref(), Some(b_id.as_str()));
     let cut = a.cli(&ns, &["disk", "add", "va", "--size", "8M"]);

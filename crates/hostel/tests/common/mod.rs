@@ -684,3 +684,30 @@ pub fn start_agent_as(ns: &Netns, at: &AgentAt) -> (Child, String) {
     assert!(line.starts_with("https://"), "the agent printed {line:?}");
     (child, line.trim().to_string())
 }
+
+/// The live QEMU processes whose command line names a directory under `run_dir` (an
+/// agent's runtime directory, `DATA/run`), counted by that directory's name: the VM id.
+pub fn qemus_under(run_dir: &Path) -> std::collections::BTreeMap<String, usize> {
+    let run = format!("{}/", run_dir.display());
+    let mut out = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if !cmd.contains("qemu-system") || !is_alive_qemu(pid) {
+            continue;
+        }
+        if let Some(at) = cmd.find(&run) {
+            let id: String = cmd[at + run.len()..]
+                .chars()
+                .take_while(|c| *c != '/' && *c != ' ' && *c != ',')
+                .collect();
+            *out.entry(id).or_insert(0) += 1;
+        }
+    }
+    out
+}
