@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 pub(crate) const NOTE: &str = "The database rows run the simulated fleet twice, each time \
 with a daemon of its own: `hostel up` on SQLite in its data directory (the default), then \
 `hostel up --database postgres://…` on a PostgreSQL 15 server the benchmark starts on this \
-machine (Debian's, default settings, over TCP on loopback). The fleet's rows are written \
+machine (Debian's, default settings, reached over its unix socket). The fleet's rows are written \
 straight into each database with the daemon stopped (`sqlite3`, `psql`), then the daemon \
 is restarted and reconnects to every simulated host.";
 

@@ -448,6 +448,10 @@ impl Controller {
                 let _ = source.destroy_vm(&row.vm_id).await;
             }
             if let Some(target) = self.agent(&row.target) {
+                // "No QEMU" may also be a QEMU that did not answer (a reset link in the
+                // middle of a post-copy): it is ended too, never left running half a
+                // guest. (Forgetting a running VM is refused.)
+                let _ = target.destroy_vm(&row.vm_id).await;
                 let _ = target.forget_vm(&row.vm_id).await;
             }
             self.store

@@ -670,7 +670,20 @@ async fn a_migration_killed_at_any_step_ends_with_exactly_one_vm() {
             std::thread::sleep(Duration::from_millis(100));
             q = qemus_of(&sharer_id);
         }
-        assert!(q.is_empty(), "no half runs on: {q:?}");
+        assert!(
+            q.is_empty(),
+            "no half runs on: {q:?}; the daemon said: {}",
+            {
+                let log = k.d.daemon_output();
+                let lines: Vec<&str> = log
+                    .lines()
+                    .filter(|l| {
+                        l.contains("migrat") || l.contains("post-copy") || l.contains("WARN")
+                    })
+                    .collect();
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            }
+        );
         k.d.ok(&["start", "sharer"]);
         let mut con = k.d.console("sharer").await;
         con.wait_for(READY, Duration::from_secs(180)).await;

@@ -12,8 +12,8 @@ use axum::extract::Path;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use hostel_api::public::{
-    AddHostRequest, DrainRequest, HostInfo, RebalancePlan, RebalanceRequest, SetHostRequest, Task,
-    UndrainRequest, VmSummary,
+    AddHostRequest, ControllerInfo, DrainRequest, HostInfo, Info, RebalancePlan, RebalanceRequest,
+    SetHostRequest, Task, UndrainRequest, VmSummary,
 };
 use std::collections::HashMap;
 
@@ -61,6 +61,10 @@ struct HostsPage {
     rows: Vec<HostRow>,
     /// The vCPU sums are from the first `VM_PAGE` VMs only.
     partial: bool,
+    /// The controllers sharing the database (with PostgreSQL, maybe more than one).
+    controllers: Vec<ControllerInfo>,
+    /// The one that served this page.
+    this: String,
 }
 
 pub async fn show(s: Session, headers: HeaderMap) -> Response {
@@ -88,10 +92,16 @@ pub async fn show(s: Session, headers: HeaderMap) -> Response {
             h,
         })
         .collect();
+    let info = s.api.get::<Info>("/api/v1/info").await.ok();
     let layout = Layout::new(&s, &headers, "Hosts", "hosts");
     let p = HostsPage {
         rows,
         partial,
+        controllers: info
+            .as_ref()
+            .map(|i| i.controllers.clone())
+            .unwrap_or_default(),
+        this: info.map(|i| i.controller).unwrap_or_default(),
         layout,
     };
     page(&p.layout, &p)
