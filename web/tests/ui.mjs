@@ -120,6 +120,18 @@ try {
   await shoot(vga, "console-vga");
   await vga.close();
 
+  step("see its use on the usage page, and its graphs of the day");
+  const use = await a.newPage();
+  await use.goto(base + "/usage");
+  await audit(use);
+  const useRow = use.locator(`#usage tr:has(a:text-is("${vm}"))`);
+  await until("a usage row with CPU", async () => /\d+\.\d %/.test(await useRow.innerText()), 60000);
+  await shoot(use, "usage");
+  await use.goto(`${base}/vms/${vm}`);
+  await use.getByRole("link", { name: "the last day" }).click();
+  await until("the day's graphs", async () => (await use.locator("#graphs").innerText()).includes("one point every 60 s"), 30000);
+  await use.close();
+
   step("resize memory");
   await page.bringToFront();
   await page.getByLabel(/^Memory \(MiB, up to/).fill("96");

@@ -726,6 +726,7 @@ async fn adopt_all(shared: &Arc<Shared>) {
         return;
     };
     let mut adopted = Vec::new();
+    let mut adopted_vms = Vec::new();
     for e in entries.flatten() {
         let id = e.file_name().to_string_lossy().into_owned();
         let paths = RuntimePaths::new(&shared.run_dir(), &id);
@@ -737,11 +738,16 @@ async fn adopt_all(shared: &Arc<Shared>) {
         if vm.adopt(shared, rt).await {
             tracing::info!(vm = %vm.spec().name, pid, "re-adopted a running QEMU");
             adopted.push(pid);
+            adopted_vms.push(vm);
         } else {
             tracing::warn!(vm = %vm.spec().name, pid, "its QEMU is gone; not re-adopted");
             let _ = std::fs::remove_file(paths.state());
             shared.vms.lock().unwrap().remove(&id);
         }
+    }
+    // Every adopted VM's guards are registered: NICs half plugged in can go now.
+    for vm in adopted_vms {
+        vm.drop_pending_nics(shared).await;
     }
     // A QEMU of ours that nothing above adopted (its agent died between starting it and
     // recording it) would run on unknown, holding its disks and taps: it is ended, and

@@ -1,6 +1,7 @@
 //! Usage counters of the VMs on this host (the `VmStats` endpoint), which the controller
-//! samples to draw each VM's last hour. Read at each request from the kernel (`/proc`
-//! for the QEMU process and the taps) and from QEMU (`query-blockstats`); nothing is kept
+//! samples for each VM's graphs and its `/metrics`. Read at each request from the kernel
+//! (`/proc` for the QEMU process and the taps), from QEMU (`query-blockstats`,
+//! `query-balloon`) and from nftables (the port guards' drop counters); nothing is kept
 //! here, and nothing is read unless the controller asks.
 
 use crate::Shared;
@@ -43,8 +44,8 @@ impl Shared {
             })
             .collect();
         // Every QEMU at once: one slow QEMU costs its own timeout, not the others'.
-        let disks = futures::future::join_all(live.iter().map(|vm| disk_bytes(&vm.qmp))).await;
-        let read: Vec<(Live, (u64, u64))> = live
+        let disks = futures::future::join_all(live.iter().map(|vm| qemu_counters(&vm.qmp))).await;
+        let read: Vec<(Live, (DiskSums, Option<u64>))> = live
             .into_iter()
             .zip(disks)
             .filter_map(|(vm, d)| match d {
@@ -59,23 +60,34 @@ impl Shared {
             let net = std::fs::read_to_string("/proc/net/dev")
                 .map(|t| parse_net_dev(&t))
                 .unwrap_or_default();
+            let drops = if read.iter().any(|(vm, _)| !vm.taps.is_empty()) {
+                hostel_net::guard::all_drops()
+            } else {
+                HashMap::new()
+            };
             let tick = clock_ticks_per_second();
             read.into_iter()
-                .filter_map(|(vm, (disk_read, disk_write))| {
+                .filter_map(|(vm, (disk, balloon))| {
                     let stat = std::fs::read_to_string(format!("/proc/{}/stat", vm.pid)).ok()?;
                     let status =
                         std::fs::read_to_string(format!("/proc/{}/status", vm.pid)).ok()?;
-                    let (net_rx, net_tx) = guest_net_bytes(&net, &vm.taps);
+                    let n = guest_net(&net, &vm.taps);
                     Some(VmCounters {
                         id: vm.id,
                         pid: vm.pid,
                         at_ms: now_ms(),
                         cpu_ns: cpu_ns(&stat, tick)?,
                         memory_bytes: rss_bytes(&status)?,
-                        disk_read_bytes: disk_read,
-                        disk_write_bytes: disk_write,
-                        net_rx_bytes: net_rx,
-                        net_tx_bytes: net_tx,
+                        disk_read_bytes: disk.rd_bytes,
+                        disk_write_bytes: disk.wr_bytes,
+                        net_rx_bytes: n.rx_bytes,
+                        net_tx_bytes: n.tx_bytes,
+                        disk_read_ops: disk.rd_ops,
+                        disk_write_ops: disk.wr_ops,
+                        net_rx_packets: n.rx_packets,
+                        net_tx_packets: n.tx_packets,
+                        balloon_bytes: balloon,
+                        guard_drops: vm.taps.iter().filter_map(|t| drops.get(t)).sum(),
                     })
                 })
                 .collect()
@@ -85,17 +97,33 @@ impl Shared {
     }
 }
 
-/// Bytes read and written by all of a QEMU's block devices, from `query-blockstats`.
-async fn disk_bytes(qmp: &Qmp) -> Option<(u64, u64)> {
+/// What a QEMU says of its disks (`query-blockstats`; none if not in time) and its
+/// balloon (`query-balloon`'s `actual`; none if it has none or did not say).
+async fn qemu_counters(qmp: &Qmp) -> Option<(DiskSums, Option<u64>)> {
     let v = qmp
         .execute_timeout("query-blockstats", json!({}), BLOCKSTATS_TIMEOUT)
         .await
         .ok()?;
-    Some(sum_blockstats(&v))
+    let balloon = qmp
+        .execute_timeout("query-balloon", json!({}), BLOCKSTATS_TIMEOUT)
+        .await
+        .ok()
+        .and_then(|b| b["actual"].as_u64());
+    Some((sum_blockstats(&v), balloon))
 }
 
-/// The sums of `stats.rd_bytes` and `stats.wr_bytes` over `query-blockstats`' devices.
-fn sum_blockstats(v: &serde_json::Value) -> (u64, u64) {
+/// A QEMU's disk counters, summed over its devices.
+#[derive(Debug, Default, PartialEq)]
+struct DiskSums {
+    rd_bytes: u64,
+    wr_bytes: u64,
+    rd_ops: u64,
+    wr_ops: u64,
+}
+
+/// The sums of `stats.rd_bytes`, `wr_bytes`, `rd_operations` and `wr_operations` over
+/// `query-blockstats`' devices.
+fn sum_blockstats(v: &serde_json::Value) -> DiskSums {
     let devices = v.as_array().map(Vec::as_slice).unwrap_or_default();
     let sum = |field: &str| {
         devices
@@ -103,7 +131,12 @@ fn sum_blockstats(v: &serde_json::Value) -> (u64, u64) {
             .filter_map(|d| d["stats"][field].as_u64())
             .sum()
     };
-    (sum("rd_bytes"), sum("wr_bytes"))
+    DiskSums {
+        rd_bytes: sum("rd_bytes"),
+        wr_bytes: sum("wr_bytes"),
+        rd_ops: sum("rd_operations"),
+        wr_ops: sum("wr_operations"),
+    }
 }
 
 fn now_ms() -> u64 {
@@ -139,9 +172,18 @@ fn rss_bytes(status: &str) -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// Each interface's (received, transmitted) bytes from `/proc/net/dev`: the agent's own
-/// network namespace, where its taps are, whatever `/sys` shows.
-fn parse_net_dev(text: &str) -> HashMap<String, (u64, u64)> {
+/// An interface's counters, or a guest's summed over its taps.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct NetSums {
+    rx_bytes: u64,
+    rx_packets: u64,
+    tx_bytes: u64,
+    tx_packets: u64,
+}
+
+/// Each interface's counters from `/proc/net/dev`: the agent's own network namespace,
+/// where its taps are, whatever `/sys` shows.
+fn parse_net_dev(text: &str) -> HashMap<String, NetSums> {
     text.lines()
         .filter_map(|l| {
             let (name, counters) = l.split_once(':')?;
@@ -150,19 +192,28 @@ fn parse_net_dev(text: &str) -> HashMap<String, (u64, u64)> {
                 .map(|n| n.parse().ok())
                 .collect::<Option<_>>()?;
             // Receive: bytes packets errs drop fifo frame compressed multicast; then
-            // transmit: bytes ...
-            Some((name.trim().to_string(), (*f.first()?, *f.get(8)?)))
+            // transmit: bytes packets ...
+            let sums = NetSums {
+                rx_bytes: *f.first()?,
+                rx_packets: *f.get(1)?,
+                tx_bytes: *f.get(8)?,
+                tx_packets: *f.get(9)?,
+            };
+            Some((name.trim().to_string(), sums))
         })
         .collect()
 }
 
-/// The guest's (received, sent) bytes over its taps: what a tap transmits, the guest
-/// receives. A tap not (yet) there counts nothing.
-fn guest_net_bytes(net: &HashMap<String, (u64, u64)>, taps: &[String]) -> (u64, u64) {
+/// The guest's traffic over its taps, seen from the guest: what a tap transmits, the
+/// guest receives. A tap not (yet) there counts nothing.
+fn guest_net(net: &HashMap<String, NetSums>, taps: &[String]) -> NetSums {
     taps.iter()
         .filter_map(|t| net.get(t))
-        .fold((0, 0), |(rx, tx), (tap_rx, tap_tx)| {
-            (rx + tap_tx, tx + tap_rx)
+        .fold(NetSums::default(), |g, tap| NetSums {
+            rx_bytes: g.rx_bytes + tap.tx_bytes,
+            rx_packets: g.rx_packets + tap.tx_packets,
+            tx_bytes: g.tx_bytes + tap.rx_bytes,
+            tx_packets: g.tx_packets + tap.rx_packets,
         })
 }
 
@@ -189,11 +240,19 @@ mod tests {
     #[test]
     fn disks_are_summed() {
         let v = json!([
-            {"device": "", "node-name": "disk0", "stats": {"rd_bytes": 100, "wr_bytes": 7}},
-            {"device": "", "qdev": "cd0", "stats": {"rd_bytes": 20, "wr_bytes": 0}},
+            {"device": "", "node-name": "disk0", "stats": {"rd_bytes": 100, "wr_bytes": 7,
+              "rd_operations": 3, "wr_operations": 1}},
+            {"device": "", "qdev": "cd0", "stats": {"rd_bytes": 20, "wr_bytes": 0,
+              "rd_operations": 2, "wr_operations": 0}},
         ]);
-        assert_eq!(sum_blockstats(&v), (120, 7));
-        assert_eq!(sum_blockstats(&json!({})), (0, 0));
+        let want = DiskSums {
+            rd_bytes: 120,
+            wr_bytes: 7,
+            rd_ops: 5,
+            wr_ops: 1,
+        };
+        assert_eq!(sum_blockstats(&v), want);
+        assert_eq!(sum_blockstats(&json!({})), DiskSums::default());
     }
 
     #[test]
@@ -204,9 +263,12 @@ lo:    1000      10    0    0    0     0          0         0     1000      10  
 hst1a2b:  500       5    0    0    0     0          0         0     9000      60    0    0    0     0       0          0\n\
 hst3c4d:   40       1    0    0    0     0          0         0        2       1    0    0    0     0       0          0\n";
         let net = parse_net_dev(text);
-        assert_eq!(net.get("lo"), Some(&(1000, 1000)));
+        assert_eq!(net["lo"].rx_bytes, 1000);
+        assert_eq!(net["lo"].tx_packets, 10);
         let taps = ["hst1a2b".to_string(), "hst3c4d".into(), "gone".into()];
-        // Received by the guest: 9000 + 2; sent: 500 + 40.
-        assert_eq!(guest_net_bytes(&net, &taps), (9002, 540));
+        // Received by the guest: 9000 + 2 bytes, 60 + 1 packets; sent: 500 + 40, 5 + 1.
+        let g = guest_net(&net, &taps);
+        assert_eq!((g.rx_bytes, g.rx_packets), (9002, 61));
+        assert_eq!((g.tx_bytes, g.tx_packets), (540, 6));
     }
 }

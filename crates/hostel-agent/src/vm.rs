@@ -938,11 +938,25 @@ impl VmRuntime {
                 nic.mac
             )));
         }
-        let fd = shared.plug_nic(&nic)?;
+        // Marked before the tap exists: an agent that dies before the NIC is in the
+        // runtime spec finds the mark when it re-adopts the VM, and takes the half-plugged
+        // NIC out (`drop_pending_nics`).
+        let mark = pending_nic_mark(&self.paths.dir, &nic.tap);
+        std::fs::write(&mark, nic.index.to_string())
+            .map_err(|e| AgentError::Internal(anyhow::anyhow!("{}: {e}", mark.display())))?;
+        let fd = match shared.plug_nic(&nic) {
+            Ok(fd) => fd,
+            Err(e) => {
+                let _ = std::fs::remove_file(&mark);
+                return Err(e);
+            }
+        };
         let name = format!("tap{}", nic.index);
         let res = async {
             qmp.execute_with_fd("getfd", json!({"fdname": name}), std::os::fd::AsRawFd::as_raw_fd(&fd))
                 .await?;
+            // QEMU holds the tap now: it outlives this process.
+            hostel_faults::crash_point("agent.nic-add.tap-passed");
             qmp.execute(
                 "netdev_add",
                 json!({"type": "tap", "id": format!("net{}", nic.index), "fd": name, "vhost": false}),
@@ -962,14 +976,59 @@ impl VmRuntime {
                 .execute("netdev_del", json!({"id": format!("net{}", nic.index)}))
                 .await;
             shared.unplug_guard(&nic.tap);
+            let _ = std::fs::remove_file(&mark);
             return Err(e.into());
         }
-        let mut spec = self.spec.lock().unwrap();
-        spec.nics.push(nic);
-        self.live.lock().unwrap().devices_changed = true;
-        spec.nics.sort_by_key(|n| n.index);
-        write_runtime_spec(&self.paths, &spec);
+        {
+            let mut spec = self.spec.lock().unwrap();
+            spec.nics.push(nic);
+            self.live.lock().unwrap().devices_changed = true;
+            spec.nics.sort_by_key(|n| n.index);
+            write_runtime_spec(&self.paths, &spec);
+        }
+        let _ = std::fs::remove_file(&mark);
         Ok(())
+    }
+
+    /// Takes out the NICs an earlier agent was plugging in when it died (marked, not in
+    /// the runtime spec): the guest's device and QEMU's backend if they got that far,
+    /// the tap and its port guard. A marked NIC that made it into the spec is kept.
+    /// Called once every VM is adopted: removing a guard rewrites the guards' verdict
+    /// map from those registered, which must by then be every adopted VM's.
+    pub async fn drop_pending_nics(&self, shared: &Shared) {
+        let Ok(qmp) = self.qmp() else {
+            return;
+        };
+        let Ok(entries) = std::fs::read_dir(&self.paths.dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let file = e.file_name().to_string_lossy().into_owned();
+            let Some(tap) = file.strip_prefix(PENDING_NIC) else {
+                continue;
+            };
+            let in_spec = self.spec().nics.iter().any(|n| n.tap == tap);
+            if !in_spec {
+                let index = std::fs::read_to_string(e.path()).unwrap_or_default();
+                let index = index.trim();
+                tracing::warn!(vm = %self.id, %tap,
+                    "a NIC was being plugged in when the agent stopped: taking it out");
+                let _ = qmp
+                    .execute("device_del", json!({"id": format!("nic{index}")}))
+                    .await;
+                let _ = qmp
+                    .execute("netdev_del", json!({"id": format!("net{index}")}))
+                    .await;
+                let _ = qmp
+                    .execute("closefd", json!({"fdname": format!("tap{index}")}))
+                    .await;
+                if let Err(e) = hostel_net::link::delete(tap) {
+                    tracing::debug!(%tap, "the half-plugged tap: {e:#}");
+                }
+                shared.unplug_guard(tap);
+            }
+            let _ = std::fs::remove_file(e.path());
+        }
     }
 
     /// Unplugs a NIC from the running guest (the guest releases it, then QEMU).
@@ -1608,4 +1667,12 @@ fn prepare_boot_files(
         }
     }
     Ok(())
+}
+
+/// The file that marks a NIC being plugged into a running VM: `pending-nic-TAP` in the
+/// VM's runtime directory.
+const PENDING_NIC: &str = "pending-nic-";
+
+fn pending_nic_mark(dir: &std::path::Path, tap: &str) -> std::path::PathBuf {
+    dir.join(format!("{PENDING_NIC}{tap}"))
 }

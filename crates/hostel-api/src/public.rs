@@ -440,10 +440,26 @@ pub struct VmStats {
     /// How often the controller takes a point, in seconds.
     #[schema(minimum = 1)]
     pub interval_seconds: u32,
-    /// Oldest first, an hour's worth at most. The first point of a running VM comes one
-    /// interval after the controller first sees it; a restarted QEMU's counters start
-    /// again, so one interval has no point.
+    /// Oldest first: an hour's worth at most (a day's, a point a minute, for `range=day`).
+    /// The first point of a running VM comes one interval after the controller first
+    /// sees it; a restarted QEMU's counters start again, so one interval has no point.
     pub points: Vec<VmStatsPoint>,
+}
+
+/// A VM with its latest use, as `hostel top` shows it (`GET /api/v1/usage`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct VmUsage {
+    pub name: String,
+    pub state: VmState,
+    /// The host it is on (none for a VM on no host).
+    pub host: Option<String>,
+    /// `user:NAME` or `group:NAME`.
+    pub owner: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    /// Its use over the last sampling interval; none while it does not run, and for the
+    /// first interval after it starts.
+    pub last: Option<VmStatsPoint>,
 }
 
 /// The VM's use over the interval that ends at `at` (averages over the interval; memory
@@ -669,6 +685,10 @@ pub struct Info {
     /// The controller that answered.
     #[serde(default)]
     pub controller: String,
+    /// Where this controller serves `/metrics` without a token (`--metrics-listen`;
+    /// admins only). `/metrics` on the API's address needs an admin's token.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
 }
 
 /// A controller, from its heartbeat.

@@ -102,6 +102,11 @@ pub(crate) fn fleet_on(
         &mut describe,
         "",
     ));
+    rows.push(crate::metrics::scrape_row(
+        d,
+        samples * 3,
+        &what("`/metrics` scrape"),
+    )?);
     // Placement over the whole fleet: VMs with nothing host-bound (a kernel file, a
     // blank disk) go to the online host with the most memory free.
     let sim_create = |name: &str| -> Result<()> {

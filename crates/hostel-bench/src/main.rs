@@ -10,6 +10,7 @@ mod databases;
 mod fleet;
 mod latency;
 mod libvirt;
+mod metrics;
 mod migration;
 mod web;
 
@@ -55,17 +56,18 @@ fn parse_args() -> Result<Args> {
                 Some("web") => a.only = Some("web".into()),
                 Some("migration") => a.only = Some("migration".into()),
                 Some("databases") => a.only = Some("databases".into()),
+                Some("metrics") => a.only = Some("metrics".into()),
                 other => {
                     bail!(
                         "--only {other:?}: the parts that run alone are create-latency, web, \
-                         migration and databases"
+                         migration, databases and metrics"
                     )
                 }
             },
             other => {
                 bail!(
                     "unknown argument {other:?}: use --hostel PATH --runs N --out FILE --quick \
-                     --create-runs N --only create-latency|web|migration|databases"
+                     --create-runs N --only create-latency|web|migration|databases|metrics"
                 )
             }
         }
@@ -348,6 +350,7 @@ fn main() -> Result<()> {
     let alone = match args.only.as_deref() {
         Some("web") => Some(web_alone(&mut d)?),
         Some("migration") => Some(migration::rows(&d, args.quick)?),
+        Some("metrics") => Some(metrics::rows(&mut d, args.quick)?),
         _ => None,
     };
     if let Some(rows) = alone {

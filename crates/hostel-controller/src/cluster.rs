@@ -251,6 +251,13 @@ impl Controller {
             .filter(|m| m.owner.as_ref().is_none_or(|w| !alive.contains(w)))
             .collect();
         self.adopt_moves(orphans);
+        let failed = self.store.fail_orphan_tasks(&alive).await?;
+        if failed > 0 {
+            tracing::warn!(
+                failed,
+                "tasks of a controller that stopped failed as interrupted"
+            );
+        }
         Ok(())
     }
 

@@ -16,9 +16,8 @@ use crate::Controller;
 use hostel_api::agent::AgentApi;
 use hostel_api::public::{ConsoleKind, ConsoleTicket, ConsoleTicketRequest};
 use hostel_model::Op;
-use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 type Res<T> = crate::error::Result<T>;
 
@@ -39,27 +38,6 @@ pub struct Ticket {
     pub kind: ConsoleKind,
     /// Who asked for it: the websocket runs as them.
     pub caller: crate::context::Caller,
-    pub expires: Instant,
-}
-
-#[derive(Default)]
-pub struct Tickets(std::sync::Mutex<HashMap<String, Ticket>>);
-
-impl Tickets {
-    fn issue(&self, t: Ticket) -> String {
-        let secret = crate::auth::new_secret();
-        let mut map = self.0.lock().unwrap();
-        let now = Instant::now();
-        map.retain(|_, t| t.expires > now);
-        map.insert(secret.clone(), t);
-        secret
-    }
-
-    /// The ticket, which is spent by this call; None if unknown, spent or expired.
-    pub fn take(&self, secret: &str) -> Option<Ticket> {
-        let t = self.0.lock().unwrap().remove(secret)?;
-        (t.expires > Instant::now()).then_some(t)
-    }
 }
 
 /// Which console, and through which door, for the audit trail.
@@ -221,6 +199,30 @@ impl Controller {
             .await?)
     }
 
+    /// Spends a browser console ticket, issued by this controller or another one: None
+    /// if unknown, spent or expired.
+    pub async fn take_ticket(&self, secret: &str) -> Res<Option<Ticket>> {
+        let Some(t) = self
+            .store
+            .take_console_ticket(&crate::auth::hash_secret(secret))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let caller = serde_json::from_str(&t.caller)
+            .map_err(|e| Error::internal(format!("the caller of a console ticket: {e}")))?;
+        let kind = match t.console.as_str() {
+            "vga" => ConsoleKind::Vga,
+            _ => ConsoleKind::Serial,
+        };
+        Ok(Some(Ticket {
+            vm_id: t.vm_id,
+            vm_name: t.vm_name,
+            kind,
+            caller,
+        }))
+    }
+
     /// A ticket for one browser console connection to the VM `name`.
     pub async fn console_ticket(
         &self,
@@ -245,18 +247,20 @@ impl Controller {
                 .into())
             }
         };
-        let caller = ctx.caller()?.clone();
-        let secret = self.tickets.issue(Ticket {
-            vm_id: vm.id.clone(),
-            vm_name: vm.name.clone(),
-            kind: req.console,
-            caller,
-            expires: Instant::now() + ttl,
-        });
-        let page = match req.console {
-            ConsoleKind::Serial => "serial",
-            ConsoleKind::Vga => "vga",
-        };
+        let caller = serde_json::to_string(ctx.caller()?)
+            .map_err(|e| Error::internal(format!("a caller as JSON: {e}")))?;
+        let secret = crate::auth::new_secret();
+        let page = kind_name(req.console);
+        self.store
+            .insert_console_ticket(&hostel_store::cluster::ConsoleTicketRecord {
+                secret_hash: crate::auth::hash_secret(&secret),
+                vm_id: vm.id.clone(),
+                vm_name: vm.name.clone(),
+                console: page.into(),
+                caller,
+                expires_at: hostel_store::now() + time::Duration::seconds(ttl.as_secs() as i64),
+            })
+            .await?;
         Ok(ConsoleTicket {
             websocket: format!("/console/ws?ticket={secret}"),
             page: format!("/console/{page}.html#vm={}&ticket={secret}", vm.name),
@@ -314,31 +318,5 @@ mod tests {
         assert!(web_file(d, "novnc//etc/passwd").is_none());
         assert!(web_file(d, "left-pad/index.js").is_none());
         assert!(web_file(d, "xterm").is_none());
-    }
-
-    #[test]
-    fn a_ticket_is_spent_once_and_expires() {
-        let t = Tickets::default();
-        let ticket = |secs| Ticket {
-            vm_id: "vm-1".into(),
-            vm_name: "a".into(),
-            kind: ConsoleKind::Vga,
-            caller: crate::context::Caller {
-                user_id: "user-1".into(),
-                user_name: "u".into(),
-                is_admin: false,
-                read_only: false,
-                group_ids: Vec::new(),
-                token_name: "t".into(),
-                token_expires_at: None,
-            },
-            expires: Instant::now() + Duration::from_secs(secs),
-        };
-        let s = t.issue(ticket(30));
-        assert!(t.take("nonsense").is_none());
-        assert_eq!(t.take(&s).unwrap().vm_id, "vm-1");
-        assert!(t.take(&s).is_none(), "spent");
-        let old = t.issue(ticket(0));
-        assert!(t.take(&old).is_none(), "expired");
     }
 }

@@ -7,8 +7,9 @@ use crate::error::{Error, Result};
 use hostel_store::VmRecord;
 use std::sync::Mutex;
 
-/// The authenticated user an operation runs for.
-#[derive(Debug, Clone)]
+/// The authenticated user an operation runs for. (Serde: a console ticket keeps it in
+/// the database, for whichever controller spends the ticket.)
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Caller {
     pub user_id: String,
     pub user_name: String,
@@ -49,6 +50,8 @@ pub enum Right {
     BuildImages,
     /// Apply the audit trail's retention (export, then remove old entries).
     PruneAudit,
+    /// Read `/metrics`.
+    ReadMetrics,
 }
 
 /// Hostel's own actors, each with the rights it needs and no more.
@@ -60,6 +63,9 @@ pub enum SystemActor {
     Startup,
     /// Applies the audit trail's retention, every hour.
     AuditKeeper,
+    /// Whatever reaches the separate metrics address (`--metrics-listen`): `/metrics`
+    /// only.
+    MetricsScraper,
 }
 
 impl SystemActor {
@@ -68,6 +74,7 @@ impl SystemActor {
             SystemActor::LeaseReaper => "lease-reaper",
             SystemActor::Startup => "startup",
             SystemActor::AuditKeeper => "audit-keeper",
+            SystemActor::MetricsScraper => "metrics-scraper",
         }
     }
 
@@ -76,6 +83,7 @@ impl SystemActor {
             SystemActor::LeaseReaper => &[Right::OperateAnyVm],
             SystemActor::Startup => &[Right::ManageNetworks, Right::BuildImages],
             SystemActor::AuditKeeper => &[Right::PruneAudit],
+            SystemActor::MetricsScraper => &[Right::ReadMetrics],
         }
     }
 }

@@ -58,6 +58,7 @@ impl Controller {
             created_at: now(),
             updated_at: now(),
             created_by: ctx.caller().ok().map(|c| c.user_id.clone()),
+            owner: Some(self.id.clone()),
         };
         self.store.insert_task(&task).await?;
         self.task(ctx, &task.id).await
@@ -141,6 +142,7 @@ impl Controller {
             created_at: now(),
             updated_at: now(),
             created_by: ctx.caller().ok().map(|c| c.user_id.clone()),
+            owner: Some(self.id.clone()),
         };
         self.store.insert_task(&task).await?;
         let me = self.clone();

@@ -234,6 +234,36 @@ impl Controller {
                     format!("the half-made VM {} was removed", op.target)
                 });
             }
+            // A NIC added to a running VM: kept if its agent plugged it in (it is in
+            // the VM's runtime spec), else its row goes (the agent took out what it had
+            // plugged when it re-adopted the VM). A stopped VM's NIC is only its row.
+            ("nic-add", Some(vm), Some(agent)) => match agent.get_vm(&vm.id).await {
+                Ok(s) if s.state.has_process() => {
+                    let plugged: Vec<&str> = s.nics.iter().map(|n| n.id.as_str()).collect();
+                    let mut dropped = 0;
+                    for n in self.store.nics_of(&vm.id).await? {
+                        if !plugged.contains(&n.id.as_str()) {
+                            self.store.delete_nic(&n.id).await?;
+                            dropped += 1;
+                        }
+                    }
+                    if dropped > 0 {
+                        self.sync_networks().await?;
+                        done.push("the NIC being plugged in was not kept".into());
+                    } else {
+                        finished = true;
+                        done.push("the NIC was plugged in".into());
+                    }
+                }
+                // Its row was written (the step after it) or not: the VM gets it at its
+                // next start, or there is nothing.
+                _ => {
+                    finished = !op.step.is_empty();
+                    if finished {
+                        done.push("the VM does not run: it gets the NIC at its next start".into());
+                    }
+                }
+            },
             ("snapshot-create", Some(vm), Some(_)) => {
                 let snap = intent.snapshot.clone().unwrap_or_default();
                 let has_row = self

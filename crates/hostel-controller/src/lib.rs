@@ -22,6 +22,7 @@ mod image_copies;
 mod images;
 mod journal;
 mod lease;
+pub mod metrics;
 mod migrate;
 mod migrate_offline;
 mod migrate_recover;
@@ -51,7 +52,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use http::{openapi_json, router};
+pub use http::{metrics_router, openapi_json, router};
 
 /// A task that ends when its handle is dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -63,6 +64,7 @@ impl Drop for AbortOnDrop {
 }
 pub use networks::{DEFAULT_CIDR, DEFAULT_NETWORK};
 pub use space::FreeSpaceFloor;
+pub use stats::StatsRange;
 pub use vms::VmFilter;
 
 #[derive(Debug, Clone)]
@@ -109,8 +111,8 @@ pub struct Controller {
     pub(crate) quota_lock: tokio::sync::Mutex<()>,
     /// The SSH console gateway, once it listens.
     pub ssh_console: Mutex<Option<sshgw::SshConsole>>,
-    /// Browser console tickets not yet spent.
-    pub tickets: consoles::Tickets,
+    /// Where `/metrics` is served without a token, if anywhere (`--metrics-listen`).
+    pub metrics_listen: Mutex<Option<String>>,
     /// Open consoles, ended when their right is taken away.
     pub consoles: console_sessions::ConsoleSessions,
     /// Hosts whose agent's event stream is connected now.
@@ -129,6 +131,8 @@ pub struct Controller {
     pub(crate) hosts_lock: tokio::sync::RwLock<()>,
     /// The last hour of every running VM's use, sampled from the hosts (memory only).
     pub(crate) usage: stats::UsageHistory,
+    /// The API's requests, for `/metrics`.
+    pub requests: metrics::RequestMetrics,
     /// One lock per image and host: a copy of an image to a host is made once at a time.
     copy_locks: Mutex<HashMap<(String, String), OneAtATime>>,
     /// VMs being migrated (by id), with the host each goes to and the memory it holds
@@ -163,7 +167,7 @@ impl Controller {
             throttle: throttle::Throttle::new(refusal_budgets),
             quota_lock: tokio::sync::Mutex::new(()),
             ssh_console: Mutex::new(None),
-            tickets: consoles::Tickets::default(),
+            metrics_listen: Mutex::new(None),
             consoles: console_sessions::ConsoleSessions::default(),
             net_sync: tokio::sync::Mutex::new(()),
             own_ports: Mutex::new(Vec::new()),
@@ -174,6 +178,7 @@ impl Controller {
             reconnects: Mutex::default(),
             hosts_lock: tokio::sync::RwLock::new(()),
             usage: stats::UsageHistory::new(),
+            requests: metrics::RequestMetrics::default(),
             copy_locks: Mutex::default(),
             migrating: Mutex::default(),
             migration_cancels: Mutex::default(),

@@ -29,6 +29,7 @@ use hostel_api::agent::{self as wire, AgentApi};
 use hostel_api::public::*;
 use hostel_model::VmState;
 use hostel_store::{MoveRecord, VmRecord};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 type Res<T> = crate::error::Result<T>;
@@ -53,14 +54,22 @@ fn capabilities(postcopy: bool) -> Vec<wire::MigrationCapability> {
 }
 
 impl Controller {
-    /// Each migration's target host and the memory it holds there.
-    pub(crate) fn migrating_to(&self) -> Vec<(String, u64)> {
-        self.migrating
+    /// Each migration's target host and the memory it holds there: this controller's,
+    /// and, on a shared database, other controllers' (their journal rows).
+    pub(crate) async fn migrating_to(&self) -> Res<Vec<(String, u64)>> {
+        let mut by_vm: HashMap<String, (String, u64)> = self
+            .migrating
             .lock()
             .unwrap()
-            .values()
-            .map(|r| (r.target.clone(), r.mib))
-            .collect()
+            .iter()
+            .map(|(vm, r)| (vm.clone(), (r.target.clone(), r.mib)))
+            .collect();
+        if self.shared_database() {
+            for m in self.store.moves().await? {
+                by_vm.entry(m.vm_id).or_insert((m.target, m.memory_mib));
+            }
+        }
+        Ok(by_vm.into_values().collect())
     }
 
     /// Whether a migration of this VM is under way (its agents' events then wait).
@@ -98,7 +107,7 @@ impl Controller {
                 vm.state.as_str()
             )));
         }
-        if self.is_migrating(&vm.id) {
+        if self.is_migrating(&vm.id) || self.store.is_moving(&vm.id).await? {
             return Err(Error::conflict(format!(
                 "VM {name} is migrating already: wait for that migration to end"
             )));

@@ -461,15 +461,20 @@ impl Controller {
         let existing = self.store.nics_of(&vm.id).await?;
         let idx = existing.iter().map(|n| n.idx + 1).max().unwrap_or(0);
         let nic = self.plan_nic(ctx, &vm.id, idx, &req, &[]).await?;
-        self.store.insert_nic(&nic).await.map_err(|e| {
-            if hostel_store::is_unique_violation(&e) {
-                Error::conflict("the IP or MAC was taken meanwhile: try again")
-            } else {
-                e.into()
-            }
-        })?;
+        // Journaled from before its row: a NIC row on a running VM whose agent does not
+        // have it is one this left half-made (`journal.rs` takes it out).
         let op = self.journal_simple(ctx, "nic-add", name, Some(&vm)).await?;
-        let result = self.plug_nic(&vm, &nic, &op).await;
+        let result = async {
+            self.store.insert_nic(&nic).await.map_err(|e| {
+                if hostel_store::is_unique_violation(&e) {
+                    Error::conflict("the IP or MAC was taken meanwhile: try again")
+                } else {
+                    Error::from(e)
+                }
+            })?;
+            self.plug_nic(&vm, &nic, &op).await
+        }
+        .await;
         op.end(&result).await;
         result?;
         let views = self.list_nics(ctx, name).await?;

@@ -51,7 +51,7 @@ impl Controller {
         };
         // Memory held on migrations' targets until they complete.
         let mut held: std::collections::HashMap<String, u64> = Default::default();
-        for (host, mib) in self.migrating_to() {
+        for (host, mib) in self.migrating_to().await? {
             *held.entry(host).or_default() += mib;
         }
         let mut verdicts = Vec::new();

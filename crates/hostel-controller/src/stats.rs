@@ -1,16 +1,18 @@
-//! Usage statistics for the VMs' graphs: every interval (10 s) the controller asks each
-//! online host, all at once, for the cumulative counters of its VMs (the agent's
-//! `VmStats` endpoint) and keeps per VM the last hour of rates computed from consecutive
-//! readings of the same QEMU.
+//! Usage statistics for the VMs' graphs, `hostel top` and `/metrics`: every interval
+//! (10 s) the controller asks each online host, all at once, for the cumulative counters
+//! of its VMs (the agent's `VmStats` endpoint) and keeps per VM its last reading (what
+//! `/metrics` serves), the last hour of rates computed from consecutive readings of the
+//! same QEMU, and the last day of those rates averaged per minute.
 //!
 //! In memory only: nothing is written to the database, and a controller restart starts
-//! every VM's graph afresh. A point takes 28 bytes, so an hour of a VM about 10 KiB.
-//! The only thing the controller polls (VM states come from the agents' events).
+//! every VM's graph afresh. A point takes 28 bytes: an hour of a VM is about 10 KiB, a
+//! day at a minute 40 KiB (both grow as they fill). The only thing the controller polls
+//! (VM states come from the agents' events).
 
 use crate::context::Ctx;
 use crate::Controller;
 use hostel_api::agent::{AgentApi, VmCounters};
-use hostel_api::public::{VmStats, VmStatsPoint};
+use hostel_api::public::{VmStats, VmStatsPoint, VmUsage};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,6 +23,8 @@ type Res<T> = crate::error::Result<T>;
 pub const STATS_INTERVAL: Duration = Duration::from_secs(10);
 /// How many points a VM keeps: an hour at [`STATS_INTERVAL`].
 pub const STATS_POINTS: usize = 360;
+/// How many minute points a VM keeps: a day.
+pub const STATS_MINUTES: usize = 1440;
 /// The longest a host may take to answer; a slower or unreachable one is skipped that
 /// round, and the others are not kept waiting.
 pub const STATS_HOST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -36,6 +40,12 @@ struct Reading {
     disk_write: u64,
     net_rx: u64,
     net_tx: u64,
+    disk_read_ops: u64,
+    disk_write_ops: u64,
+    net_rx_packets: u64,
+    net_tx_packets: u64,
+    balloon_bytes: Option<u64>,
+    guard_drops: u64,
 }
 
 impl From<&VmCounters> for Reading {
@@ -49,6 +59,12 @@ impl From<&VmCounters> for Reading {
             disk_write: c.disk_write_bytes,
             net_rx: c.net_rx_bytes,
             net_tx: c.net_tx_bytes,
+            disk_read_ops: c.disk_read_ops,
+            disk_write_ops: c.disk_write_ops,
+            net_rx_packets: c.net_rx_packets,
+            net_tx_packets: c.net_tx_packets,
+            balloon_bytes: c.balloon_bytes,
+            guard_drops: c.guard_drops,
         }
     }
 }
@@ -114,23 +130,139 @@ struct Series {
     host: String,
     last: Reading,
     points: VecDeque<Point>,
+    /// Minute averages, the minute under way not among them.
+    minutes: VecDeque<Point>,
+    /// The minute under way: its points so far.
+    minute: Option<Minute>,
+}
+
+/// Points of one minute, added up.
+#[derive(Debug, Clone, Copy)]
+struct Minute {
+    minute: u32,
+    n: u32,
+    sum: Point,
+    last: Point,
+}
+
+impl Minute {
+    /// The minute's average (memory as at its last point), stamped with its last
+    /// point's time.
+    fn point(&self) -> Point {
+        let n = self.n.max(1) as f32;
+        Point {
+            at_s: self.last.at_s,
+            cpu_percent: self.sum.cpu_percent / n,
+            memory_kib: self.last.memory_kib,
+            disk_read_bps: self.sum.disk_read_bps / n,
+            disk_write_bps: self.sum.disk_write_bps / n,
+            net_rx_bps: self.sum.net_rx_bps / n,
+            net_tx_bps: self.sum.net_tx_bps / n,
+        }
+    }
+}
+
+/// Adds `p` to a ring that keeps `max` points, growing it a little at a time (never to
+/// twice what it needs).
+fn push_ring(ring: &mut VecDeque<Point>, max: usize, p: Point) {
+    if ring.len() == max {
+        ring.pop_front();
+    } else if ring.len() == ring.capacity() {
+        let more = ring.len().clamp(8, 64).min(max - ring.len());
+        ring.reserve_exact(more);
+    }
+    ring.push_back(p);
 }
 
 impl Series {
-    fn push(&mut self, p: Point) {
-        if self.points.len() == STATS_POINTS {
-            self.points.pop_front();
-        } else if self.points.len() == self.points.capacity() {
-            // Grown a little at a time up to an hour, never to twice that.
-            let more = self
-                .points
-                .len()
-                .clamp(8, 64)
-                .min(STATS_POINTS - self.points.len());
-            self.points.reserve_exact(more);
+    fn new(host: String, last: Reading) -> Series {
+        Series {
+            host,
+            last,
+            points: VecDeque::new(),
+            minutes: VecDeque::new(),
+            minute: None,
         }
-        self.points.push_back(p);
     }
+
+    fn push(&mut self, p: Point) {
+        push_ring(&mut self.points, STATS_POINTS, p);
+        let minute = p.at_s / 60;
+        match &mut self.minute {
+            Some(m) if m.minute == minute => {
+                m.n += 1;
+                m.sum.cpu_percent += p.cpu_percent;
+                m.sum.disk_read_bps += p.disk_read_bps;
+                m.sum.disk_write_bps += p.disk_write_bps;
+                m.sum.net_rx_bps += p.net_rx_bps;
+                m.sum.net_tx_bps += p.net_tx_bps;
+                m.last = p;
+            }
+            _ => {
+                if let Some(done) = self.minute.take() {
+                    push_ring(&mut self.minutes, STATS_MINUTES, done.point());
+                }
+                self.minute = Some(Minute {
+                    minute,
+                    n: 1,
+                    sum: p,
+                    last: p,
+                });
+            }
+        }
+    }
+
+    /// The day's minute points, the minute under way last (averaged so far).
+    fn day(&self) -> impl Iterator<Item = Point> + '_ {
+        self.minutes
+            .iter()
+            .copied()
+            .chain(self.minute.map(|m| m.point()))
+            .skip(usize::from(
+                self.minutes.len() == STATS_MINUTES && self.minute.is_some(),
+            ))
+    }
+}
+
+/// How far back a VM's graphs go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatsRange {
+    /// The last hour, a point per sampling interval.
+    Hour,
+    /// The last day, a point per minute.
+    Day,
+}
+
+impl std::str::FromStr for StatsRange {
+    type Err = hostel_model::Invalid;
+    fn from_str(s: &str) -> Result<StatsRange, Self::Err> {
+        match s {
+            "hour" => Ok(StatsRange::Hour),
+            "day" => Ok(StatsRange::Day),
+            other => Err(hostel_model::Invalid::new(
+                "range",
+                format!("{other:?}: the graphs cover an `hour` or a `day`"),
+            )),
+        }
+    }
+}
+
+/// A VM's last reading, for `/metrics`: its counters as the host said them.
+pub(crate) struct LastReading {
+    pub vm_id: String,
+    pub host: String,
+    pub cpu_seconds: f64,
+    pub memory_bytes: u64,
+    pub balloon_bytes: Option<u64>,
+    pub disk_read_bytes: u64,
+    pub disk_write_bytes: u64,
+    pub disk_read_ops: u64,
+    pub disk_write_ops: u64,
+    pub net_rx_bytes: u64,
+    pub net_tx_bytes: u64,
+    pub net_rx_packets: u64,
+    pub net_tx_packets: u64,
+    pub guard_drops: u64,
 }
 
 /// The last hour of every running VM's use, by VM id.
@@ -170,14 +302,7 @@ impl UsageHistory {
                         }
                     }
                     None => {
-                        series.insert(
-                            c.id.clone(),
-                            Series {
-                                host: host.clone(),
-                                last: next,
-                                points: VecDeque::new(),
-                            },
-                        );
+                        series.insert(c.id.clone(), Series::new(host.clone(), next));
                     }
                 }
             }
@@ -189,19 +314,62 @@ impl UsageHistory {
         });
     }
 
-    fn view(&self, vm_id: &str) -> VmStats {
+    fn view(&self, vm_id: &str, range: StatsRange) -> VmStats {
         let interval = *self.interval.lock().unwrap();
-        let points = self
-            .series
+        let series = self.series.lock().unwrap();
+        let s = series.get(vm_id);
+        match range {
+            StatsRange::Hour => VmStats {
+                interval_seconds: interval.as_secs().max(1) as u32,
+                points: s
+                    .map(|s| s.points.iter().map(Point::view).collect())
+                    .unwrap_or_default(),
+            },
+            StatsRange::Day => VmStats {
+                interval_seconds: 60,
+                points: s
+                    .map(|s| s.day().map(|p| p.view()).collect())
+                    .unwrap_or_default(),
+            },
+        }
+    }
+
+    /// Each VM's latest point (None before its second reading), by VM id.
+    pub(crate) fn latest_points(&self) -> HashMap<String, Option<VmStatsPoint>> {
+        self.series
             .lock()
             .unwrap()
-            .get(vm_id)
-            .map(|s| s.points.iter().map(Point::view).collect())
-            .unwrap_or_default();
-        VmStats {
-            interval_seconds: interval.as_secs().max(1) as u32,
-            points,
-        }
+            .iter()
+            .map(|(id, s)| (id.clone(), s.points.back().map(Point::view)))
+            .collect()
+    }
+
+    /// Every VM's last reading.
+    pub(crate) fn last_readings(&self) -> Vec<LastReading> {
+        self.series
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(id, s)| {
+                let r = &s.last;
+                LastReading {
+                    vm_id: id.clone(),
+                    host: s.host.clone(),
+                    cpu_seconds: r.cpu_ns as f64 / 1e9,
+                    memory_bytes: r.memory_bytes,
+                    balloon_bytes: r.balloon_bytes,
+                    disk_read_bytes: r.disk_read,
+                    disk_write_bytes: r.disk_write,
+                    disk_read_ops: r.disk_read_ops,
+                    disk_write_ops: r.disk_write_ops,
+                    net_rx_bytes: r.net_rx,
+                    net_tx_bytes: r.net_tx,
+                    net_rx_packets: r.net_rx_packets,
+                    net_tx_packets: r.net_tx_packets,
+                    guard_drops: r.guard_drops,
+                }
+            })
+            .collect()
     }
 
     /// Notes whether `host` answered; true when that changed (worth a log line).
@@ -216,11 +384,63 @@ impl UsageHistory {
 }
 
 impl Controller {
-    /// The VM's use over the last hour, for graphs: authorised like reading the VM (to
-    /// anyone who may not operate it, it does not exist).
-    pub async fn vm_stats(&self, ctx: &Ctx, name: &str) -> Res<VmStats> {
+    /// The VM's use over the last hour or day, for graphs: authorised like reading the
+    /// VM (to anyone who may not operate it, it does not exist).
+    pub async fn vm_stats(&self, ctx: &Ctx, name: &str, range: StatsRange) -> Res<VmStats> {
         let vm = self.vm_named(ctx, name).await?;
-        Ok(self.usage.view(&vm.id))
+        Ok(self.usage.view(&vm.id, range))
+    }
+
+    /// Each host's name, by id.
+    pub(crate) async fn host_names(&self) -> Res<HashMap<String, String>> {
+        Ok(self
+            .store
+            .hosts()
+            .await?
+            .into_iter()
+            .map(|h| (h.id, h.name))
+            .collect())
+    }
+
+    /// Every VM the caller may see, with its latest use, busiest first (`hostel top`).
+    pub async fn usage_now(&self, ctx: &Ctx) -> Res<Vec<VmUsage>> {
+        let rows = self
+            .store
+            .vms_page(&hostel_store::VmPageQuery {
+                visible_to: ctx.visible_to()?,
+                limit: u32::MAX,
+                ..Default::default()
+            })
+            .await?;
+        let hosts = self.host_names().await?;
+        let latest = self.usage.latest_points();
+        let mut out: Vec<VmUsage> = rows
+            .into_iter()
+            .map(|r| VmUsage {
+                last: if r.vm.state.has_process() {
+                    latest.get(&r.vm.id).cloned().flatten()
+                } else {
+                    None
+                },
+                host: r
+                    .vm
+                    .host_id
+                    .as_ref()
+                    .map(|h| hosts.get(h).cloned().unwrap_or_else(|| h.clone())),
+                owner: match (r.owner_group, r.owner_user) {
+                    (Some(g), _) => format!("group:{g}"),
+                    (None, Some(u)) => format!("user:{u}"),
+                    (None, None) => String::new(),
+                },
+                name: r.vm.name,
+                state: r.vm.state,
+                vcpus: r.vm.vcpus,
+                memory_mib: r.vm.memory_mib,
+            })
+            .collect();
+        let cpu = |u: &VmUsage| u.last.as_ref().map_or(-1.0, |p| p.cpu_percent);
+        out.sort_by(|a, b| cpu(b).total_cmp(&cpu(a)).then_with(|| a.name.cmp(&b.name)));
+        Ok(out)
     }
 
     /// Samples every online host's VMs every `every`, for as long as the controller
@@ -291,6 +511,12 @@ mod tests {
             disk_write: n,
             net_rx: n,
             net_tx: n,
+            disk_read_ops: n,
+            disk_write_ops: n,
+            net_rx_packets: n,
+            net_tx_packets: n,
+            balloon_bytes: None,
+            guard_drops: 0,
         }
     }
 
@@ -316,11 +542,7 @@ mod tests {
 
     #[test]
     fn a_series_keeps_an_hour_and_grows_only_as_needed() {
-        let mut s = Series {
-            host: "h".into(),
-            last: reading(1, 0, 0),
-            points: VecDeque::new(),
-        };
+        let mut s = Series::new("h".into(), reading(1, 0, 0));
         let p = rate(&reading(1, 0, 0), &reading(1, 1000, 1)).unwrap();
         for i in 0..STATS_POINTS + 5 {
             s.push(Point {
@@ -331,5 +553,48 @@ mod tests {
         }
         assert_eq!(s.points.len(), STATS_POINTS);
         assert_eq!(s.points.front().unwrap().at_s, 5, "the oldest go first");
+    }
+
+    #[test]
+    fn a_day_is_kept_as_minute_averages() {
+        let mut s = Series::new("h".into(), reading(1, 0, 0));
+        let p = rate(&reading(1, 0, 0), &reading(1, 1000, 1)).unwrap();
+        // Six points a minute (every 10 s) for a day and ten minutes; CPU 10 % in even
+        // minutes, 30 % in odd ones; memory growing a KiB a point.
+        let mut kib = 0;
+        for i in 0..(STATS_MINUTES as u32 + 10) * 6 {
+            kib += 1;
+            s.push(Point {
+                at_s: i * 10,
+                cpu_percent: if (i / 6) % 2 == 0 { 10.0 } else { 30.0 },
+                memory_kib: kib,
+                ..p
+            });
+        }
+        let day: Vec<Point> = s.day().collect();
+        assert_eq!(
+            day.len(),
+            STATS_MINUTES,
+            "a day of minutes, the oldest gone"
+        );
+        assert!(s.minutes.capacity() <= STATS_MINUTES + 64);
+        let last = day.last().unwrap();
+        assert_eq!(last.at_s, (STATS_MINUTES as u32 + 10) * 60 - 10);
+        assert_eq!(
+            last.cpu_percent, 30.0,
+            "the last minute is odd: its average"
+        );
+        assert_eq!(last.memory_kib, kib, "memory as at the minute's end");
+        assert_eq!(day[day.len() - 2].cpu_percent, 10.0);
+        // Halfway through a minute, that minute's average so far is the day's last point.
+        s.push(Point {
+            at_s: (STATS_MINUTES as u32 + 10) * 60,
+            cpu_percent: 50.0,
+            ..p
+        });
+        let day: Vec<Point> = s.day().collect();
+        assert_eq!(day.len(), STATS_MINUTES);
+        assert_eq!(day.last().unwrap().cpu_percent, 50.0);
+        assert_eq!(day[day.len() - 2].cpu_percent, 30.0);
     }
 }

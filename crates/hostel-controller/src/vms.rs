@@ -644,6 +644,11 @@ impl Controller {
                 Vec::new()
             },
             controller: self.id().to_string(),
+            metrics_listen: if admin {
+                self.metrics_listen.lock().unwrap().clone()
+            } else {
+                None
+            },
         })
     }
 }

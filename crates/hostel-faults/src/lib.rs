@@ -62,9 +62,11 @@ pub const POINTS: &[&str] = &[
     "agent.migrate-out.storage",
     "agent.migrate-out.memory",
     "agent.migrate-out.switchover",
-    // The agent: QEMU started, its pid not recorded yet; a disk file made.
+    // The agent: QEMU started, its pid not recorded yet; a disk file made; a hot-plugged
+    // NIC's tap passed to QEMU, the NIC not in the runtime spec yet.
     "agent.start.spawned",
     "agent.disk.created",
+    "agent.nic-add.tap-passed",
 ];
 
 /// Stops or ends the process at `point` if a test armed it (see the module's

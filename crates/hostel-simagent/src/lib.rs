@@ -291,6 +291,12 @@ fn simulated_counters(s: &VmStatus, since_start: std::time::Duration) -> VmCount
         disk_write_bytes: ms * 16 * k,
         net_rx_bytes: ms * 8 * k,
         net_tx_bytes: ms * 4 * k,
+        disk_read_ops: ms * k / 64,
+        disk_write_ops: ms * k / 256,
+        net_rx_packets: ms * k / 128,
+        net_tx_packets: ms * k / 256,
+        balloon_bytes: Some((64 * k) << 20),
+        guard_drops: 0,
     }
 }
 

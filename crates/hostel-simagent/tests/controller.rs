@@ -729,9 +729,17 @@ async fn usage_rates_come_from_consecutive_counters_and_strangers_see_no_vm() {
             disk_write_bytes: n << 19,
             net_rx_bytes: n * 1000,
             net_tx_bytes: n * 250,
+            disk_read_ops: n,
+            disk_write_ops: n,
+            net_rx_packets: n,
+            net_tx_packets: n,
+            balloon_bytes: Some(mib << 20),
+            guard_drops: 0,
         };
     let tick = || k.c.sample_usage(Duration::from_secs(5));
-    let stats = || k.c.vm_stats(&hana, "u1");
+    let stats = || {
+        k.c.vm_stats(&hana, "u1", hostel_controller::StatsRange::Hour)
+    };
 
     sim.set_counters(reading(pid, 0, 1, 100, 0));
     tick().await;
@@ -773,11 +781,22 @@ async fn usage_rates_come_from_consecutive_counters_and_strangers_see_no_vm() {
 
     // Authorised like the VM itself: a stranger is told it does not exist.
     let ivan = k.user("ivan").await;
-    match k.c.vm_stats(&ivan, "u1").await {
+    match k
+        .c
+        .vm_stats(&ivan, "u1", hostel_controller::StatsRange::Hour)
+        .await
+    {
         Err(Error::NotFound { kind: "vm", .. }) => {}
         other => panic!("a stranger got {other:?}"),
     }
-    assert_eq!(k.c.vm_stats(&k.admin, "u1").await.unwrap().points.len(), 3);
+    assert_eq!(
+        k.c.vm_stats(&k.admin, "u1", hostel_controller::StatsRange::Hour)
+            .await
+            .unwrap()
+            .points
+            .len(),
+        3
+    );
 
     // One slow host keeps nobody waiting: the round ends at the timeout, with the others.
     let other = k.sims.iter().find(|s| Some(s.name()) != vm.host).unwrap();

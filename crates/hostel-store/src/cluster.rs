@@ -51,6 +51,21 @@ pub struct ControllerRecord {
     pub leader: bool,
 }
 
+/// A browser console ticket not yet spent (`hostel-controller`'s `consoles.rs`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsoleTicketRecord {
+    /// The SHA-256 of its secret: the secret itself is only in the page's address.
+    pub secret_hash: String,
+    pub vm_id: String,
+    pub vm_name: String,
+    /// `serial` or `vga`.
+    pub console: String,
+    /// Who asked for it, as the controller keeps a caller (JSON): the console runs as
+    /// them.
+    pub caller: String,
+    pub expires_at: Timestamp,
+}
+
 impl Store {
     /// Leadership, if no other controller holds it now.
     pub async fn try_lead(&self) -> Result<Option<Lead>> {
@@ -147,6 +162,59 @@ impl Store {
         rows.iter()
             .map(|r| Ok(r.try_get::<String, _>("id")?))
             .collect()
+    }
+
+    /// Keeps a browser console ticket (by its secret's hash) where every controller
+    /// finds it: the page that spends it may reach another controller than the one that
+    /// issued it. Expired tickets go meanwhile.
+    pub async fn insert_console_ticket(&self, t: &ConsoleTicketRecord) -> Result<()> {
+        self.execute(
+            "DELETE FROM console_tickets WHERE expires_at < $1",
+            binds![now()],
+        )
+        .await?;
+        self.execute(
+            "INSERT INTO console_tickets (secret_hash, vm_id, vm_name, console, caller, \
+             expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            binds![
+                &t.secret_hash,
+                &t.vm_id,
+                &t.vm_name,
+                &t.console,
+                &t.caller,
+                t.expires_at
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Spends the ticket whose secret hashes to `secret_hash`: it is gone afterwards,
+    /// whoever asked first (one statement, so two controllers cannot both spend it).
+    /// None if unknown, spent or expired.
+    pub async fn take_console_ticket(
+        &self,
+        secret_hash: &str,
+    ) -> Result<Option<ConsoleTicketRecord>> {
+        let row = sqlx::query(
+            "DELETE FROM console_tickets WHERE secret_hash = $1 \
+             RETURNING secret_hash, vm_id, vm_name, console, caller, expires_at",
+        )
+        .bind(secret_hash)
+        .fetch_optional(self.pool())
+        .await?;
+        let Some(r) = row else {
+            return Ok(None);
+        };
+        let t = ConsoleTicketRecord {
+            secret_hash: r.try_get("secret_hash")?,
+            vm_id: r.try_get("vm_id")?,
+            vm_name: r.try_get("vm_name")?,
+            console: r.try_get("console")?,
+            caller: r.try_get("caller")?,
+            expires_at: Timestamp::parse(&r.try_get::<String, _>("expires_at")?)?,
+        };
+        Ok((t.expires_at > now()).then_some(t))
     }
 
     /// Takes VM `vm_id` for controller `owner` (this acquisition is `token`), if no other

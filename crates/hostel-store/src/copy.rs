@@ -33,6 +33,7 @@ pub const TABLES: &[&str] = &[
     "vm_moves",
     "controllers",
     "vm_locks",
+    "console_tickets",
 ];
 
 /// How a column's values are read and bound: the schema has these three kinds only.

@@ -13,6 +13,7 @@ pub mod copy;
 mod disks;
 mod hosts;
 mod images;
+mod metrics;
 mod migrations;
 mod moves;
 mod net;
@@ -33,6 +34,7 @@ pub use accounts::{AuditFilter, AuditRecord, GroupRecord, SshKeyRecord, TokenRec
 pub use disks::{DiskRecord, SnapshotRecord};
 pub use hosts::{HostRecord, HostUsage};
 pub use images::{ImageCopyRecord, ImageRecord};
+pub use metrics::VmLabels;
 pub use migrations::MIGRATIONS;
 pub use moves::MoveRecord;
 pub use net::{ForwardRecord, NetworkRecord, NicRecord};

@@ -331,4 +331,18 @@ pub const MIGRATIONS: &[&[&str]] = &[
             taken_at TEXT NOT NULL
         )",
     ],
+    // Shared by every controller: browser console tickets (a page may reach another
+    // controller than the one that issued its ticket), and which controller runs a task
+    // (a dead one's running tasks are failed by the leader).
+    &[
+        "CREATE TABLE console_tickets (
+            secret_hash TEXT PRIMARY KEY,
+            vm_id TEXT NOT NULL,
+            vm_name TEXT NOT NULL,
+            console TEXT NOT NULL,
+            caller TEXT NOT NULL,
+            expires_at TEXT NOT NULL
+        )",
+        "ALTER TABLE tasks ADD COLUMN owner TEXT",
+    ],
 ];

@@ -19,6 +19,9 @@ pub struct TaskRecord {
     /// The id of the user who started it; none for Hostel's own actors (and tasks
     /// recorded before creators were).
     pub created_by: Option<String>,
+    /// The controller that runs it (`cluster.rs`): when that one dies, the leader fails
+    /// the task (`fail_orphan_tasks`).
+    pub owner: Option<String>,
 }
 
 impl FromRow for TaskRecord {
@@ -35,13 +38,15 @@ impl FromRow for TaskRecord {
             created_at: c.time("created_at")?,
             updated_at: c.time("updated_at")?,
             created_by: c.opt_text("created_by")?,
+            owner: c.opt_text("owner")?,
         })
     }
 }
 
 impl Record for TaskRecord {
     const COLS: &'static str =
-        "id, kind, target, state, progress, message, error, created_at, updated_at, created_by";
+        "id, kind, target, state, progress, message, error, created_at, updated_at, created_by, \
+                                owner";
     fn values(&self) -> Vec<Value<'_>> {
         binds![
             &self.id,
@@ -54,6 +59,7 @@ impl Record for TaskRecord {
             self.created_at,
             self.updated_at,
             &self.created_by,
+            &self.owner,
         ]
     }
 }
@@ -107,5 +113,38 @@ impl Store {
             binds![now(), TaskState::Failed, TaskState::Running],
         )
         .await
+    }
+
+    /// Fails the running tasks of controllers no longer alive (none of `alive`), or of
+    /// none: a task runs in its controller's process and ends with it. Not a
+    /// migration's, which its journal row lets the leader finish.
+    pub async fn fail_orphan_tasks(&self, alive: &[String]) -> Result<u64> {
+        let running: Vec<TaskRecord> = self
+            .fetch_all(
+                &format!(
+                    "SELECT {} FROM tasks WHERE state = $1 AND id NOT IN (SELECT id FROM vm_moves)",
+                    TaskRecord::COLS
+                ),
+                binds![TaskState::Running],
+            )
+            .await?;
+        let mut n = 0;
+        for t in running {
+            if t.owner.as_ref().is_some_and(|o| alive.contains(o)) {
+                continue;
+            }
+            let why = format!(
+                "interrupted: its controller{} stopped while the task ran",
+                t.owner.map(|o| format!(" {o}")).unwrap_or_default()
+            );
+            n += self
+                .execute(
+                    "UPDATE tasks SET state = $2, error = $3, updated_at = $4 \
+                     WHERE id = $1 AND state = $5",
+                    binds![&t.id, TaskState::Failed, why, now(), TaskState::Running],
+                )
+                .await?;
+        }
+        Ok(n)
     }
 }

@@ -207,6 +207,7 @@ async fn migrations_are_idempotent_and_tasks_survive(url: &str) {
         created_at: now(),
         updated_at: now(),
         created_by: Some("user-1".into()),
+        owner: Some("ctl-a".into()),
     };
     s.insert_task(&t).await.unwrap();
     drop(s);
@@ -216,6 +217,56 @@ async fn migrations_are_idempotent_and_tasks_survive(url: &str) {
     assert_eq!(got.state, TaskState::Failed);
     assert!(got.error.unwrap().contains("interrupted"));
     assert_eq!(got.created_by.as_deref(), Some("user-1"));
+}
+
+/// What controllers share besides records: a console ticket is spent once, by whichever
+/// controller asks first, and not after it expired; a dead controller's running tasks
+/// fail, a live one's do not.
+async fn tickets_and_orphan_tasks(url: &str) {
+    let s = Store::open(url).await.unwrap();
+    let ticket = |hash: &str, secs: i64| crate::cluster::ConsoleTicketRecord {
+        secret_hash: hash.into(),
+        vm_id: "vm-1".into(),
+        vm_name: "web".into(),
+        console: "serial".into(),
+        caller: r#"{"user_id":"u"}"#.into(),
+        expires_at: now() + time::Duration::seconds(secs),
+    };
+    s.insert_console_ticket(&ticket("h1", 30)).await.unwrap();
+    s.insert_console_ticket(&ticket("old", -1)).await.unwrap();
+    assert_eq!(
+        s.take_console_ticket("h1").await.unwrap().unwrap().vm_name,
+        "web"
+    );
+    assert_eq!(s.take_console_ticket("h1").await.unwrap(), None, "spent");
+    assert_eq!(s.take_console_ticket("old").await.unwrap(), None, "expired");
+    assert_eq!(s.take_console_ticket("nope").await.unwrap(), None);
+
+    let task = |id: &str, owner: Option<&str>| TaskRecord {
+        id: id.into(),
+        kind: "image-build".into(),
+        target: "tiny".into(),
+        state: TaskState::Running,
+        progress: 0.0,
+        message: "".into(),
+        error: None,
+        created_at: now(),
+        updated_at: now(),
+        created_by: None,
+        owner: owner.map(String::from),
+    };
+    s.insert_task(&task("t-live", Some("ctl-a"))).await.unwrap();
+    s.insert_task(&task("t-dead", Some("ctl-b"))).await.unwrap();
+    s.insert_task(&task("t-none", None)).await.unwrap();
+    assert_eq!(s.fail_orphan_tasks(&["ctl-a".into()]).await.unwrap(), 2);
+    assert_eq!(
+        s.task("t-live").await.unwrap().unwrap().state,
+        TaskState::Running
+    );
+    let dead = s.task("t-dead").await.unwrap().unwrap();
+    assert_eq!(dead.state, TaskState::Failed);
+    assert!(dead.error.unwrap().contains("controller ctl-b stopped"));
+    assert_eq!(s.fail_orphan_tasks(&["ctl-a".into()]).await.unwrap(), 0);
 }
 
 async fn settings_and_audit_retention(url: &str) {
@@ -889,6 +940,7 @@ on_both!(
     vm_round_trip_and_unique_names,
     images_in_use_cannot_be_deleted,
     migrations_are_idempotent_and_tasks_survive,
+    tickets_and_orphan_tasks,
     settings_and_audit_retention,
     networks_nics_and_forwards,
     pools_in_use_cannot_be_deleted,

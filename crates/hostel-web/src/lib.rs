@@ -46,6 +46,8 @@ pub fn router(api: Router) -> Router {
             post(pages::vm::console_ticket),
         )
         .route("/vms/{name}/graphs", get(pages::graphs::fragment))
+        .route("/usage", get(pages::usage::show))
+        .route("/usage/table", get(pages::usage::table))
         .merge(pages::account::routes())
         .merge(pages::admin::routes())
         .route("/ui/events", get(pages::events))

@@ -125,6 +125,26 @@ impl Api {
         Ok((serde_json::from_str(&text)?, next))
     }
 
+    /// A text answer (`/metrics`), as it came.
+    pub async fn get_text(&self, path: &str) -> Result<String> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.cfg.url))
+            .bearer_auth(&self.cfg.token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach Hostel at {}", self.cfg.url))?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        if !status.is_success() {
+            match serde_json::from_str::<ErrorBody>(&text) {
+                Ok(e) => bail!("{}", e.message),
+                Err(_) => bail!("the API answered {status}: {text}"),
+            }
+        }
+        Ok(text)
+    }
+
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         self.send(self.http.get(format!("{}{path}", self.cfg.url)))
             .await

@@ -49,6 +49,8 @@ pub struct UpOptions {
     pub default_lease_days: Option<u32>,
     /// Where the SSH console gateway listens.
     pub ssh_listen: SocketAddr,
+    /// Where `/metrics` is served without a token, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
     /// The npm packages of the browser consoles (a `node_modules`); default: the source
     /// tree's `web/node_modules`, else /usr/local/share/hostel/web.
     pub web_dir: Option<PathBuf>,
@@ -370,6 +372,14 @@ pub async fn up(opts: UpOptions) -> Result<()> {
                 opts.ssh_listen
             )
         })?;
+    let metrics_listener = match opts.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on {addr} for /metrics (--metrics-listen)"))?,
+        ),
+        None => None,
+    };
 
     let host_name = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
@@ -492,6 +502,13 @@ pub async fn up(opts: UpOptions) -> Result<()> {
         .await
     });
     tracing::info!(%api_addr, "API listening");
+    if let Some(l) = metrics_listener {
+        let addr = l.local_addr()?;
+        *controller.metrics_listen.lock().unwrap() = Some(addr.to_string());
+        let app = hostel_controller::metrics_router(controller.clone());
+        tokio::spawn(async move { axum::serve(l, app).await });
+        tracing::info!(%addr, "metrics listening (/metrics, no token)");
+    }
     let host_key =
         hostel_controller::sshgw::host_key(&data_dir.join("pki").join("ssh_host_ed25519_key"))?;
     tracing::info!(addr = %ssh_listener.local_addr()?, "SSH console gateway listening");

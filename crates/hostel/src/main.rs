@@ -41,6 +41,8 @@ enum Cmd {
     Networks(cli::networks::Cmd),
     #[command(flatten)]
     Accounts(cli::accounts::Cmd),
+    #[command(flatten)]
+    Usage(cli::usage::Cmd),
 }
 
 async fn run(cmd: Cmd) -> Result<()> {
@@ -54,6 +56,7 @@ async fn run(cmd: Cmd) -> Result<()> {
         Cmd::Pools(c) => cli::pools::run(c).await,
         Cmd::Networks(c) => cli::networks::run(c).await,
         Cmd::Accounts(c) => cli::accounts::run(c).await,
+        Cmd::Usage(c) => cli::usage::run(c).await,
     }
 }
 

@@ -12,160 +12,25 @@
 //! (the random run, and each crash point of the journal in turn) belong together.
 
 mod common;
+use common::workload::*;
 use common::*;
 use serde_json::Value;
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const USERS: &[&str] = &["ana", "bo", "cy"];
-/// VM names per user: `ana-0`, `ana-1`.
-const VMS_PER_USER: u32 = 2;
-/// Where every running guest's QEMU is small.
-const MEMORY: &str = "96M";
-
-/// A small deterministic generator (splitmix64): the run's choices come from its seed.
-#[derive(Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+/// Runs the CLI in the daemon's namespace with a client config.
+fn cli_in(d: &Daemon) -> impl Fn(&Path, &[&str]) -> Output + Sync + '_ {
+    move |config, args| {
+        d.ns.cmd(bin())
+            .args(args)
+            .env("HOSTEL_CONFIG", config)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run hostel")
     }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
-        &v[self.below(v.len() as u64) as usize]
-    }
-}
-
-#[derive(Default, Debug)]
-struct Counts {
-    operations: AtomicU64,
-    refused: AtomicU64,
-    cut_off: AtomicU64,
-    crash_point_kills: AtomicU64,
-    sigkills: AtomicU64,
-    restarts: AtomicU64,
-    invariants_checked: AtomicU64,
-    points: Mutex<BTreeMap<String, u64>>,
-    violations: Mutex<Vec<String>>,
-}
-
-fn cli_as(d: &Daemon, config: &PathBuf, args: &[&str]) -> Output {
-    d.ns.cmd(bin())
-        .args(args)
-        .env("HOSTEL_CONFIG", config)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run hostel")
-}
-
-/// A client config for `user` at the daemon's current address.
-fn config_for(d: &Daemon, user: &str, token: &str) -> PathBuf {
-    let config = d.dir.path().join(format!("{user}.toml"));
-    std::fs::write(&config, format!("url = {:?}\ntoken = {:?}\n", d.url, token)).unwrap();
-    config
-}
-
-/// The VMs named for `user` that it may operate now (its own, and those it gave its
-/// group).
-fn vms_of(d: &Daemon, config: &PathBuf, user: &str) -> Option<Vec<String>> {
-    let out = cli_as(d, config, &["list", "-o", "json"]);
-    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-    Some(
-        v.as_array()?
-            .iter()
-            .filter_map(|v| v["name"].as_str().map(String::from))
-            .filter(|n| n.starts_with(&format!("{user}-")))
-            .collect(),
-    )
-}
-
-/// One random operation of `user` (a create for a VM it does not hold, else anything on
-/// it): what it ran, and what it printed.
-fn one_operation(
-    d: &Daemon,
-    config: &PathBuf,
-    user: &str,
-    held: &[String],
-    rng: &mut Rng,
-) -> (Vec<String>, Output) {
-    let vm = format!("{user}-{}", rng.below(VMS_PER_USER as u64));
-    let save = d
-        .data_dir()
-        .join("saves")
-        .join(user)
-        .join(format!("{vm}.state"))
-        .display()
-        .to_string();
-    let size = format!("{}M", 8 + 8 * rng.below(3));
-    let dice = if held.contains(&vm) {
-        4 + rng.below(16)
-    } else {
-        0
-    };
-    let args: Vec<String> = match dice {
-        0..=3 => {
-            let mut a = vec!["create", &vm, "--image", "tiny", "--memory", MEMORY];
-            if rng.below(2) == 0 {
-                a.extend(["--disk", "16M"]);
-            }
-            if rng.below(2) == 0 {
-                a.push("--no-start");
-            }
-            if rng.below(3) == 0 {
-                a.push("--no-network");
-            }
-            a.into_iter().map(String::from).collect()
-        }
-        4 => vec!["delete".into(), vm],
-        5 | 6 => vec!["start".into(), vm],
-        7 => vec!["destroy".into(), vm],
-        8 => vec![rng.pick(&["reboot", "pause", "unpause"]).to_string(), vm],
-        9 => vec!["disk".into(), "add".into(), vm, "--size".into(), size],
-        10 => vec!["disk".into(), "remove".into(), vm, "1".into()],
-        11 => vec!["disk".into(), "resize".into(), vm, "0".into(), "40M".into()],
-        12 => vec!["snapshot".into(), "create".into(), vm, "s1".into()],
-        13 => vec!["snapshot".into(), "delete".into(), vm, "s1".into()],
-        14 => vec!["snapshot".into(), "revert".into(), vm, "s1".into()],
-        15 => vec![
-            "nic".into(),
-            "add".into(),
-            vm,
-            "--network".into(),
-            "default".into(),
-        ],
-        16 => vec!["nic".into(), "remove".into(), vm, "1".into()],
-        17 => vec!["save".into(), vm, save],
-        18 => vec!["restore".into(), save],
-        _ => vec!["chown".into(), vm, "group:crew".into()],
-    };
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = cli_as(d, config, &refs);
-    (args, out)
-}
-
-/// Whether the CLI failed because nothing answered (the daemon is gone), rather than
-/// because the operation was refused.
-fn cut_off(out: &Output) -> bool {
-    let err = String::from_utf8_lossy(&out.stderr);
-    !out.status.success()
-        && (err.contains("Connection refused")
-            || err.contains("connection closed")
-            || err.contains("error sending request")
-            || err.contains("connection reset")
-            || err.contains("IncompleteMessage")
-            || err.contains("cannot reach")
-            || err.contains("error decoding response body"))
 }
 
 struct Harness {
@@ -180,24 +45,7 @@ impl Harness {
     fn new(seed: u64) -> Harness {
         let mut d = Daemon::start();
         let crash_log = d.dir.path().join("crash-points.log");
-        d.ok(&["group", "create", "crew"]);
-        let mut tokens = Vec::new();
-        for u in USERS {
-            d.ok(&["user", "create", u]);
-            d.ok(&["group", "add-member", "crew", u]);
-            d.ok(&[
-                "quota",
-                "set",
-                &format!("user:{u}"),
-                "--vms-running",
-                "1",
-                "--vms-total",
-                &VMS_PER_USER.to_string(),
-            ]);
-            let t = d.ok(&["token", "create", "chaos", "--user", u]);
-            tokens.push((u.to_string(), t.trim().to_string()));
-        }
-        d.ok(&["quota", "set", "group:crew", "--vms-running", "1"]);
+        let tokens = make_users(&|args: &[&str]| d.ok(args));
         d.env
             .push(("HOSTEL_CRASH_LOG".into(), crash_log.display().to_string()));
         Harness {
@@ -210,12 +58,7 @@ impl Harness {
     }
 
     fn violation(&self, round: u32, what: String) {
-        eprintln!("chaos seed {} round {round}: VIOLATION: {what}", self.seed);
-        self.counts
-            .violations
-            .lock()
-            .unwrap()
-            .push(format!("round {round}: {what}"));
+        self.counts.violation(self.seed, round, what);
     }
 
     /// One round: the daemon runs the workload armed to die (at a crash point, or by
@@ -240,7 +83,7 @@ impl Harness {
         let configs: Vec<(String, PathBuf)> = self
             .tokens
             .iter()
-            .map(|(u, t)| (u.clone(), config_for(&self.d, u, t)))
+            .map(|(u, t)| (u.clone(), config_for(self.d.dir.path(), &self.d.url, u, t)))
             .collect();
         let gone = Arc::new(AtomicBool::new(false));
         let kill_at = Instant::now() + Duration::from_millis(2_000 + rng.below(10_000));
@@ -251,9 +94,13 @@ impl Harness {
                 let gone = gone.clone();
                 let counts = self.counts.clone();
                 s.spawn(move || {
-                    let mut held = vms_of(d, config, user).unwrap_or_default();
+                    let cli = cli_in(d);
+                    let saves = d.data_dir().join("saves");
+                    let mix = Mix { network: true };
+                    let mut held = vms_of(&cli, config, user).unwrap_or_default();
                     while !gone.load(Ordering::SeqCst) {
-                        let (args, out) = one_operation(d, config, user, &held, &mut wrng);
+                        let (args, out) =
+                            one_operation(&cli, config, &saves, mix, user, &held, &mut wrng);
                         if out.status.success() {
                             match args[0].as_str() {
                                 "create" => held.push(args[1].clone()),
@@ -261,18 +108,10 @@ impl Harness {
                                 _ => {}
                             }
                         }
-                        counts.operations.fetch_add(1, Ordering::Relaxed);
-                        if cut_off(&out) {
-                            counts.cut_off.fetch_add(1, Ordering::Relaxed);
+                        if count(&counts, &args, &out) {
                             // Nothing more until the harness starts it again.
                             while !gone.load(Ordering::SeqCst) {
                                 std::thread::sleep(Duration::from_millis(20));
-                            }
-                        } else if !out.status.success() {
-                            counts.refused.fetch_add(1, Ordering::Relaxed);
-                            let err = String::from_utf8_lossy(&out.stderr);
-                            if err.contains("internal error") || err.contains("500") {
-                                eprintln!("chaos: {args:?}: {err}");
                             }
                         }
                     }
@@ -282,7 +121,7 @@ impl Harness {
             let child = self.d.child.as_ref().unwrap().id();
             loop {
                 std::thread::sleep(Duration::from_millis(50));
-                if !alive(child) {
+                if !pid_alive(child) {
                     break;
                 }
                 if Instant::now() >= kill_at {
@@ -330,145 +169,36 @@ impl Harness {
 
     /// Waits until the journal has no running operation and no VM is between states.
     fn settle(&self, round: u32) {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            let running = self.d.json(&["operations", "--state", "running"]);
-            let moving: Vec<Value> = self
-                .d
-                .json(&["list"])
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|v| matches!(v["state"].as_str(), Some("starting" | "shutting-down")))
-                .cloned()
-                .collect();
-            if running.as_array().unwrap().is_empty() && moving.is_empty() {
-                return;
-            }
-            if Instant::now() > deadline {
-                self.violation(
-                    round,
-                    format!("not settled in 90 s: operations still running {running}, VMs between states {moving:?}"),
-                );
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let cli = cli_in(&self.d);
+        let admin = Admin {
+            cli: &cli,
+            config: &self.d.config(),
+        };
+        settle(&admin, &|what| self.violation(round, what));
     }
 
-    /// The invariants.
+    /// The invariants (`workload::check`), and no NIC's tap lacks its port guard.
     fn check(&self, round: u32) {
         let d = &self.d;
-        let vms = d.json(&["list"]);
-        let vms = vms.as_array().unwrap();
-        let checked = &self.counts.invariants_checked;
-
-        // 1. Every VM has exactly the QEMU processes its state says: zero or one.
-        let qemus = qemus_under(&d.data_dir().join("run"));
-        for v in vms {
-            let id = v["id"].as_str().unwrap();
-            let want = matches!(v["state"].as_str(), Some("running" | "paused")) as usize;
-            let have = qemus.get(id).copied().unwrap_or(0);
-            if have != want {
-                self.violation(
-                    round,
-                    format!(
-                        "VM {} is {} with {have} QEMU processes",
-                        v["name"], v["state"]
-                    ),
-                );
-            }
-            checked.fetch_add(1, Ordering::Relaxed);
-        }
-        for id in qemus.keys() {
-            if !vms.iter().any(|v| v["id"] == id.as_str()) {
-                self.violation(
-                    round,
-                    format!("a QEMU runs for {id}, which no VM row names"),
-                );
-            }
-        }
-
-        // 2. Disk rows and files agree, both ways (doctor compares them on the host).
-        // (`hostel doctor` exits 1 when it found problems, and prints them still.)
-        let out = d.cli(&["doctor", "-o", "json"]);
-        let doctor: Value = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|_| panic!("hostel doctor: {}", String::from_utf8_lossy(&out.stderr)));
-        for p in doctor["problems"].as_array().unwrap() {
-            self.violation(round, format!("doctor: {p}"));
-        }
-        checked.fetch_add(1, Ordering::Relaxed);
-
-        // 3. No NIC's tap lacks its port guard.
+        let cli = cli_in(d);
+        let admin = Admin {
+            cli: &cli,
+            config: &d.config(),
+        };
+        check(&admin, &d.data_dir().join("run"), &self.counts, &|what| {
+            self.violation(round, what)
+        });
         let taps = taps_in(d);
         let guarded = guarded_taps(d);
         for t in &taps {
             if !guarded.contains(t) {
                 self.violation(round, format!("tap {t} has no port guard"));
             }
-            checked.fetch_add(1, Ordering::Relaxed);
+            self.counts
+                .invariants_checked
+                .fetch_add(1, Ordering::Relaxed);
         }
-
-        // 4. Quotas equal what the owners hold.
-        for u in USERS {
-            let q = d.json(&["quota", "show", &format!("user:{u}")]);
-            let mine: Vec<&Value> = vms
-                .iter()
-                .filter(|v| v["owner"] == format!("user:{u}").as_str())
-                .collect();
-            let running = mine
-                .iter()
-                .filter(|v| matches!(v["state"].as_str(), Some("running" | "paused")))
-                .count() as u64;
-            let disks: u64 = mine
-                .iter()
-                .map(|v| {
-                    d.json(&["disk", "list", v["name"].as_str().unwrap()])
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|x| x["size_mib"].as_u64().unwrap())
-                        .sum::<u64>()
-                })
-                .sum();
-            let used = &q["used"];
-            let disk_charged = used["disk_mib"].as_u64().unwrap()
-                - used["snapshots_mib"].as_u64().unwrap_or(0)
-                - used["saves_mib"].as_u64().unwrap_or(0);
-            if used["vms"] != mine.len() as u64
-                || used["vms_running"] != running
-                || disk_charged != disks
-            {
-                self.violation(
-                    round,
-                    format!(
-                        "quota of {u} says {used} but the user holds {} VMs, {running} running, {disks} MiB of disks",
-                        mine.len()
-                    ),
-                );
-            }
-            checked.fetch_add(1, Ordering::Relaxed);
-        }
-
-        // 5. No accepted operation is left running (settle waited for that).
-        let running = d.json(&["operations", "--state", "running"]);
-        if !running.as_array().unwrap().is_empty() {
-            self.violation(round, format!("operations stuck running: {running}"));
-        }
-        checked.fetch_add(1, Ordering::Relaxed);
     }
-}
-
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            !s.rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('Z')
-        })
-        .unwrap_or(false)
 }
 
 /// The VMs' taps in the daemon's namespace.
@@ -550,15 +280,7 @@ impl Keeper {
 
 #[test]
 fn the_invariants_hold_through_random_kills() {
-    let seed: u64 = std::env::var("HOSTEL_CHAOS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let seed = chaos_seed();
     let minutes: f64 = std::env::var("HOSTEL_CHAOS_MINUTES")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -607,23 +329,10 @@ fn the_invariants_hold_through_random_kills() {
             break;
         }
     }
-    let c = &h.counts;
-    let violations = c.violations.lock().unwrap().clone();
-    let report = format!(
-        "seed {seed}, {:.1} minutes, {round} rounds: {} operations ({} refused, {} cut off by a kill), \
-         {} kills at crash points, {} SIGKILLs, {} restarts, {} invariants checked, {} violations\n\
-         crash points hit: {:?}\n",
-        started.elapsed().as_secs_f64() / 60.0,
-        c.operations.load(Ordering::Relaxed),
-        c.refused.load(Ordering::Relaxed),
-        c.cut_off.load(Ordering::Relaxed),
-        c.crash_point_kills.load(Ordering::Relaxed),
-        c.sigkills.load(Ordering::Relaxed),
-        c.restarts.load(Ordering::Relaxed),
-        c.invariants_checked.load(Ordering::Relaxed),
-        violations.len(),
-        c.points.lock().unwrap(),
-    );
+    let violations = h.counts.violations.lock().unwrap().clone();
+    let report = h
+        .counts
+        .report(seed, started.elapsed().as_secs_f64() / 60.0, round);
     eprintln!("chaos: {report}");
     if let Ok(path) = std::env::var("HOSTEL_CHAOS_REPORT") {
         std::fs::write(path, &report).unwrap();
@@ -658,6 +367,8 @@ fn each_interrupted_operation_is_finished_or_undone() {
     };
     h.d.ok(&stopped_vm("v"));
     h.d.ok(&stopped_vm("gone"));
+    // A running VM with a NIC, for a NIC hot-plugged as the agent dies.
+    h.d.ok(&["create", "r", "--image", "tiny", "--memory", MEMORY]);
     let new_vm = stopped_vm("half");
     // (point, operation, its kind and target in the journal, whether it ends succeeded)
     let cases: &[(&str, &[&str], &str, &str, bool)] = &[
@@ -719,6 +430,14 @@ fn each_interrupted_operation_is_finished_or_undone() {
             &["disk", "remove", "v", "1"],
             "disk-remove",
             "v",
+            false,
+        ),
+        // The agent (in `hostel up`'s process) dies with the new tap in QEMU's hands.
+        (
+            "agent.nic-add.tap-passed",
+            &["nic", "add", "r", "--network", "default"],
+            "nic-add",
+            "r",
             false,
         ),
         (
@@ -789,6 +508,14 @@ fn each_interrupted_operation_is_finished_or_undone() {
                     h.d.json(&["disk", "list", "v"]).as_array().unwrap().len(),
                     2
                 );
+            }
+            "agent.nic-add.tap-passed" => {
+                assert_eq!(
+                    h.d.json(&["nic", "list", "r"]).as_array().unwrap().len(),
+                    1,
+                    "the half-plugged NIC is not kept"
+                );
+                assert_eq!(h.d.state("r"), "running");
             }
             "controller.disk-remove.row-deleted" => {
                 assert_eq!(

@@ -736,7 +736,10 @@ async fn a_migration_killed_at_any_step_ends_with_exactly_one_vm() {
     k.d.ok(&["start", "sharer"]);
     let mut con = k.d.console("sharer").await;
     con.wait_for(READY, Duration::from_secs(180)).await;
-    assert_eq!(con.run("head -c 14 /dev/vda").await, "on-shared-disk");
+    // (Once seen in CI: the shell's complaint about a garbled first line of input ahead
+    // of the answer. The disk's bytes are what is checked.)
+    let got = con.run("head -c 14 /dev/vda").await;
+    assert!(got.ends_with("on-shared-disk"), "{got:?}");
     drop(con);
     assert!(std::path::Path::new(&path).exists());
     k.d.ok(&["destroy", "sharer"]);

@@ -133,6 +133,7 @@ fn a_new_user_does_a_day_of_work_in_the_browser() {
         "vm",
         "console-serial",
         "console-vga",
+        "usage",
         "login",
     ] {
         for size in ["desktop", "phone"] {

@@ -240,6 +240,23 @@ pub struct VmCounters {
     /// so a tap's transmitted bytes are the guest's received ones.
     pub net_rx_bytes: u64,
     pub net_tx_bytes: u64,
+    /// Read and write requests the guest made of its disks, summed.
+    #[serde(default)]
+    pub disk_read_ops: u64,
+    #[serde(default)]
+    pub disk_write_ops: u64,
+    /// Packets the guest has received and sent on its NICs, summed.
+    #[serde(default)]
+    pub net_rx_packets: u64,
+    #[serde(default)]
+    pub net_tx_packets: u64,
+    /// The memory the guest has now, as its balloon says (`query-balloon`'s `actual`);
+    /// none when QEMU did not say in time.
+    #[serde(default)]
+    pub balloon_bytes: Option<u64>,
+    /// Frames the port guards of its NICs dropped (anti-spoofing), summed.
+    #[serde(default)]
+    pub guard_drops: u64,
 }
 
 /// An agent's event stream carries an empty line at least every 5 s; a controller that

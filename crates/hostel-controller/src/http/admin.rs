@@ -311,3 +311,20 @@ pub(super) async fn delete_pool(
     c.delete_pool(&ctx, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// The controller's metrics in the Prometheus text format (admins; or, without a
+/// token, on the separate address `hostel up --metrics-listen` gives).
+#[utoipa::path(get, path = "/metrics",
+    responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String)))]
+pub(super) async fn metrics(
+    State(c): S,
+    Extension(ctx): X,
+) -> Result<axum::response::Response, Error> {
+    use axum::response::IntoResponse;
+    let text = c.metrics_text(&ctx).await?;
+    Ok((
+        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+        text,
+    )
+        .into_response())
+}

@@ -247,7 +247,7 @@ pub(super) async fn console_ws(
     let source = peer.ip().to_string();
     // A wrong ticket is a refusal of its address, like a wrong token (`throttle.rs`).
     c.throttle.gate(&source)?;
-    let Some(t) = c.tickets.take(&q.ticket) else {
+    let Some(t) = c.take_ticket(&q.ticket).await? else {
         c.throttle.charge(Requester::Address(&source));
         let why = Error::forbidden(
             "the console ticket is unknown, already used or expired: a ticket opens one \

@@ -46,7 +46,7 @@ type R<T> = Result<Json<T>, Error>;
 #[openapi(
     info(title = "Hostel API", description = "Self-service virtual machine hosting."),
     paths(
-        info, list_vms, create_vm, get_vm, vm_stats, delete_vm, start_vm, reboot_vm, pause_vm,
+        info, metrics, list_vms, create_vm, get_vm, vm_stats, usage, delete_vm, start_vm, reboot_vm, pause_vm,
         unpause_vm, destroy_vm, shutdown_vm, mem_set, vcpu_set, save_vm, restore_vm,
         console, console_log, console_ticket, dmesg, list_images, build_image, import_image, delete_image, push_image, migrate_vm, get_task, cancel_task,
         list_networks, create_network, get_network, update_network, delete_network, list_nics, add_nic,
@@ -97,6 +97,8 @@ pub fn router(c: Arc<Controller>) -> Router {
         .route("/api/v1/events", get(events))
         .route("/api/v1/vms/{name}", get(get_vm).delete(delete_vm))
         .route("/api/v1/vms/{name}/stats", get(vm_stats))
+        .route("/api/v1/usage", get(usage))
+        .route("/metrics", get(metrics))
         .route("/api/v1/vms/{name}/start", post(start_vm))
         .route("/api/v1/vms/{name}/reboot", post(reboot_vm))
         .route("/api/v1/vms/{name}/pause", post(pause_vm))
@@ -187,8 +189,38 @@ pub fn router(c: Arc<Controller>) -> Router {
         .route("/console/vga.html", get(|| page(VGA_PAGE)))
         .route("/web/{*path}", get(web_asset))
         .merge(api)
+        .layer(axum::middleware::from_fn_with_state(
+            c.clone(),
+            count_request,
+        ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(c)
+}
+
+/// `/metrics` alone, for a separate address (`hostel up --metrics-listen`): no token,
+/// whoever reaches the address reads the metrics (and nothing else).
+pub fn metrics_router(c: Arc<Controller>) -> Router {
+    let scraper = Arc::new(Ctx::system(crate::context::SystemActor::MetricsScraper));
+    Router::new()
+        .route("/metrics", get(metrics))
+        .layer(Extension(scraper))
+        .with_state(c)
+}
+
+/// Counts each answered request by method, route pattern and status, with its time
+/// (`/metrics`); a path no route matched counts under `(unmatched)`.
+async fn count_request(State(c): S, req: Request, next: Next) -> Response {
+    let method = req.method().as_str().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "(unmatched)".into());
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    c.requests
+        .record(&method, &route, resp.status().as_u16(), started.elapsed());
+    resp
 }
 
 /// The largest request body read. The largest valid one (a VM with many SSH keys and a
@@ -202,6 +234,7 @@ fn admin_only(method: &Method, route: &str) -> bool {
     let mutating = method != Method::GET && method != Method::HEAD;
     let under = |p: &str| route == p || route.starts_with(&format!("{p}/"));
     under("/api/v1/doctor")
+        || under("/metrics")
         || under("/api/v1/dmesg")
         || under("/api/v1/audit/retention")
         || under("/api/v1/audit/prune")

@@ -112,16 +112,38 @@ pub(super) async fn get_vm(
     Ok(Json(c.view(&vm, true).await?))
 }
 
-/// The VM's CPU, memory, disk and network use over the last hour, a point per sampling
-/// interval (oldest first), for graphs. Kept in the controller's memory only.
-#[utoipa::path(get, path = "/api/v1/vms/{name}/stats", params(("name" = String, Path)),
-    responses((status = 200, body = VmStats), (status = 404, body = ErrorBody)))]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct StatsQuery {
+    /// `hour` (the default: a point per sampling interval) or `day` (a point per
+    /// minute, the average of its samples).
+    #[param(pattern = "^(hour|day)$")]
+    range: Option<String>,
+}
+
+/// The VM's CPU, memory, disk and network use over the last hour or day (oldest first),
+/// for graphs. Kept in the controller's memory only.
+#[utoipa::path(get, path = "/api/v1/vms/{name}/stats", params(("name" = String, Path), StatsQuery),
+    responses((status = 200, body = VmStats), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
 pub(super) async fn vm_stats(
     State(c): S,
     Extension(ctx): X,
     ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<StatsQuery>,
 ) -> R<VmStats> {
-    Ok(Json(c.vm_stats(&ctx, &name).await?))
+    let range = match q.range.as_deref() {
+        None => crate::StatsRange::Hour,
+        Some(r) => r.parse()?,
+    };
+    Ok(Json(c.vm_stats(&ctx, &name, range).await?))
+}
+
+/// Every VM the caller may see, with its latest use (the last sampling interval's):
+/// what `hostel top` shows.
+#[utoipa::path(get, path = "/api/v1/usage", responses((status = 200, body = [VmUsage])))]
+pub(super) async fn usage(State(c): S, Extension(ctx): X) -> R<Vec<VmUsage>> {
+    Ok(Json(c.usage_now(&ctx).await?))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

@@ -57,6 +57,7 @@ async fn a_task_is_its_creator_s_and_no_one_else_s() {
             created_at: now,
             updated_at: now,
             created_by: Some(alice.caller().unwrap().user_id.clone()),
+            owner: None,
         })
         .await
         .unwrap();

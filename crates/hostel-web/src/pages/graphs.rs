@@ -1,6 +1,6 @@
-//! A VM's use over the last hour as small line graphs: SVG drawn here from the API's
-//! points (`GET /api/v1/vms/{name}/stats`), so they show without JavaScript and need no
-//! chart library; the page re-reads them every interval with htmx.
+//! A VM's use over the last hour (or day) as small line graphs: SVG drawn here from the
+//! API's points (`GET /api/v1/vms/{name}/stats?range=`), so they show without JavaScript
+//! and need no chart library; the page re-reads them every interval with htmx.
 
 use super::Layout;
 use crate::api::{seg, Api};
@@ -37,9 +37,12 @@ pub struct Graphs {
     pub graphs: Vec<Graph>,
     pub minutes: u64,
     pub interval: u32,
+    /// The day (a point a minute) rather than the hour.
+    pub day: bool,
 }
 
-fn rate(bps: f64) -> String {
+/// A rate in bytes per second, as people read it.
+pub fn rate(bps: f64) -> String {
     let units = ["B/s", "KiB/s", "MiB/s", "GiB/s"];
     let mut v = bps;
     let mut u = 0;
@@ -113,7 +116,7 @@ fn graph(
 }
 
 impl Graphs {
-    pub fn of(vm: &str, s: &VmStats) -> Graphs {
+    pub fn of(vm: &str, s: &VmStats, day: bool) -> Graphs {
         let p = &s.points;
         let graphs = vec![
             graph(
@@ -160,16 +163,24 @@ impl Graphs {
             graphs,
             minutes: (p.len() as u64 * s.interval_seconds as u64).div_ceil(60),
             interval: s.interval_seconds.max(1),
+            day,
         }
     }
 
-    pub async fn load(api: &Api, vm: &str) -> Option<Graphs> {
+    pub async fn load(api: &Api, vm: &str, day: bool) -> Option<Graphs> {
+        let range = if day { "day" } else { "hour" };
         let s: VmStats = api
-            .get(&format!("/api/v1/vms/{}/stats", seg(vm)))
+            .get(&format!("/api/v1/vms/{}/stats?range={range}", seg(vm)))
             .await
             .ok()?;
-        Some(Graphs::of(vm, &s))
+        Some(Graphs::of(vm, &s, day))
     }
+}
+
+#[derive(serde::Deserialize)]
+pub struct RangeQuery {
+    #[serde(default)]
+    range: Option<String>,
 }
 
 #[derive(Template)]
@@ -179,9 +190,14 @@ struct GraphsFragment {
 }
 
 /// The graphs alone, for the page's periodic refresh.
-pub async fn fragment(s: Session, Path(name): Path<String>) -> Response {
+pub async fn fragment(
+    s: Session,
+    Path(name): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<RangeQuery>,
+) -> Response {
     use axum::response::IntoResponse;
-    let Some(g) = Graphs::load(&s.api, &name).await else {
+    let day = q.range.as_deref() == Some("day");
+    let Some(g) = Graphs::load(&s.api, &name, day).await else {
         // 286 tells htmx to stop polling: the VM is gone (or cannot be read now).
         let stopped = "<div id=\"graphs\" class=\"graphs\"><p class=\"hint\">The graphs \
                        stopped: the VM is gone or its use could not be read; reload the page \

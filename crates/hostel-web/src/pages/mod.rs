@@ -8,6 +8,7 @@ pub mod create;
 pub mod fields;
 pub mod graphs;
 pub mod login;
+pub mod usage;
 pub mod vm;
 pub mod vms;
 

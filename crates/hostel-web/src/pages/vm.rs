@@ -135,7 +135,7 @@ pub async fn show(s: Session, headers: HeaderMap, Path(name): Path<String>) -> R
         .map(|i| i.data_dir)
         .unwrap_or_default();
     let save_dir = format!("{data_dir}/saves/{}", s.me.user);
-    let graphs = super::graphs::Graphs::load(api, &vm.name).await;
+    let graphs = super::graphs::Graphs::load(api, &vm.name, false).await;
     let p = VmPage {
         graphs,
         vm,

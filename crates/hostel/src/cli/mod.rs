@@ -14,4 +14,5 @@ pub mod output;
 pub mod parse;
 pub mod pools;
 pub mod roles;
+pub mod usage;
 pub mod vms;

@@ -82,6 +82,10 @@ pub struct ServeArgs {
     /// Where the SSH console gateway listens (`ssh -p PORT VMNAME@HOST`).
     #[arg(long, default_value = "127.0.0.1:2222")]
     pub ssh_listen: SocketAddr,
+    /// Also serve `/metrics` (Prometheus text format) here, without a token: for a
+    /// scraper on a private network. On the API's address it needs an admin's token.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
     /// The npm packages the browser consoles load (xterm.js, noVNC): a node_modules
     /// made by `npm ci` in the source tree's web/. Default: that one, when present.
     #[arg(long)]
@@ -147,6 +151,7 @@ fn up_options(
         default_network,
         default_lease_days: serve.default_lease_days,
         ssh_listen: serve.ssh_listen,
+        metrics_listen: serve.metrics_listen,
         web_dir: serve
             .web_dir
             .map(|d| absolute(&d))

@@ -72,9 +72,12 @@ pub enum Cmd {
     /// Set a VM's vCPU count (hotplug), up to its max vCPUs.
     VcpuSet { name: String, vcpus: u32 },
     /// Show a VM's latest use (CPU, memory, disk and network) and a summary of the last
-    /// hour; `-o json` gives every point.
+    /// hour (or day); `-o json` gives every point.
     Stats {
         name: String,
+        /// The last day, a point per minute, instead of the last hour.
+        #[arg(long)]
+        day: bool,
         #[arg(short, long, value_enum, default_value = "table")]
         output: Format,
     },
@@ -273,8 +276,11 @@ pub async fn run(cmd: Cmd) -> Result<()> {
             api.post(&action(&name, "vcpus"), &VcpuSetRequest { vcpus })
                 .await?
         }
-        Cmd::Stats { name, output } => {
-            let stats: VmStats = api.get(&action(&name, "stats")).await?;
+        Cmd::Stats { name, day, output } => {
+            let range = if day { "?range=day" } else { "" };
+            let stats: VmStats = api
+                .get(&format!("{}{range}", action(&name, "stats")))
+                .await?;
             return output::show(output, &stats, |s| print_stats(&name, s));
         }
         Cmd::Describe { name, output } => {

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
+pub mod workload;
+
 pub const READY: &str = "HOSTEL-READY";
 
 pub fn bin() -> &'static str {
@@ -414,13 +416,7 @@ impl Daemon {
 }
 
 pub fn is_alive_qemu(pid: u32) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let running = stat
-        .rsplit(')')
-        .next()
-        .map(|r| !r.trim_start().starts_with('Z'))
-        .unwrap_or(false);
-    running
+    pid_alive(pid)
         && std::fs::read(format!("/proc/{pid}/cmdline"))
             .map(|c| String::from_utf8_lossy(&c).contains("qemu-system"))
             .unwrap_or(false)
@@ -646,6 +642,7 @@ pub fn start_agent(ns: &Netns, dir: &std::path::Path, ip: &str) -> (Child, Strin
 }
 
 /// Where and as what a `hostel agent` runs.
+#[derive(Clone)]
 pub struct AgentAt {
     pub name: &'static str,
     /// ADDRESS:PORT.
@@ -710,4 +707,17 @@ pub fn qemus_under(run_dir: &Path) -> std::collections::BTreeMap<String, usize> 
         }
     }
     out
+}
+
+/// Whether process `pid` lives (and is no zombie).
+pub fn pid_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(false)
 }
