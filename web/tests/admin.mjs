@@ -1,6 +1,7 @@
 // The web UI as an admin uses it, in Debian's headless Chromium against a real `hostel
 // up` with a second host: the host's agent stops, and its row goes offline, then stale
-// (greyed); a quota edited on its page changes what a member's create form offers. Every
+// (greyed); a quota edited on its page changes what a member's create form offers; a
+// VM's limits are set on its page. Every
 // admin page is audited with axe-core (WCAG 2.1 AA) and must load without a CSP
 // violation; screenshots of the admin pages go to SHOTS.
 //
@@ -79,6 +80,15 @@ try {
   await page.waitForTimeout(300);
   await mp.getByLabel("Name", { exact: true }).fill("quota-probe-2");
   await until("the create form to follow the second edit", async () => (await side()).includes("5 of 5 vCPUs left"), 10000);
+
+  step("an admin sets a VM's limits on its page");
+  await page.goto(`${base}/vms/capped`);
+  await page.getByLabel("CPU weight (1 to 10,000; 100 by default)").fill("50");
+  await page.getByLabel("Disk MiB/s, each disk").fill("4");
+  await page.getByRole("button", { name: "Set limits" }).click();
+  await until("the limits to be set", async () => (await page.locator("#flash").innerText()).includes("has its new limits"), 10000);
+  await audit(page, "/vms/NAME (limits set)");
+  if ((await page.getByLabel("Disk MiB/s, each disk").inputValue()) !== "4") throw new Error("the form does not show the limit set");
 } catch (e) {
   problems.push(String((e && e.stack) || e));
 }

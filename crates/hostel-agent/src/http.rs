@@ -150,6 +150,10 @@ where
             json::<A, ep::SetVcpus, _, _>(|a, id, r| async move { a.set_vcpus(&id, r).await }),
         )
         .route(
+            ep::SetLimits::ROUTE,
+            json::<A, ep::SetLimits, _, _>(|a, id, r| async move { a.set_limits(&id, r).await }),
+        )
+        .route(
             ep::SaveVm::ROUTE,
             json::<A, ep::SaveVm, _, _>(|a, id, r| async move { a.save_vm(&id, r).await }),
         )

@@ -5,6 +5,7 @@ pub mod console;
 mod disk_moves;
 mod http;
 mod images;
+mod limits;
 mod migrate;
 mod net;
 mod service;

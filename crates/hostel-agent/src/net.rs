@@ -247,9 +247,10 @@ impl Shared {
         });
     }
 
-    fn guard_of(nic: &NicSpec) -> anyhow::Result<guard::Guard> {
+    fn guard_of(nic: &NicSpec, rate_mbps: Option<u32>) -> anyhow::Result<guard::Guard> {
         let mac = parse_mac("mac", &nic.mac).map_err(|e| anyhow!(e))?;
         Ok(guard::Guard {
+            rate_mbps,
             tap: nic.tap.clone(),
             mac: nic.mac.clone(),
             ipv4: nic.ipv4.parse()?,
@@ -258,9 +259,9 @@ impl Shared {
         })
     }
 
-    /// Creates one NIC's tap on its bridge, behind its guard; returns the descriptor
-    /// QEMU gets.
-    pub fn plug_nic(&self, nic: &NicSpec) -> Result<OwnedFd, AgentError> {
+    /// Creates one NIC's tap on its bridge, behind its guard (and, with a rate, shaped
+    /// and policed to it); returns the descriptor QEMU gets.
+    pub fn plug_nic(&self, nic: &NicSpec, rate_mbps: Option<u32>) -> Result<OwnedFd, AgentError> {
         if !link::exists(&nic.bridge) {
             return Err(AgentError::Conflict(format!(
                 "the bridge {} of NIC {} does not exist on this host (its network is not set up)",
@@ -275,7 +276,7 @@ impl Shared {
                 nic.mac
             )));
         }
-        let g = Self::guard_of(nic)?;
+        let g = Self::guard_of(nic, rate_mbps)?;
         {
             // Held across nft: the verdict map is rewritten whole, so two changes must
             // not interleave (an older snapshot applied last would unguard a tap).
@@ -289,6 +290,9 @@ impl Shared {
             }
         }
         let fd = tap::open(&nic.tap)?;
+        if rate_mbps.is_some() {
+            link::shape(&nic.tap, rate_mbps)?;
+        }
         link::attach(&nic.tap, &nic.bridge)?;
         Ok(fd)
     }
@@ -296,7 +300,7 @@ impl Shared {
     pub fn plug_nics(&self, spec: &VmSpec) -> Result<Vec<OwnedFd>, AgentError> {
         let mut fds = Vec::new();
         for nic in &spec.nics {
-            match self.plug_nic(nic) {
+            match self.plug_nic(nic, spec.limits.net_mbps) {
                 Ok(fd) => fds.push(fd),
                 Err(e) => {
                     self.unplug_guards(spec);
@@ -323,10 +327,26 @@ impl Shared {
         }
     }
 
+    /// Sets the rate of a running VM's NICs (none: unlimited): each guard's policing
+    /// and each tap's shaping.
+    pub fn set_nic_rates(&self, nics: &[NicSpec], rate_mbps: Option<u32>) -> anyhow::Result<()> {
+        for nic in nics {
+            let g = Self::guard_of(nic, rate_mbps)?;
+            {
+                let mut guards = self.guards.lock().unwrap();
+                guards.insert(nic.tap.clone(), g.clone());
+                let all: Vec<guard::Guard> = guards.values().cloned().collect();
+                guard::install(&g, &all)?;
+            }
+            link::shape(&nic.tap, rate_mbps)?;
+        }
+        Ok(())
+    }
+
     /// Re-registers the guards of a re-adopted VM (the rules survived in the kernel).
     pub fn adopt_guards(&self, spec: &VmSpec) {
         for nic in &spec.nics {
-            if let Ok(g) = Self::guard_of(nic) {
+            if let Ok(g) = Self::guard_of(nic, spec.limits.net_mbps) {
                 self.guards.lock().unwrap().insert(nic.tap.clone(), g);
             }
         }

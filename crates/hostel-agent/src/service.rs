@@ -211,6 +211,13 @@ impl AgentApi for Shared {
         Ok(vm.status(self).await)
     }
 
+    async fn set_limits(&self, id: &str, req: Limits) -> Res<VmStatus> {
+        let vm = find(self, id)?;
+        let _g = vm.op.lock().await;
+        vm.set_limits(self, req).await?;
+        Ok(vm.status(self).await)
+    }
+
     async fn save_vm(&self, id: &str, req: SaveRequest) -> Res<VmStatus> {
         let vm = find(self, id)?;
         let _g = vm.op.lock().await;

@@ -325,6 +325,12 @@ impl VmRuntime {
         if let Some(tag) = load_snapshot {
             argv.extend(["-loadvm".to_string(), tag.to_string()]);
         }
+        // Limits are in place before the guest's first instruction: QEMU waits (an
+        // incoming VM waits for its state anyway) until they are.
+        let hold = from.is_none() && crate::limits::hold_at_start(&spec.limits);
+        if hold {
+            argv.push("-S".into());
+        }
         let generation = {
             let mut l = self.live.lock().unwrap();
             l.generation += 1;
@@ -384,6 +390,13 @@ impl VmRuntime {
         let finished = async {
             if self.live.lock().unwrap().intent == Intent::Destroy {
                 anyhow::bail!("the VM was destroyed while it started");
+            }
+            crate::limits::cpu(&spec.id, pid, &spec.limits)?;
+            if spec.limits.disk_bps.is_some() || spec.limits.disk_iops.is_some() {
+                crate::limits::disks(&qmp, &spec.disks, &spec.limits).await?;
+            }
+            if hold {
+                qmp.execute("cont", json!({})).await?;
             }
             if restore_from.is_some() {
                 // Restore resumes the VM, like `xm restore`, whatever its state when saved.
@@ -670,6 +683,7 @@ impl VmRuntime {
         let _ = std::fs::remove_file(self.paths.state());
         let spec = self.spec();
         shared.unplug_guards(&spec);
+        crate::limits::forget(&spec.id);
         let (state, reason, restart) = match intent {
             Intent::Destroy => (VmState::Stopped, "destroyed".to_string(), false),
             Intent::Shutdown => (VmState::Stopped, "shut down".to_string(), false),
@@ -944,7 +958,7 @@ impl VmRuntime {
         let mark = pending_nic_mark(&self.paths.dir, &nic.tap);
         std::fs::write(&mark, nic.index.to_string())
             .map_err(|e| AgentError::Internal(anyhow::anyhow!("{}: {e}", mark.display())))?;
-        let fd = match shared.plug_nic(&nic) {
+        let fd = match shared.plug_nic(&nic, self.spec().limits.net_mbps) {
             Ok(fd) => fd,
             Err(e) => {
                 let _ = std::fs::remove_file(&mark);
@@ -1089,10 +1103,44 @@ impl VmRuntime {
                 .await;
             return Err(e.into());
         }
+        let limits = self.spec().limits;
+        if limits.disk_bps.is_some() || limits.disk_iops.is_some() {
+            crate::limits::disk(&qmp, i, &limits).await?;
+        }
         let mut spec = self.spec.lock().unwrap();
         spec.disks.push(disk);
         self.live.lock().unwrap().devices_changed = true;
         spec.disks.sort_by_key(|d| d.index);
+        write_runtime_spec(&self.paths, &spec);
+        Ok(())
+    }
+
+    /// Sets the VM's limits: at once on its QEMU if it runs, and in its spec for the
+    /// next start.
+    pub async fn set_limits(
+        &self,
+        shared: &Shared,
+        l: hostel_api::agent::Limits,
+    ) -> Result<(), AgentError> {
+        let spec = self.spec();
+        if self.state().has_process() {
+            let qmp = self.qmp()?;
+            let pid = self
+                .pid()
+                .ok_or_else(|| AgentError::Conflict("the VM's QEMU is not known yet".into()))?;
+            crate::limits::cpu(&spec.id, pid, &l)
+                .map_err(|e| AgentError::Conflict(format!("{e:#}")))?;
+            if (l.disk_bps, l.disk_iops) != (spec.limits.disk_bps, spec.limits.disk_iops) {
+                crate::limits::disks(&qmp, &spec.disks, &l).await?;
+            }
+            if l.net_mbps != spec.limits.net_mbps {
+                shared
+                    .set_nic_rates(&spec.nics, l.net_mbps)
+                    .map_err(AgentError::Internal)?;
+            }
+        }
+        let mut spec = self.spec.lock().unwrap();
+        spec.limits = l;
         write_runtime_spec(&self.paths, &spec);
         Ok(())
     }

@@ -361,6 +361,9 @@ pub struct Vm {
     /// How its host was chosen: in a create's answer, when asked for (`explain`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<Placement>,
+    /// Its resource limits (`hostel limits`); empty: none.
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 /// One VM in a list: what `hostel list` shows. `GET /api/v1/vms/{name}` has the rest.
@@ -444,6 +447,41 @@ pub struct VmStats {
     /// The first point of a running VM comes one interval after the controller first
     /// sees it; a restarted QEMU's counters start again, so one interval has no point.
     pub points: Vec<VmStatsPoint>,
+}
+
+/// A VM's resource limits; each one left out is no limit. Enforced from the VM's first
+/// instruction, and changed while it runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Limits {
+    /// Its share of contended CPU against the host's other VMs, 1 to 10,000 (cgroup
+    /// `cpu.weight`; a VM without one weighs 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 10000)]
+    pub cpu_weight: Option<u32>,
+    /// The most CPU time its QEMU may use, in percent of one CPU (50: half a CPU; 200:
+    /// two), however idle the host is (cgroup `cpu.max`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 25500)]
+    pub cpu_max_percent: Option<u32>,
+    /// Read and write requests per second, each disk (QEMU's I/O throttling).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1000000000000000_u64)]
+    pub disk_iops: Option<u64>,
+    /// Bytes per second read and written, each disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 4096, maximum = 1000000000000000_u64)]
+    pub disk_bps: Option<u64>,
+    /// Megabits per second, each NIC, each way: what the guest receives is shaped (tc on
+    /// its tap), what it sends beyond the rate is dropped (its port guard).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 100000)]
+    pub net_mbps: Option<u32>,
+}
+
+impl Limits {
+    pub fn is_empty(&self) -> bool {
+        *self == Limits::default()
+    }
 }
 
 /// A VM with its latest use, as `hostel top` shows it (`GET /api/v1/usage`).

@@ -22,6 +22,7 @@ mod image_copies;
 mod images;
 mod journal;
 mod lease;
+mod limits;
 pub mod metrics;
 mod migrate;
 mod migrate_offline;

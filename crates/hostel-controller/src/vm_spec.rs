@@ -99,6 +99,7 @@ impl Controller {
             }
         }
         Ok(VmSpec {
+            limits: self.vm_limits_of(&vm.id).await?,
             cdrom,
             seed,
             id: vm.id.clone(),
@@ -220,6 +221,7 @@ impl Controller {
             None => None,
         };
         Ok(Vm {
+            limits: spec.limits.clone(),
             anti_affinity: vm.anti_affinity.clone(),
             placement: None,
             id: vm.id.clone(),

@@ -21,6 +21,9 @@ pub struct Guard {
     pub ipv4: Ipv4Addr,
     pub ipv6: Option<Ipv6Addr>,
     pub link_local: Ipv6Addr,
+    /// The most the NIC may send, in Mbit/s: beyond it, frames are dropped (policing;
+    /// what it receives is shaped on its tap instead, `link::shape`).
+    pub rate_mbps: Option<u32>,
 }
 
 fn base() -> String {
@@ -46,6 +49,13 @@ pub fn chain_script(g: &Guard) -> String {
     own6.extend(g.ipv6);
     let mut v6: Vec<String> = own6.iter().map(|a| a.to_string()).collect();
     v6.insert(1, "::".to_string());
+    // Policing first: a VM over its rate gets nothing further looked at.
+    let limit = g.rate_mbps.map(|m| {
+        let kbytes = u64::from(m) * 1000 / 8;
+        // A tenth of a second's worth of burst, at least 64 KiB (a few full frames).
+        let burst = (kbytes / 10).max(64);
+        format!("limit rate over {kbytes} kbytes/second burst {burst} kbytes drop")
+    });
     let rules = [
         format!("ether saddr != {} counter name \"{c}\" drop", g.mac),
         format!("arp saddr ether != {} counter name \"{c}\" drop", g.mac),
@@ -81,7 +91,7 @@ pub fn chain_script(g: &Guard) -> String {
     let mut s = format!(
         "add counter bridge {TABLE} {c}\nadd chain bridge {TABLE} {ch}\nflush chain bridge {TABLE} {ch}\n"
     );
-    for r in rules {
+    for r in limit.into_iter().chain(rules) {
         s.push_str(&format!("add rule bridge {TABLE} {ch} {r}\n"));
     }
     s
@@ -222,8 +232,19 @@ mod tests {
             ipv4: "10.0.0.5".parse().unwrap(),
             ipv6: Some("fd00::5054:ff:fe01:203".parse().unwrap()),
             link_local: "fe80::5054:ff:fe01:203".parse().unwrap(),
+            rate_mbps: None,
         };
         let s = chain_script(&g);
+        assert!(!s.contains("limit rate"));
+        let limited = chain_script(&Guard {
+            rate_mbps: Some(8),
+            ..g.clone()
+        });
+        let first = limited.lines().find(|l| l.starts_with("add rule")).unwrap();
+        assert!(
+            first.ends_with("nic-htpabc limit rate over 1000 kbytes/second burst 100 kbytes drop"),
+            "{first}"
+        );
         assert!(s.contains("ether saddr != 52:54:00:01:02:03 counter name \"drop-htpabc\" drop"));
         assert!(s.contains("arp saddr ip != { 10.0.0.5, 0.0.0.0 }"));
         assert!(s.contains("ip saddr != 10.0.0.5 counter"));

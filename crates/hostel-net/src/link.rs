@@ -34,6 +34,37 @@ pub fn attach(port: &str, bridge: &str) -> Result<()> {
     Ok(())
 }
 
+/// Shapes what `dev` sends (for a VM's tap: what its guest receives) to `mbps` Mbit/s
+/// with a token bucket filter, or lifts the shaping (none).
+pub fn shape(dev: &str, mbps: Option<u32>) -> Result<()> {
+    match mbps {
+        Some(m) => {
+            // The bucket holds at least a tenth of a second at the rate (and 32 KiB), as
+            // the timer's granularity wants.
+            let burst = (u64::from(m) * 1_000_000 / 8 / 10).max(32 * 1024);
+            run(Command::new("tc").args([
+                "qdisc",
+                "replace",
+                "dev",
+                dev,
+                "root",
+                "tbf",
+                "rate",
+                &format!("{m}mbit"),
+                "burst",
+                &burst.to_string(),
+                "latency",
+                "100ms",
+            ]))?;
+        }
+        None => {
+            // Nothing to lift is no error.
+            let _ = run(Command::new("tc").args(["qdisc", "del", "dev", dev, "root"]));
+        }
+    }
+    Ok(())
+}
+
 pub fn delete(name: &str) -> Result<()> {
     if exists(name) {
         run(Command::new("ip").args(["link", "del", name]))?;

@@ -373,6 +373,7 @@ mod tests {
 
     fn spec() -> VmSpec {
         VmSpec {
+            limits: Default::default(),
             id: "vm-1".into(),
             name: "web".into(),
             memory_mib: 256,

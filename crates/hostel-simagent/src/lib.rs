@@ -399,6 +399,11 @@ impl AgentApi for SimHost {
         self.update(id, |s| s.vcpus = req.vcpus)
     }
 
+    /// SIMULATED: nothing runs to limit; the VM must exist.
+    async fn set_limits(&self, id: &str, _req: Limits) -> Res<VmStatus> {
+        self.update(id, |_| {})
+    }
+
     async fn save_vm(&self, id: &str, req: SaveRequest) -> Res<VmStatus> {
         let s = self.to_state(id, VmState::Saved)?;
         self.saves.lock().unwrap().insert(req.path, req.header);

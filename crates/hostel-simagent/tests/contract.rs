@@ -116,6 +116,16 @@ async fn every_endpoint_agrees_between_client_and_router() {
             .vcpus,
         2
     );
+    let limited = hostel_api::public::Limits {
+        disk_bps: Some(1 << 20),
+        ..Default::default()
+    };
+    assert_eq!(a.set_limits(id, limited).await.unwrap().id, id);
+    assert!(a
+        .set_limits("vm-none", Default::default())
+        .await
+        .unwrap_err()
+        .is_not_found());
     let nic = NicSpec {
         id: "nic-1".into(),
         index: 0,

@@ -34,6 +34,7 @@ pub const TABLES: &[&str] = &[
     "controllers",
     "vm_locks",
     "console_tickets",
+    "vm_limits",
 ];
 
 /// How a column's values are read and bound: the schema has these three kinds only.

@@ -345,4 +345,10 @@ pub const MIGRATIONS: &[&[&str]] = &[
         )",
         "ALTER TABLE tasks ADD COLUMN owner TEXT",
     ],
+    // Each VM's resource limits (JSON: CPU weight and cap, disk IOPS and bandwidth,
+    // network rate); a VM without a row has none.
+    &["CREATE TABLE vm_limits (
+            vm_id TEXT PRIMARY KEY REFERENCES vms(id),
+            limits TEXT NOT NULL
+        )"],
 ];

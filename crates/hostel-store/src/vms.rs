@@ -406,6 +406,40 @@ impl Store {
         Ok(())
     }
 
+    /// A VM's resource limits as JSON; none: no limits.
+    pub async fn vm_limits(&self, id: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT limits FROM vm_limits WHERE vm_id = $1")
+            .bind(id.to_string())
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(match row {
+            Some(r) => Some(sqlx::Row::try_get(&r, "limits")?),
+            None => None,
+        })
+    }
+
+    /// Sets a VM's resource limits (JSON), or removes them (none).
+    pub async fn set_vm_limits(&self, id: &str, limits: Option<&str>) -> Result<()> {
+        let mut tx = self.pool().begin().await?;
+        execute_on(
+            &mut tx,
+            "DELETE FROM vm_limits WHERE vm_id = $1",
+            binds![id],
+        )
+        .await?;
+        if let Some(l) = limits {
+            execute_on(
+                &mut tx,
+                "INSERT INTO vm_limits (vm_id, limits) VALUES ($1, $2)",
+                binds![id, l],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        self.vm_changed(id);
+        Ok(())
+    }
+
     pub async fn set_vm_vcpus(&self, id: &str, vcpus: u32) -> Result<()> {
         self.execute(
             "UPDATE vms SET vcpus = $2, updated_at = $3 WHERE id = $1",
@@ -479,6 +513,7 @@ impl Store {
             "DELETE FROM port_forwards WHERE vm_id = $1",
             "DELETE FROM nics WHERE vm_id = $1",
             "DELETE FROM disks WHERE vm_id = $1",
+            "DELETE FROM vm_limits WHERE vm_id = $1",
             "DELETE FROM vms WHERE id = $1",
         ] {
             execute_on(&mut tx, q, binds![id]).await?;

@@ -15,6 +15,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How the daemons log (to stderr and to the data dir's log file).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Lines for people.
+    #[default]
+    Text,
+    /// One JSON object a line (time, level, target, message and fields), for journald
+    /// and log shippers.
+    Json,
+}
+
 /// How a host runs QEMU: the same for `hostel up` and `hostel agent`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct QemuOptions {
@@ -51,6 +62,7 @@ pub struct UpOptions {
     pub ssh_listen: SocketAddr,
     /// Where `/metrics` is served without a token, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    pub log_format: LogFormat,
     /// The npm packages of the browser consoles (a `node_modules`); default: the source
     /// tree's `web/node_modules`, else /usr/local/share/hostel/web.
     pub web_dir: Option<PathBuf>,
@@ -104,7 +116,7 @@ fn dirs_home() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/"))
 }
 
-fn init_logging(log_file: &Path) -> Result<()> {
+fn init_logging(log_file: &Path, format: LogFormat) -> Result<()> {
     use tracing_subscriber::prelude::*;
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -114,14 +126,31 @@ fn init_logging(log_file: &Path) -> Result<()> {
         .with_context(|| format!("opening {}", log_file.display()))?;
     let filter = tracing_subscriber::EnvFilter::try_from_env("HOSTEL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = format == LogFormat::Json;
+    let text_out = (!json).then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    let json_out = json.then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+    });
+    // One of the two file layers has the file.
+    let mut file = Some(std::sync::Mutex::new(file));
+    let text_file = (!json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(file.take().expect("the log file, once"))
+    });
+    let json_file = json.then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(file.take().expect("the log file, once"))
+    });
     tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_ansi(false)
-                .with_writer(std::sync::Mutex::new(file)),
-        )
+        .with(text_out)
+        .with(json_out)
+        .with(text_file)
+        .with(json_file)
         .init();
     Ok(())
 }
@@ -215,13 +244,17 @@ fn read_or_make_token(path: &Path) -> Result<String> {
 
 /// Makes (if needed), locks and logs into a daemon's data dir: its canonical path and the
 /// lock, held for as long as the daemon runs.
-fn open_data_dir(dir: &Path, log: &str) -> Result<(PathBuf, nix::fcntl::Flock<std::fs::File>)> {
+fn open_data_dir(
+    dir: &Path,
+    log: &str,
+    format: LogFormat,
+) -> Result<(PathBuf, nix::fcntl::Flock<std::fs::File>)> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let data_dir = dir.canonicalize()?;
     std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o711))?;
     let lock = lock_data_dir(&data_dir)?;
-    init_logging(&data_dir.join(log))?;
+    init_logging(&data_dir.join(log), format)?;
     Ok((data_dir, lock))
 }
 
@@ -340,7 +373,7 @@ pub async fn up(opts: UpOptions) -> Result<()> {
              controllers share one PostgreSQL database (run `hostel up` for one machine on SQLite)"
         );
     }
-    let (data_dir, _lock) = open_data_dir(&opts.data_dir, "hostel.log")?;
+    let (data_dir, _lock) = open_data_dir(&opts.data_dir, "hostel.log", opts.log_format)?;
     let log_file = data_dir.join("hostel.log");
     tracing::info!(data_dir = %data_dir.display(), role = if alone { "controller" } else { "up" }, "hostel starting");
 
@@ -592,6 +625,7 @@ async fn ensure_tiny_image(c: &std::sync::Arc<Controller>) {
 }
 
 pub struct AgentOptions {
+    pub log_format: LogFormat,
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     /// Holds agent.pem, agent.key and ca.pem from `hostel agent-cert`.
@@ -606,7 +640,7 @@ pub async fn agent(opts: AgentOptions) -> Result<()> {
     hostel_model::validate_name("--name", &opts.name).map_err(|e| {
         anyhow::anyhow!("{e} (the hostname is the default name: give --name when it is not one)")
     })?;
-    let (data_dir, _lock) = open_data_dir(&opts.data_dir, "agent.log")?;
+    let (data_dir, _lock) = open_data_dir(&opts.data_dir, "agent.log", opts.log_format)?;
     let read = |f: &str| {
         let p = opts.tls_dir.join(f);
         std::fs::read(&p).with_context(|| {

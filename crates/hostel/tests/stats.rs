@@ -288,3 +288,43 @@ async fn a_running_vm_s_counters_follow_the_guest() {
     );
     assert!(get("/api/v1/vms").starts_with("HTTP/1.1 404"));
 }
+
+/// `HOSTEL_LOG_FORMAT=json` (or `--log-format json`): the daemon logs one JSON object a
+/// line, on stderr and in its log file, for journald and log shippers.
+#[test]
+fn the_daemon_logs_json_when_asked() {
+    let mut d = Daemon::unstarted();
+    d.env.push(("HOSTEL_LOG_FORMAT".into(), "json".into()));
+    d.launch();
+    d.ok(&["list"]);
+    for (what, text) in [
+        (
+            "the log file",
+            std::fs::read_to_string(d.data_dir().join("hostel.log")).unwrap(),
+        ),
+        ("stderr", d.daemon_output()),
+    ] {
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{what}: {e}: {l}")))
+            .collect();
+        assert!(lines.len() >= 3, "{what}: {text}");
+        let ready = lines
+            .iter()
+            .find(|l| l["fields"]["message"] == "hostel is ready")
+            .unwrap_or_else(|| panic!("{what}: no ready line in {text}"));
+        assert_eq!(ready["level"], "INFO");
+        assert!(ready["timestamp"].as_str().unwrap().starts_with("20"));
+        assert!(ready["fields"]["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("http://"));
+        // Every line is JSON (a panic's text aside, none is expected here).
+        assert!(
+            text.lines()
+                .all(|l| l.trim().is_empty() || l.starts_with('{')),
+            "{what}: a line that is not JSON in {text}"
+        );
+    }
+}

@@ -156,6 +156,17 @@ fn an_admin_sees_a_host_go_stale_and_a_quota_change_the_create_form() {
     d.launch();
     let alice_pw = password_file(&d, "alice", "correct-horse-7");
     d.ok(&["user", "create", "alice", "--password-file", &alice_pw]);
+    // A VM on the local host (made before node2 is), for its limits.
+    d.ok(&[
+        "create",
+        "capped",
+        "--image",
+        "tiny",
+        "--memory",
+        "64M",
+        "--no-start",
+        "--no-network",
+    ]);
     // The admin's first password, as `hostel up` left it for root.
     let first = d.data_dir().join("initial-admin-password");
     let mode =
@@ -209,4 +220,7 @@ fn an_admin_sees_a_host_go_stale_and_a_quota_change_the_create_form() {
     assert_eq!(node2["stale"], true, "{node2}");
     let quota = d.json(&["quota", "show", "user:alice"]);
     assert_eq!(quota["limits"]["vcpus_total"], 5, "{quota}");
+    let limits = &d.describe("capped")["limits"];
+    assert_eq!(limits["cpu_weight"], 50, "{limits}");
+    assert_eq!(limits["disk_bps"], 4 << 20, "{limits}");
 }

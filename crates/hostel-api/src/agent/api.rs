@@ -59,6 +59,11 @@ pub trait AgentApi: Send + Sync + 'static {
         id: &str,
         req: VcpusRequest,
     ) -> impl Future<Output = Result<VmStatus, Self::Error>> + Send;
+    fn set_limits(
+        &self,
+        id: &str,
+        req: Limits,
+    ) -> impl Future<Output = Result<VmStatus, Self::Error>> + Send;
     fn save_vm(
         &self,
         id: &str,

@@ -185,6 +185,9 @@ json_endpoints! {
     SetBalloon: Post "/v1/vms/{id}/balloon", VmId, BalloonRequest => VmStatus;
     /// Sets the number of online vCPUs (hot-plug).
     SetVcpus: Post "/v1/vms/{id}/vcpus", VmId, VcpusRequest => VmStatus;
+    /// Sets the VM's resource limits (CPU, disks, NICs) while its QEMU runs; a start
+    /// applies those of its spec.
+    SetLimits: Post "/v1/vms/{id}/limits", VmId, Limits => VmStatus;
     /// Saves the VM's memory state to a file and stops it.
     SaveVm: Post "/v1/vms/{id}/save", VmId, SaveRequest => VmStatus;
     /// Drops what the agent knows of a stopped VM, its runtime directory included.

@@ -17,6 +17,7 @@ mod failure;
 pub use api::{AgentApi, ByteStream, Lines, SizedBytes};
 pub use failure::{AgentFailure, FailureCode};
 
+pub use crate::public::Limits;
 pub use hostel_model::Platform;
 use hostel_model::{Accel, ImageKind, Policy, VmState};
 use serde::{Deserialize, Serialize};
@@ -78,6 +79,9 @@ pub struct PoolUsage {
 /// A VM's definition as rendered from the controller's record.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct VmSpec {
+    /// Its resource limits, applied from its first instruction.
+    #[serde(default, skip_serializing_if = "Limits::is_empty")]
+    pub limits: Limits,
     pub id: String,
     pub name: String,
     pub memory_mib: u64,

@@ -177,6 +177,9 @@ impl AgentApi for AgentClient {
     async fn set_vcpus(&self, id: &str, req: VcpusRequest) -> Res<VmStatus> {
         self.call_endpoint::<ep::SetVcpus>(id.into(), &req).await
     }
+    async fn set_limits(&self, id: &str, req: Limits) -> Res<VmStatus> {
+        self.call_endpoint::<ep::SetLimits>(id.into(), &req).await
+    }
     async fn save_vm(&self, id: &str, req: SaveRequest) -> Res<VmStatus> {
         self.call_endpoint::<ep::SaveVm>(id.into(), &req).await
     }

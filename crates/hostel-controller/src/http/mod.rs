@@ -57,7 +57,7 @@ type R<T> = Result<Json<T>, Error>;
         create_token, revoke_token, list_keys, add_key, remove_key, list_groups, create_group,
         delete_group, add_member, remove_member, set_owner, audit, operations, audit_retention,
         set_audit_retention, prune_audit, show_quota, set_quota,
-        renew_vm, set_cpu_model, list_hosts, add_host, set_host, drain_host, undrain_host, rebalance, remove_host, events
+        renew_vm, set_cpu_model, set_limits, list_hosts, add_host, set_host, drain_host, undrain_host, rebalance, remove_host, events
     ),
     components(schemas(ErrorBody)),
     modifiers(&BearerAuth, &StandardErrors),
@@ -147,6 +147,7 @@ pub fn router(c: Arc<Controller>) -> Router {
         .route("/api/v1/quotas/{owner}", put(set_quota))
         .route("/api/v1/vms/{name}/renew", post(renew_vm))
         .route("/api/v1/vms/{name}/cpu-model", post(set_cpu_model))
+        .route("/api/v1/vms/{name}/limits", put(set_limits))
         .route("/api/v1/pools", get(list_pools).post(create_pool))
         .route("/api/v1/pools/{name}", get(get_pool).delete(delete_pool))
         .route("/api/v1/networks", get(list_networks).post(create_network))
@@ -269,6 +270,7 @@ fn action_of(method: &Method, route: &str) -> &'static str {
         ("POST", "/api/v1/vms/{name}/owner") => "vm.chown",
         ("POST", "/api/v1/vms/{name}/renew") => "vm.renew",
         ("POST", "/api/v1/vms/{name}/cpu-model") => "vm.cpu-model",
+        ("PUT", "/api/v1/vms/{name}/limits") => "vm.limits",
         ("GET", "/api/v1/vms/{name}/console") => "console.attach",
         ("POST", "/api/v1/vms/{name}/console/ticket") => "console.ticket",
         ("POST", "/api/v1/vms/{name}/nics") => "nic.add",

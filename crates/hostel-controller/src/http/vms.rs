@@ -316,3 +316,17 @@ pub(super) async fn events(State(c): S, Extension(ctx): X) -> Result<Response, E
         .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
         .into_response())
 }
+
+/// Sets the VM's resource limits (admins), all at once as given: a limit left out is
+/// none, `{}` removes them all. A running VM gets them at once.
+#[utoipa::path(put, path = "/api/v1/vms/{name}/limits", params(("name" = String, Path)),
+    request_body = Limits, responses((status = 200, body = Vm), (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub(super) async fn set_limits(
+    State(c): S,
+    Extension(ctx): X,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<Limits>,
+) -> R<Vm> {
+    Ok(Json(c.set_limits(&ctx, &name, req).await?))
+}

@@ -61,6 +61,7 @@ pub fn serve_sim(certs: &Certs, sim: Arc<SimHost>) -> String {
 pub fn spec(id: &str) -> hostel_api::agent::VmSpec {
     use hostel_api::agent::*;
     VmSpec {
+        limits: Default::default(),
         id: id.into(),
         name: format!("name-{id}"),
         memory_mib: 256,

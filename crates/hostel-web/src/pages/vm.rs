@@ -162,6 +162,16 @@ pub struct ActionForm {
     #[serde(default)]
     cpu_model: String,
     #[serde(default)]
+    cpu_weight: String,
+    #[serde(default)]
+    cpu_max_percent: String,
+    #[serde(default)]
+    disk_iops: String,
+    #[serde(default)]
+    disk_mibps: String,
+    #[serde(default)]
+    net_mbps: String,
+    #[serde(default)]
     path: String,
     #[serde(default)]
     days: String,
@@ -224,6 +234,8 @@ fn opt_num<T: std::str::FromStr>(what: &str, v: &str) -> Result<Option<T>, Strin
 /// What an action asks of the API: the method's path under the VM and its body.
 enum Call {
     Post(&'static str, Value),
+    /// A PUT under the VM's route (its limits, all at once).
+    Put(&'static str, Value),
     /// A route not under the VM's own (restore names the save file, not the VM).
     Top(&'static str, Value),
     Delete,
@@ -268,6 +280,22 @@ fn call_for(action: &str, f: &ActionForm) -> Result<(Call, String), String> {
                 Call::Post("vcpus", json!({"vcpus": v})),
                 format!("now has {v} vCPUs"),
             )
+        }
+        "limits" => {
+            let l = hostel_api::public::Limits {
+                cpu_weight: opt_num("CPU weight", &f.cpu_weight)?,
+                cpu_max_percent: opt_num("CPU cap", &f.cpu_max_percent)?,
+                disk_iops: opt_num("disk requests", &f.disk_iops)?,
+                // The form asks for MiB/s.
+                disk_bps: opt_num::<u64>("disk rate", &f.disk_mibps)?.map(|m| m << 20),
+                net_mbps: opt_num("network rate", &f.net_mbps)?,
+            };
+            let done = if l.is_empty() {
+                "has no limits".to_string()
+            } else {
+                "has its new limits".to_string()
+            };
+            (Call::Put("limits", json!(l)), done)
         }
         "cpu-model" => (
             Call::Post("cpu-model", json!({"cpu_model": f.cpu_model.trim()})),
@@ -402,6 +430,7 @@ pub async fn act(Path((name, action)): Path<(String, String)>, f: Form<ActionFor
     let base = format!("/api/v1/vms/{}", seg(&name));
     let result: ApiResult<Value> = match &call {
         Call::Post(sub, body) => s.api.post(&format!("{base}/{sub}"), body).await,
+        Call::Put(sub, body) => s.api.put(&format!("{base}/{sub}"), body).await,
         Call::Top(path, body) => s.api.post(path, body).await,
         Call::Delete => s.api.delete(&base).await,
     };

@@ -30,6 +30,56 @@ pub fn size_mib(s: &str) -> Result<u64, BadValue> {
     hostel_model::parse_size_mib("size", s).map_err(bad)
 }
 
+/// A limit's change: a new value, or `none` (no limit).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Limit {
+    Set(u64),
+    None,
+}
+
+/// A count (`100`) or `none`.
+pub fn limit_count(s: &str) -> Result<Limit, BadValue> {
+    if s == "none" {
+        return Ok(Limit::None);
+    }
+    match s.parse::<u64>() {
+        Ok(n) => Ok(Limit::Set(n)),
+        Err(_) => Err(BadValue(format!(
+            "{s:?} is not a number: give a whole number, or none to remove the limit"
+        ))),
+    }
+}
+
+/// A rate in bytes per second: a size a second (`4M` is 4 MiB/s, `512K`, a bare number
+/// is MiB), or `none`.
+pub fn limit_rate(s: &str) -> Result<Limit, BadValue> {
+    if s == "none" {
+        return Ok(Limit::None);
+    }
+    let t = s.trim();
+    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = num.parse().map_err(|_| {
+        BadValue(format!(
+            "{s:?} is not a rate: give bytes per second as 512K, 4M or 1G, or none"
+        ))
+    })?;
+    let mult = match unit
+        .trim_end_matches("/s")
+        .trim_end_matches("iB")
+        .trim_end_matches('B')
+    {
+        "" | "M" | "m" => 1 << 20,
+        "K" | "k" => 1 << 10,
+        "G" | "g" => 1 << 30,
+        _ => {
+            return Err(BadValue(format!(
+                "{s:?} is not a rate: give bytes per second as 512K, 4M or 1G, or none"
+            )))
+        }
+    };
+    Ok(Limit::Set(n * mult))
+}
+
 /// What happens on power-off, reboot or crash: destroy or restart.
 pub fn policy(s: &str) -> Result<Policy, BadValue> {
     Policy::parse("policy", s).map_err(bad)

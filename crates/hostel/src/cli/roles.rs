@@ -42,6 +42,9 @@ pub enum Cmd {
         /// The host's name in the cluster (default: its hostname).
         #[arg(long)]
         name: Option<String>,
+        /// `text`, or `json`: one JSON object a line, for journald and log shippers.
+        #[arg(long, env = "HOSTEL_LOG_FORMAT", value_enum, default_value = "text")]
+        log_format: daemon::LogFormat,
         #[command(flatten)]
         qemu: daemon::QemuOptions,
     },
@@ -86,6 +89,9 @@ pub struct ServeArgs {
     /// scraper on a private network. On the API's address it needs an admin's token.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+    /// `text`, or `json`: one JSON object a line, for journald and log shippers.
+    #[arg(long, env = "HOSTEL_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: daemon::LogFormat,
     /// The npm packages the browser consoles load (xterm.js, noVNC): a node_modules
     /// made by `npm ci` in the source tree's web/. Default: that one, when present.
     #[arg(long)]
@@ -152,6 +158,7 @@ fn up_options(
         default_lease_days: serve.default_lease_days,
         ssh_listen: serve.ssh_listen,
         metrics_listen: serve.metrics_listen,
+        log_format: serve.log_format,
         web_dir: serve
             .web_dir
             .map(|d| absolute(&d))
@@ -177,6 +184,7 @@ pub async fn run(cmd: Cmd) -> Result<()> {
             listen,
             tls_dir,
             name,
+            log_format,
             qemu,
         } => {
             let name = match name {
@@ -184,6 +192,7 @@ pub async fn run(cmd: Cmd) -> Result<()> {
                 None => nix::unistd::gethostname()?.to_string_lossy().into_owned(),
             };
             daemon::agent(daemon::AgentOptions {
+                log_format,
                 data_dir,
                 listen,
                 tls_dir,

@@ -372,6 +372,12 @@ impl Daemon {
         (status, body)
     }
 
+    /// A plain HTTP/1.1 PUT of a JSON body with `token`: (status, body).
+    pub fn http_put(&self, path: &str, token: Option<&str>, json: &str) -> (u16, String) {
+        let (status, _, body) = self.http("PUT", path, token, json);
+        (status, body)
+    }
+
     /// A plain HTTP/1.1 GET from inside the namespace: (status, body).
     pub fn http_get(&self, path: &str, token: Option<&str>) -> (u16, String) {
         let (status, _, body) = self.http("GET", path, token, "");
