@@ -22,8 +22,19 @@ enum CpuCgroups {
 }
 
 fn cpu_cgroups() -> Option<CpuCgroups> {
-    found_in(Path::new("/sys/fs/cgroup")).or_else(mounted_here)
+    known_cgroups().or_else(mounted_here)
 }
+
+/// The cpu controller where it is mounted already (nothing is mounted here).
+fn known_cgroups() -> Option<CpuCgroups> {
+    let own = Path::new(OWN_MOUNTS);
+    found_in(Path::new("/sys/fs/cgroup"))
+        .or_else(|| found_in(&own.join("unified")))
+        .or_else(|| found_in(&own.join("v1")))
+}
+
+/// Where the agent mounts the cgroup hierarchies itself when `/sys` lacks them.
+const OWN_MOUNTS: &str = "/run/hostel-agent/cgroup";
 
 /// The cpu controller under `root`, as systemd and most distributions mount it.
 fn found_in(root: &Path) -> Option<CpuCgroups> {
@@ -41,7 +52,7 @@ fn found_in(root: &Path) -> Option<CpuCgroups> {
 /// containers): the hierarchies mounted again under the agent's own directory in
 /// `/run`, the unified one if it has the cpu controller, else the v1 cpu one.
 fn mounted_here() -> Option<CpuCgroups> {
-    let own = Path::new("/run/hostel-agent/cgroup");
+    let own = Path::new(OWN_MOUNTS);
     let mount = |dir: &Path, args: &[&str]| {
         if dir.join("cgroup.procs").exists() {
             return true;
@@ -125,9 +136,9 @@ pub fn cpu(vm_id: &str, pid: u32, l: &Limits) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The VM's cgroup, if it has one.
+/// The VM's cgroup, if it has one (a VM without CPU limits mounts nothing).
 fn cgroup_of(vm_id: &str) -> Option<PathBuf> {
-    let dir = match cpu_cgroups()? {
+    let dir = match known_cgroups()? {
         CpuCgroups::V2(root) => root.join("hostel").join(vm_id),
         CpuCgroups::V1(root) => root.join("hostel").join(vm_id),
     };
