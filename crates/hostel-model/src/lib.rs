@@ -4,6 +4,7 @@
 //! the API and the CLI can pass it to the user unchanged.
 
 pub mod net;
+pub mod xen;
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
