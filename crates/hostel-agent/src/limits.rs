@@ -109,7 +109,11 @@ fn vm_cgroup(vm_id: &str) -> anyhow::Result<(PathBuf, bool)> {
 /// limit and no cgroup yet, nothing is done.
 pub fn cpu(vm_id: &str, pid: u32, l: &Limits) -> anyhow::Result<()> {
     let none = l.cpu_weight.is_none() && l.cpu_max_percent.is_none();
-    if none && cgroup_of(vm_id).is_none() {
+    // No limits and not in a cgroup of ours (as the process itself says, wherever the
+    // hierarchy is mounted): nothing to do.
+    let placed = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .is_ok_and(|c| c.contains(&format!("/hostel/{vm_id}")));
+    if none && !placed && cgroup_of(vm_id).is_none() {
         return Ok(());
     }
     let (dir, v2) = vm_cgroup(vm_id)?;

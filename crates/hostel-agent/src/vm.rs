@@ -313,6 +313,8 @@ impl VmRuntime {
         // This VM's own uid owns its disks and runtime files, and nothing of other VMs.
         let identity = shared.qemu_identity(&spec.id)?;
         shared.prepare_runtime_dir(&self.paths, identity.as_ref())?;
+        // Marks of NICs a dead agent was plugging into an earlier QEMU mean nothing now.
+        clear_pending_nics(&self.paths.dir);
         shared.give_disks(&spec.disks, identity.as_ref())?;
         prepare_boot_files(shared, &self.paths, &spec, identity.as_ref())?;
         let host = shared.host_opts().await;
@@ -574,6 +576,27 @@ impl VmRuntime {
             .flatten()
             .map(|i| i.uid)
             .filter(|u| crate::uffd::granted(*u));
+        let mut runstate = runstate.to_string();
+        if runstate == "prelaunch" && !rt.argv.iter().any(|a| a == "-incoming") {
+            // A start held (-S) for its limits when the last agent died: finished now,
+            // limits first, as that start would have.
+            let limits = &rt.spec.limits;
+            let applied = async {
+                crate::limits::cpu(&rt.spec.id, rt.pid, limits)?;
+                if limits.disk_bps.is_some() || limits.disk_iops.is_some() {
+                    crate::limits::disks(&qmp, &rt.spec.disks, limits).await?;
+                }
+                qmp.execute("cont", json!({})).await?;
+                anyhow::Ok(())
+            }
+            .await;
+            match applied {
+                Ok(()) => runstate = "running".into(),
+                Err(e) => tracing::warn!(vm = %rt.spec.name,
+                    "finishing a start held for its limits: {e:#}; the VM stays paused"),
+            }
+        }
+        let runstate = runstate.as_str();
         if runstate == "inmigrate" {
             // Still receiving a migration: its NBD export and certificates go when it
             // ends, as if this agent had never stopped.
@@ -1021,21 +1044,25 @@ impl VmRuntime {
             let Some(tap) = file.strip_prefix(PENDING_NIC) else {
                 continue;
             };
-            let in_spec = self.spec().nics.iter().any(|n| n.tap == tap);
+            let nics = self.spec().nics;
+            let in_spec = nics.iter().any(|n| n.tap == tap);
             if !in_spec {
                 let index = std::fs::read_to_string(e.path()).unwrap_or_default();
-                let index = index.trim();
+                let index = index.trim().to_string();
                 tracing::warn!(vm = %self.id, %tap,
                     "a NIC was being plugged in when the agent stopped: taking it out");
-                let _ = qmp
-                    .execute("device_del", json!({"id": format!("nic{index}")}))
-                    .await;
-                let _ = qmp
-                    .execute("netdev_del", json!({"id": format!("net{index}")}))
-                    .await;
-                let _ = qmp
-                    .execute("closefd", json!({"fdname": format!("tap{index}")}))
-                    .await;
+                // Its device and backend, unless a NIC of the spec has that index now.
+                if !nics.iter().any(|n| n.index.to_string() == index) {
+                    let _ = qmp
+                        .execute("device_del", json!({"id": format!("nic{index}")}))
+                        .await;
+                    let _ = qmp
+                        .execute("netdev_del", json!({"id": format!("net{index}")}))
+                        .await;
+                    let _ = qmp
+                        .execute("closefd", json!({"fdname": format!("tap{index}")}))
+                        .await;
+                }
                 if let Err(e) = hostel_net::link::delete(tap) {
                     tracing::debug!(%tap, "the half-plugged tap: {e:#}");
                 }
@@ -1105,7 +1132,16 @@ impl VmRuntime {
         }
         let limits = self.spec().limits;
         if limits.disk_bps.is_some() || limits.disk_iops.is_some() {
-            crate::limits::disk(&qmp, i, &limits).await?;
+            if let Err(e) = crate::limits::disk(&qmp, i, &limits).await {
+                // Not left in the guest unlimited: taken out as if never added.
+                let _ = unplug(&qmp, &format!("virtio-disk{i}"), "the disk").await;
+                for node in [format!("disk{i}"), format!("file{i}")] {
+                    let _ = qmp
+                        .execute("blockdev-del", json!({"node-name": node}))
+                        .await;
+                }
+                return Err(AgentError::Internal(e));
+            }
         }
         let mut spec = self.spec.lock().unwrap();
         spec.disks.push(disk);
@@ -1723,4 +1759,13 @@ const PENDING_NIC: &str = "pending-nic-";
 
 fn pending_nic_mark(dir: &std::path::Path, tap: &str) -> std::path::PathBuf {
     dir.join(format!("{PENDING_NIC}{tap}"))
+}
+
+/// Removes every pending-NIC mark of a VM's runtime directory.
+fn clear_pending_nics(dir: &std::path::Path) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().starts_with(PENDING_NIC) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }

@@ -255,6 +255,9 @@ impl Controller {
                         done.push("the NIC was plugged in".into());
                     }
                 }
+                // The agent cannot say now (it may be coming back from the very crash
+                // that left this): asked again later.
+                Err(e) if !e.is_not_found() => return Ok(None),
                 // Its row was written (the step after it) or not: the VM gets it at its
                 // next start, or there is nothing.
                 _ => {

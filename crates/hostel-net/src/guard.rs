@@ -51,7 +51,8 @@ pub fn chain_script(g: &Guard) -> String {
     v6.insert(1, "::".to_string());
     // Policing first: a VM over its rate gets nothing further looked at.
     let limit = g.rate_mbps.map(|m| {
-        let kbytes = u64::from(m) * 1000 / 8;
+        // nft's kbytes are 1024 bytes; a Mbit is 10^6 bits, as tc's.
+        let kbytes = u64::from(m) * 1_000_000 / 8 / 1024;
         // A tenth of a second's worth of burst, at least 64 KiB (a few full frames).
         let burst = (kbytes / 10).max(64);
         format!("limit rate over {kbytes} kbytes/second burst {burst} kbytes drop")
@@ -242,7 +243,7 @@ mod tests {
         });
         let first = limited.lines().find(|l| l.starts_with("add rule")).unwrap();
         assert!(
-            first.ends_with("nic-htpabc limit rate over 1000 kbytes/second burst 100 kbytes drop"),
+            first.ends_with("nic-htpabc limit rate over 976 kbytes/second burst 97 kbytes drop"),
             "{first}"
         );
         assert!(s.contains("ether saddr != 52:54:00:01:02:03 counter name \"drop-htpabc\" drop"));

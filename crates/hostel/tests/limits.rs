@@ -113,7 +113,7 @@ async fn limits_hold_the_guest_to_them() {
         qdisc(&d)
     );
     assert!(
-        chain(&d).contains("limit rate over 1000 kbytes/second"),
+        chain(&d).contains("limit rate over 976 kbytes/second"),
         "{}",
         chain(&d)
     );

@@ -211,7 +211,12 @@ pub fn metrics_router(c: Arc<Controller>) -> Router {
 /// Counts each answered request by method, route pattern and status, with its time
 /// (`/metrics`); a path no route matched counts under `(unmatched)`.
 async fn count_request(State(c): S, req: Request, next: Next) -> Response {
-    let method = req.method().as_str().to_string();
+    // A method no route takes counts as `other`: a client cannot grow the series.
+    let method = match req.method().as_str() {
+        m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS") => m,
+        _ => "other",
+    }
+    .to_string();
     let route = req
         .extensions()
         .get::<MatchedPath>()
