@@ -415,7 +415,7 @@ mod tests {
                 .collect();
             assert!(params.iter().all(|p| p.starts_with("{id}")), "{}", d.route);
         }
-        assert_eq!(all().count(), 48);
+        assert_eq!(all().count(), 49);
     }
 
     fn declared<E: Endpoint>() -> Declared {
