@@ -82,26 +82,31 @@ fn write(path: &Path, value: &str) -> anyhow::Result<()> {
 
 /// The cgroup of VM `vm_id` (made if needed, with the cpu controller on the way down).
 fn vm_cgroup(vm_id: &str) -> anyhow::Result<(PathBuf, bool)> {
-    match cpu_cgroups() {
-        Some(CpuCgroups::V2(root)) => {
-            let top = root.join("hostel");
-            std::fs::create_dir_all(&top)?;
-            let _ = write(&root.join("cgroup.subtree_control"), "+cpu");
-            write(&top.join("cgroup.subtree_control"), "+cpu")?;
-            let dir = top.join(vm_id);
-            std::fs::create_dir_all(&dir)?;
-            Ok((dir, true))
-        }
-        Some(CpuCgroups::V1(root)) => {
-            let dir = root.join("hostel").join(vm_id);
-            std::fs::create_dir_all(&dir)?;
-            Ok((dir, false))
-        }
-        None => anyhow::bail!(
+    let Some(c) = cpu_cgroups() else {
+        anyhow::bail!(
             "this host has no cgroup cpu controller (neither cgroup v2 with cpu enabled nor \
              the v1 cpu hierarchy), so CPU limits cannot be enforced: remove them \
              (`hostel limits VM --cpu-weight none --cpu-max none`)"
-        ),
+        )
+    };
+    let dir = c.vm_dir(vm_id);
+    if let CpuCgroups::V2(root) = &c {
+        // v2 hands the controller down each level.
+        let top = root.join("hostel");
+        std::fs::create_dir_all(&top)?;
+        let _ = write(&root.join("cgroup.subtree_control"), "+cpu");
+        write(&top.join("cgroup.subtree_control"), "+cpu")?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    Ok((dir, matches!(c, CpuCgroups::V2(_))))
+}
+
+impl CpuCgroups {
+    /// The cgroup of VM `vm_id` under this hierarchy (there or not).
+    fn vm_dir(&self, vm_id: &str) -> PathBuf {
+        match self {
+            CpuCgroups::V2(root) | CpuCgroups::V1(root) => root.join("hostel").join(vm_id),
+        }
     }
 }
 
@@ -142,10 +147,7 @@ pub fn cpu(vm_id: &str, pid: u32, l: &Limits) -> anyhow::Result<()> {
 
 /// The VM's cgroup, if it has one (a VM without CPU limits mounts nothing).
 fn cgroup_of(vm_id: &str) -> Option<PathBuf> {
-    let dir = match known_cgroups()? {
-        CpuCgroups::V2(root) => root.join("hostel").join(vm_id),
-        CpuCgroups::V1(root) => root.join("hostel").join(vm_id),
-    };
+    let dir = known_cgroups()?.vm_dir(vm_id);
     dir.exists().then_some(dir)
 }
 

@@ -99,6 +99,32 @@ impl Daemon {
     }
 
     /// The API's address and the admin token, from the client config.
+    /// One GET of `path` by curl in the daemon's namespace, with `client`'s token (what
+    /// [`Self::client`] gave): its body and curl's own time for it (s).
+    pub(crate) fn get_timed(&self, client: &(String, String), path: &str) -> Result<(String, f64)> {
+        let (url, token) = client;
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns,
+                "curl",
+                "-sf",
+                "-w",
+                "\n%{time_total}",
+            ])
+            .arg("-H")
+            .arg(format!("Authorization: Bearer {token}"))
+            .arg(format!("{url}{path}"))
+            .output()?;
+        if !out.status.success() {
+            anyhow::bail!("GET {path} failed");
+        }
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, secs) = text.rsplit_once('\n').unwrap_or((&text, "0"));
+        Ok((body.to_string(), secs.trim().parse()?))
+    }
+
     pub(crate) fn client(&self) -> Result<(String, String)> {
         let cfg: toml::Value =
             toml::from_str(&std::fs::read_to_string(self.dir.join("client.toml"))?)?;

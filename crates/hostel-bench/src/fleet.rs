@@ -4,7 +4,6 @@
 use crate::daemon::{timed, Daemon};
 use crate::{latency_row, median, Row};
 use anyhow::{bail, Result};
-use std::process::Command;
 use std::time::Instant;
 
 /// The control plane at scale: `vms` VMs on `hosts` simulated hosts (and the real local
@@ -28,29 +27,8 @@ pub(crate) fn fleet_on(
     round: usize,
     db: &str,
 ) -> Result<Vec<Row>> {
-    let (url, token) = d.client()?;
-    let curl = |path: &str| -> Result<f64> {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &d.ns,
-                "curl",
-                "-sf",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{time_total}",
-            ])
-            .arg("-H")
-            .arg(format!("Authorization: Bearer {token}"))
-            .arg(format!("{url}{path}"))
-            .output()?;
-        if !out.status.success() {
-            bail!("GET {path} failed");
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
-    };
+    let client = d.client()?;
+    let curl = |path: &str| -> Result<f64> { Ok(d.get_timed(&client, path)?.1) };
     let what = |s: &str| format!("simulated fleet ({hosts} hosts, {vms} VMs{db}): {s}");
     let mut rows = Vec::new();
     // Spread over the whole list: the k-th sample looks at a pseudo-random VM or host.

@@ -5,38 +5,14 @@
 
 use crate::daemon::Daemon;
 use crate::{fleet_records, latency_row, Row, SimFleet};
-use anyhow::{bail, Result};
-use std::process::Command;
+use anyhow::Result;
 use std::time::{Duration, Instant};
-
-/// One GET of `/metrics` with the admin's token: its body and its time (s).
-fn scrape(d: &Daemon) -> Result<(String, f64)> {
-    let (url, token) = d.client()?;
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &d.ns,
-            "curl",
-            "-sf",
-            "-w",
-            "\n%{time_total}",
-        ])
-        .arg("-H")
-        .arg(format!("Authorization: Bearer {token}"))
-        .arg(format!("{url}/metrics"))
-        .output()?;
-    if !out.status.success() {
-        bail!("GET /metrics failed");
-    }
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, secs) = text.rsplit_once('\n').unwrap_or((&text, "0"));
-    Ok((body.to_string(), secs.trim().parse()?))
-}
 
 /// The scrape row: waits (up to a minute) for the VMs' counters to appear, then times
 /// `samples` scrapes. `what` names the row; the number of VMs in the scrape is added.
 pub(crate) fn scrape_row(d: &Daemon, samples: usize, what: &str) -> Result<Row> {
+    let client = d.client()?;
+    let scrape = |d: &Daemon| d.get_timed(&client, "/metrics");
     let deadline = Instant::now() + Duration::from_secs(60);
     let series = loop {
         let (text, _) = scrape(d)?;

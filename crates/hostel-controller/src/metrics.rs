@@ -7,6 +7,7 @@
 //! requests, network bytes and packets, port-guard drops).
 
 use crate::context::Ctx;
+use crate::stats::Reading;
 use crate::Controller;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -281,107 +282,106 @@ impl Controller {
             .map(|l| (l.id.clone(), l))
             .collect();
         let mut readings = self.usage.last_readings();
-        readings.retain(|r| labels.contains_key(&r.vm_id));
-        readings.sort_by(|a, b| labels[&a.vm_id].name.cmp(&labels[&b.vm_id].name));
-        let vm = |r: &crate::stats::LastReading| {
-            let l = &labels[&r.vm_id];
+        readings.retain(|(id, _, _)| labels.contains_key(id));
+        readings.sort_by(|a, b| labels[&a.0].name.cmp(&labels[&b.0].name));
+        let vm = |(id, host, _): &(String, String, Reading)| {
+            let l = &labels[id];
             vec![
                 ("vm", l.name.clone()),
                 ("owner", l.owner.clone()),
                 (
                     "host",
                     host_names
-                        .get(&r.host)
+                        .get(host)
                         .cloned()
-                        .unwrap_or_else(|| r.host.clone()),
+                        .unwrap_or_else(|| host.clone()),
                 ),
             ]
         };
-        type Field = fn(&crate::stats::LastReading) -> f64;
+        type Field = fn(&Reading) -> Option<f64>;
         let families: [(&str, &str, &str, Field); 12] = [
             (
                 "hostel_vm_cpu_seconds_total",
                 "counter",
                 "CPU time the VM's QEMU used (all its threads).",
-                |r| r.cpu_seconds,
+                |r| Some(r.cpu_ns as f64 / 1e9),
             ),
             (
                 "hostel_vm_memory_resident_bytes",
                 "gauge",
                 "Host memory the VM's QEMU holds (its resident set).",
-                |r| r.memory_bytes as f64,
+                |r| Some(r.memory_bytes as f64),
             ),
             (
                 "hostel_vm_disk_read_bytes_total",
                 "counter",
                 "Bytes the guest read from its disks.",
-                |r| r.disk_read_bytes as f64,
+                |r| Some(r.disk_read as f64),
             ),
             (
                 "hostel_vm_disk_written_bytes_total",
                 "counter",
                 "Bytes the guest wrote to its disks.",
-                |r| r.disk_write_bytes as f64,
+                |r| Some(r.disk_write as f64),
             ),
             (
                 "hostel_vm_disk_reads_total",
                 "counter",
                 "Read requests the guest made of its disks.",
-                |r| r.disk_read_ops as f64,
+                |r| Some(r.disk_read_ops as f64),
             ),
             (
                 "hostel_vm_disk_writes_total",
                 "counter",
                 "Write requests the guest made of its disks.",
-                |r| r.disk_write_ops as f64,
+                |r| Some(r.disk_write_ops as f64),
             ),
             (
                 "hostel_vm_network_receive_bytes_total",
                 "counter",
                 "Bytes the guest received on its NICs.",
-                |r| r.net_rx_bytes as f64,
+                |r| Some(r.net_rx as f64),
             ),
             (
                 "hostel_vm_network_transmit_bytes_total",
                 "counter",
                 "Bytes the guest sent on its NICs.",
-                |r| r.net_tx_bytes as f64,
+                |r| Some(r.net_tx as f64),
             ),
             (
                 "hostel_vm_network_receive_packets_total",
                 "counter",
                 "Packets the guest received on its NICs.",
-                |r| r.net_rx_packets as f64,
+                |r| Some(r.net_rx_packets as f64),
             ),
             (
                 "hostel_vm_network_transmit_packets_total",
                 "counter",
                 "Packets the guest sent on its NICs.",
-                |r| r.net_tx_packets as f64,
+                |r| Some(r.net_tx_packets as f64),
             ),
             (
                 "hostel_vm_port_guard_drops_total",
                 "counter",
                 "Frames the VM's port guards dropped (spoofed addresses).",
-                |r| r.guard_drops as f64,
+                |r| Some(r.guard_drops as f64),
             ),
             (
                 "hostel_vm_balloon_bytes",
                 "gauge",
                 "Memory the guest has now, as its balloon says.",
-                |r| r.balloon_bytes.unwrap_or(0) as f64,
+                // Only where QEMU said.
+                |r| r.balloon_bytes.map(|b| b as f64),
             ),
         ];
         for (name, kind, help, field) in families {
-            let rs: Vec<&crate::stats::LastReading> = if name == "hostel_vm_balloon_bytes" {
-                readings
-                    .iter()
-                    .filter(|r| r.balloon_bytes.is_some())
-                    .collect()
-            } else {
-                readings.iter().collect()
-            };
-            out.family(name, kind, help, &rs, |r| (vm(r), field(r)));
+            let samples: Vec<(Vec<(&str, String)>, f64)> = readings
+                .iter()
+                .filter_map(|r| Some((vm(r), field(&r.2)?)))
+                .collect();
+            out.family(name, kind, help, &samples, |(labels, v)| {
+                (labels.clone(), *v)
+            });
         }
         Ok(out.0)
     }

@@ -29,23 +29,23 @@ pub const STATS_MINUTES: usize = 1440;
 /// round, and the others are not kept waiting.
 pub const STATS_HOST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// One reading of a VM's counters, without its id.
+/// One reading of a VM's counters, without its id (`/metrics` serves the last one).
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct Reading {
-    pid: u32,
-    at_ms: u64,
-    cpu_ns: u64,
-    memory_bytes: u64,
-    disk_read: u64,
-    disk_write: u64,
-    net_rx: u64,
-    net_tx: u64,
-    disk_read_ops: u64,
-    disk_write_ops: u64,
-    net_rx_packets: u64,
-    net_tx_packets: u64,
-    balloon_bytes: Option<u64>,
-    guard_drops: u64,
+pub(crate) struct Reading {
+    pub pid: u32,
+    pub at_ms: u64,
+    pub cpu_ns: u64,
+    pub memory_bytes: u64,
+    pub disk_read: u64,
+    pub disk_write: u64,
+    pub net_rx: u64,
+    pub net_tx: u64,
+    pub disk_read_ops: u64,
+    pub disk_write_ops: u64,
+    pub net_rx_packets: u64,
+    pub net_tx_packets: u64,
+    pub balloon_bytes: Option<u64>,
+    pub guard_drops: u64,
 }
 
 impl From<&VmCounters> for Reading {
@@ -247,24 +247,6 @@ impl std::str::FromStr for StatsRange {
     }
 }
 
-/// A VM's last reading, for `/metrics`: its counters as the host said them.
-pub(crate) struct LastReading {
-    pub vm_id: String,
-    pub host: String,
-    pub cpu_seconds: f64,
-    pub memory_bytes: u64,
-    pub balloon_bytes: Option<u64>,
-    pub disk_read_bytes: u64,
-    pub disk_write_bytes: u64,
-    pub disk_read_ops: u64,
-    pub disk_write_ops: u64,
-    pub net_rx_bytes: u64,
-    pub net_tx_bytes: u64,
-    pub net_rx_packets: u64,
-    pub net_tx_packets: u64,
-    pub guard_drops: u64,
-}
-
 /// The last hour of every running VM's use, by VM id.
 pub(crate) struct UsageHistory {
     interval: Mutex<Duration>,
@@ -344,31 +326,13 @@ impl UsageHistory {
             .collect()
     }
 
-    /// Every VM's last reading.
-    pub(crate) fn last_readings(&self) -> Vec<LastReading> {
+    /// Every VM's last reading: (VM id, host id, reading).
+    pub(crate) fn last_readings(&self) -> Vec<(String, String, Reading)> {
         self.series
             .lock()
             .unwrap()
             .iter()
-            .map(|(id, s)| {
-                let r = &s.last;
-                LastReading {
-                    vm_id: id.clone(),
-                    host: s.host.clone(),
-                    cpu_seconds: r.cpu_ns as f64 / 1e9,
-                    memory_bytes: r.memory_bytes,
-                    balloon_bytes: r.balloon_bytes,
-                    disk_read_bytes: r.disk_read,
-                    disk_write_bytes: r.disk_write,
-                    disk_read_ops: r.disk_read_ops,
-                    disk_write_ops: r.disk_write_ops,
-                    net_rx_bytes: r.net_rx,
-                    net_tx_bytes: r.net_tx,
-                    net_rx_packets: r.net_rx_packets,
-                    net_tx_packets: r.net_tx_packets,
-                    guard_drops: r.guard_drops,
-                }
-            })
+            .map(|(id, s)| (id.clone(), s.host.clone(), s.last))
             .collect()
     }
 
@@ -427,11 +391,7 @@ impl Controller {
                     .host_id
                     .as_ref()
                     .map(|h| hosts.get(h).cloned().unwrap_or_else(|| h.clone())),
-                owner: match (r.owner_group, r.owner_user) {
-                    (Some(g), _) => format!("group:{g}"),
-                    (None, Some(u)) => format!("user:{u}"),
-                    (None, None) => String::new(),
-                },
+                owner: hostel_store::owner_label(r.owner_user, r.owner_group),
                 name: r.vm.name,
                 state: r.vm.state,
                 vcpus: r.vm.vcpus,

@@ -34,7 +34,7 @@ pub use accounts::{AuditFilter, AuditRecord, GroupRecord, SshKeyRecord, TokenRec
 pub use disks::{DiskRecord, SnapshotRecord};
 pub use hosts::{HostRecord, HostUsage};
 pub use images::{ImageCopyRecord, ImageRecord};
-pub use metrics::VmLabels;
+pub use metrics::{owner_label, VmLabels};
 pub use migrations::MIGRATIONS;
 pub use moves::MoveRecord;
 pub use net::{ForwardRecord, NetworkRecord, NicRecord};

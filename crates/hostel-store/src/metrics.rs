@@ -14,6 +14,16 @@ pub struct VmLabels {
     pub owner: String,
 }
 
+/// A VM's owner as the API names it, `user:NAME` or `group:NAME` (the group when it has
+/// one); empty if it has none.
+pub fn owner_label(user: Option<String>, group: Option<String>) -> String {
+    match (user, group) {
+        (_, Some(g)) => format!("group:{g}"),
+        (Some(u), None) => format!("user:{u}"),
+        (None, None) => String::new(),
+    }
+}
+
 impl Store {
     /// Rows of `table` counted by two of its text columns: (a, b, count).
     async fn count_by(&self, table: &str, a: &str, b: &str) -> Result<Vec<(String, String, u64)>> {
@@ -63,11 +73,7 @@ impl Store {
                 Ok(VmLabels {
                     id: r.try_get("id")?,
                     name: r.try_get("name")?,
-                    owner: match (user, group) {
-                        (_, Some(g)) => format!("group:{g}"),
-                        (Some(u), None) => format!("user:{u}"),
-                        (None, None) => String::new(),
-                    },
+                    owner: owner_label(user, group),
                 })
             })
             .collect()

@@ -31,48 +31,25 @@ fn rate(bps: u64) -> String {
     format!("{}/s", output::bytes(bps as f64))
 }
 
+/// A measure of the VM's last point, or `-` when it has none.
+fn last(u: &VmUsage, show: impl Fn(&VmStatsPoint) -> String) -> String {
+    u.last.as_ref().map(show).unwrap_or_else(|| "-".into())
+}
+
 const TOP_COLUMNS: &[Column<VmUsage>] = &[
     ("NAME", |u| u.name.clone()),
     ("STATE", |u| u.state.as_str().to_string()),
     ("HOST", |u| u.host.clone().unwrap_or_default()),
     ("OWNER", |u| u.owner.clone()),
     ("VCPUS", |u| u.vcpus.to_string()),
-    ("CPU", |u| {
-        u.last
-            .as_ref()
-            .map(|p| format!("{:.1}%", p.cpu_percent))
-            .unwrap_or_else(|| "-".into())
-    }),
+    ("CPU", |u| last(u, |p| format!("{:.1}%", p.cpu_percent))),
     ("MEMORY", |u| {
-        u.last
-            .as_ref()
-            .map(|p| output::bytes(p.memory_bytes as f64))
-            .unwrap_or_else(|| "-".into())
+        last(u, |p| output::bytes(p.memory_bytes as f64))
     }),
-    ("DISK R", |u| {
-        u.last
-            .as_ref()
-            .map(|p| rate(p.disk_read_bps))
-            .unwrap_or_else(|| "-".into())
-    }),
-    ("DISK W", |u| {
-        u.last
-            .as_ref()
-            .map(|p| rate(p.disk_write_bps))
-            .unwrap_or_else(|| "-".into())
-    }),
-    ("NET RX", |u| {
-        u.last
-            .as_ref()
-            .map(|p| rate(p.net_rx_bps))
-            .unwrap_or_else(|| "-".into())
-    }),
-    ("NET TX", |u| {
-        u.last
-            .as_ref()
-            .map(|p| rate(p.net_tx_bps))
-            .unwrap_or_else(|| "-".into())
-    }),
+    ("DISK R", |u| last(u, |p| rate(p.disk_read_bps))),
+    ("DISK W", |u| last(u, |p| rate(p.disk_write_bps))),
+    ("NET RX", |u| last(u, |p| rate(p.net_rx_bps))),
+    ("NET TX", |u| last(u, |p| rate(p.net_tx_bps))),
 ];
 
 /// One frame: a summary line, then the table.
