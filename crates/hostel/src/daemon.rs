@@ -76,13 +76,15 @@ pub struct UpOptions {
 }
 
 /// Where the browser consoles' packages are: the flag, else the source tree this binary
-/// was built from (scripts/install-deps.sh runs `npm ci` there), else the installed copy.
+/// was built from (scripts/install-deps.sh runs `npm ci` there), else the package's copy
+/// (/usr/share/hostel/web), else an older install's.
 fn web_dir(flag: Option<PathBuf>) -> Option<PathBuf> {
     let candidates = [
         PathBuf::from(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../../web/node_modules"
         )),
+        PathBuf::from("/usr/share/hostel/web"),
         PathBuf::from("/usr/local/share/hostel/web"),
     ];
     let complete = |d: &Path| d.join("@novnc/novnc").is_dir() && d.join("@xterm/xterm").is_dir();

@@ -5,9 +5,11 @@ mod cli;
 mod client;
 mod console;
 mod daemon;
+mod settings;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(
@@ -43,6 +45,12 @@ enum Cmd {
     Accounts(cli::accounts::Cmd),
     #[command(flatten)]
     Usage(cli::usage::Cmd),
+    /// Print the shell completion script for `hostel` (the package installs bash's and
+    /// zsh's).
+    Completions { shell: clap_complete::Shell },
+    /// Write the man pages of `hostel` and of each of its commands (hostel-up.1, ...)
+    /// into DIR.
+    Manpages { dir: PathBuf },
 }
 
 async fn run(cmd: Cmd) -> Result<()> {
@@ -57,11 +65,26 @@ async fn run(cmd: Cmd) -> Result<()> {
         Cmd::Networks(c) => cli::networks::run(c).await,
         Cmd::Accounts(c) => cli::accounts::run(c).await,
         Cmd::Usage(c) => cli::usage::run(c).await,
+        Cmd::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "hostel", &mut std::io::stdout());
+            Ok(())
+        }
+        Cmd::Manpages { dir } => {
+            std::fs::create_dir_all(&dir)?;
+            clap_mangen::generate_to(Cli::command(), &dir)?;
+            Ok(())
+        }
     }
 }
 
 fn main() {
-    let cli = Cli::try_parse().unwrap_or_else(|e| {
+    // A daemon's `--config FILE` settings become flags before the command line parses.
+    let args =
+        settings::expand(&Cli::command(), std::env::args_os().collect()).unwrap_or_else(|e| {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        });
+    let cli = Cli::try_parse_from(args).unwrap_or_else(|e| {
         // A value refused by one of cli::parse's parsers exits 1, as it did when such
         // values were checked after parsing; clap's other usage errors exit 2.
         let ours = e.kind() == clap::error::ErrorKind::ValueValidation

@@ -42,9 +42,27 @@ fn readme_starts_with_setup_and_test_commands() {
         "scripts/setup.sh",
         "scripts/test.sh",
         "scripts/install-deps.sh",
+        "scripts/package.sh",
     ] {
         let text = repo_file(script);
         assert!(text.starts_with("#!/usr/bin/env bash"), "{script}");
+    }
+    // The package's own scripts run under /bin/sh (dash on Debian): they parse there.
+    for script in [
+        "packaging/hostel-service",
+        "packaging/debian/postinst",
+        "packaging/debian/prerm",
+        "packaging/debian/postrm",
+    ] {
+        let text = repo_file(script);
+        assert!(text.starts_with("#!/bin/sh"), "{script}");
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let ok = std::process::Command::new("sh")
+            .arg("-n")
+            .arg(root.join(script))
+            .status()
+            .unwrap();
+        assert!(ok.success(), "{script} does not parse");
     }
 }
 

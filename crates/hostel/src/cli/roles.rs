@@ -32,6 +32,10 @@ pub enum Cmd {
     /// Run one host's agent on its own, for a controller elsewhere to add (`hostel host
     /// add`). Prints its address.
     Agent {
+        /// Read settings from this TOML file's [agent] table (keys are these flags);
+        /// flags and their environment variables win over it.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
         #[arg(long, default_value = "/var/lib/hostel-agent")]
         data_dir: PathBuf,
         #[arg(long, default_value = "0.0.0.0:8471")]
@@ -74,6 +78,13 @@ pub enum Cmd {
 /// What a controller serves, and from where: `hostel up`'s and `hostel controller`'s.
 #[derive(clap::Args)]
 pub struct ServeArgs {
+    /// Read settings from this TOML file's [up] or [controller] table (keys are these
+    /// flags, as in /etc/hostel/hostel.toml); flags and their environment variables
+    /// win over it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where the database (SQLite), the VMs' disks, the PKI and the log live. Default:
+    /// /var/lib/hostel as root, else ~/.local/share/hostel.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     #[arg(long, default_value = "127.0.0.1:8470")]
@@ -186,6 +197,7 @@ pub async fn run(cmd: Cmd) -> Result<()> {
             name,
             log_format,
             qemu,
+            config: _,
         } => {
             let name = match name {
                 Some(n) => n,
