@@ -19,7 +19,7 @@ apt-get update -qq
 apt-get install -y -qq -t bookworm-backports qemu-system-x86 qemu-utils >/dev/null
 apt-get install -y -qq \
   linux-image-cloud-amd64 busybox-static gzip xz-utils zstd kmod \
-  iproute2 nftables dnsmasq-base postgresql procps ca-certificates build-essential pkg-config \
+  iproute2 nftables dnsmasq-base postgresql procps ca-certificates build-essential pkg-config logrotate \
   ovmf genisoimage btrfs-progs util-linux mount isolinux syslinux syslinux-common systemd-boot-efi \
   dosfstools mtools mmdebstrap uidmap e2fsprogs fdisk openssh-client chromium \
   >/dev/null

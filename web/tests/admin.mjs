@@ -1,7 +1,7 @@
 // The web UI as an admin uses it, in Debian's headless Chromium against a real `hostel
 // up` with a second host: the host's agent stops, and its row goes offline, then stale
 // (greyed); a quota edited on its page changes what a member's create form offers; a
-// VM's limits are set on its page. Every
+// VM's limits are set on its page; a Xen config is tried on the images page. Every
 // admin page is audited with axe-core (WCAG 2.1 AA) and must load without a CSP
 // violation; screenshots of the admin pages go to SHOTS.
 //
@@ -89,6 +89,16 @@ try {
   await until("the limits to be set", async () => (await page.locator("#flash").innerText()).includes("has its new limits"), 10000);
   await audit(page, "/vms/NAME (limits set)");
   if ((await page.getByLabel("Disk MiB/s, each disk").inputValue()) !== "4") throw new Error("the form does not show the limit set");
+
+  step("an admin tries a Xen guest's config on the images page (a dry run)");
+  await page.goto(`${base}/admin/images`);
+  await page.getByLabel("Its config file").fill("name = 'oldweb'\nmemory = 96\nkernel = '/boot/vmlinuz-xen'\nvif = [ 'mac=00:16:3e:01:02:03, bridge=xenbr0' ]\ncpu_weight = 256\n");
+  await page.getByLabel("Only show what it would make").check();
+  await page.getByRole("button", { name: "Import" }).nth(1).click();
+  await until("the dry run's report", async () => (await page.locator("#flash").innerText()).includes("It would make VM oldweb"), 10000);
+  const said = await page.locator("#flash").innerText();
+  if (!said.includes("memory 96 MiB") || !said.includes("line 5: cpu_weight")) throw new Error(`the report lacks what the config says: ${said}`);
+  await audit(page, "/admin/images (Xen dry run)");
 } catch (e) {
   problems.push(String((e && e.stack) || e));
 }

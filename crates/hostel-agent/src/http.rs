@@ -262,6 +262,10 @@ where
             lines::<A, ep::ImportImage, _, _>(None, |a, r| async move { a.import_image(r).await }),
         )
         .route(
+            ep::ImportDisk::ROUTE,
+            lines::<A, ep::ImportDisk, _, _>(None, |a, r| async move { a.import_disk(r).await }),
+        )
+        .route(
             ep::ConsoleSocket::ROUTE,
             socket::<A, ep::ConsoleSocket, _, _>(
                 |a, id| async move { a.console_socket(&id).await },

@@ -580,6 +580,56 @@ impl AgentApi for Shared {
         }))
     }
 
+    /// Copies a guest's disk from the host into a pool, with progress lines; the file is
+    /// root's alone until its VM starts, as a new disk's is.
+    async fn import_disk(&self, req: ImportDiskRequest) -> Res<Lines<ImageLine, AgentFailure>> {
+        if !crate::is_plain_name(&req.vm_id) {
+            return Err(invalid(anyhow::anyhow!("vm_id: not a VM id")));
+        }
+        if !req.source.starts_with('/') || req.source.split('/').any(|c| c == "..") {
+            return Err(invalid(anyhow::anyhow!(
+                "source {:?}: give the disk's absolute path on the host",
+                req.source
+            )));
+        }
+        let pool = self.pool(req.pool.as_ref())?;
+        Ok(self.image_lines(move |_, progress| {
+            let stem = format!("{}-{}", req.vm_id, req.index);
+            let mut last = -1.0f64;
+            let source = std::path::Path::new(&req.source);
+            let path = pool.import_disk(&stem, source, &req.format, &mut |f| {
+                if (f - last).abs() >= 0.01 {
+                    last = f;
+                    progress(f, &format!("copying {}", req.source));
+                }
+            })?;
+            let format = pool.driver.disk_format();
+            let made = (|| {
+                let private = std::os::unix::fs::PermissionsExt::from_mode(0o600);
+                std::fs::set_permissions(&path, private)?;
+                hostel_storage::disk::info(&path, format)
+            })();
+            let info = match made {
+                Ok(i) => i,
+                Err(e) => {
+                    let _ = pool.delete_disk(&path);
+                    return Err(e);
+                }
+            };
+            Ok(ImageFiles {
+                name: stem,
+                kind: hostel_model::ImageKind::Disk,
+                format: format.into(),
+                path: path.display().to_string(),
+                initrd: None,
+                cmdline: None,
+                size_bytes: info.actual_size,
+                virtual_size_mib: info.virtual_size.div_ceil(1 << 20),
+                sha256: String::new(),
+            })
+        }))
+    }
+
     /// Starts a QEMU that waits for the VM's state from a live migration.
     async fn migrate_in(&self, id: &str, req: MigrateInRequest) -> Res<MigrateInReady> {
         check_id(id)?;

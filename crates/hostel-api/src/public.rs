@@ -779,6 +779,66 @@ pub struct PushImageRequest {
     pub host: Option<String>,
 }
 
+/// A Xen guest to bring over: its `xm`/`xl` config file's text. Admins only (its disks
+/// are read from the host's files).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ImportXenRequest {
+    /// The config file's text (`/etc/xen/NAME.cfg` on the Xen host).
+    #[schema(max_length = 65536)]
+    pub config: String,
+    /// Where the guest's disk files (and its kernel and ramdisk) are on the host now:
+    /// each path in the config is looked for here by its file name. Default: the paths
+    /// as the config gives them.
+    #[serde(default)]
+    #[schema(pattern = "^/")]
+    pub disk_dir: Option<String>,
+    /// The network the guest's NICs join (a Xen bridge means nothing here). Default:
+    /// `default`.
+    #[serde(default)]
+    #[schema(
+        pattern = "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$",
+        min_length = 1,
+        max_length = 63
+    )]
+    pub network: Option<String>,
+    /// The VM's name, where the config's `name` is not one Hostel takes.
+    #[serde(default)]
+    #[schema(
+        pattern = "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$",
+        min_length = 1,
+        max_length = 63
+    )]
+    pub name: Option<String>,
+    /// The storage pool the disks are copied into; default the host's `default` pool.
+    #[serde(default)]
+    #[schema(
+        pattern = "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$",
+        min_length = 1,
+        max_length = 63
+    )]
+    pub pool: Option<String>,
+    /// Start the VM once its disks are in (the default, as `xm create` does).
+    #[serde(default = "yes")]
+    pub start: bool,
+    /// Only say what would be made and what is not carried over; make nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// What an import made, or would make.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct XenImport {
+    /// The VM's name.
+    pub vm: String,
+    /// The task copying the disks in and starting the VM (none for a dry run). A failed
+    /// one removes the VM again.
+    pub task: Option<Task>,
+    /// What the VM gets: sizes, policies, NICs, disks, boot.
+    pub plan: Vec<String>,
+    /// What the config says that Hostel does not carry over, line by line.
+    pub not_carried: Vec<String>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ImportImageRequest {
     #[schema(

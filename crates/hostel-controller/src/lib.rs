@@ -43,6 +43,7 @@ pub mod throttle;
 mod vm_create;
 mod vm_spec;
 mod vms;
+mod xen_import;
 
 use agent_client::AgentClient;
 use hostel_api::agent::AgentApi;

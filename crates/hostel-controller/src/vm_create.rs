@@ -17,6 +17,17 @@ type Res<T> = crate::error::Result<T>;
 
 impl Controller {
     pub async fn create_vm(self: &Arc<Self>, ctx: &Ctx, req: CreateVmRequest) -> Res<Vm> {
+        self.create_vm_with(ctx, req, false).await
+    }
+
+    /// [`Controller::create_vm`]; `disks_follow`: the VM's disks are added after it is
+    /// made (an import), so it may have nothing to boot yet.
+    pub(crate) async fn create_vm_with(
+        self: &Arc<Self>,
+        ctx: &Ctx,
+        req: CreateVmRequest,
+        disks_follow: bool,
+    ) -> Res<Vm> {
         ctx.target(&req.name, None);
         ctx.params(serde_json::json!({"image": req.image, "memory_mib": req.memory_mib, "max_memory_mib": req.max_memory_mib, "vcpus": req.vcpus, "disk_mib": req.disk_mib, "start": req.start}));
         validate_name("name", &req.name)?;
@@ -133,7 +144,9 @@ impl Controller {
                 .into());
             }
         }
-        let (boot_cfg, cdrom_image) = self.plan_boot(ctx, &req, image.as_ref()).await?;
+        let (boot_cfg, cdrom_image) = self
+            .plan_boot(ctx, &req, image.as_ref(), disks_follow)
+            .await?;
         let cloud = CloudConfig {
             seed: req.seed.unwrap_or_else(|| {
                 boot_cfg.kernel.is_none()
@@ -405,6 +418,7 @@ impl Controller {
         ctx: &Ctx,
         req: &CreateVmRequest,
         image: Option<&ImageRecord>,
+        disks_follow: bool,
     ) -> Res<(BootConfig, Option<ImageRecord>)> {
         let abs = |field: &str, p: &str| -> Result<String, Invalid> {
             if p.starts_with('/') && !p.split('/').any(|c| c == "..") {
@@ -477,7 +491,7 @@ impl Controller {
                 }
             }
         }
-        if image.is_none() && bc.kernel.is_none() && req.cdrom.is_none() {
+        if image.is_none() && bc.kernel.is_none() && req.cdrom.is_none() && !disks_follow {
             return Err(Invalid::new(
                 "image",
                 "nothing to boot: give an image, or --cdrom ISO (with --disk SIZE to install \

@@ -1,7 +1,8 @@
 //! A SIMULATED agent, for the control-plane benchmark (`hostel-bench`'s `hostel-simagent`)
 //! and for tests of the agent API. It runs no QEMU and touches no disk or network: a
 //! [`SimHost`] implements [`AgentApi`] with records in memory, and is served by the same
-//! router as the real agent (`hostel_agent::api_router`).
+//! router as the real agent (`hostel_agent::api_router`). Long because it implements
+//! the whole agent contract, one method per endpoint, as the real agent does.
 //!
 //! Host k is `simhost-k`. It reports as running the fleet VMs `simvm-i` with
 //! `i % hosts == k` and `i <` the number in its fleet file (read at each listing, so the
@@ -562,6 +563,22 @@ impl AgentApi for SimHost {
 
     async fn import_image(&self, req: ImportImageRequest) -> Res<Lines<ImageLine, AgentFailure>> {
         Ok(image_lines(self.image(&req.name, ImageKind::Disk)))
+    }
+
+    /// SIMULATION: no bytes are copied; the disk "arrives" at once.
+    async fn import_disk(&self, req: ImportDiskRequest) -> Res<Lines<ImageLine, AgentFailure>> {
+        let disk = self.new_disk(&req.vm_id, req.index, 1024);
+        Ok(image_lines(ImageFiles {
+            path: disk.path,
+            name: format!("{}-{}", req.vm_id, req.index),
+            kind: ImageKind::Disk,
+            format: "qcow2".into(),
+            initrd: None,
+            cmdline: None,
+            size_bytes: 1 << 20,
+            virtual_size_mib: 1024,
+            sha256: String::new(),
+        }))
     }
 
     /// SIMULATION: the VM "arrives" at once and runs here (no stream is awaited).

@@ -280,6 +280,17 @@ async fn every_endpoint_agrees_between_client_and_router() {
         source: "/x.img".into(),
     });
     let imported = image_done(imported.await.unwrap()).await;
+    // A guest's disk copied in from a host file arrives as a disk of the VM's.
+    let disk = a.import_disk(ImportDiskRequest {
+        vm_id: "vm-x".into(),
+        index: 1,
+        source: "/xen/guest.img".into(),
+        format: "raw".into(),
+        pool: None,
+    });
+    let disk = image_done(disk.await.unwrap()).await;
+    assert_eq!(disk.kind, hostel_model::ImageKind::Disk);
+    assert!(disk.path.contains("vm-x"), "{}", disk.path);
     // An image's bytes read out and stored again under another name: the lengths and the
     // checksum travel through both bindings; a wrong checksum is refused.
     let read = a

@@ -312,6 +312,44 @@ fn refuse_other_files(source: &Path, src: &ImgInfo) -> Result<()> {
     Ok(())
 }
 
+/// Copies a guest's disk of the known `format` (a Xen guest's, whose config says it:
+/// never probed, see the module's doc) from a regular file or a block device into a new
+/// file of `out_format` at `dest`, through a temporary name: a failure leaves nothing.
+pub fn copy_guest_disk(
+    source: &Path,
+    format: &str,
+    dest: &Path,
+    out_format: &str,
+    progress: &mut dyn FnMut(f64),
+) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    check_format_name(format)?;
+    refuse_existing(dest)?;
+    let meta =
+        std::fs::metadata(source).with_context(|| format!("cannot read {}", source.display()))?;
+    if !meta.is_file() && !meta.file_type().is_block_device() {
+        bail!("{} is neither a file nor a block device", source.display());
+    }
+    if !IMPORT_FORMATS.contains(&format) {
+        bail!(
+            "{}: {format} disks cannot be imported; convert it to raw or qcow2 first",
+            source.display()
+        );
+    }
+    if format != "raw" {
+        refuse_other_files(source, &info(source, format)?)?;
+    }
+    let tmp = dest.with_extension("importing");
+    let _ = std::fs::remove_file(&tmp);
+    let res = convert_to(format, source, &tmp, out_format, progress)
+        .with_context(|| format!("converting {}", source.display()))
+        .and_then(|_| Ok(std::fs::rename(&tmp, dest)?));
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}
+
 /// `qemu-img convert -p` to qcow2, reading its progress (`(12.34/100%)`, `\r`-separated).
 fn convert_with_progress(
     format: &str,
@@ -319,9 +357,20 @@ fn convert_with_progress(
     dest: &Path,
     progress: &mut dyn FnMut(f64),
 ) -> Result<()> {
+    convert_to(format, source, dest, "qcow2", progress)
+}
+
+fn convert_to(
+    format: &str,
+    source: &Path,
+    dest: &Path,
+    out_format: &str,
+    progress: &mut dyn FnMut(f64),
+) -> Result<()> {
     use std::process::Stdio;
+    check_format_name(out_format)?;
     let mut child = Command::new("qemu-img")
-        .args(["convert", "-p", "-f", format, "-O", "qcow2"])
+        .args(["convert", "-p", "-f", format, "-O", out_format])
         .arg(source)
         .arg(dest)
         .stdout(Stdio::piped())

@@ -195,6 +195,44 @@ impl Pool {
         }
     }
 
+    /// Makes a disk named `stem` from a guest's disk file (or block device) elsewhere on
+    /// the host, of the known `format`, reporting the fraction copied. Returns its path.
+    /// A failure leaves nothing behind.
+    pub fn import_disk(
+        &self,
+        stem: &str,
+        source: &Path,
+        format: &str,
+        progress: &mut dyn FnMut(f64),
+    ) -> Result<PathBuf> {
+        self.check()?;
+        match self.driver {
+            Driver::Dir => {
+                let path = self.root.join(format!("{stem}.qcow2"));
+                disk::copy_guest_disk(source, format, &path, "qcow2", progress)?;
+                Ok(path)
+            }
+            Driver::Btrfs => {
+                let sub = self.root.join(stem);
+                if sub.exists() {
+                    bail!("{} exists already; refusing to overwrite it", sub.display());
+                }
+                run(
+                    Command::new("btrfs")
+                        .args(["-q", "subvolume", "create"])
+                        .arg(&sub),
+                    "btrfs subvolume create",
+                )?;
+                let path = sub.join("disk.raw");
+                if let Err(e) = disk::copy_guest_disk(source, format, &path, "raw", progress) {
+                    let _ = self.delete_subvolume(&sub);
+                    return Err(e);
+                }
+                Ok(path)
+            }
+        }
+    }
+
     /// The raw copy of an image inside the pool, made on first use, which disks clone.
     fn cached_base(&self, b: &Base) -> Result<PathBuf> {
         let dir = self.root.join(".images");

@@ -45,6 +45,8 @@ enum Cmd {
     Accounts(cli::accounts::Cmd),
     #[command(flatten)]
     Usage(cli::usage::Cmd),
+    #[command(flatten)]
+    Xen(cli::xen::Cmd),
     /// Print the shell completion script for `hostel` (the package installs bash's and
     /// zsh's).
     Completions { shell: clap_complete::Shell },
@@ -65,6 +67,7 @@ async fn run(cmd: Cmd) -> Result<()> {
         Cmd::Networks(c) => cli::networks::run(c).await,
         Cmd::Accounts(c) => cli::accounts::run(c).await,
         Cmd::Usage(c) => cli::usage::run(c).await,
+        Cmd::Xen(c) => cli::xen::run(c).await,
         Cmd::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "hostel", &mut std::io::stdout());
             Ok(())

@@ -806,6 +806,7 @@ async fn every_route_refuses_who_it_must() {
     let admin_only = |m: &str, p: &str| {
         let under = |x: &str| p == x || p.starts_with(&format!("{x}/"));
         under("/api/v1/doctor")
+            || under("/api/v1/import")
             || under("/metrics")
             || under("/api/v1/dmesg")
             || under("/api/v1/users")

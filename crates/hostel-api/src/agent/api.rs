@@ -157,6 +157,10 @@ pub trait AgentApi: Send + Sync + 'static {
         &self,
         req: ImportImageRequest,
     ) -> impl Future<Output = Result<Lines<ImageLine, Self::Error>, Self::Error>> + Send;
+    fn import_disk(
+        &self,
+        req: ImportDiskRequest,
+    ) -> impl Future<Output = Result<Lines<ImageLine, Self::Error>, Self::Error>> + Send;
 
     fn migrate_in(
         &self,

@@ -287,6 +287,16 @@ impl StreamEndpoint for ImportImage {
     type Line = ImageLine;
 }
 
+/// Copies a guest's disk file from the host into a pool, with progress lines.
+pub struct ImportDisk;
+impl StreamEndpoint for ImportDisk {
+    const NAME: &'static str = "ImportDisk";
+    const METHOD: Method = Method::Post;
+    const ROUTE: &'static str = "/v1/disks/import";
+    type Request = ImportDiskRequest;
+    type Line = ImageLine;
+}
+
 /// The VM's serial console (its console hub: scrollback first, then live output).
 pub struct ConsoleSocket;
 impl SocketEndpoint for ConsoleSocket {
@@ -376,6 +386,7 @@ pub const OTHER_ENDPOINTS: &[Declared] = &[
     stream::<Events>(),
     stream::<BuildImage>(),
     stream::<ImportImage>(),
+    stream::<ImportDisk>(),
     stream::<MigrateOut>(),
     socket::<ConsoleSocket>(),
     socket::<VncSocket>(),
@@ -415,7 +426,7 @@ mod tests {
                 .collect();
             assert!(params.iter().all(|p| p.starts_with("{id}")), "{}", d.route);
         }
-        assert_eq!(all().count(), 49);
+        assert_eq!(all().count(), 50);
     }
 
     fn declared<E: Endpoint>() -> Declared {
@@ -441,6 +452,7 @@ mod tests {
             stream::<Events>(),
             stream::<BuildImage>(),
             stream::<ImportImage>(),
+            stream::<ImportDisk>(),
             stream::<MigrateOut>(),
             declared::<MigrateIn>(),
             declared::<GetMigration>(),

@@ -4,6 +4,9 @@
 //! records of its own); the agent reports what actually runs, and streams state changes
 //! as they happen on [`endpoints::Events`].
 //!
+//! Long because it is the one place every wire type of the agent API is declared: the
+//! agent, the controller and the simulated agent all read them from here.
+//!
 //! - [`endpoints`]: every endpoint, declared once (method, route, request, response).
 //! - [`AgentApi`]: the same endpoints as a trait, implemented by the real agent, the
 //!   simulated one and the controller's client.
@@ -366,6 +369,21 @@ pub enum ImageLine {
     Progress { progress: f64, message: String },
     Done { done: ImageFiles },
     Error { error: String },
+}
+
+/// Copies a guest's disk from a file or block device on the host (a Xen guest's, say)
+/// into a pool as the disk `index` of VM `vm_id`. Its lines are [`ImageLine`]s: progress,
+/// then the disk's file (`ImageFiles` with `kind` Disk), or an error.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImportDiskRequest {
+    pub vm_id: String,
+    pub index: u32,
+    /// An absolute path on the host.
+    pub source: String,
+    /// The source's format, as its owner says (never probed): raw, qcow2, vmdk, vdi, vhdx.
+    pub format: String,
+    #[serde(default)]
+    pub pool: Option<PoolSpec>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

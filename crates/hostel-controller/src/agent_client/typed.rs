@@ -276,6 +276,11 @@ impl AgentApi for AgentClient {
             .typed())
     }
 
+    /// No silence limit: qemu-img may report no progress for a while on a slow source.
+    async fn import_disk(&self, req: ImportDiskRequest) -> Res<Lines<ImageLine, AgentCallError>> {
+        Ok(self.open_lines::<ep::ImportDisk>(&req, None).await?.typed())
+    }
+
     async fn migrate_in(&self, id: &str, req: MigrateInRequest) -> Res<MigrateInReady> {
         self.call_endpoint::<ep::MigrateIn>(id.into(), &req).await
     }

@@ -144,6 +144,25 @@ pub(super) async fn import_image(
     Ok((StatusCode::ACCEPTED, Json(c.import_image(&ctx, req).await?)))
 }
 
+/// Brings a Xen guest over from its `xm`/`xl` config (see `ImportXenRequest`).
+#[utoipa::path(post, path = "/api/v1/import/xen", request_body = ImportXenRequest,
+    responses((status = 202, body = XenImport), (status = 200, body = XenImport, description = "a dry run"),
+        (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub(super) async fn import_xen(
+    State(c): S,
+    Extension(ctx): X,
+    ApiJson(req): ApiJson<ImportXenRequest>,
+) -> Result<(StatusCode, Json<XenImport>), Error> {
+    let dry = req.dry_run;
+    let made = c.import_xen(&ctx, req).await?;
+    let status = if dry {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, Json(made)))
+}
+
 #[utoipa::path(delete, path = "/api/v1/images/{name}", params(("name" = String, Path)),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(super) async fn delete_image(

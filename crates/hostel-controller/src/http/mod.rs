@@ -48,7 +48,7 @@ type R<T> = Result<Json<T>, Error>;
     paths(
         info, metrics, list_vms, create_vm, get_vm, vm_stats, usage, delete_vm, start_vm, reboot_vm, pause_vm,
         unpause_vm, destroy_vm, shutdown_vm, mem_set, vcpu_set, save_vm, restore_vm,
-        console, console_log, console_ticket, dmesg, list_images, build_image, import_image, delete_image, push_image, migrate_vm, get_task, cancel_task,
+        console, console_log, console_ticket, dmesg, list_images, build_image, import_image, import_xen, delete_image, push_image, migrate_vm, get_task, cancel_task,
         list_networks, create_network, get_network, update_network, delete_network, list_nics, add_nic,
         remove_nic, list_forwards, add_forward, remove_forward, list_disks, add_disk,
         remove_disk, resize_disk, list_snapshots, create_snapshot, revert_snapshot,
@@ -117,6 +117,7 @@ pub fn router(c: Arc<Controller>) -> Router {
         .route("/api/v1/images", get(list_images))
         .route("/api/v1/images/build", post(build_image))
         .route("/api/v1/images/import", post(import_image))
+        .route("/api/v1/import/xen", post(import_xen))
         .route("/api/v1/images/{name}", delete(delete_image))
         .route("/api/v1/images/{name}/push", post(push_image))
         .route("/api/v1/vms/{name}/migrate", post(migrate_vm))
@@ -240,6 +241,7 @@ fn admin_only(method: &Method, route: &str) -> bool {
     let mutating = method != Method::GET && method != Method::HEAD;
     let under = |p: &str| route == p || route.starts_with(&format!("{p}/"));
     under("/api/v1/doctor")
+        || under("/api/v1/import")
         || under("/metrics")
         || under("/api/v1/dmesg")
         || under("/api/v1/audit/retention")
@@ -290,6 +292,7 @@ fn action_of(method: &Method, route: &str) -> &'static str {
         ("POST", "/api/v1/vms/{name}/snapshots/delete") => "snapshot.delete",
         ("POST", "/api/v1/images/build") => "image.build",
         ("POST", "/api/v1/images/import") => "image.import",
+        ("POST", "/api/v1/import/xen") => "vm.import-xen",
         ("DELETE", "/api/v1/images/{name}") => "image.delete",
         ("POST", "/api/v1/images/{name}/push") => "image.push",
         ("POST", "/api/v1/vms/{name}/migrate") => "vm.migrate",

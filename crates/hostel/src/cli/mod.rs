@@ -16,3 +16,4 @@ pub mod pools;
 pub mod roles;
 pub mod usage;
 pub mod vms;
+pub mod xen;

@@ -12,7 +12,8 @@ use axum::extract::Path;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use hostel_api::public::{
-    BuildImageRequest, Image, ImportImageRequest, PushImageRequest, Task, TaskState,
+    BuildImageRequest, Image, ImportImageRequest, ImportXenRequest, PushImageRequest, Task,
+    TaskState, XenImport,
 };
 
 #[derive(Template)]
@@ -81,14 +82,14 @@ impl TaskPage {
     }
     /// Where the page's way back leads: the images, or the hosts for a move.
     pub fn back_to(&self) -> &'static str {
-        if self.t.kind.starts_with("image") {
+        if self.t.kind.starts_with("image") || self.t.kind == "xen-import" {
             "/admin/images"
         } else {
             "/admin/hosts"
         }
     }
     pub fn back_what(&self) -> &'static str {
-        if self.t.kind.starts_with("image") {
+        if self.t.kind.starts_with("image") || self.t.kind == "xen-import" {
             "images"
         } else {
             "hosts"
@@ -107,6 +108,7 @@ pub async fn task(s: Session, headers: HeaderMap, Path(id): Path<String>) -> Res
     let title = match t.kind.as_str() {
         "image-build" => format!("Building image {}", t.target),
         "image-import" => format!("Importing image {}", t.target),
+        "xen-import" => format!("Importing Xen guest {}", t.target),
         "image-copy" => format!("Copying image {}", t.target),
         "vm-migrate" => format!("Migrating {}", t.target),
         "host-drain" => format!("Draining host {}", t.target),
@@ -160,6 +162,33 @@ pub async fn act(Path(action): Path<String>, f: Form<Fields>) -> Response {
             };
             match api.post::<_, Task>("/api/v1/images/import", &req).await {
                 Ok(t) => follow(t, "The import of"),
+                Err(e) => back_err(HERE, &e),
+            }
+        }
+        "import-xen" => {
+            let req = ImportXenRequest {
+                config: f.get("config").into(),
+                disk_dir: f.opt("disk_dir"),
+                network: f.opt("network"),
+                name: f.opt("name"),
+                pool: None,
+                start: true,
+                dry_run: f.get("dry_run") == "on",
+            };
+            match api.post::<_, XenImport>("/api/v1/import/xen", &req).await {
+                Ok(x) => {
+                    let mut said = format!("VM {}: {}.", x.vm, x.plan.join("; "));
+                    if !x.not_carried.is_empty() {
+                        said.push_str(&format!(" Not carried over: {}.", x.not_carried.join("; ")));
+                    }
+                    match x.task {
+                        Some(t) => back(
+                            &format!("/admin/tasks/{}", seg(&t.id)),
+                            Flash::ok(format!("Importing: {said}")),
+                        ),
+                        None => back(HERE, Flash::ok(format!("It would make {said}"))),
+                    }
+                }
                 Err(e) => back_err(HERE, &e),
             }
         }
