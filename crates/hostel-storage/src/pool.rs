@@ -155,21 +155,17 @@ impl Pool {
                 Ok(path)
             }
             Driver::Btrfs => {
-                let sub = self.root.join(stem);
-                if sub.exists() {
-                    bail!("{} exists already; refusing to overwrite it", sub.display());
+                if self.root.join(stem).exists() {
+                    bail!(
+                        "{} exists already; refusing to overwrite it",
+                        self.root.join(stem).display()
+                    );
                 }
                 let cached = match &base {
                     Some(b) => Some(self.cached_base(b)?),
                     None => None,
                 };
-                run(
-                    Command::new("btrfs")
-                        .args(["-q", "subvolume", "create"])
-                        .arg(&sub),
-                    "btrfs subvolume create",
-                )?;
-                let path = sub.join("disk.raw");
+                let (sub, path) = self.new_subvolume(stem)?;
                 let made = (|| -> Result<()> {
                     match &cached {
                         Some(c) => {
@@ -213,17 +209,7 @@ impl Pool {
                 Ok(path)
             }
             Driver::Btrfs => {
-                let sub = self.root.join(stem);
-                if sub.exists() {
-                    bail!("{} exists already; refusing to overwrite it", sub.display());
-                }
-                run(
-                    Command::new("btrfs")
-                        .args(["-q", "subvolume", "create"])
-                        .arg(&sub),
-                    "btrfs subvolume create",
-                )?;
-                let path = sub.join("disk.raw");
+                let (sub, path) = self.new_subvolume(stem)?;
                 if let Err(e) = disk::copy_guest_disk(source, format, &path, "raw", progress) {
                     let _ = self.delete_subvolume(&sub);
                     return Err(e);
@@ -231,6 +217,23 @@ impl Pool {
                 Ok(path)
             }
         }
+    }
+
+    /// A btrfs pool's new subvolume for disk `stem` (refused if it exists), and the path
+    /// of the disk's raw file in it.
+    fn new_subvolume(&self, stem: &str) -> Result<(PathBuf, PathBuf)> {
+        let sub = self.root.join(stem);
+        if sub.exists() {
+            bail!("{} exists already; refusing to overwrite it", sub.display());
+        }
+        run(
+            Command::new("btrfs")
+                .args(["-q", "subvolume", "create"])
+                .arg(&sub),
+            "btrfs subvolume create",
+        )?;
+        let path = sub.join("disk.raw");
+        Ok((sub, path))
     }
 
     /// The raw copy of an image inside the pool, made on first use, which disks clone.

@@ -72,31 +72,35 @@ async fn a_xen_guest_comes_over_with_its_disks_nics_and_kernel() {
     .unwrap();
     let cfg_s = cfg.to_str().unwrap();
     let dir_s = dir.to_str().unwrap();
+    let import = |extra: &[&str]| {
+        let mut args = vec![
+            "import-xen",
+            cfg_s,
+            "--disk-dir",
+            dir_s,
+            "--network",
+            "xennet",
+        ];
+        args.extend(extra);
+        d.cli(&args)
+    };
+    let said = |o: std::process::Output| {
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+    };
 
     // A dry run says what it would make and what it cannot carry over, and makes nothing.
-    let dry = d.ok(&[
-        "import-xen",
-        cfg_s,
-        "--disk-dir",
-        dir_s,
-        "--network",
-        "xennet",
-        "--dry-run",
-    ]);
+    let o = import(&["--dry-run"]);
+    assert!(o.status.success());
+    let dry = said(o);
     assert!(dry.contains("would make VM legacy"), "{dry}");
     assert!(dry.contains("line 15: cpu_weight = 512"), "{dry}");
     assert!(dry.contains("bridge=xenbr0"), "{dry}");
     assert!(dry.contains("/dev/vdX"), "{dry}");
     assert!(d.fails(&["describe", "legacy"]).contains("legacy"));
 
-    let out = d.ok(&[
-        "import-xen",
-        cfg_s,
-        "--disk-dir",
-        dir_s,
-        "--network",
-        "xennet",
-    ]);
+    let o = import(&[]);
+    assert!(o.status.success(), "{}", said(o));
+    let out = said(o);
     assert!(out.contains("xen-import legacy"), "{out}");
     let vm = d.wait_state("legacy", "running", Duration::from_secs(60));
     assert_eq!(vm["memory"]["target_mib"], 128, "{vm}");
@@ -133,14 +137,9 @@ async fn a_xen_guest_comes_over_with_its_disks_nics_and_kernel() {
             .replace("0B:0C", "0B:0D"),
     )
     .unwrap();
-    let err = d.fails(&[
-        "import-xen",
-        cfg_s,
-        "--disk-dir",
-        dir_s,
-        "--network",
-        "xennet",
-    ]);
+    let o = import(&[]);
+    assert!(!o.status.success());
+    let err = said(o);
     assert!(
         err.contains("missing.img") && err.contains("removed again"),
         "{err}"
