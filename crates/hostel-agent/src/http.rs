@@ -246,6 +246,12 @@ where
             json::<A, ep::DeleteImage, _, _>(|a, (), r| async move { a.delete_image(r).await }),
         )
         .route(
+            ep::DeleteBackupFiles::ROUTE,
+            json::<A, ep::DeleteBackupFiles, _, _>(|a, (), r| async move {
+                a.delete_backup_files(r).await
+            }),
+        )
+        .route(
             ep::VmStats::ROUTE,
             json::<A, ep::VmStats, _, _>(|a, (), _| async move { a.vm_stats().await }),
         )
@@ -264,6 +270,10 @@ where
         .route(
             ep::ImportDisk::ROUTE,
             lines::<A, ep::ImportDisk, _, _>(None, |a, r| async move { a.import_disk(r).await }),
+        )
+        .route(
+            ep::BackupVm::ROUTE,
+            lines::<A, ep::BackupVm, _, _>(None, |a, r| async move { a.backup_vm(r).await }),
         )
         .route(
             ep::ConsoleSocket::ROUTE,

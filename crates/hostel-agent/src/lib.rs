@@ -1,6 +1,7 @@
 //! The host agent: runs the QEMU processes of one host, re-adopts them after a restart,
 //! and serves the agent API (HTTPS with mutual TLS) to the controller.
 
+mod backup;
 pub mod console;
 mod disk_moves;
 mod http;

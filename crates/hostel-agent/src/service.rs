@@ -1,5 +1,7 @@
 //! The real agent's side of the agent API: [`Shared`] implements [`AgentApi`], served by
 //! the generic router of `http.rs`. Its errors become [`AgentFailure`]s here, in one place.
+//! Long because it is the whole contract, one method per endpoint; the work of each lives
+//! in the module it names (`vm.rs`, `backup.rs`, `migrate.rs`, ...).
 
 use crate::{AgentError, Shared};
 use hostel_api::agent::*;
@@ -594,10 +596,19 @@ impl AgentApi for Shared {
         }
         let pool = self.pool(req.pool.as_ref())?;
         Ok(self.image_lines(move |_, progress| {
+            if let Some(within) = &req.chain_within {
+                progress(0.0, "checking the backup's files");
+                crate::backup::check_chain(
+                    std::path::Path::new(&req.source),
+                    std::path::Path::new(within),
+                    &req.sums,
+                )?;
+            }
             let stem = format!("{}-{}", req.vm_id, req.index);
             let mut last = -1.0f64;
             let source = std::path::Path::new(&req.source);
-            let path = pool.import_disk(&stem, source, &req.format, &mut |f| {
+            let chain = req.chain_within.is_some();
+            let path = pool.import_disk(&stem, source, &req.format, chain, &mut |f| {
                 if (f - last).abs() >= 0.01 {
                     last = f;
                     progress(f, &format!("copying {}", req.source));
@@ -628,6 +639,40 @@ impl AgentApi for Shared {
                 sha256: String::new(),
             })
         }))
+    }
+
+    /// Backs up a VM's disks, with progress lines, then its files or why it failed.
+    async fn backup_vm(&self, req: BackupVmRequest) -> Res<Lines<BackupLine, AgentFailure>> {
+        crate::backup::check(&req).map_err(invalid)?;
+        let vm = self.vm(&req.vm_id);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<BackupLine>();
+        tokio::spawn(async move {
+            let t = tx.clone();
+            let mut progress = move |p: f64, m: String| {
+                let _ = t.send(BackupLine::Progress {
+                    progress: p,
+                    message: m,
+                });
+            };
+            let line = match crate::backup::run(vm, req, &mut progress).await {
+                Ok(files) => BackupLine::Done { done: files },
+                Err(e) => BackupLine::Error {
+                    error: format!("{e:#}"),
+                },
+            };
+            let _ = tx.send(line);
+        });
+        Ok(Box::pin(futures::StreamExt::map(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
+            Ok,
+        )))
+    }
+
+    async fn delete_backup_files(&self, req: DeleteBackupFilesRequest) -> Res<()> {
+        tokio::task::spawn_blocking(move || crate::backup::delete_files(&req))
+            .await
+            .map_err(internal)?
+            .map_err(invalid)
     }
 
     /// Starts a QEMU that waits for the VM's state from a live migration.

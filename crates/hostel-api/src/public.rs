@@ -779,6 +779,90 @@ pub struct PushImageRequest {
     pub host: Option<String>,
 }
 
+/// A directory backups go to, on the hosts (NFS, say, for several).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BackupTarget {
+    pub name: String,
+    pub dir: String,
+    pub backups: u64,
+    pub size_bytes: u64,
+    pub created_at: String,
+}
+
+/// Adds a backup target (admins).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreateBackupTargetRequest {
+    #[schema(
+        pattern = "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$",
+        min_length = 1,
+        max_length = 63
+    )]
+    pub name: String,
+    /// An absolute directory (made if missing), the same on every host that uses it.
+    #[schema(pattern = "^/")]
+    pub dir: String,
+}
+
+/// Backs a VM up.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct CreateBackupRequest {
+    /// The backup target; default: the only one there is.
+    #[serde(default)]
+    #[schema(
+        pattern = "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$",
+        min_length = 1,
+        max_length = 63
+    )]
+    pub target: Option<String>,
+    /// A full backup even when an incremental one could be taken.
+    #[serde(default)]
+    pub full: bool,
+}
+
+/// One disk's file in a backup.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BackupDisk {
+    pub index: u32,
+    pub file: String,
+    pub size_bytes: u64,
+    pub virtual_size_mib: u64,
+    pub sha256: String,
+    /// Holds only what changed since the parent backup's file.
+    pub incremental: bool,
+}
+
+/// A backup of a VM's disks at one moment.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Backup {
+    pub name: String,
+    pub vm: String,
+    pub owner: Option<String>,
+    pub target: String,
+    /// `full`, or `incremental` (only the changes since `parent`).
+    pub kind: String,
+    pub parent: Option<String>,
+    pub size_bytes: u64,
+    pub created_at: String,
+    pub disks: Vec<BackupDisk>,
+    pub memory_mib: u64,
+    pub vcpus: u32,
+}
+
+/// Restores a backup: as a new VM (`as_name`), or over its VM, which must be stopped.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct RestoreBackupRequest {
+    #[serde(default)]
+    #[schema(
+        pattern = "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$",
+        min_length = 1,
+        max_length = 63
+    )]
+    pub as_name: Option<String>,
+    /// Start the VM once restored.
+    #[serde(default)]
+    pub start: bool,
+}
+
 /// A Xen guest to bring over: its `xm`/`xl` config file's text. Admins only (its disks
 /// are read from the host's files).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -1570,7 +1654,8 @@ pub struct QuotaLimits {
 pub struct QuotaUse {
     /// Max memory of the running VMs added up, MiB.
     pub ram_mib: u64,
-    /// Disk space charged, MiB: the disks' sizes plus `snapshots_mib` plus `saves_mib`.
+    /// Disk space charged, MiB: the disks' sizes plus `snapshots_mib`, `saves_mib` and
+    /// `backups_mib`.
     pub disk_mib: u64,
     /// What the snapshots are charged, MiB (part of `disk_mib`): each is charged its VM's
     /// disk sizes, plus max memory and 64 MiB of device state if it holds memory.
@@ -1580,6 +1665,9 @@ pub struct QuotaUse {
     /// device state per saved VM.
     #[serde(default)]
     pub saves_mib: u64,
+    /// What backups are charged, MiB (part of `disk_mib`): their files' sizes.
+    #[serde(default)]
+    pub backups_mib: u64,
     pub vms: u64,
     pub vms_running: u64,
     pub vcpus: u64,

@@ -137,7 +137,8 @@ impl Controller {
             u.nics += self.store.nics_of(&v.id).await?.len() as u64;
             counted.insert(v.id);
         }
-        u.disk_mib += u.snapshots_mib + u.saves_mib;
+        u.backups_mib = self.store.backup_bytes_of(owner).await?.div_ceil(1 << 20);
+        u.disk_mib += u.snapshots_mib + u.saves_mib + u.backups_mib;
         u.port_forwards = self
             .store
             .forwards()

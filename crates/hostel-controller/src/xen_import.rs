@@ -8,11 +8,10 @@
 use crate::context::Ctx;
 use crate::error::Error;
 use crate::Controller;
-use hostel_api::agent::{self as wire, AgentApi};
+use hostel_api::agent::{self as wire};
 use hostel_api::public::*;
 use hostel_model::xen::{self, XenValue};
 use hostel_model::{validate_name, Invalid, Policy};
-use hostel_store::{new_id, now, DiskRecord, TaskRecord};
 use std::sync::Arc;
 
 type Res<T> = crate::error::Result<T>;
@@ -373,23 +372,16 @@ impl Controller {
         }
         let vm = self.create_vm_with(ctx, p.create, true).await?;
         let caller = ctx.caller()?.clone();
-        let task = TaskRecord {
-            id: new_id("task"),
-            kind: "xen-import".into(),
-            target: name.clone(),
-            state: TaskState::Running,
-            progress: 0.0,
-            message: "copying the disks".into(),
-            error: None,
-            created_at: now(),
-            updated_at: now(),
-            created_by: Some(caller.user_id.clone()),
-            owner: Some(self.id.clone()),
+        let task = match self
+            .start_task(ctx, "xen-import", &name, "copying the disks")
+            .await
+        {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = self.delete_vm(ctx, &name).await;
+                return Err(e);
+            }
         };
-        if let Err(e) = self.store.insert_task(&task).await {
-            let _ = self.delete_vm(ctx, &name).await;
-            return Err(e.into());
-        }
         let me = self.clone();
         let id = task.id.clone();
         let source = ctx.source.clone();
@@ -444,7 +436,6 @@ impl Controller {
         pool: Option<&str>,
         start: bool,
     ) -> Res<()> {
-        use futures::StreamExt;
         let n = disks.len().max(1) as f64;
         for (i, (path, format)) in disks.iter().enumerate() {
             let vm = self
@@ -452,7 +443,6 @@ impl Controller {
                 .vm_by_id(vm_id)
                 .await?
                 .ok_or_else(|| Error::conflict("the VM was deleted during its import"))?;
-            let agent = self.host_agent(&vm)?;
             let pool_rec = match pool {
                 Some(p) => Some(self.pool_named(p).await?),
                 None => None,
@@ -461,77 +451,27 @@ impl Controller {
                 .pool_spec(pool_rec.as_ref().map(|p| p.id.as_str()))
                 .await?;
             let idx = i as u32;
-            let intent = crate::journal::Intent {
-                files: vec![crate::journal::DiskFile::of(&vm.id, idx)],
-                ..Default::default()
-            };
-            let op = self
-                .journal(ctx, "disk-add", &vm.name, Some(&vm), &intent)
-                .await?;
-            let result: Res<()> = async {
-                let mut lines = agent
-                    .import_disk(wire::ImportDiskRequest {
-                        vm_id: vm.id.clone(),
-                        index: idx,
-                        source: path.clone(),
-                        format: format.clone(),
-                        pool: pool_spec,
-                    })
-                    .await?;
-                let mut made = None;
-                while let Some(line) = lines.next().await {
-                    match line.map_err(Error::from)? {
-                        wire::ImageLine::Progress { progress, message } => {
-                            let _ = self
-                                .store
-                                .update_task(
-                                    task,
-                                    TaskState::Running,
-                                    (i as f64 + progress) / n * 0.95,
-                                    &format!("disk {}/{}: {message}", i + 1, disks.len()),
-                                    None,
-                                )
-                                .await;
-                        }
-                        wire::ImageLine::Done { done } => made = Some(done),
-                        wire::ImageLine::Error { error } => {
-                            return Err(Error::conflict(format!("disk {path}: {error}")))
-                        }
-                    }
-                }
-                let made = made.ok_or_else(|| {
-                    Error::unavailable(format!(
-                        "disk {path}: the host's agent ended the copy without a result"
-                    ))
-                })?;
-                let rec = DiskRecord {
-                    id: new_id("disk"),
+            self.copy_in_disk(
+                ctx,
+                &vm,
+                wire::ImportDiskRequest {
                     vm_id: vm.id.clone(),
-                    idx,
-                    path: made.path.clone(),
-                    format: made.format.clone(),
-                    size_mib: made.virtual_size_mib,
-                    image_id: None,
-                    pool_id: pool_rec.as_ref().map(|p| p.id.clone()),
-                };
-                op.step("file-made").await?;
-                // The owner pays for it like any disk: over quota, it is not kept.
-                let charged = self.charge_disk_growth(&vm, made.virtual_size_mib).await;
-                let kept = match charged {
-                    Ok(_quota) => self.store.insert_disk(&rec).await.map_err(Error::from),
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = kept {
-                    self.remove_disk_files(&agent, std::slice::from_ref(&rec))
-                        .await;
-                    return Err(e);
-                }
-                op.step("row-written").await?;
-                Ok(())
-            }
-            .await;
-            op.end(&result).await;
-            result?;
+                    index: idx,
+                    source: path.clone(),
+                    format: format.clone(),
+                    pool: pool_spec,
+                    chain_within: None,
+                    sums: Vec::new(),
+                },
+                pool_rec.as_ref().map(|p| p.id.clone()),
+                crate::disk_import::Report {
+                    task,
+                    from: i as f64 / n * 0.95,
+                    width: 0.95 / n,
+                    label: format!("disk {}/{}", i + 1, disks.len()),
+                },
+            )
+            .await?;
         }
         if start {
             let _ = self

@@ -517,6 +517,40 @@ impl AgentApi for SimHost {
         Ok(())
     }
 
+    async fn delete_backup_files(&self, req: DeleteBackupFilesRequest) -> Res<()> {
+        let mut disks = self.disks.lock().unwrap();
+        for f in &req.files {
+            disks.remove(&format!("{}/{f}", req.dir));
+        }
+        Ok(())
+    }
+
+    /// SIMULATION: every disk "copied" at once, whole, into a file that is only named.
+    async fn backup_vm(&self, req: BackupVmRequest) -> Res<Lines<BackupLine, AgentFailure>> {
+        let files: Vec<BackupFile> = req
+            .disks
+            .iter()
+            .map(|d| {
+                let file = format!("{}-{}.qcow2", req.backup_id, d.index);
+                self.disks
+                    .lock()
+                    .unwrap()
+                    .insert(format!("{}/{file}", req.dir));
+                BackupFile {
+                    index: d.index,
+                    file,
+                    size_bytes: 1 << 20,
+                    virtual_size_mib: 1024,
+                    sha256: String::new(),
+                    incremental: false,
+                }
+            })
+            .collect();
+        Ok(Box::pin(futures::stream::iter([Ok(BackupLine::Done {
+            done: files,
+        })])))
+    }
+
     async fn delete_image(&self, req: DeleteImageRequest) -> Res<()> {
         self.images.lock().unwrap().remove(&req.path);
         self.image_bytes.lock().unwrap().remove(&req.path);

@@ -287,10 +287,41 @@ async fn every_endpoint_agrees_between_client_and_router() {
         source: "/xen/guest.img".into(),
         format: "raw".into(),
         pool: None,
+        chain_within: None,
+        sums: Vec::new(),
     });
     let disk = image_done(disk.await.unwrap()).await;
     assert_eq!(disk.kind, hostel_model::ImageKind::Disk);
     assert!(disk.path.contains("vm-x"), "{}", disk.path);
+    // A backup's files come back by disk, and can be removed again.
+    let backup = a
+        .backup_vm(BackupVmRequest {
+            vm_id: "vm-x".into(),
+            dir: "/backups".into(),
+            backup_id: "bak-1".into(),
+            disks: vec![DiskSpec {
+                index: 0,
+                path: disk.path.clone(),
+                format: "qcow2".into(),
+                pool: None,
+            }],
+            parent: None,
+        })
+        .await
+        .unwrap();
+    let lines: Vec<BackupLine> = backup.map(|l| l.unwrap()).collect().await;
+    let files = match lines.last() {
+        Some(BackupLine::Done { done }) => done.clone(),
+        other => panic!("the last line is not `done`: {other:?}"),
+    };
+    assert_eq!(files.len(), 1);
+    assert_eq!(files[0].index, 0);
+    a.delete_backup_files(DeleteBackupFilesRequest {
+        dir: "/backups".into(),
+        files: files.iter().map(|f| f.file.clone()).collect(),
+    })
+    .await
+    .unwrap();
     // An image's bytes read out and stored again under another name: the lengths and the
     // checksum travel through both bindings; a wrong checksum is refused.
     let read = a

@@ -315,11 +315,14 @@ fn refuse_other_files(source: &Path, src: &ImgInfo) -> Result<()> {
 /// Copies a guest's disk of the known `format` (a Xen guest's, whose config says it:
 /// never probed, see the module's doc) from a regular file or a block device into a new
 /// file of `out_format` at `dest`, through a temporary name: a failure leaves nothing.
+/// `chain`: the source may have backing files (a backup's, checked by the caller), read
+/// through.
 pub fn copy_guest_disk(
     source: &Path,
     format: &str,
     dest: &Path,
     out_format: &str,
+    chain: bool,
     progress: &mut dyn FnMut(f64),
 ) -> Result<()> {
     use std::os::unix::fs::FileTypeExt;
@@ -336,7 +339,7 @@ pub fn copy_guest_disk(
             source.display()
         );
     }
-    if format != "raw" {
+    if format != "raw" && !chain {
         refuse_other_files(source, &info(source, format)?)?;
     }
     let tmp = dest.with_extension("importing");

@@ -192,25 +192,28 @@ impl Pool {
     }
 
     /// Makes a disk named `stem` from a guest's disk file (or block device) elsewhere on
-    /// the host, of the known `format`, reporting the fraction copied. Returns its path.
+    /// the host, of the known `format`, reporting the fraction copied (`chain`: a backup's
+    /// qcow2, read through its backing chain, checked by the caller). Returns its path.
     /// A failure leaves nothing behind.
     pub fn import_disk(
         &self,
         stem: &str,
         source: &Path,
         format: &str,
+        chain: bool,
         progress: &mut dyn FnMut(f64),
     ) -> Result<PathBuf> {
         self.check()?;
         match self.driver {
             Driver::Dir => {
                 let path = self.root.join(format!("{stem}.qcow2"));
-                disk::copy_guest_disk(source, format, &path, "qcow2", progress)?;
+                disk::copy_guest_disk(source, format, &path, "qcow2", chain, progress)?;
                 Ok(path)
             }
             Driver::Btrfs => {
                 let (sub, path) = self.new_subvolume(stem)?;
-                if let Err(e) = disk::copy_guest_disk(source, format, &path, "raw", progress) {
+                if let Err(e) = disk::copy_guest_disk(source, format, &path, "raw", chain, progress)
+                {
                     let _ = self.delete_subvolume(&sub);
                     return Err(e);
                 }

@@ -35,6 +35,8 @@ pub const TABLES: &[&str] = &[
     "vm_locks",
     "console_tickets",
     "vm_limits",
+    "backup_targets",
+    "backups",
 ];
 
 /// How a column's values are read and bound: the schema has these three kinds only.

@@ -115,6 +115,18 @@ impl Store {
         Ok(())
     }
 
+    /// Gives a disk another place in its VM's order (a restore's disks take the places of
+    /// those they replace).
+    pub async fn set_disk_index(&self, id: &str, idx: u32) -> Result<()> {
+        let vm = self.vm_of("disks", id).await?;
+        self.execute("UPDATE disks SET idx = $2 WHERE id = $1", binds![id, idx])
+            .await?;
+        if let Some(vm) = vm {
+            self.vm_changed(&vm);
+        }
+        Ok(())
+    }
+
     /// Migrated disks' new files, in their new host's default pool: `(id, path, format)`.
     pub async fn move_disks(&self, moved: &[(String, String, String)]) -> Result<()> {
         let mut tx = self.pool().begin().await?;

@@ -8,6 +8,7 @@
 //! decoded into them and records bound into statements. One module per resource.
 
 mod accounts;
+mod backups;
 pub mod cluster;
 pub mod copy;
 mod disks;
@@ -31,6 +32,7 @@ use sqlx::{AnyPool, Row};
 use std::time::Duration;
 
 pub use accounts::{AuditFilter, AuditRecord, GroupRecord, SshKeyRecord, TokenRecord, UserRecord};
+pub use backups::{BackupRecord, BackupTargetRecord};
 pub use disks::{DiskRecord, SnapshotRecord};
 pub use hosts::{HostRecord, HostUsage};
 pub use images::{ImageCopyRecord, ImageRecord};

@@ -351,4 +351,29 @@ pub const MIGRATIONS: &[&[&str]] = &[
             vm_id TEXT PRIMARY KEY REFERENCES vms(id),
             limits TEXT NOT NULL
         )"],
+    // Backups: the directories they go to, and each backup of a VM's disks (kept after
+    // the VM is deleted: no key to vms).
+    &[
+        "CREATE TABLE backup_targets (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            dir TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        )",
+        "CREATE TABLE backups (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            target_id TEXT NOT NULL REFERENCES backup_targets(id),
+            vm_id TEXT NOT NULL,
+            vm_name TEXT NOT NULL,
+            owner TEXT,
+            parent_id TEXT REFERENCES backups(id),
+            host_id TEXT NOT NULL,
+            definition TEXT NOT NULL,
+            files TEXT NOT NULL,
+            size_bytes BIGINT NOT NULL,
+            created_at TEXT NOT NULL
+        )",
+        "CREATE INDEX backups_vm ON backups (vm_id)",
+    ],
 ];

@@ -47,6 +47,8 @@ enum Cmd {
     Usage(cli::usage::Cmd),
     #[command(flatten)]
     Xen(cli::xen::Cmd),
+    #[command(flatten)]
+    Backups(cli::backups::Cmd),
     /// Print the shell completion script for `hostel` (the package installs bash's and
     /// zsh's).
     Completions { shell: clap_complete::Shell },
@@ -68,6 +70,7 @@ async fn run(cmd: Cmd) -> Result<()> {
         Cmd::Accounts(c) => cli::accounts::run(c).await,
         Cmd::Usage(c) => cli::usage::run(c).await,
         Cmd::Xen(c) => cli::xen::run(c).await,
+        Cmd::Backups(c) => cli::backups::run(c).await,
         Cmd::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "hostel", &mut std::io::stdout());
             Ok(())

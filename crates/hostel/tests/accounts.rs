@@ -817,6 +817,7 @@ async fn every_route_refuses_who_it_must() {
             || (m != "GET" && p.starts_with("/api/v1/tasks/") && p.ends_with("/cancel"))
             || (m != "GET"
                 && (under("/api/v1/networks")
+                    || under("/api/v1/backup-targets")
                     || under("/api/v1/images")
                     || under("/api/v1/pools")
                     || under("/api/v1/groups")

@@ -143,6 +143,10 @@ pub trait AgentApi: Send + Sync + 'static {
         &self,
         req: DeleteImageRequest,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    fn delete_backup_files(
+        &self,
+        req: DeleteBackupFilesRequest,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
     fn vm_stats(&self) -> impl Future<Output = Result<Vec<VmCounters>, Self::Error>> + Send;
 
     /// The state changes from now on (the subscription is in place when this returns).
@@ -161,6 +165,10 @@ pub trait AgentApi: Send + Sync + 'static {
         &self,
         req: ImportDiskRequest,
     ) -> impl Future<Output = Result<Lines<ImageLine, Self::Error>, Self::Error>> + Send;
+    fn backup_vm(
+        &self,
+        req: BackupVmRequest,
+    ) -> impl Future<Output = Result<Lines<BackupLine, Self::Error>, Self::Error>> + Send;
 
     fn migrate_in(
         &self,

@@ -228,6 +228,8 @@ json_endpoints! {
     Snapshot: Post "/v1/vms/{id}/snapshot", VmId, SnapshotRequest => ();
     /// Removes an image's files from the host's image store.
     DeleteImage: Post "/v1/images/delete", (), DeleteImageRequest => ();
+    /// Removes files of a backup from its target's directory.
+    DeleteBackupFiles: Post "/v1/backups/delete", (), DeleteBackupFilesRequest => ();
     /// Starts a QEMU waiting for a VM's state from a live migration.
     MigrateIn: Post "/v1/vms/{id}/migrate-in", VmId, MigrateInRequest => MigrateInReady;
     /// What the host's QEMU for the VM is doing about a migration (recovery asks both
@@ -295,6 +297,16 @@ impl StreamEndpoint for ImportDisk {
     const ROUTE: &'static str = "/v1/disks/import";
     type Request = ImportDiskRequest;
     type Line = ImageLine;
+}
+
+/// Backs up a VM's disks into a backup target's directory, with progress lines.
+pub struct BackupVm;
+impl StreamEndpoint for BackupVm {
+    const NAME: &'static str = "BackupVm";
+    const METHOD: Method = Method::Post;
+    const ROUTE: &'static str = "/v1/backups";
+    type Request = BackupVmRequest;
+    type Line = BackupLine;
 }
 
 /// The VM's serial console (its console hub: scrollback first, then live output).
@@ -387,6 +399,7 @@ pub const OTHER_ENDPOINTS: &[Declared] = &[
     stream::<BuildImage>(),
     stream::<ImportImage>(),
     stream::<ImportDisk>(),
+    stream::<BackupVm>(),
     stream::<MigrateOut>(),
     socket::<ConsoleSocket>(),
     socket::<VncSocket>(),
@@ -426,7 +439,7 @@ mod tests {
                 .collect();
             assert!(params.iter().all(|p| p.starts_with("{id}")), "{}", d.route);
         }
-        assert_eq!(all().count(), 50);
+        assert_eq!(all().count(), 52);
     }
 
     fn declared<E: Endpoint>() -> Declared {
@@ -453,6 +466,7 @@ mod tests {
             stream::<BuildImage>(),
             stream::<ImportImage>(),
             stream::<ImportDisk>(),
+            stream::<BackupVm>(),
             stream::<MigrateOut>(),
             declared::<MigrateIn>(),
             declared::<GetMigration>(),

@@ -371,6 +371,70 @@ pub enum ImageLine {
     Error { error: String },
 }
 
+/// Backs up a VM's disks into a directory (a backup target's): each disk whole, or,
+/// where `parent` has a file for it and the disk still tracks the writes since (a
+/// persistent dirty bitmap named `hostel-PARENT` in its qcow2), only what changed, into
+/// a qcow2 whose backing file is the parent's. A running VM is copied live
+/// (`blockdev-backup`); a stopped one with qemu-img. Every disk starts a bitmap named
+/// `hostel-BACKUP_ID` at the moment of the copy, for the next backup.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackupVmRequest {
+    pub vm_id: String,
+    /// The backup target's directory (made if missing).
+    pub dir: String,
+    /// This backup's id: its files are `ID-N.qcow2` (N the disk's index).
+    pub backup_id: String,
+    /// The VM's disks (read with qemu-img when it has no QEMU).
+    pub disks: Vec<DiskSpec>,
+    /// The backup this one adds to, if any.
+    #[serde(default)]
+    pub parent: Option<BackupParent>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackupParent {
+    pub id: String,
+    /// Its file (a name in the same directory) by disk index.
+    pub files: Vec<BackupFile>,
+}
+
+/// One disk's file of a backup.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BackupFile {
+    pub index: u32,
+    /// A file name in the backup target's directory.
+    pub file: String,
+    pub size_bytes: u64,
+    pub virtual_size_mib: u64,
+    /// SHA-256 of the file as written.
+    pub sha256: String,
+    /// Only what changed since the parent's file (its backing file).
+    pub incremental: bool,
+}
+
+/// A backup's progress, then its files, or why it failed (nothing is left then).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum BackupLine {
+    Progress { progress: f64, message: String },
+    Done { done: Vec<BackupFile> },
+    Error { error: String },
+}
+
+/// Removes files of a backup from its target's directory (plain names only).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeleteBackupFilesRequest {
+    pub dir: String,
+    pub files: Vec<String>,
+}
+
+/// A backup file to check before it is read, by its SHA-256.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FileSum {
+    pub path: String,
+    pub sha256: String,
+}
+
 /// Copies a guest's disk from a file or block device on the host (a Xen guest's, say)
 /// into a pool as the disk `index` of VM `vm_id`. Its lines are [`ImageLine`]s: progress,
 /// then the disk's file (`ImageFiles` with `kind` Disk), or an error.
@@ -384,6 +448,12 @@ pub struct ImportDiskRequest {
     pub format: String,
     #[serde(default)]
     pub pool: Option<PoolSpec>,
+    /// A backup's restore: the source is a qcow2 whose backing chain may only name
+    /// files in this directory, each checked against `sums` first.
+    #[serde(default)]
+    pub chain_within: Option<String>,
+    #[serde(default)]
+    pub sums: Vec<FileSum>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -245,6 +245,9 @@ impl AgentApi for AgentClient {
     async fn delete_image(&self, req: DeleteImageRequest) -> Res<()> {
         self.call_endpoint::<ep::DeleteImage>((), &req).await
     }
+    async fn delete_backup_files(&self, req: DeleteBackupFilesRequest) -> Res<()> {
+        self.call_endpoint::<ep::DeleteBackupFiles>((), &req).await
+    }
     async fn vm_stats(&self) -> Res<Vec<VmCounters>> {
         self.call_endpoint::<ep::VmStats>((), &Empty {}).await
     }
@@ -279,6 +282,11 @@ impl AgentApi for AgentClient {
     /// No silence limit: qemu-img may report no progress for a while on a slow source.
     async fn import_disk(&self, req: ImportDiskRequest) -> Res<Lines<ImageLine, AgentCallError>> {
         Ok(self.open_lines::<ep::ImportDisk>(&req, None).await?.typed())
+    }
+
+    /// No silence limit: a big disk's copy may report nothing for a while.
+    async fn backup_vm(&self, req: BackupVmRequest) -> Res<Lines<BackupLine, AgentCallError>> {
+        Ok(self.open_lines::<ep::BackupVm>(&req, None).await?.typed())
     }
 
     async fn migrate_in(&self, id: &str, req: MigrateInRequest) -> Res<MigrateInReady> {

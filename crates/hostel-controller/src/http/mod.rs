@@ -6,6 +6,7 @@
 mod accounts;
 mod admin;
 mod audit;
+mod backups;
 mod consoles;
 mod devices;
 mod error;
@@ -26,6 +27,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Extension, Json, Router};
+use backups::*;
 use consoles::*;
 use devices::*;
 use hostel_api::ErrorBody;
@@ -48,7 +50,9 @@ type R<T> = Result<Json<T>, Error>;
     paths(
         info, metrics, list_vms, create_vm, get_vm, vm_stats, usage, delete_vm, start_vm, reboot_vm, pause_vm,
         unpause_vm, destroy_vm, shutdown_vm, mem_set, vcpu_set, save_vm, restore_vm,
-        console, console_log, console_ticket, dmesg, list_images, build_image, import_image, import_xen, delete_image, push_image, migrate_vm, get_task, cancel_task,
+        console, console_log, console_ticket, dmesg, list_images, build_image, import_image, import_xen, delete_image,
+        list_backup_targets, create_backup_target, delete_backup_target, create_backup, list_backups,
+        get_backup, delete_backup, restore_backup, push_image, migrate_vm, get_task, cancel_task,
         list_networks, create_network, get_network, update_network, delete_network, list_nics, add_nic,
         remove_nic, list_forwards, add_forward, remove_forward, list_disks, add_disk,
         remove_disk, resize_disk, list_snapshots, create_snapshot, revert_snapshot,
@@ -118,6 +122,21 @@ pub fn router(c: Arc<Controller>) -> Router {
         .route("/api/v1/images/build", post(build_image))
         .route("/api/v1/images/import", post(import_image))
         .route("/api/v1/import/xen", post(import_xen))
+        .route(
+            "/api/v1/backup-targets",
+            get(list_backup_targets).post(create_backup_target),
+        )
+        .route(
+            "/api/v1/backup-targets/{name}",
+            delete(delete_backup_target),
+        )
+        .route("/api/v1/vms/{name}/backups", post(create_backup))
+        .route("/api/v1/backups", get(list_backups))
+        .route(
+            "/api/v1/backups/{name}",
+            get(get_backup).delete(delete_backup),
+        )
+        .route("/api/v1/backups/{name}/restore", post(restore_backup))
         .route("/api/v1/images/{name}", delete(delete_image))
         .route("/api/v1/images/{name}/push", post(push_image))
         .route("/api/v1/vms/{name}/migrate", post(migrate_vm))
@@ -252,6 +271,7 @@ fn admin_only(method: &Method, route: &str) -> bool {
         || (mutating && route.starts_with("/api/v1/tasks/") && route.ends_with("/cancel"))
         || (mutating
             && (under("/api/v1/networks")
+                || under("/api/v1/backup-targets")
                 || under("/api/v1/images")
                 || under("/api/v1/pools")
                 || under("/api/v1/groups")
@@ -293,6 +313,11 @@ fn action_of(method: &Method, route: &str) -> &'static str {
         ("POST", "/api/v1/images/build") => "image.build",
         ("POST", "/api/v1/images/import") => "image.import",
         ("POST", "/api/v1/import/xen") => "vm.import-xen",
+        ("POST", "/api/v1/backup-targets") => "backup-target.add",
+        ("DELETE", "/api/v1/backup-targets/{name}") => "backup-target.delete",
+        ("POST", "/api/v1/vms/{name}/backups") => "backup.create",
+        ("DELETE", "/api/v1/backups/{name}") => "backup.delete",
+        ("POST", "/api/v1/backups/{name}/restore") => "backup.restore",
         ("DELETE", "/api/v1/images/{name}") => "image.delete",
         ("POST", "/api/v1/images/{name}/push") => "image.push",
         ("POST", "/api/v1/vms/{name}/migrate") => "vm.migrate",

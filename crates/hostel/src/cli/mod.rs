@@ -4,6 +4,7 @@
 
 pub mod accounts;
 pub mod audit;
+pub mod backups;
 pub mod consoles;
 pub mod disks;
 pub mod files;

@@ -1,0 +1,702 @@
+//! Backups: targets (directories on the hosts) and backups of a VM's disks into them,
+//! full or incremental (the agent's dirty bitmaps, `hostel-agent/src/backup.rs`), each
+//! file checksummed; restored as a new VM or over their stopped VM. A backup outlives
+//! its VM and is charged to its owner's disk quota. Each is made by a task that holds
+//! the VM's lock; a backup whose files were written but not recorded is removed.
+
+use crate::boot::BootConfig;
+use crate::context::Ctx;
+use crate::error::Error;
+use crate::Controller;
+use hostel_api::agent::{self as wire, AgentApi};
+use hostel_api::public::*;
+use hostel_model::{validate_name, Invalid, VmState};
+use hostel_store::{new_id, now, BackupRecord, BackupTargetRecord, DiskRecord};
+use std::sync::Arc;
+
+type Res<T> = crate::error::Result<T>;
+
+impl Controller {
+    pub async fn backup_targets(&self, _ctx: &Ctx) -> Res<Vec<BackupTarget>> {
+        let backups = self.store.backups().await?;
+        Ok(self
+            .store
+            .backup_targets()
+            .await?
+            .into_iter()
+            .map(|t| {
+                let held: Vec<&BackupRecord> =
+                    backups.iter().filter(|b| b.target_id == t.id).collect();
+                BackupTarget {
+                    backups: held.len() as u64,
+                    size_bytes: held.iter().map(|b| b.size_bytes).sum(),
+                    name: t.name,
+                    dir: t.dir,
+                    created_at: t.created_at.to_string(),
+                }
+            })
+            .collect())
+    }
+
+    pub async fn create_backup_target(
+        &self,
+        ctx: &Ctx,
+        req: CreateBackupTargetRequest,
+    ) -> Res<BackupTarget> {
+        ctx.require_admin()?;
+        ctx.target(&req.name, None);
+        validate_name("name", &req.name)?;
+        let dir = req.dir.trim_end_matches('/').to_string();
+        if !dir.starts_with('/') || dir.split('/').any(|c| c == "." || c == "..") {
+            return Err(Invalid::new(
+                "dir",
+                format!("{:?}: give the directory's absolute path", req.dir),
+            )
+            .into());
+        }
+        if self.store.backup_target_by_name(&req.name).await?.is_some() {
+            return Err(Error::conflict_field(
+                "name",
+                format!("a backup target named {:?} exists already", req.name),
+            ));
+        }
+        let rec = BackupTargetRecord {
+            id: new_id("bkt"),
+            name: req.name.clone(),
+            dir: dir.clone(),
+            created_at: now(),
+        };
+        self.store.insert_backup_target(&rec).await?;
+        Ok(BackupTarget {
+            name: rec.name,
+            dir,
+            backups: 0,
+            size_bytes: 0,
+            created_at: rec.created_at.to_string(),
+        })
+    }
+
+    pub async fn delete_backup_target(&self, ctx: &Ctx, name: &str) -> Res<()> {
+        ctx.require_admin()?;
+        let t = self.target_named(name).await?;
+        let held = self.store.delete_backup_target_if_empty(&t.id).await?;
+        if held > 0 {
+            return Err(Error::conflict(format!(
+                "backup target {name:?} holds {held} backups: delete them first \
+                 (`hostel backup list`)"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn target_named(&self, name: &str) -> Res<BackupTargetRecord> {
+        self.store
+            .backup_target_by_name(name)
+            .await?
+            .ok_or_else(|| {
+                Error::not_found(
+                    "backup-target",
+                    name,
+                    format!(
+                        "there is no backup target named {name:?}: `hostel backup-target list`"
+                    ),
+                )
+            })
+    }
+
+    /// May the caller see (and restore, delete) backup `b`? Its owner, members of its
+    /// owning group, whoever may operate its VM, and admins.
+    async fn may_see(&self, ctx: &Ctx, b: &BackupRecord) -> Res<bool> {
+        if ctx.is_admin() {
+            return Ok(true);
+        }
+        let c = ctx.caller()?;
+        let owned = match b.owner.as_deref().and_then(|o| o.split_once(':')) {
+            Some(("user", id)) => id == c.user_id,
+            Some(("group", id)) => c.group_ids.iter().any(|g| g == id),
+            _ => false,
+        };
+        if owned {
+            return Ok(true);
+        }
+        Ok(self
+            .store
+            .vm_by_id(&b.vm_id)
+            .await?
+            .is_some_and(|v| ctx.may_operate(&v)))
+    }
+
+    async fn backup_named(&self, ctx: &Ctx, name: &str) -> Res<BackupRecord> {
+        let missing = || {
+            Error::not_found(
+                "backup",
+                name,
+                format!("there is no backup named {name:?}: `hostel backup list` shows yours"),
+            )
+        };
+        let b = self.store.backup_by_name(name).await?.ok_or_else(missing)?;
+        if !self.may_see(ctx, &b).await? {
+            return Err(missing());
+        }
+        ctx.target(&b.name, Some(&b.id));
+        Ok(b)
+    }
+
+    fn backup_view(
+        b: BackupRecord,
+        targets: &[BackupTargetRecord],
+        all: &[BackupRecord],
+    ) -> Backup {
+        let files: Vec<wire::BackupFile> = serde_json::from_str(&b.files).unwrap_or_default();
+        let def: CreateVmRequest = serde_json::from_str(&b.definition).unwrap_or_else(|_| {
+            serde_json::from_value(serde_json::json!({"name": b.vm_name})).expect("defaults")
+        });
+        Backup {
+            name: b.name.clone(),
+            vm: b.vm_name.clone(),
+            owner: b.owner.clone(),
+            target: targets
+                .iter()
+                .find(|t| t.id == b.target_id)
+                .map(|t| t.name.clone())
+                .unwrap_or_default(),
+            kind: if files.iter().any(|f| f.incremental) {
+                "incremental".into()
+            } else {
+                "full".into()
+            },
+            parent: b
+                .parent_id
+                .as_ref()
+                .and_then(|p| all.iter().find(|x| &x.id == p))
+                .map(|p| p.name.clone()),
+            size_bytes: b.size_bytes,
+            created_at: b.created_at.to_string(),
+            disks: files
+                .into_iter()
+                .map(|f| BackupDisk {
+                    index: f.index,
+                    file: f.file,
+                    size_bytes: f.size_bytes,
+                    virtual_size_mib: f.virtual_size_mib,
+                    sha256: f.sha256,
+                    incremental: f.incremental,
+                })
+                .collect(),
+            memory_mib: def.memory_mib,
+            vcpus: def.vcpus,
+        }
+    }
+
+    /// The caller's backups (all, for admins), newest first; of one VM with `vm`.
+    pub async fn backups(&self, ctx: &Ctx, vm: Option<&str>) -> Res<Vec<Backup>> {
+        let all = self.store.backups().await?;
+        let targets = self.store.backup_targets().await?;
+        let mut out = Vec::new();
+        for b in &all {
+            if vm.is_some_and(|v| v != b.vm_name) || !self.may_see(ctx, b).await? {
+                continue;
+            }
+            out.push(Self::backup_view(b.clone(), &targets, &all));
+        }
+        Ok(out)
+    }
+
+    pub async fn backup(&self, ctx: &Ctx, name: &str) -> Res<Backup> {
+        let b = self.backup_named(ctx, name).await?;
+        let all = self.store.backups().await?;
+        Ok(Self::backup_view(
+            b,
+            &self.store.backup_targets().await?,
+            &all,
+        ))
+    }
+
+    /// Deletes a backup no later one builds on: its row, then its files.
+    pub async fn delete_backup(&self, ctx: &Ctx, name: &str) -> Res<()> {
+        let b = self.backup_named(ctx, name).await?;
+        let target = self
+            .store
+            .backup_targets()
+            .await?
+            .into_iter()
+            .find(|t| t.id == b.target_id)
+            .ok_or_else(|| Error::internal("the backup's target is gone"))?;
+        let agent = self.agent(&b.host_id).ok_or_else(|| {
+            Error::unavailable(format!(
+                "the host that wrote backup {name:?} ({}) has no connected agent to remove \
+                 its files",
+                b.host_id
+            ))
+        })?;
+        let children = self.store.delete_backup_if_leaf(&b.id).await?;
+        if !children.is_empty() {
+            return Err(Error::conflict(format!(
+                "backup {} holds only the changes since {name:?}: delete it first",
+                children.join(", ")
+            )));
+        }
+        let files: Vec<wire::BackupFile> = serde_json::from_str(&b.files).unwrap_or_default();
+        agent
+            .delete_backup_files(wire::DeleteBackupFilesRequest {
+                dir: target.dir,
+                files: files.into_iter().map(|f| f.file).collect(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Backs VM `name` up in a task: incremental onto its last backup when that is in
+    /// the same target and on the same host, else full.
+    pub async fn create_backup(
+        self: &Arc<Self>,
+        ctx: &Ctx,
+        name: &str,
+        req: CreateBackupRequest,
+    ) -> Res<Task> {
+        ctx.params(serde_json::json!({"target": req.target, "full": req.full}));
+        let (guard, vm) = self.locked_vm(ctx, name).await?;
+        let target = match &req.target {
+            Some(t) => self.target_named(t).await?,
+            None => {
+                let mut all = self.store.backup_targets().await?;
+                match all.len() {
+                    1 => all.remove(0),
+                    0 => {
+                        return Err(Error::conflict(
+                            "there is no backup target yet: an admin adds one with \
+                             `hostel backup-target add NAME DIR`",
+                        ))
+                    }
+                    _ => {
+                        return Err(Invalid::new(
+                            "target",
+                            format!(
+                                "there are several backup targets ({}): name one with --target",
+                                all.iter()
+                                    .map(|t| t.name.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        )
+                        .into())
+                    }
+                }
+            }
+        };
+        if self.store.is_moving(&vm.id).await? {
+            return Err(Error::conflict(format!(
+                "VM {name:?} is migrating: back it up once it has arrived"
+            )));
+        }
+        let host = vm
+            .host_id
+            .clone()
+            .ok_or_else(|| Error::conflict("the VM has no host"))?;
+        let agent = self.host_agent(&vm)?;
+        let parent = if req.full {
+            None
+        } else {
+            self.store
+                .backups_of(&vm.id)
+                .await?
+                .into_iter()
+                .next()
+                .filter(|p| p.target_id == target.id && p.host_id == host)
+        };
+        let mut disks = Vec::new();
+        for d in self.store.disks_of(&vm.id).await? {
+            disks.push(wire::DiskSpec {
+                index: d.idx,
+                path: d.path.clone(),
+                format: d.format.clone(),
+                pool: self.pool_spec(d.pool_id.as_deref()).await?,
+            });
+        }
+        if disks.is_empty() {
+            return Err(Error::conflict(format!(
+                "VM {name:?} has no disks to back up"
+            )));
+        }
+        let definition = serde_json::to_string(&self.definition_of(&vm).await?)
+            .map_err(|e| Error::internal(format!("{e}")))?;
+        let backup_name = self.new_backup_name(&vm.name).await?;
+        let task = self
+            .start_task(
+                ctx,
+                "vm-backup",
+                &vm.name,
+                &format!("backing up to {}", target.name),
+            )
+            .await?;
+        let rec = BackupRecord {
+            id: new_id("bak"),
+            name: backup_name,
+            target_id: target.id.clone(),
+            vm_id: vm.id.clone(),
+            vm_name: vm.name.clone(),
+            owner: crate::quota::owner_key(&vm),
+            parent_id: parent.as_ref().map(|p| p.id.clone()),
+            host_id: host,
+            definition,
+            files: String::new(),
+            size_bytes: 0,
+            created_at: now(),
+        };
+        let body = wire::BackupVmRequest {
+            vm_id: vm.id.clone(),
+            dir: target.dir.clone(),
+            backup_id: rec.id.clone(),
+            disks,
+            parent: parent.map(|p| wire::BackupParent {
+                id: p.id,
+                files: serde_json::from_str(&p.files).unwrap_or_default(),
+            }),
+        };
+        let me = self.clone();
+        let id = task.id.clone();
+        tokio::spawn(async move {
+            // The VM stays locked until its backup is recorded.
+            let _guard = guard;
+            let result = me.run_backup(&id, &agent, &vm, rec, body, &target).await;
+            let _ = match result {
+                Ok(name) => {
+                    me.store
+                        .update_task(
+                            &id,
+                            TaskState::Succeeded,
+                            1.0,
+                            &format!("backup {name}"),
+                            None,
+                        )
+                        .await
+                }
+                Err(e) => {
+                    me.store
+                        .update_task(&id, TaskState::Failed, 1.0, "failed", Some(&format!("{e}")))
+                        .await
+                }
+            };
+        });
+        self.task(ctx, &task.id).await
+    }
+
+    async fn run_backup(
+        &self,
+        task: &str,
+        agent: &crate::agent_client::AgentClient,
+        vm: &hostel_store::VmRecord,
+        mut rec: BackupRecord,
+        body: wire::BackupVmRequest,
+        target: &BackupTargetRecord,
+    ) -> Res<String> {
+        use futures::StreamExt;
+        let mut lines = agent.backup_vm(body).await?;
+        let mut files = None;
+        while let Some(line) = lines.next().await {
+            match line.map_err(Error::from)? {
+                wire::BackupLine::Progress { progress, message } => {
+                    let _ = self
+                        .store
+                        .update_task(task, TaskState::Running, progress, &message, None)
+                        .await;
+                }
+                wire::BackupLine::Done { done } => files = Some(done),
+                wire::BackupLine::Error { error } => return Err(Error::conflict(error)),
+            }
+        }
+        let files = files.ok_or_else(|| {
+            Error::unavailable("the host's agent ended the backup without a result")
+        })?;
+        rec.size_bytes = files.iter().map(|f| f.size_bytes).sum();
+        // Only a backup with an incremental file needs its parent.
+        if !files.iter().any(|f| f.incremental) {
+            rec.parent_id = None;
+        }
+        rec.files = serde_json::to_string(&files).map_err(|e| Error::internal(format!("{e}")))?;
+        let charge = crate::quota::Charge {
+            disk_mib: rec.size_bytes.div_ceil(1 << 20),
+            ..Default::default()
+        };
+        // Charged to the owner like any disk space: over quota, it is not kept.
+        let kept = match self
+            .charge(crate::quota::owner_key(vm).as_deref(), &charge)
+            .await
+        {
+            Ok(_quota) => self.store.insert_backup(&rec).await.map_err(Error::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = kept {
+            let _ = agent
+                .delete_backup_files(wire::DeleteBackupFilesRequest {
+                    dir: target.dir.clone(),
+                    files: files.into_iter().map(|f| f.file).collect(),
+                })
+                .await;
+            return Err(e);
+        }
+        Ok(rec.name)
+    }
+
+    /// `VM-YYYYMMDD-HHMMSS`, with `-2`, `-3`, ... when taken.
+    async fn new_backup_name(&self, vm: &str) -> Res<String> {
+        let stamp: String = now()
+            .to_string()
+            .chars()
+            .take(19)
+            .filter(|c| c.is_ascii_digit() || *c == 'T')
+            .map(|c| if c == 'T' { '-' } else { c })
+            .collect();
+        let base = format!("{vm}-{stamp}");
+        let mut name = base.clone();
+        let mut n = 2;
+        while self.store.backup_by_name(&name).await?.is_some() {
+            name = format!("{base}-{n}");
+            n += 1;
+        }
+        Ok(name)
+    }
+
+    /// What a restore makes the VM from: its sizes, policies, boot (a kernel image by
+    /// name) and networks (NICs get new addresses: the original may still hold them).
+    async fn definition_of(&self, vm: &hostel_store::VmRecord) -> Res<CreateVmRequest> {
+        let boot: BootConfig = vm
+            .boot_json
+            .as_deref()
+            .and_then(|j| serde_json::from_str(j).ok())
+            .unwrap_or_default();
+        let mut nics = Vec::new();
+        for n in self.store.nics_of(&vm.id).await? {
+            let net = self
+                .store
+                .networks()
+                .await?
+                .into_iter()
+                .find(|x| x.id == n.network_id)
+                .map(|x| x.name);
+            if let Some(network) = net {
+                nics.push(NicRequest {
+                    network,
+                    ip: None,
+                    mac: None,
+                });
+            }
+        }
+        let mut def: CreateVmRequest =
+            serde_json::from_value(serde_json::json!({"name": vm.name})).expect("defaults");
+        def.memory_mib = vm.memory_mib;
+        def.max_memory_mib = Some(vm.max_memory_mib);
+        def.vcpus = vm.vcpus;
+        def.max_vcpus = Some(vm.max_vcpus);
+        def.start = false;
+        def.on_poweroff = vm.on_poweroff;
+        def.on_reboot = vm.on_reboot;
+        def.on_crash = vm.on_crash;
+        def.nics = Some(nics);
+        def.firmware = boot.firmware;
+        def.kernel = boot.kernel;
+        def.initrd = boot.initrd;
+        def.cmdline = boot.cmdline;
+        def.seed = Some(false);
+        def.cpu_model = vm.cpu_model.clone();
+        // A kernel image boots the restored VM as it booted this one; a disk image's
+        // content is in the backed-up disk itself.
+        if let Some(img) = self.image_of(vm).await? {
+            if img.kind == hostel_model::ImageKind::DirectKernel {
+                def.image = Some(img.name);
+            }
+        }
+        Ok(def)
+    }
+
+    /// Restores a backup in a task: as a new VM (`as_name`), else over its own VM,
+    /// which must be stopped (its disks are replaced only once the backup's are in).
+    pub async fn restore_backup(
+        self: &Arc<Self>,
+        ctx: &Ctx,
+        name: &str,
+        req: RestoreBackupRequest,
+    ) -> Res<Task> {
+        let b = self.backup_named(ctx, name).await?;
+        ctx.params(serde_json::json!({"as": req.as_name, "start": req.start}));
+        let target = self
+            .store
+            .backup_targets()
+            .await?
+            .into_iter()
+            .find(|t| t.id == b.target_id)
+            .ok_or_else(|| Error::internal("the backup's target is gone"))?;
+        let files: Vec<wire::BackupFile> = serde_json::from_str(&b.files).unwrap_or_default();
+        // Every file a restore of each disk reads: this backup's and its ancestors'.
+        let all = self.store.backups().await?;
+        let mut sums = Vec::new();
+        let mut at = Some(b.clone());
+        while let Some(x) = at {
+            for f in serde_json::from_str::<Vec<wire::BackupFile>>(&x.files).unwrap_or_default() {
+                sums.push(wire::FileSum {
+                    path: format!("{}/{}", target.dir, f.file),
+                    sha256: f.sha256,
+                });
+            }
+            at = x
+                .parent_id
+                .as_ref()
+                .and_then(|p| all.iter().find(|y| &y.id == p).cloned());
+        }
+        let (vm, guard, replace) = match &req.as_name {
+            Some(new_name) => {
+                let mut def: CreateVmRequest = serde_json::from_str(&b.definition)
+                    .map_err(|e| Error::internal(format!("the backup's definition: {e}")))?;
+                def.name = new_name.clone();
+                def.start = false;
+                let made = self.create_vm_with(ctx, def, true).await?;
+                let (g, vm) = self.locked_vm(ctx, &made.name).await?;
+                (vm, g, Vec::new())
+            }
+            None => {
+                let vm = self
+                    .store
+                    .vm_by_id(&b.vm_id)
+                    .await?
+                    .filter(|v| ctx.may_operate(v))
+                    .ok_or_else(|| {
+                        Error::not_found(
+                            "vm",
+                            &b.vm_name,
+                            format!(
+                                "VM {:?} is gone: restore the backup as a new VM (--as NAME)",
+                                b.vm_name
+                            ),
+                        )
+                    })?;
+                let (g, vm) = self.locked_vm(ctx, &vm.name).await?;
+                if !matches!(vm.state, VmState::Stopped | VmState::Crashed) {
+                    return Err(Error::conflict(format!(
+                        "VM {:?} is {}: stop it before restoring over it (or restore as a new \
+                         VM with --as NAME)",
+                        vm.name,
+                        vm.state.as_str()
+                    )));
+                }
+                let old = self.store.disks_of(&vm.id).await?;
+                (vm, g, old)
+            }
+        };
+        let caller = ctx.caller()?.clone();
+        let task = self
+            .start_task(
+                ctx,
+                "backup-restore",
+                &vm.name,
+                &format!("restoring {}", b.name),
+            )
+            .await?;
+        let me = self.clone();
+        let id = task.id.clone();
+        let source = ctx.source.clone();
+        let new_vm = req.as_name.is_some();
+        let start = req.start;
+        tokio::spawn(async move {
+            let tctx = Ctx::user(caller, source);
+            let result = async {
+                let made = me
+                    .restore_disks(&tctx, &id, &vm, &target, &files, &sums, &replace)
+                    .await;
+                drop(guard);
+                made?;
+                if start {
+                    me.start_vm(&tctx, &vm.name).await?;
+                }
+                Ok::<(), Error>(())
+            }
+            .await;
+            let _ = match result {
+                Ok(()) => {
+                    me.store
+                        .update_task(&id, TaskState::Succeeded, 1.0, "restored", None)
+                        .await
+                }
+                Err(e) => {
+                    let mut msg = format!("{e}");
+                    if new_vm {
+                        // Nothing half made stays: the new VM goes with what it got.
+                        let _ = me.delete_vm(&tctx, &vm.name).await;
+                        msg.push_str(&format!("; VM {:?} was removed again", vm.name));
+                    } else {
+                        msg.push_str("; the VM keeps its disks as they were");
+                    }
+                    me.store
+                        .update_task(&id, TaskState::Failed, 1.0, "failed", Some(&msg))
+                        .await
+                }
+            };
+        });
+        self.task(ctx, &task.id).await
+    }
+
+    /// Copies each backed-up disk into the VM's pool as a new disk; then, over an
+    /// existing VM, its old disks go and the new ones take their places.
+    #[allow(clippy::too_many_arguments)]
+    async fn restore_disks(
+        &self,
+        ctx: &Ctx,
+        task: &str,
+        vm: &hostel_store::VmRecord,
+        target: &BackupTargetRecord,
+        files: &[wire::BackupFile],
+        sums: &[wire::FileSum],
+        replace: &[DiskRecord],
+    ) -> Res<()> {
+        let agent = self.host_agent(vm)?;
+        let first_free = replace.iter().map(|d| d.idx + 1).max().unwrap_or(0);
+        let n = files.len().max(1) as f64;
+        let mut made = Vec::new();
+        for (i, f) in files.iter().enumerate() {
+            let idx = first_free + f.index;
+            let result = self
+                .copy_in_disk(
+                    ctx,
+                    vm,
+                    wire::ImportDiskRequest {
+                        vm_id: vm.id.clone(),
+                        index: idx,
+                        source: format!("{}/{}", target.dir, f.file),
+                        format: "qcow2".into(),
+                        pool: None,
+                        chain_within: Some(target.dir.clone()),
+                        sums: sums.to_vec(),
+                    },
+                    None,
+                    crate::disk_import::Report {
+                        task,
+                        from: i as f64 / n * 0.95,
+                        width: 0.95 / n,
+                        label: format!("disk {}/{}", i + 1, files.len()),
+                    },
+                )
+                .await;
+            match result {
+                Ok(rec) => made.push(rec),
+                Err(e) => {
+                    // Over an existing VM, what was copied in so far goes again.
+                    for rec in &made {
+                        let _ = self.store.delete_disk(&rec.id).await;
+                    }
+                    self.remove_disk_files(&agent, &made).await;
+                    return Err(e);
+                }
+            }
+        }
+        // The old disks go; the restored ones take their indexes.
+        for old in replace {
+            self.store.delete_disk(&old.id).await?;
+        }
+        self.remove_disk_files(&agent, replace).await;
+        for rec in &made {
+            self.store
+                .set_disk_index(&rec.id, rec.idx - first_free)
+                .await?;
+        }
+        Ok(())
+    }
+}

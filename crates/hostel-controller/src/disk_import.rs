@@ -1,0 +1,127 @@
+//! Copying a file on a VM's host into its pool as one of its disks (a Xen guest's disk,
+//! a backup's), journaled as a disk add, charged to the VM's owner like any disk, its
+//! progress reported into a task; and the running task such work reports into.
+
+use crate::context::Ctx;
+use crate::error::Error;
+use crate::Controller;
+use hostel_api::agent::{self as wire, AgentApi};
+use hostel_api::public::TaskState;
+use hostel_store::{new_id, now, DiskRecord, TaskRecord, VmRecord};
+
+type Res<T> = crate::error::Result<T>;
+
+/// Where a copy's progress goes: `task`'s bar from `from` over `width`, its message
+/// after `label`.
+pub(crate) struct Report<'a> {
+    pub task: &'a str,
+    pub from: f64,
+    pub width: f64,
+    pub label: String,
+}
+
+impl Controller {
+    /// Records a running task of `kind` on `target`, run by this controller for the
+    /// caller.
+    pub(crate) async fn start_task(
+        &self,
+        ctx: &Ctx,
+        kind: &str,
+        target: &str,
+        message: &str,
+    ) -> Res<TaskRecord> {
+        let task = TaskRecord {
+            id: new_id("task"),
+            kind: kind.into(),
+            target: target.into(),
+            state: TaskState::Running,
+            progress: 0.0,
+            message: message.into(),
+            error: None,
+            created_at: now(),
+            updated_at: now(),
+            created_by: ctx.caller().ok().map(|c| c.user_id.clone()),
+            owner: Some(self.id.clone()),
+        };
+        self.store.insert_task(&task).await?;
+        Ok(task)
+    }
+
+    /// Copies `req.source` in as disk `req.index` of `vm` (in pool `pool_id`), keeping
+    /// it only once it is recorded and paid for.
+    pub(crate) async fn copy_in_disk(
+        &self,
+        ctx: &Ctx,
+        vm: &VmRecord,
+        req: wire::ImportDiskRequest,
+        pool_id: Option<String>,
+        report: Report<'_>,
+    ) -> Res<DiskRecord> {
+        use futures::StreamExt;
+        let agent = self.host_agent(vm)?;
+        let idx = req.index;
+        let source = req.source.clone();
+        let intent = crate::journal::Intent {
+            files: vec![crate::journal::DiskFile::of(&vm.id, idx)],
+            ..Default::default()
+        };
+        let op = self
+            .journal(ctx, "disk-add", &vm.name, Some(vm), &intent)
+            .await?;
+        let result: Res<DiskRecord> = async {
+            let mut lines = agent.import_disk(req).await?;
+            let mut made = None;
+            while let Some(line) = lines.next().await {
+                match line.map_err(Error::from)? {
+                    wire::ImageLine::Progress { progress, message } => {
+                        let _ = self
+                            .store
+                            .update_task(
+                                report.task,
+                                TaskState::Running,
+                                report.from + report.width * progress,
+                                &format!("{}: {message}", report.label),
+                                None,
+                            )
+                            .await;
+                    }
+                    wire::ImageLine::Done { done } => made = Some(done),
+                    wire::ImageLine::Error { error } => {
+                        return Err(Error::conflict(format!("{source}: {error}")))
+                    }
+                }
+            }
+            let made = made.ok_or_else(|| {
+                Error::unavailable(format!(
+                    "{source}: the host's agent ended the copy without a result"
+                ))
+            })?;
+            let rec = DiskRecord {
+                id: new_id("disk"),
+                vm_id: vm.id.clone(),
+                idx,
+                path: made.path,
+                format: made.format,
+                size_mib: made.virtual_size_mib,
+                image_id: None,
+                pool_id,
+            };
+            op.step("file-made").await?;
+            // The owner pays for it like any disk: over quota, it is not kept.
+            let kept = match self.charge_disk_growth(vm, rec.size_mib).await {
+                Ok(_quota) => self.store.insert_disk(&rec).await.map_err(Error::from),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = kept {
+                self.remove_disk_files(&agent, std::slice::from_ref(&rec))
+                    .await;
+                return Err(e);
+            }
+            op.step("row-written").await?;
+            Ok(rec)
+        }
+        .await;
+        op.end(&result).await;
+        result
+    }
+}

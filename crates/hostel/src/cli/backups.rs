@@ -1,0 +1,171 @@
+//! `hostel backup` and `hostel backup-target`: backups of VMs' disks (full, then
+//! incremental), where they go, and restoring them.
+
+use super::images::wait_task;
+use super::output::{self, Column, DescribeFormat, Format};
+use crate::client::Api;
+use anyhow::{bail, Result};
+use clap::Subcommand;
+use hostel_api::agent::endpoints::encode_segment;
+use hostel_api::public::*;
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Backups of VMs' disks: full, then only what changed (incremental), with the VM
+    /// running; restored as a new VM or over their VM.
+    #[command(subcommand)]
+    Backup(BackupCmd),
+    /// Where backups go: directories on the hosts (NFS, say). Adding and deleting is
+    /// for admins.
+    #[command(subcommand)]
+    BackupTarget(TargetCmd),
+}
+
+#[derive(Subcommand)]
+pub enum BackupCmd {
+    /// Back a VM up: incremental onto its last backup in the same target, else full.
+    Create {
+        vm: String,
+        /// The backup target (needed when there are several).
+        #[arg(long)]
+        target: Option<String>,
+        /// A full backup even where an incremental one could be taken.
+        #[arg(long)]
+        full: bool,
+    },
+    /// Your backups (every one, for admins), newest first.
+    List {
+        /// Only this VM's.
+        vm: Option<String>,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    Describe {
+        name: String,
+        #[arg(short, long, value_enum, default_value = "yaml")]
+        output: DescribeFormat,
+    },
+    /// Restore a backup (or a VM's latest): as a new VM with --as, else over its VM,
+    /// which must be stopped.
+    Restore {
+        /// A backup's name, or a VM's (its latest backup).
+        backup: String,
+        #[arg(long = "as", value_name = "NEWNAME")]
+        as_name: Option<String>,
+        /// Start the VM once restored.
+        #[arg(long)]
+        start: bool,
+    },
+    /// Delete a backup no later one builds on.
+    Delete { name: String },
+}
+
+#[derive(Subcommand)]
+pub enum TargetCmd {
+    /// Add a backup target: a directory on the hosts (made if missing).
+    Add { name: String, dir: String },
+    List {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Forget a target that holds no backups (its directory stays).
+    Delete { name: String },
+}
+
+const BACKUP_COLUMNS: &[Column<Backup>] = &[
+    ("NAME", |b| b.name.clone()),
+    ("VM", |b| b.vm.clone()),
+    ("KIND", |b| b.kind.clone()),
+    ("SIZE", |b| output::bytes(b.size_bytes as f64)),
+    ("TARGET", |b| b.target.clone()),
+    ("CREATED", |b| b.created_at.clone()),
+    ("PARENT", |b| b.parent.clone().unwrap_or_default()),
+];
+
+const TARGET_COLUMNS: &[Column<BackupTarget>] = &[
+    ("NAME", |t| t.name.clone()),
+    ("DIR", |t| t.dir.clone()),
+    ("BACKUPS", |t| t.backups.to_string()),
+    ("SIZE", |t| output::bytes(t.size_bytes as f64)),
+];
+
+pub async fn run(cmd: Cmd) -> Result<()> {
+    let api = Api::new()?;
+    match cmd {
+        Cmd::Backup(BackupCmd::Create { vm, target, full }) => {
+            let req = CreateBackupRequest { target, full };
+            let path = format!("/api/v1/vms/{}/backups", encode_segment(&vm));
+            let t: Task = api.post(&path, &req).await?;
+            wait_task(&api, t).await
+        }
+        Cmd::Backup(BackupCmd::List { vm, output }) => {
+            let path = match &vm {
+                Some(v) => format!("/api/v1/backups?vm={}", encode_segment(v)),
+                None => "/api/v1/backups".into(),
+            };
+            let backups: Vec<Backup> = api.get(&path).await?;
+            output::list(output, &backups, BACKUP_COLUMNS)
+        }
+        Cmd::Backup(BackupCmd::Describe { name, output }) => {
+            let b: Backup = api
+                .get(&format!("/api/v1/backups/{}", encode_segment(&name)))
+                .await?;
+            output::describe(output, &b)
+        }
+        Cmd::Backup(BackupCmd::Restore {
+            backup,
+            as_name,
+            start,
+        }) => {
+            let name = match api
+                .get::<Backup>(&format!("/api/v1/backups/{}", encode_segment(&backup)))
+                .await
+            {
+                Ok(b) => b.name,
+                Err(_) => {
+                    let of_vm: Vec<Backup> = api
+                        .get(&format!("/api/v1/backups?vm={}", encode_segment(&backup)))
+                        .await?;
+                    match of_vm.into_iter().next() {
+                        Some(b) => b.name,
+                        None => bail!(
+                            "there is no backup named {backup:?}, nor a VM of that name with \
+                             backups: `hostel backup list` shows yours"
+                        ),
+                    }
+                }
+            };
+            let req = RestoreBackupRequest { as_name, start };
+            let path = format!("/api/v1/backups/{}/restore", encode_segment(&name));
+            let t: Task = api.post(&path, &req).await?;
+            wait_task(&api, t).await
+        }
+        Cmd::Backup(BackupCmd::Delete { name }) => {
+            api.delete(&format!("/api/v1/backups/{}", encode_segment(&name)))
+                .await?;
+            println!("deleted backup {name}");
+            Ok(())
+        }
+        Cmd::BackupTarget(TargetCmd::Add { name, dir }) => {
+            let dir = super::files::absolute(std::path::Path::new(&dir))?;
+            let t: BackupTarget = api
+                .post(
+                    "/api/v1/backup-targets",
+                    &CreateBackupTargetRequest { name, dir },
+                )
+                .await?;
+            println!("added backup target {} ({})", t.name, t.dir);
+            Ok(())
+        }
+        Cmd::BackupTarget(TargetCmd::List { output }) => {
+            let targets: Vec<BackupTarget> = api.get("/api/v1/backup-targets").await?;
+            output::list(output, &targets, TARGET_COLUMNS)
+        }
+        Cmd::BackupTarget(TargetCmd::Delete { name }) => {
+            api.delete(&format!("/api/v1/backup-targets/{}", encode_segment(&name)))
+                .await?;
+            println!("deleted backup target {name}");
+            Ok(())
+        }
+    }
+}
