@@ -1,13 +1,15 @@
 // The web UI as an admin uses it, in Debian's headless Chromium against a real `hostel
 // up` with a second host: the host's agent stops, and its row goes offline, then stale
 // (greyed); a quota edited on its page changes what a member's create form offers; a
-// VM's limits are set on its page; a Xen config is tried on the images page. Every
+// VM's limits are set on its page; a backup target is added and a VM backed up from its
+// page; a Xen config is tried on the images page. Every
 // admin page is audited with axe-core (WCAG 2.1 AA) and must load without a CSP
 // violation; screenshots of the admin pages go to SHOTS.
 //
 // node admin.mjs URL SHOTS_DIR
 // Environment: ADMIN and ALICE (user:password), AGENT_PID (node2's agent, started by the
-// test, which this script stops), HOST (its name, node2).
+// test, which this script stops), HOST (its name, node2), BACKUP_DIR (a directory for
+// backups).
 import { problems, step, context, audit, shoot as shootIn, until, finish } from "./harness.mjs";
 
 const [base, shots] = process.argv.slice(2);
@@ -89,6 +91,21 @@ try {
   await until("the limits to be set", async () => (await page.locator("#flash").innerText()).includes("has its new limits"), 10000);
   await audit(page, "/vms/NAME (limits set)");
   if ((await page.getByLabel("Disk MiB/s, each disk").inputValue()) !== "4") throw new Error("the form does not show the limit set");
+
+  step("an admin adds a backup target, backs a VM up from its page and sees the backup");
+  await page.goto(`${base}/admin/pools`);
+  await page.getByLabel("Target name").fill("main");
+  await page.getByLabel("Directory", { exact: true }).fill(process.env.BACKUP_DIR);
+  await page.getByRole("button", { name: "Add the target" }).click();
+  await until("the target to be added", async () => (await page.locator("#flash").innerText()).includes("is added"), 10000);
+  await audit(page, "/admin/pools (a backup target)");
+  await page.goto(`${base}/vms/capped`);
+  await page.getByRole("button", { name: "Back up now" }).click();
+  await until("the backup's task to succeed", async () => (await page.locator(".task-state").innerText()).includes("succeeded"), 60000);
+  await page.goto(`${base}/vms/capped`);
+  const backupRows = await page.locator("#backups tbody tr").count();
+  if (backupRows !== 1) throw new Error(`the VM's page shows ${backupRows} backups, not 1`);
+  await audit(page, "/vms/NAME (a backup)");
 
   step("an admin tries a Xen guest's config on the images page (a dry run)");
   await page.goto(`${base}/admin/images`);

@@ -164,6 +164,8 @@ fn an_admin_sees_a_host_go_stale_and_a_quota_change_the_create_form() {
         "tiny",
         "--memory",
         "64M",
+        "--disk",
+        "16M",
         "--no-start",
         "--no-network",
     ]);
@@ -192,6 +194,7 @@ fn an_admin_sees_a_host_go_stale_and_a_quota_change_the_create_form() {
 
     let admin = format!("admin:{admin_pw}");
     let pid = agent.id().to_string();
+    let backups = d.dir.path().join("backups");
     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         browser_test(
             &d,
@@ -201,6 +204,7 @@ fn an_admin_sees_a_host_go_stale_and_a_quota_change_the_create_form() {
                 ("ALICE", "alice:correct-horse-7"),
                 ("AGENT_PID", pid.as_str()),
                 ("HOST", "node2"),
+                ("BACKUP_DIR", backups.to_str().unwrap()),
             ],
         )
     }));

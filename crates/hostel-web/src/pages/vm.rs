@@ -1,4 +1,4 @@
-//! A VM's page: overview, actions, consoles, snapshots, disks, NICs, port forwards,
+//! A VM's page: overview, actions, consoles, snapshots, backups, disks, NICs, port forwards,
 //! sharing, its operations and audit rows; and every action on it, each one API call.
 
 use super::{mib, page, when, Layout};
@@ -19,6 +19,8 @@ struct VmPage {
     layout: Layout,
     vm: Vm,
     snapshots: Vec<Snapshot>,
+    backups: Vec<Backup>,
+    targets: Vec<String>,
     forwards: Vec<PortForward>,
     audit: Vec<AuditEntry>,
     operations: Vec<Operation>,
@@ -71,6 +73,9 @@ impl VmPage {
     pub fn at(&self, t: &str) -> String {
         when(t)
     }
+    pub fn bytes(&self, b: &u64) -> String {
+        super::admin::bytes(*b)
+    }
     pub fn params(&self, e: &AuditEntry) -> String {
         e.params.as_ref().map(|p| p.to_string()).unwrap_or_default()
     }
@@ -90,6 +95,17 @@ pub async fn show(s: Session, headers: HeaderMap, Path(name): Path<String>) -> R
         .get(&format!("/api/v1/vms/{n}/snapshots"))
         .await
         .unwrap_or_default();
+    let backups = api
+        .get(&format!("/api/v1/backups?vm={n}"))
+        .await
+        .unwrap_or_default();
+    let targets = api
+        .get::<Vec<BackupTarget>>("/api/v1/backup-targets")
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
     let forwards = api
         .get(&format!("/api/v1/vms/{n}/port-forwards"))
         .await
@@ -140,6 +156,8 @@ pub async fn show(s: Session, headers: HeaderMap, Path(name): Path<String>) -> R
         graphs,
         vm,
         snapshots,
+        backups,
+        targets,
         forwards,
         audit,
         operations,
@@ -215,6 +233,17 @@ pub struct ActionForm {
     unencrypted: Option<String>,
     #[serde(default)]
     no_postcopy: Option<String>,
+    /// A backup's target, name, the new VM a restore makes, and its checkboxes.
+    #[serde(default)]
+    target: String,
+    #[serde(default)]
+    full: Option<String>,
+    #[serde(default)]
+    backup: String,
+    #[serde(default)]
+    as_name: String,
+    #[serde(default)]
+    start: Option<String>,
 }
 
 fn num<T: std::str::FromStr>(what: &str, v: &str) -> Result<T, String> {
@@ -237,7 +266,9 @@ enum Call {
     /// A PUT under the VM's route (its limits, all at once).
     Put(&'static str, Value),
     /// A route not under the VM's own (restore names the save file, not the VM).
-    Top(&'static str, Value),
+    Top(String, Value),
+    /// A DELETE of a route not under the VM's own (one of its backups).
+    DeleteTop(String),
     Delete,
 }
 
@@ -264,7 +295,7 @@ fn call_for(action: &str, f: &ActionForm) -> Result<(Call, String), String> {
             "was saved".into(),
         ),
         "restore" => (
-            Call::Top("/api/v1/restore", json!({"path": f.path.trim()})),
+            Call::Top("/api/v1/restore".into(), json!({"path": f.path.trim()})),
             "was restored and runs".into(),
         ),
         "memory" => {
@@ -413,6 +444,33 @@ fn call_for(action: &str, f: &ActionForm) -> Result<(Call, String), String> {
                 "is moving to another host".into(),
             )
         }
+        "backup" => {
+            let target = Some(f.target.trim()).filter(|t| !t.is_empty());
+            (
+                Call::Post(
+                    "backups",
+                    json!({"target": target, "full": f.full.is_some()}),
+                ),
+                "is being backed up".into(),
+            )
+        }
+        "restore-backup" => {
+            let as_name = Some(f.as_name.trim()).filter(|n| !n.is_empty());
+            (
+                Call::Top(
+                    format!("/api/v1/backups/{}/restore", seg(&f.backup)),
+                    json!({"as_name": as_name, "start": f.start.is_some()}),
+                ),
+                match as_name {
+                    Some(n) => format!("is being restored from {} as {n}", f.backup),
+                    None => format!("is being restored from {}", f.backup),
+                },
+            )
+        }
+        "delete-backup" => (
+            Call::DeleteTop(format!("/api/v1/backups/{}", seg(&f.backup))),
+            format!("no longer has backup {}", f.backup),
+        ),
         "delete" => (Call::Delete, "was deleted".into()),
         other => return Err(format!("{other:?} is not something a VM's page does")),
     })
@@ -432,15 +490,21 @@ pub async fn act(Path((name, action)): Path<(String, String)>, f: Form<ActionFor
         Call::Post(sub, body) => s.api.post(&format!("{base}/{sub}"), body).await,
         Call::Put(sub, body) => s.api.put(&format!("{base}/{sub}"), body).await,
         Call::Top(path, body) => s.api.post(path, body).await,
+        Call::DeleteTop(path) => s.api.delete(path).await,
         Call::Delete => s.api.delete(&base).await,
     };
     match (result, call) {
         (Ok(_), Call::Delete) => back("/vms", Flash::ok(format!("{name} {done}."))),
-        // A migration is a task: its page follows it to the end.
-        (Ok(t), _) if action == "migrate" || action == "move-offline" => back(
-            &format!("/admin/tasks/{}", seg(t["id"].as_str().unwrap_or_default())),
-            Flash::ok(format!("{name} {done}.")),
-        ),
+        // A migration, a backup and a restore are tasks: their page follows them.
+        (Ok(t), _)
+            if ["migrate", "move-offline", "backup", "restore-backup"]
+                .contains(&action.as_str()) =>
+        {
+            back(
+                &format!("/admin/tasks/{}", seg(t["id"].as_str().unwrap_or_default())),
+                Flash::ok(format!("{name} {done}.")),
+            )
+        }
         (Ok(_), _) => back(&page_path, Flash::ok(format!("{name} {done}."))),
         (Err(e), _) => back_err(&page_path, &e),
     }

@@ -12,8 +12,8 @@ use axum::extract::Path;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use hostel_api::public::{
-    CreateNetworkRequest, CreatePoolRequest, HostInfo, Network, NetworkPolicy, Pool,
-    UpdateNetworkRequest,
+    BackupTarget, CreateBackupTargetRequest, CreateNetworkRequest, CreatePoolRequest, HostInfo,
+    Network, NetworkPolicy, Pool, UpdateNetworkRequest,
 };
 use hostel_model::net::NetMode;
 
@@ -78,6 +78,13 @@ struct PoolsPage {
     layout: Layout,
     pools: Vec<PoolRow>,
     hosts: Vec<String>,
+    targets: Vec<BackupTarget>,
+}
+
+impl PoolsPage {
+    pub fn bytes(&self, b: &u64) -> String {
+        super::bytes(*b)
+    }
 }
 
 pub async fn pools(s: Session, headers: HeaderMap) -> Response {
@@ -90,8 +97,14 @@ pub async fn pools(s: Session, headers: HeaderMap) -> Response {
         (Ok(p), Ok(h)) => (p, h),
         (Err(e), _) | (_, Err(e)) => return error_page(&e),
     };
+    let targets = s
+        .api
+        .get::<Vec<BackupTarget>>("/api/v1/backup-targets")
+        .await
+        .unwrap_or_default();
     let layout = Layout::new(&s, &headers, "Storage pools", "pools");
     let p = PoolsPage {
+        targets,
         pools: pools.into_iter().map(|p| PoolRow { p }).collect(),
         hosts: hosts.into_iter().map(|h| h.name).collect(),
         layout,
@@ -172,6 +185,25 @@ pub async fn act(Path(action): Path<String>, f: Form<Fields>) -> Response {
                 .delete::<serde_json::Value>(&format!("/api/v1/pools/{}", seg(name)))
                 .await;
             done(POOLS, r, |_| format!("Pool {name} is deleted."))
+        }
+        "create-target" => {
+            let req = CreateBackupTargetRequest {
+                name: f.get("name").into(),
+                dir: f.get("dir").into(),
+            };
+            let r = api
+                .post::<_, BackupTarget>("/api/v1/backup-targets", &req)
+                .await;
+            done(POOLS, r, |t| {
+                format!("Backup target {} ({}) is added.", t.name, t.dir)
+            })
+        }
+        "delete-target" => {
+            let name = f.get("name");
+            let r = api
+                .delete::<serde_json::Value>(&format!("/api/v1/backup-targets/{}", seg(name)))
+                .await;
+            done(POOLS, r, |_| format!("Backup target {name} is deleted."))
         }
         other => refused(
             NETWORKS,
