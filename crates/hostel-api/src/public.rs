@@ -848,6 +848,46 @@ pub struct Backup {
     pub vcpus: u32,
 }
 
+/// A VM's backup schedule: a backup every so often into a target, and which to keep.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BackupSchedule {
+    /// Minutes between backups (an hour 60, a day 1440, a week 10080).
+    #[schema(minimum = 1, maximum = 527040)]
+    pub every_minutes: u64,
+    /// The backup target; default: the only one there is.
+    #[serde(default)]
+    #[schema(
+        pattern = "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$",
+        min_length = 1,
+        max_length = 63
+    )]
+    pub target: Option<String>,
+    /// Keep the newest N.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 10000)]
+    pub keep_last: Option<u32>,
+    /// Keep the newest of each of the last N days that have one.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 10000)]
+    pub keep_daily: Option<u32>,
+    /// Keep the newest of each of the last N weeks that have one.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 10000)]
+    pub keep_weekly: Option<u32>,
+    /// A full backup once the chain since the last full one holds this many (7 by
+    /// default): a restore then reads at most that many files.
+    #[serde(default = "seven")]
+    #[schema(minimum = 1, maximum = 1000)]
+    pub full_every: u32,
+    /// When it last ran (read only).
+    #[serde(default)]
+    pub last_run: Option<String>,
+}
+
+fn seven() -> u32 {
+    7
+}
+
 /// Restores a backup: as a new VM (`as_name`), or over its VM, which must be stopped.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct RestoreBackupRequest {

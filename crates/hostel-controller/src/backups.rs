@@ -89,6 +89,32 @@ impl Controller {
         Ok(())
     }
 
+    /// The target named, else the only one there is.
+    pub(crate) async fn target_for(&self, name: Option<&str>) -> Res<BackupTargetRecord> {
+        if let Some(t) = name {
+            return self.target_named(t).await;
+        }
+        let mut all = self.store.backup_targets().await?;
+        match all.len() {
+            1 => Ok(all.remove(0)),
+            0 => Err(Error::conflict(
+                "there is no backup target yet: an admin adds one with \
+                 `hostel backup-target add NAME DIR`",
+            )),
+            _ => Err(Invalid::new(
+                "target",
+                format!(
+                    "there are several backup targets ({}): name one with --target",
+                    all.iter()
+                        .map(|t| t.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+            .into()),
+        }
+    }
+
     async fn target_named(&self, name: &str) -> Res<BackupTargetRecord> {
         self.store
             .backup_target_by_name(name)
@@ -215,6 +241,12 @@ impl Controller {
     /// Deletes a backup no later one builds on: its row, then its files.
     pub async fn delete_backup(&self, ctx: &Ctx, name: &str) -> Res<()> {
         let b = self.backup_named(ctx, name).await?;
+        self.remove_backup(&b).await
+    }
+
+    /// Removes backup `b` (its row, then its files) unless a later one builds on it.
+    pub(crate) async fn remove_backup(&self, b: &BackupRecord) -> Res<()> {
+        let name = &b.name;
         let target = self
             .store
             .backup_targets()
@@ -239,7 +271,7 @@ impl Controller {
         let files: Vec<wire::BackupFile> = serde_json::from_str(&b.files).unwrap_or_default();
         agent
             .delete_backup_files(wire::DeleteBackupFilesRequest {
-                dir: target.dir,
+                dir: target.dir.clone(),
                 files: files.into_iter().map(|f| f.file).collect(),
             })
             .await?;
@@ -254,36 +286,20 @@ impl Controller {
         name: &str,
         req: CreateBackupRequest,
     ) -> Res<Task> {
+        self.create_backup_then(ctx, name, req, false).await
+    }
+
+    /// [`Controller::create_backup`]; `prune`: then applies the VM's schedule's retention.
+    pub(crate) async fn create_backup_then(
+        self: &Arc<Self>,
+        ctx: &Ctx,
+        name: &str,
+        req: CreateBackupRequest,
+        prune: bool,
+    ) -> Res<Task> {
         ctx.params(serde_json::json!({"target": req.target, "full": req.full}));
         let (guard, vm) = self.locked_vm(ctx, name).await?;
-        let target = match &req.target {
-            Some(t) => self.target_named(t).await?,
-            None => {
-                let mut all = self.store.backup_targets().await?;
-                match all.len() {
-                    1 => all.remove(0),
-                    0 => {
-                        return Err(Error::conflict(
-                            "there is no backup target yet: an admin adds one with \
-                             `hostel backup-target add NAME DIR`",
-                        ))
-                    }
-                    _ => {
-                        return Err(Invalid::new(
-                            "target",
-                            format!(
-                                "there are several backup targets ({}): name one with --target",
-                                all.iter()
-                                    .map(|t| t.name.as_str())
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            ),
-                        )
-                        .into())
-                    }
-                }
-            }
-        };
+        let target = self.target_for(req.target.as_deref()).await?;
         if self.store.is_moving(&vm.id).await? {
             return Err(Error::conflict(format!(
                 "VM {name:?} is migrating: back it up once it has arrived"
@@ -359,6 +375,11 @@ impl Controller {
             // The VM stays locked until its backup is recorded.
             let _guard = guard;
             let result = me.run_backup(&id, &agent, &vm, rec, body, &target).await;
+            if result.is_ok() && prune {
+                if let Err(e) = me.prune_backups(&vm.id).await {
+                    tracing::warn!(vm = %vm.name, "pruning its backups: {e}");
+                }
+            }
             let _ = match result {
                 Ok(name) => {
                     me.store

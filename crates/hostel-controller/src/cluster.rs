@@ -202,6 +202,7 @@ impl Controller {
     /// dead controllers left.
     pub fn start_leader_work(self: &Arc<Self>) {
         self.spawn_lease_reaper(Duration::from_secs(2));
+        self.spawn_backup_scheduler(Duration::from_secs(5));
         self.spawn_audit_upkeep();
         let me = self.clone();
         tokio::spawn(async move {

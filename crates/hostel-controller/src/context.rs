@@ -66,6 +66,8 @@ pub enum SystemActor {
     /// Whatever reaches the separate metrics address (`--metrics-listen`): `/metrics`
     /// only.
     MetricsScraper,
+    /// Takes the scheduled backups and prunes old ones.
+    BackupScheduler,
 }
 
 impl SystemActor {
@@ -75,6 +77,7 @@ impl SystemActor {
             SystemActor::Startup => "startup",
             SystemActor::AuditKeeper => "audit-keeper",
             SystemActor::MetricsScraper => "metrics-scraper",
+            SystemActor::BackupScheduler => "backup-scheduler",
         }
     }
 
@@ -84,6 +87,7 @@ impl SystemActor {
             SystemActor::Startup => &[Right::ManageNetworks, Right::BuildImages],
             SystemActor::AuditKeeper => &[Right::PruneAudit],
             SystemActor::MetricsScraper => &[Right::ReadMetrics],
+            SystemActor::BackupScheduler => &[Right::OperateAnyVm],
         }
     }
 }

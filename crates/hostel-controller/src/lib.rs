@@ -6,6 +6,7 @@ pub mod agent_client;
 pub mod audit;
 mod audit_retention;
 pub mod auth;
+mod backup_schedule;
 mod backups;
 mod boot;
 pub mod cluster;

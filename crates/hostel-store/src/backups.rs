@@ -96,7 +96,106 @@ impl Record for BackupRecord {
     }
 }
 
+/// A VM's backup schedule: every so many minutes into a target, with retention.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleRecord {
+    pub vm_id: String,
+    pub target_id: String,
+    pub every_minutes: u64,
+    pub keep_last: Option<u32>,
+    pub keep_daily: Option<u32>,
+    pub keep_weekly: Option<u32>,
+    /// A full backup once the chain since the last full one has this many.
+    pub full_every: u32,
+    pub last_run: Option<Timestamp>,
+}
+
+impl FromRow for ScheduleRecord {
+    const TABLE: &'static str = "backup_schedules";
+    fn from_row(c: &Cols<'_>) -> Result<Self> {
+        Ok(ScheduleRecord {
+            vm_id: c.text("vm_id")?,
+            target_id: c.text("target_id")?,
+            every_minutes: c.int("every_minutes")?,
+            keep_last: c.opt_int("keep_last")?,
+            keep_daily: c.opt_int("keep_daily")?,
+            keep_weekly: c.opt_int("keep_weekly")?,
+            full_every: c.int("full_every")?,
+            last_run: c.opt_time("last_run")?,
+        })
+    }
+}
+
+impl Record for ScheduleRecord {
+    const COLS: &'static str = "vm_id, target_id, every_minutes, keep_last, keep_daily, \
+                                keep_weekly, full_every, last_run";
+    fn values(&self) -> Vec<Value<'_>> {
+        binds![
+            &self.vm_id,
+            &self.target_id,
+            self.every_minutes,
+            self.keep_last,
+            self.keep_daily,
+            self.keep_weekly,
+            self.full_every,
+            self.last_run,
+        ]
+    }
+}
+
 impl Store {
+    /// Sets (replaces) a VM's backup schedule.
+    pub async fn set_backup_schedule(&self, s: &ScheduleRecord) -> Result<()> {
+        let mut tx = self.pool().begin().await?;
+        crate::row::execute_on(
+            &mut tx,
+            "DELETE FROM backup_schedules WHERE vm_id = $1",
+            binds![&s.vm_id],
+        )
+        .await?;
+        crate::row::execute_on(
+            &mut tx,
+            &crate::row::insert_sql::<ScheduleRecord>(),
+            s.values(),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn delete_backup_schedule(&self, vm_id: &str) -> Result<u64> {
+        self.execute(
+            "DELETE FROM backup_schedules WHERE vm_id = $1",
+            binds![vm_id],
+        )
+        .await
+    }
+
+    pub async fn backup_schedules(&self) -> Result<Vec<ScheduleRecord>> {
+        let sql = format!(
+            "SELECT {} FROM backup_schedules ORDER BY vm_id",
+            ScheduleRecord::COLS
+        );
+        self.fetch_all(&sql, binds![]).await
+    }
+
+    pub async fn backup_schedule(&self, vm_id: &str) -> Result<Option<ScheduleRecord>> {
+        let sql = format!(
+            "SELECT {} FROM backup_schedules WHERE vm_id = $1",
+            ScheduleRecord::COLS
+        );
+        self.fetch_optional(&sql, binds![vm_id]).await
+    }
+
+    pub async fn set_schedule_run(&self, vm_id: &str, at: Timestamp) -> Result<()> {
+        self.execute(
+            "UPDATE backup_schedules SET last_run = $2 WHERE vm_id = $1",
+            binds![vm_id, at],
+        )
+        .await?;
+        Ok(())
+    }
+
     pub async fn insert_backup_target(&self, t: &BackupTargetRecord) -> Result<()> {
         self.insert(t).await
     }
@@ -117,7 +216,8 @@ impl Store {
         self.fetch_optional(&sql, binds![name]).await
     }
 
-    /// Deletes the target's row unless a backup is in it; returns how many are.
+    /// Deletes the target's row unless a backup is in it or a schedule names it;
+    /// returns how many do.
     pub async fn delete_backup_target_if_empty(&self, id: &str) -> Result<u64> {
         let mut tx = self.pool().begin().await?;
         let held: Vec<BackupRecord> = crate::row::fetch_all_on(
@@ -129,7 +229,16 @@ impl Store {
             binds![id],
         )
         .await?;
-        if held.is_empty() {
+        let scheduled: Vec<ScheduleRecord> = crate::row::fetch_all_on(
+            &mut tx,
+            &format!(
+                "SELECT {} FROM backup_schedules WHERE target_id = $1",
+                ScheduleRecord::COLS
+            ),
+            binds![id],
+        )
+        .await?;
+        if held.is_empty() && scheduled.is_empty() {
             crate::row::execute_on(
                 &mut tx,
                 "DELETE FROM backup_targets WHERE id = $1",
@@ -138,7 +247,7 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
-        Ok(held.len() as u64)
+        Ok((held.len() + scheduled.len()) as u64)
     }
 
     pub async fn insert_backup(&self, b: &BackupRecord) -> Result<()> {

@@ -37,6 +37,7 @@ pub const TABLES: &[&str] = &[
     "vm_limits",
     "backup_targets",
     "backups",
+    "backup_schedules",
 ];
 
 /// How a column's values are read and bound: the schema has these three kinds only.

@@ -32,7 +32,7 @@ use sqlx::{AnyPool, Row};
 use std::time::Duration;
 
 pub use accounts::{AuditFilter, AuditRecord, GroupRecord, SshKeyRecord, TokenRecord, UserRecord};
-pub use backups::{BackupRecord, BackupTargetRecord};
+pub use backups::{BackupRecord, BackupTargetRecord, ScheduleRecord};
 pub use disks::{DiskRecord, SnapshotRecord};
 pub use hosts::{HostRecord, HostUsage};
 pub use images::{ImageCopyRecord, ImageRecord};

@@ -375,5 +375,15 @@ pub const MIGRATIONS: &[&[&str]] = &[
             created_at TEXT NOT NULL
         )",
         "CREATE INDEX backups_vm ON backups (vm_id)",
+        "CREATE TABLE backup_schedules (
+            vm_id TEXT PRIMARY KEY REFERENCES vms(id),
+            target_id TEXT NOT NULL REFERENCES backup_targets(id),
+            every_minutes BIGINT NOT NULL,
+            keep_last BIGINT,
+            keep_daily BIGINT,
+            keep_weekly BIGINT,
+            full_every BIGINT NOT NULL,
+            last_run TEXT
+        )",
     ],
 ];

@@ -514,6 +514,7 @@ impl Store {
             "DELETE FROM nics WHERE vm_id = $1",
             "DELETE FROM disks WHERE vm_id = $1",
             "DELETE FROM vm_limits WHERE vm_id = $1",
+            "DELETE FROM backup_schedules WHERE vm_id = $1",
             "DELETE FROM vms WHERE id = $1",
         ] {
             execute_on(&mut tx, q, binds![id]).await?;

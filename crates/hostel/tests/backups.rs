@@ -141,3 +141,80 @@ async fn full_and_incremental_backups_restore_to_their_moments() {
     let err = d.fails(&["backup-target", "delete", "main"]);
     assert!(err.contains("holds 1 backups"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_schedule_backs_up_on_its_own_and_prunes_by_its_retention() {
+    let d = Daemon::start();
+    let target = tempfile::Builder::new()
+        .prefix("hostel-backups-")
+        .tempdir()
+        .unwrap();
+    d.ok(&[
+        "backup-target",
+        "add",
+        "main",
+        target.path().to_str().unwrap(),
+    ]);
+    d.ok(&[
+        "create", "s1", "--image", "tiny", "--memory", "128M", "--disk", "32M",
+    ]);
+    let err = d.fails(&["backup", "schedule", "s1"]);
+    assert!(err.contains("no backup schedule"), "{err}");
+    let err = d.fails(&["backup", "schedule", "s1", "--every", "often"]);
+    assert!(err.contains("hourly, daily, weekly"), "{err}");
+    let s = d.json(&[
+        "backup",
+        "schedule",
+        "s1",
+        "--every",
+        "1m",
+        "--keep-last",
+        "2",
+        "--full-every",
+        "2",
+    ]);
+    assert_eq!(s["every_minutes"], 1, "{s}");
+    assert_eq!(s["target"], "main", "{s}");
+
+    // Four runs: full, incremental, full (the chain holds 2), incremental; the last two
+    // are kept, and the full one the newest builds on.
+    for _ in 0..4 {
+        d.ok(&["backup", "schedule", "s1", "--run-now"]);
+    }
+    let list = backups(&d, "s1");
+    let kinds: Vec<&str> = list.iter().map(|b| b["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["incremental", "full"], "{list:?}");
+    assert_eq!(list[0]["parent"], list[1]["name"]);
+    assert_eq!(file_names(target.path()).len(), 2);
+
+    // The leader takes the next one by itself once a minute has passed.
+    let newest = list[0]["name"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let list = loop {
+        let list = backups(&d, "s1");
+        if list[0]["name"] != newest.as_str() {
+            break list;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no scheduled backup within 2 minutes: {list:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    // It ended a chain of 2, so it is full; the previous two stay (one is the newest
+    // but one, the other what it builds on).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut list = list;
+    while list.len() != 3 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        list = backups(&d, "s1");
+    }
+    let kinds: Vec<&str> = list.iter().map(|b| b["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["full", "incremental", "full"], "{list:?}");
+
+    d.ok(&["backup", "schedule", "s1", "--off"]);
+    assert!(d
+        .fails(&["backup", "schedule", "s1"])
+        .contains("no backup schedule"));
+    assert_eq!(backups(&d, "s1").len(), 3, "its backups stay");
+}

@@ -106,3 +106,50 @@ pub(super) async fn restore_backup(
         Json(c.restore_backup(&ctx, &name, req).await?),
     ))
 }
+
+#[utoipa::path(get, path = "/api/v1/vms/{name}/backup-schedule", params(("name" = String, Path)),
+    responses((status = 200, body = BackupSchedule), (status = 404, body = ErrorBody)))]
+pub(super) async fn get_backup_schedule(
+    State(c): S,
+    Extension(ctx): X,
+    ApiPath(name): ApiPath<String>,
+) -> R<BackupSchedule> {
+    Ok(Json(c.backup_schedule(&ctx, &name).await?))
+}
+
+#[utoipa::path(put, path = "/api/v1/vms/{name}/backup-schedule", params(("name" = String, Path)),
+    request_body = BackupSchedule,
+    responses((status = 200, body = BackupSchedule), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(super) async fn set_backup_schedule(
+    State(c): S,
+    Extension(ctx): X,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<BackupSchedule>,
+) -> R<BackupSchedule> {
+    Ok(Json(c.set_backup_schedule(&ctx, &name, req).await?))
+}
+
+#[utoipa::path(delete, path = "/api/v1/vms/{name}/backup-schedule", params(("name" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub(super) async fn delete_backup_schedule(
+    State(c): S,
+    Extension(ctx): X,
+    ApiPath(name): ApiPath<String>,
+) -> Result<StatusCode, Error> {
+    c.delete_backup_schedule(&ctx, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Takes the scheduled backup now (and prunes by the schedule's retention).
+#[utoipa::path(post, path = "/api/v1/vms/{name}/backup-schedule/run", params(("name" = String, Path)),
+    responses((status = 202, body = Task), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub(super) async fn run_backup_schedule(
+    State(c): S,
+    Extension(ctx): X,
+    ApiPath(name): ApiPath<String>,
+) -> Result<(StatusCode, Json<Task>), Error> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(c.run_backup_schedule(&ctx, &name).await?),
+    ))
+}

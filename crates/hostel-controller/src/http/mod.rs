@@ -52,7 +52,8 @@ type R<T> = Result<Json<T>, Error>;
         unpause_vm, destroy_vm, shutdown_vm, mem_set, vcpu_set, save_vm, restore_vm,
         console, console_log, console_ticket, dmesg, list_images, build_image, import_image, import_xen, delete_image,
         list_backup_targets, create_backup_target, delete_backup_target, create_backup, list_backups,
-        get_backup, delete_backup, restore_backup, push_image, migrate_vm, get_task, cancel_task,
+        get_backup, delete_backup, restore_backup, get_backup_schedule, set_backup_schedule,
+        delete_backup_schedule, run_backup_schedule, push_image, migrate_vm, get_task, cancel_task,
         list_networks, create_network, get_network, update_network, delete_network, list_nics, add_nic,
         remove_nic, list_forwards, add_forward, remove_forward, list_disks, add_disk,
         remove_disk, resize_disk, list_snapshots, create_snapshot, revert_snapshot,
@@ -131,6 +132,16 @@ pub fn router(c: Arc<Controller>) -> Router {
             delete(delete_backup_target),
         )
         .route("/api/v1/vms/{name}/backups", post(create_backup))
+        .route(
+            "/api/v1/vms/{name}/backup-schedule",
+            get(get_backup_schedule)
+                .put(set_backup_schedule)
+                .delete(delete_backup_schedule),
+        )
+        .route(
+            "/api/v1/vms/{name}/backup-schedule/run",
+            post(run_backup_schedule),
+        )
         .route("/api/v1/backups", get(list_backups))
         .route(
             "/api/v1/backups/{name}",
@@ -317,6 +328,9 @@ fn action_of(method: &Method, route: &str) -> &'static str {
         ("DELETE", "/api/v1/backup-targets/{name}") => "backup-target.delete",
         ("POST", "/api/v1/vms/{name}/backups") => "backup.create",
         ("DELETE", "/api/v1/backups/{name}") => "backup.delete",
+        ("PUT", "/api/v1/vms/{name}/backup-schedule") => "backup.schedule",
+        ("DELETE", "/api/v1/vms/{name}/backup-schedule") => "backup.unschedule",
+        ("POST", "/api/v1/vms/{name}/backup-schedule/run") => "backup.run-schedule",
         ("POST", "/api/v1/backups/{name}/restore") => "backup.restore",
         ("DELETE", "/api/v1/images/{name}") => "image.delete",
         ("POST", "/api/v1/images/{name}/push") => "image.push",

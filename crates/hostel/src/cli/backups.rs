@@ -58,6 +58,58 @@ pub enum BackupCmd {
     },
     /// Delete a backup no later one builds on.
     Delete { name: String },
+    /// A VM's backup schedule: with --every, set it (a backup that often, old ones
+    /// pruned by the --keep-* rules); --run-now takes the next one now; --off ends it;
+    /// else it is shown.
+    Schedule {
+        vm: String,
+        /// hourly, daily, weekly, or a period: 30m, 6h, 2d, 1w.
+        #[arg(long, value_parser = parse_every)]
+        every: Option<u64>,
+        #[arg(long)]
+        target: Option<String>,
+        /// Keep the newest N.
+        #[arg(long)]
+        keep_last: Option<u32>,
+        /// Keep the newest of each of the last N days that have one.
+        #[arg(long)]
+        keep_daily: Option<u32>,
+        /// Keep the newest of each of the last N weeks that have one.
+        #[arg(long)]
+        keep_weekly: Option<u32>,
+        /// A full backup once the chain since the last full one holds N.
+        #[arg(long, default_value_t = 7)]
+        full_every: u32,
+        #[arg(long, conflicts_with_all = ["every", "run_now"])]
+        off: bool,
+        #[arg(long)]
+        run_now: bool,
+        #[arg(short, long, value_enum, default_value = "yaml")]
+        output: DescribeFormat,
+    },
+}
+
+/// `hourly`, `daily`, `weekly`, or N followed by m, h, d or w: minutes.
+fn parse_every(s: &str) -> Result<u64, String> {
+    let minutes = match s {
+        "hourly" => Some(60),
+        "daily" => Some(1440),
+        "weekly" => Some(10080),
+        _ => {
+            let (n, unit) = s.split_at(s.len().saturating_sub(1));
+            let per = match unit {
+                "m" => Some(1),
+                "h" => Some(60),
+                "d" => Some(1440),
+                "w" => Some(10080),
+                _ => None,
+            };
+            per.zip(n.parse::<u64>().ok()).map(|(p, n)| p * n)
+        }
+    };
+    minutes.filter(|m| *m > 0).ok_or_else(|| {
+        format!("{s:?}: give hourly, daily, weekly, or a period like 30m, 6h, 2d, 1w")
+    })
 }
 
 #[derive(Subcommand)]
@@ -139,6 +191,48 @@ pub async fn run(cmd: Cmd) -> Result<()> {
             let path = format!("/api/v1/backups/{}/restore", encode_segment(&name));
             let t: Task = api.post(&path, &req).await?;
             wait_task(&api, t).await
+        }
+        Cmd::Backup(BackupCmd::Schedule {
+            vm,
+            every,
+            target,
+            keep_last,
+            keep_daily,
+            keep_weekly,
+            full_every,
+            off,
+            run_now,
+            output,
+        }) => {
+            let path = format!("/api/v1/vms/{}/backup-schedule", encode_segment(&vm));
+            if off {
+                api.delete(&path).await?;
+                println!("{vm} has no backup schedule now (its backups stay)");
+                return Ok(());
+            }
+            if let Some(every_minutes) = every {
+                let req = BackupSchedule {
+                    every_minutes,
+                    target,
+                    keep_last,
+                    keep_daily,
+                    keep_weekly,
+                    full_every,
+                    last_run: None,
+                };
+                let s: BackupSchedule = api.put(&path, &req).await?;
+                if !run_now {
+                    return output::describe(output, &s);
+                }
+            }
+            if run_now {
+                let t: Task = api
+                    .post(&format!("{path}/run"), &serde_json::json!({}))
+                    .await?;
+                return wait_task(&api, t).await;
+            }
+            let s: BackupSchedule = api.get(&path).await?;
+            output::describe(output, &s)
         }
         Cmd::Backup(BackupCmd::Delete { name }) => {
             api.delete(&format!("/api/v1/backups/{}", encode_segment(&name)))
