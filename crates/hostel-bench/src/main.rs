@@ -5,6 +5,7 @@
 //! Every time is a wall-clock median over several runs, and every comparison is a ratio
 //! taken in the same run, so that the machine's speed of the day cancels out.
 
+mod backups;
 mod daemon;
 mod databases;
 mod fleet;
@@ -57,17 +58,18 @@ fn parse_args() -> Result<Args> {
                 Some("migration") => a.only = Some("migration".into()),
                 Some("databases") => a.only = Some("databases".into()),
                 Some("metrics") => a.only = Some("metrics".into()),
+                Some("backups") => a.only = Some("backups".into()),
                 other => {
                     bail!(
                         "--only {other:?}: the parts that run alone are create-latency, web, \
-                         migration, databases and metrics"
+                         migration, databases, metrics and backups"
                     )
                 }
             },
             other => {
                 bail!(
                     "unknown argument {other:?}: use --hostel PATH --runs N --out FILE --quick \
-                     --create-runs N --only create-latency|web|migration|databases|metrics"
+                     --create-runs N --only create-latency|web|migration|databases|metrics|backups"
                 )
             }
         }
@@ -351,6 +353,7 @@ fn main() -> Result<()> {
         Some("web") => Some(web_alone(&mut d)?),
         Some("migration") => Some(migration::rows(&d, args.quick)?),
         Some("metrics") => Some(metrics::rows(&mut d, args.quick)?),
+        Some("backups") => Some(backups::rows(&d)?),
         _ => None,
     };
     if let Some(rows) = alone {
