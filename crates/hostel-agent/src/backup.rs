@@ -17,6 +17,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use hostel_api::agent::*;
 use serde_json::{json, Value};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -67,7 +68,12 @@ pub async fn run(
 ) -> Result<Vec<BackupFile>> {
     check(&req)?;
     let dir = PathBuf::from(&req.dir);
-    std::fs::create_dir_all(&dir).with_context(|| format!("making {}", dir.display()))?;
+    // Backups hold whole disks: root's alone, as the pools' disks are.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("making {}", dir.display()))?;
     let qmp = vm.as_ref().and_then(|v| v.qmp_handle().ok());
     let made = match qmp {
         Some(q) => live(&q, &req, &dir, progress).await,
@@ -199,6 +205,7 @@ async fn live(
             }
             c.arg(&p.path).arg(p.size.to_string());
             run_tool(&mut c, "qemu-img create")?;
+            private(&p.path)?;
             let f = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -381,6 +388,7 @@ fn offline(req: &BackupVmRequest, dir: &Path) -> Result<Vec<BackupFile>> {
             .arg(&d.path)
             .arg(&path);
         run_tool(&mut c, "qemu-img convert")?;
+        private(&path)?;
         let info = hostel_storage::disk::info(&path, "qcow2")?;
         files.push(BackupFile {
             index: d.index,
@@ -417,6 +425,19 @@ fn offline(req: &BackupVmRequest, dir: &Path) -> Result<Vec<BackupFile>> {
         run_tool(&mut c, "qemu-img bitmap --add")?;
     }
     Ok(files)
+}
+
+/// Root's alone (0600): a backup file holds a whole disk.
+fn private(path: &Path) -> Result<()> {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod {}", path.display()))
+}
+
+/// Removes the files a backup made (it failed, or nobody took its result).
+pub fn remove_made(req: &BackupVmRequest) {
+    for d in &req.disks {
+        let _ = std::fs::remove_file(Path::new(&req.dir).join(file_name(&req.backup_id, d.index)));
+    }
 }
 
 fn run_tool(c: &mut Command, what: &str) -> Result<()> {

@@ -654,13 +654,17 @@ impl AgentApi for Shared {
                     message: m,
                 });
             };
+            let made = req.clone();
             let line = match crate::backup::run(vm, req, &mut progress).await {
                 Ok(files) => BackupLine::Done { done: files },
                 Err(e) => BackupLine::Error {
                     error: format!("{e:#}"),
                 },
             };
-            let _ = tx.send(line);
+            // Files nobody takes (the controller went away meanwhile) are not kept.
+            if tx.send(line).is_err() {
+                crate::backup::remove_made(&made);
+            }
         });
         Ok(Box::pin(futures::StreamExt::map(
             tokio_stream::wrappers::UnboundedReceiverStream::new(rx),

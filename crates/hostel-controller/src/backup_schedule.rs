@@ -246,10 +246,16 @@ impl Controller {
             let Some(vm) = self.store.vm_by_id(&s.vm_id).await? else {
                 continue;
             };
-            let ctx = Ctx::system(SystemActor::BackupScheduler);
-            if let Err(e) = self.run_scheduled(&ctx, &vm, &s).await {
-                tracing::warn!(vm = %vm.name, "a scheduled backup did not start: {}", e.message());
-            }
+            // Due no more; each VM on its own, so one busy VM (its lock held by a long
+            // operation) holds up no other's backup.
+            self.store.set_schedule_run(&vm.id, now).await?;
+            let me = self.clone();
+            tokio::spawn(async move {
+                let ctx = Ctx::system(SystemActor::BackupScheduler);
+                if let Err(e) = me.run_scheduled(&ctx, &vm, &s).await {
+                    tracing::warn!(vm = %vm.name, "a scheduled backup did not start: {}", e.message());
+                }
+            });
         }
         Ok(())
     }

@@ -412,10 +412,28 @@ impl Controller {
         target: &BackupTargetRecord,
     ) -> Res<String> {
         use futures::StreamExt;
+        let made: Vec<String> = body
+            .disks
+            .iter()
+            .map(|d| format!("{}-{}.qcow2", body.backup_id, d.index))
+            .collect();
         let mut lines = agent.backup_vm(body).await?;
         let mut files = None;
         while let Some(line) = lines.next().await {
-            match line.map_err(Error::from)? {
+            let line = match line {
+                Ok(l) => l,
+                Err(e) => {
+                    // The stream broke: whatever the agent wrote is not kept.
+                    let _ = agent
+                        .delete_backup_files(wire::DeleteBackupFilesRequest {
+                            dir: target.dir.clone(),
+                            files: made,
+                        })
+                        .await;
+                    return Err(e.into());
+                }
+            };
+            match line {
                 wire::BackupLine::Progress { progress, message } => {
                     let _ = self
                         .store
@@ -547,7 +565,13 @@ impl Controller {
             .into_iter()
             .find(|t| t.id == b.target_id)
             .ok_or_else(|| Error::internal("the backup's target is gone"))?;
-        let files: Vec<wire::BackupFile> = serde_json::from_str(&b.files).unwrap_or_default();
+        let files: Vec<wire::BackupFile> = serde_json::from_str(&b.files)
+            .map_err(|e| Error::internal(format!("backup {name:?}: its file list: {e}")))?;
+        if files.is_empty() {
+            return Err(Error::conflict(format!(
+                "backup {name:?} holds no disks: there is nothing to restore"
+            )));
+        }
         // Every file a restore of each disk reads: this backup's and its ancestors'.
         let all = self.store.backups().await?;
         let mut sums = Vec::new();
@@ -597,6 +621,13 @@ impl Controller {
                          VM with --as NAME)",
                         vm.name,
                         vm.state.as_str()
+                    )));
+                }
+                if !self.store.snapshots_of(&vm.id).await?.is_empty() {
+                    return Err(Error::conflict(format!(
+                        "VM {:?} has snapshots of the disks a restore replaces: delete them \
+                         first (`hostel snapshot list {0}`), or restore as a new VM (--as NAME)",
+                        vm.name
                     )));
                 }
                 let old = self.store.disks_of(&vm.id).await?;
@@ -669,11 +700,15 @@ impl Controller {
         replace: &[DiskRecord],
     ) -> Res<()> {
         let agent = self.host_agent(vm)?;
-        let first_free = replace.iter().map(|d| d.idx + 1).max().unwrap_or(0);
+        // Each restored disk is copied in beside the old ones (a free index and file name),
+        // then takes its place in the VM's order.
         let n = files.len().max(1) as f64;
-        let mut made = Vec::new();
+        let mut made: Vec<(DiskRecord, u32)> = Vec::new();
         for (i, f) in files.iter().enumerate() {
-            let idx = first_free + f.index;
+            let mut taken: Vec<DiskRecord> = replace.to_vec();
+            taken.extend(made.iter().map(|(d, _)| d.clone()));
+            let next = taken.iter().map(|d| d.idx + 1).max().unwrap_or(0);
+            let idx = crate::disk_import::free_index(&taken, &vm.id, next);
             let result = self
                 .copy_in_disk(
                     ctx,
@@ -697,13 +732,14 @@ impl Controller {
                 )
                 .await;
             match result {
-                Ok(rec) => made.push(rec),
+                Ok(rec) => made.push((rec, f.index)),
                 Err(e) => {
                     // Over an existing VM, what was copied in so far goes again.
-                    for rec in &made {
+                    let recs: Vec<DiskRecord> = made.into_iter().map(|(d, _)| d).collect();
+                    for rec in &recs {
                         let _ = self.store.delete_disk(&rec.id).await;
                     }
-                    self.remove_disk_files(&agent, &made).await;
+                    self.remove_disk_files(&agent, &recs).await;
                     return Err(e);
                 }
             }
@@ -713,10 +749,8 @@ impl Controller {
             self.store.delete_disk(&old.id).await?;
         }
         self.remove_disk_files(&agent, replace).await;
-        for rec in &made {
-            self.store
-                .set_disk_index(&rec.id, rec.idx - first_free)
-                .await?;
+        for (rec, index) in &made {
+            self.store.set_disk_index(&rec.id, *index).await?;
         }
         Ok(())
     }

@@ -20,6 +20,26 @@ pub(crate) struct Report<'a> {
     pub label: String,
 }
 
+/// The first disk index from `from` on that no disk of VM `vm_id` has, as its index or
+/// in its file's name (`VMID-N.qcow2`, or a btrfs pool's `VMID-N/`): a restore over a VM
+/// leaves disks whose file names no longer follow their indexes.
+pub(crate) fn free_index(disks: &[DiskRecord], vm_id: &str, from: u32) -> u32 {
+    let stem_of = |d: &DiskRecord| -> Option<u32> {
+        let prefix = format!("{vm_id}-");
+        d.path
+            .split('/')
+            .filter_map(|part| part.strip_prefix(prefix.as_str()))
+            .filter_map(|rest| rest.split('.').next())
+            .find_map(|n| n.parse().ok())
+    };
+    let taken: std::collections::HashSet<u32> = disks
+        .iter()
+        .flat_map(|d| [Some(d.idx), stem_of(d)])
+        .flatten()
+        .collect();
+    (from..).find(|i| !taken.contains(i)).expect("a free index")
+}
+
 impl Controller {
     /// Records a running task of `kind` on `target`, run by this controller for the
     /// caller.

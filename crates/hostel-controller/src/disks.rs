@@ -89,7 +89,8 @@ impl Controller {
         };
         let pool_spec = self.pool_spec(pool.as_ref().map(|p| p.id.as_str())).await?;
         let disks = self.store.disks_of(&vm.id).await?;
-        let idx = disks.iter().map(|d| d.idx + 1).max().unwrap_or(0);
+        let next = disks.iter().map(|d| d.idx + 1).max().unwrap_or(0);
+        let idx = crate::disk_import::free_index(&disks, &vm.id, next);
         let _quota = self.charge_disk_growth(&vm, size).await?;
         // The image as the VM's host holds it (copied there now if it has none).
         let base = match (&image, &vm.host_id) {

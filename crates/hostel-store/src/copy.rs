@@ -106,7 +106,13 @@ impl Store {
             let cols = to.columns(t).await?;
             let names: Vec<&str> = cols.iter().map(|(n, _)| n.as_str()).collect();
             let list = names.join(", ");
-            let rows = query(&format!("SELECT {list} FROM {t}"), vec![])
+            // A backup names its parent, always an older one: parents first.
+            let order = if *t == "backups" {
+                " ORDER BY created_at"
+            } else {
+                ""
+            };
+            let rows = query(&format!("SELECT {list} FROM {t}{order}"), vec![])
                 .fetch_all(self.pool())
                 .await
                 .with_context(|| format!("reading table {t}"))?;

@@ -21,9 +21,12 @@ async fn sum(c: &mut Console) -> String {
         .to_string()
 }
 
+/// The VM's console once its shell is up (its prompt seen: what is typed earlier may be
+/// lost while the shell starts).
 async fn console_of(d: &Daemon, vm: &str) -> Console {
     let mut c = d.console(vm).await;
     c.wait_for(READY, Duration::from_secs(180)).await;
+    c.wait_for("tiny# ", Duration::from_secs(60)).await;
     c
 }
 
@@ -79,7 +82,12 @@ async fn full_and_incremental_backups_restore_to_their_moments() {
     for b in &list {
         let disk = &b["disks"][0];
         assert_eq!(disk["sha256"].as_str().unwrap().len(), 64, "{b}");
-        assert!(target.path().join(disk["file"].as_str().unwrap()).exists());
+        let file = target.path().join(disk["file"].as_str().unwrap());
+        // A whole disk: root's alone.
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&file).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "{}", file.display());
     }
     let quota = d.json(&["quota", "show"]);
     assert!(
@@ -116,6 +124,13 @@ async fn full_and_incremental_backups_restore_to_their_moments() {
     assert_eq!(sum(&mut c).await, first, "restored over itself");
     drop(c);
     assert_eq!(d.describe("b1")["disks"].as_array().unwrap().len(), 1);
+    // Its disks' file names no longer follow their indexes: a new disk still finds a
+    // free one, and so does a second restore over it.
+    d.ok(&["disk", "add", "b1", "--size", "8M"]);
+    let disks = d.describe("b1")["disks"].as_array().unwrap().clone();
+    assert_eq!(disks.len(), 2);
+    let added = disks[1]["index"].as_u64().unwrap().to_string();
+    d.ok(&["disk", "remove", "b1", &added]);
 
     // A stopped VM is backed up whole.
     d.ok(&["destroy", "b1"]);
