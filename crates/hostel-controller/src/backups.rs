@@ -338,7 +338,7 @@ impl Controller {
             .map_err(|e| Error::internal(format!("{e}")))?;
         let backup_name = self.new_backup_name(&vm.name).await?;
         let task = self
-            .start_task(
+            .new_task(
                 ctx,
                 "vm-backup",
                 &vm.name,
@@ -399,7 +399,7 @@ impl Controller {
                 }
             };
         });
-        self.task(ctx, &task.id).await
+        Ok(task)
     }
 
     async fn run_backup(
@@ -636,7 +636,7 @@ impl Controller {
         };
         let caller = ctx.caller()?.clone();
         let task = self
-            .start_task(
+            .new_task(
                 ctx,
                 "backup-restore",
                 &vm.name,
@@ -683,7 +683,7 @@ impl Controller {
                 }
             };
         });
-        self.task(ctx, &task.id).await
+        Ok(task)
     }
 
     /// Copies each backed-up disk into the VM's pool as a new disk; then, over an

@@ -1,13 +1,13 @@
 //! Copying a file on a VM's host into its pool as one of its disks (a Xen guest's disk,
 //! a backup's), journaled as a disk add, charged to the VM's owner like any disk, its
-//! progress reported into a task; and the running task such work reports into.
+//! progress reported into a task.
 
 use crate::context::Ctx;
 use crate::error::Error;
 use crate::Controller;
 use hostel_api::agent::{self as wire, AgentApi};
 use hostel_api::public::TaskState;
-use hostel_store::{new_id, now, DiskRecord, TaskRecord, VmRecord};
+use hostel_store::{new_id, DiskRecord, VmRecord};
 
 type Res<T> = crate::error::Result<T>;
 
@@ -41,32 +41,6 @@ pub(crate) fn free_index(disks: &[DiskRecord], vm_id: &str, from: u32) -> u32 {
 }
 
 impl Controller {
-    /// Records a running task of `kind` on `target`, run by this controller for the
-    /// caller.
-    pub(crate) async fn start_task(
-        &self,
-        ctx: &Ctx,
-        kind: &str,
-        target: &str,
-        message: &str,
-    ) -> Res<TaskRecord> {
-        let task = TaskRecord {
-            id: new_id("task"),
-            kind: kind.into(),
-            target: target.into(),
-            state: TaskState::Running,
-            progress: 0.0,
-            message: message.into(),
-            error: None,
-            created_at: now(),
-            updated_at: now(),
-            created_by: ctx.caller().ok().map(|c| c.user_id.clone()),
-            owner: Some(self.id.clone()),
-        };
-        self.store.insert_task(&task).await?;
-        Ok(task)
-    }
-
     /// Copies `req.source` in as disk `req.index` of `vm` (in pool `pool_id`), keeping
     /// it only once it is recorded and paid for.
     pub(crate) async fn copy_in_disk(

@@ -373,7 +373,7 @@ impl Controller {
         let vm = self.create_vm_with(ctx, p.create, true).await?;
         let caller = ctx.caller()?.clone();
         let task = match self
-            .start_task(ctx, "xen-import", &name, "copying the disks")
+            .new_task(ctx, "xen-import", &name, "copying the disks")
             .await
         {
             Ok(t) => t,
@@ -419,7 +419,7 @@ impl Controller {
         });
         Ok(XenImport {
             vm: vm.name,
-            task: Some(self.task(ctx, &task.id).await?),
+            task: Some(task),
             plan: p.plan,
             not_carried: p.not_carried,
         })
