@@ -158,13 +158,7 @@ impl Controller {
         self.store
             .set_schedule_run(&vm.id, hostel_store::now())
             .await?;
-        let target = self
-            .store
-            .backup_targets()
-            .await?
-            .into_iter()
-            .find(|t| t.id == s.target_id)
-            .ok_or_else(|| Error::internal("the schedule's target is gone"))?;
+        let target = self.target_by_id(&s.target_id).await?;
         // The chain the next backup would add to: from the newest back to a full one.
         let all = self.store.backups_of(&vm.id).await?;
         let mut chain = 0u32;

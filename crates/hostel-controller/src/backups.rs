@@ -115,6 +115,16 @@ impl Controller {
         }
     }
 
+    /// The target a backup or schedule names (its row stays while they do).
+    pub(crate) async fn target_by_id(&self, id: &str) -> Res<BackupTargetRecord> {
+        self.store
+            .backup_targets()
+            .await?
+            .into_iter()
+            .find(|t| t.id == id)
+            .ok_or_else(|| Error::internal(format!("backup target {id} is gone")))
+    }
+
     async fn target_named(&self, name: &str) -> Res<BackupTargetRecord> {
         self.store
             .backup_target_by_name(name)
@@ -247,13 +257,7 @@ impl Controller {
     /// Removes backup `b` (its row, then its files) unless a later one builds on it.
     pub(crate) async fn remove_backup(&self, b: &BackupRecord) -> Res<()> {
         let name = &b.name;
-        let target = self
-            .store
-            .backup_targets()
-            .await?
-            .into_iter()
-            .find(|t| t.id == b.target_id)
-            .ok_or_else(|| Error::internal("the backup's target is gone"))?;
+        let target = self.target_by_id(&b.target_id).await?;
         let agent = self.agent(&b.host_id).ok_or_else(|| {
             Error::unavailable(format!(
                 "the host that wrote backup {name:?} ({}) has no connected agent to remove \
@@ -558,13 +562,7 @@ impl Controller {
     ) -> Res<Task> {
         let b = self.backup_named(ctx, name).await?;
         ctx.params(serde_json::json!({"as": req.as_name, "start": req.start}));
-        let target = self
-            .store
-            .backup_targets()
-            .await?
-            .into_iter()
-            .find(|t| t.id == b.target_id)
-            .ok_or_else(|| Error::internal("the backup's target is gone"))?;
+        let target = self.target_by_id(&b.target_id).await?;
         let files: Vec<wire::BackupFile> = serde_json::from_str(&b.files)
             .map_err(|e| Error::internal(format!("backup {name:?}: its file list: {e}")))?;
         if files.is_empty() {
