@@ -15,8 +15,9 @@ if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.
 fi
 apt-get update -qq
 
-# QEMU 10 comes from bookworm-backports; the rest from bookworm.
-apt-get install -y -qq -t bookworm-backports qemu-system-x86 qemu-utils >/dev/null
+# QEMU 10 (and the guest agent the tiny guest carries) comes from bookworm-backports; the
+# rest from bookworm.
+apt-get install -y -qq -t bookworm-backports qemu-system-x86 qemu-utils qemu-guest-agent >/dev/null
 apt-get install -y -qq \
   linux-image-cloud-amd64 busybox-static gzip xz-utils zstd kmod \
   iproute2 nftables dnsmasq-base postgresql procps ca-certificates build-essential pkg-config logrotate \

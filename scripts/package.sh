@@ -76,7 +76,7 @@ Section: admin
 Priority: optional
 Installed-Size: $(du -sk --exclude=DEBIAN "$root" | cut -f1)
 Depends: qemu-system-x86 (>= 1:10), qemu-utils, iproute2, nftables, dnsmasq-base, passwd, procps, util-linux, mount, kmod, e2fsprogs, fdisk, gzip, xz-utils, zstd, linux-image-cloud-amd64, busybox-static
-Recommends: logrotate, ovmf, genisoimage, isolinux, syslinux, syslinux-common, dosfstools, mtools, mmdebstrap, uidmap, btrfs-progs, systemd-boot-efi
+Recommends: qemu-guest-agent, logrotate, ovmf, genisoimage, isolinux, syslinux, syslinux-common, dosfstools, mtools, mmdebstrap, uidmap, btrfs-progs, systemd-boot-efi
 Suggests: postgresql
 Description: self-service virtual machine hosting
  Members of a community create and run their own VMs on the web or from the

@@ -1,7 +1,7 @@
 // The web UI as an admin uses it, in Debian's headless Chromium against a real `hostel
 // up` with a second host: the host's agent stops, and its row goes offline, then stale
 // (greyed); a quota edited on its page changes what a member's create form offers; a
-// VM's limits are set on its page; a backup target is added and a VM backed up from its
+// VM's limits are set on its page, and everybody's default limits on the quotas page; a backup target is added and a VM backed up from its
 // page; a Xen config is tried on the images page. Every
 // admin page is audited with axe-core (WCAG 2.1 AA) and must load without a CSP
 // violation; screenshots of the admin pages go to SHOTS.
@@ -91,6 +91,21 @@ try {
   await until("the limits to be set", async () => (await page.locator("#flash").innerText()).includes("has its new limits"), 10000);
   await audit(page, "/vms/NAME (limits set)");
   if ((await page.getByLabel("Disk MiB/s, each disk").inputValue()) !== "4") throw new Error("the form does not show the limit set");
+
+  step("an admin sets everybody's default limits; a VM's page shows them beside its own");
+  await page.goto(`${base}/admin/quotas?owner=default`);
+  await page.getByLabel("Network Mbit/s, each NIC").fill("20");
+  await page.getByRole("button", { name: "Save the default limits" }).click();
+  await until("the default limits to be saved", async () => (await page.locator("#flash").innerText()).includes("default limits of default are saved"), 10000);
+  await audit(page, "/admin/quotas (default limits saved)");
+  await page.goto(`${base}/vms/capped`);
+  const held = await page.locator("dd[data-field=limits]").innerText();
+  if (!held.includes("CPU weight 50") || !held.includes("network 20 Mbit/s (default)")) throw new Error(`the VM's limits: ${held}`);
+  if ((await page.getByLabel("Network Mbit/s each way, each NIC").getAttribute("placeholder")) !== "20") throw new Error("the VM's form does not show the default it gets");
+  await page.goto(`${base}/admin/quotas?owner=default`);
+  await page.getByLabel("Network Mbit/s, each NIC").fill("");
+  await page.getByRole("button", { name: "Save the default limits" }).click();
+  await until("the default limits to be removed", async () => (await page.locator("#flash").innerText()).includes("are saved"), 10000);
 
   step("an admin adds a backup target, backs a VM up from its page and sees the backup");
   await page.goto(`${base}/admin/pools`);

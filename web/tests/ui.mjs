@@ -1,12 +1,14 @@
 // The web UI as a new user uses it, in Debian's headless Chromium (playwright-core, no
 // browser download), against a real `hostel up`. Every page met is audited with axe-core
 // (WCAG 2.1 AA) and must load without a Content-Security-Policy violation; screenshots
-// of the main pages (desktop and phone width) go to SHOTS.
+// of the main pages (desktop and phone width) go to SHOTS. A stopped VM is exported from
+// its page and imported again from the create page.
 //
 // node ui.mjs URL SHOTS_DIR
 // Environment: ALICE / BOB (user:password; bob is in group `team`, alice is not an
 // admin), VM (the VM's name), ADMIN (user:password of an admin).
 import { problems, step, context, audit, shoot as shootIn, until, finish } from "./harness.mjs";
+import { unlinkSync } from "node:fs";
 
 const [base, shots] = process.argv.slice(2);
 const vm = process.env.VM || "webvm";
@@ -190,17 +192,31 @@ try {
   await page.getByLabel("Start it once created").uncheck();
   await page.getByRole("button", { name: "Create" }).click();
   await page.waitForURL(`**/vms/${vm}2`);
+
+  step("export the stopped VM from its page, and import the archive as a new VM");
+  const [download] = await Promise.all([page.waitForEvent("download"), page.getByRole("link", { name: "Export (download an archive)" }).click()]);
+  if (download.suggestedFilename() !== `${vm}2.hostel.tar`) throw new Error(`the download is named ${download.suggestedFilename()}`);
+  const archive = `${shots}/${vm}2.hostel.tar`;
+  await download.saveAs(archive);
+  await page.goto(base + "/vms/new");
+  await page.locator("#import-file").setInputFiles(archive);
+  await page.getByLabel("Name (empty: the archive's)").fill(vm + "3");
+  await Promise.all([page.waitForURL(`**/vms/${vm}3`), page.getByRole("button", { name: "Import", exact: true }).click()]);
+  if (!(await flash(page)).includes(`VM ${vm}3 is imported`)) throw new Error(`after the import: ${await flash(page)}`);
+  await audit(page, "/vms/NAME (imported)");
+  unlinkSync(archive);
+
   await page.goto(base + "/vms");
   for (const n of [vm, vm + "2"]) await page.getByLabel(`Choose ${n}`, { exact: true }).check();
   await page.getByRole("button", { name: "Stop", exact: true }).click();
   await until("the bulk results", async () => (await flash(page)).includes(`${vm}: stopped`), 90000);
   const results = await flash(page);
   if (!results.includes(`${vm}2: `) || results.includes(`${vm}2: stopped`)) throw new Error(`bulk results: ${results}`);
-  for (const n of [vm, vm + "2"]) await page.getByLabel(`Choose ${n}`, { exact: true }).check();
+  for (const n of [vm, vm + "2", vm + "3"]) await page.getByLabel(`Choose ${n}`, { exact: true }).check();
   await page.locator("#vm-list details.danger summary").click();
   await page.getByRole("button", { name: "Delete the chosen VMs" }).click();
   await until("the deletions", async () => (await flash(page)).includes(`${vm}2: deleted`), 30000);
-  if (!(await flash(page)).includes(`${vm}: deleted`)) throw new Error(`bulk delete: ${await flash(page)}`);
+  for (const n of [vm, vm + "3"]) if (!(await flash(page)).includes(`${n}: deleted`)) throw new Error(`bulk delete: ${await flash(page)}`);
   if ((await page.locator(`tr[data-vm="${vm}"]`).count()) !== 0) throw new Error("the deleted VM is still listed");
   await until("bob's list to lose it", async () => (await bp.locator(`tr[data-vm="${vm}"]`).count()) === 0, 10000);
 

@@ -12,6 +12,7 @@
 //! is copied whole. A stopped VM is copied whole with qemu-img, and its qcow2 disks get
 //! the new bitmap for the next start.
 
+use crate::guest_agent::GuestAgent;
 use crate::vm::VmRuntime;
 use anyhow::{anyhow, bail, Context, Result};
 use hostel_api::agent::*;
@@ -65,7 +66,7 @@ pub async fn run(
     vm: Option<Arc<VmRuntime>>,
     req: BackupVmRequest,
     progress: &mut (dyn FnMut(f64, String) + Send),
-) -> Result<Vec<BackupFile>> {
+) -> Result<(Vec<BackupFile>, String)> {
     check(&req)?;
     let dir = PathBuf::from(&req.dir);
     // Backups hold whole disks: root's alone, as the pools' disks are.
@@ -75,8 +76,15 @@ pub async fn run(
         .create(&dir)
         .with_context(|| format!("making {}", dir.display()))?;
     let qmp = vm.as_ref().and_then(|v| v.qmp_handle().ok());
+    let mut quiesce = String::from("at rest: the VM was not running");
     let made = match qmp {
-        Some(q) => live(&q, &req, &dir, progress).await,
+        Some(q) => {
+            let port = vm
+                .as_ref()
+                .filter(|v| v.spec().guest_agent)
+                .map(|v| v.paths.guest_agent());
+            live(&q, &req, &dir, progress, port.as_deref(), &mut quiesce).await
+        }
         None => {
             let r = req.clone();
             let d = dir.clone();
@@ -108,7 +116,47 @@ pub async fn run(
             let _ = std::fs::remove_file(dir.join(file_name(&req.backup_id, d.index)));
         }
     }
-    summed
+    summed.map(|files| (files, quiesce))
+}
+
+/// Freezes the guest's file systems through its agent on `port`, when it has one that
+/// answers; the agent to thaw them with. `quiesce` says what happened.
+async fn freeze(port: Option<&Path>, quiesce: &mut String) -> Option<GuestAgent> {
+    let Some(port) = port else {
+        *quiesce = "crash-consistent: the VM has no guest agent port (it gets one at its \
+                    next start from cold)"
+            .into();
+        return None;
+    };
+    let mut ga = match GuestAgent::connect(port).await {
+        Ok(ga) => ga,
+        Err(e) => {
+            *quiesce = format!("crash-consistent: {e:#}");
+            return None;
+        }
+    };
+    match ga.freeze().await {
+        Ok(n) => {
+            *quiesce = format!("the guest agent froze {n} file system(s)");
+            Some(ga)
+        }
+        Err(e) => {
+            // Whatever it froze before failing is thawed again.
+            let _ = ga.thaw().await;
+            *quiesce = format!("crash-consistent: the guest agent could not freeze: {e:#}");
+            None
+        }
+    }
+}
+
+/// Thaws what `freeze` froze; tries three times, and says so loudly if it cannot.
+async fn thaw(vm: &str, mut ga: GuestAgent) {
+    for attempt in 1..=3 {
+        match ga.thaw().await {
+            Ok(_) => return,
+            Err(e) => tracing::error!(vm = %vm, attempt, "thawing the guest's file systems: {e:#}"),
+        }
+    }
 }
 
 /// The bitmaps of node `disk{i}`: (name, usable).
@@ -154,6 +202,8 @@ async fn live(
     req: &BackupVmRequest,
     dir: &Path,
     progress: &mut (dyn FnMut(f64, String) + Send),
+    guest_agent: Option<&Path>,
+    quiesce: &mut String,
 ) -> Result<Vec<BackupFile>> {
     let nodes = qmp
         .execute("query-named-block-nodes", json!({"flat": true}))
@@ -251,8 +301,16 @@ async fn live(
             }
             actions.push(json!({"type": "blockdev-backup", "data": job}));
         }
-        qmp.execute("transaction", json!({ "actions": actions }))
-            .await?;
+        // The guest's file systems frozen for the instant the copy starts, if its agent
+        // answers; thawed at once, whatever the transaction gave.
+        let frozen = freeze(guest_agent, quiesce).await;
+        let started = qmp
+            .execute("transaction", json!({ "actions": actions }))
+            .await;
+        if let Some(ga) = frozen {
+            thaw(&req.vm_id, ga).await;
+        }
+        started?;
         wait_jobs(qmp, &plans, progress).await
     }
     .await;

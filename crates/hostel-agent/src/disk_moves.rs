@@ -29,7 +29,10 @@ impl Shared {
                 req.file, pool.name
             )));
         }
-        crate::images::file_bytes(p).await
+        match req.standalone_format {
+            None => crate::images::file_bytes(p).await,
+            Some(fmt) => standalone_bytes(p, &fmt, &self.export_ledger()).await,
+        }
     }
 
     /// Stores the disk of `req` from `body` (see the module's documentation).
@@ -88,6 +91,86 @@ impl Shared {
     }
 }
 
+/// The disk file `p` (of format `fmt`) standing alone: a copy in its own directory with
+/// its backing chain merged in, unlinked once open, so it goes when the read ends however
+/// the read ends. A raw file has no backing file: it is sent as it is. The copy's path
+/// is noted in `ledger` first: an agent that dies before the unlink removes it at its
+/// next start, whatever pool it is in (`sweep_export_copies`).
+async fn standalone_bytes(p: &Path, fmt: &str, ledger: &Path) -> Res<SizedBytes<AgentFailure>> {
+    match fmt {
+        "raw" => return crate::images::file_bytes(p).await,
+        "qcow2" => {}
+        other => {
+            return Err(AgentFailure::invalid(format!(
+                "standalone_format: {other:?} is not qcow2 or raw"
+            )))
+        }
+    }
+    let dir = p.parent().unwrap_or(Path::new("/"));
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // A name no other agent (of a host sharing the pool) or export takes: a random
+    // token, and the file made here first, never over another.
+    let token =
+        std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), n);
+    let copy = dir.join(format!(".export-{token:016x}.qcow2"));
+    note_export_copy(ledger, &copy)
+        .map_err(|e| AgentFailure::internal(format!("noting {}: {e}", ledger.display())))?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&copy)
+        .map_err(|e| AgentFailure::internal(format!("making {}: {e}", copy.display())))?;
+    let (src, dst) = (p.to_path_buf(), copy.clone());
+    let made = tokio::task::spawn_blocking(move || {
+        let mut c = Command::new("qemu-img");
+        c.args(["convert", "-f", "qcow2", "-O", "qcow2"])
+            .arg(&src)
+            .arg(&dst);
+        run(&mut c, "qemu-img convert")
+    })
+    .await
+    .map_err(|e| AgentFailure::internal(e.to_string()))?;
+    if let Err(e) = made {
+        let _ = std::fs::remove_file(&copy);
+        return Err(AgentFailure::internal(format!("{}: {e:#}", p.display())));
+    }
+    hostel_faults::point("agent.export.copied").await;
+    let opened = crate::images::file_bytes(&copy).await;
+    let _ = std::fs::remove_file(&copy);
+    opened
+}
+
+/// Appends `copy` to the ledger of export copies (one path a line).
+fn note_export_copy(ledger: &Path, copy: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(ledger)?;
+    f.write_all(format!("{}\n", copy.display()).as_bytes())
+}
+
+/// Refuses a qcow2 file that would make QEMU open other files of the host: one with an
+/// external data file. (Its backing file is replaced by `settle` without being opened.)
+fn check_self_contained(part: &Path) -> anyhow::Result<()> {
+    let out = Command::new("qemu-img")
+        .args(["info", "-f", "qcow2", "--output=json"])
+        .arg(part)
+        .output()?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "not a qcow2 file QEMU reads: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    if info["format-specific"]["data"].get("data-file").is_some() {
+        anyhow::bail!("the qcow2 file keeps its data in another file (data-file): refused");
+    }
+    Ok(())
+}
+
 /// Writes the body to `part`: exactly `bytes` of it, flushed to the disk.
 async fn receive(part: &Path, mut body: ByteStream<AgentFailure>, bytes: u64) -> Res<()> {
     let fail = |e: std::io::Error| AgentFailure::internal(format!("{}: {e}", part.display()));
@@ -114,6 +197,7 @@ async fn receive(part: &Path, mut body: ByteStream<AgentFailure>, bytes: u64) ->
 /// Makes the received file the disk at `path`, in the pool's format `fmt`.
 fn settle(part: &Path, path: &PathBuf, req: &PutDiskRequest, fmt: &str) -> anyhow::Result<()> {
     if req.format == "qcow2" {
+        check_self_contained(part)?;
         // The image under it is this host's copy now (or none).
         let mut c = Command::new("qemu-img");
         c.args(["rebase", "-u", "-f", "qcow2"]);
@@ -144,4 +228,37 @@ fn run(c: &mut Command, what: &str) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+pub(crate) const EXPORT_LEDGER: &str = "export-copies";
+
+/// Removes the temporary copies exports make (`disk_moves.rs`) that an agent which died
+/// in the middle of making one left: those its ledger names, in any pool, and any in the
+/// default pool's directory `disks` (where no other agent writes). The ledger starts
+/// again empty.
+pub(crate) fn sweep_export_copies(ledger: &Path, disks: &Path) {
+    let is_copy = |p: &Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy())
+            .is_some_and(|n| n.starts_with(".export-") && n.ends_with(".qcow2"))
+    };
+    let mut copies: Vec<PathBuf> = std::fs::read_to_string(ledger)
+        .unwrap_or_default()
+        .lines()
+        .map(PathBuf::from)
+        .filter(|p| is_copy(p))
+        .collect();
+    if let Ok(entries) = std::fs::read_dir(disks) {
+        copies.extend(entries.flatten().map(|e| e.path()).filter(|p| is_copy(p)));
+    }
+    for copy in copies {
+        match std::fs::remove_file(&copy) {
+            Ok(()) => tracing::info!(file = %copy.display(), "removed an export's leftover copy"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(file = %copy.display(), "removing an export's leftover copy: {e}")
+            }
+        }
+    }
+    let _ = std::fs::remove_file(ledger);
 }

@@ -333,7 +333,21 @@ where
             ep::PutDisk::ROUTE,
             upload::<A, ep::PutDisk, _, _>(|a, r, body| async move { a.put_disk(r, body).await }),
         )
+        .layer(axum::middleware::from_fn(to_the_end))
         .with_state(api)
+}
+
+/// Runs each request's handler as a task of its own, to its end, whoever hangs up.
+/// hyper drops a request's future when its client's connection closes: a controller
+/// that died while this agent started a VM left it "starting" for good, its QEMU
+/// running, and a cut disk upload could leave half a file. (A streamed answer's body
+/// still ends with its connection: that is how a reader stops a download.)
+async fn to_the_end(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match tokio::spawn(next.run(req)).await {
+        Ok(answer) => answer,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    }
 }
 
 fn method_filter(m: Method) -> MethodFilter {
@@ -571,5 +585,46 @@ async fn pump<T: AsyncRead + AsyncWrite + Send + Unpin>(socket: WebSocket, io: T
     tokio::select! {
         _ = down => {},
         _ = up => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// What a request started is finished even when its client goes away half-way, as a
+    /// controller killed during a start does.
+    #[tokio::test]
+    async fn a_handler_runs_to_its_end_when_its_client_hangs_up() {
+        let (began_tx, began_rx) = tokio::sync::oneshot::channel::<()>();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let slots = Arc::new(std::sync::Mutex::new(Some((began_tx, done_tx))));
+        let app = Router::new()
+            .route(
+                "/slow",
+                axum::routing::post(move || async move {
+                    let (began, done) = slots.lock().unwrap().take().unwrap();
+                    let _ = began.send(());
+                    // Long enough for the server to see the connection closed.
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let _ = done.send(());
+                }),
+            )
+            .layer(axum::middleware::from_fn(to_the_end));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        client
+            .write_all(b"POST /slow HTTP/1.1\r\nhost: agent\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        began_rx.await.unwrap();
+        drop(client);
+        // A handler dropped half-way drops its sender: this fails at once.
+        done_rx
+            .await
+            .expect("the handler was dropped when its client hung up");
     }
 }

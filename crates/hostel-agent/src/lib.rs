@@ -4,6 +4,7 @@
 mod backup;
 pub mod console;
 mod disk_moves;
+mod guest_agent;
 mod http;
 mod images;
 mod limits;
@@ -147,6 +148,10 @@ impl Shared {
     }
     pub fn disks_dir(&self) -> PathBuf {
         self.cfg.data_dir.join("disks")
+    }
+    /// The paths of the temporary copies exports make, one a line (`disk_moves.rs`).
+    pub(crate) fn export_ledger(&self) -> PathBuf {
+        self.cfg.data_dir.join(disk_moves::EXPORT_LEDGER)
     }
 
     /// A storage pool by its spec; none: the host's default `dir` pool (DATA/disks).
@@ -702,6 +707,10 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<Arc<Shared>> {
         check_reachable(&cfg.data_dir.join("run"), who, &any_vm)?;
         private_disk_files(&cfg.data_dir.join("disks"));
     }
+    disk_moves::sweep_export_copies(
+        &cfg.data_dir.join(disk_moves::EXPORT_LEDGER),
+        &cfg.data_dir.join("disks"),
+    );
     let qemu_version = hostel_qemu::probe::qemu_version(&cfg.qemu_binary).await?;
     let shared = Arc::new_cyclic(|me| Shared {
         me: me.clone(),

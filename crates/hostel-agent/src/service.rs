@@ -656,7 +656,10 @@ impl AgentApi for Shared {
             };
             let made = req.clone();
             let line = match crate::backup::run(vm, req, &mut progress).await {
-                Ok(files) => BackupLine::Done { done: files },
+                Ok((files, quiesce)) => BackupLine::Done {
+                    done: files,
+                    quiesce: Some(quiesce),
+                },
                 Err(e) => BackupLine::Error {
                     error: format!("{e:#}"),
                 },

@@ -361,9 +361,13 @@ pub struct Vm {
     /// How its host was chosen: in a create's answer, when asked for (`explain`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<Placement>,
-    /// Its resource limits (`hostel limits`); empty: none.
+    /// Its own resource limits (`hostel limits`); empty: none.
     #[serde(default)]
     pub limits: Limits,
+    /// The limits it is held to: each one its own, else its owner's default, else the
+    /// default for everybody (`hostel default-limits`).
+    #[serde(default)]
+    pub limits_in_force: Limits,
 }
 
 /// One VM in a list: what `hostel list` shows. `GET /api/v1/vms/{name}` has the rest.
@@ -482,6 +486,39 @@ impl Limits {
     pub fn is_empty(&self) -> bool {
         *self == Limits::default()
     }
+
+    /// These limits, each one missing taken from `fallback`.
+    pub fn or(&self, fallback: &Limits) -> Limits {
+        Limits {
+            cpu_weight: self.cpu_weight.or(fallback.cpu_weight),
+            cpu_max_percent: self.cpu_max_percent.or(fallback.cpu_max_percent),
+            disk_iops: self.disk_iops.or(fallback.disk_iops),
+            disk_bps: self.disk_bps.or(fallback.disk_bps),
+            net_mbps: self.net_mbps.or(fallback.net_mbps),
+        }
+    }
+}
+
+/// The resource limits an owner's VMs get where they have none of their own
+/// (`hostel default-limits`). A VM's limits in force are, each one: its own, else its
+/// owner's default, else the default for everybody (`default`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DefaultLimits {
+    /// `user:NAME`, `group:NAME` or `default` (everybody).
+    pub owner: String,
+    /// The owner's own defaults; empty: none.
+    pub limits: Limits,
+    /// What its VMs without limits of their own get: its defaults, each one missing
+    /// taken from `default`'s.
+    pub in_force: Limits,
+    /// In a change's answer: the running VMs whose limits in force changed, and were
+    /// given the new ones at once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub applied_to: Vec<String>,
+    /// In a change's answer: running VMs that could not be given them now (each with
+    /// why); they get them at their next start.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_applied: Vec<String>,
 }
 
 /// A VM with its latest use, as `hostel top` shows it (`GET /api/v1/usage`).
@@ -846,6 +883,10 @@ pub struct Backup {
     pub disks: Vec<BackupDisk>,
     pub memory_mib: u64,
     pub vcpus: u32,
+    /// How it was made consistent: "the guest agent froze N file system(s)", "at rest"
+    /// (a stopped VM), or "crash-consistent: WHY" (as if the power had been cut).
+    #[serde(default)]
+    pub quiesce: Option<String>,
 }
 
 /// A VM's backup schedule: a backup every so often into a target, and which to keep.
@@ -901,6 +942,79 @@ pub struct RestoreBackupRequest {
     /// Start the VM once restored.
     #[serde(default)]
     pub start: bool,
+}
+
+/// The first file of a VM archive (`hostel export`; see `hostel_model::archive`): what
+/// the VM is and which disk files follow.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct VmArchiveManifest {
+    /// `hostel-vm`.
+    pub format: String,
+    /// The manifest's version (1).
+    pub version: u32,
+    /// The Hostel version that wrote it.
+    pub hostel: String,
+    /// When (RFC 3339).
+    pub exported_at: String,
+    /// The VM as a create request: sizes, policies, boot, networks (NICs keep their
+    /// MACs; they get addresses where they are imported).
+    pub vm: CreateVmRequest,
+    /// Its disks, in the order their files follow.
+    pub disks: Vec<ArchivedDisk>,
+}
+
+/// How `POST /api/v1/import/vm` makes the VM of the archive in its body.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ImportVmQuery {
+    /// Its name here; default the name in the archive.
+    #[serde(default)]
+    #[param(
+        pattern = "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$",
+        min_length = 1,
+        max_length = 63
+    )]
+    pub name: Option<String>,
+    /// Put every NIC on this network; default the networks named in the archive.
+    #[serde(default)]
+    #[param(
+        pattern = "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$",
+        min_length = 1,
+        max_length = 63
+    )]
+    pub network: Option<String>,
+    /// The pool its disks go to; default the host's.
+    #[serde(default)]
+    #[param(
+        pattern = "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$",
+        min_length = 1,
+        max_length = 63
+    )]
+    pub pool: Option<String>,
+    /// Start it once imported.
+    #[serde(default)]
+    pub start: bool,
+}
+
+/// What an import made, and what it changed on the way (a MAC taken here, say).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ImportedVm {
+    pub vm: Vm,
+    #[serde(default)]
+    pub notes: Vec<String>,
+}
+
+/// One disk of a VM archive.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ArchivedDisk {
+    /// Its place in the VM's disk order (0 boots).
+    pub index: u32,
+    /// Its file's name in the archive.
+    pub file: String,
+    /// `qcow2` or `raw`; the file stands alone (no backing file).
+    pub format: String,
+    /// Its size as the guest sees it, MiB.
+    pub size_mib: u64,
 }
 
 /// A Xen guest to bring over: its `xm`/`xl` config file's text. Admins only (its disks

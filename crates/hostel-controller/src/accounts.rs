@@ -937,6 +937,7 @@ impl Controller {
             },
             Some(g) => Some(self.group_named(g).await?.id),
         };
+        let limits_before = self.limits_in_force(&vm).await?;
         self.store
             .set_vm_owner(
                 &vm.id,
@@ -957,6 +958,13 @@ impl Controller {
             if let Some(agent) = vm.host_id.as_deref().and_then(|h| self.agent(h)) {
                 if let Err(e) = agent.clear_console_log(&vm.id).await {
                     tracing::warn!(vm = %vm.name, "clearing the console log for its new owner failed: {e}");
+                }
+                // The new owner's default limits hold it from now.
+                let limits = self.limits_in_force(&vm).await?;
+                if limits != limits_before && vm.state.has_process() {
+                    if let Err(e) = agent.set_limits(&vm.id, limits).await {
+                        tracing::warn!(vm = %vm.name, "its new owner's default limits wait for its next start: {e}");
+                    }
                 }
             }
         }

@@ -10,8 +10,8 @@ use crate::error::Error;
 use crate::Controller;
 use hostel_api::agent::{self as wire, AgentApi};
 use hostel_api::public::*;
-use hostel_model::{validate_name, Invalid, VmState};
-use hostel_store::{new_id, now, BackupRecord, BackupTargetRecord, DiskRecord};
+use hostel_model::{validate_name, Invalid};
+use hostel_store::{new_id, now, BackupRecord, BackupTargetRecord};
 use std::sync::Arc;
 
 type Res<T> = crate::error::Result<T>;
@@ -162,7 +162,7 @@ impl Controller {
             .is_some_and(|v| ctx.may_operate(&v)))
     }
 
-    async fn backup_named(&self, ctx: &Ctx, name: &str) -> Res<BackupRecord> {
+    pub(crate) async fn backup_named(&self, ctx: &Ctx, name: &str) -> Res<BackupRecord> {
         let missing = || {
             Error::not_found(
                 "backup",
@@ -221,6 +221,7 @@ impl Controller {
                 .collect(),
             memory_mib: def.memory_mib,
             vcpus: def.vcpus,
+            quiesce: b.quiesce.clone(),
         }
     }
 
@@ -362,6 +363,7 @@ impl Controller {
             files: String::new(),
             size_bytes: 0,
             created_at: now(),
+            quiesce: None,
         };
         let body = wire::BackupVmRequest {
             vm_id: vm.id.clone(),
@@ -385,13 +387,13 @@ impl Controller {
                 }
             }
             let _ = match result {
-                Ok(name) => {
+                Ok((name, quiesce)) => {
                     me.store
                         .update_task(
                             &id,
                             TaskState::Succeeded,
                             1.0,
-                            &format!("backup {name}"),
+                            &format!("backup {name}: {quiesce}"),
                             None,
                         )
                         .await
@@ -414,7 +416,7 @@ impl Controller {
         mut rec: BackupRecord,
         body: wire::BackupVmRequest,
         target: &BackupTargetRecord,
-    ) -> Res<String> {
+    ) -> Res<(String, String)> {
         use futures::StreamExt;
         let made: Vec<String> = body
             .disks
@@ -444,7 +446,10 @@ impl Controller {
                         .update_task(task, TaskState::Running, progress, &message, None)
                         .await;
                 }
-                wire::BackupLine::Done { done } => files = Some(done),
+                wire::BackupLine::Done { done, quiesce } => {
+                    rec.quiesce = quiesce;
+                    files = Some(done)
+                }
                 wire::BackupLine::Error { error } => return Err(Error::conflict(error)),
             }
         }
@@ -478,7 +483,7 @@ impl Controller {
                 .await;
             return Err(e);
         }
-        Ok(rec.name)
+        Ok((rec.name, rec.quiesce.unwrap_or_default()))
     }
 
     /// `VM-YYYYMMDD-HHMMSS`, with `-2`, `-3`, ... when taken.
@@ -502,7 +507,7 @@ impl Controller {
 
     /// What a restore makes the VM from: its sizes, policies, boot (a kernel image by
     /// name) and networks (NICs get new addresses: the original may still hold them).
-    async fn definition_of(&self, vm: &hostel_store::VmRecord) -> Res<CreateVmRequest> {
+    pub(crate) async fn definition_of(&self, vm: &hostel_store::VmRecord) -> Res<CreateVmRequest> {
         let boot: BootConfig = vm
             .boot_json
             .as_deref()
@@ -550,206 +555,5 @@ impl Controller {
             }
         }
         Ok(def)
-    }
-
-    /// Restores a backup in a task: as a new VM (`as_name`), else over its own VM,
-    /// which must be stopped (its disks are replaced only once the backup's are in).
-    pub async fn restore_backup(
-        self: &Arc<Self>,
-        ctx: &Ctx,
-        name: &str,
-        req: RestoreBackupRequest,
-    ) -> Res<Task> {
-        let b = self.backup_named(ctx, name).await?;
-        ctx.params(serde_json::json!({"as": req.as_name, "start": req.start}));
-        let target = self.target_by_id(&b.target_id).await?;
-        let files: Vec<wire::BackupFile> = serde_json::from_str(&b.files)
-            .map_err(|e| Error::internal(format!("backup {name:?}: its file list: {e}")))?;
-        if files.is_empty() {
-            return Err(Error::conflict(format!(
-                "backup {name:?} holds no disks: there is nothing to restore"
-            )));
-        }
-        // Every file a restore of each disk reads: this backup's and its ancestors'.
-        let all = self.store.backups().await?;
-        let mut sums = Vec::new();
-        let mut at = Some(b.clone());
-        while let Some(x) = at {
-            for f in serde_json::from_str::<Vec<wire::BackupFile>>(&x.files).unwrap_or_default() {
-                sums.push(wire::FileSum {
-                    path: format!("{}/{}", target.dir, f.file),
-                    sha256: f.sha256,
-                });
-            }
-            at = x
-                .parent_id
-                .as_ref()
-                .and_then(|p| all.iter().find(|y| &y.id == p).cloned());
-        }
-        let (vm, guard, replace) = match &req.as_name {
-            Some(new_name) => {
-                let mut def: CreateVmRequest = serde_json::from_str(&b.definition)
-                    .map_err(|e| Error::internal(format!("the backup's definition: {e}")))?;
-                def.name = new_name.clone();
-                def.start = false;
-                let made = self.create_vm_with(ctx, def, true).await?;
-                let (g, vm) = self.locked_vm(ctx, &made.name).await?;
-                (vm, g, Vec::new())
-            }
-            None => {
-                let vm = self
-                    .store
-                    .vm_by_id(&b.vm_id)
-                    .await?
-                    .filter(|v| ctx.may_operate(v))
-                    .ok_or_else(|| {
-                        Error::not_found(
-                            "vm",
-                            &b.vm_name,
-                            format!(
-                                "VM {:?} is gone: restore the backup as a new VM (--as NAME)",
-                                b.vm_name
-                            ),
-                        )
-                    })?;
-                let (g, vm) = self.locked_vm(ctx, &vm.name).await?;
-                if !matches!(vm.state, VmState::Stopped | VmState::Crashed) {
-                    return Err(Error::conflict(format!(
-                        "VM {:?} is {}: stop it before restoring over it (or restore as a new \
-                         VM with --as NAME)",
-                        vm.name,
-                        vm.state.as_str()
-                    )));
-                }
-                if !self.store.snapshots_of(&vm.id).await?.is_empty() {
-                    return Err(Error::conflict(format!(
-                        "VM {:?} has snapshots of the disks a restore replaces: delete them \
-                         first (`hostel snapshot list {0}`), or restore as a new VM (--as NAME)",
-                        vm.name
-                    )));
-                }
-                let old = self.store.disks_of(&vm.id).await?;
-                (vm, g, old)
-            }
-        };
-        let caller = ctx.caller()?.clone();
-        let task = self
-            .new_task(
-                ctx,
-                "backup-restore",
-                &vm.name,
-                &format!("restoring {}", b.name),
-            )
-            .await?;
-        let me = self.clone();
-        let id = task.id.clone();
-        let source = ctx.source.clone();
-        let new_vm = req.as_name.is_some();
-        let start = req.start;
-        tokio::spawn(async move {
-            let tctx = Ctx::user(caller, source);
-            let result = async {
-                let made = me
-                    .restore_disks(&tctx, &id, &vm, &target, &files, &sums, &replace)
-                    .await;
-                drop(guard);
-                made?;
-                if start {
-                    me.start_vm(&tctx, &vm.name).await?;
-                }
-                Ok::<(), Error>(())
-            }
-            .await;
-            let _ = match result {
-                Ok(()) => {
-                    me.store
-                        .update_task(&id, TaskState::Succeeded, 1.0, "restored", None)
-                        .await
-                }
-                Err(e) => {
-                    let mut msg = format!("{e}");
-                    if new_vm {
-                        // Nothing half made stays: the new VM goes with what it got.
-                        let _ = me.delete_vm(&tctx, &vm.name).await;
-                        msg.push_str(&format!("; VM {:?} was removed again", vm.name));
-                    } else {
-                        msg.push_str("; the VM keeps its disks as they were");
-                    }
-                    me.store
-                        .update_task(&id, TaskState::Failed, 1.0, "failed", Some(&msg))
-                        .await
-                }
-            };
-        });
-        Ok(task)
-    }
-
-    /// Copies each backed-up disk into the VM's pool as a new disk; then, over an
-    /// existing VM, its old disks go and the new ones take their places.
-    #[allow(clippy::too_many_arguments)]
-    async fn restore_disks(
-        &self,
-        ctx: &Ctx,
-        task: &str,
-        vm: &hostel_store::VmRecord,
-        target: &BackupTargetRecord,
-        files: &[wire::BackupFile],
-        sums: &[wire::FileSum],
-        replace: &[DiskRecord],
-    ) -> Res<()> {
-        let agent = self.host_agent(vm)?;
-        // Each restored disk is copied in beside the old ones (a free index and file name),
-        // then takes its place in the VM's order.
-        let n = files.len().max(1) as f64;
-        let mut made: Vec<(DiskRecord, u32)> = Vec::new();
-        for (i, f) in files.iter().enumerate() {
-            let mut taken: Vec<DiskRecord> = replace.to_vec();
-            taken.extend(made.iter().map(|(d, _)| d.clone()));
-            let next = taken.iter().map(|d| d.idx + 1).max().unwrap_or(0);
-            let idx = crate::disk_import::free_index(&taken, &vm.id, next);
-            let result = self
-                .copy_in_disk(
-                    ctx,
-                    vm,
-                    wire::ImportDiskRequest {
-                        vm_id: vm.id.clone(),
-                        index: idx,
-                        source: format!("{}/{}", target.dir, f.file),
-                        format: "qcow2".into(),
-                        pool: None,
-                        chain_within: Some(target.dir.clone()),
-                        sums: sums.to_vec(),
-                    },
-                    None,
-                    crate::disk_import::Report {
-                        task,
-                        from: i as f64 / n * 0.95,
-                        width: 0.95 / n,
-                        label: format!("disk {}/{}", i + 1, files.len()),
-                    },
-                )
-                .await;
-            match result {
-                Ok(rec) => made.push((rec, f.index)),
-                Err(e) => {
-                    // Over an existing VM, what was copied in so far goes again.
-                    let recs: Vec<DiskRecord> = made.into_iter().map(|(d, _)| d).collect();
-                    for rec in &recs {
-                        let _ = self.store.delete_disk(&rec.id).await;
-                    }
-                    self.remove_disk_files(&agent, &recs).await;
-                    return Err(e);
-                }
-            }
-        }
-        // The old disks go; the restored ones take their indexes.
-        for old in replace {
-            self.store.delete_disk(&old.id).await?;
-        }
-        self.remove_disk_files(&agent, replace).await;
-        for (rec, index) in &made {
-            self.store.set_disk_index(&rec.id, *index).await?;
-        }
-        Ok(())
     }
 }

@@ -208,6 +208,13 @@ impl Ctx {
     }
 
     /// Names what the operation acts on, for the audit trail.
+    /// What the request acts on is `name`, not a VM (after it acted on VMs on the way).
+    pub fn target_not_vm(&self, name: &str) {
+        let mut n = self.note.lock().unwrap();
+        n.target = Some(name.to_string());
+        n.vm_id = None;
+    }
+
     pub fn target(&self, name: &str, vm_id: Option<&str>) {
         let mut n = self.note.lock().unwrap();
         n.target = Some(name.to_string());
@@ -259,6 +266,7 @@ mod tests {
             anti_affinity: None,
             machine: None,
             cpu_model: None,
+            guest_agent: false,
         }
     }
 

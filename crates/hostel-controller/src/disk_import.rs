@@ -1,5 +1,5 @@
 //! Copying a file on a VM's host into its pool as one of its disks (a Xen guest's disk,
-//! a backup's), journaled as a disk add, charged to the VM's owner like any disk, its
+//! a backup's), or bytes sent to it (an imported archive's disk), journaled as a disk add, charged to the VM's owner like any disk, its
 //! progress reported into a task.
 
 use crate::context::Ctx;
@@ -40,9 +40,31 @@ pub(crate) fn free_index(disks: &[DiskRecord], vm_id: &str, from: u32) -> u32 {
     (from..).find(|i| !taken.contains(i)).expect("a free index")
 }
 
+/// The row of a disk file made for `vm` from other bytes (no image under it).
+fn disk_record(
+    vm: &VmRecord,
+    idx: u32,
+    pool_id: Option<String>,
+    path: String,
+    format: String,
+    size_mib: u64,
+) -> DiskRecord {
+    DiskRecord {
+        id: new_id("disk"),
+        vm_id: vm.id.clone(),
+        idx,
+        path,
+        format,
+        size_mib,
+        image_id: None,
+        pool_id,
+    }
+}
+
 impl Controller {
     /// Copies `req.source` in as disk `req.index` of `vm` (in pool `pool_id`), keeping
-    /// it only once it is recorded and paid for.
+    /// it only once it is recorded and paid for (less `credit_mib`: what disks it
+    /// replaces, about to go, were charged).
     pub(crate) async fn copy_in_disk(
         &self,
         ctx: &Ctx,
@@ -50,18 +72,13 @@ impl Controller {
         req: wire::ImportDiskRequest,
         pool_id: Option<String>,
         report: Report<'_>,
+        credit_mib: u64,
     ) -> Res<DiskRecord> {
         use futures::StreamExt;
         let agent = self.host_agent(vm)?;
         let idx = req.index;
         let source = req.source.clone();
-        let intent = crate::journal::Intent {
-            files: vec![crate::journal::DiskFile::of(&vm.id, idx)],
-            ..Default::default()
-        };
-        let op = self
-            .journal(ctx, "disk-add", &vm.name, Some(vm), &intent)
-            .await?;
+        let op = self.journal_disk_add(ctx, vm, idx).await?;
         let result: Res<DiskRecord> = async {
             let mut lines = agent.import_disk(req).await?;
             let mut made = None;
@@ -90,32 +107,83 @@ impl Controller {
                     "{source}: the host's agent ended the copy without a result"
                 ))
             })?;
-            let rec = DiskRecord {
-                id: new_id("disk"),
-                vm_id: vm.id.clone(),
+            let rec = disk_record(
+                vm,
                 idx,
-                path: made.path,
-                format: made.format,
-                size_mib: made.virtual_size_mib,
-                image_id: None,
                 pool_id,
-            };
-            op.step("file-made").await?;
-            // The owner pays for it like any disk: over quota, it is not kept.
-            let kept = match self.charge_disk_growth(vm, rec.size_mib).await {
-                Ok(_quota) => self.store.insert_disk(&rec).await.map_err(Error::from),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = kept {
-                self.remove_disk_files(&agent, std::slice::from_ref(&rec))
-                    .await;
-                return Err(e);
-            }
-            op.step("row-written").await?;
-            Ok(rec)
+                made.path,
+                made.format,
+                made.virtual_size_mib,
+            );
+            self.keep_disk(vm, &agent, rec, &op, credit_mib).await
         }
         .await;
         op.end(&result).await;
         result
+    }
+
+    /// Stores `body` (a disk file's bytes, of `req.format`) as disk `req.index` of `vm`
+    /// through its host's agent (`PutDisk`), keeping it only once it is recorded and paid
+    /// for.
+    pub(crate) async fn put_in_disk(
+        &self,
+        ctx: &Ctx,
+        vm: &VmRecord,
+        req: wire::PutDiskRequest,
+        body: wire::ByteStream<crate::agent_client::AgentCallError>,
+        pool_id: Option<String>,
+    ) -> Res<DiskRecord> {
+        let agent = self.host_agent(vm)?;
+        let idx = req.index;
+        let op = self.journal_disk_add(ctx, vm, idx).await?;
+        let result: Res<DiskRecord> = async {
+            let made = agent.put_disk(req, body).await?;
+            let rec = disk_record(vm, idx, pool_id, made.path, made.format, made.size_mib);
+            self.keep_disk(vm, &agent, rec, &op, 0).await
+        }
+        .await;
+        op.end(&result).await;
+        result
+    }
+
+    /// The journal row of adding disk `idx` to `vm` (its file named, for recovery).
+    async fn journal_disk_add(
+        &self,
+        ctx: &Ctx,
+        vm: &VmRecord,
+        idx: u32,
+    ) -> Res<crate::journal::OpLog> {
+        let intent = crate::journal::Intent {
+            files: vec![crate::journal::DiskFile::of(&vm.id, idx)],
+            ..Default::default()
+        };
+        self.journal(ctx, "disk-add", &vm.name, Some(vm), &intent)
+            .await
+    }
+
+    /// A disk file just made for `vm`: charged to its owner (less `credit_mib`) and
+    /// recorded, else removed.
+    async fn keep_disk(
+        &self,
+        vm: &VmRecord,
+        agent: &crate::agent_client::AgentClient,
+        rec: DiskRecord,
+        op: &crate::journal::OpLog,
+        credit_mib: u64,
+    ) -> Res<DiskRecord> {
+        op.step("file-made").await?;
+        // The owner pays for it like any disk: over quota, it is not kept.
+        let grow = rec.size_mib.saturating_sub(credit_mib);
+        let kept = match self.charge_disk_growth(vm, grow).await {
+            Ok(_quota) => self.store.insert_disk(&rec).await.map_err(Error::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = kept {
+            self.remove_disk_files(agent, std::slice::from_ref(&rec))
+                .await;
+            return Err(e);
+        }
+        op.step("row-written").await?;
+        Ok(rec)
     }
 }

@@ -9,8 +9,23 @@ use hostel_api::agent::{self as wire, DiskSpec};
 use hostel_api::public::*;
 use hostel_model::{validate_name, ImageKind, Invalid, VmState};
 use hostel_store::{new_id, now, DiskRecord, VmRecord};
+use serde::{Deserialize, Serialize};
 
 type Res<T> = crate::error::Result<T>;
+
+/// What a snapshot with memory was taken with (`snapshots.hardware`): a revert loads the
+/// memory into a QEMU with these devices.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct SnapshotHardware {
+    vcpus: u32,
+    machine: Option<String>,
+    cpu_model: Option<String>,
+    guest_agent: bool,
+    /// The NICs by MAC, in order.
+    nics: Vec<String>,
+    /// The disks by id, in order.
+    disks: Vec<String>,
+}
 
 impl Controller {
     pub async fn disk_views(&self, ctx: &Ctx, name: &str) -> Res<Vec<DiskView>> {
@@ -368,6 +383,13 @@ impl Controller {
             ));
         }
         let _quota = self.charge_snapshot(&vm, req.memory).await?;
+        let hardware = match req.memory {
+            true => Some(
+                serde_json::to_string(&self.hardware_of(&vm).await?.0)
+                    .map_err(anyhow::Error::from)?,
+            ),
+            false => None,
+        };
         let intent = crate::journal::Intent {
             snapshot: Some(snap.clone()),
             ..Default::default()
@@ -381,6 +403,7 @@ impl Controller {
             name: snap.clone(),
             with_memory: req.memory,
             created_at: now(),
+            hardware,
         };
         let result: Res<()> = async {
             self.snapshot_call(&vm, "create", &snap, req.memory).await?;
@@ -440,18 +463,53 @@ impl Controller {
                 )
                 .into());
             }
+            // Its memory loads only into the devices it was taken with: the VM gets back
+            // its vCPUs, platform and guest agent port of then; NICs and disks changed
+            // since are refused, said how.
+            let before = vm.clone();
+            let mut vm = vm;
+            let hardware: Option<SnapshotHardware> = s
+                .hardware
+                .as_deref()
+                .and_then(|h| serde_json::from_str(h).ok());
+            if let Some(then) = &hardware {
+                self.check_hardware(&vm, snap, then).await?;
+                vm.vcpus = then.vcpus;
+                vm.machine = then.machine.clone().or(vm.machine);
+                vm.cpu_model = then.cpu_model.clone().or(vm.cpu_model);
+                vm.guest_agent = then.guest_agent;
+            }
             let _quota = self.charge_start(&vm).await?;
-            let agent = self.host_agent(&vm)?;
-            let status = agent
-                .start_vm(
-                    &vm.id,
-                    wire::StartRequest {
-                        spec: self.spec_of(&vm).await?,
-                        restore_from: None,
-                        load_snapshot: Some(snap.to_string()),
-                    },
-                )
-                .await?;
+            // Recorded before the start, so that the record says what runs; put back if
+            // the start fails.
+            if hardware.is_some() {
+                self.set_hardware(&vm).await?;
+            }
+            let started = async {
+                let agent = self.host_agent(&vm)?;
+                let spec = self.spec_of(&vm).await?;
+                let status = agent
+                    .start_vm(
+                        &vm.id,
+                        wire::StartRequest {
+                            spec,
+                            restore_from: None,
+                            load_snapshot: Some(snap.to_string()),
+                        },
+                    )
+                    .await?;
+                Ok::<_, Error>(status)
+            }
+            .await;
+            let status = match started {
+                Ok(s) => s,
+                Err(e) => {
+                    if hardware.is_some() {
+                        let _ = self.set_hardware(&before).await;
+                    }
+                    return Err(e);
+                }
+            };
             self.sync_status(&vm.id, &status).await?;
         } else {
             self.snapshot_call(&vm, "revert", snap, false).await?;
@@ -459,6 +517,80 @@ impl Controller {
         hostel_faults::point("controller.snapshot-revert.reverted").await;
         let vm = self.vm_named(ctx, name).await?;
         self.view(&vm, true).await
+    }
+
+    /// Records `vm`'s vCPUs, platform and guest agent port as its own.
+    async fn set_hardware(&self, vm: &VmRecord) -> Res<()> {
+        self.store.set_vm_vcpus(&vm.id, vm.vcpus).await?;
+        self.store
+            .set_vm_platform(&vm.id, vm.machine.as_deref(), vm.cpu_model.as_deref())
+            .await?;
+        self.store
+            .set_vm_guest_agent(&vm.id, vm.guest_agent)
+            .await?;
+        Ok(())
+    }
+
+    /// What `vm` runs with now, as a snapshot with memory records it, and its disks.
+    async fn hardware_of(&self, vm: &VmRecord) -> Res<(SnapshotHardware, Vec<DiskRecord>)> {
+        let disks = self.store.disks_of(&vm.id).await?;
+        let hw = SnapshotHardware {
+            vcpus: vm.vcpus,
+            machine: vm.machine.clone(),
+            cpu_model: vm.cpu_model.clone(),
+            guest_agent: vm.guest_agent,
+            nics: self
+                .store
+                .nics_of(&vm.id)
+                .await?
+                .into_iter()
+                .map(|n| n.mac)
+                .collect(),
+            disks: disks.iter().map(|d| d.id.clone()).collect(),
+        };
+        Ok((hw, disks))
+    }
+
+    /// Refuses a revert to memory taken with other NICs or disks than `vm` has now.
+    async fn check_hardware(&self, vm: &VmRecord, snap: &str, then: &SnapshotHardware) -> Res<()> {
+        let (now, disks) = self.hardware_of(vm).await?;
+        let name = &vm.name;
+        if now.nics != then.nics {
+            let list = |m: &[String]| match m.is_empty() {
+                true => "none".to_string(),
+                false => m.join(", "),
+            };
+            return Err(Error::conflict(format!(
+                "VM {name:?} had the NICs {} when snapshot {snap:?} was taken and has {} \
+                 now: its memory needs the NICs it was taken with. Put them back as they \
+                 were (`hostel nic add` / `hostel nic remove`), or revert to a snapshot \
+                 without memory",
+                list(&then.nics),
+                list(&now.nics)
+            )));
+        }
+        if now.disks != then.disks {
+            let added: Vec<String> = disks
+                .iter()
+                .filter(|d| !then.disks.contains(&d.id))
+                .map(|d| d.idx.to_string())
+                .collect();
+            let how = match added.is_empty() {
+                false => format!(
+                    "the disk(s) {} added since hold no part of it: remove them \
+                     (`hostel disk remove {name} INDEX`)",
+                    added.join(", ")
+                ),
+                true => "a disk it was taken with is gone".to_string(),
+            };
+            return Err(Error::conflict(format!(
+                "VM {name:?} had {} disk(s) when snapshot {snap:?} was taken and has {} now: \
+                 {how}, or revert to a snapshot without memory",
+                then.disks.len(),
+                now.disks.len()
+            )));
+        }
+        Ok(())
     }
 
     pub async fn delete_snapshot(&self, ctx: &Ctx, name: &str, snap: &str) -> Res<()> {

@@ -121,7 +121,16 @@ impl Error {
 
     /// The same error, its message prefixed with what was being done.
     pub fn context(self, what: &str) -> Self {
-        let pre = |m: String| format!("{what}: {m}");
+        self.reworded(|m| format!("{what}: {m}"))
+    }
+
+    /// The same error, with what followed it said after its message.
+    pub fn then(self, after: &str) -> Self {
+        self.reworded(|m| format!("{m}; {after}"))
+    }
+
+    /// The same error (kind, field, status) with its message made by `pre`.
+    fn reworded(self, pre: impl Fn(String) -> String) -> Self {
         match self {
             Error::NotFound {
                 kind,
@@ -156,7 +165,10 @@ impl Error {
                 host,
                 message: pre(message),
             },
-            Error::Internal(e) => Error::Internal(e.context(what.to_string())),
+            Error::Internal(e) => {
+                let m = pre(format!("{e:#}"));
+                Error::Internal(anyhow::anyhow!(m))
+            }
         }
     }
 }

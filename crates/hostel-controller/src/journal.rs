@@ -27,6 +27,12 @@ pub(crate) struct Intent {
     /// The snapshot it takes or deletes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<String>,
+    /// A restore over a VM: the ids of the disks it replaces.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaced: Vec<String>,
+    /// ... and, once it swaps them, each restored disk's id and the index it takes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restored: Vec<(String, u32)>,
 }
 
 /// A disk file: one to be made, by its stem (`VMID-INDEX`, the agent adds the pool's
@@ -81,15 +87,41 @@ impl OpLog {
         Ok(())
     }
 
+    /// Records that `step` is done and what the operation now intends (for the one who
+    /// finishes it after a crash), then passes its fault point.
+    pub async fn step_with(&self, step: &str, intent: &Intent) -> Res<()> {
+        let intent = serde_json::to_string(intent).map_err(anyhow::Error::from)?;
+        self.store
+            .operation_step(&self.id, step, Some(&intent))
+            .await?;
+        hostel_faults::point(&format!("controller.{}.{step}", self.kind)).await;
+        Ok(())
+    }
+
     /// The VM the operation made, once its row is written.
     pub async fn made_vm(&self, vm_id: &str, host: &str) -> Res<()> {
         self.store.operation_vm(&self.id, vm_id, host).await?;
         Ok(())
     }
 
+    /// Ends it, succeeded.
+    pub async fn done(self) {
+        self.end_with(None).await
+    }
+
+    /// Ends it, failed with `e`.
+    pub async fn failed(self, e: &Error) {
+        self.end_with(Some(e.message())).await
+    }
+
     /// Ends it with the operation's result.
     pub async fn end<T>(self, result: &Res<T>) {
-        let err = result.as_ref().err().map(|e| e.message());
+        self.end_with(result.as_ref().err().map(|e| e.message()))
+            .await
+    }
+
+    /// Ends it, failed with `err` if given.
+    async fn end_with(self, err: Option<String>) {
         if let Err(e) = self.store.finish_operation(&self.id, err.as_deref()).await {
             tracing::warn!(op = %self.id, "cannot record the end of an operation: {e:#}");
         }
@@ -211,8 +243,11 @@ impl Controller {
         };
         let mut done = Vec::new();
         let mut finished = false;
+        // Files that go once no disk row points to them.
+        let mut files = intent.files.clone();
         match (op.kind.as_str(), &vm, &agent) {
-            // A create that did not end is undone: no half-made VM stays.
+            // A create that did not end is undone: no half-made VM stays, nor any disk
+            // an import or a restore copied into it meanwhile.
             ("create", Some(vm), Some(agent)) | ("delete", Some(vm), Some(agent)) => {
                 // A create that got as far as starting the VM left it running (and a
                 // VM may have been started since): it ends first.
@@ -223,6 +258,7 @@ impl Controller {
                 }
                 agent.forget_vm(&vm.id).await?;
                 let had_nics = !self.store.nics_of(&vm.id).await?.is_empty();
+                files.extend(self.store.disks_of(&vm.id).await?.iter().map(DiskFile::at));
                 self.store.delete_vm(&vm.id).await?;
                 if had_nics {
                     self.sync_networks().await?;
@@ -267,6 +303,32 @@ impl Controller {
                     }
                 }
             },
+            // A restore over a VM: undone before its swap (the copies it names go, the
+            // VM keeps its own disks), finished once the swap began (its intent then
+            // names the old disks' files too).
+            ("restore-over", Some(vm), Some(_)) => {
+                if op.step == "swapping" {
+                    self.finish_swap(&vm.id, &intent).await?;
+                    finished = true;
+                    done.push("the restore was finished: the VM has the backup's disks".into());
+                } else {
+                    let copies: Vec<hostel_store::DiskRecord> = self
+                        .store
+                        .disks_of(&vm.id)
+                        .await?
+                        .into_iter()
+                        .filter(|d| intent.restored.iter().any(|(id, _)| *id == d.id))
+                        .collect();
+                    for d in &copies {
+                        self.store.delete_disk(&d.id).await?;
+                        files.push(DiskFile::at(d));
+                    }
+                    done.push(format!(
+                        "the {} disk(s) copied in were removed: the VM keeps its disks as they were",
+                        copies.len()
+                    ));
+                }
+            }
             ("snapshot-create", Some(vm), Some(_)) => {
                 let snap = intent.snapshot.clone().unwrap_or_default();
                 let has_row = self
@@ -300,8 +362,8 @@ impl Controller {
             _ => {}
         }
         if let (Some(agent), Some(host)) = (&agent, &op.host_id) {
-            if !intent.files.is_empty() {
-                let n = self.remove_unrecorded(host, agent, &intent.files).await?;
+            if !files.is_empty() {
+                let n = self.remove_unrecorded(host, agent, &files).await?;
                 if n > 0 {
                     done.push(format!("{n} disk file(s) no disk pointed to were removed"));
                 }
@@ -311,6 +373,47 @@ impl Controller {
             done.push("nothing was left to undo".into());
         }
         Ok(Some((finished, done.join("; "))))
+    }
+
+    /// The swap of a restore over a VM, as its journal says it: the old disks' rows go,
+    /// and each copy takes its index (moved above every index in use first, so that no
+    /// two disks ever hold one). Done again, it does the same.
+    pub(crate) async fn finish_swap(&self, vm_id: &str, intent: &Intent) -> Res<()> {
+        for d in self.store.disks_of(vm_id).await? {
+            if intent.replaced.contains(&d.id) {
+                self.store.delete_disk(&d.id).await?;
+            }
+        }
+        let disks = self.store.disks_of(vm_id).await?;
+        let copies: Vec<&(String, u32)> = intent
+            .restored
+            .iter()
+            .filter(|(id, _)| disks.iter().any(|d| &d.id == id))
+            .collect();
+        let above = disks
+            .iter()
+            .map(|d| d.idx)
+            .chain(copies.iter().map(|(_, i)| *i))
+            .max()
+            .unwrap_or(0)
+            + 1;
+        for (n, (id, _)) in copies.iter().enumerate() {
+            self.store.set_disk_index(id, above + n as u32).await?;
+        }
+        for (id, index) in &copies {
+            self.store.set_disk_index(id, *index).await?;
+        }
+        Ok(())
+    }
+
+    /// Settles `op` now, in the background (retried until its host answers), as if its
+    /// controller had stopped: for an operation cut in a way only the journal finishes.
+    pub(crate) async fn settle_now(self: &Arc<Self>, op: OpLog) {
+        match self.store.operation(&op.id).await {
+            Ok(Some(rec)) => self.settle_operations(vec![rec]),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(op = %op.id, "cannot read the operation to settle: {e:#}"),
+        }
     }
 
     /// Removes the files among `files` on `host` that no disk row points to.

@@ -6,6 +6,7 @@ pub mod agent_client;
 pub mod audit;
 mod audit_retention;
 pub mod auth;
+mod backup_restore;
 mod backup_schedule;
 mod backups;
 mod boot;
@@ -43,6 +44,7 @@ pub mod sshgw;
 pub mod stats;
 mod stream_address;
 pub mod throttle;
+mod vm_archive;
 mod vm_create;
 mod vm_spec;
 mod vms;
@@ -57,7 +59,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use http::{metrics_router, openapi_json, router};
+pub use http::{metrics_router, openapi_json, router, to_the_end};
 
 /// A task that ends when its handle is dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -70,6 +72,7 @@ impl Drop for AbortOnDrop {
 pub use networks::{DEFAULT_CIDR, DEFAULT_NETWORK};
 pub use space::FreeSpaceFloor;
 pub use stats::StatsRange;
+pub use vm_archive::VmExport;
 pub use vms::VmFilter;
 
 #[derive(Debug, Clone)]

@@ -42,6 +42,7 @@ impl Controller {
                 .read_disk_file(wire::ReadDiskFileRequest {
                     file: disks[i].disk.path.clone(),
                     pool,
+                    standalone_format: None,
                 })
                 .await?;
             let backing = self

@@ -74,6 +74,17 @@ pub fn owner_key(vm: &VmRecord) -> Option<String> {
     }
 }
 
+/// Whether the caller may see what is set for owner `key`: admins anyone's, others
+/// their own, their groups' and the defaults.
+pub(crate) fn may_see_owner(c: &crate::context::Caller, key: &str) -> bool {
+    c.is_admin
+        || key == "default"
+        || key == format!("user:{}", c.user_id)
+        || key
+            .strip_prefix("group:")
+            .is_some_and(|g| c.group_ids.iter().any(|x| x == g))
+}
+
 impl Controller {
     /// Field by field: the owner's own limit, else the default's.
     async fn limits_of(&self, owner: &str) -> Res<QuotaLimits> {
@@ -276,7 +287,7 @@ impl Controller {
         Ok(Some(guard))
     }
 
-    async fn owner_name(&self, owner: &str) -> Res<String> {
+    pub(crate) async fn owner_name(&self, owner: &str) -> Res<String> {
         Ok(match owner.split_once(':') {
             Some(("user", id)) => format!(
                 "user {}",
@@ -431,13 +442,7 @@ impl Controller {
                 Err(e) => return Err(e),
             },
         };
-        let allowed = c.is_admin
-            || key == "default"
-            || key == format!("user:{}", c.user_id)
-            || key
-                .strip_prefix("group:")
-                .is_some_and(|g| c.group_ids.iter().any(|x| x == g));
-        if !allowed {
+        if !may_see_owner(c, &key) {
             return Err(not_yours());
         }
         Ok(Quota {

@@ -5,6 +5,7 @@ use crate::agent_client::AgentClient;
 use crate::boot::{BootConfig, CloudConfig};
 use crate::context::Ctx;
 use crate::error::Error;
+use crate::journal::OpLog;
 use crate::Controller;
 use hostel_api::agent::AgentApi;
 use hostel_api::agent::{self as wire};
@@ -17,17 +18,31 @@ type Res<T> = crate::error::Result<T>;
 
 impl Controller {
     pub async fn create_vm(self: &Arc<Self>, ctx: &Ctx, req: CreateVmRequest) -> Res<Vm> {
-        self.create_vm_with(ctx, req, false).await
+        Ok(self.create_vm_made(ctx, req, false).await?.0)
     }
 
-    /// [`Controller::create_vm`]; `disks_follow`: the VM's disks are added after it is
-    /// made (an import), so it may have nothing to boot yet.
+    /// A VM whose disks are added after it is made (an import, a restore), so it may have
+    /// nothing to boot yet. Its create's journal entry is returned open: the caller steps
+    /// it (`disk-copied`) as each disk comes in and ends it when they are all in; a crash
+    /// before then removes the VM with every disk it got (`journal.rs`, "create").
     pub(crate) async fn create_vm_with(
         self: &Arc<Self>,
         ctx: &Ctx,
         req: CreateVmRequest,
+    ) -> Res<(Vm, OpLog)> {
+        let (vm, op) = self.create_vm_made(ctx, req, true).await?;
+        let op = op.ok_or_else(|| Error::internal("a create whose disks follow ended early"))?;
+        Ok((vm, op))
+    }
+
+    /// [`Controller::create_vm`]; with `disks_follow`, the create's journal entry is
+    /// left open and returned when it succeeds.
+    async fn create_vm_made(
+        self: &Arc<Self>,
+        ctx: &Ctx,
+        req: CreateVmRequest,
         disks_follow: bool,
-    ) -> Res<Vm> {
+    ) -> Res<(Vm, Option<OpLog>)> {
         ctx.target(&req.name, None);
         ctx.params(serde_json::json!({"image": req.image, "memory_mib": req.memory_mib, "max_memory_mib": req.max_memory_mib, "vcpus": req.vcpus, "disk_mib": req.disk_mib, "start": req.start}));
         validate_name("name", &req.name)?;
@@ -339,6 +354,7 @@ impl Controller {
                 anti_affinity: req.anti_affinity.clone(),
                 machine,
                 cpu_model: Some(cpu_model),
+                guest_agent: true,
             };
             op.step("disks-made").await?;
             let mut record = record;
@@ -408,8 +424,13 @@ impl Controller {
             Ok(view)
         }
         .await;
-        op.end(&result).await;
-        result
+        match result {
+            Ok(vm) if disks_follow => Ok((vm, Some(op))),
+            result => {
+                op.end(&result).await;
+                result.map(|vm| (vm, None))
+            }
+        }
     }
 
     /// How a new VM boots: checks the firmware, CD-ROM and kernel asked for.

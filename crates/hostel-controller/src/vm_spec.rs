@@ -99,7 +99,7 @@ impl Controller {
             }
         }
         Ok(VmSpec {
-            limits: self.vm_limits_of(&vm.id).await?,
+            limits: self.limits_in_force(vm).await?,
             cdrom,
             seed,
             id: vm.id.clone(),
@@ -127,6 +127,7 @@ impl Controller {
             nics: nics.iter().map(Self::nic_spec).collect(),
             machine: vm.machine.clone(),
             cpu_model: vm.cpu_model.clone(),
+            guest_agent: vm.guest_agent,
         })
     }
 
@@ -221,7 +222,8 @@ impl Controller {
             None => None,
         };
         Ok(Vm {
-            limits: spec.limits.clone(),
+            limits: self.vm_limits_of(&vm.id).await?,
+            limits_in_force: spec.limits.clone(),
             anti_affinity: vm.anti_affinity.clone(),
             placement: None,
             id: vm.id.clone(),

@@ -254,7 +254,15 @@ impl Controller {
         // A restore needs the machine type its state was saved from, which is the one
         // recorded (or, unpinned, `q35` as before).
         let vm = &match restore_from {
-            None => self.pin_platform(vm).await?,
+            None => {
+                // A cold start may change its devices: it gets the guest agent's port.
+                let mut vm = self.pin_platform(vm).await?;
+                if !vm.guest_agent {
+                    self.store.set_vm_guest_agent(&vm.id, true).await?;
+                    vm.guest_agent = true;
+                }
+                vm
+            }
             Some(_) => vm.clone(),
         };
         let spec = self.spec_of(vm).await?;

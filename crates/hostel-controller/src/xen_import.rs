@@ -7,6 +7,7 @@
 
 use crate::context::Ctx;
 use crate::error::Error;
+use crate::journal::OpLog;
 use crate::Controller;
 use hostel_api::agent::{self as wire};
 use hostel_api::public::*;
@@ -370,15 +371,16 @@ impl Controller {
                 not_carried: p.not_carried,
             });
         }
-        let vm = self.create_vm_with(ctx, p.create, true).await?;
         let caller = ctx.caller()?.clone();
+        let (vm, op) = self.create_vm_with(ctx, p.create).await?;
         let task = match self
             .new_task(ctx, "xen-import", &name, "copying the disks")
             .await
         {
             Ok(t) => t,
             Err(e) => {
-                let _ = self.delete_vm(ctx, &name).await;
+                let e = self.unmake(ctx, &name, e).await;
+                op.failed(&e).await;
                 return Err(e);
             }
         };
@@ -391,9 +393,21 @@ impl Controller {
         let vm_id = vm.id.clone();
         tokio::spawn(async move {
             let tctx = Ctx::user(caller, source);
-            let result = me
-                .fill_imported_vm(&tctx, &id, &vm_id, &disks, pool.as_deref(), start)
+            let filled = me
+                .fill_imported_vm(&tctx, &id, &vm_id, &disks, pool.as_deref(), &op)
                 .await;
+            // Whole once its disks are in; a start that fails after that removes it too.
+            let (result, op) = match filled {
+                Ok(()) => {
+                    op.done().await;
+                    let started = match start {
+                        true => me.start_imported(&tctx, &id, &vm_id).await,
+                        false => Ok(()),
+                    };
+                    (started, None)
+                }
+                Err(e) => (Err(e), Some(op)),
+            };
             let _ = match result {
                 Ok(()) => {
                     me.store
@@ -402,14 +416,10 @@ impl Controller {
                 }
                 Err(e) => {
                     // Nothing half-made stays: the VM goes, with the disks it has.
-                    let removed = me.delete_vm(&tctx, &name).await;
-                    let mut msg = format!("{e}");
-                    if let Err(d) = removed {
-                        msg.push_str(&format!(
-                            "; removing the half-imported VM failed too ({d}): delete it"
-                        ));
-                    } else {
-                        msg.push_str(&format!("; VM {name:?} was removed again"));
+                    let e = me.unmake(&tctx, &name, e).await;
+                    let msg = e.message();
+                    if let Some(op) = op {
+                        op.failed(&e).await;
                     }
                     me.store
                         .update_task(&id, TaskState::Failed, 1.0, "failed", Some(&msg))
@@ -425,8 +435,7 @@ impl Controller {
         })
     }
 
-    /// Copies each disk in as the VM's next one (journaled as a disk add), then starts
-    /// the VM if asked.
+    /// Copies each disk in as the VM's next one (journaled as a disk add).
     async fn fill_imported_vm(
         self: &Arc<Self>,
         ctx: &Ctx,
@@ -434,7 +443,7 @@ impl Controller {
         vm_id: &str,
         disks: &[(String, String)],
         pool: Option<&str>,
-        start: bool,
+        op: &OpLog,
     ) -> Res<()> {
         let n = disks.len().max(1) as f64;
         for (i, (path, format)) in disks.iter().enumerate() {
@@ -470,21 +479,26 @@ impl Controller {
                     width: 0.95 / n,
                     label: format!("disk {}/{}", i + 1, disks.len()),
                 },
+                0,
             )
             .await?;
+            op.step("disk-copied").await?;
         }
-        if start {
-            let _ = self
-                .store
-                .update_task(task, TaskState::Running, 0.97, "starting the VM", None)
-                .await;
-            let vm = self
-                .store
-                .vm_by_id(vm_id)
-                .await?
-                .ok_or_else(|| Error::conflict("the VM was deleted during its import"))?;
-            self.start_vm(ctx, &vm.name).await?;
-        }
+        Ok(())
+    }
+
+    /// Starts the VM an import made.
+    async fn start_imported(self: &Arc<Self>, ctx: &Ctx, task: &str, vm_id: &str) -> Res<()> {
+        let _ = self
+            .store
+            .update_task(task, TaskState::Running, 0.97, "starting the VM", None)
+            .await;
+        let vm = self
+            .store
+            .vm_by_id(vm_id)
+            .await?
+            .ok_or_else(|| Error::conflict("the VM was deleted during its import"))?;
+        self.start_vm(ctx, &vm.name).await?;
         Ok(())
     }
 }

@@ -67,6 +67,14 @@ pub const POINTS: &[&str] = &[
     "agent.start.spawned",
     "agent.disk.created",
     "agent.nic-add.tap-passed",
+    // An export's temporary copy made, not open yet (`disk_moves.rs`).
+    "agent.export.copied",
+    // A VM made with its disks to follow (an import, a restore as a new VM): one more
+    // disk copied in.
+    "controller.create.disk-copied",
+    // A restore over a VM: one disk copied in beside the old ones; the swap begun.
+    "controller.restore-over.disk-copied",
+    "controller.restore-over.swapping",
 ];
 
 /// Stops or ends the process at `point` if a test armed it (see the module's

@@ -3,6 +3,7 @@
 //! Every validation error names the field that is wrong and says what would work, so
 //! the API and the CLI can pass it to the user unchanged.
 
+pub mod archive;
 pub mod net;
 pub mod xen;
 

@@ -26,6 +26,10 @@ impl RuntimePaths {
     pub fn serial(&self) -> PathBuf {
         self.dir.join("serial.sock")
     }
+    /// The QEMU guest agent's port, when the VM has one.
+    pub fn guest_agent(&self) -> PathBuf {
+        self.dir.join("qga.sock")
+    }
     pub fn vnc(&self) -> PathBuf {
         self.dir.join("vnc.sock")
     }
@@ -293,6 +297,20 @@ pub fn render(
         ]);
     }
     push(&["-device", "virtio-balloon-pci,id=balloon0"]);
+    if spec.guest_agent {
+        push(&["-device", "virtio-serial-pci,id=vserial0"]);
+        push(&[
+            "-chardev",
+            &format!(
+                "socket,id=qga0,path={},server=on,wait=off",
+                paths.guest_agent().display()
+            ),
+        ]);
+        push(&[
+            "-device",
+            "virtserialport,bus=vserial0.0,nr=1,chardev=qga0,name=org.qemu.guest_agent.0",
+        ]);
+    }
     push(&["-device", "pvpanic"]);
     push(&["-vga", "std"]);
     // An absolute pointer, so the pointer in a VNC viewer and the guest's agree.
@@ -407,6 +425,7 @@ mod tests {
             seed: None,
             machine: None,
             cpu_model: None,
+            guest_agent: true,
         }
     }
 

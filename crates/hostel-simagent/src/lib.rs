@@ -548,6 +548,7 @@ impl AgentApi for SimHost {
             .collect();
         Ok(Box::pin(futures::stream::iter([Ok(BackupLine::Done {
             done: files,
+            quiesce: Some("SIMULATED: not quiesced".into()),
         })])))
     }
 
@@ -600,7 +601,16 @@ impl AgentApi for SimHost {
     }
 
     /// SIMULATION: no bytes are copied; the disk "arrives" at once.
+    /// SIMULATION: a backup's file (`chain_within` set) is read only on the host that
+    /// wrote it, as from a target on that host's local disk; other sources are taken as
+    /// there.
     async fn import_disk(&self, req: ImportDiskRequest) -> Res<Lines<ImageLine, AgentFailure>> {
+        if req.chain_within.is_some() && !self.disks.lock().unwrap().contains(&req.source) {
+            return Err(AgentFailure::not_found(format!(
+                "{}: no such file on this host",
+                req.source
+            )));
+        }
         let disk = self.new_disk(&req.vm_id, req.index, 1024);
         Ok(image_lines(ImageFiles {
             path: disk.path,
@@ -752,8 +762,16 @@ impl AgentApi for SimHost {
         })
     }
 
-    /// SIMULATION: a disk file's bytes are its path's, repeated to 100 KiB.
+    /// SIMULATION: a disk file's bytes are its path's, repeated to 100 KiB (standing
+    /// alone or not: a simulated disk has nothing under it).
     async fn read_disk_file(&self, req: ReadDiskFileRequest) -> Res<SizedBytes<AgentFailure>> {
+        if let Some(f) = req.standalone_format.as_deref() {
+            if !matches!(f, "qcow2" | "raw") {
+                return Err(AgentFailure::invalid(format!(
+                    "standalone_format: {f:?} is not qcow2 or raw"
+                )));
+            }
+        }
         if !self.disks.lock().unwrap().contains(&req.file) {
             return Err(AgentFailure::not_found(format!(
                 "{} is no disk file here",

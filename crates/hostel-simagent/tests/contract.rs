@@ -149,10 +149,19 @@ async fn every_endpoint_agrees_between_client_and_router() {
     let made = made.await.unwrap();
     // A disk file read out, and stored again from its bytes; a body shorter than said
     // is refused.
+    let bad = a
+        .read_disk_file(ReadDiskFileRequest {
+            file: made.path.clone(),
+            pool: Some(pool()),
+            standalone_format: Some("vmdk".into()),
+        })
+        .await;
+    assert!(matches!(bad, Err(AgentCallError::Refused(f)) if f.code == FailureCode::Invalid));
     let read = a
         .read_disk_file(ReadDiskFileRequest {
             file: made.path.clone(),
             pool: Some(pool()),
+            standalone_format: Some("qcow2".into()),
         })
         .await
         .unwrap();
@@ -176,6 +185,7 @@ async fn every_endpoint_agrees_between_client_and_router() {
         .read_disk_file(ReadDiskFileRequest {
             file: made.path.clone(),
             pool: Some(pool()),
+            standalone_format: None,
         })
         .await
         .unwrap();
@@ -311,7 +321,7 @@ async fn every_endpoint_agrees_between_client_and_router() {
         .unwrap();
     let lines: Vec<BackupLine> = backup.map(|l| l.unwrap()).collect().await;
     let files = match lines.last() {
-        Some(BackupLine::Done { done }) => done.clone(),
+        Some(BackupLine::Done { done, .. }) => done.clone(),
         other => panic!("the last line is not `done`: {other:?}"),
     };
     assert_eq!(files.len(), 1);

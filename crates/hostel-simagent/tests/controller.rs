@@ -64,6 +64,27 @@ impl Cluster {
         self.t.context_of(name).await
     }
 
+    /// A backup target, `/srv/backups` on every host.
+    async fn backup_target(&self) {
+        let req = CreateBackupTargetRequest {
+            name: "t".into(),
+            dir: "/srv/backups".into(),
+        };
+        self.c.create_backup_target(&self.admin, req).await.unwrap();
+    }
+
+    /// Backs VM `vm` up (the task waited for); the backup's name.
+    async fn backed_up(&self, vm: &str) -> String {
+        let task = self
+            .c
+            .create_backup(&self.admin, vm, CreateBackupRequest::default())
+            .await
+            .unwrap();
+        self.task_end(&task.id).await.unwrap();
+        let b = self.c.backups(&self.admin, Some(vm)).await.unwrap();
+        b[0].name.clone()
+    }
+
     /// Waits for a task to end; its error when it failed.
     async fn task_end(&self, id: &str) -> Result<(), String> {
         let until = Instant::now() + Duration::from_secs(10);
@@ -204,6 +225,33 @@ async fn placement_goes_to_the_host_with_the_most_memory_free() {
         .await
         .unwrap_err();
     assert!(matches!(e, Error::Forbidden(_)), "{e:?}");
+}
+
+#[tokio::test]
+async fn a_backup_restores_as_a_new_vm_on_the_host_that_holds_its_files() {
+    let k = Cluster::new(2).await;
+    k.backup_target().await;
+    let req = create(
+        "orig",
+        serde_json::json!({"kernel": "/boot/vmlinuz", "memory_mib": 1024, "disk_mib": 64}),
+    );
+    let orig = k.c.create_vm(&k.admin, req).await.unwrap();
+    let backup = k.backed_up("orig").await;
+    // Placement would choose the other host (the one with the most memory free), which
+    // cannot read the backup's files.
+    let restore = RestoreBackupRequest {
+        as_name: Some("copy".into()),
+        start: false,
+    };
+    let task =
+        k.c.restore_backup(&k.admin, &backup, restore)
+            .await
+            .unwrap();
+    k.task_end(&task.id).await.unwrap();
+    // It starts where its disk was restored.
+    let copy = k.c.start_vm(&k.admin, "copy").await.unwrap();
+    assert_eq!(copy.host, orig.host);
+    assert_eq!(copy.disks.len(), 1);
 }
 
 #[tokio::test]
@@ -1499,6 +1547,7 @@ async fn vms_are_pinned_to_a_machine_type_and_cpu_model_and_move_only_where_both
         state: VmState::Stopped,
         machine: None,
         cpu_model: None,
+        guest_agent: false,
         pid: None,
         ..p1.clone()
     };
@@ -1879,4 +1928,42 @@ async fn a_vm_on_a_shared_pool_moves_without_its_disk() {
     let vm = k.c.store.vm_by_name("s1").await.unwrap().unwrap();
     assert_eq!(vm.host_id.as_deref(), Some(from.as_str()));
     assert_eq!(k.c.store.disks_of(&vm.id).await.unwrap().remove(0), disk);
+}
+
+/// A restore over a VM whose disks are not the backup's any more: its disks come back
+/// at the indexes they had, even where the copies' own indexes were in the way (the
+/// copies at 1, 2, 3 take 0, 3, 4: moved one by one, the second would meet the third).
+#[tokio::test]
+async fn a_restore_over_a_vm_puts_each_disk_back_at_its_index() {
+    let k = Cluster::new(1).await;
+    k.backup_target().await;
+    let req = create(
+        "r",
+        serde_json::json!({"kernel": "/boot/vmlinuz", "memory_mib": 256, "disk_mib": 64, "start": false}),
+    );
+    k.c.create_vm(&k.admin, req).await.unwrap();
+    for _ in 0..4 {
+        let add: AddDiskRequest =
+            serde_json::from_value(serde_json::json!({"size_mib": 8})).unwrap();
+        k.c.add_disk(&k.admin, "r", add).await.unwrap();
+    }
+    for i in [1, 2] {
+        k.c.remove_disk(&k.admin, "r", i).await.unwrap();
+    }
+    let backup = k.backed_up("r").await;
+    for i in [3, 4] {
+        k.c.remove_disk(&k.admin, "r", i).await.unwrap();
+    }
+    let restore = RestoreBackupRequest {
+        as_name: None,
+        start: false,
+    };
+    let task =
+        k.c.restore_backup(&k.admin, &backup, restore)
+            .await
+            .unwrap();
+    k.task_end(&task.id).await.unwrap();
+    let disks = k.c.disk_views(&k.admin, "r").await.unwrap();
+    let at: Vec<u32> = disks.iter().map(|d| d.index).collect();
+    assert_eq!(at, [0, 3, 4]);
 }

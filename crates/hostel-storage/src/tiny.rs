@@ -5,7 +5,8 @@
 //!
 //! Hostel boots this guest in its own tests (and offers it to users as a
 //! smoke-test VM), so nothing has to be downloaded: everything comes from
-//! packages on the host (`linux-image-cloud-amd64`, `busybox-static`).
+//! packages on the host (`linux-image-cloud-amd64`, `busybox-static`,
+//! `qemu-guest-agent`).
 //!
 //! What the guest does is a contract the rest of Hostel relies on:
 //! - serial console on ttyS0; once modules are loaded it prints a line with
@@ -15,7 +16,10 @@
 //! - the ACPI power button powers off, `reboot`/`poweroff` work;
 //! - virtio-balloon, vCPU hotplug (new CPUs come online by themselves),
 //!   pvpanic (panics are reported, never auto-rebooted), virtio disks and NICs
-//!   (DHCP in the background on every `eth*`), tmpfs on /tmp.
+//!   (DHCP in the background on every `eth*`), tmpfs on /tmp;
+//! - the QEMU guest agent (`qemu-ga`, from the host's `qemu-guest-agent` with the
+//!   libraries it loads) on the `org.qemu.guest_agent.0` port when the VM has one, its
+//!   pid in /run/qemu-ga.pid once it runs.
 //!
 //! The shell scripts that implement this live in `assets/tiny/`.
 
@@ -175,6 +179,10 @@ pub fn build_tiny(opts: &TinyBuildOptions, progress: &mut dyn FnMut(&str)) -> Re
     let mut root = Initramfs::default();
     add_base_system(&mut root, &busybox)?;
     add_modules(&mut root, &modules_dir, &kernel_version, &load_order)?;
+    match add_guest_agent(&mut root)? {
+        Some(files) => progress(&format!("QEMU guest agent with {files} libraries")),
+        None => progress("no QEMU guest agent on this host (apt-get install qemu-guest-agent)"),
+    }
     let archive = root.to_newc()?;
 
     let staging = Staging::create(&opts.out_dir)?;
@@ -556,6 +564,51 @@ fn busybox_applets(busybox: &Path) -> Result<Vec<String>> {
     Ok(applets)
 }
 
+/// Where Debian's qemu-guest-agent puts its program.
+const GUEST_AGENT: &str = "/usr/sbin/qemu-ga";
+
+/// The host's QEMU guest agent and the shared libraries it loads (as `ldd` names them,
+/// at the same paths), when the host has it; how many libraries.
+fn add_guest_agent(root: &mut Initramfs) -> Result<Option<usize>> {
+    let ga = Path::new(GUEST_AGENT);
+    if !ga.exists() {
+        return Ok(None);
+    }
+    let out = Command::new("ldd")
+        .arg(ga)
+        .output()
+        .context("running ldd on the guest agent")?;
+    if !out.status.success() {
+        bail!(
+            "ldd {GUEST_AGENT}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let libs = ldd_paths(&String::from_utf8_lossy(&out.stdout));
+    for lib in &libs {
+        let data = fs::read(lib).with_context(|| format!("reading {lib}"))?;
+        root.file(lib.trim_start_matches('/'), 0o755, data);
+    }
+    let data = fs::read(ga).with_context(|| format!("reading {GUEST_AGENT}"))?;
+    root.file(GUEST_AGENT.trim_start_matches('/'), 0o755, data);
+    Ok(Some(libs.len()))
+}
+
+/// The files `ldd` says a program loads: `NAME => PATH (ADDR)` and the loader's
+/// `PATH (ADDR)`; the vDSO has no file.
+fn ldd_paths(out: &str) -> Vec<String> {
+    out.lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let path = match l.split_once("=>") {
+                Some((_, rest)) => rest.split_whitespace().next()?,
+                None => l.split_whitespace().next()?,
+            };
+            path.starts_with('/').then(|| path.to_string())
+        })
+        .collect()
+}
+
 /// An initramfs being assembled in memory. Paths have no leading `/`.
 #[derive(Default)]
 struct Initramfs {
@@ -754,6 +807,18 @@ impl Drop for Staging {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ldd_output_gives_the_files_to_copy() {
+        let out = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibglib-2.0.so.0 => /lib/x86_64-linux-gnu/libglib-2.0.so.0 (0x00007f1)\n\t/lib64/ld-linux-x86-64.so.2 (0x00007f2)\n";
+        assert_eq!(
+            ldd_paths(out),
+            [
+                "/lib/x86_64-linux-gnu/libglib-2.0.so.0",
+                "/lib64/ld-linux-x86-64.so.2"
+            ]
+        );
+    }
     use std::io::Read;
     use std::sync::mpsc;
     use std::time::{Duration, Instant};

@@ -273,6 +273,8 @@ impl Store {
                 "DELETE FROM tokens WHERE user_id = $1",
                 "DELETE FROM ssh_keys WHERE user_id = $1",
                 "DELETE FROM group_members WHERE user_id = $1",
+                "DELETE FROM quotas WHERE owner = 'user:' || $1",
+                "DELETE FROM owner_limits WHERE owner = 'user:' || $1",
             ],
             id,
         )
@@ -343,7 +345,11 @@ impl Store {
         self.delete_if_unused(
             "user_groups",
             "SELECT name FROM vms WHERE owner_group_id = $1 OR admin_group_id = $1 ORDER BY name",
-            &["DELETE FROM group_members WHERE group_id = $1"],
+            &[
+                "DELETE FROM group_members WHERE group_id = $1",
+                "DELETE FROM quotas WHERE owner = 'group:' || $1",
+                "DELETE FROM owner_limits WHERE owner = 'group:' || $1",
+            ],
             id,
         )
         .await
@@ -434,21 +440,41 @@ impl Store {
     }
 
     pub async fn set_quota(&self, owner: &str, limits_json: &str) -> Result<()> {
-        let mut tx = self.pool().begin().await?;
-        crate::row::execute_on(
-            &mut tx,
-            "DELETE FROM quotas WHERE owner = $1",
+        self.replace_value("quotas", ("owner", owner), "limits_json", Some(limits_json))
+            .await
+    }
+
+    // ---- owners' default resource limits ----
+
+    /// The resource limits `owner` (`default`, `user:ID` or `group:ID`) gives its VMs
+    /// that have none of their own, as JSON.
+    pub async fn owner_limits(&self, owner: &str) -> Result<Option<String>> {
+        self.fetch_optional(
+            "SELECT limits FROM owner_limits WHERE owner = $1",
             binds![owner],
         )
-        .await?;
-        crate::row::execute_on(
-            &mut tx,
-            "INSERT INTO quotas (owner, limits_json) VALUES ($1, $2)",
-            binds![owner, limits_json],
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        .await
+    }
+
+    /// Every owner's default limits: (owner, JSON).
+    pub async fn all_owner_limits(&self) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query("SELECT owner, limits FROM owner_limits ORDER BY owner")
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    sqlx::Row::try_get(r, "owner")?,
+                    sqlx::Row::try_get(r, "limits")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Sets `owner`'s default limits, or removes them (none).
+    pub async fn set_owner_limits(&self, owner: &str, limits: Option<&str>) -> Result<()> {
+        self.replace_value("owner_limits", ("owner", owner), "limits", limits)
+            .await
     }
 
     // ---- audit ----

@@ -53,6 +53,9 @@ pub struct BackupRecord {
     pub files: String,
     pub size_bytes: u64,
     pub created_at: Timestamp,
+    /// How it was made consistent (the guest agent froze the file systems, the VM was at
+    /// rest, or why it is crash-consistent); none: made before this was recorded.
+    pub quiesce: Option<String>,
 }
 
 impl FromRow for BackupRecord {
@@ -71,13 +74,14 @@ impl FromRow for BackupRecord {
             files: c.text("files")?,
             size_bytes: c.int("size_bytes")?,
             created_at: c.time("created_at")?,
+            quiesce: c.opt_text("quiesce")?,
         })
     }
 }
 
 impl Record for BackupRecord {
     const COLS: &'static str = "id, name, target_id, vm_id, vm_name, owner, parent_id, host_id, \
-                                definition, files, size_bytes, created_at";
+                                definition, files, size_bytes, created_at, quiesce";
     fn values(&self) -> Vec<Value<'_>> {
         binds![
             &self.id,
@@ -92,6 +96,7 @@ impl Record for BackupRecord {
             &self.files,
             self.size_bytes,
             self.created_at,
+            self.quiesce.as_deref(),
         ]
     }
 }

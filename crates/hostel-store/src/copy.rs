@@ -38,6 +38,7 @@ pub const TABLES: &[&str] = &[
     "backup_targets",
     "backups",
     "backup_schedules",
+    "owner_limits",
 ];
 
 /// How a column's values are read and bound: the schema has these three kinds only.

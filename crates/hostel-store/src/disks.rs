@@ -25,6 +25,9 @@ pub struct SnapshotRecord {
     pub name: String,
     pub with_memory: bool,
     pub created_at: Timestamp,
+    /// What a snapshot with memory was taken with, as JSON (the controller's
+    /// `SnapshotHardware`); none for one without memory, or taken before it was kept.
+    pub hardware: Option<String>,
 }
 
 impl FromRow for DiskRecord {
@@ -68,12 +71,13 @@ impl FromRow for SnapshotRecord {
             name: c.text("name")?,
             with_memory: c.flag("with_memory")?,
             created_at: c.time("created_at")?,
+            hardware: c.opt_text("hardware")?,
         })
     }
 }
 
 impl Record for SnapshotRecord {
-    const COLS: &'static str = "id, vm_id, name, with_memory, created_at";
+    const COLS: &'static str = "id, vm_id, name, with_memory, created_at, hardware";
     fn values(&self) -> Vec<Value<'_>> {
         binds![
             &self.id,
@@ -81,6 +85,7 @@ impl Record for SnapshotRecord {
             &self.name,
             self.with_memory,
             self.created_at,
+            self.hardware.as_deref(),
         ]
     }
 }

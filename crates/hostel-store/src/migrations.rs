@@ -386,4 +386,19 @@ pub const MIGRATIONS: &[&[&str]] = &[
             last_run TEXT
         )",
     ],
+    // Resource limits an owner's VMs get where they have none of their own (`default`:
+    // everybody's), as JSON like `vm_limits`'.
+    &["CREATE TABLE owner_limits (
+            owner TEXT PRIMARY KEY,
+            limits TEXT NOT NULL
+        )"],
+    // Whether a VM's QEMU has a guest agent port (set at a cold start), and how each
+    // backup was made consistent.
+    &[
+        "ALTER TABLE vms ADD COLUMN guest_agent BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE backups ADD COLUMN quiesce TEXT",
+    ],
+    // What a snapshot with memory was taken with (vCPUs, platform, guest agent port,
+    // NICs, disks), as JSON: a revert needs the same devices to load the memory.
+    &["ALTER TABLE snapshots ADD COLUMN hardware TEXT"],
 ];

@@ -374,6 +374,27 @@ impl Store {
         execute_on(&mut *self.pool().acquire().await?, sql, binds).await
     }
 
+    /// Sets the one `value` of a key-value table's row `key` (`DELETE` then `INSERT`, in
+    /// one transaction), or removes the row (none). `table` and its columns are this
+    /// crate's own names, never input.
+    pub(crate) async fn replace_value(
+        &self,
+        table: &str,
+        (key_col, key): (&str, &str),
+        value_col: &str,
+        value: Option<&str>,
+    ) -> Result<()> {
+        let mut tx = self.pool().begin().await?;
+        let delete = format!("DELETE FROM {table} WHERE {key_col} = $1");
+        execute_on(&mut tx, &delete, binds![key]).await?;
+        if let Some(v) = value {
+            let insert = format!("INSERT INTO {table} ({key_col}, {value_col}) VALUES ($1, $2)");
+            execute_on(&mut tx, &insert, binds![key, v]).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     pub(crate) async fn insert<T: Record>(&self, r: &T) -> Result<()> {
         self.execute(&insert_sql::<T>(), r.values()).await?;
         Ok(())

@@ -71,6 +71,7 @@ fn vm(name: &str) -> VmRecord {
         anti_affinity: None,
         machine: Some("pc-q35-10.0".into()),
         cpu_model: Some("Westmere-v1".into()),
+        guest_agent: true,
     }
 }
 

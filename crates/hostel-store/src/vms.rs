@@ -45,6 +45,10 @@ pub struct VmRecord {
     pub machine: Option<String>,
     /// Its CPU model: `host` or a named QEMU model; none: made before (as `host`).
     pub cpu_model: Option<String>,
+    /// Whether its QEMU has a guest agent port: from its first cold start on since they
+    /// came (a QEMU started before has none, and its saved state and migrations keep
+    /// to that).
+    pub guest_agent: bool,
 }
 
 impl FromRow for VmRecord {
@@ -78,6 +82,7 @@ impl FromRow for VmRecord {
             anti_affinity: c.opt_text("anti_affinity")?,
             machine: c.opt_text("machine")?,
             cpu_model: c.opt_text("cpu_model")?,
+            guest_agent: c.int::<i64>("guest_agent")? != 0,
         })
     }
 }
@@ -86,7 +91,7 @@ impl Record for VmRecord {
     const COLS: &'static str = "id, name, host_id, image_id, memory_mib, max_memory_mib, \
         vcpus, max_vcpus, state, state_reason, on_poweroff, on_reboot, on_crash, saved_path, \
         pid, created_at, updated_at, cdrom_image_id, boot_json, cloud_json, owner_user_id, \
-        owner_group_id, admin_group_id, lease_expires_at, anti_affinity, machine, cpu_model";
+        owner_group_id, admin_group_id, lease_expires_at, anti_affinity, machine, cpu_model, guest_agent";
     fn values(&self) -> Vec<Value<'_>> {
         binds![
             &self.id,
@@ -116,6 +121,7 @@ impl Record for VmRecord {
             &self.anti_affinity,
             &self.machine,
             &self.cpu_model,
+            self.guest_agent,
         ]
     }
 }
@@ -420,22 +426,8 @@ impl Store {
 
     /// Sets a VM's resource limits (JSON), or removes them (none).
     pub async fn set_vm_limits(&self, id: &str, limits: Option<&str>) -> Result<()> {
-        let mut tx = self.pool().begin().await?;
-        execute_on(
-            &mut tx,
-            "DELETE FROM vm_limits WHERE vm_id = $1",
-            binds![id],
-        )
-        .await?;
-        if let Some(l) = limits {
-            execute_on(
-                &mut tx,
-                "INSERT INTO vm_limits (vm_id, limits) VALUES ($1, $2)",
-                binds![id, l],
-            )
+        self.replace_value("vm_limits", ("vm_id", id), "limits", limits)
             .await?;
-        }
-        tx.commit().await?;
         self.vm_changed(id);
         Ok(())
     }
@@ -461,6 +453,18 @@ impl Store {
             "UPDATE vms SET machine = COALESCE($2, machine), \
              cpu_model = COALESCE($3, cpu_model), updated_at = $4 WHERE id = $1",
             binds![id, machine, cpu_model, now()],
+        )
+        .await?;
+        self.vm_changed(id);
+        Ok(())
+    }
+
+    /// Whether the VM's QEMU has a guest agent port from its next start on: given at a
+    /// cold start, taken back by a revert to memory saved without one.
+    pub async fn set_vm_guest_agent(&self, id: &str, on: bool) -> Result<()> {
+        self.execute(
+            "UPDATE vms SET guest_agent = $2, updated_at = $3 WHERE id = $1",
+            binds![id, on, now()],
         )
         .await?;
         self.vm_changed(id);

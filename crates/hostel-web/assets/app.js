@@ -12,6 +12,40 @@
     if (a) a.textContent = text;
   }
 
+  // A VM archive is sent as it is read, its progress shown; the answer is a redirect
+  // to the page that says how it went.
+  document.addEventListener("submit", (e) => {
+    const f = e.target;
+    if (!f || f.id !== "import-form") return;
+    e.preventDefault();
+    const file = f.elements.file.files[0];
+    if (!file) return;
+    const q = new URLSearchParams();
+    if (f.elements.name.value.trim()) q.set("name", f.elements.name.value.trim());
+    if (f.elements.start.checked) q.set("start", "on");
+    const bar = document.getElementById("import-progress");
+    const status = document.getElementById("import-status");
+    const x = new XMLHttpRequest();
+    x.open("POST", "/vms/import?" + q.toString());
+    x.setRequestHeader("Content-Type", "application/octet-stream");
+    const m = document.querySelector('meta[name="csrf-token"]');
+    if (m) x.setRequestHeader("X-CSRF-Token", m.content);
+    bar.hidden = false;
+    x.upload.onprogress = (p) => {
+      if (!p.lengthComputable) return;
+      bar.value = p.loaded / p.total;
+      status.textContent = "sending: " + Math.round((100 * p.loaded) / p.total) + " %";
+    };
+    x.upload.onload = () => { status.textContent = "checking the archive…"; };
+    x.onload = () => {
+      let to = "/vms/new";
+      try { to = JSON.parse(x.responseText).to || to; } catch (_) { /* the create page says why */ }
+      location.href = to;
+    };
+    x.onerror = () => { status.textContent = "the upload broke off: try again"; };
+    x.send(file);
+  });
+
   document.addEventListener("htmx:configRequest", (e) => {
     const m = document.querySelector('meta[name="csrf-token"]');
     if (m) e.detail.headers["X-CSRF-Token"] = m.content;

@@ -125,6 +125,22 @@ impl Api {
         req
     }
 
+    /// A POST of a stream (`body`, of `content_type`) as it arrives: an archive's upload.
+    pub async fn upload<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Body,
+    ) -> ApiResult<T> {
+        let mut req = self.request(Method::POST, path, None);
+        *req.body_mut() = body;
+        req.headers_mut().insert(
+            "content-type",
+            content_type.parse().expect("a content type"),
+        );
+        self.answer(req, path).await
+    }
+
     async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
@@ -132,6 +148,11 @@ impl Api {
         body: Option<Vec<u8>>,
     ) -> ApiResult<T> {
         let req = self.request(method, path, body);
+        self.answer(req, path).await
+    }
+
+    /// Sends `req`; its answer as `T`, or the API's refusal.
+    async fn answer<T: DeserializeOwned>(&self, req: Request<Body>, path: &str) -> ApiResult<T> {
         let resp = match self.router.clone().oneshot(req).await {
             Ok(r) => r,
             Err(never) => match never {},

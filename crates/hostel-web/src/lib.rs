@@ -33,6 +33,8 @@ pub fn router(api: Router) -> Router {
         .route("/logout", post(pages::login::logout))
         .route("/vms", get(pages::vms::list))
         .route("/vms/bulk", post(pages::vms::bulk))
+        .route("/vms/import", post(pages::archive::import))
+        .route("/vms/{name}/export", get(pages::archive::export))
         .route(
             "/vms/new",
             get(pages::create::form).post(pages::create::submit),
@@ -54,5 +56,7 @@ pub fn router(api: Router) -> Router {
         .route("/ui/{file}", get(assets::serve))
         .route("/favicon.ico", get(assets::favicon))
         .fallback(pages::not_found)
+        // A form's action is done whole even if the browser leaves the page meanwhile.
+        .layer(axum::middleware::from_fn(hostel_controller::to_the_end))
         .with_state(web)
 }

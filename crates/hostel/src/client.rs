@@ -202,6 +202,57 @@ impl Api {
             .await
     }
 
+    /// A client for transfers that take as long as they take (an export, an import):
+    /// only connecting is timed.
+    fn long_http() -> Result<reqwest::Client> {
+        Ok(reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(30))
+            .build()?)
+    }
+
+    /// Fails with the API's message when `resp` is not a success.
+    async fn check(resp: reqwest::Response) -> Result<reqwest::Response> {
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let text = resp.text().await?;
+        match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(e) => bail!("{}", e.message),
+            Err(_) => bail!("the API answered {status}: {text}"),
+        }
+    }
+
+    /// A download: the answer, its body not yet read.
+    pub async fn get_stream(&self, path: &str) -> Result<reqwest::Response> {
+        let resp = Self::long_http()?
+            .get(format!("{}{path}", self.cfg.url))
+            .bearer_auth(&self.cfg.token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach Hostel at {}", self.cfg.url))?;
+        Self::check(resp).await
+    }
+
+    /// An upload of `body` (of `content_type`); its JSON answer.
+    pub async fn post_stream<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: reqwest::Body,
+    ) -> Result<T> {
+        let resp = Self::long_http()?
+            .post(format!("{}{path}", self.cfg.url))
+            .bearer_auth(&self.cfg.token)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach Hostel at {}", self.cfg.url))?;
+        let text = Self::check(resp).await?.text().await?;
+        Ok(serde_json::from_str(&text)?)
+    }
+
     pub fn ws_url(&self, path: &str) -> String {
         let base = self
             .cfg

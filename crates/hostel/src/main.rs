@@ -49,6 +49,10 @@ enum Cmd {
     Xen(cli::xen::Cmd),
     #[command(flatten)]
     Backups(cli::backups::Cmd),
+    #[command(flatten)]
+    Limits(cli::limits::Cmd),
+    #[command(flatten)]
+    Archive(cli::archive::Cmd),
     /// Print the shell completion script for `hostel` (the package installs bash's and
     /// zsh's).
     Completions { shell: clap_complete::Shell },
@@ -71,6 +75,8 @@ async fn run(cmd: Cmd) -> Result<()> {
         Cmd::Usage(c) => cli::usage::run(c).await,
         Cmd::Xen(c) => cli::xen::run(c).await,
         Cmd::Backups(c) => cli::backups::run(c).await,
+        Cmd::Limits(c) => cli::limits::run(c).await,
+        Cmd::Archive(c) => cli::archive::run(c).await,
         Cmd::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "hostel", &mut std::io::stdout());
             Ok(())

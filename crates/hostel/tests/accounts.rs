@@ -801,17 +801,19 @@ async fn every_route_refuses_who_it_must() {
             .replace("/me/tokens/{name}", "/me/tokens/none")
             .replace("/me/keys/{name}", "/me/keys/none")
             .replace("/quotas/{owner}", "/quotas/default")
+            .replace("/default-limits/{owner}", "/default-limits/default")
             .replace("/hosts/{name}", "/hosts/nosuch")
     };
     let admin_only = |m: &str, p: &str| {
         let under = |x: &str| p == x || p.starts_with(&format!("{x}/"));
         under("/api/v1/doctor")
-            || under("/api/v1/import")
+            || under("/api/v1/import/xen")
             || under("/metrics")
             || under("/api/v1/dmesg")
             || under("/api/v1/users")
             || under("/api/v1/hosts")
             || under("/api/v1/rebalance")
+            || p == "/api/v1/default-limits"
             || under("/api/v1/audit/retention")
             || under("/api/v1/audit/prune")
             || (m != "GET" && p.starts_with("/api/v1/tasks/") && p.ends_with("/cancel"))
@@ -821,7 +823,8 @@ async fn every_route_refuses_who_it_must() {
                     || under("/api/v1/images")
                     || under("/api/v1/pools")
                     || under("/api/v1/groups")
-                    || under("/api/v1/quotas")))
+                    || under("/api/v1/quotas")
+                    || under("/api/v1/default-limits")))
     };
     let mut checked = 0;
     let audit_before = d.json(&["audit"]).as_array().unwrap().len();

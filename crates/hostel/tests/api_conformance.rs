@@ -50,7 +50,8 @@ const EXCLUDED_PATHS: &[(&str, &str)] = &[
 /// - POST /restore: the file must be one `save` wrote;
 /// - passwords (POST /users, /users/{name}/password, /me/password): not one repeated
 ///   character nor the user's name, and your own current one to change it;
-/// - POST /me/tokens: `expires_at` must be in the future.
+/// - POST /me/tokens: `expires_at` must be in the future;
+/// - POST /import/vm: the bytes must be an archive `hostel export` wrote.
 ///
 /// And `ensure_resource_availability` (a 404 right after a create means the created
 /// thing is missing) is off where the body names other things that may be missing too
@@ -69,6 +70,7 @@ include-name = [
     "POST /api/v1/users/{name}/password",
     "POST /api/v1/me/password",
     "POST /api/v1/me/tokens",
+    "POST /api/v1/import/vm",
 ]
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409", "429"]
 

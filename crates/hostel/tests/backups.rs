@@ -2,7 +2,7 @@
 //! data, an incremental one (about the size of what changed, not of the disk), both
 //! restored as new VMs, each holding exactly the bytes of its moment; a restore over the
 //! stopped VM itself; a backup of a stopped VM; chains that cannot lose a link; the
-//! space charged to the owner's quota.
+//! space charged to the owner's quota; a live backup quiesced by the guest agent.
 
 mod common;
 use common::*;
@@ -28,6 +28,22 @@ async fn console_of(d: &Daemon, vm: &str) -> Console {
     c.wait_for(READY, Duration::from_secs(180)).await;
     c.wait_for("tiny# ", Duration::from_secs(60)).await;
     c
+}
+
+/// A daemon with a backup target `main` in a directory of its own.
+fn with_target() -> (Daemon, tempfile::TempDir) {
+    let d = Daemon::start();
+    let target = tempfile::Builder::new()
+        .prefix("hostel-backups-")
+        .tempdir()
+        .unwrap();
+    d.ok(&[
+        "backup-target",
+        "add",
+        "main",
+        target.path().to_str().unwrap(),
+    ]);
+    (d, target)
 }
 
 fn backups(d: &Daemon, vm: &str) -> Vec<Value> {
@@ -119,7 +135,21 @@ async fn full_and_incremental_backups_restore_to_their_moments() {
     let err = d.fails(&["backup", "restore", &full_name]);
     assert!(err.contains("stop it"), "{err}");
     d.ok(&["destroy", "b1"]);
+    // Its owner pays for the restored disk only what it adds to the one it replaces: a
+    // quota with room for half a disk more lets the restore through.
+    d.ok(&["user", "create", "bea"]);
+    d.ok(&["chown", "b1", "user:bea"]);
+    let used = d.json(&["quota", "show", "user:bea"])["used"]["disk_mib"]
+        .as_u64()
+        .unwrap();
+    let room = format!("{}M", used + 32);
+    d.ok(&["quota", "set", "user:bea", "--disk-total", &room]);
     d.ok(&["backup", "restore", &full_name, "--start"]);
+    let after = d.json(&["quota", "show", "user:bea"])["used"]["disk_mib"].clone();
+    assert_eq!(
+        after, used,
+        "the restore over b1 changed what bea is charged"
+    );
     let mut c = console_of(&d, "b1").await;
     assert_eq!(sum(&mut c).await, first, "restored over itself");
     drop(c);
@@ -159,17 +189,7 @@ async fn full_and_incremental_backups_restore_to_their_moments() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_schedule_backs_up_on_its_own_and_prunes_by_its_retention() {
-    let d = Daemon::start();
-    let target = tempfile::Builder::new()
-        .prefix("hostel-backups-")
-        .tempdir()
-        .unwrap();
-    d.ok(&[
-        "backup-target",
-        "add",
-        "main",
-        target.path().to_str().unwrap(),
-    ]);
+    let (d, target) = with_target();
     d.ok(&[
         "create", "s1", "--image", "tiny", "--memory", "128M", "--disk", "32M",
     ]);
@@ -232,4 +252,174 @@ async fn a_schedule_backs_up_on_its_own_and_prunes_by_its_retention() {
         .fails(&["backup", "schedule", "s1"])
         .contains("no backup schedule"));
     assert_eq!(backups(&d, "s1").len(), 3, "its backups stay");
+}
+
+/// The file `name`'s text in the ext2 file system of backup file `file` (qcow2), read on
+/// the host with debugfs.
+fn file_in_backup(file: &std::path::Path, name: &str) -> String {
+    let raw = file.with_extension("raw");
+    let ok = std::process::Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(file)
+        .arg(&raw)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let out = std::process::Command::new("debugfs")
+        .args(["-R", &format!("cat /{name}")])
+        .arg(&raw)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&raw);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A live backup of a guest whose agent answers is taken with its file systems frozen:
+/// what the guest wrote but had not flushed is in it, and the guest writes on after.
+/// Without an answer, the backup is crash-consistent and says why.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_guest_agent_freezes_the_file_systems_for_a_live_backup() {
+    let (d, target) = with_target();
+    d.ok(&[
+        "create", "q1", "--image", "tiny", "--memory", "128M", "--disk", "64M",
+    ]);
+    let mut c = console_of(&d, "q1").await;
+    c.wait_until(
+        "cat /run/qemu-ga.pid 2>/dev/null || echo none",
+        |o| !o.contains("none"),
+        "the guest agent to start",
+    )
+    .await;
+    // Written, not flushed: in the guest's page cache only (it writes back after 30 s).
+    let made = c
+        .run("mke2fs -q /dev/vda && mkdir -p /mnt && mount /dev/vda /mnt && sync && echo frozen-in > /mnt/a && echo written")
+        .await;
+    assert!(made.ends_with("written"), "{made}");
+    let out = d.ok(&["backup", "create", "q1"]);
+    assert!(
+        out.contains("the guest agent froze 1 file system(s)"),
+        "{out}"
+    );
+    let b = backups(&d, "q1")[0].clone();
+    assert_eq!(
+        b["quiesce"], "the guest agent froze 1 file system(s)",
+        "{b}"
+    );
+    let file = target.path().join(b["disks"][0]["file"].as_str().unwrap());
+    assert_eq!(file_in_backup(&file, "a").trim(), "frozen-in");
+    // Thawed: the guest writes on.
+    assert_eq!(
+        c.run("echo after > /mnt/b && sync && echo wrote").await,
+        "wrote"
+    );
+
+    // No agent answering: crash-consistent, and said so.
+    c.run("kill $(cat /run/qemu-ga.pid); echo stopped").await;
+    let out = d.ok(&["backup", "create", "q1"]);
+    assert!(
+        out.contains("crash-consistent: no guest agent answered"),
+        "{out}"
+    );
+    drop(c);
+    d.ok(&["destroy", "q1"]);
+    let out = d.ok(&["backup", "create", "q1"]);
+    assert!(out.contains("at rest"), "{out}");
+}
+
+/// A restore a crash cuts leaves nothing half made: as a new VM it is gone with the
+/// disks it got; over a VM before the swap, the VM keeps its own disks and the copies
+/// go; during the swap, it is finished.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_cut_by_a_crash_is_undone_or_finished() {
+    let (mut d, _target) = with_target();
+    d.ok(&[
+        "create",
+        "r",
+        "--image",
+        "tiny",
+        "--memory",
+        "64M",
+        "--disk",
+        "16M",
+        "--no-network",
+        "--no-start",
+    ]);
+    d.ok(&["disk", "add", "r", "--size", "8M"]);
+    d.ok(&["user", "create", "cy"]);
+    d.ok(&["chown", "r", "user:cy"]);
+    let paths = |d: &Daemon| -> Vec<String> {
+        d.json(&["disk", "list", "r"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["path"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let before = paths(&d);
+    for p in &before {
+        qemu_io(p, "write -P 17 1M 64k");
+    }
+    d.ok(&["backup", "create", "r"]);
+    let backup = backups(&d, "r")[0]["name"].as_str().unwrap().to_string();
+    for p in &before {
+        qemu_io(p, "write -P 34 1M 64k");
+    }
+    let pool_files = |d: &Daemon| -> Vec<String> {
+        file_names(&d.data_dir().join("disks"))
+            .into_iter()
+            .filter(|n| !n.starts_with('.'))
+            .collect()
+    };
+    let files = pool_files(&d);
+    let used = d.json(&["quota", "show", "user:cy"])["used"].clone();
+
+    // As a new VM, cut after its first disk of two: gone, with that disk.
+    crash_at(
+        &mut d,
+        "controller.create.disk-copied",
+        &["backup", "restore", &backup, "--as", "r2"],
+    );
+    let names: Vec<Value> = d.json(&["list"]).as_array().unwrap().clone();
+    assert!(names.iter().all(|v| v["name"] != "r2"), "{names:?}");
+    assert_eq!(pool_files(&d), files);
+    assert_eq!(d.json(&["quota", "show", "user:cy"])["used"], used);
+    let ops = d.json(&["operations"]);
+    assert!(
+        ops.as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["kind"] == "create" && o["target"] == "r2" && o["state"] == "failed"),
+        "{ops}"
+    );
+
+    // Over the VM, cut after one disk copied in: the VM keeps its own disks.
+    crash_at(
+        &mut d,
+        "controller.restore-over.disk-copied",
+        &["backup", "restore", &backup],
+    );
+    assert_eq!(paths(&d), before);
+    assert!(before.iter().all(|p| holds(p, 34, "1M", "64k")));
+    assert_eq!(pool_files(&d), files);
+
+    // Over the VM, cut as the swap begins: finished, the backup's disks in their places.
+    crash_at(
+        &mut d,
+        "controller.restore-over.swapping",
+        &["backup", "restore", &backup],
+    );
+    let after = paths(&d);
+    assert_eq!(after.len(), 2);
+    assert!(after.iter().all(|p| !before.contains(p)), "{after:?}");
+    assert!(after.iter().all(|p| holds(p, 17, "1M", "64k")));
+    let disks = d.json(&["disk", "list", "r"]);
+    let idx: Vec<u64> = disks
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(idx, vec![0, 1], "{disks}");
+    assert_eq!(pool_files(&d).len(), files.len());
+    assert_eq!(d.json(&["quota", "show", "user:cy"])["used"], used);
 }

@@ -166,7 +166,8 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn start(a_env: &[(&str, &Path)], agent_listen: &str) -> Cluster {
+    /// Controller a with `a_env`, the agent with `agent_env`.
+    fn start(a_env: &[(&str, &Path)], agent_env: &[(&str, &Path)], agent_listen: &str) -> Cluster {
         let pg = hostel_store::testing::PgServer::start();
         let url = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -218,7 +219,10 @@ impl Cluster {
             listen: agent_listen.into(),
             tls,
             data: tmp.path().join("agent"),
-            env: Vec::new(),
+            env: agent_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.display().to_string()))
+                .collect(),
         };
         let (agent, agent_url) = start_agent_as(&ns, &agent_at);
         b.ok(&ns, &["host", "add", &agent_url]);
@@ -262,7 +266,11 @@ fn two_controllers_one_dies_the_other_takes_over() {
         mut b,
         mut agent,
         agent_at,
-    } = Cluster::start(&[("HOSTEL_HOLD_DIR", &holds)], "127.0.0.1:0");
+    } = Cluster::start(
+        &[("HOSTEL_HOLD_DIR", &holds)],
+        &[("HOSTEL_HOLD_DIR", &holds)],
+        "127.0.0.1:0",
+    );
     let agent_data = agent_at.data.clone();
     let a_id = a.id(&ns);
     let b_id = b.id(&ns);
@@ -330,9 +338,45 @@ fn two_controllers_one_dies_the_other_takes_over() {
         .unwrap()
         .to_string();
     assert_eq!(qemus(&agent_data).get(&vb_id), Some(&1));
+    // A client that hangs up does not cut what it asked for: a disk add through a, held
+    // where its file is made, whose CLI is killed there, is done whole once let go.
+    let point = "controller.disk-add.file-made";
+    std::fs::write(holds.join(point), "").unwrap();
+    let mut hung_up = ns
+        .cmd(bin())
+        .args(["disk", "add", "vb", "--size", "8M"])
+        .env("HOSTEL_CONFIG", &a.config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("a holds vb's disk add", Duration::from_secs(30), || {
+        holds.join(format!("{point}.reached")).exists()
+    });
+    hung_up.kill().unwrap();
+    hung_up.wait().unwrap();
+    std::fs::remove_file(holds.join(format!("{point}.reached"))).unwrap();
+    // (The controller sees the connection closed within milliseconds; before, that
+    // dropped the operation where it was held.)
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(holds.join(format!("{point}.go")), "").unwrap();
+    wait_for("the disk add done whole", Duration::from_secs(30), || {
+        let ops = a.json(&ns, &["operations", "--vm", "vb"]);
+        ops.as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["kind"] == "disk-add" && o["state"] == "succeeded")
+    });
+    assert_eq!(
+        a.json(&ns, &["disk", "list", "vb"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     // An operation through b waits while one through a holds the VM: a's disk add is
     // held where its file is made; b's snapshot waits for it, then both are done.
-    let point = "controller.disk-add.file-made";
     std::fs::write(holds.join(point), "").unwrap();
     std::thread::scope(|s| {
         let add = s.spawn(|| a.cli(&ns, &["disk", "add", "vb", "--size", "8M"]));
@@ -360,12 +404,36 @@ fn two_controllers_one_dies_the_other_takes_over() {
             .as_array()
             .unwrap()
             .len(),
-        1
+        2
     );
 
-    // The leader dies in the middle of an operation of its own: a disk added through it
-    // (held at the point where its file exists and no row yet).
-    a.kill9();
+    // The leader dies in the middle of an operation of its own: a start of vb, held in
+    // the agent where its QEMU has been spawned. The agent finishes that start: vb
+    // runs (before, the agent dropped the start with the connection, and vb stayed
+    // "starting" for good, its QEMU running).
+    a.ok(&ns, &["destroy", "vb"]);
+    let point = "agent.start.spawned";
+    std::fs::write(holds.join(point), "").unwrap();
+    let config = a.config.clone();
+    std::thread::scope(|s| {
+        let start = s.spawn(|| {
+            ns.cmd(bin())
+                .args(["start", "vb"])
+                .env("HOSTEL_CONFIG", &config)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap()
+        });
+        wait_for(
+            "the agent holds vb's start",
+            Duration::from_secs(30),
+            || holds.join(format!("{point}.reached")).exists(),
+        );
+        a.kill9();
+        assert!(!start.join().unwrap().status.success());
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(holds.join(format!("{point}.go")), "").unwrap();
     let t = Instant::now();
     wait_for("b leads", Duration::from_secs(15), || {
         leader(&ns, &b).as_deref() == Some(b_id.as_str())
@@ -377,6 +445,12 @@ fn two_controllers_one_dies_the_other_takes_over() {
         "takeover (leader SIGKILLed → the other leads and follows the host): {:?}",
         t.elapsed()
     );
+    wait_for(
+        "vb running after its cut start",
+        Duration::from_secs(30),
+        || b.json(&ns, &["describe", "vb"])["state"] == "running",
+    );
+    assert_eq!(qemus(&agent_data).get(&vb_id), Some(&1));
     drop(a);
     // Again, armed to die where its disk add's file is made.
     let mut a = Ctl::launch_with(
@@ -489,7 +563,7 @@ fn the_invariants_hold_while_controllers_and_the_agent_die() {
         b,
         agent,
         agent_at,
-    } = Cluster::start(&[], "127.0.0.1:7801");
+    } = Cluster::start(&[], &[], "127.0.0.1:7801");
     let crash_log = tmp.path().join("crash-points.log");
     let tokens = make_users(&|args: &[&str]| a.ok(&ns, args));
     let counts = Counts::default();

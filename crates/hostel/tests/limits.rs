@@ -23,6 +23,17 @@ fn cpu_share(pid: u64, wall: Duration) -> f64 {
     (cpu_seconds(pid) - c0) / t0.elapsed().as_secs_f64()
 }
 
+/// The audit trail has `action` done.
+fn audited(d: &Daemon, action: &str) {
+    let audit = d.json(&["audit"]);
+    let found = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["action"] == action && e["result"] == "ok");
+    assert!(found, "no {action} in {audit}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn limits_hold_the_guest_to_them() {
     let d = Daemon::start();
@@ -161,16 +172,141 @@ async fn limits_hold_the_guest_to_them() {
     // Cleared: none left, and the audit trail has who set them.
     d.ok(&["limits", "lim", "--clear"]);
     assert_eq!(d.ok(&["limits", "lim"]).trim(), "no limits");
-    let audit = d.json(&["audit"]);
-    assert!(
-        audit
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["action"] == "vm.limits" && e["result"] == "ok"),
-        "{audit}"
-    );
+    audited(&d, "vm.limits");
     drop(c);
     d.ok(&["destroy", "lim"]);
     d.ok(&["delete", "lim"]);
+}
+
+/// Owners' defaults: a VM without limits of its own is held to its owner's, else to
+/// everybody's; its own win; a change reaches running VMs at once and the next start;
+/// users see theirs, only admins change them; a deleted user's go with them.
+#[tokio::test(flavor = "multi_thread")]
+async fn owners_default_limits_fill_in_where_a_vm_sets_none() {
+    let d = Daemon::start();
+    d.ok(&["user", "create", "dora"]);
+    d.ok(&[
+        "create", "dl", "--image", "tiny", "--memory", "128M", "--disk", "64M",
+    ]);
+    d.ok(&["chown", "dl", "user:dora"]);
+    let tap = d.json(&["nic", "list", "dl"])[0]["tap"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rate = |d: &Daemon| {
+        let o =
+            d.ns.cmd("tc")
+                .args(["qdisc", "show", "dev", &tap])
+                .output()
+                .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        text.split_whitespace()
+            .skip_while(|w| *w != "rate")
+            .nth(1)
+            .map(str::to_string)
+    };
+    assert_eq!(rate(&d), None);
+
+    // Bad input names what is wrong and changes nothing.
+    let bad = d.fails(&["default-limits", "user:nobody", "--net-mbps", "8"]);
+    assert!(bad.contains("no user named \"nobody\""), "{bad}");
+    let bad = d.fails(&["default-limits", "default", "--cpu-weight", "0"]);
+    assert!(bad.contains("1 to 10,000"), "{bad}");
+
+    // The owner's default reaches the running VM at once.
+    let said = d.ok(&[
+        "default-limits",
+        "user:dora",
+        "--net-mbps",
+        "8",
+        "--cpu-weight",
+        "50",
+    ]);
+    assert!(said.contains("given at once to: dl"), "{said}");
+    assert_eq!(rate(&d).as_deref(), Some("8Mbit"));
+    let vm = d.describe("dl");
+    assert_eq!(vm["limits"], serde_json::json!({}), "{vm}");
+    assert_eq!(vm["limits_in_force"]["net_mbps"], 8, "{vm}");
+    assert_eq!(vm["limits_in_force"]["cpu_weight"], 50, "{vm}");
+    let shown = d.ok(&["limits", "dl"]);
+    assert!(
+        shown.contains("8 Mbit/s each way, each NIC (default)"),
+        "{shown}"
+    );
+
+    // Everybody's fills in what the owner's leaves; the owner's wins over it.
+    d.ok(&[
+        "default-limits",
+        "default",
+        "--net-mbps",
+        "16",
+        "--disk-iops",
+        "500",
+    ]);
+    let inforce = &d.describe("dl")["limits_in_force"];
+    assert_eq!(inforce["net_mbps"], 8, "{inforce}");
+    assert_eq!(inforce["disk_iops"], 500, "{inforce}");
+    let all = d.json(&["default-limits"]);
+    let owners: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["owner"].as_str().unwrap())
+        .collect();
+    assert_eq!(owners, ["default", "user:dora"], "{all}");
+
+    // The VM's own win, and when cleared the default holds it again.
+    d.ok(&["limits", "dl", "--net-mbps", "4"]);
+    assert_eq!(rate(&d).as_deref(), Some("4Mbit"));
+    d.ok(&["limits", "dl", "--clear"]);
+    assert_eq!(rate(&d).as_deref(), Some("8Mbit"));
+
+    // Given to another owner, it is held to theirs (none here) at once; given back, to
+    // dora's again.
+    d.ok(&["chown", "dl", "user:admin"]);
+    assert_eq!(rate(&d).as_deref(), Some("16Mbit"));
+    d.ok(&["chown", "dl", "user:dora"]);
+    assert_eq!(rate(&d).as_deref(), Some("8Mbit"));
+
+    // Applied at the next start, before the first instruction.
+    d.ok(&["destroy", "dl"]);
+    d.ok(&["start", "dl"]);
+    let tap_now = d.json(&["nic", "list", "dl"])[0]["tap"].clone();
+    assert_eq!(tap_now.as_str(), Some(tap.as_str()));
+    assert_eq!(rate(&d).as_deref(), Some("8Mbit"));
+
+    // Users see their own and everybody's, and change none.
+    let token = d.ok(&["token", "create", "t", "--user", "dora"]);
+    let token = Some(token.trim());
+    let (status, body) = d.http_get("/api/v1/default-limits/user:dora", token);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"net_mbps\":8"), "{body}");
+    let (status, _) = d.http_get("/api/v1/default-limits/default", token);
+    assert_eq!(status, 200);
+    let (status, body) = d.http_put("/api/v1/default-limits/user:dora", token, "{}");
+    assert_eq!(status, 403, "{body}");
+    let (status, _) = d.http_get("/api/v1/default-limits", token);
+    assert_eq!(status, 403);
+    // Nobody else's, and a name nobody has is refused alike.
+    let (status, _) = d.http_get("/api/v1/default-limits/user:admin", token);
+    assert_eq!(status, 403);
+    let (status, _) = d.http_get("/api/v1/default-limits/user:nobody", token);
+    assert_eq!(status, 403);
+
+    // The owner's removed: everybody's holds it; everybody's removed: nothing does.
+    let said = d.ok(&["default-limits", "user:dora", "--clear"]);
+    assert!(said.contains("given at once to: dl"), "{said}");
+    assert_eq!(rate(&d).as_deref(), Some("16Mbit"));
+    d.ok(&["default-limits", "default", "--clear"]);
+    assert_eq!(rate(&d), None);
+    assert_eq!(d.ok(&["limits", "dl"]).trim(), "no limits");
+
+    // A deleted user's defaults go with them.
+    d.ok(&["default-limits", "user:dora", "--cpu-max", "50"]);
+    d.ok(&["destroy", "dl"]);
+    d.ok(&["delete", "dl"]);
+    d.ok(&["user", "delete", "dora"]);
+    let all = d.json(&["default-limits"]);
+    assert_eq!(all.as_array().unwrap().len(), 1, "{all}");
+    audited(&d, "default-limits.set");
 }

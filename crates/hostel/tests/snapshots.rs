@@ -28,6 +28,8 @@ async fn snapshot_revert_and_memory() {
         "tiny",
         "--memory",
         "128M",
+        "--max-vcpus",
+        "2",
         "--disk",
         "16M",
         "--no-network",
@@ -70,6 +72,25 @@ async fn snapshot_revert_and_memory() {
     d.ok(&["destroy", "snap"]);
     d.ok(&["snapshot", "revert", "snap", "m1"]);
     assert_eq!(d.state("snap"), "running");
+    let mut c = d.console("snap").await;
+    assert_eq!(c.run("cat /tmp/state").await, "in-memory-one");
+
+    // Its memory loads only into the devices it was taken with: a vCPU count changed
+    // since is set back; a disk added since is refused, saying which and how.
+    d.ok(&["destroy", "snap"]);
+    d.ok(&["vcpu-set", "snap", "2"]);
+    d.ok(&["disk", "add", "snap", "--size", "8M"]);
+    let err = d.fails(&["snapshot", "revert", "snap", "m1"]);
+    assert!(
+        err.contains("disk(s) 1 added since") && err.contains("hostel disk remove snap"),
+        "{err}"
+    );
+    assert_eq!(d.state("snap"), "stopped");
+    assert_eq!(d.describe("snap")["vcpus"]["current"], 2);
+    d.ok(&["disk", "remove", "snap", "1"]);
+    d.ok(&["snapshot", "revert", "snap", "m1"]);
+    assert_eq!(d.state("snap"), "running");
+    assert_eq!(d.describe("snap")["vcpus"]["current"], 1);
     let mut c = d.console("snap").await;
     assert_eq!(c.run("cat /tmp/state").await, "in-memory-one");
 

@@ -129,14 +129,15 @@ async fn a_xen_guest_comes_over_with_its_disks_nics_and_kernel() {
     // disk file and no charge behind.
     let quota_before = d.json(&["quota", "show"]);
     let files_before = file_names(&d.data_dir().join("disks"));
-    std::fs::write(
-        &cfg,
-        config("'file:/srv/xen/missing.img,xvdb,w'")
-            .replace("\"legacy\"", "\"broken\"")
-            .replace("10.79.0.50", "10.79.0.51")
-            .replace("0B:0C", "0B:0D"),
-    )
-    .unwrap();
+    // The same guest under another name, IP and MAC, with `disk2`.
+    let another = |name: &str, last: u8, disk2: &str| {
+        let text = config(disk2)
+            .replace("\"legacy\"", &format!("{name:?}"))
+            .replace("10.79.0.50", &format!("10.79.0.{}", 50 + last))
+            .replace("0B:0C", &format!("0B:{:02X}", 0x0C + last));
+        std::fs::write(&cfg, text).unwrap();
+    };
+    another("broken", 1, "'file:/srv/xen/missing.img,xvdb,w'");
     let o = import(&[]);
     assert!(!o.status.success());
     let err = said(o);
@@ -145,6 +146,26 @@ async fn a_xen_guest_comes_over_with_its_disks_nics_and_kernel() {
         "{err}"
     );
     assert!(d.fails(&["describe", "broken"]).contains("broken"));
+    assert_eq!(file_names(&d.data_dir().join("disks")), files_before);
+    assert_eq!(d.json(&["quota", "show"]), quota_before);
+
+    // An import a crash cuts after its first disk of two leaves no half-made VM: it is
+    // removed at the next start, with the disk it got.
+    another("cut", 2, "'tap:qcow2:/srv/xen/legacy-data.qcow2,xvdb,w'");
+    let mut d = d;
+    crash_at(
+        &mut d,
+        "controller.create.disk-copied",
+        &[
+            "import-xen",
+            cfg_s,
+            "--disk-dir",
+            dir_s,
+            "--network",
+            "xennet",
+        ],
+    );
+    assert!(d.fails(&["describe", "cut"]).contains("cut"));
     assert_eq!(file_names(&d.data_dir().join("disks")), files_before);
     assert_eq!(d.json(&["quota", "show"]), quota_before);
 }

@@ -111,6 +111,10 @@ pub struct VmSpec {
     /// (`host` under KVM, `max` under TCG).
     #[serde(default)]
     pub cpu_model: Option<String>,
+    /// A virtio-serial port for the QEMU guest agent (`org.qemu.guest_agent.0`): a VM
+    /// gets it at a cold start; one started before keeps its devices as they are.
+    #[serde(default)]
+    pub guest_agent: bool,
 }
 
 /// A VM's network interface: a tap on the network's bridge, guarded to its addresses.
@@ -416,9 +420,20 @@ pub struct BackupFile {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum BackupLine {
-    Progress { progress: f64, message: String },
-    Done { done: Vec<BackupFile> },
-    Error { error: String },
+    Progress {
+        progress: f64,
+        message: String,
+    },
+    Done {
+        done: Vec<BackupFile>,
+        /// How the copy was made consistent: the guest agent froze the file systems,
+        /// the VM was at rest, or why it is only crash-consistent.
+        #[serde(default)]
+        quiesce: Option<String>,
+    },
+    Error {
+        error: String,
+    },
 }
 
 /// Removes files of a backup from its target's directory (plain names only).
@@ -720,6 +735,11 @@ pub struct ReadDiskFileRequest {
     /// parameters of their own: `name`, `driver`, `path`.)
     #[serde(default, flatten)]
     pub pool: Option<PoolSpec>,
+    /// The file's format (`qcow2` or `raw`), to have it sent standing alone: a copy with
+    /// what its backing chain holds merged in, made for the read and gone after it (an
+    /// export). None: the file as it is (a move, whose target has the image under it).
+    #[serde(default)]
+    pub standalone_format: Option<String>,
 }
 
 /// A stopped VM's disk, stored on this host from another host's disk file sent as the

@@ -1,4 +1,5 @@
-//! Users, groups, tokens, keys, logins, ownership, the audit trail and quotas.
+//! Users, groups, tokens, keys, logins, ownership, the audit trail, quotas and owners'
+//! default resource limits.
 
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::{R, S, X};
@@ -282,4 +283,35 @@ pub(super) async fn set_quota(
     ApiJson(limits): ApiJson<QuotaLimits>,
 ) -> R<Quota> {
     Ok(Json(c.quota_set(&ctx, &owner, limits).await?))
+}
+
+/// Every owner with default limits of its own, `default` (everybody's) first; admins.
+#[utoipa::path(get, path = "/api/v1/default-limits", responses((status = 200, body = Vec<DefaultLimits>), (status = 403, body = ErrorBody)))]
+pub(super) async fn list_default_limits(State(c): S, Extension(ctx): X) -> R<Vec<DefaultLimits>> {
+    Ok(Json(c.default_limits_list(&ctx).await?))
+}
+
+/// An owner's default limits and what its VMs without limits of their own get. Users
+/// see their own (`user:NAME`), their groups' and `default`.
+#[utoipa::path(get, path = "/api/v1/default-limits/{owner}", params(("owner" = String, Path, pattern = "^(user:.*|group:.*|[^:]*)$")),
+    responses((status = 200, body = DefaultLimits), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn show_default_limits(
+    State(c): S,
+    Extension(ctx): X,
+    ApiPath(owner): ApiPath<String>,
+) -> R<DefaultLimits> {
+    Ok(Json(c.default_limits_show(&ctx, Some(&owner)).await?))
+}
+
+/// Sets an owner's default limits (admins), all at once as given: one left out is none,
+/// `{}` removes them. Its running VMs whose limits in force change get them at once.
+#[utoipa::path(put, path = "/api/v1/default-limits/{owner}", params(("owner" = String, Path, pattern = "^(user:.*|group:.*|[^:]*)$")), request_body = Limits,
+    responses((status = 200, body = DefaultLimits), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn set_default_limits(
+    State(c): S,
+    Extension(ctx): X,
+    ApiPath(owner): ApiPath<String>,
+    ApiJson(limits): ApiJson<Limits>,
+) -> R<DefaultLimits> {
+    Ok(Json(c.default_limits_set(&ctx, &owner, limits).await?))
 }

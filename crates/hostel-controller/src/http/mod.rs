@@ -61,8 +61,9 @@ type R<T> = Result<Json<T>, Error>;
         list_users, create_user, delete_user, user_password, my_password, list_tokens,
         create_token, revoke_token, list_keys, add_key, remove_key, list_groups, create_group,
         delete_group, add_member, remove_member, set_owner, audit, operations, audit_retention,
-        set_audit_retention, prune_audit, show_quota, set_quota,
-        renew_vm, set_cpu_model, set_limits, list_hosts, add_host, set_host, drain_host, undrain_host, rebalance, remove_host, events
+        set_audit_retention, prune_audit, show_quota, set_quota, list_default_limits,
+        show_default_limits, set_default_limits,
+        renew_vm, set_cpu_model, set_limits, export_vm, import_vm, list_hosts, add_host, set_host, drain_host, undrain_host, rebalance, remove_host, events
     ),
     components(schemas(ErrorBody)),
     modifiers(&BearerAuth, &StandardErrors),
@@ -176,9 +177,16 @@ pub fn router(c: Arc<Controller>) -> Router {
         .route("/api/v1/audit/prune", post(prune_audit))
         .route("/api/v1/quotas", get(show_quota))
         .route("/api/v1/quotas/{owner}", put(set_quota))
+        .route("/api/v1/default-limits", get(list_default_limits))
+        .route(
+            "/api/v1/default-limits/{owner}",
+            get(show_default_limits).put(set_default_limits),
+        )
         .route("/api/v1/vms/{name}/renew", post(renew_vm))
         .route("/api/v1/vms/{name}/cpu-model", post(set_cpu_model))
         .route("/api/v1/vms/{name}/limits", put(set_limits))
+        .route("/api/v1/vms/{name}/export", get(export_vm))
+        .route("/api/v1/import/vm", post(import_vm))
         .route("/api/v1/pools", get(list_pools).post(create_pool))
         .route("/api/v1/pools/{name}", get(get_pool).delete(delete_pool))
         .route("/api/v1/networks", get(list_networks).post(create_network))
@@ -226,7 +234,22 @@ pub fn router(c: Arc<Controller>) -> Router {
             count_request,
         ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(to_the_end))
         .with_state(c)
+}
+
+/// Runs each request as a task of its own, to its end, whoever hangs up. hyper drops a
+/// request's future when its client's connection closes: a user's Ctrl-C (or a web
+/// page left) in the middle of an operation would stop it between two steps, its
+/// journal entry left running and its half-made disk file left until the controller's
+/// next start. (A streamed answer's body still ends with its connection.) The web UI's
+/// router runs its requests so too.
+pub async fn to_the_end(req: Request, next: Next) -> Response {
+    match tokio::spawn(next.run(req)).await {
+        Ok(answer) => answer,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    }
 }
 
 /// `/metrics` alone, for a separate address (`hostel up --metrics-listen`): no token,
@@ -271,7 +294,7 @@ fn admin_only(method: &Method, route: &str) -> bool {
     let mutating = method != Method::GET && method != Method::HEAD;
     let under = |p: &str| route == p || route.starts_with(&format!("{p}/"));
     under("/api/v1/doctor")
-        || under("/api/v1/import")
+        || under("/api/v1/import/xen")
         || under("/metrics")
         || under("/api/v1/dmesg")
         || under("/api/v1/audit/retention")
@@ -279,6 +302,7 @@ fn admin_only(method: &Method, route: &str) -> bool {
         || under("/api/v1/hosts")
         || under("/api/v1/rebalance")
         || under("/api/v1/users")
+        || route == "/api/v1/default-limits"
         || (mutating && route.starts_with("/api/v1/tasks/") && route.ends_with("/cancel"))
         || (mutating
             && (under("/api/v1/networks")
@@ -286,7 +310,8 @@ fn admin_only(method: &Method, route: &str) -> bool {
                 || under("/api/v1/images")
                 || under("/api/v1/pools")
                 || under("/api/v1/groups")
-                || under("/api/v1/quotas")))
+                || under("/api/v1/quotas")
+                || under("/api/v1/default-limits")))
 }
 
 /// The domain action a route asks for, as the audit trail names it.
@@ -309,6 +334,8 @@ fn action_of(method: &Method, route: &str) -> &'static str {
         ("POST", "/api/v1/vms/{name}/renew") => "vm.renew",
         ("POST", "/api/v1/vms/{name}/cpu-model") => "vm.cpu-model",
         ("PUT", "/api/v1/vms/{name}/limits") => "vm.limits",
+        ("GET", "/api/v1/vms/{name}/export") => "vm.export",
+        ("POST", "/api/v1/import/vm") => "vm.import",
         ("GET", "/api/v1/vms/{name}/console") => "console.attach",
         ("POST", "/api/v1/vms/{name}/console/ticket") => "console.ticket",
         ("POST", "/api/v1/vms/{name}/nics") => "nic.add",
@@ -360,6 +387,7 @@ fn action_of(method: &Method, route: &str) -> &'static str {
         ("POST", "/api/v1/groups/{name}/members") => "group.add-member",
         ("POST", "/api/v1/groups/{name}/members/remove") => "group.remove-member",
         ("PUT", "/api/v1/quotas/{owner}") => "quota.set",
+        ("PUT", "/api/v1/default-limits/{owner}") => "default-limits.set",
         ("PUT", "/api/v1/audit/retention") => "audit.retention-set",
         ("POST", "/api/v1/audit/prune") => "audit.prune",
         _ => "api.request",
@@ -398,7 +426,10 @@ async fn auth(State(c): S, mut req: Request, next: Next) -> Response {
         .map(|m| m.as_str().to_string())
         .unwrap_or_else(|| path.clone());
     let console = route == "/api/v1/vms/{name}/console";
-    let audited = (method != Method::GET && method != Method::HEAD) || console;
+    // Opening a console and exporting a VM read, but are actions on it.
+    let audited = (method != Method::GET && method != Method::HEAD)
+        || console
+        || route == "/api/v1/vms/{name}/export";
     let token = req
         .headers()
         .get("authorization")

@@ -330,3 +330,48 @@ pub(super) async fn set_limits(
 ) -> R<Vm> {
     Ok(Json(c.set_limits(&ctx, &name, req).await?))
 }
+
+/// A stopped VM as one archive (`application/x-tar`): its definition, each disk standing
+/// alone, and their SHA-256 (`hostel export`). `hostel import-vm` (`POST
+/// /api/v1/import/vm`) makes it again on another installation.
+#[utoipa::path(get, path = "/api/v1/vms/{name}/export", params(("name" = String, Path)),
+    responses((status = 200, content_type = "application/x-tar", body = Vec<u8>), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub(super) async fn export_vm(
+    State(c): S,
+    Extension(ctx): X,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Response, Error> {
+    let e = c.export_vm(&ctx, &name).await?;
+    let disposition = format!("attachment; filename=\"{}\"", e.file_name);
+    Ok((
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/x-tar".to_string(),
+            ),
+            (axum::http::header::CONTENT_DISPOSITION, disposition),
+        ],
+        axum::body::Body::from_stream(e.bytes),
+    )
+        .into_response())
+}
+
+/// Makes the VM of an archive `hostel export` wrote (the body: the tar's bytes), as
+/// a create would: charged to your quota, on this installation's networks. Its disks are
+/// stored as they arrive; every SHA-256 is checked at the end, and on any failure the VM
+/// is removed again.
+#[utoipa::path(post, path = "/api/v1/import/vm", params(ImportVmQuery),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 201, body = ImportedVm), (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+pub(super) async fn import_vm(
+    State(c): S,
+    Extension(ctx): X,
+    ApiQuery(q): ApiQuery<ImportVmQuery>,
+    body: axum::body::Body,
+) -> Result<(StatusCode, Json<ImportedVm>), Error> {
+    let made = c.import_vm(&ctx, q, body.into_data_stream()).await?;
+    Ok((StatusCode::CREATED, Json(made)))
+}

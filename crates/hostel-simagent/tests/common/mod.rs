@@ -78,5 +78,6 @@ pub fn spec(id: &str) -> hostel_api::agent::VmSpec {
         seed: None,
         machine: Some("pc-q35-10.0".into()),
         cpu_model: Some(hostel_model::CPU_BASELINE.into()),
+        guest_agent: false,
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod account;
 pub mod admin;
+pub mod archive;
 pub mod create;
 pub mod fields;
 pub mod graphs;

@@ -51,6 +51,10 @@ impl VmPage {
     pub fn state(&self) -> &'static str {
         self.vm.state.as_str()
     }
+    /// The limits it is held to, each marked where it comes from an owner's default.
+    pub fn limits_held(&self) -> String {
+        limits_text(&self.vm.limits_in_force, &self.vm.limits)
+    }
     pub fn running(&self) -> bool {
         matches!(self.vm.state, VmState::Running | VmState::Paused)
     }
@@ -585,5 +589,42 @@ pub async fn console_ticket(
     {
         Ok(t) => axum::Json(t).into_response(),
         Err(e) => (e.status, axum::Json(e.body)).into_response(),
+    }
+}
+
+/// Limits in force as one line ("none" if none), each not in `own` marked "(default)".
+pub fn limits_text(l: &hostel_api::public::Limits, own: &hostel_api::public::Limits) -> String {
+    let mut parts = Vec::new();
+    let mut add = |v: Option<String>, here: bool| {
+        if let Some(v) = v {
+            parts.push(if here { v } else { format!("{v} (default)") });
+        }
+    };
+    add(
+        l.cpu_weight.map(|w| format!("CPU weight {w}")),
+        own.cpu_weight.is_some(),
+    );
+    add(
+        l.cpu_max_percent
+            .map(|p| format!("CPU cap {p}% of one CPU")),
+        own.cpu_max_percent.is_some(),
+    );
+    add(
+        l.disk_iops.map(|n| format!("{n} disk requests/s")),
+        own.disk_iops.is_some(),
+    );
+    add(
+        l.disk_bps
+            .map(|b| format!("disk {} MiB/s", b as f64 / 1048576.0)),
+        own.disk_bps.is_some(),
+    );
+    add(
+        l.net_mbps.map(|m| format!("network {m} Mbit/s")),
+        own.net_mbps.is_some(),
+    );
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(", ")
     }
 }

@@ -3,6 +3,7 @@
 //! table or JSON, `parse` holds the value parsers, `files` the client's local files.
 
 pub mod accounts;
+pub mod archive;
 pub mod audit;
 pub mod backups;
 pub mod consoles;
@@ -10,6 +11,7 @@ pub mod disks;
 pub mod files;
 pub mod hosts;
 pub mod images;
+pub mod limits;
 pub mod networks;
 pub mod output;
 pub mod parse;

@@ -104,32 +104,6 @@ pub enum Cmd {
     /// between hosts with the same CPU and QEMU) or a QEMU model the host runs in full
     /// (`hostel host show HOST` lists them).
     CpuModel { name: String, model: String },
-    /// Show a VM's resource limits, or change them (admins): CPU weight and cap, disk
-    /// requests and bandwidth, network rate. Only the limits named change; `none`
-    /// removes one, `--clear` all. A running VM gets them at once.
-    Limits {
-        name: String,
-        /// Its share of contended CPU, 1 to 10,000 (a VM without one weighs 100).
-        #[arg(long, value_name = "N|none", value_parser = super::parse::limit_count)]
-        cpu_weight: Option<super::parse::Limit>,
-        /// The most CPU it may use, in percent of one CPU (50: half; 200: two).
-        #[arg(long, value_name = "PERCENT|none", value_parser = super::parse::limit_count)]
-        cpu_max: Option<super::parse::Limit>,
-        /// Read and write requests per second, each disk.
-        #[arg(long, value_name = "N|none", value_parser = super::parse::limit_count)]
-        disk_iops: Option<super::parse::Limit>,
-        /// Bytes per second read and written, each disk (512K, 4M, 1G).
-        #[arg(long, value_name = "RATE|none", value_parser = super::parse::limit_rate)]
-        disk_bps: Option<super::parse::Limit>,
-        /// Megabits per second each way, each NIC.
-        #[arg(long, value_name = "MBIT|none", value_parser = super::parse::limit_count)]
-        net_mbps: Option<super::parse::Limit>,
-        /// Remove every limit (before applying those named).
-        #[arg(long)]
-        clear: bool,
-        #[arg(short, long, value_enum, default_value = "table")]
-        output: Format,
-    },
     /// Move a running VM to another host while it runs (admins), with a progress bar;
     /// prints the downtime it achieved.
     Migrate {
@@ -357,36 +331,6 @@ pub async fn run(cmd: Cmd) -> Result<()> {
             super::images::wait_task(&api, t).await?;
             return Ok(());
         }
-        Cmd::Limits {
-            name,
-            cpu_weight,
-            cpu_max,
-            disk_iops,
-            disk_bps,
-            net_mbps,
-            clear,
-            output,
-        } => {
-            let vm: Vm = api.get(&vm_path(&name)).await?;
-            let changes = [cpu_weight, cpu_max, disk_iops, disk_bps, net_mbps];
-            if !clear && changes.iter().all(Option::is_none) {
-                return output::show(output, &vm.limits, print_limits);
-            }
-            let mut l = if clear { Limits::default() } else { vm.limits };
-            let set = |v: Option<super::parse::Limit>, old: Option<u64>| match v {
-                None => old,
-                Some(super::parse::Limit::None) => None,
-                Some(super::parse::Limit::Set(n)) => Some(n),
-            };
-            let small = |n: Option<u64>| n.map(|n| n.min(u32::MAX as u64) as u32);
-            l.cpu_weight = small(set(cpu_weight, l.cpu_weight.map(u64::from)));
-            l.cpu_max_percent = small(set(cpu_max, l.cpu_max_percent.map(u64::from)));
-            l.disk_iops = set(disk_iops, l.disk_iops);
-            l.disk_bps = set(disk_bps, l.disk_bps);
-            l.net_mbps = small(set(net_mbps, l.net_mbps.map(u64::from)));
-            let vm: Vm = api.put(&action(&name, "limits"), &l).await?;
-            return output::show(output, &vm.limits, print_limits);
-        }
         Cmd::CpuModel { name, model } => {
             let v: Vm = api
                 .post(
@@ -519,43 +463,6 @@ const STATS_SUMMARY: &[(&str, Measure, Shown)] = &[
     ("net rx", |p| p.net_rx_bps as f64, rate),
     ("net tx", |p| p.net_tx_bps as f64, rate),
 ];
-
-/// A VM's limits, one a line.
-fn print_limits(l: &Limits) {
-    if l.is_empty() {
-        println!("no limits");
-        return;
-    }
-    let none = || "none".to_string();
-    println!(
-        "cpu weight:    {}",
-        l.cpu_weight.map(|w| w.to_string()).unwrap_or_else(none)
-    );
-    println!(
-        "cpu max:       {}",
-        l.cpu_max_percent
-            .map(|p| format!("{p}% of one CPU"))
-            .unwrap_or_else(none)
-    );
-    println!(
-        "disk requests: {}",
-        l.disk_iops
-            .map(|n| format!("{n}/s each disk"))
-            .unwrap_or_else(none)
-    );
-    println!(
-        "disk rate:     {}",
-        l.disk_bps
-            .map(|b| format!("{}/s each disk", output::bytes(b as f64)))
-            .unwrap_or_else(none)
-    );
-    println!(
-        "network:       {}",
-        l.net_mbps
-            .map(|m| format!("{m} Mbit/s each way, each NIC"))
-            .unwrap_or_else(none)
-    );
-}
 
 /// The latest point as a table, then the averages and peaks of all the points.
 fn print_stats(name: &str, s: &VmStats) {

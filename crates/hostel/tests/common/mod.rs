@@ -727,3 +727,68 @@ pub fn pid_alive(pid: u32) -> bool {
         })
         .unwrap_or(false)
 }
+
+/// Runs qemu-io's `cmd` on a qcow2 file; its output.
+pub fn qemu_io(file: &str, cmd: &str) -> String {
+    let out = std::process::Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", cmd, file])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && !text.contains("Pattern verification failed"),
+        "qemu-io {cmd} on {file}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// Whether `file` holds `pattern` over `len` bytes at `at`.
+pub fn holds(file: &str, pattern: u8, at: &str, len: &str) -> bool {
+    let out = std::process::Command::new("qemu-io")
+        .args([
+            "-f",
+            "qcow2",
+            "-c",
+            &format!("read -P {pattern} {at} {len}"),
+            file,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    out.status.success() && !text.contains("verification failed")
+}
+
+/// The daemon started again armed to die at `point`; `args` run (the CLI sees the
+/// daemon go); then started again clean, and waited for until it has settled what the
+/// crash cut (no operation left running).
+pub fn crash_at(d: &mut Daemon, point: &str, args: &[&str]) {
+    d.kill9();
+    d.env = vec![("HOSTEL_CRASH_AT".into(), point.into())];
+    d.launch();
+    let out = d.cli(args);
+    assert!(!out.status.success(), "hostel {args:?} got through");
+    let status = d.child.as_mut().unwrap().wait().unwrap();
+    assert!(!status.success(), "the daemon died at {point}");
+    d.child = None;
+    d.env.clear();
+    d.launch();
+    let t = std::time::Instant::now();
+    while !d
+        .json(&["operations", "--state", "running"])
+        .as_array()
+        .unwrap()
+        .is_empty()
+    {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(60),
+            "nothing settled {point}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let doctor = d.json(&["doctor"]);
+    assert!(
+        doctor["problems"].as_array().unwrap().is_empty(),
+        "after a crash at {point}: {doctor}"
+    );
+}

@@ -12,8 +12,8 @@ use axum::extract::{Path, Query};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use hostel_api::public::{
-    CreateGroupRequest, CreateUserRequest, Group, MemberRequest, PasswordRequest, Quota,
-    QuotaLimits, User,
+    CreateGroupRequest, CreateUserRequest, DefaultLimits, Group, Limits, MemberRequest,
+    PasswordRequest, Quota, QuotaLimits, User,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -107,6 +107,8 @@ struct QuotasPage {
     quota: Quota,
     fields: Vec<LimitField>,
     lines: Vec<QuotaLine>,
+    /// The resource limits its VMs get where they set none.
+    defaults: DefaultLimits,
 }
 
 /// The quota form's fields: every `QuotaLimits` field, with what the owner uses of it.
@@ -188,6 +190,11 @@ pub async fn quotas(s: Session, headers: HeaderMap, Query(q): Query<QuotaQuery>)
         Ok(q) => q,
         Err(e) => return error_page(&e),
     };
+    let path = format!("/api/v1/default-limits/{}", seg(&owner));
+    let defaults: DefaultLimits = match s.api.get(&path).await {
+        Ok(d) => d,
+        Err(e) => return error_page(&e),
+    };
     let mut owners = vec!["default".to_string()];
     owners.extend(users.iter().map(|u| format!("user:{}", u.name)));
     owners.extend(groups.iter().map(|g| format!("group:{}", g.name)));
@@ -195,6 +202,7 @@ pub async fn quotas(s: Session, headers: HeaderMap, Query(q): Query<QuotaQuery>)
     let p = QuotasPage {
         fields: limit_fields(&quota),
         lines: quota_lines(&quota.limits, &quota.used),
+        defaults,
         owners,
         owner,
         quota,
@@ -217,6 +225,18 @@ fn limits_from(f: &Fields) -> Result<QuotaLimits, String> {
         nics_total: n("nics_total", "NICs")?,
         port_forwards_total: n("port_forwards_total", "port forwards")?,
         snapshots_total: n("snapshots_total", "snapshots")?,
+    })
+}
+
+/// The default resource limits typed in their form (empty: none).
+fn resource_limits_from(f: &Fields) -> Result<Limits, String> {
+    Ok(Limits {
+        cpu_weight: f.num("cpu_weight", "CPU weight")?,
+        cpu_max_percent: f.num("cpu_max_percent", "CPU cap")?,
+        disk_iops: f.num("disk_iops", "disk requests")?,
+        // The form asks for MiB/s.
+        disk_bps: f.num::<u64>("disk_mibps", "disk rate")?.map(|m| m << 20),
+        net_mbps: f.num("net_mbps", "network rate")?,
     })
 }
 
@@ -306,6 +326,31 @@ pub async fn act(Path(action): Path<String>, f: Form<Fields>) -> Response {
                     &here,
                     Flash::ok(format!("The quota of {} is saved.", q.owner)),
                 ),
+                Err(e) => back_err(&here, &e),
+            }
+        }
+        "set-default-limits" => {
+            let owner = f.get("owner");
+            let here = format!("/admin/quotas{}", query(&[("owner", Some(owner))]));
+            let limits = match resource_limits_from(&f) {
+                Ok(l) => l,
+                Err(why) => return refused(&here, why),
+            };
+            let path = format!("/api/v1/default-limits/{}", seg(owner));
+            match api.put::<_, DefaultLimits>(&path, &limits).await {
+                Ok(d) => {
+                    let mut said = format!("The default limits of {} are saved.", d.owner);
+                    if !d.applied_to.is_empty() {
+                        said += &format!(" Given at once to {}.", d.applied_to.join(", "));
+                    }
+                    if !d.not_applied.is_empty() {
+                        said += &format!(
+                            " Not given yet (they get them at their next start): {}.",
+                            d.not_applied.join("; ")
+                        );
+                    }
+                    back(&here, Flash::ok(said))
+                }
                 Err(e) => back_err(&here, &e),
             }
         }
