@@ -21,12 +21,10 @@ async fn sum(c: &mut Console) -> String {
         .to_string()
 }
 
-/// The VM's console once its shell is up (its prompt seen: what is typed earlier may be
-/// lost while the shell starts).
+/// The VM's console once it is up (`Console::run` then waits for its shell's prompt).
 async fn console_of(d: &Daemon, vm: &str) -> Console {
     let mut c = d.console(vm).await;
     c.wait_for(READY, Duration::from_secs(180)).await;
-    c.wait_for("tiny# ", Duration::from_secs(60)).await;
     c
 }
 

@@ -15,6 +15,8 @@ use tokio_tungstenite::tungstenite::Message;
 pub mod workload;
 
 pub const READY: &str = "HOSTEL-READY";
+/// The `tiny` image's shell prompt (`hostel_storage::tiny::PROMPT`).
+pub const PROMPT: &str = "tiny# ";
 
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_hostel")
@@ -500,6 +502,20 @@ impl Console {
         }
     }
 
+    /// Once the guest said READY on this console, waits for the shell's first prompt
+    /// after it: a line typed while the shell sets its terminal up can be lost (seen
+    /// under load in CI: a command that never answered).
+    async fn shell_up(&mut self) {
+        let Some(at) = self.seen.rfind(READY) else {
+            return;
+        };
+        if !self.seen[at..].contains(PROMPT) {
+            let n = self.seen.matches(PROMPT).count();
+            self.wait_count(PROMPT, n + 1, Duration::from_secs(60))
+                .await;
+        }
+    }
+
     pub async fn wait_for(&mut self, needle: &str, timeout: Duration) {
         let n = self.seen.matches(needle).count();
         self.wait_count(needle, n.max(1), timeout).await
@@ -515,6 +531,7 @@ impl Console {
     /// Runs a shell command and returns what it printed between two markers, so that
     /// the echoed command line never counts as its output.
     pub async fn run(&mut self, cmd: &str) -> String {
+        self.shell_up().await;
         let tag = format!("{:x}", rand_u64());
         let begin = format!("B{tag}E");
         let end = format!("D{tag}E");
