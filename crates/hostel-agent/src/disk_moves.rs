@@ -152,8 +152,11 @@ fn note_export_copy(ledger: &Path, copy: &Path) -> std::io::Result<()> {
 }
 
 /// Refuses a qcow2 file that would make QEMU open other files of the host: one with an
-/// external data file. (Its backing file is replaced by `settle` without being opened.)
-fn check_self_contained(part: &Path) -> anyhow::Result<()> {
+/// external data file. One that names a backing file is refused where none is to be
+/// under it (`backing_expected` false: an archive's disk, which stands alone; dropping
+/// its backing file would lose what the guest sees through it); otherwise `settle`
+/// replaces it without opening it.
+fn check_self_contained(part: &Path, backing_expected: bool) -> anyhow::Result<()> {
     let out = Command::new("qemu-img")
         .args(["info", "-f", "qcow2", "--output=json"])
         .arg(part)
@@ -167,6 +170,12 @@ fn check_self_contained(part: &Path) -> anyhow::Result<()> {
     let info: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     if info["format-specific"]["data"].get("data-file").is_some() {
         anyhow::bail!("the qcow2 file keeps its data in another file (data-file): refused");
+    }
+    if let Some(b) = info.get("backing-filename").filter(|_| !backing_expected) {
+        anyhow::bail!(
+            "the qcow2 file is an overlay of {b} and does not stand alone without it: \
+             refused (export the VM again with an agent of this version)"
+        );
     }
     Ok(())
 }
@@ -197,7 +206,7 @@ async fn receive(part: &Path, mut body: ByteStream<AgentFailure>, bytes: u64) ->
 /// Makes the received file the disk at `path`, in the pool's format `fmt`.
 fn settle(part: &Path, path: &PathBuf, req: &PutDiskRequest, fmt: &str) -> anyhow::Result<()> {
     if req.format == "qcow2" {
-        check_self_contained(part)?;
+        check_self_contained(part, req.backing.is_some())?;
         // The image under it is this host's copy now (or none).
         let mut c = Command::new("qemu-img");
         c.args(["rebase", "-u", "-f", "qcow2"]);
@@ -206,6 +215,16 @@ fn settle(part: &Path, path: &PathBuf, req: &PutDiskRequest, fmt: &str) -> anyho
             None => c.args(["-b", ""]),
         };
         run(c.arg(part), "qemu-img rebase")?;
+    }
+    // The size said is what the owner is charged and the VM's row records: the file
+    // must be exactly that size (an archive's manifest is written by whoever uploads it).
+    let info = hostel_storage::disk::info(part, &req.format)?;
+    let mib = info.virtual_size.div_ceil(1 << 20);
+    if mib != req.size_mib {
+        anyhow::bail!(
+            "the disk's virtual size is {mib} MiB, not the {} MiB said for it: not kept",
+            req.size_mib
+        );
     }
     if req.format == fmt {
         std::fs::rename(part, path)?;

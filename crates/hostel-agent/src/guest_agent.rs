@@ -20,6 +20,9 @@ pub const SYNC_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long freezing may take (flushing every file system's dirty data).
 pub const FREEZE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The longest line read from a guest agent (its answers to freezing are a few bytes).
+const MOST_LINE: u64 = 64 << 10;
+
 pub struct GuestAgent {
     io: BufReader<UnixStream>,
 }
@@ -65,15 +68,25 @@ impl GuestAgent {
         Ok(ga)
     }
 
-    /// The next JSON line the agent sends.
+    /// The next JSON line the agent sends (the guest writes what it likes: a line is
+    /// read up to `MOST_LINE` bytes, and one longer is an error, not memory).
     async fn line(&mut self) -> Result<Value> {
-        let mut text = String::new();
+        let mut buf = Vec::new();
         loop {
-            text.clear();
-            if self.io.read_line(&mut text).await? == 0 {
+            buf.clear();
+            let n = (&mut self.io)
+                .take(MOST_LINE)
+                .read_until(b'\n', &mut buf)
+                .await?;
+            if n == 0 {
                 bail!("the guest agent's port closed");
             }
-            let t = text.trim_matches(|c: char| c.is_whitespace() || c == '\u{ff}');
+            if buf.last() != Some(&b'\n') && n as u64 >= MOST_LINE {
+                bail!("the guest agent sent a line of over {MOST_LINE} bytes");
+            }
+            let text = String::from_utf8_lossy(&buf);
+            // (A 0xFF byte, the delimiter of a sync answer, reads as U+FFFD.)
+            let t = text.trim_matches(|c: char| c.is_whitespace() || c == '\u{fffd}');
             if t.is_empty() {
                 continue;
             }
@@ -129,4 +142,31 @@ fn rand_bytes() -> [u8; 4] {
         let _ = std::io::Read::read_exact(&mut f, &mut b);
     }
     b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lines_are_read_whole_and_a_guest_cannot_send_an_endless_one() {
+        let (ours, mut guest) = UnixStream::pair().unwrap();
+        let mut ga = GuestAgent {
+            io: BufReader::new(ours),
+        };
+        guest
+            .write_all(b"\xff{\"return\": 7}\n\n{\"return\": {}}\n")
+            .await
+            .unwrap();
+        assert_eq!(ga.line().await.unwrap()["return"], 7);
+        assert_eq!(ga.line().await.unwrap()["return"], json!({}));
+        let endless = tokio::spawn(async move {
+            let junk = vec![b'x'; 1 << 16];
+            while guest.write_all(&junk).await.is_ok() {}
+        });
+        let e = ga.line().await.unwrap_err().to_string();
+        assert!(e.contains("a line of over 65536 bytes"), "{e}");
+        drop(ga);
+        endless.await.unwrap();
+    }
 }

@@ -227,14 +227,23 @@ impl Controller {
         // then takes its place in the VM's order.
         let n = files.len().max(1) as f64;
         let mut made: Vec<(DiskRecord, u32)> = Vec::new();
-        // Over a VM, the disks it replaces were charged already: the new ones are charged
-        // only what they add to that.
-        let mut credit: u64 = replace.iter().map(|d| d.size_mib).sum();
+        // Over a VM, the disks it replaces go at the end: the copies are charged as if
+        // they were gone already (what the owner and the VM hold once it is done).
+        let going: u64 = replace.iter().map(|d| d.size_mib).sum();
         for (i, f) in files.iter().enumerate() {
             let mut taken: Vec<DiskRecord> = replace.to_vec();
             taken.extend(made.iter().map(|(d, _)| d.clone()));
             let next = taken.iter().map(|d| d.idx + 1).max().unwrap_or(0);
             let idx = crate::disk_import::free_index(&taken, &vm.id, next);
+            // Over a VM, the journal names the copy about to be made first: a crash
+            // while it is made (its row written or not) removes it too.
+            if !replace.is_empty() {
+                let intent = swap_intent(&vm.id, replace, &made, Some(idx), false);
+                if let Err(e) = op.step_with("copying", &intent).await {
+                    self.drop_copies(&agent, &made).await;
+                    return Err(Undone::No(e));
+                }
+            }
             let result = self
                 .copy_in_disk(
                     ctx,
@@ -255,20 +264,19 @@ impl Controller {
                         width: 0.95 / n,
                         label: format!("disk {}/{}", i + 1, files.len()),
                     },
-                    credit,
+                    going,
                 )
                 .await;
             let result = match result {
                 Ok(rec) => {
-                    credit = credit.saturating_sub(rec.size_mib);
                     made.push((rec, f.index));
                     // Over a VM, the journal names each copy: only those go if a crash
                     // cuts the restore before its swap. (A new VM goes whole.)
                     match replace.is_empty() {
                         true => op.step("disk-copied").await,
                         false => {
-                            op.step_with("disk-copied", &swap_intent(replace, &made, false))
-                                .await
+                            let intent = swap_intent(&vm.id, replace, &made, None, false);
+                            op.step_with("disk-copied", &intent).await
                         }
                     }
                 }
@@ -285,7 +293,7 @@ impl Controller {
         }
         // The old disks go; the restored ones take their indexes. From here on a crash
         // (or a failure) finishes this, not undoes it.
-        let intent = swap_intent(replace, &made, true);
+        let intent = swap_intent(&vm.id, replace, &made, None, true);
         if let Err(e) = op.step_with("swapping", &intent).await {
             self.drop_copies(&agent, &made).await;
             return Err(Undone::No(e));
@@ -351,19 +359,25 @@ pub(crate) enum Undone {
 }
 
 /// A restore over a VM as its journal says it: the disks it replaces, the copies made
-/// so far with the indexes they take, and (`swapping`) the old disks' files, which go
-/// once their rows have.
+/// so far with the indexes they take, the file of the copy being made (`copying`, its
+/// index), and (`swapping`) the old disks' files, which go once their rows have.
 fn swap_intent(
+    vm_id: &str,
     replace: &[DiskRecord],
     made: &[(DiskRecord, u32)],
+    copying: Option<u32>,
     swapping: bool,
 ) -> crate::journal::Intent {
+    use crate::journal::DiskFile;
     crate::journal::Intent {
         replaced: replace.iter().map(|d| d.id.clone()).collect(),
         restored: made.iter().map(|(d, i)| (d.id.clone(), *i)).collect(),
         files: match swapping {
-            true => replace.iter().map(crate::journal::DiskFile::at).collect(),
-            false => Vec::new(),
+            true => replace.iter().map(DiskFile::at).collect(),
+            false => copying
+                .map(|i| DiskFile::of(vm_id, i))
+                .into_iter()
+                .collect(),
         },
         ..Default::default()
     }

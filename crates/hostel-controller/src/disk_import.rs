@@ -63,8 +63,8 @@ fn disk_record(
 
 impl Controller {
     /// Copies `req.source` in as disk `req.index` of `vm` (in pool `pool_id`), keeping
-    /// it only once it is recorded and paid for (less `credit_mib`: what disks it
-    /// replaces, about to go, were charged).
+    /// it only once it is recorded and paid for (`going_mib`: the sizes of the VM's
+    /// disks that go when the operation ends, as a restore over it replaces them).
     pub(crate) async fn copy_in_disk(
         &self,
         ctx: &Ctx,
@@ -72,7 +72,7 @@ impl Controller {
         req: wire::ImportDiskRequest,
         pool_id: Option<String>,
         report: Report<'_>,
-        credit_mib: u64,
+        going_mib: u64,
     ) -> Res<DiskRecord> {
         use futures::StreamExt;
         let agent = self.host_agent(vm)?;
@@ -115,7 +115,7 @@ impl Controller {
                 made.format,
                 made.virtual_size_mib,
             );
-            self.keep_disk(vm, &agent, rec, &op, credit_mib).await
+            self.keep_disk(vm, &agent, rec, &op, going_mib).await
         }
         .await;
         op.end(&result).await;
@@ -161,20 +161,19 @@ impl Controller {
             .await
     }
 
-    /// A disk file just made for `vm`: charged to its owner (less `credit_mib`) and
-    /// recorded, else removed.
+    /// A disk file just made for `vm`: charged to its owner (as if the VM's disks of
+    /// `going_mib` were gone) and recorded, else removed.
     async fn keep_disk(
         &self,
         vm: &VmRecord,
         agent: &crate::agent_client::AgentClient,
         rec: DiskRecord,
         op: &crate::journal::OpLog,
-        credit_mib: u64,
+        going_mib: u64,
     ) -> Res<DiskRecord> {
         op.step("file-made").await?;
         // The owner pays for it like any disk: over quota, it is not kept.
-        let grow = rec.size_mib.saturating_sub(credit_mib);
-        let kept = match self.charge_disk_growth(vm, grow).await {
+        let kept = match self.charge_disk_growth(vm, rec.size_mib, going_mib).await {
             Ok(_quota) => self.store.insert_disk(&rec).await.map_err(Error::from),
             Err(e) => Err(e),
         };

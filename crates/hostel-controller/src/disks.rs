@@ -106,7 +106,7 @@ impl Controller {
         let disks = self.store.disks_of(&vm.id).await?;
         let next = disks.iter().map(|d| d.idx + 1).max().unwrap_or(0);
         let idx = crate::disk_import::free_index(&disks, &vm.id, next);
-        let _quota = self.charge_disk_growth(&vm, size).await?;
+        let _quota = self.charge_disk_growth(&vm, size, 0).await?;
         // The image as the VM's host holds it (copied there now if it has none).
         let base = match (&image, &vm.host_id) {
             (Some(i), Some(h)) => self.image_on(i, h, None).await?.path,
@@ -247,7 +247,7 @@ impl Controller {
             .into());
         }
         let grow = req.size_mib - disk.size_mib;
-        let _quota = self.charge_disk_growth(&vm, grow).await?;
+        let _quota = self.charge_disk_growth(&vm, grow, 0).await?;
         let body = if vm.state.has_process() {
             wire::ResizeDiskRequest {
                 index: Some(disk.idx),
@@ -478,11 +478,16 @@ impl Controller {
                 vm.machine = then.machine.clone().or(vm.machine);
                 vm.cpu_model = then.cpu_model.clone().or(vm.cpu_model);
                 vm.guest_agent = then.guest_agent;
+            } else {
+                // Taken before snapshots recorded their hardware, and so before VMs had
+                // a guest agent port: its memory has none.
+                vm.guest_agent = false;
             }
             let _quota = self.charge_start(&vm).await?;
             // Recorded before the start, so that the record says what runs; put back if
             // the start fails.
-            if hardware.is_some() {
+            let set = hardware.is_some() || before.guest_agent != vm.guest_agent;
+            if set {
                 self.set_hardware(&vm).await?;
             }
             let started = async {
@@ -504,7 +509,7 @@ impl Controller {
             let status = match started {
                 Ok(s) => s,
                 Err(e) => {
-                    if hardware.is_some() {
+                    if set {
                         let _ = self.set_hardware(&before).await;
                     }
                     return Err(e);

@@ -303,9 +303,9 @@ impl Controller {
                     }
                 }
             },
-            // A restore over a VM: undone before its swap (the copies it names go, the
-            // VM keeps its own disks), finished once the swap began (its intent then
-            // names the old disks' files too).
+            // A restore over a VM: undone before its swap (the copies it names go, made
+            // or being made, the VM keeps its own disks), finished once the swap began
+            // (its intent then names the old disks' files too).
             ("restore-over", Some(vm), Some(_)) => {
                 if op.step == "swapping" {
                     self.finish_swap(&vm.id, &intent).await?;
@@ -317,7 +317,11 @@ impl Controller {
                         .disks_of(&vm.id)
                         .await?
                         .into_iter()
-                        .filter(|d| intent.restored.iter().any(|(id, _)| *id == d.id))
+                        .filter(|d| {
+                            intent.restored.iter().any(|(id, _)| *id == d.id)
+                                || (!intent.replaced.contains(&d.id)
+                                    && intent.files.iter().any(|f| f.names(&d.path)))
+                        })
                         .collect();
                     for d in &copies {
                         self.store.delete_disk(&d.id).await?;

@@ -408,18 +408,20 @@ impl Controller {
         self.charge(owner_key(vm).as_deref(), &charge).await
     }
 
-    /// Checks that `grow_mib` more disk on `vm` fits: each of the VM's snapshots is
-    /// charged the VM's disk sizes, so it grows with them.
+    /// Checks that `grow_mib` more disk on `vm` fits once its disks of `going_mib` are
+    /// gone (a restore over a VM replaces them; 0 elsewhere): each of the VM's snapshots
+    /// is charged the VM's disk sizes, so it grows with them.
     pub(crate) async fn charge_disk_growth(
         &self,
         vm: &VmRecord,
         grow_mib: u64,
+        going_mib: u64,
     ) -> Res<Option<tokio::sync::MutexGuard<'_, ()>>> {
         let disks_mib = self.disks_mib(vm).await?;
         let snapshots = self.store.snapshots_of(&vm.id).await?.len() as u64;
         let charge = Charge {
-            disk_mib: grow_mib * (1 + snapshots),
-            vm_disk_mib: disks_mib + grow_mib,
+            disk_mib: grow_mib.saturating_sub(going_mib) * (1 + snapshots),
+            vm_disk_mib: (disks_mib + grow_mib).saturating_sub(going_mib),
             ..Default::default()
         };
         self.charge(owner_key(vm).as_deref(), &charge).await

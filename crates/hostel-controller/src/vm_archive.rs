@@ -227,9 +227,21 @@ impl Controller {
     {
         let (_guard, vm) = self.locked_vm(ctx, name).await?;
         let pool = self.pool_spec(pool_id.as_deref()).await?;
+        // All of its disks fit the owner's quota, before a byte is stored (each is
+        // charged again as it is kept).
+        let total: u64 = manifest.disks.iter().map(|d| d.size_mib).sum();
+        drop(self.charge_disk_growth(&vm, total, 0).await?);
         for d in &manifest.disks {
             let size = match tar.header().await? {
-                Entry::File { name, size } if name == d.file => size,
+                Entry::File { name, size } if name == d.file => {
+                    if size > most_file_bytes(d) {
+                        return Err(bad(format!(
+                            "{name:?} is {size} bytes, more than a disk of {} MiB takes",
+                            d.size_mib
+                        )));
+                    }
+                    size
+                }
                 Entry::File { name, .. } => {
                     return Err(bad(format!(
                         "{name:?} comes where the manifest says {:?} does",
@@ -310,6 +322,17 @@ impl Controller {
 }
 
 /// A refused archive: what is wrong with it.
+/// The most bytes the file of disk `d` may have: a raw disk's size; a qcow2's with room
+/// for its tables (a sixty-fourth more, far above what its L2 and refcount tables take,
+/// and 16 MiB of headers).
+fn most_file_bytes(d: &ArchivedDisk) -> u64 {
+    let bytes = d.size_mib << 20;
+    match d.format.as_str() {
+        "raw" => bytes,
+        _ => bytes + bytes / 64 + (16 << 20),
+    }
+}
+
 fn bad(why: impl std::fmt::Display) -> Error {
     Error::from(hostel_model::Invalid::new(
         "archive",
@@ -368,13 +391,13 @@ where
         if !matches!(d.format.as_str(), "qcow2" | "raw")
             || d.file != archive::disk_file(d.index, &d.format)
             || !seen.insert(d.index)
-            || d.size_mib == 0
         {
             return Err(bad(format!(
                 "its disk {:?} (index {}, {}) is not one it could have written",
                 d.file, d.index, d.format
             )));
         }
+        hostel_model::check_disk_size(&format!("disk {}", d.file), d.size_mib)?;
     }
     Ok((m, sum))
 }
@@ -450,6 +473,16 @@ async fn write_archive(
             let piece = piece.map_err(|e: AgentCallError| {
                 Error::unavailable(format!("reading disk {}: {e}", d.index))
             })?;
+            // A host whose agent predates standalone copies sends an overlay as it is:
+            // an archive with it would be refused on import (its image is not there).
+            if got == 0 && d.format == "qcow2" && archive::qcow2_names_backing(&piece) == Some(true)
+            {
+                return Err(Error::conflict(format!(
+                    "disk {}: its host sent it with its backing file, not standing alone: \
+                     upgrade Hostel on the VM's host and export again",
+                    d.index
+                )));
+            }
             got += piece.len() as u64;
             hash.update(&piece);
             tx.send(Ok(piece)).await.map_err(|_| gone())?;

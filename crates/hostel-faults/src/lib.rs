@@ -73,6 +73,7 @@ pub const POINTS: &[&str] = &[
     // disk copied in.
     "controller.create.disk-copied",
     // A restore over a VM: one disk copied in beside the old ones; the swap begun.
+    "controller.restore-over.copying",
     "controller.restore-over.disk-copied",
     "controller.restore-over.swapping",
 ];

@@ -400,6 +400,17 @@ async fn a_restore_cut_by_a_crash_is_undone_or_finished() {
     assert!(before.iter().all(|p| holds(p, 34, "1M", "64k")));
     assert_eq!(pool_files(&d), files);
 
+    // Over the VM, cut as a copy's row is written, before the restore named it as
+    // copied: that copy goes too.
+    crash_at(
+        &mut d,
+        "controller.disk-add.row-written",
+        &["backup", "restore", &backup],
+    );
+    assert_eq!(paths(&d), before);
+    assert_eq!(pool_files(&d), files);
+    assert_eq!(d.json(&["quota", "show", "user:cy"])["used"], used);
+
     // Over the VM, cut as the swap begins: finished, the backup's disks in their places.
     crash_at(
         &mut d,
@@ -419,5 +430,11 @@ async fn a_restore_cut_by_a_crash_is_undone_or_finished() {
         .collect();
     assert_eq!(idx, vec![0, 1], "{disks}");
     assert_eq!(pool_files(&d).len(), files.len());
+    assert_eq!(d.json(&["quota", "show", "user:cy"])["used"], used);
+
+    // A restore over a VM is held to the per-VM limit by what the VM has once it is
+    // done (its 24 MiB), not by its old disks and the copies together.
+    d.ok(&["quota", "set", "user:cy", "--disk-per-vm", "30M"]);
+    d.ok(&["backup", "restore", &backup]);
     assert_eq!(d.json(&["quota", "show", "user:cy"])["used"], used);
 }

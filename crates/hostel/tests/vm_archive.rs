@@ -2,7 +2,8 @@
 //! disk) leaves one installation as one archive that any tar reads and `sha256sum -c`
 //! checks, its disks standing alone; another installation makes it again, each disk with
 //! exactly its content, its MAC kept; a user's import is charged to their quota; a
-//! damaged, cut or foreign archive is refused and leaves nothing behind.
+//! damaged, cut or foreign archive, one whose manifest lies about a disk's size, or one
+//! whose disk is an overlay, is refused and leaves nothing behind.
 
 mod common;
 use common::*;
@@ -27,6 +28,44 @@ fn config_as(d: &Daemon, dir: &Path, token: &str) -> PathBuf {
     let p = dir.join(format!("client-{}.toml", &token[token.len() - 6..]));
     std::fs::write(&p, mine).unwrap();
     p
+}
+
+/// An archive made from the unpacked one in `unpacked` with its manifest changed by
+/// `change` and its disk 0 by `disk0` (given its path), its sums made again to match (as
+/// whoever forges one would), in `dir`.
+fn forge(
+    unpacked: &Path,
+    dir: &Path,
+    change: impl Fn(&mut serde_json::Value),
+    disk0: impl Fn(&Path),
+) -> PathBuf {
+    std::fs::create_dir(dir).unwrap();
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(unpacked.join("hostel-vm.json")).unwrap()).unwrap();
+    change(&mut m);
+    std::fs::write(dir.join("hostel-vm.json"), m.to_string()).unwrap();
+    let files = ["hostel-vm.json", "disk-0.qcow2", "disk-1.qcow2"];
+    for f in &files[1..] {
+        std::fs::copy(unpacked.join(f), dir.join(f)).unwrap();
+    }
+    disk0(&dir.join(files[1]));
+    let sums = Command::new("sha256sum")
+        .args(files)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(sums.status.success());
+    std::fs::write(dir.join("SHA256SUMS"), sums.stdout).unwrap();
+    let tar = dir.with_extension("tar");
+    let made = Command::new("tar")
+        .args(["--format=ustar", "-cf", tar.to_str().unwrap(), "-C"])
+        .arg(dir)
+        .args(files)
+        .arg("SHA256SUMS")
+        .status()
+        .unwrap();
+    assert!(made.success());
+    tar
 }
 
 /// The pool's disk files of a daemon.
@@ -147,6 +186,58 @@ async fn a_vm_moves_between_installations_as_one_archive() {
     assert_eq!(b.json(&["list"]).as_array().unwrap().len(), 0);
     assert_eq!(disk_files(&b), files_before);
     b.ok(&["quota", "set", "user:ines", "--disk-total", "1G"]);
+    // Archives whose manifest lies about a disk's size, their sums made to match: one
+    // that says less than the disk holds (it would be charged less than it takes), one
+    // that says far more than the quota (refused before a byte is stored, not after).
+    // And one whose disk is an overlay of a file of the host (its content would be lost
+    // without it, or worse, read from the host).
+    let overlay = |p: &Path| {
+        let made = Command::new("qemu-img")
+            .args([
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-F",
+                "raw",
+                "-b",
+                "/etc/hostname",
+            ])
+            .arg(p)
+            .arg("32M")
+            .status()
+            .unwrap();
+        assert!(made.success());
+    };
+    let keep = |_: &Path| {};
+    type Case<'a> = (&'a str, usize, i32, &'a str, &'a dyn Fn(&Path));
+    let cases: [Case; 3] = [
+        (
+            "small",
+            1,
+            1,
+            "virtual size is 16 MiB, not the 1 MiB said",
+            &keep,
+        ),
+        ("huge", 0, 1 << 20, "over quota", &keep),
+        ("overlay", 0, 32, "does not stand alone", &overlay),
+    ];
+    for (name, index, size_mib, why, disk0) in cases {
+        let forged = forge(
+            &out,
+            &dir.path().join(name),
+            |m| m["disks"][index]["size_mib"] = size_mib.into(),
+            disk0,
+        );
+        let refused = as_ines(&["import-vm", forged.to_str().unwrap(), "--name", name]);
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            !refused.status.success() && err.contains(why),
+            "{name}: {err}"
+        );
+        assert_eq!(b.json(&["list"]).as_array().unwrap().len(), 0, "{name}");
+        assert_eq!(disk_files(&b), files_before, "{name}");
+    }
     let made = as_ines(&["import-vm", tar.to_str().unwrap(), "-o", "json"]);
     assert!(
         made.status.success(),
