@@ -370,10 +370,14 @@ impl VmRuntime {
         // Before anything else: an agent that dies from here on finds this QEMU again
         // at its next start (see `adopt`), instead of leaving it running unknown.
         write_runtime_file(&self.paths, &spec, &argv, pid);
-        let qmp = match self.connect_qmp(pid).await {
+        let qmp = match self.connect_qmp(pid, &started.exit).await {
             Ok(q) => q,
             Err(e) => {
-                process::kill(pid);
+                // One that runs on (no socket in time) is ended; one reaped already is
+                // not signalled (its pid may be another process's by now).
+                if started.exit.is_empty() {
+                    process::kill(pid);
+                }
                 let how = started.exit.await.unwrap_or_default();
                 let log = tail_file(&self.paths.log(), 8);
                 let reason = format!("QEMU failed to start: {e:#}; {how}; log: {log}");
@@ -496,7 +500,16 @@ impl VmRuntime {
         }
     }
 
-    async fn connect_qmp(&self, pid: u32) -> anyhow::Result<Arc<Qmp>> {
+    /// QEMU's QMP, once its socket answers; an error once QEMU has exited (`exit`, from
+    /// its reaper, has its status) or after 20 s. (Not by its command line: just after
+    /// `exec` returns, `/proc/PID/cmdline` can still be empty while the kernel sets the
+    /// new program up, and a QEMU read then was taken for gone and killed, seen under
+    /// load in CI.)
+    async fn connect_qmp(
+        &self,
+        pid: u32,
+        exit: &tokio::sync::oneshot::Receiver<String>,
+    ) -> anyhow::Result<Arc<Qmp>> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             if self.paths.qmp().exists() {
@@ -508,9 +521,8 @@ impl VmRuntime {
                     Err(_) => {}
                 }
             }
-            if !std::path::Path::new(&format!("/proc/{pid}")).exists()
-                || !process::is_our_qemu(pid, &self.paths.qmp().display().to_string())
-            {
+            // Our child stays in /proc until its reaper has waited for it.
+            if !exit.is_empty() || !std::path::Path::new(&format!("/proc/{pid}")).exists() {
                 anyhow::bail!("QEMU exited during start-up");
             }
             if tokio::time::Instant::now() > deadline {
