@@ -111,13 +111,30 @@ impl OpLog {
 
     /// Ends it, failed with `e`.
     pub async fn failed(self, e: &Error) {
-        self.end_with(Some(e.message())).await
+        self.end_or_release(e).await
     }
 
     /// Ends it with the operation's result.
     pub async fn end<T>(self, result: &Res<T>) {
-        self.end_with(result.as_ref().err().map(|e| e.message()))
-            .await
+        match result {
+            Ok(_) => self.end_with(None).await,
+            Err(e) => self.end_or_release(e).await,
+        }
+    }
+
+    /// Ends it failed, unless its host could not be reached and what the operation may
+    /// have left there only its settling removes (a disk file made but never recorded, a
+    /// half-made VM, an unrecorded snapshot): then it is released, and the leader settles
+    /// it once the host answers, as it would after a crash.
+    async fn end_or_release(self, e: &Error) {
+        let unknown = matches!(e, Error::Unavailable(_))
+            && matches!(self.kind, "create" | "disk-add" | "snapshot-create");
+        if !unknown {
+            return self.end_with(Some(e.message())).await;
+        }
+        if let Err(err) = self.store.release_operation(&self.id, &e.message()).await {
+            tracing::warn!(op = %self.id, "cannot release an operation: {err:#}");
+        }
     }
 
     /// Ends it, failed with `err` if given.
@@ -195,7 +212,10 @@ impl Controller {
                 loop {
                     match me.settle_operation(&op).await {
                         Ok(Some((finished, done))) => {
-                            let why = if op.step.is_empty() {
+                            let why = if let Some(e) = &op.error {
+                                // Released when its host could not be reached.
+                                format!("{e}; settled once the host answered: {done}")
+                            } else if op.step.is_empty() {
                                 format!("interrupted by a stop of the controller before its first step; {done}")
                             } else {
                                 format!(

@@ -164,6 +164,19 @@ impl Store {
         Ok(())
     }
 
+    /// Gives a running operation up to whoever settles orphans (the leader): no owner,
+    /// and `why` it stopped short (its host could not be reached, so what it did there is
+    /// not known). It stays running until it is settled.
+    pub async fn release_operation(&self, id: &str, why: &str) -> Result<()> {
+        self.execute(
+            "UPDATE operations SET owner = NULL, error = $2, updated_at = $3 \
+             WHERE id = $1 AND state = $4",
+            binds![id, why, now(), TaskState::Running],
+        )
+        .await?;
+        Ok(())
+    }
+
     pub async fn operation(&self, id: &str) -> Result<Option<OperationRecord>> {
         let sql = format!(
             "SELECT {} FROM operations WHERE id = $1",

@@ -116,7 +116,8 @@ async fn vm_round_trip_and_unique_names(url: &str) {
     let mut op = new_op("start", "web");
     op.vm_id = Some(v.id.clone());
     s.begin_operation(&op).await.unwrap();
-    let interrupted = new_op("delete", "web");
+    let mut interrupted = new_op("delete", "web");
+    interrupted.owner = Some("ctl-1".into());
     s.begin_operation(&interrupted).await.unwrap();
     s.operation_step(&interrupted.id, "host-forgot", Some("{\"x\":1}"))
         .await
@@ -130,6 +131,15 @@ async fn vm_round_trip_and_unique_names(url: &str) {
     assert_eq!(running.len(), 1);
     assert_eq!(running[0].step, "host-forgot");
     assert_eq!(running[0].intent, "{\"x\":1}");
+    assert_eq!(running[0].owner.as_deref(), Some("ctl-1"));
+    // Released (its host was away): still running, no owner, why it stopped said.
+    s.release_operation(&interrupted.id, "host away")
+        .await
+        .unwrap();
+    let running = s.running_operations().await.unwrap();
+    assert_eq!(running.len(), 1);
+    assert_eq!(running[0].owner, None);
+    assert_eq!(running[0].error.as_deref(), Some("host away"));
     s.finish_operation(&interrupted.id, Some("interrupted"))
         .await
         .unwrap();
