@@ -267,17 +267,39 @@ pub fn settle(admin: &Admin, violation: &dyn Fn(String)) {
     }
 }
 
+/// The VMs and what `read` reads, taken while no VM changed state: a guest may still
+/// power off on its own after the settle (asked to before a kill), and a state read
+/// before it set against a count read after is no violation.
+fn steady<T>(admin: &Admin, read: impl Fn() -> T) -> (Vec<Value>, T) {
+    let states = |vms: &[Value]| -> Vec<(Value, Value)> {
+        vms.iter()
+            .map(|v| (v["id"].clone(), v["state"].clone()))
+            .collect()
+    };
+    let mut before = admin.json(&["list"]).as_array().unwrap().clone();
+    for _ in 0..20 {
+        let got = read();
+        let after = admin.json(&["list"]).as_array().unwrap().clone();
+        if states(&before) == states(&after) {
+            return (after, got);
+        }
+        before = after;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let got = read();
+    (before, got)
+}
+
 /// The invariants that hold wherever the VMs run: QEMUs (under `run_dir`) as the VM
 /// rows say, disk rows and files agreeing, quotas equal to what owners hold, no
 /// operation left running. (The taps' guards and a guest's flushed data are checked by
 /// the callers that can see them.)
 pub fn check(admin: &Admin, run_dir: &Path, counts: &Counts, violation: &dyn Fn(String)) {
-    let vms = admin.json(&["list"]);
-    let vms = vms.as_array().unwrap();
     let checked = &counts.invariants_checked;
 
     // 1. Every VM has exactly the QEMU processes its state says: zero or one.
-    let qemus = qemus_under(run_dir);
+    let (vms, qemus) = steady(admin, || qemus_under(run_dir));
+    let vms = &vms;
     for v in vms {
         let id = v["id"].as_str().unwrap();
         let want = matches!(v["state"].as_str(), Some("running" | "paused")) as usize;
@@ -308,7 +330,9 @@ pub fn check(admin: &Admin, run_dir: &Path, counts: &Counts, violation: &dyn Fn(
 
     // 3. Quotas equal what the owners hold.
     for u in USERS {
-        let q = admin.json(&["quota", "show", &format!("user:{u}")]);
+        let (vms, q) = steady(admin, || {
+            admin.json(&["quota", "show", &format!("user:{u}")])
+        });
         let mine: Vec<&Value> = vms
             .iter()
             .filter(|v| v["owner"] == format!("user:{u}").as_str())
