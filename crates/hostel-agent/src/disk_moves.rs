@@ -151,35 +151,6 @@ fn note_export_copy(ledger: &Path, copy: &Path) -> std::io::Result<()> {
     f.write_all(format!("{}\n", copy.display()).as_bytes())
 }
 
-/// Refuses a qcow2 file that would make QEMU open other files of the host: one with an
-/// external data file. One that names a backing file is refused where none is to be
-/// under it (`backing_expected` false: an archive's disk, which stands alone; dropping
-/// its backing file would lose what the guest sees through it); otherwise `settle`
-/// replaces it without opening it.
-fn check_self_contained(part: &Path, backing_expected: bool) -> anyhow::Result<()> {
-    let out = Command::new("qemu-img")
-        .args(["info", "-f", "qcow2", "--output=json"])
-        .arg(part)
-        .output()?;
-    if !out.status.success() {
-        anyhow::bail!(
-            "not a qcow2 file QEMU reads: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let info: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    if info["format-specific"]["data"].get("data-file").is_some() {
-        anyhow::bail!("the qcow2 file keeps its data in another file (data-file): refused");
-    }
-    if let Some(b) = info.get("backing-filename").filter(|_| !backing_expected) {
-        anyhow::bail!(
-            "the qcow2 file is an overlay of {b} and does not stand alone without it: \
-             refused (export the VM again with an agent of this version)"
-        );
-    }
-    Ok(())
-}
-
 /// Writes the body to `part`: exactly `bytes` of it, flushed to the disk.
 async fn receive(part: &Path, mut body: ByteStream<AgentFailure>, bytes: u64) -> Res<()> {
     let fail = |e: std::io::Error| AgentFailure::internal(format!("{}: {e}", part.display()));
@@ -205,8 +176,17 @@ async fn receive(part: &Path, mut body: ByteStream<AgentFailure>, bytes: u64) ->
 
 /// Makes the received file the disk at `path`, in the pool's format `fmt`.
 fn settle(part: &Path, path: &PathBuf, req: &PutDiskRequest, fmt: &str) -> anyhow::Result<()> {
+    // Read once, before anything changes it (the format is the one said, never probed).
+    let info = hostel_storage::disk::info(part, &req.format)
+        .map_err(|e| anyhow::anyhow!("not a {} file QEMU reads: {e:#}", req.format))?;
     if req.format == "qcow2" {
-        check_self_contained(part, req.backing.is_some())?;
+        // Nothing of the host's is opened through it. A backing file is refused where
+        // none is to be under it (an archive's disk stands alone: dropping it would lose
+        // what the guest sees through it); otherwise it is replaced below, unopened.
+        match req.backing {
+            Some(_) => hostel_storage::disk::refuse_data_files(part, &info)?,
+            None => hostel_storage::disk::refuse_other_files(part, &info)?,
+        }
         // The image under it is this host's copy now (or none).
         let mut c = Command::new("qemu-img");
         c.args(["rebase", "-u", "-f", "qcow2"]);
@@ -218,7 +198,6 @@ fn settle(part: &Path, path: &PathBuf, req: &PutDiskRequest, fmt: &str) -> anyho
     }
     // The size said is what the owner is charged and the VM's row records: the file
     // must be exactly that size (an archive's manifest is written by whoever uploads it).
-    let info = hostel_storage::disk::info(part, &req.format)?;
     let mib = info.virtual_size.div_ceil(1 << 20);
     if mib != req.size_mib {
         anyhow::bail!(

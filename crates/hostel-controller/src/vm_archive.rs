@@ -321,7 +321,6 @@ impl Controller {
     }
 }
 
-/// A refused archive: what is wrong with it.
 /// The most bytes the file of disk `d` may have: a raw disk's size; a qcow2's with room
 /// for its tables (a sixty-fourth more, far above what its L2 and refcount tables take,
 /// and 16 MiB of headers).
@@ -333,6 +332,7 @@ fn most_file_bytes(d: &ArchivedDisk) -> u64 {
     }
 }
 
+/// A refused archive: what is wrong with it.
 fn bad(why: impl std::fmt::Display) -> Error {
     Error::from(hostel_model::Invalid::new(
         "archive",
@@ -475,7 +475,9 @@ async fn write_archive(
             })?;
             // A host whose agent predates standalone copies sends an overlay as it is:
             // an archive with it would be refused on import (its image is not there).
-            if got == 0 && d.format == "qcow2" && archive::qcow2_names_backing(&piece) == Some(true)
+            if got == 0
+                && d.format == "qcow2"
+                && hostel_model::qcow2::names_backing(&piece) == Some(true)
             {
                 return Err(Error::conflict(format!(
                     "disk {}: its host sent it with its backing file, not standing alone: \

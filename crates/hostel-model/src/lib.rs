@@ -5,6 +5,7 @@
 
 pub mod archive;
 pub mod net;
+pub mod qcow2;
 pub mod xen;
 
 use serde::{Deserialize, Serialize};

@@ -223,7 +223,7 @@ pub fn recognise_format(path: &Path) -> Result<&'static str> {
     Ok(if at(0, b"QFI\xfb") {
         // Refused here, before qemu-img opens the file at all: a backing file (offset 8)
         // or an external data file (incompatible feature bit 2 of version 3, offset 72).
-        if be64(8).is_some_and(|o| o != 0) {
+        if hostel_model::qcow2::names_backing(head) == Some(true) {
             bail!(
                 "{shown} has a backing file; import a standalone image (qemu-img convert \
                  flattens it)"
@@ -277,14 +277,21 @@ pub fn recognise_format(path: &Path) -> Result<&'static str> {
 
 /// Refuses an image that names another file: a backing file (any format), a qcow2 data
 /// file, a vmdk extent other than itself. Converting it would read that file as root.
-fn refuse_other_files(source: &Path, src: &ImgInfo) -> Result<()> {
+pub fn refuse_other_files(source: &Path, src: &ImgInfo) -> Result<()> {
     let shown = source.display();
     if let Some(b) = &src.backing_filename {
         bail!(
-            "{shown} has a backing file ({b}); import a standalone image (qemu-img convert \
-             flattens it)"
+            "{shown} has a backing file ({b}) and does not stand alone without it; import a \
+             standalone image (qemu-img convert flattens it)"
         );
     }
+    refuse_data_files(source, src)
+}
+
+/// Refuses an image that keeps its data in another file (a qcow2 data file, a vmdk
+/// extent other than itself); a backing file is the caller's to judge.
+pub fn refuse_data_files(source: &Path, src: &ImgInfo) -> Result<()> {
+    let shown = source.display();
     let data = src.format_specific.as_ref().and_then(|f| f.get("data"));
     if let Some(file) = data
         .and_then(|d| d.get("data-file"))

@@ -72,15 +72,16 @@ async fn a_xen_guest_comes_over_with_its_disks_nics_and_kernel() {
     .unwrap();
     let cfg_s = cfg.to_str().unwrap();
     let dir_s = dir.to_str().unwrap();
+    let base = [
+        "import-xen",
+        cfg_s,
+        "--disk-dir",
+        dir_s,
+        "--network",
+        "xennet",
+    ];
     let import = |extra: &[&str]| {
-        let mut args = vec![
-            "import-xen",
-            cfg_s,
-            "--disk-dir",
-            dir_s,
-            "--network",
-            "xennet",
-        ];
+        let mut args = base.to_vec();
         args.extend(extra);
         d.cli(&args)
     };
@@ -153,18 +154,7 @@ async fn a_xen_guest_comes_over_with_its_disks_nics_and_kernel() {
     // removed at the next start, with the disk it got.
     another("cut", 2, "'tap:qcow2:/srv/xen/legacy-data.qcow2,xvdb,w'");
     let mut d = d;
-    crash_at(
-        &mut d,
-        "controller.create.disk-copied",
-        &[
-            "import-xen",
-            cfg_s,
-            "--disk-dir",
-            dir_s,
-            "--network",
-            "xennet",
-        ],
-    );
+    crash_at(&mut d, "controller.create.disk-copied", &base);
     assert!(d.fails(&["describe", "cut"]).contains("cut"));
     assert_eq!(file_names(&d.data_dir().join("disks")), files_before);
     assert_eq!(d.json(&["quota", "show"]), quota_before);
